@@ -1,0 +1,375 @@
+// Durable Raft log storage: the WAL (entries, hard state, snapshot-install markers) plus snapshot
+// files, with the log since the last snapshot held in memory for reads, as etcd's server does
+// (MemoryStorage backed by its WAL). Reads are synchronous; writes are serialized and change the
+// in-memory view only once durable, so a failed write (ENOSPC) leaves memory equal to disk.
+//
+// WAL record types (the WAL itself owns type 1, the segment header):
+//   2 entry           [term, index, type, data]   an entry at index i replaces any entries >= i
+//   3 hard state      [term, vote, commit]        the last one wins; repeated at each segment start
+//   4 install marker  [index, term]               a snapshot from the leader was installed: unless the
+//                                                 log holds `index` with `term`, every entry before
+//                                                 it is void (Raft paper §7, InstallSnapshot step 6-7)
+import { join } from 'node:path';
+import { type ConfState, type Entry, EntryType, type HardState, type Snapshot, emptyHardState } from '../raft/types.js';
+import { assert } from './assert.js';
+import { copyBytes, isUint, pack, unpack } from './codec.js';
+import { CorruptionError, StoreError, StoreErrorCode } from './errors.js';
+import { ensureFormat } from './format.js';
+import { nodeFs, type StoreFs } from './fs.js';
+import { decodeHardState, encodeHardState } from './hard_state.js';
+import { nullLogger, type StoreLogger } from './logger.js';
+import { SnapshotFiles } from './snapshot.js';
+import type { RecordInput } from './wal/record.js';
+import { CORRUPTION_REMEDY, type TailRepair } from './wal/recovery.js';
+import { segmentName } from './wal/segment.js';
+import { Wal } from './wal/wal.js';
+
+export const RecordType = { entry: 2, hardState: 3, installMarker: 4 } as const;
+
+export interface RaftStorageOptions {
+  readonly fs?: StoreFs;
+  readonly logger?: StoreLogger;
+  /** WAL segment rollover size in bytes (default 64 MiB). */
+  readonly segmentBytes?: number;
+  /** Snapshot files kept; WAL segments are removed only once the oldest kept one covers them. */
+  readonly snapshotsRetained?: number;
+}
+
+export interface RecoveryReport {
+  /** The torn WAL tail that was cut off at start, if any. */
+  readonly walRepaired: TailRepair | null;
+  /** The snapshot the state starts from (null: none, the log starts at index 1). */
+  readonly snapshotFile: string | null;
+  readonly firstIndex: number;
+  readonly lastIndex: number;
+  readonly hardState: HardState;
+}
+
+const emptyConf: ConfState = { voters: [], learners: [] };
+const emptySnapshot: Snapshot = { meta: { index: 0, term: 0, conf: emptyConf }, data: new Uint8Array(0) };
+
+function encodeEntry(e: Entry): RecordInput {
+  return { type: RecordType.entry, body: pack([e.term, e.index, e.type, e.data]) };
+}
+
+function decodeEntry(body: Uint8Array): Entry | null {
+  let v: unknown;
+  try {
+    v = unpack(body);
+  } catch {
+    return null;
+  }
+  if (!Array.isArray(v) || v.length !== 4) return null;
+  const [term, index, type, data] = v as unknown[];
+  if (!isUint(term) || !isUint(index) || index < 1 || (type !== EntryType.normal && type !== EntryType.confChange)) return null;
+  if (!(data instanceof Uint8Array)) return null;
+  return { term, index, type, data: copyBytes(data) };
+}
+
+/** The log as replayed from the WAL before a snapshot is chosen. */
+class ReplayLog {
+  entries: Entry[] = [];
+  start = 1;
+  /** After an install marker: the next entry must be exactly `start`. */
+  startFixed = false;
+  /** Highest index an install marker voided everything up to. */
+  resetFloor = 0;
+  hardState: HardState = emptyHardState;
+  readonly segMax = new Map<number, number>();
+
+  get last(): number {
+    return this.start + this.entries.length - 1;
+  }
+
+  termAt(i: number): number | undefined {
+    return i >= this.start && i <= this.last ? this.entries[i - this.start]!.term : undefined;
+  }
+
+  /** Returns the reason when the entry cannot follow the log (damage the CRC did not catch). */
+  addEntry(e: Entry, seq: number): string | null {
+    if (this.entries.length === 0) {
+      if (this.startFixed && e.index !== this.start) return `entry ${e.index} follows a snapshot installed at ${this.start - 1}`;
+      this.start = e.index;
+    } else if (e.index > this.last + 1) {
+      return `entry ${e.index} leaves a gap after entry ${this.last}`;
+    } else if (e.index < this.start) {
+      if (this.startFixed) return `entry ${e.index} rewrites entries voided by a snapshot installed at ${this.start - 1}`;
+      this.entries = [];
+      this.start = e.index;
+    } else {
+      this.entries.length = e.index - this.start;
+    }
+    this.entries.push(e);
+    this.startFixed = false;
+    this.segMax.set(seq, Math.max(this.segMax.get(seq) ?? 0, e.index));
+    return null;
+  }
+
+  install(index: number, term: number): void {
+    if (this.termAt(index) === term) return;
+    this.entries = [];
+    this.start = index + 1;
+    this.startFixed = true;
+    this.resetFloor = Math.max(this.resetFloor, index);
+  }
+}
+
+export class RaftStorage {
+  readonly dir: string;
+  private readonly fs: StoreFs;
+  private readonly logger: StoreLogger;
+  private readonly retain: number;
+  private readonly snapshots: SnapshotFiles;
+  private wal!: Wal;
+  private snap: Snapshot = emptySnapshot;
+  /** Entries after snap.meta.index, contiguous. */
+  private log: Entry[] = [];
+  private hs: HardState = emptyHardState;
+  private segMax = new Map<number, number>();
+  private chain: Promise<unknown> = Promise.resolve();
+  private report!: RecoveryReport;
+
+  private constructor(dir: string, opts: RaftStorageOptions) {
+    this.dir = dir;
+    this.fs = opts.fs ?? nodeFs;
+    this.logger = opts.logger ?? nullLogger;
+    this.retain = Math.max(1, opts.snapshotsRetained ?? 2);
+    this.snapshots = new SnapshotFiles(this.fs, join(dir, 'snap'), this.logger);
+  }
+
+  /**
+   * Opens or creates the store in `dir` (the node's data directory): checks the format marker,
+   * replays the WAL (cutting a torn tail), and picks the newest valid snapshot the log continues.
+   * Throws CorruptionError or FormatVersionError when it must not start.
+   */
+  static async open(dir: string, opts: RaftStorageOptions = {}): Promise<RaftStorage> {
+    const s = new RaftStorage(dir, opts);
+    await ensureFormat(s.fs, dir);
+    const walDir = join(dir, 'wal');
+    const replay = new ReplayLog();
+    s.wal = await Wal.open(
+      walDir,
+      { fs: s.fs, logger: s.logger, segmentBytes: opts.segmentBytes, preamble: () => [{ type: RecordType.hardState, body: encodeHardState(s.hs) }] },
+      (type, body, seq, offset) => {
+        const where = join(walDir, segmentName(seq));
+        let problem: string | null = null;
+        if (type === RecordType.entry) {
+          const e = decodeEntry(body);
+          problem = e ? replay.addEntry(e, seq) : 'undecodable entry record';
+        } else if (type === RecordType.hardState) {
+          const hs = decodeHardState(body);
+          if (hs) replay.hardState = hs;
+          else problem = 'undecodable hard state record';
+        } else if (type === RecordType.installMarker) {
+          const v = unpack(body) as unknown;
+          if (Array.isArray(v) && v.length === 2 && v.every(isUint)) replay.install(v[0] as number, v[1] as number);
+          else problem = 'undecodable snapshot-install record';
+        } else {
+          problem = `unknown record type ${type} (written by a newer membershipd?)`;
+        }
+        if (problem) throw new CorruptionError(where, offset, problem, CORRUPTION_REMEDY);
+      },
+    );
+    await s.adopt(replay);
+    return s;
+  }
+
+  /** Chooses the snapshot the replayed log continues and installs both in memory. */
+  private async adopt(r: ReplayLog): Promise<void> {
+    const usable = (index: number): boolean =>
+      index >= r.resetFloor && (r.entries.length === 0 || index + 1 >= r.start) && Math.max(index, r.last) >= r.hardState.commit;
+    let chosen: { snapshot: Snapshot; path: string } | null = null;
+    let newest: string | null = null;
+    for await (const c of this.snapshots.valid()) {
+      newest ??= c.path;
+      if (usable(c.snapshot.meta.index)) {
+        chosen = c;
+        break;
+      }
+      this.logger.warn({ file: c.path, logStart: r.start, commit: r.hardState.commit }, 'snapshot: the WAL does not continue it; trying an older one');
+    }
+    if (!chosen && !(r.start <= 1 && r.resetFloor === 0 && r.last >= r.hardState.commit)) {
+      throw new CorruptionError(
+        newest ?? join(this.snapshots.dir, '(none)'),
+        0,
+        `no valid snapshot connects to the WAL (log holds ${r.start}..${r.last}, commit ${r.hardState.commit})`,
+        CORRUPTION_REMEDY,
+      );
+    }
+    if (chosen) {
+      const m = chosen.snapshot.meta;
+      this.snap = chosen.snapshot;
+      const t = r.termAt(m.index);
+      this.log = t === undefined || t === m.term ? r.entries.filter((e) => e.index > m.index) : [];
+      if (t === undefined && this.log.length > 0 && this.log[0]!.index !== m.index + 1) this.log = [];
+    } else {
+      this.log = r.entries;
+    }
+    const commit = Math.max(r.hardState.commit, this.snap.meta.index);
+    this.hs = { ...r.hardState, commit };
+    this.segMax = r.segMax;
+    this.report = {
+      walRepaired: this.wal.repaired,
+      snapshotFile: chosen?.path ?? null,
+      firstIndex: this.firstIndex(),
+      lastIndex: this.lastIndex(),
+      hardState: this.hs,
+    };
+  }
+
+  get recovery(): RecoveryReport {
+    return this.report;
+  }
+
+  initialState(): { hardState: HardState; confState: ConfState } {
+    return { hardState: this.hs, confState: this.snap.meta.conf };
+  }
+
+  hardState(): HardState {
+    return this.hs;
+  }
+
+  /** Index of the first entry still held (snapshot index + 1). */
+  firstIndex(): number {
+    return this.snap.meta.index + 1;
+  }
+
+  lastIndex(): number {
+    return this.snap.meta.index + this.log.length;
+  }
+
+  /** Term of entry i; the snapshot's term at its index. Throws ESTORE_COMPACTED / ESTORE_UNAVAILABLE. */
+  term(i: number): number {
+    const base = this.snap.meta.index;
+    if (i === base) return this.snap.meta.term;
+    if (i < base) throw new StoreError(StoreErrorCode.compacted, `entry ${i} is compacted (snapshot at ${base})`);
+    if (i > this.lastIndex()) throw new StoreError(StoreErrorCode.unavailable, `entry ${i} is beyond the last index ${this.lastIndex()}`);
+    return this.log[i - base - 1]!.term;
+  }
+
+  /** Entries [lo, hi), at least one when any, then stopping before `bytesMax` of data would be exceeded. */
+  entries(lo: number, hi: number, bytesMax = Number.POSITIVE_INFINITY): Entry[] {
+    const base = this.snap.meta.index;
+    if (lo <= base) throw new StoreError(StoreErrorCode.compacted, `entry ${lo} is compacted (snapshot at ${base})`);
+    if (hi > this.lastIndex() + 1) throw new StoreError(StoreErrorCode.unavailable, `entries up to ${hi - 1} requested, last is ${this.lastIndex()}`);
+    const out: Entry[] = [];
+    let bytes = 0;
+    for (let i = lo; i < hi; i++) {
+      const e = this.log[i - base - 1]!;
+      bytes += e.data.length;
+      if (out.length > 0 && bytes > bytesMax) break;
+      out.push(e);
+    }
+    return out;
+  }
+
+  /** The newest snapshot (index 0 when none). */
+  snapshot(): Snapshot {
+    return this.snap;
+  }
+
+  private serial<T>(op: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(op, op);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Persists a Ready: entries (replacing any conflicting suffix) and hard state, in one WAL batch
+   * and one fdatasync. Resolves once durable; memory is updated only then.
+   */
+  save(update: { readonly hardState?: HardState; readonly entries?: readonly Entry[] }): Promise<void> {
+    return this.serial(async () => {
+      const base = this.snap.meta.index;
+      const entries = (update.entries ?? []).filter((e) => e.index > base);
+      for (let k = 1; k < entries.length; k++) {
+        if (entries[k]!.index !== entries[k - 1]!.index + 1) throw new StoreError(StoreErrorCode.badRequest, 'entries to save are not contiguous');
+      }
+      if (entries.length > 0 && entries[0]!.index > this.lastIndex() + 1) {
+        throw new StoreError(StoreErrorCode.badRequest, `entry ${entries[0]!.index} would leave a gap after ${this.lastIndex()}`);
+      }
+      const records = entries.map(encodeEntry);
+      if (update.hardState) records.push({ type: RecordType.hardState, body: encodeHardState(update.hardState) });
+      if (records.length === 0) return;
+      const seq = await this.wal.append(records);
+      if (entries.length > 0) {
+        this.log.length = entries[0]!.index - base - 1;
+        for (const e of entries) this.log.push(e);
+        this.segMax.set(seq, Math.max(this.segMax.get(seq) ?? 0, entries[entries.length - 1]!.index));
+      }
+      if (update.hardState) this.hs = update.hardState;
+    });
+  }
+
+  /**
+   * Local compaction: records the state machine's image at `index` (applied, so committed) as a
+   * snapshot, drops entries up to it from memory, and removes WAL segments the oldest retained
+   * snapshot wholly covers (so a damaged newest snapshot can still fall back to the older one).
+   */
+  createSnapshot(index: number, conf: ConfState, data: Uint8Array): Promise<Snapshot> {
+    return this.serial(async () => {
+      const base = this.snap.meta.index;
+      if (index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is not newer than the current one at ${base}`);
+      if (index > this.hs.commit) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is beyond the commit index ${this.hs.commit}`);
+      const snap: Snapshot = { meta: { index, term: this.term(index), conf }, data };
+      await this.snapshots.save(snap);
+      this.log = this.log.slice(index - base);
+      this.snap = snap;
+      await this.compact();
+      return snap;
+    });
+  }
+
+  /**
+   * Installs a snapshot received from the leader. Entries after it are kept only when the log holds
+   * its index with its term; otherwise the whole log is void and its segments are removed.
+   */
+  applySnapshot(snap: Snapshot): Promise<void> {
+    return this.serial(async () => {
+      const base = this.snap.meta.index;
+      if (snap.meta.index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${snap.meta.index} is not newer than the current one at ${base}`);
+      await this.snapshots.save(snap);
+      await this.wal.append([{ type: RecordType.installMarker, body: pack([snap.meta.index, snap.meta.term]) }]);
+      const keep = snap.meta.index <= this.lastIndex() && this.term(snap.meta.index) === snap.meta.term;
+      this.log = keep ? this.log.slice(snap.meta.index - base) : [];
+      this.snap = snap;
+      if (this.hs.commit < snap.meta.index) this.hs = { ...this.hs, commit: snap.meta.index };
+      if (!keep) {
+        // Everything before the marker is void: start a fresh segment (its preamble carries the hard
+        // state) and drop all older ones.
+        await this.wal.roll();
+        await this.wal.removeSegmentsBefore(this.wal.activeSeq);
+        this.segMax = new Map();
+        await this.snapshots.prune(this.retain);
+      } else {
+        await this.compact();
+      }
+    });
+  }
+
+  private async compact(): Promise<void> {
+    const kept = await this.snapshots.prune(this.retain);
+    const floor = Math.min(...kept);
+    let upTo = 0;
+    for (const s of this.wal.segments().slice(0, -1)) {
+      if ((this.segMax.get(s.seq) ?? 0) > floor) break;
+      upTo = s.seq + 1;
+    }
+    if (upTo > 0) {
+      await this.wal.removeSegmentsBefore(upTo);
+      for (const seq of [...this.segMax.keys()]) if (seq < upTo) this.segMax.delete(seq);
+    }
+  }
+
+  /** WAL segment files currently on disk (for /raftz and tests). */
+  walSegments(): { seq: number; path: string; size: number }[] {
+    return this.wal.segments();
+  }
+
+  async close(): Promise<void> {
+    await this.chain;
+    await this.wal.close();
+  }
+}
+
+assert(RecordType.entry > 1, 'type 1 is the WAL segment header');

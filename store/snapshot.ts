@@ -1,0 +1,126 @@
+// Snapshot files: snap/<index>-<term>.snap (16 digits each), one CRC-framed record holding the
+// metadata and the state machine's image. Written tmp -> fsync -> rename -> fsync dir, so a crash
+// leaves either the old set or the new file complete; a file that fails its CRC is renamed
+// *.broken (kept for inspection) and the next newest valid one is used.
+import { join } from 'node:path';
+import type { ConfState, Snapshot } from '../raft/types.js';
+import { copyBytes, isUint, pack, unpack } from './codec.js';
+import { FORMAT_VERSION } from './format.js';
+import { type StoreFs, syncDir, writeFileDurable } from './fs.js';
+import type { StoreLogger } from './logger.js';
+import { encodeRecords, RecordDecoder } from './wal/record.js';
+
+export const SNAPSHOT_TYPE = 5;
+const NAME = /^(\d{16})-(\d{16})\.snap$/;
+
+export function snapshotName(index: number, term: number): string {
+  return `${String(index).padStart(16, '0')}-${String(term).padStart(16, '0')}.snap`;
+}
+
+export function encodeSnapshotFile(s: Snapshot): Buffer {
+  const body = pack([FORMAT_VERSION, s.meta.index, s.meta.term, [...s.meta.conf.voters], [...s.meta.conf.learners], s.data]);
+  return encodeRecords([{ type: SNAPSHOT_TYPE, body }]);
+}
+
+/** Decodes a whole snapshot file; returns the reason when it is not one valid snapshot record. */
+export function decodeSnapshotFile(buf: Uint8Array): Snapshot | string {
+  const dec = new RecordDecoder(buf.length);
+  let out: Snapshot | string = 'no record';
+  let count = 0;
+  const failure = dec.push(buf, (type, body) => {
+    count++;
+    if (type !== SNAPSHOT_TYPE) {
+      out = `record type ${type} is not a snapshot`;
+      return;
+    }
+    let v: unknown;
+    try {
+      v = unpack(body);
+    } catch (err) {
+      out = `undecodable body: ${String(err)}`;
+      return;
+    }
+    if (!Array.isArray(v) || v.length !== 6) {
+      out = 'malformed body';
+      return;
+    }
+    const [format, index, term, voters, learners, data] = v as unknown[];
+    if (!isUint(format) || format > FORMAT_VERSION) {
+      out = `format version ${String(format)} is newer than ${FORMAT_VERSION}`;
+      return;
+    }
+    const ids = (x: unknown): x is number[] => Array.isArray(x) && x.every(isUint);
+    if (!isUint(index) || !isUint(term) || !ids(voters) || !ids(learners) || !(data instanceof Uint8Array)) {
+      out = 'malformed body';
+      return;
+    }
+    const conf: ConfState = { voters, learners };
+    out = { meta: { index, term, conf }, data: copyBytes(data) };
+  });
+  if (failure) return `${failure.reason} at offset ${failure.offset}`;
+  if (dec.pendingBytes > 0) return `truncated (${dec.pendingBytes} bytes of an incomplete record)`;
+  if (count !== 1) return count === 0 ? 'empty file' : `${count} records, expected 1`;
+  return out;
+}
+
+export interface StoredSnapshot {
+  readonly snapshot: Snapshot;
+  readonly path: string;
+}
+
+export class SnapshotFiles {
+  readonly dir: string;
+  private readonly fs: StoreFs;
+  private readonly logger: StoreLogger;
+
+  constructor(fs: StoreFs, dir: string, logger: StoreLogger) {
+    this.fs = fs;
+    this.dir = dir;
+    this.logger = logger;
+  }
+
+  /** Snapshot file names, newest (highest index, then term) first. */
+  async names(): Promise<string[]> {
+    return (await this.fs.readdir(this.dir)).filter((n) => NAME.test(n)).sort().reverse();
+  }
+
+  /**
+   * Valid snapshots, newest first, read lazily: a damaged file is renamed *.broken, logged, and
+   * skipped, so the next newest valid one wins.
+   */
+  async *valid(): AsyncGenerator<StoredSnapshot> {
+    for (const name of await this.names()) {
+      const path = join(this.dir, name);
+      const decoded = decodeSnapshotFile(await this.fs.readFile(path));
+      const m = NAME.exec(name)!;
+      if (typeof decoded !== 'string' && (decoded.meta.index !== Number(m[1]) || decoded.meta.term !== Number(m[2]))) {
+        this.logger.warn({ file: path }, 'snapshot: contents do not match the file name; ignored');
+        continue;
+      }
+      if (typeof decoded === 'string') {
+        this.logger.warn({ file: path, reason: decoded }, 'snapshot: damaged file set aside as .broken; trying an older one');
+        await this.fs.rename(path, `${path}.broken`);
+        await syncDir(this.fs, this.dir);
+        continue;
+      }
+      yield { snapshot: decoded, path };
+    }
+  }
+
+  async save(s: Snapshot): Promise<string> {
+    await this.fs.mkdir(this.dir);
+    const path = join(this.dir, snapshotName(s.meta.index, s.meta.term));
+    await writeFileDurable(this.fs, path, encodeSnapshotFile(s));
+    return path;
+  }
+
+  /** Keeps the `retain` newest snapshot files; removes older ones and stray temporaries. Returns the kept indexes. */
+  async prune(retain: number): Promise<number[]> {
+    const all = await this.fs.readdir(this.dir);
+    const snaps = all.filter((n) => NAME.test(n)).sort().reverse();
+    const drop = [...snaps.slice(retain), ...all.filter((n) => n.endsWith('.tmp'))];
+    for (const n of drop) await this.fs.unlink(join(this.dir, n));
+    if (drop.length > 0) await syncDir(this.fs, this.dir);
+    return snaps.slice(0, retain).map((n) => Number(NAME.exec(n)![1]));
+  }
+}

@@ -1,0 +1,259 @@
+// The write-ahead log: segment files of CRC-framed records with group commit.
+//
+// Group commit: append() only queues. The first append of an idle WAL schedules a flush as a
+// microtask, so everything appended in the same turn of the event loop lands in one write() and one
+// fdatasync(), and a lone append waits for no timer and no extra turn. While a batch is being
+// written and synced, new appends queue up and go together as the next batch. Every caller's
+// promise resolves only once its bytes are durable.
+//
+// Disk errors: a failed write or sync rejects every caller of that batch with a DiskError and cuts
+// the segment back to its last durable length, so the files stay consistent and the next batch
+// (once space returns) is written where the failed one started. If even that cut fails the WAL
+// refuses further appends (ESTORE_FAILED): only a restart, whose recovery re-verifies the files,
+// can tell what is on disk.
+import { join } from 'node:path';
+import { assert } from '../assert.js';
+import { diskError, StoreError, StoreErrorCode } from '../errors.js';
+import { nodeFs, type StoreFs, syncDir, writeAll } from '../fs.js';
+import { nullLogger, type StoreLogger } from '../logger.js';
+import { encodeRecords, RECORD_BODY_BYTES_MAX, type RecordInput } from './record.js';
+import { type OnWalRecord, recoverSegments, type SegmentState, type TailRepair } from './recovery.js';
+import { encodeHeader, HEADER_TYPE, segmentName } from './segment.js';
+
+export interface WalOptions {
+  readonly fs?: StoreFs;
+  /** A batch that finds the active segment at or past this size goes to a new segment. */
+  readonly segmentBytes?: number;
+  readonly bodyBytesMax?: number;
+  readonly logger?: StoreLogger;
+  /**
+   * Records written at the start of every new segment, after its header (the Raft store puts the
+   * current hard state there, so older segments can be removed without losing it).
+   */
+  readonly preamble?: () => readonly RecordInput[];
+}
+
+export interface WalSegmentInfo {
+  readonly seq: number;
+  readonly path: string;
+  readonly size: number;
+}
+
+interface Pending {
+  readonly bytes: Buffer;
+  readonly resolve: (seq: number) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+interface Active {
+  readonly seq: number;
+  readonly path: string;
+  readonly fd: number;
+  size: number;
+}
+
+export const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
+
+export class Wal {
+  readonly dir: string;
+  private readonly fs: StoreFs;
+  private readonly segmentBytes: number;
+  private readonly bodyBytesMax: number;
+  private readonly logger: StoreLogger;
+  private readonly preamble: () => readonly RecordInput[];
+  private readonly closedSegments: SegmentState[];
+  private active: Active | null = null;
+  private nextSeq: number;
+  private queue: Pending[] = [];
+  private scheduled = false;
+  private flushing: Promise<void> | null = null;
+  private broken: StoreError | null = null;
+  private closed = false;
+  /** What recovery cut off, for the caller to report. */
+  readonly repaired: TailRepair | null;
+
+  private constructor(dir: string, opts: WalOptions, segments: SegmentState[], lastSeq: number, repaired: TailRepair | null) {
+    this.dir = dir;
+    this.fs = opts.fs ?? nodeFs;
+    this.segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES_DEFAULT;
+    this.bodyBytesMax = opts.bodyBytesMax ?? RECORD_BODY_BYTES_MAX;
+    this.logger = opts.logger ?? nullLogger;
+    this.preamble = opts.preamble ?? (() => []);
+    this.closedSegments = segments;
+    this.nextSeq = lastSeq + 1;
+    this.repaired = repaired;
+  }
+
+  /**
+   * Opens (creating if needed) the WAL in `dir`, replaying every valid record through `onRecord`
+   * in order. Throws CorruptionError / FormatVersionError for damage recovery must not repair.
+   */
+  static async open(dir: string, opts: WalOptions, onRecord: OnWalRecord): Promise<Wal> {
+    const fs = opts.fs ?? nodeFs;
+    await fs.mkdir(dir);
+    const rec = await recoverSegments(
+      fs,
+      dir,
+      { bodyBytesMax: opts.bodyBytesMax ?? RECORD_BODY_BYTES_MAX, logger: opts.logger ?? nullLogger },
+      onRecord,
+    );
+    const segments = rec.segments;
+    const wal = new Wal(dir, opts, segments, rec.lastSeq, rec.repaired);
+    const last = segments.pop();
+    if (last) {
+      const fd = await fs.open(last.path, 'r+');
+      wal.active = { seq: last.seq, path: last.path, fd, size: last.size };
+    }
+    return wal;
+  }
+
+  /** Segments in order, the active one last. */
+  segments(): WalSegmentInfo[] {
+    const out: WalSegmentInfo[] = this.closedSegments.map((s) => ({ seq: s.seq, path: s.path, size: s.size }));
+    if (this.active) out.push({ seq: this.active.seq, path: this.active.path, size: this.active.size });
+    return out;
+  }
+
+  /** Sequence of the segment the next batch goes to if no rollover happens (0 before the first). */
+  get activeSeq(): number {
+    return this.active?.seq ?? 0;
+  }
+
+  /**
+   * Queues records; resolves with the sequence of the segment they went to once they are durable
+   * (all of them or none: a batch shares one write and one fdatasync).
+   */
+  append(records: readonly RecordInput[]): Promise<number> {
+    if (this.closed) return Promise.reject(new StoreError(StoreErrorCode.closed, `WAL ${this.dir} is closed`));
+    if (this.broken) return Promise.reject(this.broken);
+    for (const r of records) {
+      assert(r.type !== HEADER_TYPE && r.type >= 1 && r.type <= 255, `record type ${r.type} is reserved or out of range`);
+      if (r.body.length > this.bodyBytesMax) {
+        return Promise.reject(
+          new StoreError(StoreErrorCode.badRequest, `WAL record of ${r.body.length} bytes exceeds the limit of ${this.bodyBytesMax} bytes`),
+        );
+      }
+    }
+    const bytes = encodeRecords(records);
+    return new Promise<number>((resolve, reject) => {
+      this.queue.push({ bytes, resolve, reject });
+      if (!this.scheduled && !this.flushing) {
+        this.scheduled = true;
+        queueMicrotask(() => {
+          this.scheduled = false;
+          this.flushing = this.flushLoop();
+        });
+      }
+    });
+  }
+
+  private async flushLoop(): Promise<void> {
+    while (this.queue.length > 0) {
+      const batch = this.queue;
+      this.queue = [];
+      try {
+        const seq = await this.writeBatch(batch.length === 1 ? batch[0]!.bytes : Buffer.concat(batch.map((p) => p.bytes)));
+        for (const p of batch) p.resolve(seq);
+      } catch (err) {
+        for (const p of batch) p.reject(err);
+      }
+    }
+    this.flushing = null;
+  }
+
+  private async writeBatch(bytes: Buffer): Promise<number> {
+    if (this.broken) throw this.broken;
+    if (!this.active || this.active.size >= this.segmentBytes) await this.rollover();
+    const a = this.active!;
+    try {
+      await writeAll(this.fs, a.fd, bytes, a.size);
+      await this.fs.fdatasync(a.fd);
+    } catch (err) {
+      await this.cutBack(a, err);
+      throw diskError(err, 'append', a.path);
+    }
+    a.size += bytes.length;
+    return a.seq;
+  }
+
+  /** Restores the segment to its last durable length after a failed batch. */
+  private async cutBack(a: Active, cause: unknown): Promise<void> {
+    try {
+      await this.fs.ftruncate(a.fd, a.size);
+      await this.fs.fdatasync(a.fd);
+    } catch (err) {
+      this.broken = new StoreError(
+        StoreErrorCode.failed,
+        `WAL segment ${a.path} could not be restored to ${a.size} bytes after a failed write; restart the node so recovery re-verifies it`,
+        { cause: err },
+      );
+      this.logger.warn({ file: a.path, size: a.size, err: String(err), cause: String(cause) }, 'WAL: refusing further appends');
+    }
+  }
+
+  /** Starts a new segment: header + preamble, synced, directory synced, before any batch goes in. */
+  private async rollover(): Promise<void> {
+    const seq = this.nextSeq;
+    const path = join(this.dir, segmentName(seq));
+    const head = encodeRecords([{ type: HEADER_TYPE, body: encodeHeader(seq) }, ...this.preamble()]);
+    let fd: number;
+    try {
+      fd = await this.fs.open(path, 'wx');
+    } catch (err) {
+      throw diskError(err, 'create segment', path);
+    }
+    try {
+      await writeAll(this.fs, fd, head, 0);
+      await this.fs.fdatasync(fd);
+      await syncDir(this.fs, this.dir);
+    } catch (err) {
+      // Nothing in it was acknowledged: remove it so the previous segment stays the active one.
+      await this.fs.close(fd).catch(() => undefined);
+      await this.fs.unlink(path).catch(() => undefined);
+      throw diskError(err, 'create segment', path);
+    }
+    const prev = this.active;
+    if (prev) {
+      this.closedSegments.push({ seq: prev.seq, path: prev.path, size: prev.size });
+      await this.fs.close(prev.fd);
+    }
+    this.active = { seq, path, fd, size: head.length };
+    this.nextSeq = seq + 1;
+  }
+
+  /** Forces the next batch into a new segment (used before compaction makes older ones removable). */
+  async roll(): Promise<void> {
+    await this.idle();
+    if (this.broken) throw this.broken;
+    await this.rollover();
+  }
+
+  /** Removes closed segments with seq < `seq`, oldest first, then syncs the directory. */
+  async removeSegmentsBefore(seq: number): Promise<number> {
+    let removed = 0;
+    while (this.closedSegments.length > 0 && this.closedSegments[0]!.seq < seq) {
+      const s = this.closedSegments[0]!;
+      await this.fs.unlink(s.path);
+      this.closedSegments.shift();
+      removed++;
+    }
+    if (removed > 0) await syncDir(this.fs, this.dir);
+    return removed;
+  }
+
+  /** Waits until every queued batch has been written (or failed). */
+  async idle(): Promise<void> {
+    while (this.scheduled || this.flushing) {
+      if (this.flushing) await this.flushing;
+      else await new Promise<void>((r) => queueMicrotask(r));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.idle();
+    this.closed = true;
+    if (this.active) await this.fs.close(this.active.fd);
+    this.active = null;
+  }
+}
