@@ -1,0 +1,308 @@
+// The flag parser and validators, in process: every bad-input case names its flag in one line, the deploy
+// seed's command line validates, flags this build lacks are refused, and random argv only ever yields ConfigError.
+import t, { type Test } from 'tap';
+import fc from 'fast-check';
+import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ConfigError } from '../../src/errors.js';
+import { parseCommandLine, parseArgv, flagSpecs, type Command, type ServeConfig } from '../../src/config/index.js';
+import { refuseUnavailable } from '../../src/cli/features.js';
+import { helpText } from '../../src/cli/help.js';
+import { createCertificateAuthority, issueCertificate } from '../../src/certs/index.js';
+
+// The ExecStart of shared/deploy-seed/membershipd-cluster.service, the unit the first deployment ran. Kept here so a
+// clean clone tests it; when the seed (or the repo's deploy/cluster copy) is present it is read and compared too.
+const seedExecStart = '/opt/unibus/membershipd --bind 0.0.0.0 --bus-auth enforce --http-port ${HTTP_PORT} '
+  + '--nats-port ${NATS_CLIENT_PORT} --tls-cert ${TLS_CERT} --tls-key ${TLS_KEY} --cluster-name ${CLUSTER_NAME} '
+  + '--server-name ${NODE_NAME} --cluster-port ${NATS_ROUTE_PORT} --routes ${ROUTES} --cluster-user ${CLUSTER_USER} '
+  + '--cluster-pass-file ${CLUSTER_PASS_FILE} --route-tls-cert ${ROUTE_TLS_CERT} --route-tls-key ${ROUTE_TLS_KEY} '
+  + '--route-tls-ca ${ROUTE_TLS_CA} --internal-id-file ${INTERNAL_ID_FILE} --store kv --kv-replicas ${KV_REPLICAS}';
+const seedUnits = ['../../deploy/cluster/membershipd-cluster.service', '../../../shared/deploy-seed/membershipd-cluster.service']
+  .map((rel) => fileURLToPath(new URL(rel, import.meta.url)));
+
+function execStartOf(unit: string): string {
+  return /ExecStart=(.*)/.exec(unit.replace(/\\\n/g, ' '))![1]!.trim().replace(/\s+/g, ' ');
+}
+
+interface Fixtures {
+  dir: string; ca: string; cert: string; key: string; otherKey: string; notPem: string; empty: string;
+  encryptedKey: string; pass: string; users: string;
+}
+
+async function fixtures(dir: string): Promise<Fixtures> {
+  const ca = await createCertificateAuthority('cfg-test');
+  const leaf = await issueCertificate(ca, { commonName: 'n1' });
+  const other = await issueCertificate(ca, { commonName: 'n2' });
+  const f = (name: string, text: string): string => { const p = join(dir, name); writeFileSync(p, text); return p; };
+  return {
+    dir,
+    ca: f('ca.pem', ca.cert),
+    cert: f('n1.pem', leaf.cert),
+    key: f('n1.key', leaf.key),
+    otherKey: f('n2.key', other.key),
+    notPem: f('junk.pem', 'hello, not a certificate\n'),
+    empty: f('empty.pem', '\n'),
+    encryptedKey: f('enc.key', '-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n'),
+    pass: f('route.pass', 's3cret\n'),
+    users: f('users.json', '{"users":[]}\n'),
+  };
+}
+
+/** Asserts that argv fails with a ConfigError naming `flag` in a single line; returns the message. */
+function failsWith(t: Test, argv: string[], flag: string | undefined, pattern: RegExp): void {
+  let err: unknown;
+  try {
+    const cmd = parseCommandLine(argv);
+    err = cmd.kind === 'serve' ? refuseUnavailable(cmd.config) : undefined;
+  } catch (e) {
+    err = e;
+  }
+  const label = JSON.stringify(argv);
+  if (!(err instanceof ConfigError)) {
+    t.fail(`${label}: expected a ConfigError, got ${String(err)}`);
+    return;
+  }
+  t.equal(err.flag, flag, `${label}: names ${flag ?? 'no flag'}`);
+  if (flag !== undefined) t.ok(err.message.startsWith(`--${flag}`) || err.message.includes(`--${flag}`), `${label}: message names --${flag}: ${err.message}`);
+  t.match(err.message, pattern, `${label}: ${err.message}`);
+  t.notMatch(err.message, /[\r\n]/, `${label}: one line`);
+}
+
+function serve(argv: string[]): ServeConfig {
+  const cmd: Command = parseCommandLine(argv);
+  if (cmd.kind !== 'serve') throw new Error(`expected serve, got ${cmd.kind}`);
+  return cmd.config;
+}
+
+t.test('syntax: commands, missing values, duplicates, unknown flags', async (t) => {
+  t.equal(parseCommandLine([]).kind, 'serve', 'serve is the default command');
+  t.equal(parseCommandLine(['serve']).kind, 'serve');
+  t.equal(parseCommandLine(['--help']).kind, 'help');
+  t.equal(parseCommandLine(['-h']).kind, 'help');
+  t.equal(parseCommandLine(['help']).kind, 'help');
+  t.equal(parseCommandLine(['help', 'dev']).kind, 'help');
+  t.equal(parseCommandLine(['--bogus', '--help']).kind, 'help', '--help wins over a bad flag');
+  t.equal(parseCommandLine(['--version']).kind, 'version');
+  t.equal(parseCommandLine(['version']).kind, 'version');
+  t.same([...parseArgv(['--bind=::1', '--nats-port', '0']).flags], [['bind', '::1'], ['nats-port', '0']], 'both value forms');
+  t.same([...parseArgv(['--routes=a:1,b=2:3']).flags], [['routes', 'a:1,b=2:3']], 'only the first = splits');
+
+  failsWith(t, ['--nats-port'], 'nats-port', /needs a value/);
+  failsWith(t, ['--nats-port', '--http-port', '1'], 'nats-port', /needs a value/);
+  failsWith(t, ['--nats-port='], 'nats-port', /empty value/);
+  failsWith(t, ['--bind', 'a', '--bind', 'b'], 'bind', /more than once/);
+  failsWith(t, ['--bind=a', '--bind', 'a'], 'bind', /more than once/);
+  failsWith(t, ['--bogus'], 'bogus', /unknown flag "--bogus"/);
+  failsWith(t, ['--bogus=1'], 'bogus', /unknown flag/);
+  failsWith(t, ['-x'], undefined, /unexpected argument "-x"/);
+  failsWith(t, ['--'], undefined, /unexpected argument/);
+  failsWith(t, ['serve', 'extra'], undefined, /unexpected argument "extra"/);
+  failsWith(t, ['frob'], undefined, /unknown command "frob"/);
+  failsWith(t, ['version', 'x'], undefined, /unexpected argument/);
+  failsWith(t, ['help', 'frob'], undefined, /unexpected argument/);
+  failsWith(t, ['dev', '--bind', '0.0.0.0'], 'bind', /not a flag of `membershipd dev`/);
+  failsWith(t, ['serve', '--dir', 'x'], 'dir', /not a flag of `membershipd serve`/);
+  for (const planned of ['user', 'role', 'cluster', 'id', 'certs']) failsWith(t, [planned, 'add'], undefined, /not available in this build yet/);
+});
+
+t.test('values: every flag rejects what it cannot use, naming itself', async (t) => {
+  const fx = await fixtures(t.testdir());
+  for (const bad of ['abc', '-1', '65536', '1e3', '0x10', ' 1', '+1', '1.5', '99999999999']) {
+    failsWith(t, ['--nats-port', bad], 'nats-port', /is not a port number/);
+  }
+  failsWith(t, ['--http-port=70000'], 'http-port', /is not a port number/);
+  failsWith(t, ['--ws-port', 'x'], 'ws-port', /is not a port number/);
+  failsWith(t, ['--cluster-port', '-5'], 'cluster-port', /is not a port number/);
+  failsWith(t, ['--nats-port', '4222', '--http-port', '4222'], 'http-port', /already used by --nats-port/);
+  failsWith(t, ['--ws-port', '8222'], 'ws-port', /already used by --http-port/);
+  failsWith(t, ['--cluster-port', '4222'], 'cluster-port', /already used by --nats-port/);
+  failsWith(t, ['dev', '--nats-port', '1', '--http-port', '1'], 'http-port', /already used/);
+  for (const bad of ['not a host', '300.1.1.1', '-lead', 'a..b', 'x'.repeat(64), 'example.com.']) {
+    failsWith(t, ['--bind', bad], 'bind', /not an IP address or host name/);
+  }
+  for (const bad of ['has space', '.dot', 'x'.repeat(129), 'a/b', 'line\nbreak']) {
+    failsWith(t, ['--server-name', bad], 'server-name', /not a valid name/);
+  }
+  failsWith(t, ['--log-level', 'loud'], 'log-level', /not one of fatal\|error\|warn\|info\|debug\|trace\|silent/);
+  failsWith(t, ['dev', '--log-level=INFO'], 'log-level', /not one of/);
+  failsWith(t, ['--bus-auth', 'maybe'], 'bus-auth', /not one of off\|warn\|enforce/);
+  failsWith(t, ['--store', 'sql'], 'store', /not one of file\|kv/);
+  for (const bad of ['0', '-1', '16', 'three']) failsWith(t, ['--store', 'kv', '--kv-replicas', bad], 'kv-replicas', /integer from 1 to 15/);
+  failsWith(t, ['--kv-replicas', '3'], 'kv-replicas', /only to --store kv/);
+  failsWith(t, ['--store', 'kv', '--users-file', fx.users], 'users-file', /only to --store file/);
+  failsWith(t, ['--data-dir', fx.cert], 'data-dir', /not a directory/);
+  failsWith(t, ['dev', '--dir', fx.cert], 'dir', /not a directory/);
+  failsWith(t, ['--internal-id-file', '/nonexistent-dir-xyz/id.seed'], 'internal-id-file', /its directory .* does not exist/);
+  failsWith(t, ['--internal-id-file', fx.dir], 'internal-id-file', /not a regular file/);
+});
+
+t.test('files: TLS pairs are readable PEM and belong together', async (t) => {
+  const fx = await fixtures(t.testdir());
+  failsWith(t, ['--tls-cert', fx.cert], 'tls-key', /--tls-key is required with --tls-cert/);
+  failsWith(t, ['--tls-key', fx.key], 'tls-cert', /--tls-cert is required with --tls-key/);
+  failsWith(t, ['--tls-cert', join(fx.dir, 'missing.pem'), '--tls-key', fx.key], 'tls-cert', /does not exist/);
+  failsWith(t, ['--tls-cert', fx.dir, '--tls-key', fx.key], 'tls-cert', /is a directory/);
+  failsWith(t, ['--tls-cert', fx.empty, '--tls-key', fx.key], 'tls-cert', /is empty/);
+  failsWith(t, ['--tls-cert', fx.notPem, '--tls-key', fx.key], 'tls-cert', /no PEM certificate/);
+  failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.cert], 'tls-key', /no PEM private key/);
+  failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.otherKey], 'tls-key', /does not belong to the certificate/);
+  failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.encryptedKey], 'tls-key', /encrypted/);
+  const broken = join(fx.dir, 'broken.pem');
+  writeFileSync(broken, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
+  failsWith(t, ['--tls-cert', broken, '--tls-key', fx.key], 'tls-cert', /not a valid X\.509 certificate/);
+  failsWith(t, ['--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /required with --route-tls-cert/);
+  failsWith(t, ['--route-tls-ca', fx.ca], 'route-tls-cert', /required with --route-tls-ca/);
+  failsWith(t, ['--route-tls-ca', fx.notPem, '--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /no PEM certificate/);
+  failsWith(t, ['--cluster-user', 'route'], 'cluster-pass-file', /never taken from argv/);
+  failsWith(t, ['--cluster-pass-file', fx.pass], 'cluster-user', /required with --cluster-pass-file/);
+  failsWith(t, ['--cluster-user', 'route', '--cluster-pass-file', join(fx.dir, 'nope')], 'cluster-pass-file', /does not exist/);
+  failsWith(t, ['--users-file', fx.empty], 'users-file', /is empty/);
+
+  const ok = serve(['--tls-cert', fx.cert, '--tls-key=' + fx.key]);
+  t.equal(ok.tls?.certFile, fx.cert);
+  t.equal(ok.tls?.cert, readFileSync(fx.cert, 'utf8'), 'the PEM text is loaded for the server');
+});
+
+t.test('routes: host:port or nats-route://host:port, never user info', async (t) => {
+  const routes = serve(['--routes', 'n1.example:6222,nats-route://10.0.0.2:6222,[::1]:6223,NATS-ROUTE://h:1/']).cluster.routes;
+  t.same(routes.map((r) => [r.host, r.port]), [['n1.example', 6222], ['10.0.0.2', 6222], ['::1', 6223], ['h', 1]]);
+  const cases: [string, RegExp][] = [
+    ['a', /route 1 of 1 "a" is not host:port/],
+    ['a:', /not host:port/],
+    [':1', /not host:port/],
+    ['a:0', /invalid port "0"/],
+    ['a:70000', /invalid port/],
+    ['a:1,,b:2', /route 2 of 3 is empty/],
+    ['a:1,', /route 2 of 2 is empty/],
+    ['http://a:1', /scheme "http"/],
+    ['[zz]:1', /invalid host "zz"/],
+    ['bad host:1', /invalid host/],
+    ['::1:6222', /not host:port/],
+  ];
+  for (const [value, pattern] of cases) failsWith(t, ['--routes', value], 'routes', pattern);
+  for (const value of ['nats-route://ruser:T0pSecret@n2:6222', 'ruser:T0pSecret@n2:6222', 'a:1,nats-route://u@b:2']) {
+    let message = '';
+    try { serve(['--routes', value]); } catch (e) { message = (e as Error).message; }
+    t.match(message, /carries user info; give the user with --cluster-user and the password in --cluster-pass-file/, value);
+    t.notMatch(message, /T0pSecret|ruser/, 'the credentials are never echoed');
+  }
+});
+
+t.test('accepted values are typed; defaults apply', async (t) => {
+  const d = serve([]);
+  t.same(
+    { bind: d.bind, nats: d.natsPort, http: d.httpPort, ws: d.wsPort, log: d.logLevel, auth: d.busAuth, store: d.store, data: d.dataDir, tls: d.tls },
+    { bind: '127.0.0.1', nats: 4222, http: 8222, ws: undefined, log: 'info', auth: 'off', store: 'file', data: './data', tls: undefined },
+  );
+  t.equal(d.serverName, hostname().split('.')[0], 'server name defaults to the host name');
+  const c = serve(['--bind', '::', '--nats-port=0', '--http-port', '0', '--ws-port', '0', '--server-name', 'node-1.a_b', '--log-level', 'trace']);
+  t.same([c.bind, c.natsPort, c.httpPort, c.wsPort, c.serverName, c.logLevel], ['::', 0, 0, 0, 'node-1.a_b', 'trace']);
+  t.equal(refuseUnavailable(serve(['--bus-auth', 'off', '--store', 'file'])), undefined, 'what this build does is accepted');
+  const dev = parseCommandLine(['dev']);
+  t.same(dev, { kind: 'dev', config: { dir: './.dev-cluster', natsPort: 4222, httpPort: 8222, logLevel: 'warn' } });
+});
+
+t.test('the deploy seed command line validates; this build refuses what it cannot do yet', async (t) => {
+  const fx = await fixtures(t.testdir());
+  const env: Record<string, string> = {
+    HTTP_PORT: '8222', NATS_CLIENT_PORT: '4222', TLS_CERT: fx.cert, TLS_KEY: fx.key, CLUSTER_NAME: 'unibus',
+    NODE_NAME: 'node-a', NATS_ROUTE_PORT: '6222', ROUTES: 'nats-route://10.0.0.2:6222,nats-route://10.0.0.3:6222',
+    CLUSTER_USER: 'route', CLUSTER_PASS_FILE: fx.pass, ROUTE_TLS_CERT: fx.cert, ROUTE_TLS_KEY: fx.key, ROUTE_TLS_CA: fx.ca,
+    INTERNAL_ID_FILE: join(fx.dir, 'internal.seed'), KV_REPLICAS: '3',
+  };
+  for (const file of seedUnits.filter((f) => existsSync(f))) {
+    const flagsOf = (line: string) => line.split(' ').filter((w) => w.startsWith('--')).sort();
+    t.same(flagsOf(execStartOf(readFileSync(file, 'utf8'))), flagsOf(seedExecStart), `every flag of ${file} is tested here`);
+  }
+  const argv = seedExecStart.split(' ').slice(1).map((w) => w.replace(/\$\{(\w+)\}/g, (_, k: string) => env[k]!));
+  const seedFlags = argv.filter((w) => w.startsWith('--')).map((w) => w.slice(2));
+  t.equal(seedFlags.length, 18, 'the seed passes 18 flags');
+  const help = helpText();
+  for (const flag of seedFlags) t.match(help, `--${flag} `, `--help lists the seed's --${flag}`);
+  const config = serve(argv);
+  t.same(config.cluster.routes.map((r) => r.host), ['10.0.0.2', '10.0.0.3']);
+  t.equal(config.kvReplicas, 3);
+  t.equal(config.cluster.routeTls?.caFile, fx.ca);
+  const refusal = refuseUnavailable(config);
+  t.equal(refusal?.flag, 'bus-auth', 'the first unavailable flag in argv order is named');
+  t.match(refusal?.message, /--bus-auth: bus authentication is not available in this build yet/);
+
+  const refused: [string[], string, RegExp][] = [
+    [['--cluster-name', 'unibus'], 'cluster-name', /clustering .* not available in this build yet/],
+    [['--routes', 'a:1'], 'routes', /clustering/],
+    [['--cluster-port', '6222'], 'cluster-port', /clustering/],
+    [['--cluster-user', 'r', '--cluster-pass-file', fx.pass], 'cluster-user', /clustering/],
+    [['--route-tls-ca', fx.ca, '--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /clustering/],
+    [['--store', 'kv'], 'store', /--store kv.* not available/],
+    [['--store', 'kv', '--kv-replicas', '3'], 'store', /not available/],
+    [['--bus-auth', 'enforce'], 'bus-auth', /not available/],
+    [['--bus-auth', 'warn'], 'bus-auth', /not available/],
+    [['--users-file', fx.users], 'users-file', /not available/],
+    [['--internal-id-file', join(fx.dir, 'id.seed')], 'internal-id-file', /not available/],
+    [['--data-dir', join(fx.dir, 'data')], 'data-dir', /persistent storage is not available/],
+  ];
+  for (const [args, flag, pattern] of refused) failsWith(t, args, flag, pattern);
+});
+
+t.test('--help lists every flag and command with its default', async (t) => {
+  const help = helpText();
+  for (const spec of flagSpecs) {
+    t.match(help, `--${spec.name} ${spec.value}`, `lists --${spec.name}`);
+    if (spec.defaultText !== undefined) t.match(help, `(default: ${spec.defaultText})`, `default of --${spec.name}`);
+  }
+  for (const cmd of ['serve', 'dev', 'help', 'version', '--version', '--help']) t.match(help, cmd);
+});
+
+t.test('property: random argv yields a command or a one-line ConfigError, never anything else', async (t) => {
+  const fx = await fixtures(t.testdir());
+  mkdirSync(join(fx.dir, 'sub'));
+  const seed = Number(process.env.SEED ?? (Date.now() % 2_147_483_647));
+  t.comment(`seed=${seed} (replay: SEED=${seed} npx tap test/cli/config.test.ts)`);
+  const names = flagSpecs.map((f) => f.name);
+  const values = fc.oneof(
+    fc.constantFrom('0', '1', '4222', '65535', '65536', '-1', '', 'off', 'warn', 'kv', 'file', 'info', '::1', '0.0.0.0',
+      'a:1,b:2', 'u:p@h:1', 'nats-route://h:1', fx.cert, fx.key, fx.ca, fx.pass, fx.dir, fx.empty, fx.notPem, '/nonexistent/x'),
+    fc.string({ maxLength: 12 }),
+  );
+  const token = fc.oneof(
+    fc.constantFrom(...names).map((n) => `--${n}`),
+    fc.tuple(fc.constantFrom(...names), values).map(([n, v]) => `--${n}=${v}`),
+    fc.constantFrom('serve', 'dev', 'help', 'version', 'user', '--', '-', '--=', '--help', '--version'),
+    values,
+  );
+  fc.assert(fc.property(fc.array(token, { maxLength: 10 }), (argv) => {
+    try {
+      const cmd = parseCommandLine(argv);
+      if (cmd.kind === 'serve') refuseUnavailable(cmd.config);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw new Error(`argv ${JSON.stringify(argv)} threw ${String(err)}`);
+      if (/[\r\n]/.test(err.message)) throw new Error(`multi-line message for ${JSON.stringify(argv)}`);
+      if (err.flag !== undefined && !err.message.includes(`--${err.flag}`)) throw new Error(`message does not name --${err.flag}: ${err.message}`);
+    }
+  }), { seed, numRuns: 2000 });
+
+  // Valid flag sets parse to the same config whichever value form and order is used.
+  const validArgs = fc.record({
+    'nats-port': fc.integer({ min: 1, max: 9999 }).map(String),
+    'http-port': fc.integer({ min: 10000, max: 65535 }).map(String),
+    'server-name': fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,20}$/),
+    'log-level': fc.constantFrom('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'),
+    bind: fc.constantFrom('127.0.0.1', '::1', 'localhost', '0.0.0.0', 'node-1.example.org'),
+  }, { requiredKeys: [] });
+  fc.assert(fc.property(validArgs, fc.array(fc.boolean(), { minLength: 5, maxLength: 5 }), (flags, forms) => {
+    const entries = Object.entries(flags);
+    const split = entries.flatMap(([k, v]) => [`--${k}`, v]);
+    const joined = entries.map(([k, v], i) => (forms[i] ? `--${k}=${v}` : `--${k}`)).flatMap((w, i) => (forms[i] ? [w] : [w, entries[i]![1]]));
+    const reversed = [...entries].reverse().map(([k, v]) => `--${k}=${v}`);
+    const a = serve(split);
+    const b = serve(joined);
+    const c = serve(reversed);
+    const strip = (x: ServeConfig) => ({ ...x, given: [...x.given].sort() });
+    if (JSON.stringify(strip(a)) !== JSON.stringify(strip(b)) || JSON.stringify(strip(a)) !== JSON.stringify(strip(c))) {
+      throw new Error(`forms disagree for ${JSON.stringify(flags)}`);
+    }
+  }), { seed, numRuns: 300 });
+  t.pass('2000 random and 300 valid command lines held the properties');
+});
