@@ -1,0 +1,211 @@
+// The route wire codec, the --routes parser, backoff and Ed25519 agreement: pure pieces, no sockets.
+import t from 'tap';
+import fc from 'fast-check';
+import nacl from 'tweetnacl';
+import { generateKeyPairSync, sign as nodeSign } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
+import {
+  FrameParser, FrameError, RouteAddressError, backoffDelayMs, decodeFrameBody, encodeFrame, parseRoute, parseRoutes,
+  verifyEd25519, type WireFrame,
+} from '../../transport/index.js';
+
+const seed = Number(process.env.FC_SEED ?? Date.now() % 2 ** 31);
+t.comment(`fast-check seed ${seed} (replay: FC_SEED=${seed} npx tap test/transport/codec.test.ts)`);
+
+const sample: WireFrame[] = [
+  { kind: 'hello', version: 1, cluster: 'c', name: 'n1', identity: new Uint8Array(32).fill(7), nonce: new Uint8Array(32).fill(9),
+    clusterSize: 3, posture: Buffer.from('posture'), user: 'route' },
+  { kind: 'auth', signature: new Uint8Array(64).fill(1), passwordProof: new Uint8Array(32).fill(2) },
+  { kind: 'refuse', code: 'posture', reason: 'no' },
+  { kind: 'ping', seq: 1 },
+  { kind: 'pong', seq: 4_000_000_000 },
+  { kind: 'raft', data: { type: 'MsgApp', term: 5, entries: [{ index: 1, data: Buffer.from([1, 2, 3]) }] } },
+  { kind: 'raft', data: null },
+  { kind: 'interest_add', subject: 'orders.>' },
+  { kind: 'interest_add', subject: 'work', queue: 'workers' },
+  { kind: 'interest_remove', subject: 'work', queue: 'workers' },
+  { kind: 'bus', subject: 'a.b', payload: Buffer.alloc(0) },
+  { kind: 'bus', subject: 'a.b', reply: '_INBOX.1', headers: Buffer.from('NATS/1.0\r\n\r\n'), payload: Buffer.alloc(300, 0x61), queues: ['q1', 'q2'] },
+];
+
+function parseAll(chunks: Uint8Array[], max?: number): WireFrame[] {
+  const parser = new FrameParser(max);
+  const out: WireFrame[] = [];
+  for (const c of chunks) parser.push(c, (f) => out.push(f));
+  return out;
+}
+
+// Decoded binaries are Buffers; compare through a normal form so Uint8Array vs Buffer does not matter.
+function norm(frames: WireFrame[]): unknown {
+  return JSON.parse(JSON.stringify(frames, (_k, v: unknown) =>
+    v instanceof Uint8Array ? `bin:${Buffer.from(v).toString('hex')}`
+      : v && typeof v === 'object' && (v as { type?: string }).type === 'Buffer' ? `bin:${Buffer.from((v as { data: number[] }).data).toString('hex')}` : v));
+}
+
+const stream = Buffer.concat(sample.map((f) => encodeFrame(f)));
+
+t.test('frames round-trip through the parser in one chunk', async (t) => {
+  t.same(norm(parseAll([stream])), norm(sample));
+});
+
+t.test('byte-at-a-time', async (t) => {
+  const chunks = [...stream].map((b) => Uint8Array.of(b));
+  t.same(norm(parseAll(chunks)), norm(sample));
+});
+
+t.test('split at every offset', async (t) => {
+  for (let i = 0; i <= stream.length; i++) {
+    const got = parseAll([stream.subarray(0, i), stream.subarray(i)]);
+    if (!isDeepStrictEqual(norm(got), norm(sample))) {
+      t.fail(`split at ${i} changed the frames`);
+      return;
+    }
+  }
+  t.pass(`all ${stream.length + 1} splits agree`);
+});
+
+t.test('buffer reuse: a later read does not clobber an earlier frame', async (t) => {
+  const buf = Buffer.from(encodeFrame({ kind: 'bus', subject: 's', payload: Buffer.from('first') }));
+  const parser = new FrameParser();
+  const got: WireFrame[] = [];
+  parser.push(buf, (f) => got.push(f));
+  buf.fill(0x41); // the caller reuses its read buffer
+  const second = encodeFrame({ kind: 'bus', subject: 's', payload: Buffer.from('second') });
+  // And a frame that straddles two reads of the same reused buffer.
+  const scratch = Buffer.alloc(second.length);
+  second.copy(scratch, 0, 0, 10);
+  parser.push(scratch.subarray(0, 10), (f) => got.push(f));
+  scratch.fill(0);
+  second.copy(scratch, 0, 10);
+  parser.push(scratch.subarray(0, second.length - 10), (f) => got.push(f));
+  scratch.fill(0x42);
+  t.equal(got.length, 2);
+  t.equal(Buffer.from((got[0] as { payload: Uint8Array }).payload).toString(), 'first');
+  t.equal(Buffer.from((got[1] as { payload: Uint8Array }).payload).toString(), 'second');
+});
+
+t.test('oversize length is refused from the header, before any body byte is buffered', async (t) => {
+  const parser = new FrameParser(1024);
+  const header = Buffer.alloc(4);
+  header.writeUInt32BE(1025);
+  t.throws(() => parser.push(header, () => t.fail('no frame')), { code: 'EFRAME_OVERSIZE' });
+  t.equal(parser.bufferedBytes, 0);
+  // The stream is unrecoverable: every later push reports the same error.
+  t.throws(() => parser.push(encodeFrame({ kind: 'ping', seq: 1 }), () => t.fail('no frame')), { code: 'EFRAME_OVERSIZE' });
+  const huge = Buffer.alloc(4);
+  huge.writeUInt32BE(0xffffffff);
+  t.throws(() => new FrameParser().push(huge, () => undefined), { code: 'EFRAME_OVERSIZE' });
+  t.ok(encodeFrame({ kind: 'bus', subject: 's', payload: Buffer.alloc(1000) }).length > 1000);
+});
+
+t.test('malformed and truncated input', async (t) => {
+  const frame = (body: Buffer) => { const h = Buffer.alloc(4); h.writeUInt32BE(body.length); return Buffer.concat([h, body]); };
+  t.throws(() => parseAll([Buffer.alloc(4)]), { code: 'EFRAME_MALFORMED', message: /zero-length/ });
+  t.throws(() => parseAll([frame(Buffer.from([0xc1]))]), { code: 'EFRAME_MALFORMED' }, 'reserved msgpack byte');
+  t.throws(() => parseAll([frame(Buffer.from([0x93, 0x01]))]), { code: 'EFRAME_MALFORMED' }, 'truncated array');
+  t.throws(() => parseAll([frame(Buffer.from([0x91, 0x63]))]), { code: 'EFRAME_MALFORMED', message: /unknown frame kind 99/ });
+  t.throws(() => parseAll([frame(Buffer.from([0x01]))]), { code: 'EFRAME_MALFORMED', message: /not a non-empty array/ });
+  t.throws(() => parseAll([frame(Buffer.concat([encodeFrame({ kind: 'ping', seq: 1 }).subarray(4), Buffer.from([0])]))]),
+    { code: 'EFRAME_MALFORMED' }, 'trailing bytes after the value');
+  t.throws(() => decodeFrameBody(encodeFrame({ kind: 'interest_add', subject: 'x' }).subarray(4).fill(0xa1, 1, 2)),
+    { code: 'EFRAME_MALFORMED' }, 'wrong field type');
+  const badHello = encodeFrame({ ...(sample[0] as Extract<WireFrame, { kind: 'hello' }>), identity: new Uint8Array(31) });
+  t.throws(() => parseAll([badHello]), { code: 'EFRAME_MALFORMED', message: /identity is 31 bytes/ });
+  // Truncated: nothing is delivered and the partial frame waits for more bytes.
+  const parser = new FrameParser();
+  let n = 0;
+  parser.push(stream.subarray(0, stream.length - 1), () => n++);
+  t.equal(n, sample.length - 1);
+  t.ok(parser.bufferedBytes > 0);
+  parser.push(stream.subarray(stream.length - 1), () => n++);
+  t.equal(n, sample.length);
+  t.equal(parser.bufferedBytes, 0);
+});
+
+const frameArb: fc.Arbitrary<WireFrame> = fc.oneof(
+  fc.record({ kind: fc.constant('ping' as const), seq: fc.nat() }),
+  fc.record({ kind: fc.constant('interest_add' as const), subject: fc.string({ maxLength: 40 }) }),
+  fc.record({ kind: fc.constant('interest_remove' as const), subject: fc.string(), queue: fc.string({ maxLength: 10 }) }),
+  fc.record({ kind: fc.constant('raft' as const), data: fc.oneof(fc.string(), fc.integer(), fc.array(fc.nat({ max: 1000 }))) }),
+  fc.record({ kind: fc.constant('bus' as const), subject: fc.string({ minLength: 1 }), payload: fc.uint8Array({ maxLength: 700 }) },
+    { requiredKeys: ['kind', 'subject', 'payload'] }),
+  fc.record({ kind: fc.constant('refuse' as const), code: fc.string(), reason: fc.string() }),
+);
+
+t.test('property: any frames, any split into chunks, same frames out', async (t) => {
+  fc.assert(fc.property(fc.array(frameArb, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 20 }), (frames, cuts) => {
+    const bytes = Buffer.concat(frames.map((f) => encodeFrame(f)));
+    const points = [...new Set(cuts.map((c) => (bytes.length === 0 ? 0 : c % bytes.length)))].sort((a, b) => a - b);
+    const chunks: Buffer[] = [];
+    let last = 0;
+    for (const p of points) { chunks.push(bytes.subarray(last, p)); last = p; }
+    chunks.push(bytes.subarray(last));
+    return isDeepStrictEqual(norm(parseAll(chunks)), norm(frames));
+  }), { seed, numRuns: 300 });
+  t.pass('property held');
+});
+
+t.test('fuzz: random bytes give frames or a FrameError, never another exception', async (t) => {
+  let errors = 0;
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), fc.nat({ max: 299 }), (bytes, cut) => {
+    try {
+      parseAll([bytes.subarray(0, cut), bytes.subarray(cut)], 4096);
+    } catch (error) {
+      if (!(error instanceof FrameError)) return false;
+      errors++;
+    }
+    return true;
+  }), { seed, numRuns: 2000 });
+  t.ok(errors > 0, `${errors} inputs refused with FrameError`);
+});
+
+t.test('--routes parsing', async (t) => {
+  t.same(parseRoutes('127.0.0.1:6222, nats-route://[::1]:7222,node-3.example.com:6222'), [
+    { host: '127.0.0.1', port: 6222, url: 'nats-route://127.0.0.1:6222' },
+    { host: '::1', port: 7222, url: 'nats-route://[::1]:7222' },
+    { host: 'node-3.example.com', port: 6222, url: 'nats-route://node-3.example.com:6222' },
+  ]);
+  t.same(parseRoutes(''), []);
+  t.equal(parseRoutes('a:1,nats-route://a:1/').length, 1, 'duplicates kept once');
+  t.same(parseRoute('[::1]:1'), { host: '::1', port: 1, url: 'nats-route://[::1]:1' });
+  for (const bad of ['nats-route://user:s3cret@10.0.0.1:6222', 'route:s3cret@10.0.0.1:6222', 'nats-route://user@h:1']) {
+    const error = t.throws(() => parseRoutes(`127.0.0.1:1,${bad}`)) as unknown as RouteAddressError;
+    t.equal(error.code, 'EROUTE_USERINFO', bad);
+    t.match(error.message, /--cluster-user and --cluster-pass-file/);
+    t.notMatch(error.message, /s3cret/, 'the password is never echoed');
+  }
+  for (const [bad, why] of [['h', /no port/], ['::1:6222', /without brackets/], ['[::1]6222', /without "\]:port"/],
+    ['[10.0.0.1]:1', /not an IPv6/], ['h:0', /outside/], ['h:65536', /outside/], ['h:x', /no valid port/],
+    ['nats://h:1', /unsupported scheme/], ['nats-route://h:1/path', /path/], ['a:1,,b:1', /empty/], ['bad_host!:1', /invalid host/],
+  ] as const) {
+    t.throws(() => parseRoutes(bad), { code: 'EROUTE_ADDRESS', message: why }, bad);
+  }
+});
+
+t.test('backoff: exponential ceiling with full jitter, capped', async (t) => {
+  const opts = (r: number) => ({ baseMs: 100, maxMs: 5000, random: () => r });
+  t.same([1, 2, 3, 4, 5, 6, 7].map((a) => backoffDelayMs(a, opts(0.999999))), [199, 399, 799, 1599, 3199, 4999, 4999]);
+  t.same([1, 2, 3].map((a) => backoffDelayMs(a, opts(0.5))), [100, 200, 400]);
+  t.equal(backoffDelayMs(1000, opts(0.5)), 2500, 'huge attempt counts stay capped');
+  t.equal(backoffDelayMs(3, opts(0)), 0);
+});
+
+t.test('Ed25519: tweetnacl signatures verify with node:crypto and vice versa', async (t) => {
+  fc.assert(fc.property(fc.uint8Array({ minLength: 32, maxLength: 32 }), fc.uint8Array({ maxLength: 300 }), (s, msg) => {
+    const pair = nacl.sign.keyPair.fromSeed(s);
+    const sig = nacl.sign.detached(msg, pair.secretKey);
+    if (!verifyEd25519(pair.publicKey, msg, sig)) return false;
+    const tampered = Uint8Array.from(sig);
+    tampered[0]! ^= 1;
+    if (verifyEd25519(pair.publicKey, msg, tampered)) return false;
+    return nacl.sign.detached.verify(msg, sig, pair.publicKey);
+  }), { seed, numRuns: 20 });
+  const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+  const raw = publicKey.export({ format: 'der', type: 'spki' }).subarray(12);
+  const msg = Buffer.from('route nonce');
+  const sig = nodeSign(null, msg, privateKey);
+  t.ok(nacl.sign.detached.verify(msg, sig, raw), 'node signature verifies with tweetnacl');
+  t.ok(verifyEd25519(raw, msg, sig));
+  t.notOk(verifyEd25519(raw.subarray(1), msg, sig), 'short key refused');
+  t.notOk(verifyEd25519(raw, msg, sig.subarray(1)), 'short signature refused');
+});

@@ -1,0 +1,270 @@
+// Route frames: `[length u32 big-endian][msgpack body]`, the body a plain msgpack array `[kind, ...fields]`
+// (msgpackr with useRecords:false, so any msgpack implementation can read it). The parser is an
+// incremental byte state machine (CONVENTIONS §4): any split of the input works, the length is checked
+// against frameBytesMax before a single body byte is buffered, a frame that sits whole inside one chunk is
+// decoded from a view, and binary fields are copied out (copyBuffers) so a caller that reuses its read
+// buffer never sees an earlier frame change.
+import { Packr } from 'msgpackr';
+import { FrameError } from './errors.js';
+
+export const frameHeaderBytes = 4;
+/** Default limit of one frame's body: a 1 MiB bus payload plus headers, or a Raft snapshot chunk. */
+export const frameBytesMaxDefault = 4 * 1024 * 1024;
+
+/** Wire numbers of the frame kinds; stable across versions (protocol version guards semantics). */
+export const frameKind = {
+  hello: 1,
+  auth: 2,
+  refuse: 3,
+  ping: 4,
+  pong: 5,
+  raft: 10,
+  interestAdd: 11,
+  interestRemove: 12,
+  bus: 13,
+} as const;
+
+/** The frames a transport's owner sends and receives once a link is up. */
+export type RouteFrame =
+  /** A Raft message; `data` is any msgpack-encodable value (the transport does not look inside). */
+  | { readonly kind: 'raft'; readonly data: unknown }
+  | { readonly kind: 'interest_add'; readonly subject: string; readonly queue?: string }
+  | { readonly kind: 'interest_remove'; readonly subject: string; readonly queue?: string }
+  /**
+   * A bus message forwarded once to a peer. The receiver delivers it to its local plain subscribers and
+   * to one member of each queue group listed in `queues` (nats-server's RMSG `| queue...` semantics).
+   */
+  | {
+      readonly kind: 'bus';
+      readonly subject: string;
+      readonly reply?: string;
+      readonly headers?: Uint8Array;
+      readonly payload: Uint8Array;
+      readonly queues?: readonly string[];
+    };
+
+export interface HelloBody {
+  readonly version: number;
+  readonly cluster: string;
+  readonly name: string;
+  /** Raw Ed25519 public key, 32 bytes. */
+  readonly identity: Uint8Array;
+  /** Fresh random challenge, 32 bytes: the peer signs it to prove possession of its identity key. */
+  readonly nonce: Uint8Array;
+  readonly clusterSize: number;
+  readonly posture: Uint8Array;
+  readonly user: string;
+}
+
+/** Everything that travels on a link, handshake and keep-alive included. */
+export type WireFrame =
+  | RouteFrame
+  | ({ readonly kind: 'hello' } & HelloBody)
+  | { readonly kind: 'auth'; readonly signature: Uint8Array; readonly passwordProof: Uint8Array }
+  | { readonly kind: 'refuse'; readonly code: string; readonly reason: string }
+  | { readonly kind: 'ping'; readonly seq: number }
+  | { readonly kind: 'pong'; readonly seq: number };
+
+const packr = new Packr({ useRecords: false, copyBuffers: true });
+
+function toArray(frame: WireFrame): unknown[] {
+  switch (frame.kind) {
+    case 'hello':
+      return [frameKind.hello, frame.version, frame.cluster, frame.name, frame.identity, frame.nonce,
+        frame.clusterSize, frame.posture, frame.user];
+    case 'auth': return [frameKind.auth, frame.signature, frame.passwordProof];
+    case 'refuse': return [frameKind.refuse, frame.code, frame.reason];
+    case 'ping': return [frameKind.ping, frame.seq];
+    case 'pong': return [frameKind.pong, frame.seq];
+    // `null`, never `undefined`: msgpackr encodes undefined as an extension, which is not plain msgpack.
+    case 'raft': return [frameKind.raft, frame.data === undefined ? null : frame.data];
+    case 'interest_add': return [frameKind.interestAdd, frame.subject, frame.queue ?? null];
+    case 'interest_remove': return [frameKind.interestRemove, frame.subject, frame.queue ?? null];
+    case 'bus':
+      return [frameKind.bus, frame.subject, frame.reply ?? null, frame.headers ?? null, frame.payload,
+        frame.queues && frame.queues.length > 0 ? frame.queues : null];
+  }
+}
+
+/** The body of a frame (msgpack, without the length prefix). */
+export function encodeFrameBody(frame: WireFrame): Buffer {
+  return packr.pack(toArray(frame));
+}
+
+/** A whole frame, length prefix included, in one buffer ready for `socket.write`. */
+export function encodeFrame(frame: WireFrame): Buffer {
+  const body = encodeFrameBody(frame);
+  const out = Buffer.allocUnsafe(frameHeaderBytes + body.length);
+  out.writeUInt32BE(body.length, 0);
+  body.copy(out, frameHeaderBytes);
+  return out;
+}
+
+function malformed(why: string): FrameError {
+  return new FrameError('EFRAME_MALFORMED', `malformed route frame: ${why}`);
+}
+
+function str(v: unknown, field: string): string {
+  if (typeof v !== 'string') throw malformed(`${field} is not a string`);
+  return v;
+}
+function optStr(v: unknown, field: string): string | undefined {
+  return v === null ? undefined : str(v, field);
+}
+function bin(v: unknown, field: string, length?: number): Uint8Array {
+  if (!(v instanceof Uint8Array)) throw malformed(`${field} is not binary`);
+  if (length !== undefined && v.length !== length) throw malformed(`${field} is ${v.length} bytes, expected ${length}`);
+  return v;
+}
+function uint(v: unknown, field: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw malformed(`${field} is not an unsigned integer`);
+  return v;
+}
+function arity(a: unknown[], n: number, kind: string): void {
+  if (a.length !== n) throw malformed(`${kind} frame has ${a.length} fields, expected ${n}`);
+}
+
+function fromArray(a: unknown[]): WireFrame {
+  switch (a[0]) {
+    case frameKind.hello:
+      arity(a, 9, 'hello');
+      return { kind: 'hello', version: uint(a[1], 'version'), cluster: str(a[2], 'cluster'), name: str(a[3], 'name'),
+        identity: bin(a[4], 'identity', 32), nonce: bin(a[5], 'nonce', 32), clusterSize: uint(a[6], 'cluster size'),
+        posture: bin(a[7], 'posture'), user: str(a[8], 'user') };
+    case frameKind.auth:
+      arity(a, 3, 'auth');
+      return { kind: 'auth', signature: bin(a[1], 'signature', 64), passwordProof: bin(a[2], 'password proof', 32) };
+    case frameKind.refuse:
+      arity(a, 3, 'refuse');
+      return { kind: 'refuse', code: str(a[1], 'code'), reason: str(a[2], 'reason') };
+    case frameKind.ping: arity(a, 2, 'ping'); return { kind: 'ping', seq: uint(a[1], 'seq') };
+    case frameKind.pong: arity(a, 2, 'pong'); return { kind: 'pong', seq: uint(a[1], 'seq') };
+    case frameKind.raft: arity(a, 2, 'raft'); return { kind: 'raft', data: a[1] };
+    case frameKind.interestAdd:
+    case frameKind.interestRemove: {
+      arity(a, 3, 'interest');
+      const subject = str(a[1], 'subject');
+      const queue = optStr(a[2], 'queue');
+      const kind = a[0] === frameKind.interestAdd ? 'interest_add' : 'interest_remove';
+      return queue === undefined ? { kind, subject } : { kind, subject, queue };
+    }
+    case frameKind.bus: {
+      arity(a, 6, 'bus');
+      const subject = str(a[1], 'subject');
+      const reply = optStr(a[2], 'reply');
+      const headers = a[3] === null ? undefined : bin(a[3], 'headers');
+      const payload = bin(a[4], 'payload');
+      let queues: string[] | undefined;
+      if (a[5] !== null) {
+        if (!Array.isArray(a[5])) throw malformed('queues is not an array');
+        queues = a[5].map((q: unknown) => str(q, 'queue'));
+      }
+      return { kind: 'bus', subject, payload, ...(reply === undefined ? {} : { reply }),
+        ...(headers === undefined ? {} : { headers }), ...(queues === undefined ? {} : { queues }) };
+    }
+    default:
+      throw malformed(`unknown frame kind ${JSON.stringify(a[0])}`);
+  }
+}
+
+/** Decodes one frame body. Throws FrameError (EFRAME_MALFORMED). */
+export function decodeFrameBody(body: Uint8Array): WireFrame {
+  let value: unknown;
+  try {
+    value = packr.unpack(body);
+  } catch (cause) {
+    throw new FrameError('EFRAME_MALFORMED',
+      `malformed route frame: ${body.length}-byte body is not one msgpack value (${(cause as Error).message.slice(0, 80)})`,
+      { cause });
+  }
+  if (!Array.isArray(value) || value.length === 0) throw malformed('body is not a non-empty array');
+  return fromArray(value);
+}
+
+/**
+ * Incremental parser of a route byte stream. `push` may be given any slice of the stream; it calls
+ * `onFrame` for every complete frame, in order. After it has thrown a FrameError the stream is
+ * unrecoverable (frame boundaries are lost) and every later push throws the same error.
+ */
+export class FrameParser {
+  readonly frameBytesMax: number;
+  readonly #header = Buffer.alloc(frameHeaderBytes);
+  #headerHave = 0;
+  /** Body length of the frame being read; -1 while the header is being read. */
+  #bodyLength = -1;
+  #body: Buffer | undefined;
+  #bodyHave = 0;
+  #failed: FrameError | undefined;
+  #stopped = false;
+
+  constructor(frameBytesMax: number = frameBytesMaxDefault) {
+    this.frameBytesMax = frameBytesMax;
+  }
+
+  /** Bytes held for an incomplete frame (header or body). */
+  get bufferedBytes(): number {
+    return this.#bodyLength < 0 ? this.#headerHave : this.#bodyHave;
+  }
+
+  /** Stops delivering frames (the rest of the current chunk and later pushes are ignored). */
+  stop(): void {
+    this.#stopped = true;
+  }
+
+  push(chunk: Uint8Array, onFrame: (frame: WireFrame) => void): void {
+    if (this.#failed) throw this.#failed;
+    try {
+      this.#push(chunk, onFrame);
+    } catch (error) {
+      if (error instanceof FrameError) this.#failed = error;
+      throw error;
+    }
+  }
+
+  #push(chunk: Uint8Array, onFrame: (frame: WireFrame) => void): void {
+    const n = chunk.length;
+    let i = 0;
+    while (i < n && !this.#stopped) {
+      if (this.#bodyLength < 0) {
+        let length: number;
+        if (this.#headerHave === 0 && n - i >= frameHeaderBytes) {
+          length = ((chunk[i]! << 24) >>> 0) + (chunk[i + 1]! << 16) + (chunk[i + 2]! << 8) + chunk[i + 3]!;
+          i += frameHeaderBytes;
+        } else {
+          const take = Math.min(n - i, frameHeaderBytes - this.#headerHave);
+          this.#header.set(chunk.subarray(i, i + take), this.#headerHave);
+          this.#headerHave += take;
+          i += take;
+          if (this.#headerHave < frameHeaderBytes) return;
+          this.#headerHave = 0;
+          length = this.#header.readUInt32BE(0);
+        }
+        if (length === 0) throw malformed('zero-length frame');
+        if (length > this.frameBytesMax) {
+          throw new FrameError('EFRAME_OVERSIZE',
+            `route frame of ${length} bytes exceeds the limit of ${this.frameBytesMax} bytes`);
+        }
+        if (n - i >= length) {
+          // Whole frame in this chunk: decode straight from a view (binaries are copied by msgpackr).
+          const frame = decodeFrameBody(chunk.subarray(i, i + length));
+          i += length;
+          onFrame(frame);
+          continue;
+        }
+        this.#bodyLength = length;
+        this.#body = Buffer.allocUnsafe(length);
+        this.#bodyHave = 0;
+      }
+      const body = this.#body!;
+      const take = Math.min(n - i, this.#bodyLength - this.#bodyHave);
+      body.set(chunk.subarray(i, i + take), this.#bodyHave);
+      this.#bodyHave += take;
+      i += take;
+      if (this.#bodyHave === this.#bodyLength) {
+        this.#bodyLength = -1;
+        this.#body = undefined;
+        onFrame(decodeFrameBody(body));
+      }
+    }
+  }
+}

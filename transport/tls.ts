@@ -1,0 +1,60 @@
+// TLS for routes: both sides present the node certificate and verify the peer against the cluster CA
+// (requestCert + rejectUnauthorized on the listener, rejectUnauthorized on the dialer), TLS 1.3 only.
+// Certificates are PEM contents, not paths: src/ reads the files and reports file errors itself.
+import { isIP } from 'node:net';
+import * as tls from 'node:tls';
+import type { Refusal } from './handshake.js';
+
+export interface RouteTlsOptions {
+  /** PEM certificate of this node (serverAuth + clientAuth: routes are dialed in both directions). */
+  readonly cert: string;
+  /** PEM private key of `cert`. */
+  readonly key: string;
+  /** PEM of the cluster CA that signed every node certificate. */
+  readonly ca: string;
+  /** Check the dialed host against the peer certificate's subjectAltName (default true). */
+  readonly verifyHostname?: boolean;
+}
+
+export function createRouteServer(options: RouteTlsOptions, handshakeTimeoutMs: number): tls.Server {
+  return tls.createServer({
+    cert: options.cert, key: options.key, ca: options.ca,
+    requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.3',
+    handshakeTimeout: handshakeTimeoutMs,
+  });
+}
+
+export function dialRoute(options: RouteTlsOptions, host: string, port: number): tls.TLSSocket {
+  return tls.connect({
+    host, port, cert: options.cert, key: options.key, ca: options.ca,
+    rejectUnauthorized: true, minVersion: 'TLSv1.3',
+    // SNI must be a host name, never an IP literal (RFC 6066 §3).
+    ...(isIP(host) === 0 ? { servername: host } : {}),
+    ...(options.verifyHostname === false ? { checkServerIdentity: () => undefined } : {}),
+  });
+}
+
+// OpenSSL's verify results and TLS alerts, mapped to what an operator should check. The listener sees
+// the verify result; the dialer, whose certificate was refused, sees the alert the listener sent.
+const tlsReasons: Array<[RegExp, string]> = [
+  [/PEER_DID_NOT_RETURN_A_CERTIFICATE|CERTIFICATE_REQUIRED/i, 'no client certificate presented'],
+  [/CERT_HAS_EXPIRED|CERTIFICATE_EXPIRED/i, 'certificate expired'],
+  [/CERT_NOT_YET_VALID/i, 'certificate not yet valid'],
+  [/UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT|SELF_SIGNED|UNKNOWN_CA|CERT_SIGNATURE_FAILURE|BAD_CERTIFICATE|DECRYPT_ERROR/i,
+    'certificate not signed by the cluster CA'],
+  [/ERR_TLS_CERT_ALTNAME_INVALID/i, 'certificate does not name the dialed host'],
+  [/WRONG_VERSION_NUMBER|HTTP_REQUEST|PACKET_LENGTH_TOO_LONG|UNEXPECTED_MESSAGE|RECORD_LAYER/i,
+    'not a TLS route client (plain bytes before the TLS handshake)'],
+];
+
+/** A TLS or socket error as a refusal with a reason an operator can act on. */
+export function describeSocketError(error: Error & { code?: string }): Refusal {
+  const text = `${error.code ?? ''} ${error.message}`;
+  if (error.code === 'ECONNREFUSED' || error.code === 'EHOSTUNREACH' || error.code === 'ETIMEDOUT' || error.code === 'ENOTFOUND') {
+    return { code: 'connect', reason: `${error.code}: ${error.message}` };
+  }
+  for (const [pattern, reason] of tlsReasons) {
+    if (pattern.test(text)) return { code: 'tls', reason: `${reason} (${error.code ?? 'tls'}: ${error.message})` };
+  }
+  return { code: 'closed', reason: `${error.code ?? 'error'}: ${error.message}` };
+}
