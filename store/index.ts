@@ -1,0 +1,27 @@
+// Public surface of store/: everything membershipd keeps on disk, and the KV state machine.
+export { StoreError, StoreErrorCode, CorruptionError, FormatVersionError, DiskError } from './errors.js';
+export { AssertionError } from './assert.js';
+export type { StoreFs } from './fs.js';
+export { nodeFs } from './fs.js';
+export type { StoreLogger } from './logger.js';
+export { FORMAT_VERSION } from './format.js';
+export { crc32c } from './crc32c.js';
+export { RaftStorage, type RaftStorageOptions, type RecoveryReport } from './raft_storage.js';
+export { Wal, type WalOptions, type WalSegmentInfo } from './wal/wal.js';
+export { RecordDecoder, encodeRecords, type RecordInput, type DecodeFailure } from './wal/record.js';
+export type { TailRepair } from './wal/recovery.js';
+export { encodeKvCommand, decodeKvCommand, type KvCommand, type BucketConfigInput } from './kv/command.js';
+export {
+  KvStateMachine,
+  KvErrorCode,
+  isValidKey,
+  defaultKvLimits,
+  defaultBucketConfig,
+  type KvEntry,
+  type KvOperation,
+  type KvResult,
+  type KvLimits,
+  type KvListener,
+  type BucketConfig,
+  type BucketInfo,
+} from './kv/state_machine.js';

@@ -1,0 +1,329 @@
+// The KV state machine, applied from committed Raft entries. Deterministic: the result and the state
+// after apply(index, data) depend only on the prior state and the entry, so every node holds the same
+// bytes (snapshot() of two replicas at the same index is byte-identical). A bad command never throws:
+// a committed entry is applied on every node alike, so refusals are results carrying a stable code.
+//
+// Mapping to the NATS JetStream KV API: a bucket is a stream; `seq` is the bucket's stream sequence
+// (1, 2, 3 ... per bucket), `revision` is the Raft log index of the write (unique and increasing
+// cluster-wide; update-if-revision compares it), `op` is the KV-Operation header (PUT/DEL/PURGE).
+import { assert } from '../assert.js';
+import { copyBytes, isUint, pack, unpack } from '../codec.js';
+import { StoreError, StoreErrorCode } from '../errors.js';
+import { type BucketConfigInput, decodeKvCommand, type KvCommand } from './command.js';
+
+export const KvErrorCode = {
+  badCommand: 'EKV_BAD_COMMAND',
+  badBucketName: 'EKV_BAD_BUCKET_NAME',
+  badKey: 'EKV_BAD_KEY',
+  badConfig: 'EKV_BAD_CONFIG',
+  bucketNotFound: 'EKV_BUCKET_NOT_FOUND',
+  bucketExists: 'EKV_BUCKET_EXISTS',
+  tooManyBuckets: 'EKV_TOO_MANY_BUCKETS',
+  keyExists: 'EKV_KEY_EXISTS',
+  wrongRevision: 'EKV_WRONG_REVISION',
+  keyTooLong: 'EKV_KEY_TOO_LONG',
+  valueTooLarge: 'EKV_VALUE_TOO_LARGE',
+  bucketFull: 'EKV_BUCKET_FULL',
+} as const;
+export type KvErrorCode = (typeof KvErrorCode)[keyof typeof KvErrorCode];
+
+export type KvOperation = 'PUT' | 'DEL' | 'PURGE';
+
+export interface KvEntry {
+  readonly bucket: string;
+  readonly key: string;
+  readonly op: KvOperation;
+  readonly value: Uint8Array;
+  /** Raft log index of the write. */
+  readonly revision: number;
+  /** The bucket's stream sequence. */
+  readonly seq: number;
+  /** Proposer-supplied time, ms since the epoch. */
+  readonly ts: number;
+}
+
+export interface BucketConfig {
+  readonly history: number;
+  readonly valueBytesMax: number;
+  readonly bytesMax: number;
+  readonly keyBytesMax: number;
+}
+
+export interface BucketInfo {
+  readonly name: string;
+  readonly config: BucketConfig;
+  readonly created: number;
+  /** Last stream sequence used (0: no write yet). */
+  readonly seq: number;
+  /** Retained entries (markers included). */
+  readonly values: number;
+  readonly bytes: number;
+}
+
+export type KvResult =
+  | { readonly ok: true; readonly kind: 'entry'; readonly entry: KvEntry }
+  | { readonly ok: true; readonly kind: 'bucket.create'; readonly bucket: string; readonly created: boolean; readonly config: BucketConfig }
+  | { readonly ok: true; readonly kind: 'bucket.delete'; readonly bucket: string }
+  | { readonly ok: true; readonly kind: 'noop' }
+  | { readonly ok: false; readonly code: KvErrorCode; readonly message: string; readonly revision?: number };
+
+export interface KvLimits {
+  readonly bucketsMax: number;
+  readonly bucketNameBytesMax: number;
+  readonly historyMax: number;
+  /** Ceiling of a bucket's keyBytesMax. */
+  readonly keyBytesMax: number;
+  /** Ceiling of a bucket's valueBytesMax. */
+  readonly valueBytesMax: number;
+}
+
+export const defaultKvLimits: KvLimits = { bucketsMax: 1024, bucketNameBytesMax: 64, historyMax: 64, keyBytesMax: 1024, valueBytesMax: 1024 * 1024 };
+
+export const defaultBucketConfig: BucketConfig = { history: 1, valueBytesMax: 1024 * 1024, bytesMax: 256 * 1024 * 1024, keyBytesMax: 1024 };
+
+// NATS KV naming rules (nats.go kv.go: validBucketRe, validKeyRe): a key may not start or end with
+// '.' nor hold an empty token.
+const BUCKET_RE = /^[a-zA-Z0-9_-]+$/;
+const KEY_RE = /^[-/_=.a-zA-Z0-9]+$/;
+
+export function isValidKey(key: string): boolean {
+  return KEY_RE.test(key) && !key.startsWith('.') && !key.endsWith('.') && !key.includes('..');
+}
+
+interface Bucket {
+  readonly name: string;
+  readonly config: BucketConfig;
+  readonly created: number;
+  seq: number;
+  bytes: number;
+  values: number;
+  /** Per key, retained entries oldest first. */
+  readonly keys: Map<string, KvEntry[]>;
+}
+
+const entryBytes = (key: string, value: Uint8Array): number => Buffer.byteLength(key) + value.length;
+
+const refuse = (code: KvErrorCode, message: string, revision?: number): KvResult =>
+  revision === undefined ? { ok: false, code, message } : { ok: false, code, message, revision };
+
+export type KvListener = (entry: KvEntry) => void;
+
+const SNAPSHOT_VERSION = 1;
+const OPS: readonly KvOperation[] = ['PUT', 'DEL', 'PURGE'];
+
+export class KvStateMachine {
+  private readonly limits: KvLimits;
+  private readonly buckets = new Map<string, Bucket>();
+  private applied = 0;
+  private readonly listeners = new Set<KvListener>();
+
+  constructor(limits: Partial<KvLimits> = {}) {
+    this.limits = { ...defaultKvLimits, ...limits };
+  }
+
+  /** Index of the last applied entry. */
+  get appliedIndex(): number {
+    return this.applied;
+  }
+
+  /** Applies the committed entry at `index`; empty data (a leader's no-op, a conf change) only advances. */
+  apply(index: number, data: Uint8Array): KvResult {
+    assert(Number.isSafeInteger(index) && index > this.applied, `apply(${index}) after ${this.applied}: entries must be applied once, in order`);
+    this.applied = index;
+    if (data.length === 0) return { ok: true, kind: 'noop' };
+    const cmd = decodeKvCommand(data);
+    if (typeof cmd === 'string') return refuse(KvErrorCode.badCommand, `entry ${index}: ${cmd}`);
+    return this.run(index, cmd);
+  }
+
+  private run(index: number, cmd: KvCommand): KvResult {
+    if (cmd.op === 'bucket.create') return this.createBucket(cmd.bucket, cmd.config, cmd.ts);
+    const b = this.buckets.get(cmd.bucket);
+    if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(cmd.bucket)} does not exist`);
+    if (cmd.op === 'bucket.delete') {
+      this.buckets.delete(cmd.bucket);
+      return { ok: true, kind: 'bucket.delete', bucket: cmd.bucket };
+    }
+    if (!isValidKey(cmd.key)) return refuse(KvErrorCode.badKey, `key ${JSON.stringify(cmd.key.slice(0, 100))} is not a valid KV key`);
+    if (Buffer.byteLength(cmd.key) > b.config.keyBytesMax) {
+      return refuse(KvErrorCode.keyTooLong, `key of ${Buffer.byteLength(cmd.key)} bytes exceeds the bucket's ${b.config.keyBytesMax}`);
+    }
+    const hist = b.keys.get(cmd.key);
+    const latest = hist?.[hist.length - 1];
+    switch (cmd.op) {
+      case 'put':
+        return this.write(b, index, cmd.key, 'PUT', cmd.value, cmd.ts);
+      case 'create':
+        if (latest && latest.op === 'PUT') return refuse(KvErrorCode.keyExists, `key ${cmd.key} exists at revision ${latest.revision}`, latest.revision);
+        return this.write(b, index, cmd.key, 'PUT', cmd.value, cmd.ts);
+      case 'update':
+      case 'delete':
+      case 'purge': {
+        if ('revision' in cmd && cmd.revision !== undefined && (latest?.revision ?? 0) !== cmd.revision) {
+          return refuse(KvErrorCode.wrongRevision, `key ${cmd.key} is at revision ${latest?.revision ?? 0}, not ${cmd.revision}`, latest?.revision ?? 0);
+        }
+        if (cmd.op === 'update') return this.write(b, index, cmd.key, 'PUT', cmd.value, cmd.ts);
+        return this.write(b, index, cmd.key, cmd.op === 'delete' ? 'DEL' : 'PURGE', new Uint8Array(0), cmd.ts);
+      }
+    }
+  }
+
+  private createBucket(name: string, input: BucketConfigInput, ts: number): KvResult {
+    if (!BUCKET_RE.test(name) || Buffer.byteLength(name) > this.limits.bucketNameBytesMax) {
+      return refuse(KvErrorCode.badBucketName, `bucket name ${JSON.stringify(name.slice(0, 100))} must be 1..${this.limits.bucketNameBytesMax} of [a-zA-Z0-9_-]`);
+    }
+    const config: BucketConfig = {
+      history: input.history ?? defaultBucketConfig.history,
+      valueBytesMax: input.valueBytesMax ?? Math.min(defaultBucketConfig.valueBytesMax, this.limits.valueBytesMax),
+      bytesMax: input.bytesMax ?? defaultBucketConfig.bytesMax,
+      keyBytesMax: input.keyBytesMax ?? Math.min(defaultBucketConfig.keyBytesMax, this.limits.keyBytesMax),
+    };
+    if (config.history < 1 || config.history > this.limits.historyMax) return refuse(KvErrorCode.badConfig, `history must be 1..${this.limits.historyMax}`);
+    if (config.valueBytesMax > this.limits.valueBytesMax) return refuse(KvErrorCode.badConfig, `valueBytesMax may be at most ${this.limits.valueBytesMax}`);
+    if (config.keyBytesMax < 1 || config.keyBytesMax > this.limits.keyBytesMax) return refuse(KvErrorCode.badConfig, `keyBytesMax must be 1..${this.limits.keyBytesMax}`);
+    const existing = this.buckets.get(name);
+    if (existing) {
+      const same = (Object.keys(config) as (keyof BucketConfig)[]).every((k) => existing.config[k] === config[k]);
+      if (!same) return refuse(KvErrorCode.bucketExists, `bucket ${name} exists with a different configuration`);
+      return { ok: true, kind: 'bucket.create', bucket: name, created: false, config };
+    }
+    if (this.buckets.size >= this.limits.bucketsMax) return refuse(KvErrorCode.tooManyBuckets, `at most ${this.limits.bucketsMax} buckets`);
+    this.buckets.set(name, { name, config, created: ts, seq: 0, bytes: 0, values: 0, keys: new Map() });
+    return { ok: true, kind: 'bucket.create', bucket: name, created: true, config };
+  }
+
+  private write(b: Bucket, index: number, key: string, op: KvOperation, value: Uint8Array, ts: number): KvResult {
+    if (value.length > b.config.valueBytesMax) {
+      return refuse(KvErrorCode.valueTooLarge, `value of ${value.length} bytes exceeds the bucket's ${b.config.valueBytesMax}`);
+    }
+    const hist = b.keys.get(key) ?? [];
+    // What stays after this write: a purge drops the whole history; otherwise the oldest beyond depth.
+    const dropCount = op === 'PURGE' ? hist.length : Math.max(0, hist.length + 1 - b.config.history);
+    let dropped = 0;
+    for (let k = 0; k < dropCount; k++) dropped += entryBytes(key, hist[k]!.value);
+    const size = entryBytes(key, value);
+    if (b.bytes - dropped + size > b.config.bytesMax) {
+      return refuse(KvErrorCode.bucketFull, `bucket ${b.name} would hold ${b.bytes - dropped + size} bytes, more than its ${b.config.bytesMax}`);
+    }
+    const entry: KvEntry = { bucket: b.name, key, op, value, revision: index, seq: b.seq + 1, ts };
+    hist.splice(0, dropCount);
+    hist.push(entry);
+    b.keys.set(key, hist);
+    b.seq++;
+    b.bytes += size - dropped;
+    b.values += 1 - dropCount;
+    for (const l of this.listeners) {
+      // A listener's bug must not make apply() throw half-way through the listeners; surface it as
+      // an uncaught error instead (it is a programming error, not an operating condition).
+      try {
+        l(entry);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+    return { ok: true, kind: 'entry', entry };
+  }
+
+  // ---- reads -------------------------------------------------------------------------------
+
+  bucketNames(): string[] {
+    return [...this.buckets.keys()].sort();
+  }
+
+  bucketInfo(name: string): BucketInfo | undefined {
+    const b = this.buckets.get(name);
+    return b && { name, config: b.config, created: b.created, seq: b.seq, values: b.values, bytes: b.bytes };
+  }
+
+  /** The key's latest entry, markers included (undefined when it has none). */
+  get(bucket: string, key: string): KvEntry | undefined {
+    const h = this.buckets.get(bucket)?.keys.get(key);
+    return h?.[h.length - 1];
+  }
+
+  /** Retained entries of a key, oldest first. */
+  history(bucket: string, key: string): KvEntry[] {
+    return [...(this.buckets.get(bucket)?.keys.get(key) ?? [])];
+  }
+
+  /** Keys whose latest entry is a PUT, sorted. */
+  keys(bucket: string): string[] {
+    const b = this.buckets.get(bucket);
+    if (!b) return [];
+    const out: string[] = [];
+    for (const [k, h] of b.keys) if (h[h.length - 1]!.op === 'PUT') out.push(k);
+    return out.sort();
+  }
+
+  /**
+   * The change feed: retained entries with revision > `afterRevision` in revision order (all
+   * buckets, or one), at most `limit`. A watcher reads this, then subscribe()s for later ones.
+   */
+  changesSince(afterRevision: number, bucket?: string, limit = Number.POSITIVE_INFINITY): KvEntry[] {
+    const out: KvEntry[] = [];
+    const scan = bucket === undefined ? [...this.buckets.values()] : [this.buckets.get(bucket)].filter((b): b is Bucket => !!b);
+    for (const b of scan) for (const h of b.keys.values()) for (const e of h) if (e.revision > afterRevision) out.push(e);
+    out.sort((a, z) => a.revision - z.revision);
+    return out.length > limit ? out.slice(0, limit) : out;
+  }
+
+  /** Called synchronously for every entry written, after the state changed. Returns the unsubscribe. */
+  subscribe(listener: KvListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  // ---- snapshot ----------------------------------------------------------------------------
+
+  /** The whole state as deterministic bytes (sorted buckets and keys, fixed field order). */
+  snapshot(): Uint8Array {
+    const buckets = this.bucketNames().map((name) => {
+      const b = this.buckets.get(name)!;
+      const keys = [...b.keys.keys()].sort().map((k) => [k, b.keys.get(k)!.map((e) => [OPS.indexOf(e.op), e.value, e.revision, e.seq, e.ts])]);
+      const c = b.config;
+      return [name, [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax], b.created, b.seq, keys];
+    });
+    return pack([SNAPSHOT_VERSION, this.applied, buckets]);
+  }
+
+  /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
+  restore(image: Uint8Array): void {
+    const bad = (why: string): never => {
+      throw new StoreError(StoreErrorCode.corrupt, `KV snapshot image is invalid: ${why}; the node cannot start from it`);
+    };
+    let v: unknown;
+    try {
+      v = unpack(image);
+    } catch (err) {
+      return bad(String(err));
+    }
+    if (!Array.isArray(v) || v.length !== 3 || v[0] !== SNAPSHOT_VERSION || !isUint(v[1]) || !Array.isArray(v[2])) return bad('header');
+    const buckets = new Map<string, Bucket>();
+    for (const raw of v[2] as unknown[]) {
+      if (!Array.isArray(raw) || raw.length !== 5) return bad('bucket');
+      const [name, cfg, created, seq, keys] = raw as unknown[];
+      if (typeof name !== 'string' || !Array.isArray(cfg) || cfg.length !== 4 || !cfg.every(isUint) || !isUint(created) || !isUint(seq) || !Array.isArray(keys)) return bad('bucket');
+      const [history, valueBytesMax, bytesMax, keyBytesMax] = cfg as number[];
+      const b: Bucket = { name, config: { history: history!, valueBytesMax: valueBytesMax!, bytesMax: bytesMax!, keyBytesMax: keyBytesMax! }, created, seq, bytes: 0, values: 0, keys: new Map() };
+      for (const kr of keys as unknown[]) {
+        if (!Array.isArray(kr) || kr.length !== 2 || typeof kr[0] !== 'string' || !Array.isArray(kr[1]) || kr[1].length === 0) return bad('key');
+        const key = kr[0];
+        const hist: KvEntry[] = [];
+        for (const er of kr[1] as unknown[]) {
+          if (!Array.isArray(er) || er.length !== 5 || !isUint(er[0]) || er[0] > 2 || !(er[1] instanceof Uint8Array) || !isUint(er[2]) || !isUint(er[3]) || !isUint(er[4])) return bad('entry');
+          const value = copyBytes(er[1]);
+          hist.push({ bucket: name, key, op: OPS[er[0]]!, value, revision: er[2], seq: er[3], ts: er[4] });
+          b.bytes += entryBytes(key, value);
+          b.values++;
+        }
+        b.keys.set(key, hist);
+      }
+      buckets.set(name, b);
+    }
+    this.buckets.clear();
+    for (const [k, b] of buckets) this.buckets.set(k, b);
+    this.applied = v[1];
+  }
+}
