@@ -1,0 +1,192 @@
+// Secrets at rest and their verification. Plaintext passwords and tokens are never stored and never logged:
+// only the self-describing hash strings below are.
+//
+//   password: scrypt$<N>$<r>$<p>$<salt base64url>$<hash base64url>   (node:crypto scrypt, per-user random salt)
+//   token:    sha256$<hash base64url>
+//
+// Tokens use an unsalted SHA-256 because the server must find the user from the token alone (a keyed lookup,
+// not a scan with one scrypt per user); that is only safe for high-entropy secrets, so createToken makes
+// 32 random bytes and hashToken refuses tokens shorter than tokenCharsMin.
+import { createHash, randomBytes, scrypt, timingSafeEqual } from 'node:crypto';
+import { MembershipdError } from '../errors.js';
+
+export class CredentialFormatError extends MembershipdError {
+  constructor(message: string) {
+    super('ECREDFORMAT', message);
+  }
+}
+
+export interface ScryptParams {
+  /** CPU/memory cost, a power of two. */
+  readonly N: number;
+  readonly r: number;
+  readonly p: number;
+}
+
+/** ~16 MiB and ~50 ms per verification: the OWASP minimum for scrypt. */
+export const scryptDefaults: ScryptParams = { N: 1 << 15, r: 8, p: 1 };
+const saltBytes = 16;
+const hashBytes = 32;
+// Limits on what a stored hash may ask for, so a hostile users file cannot make one login cost seconds or GiB.
+const scryptNMax = 1 << 20, scryptRMax = 32, scryptPMax = 16;
+export const tokenCharsMin = 16;
+
+interface ParsedPasswordHash {
+  readonly params: ScryptParams;
+  readonly salt: Buffer;
+  readonly hash: Buffer;
+}
+
+function scryptAsync(password: string, salt: Buffer, params: ScryptParams, keylen: number): Promise<Buffer> {
+  const maxmem = 256 * params.N * params.r + 1024 * 1024;
+  return new Promise((resolve, reject) => {
+    scrypt(password, salt, keylen, { N: params.N, r: params.r, p: params.p, maxmem }, (err, key) => (err ? reject(err) : resolve(key)));
+  });
+}
+
+function checkParams(params: ScryptParams): void {
+  const { N, r, p } = params;
+  if (!Number.isInteger(N) || N < 2 || N > scryptNMax || (N & (N - 1)) !== 0) throw new CredentialFormatError(`scrypt N must be a power of two in 2..${scryptNMax}, got ${N}`);
+  if (!Number.isInteger(r) || r < 1 || r > scryptRMax) throw new CredentialFormatError(`scrypt r must be in 1..${scryptRMax}, got ${r}`);
+  if (!Number.isInteger(p) || p < 1 || p > scryptPMax) throw new CredentialFormatError(`scrypt p must be in 1..${scryptPMax}, got ${p}`);
+}
+
+export async function hashPassword(password: string, params: ScryptParams = scryptDefaults): Promise<string> {
+  if (password.length === 0) throw new CredentialFormatError('a password must not be empty');
+  checkParams(params);
+  const salt = randomBytes(saltBytes);
+  const hash = await scryptAsync(password, salt, params, hashBytes);
+  return `scrypt$${params.N}$${params.r}$${params.p}$${salt.toString('base64url')}$${hash.toString('base64url')}`;
+}
+
+const b64url = /^[A-Za-z0-9_-]+$/;
+
+export function parsePasswordHash(stored: string): ParsedPasswordHash {
+  const parts = stored.split('$');
+  if (parts.length !== 6 || parts[0] !== 'scrypt') {
+    throw new CredentialFormatError('a password hash looks like scrypt$N$r$p$salt$hash (make one with `membershipd user hash-password`)');
+  }
+  const [, n, r, p, salt, hash] = parts as [string, string, string, string, string, string];
+  const params = { N: Number(n), r: Number(r), p: Number(p) };
+  if (![n, r, p].every((x) => /^\d{1,8}$/.test(x))) throw new CredentialFormatError('scrypt N, r and p must be decimal integers');
+  checkParams(params);
+  if (!b64url.test(salt) || !b64url.test(hash)) throw new CredentialFormatError('scrypt salt and hash must be base64url');
+  const saltBuf = Buffer.from(salt, 'base64url');
+  const hashBuf = Buffer.from(hash, 'base64url');
+  if (saltBuf.length < 8 || saltBuf.length > 64) throw new CredentialFormatError('scrypt salt must have 8..64 bytes');
+  if (hashBuf.length < 16 || hashBuf.length > 64) throw new CredentialFormatError('scrypt hash must have 16..64 bytes');
+  return { params, salt: saltBuf, hash: hashBuf };
+}
+
+export function isPasswordHash(stored: string): boolean {
+  try {
+    parsePasswordHash(stored);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Constant-time in the hash comparison; the scrypt itself dominates and does not depend on the guess. */
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+  const { params, salt, hash } = parsePasswordHash(stored);
+  const candidate = await scryptAsync(password, salt, params, hash.length);
+  return timingSafeEqual(candidate, hash);
+}
+
+// A user name that does not exist still costs one scrypt with the default parameters, so response time does
+// not tell an attacker which names exist.
+let dummyHash: Promise<string> | undefined;
+export async function burnPasswordCheck(password: string): Promise<false> {
+  dummyHash ??= hashPassword('not-a-password');
+  await verifyPassword(password, await dummyHash);
+  return false;
+}
+
+export function createToken(): string {
+  return randomBytes(32).toString('base64url');
+}
+
+export function hashToken(token: string): string {
+  if (token.length < tokenCharsMin) throw new CredentialFormatError(`a token needs at least ${tokenCharsMin} characters (use createToken())`);
+  return tokenHashOf(token);
+}
+
+/** The lookup key of a presented token (no length rule: a short presented token simply matches nothing). */
+export function tokenHashOf(token: string): string {
+  return `sha256$${createHash('sha256').update(token, 'utf8').digest('base64url')}`;
+}
+
+export function isTokenHash(stored: string): boolean {
+  return /^sha256\$[A-Za-z0-9_-]{43}$/.test(stored);
+}
+
+export function tokenHashesEqual(a: string, b: string): boolean {
+  const ab = Buffer.from(a), bb = Buffer.from(b);
+  return ab.length === bb.length && timingSafeEqual(ab, bb);
+}
+
+// ---- failed-attempt rate limit ----------------------------------------------------------------------------
+
+export interface RateLimitOptions {
+  /** Failures an address may have in a burst before it is throttled. */
+  readonly burst: number;
+  /** Failures forgiven per second. */
+  readonly refillPerSecond: number;
+  /** Addresses tracked at most; beyond it, full (idle) buckets are dropped first, then all. */
+  readonly addressesMax: number;
+  /** Milliseconds; injectable for tests. */
+  readonly now: () => number;
+}
+
+export const rateLimitDefaults: RateLimitOptions = { burst: 10, refillPerSecond: 1, addressesMax: 10_000, now: () => Date.now() };
+
+/**
+ * A token bucket per source address, charged only by FAILED password/token attempts. While an address's
+ * bucket is empty its password/token attempts are refused without being checked (which also spares the
+ * scrypt CPU). Valid clients never charge it, and NKey clients (and the internal identity) are never
+ * throttled because a signature cannot be guessed, so only an address that keeps failing is slowed.
+ */
+export class FailureRateLimiter {
+  private readonly opts: RateLimitOptions;
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+
+  constructor(options: Partial<RateLimitOptions> = {}) {
+    this.opts = { ...rateLimitDefaults, ...options };
+    if (!(this.opts.burst >= 1) || !(this.opts.refillPerSecond > 0)) throw new RangeError('rate limit needs burst ≥ 1 and refillPerSecond > 0');
+  }
+
+  private level(address: string): number {
+    const b = this.buckets.get(address);
+    if (b === undefined) return this.opts.burst;
+    const now = this.opts.now();
+    const tokens = Math.min(this.opts.burst, b.tokens + ((now - b.at) / 1000) * this.opts.refillPerSecond);
+    if (tokens >= this.opts.burst) {
+      this.buckets.delete(address);
+      return this.opts.burst;
+    }
+    b.tokens = tokens;
+    b.at = now;
+    return tokens;
+  }
+
+  /** May this address try a password/token now? */
+  allows(address: string): boolean {
+    return this.level(address) >= 1;
+  }
+
+  recordFailure(address: string): void {
+    const tokens = this.level(address);
+    if (!this.buckets.has(address) && this.buckets.size >= this.opts.addressesMax) this.prune();
+    this.buckets.set(address, { tokens: Math.max(0, tokens - 1), at: this.opts.now() });
+  }
+
+  get trackedAddresses(): number {
+    return this.buckets.size;
+  }
+
+  private prune(): void {
+    for (const address of [...this.buckets.keys()]) this.level(address);
+    if (this.buckets.size >= this.opts.addressesMax) this.buckets.clear();
+  }
+}
