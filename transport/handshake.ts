@@ -70,6 +70,12 @@ function short(bytes: Uint8Array): string {
   return Buffer.from(bytes).toString('hex').slice(0, 16);
 }
 
+/** A posture digest as an operator can compare it: printable text as is, anything else as hex. */
+function shownDigest(bytes: Uint8Array): string {
+  const text = Buffer.from(bytes).toString('latin1');
+  return /^[\x20-\x7e]{1,64}$/.test(text) ? text : Buffer.from(bytes).toString('hex').slice(0, 32);
+}
+
 function digest(text: string): Buffer {
   return createHash('sha256').update(text).digest();
 }
@@ -86,7 +92,7 @@ export function checkHello(config: HandshakeConfig, peer: HelloBody): Refusal | 
     return { code: 'cluster_size', reason: `cluster size mismatch: peer "${peer.name}" expects ${peer.clusterSize} nodes, this node ${config.clusterSize} (check --routes on both)` };
   }
   if (!Buffer.from(peer.posture).equals(Buffer.from(config.posture))) {
-    return { code: 'posture', reason: `security posture mismatch with "${peer.name}": digest ${short(peer.posture)} vs ${short(config.posture)} (bus-auth mode, client TLS, store kind must match)` };
+    return { code: 'posture', reason: `security posture mismatch with "${peer.name}": digest ${shownDigest(peer.posture)} vs ${shownDigest(config.posture)} (bus-auth mode, client TLS, store kind must match)` };
   }
   // Constant time, so a probe cannot learn the route user byte by byte.
   if (!timingSafeEqual(digest(peer.user), digest(config.user))) {

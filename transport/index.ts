@@ -21,7 +21,8 @@
 //     .send(peerName, frame: RouteFrame): boolean  false: peer not up, or a raft frame dropped (queue full)
 //     .broadcast(frame: RouteFrame): number        how many up peers queued it
 //     .peers(): PeerInfo[]                         state, address, identity, rtt, counters (for /routez)
-//     .upPeers(): string[]
+//     .upPeers(): string[]                         names of peers with an established link
+//     .linkCount(): number                         open connections in any state
 //   options.onPeerUp(peer: PeerInfo)               a new link: (re)send the full interest set
 //   options.onPeerDown(peer: PeerInfo, close: LinkClose)
 //   options.onFrame(peerName: string, frame: RouteFrame)

@@ -84,7 +84,7 @@ export class Link {
     this.ownHello = createHello(config, randomBytes(32));
     this.done = new Promise((resolve) => socket.once('close', () => {
       this.#clearTimers();
-      if (this.state !== 'closed') this.#finish({ code: 'closed', reason: 'connection closed', origin: 'io' });
+      if (this.state !== 'closed') this.#finish({ code: 'closed', reason: this.#closedReason(), origin: 'io' });
       resolve();
     }));
     socket.on('error', (error) => this.#onSocketError(error));
@@ -110,6 +110,16 @@ export class Link {
     this.state = 'hello';
     this.#binding = this.#socket.exportKeyingMaterial(channelBindingBytes, channelBindingLabel, Buffer.alloc(0));
     this.#enqueueControl({ kind: 'hello', ...this.ownHello });
+  }
+
+  #closedReason(): string {
+    // Under TLS 1.3 the dialer finishes its handshake before the listener has checked its certificate;
+    // a listener that refuses it just closes, so silence before the peer's hello points at our certificate.
+    if (this.outbound && this.counters.bytesIn === 0) {
+      return 'connection closed by the peer before its hello: it may have refused this node\'s certificate ' +
+        '(expired, or not signed by the cluster CA)';
+    }
+    return 'connection closed';
   }
 
   #onSocketError(error: Error): void {

@@ -1,6 +1,7 @@
 // TLS for routes: both sides present the node certificate and verify the peer against the cluster CA
 // (requestCert + rejectUnauthorized on the listener, rejectUnauthorized on the dialer), TLS 1.3 only.
 // Certificates are PEM contents, not paths: src/ reads the files and reports file errors itself.
+import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import * as tls from 'node:tls';
 import type { Refusal } from './handshake.js';
@@ -57,4 +58,24 @@ export function describeSocketError(error: Error & { code?: string }): Refusal {
     if (pattern.test(text)) return { code: 'tls', reason: `${reason} (${error.code ?? 'tls'}: ${error.message})` };
   }
   return { code: 'closed', reason: `${error.code ?? 'error'}: ${error.message}` };
+}
+
+/**
+ * Why peers would refuse this node's own certificate (expired, not yet valid, not signed by the CA), or
+ * undefined. A listener that refuses a certificate closes without an alert under TLS 1.3, so the dialer
+ * cannot learn the reason from the peer; checking locally at start-up puts it in this node's log.
+ */
+export function checkOwnCertificate(options: RouteTlsOptions, now = new Date()): string | undefined {
+  try {
+    const cert = new X509Certificate(options.cert);
+    if (now > new Date(cert.validTo)) return `this node's route certificate (${cert.subject}) expired on ${cert.validTo}`;
+    if (now < new Date(cert.validFrom)) return `this node's route certificate (${cert.subject}) is not valid before ${cert.validFrom}`;
+    const ca = new X509Certificate(options.ca);
+    if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
+      return `this node's route certificate (${cert.subject}) is not signed by the cluster CA (${ca.subject})`;
+    }
+  } catch (error) {
+    return `this node's route certificate or CA cannot be read: ${(error as Error).message}`;
+  }
+  return undefined;
 }

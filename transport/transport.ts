@@ -11,7 +11,7 @@ import type { RouteIdentity } from './identity.js';
 import { Link, type LinkClose, type LinkCounters } from './link.js';
 import { routeLimitsDefault, type RouteLimits } from './limits.js';
 import { parseRoutes, type RouteAddress } from './routes.js';
-import { createRouteServer, describeSocketError, dialRoute, type RouteTlsOptions } from './tls.js';
+import { checkOwnCertificate, createRouteServer, describeSocketError, dialRoute, type RouteTlsOptions } from './tls.js';
 
 export interface RouteTransportOptions {
   readonly clusterName: string;
@@ -80,6 +80,8 @@ export interface RouteTransport {
   peers(): PeerInfo[];
   /** Names of peers with an established link. */
   upPeers(): string[];
+  /** Open connections in any state (handshaking, up, closing): for /varz and leak checks. */
+  linkCount(): number;
 }
 
 interface DialTarget {
@@ -141,7 +143,11 @@ class Transport implements RouteTransport {
     this.#server = server;
     server.on('secureConnection', (socket: TLSSocket) => this.#accept(socket));
     server.on('tlsClientError', (error: Error, socket: TLSSocket) => {
-      const refusal = describeSocketError(error);
+      // Node destroys a socket whose certificate failed verification without an alert, so the error seen
+      // here is a bare ECONNRESET; the verify result itself is in authorizationError.
+      const verifyCode = (socket as TLSSocket & { authorizationError?: string }).authorizationError;
+      const refusal = describeSocketError(verifyCode
+        ? Object.assign(new Error(`peer certificate refused: ${verifyCode}`), { code: verifyCode }) : error);
       this.#log.warn({ address: `${socket.remoteAddress}:${socket.remotePort}`, direction: 'inbound', ...refusal },
         'route refused');
       socket.destroy();
@@ -152,6 +158,8 @@ class Transport implements RouteTransport {
     });
     server.on('error', (error) => this.#log.error({ err: error }, 'route listener error'));
     this.#state = 'running';
+    const problem = checkOwnCertificate(this.#options.tls);
+    if (problem) this.#log.warn({ code: 'tls', reason: problem }, 'route certificate will be refused by peers');
     const { host, port } = this.address();
     this.#log.info({ host, port, routes: this.#targets.map((t) => t.route.url) }, 'route listener started');
     for (const target of this.#targets) this.#dial(target);
@@ -193,6 +201,10 @@ class Transport implements RouteTransport {
 
   upPeers(): string[] {
     return [...this.#up.keys()];
+  }
+
+  linkCount(): number {
+    return this.#links.size;
   }
 
   peers(): PeerInfo[] {
