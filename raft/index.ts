@@ -1,6 +1,6 @@
 // The public surface of raft/: a pure, deterministic Raft state machine. See README.md.
 export { RawNode } from './raw_node.js';
-export type { Ready, SoftState, Status, ProgressStatus, RawNodeConfig } from './raw_node.js';
+export type { Ready, SoftState, Status, BasicStatus, ProgressStatus, RawNodeConfig } from './raw_node.js';
 export { StateType, PlantedBug, defaultLimits } from './raft.js';
 export type { Limits, RaftConfig } from './raft.js';
 export { MessageType, message, emptyBytes } from './messages.js';

@@ -20,8 +20,11 @@ export class RaftLog {
     const first = storage.firstIndex();
     const last = storage.lastIndex();
     this.unstable = new Unstable(last + 1);
-    this.committed = first - 1;
-    this.applied = first - 1;
+    // The caller's state machine restarts from the latest snapshot, which may lie past first - 1 when
+    // the log was not compacted all the way up to it.
+    const base = Math.max(first - 1, storage.snapshot().meta.index);
+    this.committed = base;
+    this.applied = base;
   }
 
   firstIndex(): number {

@@ -43,6 +43,12 @@ export class Inflights {
     if (this.count === 0) this.start = 0;
   }
 
+  /** Frees the oldest append: its ack or its loss will show, and the window must not stall meanwhile. */
+  freeFirstOne(): void {
+    if (this.count === 0) return;
+    this.freeLE(this.idx[this.start]!);
+  }
+
   full(): boolean {
     return this.count >= this.msgsMax || (this.bytesMax > 0 && this.totalBytes >= this.bytesMax);
   }

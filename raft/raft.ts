@@ -589,16 +589,21 @@ export class Raft {
       return;
     }
     const oldPaused = pr.isPaused();
-    if (!pr.maybeUpdate(m.index) && !(pr.state === ProgressState.snapshot && pr.match + 1 >= this.raftLog.firstIndex())) {
+    const updated = pr.maybeUpdate(m.index);
+    if (pr.state === ProgressState.snapshot) {
+      // The follower has the snapshot (or already had its index): resume appends, or send a newer
+      // snapshot if the log was compacted past it meanwhile.
+      const caughtUp = pr.match + 1 >= this.raftLog.firstIndex();
+      if (!caughtUp && pr.match < pr.snapshot!.meta.index) return;
+      pr.becomeProbe();
+      if (caughtUp) pr.becomeReplicate();
+    } else if (!updated) {
       return;
+    } else if (pr.state === ProgressState.probe) {
+      pr.becomeReplicate();
+    } else {
+      pr.inflights.freeLE(m.index);
     }
-    if (pr.state === ProgressState.probe) pr.becomeReplicate();
-    else if (pr.state === ProgressState.snapshot) {
-      if (pr.match + 1 >= this.raftLog.firstIndex()) {
-        pr.becomeProbe();
-        pr.becomeReplicate();
-      }
-    } else pr.inflights.freeLE(m.index);
 
     if (this.maybeCommit()) {
       this.releasePendingReadIndexMessages();
@@ -617,8 +622,9 @@ export class Raft {
       this.sendSnapshotChunk(m.from, pr); // retransmit: chunks are acknowledged one by one
     } else {
       // A lost append may have left the window full with nothing coming back: free one slot.
-      if (pr.state === ProgressState.replicate && pr.inflights.full()) pr.inflights.freeLE(pr.match + 1);
-      if (pr.match < this.raftLog.lastIndex()) this.maybeSendAppend(m.from, false);
+      if (pr.state === ProgressState.replicate && pr.inflights.full()) pr.inflights.freeFirstOne();
+      // An empty append is enough: a follower that lost entries rejects it, and repair starts.
+      if (pr.match < this.raftLog.lastIndex()) this.maybeSendAppend(m.from, true);
     }
     if (m.context.length === 0) return;
     const acks = this.readOnly.recvAck(m.from, m.context);

@@ -60,6 +60,17 @@ export interface Status {
 
 export type RawNodeConfig = RaftConfig;
 
+/** The cheap part of Status (no allocation per member), for callers that poll it often. */
+export interface BasicStatus {
+  readonly id: number;
+  readonly term: number;
+  readonly vote: number;
+  readonly commit: number;
+  readonly lead: number;
+  readonly state: StateType;
+  readonly applied: number;
+}
+
 function sameHardState(a: HardState, b: HardState): boolean {
   return a.term === b.term && a.vote === b.vote && a.commit === b.commit;
 }
@@ -188,6 +199,11 @@ export class RawNode {
   /** The configuration as of the last applied entry (what a snapshot taken now must record). */
   confState(): ConfState {
     return this.raft.conf;
+  }
+
+  basicStatus(): BasicStatus {
+    const r = this.raft;
+    return { id: r.id, term: r.term, vote: r.vote, commit: r.raftLog.committed, lead: r.lead, state: r.state, applied: r.raftLog.applied };
   }
 
   status(): Status {
