@@ -1,0 +1,430 @@
+// The NATS server: listeners (TCP, optional TLS, optional WebSocket), the shared subject trie, message routing
+// and the once-per-turn outbound flush. Protocol handling per connection lives in client.ts.
+import net from 'node:net';
+import tls from 'node:tls';
+import type { IncomingMessage } from 'node:http';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { Logger } from 'pino';
+import type { BusAuthenticator } from '../auth/types.js';
+import type { NatsLimits, NatsServer, NatsServerOptions, NatsServerStats } from './api.js';
+import { Client, closeReason, type Subscription } from './client.js';
+import { newNonce, newServerId } from './nkey.js';
+import { PubArgs } from './parser.js';
+import { encodedErrors } from './protocol_errors.js';
+import { Sublist } from './sublist.js';
+import { SocketTransport, WebSocketTransport, type ClientTransport } from './transport.js';
+
+/** The version INFO reports. nats.js gates features on it: ≥ 2.9.4 enables KV watch/keys/history (reference §4.9). */
+export const reportedServerVersion = '2.9.10';
+
+export const defaultLimits: NatsLimits = {
+  maxPayloadBytes: 1024 * 1024,
+  maxControlLineBytes: 4096,
+  maxPendingBytes: 64 * 1024 * 1024,
+  maxConnections: 65536,
+  maxSubscriptions: 0,
+  pingIntervalMs: 120_000,
+  pingMax: 2,
+  authTimeoutMs: 2000,
+  tlsTimeoutMs: 2000,
+};
+
+/**
+ * With TLS, a client may start the handshake before reading INFO (nats-server 2.10 handshake_first). We wait this
+ * long for a first byte before sending INFO in plain text (the 2.9 model); a ClientHello (0x16) in that window
+ * means TLS first, and INFO then goes inside TLS.
+ */
+export const handshakeFirstWaitMs = 100;
+
+/** A subscription interest change: delta +1 on SUB, -1 on UNSUB/auto-unsubscribe/close. */
+export interface InterestChange {
+  readonly subject: string;
+  /** undefined for a plain subscription. */
+  readonly queue: string | undefined;
+  readonly delta: 1 | -1;
+}
+
+/** A message published by a local client, offered to the cluster layer. Views are valid only during the call. */
+export interface LocalPublish {
+  readonly subject: string;
+  readonly reply: string | undefined;
+  /** The header block (empty when the message has none). */
+  readonly headers: Uint8Array;
+  readonly payload: Uint8Array;
+}
+
+/** A message that arrived from a route, to be delivered to local subscribers only (never forwarded again). */
+export interface RouteMessage {
+  readonly subject: string;
+  readonly reply?: string;
+  readonly headers?: Uint8Array;
+  readonly payload: Uint8Array;
+  /** Queue groups this node must serve (one local member each); plain subscribers always get a copy. */
+  readonly queues?: readonly string[];
+}
+
+/**
+ * Hooks for the future route layer (src/cluster): no routes here, only the two seams they need.
+ *  - interest(): the current local interest, for the initial dump to a new peer; then onInterest() for changes.
+ *  - setForwarder(): called for every locally published message after local delivery; returns true when at least
+ *    one peer had interest (so no_responders is not sent). Must copy what it keeps.
+ *  - deliverFromRoute(): local delivery of a routed message; returns the number of local deliveries.
+ */
+export interface NatsClusterPort {
+  interest(): { subject: string; queue: string | undefined; count: number }[];
+  onInterest(listener: (change: InterestChange) => void): () => void;
+  setForwarder(forward: ((msg: LocalPublish) => boolean) | undefined): void;
+  deliverFromRoute(msg: RouteMessage): number;
+}
+
+export interface NatsServerWithCluster extends NatsServer {
+  readonly cluster: NatsClusterPort;
+}
+
+/** What a Client needs from the server. */
+export class ServerCore {
+  readonly sublist = new Sublist<Subscription>();
+  readonly clients = new Map<number, Client>();
+  readonly limits: NatsLimits;
+  readonly authRequired: boolean;
+  /** Pending outbound bytes of a subscriber above which its publishers are paused (bounded by stallMs). */
+  readonly stallBytes: number;
+  readonly stallMs = 20;
+  inMsgs = 0;
+  inBytes = 0;
+  outMsgs = 0;
+  outBytes = 0;
+  slowConsumers = 0;
+  totalConnections = 0;
+  port = 0;
+  forwarder: ((msg: LocalPublish) => boolean) | undefined;
+  readonly interestListeners = new Set<(change: InterestChange) => void>();
+  private dirty: Client[] = [];
+  private flushScheduled = false;
+  private readonly flushAll = (): void => {
+    this.flushScheduled = false;
+    const list = this.dirty;
+    this.dirty = [];
+    for (const c of list) if (!c.closed) c.flush();
+  };
+
+  constructor(
+    readonly serverId: string,
+    readonly serverName: string,
+    readonly options: NatsServerOptions,
+    readonly logger: Logger,
+    readonly auth: BusAuthenticator | undefined,
+  ) {
+    this.limits = { ...defaultLimits, ...options.limits };
+    this.authRequired = auth?.authRequired ?? false;
+    this.stallBytes = Math.min(this.limits.maxPendingBytes >> 2, 4 * 1024 * 1024);
+  }
+
+  infoLine(c: Pick<Client, 'cid' | 'nonce'> & { transport: Pick<ClientTransport, 'kind' | 'remoteAddress'> }): Buffer {
+    const info: Record<string, unknown> = {
+      server_id: this.serverId,
+      server_name: this.serverName,
+      version: reportedServerVersion,
+      proto: 1,
+      go: `node${process.versions.node}`,
+      host: this.options.host,
+      port: this.port,
+      headers: true,
+    };
+    if (this.authRequired) info.auth_required = true;
+    if (this.options.tls !== undefined && c.transport.kind !== 'ws') info.tls_required = true;
+    if (this.options.tls?.ca !== undefined && c.transport.kind !== 'ws') info.tls_verify = true;
+    info.max_payload = this.limits.maxPayloadBytes;
+    info.client_id = c.cid;
+    info.client_ip = c.transport.remoteAddress;
+    if (c.nonce !== undefined) info.nonce = c.nonce;
+    const urls = this.options.connectUrls?.() ?? [];
+    if (urls.length > 0) info.connect_urls = urls;
+    return Buffer.from(`INFO ${JSON.stringify(info)} \r\n`);
+  }
+
+  scheduleFlush(c: Client): void {
+    this.dirty.push(c);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushAll);
+    }
+  }
+
+  addSubscription(sub: Subscription): void {
+    this.sublist.insert(sub);
+    this.emitInterest(sub, 1);
+  }
+
+  removeSubscription(sub: Subscription): void {
+    if (this.sublist.remove(sub)) this.emitInterest(sub, -1);
+  }
+
+  private emitInterest(sub: Subscription, delta: 1 | -1): void {
+    if (this.interestListeners.size === 0) return;
+    const change: InterestChange = { subject: sub.subject, queue: sub.queue, delta };
+    for (const l of this.interestListeners) l(change);
+  }
+
+  clientClosed(c: Client): void {
+    this.clients.delete(c.cid);
+    this.logger.debug({ cid: c.cid, reason: c.reason }, 'client closed');
+  }
+
+  /** Delivers a parsed PUB/HPUB (or a routed message when origin is null); returns the number of deliveries. */
+  routeMessage(p: PubArgs, origin: Client | null, queues?: readonly string[]): number {
+    const r = this.sublist.match(p.subject);
+    let delivered = 0;
+    const noEcho = origin !== null && !origin.opts.echo;
+    const plain = r.plain;
+    for (let i = 0; i < plain.length; i++) {
+      const sub = plain[i]!;
+      if (noEcho && sub.client === origin) continue;
+      if (sub.client.deliver(sub, p, origin)) delivered++;
+    }
+    const groups = r.queues;
+    for (let g = 0; g < groups.length; g++) {
+      const members = groups[g]!;
+      if (queues !== undefined && !queues.includes(members[0]!.queue!)) continue;
+      // One member per group, chosen at random as nats-server does; skip members that cannot take it.
+      const n = members.length;
+      const start = n === 1 ? 0 : Math.floor(Math.random() * n);
+      for (let k = 0; k < n; k++) {
+        const sub = members[(start + k) % n]!;
+        if (noEcho && sub.client === origin) continue;
+        if (sub.client.deliver(sub, p, origin)) {
+          delivered++;
+          break;
+        }
+      }
+    }
+    if (origin !== null && this.forwarder !== undefined && this.forwardToRoutes(p)) delivered++;
+    if (delivered === 0 && origin !== null && p.replyStart >= 0 && origin.opts.noResponders) {
+      origin.sendNoResponders(p.reply()!);
+    }
+    return delivered;
+  }
+
+  private forwardToRoutes(p: PubArgs): boolean {
+    const hdr = p.headerBytes > 0 ? p.headerBytes : 0;
+    return this.forwarder!({
+      subject: p.subject,
+      reply: p.reply(),
+      headers: p.data.subarray(p.dataStart, p.dataStart + hdr),
+      payload: p.data.subarray(p.dataStart + hdr, p.dataStart + p.size),
+    });
+  }
+
+  deliverFromRoute(msg: RouteMessage): number {
+    const p = new PubArgs();
+    const subj = Buffer.from(msg.subject);
+    const reply = msg.reply === undefined ? undefined : Buffer.from(msg.reply);
+    p.subject = msg.subject;
+    p.argBuf = reply === undefined ? subj : Buffer.concat([subj, Buffer.from(' '), reply]);
+    p.subjectStart = 0;
+    p.subjectEnd = subj.length;
+    p.replyStart = reply === undefined ? -1 : subj.length + 1;
+    p.replyEnd = reply === undefined ? -1 : p.argBuf.length;
+    const headers = msg.headers ?? new Uint8Array(0);
+    p.headerBytes = headers.length > 0 ? headers.length : -1;
+    p.data = headers.length > 0 ? Buffer.concat([headers, msg.payload]) : Buffer.from(msg.payload);
+    p.dataStart = 0;
+    p.size = p.data.length;
+    return this.routeMessage(p, null, msg.queues ?? []);
+  }
+}
+
+class NatsServerImpl implements NatsServerWithCluster {
+  readonly serverId: string;
+  readonly serverName: string;
+  readonly cluster: NatsClusterPort;
+  private readonly core: ServerCore;
+  private readonly secureContext: tls.SecureContext | undefined;
+  private tcp: net.Server | null = null;
+  private wss: WebSocketServer | null = null;
+  private boundWsPort: number | undefined;
+  private readonly sockets = new Set<net.Socket>();
+  private nextCid = 1;
+  private closing = false;
+  private unsubscribeAuth: (() => void) | undefined;
+
+  constructor(private readonly options: NatsServerOptions) {
+    this.serverId = newServerId();
+    this.serverName = options.serverName ?? this.serverId;
+    this.core = new ServerCore(this.serverId, this.serverName, options, options.logger, options.auth);
+    this.secureContext = options.tls === undefined ? undefined
+      : tls.createSecureContext({ cert: options.tls.cert, key: options.tls.key, ca: options.tls.ca });
+    const core = this.core;
+    this.cluster = {
+      interest: () => {
+        const counts = new Map<string, { subject: string; queue: string | undefined; count: number }>();
+        for (const c of core.clients.values()) {
+          for (const s of c.subs.values()) {
+            const key = `${s.subject} ${s.queue ?? ''}`;
+            const e = counts.get(key);
+            if (e === undefined) counts.set(key, { subject: s.subject, queue: s.queue, count: 1 });
+            else e.count++;
+          }
+        }
+        return [...counts.values()];
+      },
+      onInterest: (listener) => {
+        core.interestListeners.add(listener);
+        return () => void core.interestListeners.delete(listener);
+      },
+      setForwarder: (forward) => {
+        core.forwarder = forward;
+      },
+      deliverFromRoute: (msg) => core.deliverFromRoute(msg),
+    };
+  }
+
+  get port(): number {
+    return this.core.port;
+  }
+
+  get wsPort(): number | undefined {
+    return this.boundWsPort;
+  }
+
+  async start(): Promise<void> {
+    const tcp = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.onSocket(socket));
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', reject);
+      tcp.listen(this.options.port, this.options.host, () => {
+        tcp.off('error', reject);
+        resolve();
+      });
+    });
+    tcp.on('error', (err) => this.core.logger.error({ err }, 'NATS listener error'));
+    this.tcp = tcp;
+    this.core.port = (tcp.address() as net.AddressInfo).port;
+    if (this.options.wsPort !== undefined) await this.startWebSocket(this.options.wsPort);
+    if (this.options.auth !== undefined) {
+      this.unsubscribeAuth = this.options.auth.onChange(() => {
+        for (const c of [...this.core.clients.values()]) c.revalidate();
+      });
+    }
+    this.core.logger.info({ port: this.core.port, wsPort: this.boundWsPort, serverId: this.serverId },
+      'NATS client port listening');
+  }
+
+  private async startWebSocket(port: number): Promise<void> {
+    const lim = this.core.limits;
+    const wss = new WebSocketServer({
+      host: this.options.host, port, perMessageDeflate: false,
+      maxPayload: lim.maxPayloadBytes + lim.maxControlLineBytes + 1024,
+    });
+    await new Promise<void>((resolve, reject) => {
+      wss.once('listening', resolve);
+      wss.once('error', reject);
+    });
+    wss.on('connection', (ws: WebSocket, req: IncomingMessage) => {
+      if (this.closing) return void ws.terminate();
+      req.socket.setNoDelay(true);
+      this.startClient(new WebSocketTransport(ws, req.socket), false, undefined);
+    });
+    this.wss = wss;
+    this.boundWsPort = (wss.address() as net.AddressInfo).port;
+  }
+
+  private onSocket(socket: net.Socket): void {
+    if (this.closing) return void socket.destroy();
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+    socket.on('error', () => socket.destroy());
+    if (this.secureContext === undefined) {
+      this.startClient(new SocketTransport(socket, false), false, undefined);
+      return;
+    }
+    this.startTls(socket, this.secureContext);
+  }
+
+  private startTls(socket: net.Socket, context: tls.SecureContext): void {
+    const cid = this.nextCid++;
+    const nonce = this.options.auth?.nonceRequired ? newNonce() : undefined;
+    let infoSent = false;
+    const deadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs + handshakeFirstWaitMs);
+    deadline.unref();
+    const fallback = setTimeout(() => {
+      // 2.9 model: INFO in plain text, then the client upgrades.
+      infoSent = true;
+      socket.write(this.core.infoLine({ cid, nonce, transport: { kind: 'tls', remoteAddress: socket.remoteAddress ?? '' } }));
+    }, handshakeFirstWaitMs);
+    socket.once('data', (chunk: Buffer) => {
+      clearTimeout(fallback);
+      socket.pause();
+      socket.unshift(chunk);
+      if (chunk[0] !== 0x16) {
+        // Plain text where a TLS handshake must come: nats-server's handshake fails and the socket closes.
+        clearTimeout(deadline);
+        socket.destroy();
+        return;
+      }
+      const ca = this.options.tls?.ca;
+      const secure = new tls.TLSSocket(socket, {
+        isServer: true, secureContext: context, requestCert: ca !== undefined, rejectUnauthorized: ca !== undefined,
+      });
+      secure.on('error', () => socket.destroy());
+      secure.once('secure', () => {
+        clearTimeout(deadline);
+        secure.pause();
+        this.startClient(new SocketTransport(secure, true), infoSent, { cid, nonce });
+      });
+    });
+    socket.resume();
+  }
+
+  private startClient(transport: ClientTransport, infoSent: boolean, ids: { cid: number; nonce: string | undefined } | undefined): void {
+    const core = this.core;
+    const cid = ids?.cid ?? this.nextCid++;
+    const nonce = ids !== undefined ? ids.nonce : this.options.auth?.nonceRequired ? newNonce() : undefined;
+    const client = new Client(core, cid, transport, nonce);
+    core.totalConnections++;
+    if (core.clients.size >= core.limits.maxConnections) {
+      // nats-server sends INFO, then the -ERR, then closes (reference §1.8).
+      if (!infoSent) transport.write(core.infoLine(client));
+      transport.write(encodedErrors.maxConnections);
+      transport.end();
+      return;
+    }
+    core.clients.set(cid, client);
+    client.start(infoSent);
+  }
+
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    this.unsubscribeAuth?.();
+    const tcpClosed = this.tcp === null ? Promise.resolve()
+      : new Promise<void>((resolve) => this.tcp!.close(() => resolve()));
+    const wsClosed = this.wss === null ? Promise.resolve()
+      : new Promise<void>((resolve) => this.wss!.close(() => resolve()));
+    for (const c of [...this.core.clients.values()]) c.close(closeReason.serverShutdown, true);
+    // Give peers a moment to read the last bytes and FIN; then cut whatever is left.
+    const graceEnd = Date.now() + 1000;
+    while (this.sockets.size > 0 && Date.now() < graceEnd) await new Promise((r) => setTimeout(r, 10));
+    for (const s of this.sockets) s.destroy();
+    for (const ws of this.wss?.clients ?? []) ws.terminate();
+    await Promise.all([tcpClosed, wsClosed]);
+    this.core.logger.info({ port: this.core.port }, 'NATS server closed');
+  }
+
+  stats(): NatsServerStats {
+    const c = this.core;
+    return {
+      connections: c.clients.size,
+      totalConnections: c.totalConnections,
+      subscriptions: c.sublist.size,
+      inMsgs: c.inMsgs,
+      inBytes: c.inBytes,
+      outMsgs: c.outMsgs,
+      outBytes: c.outBytes,
+      slowConsumers: c.slowConsumers,
+    };
+  }
+}
+
+export function createNatsServer(options: NatsServerOptions): NatsServerWithCluster {
+  return new NatsServerImpl(options);
+}
