@@ -6,7 +6,7 @@
 // A client that proves possession of a node's internal identity (NKey 'N…') is the admin principal.
 import type { Logger } from 'pino';
 import { allowAll, type AuthOutcome, type AuthRequest, type BusAuthenticator, type BusAuthMode, type Permissions, type Principal, type PrincipalKind } from './types.js';
-import { burnPasswordCheck, FailureRateLimiter, tokenHashesEqual, tokenHashOf, verifyPassword, type RateLimitOptions } from './credentials.js';
+import { burnPasswordCheck, FailureRateLimiter, prepareBurnCheck, tokenHashesEqual, tokenHashOf, verifyPassword, type RateLimitOptions } from './credentials.js';
 import { isValidPublicKey, verifyNonceSignature } from './nkeys.js';
 import { CompiledRole, denyAll, unionPermissions } from './permissions.js';
 import { builtinAdminRole, type PrincipalSource, type RoleRecord, type UserRecord } from './principal_source.js';
@@ -75,6 +75,7 @@ class Authenticator implements BusAuthenticator {
     this.internalKeys = typeof keys === 'function' ? keys : () => keys;
     this.logger = o.logger;
     this.limiter = new FailureRateLimiter(o.rateLimit);
+    if (o.mode !== 'off') prepareBurnCheck();
     const anonymousPerms = o.mode === 'off' ? allowAll : this.warnWrap('anonymous', denyAll);
     this.anonymous = this.make('anonymous', 'anonymous', false, anonymousPerms, { credential: 'anonymous', user: undefined, stored: undefined, permsKey: '' });
   }

@@ -97,9 +97,13 @@ export async function verifyPassword(password: string, stored: string): Promise<
 // A user name that does not exist still costs one scrypt with the default parameters, so response time does
 // not tell an attacker which names exist.
 let dummyHash: Promise<string> | undefined;
-export async function burnPasswordCheck(password: string): Promise<false> {
+/** Starts computing the dummy hash ahead of time (the authenticator calls it at creation). */
+export function prepareBurnCheck(): void {
   dummyHash ??= hashPassword('not-a-password');
-  await verifyPassword(password, await dummyHash);
+}
+export async function burnPasswordCheck(password: string): Promise<false> {
+  prepareBurnCheck();
+  await verifyPassword(password, await dummyHash!);
   return false;
 }
 
