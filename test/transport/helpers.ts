@@ -81,3 +81,44 @@ export function makeTransport(fx: Fixtures, name: string, overrides: TransportOv
 export function routeTo(t: RouteTransport): string {
   return `127.0.0.1:${t.address().port}`;
 }
+
+export interface Proxy {
+  readonly port: number;
+  /** Resets every proxied connection (both TCP sockets), like a crashed peer or a cut cable. */
+  killAll(): void;
+  /** Existing connections silently drop every byte from now on (new connections still pass). */
+  blackholeExisting(): void;
+  connections(): number;
+  close(): Promise<void>;
+}
+
+/** A loopback TCP proxy in front of `targetPort`, to cut or freeze a route from outside the transport. */
+export async function startProxy(targetPort: number): Promise<Proxy> {
+  const { createServer, connect } = await import('node:net');
+  type Pair = { client: import('node:net').Socket; upstream: import('node:net').Socket; frozen: boolean };
+  const pairs = new Set<Pair>();
+  const server = createServer((client) => {
+    const upstream = connect({ host: '127.0.0.1', port: targetPort });
+    const pair: Pair = { client, upstream, frozen: false };
+    pairs.add(pair);
+    client.on('data', (d) => { if (!pair.frozen) upstream.write(d); });
+    upstream.on('data', (d) => { if (!pair.frozen) client.write(d); });
+    const end = () => { pairs.delete(pair); client.destroy(); upstream.destroy(); };
+    client.on('close', end);
+    upstream.on('close', end);
+    client.on('error', () => undefined);
+    upstream.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as import('node:net').AddressInfo).port;
+  return {
+    port,
+    killAll: () => { for (const p of pairs) { p.client.resetAndDestroy(); p.upstream.resetAndDestroy(); } },
+    blackholeExisting: () => { for (const p of pairs) p.frozen = true; },
+    connections: () => pairs.size,
+    close: async () => {
+      for (const p of pairs) { p.client.destroy(); p.upstream.destroy(); }
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
