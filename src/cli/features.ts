@@ -6,7 +6,6 @@ import type { ServeConfig } from '../config/index.js';
 
 const clustering = 'clustering (routes and the Raft meta-group) is not available in this build yet; run without cluster flags for a single node';
 const kvStore = 'the replicated store (--store kv, --kv-replicas) is not available in this build yet; use --store file';
-const busAuth = 'bus authentication is not available in this build yet; this build runs with --bus-auth off';
 const persistence = 'persistent storage is not available in this build yet; a single node keeps no state on disk';
 
 const clusterFlags = new Set([
@@ -18,8 +17,6 @@ function unavailableReason(flag: string, config: ServeConfig): string | undefine
   switch (flag) {
     case 'store': return config.store === 'kv' ? kvStore : undefined;
     case 'kv-replicas': return kvStore;
-    case 'bus-auth': return config.busAuth === 'off' ? undefined : busAuth;
-    case 'users-file': case 'internal-id-file': return busAuth;
     case 'data-dir': return persistence;
     default: return undefined;
   }
@@ -36,10 +33,9 @@ export function refuseUnavailable(config: ServeConfig): ConfigError | undefined 
 
 /** The mark --help puts after a flag this build validates but refuses. */
 export function availabilityNote(flag: string): string {
-  if (clusterFlags.has(flag) || flag === 'kv-replicas' || flag === 'users-file' || flag === 'internal-id-file' || flag === 'data-dir') {
+  if (clusterFlags.has(flag) || flag === 'kv-replicas' || flag === 'data-dir') {
     return ' [not available yet]';
   }
   if (flag === 'store') return ' [kv not available yet]';
-  if (flag === 'bus-auth') return ' [warn, enforce not available yet]';
   return '';
 }

@@ -2,7 +2,7 @@
 // seed's command line validates, flags this build lacks are refused, and random argv only ever yields ConfigError.
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
-import { existsSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +10,9 @@ import { ConfigError } from '../../src/errors.js';
 import { parseCommandLine, parseArgv, flagSpecs, type Command, type ServeConfig } from '../../src/config/index.js';
 import { refuseUnavailable } from '../../src/cli/features.js';
 import { helpText } from '../../src/cli/help.js';
+import { main, memoryOutput } from '../../src/cli/index.js';
+import { loadBusAuth } from '../../src/cli/bus_auth.js';
+import { silentLogger } from '../../src/log.js';
 import { createCertificateAuthority, issueCertificate } from '../../src/certs/index.js';
 
 // The ExecStart of shared/deploy-seed/membershipd-cluster.service, the unit the first deployment ran. Kept here so a
@@ -50,8 +53,11 @@ async function fixtures(dir: string): Promise<Fixtures> {
   };
 }
 
-/** Asserts that argv fails with a ConfigError naming `flag` in a single line; returns the message. */
-function failsWith(t: Test, argv: string[], flag: string | undefined, pattern: RegExp): void {
+/**
+ * Asserts that argv fails with a ConfigError naming `flag` in a single line, and that main() (what the binary
+ * runs) turns it into exit 2 with exactly that one line on stderr and nothing on stdout.
+ */
+async function failsWith(t: Test, argv: string[], flag: string | undefined, pattern: RegExp): Promise<void> {
   let err: unknown;
   try {
     const cmd = parseCommandLine(argv);
@@ -68,6 +74,11 @@ function failsWith(t: Test, argv: string[], flag: string | undefined, pattern: R
   if (flag !== undefined) t.ok(err.message.startsWith(`--${flag}`) || err.message.includes(`--${flag}`), `${label}: message names --${flag}: ${err.message}`);
   t.match(err.message, pattern, `${label}: ${err.message}`);
   t.notMatch(err.message, /[\r\n]/, `${label}: one line`);
+  // Only argv that is known to fail reaches main(): a valid one would start a node.
+  const output = memoryOutput();
+  t.equal(await main(argv, output), 2, `${label}: exit 2`);
+  t.same(output.stderr, [`membershipd: ${err.message}`], `${label}: exactly one stderr line`);
+  t.same(output.stdout, [], `${label}: nothing on stdout`);
 }
 
 function serve(argv: string[]): ServeConfig {
@@ -89,76 +100,76 @@ t.test('syntax: commands, missing values, duplicates, unknown flags', async (t) 
   t.same([...parseArgv(['--bind=::1', '--nats-port', '0']).flags], [['bind', '::1'], ['nats-port', '0']], 'both value forms');
   t.same([...parseArgv(['--routes=a:1,b=2:3']).flags], [['routes', 'a:1,b=2:3']], 'only the first = splits');
 
-  failsWith(t, ['--nats-port'], 'nats-port', /needs a value/);
-  failsWith(t, ['--nats-port', '--http-port', '1'], 'nats-port', /needs a value/);
-  failsWith(t, ['--nats-port='], 'nats-port', /empty value/);
-  failsWith(t, ['--bind', 'a', '--bind', 'b'], 'bind', /more than once/);
-  failsWith(t, ['--bind=a', '--bind', 'a'], 'bind', /more than once/);
-  failsWith(t, ['--bogus'], 'bogus', /unknown flag "--bogus"/);
-  failsWith(t, ['--bogus=1'], 'bogus', /unknown flag/);
-  failsWith(t, ['-x'], undefined, /unexpected argument "-x"/);
-  failsWith(t, ['--'], undefined, /unexpected argument/);
-  failsWith(t, ['serve', 'extra'], undefined, /unexpected argument "extra"/);
-  failsWith(t, ['frob'], undefined, /unknown command "frob"/);
-  failsWith(t, ['version', 'x'], undefined, /unexpected argument/);
-  failsWith(t, ['help', 'frob'], undefined, /unexpected argument/);
-  failsWith(t, ['dev', '--bind', '0.0.0.0'], 'bind', /not a flag of `membershipd dev`/);
-  failsWith(t, ['serve', '--dir', 'x'], 'dir', /not a flag of `membershipd serve`/);
-  for (const planned of ['user', 'role', 'cluster', 'id', 'certs']) failsWith(t, [planned, 'add'], undefined, /not available in this build yet/);
+  await failsWith(t, ['--nats-port'], 'nats-port', /needs a value/);
+  await failsWith(t, ['--nats-port', '--http-port', '1'], 'nats-port', /needs a value/);
+  await failsWith(t, ['--nats-port='], 'nats-port', /empty value/);
+  await failsWith(t, ['--bind', 'a', '--bind', 'b'], 'bind', /more than once/);
+  await failsWith(t, ['--bind=a', '--bind', 'a'], 'bind', /more than once/);
+  await failsWith(t, ['--bogus'], 'bogus', /unknown flag "--bogus"/);
+  await failsWith(t, ['--bogus=1'], 'bogus', /unknown flag/);
+  await failsWith(t, ['-x'], undefined, /unexpected argument "-x"/);
+  await failsWith(t, ['--'], undefined, /unexpected argument/);
+  await failsWith(t, ['serve', 'extra'], undefined, /unexpected argument "extra"/);
+  await failsWith(t, ['frob'], undefined, /unknown command "frob"/);
+  await failsWith(t, ['version', 'x'], undefined, /unexpected argument/);
+  await failsWith(t, ['help', 'frob'], undefined, /unexpected argument/);
+  await failsWith(t, ['dev', '--bind', '0.0.0.0'], 'bind', /not a flag of `membershipd dev`/);
+  await failsWith(t, ['serve', '--dir', 'x'], 'dir', /not a flag of `membershipd serve`/);
+  for (const planned of ['user', 'role', 'cluster', 'id', 'certs']) await failsWith(t, [planned, 'add'], undefined, /not available in this build yet/);
 });
 
 t.test('values: every flag rejects what it cannot use, naming itself', async (t) => {
   const fx = await fixtures(t.testdir());
   for (const bad of ['abc', '-1', '65536', '1e3', '0x10', ' 1', '+1', '1.5', '99999999999']) {
-    failsWith(t, ['--nats-port', bad], 'nats-port', /is not a port number/);
+    await failsWith(t, ['--nats-port', bad], 'nats-port', /is not a port number/);
   }
-  failsWith(t, ['--http-port=70000'], 'http-port', /is not a port number/);
-  failsWith(t, ['--ws-port', 'x'], 'ws-port', /is not a port number/);
-  failsWith(t, ['--cluster-port', '-5'], 'cluster-port', /is not a port number/);
-  failsWith(t, ['--nats-port', '4222', '--http-port', '4222'], 'http-port', /already used by --nats-port/);
-  failsWith(t, ['--ws-port', '8222'], 'ws-port', /already used by --http-port/);
-  failsWith(t, ['--cluster-port', '4222'], 'cluster-port', /already used by --nats-port/);
-  failsWith(t, ['dev', '--nats-port', '1', '--http-port', '1'], 'http-port', /already used/);
+  await failsWith(t, ['--http-port=70000'], 'http-port', /is not a port number/);
+  await failsWith(t, ['--ws-port', 'x'], 'ws-port', /is not a port number/);
+  await failsWith(t, ['--cluster-port', '-5'], 'cluster-port', /is not a port number/);
+  await failsWith(t, ['--nats-port', '4222', '--http-port', '4222'], 'http-port', /already used by --nats-port/);
+  await failsWith(t, ['--ws-port', '8222'], 'ws-port', /already used by --http-port/);
+  await failsWith(t, ['--cluster-port', '4222'], 'cluster-port', /already used by --nats-port/);
+  await failsWith(t, ['dev', '--nats-port', '1', '--http-port', '1'], 'http-port', /already used/);
   for (const bad of ['not a host', '300.1.1.1', '-lead', 'a..b', 'x'.repeat(64), 'example.com.']) {
-    failsWith(t, ['--bind', bad], 'bind', /not an IP address or host name/);
+    await failsWith(t, ['--bind', bad], 'bind', /not an IP address or host name/);
   }
   for (const bad of ['has space', '.dot', 'x'.repeat(129), 'a/b', 'line\nbreak']) {
-    failsWith(t, ['--server-name', bad], 'server-name', /not a valid name/);
+    await failsWith(t, ['--server-name', bad], 'server-name', /not a valid name/);
   }
-  failsWith(t, ['--log-level', 'loud'], 'log-level', /not one of fatal\|error\|warn\|info\|debug\|trace\|silent/);
-  failsWith(t, ['dev', '--log-level=INFO'], 'log-level', /not one of/);
-  failsWith(t, ['--bus-auth', 'maybe'], 'bus-auth', /not one of off\|warn\|enforce/);
-  failsWith(t, ['--store', 'sql'], 'store', /not one of file\|kv/);
-  for (const bad of ['0', '-1', '16', 'three']) failsWith(t, ['--store', 'kv', '--kv-replicas', bad], 'kv-replicas', /integer from 1 to 15/);
-  failsWith(t, ['--kv-replicas', '3'], 'kv-replicas', /only to --store kv/);
-  failsWith(t, ['--store', 'kv', '--users-file', fx.users], 'users-file', /only to --store file/);
-  failsWith(t, ['--data-dir', fx.cert], 'data-dir', /not a directory/);
-  failsWith(t, ['dev', '--dir', fx.cert], 'dir', /not a directory/);
-  failsWith(t, ['--internal-id-file', '/nonexistent-dir-xyz/id.seed'], 'internal-id-file', /its directory .* does not exist/);
-  failsWith(t, ['--internal-id-file', fx.dir], 'internal-id-file', /not a regular file/);
+  await failsWith(t, ['--log-level', 'loud'], 'log-level', /not one of fatal\|error\|warn\|info\|debug\|trace\|silent/);
+  await failsWith(t, ['dev', '--log-level=INFO'], 'log-level', /not one of/);
+  await failsWith(t, ['--bus-auth', 'maybe'], 'bus-auth', /not one of off\|warn\|enforce/);
+  await failsWith(t, ['--store', 'sql'], 'store', /not one of file\|kv/);
+  for (const bad of ['0', '-1', '16', 'three']) await failsWith(t, ['--store', 'kv', '--kv-replicas', bad], 'kv-replicas', /integer from 1 to 15/);
+  await failsWith(t, ['--kv-replicas', '3'], 'kv-replicas', /only to --store kv/);
+  await failsWith(t, ['--store', 'kv', '--users-file', fx.users], 'users-file', /only to --store file/);
+  await failsWith(t, ['--data-dir', fx.cert], 'data-dir', /not a directory/);
+  await failsWith(t, ['dev', '--dir', fx.cert], 'dir', /not a directory/);
+  await failsWith(t, ['--internal-id-file', '/nonexistent-dir-xyz/id.seed'], 'internal-id-file', /its directory .* does not exist/);
+  await failsWith(t, ['--internal-id-file', fx.dir], 'internal-id-file', /not a regular file/);
 });
 
 t.test('files: TLS pairs are readable PEM and belong together', async (t) => {
   const fx = await fixtures(t.testdir());
-  failsWith(t, ['--tls-cert', fx.cert], 'tls-key', /--tls-key is required with --tls-cert/);
-  failsWith(t, ['--tls-key', fx.key], 'tls-cert', /--tls-cert is required with --tls-key/);
-  failsWith(t, ['--tls-cert', join(fx.dir, 'missing.pem'), '--tls-key', fx.key], 'tls-cert', /does not exist/);
-  failsWith(t, ['--tls-cert', fx.dir, '--tls-key', fx.key], 'tls-cert', /is a directory/);
-  failsWith(t, ['--tls-cert', fx.empty, '--tls-key', fx.key], 'tls-cert', /is empty/);
-  failsWith(t, ['--tls-cert', fx.notPem, '--tls-key', fx.key], 'tls-cert', /no PEM certificate/);
-  failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.cert], 'tls-key', /no PEM private key/);
-  failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.otherKey], 'tls-key', /does not belong to the certificate/);
-  failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.encryptedKey], 'tls-key', /encrypted/);
+  await failsWith(t, ['--tls-cert', fx.cert], 'tls-key', /--tls-key is required with --tls-cert/);
+  await failsWith(t, ['--tls-key', fx.key], 'tls-cert', /--tls-cert is required with --tls-key/);
+  await failsWith(t, ['--tls-cert', join(fx.dir, 'missing.pem'), '--tls-key', fx.key], 'tls-cert', /does not exist/);
+  await failsWith(t, ['--tls-cert', fx.dir, '--tls-key', fx.key], 'tls-cert', /is a directory/);
+  await failsWith(t, ['--tls-cert', fx.empty, '--tls-key', fx.key], 'tls-cert', /is empty/);
+  await failsWith(t, ['--tls-cert', fx.notPem, '--tls-key', fx.key], 'tls-cert', /no PEM certificate/);
+  await failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.cert], 'tls-key', /no PEM private key/);
+  await failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.otherKey], 'tls-key', /does not belong to the certificate/);
+  await failsWith(t, ['--tls-cert', fx.cert, '--tls-key', fx.encryptedKey], 'tls-key', /encrypted/);
   const broken = join(fx.dir, 'broken.pem');
   writeFileSync(broken, '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n');
-  failsWith(t, ['--tls-cert', broken, '--tls-key', fx.key], 'tls-cert', /not a valid X\.509 certificate/);
-  failsWith(t, ['--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /required with --route-tls-cert/);
-  failsWith(t, ['--route-tls-ca', fx.ca], 'route-tls-cert', /required with --route-tls-ca/);
-  failsWith(t, ['--route-tls-ca', fx.notPem, '--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /no PEM certificate/);
-  failsWith(t, ['--cluster-user', 'route'], 'cluster-pass-file', /never taken from argv/);
-  failsWith(t, ['--cluster-pass-file', fx.pass], 'cluster-user', /required with --cluster-pass-file/);
-  failsWith(t, ['--cluster-user', 'route', '--cluster-pass-file', join(fx.dir, 'nope')], 'cluster-pass-file', /does not exist/);
-  failsWith(t, ['--users-file', fx.empty], 'users-file', /is empty/);
+  await failsWith(t, ['--tls-cert', broken, '--tls-key', fx.key], 'tls-cert', /not a valid X\.509 certificate/);
+  await failsWith(t, ['--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /required with --route-tls-cert/);
+  await failsWith(t, ['--route-tls-ca', fx.ca], 'route-tls-cert', /required with --route-tls-ca/);
+  await failsWith(t, ['--route-tls-ca', fx.notPem, '--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /no PEM certificate/);
+  await failsWith(t, ['--cluster-user', 'route'], 'cluster-pass-file', /never taken from argv/);
+  await failsWith(t, ['--cluster-pass-file', fx.pass], 'cluster-user', /required with --cluster-pass-file/);
+  await failsWith(t, ['--cluster-user', 'route', '--cluster-pass-file', join(fx.dir, 'nope')], 'cluster-pass-file', /does not exist/);
+  await failsWith(t, ['--users-file', fx.empty], 'users-file', /is empty/);
 
   const ok = serve(['--tls-cert', fx.cert, '--tls-key=' + fx.key]);
   t.equal(ok.tls?.certFile, fx.cert);
@@ -181,7 +192,7 @@ t.test('routes: host:port or nats-route://host:port, never user info', async (t)
     ['bad host:1', /invalid host/],
     ['::1:6222', /not host:port/],
   ];
-  for (const [value, pattern] of cases) failsWith(t, ['--routes', value], 'routes', pattern);
+  for (const [value, pattern] of cases) await failsWith(t, ['--routes', value], 'routes', pattern);
   for (const value of ['nats-route://ruser:T0pSecret@n2:6222', 'ruser:T0pSecret@n2:6222', 'a:1,nats-route://u@b:2']) {
     let message = '';
     try { serve(['--routes', value]); } catch (e) { message = (e as Error).message; }
@@ -226,8 +237,8 @@ t.test('the deploy seed command line validates; this build refuses what it canno
   t.equal(config.kvReplicas, 3);
   t.equal(config.cluster.routeTls?.caFile, fx.ca);
   const refusal = refuseUnavailable(config);
-  t.equal(refusal?.flag, 'bus-auth', 'the first unavailable flag in argv order is named');
-  t.match(refusal?.message, /--bus-auth: bus authentication is not available in this build yet/);
+  t.equal(refusal?.flag, 'cluster-name', 'the first unavailable flag in argv order is named');
+  t.match(refusal?.message, /--cluster-name: clustering .* not available in this build yet/);
 
   const refused: [string[], string, RegExp][] = [
     [['--cluster-name', 'unibus'], 'cluster-name', /clustering .* not available in this build yet/],
@@ -237,13 +248,44 @@ t.test('the deploy seed command line validates; this build refuses what it canno
     [['--route-tls-ca', fx.ca, '--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /clustering/],
     [['--store', 'kv'], 'store', /--store kv.* not available/],
     [['--store', 'kv', '--kv-replicas', '3'], 'store', /not available/],
-    [['--bus-auth', 'enforce'], 'bus-auth', /not available/],
-    [['--bus-auth', 'warn'], 'bus-auth', /not available/],
-    [['--users-file', fx.users], 'users-file', /not available/],
-    [['--internal-id-file', join(fx.dir, 'id.seed')], 'internal-id-file', /not available/],
     [['--data-dir', join(fx.dir, 'data')], 'data-dir', /persistent storage is not available/],
   ];
-  for (const [args, flag, pattern] of refused) failsWith(t, args, flag, pattern);
+  for (const [args, flag, pattern] of refused) await failsWith(t, args, flag, pattern);
+});
+
+t.test('bus auth wiring: users and identity files are checked at start, naming their flag', async (t) => {
+  const fx = await fixtures(t.testdir());
+  const rejects = async (argv: string[], flag: string, pattern: RegExp): Promise<void> => {
+    const err = await loadBusAuth(serve(argv), silentLogger()).then(() => undefined, (e: unknown) => e);
+    t.ok(err instanceof ConfigError, `${argv.join(' ')}: ConfigError`);
+    t.equal((err as ConfigError).flag, flag);
+    t.match((err as ConfigError).message, pattern);
+    t.notMatch((err as ConfigError).message, /[\r\n]/, 'one line');
+  };
+  await rejects(['--bus-auth', 'enforce'], 'users-file', /--users-file is required with --bus-auth enforce and --store file/);
+  await rejects(['--bus-auth', 'warn'], 'users-file', /required/);
+  const broken = join(fx.dir, 'broken.json');
+  writeFileSync(broken, '{"users": [\n  {"name": "a",, }\n]}\n');
+  await rejects(['--bus-auth', 'enforce', '--users-file', broken], 'users-file', /^--users-file: .*broken\.json:2:\d+: invalid JSON/);
+  const plaintext = join(fx.dir, 'plain.json');
+  writeFileSync(plaintext, JSON.stringify({ users: [{ name: 'a', password: 'hunter2', roles: [] }] }));
+  await rejects(['--bus-auth', 'enforce', '--users-file', plaintext], 'users-file', /^--users-file: /);
+  const loose = join(fx.dir, 'loose.seed');
+  writeFileSync(loose, 'x\n', { mode: 0o644 });
+  chmodSync(loose, 0o644);
+  await rejects(['--internal-id-file', loose], 'internal-id-file', /chmod 600/);
+
+  const idFile = join(fx.dir, 'id', 'node.seed');
+  mkdirSync(join(fx.dir, 'id'));
+  const created = await loadBusAuth(serve(['--bus-auth', 'enforce', '--users-file', fx.users, '--internal-id-file', idFile]), silentLogger());
+  t.equal(created.authenticator?.mode, 'enforce');
+  t.equal(created.authenticator?.authRequired, true);
+  t.match(created.identity?.publicKey, /^N[A-Z2-7]{55}$/, 'an NKey server identity');
+  t.equal(statSync(idFile).mode & 0o777, 0o600, 'created with mode 0600');
+  t.type(created.reload, 'function', 'SIGHUP has a users file to reload');
+  const again = await loadBusAuth(serve(['--internal-id-file', idFile]), silentLogger());
+  t.equal(again.identity?.publicKey, created.identity?.publicKey, 'the identity is kept across starts');
+  t.equal(again.authenticator, undefined, '--bus-auth off: no authenticator');
 });
 
 t.test('--help lists every flag and command with its default', async (t) => {

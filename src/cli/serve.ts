@@ -1,0 +1,161 @@
+// `membershipd serve`: one node = the NATS server (src/nats) + the HTTP port (src/http), with the process
+// lifecycle around them: a start line with the real addresses, signal-driven drain, and exit codes.
+import { constants as osConstants } from 'node:os';
+import { MembershipdError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ServeConfig } from '../config/index.js';
+import { createNatsServer } from '../nats/index.js';
+import type { NatsServer } from '../nats/api.js';
+import type { BusAuthenticator } from '../auth/index.js';
+import { createHttpServer, type HttpServer } from '../http/index.js';
+import { packageVersion } from './version.js';
+
+/** A listener could not be opened (port taken, address not local, no permission). */
+export class ListenError extends MembershipdError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ELISTEN', message, options);
+  }
+}
+
+export interface NodeUrls {
+  readonly nats: string;
+  readonly http: string;
+  readonly ws: string | undefined;
+}
+
+export interface ServingNode {
+  readonly nats: NatsServer;
+  readonly http: HttpServer;
+  readonly urls: NodeUrls;
+  /** Stop accepting, drain and close every client, close HTTP. Idempotent. */
+  stop(): Promise<void>;
+}
+
+/** Clients get this long to drain after SIGTERM before the process gives up and exits 1. */
+export const shutdownTimeoutMs = 30_000;
+
+function hostForUrl(host: string): string {
+  return host.includes(':') ? `[${host}]` : host;
+}
+
+function listenError(what: string, host: string, port: number, err: unknown): ListenError {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const why = code === 'EADDRINUSE' ? 'address already in use'
+    : code === 'EADDRNOTAVAIL' ? 'address not available on this host'
+      : code === 'EACCES' ? 'permission denied'
+        : (err instanceof Error ? err.message : String(err));
+  return new ListenError(`cannot listen on ${hostForUrl(host)}:${port} (${what}): ${why}`, { cause: err });
+}
+
+/** `auth` undefined = bus auth off (src/cli/bus_auth.ts builds it from the flags). */
+export async function startServing(config: ServeConfig, logger: Logger, auth?: BusAuthenticator): Promise<ServingNode> {
+  const nats = createNatsServer({
+    host: config.bind,
+    port: config.natsPort,
+    serverName: config.serverName,
+    ...(config.tls ? { tls: { cert: config.tls.cert, key: config.tls.key } } : {}),
+    ...(config.wsPort !== undefined ? { wsPort: config.wsPort } : {}),
+    ...(auth !== undefined ? { auth } : {}),
+    logger,
+  });
+  try {
+    await nats.start();
+  } catch (err) {
+    throw listenError(config.wsPort !== undefined ? '--nats-port or --ws-port' : '--nats-port', config.bind, config.natsPort, err);
+  }
+  const startedAt = new Date();
+  const http = createHttpServer({
+    host: config.bind,
+    port: config.httpPort,
+    logger,
+    documents: {
+      '/varz': () => ({
+        server_id: nats.serverId,
+        server_name: nats.serverName,
+        version: packageVersion(),
+        host: config.bind,
+        port: nats.port,
+        http_port: http.port,
+        ws_port: nats.wsPort ?? null,
+        tls_required: config.tls !== undefined,
+        start: startedAt.toISOString(),
+        now: new Date().toISOString(),
+        uptime_seconds: Math.floor((Date.now() - startedAt.getTime()) / 1000),
+        ...nats.stats(),
+      }),
+    },
+  });
+  try {
+    await http.start();
+  } catch (err) {
+    await nats.close();
+    throw listenError('--http-port', config.bind, config.httpPort, err);
+  }
+  const host = hostForUrl(config.bind);
+  const urls: NodeUrls = {
+    nats: `${config.tls ? 'tls' : 'nats'}://${host}:${nats.port}`,
+    http: `http://${host}:${http.port}`,
+    ws: nats.wsPort === undefined ? undefined : `${config.tls ? 'wss' : 'ws'}://${host}:${nats.wsPort}`,
+  };
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      http.setState('stopping');
+      try {
+        await nats.close();
+      } finally {
+        await http.close();
+      }
+    })();
+    return stopping;
+  };
+  logger.info({
+    server_id: nats.serverId, version: packageVersion(),
+    nats_url: urls.nats, http_url: urls.http, ws_url: urls.ws ?? null,
+    nats_port: nats.port, http_port: http.port, ws_port: nats.wsPort ?? null, tls: config.tls !== undefined,
+  }, `membershipd serving: client ${urls.nats}, http ${urls.http}${urls.ws ? `, websocket ${urls.ws}` : ''}`);
+  return { nats, http, urls, stop };
+}
+
+/**
+ * Runs until SIGTERM or SIGINT, then drains and resolves with the exit code (0 after a clean drain).
+ * A second signal exits at once with 128+signal, as a shell would report it.
+ */
+export function runUntilSignal(node: ServingNode, logger: Logger, reload?: () => Promise<void>): Promise<number> {
+  return new Promise<number>((resolve) => {
+    let signalled = false;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (signalled) {
+        logger.warn({ signal }, 'second signal: exiting at once without finishing the drain');
+        process.exit(128 + (osConstants.signals[signal] ?? 0));
+      }
+      signalled = true;
+      logger.info({ signal }, 'signal received: draining clients, then exiting');
+      const timer = setTimeout(() => {
+        logger.error({ timeout_ms: shutdownTimeoutMs }, 'drain did not finish in time: exiting');
+        resolve(1);
+      }, shutdownTimeoutMs);
+      node.stop().then(() => {
+        clearTimeout(timer);
+        logger.info('stopped');
+        resolve(0);
+      }, (err: unknown) => {
+        clearTimeout(timer);
+        logger.error({ err }, 'error while stopping');
+        resolve(1);
+      });
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+    // Without a handler SIGHUP would kill the node. The users file logs its own outcome, and a broken file
+    // keeps the previous users (src/auth FileSource.reload).
+    process.on('SIGHUP', () => {
+      if (reload === undefined) {
+        logger.info('SIGHUP: nothing to reload (no --users-file)');
+        return;
+      }
+      logger.info('SIGHUP: reloading the users file');
+      reload().catch((err: unknown) => logger.error({ err }, 'reload failed'));
+    });
+  });
+}

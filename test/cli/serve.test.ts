@@ -1,0 +1,237 @@
+// The real membershipd binary as a child process: help/version, flag errors (exit 2, one line), serve on
+// ephemeral ports with a real NATS client, /livez, SIGTERM drain, port conflicts, TLS, and `dev` whose
+// printed example command is run exactly as printed.
+import t, { type Test } from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
+import { hashPassword } from '../../src/auth/index.js';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
+/** Bound on any single wait for a child: generous for a loaded 2-core box, never a timing assertion. */
+const waitMs = 40_000;
+
+interface Run {
+  readonly child: ChildProcess;
+  stdout: string;
+  stderr: string;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Starts the binary the way the tests' users would (tsx, no build); killed by PID at teardown. */
+function start(t: Test, args: string[], cwd = root): Run {
+  const child = spawn(process.execPath, ['--import', 'tsx', join(root, 'bin/membershipd.ts'), ...args], {
+    cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' },
+  });
+  const run: Run = {
+    child, stdout: '', stderr: '',
+    exited: new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal }))),
+  };
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => { run.stdout += d; });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { run.stderr += d; });
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+  });
+  return run;
+}
+
+async function until<T>(what: string, run: Run, probe: () => T | undefined): Promise<T> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const v = probe();
+    if (v !== undefined) return v;
+    if (run.child.exitCode !== null || run.child.signalCode !== null) throw new Error(`exited before ${what}: ${run.stderr}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${run.stderr}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function finish(run: Run): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`no exit: ${run.stderr}`)), waitMs); });
+  try { return await Promise.race([run.exited, timeout]); } finally { clearTimeout(timer); }
+}
+
+interface LogLine { msg: string; [k: string]: unknown }
+function logLines(run: Run): LogLine[] {
+  return run.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as LogLine);
+}
+
+async function serving(run: Run): Promise<{ natsPort: number; httpPort: number; natsUrl: string }> {
+  const line = await until('the start log line', run, () => logLines(run).find((l) => l.msg.startsWith('membershipd serving')));
+  return { natsPort: line.nats_port as number, httpPort: line.http_port as number, natsUrl: line.nats_url as string };
+}
+
+async function roundTrip(nc: NatsConnection, subject: string): Promise<string> {
+  const sub = nc.subscribe('cli.>', { max: 1 });
+  nc.publish(subject, 'payload-1');
+  for await (const m of sub) return `${m.subject} ${m.string()}`;
+  return 'nothing';
+}
+
+t.test('--help, --version', async (t) => {
+  const [help, version] = [start(t, ['--help']), start(t, ['version'])];
+  t.same(await finish(help), { code: 0, signal: null });
+  for (const flag of ['--bind', '--nats-port', '--http-port', '--server-name', '--tls-cert', '--tls-key', '--ws-port', '--log-level', '--routes', '--dir']) {
+    t.match(help.stdout, flag);
+  }
+  t.match(help.stdout, /default: 4222/);
+  t.equal(help.stderr, '');
+  t.same(await finish(version), { code: 0, signal: null });
+  t.equal(version.stdout, `membershipd ${pkg.version}\n`);
+});
+
+t.test('a bad flag exits 2 with one line on stderr naming it', async (t) => {
+  const dir = t.testdir({ 'junk.pem': 'not pem\n' });
+  // Every case is checked in process through the same main() in config.test.ts; these prove the binary's wiring.
+  const cases: [string[], RegExp][] = [
+    [['--nats-port', 'abc'], /^membershipd: --nats-port: "abc" is not a port number/],
+    [['--tls-cert', join(dir, 'junk.pem'), '--tls-key', join(dir, 'junk.pem')], /^membershipd: --tls-cert: file .* holds no PEM certificate/],
+    [['--bogus'], /^membershipd: unknown flag "--bogus"/],
+    [['--routes', 'nats-route://u:secret@h:6222'], /^membershipd: --routes: .* carries user info/],
+    [['--cluster-name', 'unibus'], /^membershipd: --cluster-name: clustering .* not available in this build yet/],
+  ];
+  const runs = cases.map(([args]) => start(t, args));
+  for (const [i, [args, pattern]] of cases.entries()) {
+    const run = runs[i]!;
+    t.same(await finish(run), { code: 2, signal: null }, `${args.join(' ')}: exit 2`);
+    const lines = run.stderr.split('\n').filter((l) => l.length > 0);
+    t.equal(lines.length, 1, `${args.join(' ')}: one line`);
+    t.match(lines[0], pattern);
+    t.notMatch(run.stderr, /secret/, 'never echoes a password');
+    t.equal(run.stdout, '', 'nothing on stdout');
+  }
+});
+
+t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', async (t) => {
+  const run = start(t, ['--nats-port', '0', '--http-port=0', '--server-name', 'cli-test']);
+  const { natsPort, httpPort, natsUrl } = await serving(run);
+  t.equal(natsUrl, `nats://127.0.0.1:${natsPort}`);
+  const nc = await connect({ servers: `127.0.0.1:${natsPort}`, reconnect: false });
+  t.teardown(() => nc.close().catch(() => undefined));
+  t.equal(nc.info?.server_name, 'cli-test', 'INFO carries --server-name');
+  t.equal(await roundTrip(nc, 'cli.hello'), 'cli.hello payload-1', 'pub/sub through the node');
+
+  const get = async (path: string, method = 'GET') => {
+    const res = await fetch(`http://127.0.0.1:${httpPort}${path}`, { method });
+    return { status: res.status, type: res.headers.get('content-type'), body: await res.json() as Record<string, unknown> };
+  };
+  t.same(await get('/livez'), { status: 200, type: 'application/json; charset=utf-8', body: { status: 'ok' } });
+  t.same(await get('/nope'), { status: 404, type: 'application/json; charset=utf-8', body: { error: 'not found', path: '/nope' } });
+  t.equal((await get('/livez', 'POST')).status, 405);
+  const varz = await get('/varz?x=1');
+  t.match(varz.body, { server_name: 'cli-test', port: natsPort, http_port: httpPort, connections: 1 });
+
+  // A second instance on the same client port fails to start: exit 1 and a fatal line naming the flag.
+  const clash = start(t, ['--nats-port', String(natsPort), '--http-port', '0']);
+  t.same(await finish(clash), { code: 1, signal: null }, 'port in use: exit 1');
+  t.match(logLines(clash).find((l) => l.level === 60)?.msg, /cannot listen on 127\.0\.0\.1:\d+ \(--nats-port\): address already in use/);
+
+  const closed = nc.closed();
+  process.kill(run.child.pid!, 'SIGTERM');
+  await closed;
+  t.ok(nc.isClosed(), 'the connected client sees the server close');
+  t.same(await finish(run), { code: 0, signal: null }, 'exit 0 after the drain');
+  const msgs = logLines(run).map((l) => l.msg);
+  t.ok(msgs.some((m) => m.startsWith('signal received')), 'logs the signal');
+  t.equal(msgs.at(-1), 'stopped', 'the last log line says it stopped');
+  await t.rejects(fetch(`http://127.0.0.1:${httpPort}/livez`), 'the HTTP port is closed');
+});
+
+t.test('serve with --tls-cert/--tls-key: a CA-verified client works, a client trusting another CA does not', async (t) => {
+  const dir = t.testdir();
+  const ca = await createCertificateAuthority('cli-test');
+  const foreign = await createCertificateAuthority('cli-test');
+  const node = await writePemPair(dir, 'node', await issueCertificate(ca, { commonName: 'node' }));
+  writeFileSync(join(dir, 'ca.pem'), ca.cert);
+  writeFileSync(join(dir, 'foreign.pem'), foreign.cert);
+  const run = start(t, ['--nats-port', '0', '--http-port', '0', '--tls-cert', node.certFile, '--tls-key', node.keyFile]);
+  const { natsPort, natsUrl } = await serving(run);
+  t.equal(natsUrl, `tls://127.0.0.1:${natsPort}`, 'the start line says tls://');
+  const nc = await connect({ servers: `tls://127.0.0.1:${natsPort}`, tls: { caFile: join(dir, 'ca.pem') }, reconnect: false });
+  t.teardown(() => nc.close().catch(() => undefined));
+  t.equal(await roundTrip(nc, 'cli.tls'), 'cli.tls payload-1', 'pub/sub over verified TLS');
+  await t.rejects(connect({ servers: `tls://127.0.0.1:${natsPort}`, tls: { caFile: join(dir, 'foreign.pem') }, reconnect: false }),
+    'a client that trusts another CA refuses the node');
+  await nc.close();
+  process.kill(run.child.pid!, 'SIGINT');
+  t.same(await finish(run), { code: 0, signal: null }, 'SIGINT: exit 0');
+});
+
+t.test('serve --bus-auth enforce --users-file: credentials checked, SIGHUP reloads the file', async (t) => {
+  const dir = t.testdir();
+  const cheap = { N: 1024, r: 8, p: 1 };
+  const roles = { app: { publish: ['cli.>'], subscribe: ['cli.>'] } };
+  const alice = { name: 'alice', password: await hashPassword('alice-pw', cheap), roles: ['app'] };
+  const bob = { name: 'bob', password: await hashPassword('bob-pw', cheap), roles: ['app'] };
+  const usersFile = join(dir, 'users.json');
+  writeFileSync(usersFile, JSON.stringify({ users: [alice], roles }));
+  const idFile = join(dir, 'node.seed');
+  const run = start(t, ['--nats-port', '0', '--http-port', '0', '--bus-auth', 'enforce', '--users-file', usersFile, '--internal-id-file', idFile]);
+  const { natsPort } = await serving(run);
+  t.equal(statSync(idFile).mode & 0o777, 0o600, 'the internal identity is created with mode 0600');
+  const as = (user?: string, pass?: string) => connect({ servers: `127.0.0.1:${natsPort}`, reconnect: false, ...(user ? { user, pass } : {}) });
+  const nc = await as('alice', 'alice-pw');
+  t.teardown(() => nc.close().catch(() => undefined));
+  t.equal(await roundTrip(nc, 'cli.auth'), 'cli.auth payload-1', 'alice may use cli.>');
+  await t.rejects(as('alice', 'wrong'), 'a wrong password is refused');
+  await t.rejects(as('bob', 'bob-pw'), 'an unknown user is refused');
+  await t.rejects(as(), 'an anonymous client is refused');
+
+  writeFileSync(usersFile, JSON.stringify({ users: [alice, bob], roles }));
+  process.kill(run.child.pid!, 'SIGHUP');
+  await until('the reload', run, () => logLines(run).find((l) => l.msg === 'users file reloaded'));
+  const nb = await as('bob', 'bob-pw');
+  t.equal(await roundTrip(nb, 'cli.bob'), 'cli.bob payload-1', 'bob may connect after SIGHUP');
+  await nb.close();
+
+  writeFileSync(usersFile, '{"users": [broken');
+  process.kill(run.child.pid!, 'SIGHUP');
+  await until('the failed reload', run, () => logLines(run).find((l) => /reload failed/.test(l.msg)));
+  const again = await as('bob', 'bob-pw');
+  t.ok(again.info, 'a broken file on SIGHUP keeps the previous users');
+  await again.close();
+  await nc.close();
+  process.kill(run.child.pid!, 'SIGTERM');
+  t.same(await finish(run), { code: 0, signal: null });
+});
+
+t.test('dev: generates certificates once, prints a banner whose example works as printed', async (t) => {
+  const dir = join(t.testdir(), 'dev cluster');
+  const first = start(t, ['dev', '--dir', dir, '--nats-port', '0', '--http-port', '0']);
+  const banner = await until('the banner', first, () => (first.stdout.includes('Ctrl-C stops the node.') ? first.stdout : undefined));
+  t.comment(banner);
+  const url = /client URL +(tls:\/\/127\.0\.0\.1:\d+)/.exec(banner)?.[1];
+  t.ok(url, 'banner has the client URL');
+  t.match(banner, `CA file      ${join(dir, 'ca.pem')}`);
+  t.match(banner, 'certificates generated now');
+  t.match(banner, /credentials +none/);
+  const example = banner.split('\n').find((l) => l.includes('node -e'))?.trim();
+  t.ok(example, 'banner has an example command');
+  // Run exactly as printed, from another directory, through a shell.
+  const elsewhere = join(dir, '..', 'elsewhere');
+  mkdirSync(elsewhere);
+  const shell = spawn('sh', ['-c', example!], { cwd: elsewhere, stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (shell.exitCode === null && shell.pid !== undefined) process.kill(shell.pid, 'SIGKILL'); });
+  let out = '';
+  let err = '';
+  shell.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  shell.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
+  const code = await new Promise<number | null>((resolve) => shell.once('exit', resolve));
+  t.equal(code, 0, `example exits 0 ${err}`);
+  t.equal(out, 'received hello world\n', 'example prints what it received');
+  const caBefore = readFileSync(join(dir, 'ca.pem'), 'utf8');
+  process.kill(first.child.pid!, 'SIGINT');
+  t.same(await finish(first), { code: 0, signal: null }, 'Ctrl-C stops dev cleanly');
+
+  const second = start(t, ['dev', '--dir', dir, '--nats-port', '0', '--http-port', '0']);
+  await until('the second banner', second, () => (second.stdout.includes('Ctrl-C') ? true : undefined));
+  t.match(second.stdout, 'kept from an earlier run', 'later runs keep the certificates');
+  t.equal(readFileSync(join(dir, 'ca.pem'), 'utf8'), caBefore, 'the CA is unchanged');
+  process.kill(second.child.pid!, 'SIGTERM');
+  t.same(await finish(second), { code: 0, signal: null });
+});
