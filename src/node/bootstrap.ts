@@ -1,0 +1,142 @@
+// Bootstrap in any start order (DESIGN.md "Raft meta-group"). Raft ids are slots: the distinct route
+// addresses of the whole cluster, sorted, numbered 1..N. Every node knows N before meeting anyone
+// (routes + self, minus a self-route), so every node bootstraps the identical initial voter set
+// [1..R]; only "which slot am I" needs this node's own address as the peers spell it:
+//  - routes listing all nodes: the route whose port is our cluster port on a local address is us;
+//  - routes listing only the others: the first peer's hello carries its routes, which list us; our
+//    address is the one entry of theirs that is not in ours (union = the full list, checked to be N).
+// The slot, N, R and the address list are persisted in <data-dir>/cluster.json, so a restart rejoins
+// with the same id without meeting anyone; peers' identities bound to slots are recorded there too.
+import { lookup } from 'node:dns/promises';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
+import { parseRoutes, type RouteAddress } from '../../transport/index.js';
+import { NodeError, NodeErrorCode } from './errors.js';
+
+export function addressKey(r: RouteAddress): string {
+  const host = r.host.toLowerCase();
+  return isIP(host) === 6 ? `[${host}]:${r.port}` : `${host}:${r.port}`;
+}
+
+/** Distinct route addresses in canonical `host:port` form, in the given order. */
+export function normalizeRoutes(routes: string | readonly string[]): { list: RouteAddress[]; keys: string[] } {
+  const parsed = parseRoutes(typeof routes === 'string' ? routes : routes.join(','));
+  const seen = new Set<string>();
+  const list: RouteAddress[] = [];
+  for (const r of parsed) {
+    const k = addressKey(r);
+    if (seen.has(k)) continue;
+    seen.add(k);
+    list.push(r);
+  }
+  return { list, keys: list.map(addressKey) };
+}
+
+const wildcard = new Set(['', '0.0.0.0', '::', '[::]']);
+
+/** Addresses this host answers on for the given bind address. */
+function localAddresses(bind: string): Set<string> {
+  if (!wildcard.has(bind)) return new Set([bind.toLowerCase()]);
+  const out = new Set<string>(['127.0.0.1', '::1']);
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) out.add(a.address.toLowerCase());
+  return out;
+}
+
+/** The route entries that reach this node itself (our cluster port on one of our addresses). */
+export async function findSelfRoutes(routes: readonly RouteAddress[], bind: string, port: number): Promise<string[]> {
+  const local = localAddresses(bind);
+  const out: string[] = [];
+  for (const r of routes) {
+    if (r.port !== port || port === 0) continue;
+    let addrs: string[];
+    if (isIP(r.host) !== 0) addrs = [r.host.toLowerCase()];
+    else {
+      try {
+        addrs = (await lookup(r.host, { all: true })).map((a) => a.address.toLowerCase());
+      } catch {
+        addrs = [];
+      }
+    }
+    if (addrs.some((a) => local.has(a))) out.push(addressKey(r));
+  }
+  return out;
+}
+
+export interface SlotBinding {
+  readonly name: string;
+  /** Hex of the Ed25519 identity key. */
+  readonly key: string;
+}
+
+/** <data-dir>/cluster.json. */
+export interface ClusterFile {
+  readonly version: 1;
+  readonly cluster: string;
+  readonly server: string;
+  readonly id: number;
+  readonly addresses: readonly string[];
+  readonly voters: number;
+  readonly bindings: Readonly<Record<string, SlotBinding>>;
+}
+
+export function clusterFilePath(dataDir: string): string {
+  return join(dataDir, 'cluster.json');
+}
+
+export function readClusterFile(dataDir: string): ClusterFile | null {
+  const path = clusterFilePath(dataDir);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new NodeError(NodeErrorCode.config, `cannot read ${path}: ${(e as Error).message}`, false, { cause: e });
+  }
+  let v: ClusterFile;
+  try {
+    v = JSON.parse(text) as ClusterFile;
+  } catch (e) {
+    throw new NodeError(NodeErrorCode.config, `${path} is not valid JSON (${(e as Error).message}); restore it from a backup or wipe the data directory to rejoin by snapshot`, false);
+  }
+  if (v.version !== 1 || !Number.isInteger(v.id) || v.id < 1 || !Array.isArray(v.addresses) || typeof v.bindings !== 'object') {
+    throw new NodeError(NodeErrorCode.config, `${path} does not hold a membershipd cluster file (version 1); wipe the data directory to rejoin by snapshot`, false);
+  }
+  return v;
+}
+
+/** Written to a temp file, fsynced and renamed: a crash leaves the old or the new file, never half. */
+export function writeClusterFile(dataDir: string, f: ClusterFile): void {
+  const path = clusterFilePath(dataDir);
+  const tmp = `${path}.tmp`;
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, `${JSON.stringify(f, null, 2)}\n`);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+  const dfd = openSync(dataDir, 'r');
+  try {
+    fsyncSync(dfd);
+  } finally {
+    closeSync(dfd);
+  }
+}
+
+/**
+ * Our own address learned from a peer's routes (others-only style): their routes minus ours must be
+ * exactly one address, and the union must have N entries. Returns the full sorted list, or a reason.
+ */
+export function learnAddresses(ownRoutes: readonly string[], peerRoutes: readonly string[], n: number): { addresses: string[]; self: string } | string {
+  const mine = new Set(ownRoutes);
+  const extra = peerRoutes.filter((r) => !mine.has(r));
+  if (extra.length !== 1) {
+    return `the peer's routes [${peerRoutes.join(', ')}] and ours [${ownRoutes.join(', ')}] do not differ by exactly one address (this node's); every node must spell every address the same way`;
+  }
+  const all = [...new Set([...ownRoutes, ...peerRoutes])].sort();
+  if (all.length !== n) return `the routes of this node and its peer name ${all.length} addresses, but the cluster has ${n} nodes`;
+  return { addresses: all, self: extra[0]! };
+}

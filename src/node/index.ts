@@ -1,0 +1,4 @@
+// Public surface of src/node: one membershipd cluster node (Raft meta-group + routes + KV state machine).
+export { ClusterNode, startNode, type NodeOptions, type Health, type ReadOptions, type RouteListener } from './node.js';
+export { NodeError, NodeErrorCode } from './errors.js';
+export { clusterFilePath, readClusterFile, type ClusterFile, type SlotBinding } from './bootstrap.js';

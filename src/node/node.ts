@@ -1,0 +1,798 @@
+// A cluster node: the Raft core driven by a real tick timer, its Ready batches persisted through
+// store/ (hard state and entries durable before that batch's messages leave), committed entries
+// applied to the KV state machine, messages carried over the mutual-TLS routes. No module state: any
+// number of nodes run in one process (tests), or one per process (production).
+import { randomInt } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { RaftError, RawNode, StateType, decodeConfChange, seededRng, EntryType, ConfChangeType, type Message, type Ready } from '../../raft/index.js';
+import { KvStateMachine, RaftStorage, type KvCommand, type KvResult } from '../../store/index.js';
+import { encodeKvCommand } from '../../store/index.js';
+import {
+  createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
+} from '../../transport/index.js';
+import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
+import { silentLogger, type Logger } from '../log.js';
+import {
+  findSelfRoutes, learnAddresses, normalizeRoutes, readClusterFile, writeClusterFile, type ClusterFile, type SlotBinding,
+} from './bootstrap.js';
+import { NodeError, NodeErrorCode } from './errors.js';
+import { Histogram, renderMetrics, type Sample } from './metrics.js';
+import { raftStorageView } from './storage_adapter.js';
+import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, type SlotHello } from './wire.js';
+
+export interface NodeOptions {
+  /** Server name (unique in the cluster; routes and the `nodes` bucket know a node by it). */
+  readonly serverName: string;
+  readonly clusterName: string;
+  /** Raft log, snapshots and cluster.json live here (created when absent). */
+  readonly dataDir: string;
+  /** The node's NKey seed file (--internal-id-file); default <dataDir>/identity.nk. Created on first start. */
+  readonly identityFile?: string;
+  /** Listen address of the cluster port (--bind); default 0.0.0.0. */
+  readonly bind?: string;
+  readonly clusterPort: number;
+  /** --routes: all nodes (self included) or only the others; empty: a cluster of one. */
+  readonly routes?: string | readonly string[];
+  readonly tls: RouteTlsOptions;
+  readonly clusterUser: string;
+  readonly clusterPassword: string;
+  /** Every node must present the same digest (bus-auth mode, store kind, …). */
+  readonly postureDigest?: string;
+  /** --kv-replicas: number of voters (default: every node). */
+  readonly kvReplicas?: number;
+  readonly tickMs?: number;
+  readonly electionTicks?: number;
+  readonly heartbeatTicks?: number;
+  /** How long a write or linearizable read may wait for a leader and its apply (default 5000). */
+  readonly requestTimeoutMs?: number;
+  /** Applied entries between local snapshots (log compaction); default 10000. */
+  readonly snapshotEntries?: number;
+  readonly logger?: Logger;
+  readonly routeLimits?: Partial<RouteLimits>;
+}
+
+export type Health = { readonly status: 'ok' } | { readonly status: 'unavailable'; readonly reason: string };
+
+/** Listeners for route traffic that is not Raft (the bus glue registers here). */
+export interface RouteListener {
+  readonly frame?: (peerName: string, frame: RouteFrame) => void;
+  readonly up?: (peer: PeerInfo) => void;
+  readonly down?: (peer: PeerInfo, close: LinkClose) => void;
+}
+
+export interface ReadOptions {
+  /** Serve from local state without a ReadIndex round (may lag the leader). */
+  readonly stale?: boolean;
+}
+
+interface PendingWrite {
+  readonly seq: number;
+  readonly command: Uint8Array;
+  readonly started: number;
+  readonly deadline: number;
+  submitted: boolean;
+  resolve(r: KvResult): void;
+  reject(e: Error): void;
+}
+
+interface PendingRead {
+  readonly key: number;
+  readonly deadline: number;
+  submittedAt: number;
+  index: number;
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+const waitingMax = 10_000;
+
+export class ClusterNode {
+  readonly serverName: string;
+  readonly clusterName: string;
+  readonly identity: InternalIdentity;
+  readonly stateMachine = new KvStateMachine();
+  readonly metrics = {
+    proposalSeconds: new Histogram(),
+    persistSeconds: new Histogram(),
+    leaderChanges: 0,
+    raftMessagesIn: 0,
+    raftMessagesOut: 0,
+    raftMessagesDropped: 0,
+    proposalsFailed: 0,
+    snapshotsTaken: 0,
+    snapshotsInstalled: 0,
+  };
+
+  private readonly opts: NodeOptions;
+  private readonly log: Logger;
+  private readonly tickMs: number;
+  private readonly electionTicks: number;
+  private readonly heartbeatTicks: number;
+  private readonly timeoutMs: number;
+  private readonly snapshotEntries: number;
+  private readonly boot = randomInt(1, 0xffffffff);
+  private storage!: RaftStorage;
+  private transport!: RouteTransport;
+  private raw: RawNode | undefined;
+  private cluster: ClusterFile | undefined;
+  /** Own route keys (normalized), self-route excluded. */
+  private ownRoutes: string[] = [];
+  private routeUrls: string[] = [];
+  private n = 1;
+  private voters = 1;
+  private readonly idToPeer = new Map<number, string>();
+  private readonly peerToId = new Map<string, number>();
+  private readonly listeners = new Set<RouteListener>();
+  private tickTimer: NodeJS.Timeout | undefined;
+  private loop: Promise<void> | undefined;
+  private stopping = false;
+  private fatal: Error | undefined;
+  private seq = 0;
+  private readonly writes = new Map<number, PendingWrite>();
+  private readonly reads = new Map<number, PendingRead>();
+  private lastLead = 0;
+  private lastLeaderContact = 0;
+  private ticks = 0;
+  private bootstrapProblem: string | undefined;
+
+  private constructor(opts: NodeOptions, identity: InternalIdentity) {
+    this.opts = opts;
+    this.serverName = opts.serverName;
+    this.clusterName = opts.clusterName;
+    this.identity = identity;
+    this.log = (opts.logger ?? silentLogger()).child({ component: 'node', server: opts.serverName });
+    this.tickMs = opts.tickMs ?? 100;
+    this.electionTicks = opts.electionTicks ?? 10;
+    this.heartbeatTicks = opts.heartbeatTicks ?? 1;
+    this.timeoutMs = opts.requestTimeoutMs ?? 5000;
+    this.snapshotEntries = opts.snapshotEntries ?? 10_000;
+  }
+
+  /** Opens the data dir (recovery), derives the slot, starts routes and the tick timer. */
+  static async start(opts: NodeOptions): Promise<ClusterNode> {
+    mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 });
+    const identity = loadOrCreateIdentity(opts.identityFile ?? join(opts.dataDir, 'identity.nk'));
+    const node = new ClusterNode(opts, identity);
+    await node.init();
+    return node;
+  }
+
+  private async init(): Promise<void> {
+    const opts = this.opts;
+    const bind = opts.bind ?? '0.0.0.0';
+    const { list, keys } = normalizeRoutes(opts.routes ?? []);
+    const self = await findSelfRoutes(list, bind, opts.clusterPort);
+    if (self.length > 1) {
+      throw new NodeError(NodeErrorCode.config, `--routes lists this node under ${self.length} addresses (${self.join(', ')}); list each node once`, false);
+    }
+    this.ownRoutes = keys.filter((k) => !self.includes(k));
+    this.routeUrls = list.filter((r) => !self.includes(`${r.host}:${r.port}`) && !self.includes(`[${r.host}]:${r.port}`)).map((r) => r.url);
+    const persisted = readClusterFile(opts.dataDir);
+    if (persisted) {
+      if (persisted.cluster !== opts.clusterName) {
+        throw new NodeError(NodeErrorCode.config, `data dir ${opts.dataDir} belongs to cluster "${persisted.cluster}", not "${opts.clusterName}"; use another --data-dir or wipe it to join this cluster`, false);
+      }
+      this.cluster = persisted;
+      this.n = persisted.addresses.length;
+      this.voters = persisted.voters;
+      const derivedN = this.ownRoutes.length + 1;
+      if (derivedN !== this.n) this.log.warn({ persisted: this.n, fromRoutes: derivedN }, 'cluster size from --routes differs from the persisted configuration; the persisted one is used (membership changes go through `cluster add/remove`)');
+      for (const [id, b] of Object.entries(persisted.bindings)) this.bindPeer(Number(id), b.name);
+    } else {
+      this.n = this.ownRoutes.length + 1;
+      this.voters = opts.kvReplicas ?? this.n;
+      if (this.voters > this.n) {
+        throw new NodeError(NodeErrorCode.config, `--kv-replicas ${this.voters} is greater than the cluster size ${this.n} (${this.ownRoutes.length} other node(s) in --routes plus this one); use --kv-replicas ${this.n} or add routes`, false);
+      }
+      if (self.length === 1 || this.n === 1) {
+        const addresses = this.n === 1 ? ['self'] : [...keys].sort();
+        this.cluster = { version: 1, cluster: opts.clusterName, server: opts.serverName, id: addresses.indexOf(self[0] ?? 'self') + 1, addresses, voters: this.voters, bindings: {} };
+        writeClusterFile(opts.dataDir, this.cluster);
+      }
+    }
+    if (opts.kvReplicas !== undefined && opts.kvReplicas !== this.voters) {
+      this.log.warn({ persisted: this.voters, flag: opts.kvReplicas }, '--kv-replicas differs from the persisted voter count; changing it on a running cluster is not supported yet, the persisted value is used');
+    }
+    if (this.voters === 1) this.log.warn({ voters: 1 }, '--kv-replicas 1: the replicated store has a single voter, a single point of failure (dev only)');
+
+    this.storage = await RaftStorage.open(join(opts.dataDir, 'raft'), { logger: this.log });
+    const rec = this.storage.recovery;
+    this.log.info({ firstIndex: rec.firstIndex, lastIndex: rec.lastIndex, hardState: rec.hardState, snapshot: rec.snapshotFile, walRepaired: rec.walRepaired }, 'raft storage recovered');
+
+    this.transport = createRouteTransport({
+      clusterName: opts.clusterName,
+      serverName: opts.serverName,
+      host: bind,
+      port: opts.clusterPort,
+      routes: list,
+      tls: opts.tls,
+      identity: { publicKey: this.identity.publicKeyBytes, sign: (d) => this.identity.sign(d) },
+      user: opts.clusterUser,
+      password: opts.clusterPassword,
+      postureDigest: opts.postureDigest ?? '',
+      clusterSize: this.n,
+      verifyPeer: (name, key) => this.verifyPeer(name, Buffer.from(key).toString('hex')),
+      logger: opts.logger ?? silentLogger(),
+      limits: { backoffMaxMs: 2000, ...opts.routeLimits },
+      onPeerUp: (p) => this.onPeerUp(p),
+      onPeerDown: (p, c) => this.onPeerDown(p, c),
+      onFrame: (name, f) => this.onFrame(name, f),
+    });
+    if (this.cluster) this.startRaft();
+    await this.transport.start();
+    this.tickTimer = setInterval(() => this.onTick(), this.tickMs);
+    this.log.info({ id: this.cluster?.id, n: this.n, voters: this.voters, route: this.transport.address() }, this.cluster ? 'node started' : 'node started; waiting for a peer to learn this node\'s slot');
+  }
+
+  private startRaft(): void {
+    const c = this.cluster!;
+    const snap = this.storage.snapshot();
+    if (snap.meta.index > 0) this.stateMachine.restore(snap.data);
+    const peers: number[] = [];
+    for (let i = 1; i <= c.voters; i++) peers.push(i);
+    this.raw = new RawNode({
+      id: c.id,
+      electionTicks: this.electionTicks,
+      heartbeatTicks: this.heartbeatTicks,
+      storage: raftStorageView(this.storage),
+      rng: seededRng(randomInt(0, 0xffffffff)),
+      peers,
+      preVote: true,
+      checkQuorum: true,
+    });
+    this.log.info({ id: c.id, addresses: c.addresses, voters: peers }, 'raft started');
+    this.sendHelloToAll();
+    this.schedule();
+  }
+
+  // ---- routes ----------------------------------------------------------------------------------
+
+  private hello(): SlotHello {
+    return { id: this.cluster?.id ?? 0, routes: this.ownRoutes, addresses: this.cluster ? this.cluster.addresses : null, voters: this.voters };
+  }
+
+  private sendHelloToAll(): void {
+    for (const p of this.transport?.upPeers() ?? []) this.transport.send(p, { kind: 'raft', data: encodeHello(this.hello()) });
+  }
+
+  private verifyPeer(name: string, keyHex: string): string | true {
+    for (const [id, b] of Object.entries(this.cluster?.bindings ?? {})) {
+      if (b.name === name && b.key !== keyHex) return `"${name}" is bound to slot ${id} with identity key ${b.key.slice(0, 16)}…, this peer presents ${keyHex.slice(0, 16)}…`;
+      if (b.key === keyHex && b.name !== name) return `identity key ${keyHex.slice(0, 16)}… is bound to "${b.name}" (slot ${id}), this peer calls itself "${name}"`;
+    }
+    return true;
+  }
+
+  private bindPeer(id: number, name: string): void {
+    const old = this.idToPeer.get(id);
+    if (old !== undefined && old !== name) this.peerToId.delete(old);
+    this.idToPeer.set(id, name);
+    this.peerToId.set(name, id);
+  }
+
+  private onPeerUp(p: PeerInfo): void {
+    if (p.name !== undefined) this.transport.send(p.name, { kind: 'raft', data: encodeHello(this.hello()) });
+    for (const l of this.listeners) l.up?.(p);
+  }
+
+  private onPeerDown(p: PeerInfo, c: LinkClose): void {
+    for (const l of this.listeners) l.down?.(p, c);
+  }
+
+  private onFrame(peer: string, frame: RouteFrame): void {
+    if (frame.kind !== 'raft') {
+      for (const l of this.listeners) l.frame?.(peer, frame);
+      return;
+    }
+    const d = decodeNodeFrame(frame.data);
+    if (typeof d === 'string') {
+      this.log.warn({ peer, reason: d }, 'dropped a malformed raft frame');
+      return;
+    }
+    if (d.kind === 'hello') return this.onHello(peer, d.hello);
+    const m = d.message;
+    if (this.peerToId.get(peer) !== m.from || this.raw === undefined) {
+      this.metrics.raftMessagesDropped++;
+      return;
+    }
+    this.metrics.raftMessagesIn++;
+    if (m.from === this.raw.basicStatus().lead || m.type === 'app' || m.type === 'heartbeat' || m.type === 'snap') this.lastLeaderContact = Date.now();
+    try {
+      this.raw.step(m);
+    } catch (e) {
+      // A forwarded proposal this node cannot take (no leader, transfer running): the proposer times
+      // out and reports a retryable error; nothing else is lost.
+      if (!(e instanceof RaftError)) throw e;
+      this.log.debug({ peer, type: m.type, err: e.message }, 'raft refused a message');
+    }
+    this.schedule();
+  }
+
+  private onHello(peer: string, h: SlotHello): void {
+    const info = this.transport.peers().find((p) => p.name === peer && p.state === 'up');
+    if (!info?.identity) return;
+    if (h.voters !== this.voters) {
+      this.log.error({ peer, theirs: h.voters, ours: this.voters }, 'peer disagrees on the number of voters (--kv-replicas); its raft traffic is ignored until the flags agree');
+      this.bootstrapProblem = `peer "${peer}" has --kv-replicas ${h.voters}, this node ${this.voters}`;
+      return;
+    }
+    if (!this.cluster) {
+      const learned = h.addresses ? learnAddresses(this.ownRoutes, h.addresses, this.n) : learnAddresses(this.ownRoutes, h.routes, this.n);
+      if (typeof learned === 'string') {
+        this.bootstrapProblem = `cannot derive this node's slot from peer "${peer}": ${learned}`;
+        this.log.error({ peer }, this.bootstrapProblem);
+        return;
+      }
+      this.cluster = {
+        version: 1, cluster: this.clusterName, server: this.serverName, id: learned.addresses.indexOf(learned.self) + 1,
+        addresses: learned.addresses, voters: this.voters, bindings: {},
+      };
+      writeClusterFile(this.opts.dataDir, this.cluster);
+      this.bootstrapProblem = undefined;
+      this.log.info({ id: this.cluster.id, self: learned.self, from: peer }, 'learned this node\'s slot from a peer');
+      this.startRaft();
+    }
+    const c = this.cluster;
+    if (h.addresses && h.addresses.join(',') !== c.addresses.join(',')) {
+      this.bootstrapProblem = `peer "${peer}" derives the node addresses [${h.addresses.join(', ')}], this node [${c.addresses.join(', ')}]: --routes disagree`;
+      this.log.error({ peer }, this.bootstrapProblem);
+      return;
+    }
+    if (h.id === 0) return;
+    if (h.id === c.id || h.id > c.addresses.length) {
+      this.log.error({ peer, id: h.id }, 'peer claims an impossible slot; ignored');
+      return;
+    }
+    const bound: SlotBinding | undefined = c.bindings[String(h.id)];
+    if (bound && bound.key !== info.identity) {
+      this.bootstrapProblem = `slot ${h.id} is bound to "${bound.name}" (key ${bound.key.slice(0, 16)}…) but "${peer}" (key ${info.identity.slice(0, 16)}…) claims it`;
+      this.log.error({ peer }, this.bootstrapProblem);
+      return;
+    }
+    if (!bound) {
+      this.cluster = { ...c, bindings: { ...c.bindings, [String(h.id)]: { name: peer, key: info.identity } } };
+      writeClusterFile(this.opts.dataDir, this.cluster);
+    }
+    this.bindPeer(h.id, peer);
+  }
+
+  /** Registers a listener for non-Raft route frames and peer events; returns its removal. */
+  addRouteListener(l: RouteListener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+
+  /** Sends a non-Raft frame to a peer (bus glue); false when the peer is not up. */
+  sendRouteFrame(peerName: string, frame: RouteFrame): boolean {
+    return this.transport.send(peerName, frame);
+  }
+
+  // ---- the Ready loop --------------------------------------------------------------------------
+
+  private onTick(): void {
+    if (this.stopping || this.fatal) return;
+    this.ticks++;
+    if (this.raw) {
+      this.raw.tick();
+      this.retryWaiting();
+      if (this.ticks % 10 === 0) this.manageLearners();
+      this.schedule();
+    }
+    this.expire();
+  }
+
+  private schedule(): void {
+    if (this.loop || this.stopping || !this.raw || this.fatal) return;
+    this.loop = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.runLoop()).finally(() => {
+      this.loop = undefined;
+      if (this.raw?.hasReady()) this.schedule();
+    });
+  }
+
+  private async runLoop(): Promise<void> {
+    const raw = this.raw!;
+    try {
+      while (!this.stopping && raw.hasReady()) {
+        const rd = raw.ready();
+        await this.handleReady(rd);
+        raw.advance();
+        this.serveReads();
+        await this.maybeSnapshot();
+      }
+    } catch (e) {
+      // A disk error or a broken invariant: stop driving Raft (never send what is not durable) and
+      // say so in health; the operator restarts after fixing the cause.
+      this.fatal = e as Error;
+      this.log.fatal({ err: e }, 'raft loop stopped');
+      this.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${(e as Error).message}`, false));
+    }
+  }
+
+  private async handleReady(rd: Ready): Promise<void> {
+    if (rd.softState) {
+      const lead = rd.softState.lead;
+      if (lead !== this.lastLead) {
+        if (lead !== 0) this.metrics.leaderChanges++;
+        this.log.info({ lead, state: rd.softState.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
+        this.lastLead = lead;
+        this.lastLeaderContact = Date.now();
+      }
+    }
+    if (rd.snapshot) {
+      await this.storage.applySnapshot(rd.snapshot);
+      this.stateMachine.restore(rd.snapshot.data);
+      this.metrics.snapshotsInstalled++;
+      this.log.info({ index: rd.snapshot.meta.index }, 'installed a snapshot from the leader');
+    }
+    if (rd.hardState || rd.entries.length > 0) {
+      const t0 = performance.now();
+      await this.storage.save({ hardState: rd.hardState ?? undefined, entries: rd.entries });
+      this.metrics.persistSeconds.observe((performance.now() - t0) / 1000);
+    }
+    for (const m of rd.messages) this.sendMessage(m);
+    for (const e of rd.committedEntries) {
+      if (e.index <= this.stateMachine.appliedIndex) continue;
+      if (e.type === EntryType.confChange) {
+        this.stateMachine.apply(e.index, new Uint8Array(0));
+        try {
+          const cc = decodeConfChange(e.data);
+          this.log.info({ index: e.index, type: cc.type, nodeId: cc.nodeId, voters: cc.voters }, 'configuration change applied');
+        } catch {
+          /* raft/ treats an undecodable change as a no-op on every node */
+        }
+        continue;
+      }
+      const env = decodeEnvelope(e.data);
+      const result = this.stateMachine.apply(e.index, env.command);
+      if (env.origin === this.cluster!.id && env.boot === this.boot) {
+        const w = this.writes.get(env.seq);
+        if (w) {
+          this.writes.delete(env.seq);
+          this.metrics.proposalSeconds.observe((performance.now() - w.started) / 1000);
+          w.resolve(result);
+        }
+      }
+    }
+    for (const rs of rd.readStates) {
+      if (rs.context.length !== 8) continue;
+      const dv = new DataView(rs.context.buffer, rs.context.byteOffset, 8);
+      if (dv.getUint32(0) !== this.boot) continue;
+      const r = this.reads.get(dv.getUint32(4));
+      if (r && r.index === 0) r.index = Math.max(1, rs.index);
+    }
+  }
+
+  private sendMessage(m: Message): void {
+    const peer = this.idToPeer.get(m.to);
+    if (peer === undefined || !this.transport.send(peer, { kind: 'raft', data: encodeMessage(m) })) {
+      this.metrics.raftMessagesDropped++;
+      return;
+    }
+    this.metrics.raftMessagesOut++;
+  }
+
+  private async maybeSnapshot(): Promise<void> {
+    const applied = this.stateMachine.appliedIndex;
+    if (applied - this.storage.snapshot().meta.index < this.snapshotEntries) return;
+    await this.storage.createSnapshot(applied, this.raw!.confState(), this.stateMachine.snapshot());
+    this.metrics.snapshotsTaken++;
+    this.log.info({ index: applied }, 'snapshot taken; log compacted');
+  }
+
+  /** The leader adds the slots beyond --kv-replicas as learners, one conf change at a time. */
+  private manageLearners(): void {
+    const raw = this.raw!;
+    const st = raw.basicStatus();
+    if (st.state !== StateType.leader || !this.cluster || st.applied < st.commit) return;
+    const conf = raw.confState();
+    for (let id = this.voters + 1; id <= this.cluster.addresses.length; id++) {
+      if (conf.voters.includes(id) || conf.learners.includes(id)) continue;
+      try {
+        raw.proposeConfChange({ type: ConfChangeType.addLearner, nodeId: id });
+        this.log.info({ id }, 'adding a learner');
+        this.schedule();
+      } catch (e) {
+        if (!(e instanceof RaftError)) throw e;
+      }
+      return;
+    }
+  }
+
+  // ---- writes and reads ------------------------------------------------------------------------
+
+  /** Replicates a KV command; resolves with its result once applied on this node. */
+  propose(cmd: KvCommand): Promise<KvResult> {
+    return this.proposeBytes(encodeKvCommand(cmd));
+  }
+
+  proposeBytes(command: Uint8Array): Promise<KvResult> {
+    if (this.stopping || this.fatal) return Promise.reject(this.stoppedError());
+    if (this.writes.size >= waitingMax) {
+      return Promise.reject(new NodeError(NodeErrorCode.overloaded, `${this.writes.size} writes are already waiting on ${this.serverName}; retry later`, true));
+    }
+    return new Promise<KvResult>((resolve, reject) => {
+      const seq = (this.seq = (this.seq + 1) >>> 0);
+      const now = performance.now();
+      const w: PendingWrite = { seq, command, started: now, deadline: now + this.timeoutMs, submitted: false, resolve, reject };
+      this.writes.set(seq, w);
+      this.submitWrite(w);
+    });
+  }
+
+  private submitWrite(w: PendingWrite): void {
+    if (!this.raw || !this.cluster || this.raw.basicStatus().lead === 0) return;
+    try {
+      this.raw.propose(encodeEnvelope(this.cluster.id, this.boot, w.seq, w.command));
+      w.submitted = true;
+      this.schedule();
+    } catch (e) {
+      if (!(e instanceof RaftError)) throw e;
+    }
+  }
+
+  /**
+   * Waits until this node's state machine reflects every write committed before the call
+   * (ReadIndex, Raft thesis §6.4), then returns it. With `stale`, returns at once.
+   */
+  async read(opts: ReadOptions = {}): Promise<KvStateMachine> {
+    if (this.stopping || this.fatal) throw this.stoppedError();
+    if (opts.stale) return this.stateMachine;
+    await new Promise<void>((resolve, reject) => {
+      const key = (this.seq = (this.seq + 1) >>> 0);
+      const r: PendingRead = { key, deadline: performance.now() + this.timeoutMs, submittedAt: 0, index: 0, resolve, reject };
+      this.reads.set(key, r);
+      this.submitRead(r);
+    });
+    return this.stateMachine;
+  }
+
+  private submitRead(r: PendingRead): void {
+    if (!this.raw || this.raw.basicStatus().lead === 0) return;
+    const ctx = new Uint8Array(8);
+    const dv = new DataView(ctx.buffer);
+    dv.setUint32(0, this.boot);
+    dv.setUint32(4, r.key);
+    try {
+      this.raw.readIndex(ctx);
+      r.submittedAt = performance.now();
+      this.schedule();
+    } catch (e) {
+      if (!(e instanceof RaftError)) throw e;
+    }
+  }
+
+  private serveReads(): void {
+    const applied = this.stateMachine.appliedIndex;
+    for (const r of this.reads.values()) {
+      if (r.index > 0 && applied >= r.index) {
+        this.reads.delete(r.key);
+        r.resolve();
+      }
+    }
+  }
+
+  private retryWaiting(): void {
+    for (const w of this.writes.values()) if (!w.submitted) this.submitWrite(w);
+    // A ReadIndex request or its answer may be lost with a leader change; asking again is safe.
+    const now = performance.now();
+    for (const r of this.reads.values()) if (r.index === 0 && (r.submittedAt === 0 || now - r.submittedAt > 1000)) this.submitRead(r);
+  }
+
+  private expire(): void {
+    const now = performance.now();
+    for (const w of this.writes.values()) {
+      if (now < w.deadline) continue;
+      this.writes.delete(w.seq);
+      this.metrics.proposalsFailed++;
+      const h = this.health();
+      w.reject(w.submitted
+        ? new NodeError(NodeErrorCode.timeout, `write not applied within ${this.timeoutMs} ms on ${this.serverName} (outcome unknown: it may still commit; retry if the command is idempotent)${h.status === 'ok' ? '' : `: ${h.reason}`}`, true)
+        : new NodeError(NodeErrorCode.noLeader, `no leader within ${this.timeoutMs} ms on ${this.serverName}: ${h.status === 'ok' ? 'election in progress' : h.reason}; retry`, true));
+    }
+    for (const r of this.reads.values()) {
+      if (now < r.deadline) continue;
+      this.reads.delete(r.key);
+      const h = this.health();
+      r.reject(new NodeError(r.index === 0 ? NodeErrorCode.noLeader : NodeErrorCode.timeout, `linearizable read not served within ${this.timeoutMs} ms on ${this.serverName}${h.status === 'ok' ? '' : `: ${h.reason}`}; retry, or read stale`, true));
+    }
+  }
+
+  private stoppedError(): NodeError {
+    return this.fatal
+      ? new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${this.fatal.message}`, false)
+      : new NodeError(NodeErrorCode.stopped, `node ${this.serverName} is stopping`, false);
+  }
+
+  private failAll(e: Error): void {
+    for (const w of this.writes.values()) w.reject(e);
+    this.writes.clear();
+    for (const r of this.reads.values()) r.reject(e);
+    this.reads.clear();
+  }
+
+  /** Asks the leader to hand leadership to `id` (default: the most caught-up other voter). */
+  transferLeadership(id?: number): void {
+    const raw = this.raw;
+    if (!raw) throw new NodeError(NodeErrorCode.noLeader, 'raft has not started on this node yet', true);
+    let target = id;
+    if (target === undefined) {
+      const st = raw.status();
+      let best = -1;
+      for (const [pid, p] of st.progress) if (pid !== st.id && !p.isLearner && p.match > best) { best = p.match; target = pid; }
+      if (target === undefined) throw new NodeError(NodeErrorCode.noLeader, 'this node is not the leader, or has no other voter to transfer to', false);
+    }
+    raw.transferLeadership(target);
+    this.schedule();
+  }
+
+  // ---- observability ---------------------------------------------------------------------------
+
+  /** The Raft id (slot) of this node, undefined while it is still learning it. */
+  get id(): number | undefined {
+    return this.cluster?.id;
+  }
+
+  /** Bound address of the cluster port. */
+  routeAddress(): { host: string; port: number } {
+    return this.transport.address();
+  }
+
+  private reachableVoters(voters: readonly number[]): number {
+    const up = new Set(this.transport.upPeers());
+    let n = 0;
+    for (const v of voters) if (v === this.cluster?.id || up.has(this.idToPeer.get(v) ?? '\0')) n++;
+    return n;
+  }
+
+  health(): Health {
+    if (this.fatal) return { status: 'unavailable', reason: `replication stopped: ${this.fatal.message}` };
+    if (this.stopping) return { status: 'unavailable', reason: 'node is stopping' };
+    if (!this.raw || !this.cluster) {
+      const up = this.transport?.upPeers().length ?? 0;
+      return { status: 'unavailable', reason: this.bootstrapProblem ?? `waiting to learn this node's slot from a peer (${up} of ${this.n - 1} peers connected; routes: ${this.routeUrls.join(', ')})` };
+    }
+    const st = this.raw.basicStatus();
+    const conf = this.raw.confState();
+    const voters = conf.voters.length > 0 ? conf.voters : Array.from({ length: this.voters }, (_, i) => i + 1);
+    const reachable = this.reachableVoters(voters);
+    const quorum = Math.floor(voters.length / 2) + 1;
+    const down = this.transport.peers().filter((p) => p.state !== 'up').map((p) => p.name ?? p.route ?? p.address);
+    const noQuorum = (): Health => ({
+      status: 'unavailable',
+      reason: `no quorum: ${reachable} of ${voters.length} voters reachable${down.length ? ` (not connected: ${down.join(', ')})` : ''}`,
+    });
+    if (reachable < quorum) return noQuorum();
+    if (st.lead === 0) return { status: 'unavailable', reason: `no leader: election in progress (term ${st.term}, ${reachable} of ${voters.length} voters reachable)${this.bootstrapProblem ? `; ${this.bootstrapProblem}` : ''}` };
+    if (st.state !== StateType.leader) {
+      if (st.state !== StateType.follower) return { status: 'unavailable', reason: `no leader: this node is campaigning (${st.state}, term ${st.term})` };
+      const silentMs = Date.now() - this.lastLeaderContact;
+      if (silentMs > 2 * this.electionTicks * this.tickMs) return { status: 'unavailable', reason: `leader ${this.peerName(st.lead)} not heard from for ${silentMs} ms` };
+    }
+    if (this.stateMachine.appliedIndex < st.commit) return { status: 'unavailable', reason: `catching up: applied ${this.stateMachine.appliedIndex} of commit ${st.commit}` };
+    return { status: 'ok' };
+  }
+
+  private peerName(id: number): string {
+    return id === this.cluster?.id ? this.serverName : (this.idToPeer.get(id) ?? `slot ${id}`);
+  }
+
+  raftz(): Record<string, unknown> {
+    const raw = this.raw;
+    const base = { server: this.serverName, cluster: this.clusterName, identity: this.identity.publicKey, health: this.health() };
+    if (!raw || !this.cluster) return { ...base, id: null, state: 'bootstrapping', n: this.n, voters: this.voters };
+    const st = raw.status();
+    const progress: Record<string, unknown> = {};
+    for (const [id, p] of st.progress) progress[this.peerName(id)] = { id, match: p.match, next: p.next, state: p.state, learner: p.isLearner, recentActive: p.recentActive };
+    return {
+      ...base,
+      id: st.id,
+      state: st.softState.state,
+      term: st.hardState.term,
+      vote: st.hardState.vote,
+      leader: st.softState.lead === 0 ? null : { id: st.softState.lead, name: this.peerName(st.softState.lead) },
+      commit: st.hardState.commit,
+      applied: this.stateMachine.appliedIndex,
+      lastIndex: st.lastIndex,
+      firstIndex: this.storage.firstIndex(),
+      snapshotIndex: this.storage.snapshot().meta.index,
+      conf: st.conf,
+      slots: this.cluster.addresses.map((a, i) => ({ id: i + 1, address: a, name: this.peerName(i + 1) })),
+      progress,
+      pendingWrites: this.writes.size,
+      pendingReads: this.reads.size,
+      leaderChanges: this.metrics.leaderChanges,
+      proposalP50Ms: msOrNull(this.metrics.proposalSeconds.quantile(0.5)),
+      proposalP99Ms: msOrNull(this.metrics.proposalSeconds.quantile(0.99)),
+      persistP50Ms: msOrNull(this.metrics.persistSeconds.quantile(0.5)),
+      walSegments: this.storage.walSegments().length,
+    };
+  }
+
+  routez(): Record<string, unknown> {
+    const peers = this.transport.peers().map((p) => ({ ...p, raftId: p.name === undefined ? null : (this.peerToId.get(p.name) ?? null) }));
+    return { server: this.serverName, cluster: this.clusterName, listen: this.transport.address(), numRoutes: this.transport.upPeers().length, routes: peers };
+  }
+
+  varz(): Record<string, unknown> {
+    const mem = process.memoryUsage();
+    return {
+      server: this.serverName,
+      cluster: this.clusterName,
+      identity: this.identity.publicKey,
+      raftId: this.cluster?.id ?? null,
+      clusterSize: this.n,
+      voters: this.voters,
+      uptimeMs: Math.round(this.ticks * this.tickMs),
+      mem: mem.rss,
+      routes: this.transport.upPeers().length,
+      routeLinks: this.transport.linkCount(),
+      health: this.health(),
+    };
+  }
+
+  metricsText(): string {
+    const st = this.raw?.basicStatus();
+    const peers = this.transport.peers();
+    let bytesIn = 0;
+    let bytesOut = 0;
+    let framesIn = 0;
+    let framesOut = 0;
+    for (const p of peers) {
+      bytesIn += p.counters.bytesIn;
+      bytesOut += p.counters.bytesOut;
+      framesIn += p.counters.framesIn;
+      framesOut += p.counters.framesOut;
+    }
+    const m = this.metrics;
+    const samples: Sample[] = [
+      ['membershipd_raft_term', 'gauge', 'Current Raft term', st?.term ?? 0],
+      ['membershipd_raft_leader', 'gauge', '1 when this node is the Raft leader', st?.state === StateType.leader ? 1 : 0],
+      ['membershipd_raft_has_leader', 'gauge', '1 when a leader is known', st && st.lead !== 0 ? 1 : 0],
+      ['membershipd_raft_leader_changes_total', 'counter', 'Leader changes seen by this node', m.leaderChanges],
+      ['membershipd_raft_commit_index', 'gauge', 'Raft commit index', st?.commit ?? 0],
+      ['membershipd_raft_applied_index', 'gauge', 'Index applied to the KV state machine', this.stateMachine.appliedIndex],
+      ['membershipd_raft_messages_in_total', 'counter', 'Raft messages received', m.raftMessagesIn],
+      ['membershipd_raft_messages_out_total', 'counter', 'Raft messages sent', m.raftMessagesOut],
+      ['membershipd_raft_messages_dropped_total', 'counter', 'Raft messages dropped (peer down, unknown slot, queue full)', m.raftMessagesDropped],
+      ['membershipd_raft_proposals_failed_total', 'counter', 'Writes that failed with a timeout or no leader', m.proposalsFailed],
+      ['membershipd_raft_pending_writes', 'gauge', 'Writes waiting to be applied', this.writes.size],
+      ['membershipd_raft_snapshots_total', 'counter', 'Snapshots taken locally', m.snapshotsTaken],
+      ['membershipd_healthy', 'gauge', '1 when /healthz answers ok', this.health().status === 'ok' ? 1 : 0],
+      ['membershipd_route_connections', 'gauge', 'Route links open in any state', this.transport.linkCount()],
+      ['membershipd_route_bytes_in_total', 'counter', 'Bytes received on routes', bytesIn],
+      ['membershipd_route_bytes_out_total', 'counter', 'Bytes sent on routes', bytesOut],
+      ['membershipd_route_frames_in_total', 'counter', 'Frames received on routes', framesIn],
+      ['membershipd_route_frames_out_total', 'counter', 'Frames sent on routes', framesOut],
+    ];
+    for (const p of peers) {
+      samples.push(['membershipd_route_up', 'gauge', 'Route state per peer (1 up)', p.state === 'up' ? 1 : 0, { peer: p.name ?? p.route ?? p.address }]);
+    }
+    return renderMetrics(samples, [
+      ['membershipd_raft_proposal_seconds', 'Time from a write being proposed on this node to its apply here', m.proposalSeconds],
+      ['membershipd_wal_fsync_seconds', 'Time to make one Ready batch durable (WAL append + fdatasync)', m.persistSeconds],
+    ]);
+  }
+
+  /** Stops timers, fails waiting requests, closes routes and the store. Idempotent. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.tickTimer);
+    this.failAll(this.stoppedError());
+    await this.loop;
+    await this.transport.close();
+    await this.storage.close();
+    this.log.info('node stopped');
+  }
+}
+
+function msOrNull(s: number | null): number | null {
+  return s === null ? null : Math.round(s * 100_000) / 100;
+}
+
+/** Starts a cluster node (see NodeOptions). */
+export function startNode(options: NodeOptions): Promise<ClusterNode> {
+  return ClusterNode.start(options);
+}

@@ -1,0 +1,108 @@
+// What the node sends inside the transport's `raft` frames: `[tag, ...]` plain msgpack arrays.
+//   [0, message]   a Raft message (fields in the fixed order of `encodeMessage`)
+//   [1, hello]     the node's slot view, sent once per link when it comes up (bootstrap, see README.md)
+// Everything received is validated field by field: a peer runs the same code, but a bug or a newer
+// version must end as a logged, dropped frame, never as a malformed object inside raft/.
+import { MessageType, message, type Message, type SnapshotChunk } from '../../raft/index.js';
+import type { ConfState, Entry } from '../../raft/index.js';
+
+export const wireTag = { raft: 0, hello: 1 } as const;
+
+export interface SlotHello {
+  /** The sender's Raft id, 0 while it does not know its slot yet. */
+  readonly id: number;
+  /** The sender's --routes, normalized (`host:port`). */
+  readonly routes: readonly string[];
+  /** The sender's full sorted slot address list, when it knows it. */
+  readonly addresses: readonly string[] | null;
+  readonly voters: number;
+}
+
+const types = new Set<string>(Object.values(MessageType));
+
+export function encodeMessage(m: Message): unknown[] {
+  const snap = m.snapshot;
+  return [
+    0, m.type, m.from, m.to, m.term, m.logTerm, m.index,
+    m.entries.map((e) => [e.term, e.index, e.type, e.data]),
+    m.commit, m.reject, m.rejectHint, m.context,
+    snap === null ? null : [snap.meta.index, snap.meta.term, snap.meta.conf.voters, snap.meta.conf.learners, snap.offset, snap.data, snap.done],
+  ];
+}
+
+export function encodeHello(h: SlotHello): unknown[] {
+  return [1, h.id, h.routes, h.addresses, h.voters];
+}
+
+const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
+const isIds = (v: unknown): v is number[] => Array.isArray(v) && v.every(isUint);
+const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
+
+export type Decoded = { readonly kind: 'raft'; readonly message: Message } | { readonly kind: 'hello'; readonly hello: SlotHello };
+
+/** Decodes a raft frame's data; returns a reason string when it is not one of ours. */
+export function decodeNodeFrame(data: unknown): Decoded | string {
+  if (!Array.isArray(data) || data.length === 0) return 'not an array';
+  if (data[0] === wireTag.hello) {
+    const [, id, routes, addresses, voters] = data as unknown[];
+    if (!isUint(id) || !isStrings(routes) || !(addresses === null || isStrings(addresses)) || !isUint(voters)) return 'malformed hello';
+    return { kind: 'hello', hello: { id, routes, addresses, voters } };
+  }
+  if (data[0] !== wireTag.raft || data.length !== 13) return `unknown tag ${String(data[0])}`;
+  const [, type, from, to, term, logTerm, index, entries, commit, reject, rejectHint, context, snap] = data as unknown[];
+  if (typeof type !== 'string' || !types.has(type)) return `unknown message type ${String(type)}`;
+  if (!isUint(from) || !isUint(to) || !isUint(term) || !isUint(logTerm) || !isUint(index) || !isUint(commit) || !isUint(rejectHint)) return 'malformed numbers';
+  if (typeof reject !== 'boolean' || !isBytes(context) || !Array.isArray(entries)) return 'malformed fields';
+  const ents: Entry[] = [];
+  for (const e of entries) {
+    if (!Array.isArray(e) || e.length !== 4) return 'malformed entry';
+    const [t, i, ty, d] = e as unknown[];
+    if (!isUint(t) || !isUint(i) || (ty !== 0 && ty !== 1) || !isBytes(d)) return 'malformed entry';
+    ents.push({ term: t, index: i, type: ty, data: d });
+  }
+  let snapshot: SnapshotChunk | null = null;
+  if (snap !== null) {
+    if (!Array.isArray(snap) || snap.length !== 7) return 'malformed snapshot chunk';
+    const [si, st, sv, sl, off, sd, done] = snap as unknown[];
+    if (!isUint(si) || !isUint(st) || !isIds(sv) || !isIds(sl) || !isUint(off) || !isBytes(sd) || typeof done !== 'boolean') return 'malformed snapshot chunk';
+    const conf: ConfState = { voters: sv, learners: sl };
+    snapshot = { meta: { index: si, term: st, conf }, offset: off, data: sd, done };
+  }
+  return {
+    kind: 'raft',
+    message: message({ type: type as MessageType, from, to, term, logTerm, index, entries: ents, commit, reject, rejectHint, context, snapshot }),
+  };
+}
+
+// ---- entry envelope ----------------------------------------------------------------------------
+// A normal entry's data is `[1][origin u32][boot u32][seq u32][command]`: the proposing node finds its
+// own pending request when it applies the entry, whichever node's log it went through. `boot` is random
+// per process start, so a restarted node never mistakes an old entry for a new request.
+const envelopeVersion = 1;
+const envelopeHeader = 13;
+
+export interface Envelope {
+  readonly origin: number;
+  readonly boot: number;
+  readonly seq: number;
+  readonly command: Uint8Array;
+}
+
+export function encodeEnvelope(origin: number, boot: number, seq: number, command: Uint8Array): Uint8Array {
+  const out = new Uint8Array(envelopeHeader + command.length);
+  const dv = new DataView(out.buffer);
+  out[0] = envelopeVersion;
+  dv.setUint32(1, origin);
+  dv.setUint32(5, boot);
+  dv.setUint32(9, seq);
+  out.set(command, envelopeHeader);
+  return out;
+}
+
+/** A bare command (no envelope) decodes with origin 0: applied, but nobody is waiting for it. */
+export function decodeEnvelope(data: Uint8Array): Envelope {
+  if (data.length < envelopeHeader || data[0] !== envelopeVersion) return { origin: 0, boot: 0, seq: 0, command: data };
+  const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  return { origin: dv.getUint32(1), boot: dv.getUint32(5), seq: dv.getUint32(9), command: data.subarray(envelopeHeader) };
+}
