@@ -5,7 +5,7 @@ import { MembershipdError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ServeConfig } from '../config/index.js';
 import { createNatsServer } from '../nats/index.js';
-import type { NatsServer } from '../nats/api.js';
+import type { NatsServer, NatsServerStats } from '../nats/api.js';
 import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
@@ -48,6 +48,14 @@ function listenError(what: string, host: string, port: number, err: unknown): Li
 }
 
 /** `auth` undefined = bus auth off (src/cli/bus_auth.ts builds it from the flags). */
+/** nats-server's /varz field names, so existing dashboards and scripts read ours unchanged. */
+function varzStats(s: NatsServerStats): Record<string, number> {
+  return {
+    connections: s.connections, total_connections: s.totalConnections, subscriptions: s.subscriptions,
+    in_msgs: s.inMsgs, out_msgs: s.outMsgs, in_bytes: s.inBytes, out_bytes: s.outBytes, slow_consumers: s.slowConsumers,
+  };
+}
+
 export async function startServing(config: ServeConfig, logger: Logger, auth?: BusAuthenticator): Promise<ServingNode> {
   const nats = createNatsServer({
     host: config.bind,
@@ -81,7 +89,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
         start: startedAt.toISOString(),
         now: new Date().toISOString(),
         uptime_seconds: Math.floor((Date.now() - startedAt.getTime()) / 1000),
-        ...nats.stats(),
+        ...varzStats(nats.stats()),
       }),
     },
   });

@@ -73,8 +73,18 @@ async function roundTrip(nc: NatsConnection, subject: string): Promise<string> {
   return 'nothing';
 }
 
-t.test('--help, --version', async (t) => {
-  const [help, version] = [start(t, ['--help']), start(t, ['version'])];
+t.test('help, version, and a bad flag exits 2 with one line on stderr naming it', async (t) => {
+  // Every case is checked in process through the same main() in config.test.ts; these prove the binary's wiring.
+  const cases: [string[], RegExp][] = [
+    [['--nats-port', 'abc'], /^membershipd: --nats-port: "abc" is not a port number/],
+    [['--routes', 'nats-route://u:secret@h:6222'], /^membershipd: --routes: .* carries user info/],
+    [['--cluster-name', 'unibus'], /^membershipd: --cluster-name: clustering .* not available in this build yet/],
+  ];
+  // All at once: these processes only parse flags, so they are cheap and independent.
+  const help = start(t, ['--help']);
+  const version = start(t, ['version']);
+  const runs = cases.map(([args]) => start(t, args));
+
   t.same(await finish(help), { code: 0, signal: null });
   for (const flag of ['--bind', '--nats-port', '--http-port', '--server-name', '--tls-cert', '--tls-key', '--ws-port', '--log-level', '--routes', '--dir']) {
     t.match(help.stdout, flag);
@@ -83,19 +93,7 @@ t.test('--help, --version', async (t) => {
   t.equal(help.stderr, '');
   t.same(await finish(version), { code: 0, signal: null });
   t.equal(version.stdout, `membershipd ${pkg.version}\n`);
-});
 
-t.test('a bad flag exits 2 with one line on stderr naming it', async (t) => {
-  const dir = t.testdir({ 'junk.pem': 'not pem\n' });
-  // Every case is checked in process through the same main() in config.test.ts; these prove the binary's wiring.
-  const cases: [string[], RegExp][] = [
-    [['--nats-port', 'abc'], /^membershipd: --nats-port: "abc" is not a port number/],
-    [['--tls-cert', join(dir, 'junk.pem'), '--tls-key', join(dir, 'junk.pem')], /^membershipd: --tls-cert: file .* holds no PEM certificate/],
-    [['--bogus'], /^membershipd: unknown flag "--bogus"/],
-    [['--routes', 'nats-route://u:secret@h:6222'], /^membershipd: --routes: .* carries user info/],
-    [['--cluster-name', 'unibus'], /^membershipd: --cluster-name: clustering .* not available in this build yet/],
-  ];
-  const runs = cases.map(([args]) => start(t, args));
   for (const [i, [args, pattern]] of cases.entries()) {
     const run = runs[i]!;
     t.same(await finish(run), { code: 2, signal: null }, `${args.join(' ')}: exit 2`);
@@ -108,9 +106,11 @@ t.test('a bad flag exits 2 with one line on stderr naming it', async (t) => {
 });
 
 t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', async (t) => {
-  const run = start(t, ['--nats-port', '0', '--http-port=0', '--server-name', 'cli-test']);
+  const run = start(t, ['--nats-port', '0', '--http-port=0', '--ws-port', '0', '--server-name', 'cli-test']);
   const { natsPort, httpPort, natsUrl } = await serving(run);
   t.equal(natsUrl, `nats://127.0.0.1:${natsPort}`);
+  const wsPort = logLines(run).find((l) => l.msg.startsWith('membershipd serving'))?.ws_port as number;
+  t.ok(wsPort > 0 && wsPort !== natsPort, 'the WebSocket port is listening on its own port');
   const nc = await connect({ servers: `127.0.0.1:${natsPort}`, reconnect: false });
   t.teardown(() => nc.close().catch(() => undefined));
   t.equal(nc.info?.server_name, 'cli-test', 'INFO carries --server-name');
@@ -124,7 +124,7 @@ t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', as
   t.same(await get('/nope'), { status: 404, type: 'application/json; charset=utf-8', body: { error: 'not found', path: '/nope' } });
   t.equal((await get('/livez', 'POST')).status, 405);
   const varz = await get('/varz?x=1');
-  t.match(varz.body, { server_name: 'cli-test', port: natsPort, http_port: httpPort, connections: 1 });
+  t.match(varz.body, { server_name: 'cli-test', port: natsPort, http_port: httpPort, ws_port: wsPort, connections: 1, in_msgs: 1, out_msgs: 1 });
 
   // A second instance on the same client port fails to start: exit 1 and a fatal line naming the flag.
   const clash = start(t, ['--nats-port', String(natsPort), '--http-port', '0']);
@@ -142,28 +142,13 @@ t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', as
   await t.rejects(fetch(`http://127.0.0.1:${httpPort}/livez`), 'the HTTP port is closed');
 });
 
-t.test('serve with --tls-cert/--tls-key: a CA-verified client works, a client trusting another CA does not', async (t) => {
+t.test('serve with TLS and --bus-auth enforce: CA-verified clients, credentials checked, SIGHUP reloads users', async (t) => {
   const dir = t.testdir();
   const ca = await createCertificateAuthority('cli-test');
   const foreign = await createCertificateAuthority('cli-test');
   const node = await writePemPair(dir, 'node', await issueCertificate(ca, { commonName: 'node' }));
   writeFileSync(join(dir, 'ca.pem'), ca.cert);
   writeFileSync(join(dir, 'foreign.pem'), foreign.cert);
-  const run = start(t, ['--nats-port', '0', '--http-port', '0', '--tls-cert', node.certFile, '--tls-key', node.keyFile]);
-  const { natsPort, natsUrl } = await serving(run);
-  t.equal(natsUrl, `tls://127.0.0.1:${natsPort}`, 'the start line says tls://');
-  const nc = await connect({ servers: `tls://127.0.0.1:${natsPort}`, tls: { caFile: join(dir, 'ca.pem') }, reconnect: false });
-  t.teardown(() => nc.close().catch(() => undefined));
-  t.equal(await roundTrip(nc, 'cli.tls'), 'cli.tls payload-1', 'pub/sub over verified TLS');
-  await t.rejects(connect({ servers: `tls://127.0.0.1:${natsPort}`, tls: { caFile: join(dir, 'foreign.pem') }, reconnect: false }),
-    'a client that trusts another CA refuses the node');
-  await nc.close();
-  process.kill(run.child.pid!, 'SIGINT');
-  t.same(await finish(run), { code: 0, signal: null }, 'SIGINT: exit 0');
-});
-
-t.test('serve --bus-auth enforce --users-file: credentials checked, SIGHUP reloads the file', async (t) => {
-  const dir = t.testdir();
   const cheap = { N: 1024, r: 8, p: 1 };
   const roles = { app: { publish: ['cli.>'], subscribe: ['cli.>'] } };
   const alice = { name: 'alice', password: await hashPassword('alice-pw', cheap), roles: ['app'] };
@@ -171,13 +156,18 @@ t.test('serve --bus-auth enforce --users-file: credentials checked, SIGHUP reloa
   const usersFile = join(dir, 'users.json');
   writeFileSync(usersFile, JSON.stringify({ users: [alice], roles }));
   const idFile = join(dir, 'node.seed');
-  const run = start(t, ['--nats-port', '0', '--http-port', '0', '--bus-auth', 'enforce', '--users-file', usersFile, '--internal-id-file', idFile]);
-  const { natsPort } = await serving(run);
+  const run = start(t, ['--nats-port', '0', '--http-port', '0', '--tls-cert', node.certFile, '--tls-key', node.keyFile,
+    '--bus-auth', 'enforce', '--users-file', usersFile, '--internal-id-file', idFile]);
+  const { natsPort, natsUrl } = await serving(run);
+  t.equal(natsUrl, `tls://127.0.0.1:${natsPort}`, 'the start line says tls://');
   t.equal(statSync(idFile).mode & 0o777, 0o600, 'the internal identity is created with mode 0600');
-  const as = (user?: string, pass?: string) => connect({ servers: `127.0.0.1:${natsPort}`, reconnect: false, ...(user ? { user, pass } : {}) });
+  const as = (user?: string, pass?: string, caFile = join(dir, 'ca.pem')) => connect({
+    servers: `tls://127.0.0.1:${natsPort}`, tls: { caFile }, reconnect: false, ...(user ? { user, pass } : {}),
+  });
   const nc = await as('alice', 'alice-pw');
   t.teardown(() => nc.close().catch(() => undefined));
-  t.equal(await roundTrip(nc, 'cli.auth'), 'cli.auth payload-1', 'alice may use cli.>');
+  t.equal(await roundTrip(nc, 'cli.tls'), 'cli.tls payload-1', 'pub/sub over verified TLS as alice');
+  await t.rejects(as('alice', 'alice-pw', join(dir, 'foreign.pem')), 'a client that trusts another CA refuses the node');
   await t.rejects(as('alice', 'wrong'), 'a wrong password is refused');
   await t.rejects(as('bob', 'bob-pw'), 'an unknown user is refused');
   await t.rejects(as(), 'an anonymous client is refused');
@@ -196,8 +186,8 @@ t.test('serve --bus-auth enforce --users-file: credentials checked, SIGHUP reloa
   t.ok(again.info, 'a broken file on SIGHUP keeps the previous users');
   await again.close();
   await nc.close();
-  process.kill(run.child.pid!, 'SIGTERM');
-  t.same(await finish(run), { code: 0, signal: null });
+  process.kill(run.child.pid!, 'SIGINT');
+  t.same(await finish(run), { code: 0, signal: null }, 'SIGINT: exit 0');
 });
 
 t.test('dev: generates certificates once, prints a banner whose example works as printed', async (t) => {
