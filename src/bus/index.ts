@@ -1,0 +1,260 @@
+// src/bus: the cluster-wide bus. Joins a node's NATS server (its cluster port, src/nats) to the route
+// transport (transport/): local subscriptions become interest on every peer, a locally published message
+// is forwarded once to each peer with matching interest, queue groups are served exactly once
+// cluster-wide, and a peer that (re)connects receives the full local interest set.
+//
+// Public API:
+//   createClusterBus(options: ClusterBusOptions): ClusterBus
+//     .peerUp(peerName)            call from the transport's onPeerUp: sends the full local interest set
+//     .peerDown(peerName)          call from onPeerDown: forgets that peer's interest
+//     .handleFrame(peerName, frame): boolean   call from onFrame; true when it was a bus/interest frame
+//     .remoteInterest(peerName?): number       distinct (subject, queue) interests known from peers
+//     .interestedPeers(subject): string[]      peers a message on literal `subject` would be forwarded to
+//     .stats(): ClusterBusStats
+//     .close()                     unhooks from the NATS server
+//
+// Interest travels as 0→1 / 1→0 transitions of (subject, queue) on this node (nats-server's RS+/RS-), so
+// its cost follows distinct interests, not subscriptions. Queue groups: the NATS server delivers to a local
+// member first when one exists (its routeMessage runs before the forwarder), so a group with a local
+// member is not forwarded; otherwise one peer with members of the group is picked at random for each
+// message, which spreads the group over every node's members.
+import type { Logger } from 'pino';
+import type { RouteFrame } from '../../transport/index.js';
+import type { InterestChange, LocalPublish, NatsClusterPort } from '../nats/index.js';
+import { isValidSubject } from '../nats/index.js';
+import { Sublist } from '../nats/sublist.js';
+
+/** What the bus needs from the route transport. */
+export interface BusRoutes {
+  send(peerName: string, frame: RouteFrame): boolean;
+}
+
+export interface ClusterBusOptions {
+  readonly nats: NatsClusterPort;
+  readonly routes: BusRoutes;
+  readonly logger: Logger;
+  /** Uniform in [0, 1): picks the peer that serves a queue group (default Math.random). */
+  readonly random?: () => number;
+}
+
+export interface ClusterBusStats {
+  /** Messages forwarded to peers (one per peer per message). */
+  readonly forwardedMsgs: number;
+  /** Messages received from peers and delivered locally. */
+  readonly receivedMsgs: number;
+  readonly interestSent: number;
+  readonly interestReceived: number;
+}
+
+export interface ClusterBus {
+  peerUp(peerName: string): void;
+  peerDown(peerName: string): void;
+  handleFrame(peerName: string, frame: RouteFrame): boolean;
+  remoteInterest(peerName?: string): number;
+  interestedPeers(subject: string): string[];
+  stats(): ClusterBusStats;
+  close(): void;
+}
+
+interface Interest {
+  readonly subject: string;
+  readonly queue: string | undefined;
+}
+
+interface RemoteInterest extends Interest {
+  readonly peer: string;
+}
+
+function keyOf(subject: string, queue: string | undefined): string {
+  // A space never occurs in a valid subject or queue name, so it separates them unambiguously.
+  return queue === undefined ? subject : `${subject} ${queue}`;
+}
+
+export function createClusterBus(options: ClusterBusOptions): ClusterBus {
+  return new Bus(options);
+}
+
+class Bus implements ClusterBus {
+  readonly #nats: NatsClusterPort;
+  readonly #routes: BusRoutes;
+  readonly #log: Logger;
+  readonly #random: () => number;
+  /** Local interest: subscription count per (subject, queue), and a trie of the queue groups among it. */
+  readonly #local = new Map<string, { interest: Interest; count: number }>();
+  readonly #localQueues = new Sublist<Interest>();
+  /** Remote interest of every up peer, one item per (peer, subject, queue). */
+  readonly #remote = new Sublist<RemoteInterest>();
+  readonly #byPeer = new Map<string, Map<string, RemoteInterest>>();
+  readonly #unhook: () => void;
+  #forwardedMsgs = 0;
+  #receivedMsgs = 0;
+  #interestSent = 0;
+  #interestReceived = 0;
+
+  constructor(options: ClusterBusOptions) {
+    this.#nats = options.nats;
+    this.#routes = options.routes;
+    this.#log = options.logger.child({ component: 'bus' });
+    this.#random = options.random ?? Math.random;
+    for (const i of options.nats.interest()) {
+      this.#local.set(keyOf(i.subject, i.queue), { interest: { subject: i.subject, queue: i.queue }, count: i.count });
+      if (i.queue !== undefined) this.#localQueues.insert({ subject: i.subject, queue: i.queue });
+    }
+    const off = options.nats.onInterest((change) => this.#onLocalInterest(change));
+    options.nats.setForwarder((msg) => this.#forward(msg));
+    this.#unhook = () => {
+      off();
+      options.nats.setForwarder(undefined);
+    };
+  }
+
+  close(): void {
+    this.#unhook();
+  }
+
+  peerUp(peerName: string): void {
+    // A new link: whatever the peer knew of us died with the old one, so it gets everything again.
+    this.#forgetPeer(peerName);
+    for (const { interest } of this.#local.values()) this.#sendInterest(peerName, 'interest_add', interest);
+  }
+
+  peerDown(peerName: string): void {
+    this.#forgetPeer(peerName);
+    this.#byPeer.delete(peerName);
+  }
+
+  handleFrame(peerName: string, frame: RouteFrame): boolean {
+    switch (frame.kind) {
+      case 'bus':
+        this.#receivedMsgs++;
+        this.#nats.deliverFromRoute(frame);
+        return true;
+      case 'interest_add':
+      case 'interest_remove':
+        this.#interestReceived++;
+        this.#onRemoteInterest(peerName, frame.kind === 'interest_add', frame.subject, frame.queue);
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  remoteInterest(peerName?: string): number {
+    if (peerName !== undefined) return this.#byPeer.get(peerName)?.size ?? 0;
+    let n = 0;
+    for (const m of this.#byPeer.values()) n += m.size;
+    return n;
+  }
+
+  interestedPeers(subject: string): string[] {
+    const match = this.#remote.match(subject);
+    const peers = new Set<string>();
+    for (const item of match.plain) peers.add(item.peer);
+    for (const members of match.queues) for (const item of members) peers.add(item.peer);
+    return [...peers].sort();
+  }
+
+  stats(): ClusterBusStats {
+    return { forwardedMsgs: this.#forwardedMsgs, receivedMsgs: this.#receivedMsgs, interestSent: this.#interestSent,
+      interestReceived: this.#interestReceived };
+  }
+
+  #onLocalInterest(change: InterestChange): void {
+    const key = keyOf(change.subject, change.queue);
+    let entry = this.#local.get(key);
+    if (change.delta > 0) {
+      if (entry !== undefined) {
+        entry.count++;
+        return;
+      }
+      entry = { interest: { subject: change.subject, queue: change.queue }, count: 1 };
+      this.#local.set(key, entry);
+      if (change.queue !== undefined) this.#localQueues.insert(entry.interest);
+      this.#broadcastInterest('interest_add', entry.interest);
+      return;
+    }
+    if (entry === undefined) return; // an UNSUB the snapshot never saw; nothing was announced for it
+    if (--entry.count > 0) return;
+    this.#local.delete(key);
+    if (change.queue !== undefined) this.#localQueues.remove(entry.interest);
+    this.#broadcastInterest('interest_remove', entry.interest);
+  }
+
+  #broadcastInterest(kind: 'interest_add' | 'interest_remove', interest: Interest): void {
+    for (const peer of this.#byPeerNames()) this.#sendInterest(peer, kind, interest);
+  }
+
+  /** Peers that are up; the bus learns them from peerUp and forgets them at peerDown. */
+  #byPeerNames(): string[] {
+    return [...this.#byPeer.keys()];
+  }
+
+  #sendInterest(peer: string, kind: 'interest_add' | 'interest_remove', interest: Interest): void {
+    const frame: RouteFrame = interest.queue === undefined
+      ? { kind, subject: interest.subject }
+      : { kind, subject: interest.subject, queue: interest.queue };
+    // A false return means the link is gone or closed as a slow consumer: the next peer-up resends all.
+    if (this.#routes.send(peer, frame)) this.#interestSent++;
+  }
+
+  #forgetPeer(peerName: string): void {
+    const items = this.#byPeer.get(peerName);
+    if (items !== undefined) for (const item of items.values()) this.#remote.remove(item);
+    this.#byPeer.set(peerName, new Map());
+  }
+
+  #onRemoteInterest(peer: string, add: boolean, subject: string, queue: string | undefined): void {
+    const items = this.#byPeer.get(peer);
+    if (items === undefined) return; // frames racing a peer-down
+    if (!isValidSubject(subject) || (queue !== undefined && (queue === '' || /[\s]/.test(queue)))) {
+      this.#log.warn({ peer, subject, queue }, 'invalid interest from peer ignored');
+      return;
+    }
+    const key = keyOf(subject, queue);
+    const existing = items.get(key);
+    if (add && existing === undefined) {
+      const item: RemoteInterest = { subject, queue, peer };
+      items.set(key, item);
+      this.#remote.insert(item);
+    } else if (!add && existing !== undefined) {
+      items.delete(key);
+      this.#remote.remove(existing);
+    }
+  }
+
+  /** The NATS server's forwarder: returns true when at least one peer had interest (no_responders logic). */
+  #forward(msg: LocalPublish): boolean {
+    const match = this.#remote.match(msg.subject);
+    if (match.plain.length === 0 && match.queues.length === 0) return false;
+    // Peers receiving this message, each with the queue groups it must serve.
+    const targets = new Map<string, string[] | null>();
+    for (const item of match.plain) if (!targets.has(item.peer)) targets.set(item.peer, null);
+    if (match.queues.length > 0) {
+      const localGroups = this.#localQueues.match(msg.subject).queues;
+      for (const members of match.queues) {
+        const group = members[0]!.queue!;
+        // The server already handed it to a local member of this group (it delivers locally first).
+        if (localGroups.some((g) => g[0]!.queue === group)) continue;
+        const peers = [...new Set(members.map((m) => m.peer))];
+        const chosen = peers[Math.min(peers.length - 1, Math.floor(this.#random() * peers.length))]!;
+        const list = targets.get(chosen);
+        if (list) list.push(group);
+        else targets.set(chosen, [group]);
+      }
+    }
+    let sent = false;
+    for (const [peer, queues] of targets) {
+      const frame: RouteFrame = {
+        kind: 'bus', subject: msg.subject, payload: msg.payload,
+        ...(msg.reply === undefined ? {} : { reply: msg.reply }),
+        ...(msg.headers.length > 0 ? { headers: msg.headers } : {}),
+        ...(queues === null ? {} : { queues }),
+      };
+      if (this.#routes.send(peer, frame)) {
+        this.#forwardedMsgs++;
+        sent = true;
+      }
+    }
+    return sent;
+  }
+}
