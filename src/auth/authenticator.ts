@@ -6,7 +6,7 @@
 // A client that proves possession of a node's internal identity (NKey 'N…') is the admin principal.
 import type { Logger } from 'pino';
 import { allowAll, type AuthOutcome, type AuthRequest, type BusAuthenticator, type BusAuthMode, type Permissions, type Principal, type PrincipalKind } from './types.js';
-import { burnPasswordCheck, FailureRateLimiter, prepareBurnCheck, tokenHashesEqual, tokenHashOf, verifyPassword, type RateLimitOptions } from './credentials.js';
+import { burnPasswordCheck, FailureRateLimiter, prepareBurnCheck, tokenHashesEqual, tokenHashOf, VerifiedPasswordCache, verifyPassword, type RateLimitOptions } from './credentials.js';
 import { isValidPublicKey, verifyNonceSignature } from './nkeys.js';
 import { CompiledRole, denyAll, unionPermissions } from './permissions.js';
 import { builtinAdminRole, type PrincipalSource, type RoleRecord, type UserRecord } from './principal_source.js';
@@ -19,6 +19,8 @@ export interface BusAuthenticatorOptions {
   readonly internalIdentityPublicKeys?: readonly string[] | (() => readonly string[]);
   readonly logger: Logger;
   readonly rateLimit?: Partial<RateLimitOptions>;
+  /** How long a successfully verified password skips scrypt on reconnect (credentials.ts); 0 = always scrypt. Default 10 min. */
+  readonly passwordCacheTtlMs?: number;
 }
 
 type Credential = 'anonymous' | 'password' | 'token' | 'nkey' | 'internal';
@@ -57,6 +59,7 @@ class Authenticator implements BusAuthenticator {
   private readonly internalKeys: () => readonly string[];
   private readonly logger: Logger;
   private readonly limiter: FailureRateLimiter;
+  private readonly passwordCache: VerifiedPasswordCache;
   private readonly contexts = new WeakMap<Principal, Context>();
   private readonly userPerms = new Map<string, UserPerms>();
   private readonly compiledRoles = new Map<string, { json: string; role: CompiledRole }>();
@@ -75,6 +78,7 @@ class Authenticator implements BusAuthenticator {
     this.internalKeys = typeof keys === 'function' ? keys : () => keys;
     this.logger = o.logger;
     this.limiter = new FailureRateLimiter(o.rateLimit);
+    this.passwordCache = new VerifiedPasswordCache(o.passwordCacheTtlMs);
     if (o.mode !== 'off') prepareBurnCheck();
     const anonymousPerms = o.mode === 'off' ? allowAll : this.warnWrap('anonymous', denyAll);
     this.anonymous = this.make('anonymous', 'anonymous', false, anonymousPerms, { credential: 'anonymous', user: undefined, stored: undefined, permsKey: '' });
@@ -164,7 +168,11 @@ class Authenticator implements BusAuthenticator {
     const user = typeof name === 'string' ? this.source!.userByName(name) : undefined;
     let good: boolean;
     if (user === undefined || user.password === undefined) good = await burnPasswordCheck(password);
-    else good = await verifyPassword(password, user.password);
+    else if (this.passwordCache.has(user.name, user.password, password)) good = true;
+    else {
+      good = await verifyPassword(password, user.password);
+      if (good) this.passwordCache.add(user.name, user.password, password);
+    }
     if (!good) {
       this.limiter.recordFailure(address);
       return { ok: false, reason: `bad user name or password (user ${JSON.stringify(String(name)).slice(0, 140)})` };

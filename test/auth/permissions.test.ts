@@ -241,3 +241,30 @@ t.test('the reference itself agrees with subjectMatches on literal SUBs', async 
   );
   t.pass('subsumes/overlaps reduce to matching for literal subjects');
 });
+
+t.test('tokens whose hashes collide are still told apart', async (t) => {
+  // Find two tokens with the same 30-bit FNV-1a hash (birthday bound: ~40k tokens), as the trie computes it.
+  const fnv = (s: string): number => {
+    let h = 0x811c9dc5;
+    for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+    return h & 0x3fffffff;
+  };
+  const seen = new Map<number, string>();
+  let pair: [string, string] | undefined;
+  for (let i = 0; i < 2_000_000 && pair === undefined; i++) {
+    const tok = `t${i.toString(36)}`;
+    const h = fnv(tok);
+    const other = seen.get(h);
+    if (other !== undefined) pair = [other, tok];
+    else seen.set(h, tok);
+  }
+  t.ok(pair, 'found a colliding pair');
+  const [a, b] = pair!;
+  const p = compilePermissions({ publish: { allow: [`x.${a}`, `y.${a}`, `y.${b}.z`], deny: [`y.${b}.z`] }, subscribe: [`${a}.>`] });
+  t.ok(p.canPublish(`x.${a}`));
+  t.notOk(p.canPublish(`x.${b}`), `${b} collides with ${a} but is another token`);
+  t.ok(p.canPublish(`y.${a}`));
+  t.notOk(p.canPublish(`y.${b}.z`));
+  t.ok(p.canSubscribe(`${a}.q`, undefined));
+  t.notOk(p.canSubscribe(`${b}.q`, undefined));
+});

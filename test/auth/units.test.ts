@@ -40,7 +40,7 @@ import {
   type UserRecord,
 } from '../../src/auth/index.js';
 import { base32Decode, base32Encode, crc16, decodeSignature } from '../../src/auth/nkeys.js';
-import { CredentialFormatError, parsePasswordHash } from '../../src/auth/credentials.js';
+import { CredentialFormatError, parsePasswordHash, VerifiedPasswordCache } from '../../src/auth/credentials.js';
 import { jsonErrorOffset, parseJsonWithPosition } from '../../src/auth/json_position.js';
 
 const seed = process.env.AUTH_SEED !== undefined ? Number(process.env.AUTH_SEED) : (Date.now() ^ (Math.random() * 2 ** 31)) | 0;
@@ -196,6 +196,28 @@ t.test('failed-attempt rate limit: token bucket per address on an injected clock
   t.equal(rl.trackedAddresses, 0, 'full buckets are forgotten');
   for (let i = 0; i < 10; i++) rl.recordFailure(`a${i}`);
   t.ok(rl.trackedAddresses <= 4, 'tracked addresses stay bounded');
+});
+
+t.test('verified-password cache: only successes, bound to the stored hash, expiring', async (t) => {
+  let now = 0;
+  const cache = new VerifiedPasswordCache(1000, 2, () => now);
+  t.notOk(cache.has('u', 'h1', 'pw'));
+  cache.add('u', 'h1', 'pw');
+  t.ok(cache.has('u', 'h1', 'pw'));
+  t.notOk(cache.has('u', 'h1', 'pW'), 'another password misses');
+  t.notOk(cache.has('v', 'h1', 'pw'), 'another user misses');
+  t.notOk(cache.has('u', 'h2', 'pw'), 'a changed stored hash drops the entry');
+  t.notOk(cache.has('u', 'h1', 'pw'), '…for good');
+  cache.add('u', 'h1', 'pw');
+  now = 1001;
+  t.notOk(cache.has('u', 'h1', 'pw'), 'expired');
+  cache.add('a', 'h', 'x');
+  cache.add('b', 'h', 'x');
+  cache.add('c', 'h', 'x');
+  t.equal(cache.size, 2, 'bounded');
+  const off = new VerifiedPasswordCache(0);
+  off.add('u', 'h', 'p');
+  t.notOk(off.has('u', 'h', 'p'), 'ttl 0 disables it');
 });
 
 // ---- internal identity -----------------------------------------------------------------------------------
@@ -419,6 +441,9 @@ t.test('authenticator: credentials, modes, internal identity and revalidation', 
   t.ok(!limited.ok && /rate limited/.test(limited.reason), 'throttled address');
   t.ok((await enforce.authenticate(req({ user: 'alice', pass: 'pw-alice' }, undefined, '192.0.2.8'))).ok, 'other addresses unaffected');
   t.ok((await enforce.authenticate(req({ nkey: userKp.publicKey, sig }, nonce, addr))).ok, 'NKey clients are never throttled');
+
+  // A cached password (alice verified above) still refuses a wrong one, and a changed hash needs the new one.
+  t.notOk((await enforce.authenticate(req({ user: 'alice', pass: 'pw-alicE' }, undefined, '10.9.9.9'))).ok, 'wrong password after a cached success');
 
   // Revalidation after changes.
   let notified = 0;

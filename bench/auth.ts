@@ -1,0 +1,258 @@
+// bench:auth — what bus auth costs. The same @nats-io/transport-node workload (1→1 pub/sub, 128-byte payloads,
+// subjects spread over 50 publish rules) against membershipd's NATS server without auth and with
+// `--bus-auth enforce` and a user whose role has 50 allow rules; then authenticated connects per second for
+// each credential kind. When the nats-server binary is installed the same pub/sub pair runs against it with an
+// equivalent config, for reference. Servers run as child processes (this file re-executed with --serve), so
+// they do not share the client's CPU. Figures are taken on a shared, loaded 2-core machine: compare ratios.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createPrivateKey, sign as cryptoSign } from 'node:crypto';
+import { connect, nkeyAuthenticator, type Authenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+
+const rules = 50;
+const msgs = Number(process.env.BENCH_MSGS ?? 200_000);
+const rounds = 3;
+const connectSeconds = Number(process.env.BENCH_CONNECT_SECONDS ?? 3);
+const connectConcurrency = 4;
+const payload = new Uint8Array(128).fill(97);
+const phaseTimeoutMs = 60_000;
+
+// ---- child: the server ------------------------------------------------------------------------------------
+
+async function serve(port: number, usersFile: string, passwordCache: string | undefined): Promise<void> {
+  const { createNatsServer } = await import('../src/nats/index.js');
+  const { createBusAuthenticator, openFileSource } = await import('../src/auth/index.js');
+  const { createLogger } = await import('../src/log.js');
+  const logger = createLogger('error');
+  const auth = usersFile === '-' ? undefined : createBusAuthenticator({ mode: 'enforce', source: await openFileSource(usersFile, logger), logger, ...(passwordCache === 'nocache' ? { passwordCacheTtlMs: 0 } : {}) });
+  const server = createNatsServer({ host: '127.0.0.1', port, auth, logger });
+  await server.start();
+  process.on('SIGTERM', () => void server.close().then(() => process.exit(0)));
+}
+
+// ---- parent -----------------------------------------------------------------------------------------------
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess): Promise<void> {
+  const end = Date.now() + 30_000;
+  while (Date.now() < end) {
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`port ${port} did not open`);
+}
+
+async function start(kind: 'membershipd' | 'nats-server', config: string, extra = ''): Promise<{ child: ChildProcess; port: number }> {
+  const port = await freePort();
+  const child =
+    kind === 'membershipd'
+      ? spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--serve', String(port), config, extra], { stdio: ['ignore', 'ignore', 'inherit'] })
+      : spawn('nats-server', config === '-' ? ['-a', '127.0.0.1', '-p', String(port)] : ['-c', config, '-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  await waitForPort(port, child);
+  return { child, port };
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(t);
+}
+
+/** user+system CPU seconds of a process so far (/proc/<pid>/stat, clock ticks of 10 ms). */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime (fields 14 and 15 of the full line)
+}
+
+interface Run {
+  /** Wall-clock msgs/s, first publish to last delivery: swings with the other sessions' load. */
+  wall: number;
+  /** Messages per server CPU-second: what the server can carry; far less sensitive to a loaded machine. */
+  perCpu: number;
+}
+
+/** 1→1 pub/sub over subjects spread across the 50 rules, measured in wall time and server CPU. */
+async function pubsub(port: number, opts: Partial<ConnectionOptions>, serverPid: number): Promise<Run> {
+  const sub = await connect({ port, ...opts, reconnect: false });
+  const pub = await connect({ port, ...opts, reconnect: false });
+  try {
+    let received = 0;
+    const done = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`pub/sub: ${received}/${msgs} after ${phaseTimeoutMs} ms`)), phaseTimeoutMs);
+      sub.subscribe('bench.>', {
+        callback: () => {
+          if (++received === msgs) {
+            clearTimeout(timer);
+            resolve();
+          }
+        },
+      });
+    });
+    await sub.flush();
+    const subjects = Array.from({ length: rules }, (_, i) => `bench.r${i}.x.y`);
+    const cpu0 = cpuSeconds(serverPid);
+    const t0 = performance.now();
+    for (let sent = 0; sent < msgs; ) {
+      const n = Math.min(2000, msgs - sent);
+      for (let i = 0; i < n; i++) pub.publish(subjects[(sent + i) % rules]!, payload);
+      sent += n;
+      await new Promise((r) => setImmediate(r));
+    }
+    await pub.flush();
+    await done;
+    const wall = msgs / ((performance.now() - t0) / 1000);
+    return { wall, perCpu: msgs / Math.max(0.01, cpuSeconds(serverPid) - cpu0) };
+  } finally {
+    await Promise.all([pub.close(), sub.close()]);
+  }
+}
+
+/** Connect + flush + close loops for `connectSeconds`, `concurrency` at a time; failures (e.g. auth timeout) counted. */
+async function connectRate(port: number, opts: () => Partial<ConnectionOptions>, concurrency = connectConcurrency): Promise<{ rate: number; failed: number }> {
+  const end = performance.now() + connectSeconds * 1000;
+  const t0 = performance.now();
+  let n = 0;
+  let failed = 0;
+  const countMax = 100_000;
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      while (performance.now() < end && n + failed < countMax) {
+        try {
+          const nc = await connect({ port, ...opts(), reconnect: false });
+          await nc.flush();
+          await nc.close();
+          n++;
+        } catch {
+          failed++;
+        }
+      }
+    }),
+  );
+  return { rate: n / ((performance.now() - t0) / 1000), failed };
+}
+
+const fmt = (r: { rate: number; failed: number }): string => `${r.rate.toFixed(1)}${r.failed > 0 ? ` (${r.failed} failed)` : ''}`;
+
+/**
+ * nats.js's nkeyAuthenticator signs with tweetnacl (~100 signatures/s per core, far fewer on this loaded
+ * machine), which would measure the client; this one signs the nonce with node:crypto, like a Go client would.
+ */
+function fastNkeyAuthenticator(publicKey: string, rawSeed: Uint8Array): Authenticator {
+  const key = createPrivateKey({ key: Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), rawSeed]), format: 'der', type: 'pkcs8' });
+  return (nonce?: string) => ({ nkey: publicKey, sig: cryptoSign(null, Buffer.from(nonce ?? ''), key).toString('base64url') });
+}
+
+const publishAllow = Array.from({ length: rules }, (_, i) => `bench.r${i}.*.>`);
+const subscribeAllow = ['bench.>', '_INBOX.>', ...Array.from({ length: rules - 2 }, (_, i) => `other${i}.*`)];
+
+async function main(): Promise<void> {
+  const { hashPassword, hashToken, createKeyPair, createToken, decodeSeed } = await import('../src/auth/index.js');
+  const dir = mkdtempSync(join(tmpdir(), 'bench-auth-'));
+  const token = createToken();
+  const userKp = createKeyPair('user');
+  const usersFile = join(dir, 'users.json');
+  writeFileSync(
+    usersFile,
+    JSON.stringify({
+      users: [
+        { name: 'bench', password: await hashPassword('bench-pw'), roles: ['bench'] }, // default scrypt parameters
+        { name: 'tok', token: hashToken(token), roles: ['bench'] },
+        { name: 'nk', nkey: userKp.publicKey, roles: ['bench'] },
+      ],
+      roles: { bench: { publish: { allow: publishAllow }, subscribe: { allow: subscribeAllow } } },
+    }),
+  );
+  const asUser = { user: 'bench', pass: 'bench-pw' };
+  console.log(`bench:auth — ${msgs} msgs of 128 B 1→1 per run, best of ${rounds}; ${rules} publish + ${rules} subscribe allow rules; machine shared and loaded (load avg ${(await import('node:os')).loadavg()[0]!.toFixed(1)})`);
+  const children: ChildProcess[] = [];
+  try {
+    const plain = await start('membershipd', '-');
+    const acl = await start('membershipd', usersFile);
+    children.push(plain.child, acl.child);
+    const plainRuns: Run[] = [], aclRuns: Run[] = [];
+    for (let r = 0; r < rounds; r++) {
+      // Alternate the order so that a burst of load from other sessions does not always hit the same side.
+      let a: Run, b: Run;
+      if (r % 2 === 0) {
+        a = await pubsub(plain.port, {}, plain.child.pid!);
+        b = await pubsub(acl.port, asUser, acl.child.pid!);
+      } else {
+        b = await pubsub(acl.port, asUser, acl.child.pid!);
+        a = await pubsub(plain.port, {}, plain.child.pid!);
+      }
+      plainRuns.push(a);
+      aclRuns.push(b);
+      console.log(`  round ${r + 1}: no auth ${a.wall.toFixed(0)} msgs/s (${a.perCpu.toFixed(0)} per server CPU-s)   enforce+50 rules ${b.wall.toFixed(0)} msgs/s (${b.perCpu.toFixed(0)} per server CPU-s)`);
+    }
+    const median = (xs: number[]): number => xs.slice().sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
+    const wallRatio = Math.max(...aclRuns.map((r) => r.wall)) / Math.max(...plainRuns.map((r) => r.wall));
+    const ratio = median(aclRuns.map((r) => r.perCpu)) / median(plainRuns.map((r) => r.perCpu));
+    console.log(`membershipd pub/sub, server msgs per CPU-second (median of ${rounds}): no auth ${median(plainRuns.map((r) => r.perCpu)).toFixed(0)}, enforce + ${rules} rules ${median(aclRuns.map((r) => r.perCpu)).toFixed(0)}, ratio ${ratio.toFixed(3)}`);
+    console.log(`membershipd pub/sub, wall msgs/s (best of ${rounds}, swings with the machine's load): ratio ${wallRatio.toFixed(3)}`);
+    await stop(plain.child);
+
+    const pw = await connectRate(acl.port, () => asUser);
+    const tk = await connectRate(acl.port, () => ({ token }));
+    const fastNkey = fastNkeyAuthenticator(userKp.publicKey, decodeSeed(userKp.seed).seed);
+    const nk = await connectRate(acl.port, () => ({ authenticator: fastNkey }));
+    const nkNacl = await connectRate(acl.port, () => ({ authenticator: nkeyAuthenticator(new TextEncoder().encode(userKp.seed)) }), 2);
+    console.log(`membershipd authenticated connects/s (${connectConcurrency} in parallel, connect+PING+close): password ${fmt(pw)} (verified-password cache warm), token ${fmt(tk)}, nkey ${fmt(nk)} (client signs with node:crypto; with nats.js's tweetnacl signer ${fmt(nkNacl)})`);
+    await stop(acl.child);
+    const cold = await start('membershipd', usersFile, 'nocache');
+    children.push(cold.child);
+    const pwCold = await connectRate(cold.port, () => asUser, 2);
+    console.log(`membershipd password connects/s with every connect paying scrypt N=32768 (cache off, 2 in parallel): ${fmt(pwCold)}`);
+    await stop(cold.child);
+
+    if (spawnSync('nats-server', ['--version']).status === 0) {
+      const conf = join(dir, 'nats.conf');
+      const list = (xs: string[]): string => `[${xs.map((x) => JSON.stringify(x)).join(', ')}]`;
+      writeFileSync(conf, `authorization { users: [ { user: bench, password: "bench-pw", permissions: { publish: { allow: ${list(publishAllow)} }, subscribe: { allow: ${list(subscribeAllow)} } } } ] }\n`);
+      const np = await start('nats-server', '-');
+      const na = await start('nats-server', conf);
+      children.push(np.child, na.child);
+      let p = 0, a = 0;
+      for (let r = 0; r < rounds; r++) {
+        p = Math.max(p, (await pubsub(np.port, {}, np.child.pid!)).perCpu);
+        a = Math.max(a, (await pubsub(na.port, asUser, na.child.pid!)).perCpu);
+      }
+      const npw = await connectRate(na.port, () => asUser);
+      console.log(`nats-server 2.9 reference, msgs per server CPU-second (best of ${rounds}): no auth ${p.toFixed(0)}, 50 rules ${a.toFixed(0)}, ratio ${(a / p).toFixed(3)}; plaintext-password connects/s ${fmt(npw)}`);
+    } else {
+      console.log('nats-server not installed: reference run skipped');
+    }
+    console.log(`BENCH auth acl_pubsub_ratio=${ratio.toFixed(3)} acl_pubsub_wall_ratio=${wallRatio.toFixed(3)} connect_per_s=${pw.rate.toFixed(1)} connect_token_per_s=${tk.rate.toFixed(1)} connect_nkey_per_s=${nk.rate.toFixed(1)} connect_scrypt_per_s=${pwCold.rate.toFixed(1)}`);
+  } finally {
+    await Promise.all(children.map(stop));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[2] === '--serve') await serve(Number(process.argv[3]), process.argv[4]!, process.argv[5]);
+else await main();
