@@ -19,6 +19,7 @@ import {
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
+import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
 import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, type SlotHello } from './wire.js';
 
@@ -73,6 +74,7 @@ interface PendingWrite {
   readonly started: number;
   readonly deadline: number;
   submitted: boolean;
+  submittedAt: number;
   resolve(r: KvResult): void;
   reject(e: Error): void;
 }
@@ -93,6 +95,7 @@ export class ClusterNode {
   readonly clusterName: string;
   readonly identity: InternalIdentity;
   readonly stateMachine = new KvStateMachine();
+  private readonly sessions = new AppliedSessions();
   readonly metrics = {
     proposalSeconds: new Histogram(),
     persistSeconds: new Histogram(),
@@ -119,7 +122,6 @@ export class ClusterNode {
   private cluster: ClusterFile | undefined;
   /** Own route keys (normalized), self-route excluded. */
   private ownRoutes: string[] = [];
-  private routeUrls: string[] = [];
   private n = 1;
   private voters = 1;
   private readonly idToPeer = new Map<number, string>();
@@ -168,7 +170,6 @@ export class ClusterNode {
       throw new NodeError(NodeErrorCode.config, `--routes lists this node under ${self.length} addresses (${self.join(', ')}); list each node once`, false);
     }
     this.ownRoutes = keys.filter((k) => !self.includes(k));
-    this.routeUrls = list.filter((r) => !self.includes(`${r.host}:${r.port}`) && !self.includes(`[${r.host}]:${r.port}`)).map((r) => r.url);
     const persisted = readClusterFile(opts.dataDir);
     if (persisted) {
       if (persisted.cluster !== opts.clusterName) {
@@ -229,7 +230,7 @@ export class ClusterNode {
   private startRaft(): void {
     const c = this.cluster!;
     const snap = this.storage.snapshot();
-    if (snap.meta.index > 0) this.stateMachine.restore(snap.data);
+    if (snap.meta.index > 0) this.restoreSnapshot(snap.data);
     const peers: number[] = [];
     for (let i = 1; i <= c.voters; i++) peers.push(i);
     this.raw = new RawNode({
@@ -418,11 +419,12 @@ export class ClusterNode {
         this.log.info({ lead, state: rd.softState.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
         this.lastLead = lead;
         this.lastLeaderContact = Date.now();
+        if (lead !== 0) for (const w of this.writes.values()) w.submittedAt = 0;
       }
     }
     if (rd.snapshot) {
       await this.storage.applySnapshot(rd.snapshot);
-      this.stateMachine.restore(rd.snapshot.data);
+      this.restoreSnapshot(rd.snapshot.data);
       this.metrics.snapshotsInstalled++;
       this.log.info({ index: rd.snapshot.meta.index }, 'installed a snapshot from the leader');
     }
@@ -445,6 +447,10 @@ export class ClusterNode {
         continue;
       }
       const env = decodeEnvelope(e.data);
+      if (!this.sessions.admit(env.origin, env.boot, env.seq, e.index)) {
+        this.stateMachine.apply(e.index, new Uint8Array(0)); // a re-submitted copy: applied once already
+        continue;
+      }
       const result = this.stateMachine.apply(e.index, env.command);
       if (env.origin === this.cluster!.id && env.boot === this.boot) {
         const w = this.writes.get(env.seq);
@@ -464,6 +470,12 @@ export class ClusterNode {
     }
   }
 
+  private restoreSnapshot(data: Uint8Array): void {
+    const { kvImage, sessions } = decodeNodeSnapshot(data);
+    this.stateMachine.restore(kvImage);
+    this.sessions.restore(sessions);
+  }
+
   private sendMessage(m: Message): void {
     const peer = this.idToPeer.get(m.to);
     if (peer === undefined || !this.transport.send(peer, { kind: 'raft', data: encodeMessage(m) })) {
@@ -476,7 +488,7 @@ export class ClusterNode {
   private async maybeSnapshot(): Promise<void> {
     const applied = this.stateMachine.appliedIndex;
     if (applied - this.storage.snapshot().meta.index < this.snapshotEntries) return;
-    await this.storage.createSnapshot(applied, this.raw!.confState(), this.stateMachine.snapshot());
+    await this.storage.createSnapshot(applied, this.raw!.confState(), encodeNodeSnapshot(this.stateMachine.snapshot(), this.sessions));
     this.metrics.snapshotsTaken++;
     this.log.info({ index: applied }, 'snapshot taken; log compacted');
   }
@@ -515,7 +527,7 @@ export class ClusterNode {
     return new Promise<KvResult>((resolve, reject) => {
       const seq = (this.seq = (this.seq + 1) >>> 0);
       const now = performance.now();
-      const w: PendingWrite = { seq, command, started: now, deadline: now + this.timeoutMs, submitted: false, resolve, reject };
+      const w: PendingWrite = { seq, command, started: now, deadline: now + this.timeoutMs, submitted: false, submittedAt: 0, resolve, reject };
       this.writes.set(seq, w);
       this.submitWrite(w);
     });
@@ -526,6 +538,7 @@ export class ClusterNode {
     try {
       this.raw.propose(encodeEnvelope(this.cluster.id, this.boot, w.seq, w.command));
       w.submitted = true;
+      w.submittedAt = performance.now();
       this.schedule();
     } catch (e) {
       if (!(e instanceof RaftError)) throw e;
@@ -574,9 +587,10 @@ export class ClusterNode {
   }
 
   private retryWaiting(): void {
-    for (const w of this.writes.values()) if (!w.submitted) this.submitWrite(w);
-    // A ReadIndex request or its answer may be lost with a leader change; asking again is safe.
+    // A forwarded proposal (or a ReadIndex request) may be lost with a route or a leader; asking again
+    // is safe: reads are idempotent and a write's copies are applied once (sessions.ts).
     const now = performance.now();
+    for (const w of this.writes.values()) if (!w.submitted || now - w.submittedAt > 1000) this.submitWrite(w);
     for (const r of this.reads.values()) if (r.index === 0 && (r.submittedAt === 0 || now - r.submittedAt > 1000)) this.submitRead(r);
   }
 
@@ -651,7 +665,12 @@ export class ClusterNode {
     if (this.stopping) return { status: 'unavailable', reason: 'node is stopping' };
     if (!this.raw || !this.cluster) {
       const up = this.transport?.upPeers().length ?? 0;
-      return { status: 'unavailable', reason: this.bootstrapProblem ?? `waiting to learn this node's slot from a peer (${up} of ${this.n - 1} peers connected; routes: ${this.routeUrls.join(', ')})` };
+      const down = this.transport?.peers().filter((p) => p.state !== 'up').map((p) => p.route ?? p.address) ?? [];
+      return {
+        status: 'unavailable',
+        reason: this.bootstrapProblem ??
+          `no quorum: ${up + 1} of ${this.voters} voters reachable (this node learns its slot from the first peer it meets; not connected: ${down.join(', ')})`,
+      };
     }
     const st = this.raw.basicStatus();
     const conf = this.raw.confState();
@@ -667,6 +686,10 @@ export class ClusterNode {
     if (st.lead === 0) return { status: 'unavailable', reason: `no leader: election in progress (term ${st.term}, ${reachable} of ${voters.length} voters reachable)${this.bootstrapProblem ? `; ${this.bootstrapProblem}` : ''}` };
     if (st.state !== StateType.leader) {
       if (st.state !== StateType.follower) return { status: 'unavailable', reason: `no leader: this node is campaigning (${st.state}, term ${st.term})` };
+      const leaderPeer = this.idToPeer.get(st.lead);
+      if (leaderPeer === undefined || !this.transport.upPeers().includes(leaderPeer)) {
+        return { status: 'unavailable', reason: `leader ${this.peerName(st.lead)} is not connected (election pending)` };
+      }
       const silentMs = Date.now() - this.lastLeaderContact;
       if (silentMs > 2 * this.electionTicks * this.tickMs) return { status: 'unavailable', reason: `leader ${this.peerName(st.lead)} not heard from for ${silentMs} ms` };
     }

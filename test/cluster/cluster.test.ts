@@ -1,0 +1,259 @@
+// Three cluster nodes in one process over real mutual-TLS routes on loopback (certificates from
+// src/certs): bootstrap in every start order for both --routes styles, the lone node's no-quorum
+// reason, writes through any node, leader loss, restart from the data dir, rejoin by snapshot.
+// A failing trial is reproducible from the printed line: CLUSTER_SEED=<seed>.
+import t from 'tap';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { seededRng } from '../../raft/index.js';
+import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
+import { NodeError, NodeErrorCode, startNode, type ClusterNode, type NodeOptions } from '../../src/index.js';
+import type { KvResult } from '../../store/index.js';
+
+const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
+t.comment(`CLUSTER_SEED=${seed} (rerun with this variable to replay the start orders and delays)`);
+const rng = seededRng(seed);
+
+const root = mkdtempSync(join(tmpdir(), 'membershipd-cluster-'));
+t.teardown(() => rmSync(root, { recursive: true, force: true }));
+const running = new Set<ClusterNode>();
+t.teardown(async () => {
+  await Promise.all([...running].map((n) => n.stop()));
+});
+
+let ca: PemPair;
+const leaves: PemPair[] = [];
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+type Style = 'all' | 'others';
+
+interface Trio {
+  readonly dir: string;
+  readonly ports: number[];
+  readonly style: Style;
+  readonly nodes: (ClusterNode | undefined)[];
+  readonly extra: Partial<NodeOptions>;
+}
+
+function options(trio: Trio, i: number): NodeOptions {
+  const routes = trio.ports.filter((_, j) => trio.style === 'all' || j !== i).map((p) => `127.0.0.1:${p}`);
+  return {
+    serverName: `node-${i}`,
+    clusterName: 'test-cluster',
+    dataDir: join(trio.dir, `node-${i}`),
+    identityFile: join(trio.dir, `id-${i}.nk`),
+    bind: '127.0.0.1',
+    clusterPort: trio.ports[i]!,
+    routes,
+    tls: { cert: leaves[i]!.cert, key: leaves[i]!.key, ca: ca.cert },
+    clusterUser: 'route',
+    clusterPassword: 'route-secret',
+    tickMs: 50,
+    requestTimeoutMs: 5000,
+    ...trio.extra,
+  };
+}
+
+async function newTrio(name: string, style: Style, extra: Partial<NodeOptions> = {}): Promise<Trio> {
+  const ports = [await freePort(), await freePort(), await freePort()];
+  return { dir: join(root, name), ports, style, nodes: [undefined, undefined, undefined], extra };
+}
+
+async function start(trio: Trio, i: number): Promise<ClusterNode> {
+  const n = await startNode(options(trio, i));
+  trio.nodes[i] = n;
+  running.add(n);
+  return n;
+}
+
+async function stop(trio: Trio, i: number): Promise<void> {
+  const n = trio.nodes[i]!;
+  await n.stop();
+  running.delete(n);
+  trio.nodes[i] = undefined;
+}
+
+/** Polls (bounded) until every given node reports ok; returns the elapsed ms, or throws with reasons. */
+async function waitHealthy(nodes: readonly ClusterNode[], boundMs = 15_000): Promise<number> {
+  const t0 = Date.now();
+  for (let k = 0; k < boundMs / 25; k++) {
+    if (nodes.every((n) => n.health().status === 'ok')) return Date.now() - t0;
+    await sleep(25);
+  }
+  throw new Error(`not healthy within ${boundMs} ms: ${JSON.stringify(nodes.map((n) => [n.serverName, n.health()]))}`);
+}
+
+function leaderOf(nodes: readonly (ClusterNode | undefined)[]): number {
+  return nodes.findIndex((n) => n !== undefined && n.raftz().state === 'leader');
+}
+
+/** A write retried on retryable errors (elections), as a client would; bounded. */
+async function write(n: ClusterNode, key: string, value: number): Promise<KvResult> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await n.propose({ op: 'put', bucket: 'b', key, value: Uint8Array.of(value), ts: 1 });
+    } catch (e) {
+      if (!(e instanceof NodeError) || !e.retryable || attempt >= 3) throw e;
+    }
+  }
+}
+
+const permutations = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+
+t.before(async () => {
+  ca = await createCertificateAuthority('cluster-test-ca');
+  for (let i = 0; i < 3; i++) leaves.push(await issueCertificate(ca, { commonName: `node-${i}` }));
+});
+
+t.test('bootstrap in every start order, both --routes styles; a lone node says why', async (t) => {
+  const figures: number[] = [];
+  for (let trial = 0; trial < permutations.length; trial++) {
+    const order = permutations[trial]!;
+    const style: Style = trial % 2 === 0 ? 'all' : 'others';
+    const delays = order.map(() => rng.int(300));
+    t.comment(`trial ${trial}: style=${style} order=${order.join(',')} delays=${delays.join(',')}ms (CLUSTER_SEED=${seed})`);
+    const trio = await newTrio(`order-${trial}`, style);
+    const first = await start(trio, order[0]!);
+    if (trial < 2) {
+      // Longer than two maximal election timeouts (2 * 20 ticks * 50 ms): a lone node must not elect itself.
+      await sleep(2200);
+      const h = first.health();
+      t.equal(h.status, 'unavailable', `lone node (${style}) is unavailable`);
+      t.match(h.status === 'unavailable' ? h.reason : '', /^no quorum: 1 of 3 voters reachable/, `lone node (${style}) reports the no-quorum reason`);
+      t.not(first.raftz().state, 'leader', 'lone node never elects itself');
+    }
+    await sleep(delays[0]!);
+    const second = await start(trio, order[1]!);
+    const t2 = Date.now();
+    await waitHealthy([first, second]);
+    figures.push(Date.now() - t2);
+    await sleep(delays[1]!);
+    await start(trio, order[2]!);
+    await waitHealthy(trio.nodes as ClusterNode[]);
+    const ids = trio.nodes.map((n) => n!.id).sort();
+    t.same(ids, [1, 2, 3], 'every node derived a distinct slot');
+    const r = await trio.nodes[order[2]!]!.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
+    t.ok(r.ok, 'a write through the last node started commits');
+    for (let i = 0; i < 3; i++) await stop(trio, i);
+  }
+  figures.sort((a, b) => a - b);
+  t.comment(`time from the second node's start to a healthy pair: median ${figures[figures.length >> 1]} ms, max ${figures[figures.length - 1]} ms (tick 50 ms, loaded machine)`);
+});
+
+t.test('writes through any node, leader loss, restart from the data dir, rejoin by snapshot', async (t) => {
+  const trio = await newTrio('lifecycle', 'others', { snapshotEntries: 20 });
+  await Promise.all([0, 1, 2].map((i) => start(trio, i)));
+  await waitHealthy(trio.nodes as ClusterNode[]);
+  const nodes = trio.nodes as ClusterNode[];
+  const leader = leaderOf(nodes);
+  t.ok(leader >= 0, 'a leader exists');
+  const follower = (leader + 1) % 3;
+  const created = await nodes[follower]!.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
+  t.match(created, { ok: true, kind: 'bucket.create', created: true }, 'a follower forwards a write to the leader and gets its result');
+
+  const acked = new Map<string, number>();
+  const lat: number[] = [];
+  for (let i = 0; i < 30; i++) {
+    const t0 = performance.now();
+    const r = await write(nodes[i % 3]!, `k${i}`, i);
+    lat.push(performance.now() - t0);
+    if (r.ok) acked.set(`k${i}`, i);
+  }
+  lat.sort((a, b) => a - b);
+  t.comment(`sequential write latency through any node: p50 ${lat[15]!.toFixed(1)} ms, max ${lat[29]!.toFixed(1)} ms (fsync on, loaded machine)`);
+  t.equal(acked.size, 30, 'every write was applied');
+  for (const n of nodes) {
+    const sm = await n.read();
+    t.equal(sm.keys('b').length, 30, `${n.serverName} has every write after a linearizable read`);
+  }
+  const conflict = await nodes[follower]!.propose({ op: 'create', bucket: 'b', key: 'k1', value: Uint8Array.of(9), ts: 1 });
+  t.match(conflict, { ok: false }, 'a create of an existing key is refused with the state machine\'s result');
+
+  // Stop the leader: the other two elect a new one and every acknowledged write survives.
+  const oldLeader = nodes[leader]!.serverName;
+  const oldLeaderId = nodes[leader]!.id;
+  await stop(trio, leader);
+  const rest = trio.nodes.filter((n): n is ClusterNode => n !== undefined);
+  await waitHealthy(rest);
+  const newLeader = leaderOf(trio.nodes);
+  t.ok(newLeader >= 0 && trio.nodes[newLeader]!.serverName !== oldLeader, 'a new leader was elected');
+  for (let i = 30; i < 60; i++) {
+    const r = await write(rest[i % 2]!, `k${i}`, i);
+    if (r.ok) acked.set(`k${i}`, i);
+  }
+  for (const n of rest) {
+    const sm = await n.read();
+    for (const [k, v] of acked) {
+      if (sm.get('b', k)?.value[0] !== v) {
+        t.fail(`${n.serverName} lost acknowledged write ${k}`);
+        break;
+      }
+    }
+  }
+  t.pass('acknowledged writes survive the loss of the leader');
+
+  // The stopped node restarts from its data dir (its slot and log) and catches up; the log was
+  // compacted meanwhile (snapshot every 20 entries), so it may need a snapshot.
+  const back = await start(trio, leader);
+  await waitHealthy(trio.nodes as ClusterNode[]);
+  t.equal(back.id, oldLeaderId, 'restarted with its persisted slot');
+  const smBack = await back.read();
+  t.equal(smBack.keys('b').length, 60, 'the restarted node caught up with every write');
+  t.ok(((trio.nodes[newLeader]!.raftz() as { snapshotIndex: number }).snapshotIndex) > 0, 'the leader compacted its log');
+
+  // A wiped follower (same identity file, empty data dir) rejoins by snapshot.
+  const wiped = trio.nodes.findIndex((n) => n !== undefined && n.raftz().state !== 'leader');
+  await stop(trio, wiped);
+  rmSync(join(trio.dir, `node-${wiped}`), { recursive: true, force: true });
+  for (let i = 60; i < 90; i++) await write(trio.nodes[(wiped + 1) % 3]!, `k${i}`, i);
+  const fresh = await start(trio, wiped);
+  await waitHealthy(trio.nodes as ClusterNode[]);
+  const smFresh = await fresh.read();
+  t.equal(smFresh.keys('b').length, 90, 'the wiped node rejoined with every write');
+  t.ok(fresh.metrics.snapshotsInstalled > 0, 'it was sent a snapshot (the leader\'s log was compacted)');
+  t.match(fresh.metricsText(), /membershipd_raft_applied_index \d+/, 'metrics are exported');
+
+  for (let i = 0; i < 3; i++) await stop(trio, i);
+  // Stopped: requests fail at once with a typed, non-retryable error.
+  await t.rejects(fresh.propose({ op: 'put', bucket: 'b', key: 'x', value: Uint8Array.of(1), ts: 1 }), { code: NodeErrorCode.stopped });
+});
+
+t.test('--kv-replicas: learners beyond R, R > N refused, no leader → typed retryable error', async (t) => {
+  const bad = await newTrio('replicas-bad', 'all', { kvReplicas: 4 });
+  await t.rejects(startNode(options(bad, 0)), { code: NodeErrorCode.config, message: /--kv-replicas 4 is greater than the cluster size 3/ });
+
+  const trio = await newTrio('replicas-2', 'all', { kvReplicas: 2, requestTimeoutMs: 600 });
+  // Slot 3 (the highest address) is the learner; start only it: it has no voter to talk to.
+  const sorted = [...trio.ports].map((p, i) => [`127.0.0.1:${p}`, i] as const).sort((a, b) => (a[0] < b[0] ? -1 : 1));
+  const learnerIdx = sorted[2]![1];
+  const lone = await start(trio, sorted[0]![1]);
+  const err = await lone.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 }).then(() => null, (e: unknown) => e);
+  t.ok(err instanceof NodeError && err.code === NodeErrorCode.noLeader && err.retryable, 'a write without a leader fails with a retryable no-leader error');
+  t.match((err as Error).message, /no quorum: 1 of 2 voters reachable/, 'the error carries the health reason');
+  await start(trio, sorted[1]![1]);
+  await start(trio, learnerIdx);
+  await waitHealthy(trio.nodes as ClusterNode[]);
+  const leader = trio.nodes[leaderOf(trio.nodes)]!;
+  for (let k = 0; k < 200 && !((leader.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3)); k++) await sleep(25);
+  t.same((leader.raftz() as { conf: unknown }).conf, { voters: [1, 2], learners: [3] }, 'the node beyond R was added as a learner');
+  await trio.nodes[learnerIdx]!.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
+  const sm = await trio.nodes[learnerIdx]!.read();
+  t.ok(sm.bucketInfo('b'), 'a learner writes (forwarded) and reads linearizably');
+  for (let i = 0; i < 3; i++) await stop(trio, i);
+});
