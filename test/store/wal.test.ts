@@ -544,3 +544,58 @@ t.test('format marker: created, checked, a newer version refused with a clear me
   const other = t.testdir({ 'unrelated.txt': 'x' });
   await t.rejects(RaftStorage.open(other), { code: StoreErrorCode.formatVersion, message: /no FORMAT marker/ });
 });
+
+t.test('limits: an oversize record is refused before it is queued', async (t) => {
+  const wal = await Wal.open(t.testdir(), { bodyBytesMax: 100 }, () => undefined);
+  await t.rejects(wal.append([rec(2, 'x'.repeat(101))]), { code: StoreErrorCode.badRequest, message: /101 bytes exceeds the limit of 100/ });
+  await wal.append([rec(2, 'x'.repeat(100))]);
+  await wal.close();
+});
+
+t.test('a real full disk: a 64 KiB tmpfs (root only; skipped otherwise)', async (t) => {
+  const { execFileSync } = await import('node:child_process');
+  const { rmSync, mkdtempSync, rmdirSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  // Not t.testdir(): its removal would run before the unmount.
+  const mnt = mkdtempSync(join(tmpdir(), 'membershipd-enospc-'));
+  try {
+    if (process.getuid?.() !== 0) throw new Error('not root');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { stdio: 'ignore' });
+  } catch (err) {
+    rmdirSync(mnt);
+    t.pass(`skipped: cannot mount a tmpfs here (${String(err).slice(0, 80)}); the injected-fs test covers ENOSPC`);
+    return;
+  }
+  t.teardown(() => {
+    execFileSync('umount', [mnt], { stdio: 'ignore' });
+    rmdirSync(mnt);
+  });
+  writeFileSync(join(mnt, 'filler'), Buffer.alloc(32 * 1024));
+  const dir = join(mnt, 'wal');
+  const wal = await Wal.open(dir, {}, () => undefined);
+  const acked: string[] = [];
+  let failure: unknown = null;
+  for (let i = 0; i < 10_000 && !failure; i++) {
+    const body = `r${i}-${'p'.repeat(500)}`;
+    await wal.append([rec(2, body)]).then(
+      () => acked.push(body),
+      (e: unknown) => (failure = e),
+    );
+  }
+  t.match(failure, { code: StoreErrorCode.noSpace });
+  t.ok(acked.length > 10, `${acked.length} records fitted before ENOSPC`);
+  const seg = join(dir, '0000000000000001.seg');
+  const onDisk = readFileSync(seg);
+  const d = new RecordDecoder();
+  let n = 0;
+  t.equal(d.push(onDisk, () => n++), null);
+  t.same([d.offset, d.pendingBytes, n], [onDisk.length, 0, acked.length + 1], 'the segment holds exactly the header and the acknowledged records');
+  await t.rejects(wal.append([rec(2, 'still full '.repeat(100))]), { code: StoreErrorCode.noSpace });
+  rmSync(join(mnt, 'filler'));
+  await wal.append([rec(2, 'after-space')]);
+  await wal.close();
+  const { bodies, wal: w2 } = await readAll(dir);
+  t.same(bodies, [...acked, 'after-space'], 'exactly the acknowledged records, then the one after space returned');
+  t.equal(w2.repaired, null, 'nothing torn: the failed batches were cut back');
+  await w2.close();
+});
