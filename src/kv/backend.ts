@@ -1,0 +1,56 @@
+// The seam between the KV API and replication. Every write goes through propose(): the Raft-backed backend (node
+// wiring) appends the encoded command to the meta-group's log and resolves once the entry is applied on THIS node,
+// so a client that got a PubAck reads its own write on the same node. Reads go to the node's applied state
+// through `reader` (possibly stale); readBarrier() is the ReadIndex step that makes the next read linearizable.
+//
+// Revisions: a KV entry's revision is the Raft log index of its write (store/kv), and the KV API reports it as
+// the JetStream stream sequence. Update-if-revision is then decided by the state machine at apply time, on every
+// node alike, with no translation that a lagging node could get wrong; the price is that a bucket's stream
+// sequences are sparse (one index space for all buckets and Raft no-ops), which JetStream clients accept as they
+// accept interior deletes.
+import { encodeKvCommand, type KvCommand, type KvEntry, type KvListener, type KvResult, type KvStateMachine } from '../../store/index.js';
+
+/** The read side of a node's KV state machine (applied state, synchronous). */
+export type KvReader = Pick<KvStateMachine, 'appliedIndex' | 'bucketNames' | 'bucketInfo' | 'get' | 'history' | 'changesSince'>;
+
+export interface KvBackend {
+  /**
+   * Replicates `command` and resolves with the state machine's result once it is applied on this node. Rejects
+   * only when the command could not be committed (no leader, timeout, shutdown); refusals (wrong revision, bucket
+   * full …) resolve as `{ ok: false }` results.
+   */
+  propose(command: KvCommand): Promise<KvResult>;
+  /** Resolves once `reader` reflects every write committed before the call (Raft ReadIndex); rejects like propose. */
+  readBarrier(): Promise<void>;
+  readonly reader: KvReader;
+  /**
+   * Calls `listener` synchronously with the bucket's retained entries whose revision is > `afterRevision`, in
+   * revision order, then with every entry applied later, until the returned function is called. Passing
+   * `reader.appliedIndex` gives only future entries with no gap and no duplicate.
+   */
+  watch(bucket: string, afterRevision: number, listener: KvListener): () => void;
+}
+
+/**
+ * THE NON-REPLICATED BACKEND: applies each command directly to `stateMachine`, in call order, at log index
+ * appliedIndex + 1. For tests and single-node serve only — nothing is persisted or replicated here.
+ */
+export function createLocalKvBackend(stateMachine: KvStateMachine): KvBackend {
+  return {
+    propose(command: KvCommand): Promise<KvResult> {
+      try {
+        return Promise.resolve(stateMachine.apply(stateMachine.appliedIndex + 1, encodeKvCommand(command)));
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    },
+    readBarrier: () => Promise.resolve(),
+    reader: stateMachine,
+    watch(bucket: string, afterRevision: number, listener: KvListener): () => void {
+      for (const e of stateMachine.changesSince(afterRevision, bucket)) listener(e);
+      return stateMachine.subscribe((e: KvEntry) => {
+        if (e.bucket === bucket) listener(e);
+      });
+    },
+  };
+}

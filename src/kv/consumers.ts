@@ -1,0 +1,491 @@
+// Push consumers as KV clients use them (reference/nats-protocol.md §4.6): ephemeral, ack_policy none, one
+// delivery per message to `deliver_subject`, consumer sequences contiguous from 1 (a gap makes an ordered consumer
+// reset), v1 ack subjects carrying stream seq / consumer seq / timestamp / pending, idle heartbeats, flow control,
+// and reaping after `inactive_threshold` without interest. Consumers live on the node that created them (like
+// nats-server R1 ephemerals); their data comes from the node's applied KV state through the backend.
+//
+// Interest: the NATS server's seam does not say whether a subject has subscribers, so a delivery is the probe
+// (`deliver` returns the number of local deliveries, and a delivery that reached nobody changed nothing, so it is
+// simply retried later) and SUB/UNSUB interest events wake a consumer. A consumer that has never delivered keeps
+// its initial batch (nats.js subscribes only after the create response); one that lost its subscriber drops its
+// queue and refills from its cursor when a subscriber comes back, so an abandoned watcher costs no memory per write.
+import type { KvEntry } from '../../store/index.js';
+import type { RouteMessage } from '../nats/index.js';
+import { isValidPublishSubject, isValidSubject, subjectMatches } from '../nats/index.js';
+import type { KvBackend, KvReader } from './backend.js';
+import { jsErrors, type JsApiError } from './errors.js';
+import { bucketOverlaps } from './streams.js';
+import { ackSubject, encodeHeaders, flowControlPrefix, hasWildcard, isValidName, kvPrefix, parseKvSubject, rfc3339 } from './wire.js';
+
+export type DeliverPolicy = 'all' | 'last' | 'last_per_subject' | 'new' | 'by_start_sequence' | 'by_start_time';
+const policies: readonly string[] = ['all', 'last', 'last_per_subject', 'new', 'by_start_sequence', 'by_start_time'];
+
+export interface ConsumerLimits {
+  /** Consumers on this node, all buckets. */
+  consumersMax: number;
+  /** Entries a consumer may hold queued; beyond it the queue is dropped and refilled from the cursor. */
+  queueEntriesMax: number;
+  /** Flow-control window: a request goes out at half of it, delivery pauses at all of it (nats-server: 2 MiB start). */
+  flowWindowBytes: number;
+  /** Messages and bytes one consumer delivers per event-loop turn before yielding. */
+  turnMessagesMax: number;
+  turnBytesMax: number;
+  /** Ephemeral default when the client sets none (nats-server: 5 s). */
+  inactiveThresholdMs: number;
+  /** Period of the heartbeat / reaping check. */
+  tickMs: number;
+}
+
+export const defaultConsumerLimits: ConsumerLimits = {
+  consumersMax: 10_000,
+  queueEntriesMax: 100_000,
+  flowWindowBytes: 2 * 1024 * 1024,
+  turnMessagesMax: 512,
+  turnBytesMax: 1024 * 1024,
+  inactiveThresholdMs: 5000,
+  tickMs: 250,
+};
+
+export interface ConsumerSpec {
+  readonly stream: string;
+  readonly bucket: string;
+  readonly name: string;
+  readonly deliverSubject: string;
+  readonly filter: string;
+  readonly policy: DeliverPolicy;
+  readonly optStartSeq: number;
+  readonly optStartTimeMs: number;
+  readonly headersOnly: boolean;
+  readonly flowControl: boolean;
+  readonly heartbeatMs: number;
+  readonly inactiveMs: number;
+  /** The config as reported back (client fields normalised). */
+  readonly config: Record<string, unknown>;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const nsToMs = (ns: number): number => Math.floor(ns / 1e6);
+const nonNegInt = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+/**
+ * Validates CONSUMER.CREATE for `stream`/`bucket`. `nameInSubject` / `filterInSubject` come from the subject
+ * forms `CONSUMER.CREATE.<stream>.<name>[.<filter>]` (undefined for the legacy `CONSUMER.CREATE.<stream>`).
+ */
+export function parseConsumerCreate(
+  stream: string, bucket: string, body: unknown, nameInSubject: string | undefined, filterInSubject: string | undefined,
+  newName: () => string, defaults: Pick<ConsumerLimits, 'inactiveThresholdMs'>,
+): ConsumerSpec | JsApiError {
+  if (!isObject(body)) return jsErrors.invalidJson();
+  if (body.stream_name !== undefined && body.stream_name !== stream) return jsErrors.streamNameMismatch();
+  const c = body.config;
+  if (!isObject(c)) return jsErrors.consumerCreate('consumer config required');
+  const refuse = (why: string) => jsErrors.consumerCreate(`${why} is not supported by membershipd (KV uses ephemeral ordered push consumers)`);
+  if (typeof c.durable_name === 'string' && c.durable_name !== '') return refuse('a durable consumer');
+  if (typeof c.deliver_subject !== 'string' || c.deliver_subject === '') return refuse('a pull consumer (no deliver_subject)');
+  if (c.ack_policy !== undefined && c.ack_policy !== 'none') return refuse(`ack_policy ${JSON.stringify(c.ack_policy)}`);
+  if (typeof c.deliver_group === 'string' && c.deliver_group !== '') return refuse('deliver_group');
+  if (c.replay_policy !== undefined && c.replay_policy !== 'instant') return refuse(`replay_policy ${JSON.stringify(c.replay_policy)}`);
+  if (!isValidSubject(c.deliver_subject)) return jsErrors.consumerCreate('deliver_subject is not a valid subject');
+  if (!isValidPublishSubject(c.deliver_subject)) return jsErrors.consumerDeliverToWildcards();
+  let filter = typeof c.filter_subject === 'string' && c.filter_subject !== '' ? c.filter_subject : undefined;
+  if (Array.isArray(c.filter_subjects) && c.filter_subjects.length > 0) {
+    if (filter !== undefined || c.filter_subjects.length > 1 || typeof c.filter_subjects[0] !== 'string') return refuse('multiple filter subjects');
+    filter = c.filter_subjects[0];
+  }
+  filter ??= '>';
+  if (filterInSubject !== undefined && filterInSubject !== filter) return jsErrors.consumerFilterMismatch();
+  if (!isValidSubject(filter)) return jsErrors.consumerCreate('filter_subject is not a valid subject');
+  if (!bucketOverlaps(bucket, filter)) return jsErrors.consumerFilterNotSubset();
+  const name = typeof c.name === 'string' && c.name !== '' ? c.name : nameInSubject ?? newName();
+  if (nameInSubject !== undefined && name !== nameInSubject) return jsErrors.consumerCreate('consumer name in subject does not match the request');
+  if (!isValidName(name)) return jsErrors.consumerCreate('consumer name must not be empty nor hold ".", "*", ">" or whitespace');
+  const policy = (c.deliver_policy ?? 'all') as DeliverPolicy;
+  if (typeof policy !== 'string' || !policies.includes(policy)) return jsErrors.consumerCreate(`unknown deliver_policy ${JSON.stringify(policy)}`);
+  let optStartSeq = 0;
+  let optStartTimeMs = 0;
+  if (policy === 'by_start_sequence') {
+    if (!nonNegInt(c.opt_start_seq) || c.opt_start_seq === 0) return jsErrors.consumerCreate('deliver_policy by_start_sequence needs opt_start_seq >= 1');
+    optStartSeq = c.opt_start_seq;
+  }
+  if (policy === 'by_start_time') {
+    const t = typeof c.opt_start_time === 'string' ? Date.parse(c.opt_start_time) : Number.NaN;
+    if (Number.isNaN(t)) return jsErrors.consumerCreate('deliver_policy by_start_time needs an RFC 3339 opt_start_time');
+    optStartTimeMs = t;
+  }
+  for (const k of ['idle_heartbeat', 'inactive_threshold'] as const) {
+    if (c[k] !== undefined && !nonNegInt(c[k])) return jsErrors.consumerCreate(`${k} must be a non-negative integer of nanoseconds`);
+  }
+  const heartbeatMs = nsToMs((c.idle_heartbeat as number | undefined) ?? 0);
+  if (heartbeatMs > 0 && heartbeatMs < 100) return jsErrors.consumerSmallHeartbeat();
+  const flowControl = c.flow_control === true;
+  if (flowControl && heartbeatMs === 0) return jsErrors.consumerFlowControlNeedsHeartbeats();
+  const inactiveMs = nsToMs((c.inactive_threshold as number | undefined) ?? 0) || defaults.inactiveThresholdMs;
+  const config: Record<string, unknown> = {
+    ...c, name, deliver_policy: policy, ack_policy: 'none', replay_policy: 'instant', filter_subject: filter,
+    deliver_subject: c.deliver_subject, flow_control: flowControl, headers_only: c.headers_only === true,
+    idle_heartbeat: heartbeatMs * 1e6, inactive_threshold: inactiveMs * 1e6, max_deliver: c.max_deliver ?? -1,
+    num_replicas: c.num_replicas ?? 0,
+  };
+  delete config.filter_subjects;
+  delete config.durable_name;
+  return {
+    stream, bucket, name, deliverSubject: c.deliver_subject, filter, policy, optStartSeq, optStartTimeMs,
+    headersOnly: c.headers_only === true, flowControl, heartbeatMs, inactiveMs, config,
+  };
+}
+
+/** Where the consumer's messages and status messages go: the NATS server's local delivery. */
+export interface DeliveryPort {
+  /** Delivers `msg` to local subscribers of `deliverSubject`, the MSG line showing `msg.subject`. */
+  deliverAs(deliverSubject: string, msg: RouteMessage): number;
+  /** Slow path: does any local subscription match `subject`? */
+  hasInterest(subject: string): boolean;
+}
+
+type ConsumerState = 'waiting' | 'attached' | 'detached';
+
+const delHeaders = encodeHeaders([['KV-Operation', 'DEL']]);
+const purgeHeaders = encodeHeaders([['KV-Operation', 'PURGE'], ['Nats-Rollup', 'sub']]);
+const flowControlHeaders = encodeHeaders([], { code: 100, description: 'FlowControl Request' });
+const empty = new Uint8Array(0);
+
+/** Header block a stored entry is delivered with (KV keeps the operation as headers, reference §4.4). */
+export function entryHeaderFields(e: KvEntry): [string, string][] {
+  if (e.op === 'DEL') return [['KV-Operation', 'DEL']];
+  if (e.op === 'PURGE') return [['KV-Operation', 'PURGE'], ['Nats-Rollup', 'sub']];
+  return [];
+}
+
+export class Consumer {
+  readonly created = Date.now();
+  state: ConsumerState = 'waiting';
+  /** Since when the consumer has had no known subscriber (creation for `waiting`). */
+  since = this.created;
+  dseq = 0;
+  sseq = 0;
+  lastSentAt = this.created;
+  /** Queued entries from `head`; null = refill from the cursor (sseq) before the next delivery. */
+  queue: KvEntry[] | null;
+  head = 0;
+  deleted = false;
+  private scheduled = false;
+  private fcPending: string | undefined;
+  private fcBytesAtRequest = 0;
+  private bytesSinceReply = 0;
+  private fcCounter = 0;
+  private readonly literalKey: string | undefined;
+  private readonly matchAll: boolean;
+
+  constructor(readonly spec: ConsumerSpec, private readonly reg: ConsumerRegistry, initial: KvEntry[]) {
+    this.queue = initial;
+    const f = spec.filter;
+    this.matchAll = f === '>' || f === '$KV.>' || f === `${kvPrefix}${spec.bucket}.>`;
+    this.literalKey = hasWildcard(f) ? undefined : parseKvSubject(f)?.key;
+    if (spec.policy === 'by_start_sequence') this.sseq = spec.optStartSeq - 1;
+  }
+
+  matches(e: KvEntry): boolean {
+    if (this.matchAll) return true;
+    if (this.literalKey !== undefined) return e.key === this.literalKey;
+    return subjectMatches(this.spec.filter, `${kvPrefix}${e.bucket}.${e.key}`);
+  }
+
+  /** A new entry applied to the consumer's bucket. */
+  offer(e: KvEntry): void {
+    if (this.deleted || this.state === 'detached' || !this.matches(e)) return;
+    if (this.queue === null) return this.schedule();
+    if (this.queue.length - this.head >= this.reg.limits.queueEntriesMax) {
+      this.queue = null;
+    } else {
+      this.queue.push(e);
+    }
+    this.schedule();
+  }
+
+  pending(): number {
+    if (this.queue !== null) return this.queue.length - this.head;
+    return this.reg.reader.changesSince(this.sseq, this.spec.bucket).filter((e) => this.matches(e)).length;
+  }
+
+  schedule(): void {
+    if (this.scheduled || this.deleted) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.pump();
+    });
+  }
+
+  private refill(): KvEntry[] {
+    const q = this.reg.reader.changesSince(this.sseq, this.spec.bucket).filter((e) => this.matches(e));
+    this.queue = q;
+    this.head = 0;
+    return q;
+  }
+
+  pump(): void {
+    if (this.deleted || this.state === 'detached') return;
+    const lim = this.reg.limits;
+    let q = this.queue ?? this.refill();
+    let msgs = 0;
+    let bytes = 0;
+    while (this.head < q.length && msgs < lim.turnMessagesMax && bytes < lim.turnBytesMax) {
+      if (this.spec.flowControl && this.bytesSinceReply >= lim.flowWindowBytes) break;
+      const e = q[this.head]!;
+      const msg = this.render(e, q.length - this.head - 1);
+      if (this.reg.port.deliverAs(this.spec.deliverSubject, msg) === 0) return this.lostInterest();
+      this.attached();
+      const size = (msg.headers?.length ?? 0) + msg.payload.length;
+      this.head++;
+      this.dseq++;
+      this.sseq = e.revision;
+      msgs++;
+      bytes += size;
+      if (this.spec.flowControl) this.afterFlowBytes(size);
+    }
+    if (this.head > 4096 && this.head * 2 > q.length) {
+      q = q.slice(this.head);
+      this.queue = q;
+      this.head = 0;
+    }
+    if (this.head < q.length && !(this.spec.flowControl && this.bytesSinceReply >= lim.flowWindowBytes)) this.schedule();
+  }
+
+  private render(e: KvEntry, pending: number): RouteMessage {
+    const reply = ackSubject(this.spec.stream, this.spec.name, e.revision, this.dseq + 1, e.ts, pending);
+    const subject = `${kvPrefix}${e.bucket}.${e.key}`;
+    if (this.spec.headersOnly) {
+      const headers = encodeHeaders([...entryHeaderFields(e), ['Nats-Msg-Size', String(e.value.length)]]);
+      return { subject, reply, headers, payload: empty };
+    }
+    const headers = e.op === 'DEL' ? delHeaders : e.op === 'PURGE' ? purgeHeaders : undefined;
+    return headers === undefined ? { subject, reply, payload: e.value } : { subject, reply, headers, payload: e.value };
+  }
+
+  private attached(): void {
+    this.state = 'attached';
+    this.lastSentAt = Date.now();
+  }
+
+  /** A delivery reached nobody: keep the initial batch while waiting, else drop the queue (refilled on return). */
+  private lostInterest(): void {
+    if (this.state === 'attached') {
+      this.state = 'detached';
+      this.since = Date.now();
+      this.queue = null;
+      this.head = 0;
+    }
+  }
+
+  private afterFlowBytes(size: number): void {
+    this.bytesSinceReply += size;
+    const lim = this.reg.limits;
+    if (this.fcPending !== undefined || this.bytesSinceReply < lim.flowWindowBytes / 2) return;
+    this.fcPending = `${flowControlPrefix}${this.spec.stream}.${this.spec.name}.${(++this.fcCounter).toString(36)}`;
+    this.fcBytesAtRequest = this.bytesSinceReply;
+    const d = this.spec.deliverSubject;
+    this.reg.port.deliverAs(d, { subject: d, reply: this.fcPending, headers: flowControlHeaders, payload: empty });
+  }
+
+  /** The client answered a flow-control request (a publish to `$JS.FC.…`). */
+  flowControlReply(subject: string): void {
+    if (subject !== this.fcPending) return;
+    this.fcPending = undefined;
+    this.bytesSinceReply = Math.max(0, this.bytesSinceReply - this.fcBytesAtRequest);
+    this.schedule();
+  }
+
+  /** A subscription matching the deliver subject appeared. */
+  interestAdded(): void {
+    if (this.state === 'detached') {
+      this.state = 'attached';
+      this.queue = null;
+    }
+    this.schedule();
+  }
+
+  /** A subscription equal to the deliver subject went away; another may remain, so probe. */
+  interestRemoved(): void {
+    if (this.state !== 'attached') return;
+    if (this.queue !== null && this.head < this.queue.length) return this.schedule();
+    if (this.spec.heartbeatMs > 0) this.heartbeat();
+    else if (!this.reg.port.hasInterest(this.spec.deliverSubject)) this.lostInterest();
+  }
+
+  heartbeat(): void {
+    const fields: [string, string][] = [['Nats-Last-Consumer', String(this.dseq)], ['Nats-Last-Stream', String(this.sseq)]];
+    if (this.fcPending !== undefined) fields.push(['Nats-Consumer-Stalled', this.fcPending]);
+    const headers = encodeHeaders(fields, { code: 100, description: 'Idle Heartbeat' });
+    const d = this.spec.deliverSubject;
+    if (this.reg.port.deliverAs(d, { subject: d, headers, payload: empty }) === 0) {
+      this.lostInterest();
+      return;
+    }
+    this.lastSentAt = Date.now();
+  }
+
+  /** Periodic: heartbeats while attached and idle; true when the consumer should be reaped. */
+  tick(now: number): boolean {
+    if (this.state !== 'attached') return now - this.since >= this.spec.inactiveMs;
+    if (this.spec.heartbeatMs > 0 && now - this.lastSentAt >= this.spec.heartbeatMs) this.heartbeat();
+    return false;
+  }
+
+  info(serverName: string): Record<string, unknown> {
+    return {
+      stream_name: this.spec.stream,
+      name: this.spec.name,
+      created: rfc3339(this.created),
+      config: this.spec.config,
+      delivered: { consumer_seq: this.dseq, stream_seq: this.sseq },
+      ack_floor: { consumer_seq: this.dseq, stream_seq: this.sseq },
+      num_ack_pending: 0,
+      num_redelivered: 0,
+      num_waiting: 0,
+      num_pending: this.pending(),
+      cluster: { leader: serverName },
+    };
+  }
+}
+
+/** The entries a new consumer starts with, per deliver policy, read in the same turn as its watch starts. */
+export function initialEntries(reader: KvReader, spec: ConsumerSpec, matches: (e: KvEntry) => boolean): KvEntry[] {
+  const b = spec.bucket;
+  switch (spec.policy) {
+    case 'new':
+      return [];
+    case 'by_start_sequence':
+      return reader.changesSince(spec.optStartSeq - 1, b).filter(matches);
+    case 'by_start_time':
+      return reader.changesSince(0, b).filter((e) => e.ts >= spec.optStartTimeMs && matches(e));
+    case 'all':
+      return reader.changesSince(0, b).filter(matches);
+    case 'last': {
+      const all = reader.changesSince(0, b).filter(matches);
+      return all.length === 0 ? [] : [all[all.length - 1]!];
+    }
+    case 'last_per_subject': {
+      const last = new Map<string, KvEntry>();
+      for (const e of reader.changesSince(0, b)) if (matches(e)) last.set(e.key, e);
+      return [...last.values()].sort((x, y) => x.revision - y.revision);
+    }
+  }
+}
+
+/** All consumers of this node: creation, interest routing, one watch per bucket, the heartbeat/reap ticker. */
+export class ConsumerRegistry {
+  private readonly byKey = new Map<string, Consumer>();
+  private readonly byDeliver = new Map<string, Set<Consumer>>();
+  private readonly watches = new Map<string, { stop: () => void; consumers: Set<Consumer> }>();
+  private readonly timer: NodeJS.Timeout;
+  readonly reader: KvReader;
+
+  constructor(
+    private readonly backend: KvBackend,
+    readonly port: DeliveryPort,
+    readonly limits: ConsumerLimits,
+  ) {
+    this.reader = backend.reader;
+    this.timer = setInterval(() => this.tick(), limits.tickMs);
+    this.timer.unref();
+  }
+
+  get size(): number {
+    return this.byKey.size;
+  }
+
+  get(stream: string, name: string): Consumer | undefined {
+    return this.byKey.get(`${stream} ${name}`);
+  }
+
+  list(stream: string): Consumer[] {
+    return [...this.byKey.values()].filter((c) => c.spec.stream === stream).sort((a, b) => (a.spec.name < b.spec.name ? -1 : 1));
+  }
+
+  countFor(bucket: string): number {
+    return this.watches.get(bucket)?.consumers.size ?? 0;
+  }
+
+  /** Creates the consumer, or returns an existing one with the same deliver subject, filter and policy. */
+  create(spec: ConsumerSpec): Consumer | JsApiError {
+    const key = `${spec.stream} ${spec.name}`;
+    const old = this.byKey.get(key);
+    if (old !== undefined) {
+      const o = old.spec;
+      const same = o.deliverSubject === spec.deliverSubject && o.filter === spec.filter && o.policy === spec.policy && o.headersOnly === spec.headersOnly;
+      return same ? old : jsErrors.consumerNameExists();
+    }
+    if (this.byKey.size >= this.limits.consumersMax) return jsErrors.maxConsumers();
+    const w = this.watchBucket(spec.bucket);
+    const c = new Consumer(spec, this, []);
+    c.queue = initialEntries(this.reader, spec, (e) => c.matches(e));
+    if (spec.policy === 'new') c.sseq = this.reader.appliedIndex;
+    w.consumers.add(c);
+    this.byKey.set(key, c);
+    let set = this.byDeliver.get(spec.deliverSubject);
+    if (set === undefined) this.byDeliver.set(spec.deliverSubject, (set = new Set()));
+    set.add(c);
+    c.schedule();
+    return c;
+  }
+
+  private watchBucket(bucket: string): { stop: () => void; consumers: Set<Consumer> } {
+    let w = this.watches.get(bucket);
+    if (w !== undefined) return w;
+    const consumers = new Set<Consumer>();
+    const stop = this.backend.watch(bucket, this.reader.appliedIndex, (e) => {
+      for (const c of consumers) c.offer(e);
+    });
+    w = { stop, consumers };
+    this.watches.set(bucket, w);
+    return w;
+  }
+
+  delete(c: Consumer): void {
+    if (c.deleted) return;
+    c.deleted = true;
+    this.byKey.delete(`${c.spec.stream} ${c.spec.name}`);
+    const set = this.byDeliver.get(c.spec.deliverSubject);
+    set?.delete(c);
+    if (set?.size === 0) this.byDeliver.delete(c.spec.deliverSubject);
+    const w = this.watches.get(c.spec.bucket);
+    w?.consumers.delete(c);
+    if (w !== undefined && w.consumers.size === 0) {
+      w.stop();
+      this.watches.delete(c.spec.bucket);
+    }
+  }
+
+  deleteBucket(bucket: string): void {
+    for (const c of [...(this.watches.get(bucket)?.consumers ?? [])]) this.delete(c);
+  }
+
+  onInterest(subject: string, delta: 1 | -1): void {
+    if (hasWildcard(subject)) {
+      if (delta === 1) for (const c of this.byKey.values()) if (subjectMatches(subject, c.spec.deliverSubject)) c.interestAdded();
+      return;
+    }
+    const set = this.byDeliver.get(subject);
+    if (set === undefined) return;
+    for (const c of [...set]) delta === 1 ? c.interestAdded() : c.interestRemoved();
+  }
+
+  onFlowControl(subject: string): void {
+    // $JS.FC.<stream>.<consumer>.<id>
+    const rest = subject.slice(flowControlPrefix.length).split('.');
+    if (rest.length !== 3) return;
+    this.get(rest[0]!, rest[1]!)?.flowControlReply(subject);
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    for (const c of [...this.byKey.values()]) {
+      if (this.reader.bucketInfo(c.spec.bucket) === undefined || c.tick(now)) this.delete(c);
+    }
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    for (const c of [...this.byKey.values()]) this.delete(c);
+  }
+}

@@ -1,0 +1,556 @@
+// The JetStream-compatible KV API of a node: the $JS.API requests, KV publishes answered with PubAcks, direct and
+// stream message gets, and push consumers, so that @nats-io/kv (and nats.go / nats.c KV) work unchanged.
+//
+// How it meets the NATS server: the server has no internal-subscription API, so the API rides on its cluster
+// seam (NatsClusterPort): the forwarder sees every message a local client publishes (after permission checks and
+// local delivery) and returns true for what this API answers, which also suppresses no_responders;
+// deliverFromRoute() delivers replies to local subscribers; interest events wake consumers. Push consumers need
+// one more seam, `deliverAs` (route by the deliver subject, write the stream subject on the MSG line, as
+// nats-server's push delivery does); without it consumer creation is refused with a JetStream error that says so.
+// Only principals whose permissions allow publishing to `$JS.API.>` / `$KV.>` ever reach this code.
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
+import { KvErrorCode } from '../../store/index.js';
+import type { InterestChange, LocalPublish, NatsClusterPort, RouteMessage } from '../nats/index.js';
+import { subjectMatches } from '../nats/index.js';
+import type { KvBackend } from './backend.js';
+import { ConsumerRegistry, defaultConsumerLimits, entryHeaderFields, parseConsumerCreate, type ConsumerLimits } from './consumers.js';
+import { jsErrors, type JsApiError } from './errors.js';
+import { bucketOverlaps, parseStreamCreate, streamConfig, streamState, type StreamView } from './streams.js';
+import {
+  apiPrefix, bucketOfStream, encodeHeaders, flowControlPrefix, hasWildcard, headerValue, kvPrefix, parseApiSubject, parseHeaders,
+  parseKvSubject, parseSeq, responseType, rfc3339, streamPrefix, type ApiRequest,
+} from './wire.js';
+
+export interface KvApiOptions {
+  readonly backend: KvBackend;
+  readonly logger: Logger;
+  /** Reported as the stream / consumer cluster leader. */
+  readonly serverName: string;
+  /** Reported as `num_replicas` of every KV stream (the meta-group's voters). Default 1. */
+  readonly replicas?: number;
+  /** Buckets that are read-only through this API. Default: names starting with `ub_` (control plane). */
+  readonly readOnly?: (bucket: string) => boolean;
+  /** `linearizable` (default) runs backend.readBarrier() before every read; `stale` reads the applied state. */
+  readonly reads?: 'linearizable' | 'stale';
+  readonly limits?: Partial<ConsumerLimits>;
+}
+
+/**
+ * What the API needs from the NATS server: the cluster seam's local delivery and interest listing, plus the
+ * push-delivery seam `deliverAs` that src/nats does not offer yet (requested; see src/kv/README in the report):
+ * deliver `msg` to the local plain subscribers whose subject matches `routeSubject`, writing `msg.subject` on the
+ * MSG/HMSG line; returns the number of deliveries.
+ */
+export type KvApiPort = Pick<NatsClusterPort, 'deliverFromRoute' | 'interest'> & {
+  readonly deliverAs?: (routeSubject: string, msg: RouteMessage) => number;
+};
+
+/** The server side attachKvApi() wires into: the cluster seam (+ deliverAs when the server has it). */
+export type KvServerPort = KvApiPort & Pick<NatsClusterPort, 'setForwarder' | 'onInterest'>;
+
+export interface KvApiStats {
+  readonly requests: number;
+  readonly errors: number;
+  readonly consumers: number;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const pageStreamNames = 1024;
+const pageStreamList = 256;
+
+const notFoundHeaders = encodeHeaders([], { code: 404, description: 'Message Not Found' });
+const badRequestHeaders = (d: string) => encodeHeaders([], { code: 408, description: d });
+const unavailableHeaders = encodeHeaders([], { code: 503, description: 'JetStream system temporarily unavailable' });
+
+/** Maps a state machine refusal onto the JetStream error a client expects. */
+export function resultError(r: Extract<KvResult, { ok: false }>): JsApiError {
+  switch (r.code) {
+    case KvErrorCode.wrongRevision:
+    case KvErrorCode.keyExists:
+      return jsErrors.wrongLastSequence(r.revision ?? 0);
+    case KvErrorCode.valueTooLarge:
+      return jsErrors.messageTooLarge();
+    case KvErrorCode.bucketFull:
+      return jsErrors.storeFailed('maximum bytes exceeded');
+    case KvErrorCode.bucketNotFound:
+      return jsErrors.streamNotFound();
+    case KvErrorCode.bucketExists:
+      return jsErrors.streamNameExists();
+    case KvErrorCode.tooManyBuckets:
+      return jsErrors.maxStreams();
+    case KvErrorCode.badBucketName:
+    case KvErrorCode.badConfig:
+      return jsErrors.streamInvalidConfig(r.message);
+    default:
+      return jsErrors.badRequest(r.message);
+  }
+}
+
+type Query = { seq?: number; last_by_subj?: string; next_by_subj?: string };
+
+/** Validates a MSG.GET / DIRECT.GET body. */
+export function parseGetQuery(body: unknown): Query | string {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return 'Bad Request';
+  const o = body as Record<string, unknown>;
+  const q: Query = {};
+  if (o.seq !== undefined) {
+    if (typeof o.seq !== 'number' || !Number.isSafeInteger(o.seq) || o.seq < 0) return 'Bad Request';
+    q.seq = o.seq;
+  }
+  for (const k of ['last_by_subj', 'next_by_subj'] as const) {
+    if (o[k] === undefined) continue;
+    if (typeof o[k] !== 'string' || o[k] === '') return 'Bad Request';
+    q[k] = o[k];
+  }
+  if (q.last_by_subj !== undefined && (q.next_by_subj !== undefined || q.seq !== undefined)) return 'Bad Request';
+  if (q.last_by_subj === undefined && q.next_by_subj === undefined && (q.seq === undefined || q.seq === 0)) return 'Empty Request';
+  return q;
+}
+
+export class KvApi {
+  private readonly backend: KvBackend;
+  private readonly logger: Logger;
+  private readonly view: StreamView;
+  private readonly consumers: ConsumerRegistry;
+  private readonly linearizable: boolean;
+  private readonly pushDelivery: boolean;
+  private requests = 0;
+  private errors = 0;
+  private closed = false;
+
+  constructor(private readonly port: KvApiPort, private readonly options: KvApiOptions) {
+    this.backend = options.backend;
+    this.logger = options.logger;
+    this.linearizable = (options.reads ?? 'linearizable') === 'linearizable';
+    const readOnly = options.readOnly ?? ((b: string) => b.startsWith('ub_'));
+    this.view = { replicas: options.replicas ?? 1, readOnly };
+    this.pushDelivery = port.deliverAs !== undefined;
+    const deliverAs = port.deliverAs;
+    const deliveryPort = {
+      deliverAs: deliverAs === undefined ? () => 0 : (s: string, m: RouteMessage) => deliverAs(s, m),
+      hasInterest: (s: string) => port.interest().some((i) => subjectMatches(i.subject, s)),
+    };
+    this.consumers = new ConsumerRegistry(options.backend, deliveryPort, { ...defaultConsumerLimits, ...options.limits });
+  }
+
+  /**
+   * Offered every message a local client publishes; true when this API answers it (the server then sends no
+   * no_responders status). Views in `msg` are valid only during the call, so what is kept is copied.
+   */
+  handlePublish(msg: LocalPublish): boolean {
+    if (this.closed) return false;
+    const s = msg.subject;
+    if (s.startsWith(kvPrefix)) {
+      const kv = parseKvSubject(s);
+      // No such bucket: no stream captures the subject, and the client gets no_responders as from nats-server.
+      if (kv === undefined || this.backend.reader.bucketInfo(kv.bucket) === undefined) return false;
+      this.run(this.onKvPublish(kv.bucket, kv.key, msg.reply, msg.headers.slice(), msg.payload.slice()), msg.reply, 'PubAck');
+      return true;
+    }
+    if (s.startsWith(apiPrefix)) {
+      const req = parseApiSubject(s);
+      if (req?.kind === 'direct.get') {
+        // Direct gets are answered by the stream itself in nats-server: no stream, no responder.
+        const bucket = bucketOfStream(req.stream);
+        if (bucket === undefined || this.backend.reader.bucketInfo(bucket) === undefined) return false;
+      }
+      if (msg.reply === undefined) return true;
+      this.requests++;
+      this.run(this.onApi(req, msg.reply, msg.payload.slice()), msg.reply, req === undefined ? undefined : responseType(req.kind));
+      return true;
+    }
+    if (s.startsWith(flowControlPrefix)) {
+      this.consumers.onFlowControl(s);
+      return true;
+    }
+    return false;
+  }
+
+  /** Subscription interest changes of the NATS server (wakes push consumers). */
+  onInterest(change: InterestChange): void {
+    if (!this.closed) this.consumers.onInterest(change.subject, change.delta);
+  }
+
+  stats(): KvApiStats {
+    return { requests: this.requests, errors: this.errors, consumers: this.consumers.size };
+  }
+
+  close(): void {
+    this.closed = true;
+    this.consumers.close();
+  }
+
+  // ---- plumbing -------------------------------------------------------------------------------------------------
+
+  private run(p: Promise<void>, reply: string | undefined, type: string | undefined): void {
+    p.catch((err: unknown) => {
+      this.logger.error({ err }, 'KV API request failed');
+      if (reply === undefined) return;
+      const error = jsErrors.streamGeneral('internal error; see the server log');
+      this.send(reply, type === 'PubAck' || type === undefined ? { error } : { type, error });
+    });
+  }
+
+  private send(reply: string, body: unknown): void {
+    if (this.closed) return;
+    this.port.deliverFromRoute({ subject: reply, payload: enc.encode(JSON.stringify(body)) });
+  }
+
+  private fail(reply: string, type: string, error: JsApiError): void {
+    this.errors++;
+    this.send(reply, { type, error });
+  }
+
+  /** Runs the read barrier; false (and the error sent) when the cluster cannot serve reads now. */
+  private async barrier(onFail: () => void): Promise<boolean> {
+    if (!this.linearizable) return true;
+    try {
+      await this.backend.readBarrier();
+      return true;
+    } catch (err) {
+      this.logger.warn({ err }, 'KV read barrier failed');
+      onFail();
+      return false;
+    }
+  }
+
+  private async propose(cmd: KvCommand): Promise<KvResult | JsApiError> {
+    try {
+      return await this.backend.propose(cmd);
+    } catch (err) {
+      this.logger.warn({ err, op: cmd.op, bucket: cmd.bucket }, 'KV proposal failed');
+      return jsErrors.clusterNotAvailable();
+    }
+  }
+
+  // ---- KV publishes -----------------------------------------------------------------------------------------------
+
+  private async onKvPublish(bucket: string, key: string, reply: string | undefined, hdr: Uint8Array, payload: Uint8Array): Promise<void> {
+    const stream = `${streamPrefix}${bucket}`;
+    const ack = (r: { seq: number } | JsApiError): void => {
+      if ('err_code' in r) this.errors++;
+      if (reply === undefined) return;
+      this.send(reply, 'err_code' in r ? { error: r, stream, seq: 0 } : { stream, seq: r.seq });
+    };
+    if (this.view.readOnly(bucket)) return ack(jsErrors.streamSealed(bucket));
+    const cmd = kvCommandOf(bucket, key, stream, hdr, payload, Date.now());
+    if ('err_code' in cmd) return ack(cmd);
+    const r = await this.propose(cmd);
+    if ('err_code' in r) return ack(r);
+    if (!r.ok) return ack(resultError(r));
+    if (r.kind !== 'entry') return ack(jsErrors.streamGeneral(`unexpected ${r.kind} result`));
+    ack({ seq: r.entry.revision });
+  }
+
+  // ---- $JS.API ----------------------------------------------------------------------------------------------------
+
+  private async onApi(req: ApiRequest | undefined, reply: string, raw: Uint8Array): Promise<void> {
+    if (req === undefined) return this.fail(reply, 'io.nats.jetstream.api.v1.error_response', jsErrors.badRequest('unknown JetStream API request'));
+    const type = responseType(req.kind);
+    let body: unknown;
+    if (raw.length > 0) {
+      try {
+        body = JSON.parse(dec.decode(raw));
+      } catch {
+        if (req.kind === 'direct.get') return this.directReply(reply, badRequestHeaders('Bad Request'));
+        return this.fail(reply, type, jsErrors.invalidJson());
+      }
+    }
+    const ok = (o: Record<string, unknown>) => this.send(reply, { type, ...o });
+    const fail = (e: JsApiError) => this.fail(reply, type, e);
+    switch (req.kind) {
+      case 'stream.create':
+        return this.streamCreate(req.stream, body, ok, fail);
+      case 'stream.delete':
+        return this.streamDelete(req.stream, ok, fail);
+      case 'direct.get':
+        return this.directGet(reply, req.stream, req.subject, body);
+      case 'consumer.durable.create':
+        return fail(jsErrors.consumerCreate('durable consumers are not supported by membershipd (KV uses ephemeral ordered push consumers)'));
+      default:
+        if (!(await this.barrier(() => fail(jsErrors.clusterNotAvailable())))) return;
+        return this.read(req, body, ok, fail);
+    }
+  }
+
+  private read(req: ApiRequest, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
+    switch (req.kind) {
+      case 'info':
+        return ok(this.accountInfo());
+      case 'stream.names':
+      case 'stream.list':
+        return this.streamList(req.kind === 'stream.names', body, ok, fail);
+      case 'consumer.create':
+      case 'consumer.info':
+      case 'consumer.delete':
+      case 'consumer.names':
+      case 'consumer.list':
+        return this.consumerRequest(req, body, ok, fail);
+      case 'stream.update':
+      case 'stream.info':
+      case 'stream.purge':
+      case 'stream.msg.get':
+      case 'stream.msg.delete':
+        return this.streamRequest(req, body, ok, fail);
+      default:
+        return fail(jsErrors.badRequest());
+    }
+  }
+
+  private accountInfo(): Record<string, unknown> {
+    const r = this.backend.reader;
+    let storage = 0;
+    const names = r.bucketNames();
+    for (const n of names) storage += r.bucketInfo(n)?.bytes ?? 0;
+    return {
+      memory: 0, storage, streams: names.length, consumers: this.consumers.size,
+      limits: {
+        max_memory: -1, max_storage: -1, max_streams: -1, max_consumers: -1, max_ack_pending: -1,
+        memory_max_stream_bytes: -1, storage_max_stream_bytes: -1, max_bytes_required: false,
+      },
+      api: { total: this.requests, errors: this.errors },
+    };
+  }
+
+  private streamInfo(bucket: string): Record<string, unknown> | undefined {
+    const info = this.backend.reader.bucketInfo(bucket);
+    if (info === undefined) return undefined;
+    return {
+      config: streamConfig(bucket, info.config, this.view),
+      created: rfc3339(info.created),
+      state: streamState(this.backend.reader, info, this.consumers.countFor(bucket)),
+      cluster: { leader: this.options.serverName },
+    };
+  }
+
+  private async streamCreate(stream: string, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
+    const parsed = parseStreamCreate(stream, body ?? {});
+    if ('err_code' in parsed) return fail(parsed);
+    if (this.view.readOnly(parsed.bucket)) return fail(jsErrors.streamSealed(parsed.bucket));
+    const r = await this.propose({ op: 'bucket.create', bucket: parsed.bucket, config: parsed.config, ts: Date.now() });
+    if ('err_code' in r) return fail(r);
+    if (!r.ok) return fail(resultError(r));
+    const info = this.streamInfo(parsed.bucket);
+    if (info === undefined || r.kind !== 'bucket.create') return fail(jsErrors.streamNotFound());
+    ok(r.created ? { ...info, did_create: true } : info);
+  }
+
+  private async streamDelete(stream: string, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
+    const bucket = bucketOfStream(stream);
+    if (bucket === undefined) return fail(jsErrors.streamNotFound());
+    if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
+    const r = await this.propose({ op: 'bucket.delete', bucket, ts: Date.now() });
+    if ('err_code' in r) return fail(r);
+    if (!r.ok) return fail(resultError(r));
+    this.consumers.deleteBucket(bucket);
+    ok({ success: true });
+  }
+
+  private streamList(namesOnly: boolean, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
+    const o = (typeof body === 'object' && body !== null && !Array.isArray(body) ? body : {}) as Record<string, unknown>;
+    const offset = typeof o.offset === 'number' && Number.isSafeInteger(o.offset) && o.offset > 0 ? o.offset : 0;
+    if (o.subject !== undefined && typeof o.subject !== 'string') return fail(jsErrors.badRequest('subject must be a string'));
+    const filter = o.subject as string | undefined;
+    const buckets = this.backend.reader.bucketNames().filter((b) => filter === undefined || filter === '' || bucketOverlaps(b, filter));
+    const limit = namesOnly ? pageStreamNames : pageStreamList;
+    const page = buckets.slice(offset, offset + limit);
+    const streams = namesOnly ? page.map((b) => `${streamPrefix}${b}`) : page.map((b) => this.streamInfo(b)).filter((x) => x !== undefined);
+    ok({ total: buckets.length, offset, limit, streams });
+  }
+
+  private streamRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
+    const bucket = bucketOfStream(req.stream);
+    const info = bucket === undefined ? undefined : this.streamInfo(bucket);
+    if (bucket === undefined || info === undefined) return fail(jsErrors.streamNotFound());
+    switch (req.kind) {
+      case 'stream.info':
+        return ok({ total: 0, offset: 0, limit: 0, ...info });
+      case 'stream.update': {
+        const parsed = parseStreamCreate(req.stream, body ?? {});
+        if ('err_code' in parsed) return fail(parsed);
+        const cur = this.backend.reader.bucketInfo(bucket)!.config;
+        const c = parsed.config;
+        const same = (c.history ?? 1) === cur.history && (c.valueBytesMax === undefined || c.valueBytesMax === cur.valueBytesMax)
+          && (c.bytesMax === undefined || c.bytesMax === cur.bytesMax);
+        if (same) return ok(info);
+        return fail(jsErrors.streamUpdate('changing a KV bucket configuration is not supported by membershipd; create a new bucket'));
+      }
+      case 'stream.purge':
+        if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
+        return fail(jsErrors.streamPurge('stream purge is not supported by membershipd (deny_purge); purge or delete keys individually'));
+      case 'stream.msg.delete':
+        if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
+        return fail(jsErrors.messageDeleteFailed('message delete not permitted (deny_delete); delete or purge the key instead'));
+      case 'stream.msg.get': {
+        const q = parseGetQuery(body ?? {});
+        if (typeof q === 'string') return fail(jsErrors.badRequest());
+        const e = this.findMessage(bucket, q);
+        if (e === undefined) return fail(jsErrors.noMessageFound());
+        const hdrs = entryHeaderFields(e);
+        const message: Record<string, unknown> = { subject: `${kvPrefix}${bucket}.${e.key}`, seq: e.revision };
+        if (hdrs.length > 0) message.hdrs = Buffer.from(encodeHeaders(hdrs)).toString('base64');
+        if (e.value.length > 0) message.data = Buffer.from(e.value).toString('base64');
+        message.time = rfc3339(e.ts);
+        return ok({ message });
+      }
+      default:
+        return fail(jsErrors.badRequest());
+    }
+  }
+
+  /** The entry a get query names, from the bucket's retained entries. */
+  private findMessage(bucket: string, q: Query): KvEntry | undefined {
+    const r = this.backend.reader;
+    const subjectOf = (e: KvEntry) => `${kvPrefix}${bucket}.${e.key}`;
+    if (q.last_by_subj !== undefined) {
+      const s = q.last_by_subj;
+      if (!hasWildcard(s)) {
+        const kv = parseKvSubject(s);
+        return kv === undefined || kv.bucket !== bucket ? undefined : r.get(bucket, kv.key);
+      }
+      const all = r.changesSince(0, bucket).filter((e) => subjectMatches(s, subjectOf(e)));
+      return all[all.length - 1];
+    }
+    const from = Math.max(0, (q.seq ?? 1) - 1);
+    if (q.next_by_subj !== undefined) {
+      const s = q.next_by_subj;
+      return r.changesSince(from, bucket).find((e) => subjectMatches(s, subjectOf(e)));
+    }
+    const e = r.changesSince(from, bucket, 1)[0];
+    return e !== undefined && e.revision === q.seq ? e : undefined;
+  }
+
+  private directReply(reply: string, headers: Uint8Array, payload: Uint8Array = new Uint8Array(0)): void {
+    if (!this.closed) this.port.deliverFromRoute({ subject: reply, headers, payload });
+  }
+
+  private async directGet(reply: string, stream: string, subject: string | undefined, body: unknown): Promise<void> {
+    const bucket = bucketOfStream(stream);
+    let q: Query | string;
+    if (subject !== undefined) q = body === undefined ? { last_by_subj: subject } : 'Bad Request';
+    else q = body === undefined ? 'Empty Request' : parseGetQuery(body);
+    if (typeof q === 'string') return this.directReply(reply, badRequestHeaders(q));
+    if (!(await this.barrier(() => this.directReply(reply, unavailableHeaders)))) return;
+    const e = bucket === undefined ? undefined : this.findMessage(bucket, q);
+    if (e === undefined) return this.directReply(reply, notFoundHeaders);
+    const headers = encodeHeaders([
+      ...entryHeaderFields(e),
+      ['Nats-Stream', stream],
+      ['Nats-Subject', `${kvPrefix}${bucket}.${e.key}`],
+      ['Nats-Sequence', String(e.revision)],
+      ['Nats-Time-Stamp', rfc3339(e.ts)],
+    ]);
+    this.directReply(reply, headers, e.value);
+  }
+
+  private consumerRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
+    const bucket = bucketOfStream(req.stream);
+    if (bucket === undefined || this.backend.reader.bucketInfo(bucket) === undefined) return fail(jsErrors.streamNotFound());
+    const server = this.options.serverName;
+    switch (req.kind) {
+      case 'consumer.create': {
+        if (!this.pushDelivery) {
+          return fail(jsErrors.consumerCreate('push consumers (KV watch/keys/history) need the NATS server\'s deliverAs seam, which this build lacks'));
+        }
+        const spec = parseConsumerCreate(req.stream, bucket, body, req.name, req.filter, newConsumerName, this.consumers.limits);
+        if ('err_code' in spec) return fail(spec);
+        const c = this.consumers.create(spec);
+        if ('err_code' in c) return fail(c);
+        return ok(c.info(server));
+      }
+      case 'consumer.info':
+      case 'consumer.delete': {
+        const c = this.consumers.get(req.stream, req.name);
+        if (c === undefined) return fail(jsErrors.consumerNotFound());
+        if (req.kind === 'consumer.info') return ok(c.info(server));
+        this.consumers.delete(c);
+        return ok({ success: true });
+      }
+      case 'consumer.names':
+      case 'consumer.list': {
+        const o = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
+        const offset = typeof o.offset === 'number' && Number.isSafeInteger(o.offset) && o.offset > 0 ? o.offset : 0;
+        const all = this.consumers.list(req.stream);
+        const limit = req.kind === 'consumer.names' ? pageStreamNames : pageStreamList;
+        const page = all.slice(offset, offset + limit);
+        const consumers = req.kind === 'consumer.names' ? page.map((c) => c.spec.name) : page.map((c) => c.info(server));
+        return ok({ total: all.length, offset, limit, consumers });
+      }
+      default:
+        return fail(jsErrors.badRequest());
+    }
+  }
+}
+
+function newConsumerName(): string {
+  // nats-server names ephemerals with 8 random characters.
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+  const bytes = randomBytes(8);
+  let s = '';
+  for (const b of bytes) s += alphabet[b % alphabet.length];
+  return s;
+}
+
+/**
+ * The KV command a publish to `$KV.<bucket>.<key>` asks for, from its headers (reference §4.4): KV-Operation
+ * DEL/PURGE markers, Nats-Expected-Last-Subject-Sequence as update-if-revision (0: the key has no entry at all,
+ * markers count, as in JetStream), Nats-Rollup only as KV's purge. Headers whose guarantee membershipd cannot give
+ * are refused rather than ignored.
+ */
+export function kvCommandOf(bucket: string, key: string, stream: string, hdr: Uint8Array, payload: Uint8Array, ts: number): KvCommand | JsApiError {
+  const h = parseHeaders(hdr);
+  if (typeof h === 'string') return jsErrors.badRequest(h);
+  const expectedStream = headerValue(h, 'Nats-Expected-Stream');
+  if (expectedStream !== undefined && expectedStream !== stream) return jsErrors.streamNotMatch();
+  for (const name of ['Nats-Msg-Id', 'Nats-Expected-Last-Msg-Id', 'Nats-Expected-Last-Sequence']) {
+    if (headerValue(h, name) !== undefined) return jsErrors.badRequest(`header ${name} is not supported by membershipd KV buckets`);
+  }
+  if (headerValue(h, 'Nats-TTL') !== undefined) return jsErrors.messageTtlDisabled();
+  const op = headerValue(h, 'KV-Operation') ?? 'PUT';
+  if (op !== 'PUT' && op !== 'DEL' && op !== 'PURGE') return jsErrors.badRequest(`unknown KV-Operation ${JSON.stringify(op.slice(0, 32))}`);
+  const rollup = headerValue(h, 'Nats-Rollup');
+  if (rollup !== undefined && !(rollup === 'sub' && op === 'PURGE')) {
+    return jsErrors.badRequest('Nats-Rollup is supported only as "sub" together with KV-Operation: PURGE');
+  }
+  const expectedText = headerValue(h, 'Nats-Expected-Last-Subject-Sequence');
+  const expected = expectedText === undefined ? undefined : parseSeq(expectedText);
+  if (expectedText !== undefined && expected === undefined) return jsErrors.badRequest('Nats-Expected-Last-Subject-Sequence must be a decimal sequence');
+  if (op === 'PUT') {
+    const value = payload;
+    return expected === undefined ? { op: 'put', bucket, key, value, ts } : { op: 'update', bucket, key, value, revision: expected, ts };
+  }
+  const o = op === 'DEL' ? 'delete' : 'purge';
+  return expected === undefined ? { op: o, bucket, key, ts } : { op: o, bucket, key, ts, revision: expected };
+}
+
+export function createKvApi(port: KvApiPort, options: KvApiOptions): KvApi {
+  return new KvApi(port, options);
+}
+
+/**
+ * Attaches the KV API to a NATS server: installs it as the server's forwarder (chained before `next`, the
+ * route layer's forwarder, which still sees every message) and listens to interest changes. Returns the API;
+ * close() detaches it.
+ */
+export function attachKvApi(
+  server: { readonly cluster: KvServerPort },
+  options: KvApiOptions & { readonly next?: (msg: LocalPublish) => boolean },
+): KvApi & { detach(): void } {
+  const port = server.cluster;
+  const api = new KvApi(port, options);
+  const next = options.next;
+  port.setForwarder(next === undefined ? (m) => api.handlePublish(m) : (m) => {
+    const mine = api.handlePublish(m);
+    return next(m) || mine;
+  });
+  const off = port.onInterest((c) => api.onInterest(c));
+  const detach = (): void => {
+    off();
+    port.setForwarder(next);
+    api.close();
+  };
+  return Object.assign(api, { detach });
+}
