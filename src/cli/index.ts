@@ -14,7 +14,7 @@ export { helpText } from './help.js';
 export { packageVersion } from './version.js';
 export { processOutput, memoryOutput, type CliOutput } from './output.js';
 export { refuseUnavailable } from './features.js';
-export type { ServingNode, NodeUrls, ListenError } from './serve.js';
+export type { ServingNode, NodeUrls, ListenError, Lifecycle } from './serve.js';
 
 export const exitCodes = { ok: 0, failure: 1, usage: 2 } as const;
 
@@ -41,10 +41,12 @@ async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?:
   installCrashHandlers(logger);
   certificateWarnings(config, logger);
   // Loaded only when a node starts: help, version and flag errors stay fast and never load the server.
-  const { startServing, runUntilSignal } = await import('./serve.js');
+  const { startServing, handleSignals } = await import('./serve.js');
+  const lifecycle = handleSignals(logger);
   const { loadBusAuth } = await import('./bus_auth.js');
   // A users or identity file problem is a ConfigError: main() reports it in one line and exits 2.
   const auth = await loadBusAuth(config, logger);
+  lifecycle.setReload(auth.reload);
   let node: ServingNode;
   try {
     node = await startServing(config, logger, auth.authenticator);
@@ -53,7 +55,7 @@ async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?:
     return exitCodes.failure;
   }
   onStarted?.(node);
-  return runUntilSignal(node, logger, auth.reload);
+  return lifecycle.run(node);
 }
 
 /** Runs one command line; resolves with the process exit code (serve and dev resolve after a signal). */

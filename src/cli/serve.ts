@@ -76,8 +76,8 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     host: config.bind,
     port: config.httpPort,
     logger,
-    documents: {
-      '/varz': () => ({
+    endpoints: {
+      '/varz': () => ({ status: 200, body: {
         server_id: nats.serverId,
         server_name: nats.serverName,
         version: packageVersion(),
@@ -90,7 +90,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
         now: new Date().toISOString(),
         uptime_seconds: Math.floor((Date.now() - startedAt.getTime()) / 1000),
         ...varzStats(nats.stats()),
-      }),
+      } }),
     },
   });
   try {
@@ -125,45 +125,67 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   return { nats, http, urls, stop };
 }
 
+export interface Lifecycle {
+  /** What SIGHUP re-reads (the users file); nothing until set. */
+  setReload(reload: (() => Promise<void>) | undefined): void;
+  /** Hands over the started node; resolves with the exit code once a signal has stopped it. */
+  run(node: ServingNode): Promise<number>;
+}
+
 /**
- * Runs until SIGTERM or SIGINT, then drains and resolves with the exit code (0 after a clean drain).
- * A second signal exits at once with 128+signal, as a shell would report it.
+ * Installs the signal handlers before anything starts, so a signal during start-up is never the default
+ * "die without draining": the node is stopped as soon as it is up. SIGTERM/SIGINT drain and resolve 0;
+ * a second one exits at once with 128+signal, as a shell would report it.
  */
-export function runUntilSignal(node: ServingNode, logger: Logger, reload?: () => Promise<void>): Promise<number> {
-  return new Promise<number>((resolve) => {
-    let signalled = false;
-    const onSignal = (signal: NodeJS.Signals): void => {
-      if (signalled) {
-        logger.warn({ signal }, 'second signal: exiting at once without finishing the drain');
-        process.exit(128 + (osConstants.signals[signal] ?? 0));
-      }
-      signalled = true;
-      logger.info({ signal }, 'signal received: draining clients, then exiting');
-      const timer = setTimeout(() => {
-        logger.error({ timeout_ms: shutdownTimeoutMs }, 'drain did not finish in time: exiting');
-        resolve(1);
-      }, shutdownTimeoutMs);
-      node.stop().then(() => {
-        clearTimeout(timer);
-        logger.info('stopped');
-        resolve(0);
-      }, (err: unknown) => {
-        clearTimeout(timer);
-        logger.error({ err }, 'error while stopping');
-        resolve(1);
-      });
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-    // Without a handler SIGHUP would kill the node. The users file logs its own outcome, and a broken file
-    // keeps the previous users (src/auth FileSource.reload).
-    process.on('SIGHUP', () => {
-      if (reload === undefined) {
-        logger.info('SIGHUP: nothing to reload (no --users-file)');
-        return;
-      }
-      logger.info('SIGHUP: reloading the users file');
-      reload().catch((err: unknown) => logger.error({ err }, 'reload failed'));
+export function handleSignals(logger: Logger): Lifecycle {
+  let node: ServingNode | undefined;
+  let signalled = false;
+  let reload: (() => Promise<void>) | undefined;
+  let resolveExit: (code: number) => void = () => undefined;
+  const exitCode = new Promise<number>((resolve) => { resolveExit = resolve; });
+
+  const stop = (n: ServingNode): void => {
+    const timer = setTimeout(() => {
+      logger.error({ timeout_ms: shutdownTimeoutMs }, 'drain did not finish in time: exiting');
+      resolveExit(1);
+    }, shutdownTimeoutMs);
+    n.stop().then(() => {
+      clearTimeout(timer);
+      logger.info('stopped');
+      resolveExit(0);
+    }, (err: unknown) => {
+      clearTimeout(timer);
+      logger.error({ err }, 'error while stopping');
+      resolveExit(1);
     });
+  };
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (signalled) {
+      logger.warn({ signal }, 'second signal: exiting at once without finishing the drain');
+      process.exit(128 + (osConstants.signals[signal] ?? 0));
+    }
+    signalled = true;
+    logger.info({ signal }, 'signal received: draining clients, then exiting');
+    if (node !== undefined) stop(node);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  // Without a handler SIGHUP would kill the node. The users file logs its own outcome, and a broken file
+  // keeps the previous users (src/auth FileSource.reload).
+  process.on('SIGHUP', () => {
+    if (reload === undefined) {
+      logger.info('SIGHUP: nothing to reload (no --users-file)');
+      return;
+    }
+    logger.info('SIGHUP: reloading the users file');
+    reload().catch((err: unknown) => logger.error({ err }, 'reload failed'));
   });
+  return {
+    setReload(next) { reload = next; },
+    run(started) {
+      node = started;
+      if (signalled) stop(started);
+      return exitCode;
+    },
+  };
 }

@@ -6,13 +6,22 @@ import type { Logger } from '../log.js';
 
 export type HttpState = 'serving' | 'stopping';
 
+/** An endpoint's answer: JSON unless `contentType` is given, then `body` must be the text to send. */
+export interface HttpReply {
+  readonly status: number;
+  readonly body: unknown;
+  readonly contentType?: string;
+}
+
+export type HttpEndpoint = () => HttpReply | Promise<HttpReply>;
+
 export interface HttpServerOptions {
   readonly host: string;
   /** 0 picks an ephemeral port; read the bound one from `port` after start(). */
   readonly port: number;
   readonly logger: Logger;
-  /** JSON documents served with GET, by exact path (query strings are ignored). */
-  readonly documents?: Readonly<Record<string, () => unknown>>;
+  /** Served with GET/HEAD by exact path (query strings are ignored). /livez is built in. */
+  readonly endpoints?: Readonly<Record<string, HttpEndpoint>>;
 }
 
 export interface HttpServer {
@@ -26,10 +35,10 @@ export interface HttpServer {
 /** A request never needs more than this to be answered; a slow or silent client is dropped. */
 const requestTimeoutMs = 10_000;
 
-function send(res: ServerResponse, status: number, body: unknown, head: boolean): void {
-  const text = JSON.stringify(body) + '\n';
+function send(res: ServerResponse, status: number, body: unknown, head: boolean, contentType?: string): void {
+  const text = contentType === undefined ? JSON.stringify(body) + '\n' : String(body);
   res.writeHead(status, {
-    'content-type': 'application/json; charset=utf-8',
+    'content-type': contentType ?? 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(text),
     'cache-control': 'no-store',
   });
@@ -40,7 +49,7 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
   let state: HttpState = 'serving';
   let server: Server | undefined;
   let port = options.port;
-  const documents = options.documents ?? {};
+  const endpoints = options.endpoints ?? {};
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
     const path = (req.url ?? '/').split('?')[0]!;
@@ -55,16 +64,19 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
       else send(res, 503, { status: state }, head);
       return;
     }
-    const document = Object.hasOwn(documents, path) ? documents[path] : undefined;
-    if (document === undefined) {
+    const endpoint = Object.hasOwn(endpoints, path) ? endpoints[path] : undefined;
+    if (endpoint === undefined) {
       send(res, 404, { error: 'not found', path }, head);
       return;
     }
+    const failed = (err: unknown): void => {
+      options.logger.error({ err, path }, 'http endpoint failed');
+      if (!res.headersSent) send(res, 500, { error: 'internal error' }, head);
+    };
     try {
-      send(res, 200, document(), head);
+      Promise.resolve(endpoint()).then((reply) => send(res, reply.status, reply.body, head, reply.contentType), failed);
     } catch (err) {
-      options.logger.error({ err, path }, 'http handler failed');
-      send(res, 500, { error: 'internal error' }, head);
+      failed(err);
     }
   };
 
