@@ -60,6 +60,8 @@ interface ResponseGrant {
   expiresAt: number;
 }
 const responseGrantsMax = 10_000;
+/** Largest outbound buffer; a turn producing more writes it out in several chunks. */
+const outCapacityMax = 256 * 1024;
 
 function writeUint(buf: Buffer, off: number, n: number): number {
   if (n < 10) {
@@ -73,11 +75,14 @@ function writeUint(buf: Buffer, off: number, n: number): number {
   return off + digits;
 }
 
-/** Small copies in JS: cheaper than a native call with a subarray view for a handful of bytes. */
+/**
+ * Copies in a JS loop up to a few hundred bytes: measured faster here than Buffer#copy or set() with a view,
+ * which allocate a view object per call and add GC work on the per-message path.
+ */
 function copyBytes(src: Uint8Array, start: number, end: number, dst: Buffer, at: number): number {
   const n = end - start;
-  if (n > 48) {
-    dst.set(src.subarray(start, end), at);
+  if (n > 256) {
+    dst.set(new Uint8Array(src.buffer, src.byteOffset + start, n), at);
     return at + n;
   }
   for (let i = start; i < end; i++) dst[at++] = src[i]!;
@@ -477,10 +482,14 @@ export class Client implements ParserHandler {
   private reserve(need: number): Buffer {
     let out = this.out;
     if (out === null || this.outLen + need > out.length) {
-      const cap = Math.max(this.nextOutCapacity, this.outLen + need, out === null ? 0 : out.length * 2);
-      const next = Buffer.allocUnsafe(cap);
-      if (out !== null && this.outLen > 0) out.copy(next, 0, 0, this.outLen);
-      this.out = out = next;
+      // Full: hand what is there to the socket now instead of growing and copying it, and double the next
+      // buffer so that a busy turn ends up writing a few large chunks rather than many small ones.
+      if (out !== null && this.outLen > 0) {
+        this.writeOut();
+        this.nextOutCapacity = Math.min(this.nextOutCapacity * 2, outCapacityMax);
+      }
+      const cap = Math.max(this.nextOutCapacity, need);
+      this.out = out = Buffer.allocUnsafe(cap);
     }
     return out;
   }
@@ -522,9 +531,14 @@ export class Client implements ParserHandler {
   flush(): void {
     this.dirty = false;
     if (this.outLen === 0 || this.out === null) return;
-    const chunk = this.out.subarray(0, this.outLen);
-    // Hand the buffer to the socket (no copy) and size the next one after this turn's volume.
-    this.nextOutCapacity = Math.min(Math.max(1024, this.outLen), 1 << 20);
+    // Size the next buffer after this turn's volume: a busy subscriber gets large buffers, an idle one small.
+    this.nextOutCapacity = Math.min(Math.max(1024, this.outLen * 2), outCapacityMax);
+    this.writeOut();
+  }
+
+  private writeOut(): void {
+    // Hand the buffer to the socket (no copy); the next append allocates a fresh one.
+    const chunk = this.out!.subarray(0, this.outLen);
     this.out = null;
     this.outLen = 0;
     if (!this.transport.write(chunk)) this.setPaused(pause.backpressure, true);

@@ -121,6 +121,9 @@ export class Parser {
   private readonly argS = new Int32Array(maxArgs + 1);
   private readonly argE = new Int32Array(maxArgs + 1);
   private nonAscii = false;
+  private readonly lastSubjectBytes = Buffer.allocUnsafe(128);
+  private lastSubjectLen = -1;
+  private lastSubject = '';
 
   constructor(
     private readonly handler: ParserHandler,
@@ -332,6 +335,30 @@ export class Parser {
     return buf.toString(this.nonAscii ? 'utf8' : 'latin1', this.argS[k]!, this.argE[k]!);
   }
 
+  /**
+   * Publishers mostly repeat subjects: reusing the previous string when the bytes are equal avoids an allocation
+   * and lets the subject trie's cache lookup use the string's already computed hash.
+   */
+  private subjectString(buf: Buffer): string {
+    const s = this.argS[0]!, e = this.argE[0]!;
+    const len = e - s;
+    const last = this.lastSubjectBytes;
+    if (len === this.lastSubjectLen) {
+      let i = 0;
+      while (i < len && buf[s + i] === last[i]) i++;
+      if (i === len) return this.lastSubject;
+    }
+    const str = this.str(buf, 0);
+    if (len <= last.length) {
+      buf.copy(last, 0, s, e);
+      this.lastSubjectLen = len;
+      this.lastSubject = str;
+    } else {
+      this.lastSubjectLen = -1;
+    }
+    return str;
+  }
+
   private dispatchArg(buf: Buffer, start: number, end: number): void {
     switch (this.op) {
       case op.connect:
@@ -388,7 +415,7 @@ export class Parser {
     } else {
       p.replyStart = p.replyEnd = -1;
     }
-    p.subject = this.str(buf, 0);
+    p.subject = this.subjectString(buf);
     p.headerBytes = headerBytes;
     p.size = size;
     this.msgBuf = null;

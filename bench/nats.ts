@@ -1,0 +1,242 @@
+// bench:nats — the same @nats-io/transport-node workload against membershipd's NATS server and, when the
+// nats-server binary is installed, against nats-server, one after the other: 1→1 pub/sub (128-byte payloads),
+// 1→4 fan-out, request/reply latency, and each server's RSS with 1,000 idle connections. Both servers run as
+// child processes so that neither shares the client's CPU. Figures are taken on a shared, loaded machine.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import net from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+
+const payload = new Uint8Array(128).fill(97);
+const pubsubMsgs = Number(process.env.BENCH_MSGS ?? 200_000);
+const fanoutMsgs = Math.floor(pubsubMsgs / 2);
+const requests = Number(process.env.BENCH_REQUESTS ?? 3000);
+const idleConns = 1000;
+const phaseTimeoutMs = 30_000;
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess): Promise<void> {
+  const end = Date.now() + 20_000;
+  while (Date.now() < end) {
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`port ${port} did not open`);
+}
+
+/**
+ * membershipd runs from plain JavaScript, as it does from dist/ in production: the tsx loader alone adds about
+ * 30 MB of RSS. The entry point is bundled with esbuild (already installed with tsx), dependencies left external.
+ */
+function membershipdCommand(): string[] {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const entry = join(root, 'bench/support/nats_server_main.ts');
+  const out = join(root, 'node_modules/.cache/membershipd-bench/nats_server_main.mjs');
+  const r = spawnSync(join(root, 'node_modules/.bin/esbuild'),
+    [entry, '--bundle', '--platform=node', '--format=esm', '--packages=external', '--log-level=error', `--outfile=${out}`],
+    { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (r.status === 0) return [out];
+  console.log('  note: esbuild bundle failed; running membershipd under tsx (adds ~30 MB RSS)');
+  return ['--import', 'tsx', entry];
+}
+
+async function startServer(kind: 'membershipd' | 'nats-server'): Promise<{ child: ChildProcess; port: number }> {
+  const port = await freePort();
+  const child = kind === 'membershipd'
+    ? spawn(process.execPath, [...membershipdCommand(), String(port)], { stdio: ['ignore', 'ignore', 'inherit'] })
+    : spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  await waitForPort(port, child);
+  return { child, port };
+}
+
+async function stopServer(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await exited;
+  clearTimeout(t);
+}
+
+/** CPU seconds (user + system) a process has used so far; /proc/<pid>/stat fields 14 and 15, in clock ticks. */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+function rssMb(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** Publishes `count` messages in slices, yielding so that the subscribers in this process keep reading. */
+async function publishAll(pub: NatsConnection, subject: string, count: number): Promise<void> {
+  for (let sent = 0; sent < count;) {
+    const n = Math.min(2000, count - sent);
+    for (let i = 0; i < n; i++) pub.publish(subject, payload);
+    sent += n;
+    await new Promise((r) => setImmediate(r));
+  }
+  await pub.flush();
+}
+
+async function throughput(port: number, subscribers: number, count: number): Promise<number> {
+  const servers = `127.0.0.1:${port}`;
+  const subs = await Promise.all(Array.from({ length: subscribers }, () => connect({ servers })));
+  const pub = await connect({ servers });
+  const subject = `bench.${subscribers}`;
+  let received = 0;
+  const expected = count * subscribers;
+  let done!: () => void;
+  const all = new Promise<void>((r) => (done = r));
+  for (const nc of subs) {
+    nc.subscribe(subject, { callback: () => { if (++received === expected) done(); } });
+    await nc.flush();
+  }
+  const start = performance.now();
+  await publishAll(pub, subject, count);
+  const timeout = new Promise<void>((r) => setTimeout(r, phaseTimeoutMs).unref());
+  await Promise.race([all, timeout]);
+  const secs = (performance.now() - start) / 1000;
+  if (received < expected) console.log(`  warning: ${received}/${expected} received before the ${phaseTimeoutMs} ms limit`);
+  await Promise.all([...subs, pub].map((nc) => nc.close()));
+  return received / secs;
+}
+
+async function requestReply(port: number): Promise<{ p50: number; p99: number }> {
+  const servers = `127.0.0.1:${port}`;
+  const svc = await connect({ servers });
+  svc.subscribe('bench.rr', { callback: (_e, m) => { m.respond(m.data); } });
+  await svc.flush();
+  const nc = await connect({ servers });
+  const lat: number[] = [];
+  const small = payload.subarray(0, 16);
+  for (let i = 0; i < 200; i++) await nc.request('bench.rr', small, { timeout: 5000 }); // warm-up
+  for (let i = 0; i < requests; i++) {
+    const t0 = performance.now();
+    await nc.request('bench.rr', small, { timeout: 5000 });
+    lat.push(performance.now() - t0);
+  }
+  await Promise.all([svc.close(), nc.close()]);
+  lat.sort((a, b) => a - b);
+  return { p50: lat[Math.floor(lat.length * 0.5)]! * 1000, p99: lat[Math.floor(lat.length * 0.99)]! * 1000 };
+}
+
+async function idleRss(port: number, pid: number): Promise<{ base: number; loaded: number }> {
+  await new Promise((r) => setTimeout(r, 300));
+  const base = rssMb(pid);
+  const sockets: net.Socket[] = [];
+  const handshake = Buffer.from('CONNECT {"verbose":false,"pedantic":false,"protocol":1}\r\nPING\r\n');
+  for (let i = 0; i < idleConns; i += 50) {
+    await Promise.all(Array.from({ length: Math.min(50, idleConns - i) }, () => new Promise<void>((resolve, reject) => {
+      const s = net.connect(port, '127.0.0.1');
+      let seen = '';
+      s.on('data', (d) => {
+        seen += d.toString('latin1');
+        if (seen.includes('PONG')) resolve();
+        else if (seen.includes('INFO') && !s.writableEnded && seen.indexOf('\n') > 0 && !seen.includes('#sent')) {
+          seen += '#sent';
+          s.write(handshake);
+        }
+      });
+      s.on('error', reject);
+      sockets.push(s);
+    })));
+  }
+  await new Promise((r) => setTimeout(r, 1000));
+  const loaded = rssMb(pid);
+  for (const s of sockets) s.destroy();
+  return { base, loaded };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+interface Running {
+  kind: 'membershipd' | 'nats-server'; child: ChildProcess; port: number;
+  pubsub: number[]; fanout: number[]; p50: number[]; p99: number[];
+  /** Server CPU µs per delivered message in the throughput phases: less noisy than rates on a loaded machine. */
+  cpuPerMsg: number[];
+}
+
+/** One round of the three workloads against one server; rounds alternate between servers to spread the load noise. */
+async function round(r: Running, n: number): Promise<void> {
+  const cpu0 = cpuSeconds(r.child.pid!);
+  const pubsub = await throughput(r.port, 1, pubsubMsgs);
+  const fanout = await throughput(r.port, 4, fanoutMsgs);
+  const cpuUs = ((cpuSeconds(r.child.pid!) - cpu0) * 1e6) / (pubsubMsgs + 4 * fanoutMsgs);
+  r.cpuPerMsg.push(cpuUs);
+  const rr = await requestReply(r.port);
+  r.pubsub.push(pubsub);
+  r.fanout.push(fanout);
+  r.p50.push(rr.p50);
+  r.p99.push(rr.p99);
+  console.log(`  round ${n} ${r.kind.padEnd(11)} pub/sub 1→1 ${Math.round(pubsub).toLocaleString('en').padStart(9)} msgs/s   ` +
+    `fan-out 1→4 ${Math.round(fanout).toLocaleString('en').padStart(9)} deliveries/s   request/reply p50 ${rr.p50.toFixed(0)} µs p99 ${rr.p99.toFixed(0)} µs   ` +
+    `server CPU ${cpuUs.toFixed(2)} µs/msg`);
+}
+
+/** RSS of a fresh server process, idle and then holding 1,000 idle connections. */
+async function rssPhase(kind: 'membershipd' | 'nats-server'): Promise<{ base: number; loaded: number }> {
+  const { child, port } = await startServer(kind);
+  try {
+    const r = await idleRss(port, child.pid!);
+    console.log(`  ${kind.padEnd(11)} RSS ${r.base.toFixed(1)} MB fresh → ${r.loaded.toFixed(1)} MB with ${idleConns} idle connections`);
+    return r;
+  } finally {
+    await stopServer(child);
+  }
+}
+
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const started = Date.now();
+console.log(`bench:nats — ${pubsubMsgs} msgs of ${payload.length} B (1→1), ${fanoutMsgs} msgs (1→4), ${requests} requests, ` +
+  `${rounds} alternating rounds (median); loadavg ${loadavg().map((l) => l.toFixed(1)).join(' ')} (shared machine: figures under load)`);
+const hasNatsServer = spawnSync('nats-server', ['--version'], { stdio: 'ignore' }).status === 0;
+if (!hasNatsServer) console.log('  SKIP nats-server: binary not found (apt-get install nats-server); ratios are reported as NaN');
+const running: Running[] = [];
+try {
+  for (const kind of hasNatsServer ? (['membershipd', 'nats-server'] as const) : (['membershipd'] as const)) {
+    const { child, port } = await startServer(kind);
+    running.push({ kind, child, port, pubsub: [], fanout: [], p50: [], p99: [], cpuPerMsg: [] });
+    await throughput(port, 1, 20_000); // warm-up (JIT, connections)
+  }
+  for (let n = 1; n <= rounds; n++) for (const r of running) await round(r, n);
+} finally {
+  for (const r of running) await stopServer(r.child);
+}
+const ours = running[0]!;
+const ref = running[1];
+for (const r of running) {
+  console.log(`  ${r.kind.padEnd(11)} median: pub/sub ${Math.round(median(r.pubsub)).toLocaleString('en')} msgs/s, ` +
+    `fan-out ${Math.round(median(r.fanout)).toLocaleString('en')} deliveries/s, p50 ${median(r.p50).toFixed(0)} µs, p99 ${median(r.p99).toFixed(0)} µs, ` +
+    `server CPU ${median(r.cpuPerMsg).toFixed(2)} µs/msg`);
+}
+const oursRss = await rssPhase('membershipd');
+if (hasNatsServer) await rssPhase('nats-server');
+const ratio = (f: (r: Running) => number[]): string => (ref === undefined ? 'NaN' : (median(f(ours)) / median(f(ref))).toFixed(2));
+console.log(`total ${((Date.now() - started) / 1000).toFixed(1)} s`);
+console.log(`BENCH nats pubsub_ratio=${ratio((r) => r.pubsub)} fanout_ratio=${ratio((r) => r.fanout)} ` +
+  `rr_p50_ratio=${ratio((r) => r.p50)} rss_1k_conns_mb=${oursRss.loaded.toFixed(1)}`);
+process.exit(0);
