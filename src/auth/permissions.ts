@@ -372,24 +372,57 @@ function unionResponses(roles: readonly CompiledRole[]): Permissions['responses'
   return out;
 }
 
+// A direct-mapped memo of recent answers in front of the tries: 256 preallocated slots per Permissions, keyed
+// by the subject string itself (hash of its chars picks the slot, `===` confirms), so a hit costs one scan and
+// one compare and a miss overwrites a slot: nothing is allocated either way. Sound because a Permissions object
+// never changes (a users/roles change builds a new one). nats-server keeps a similar per-client cache.
+const memoSlots = 256;
+
+class Memo {
+  readonly keys: (string | undefined)[] = new Array<string | undefined>(memoSlots).fill(undefined);
+  readonly values = new Uint8Array(memoSlots);
+}
+
+function slotOf(s: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
+  return (h >>> 0) & (memoSlots - 1);
+}
+
+function anyPublish(list: readonly CompiledRole[], subject: string): boolean {
+  for (let i = 0; i < list.length; i++) if (list[i]!.canPublish(subject)) return true;
+  return false;
+}
+
+function anySubscribe(list: readonly CompiledRole[], subject: string, queue: string | undefined): boolean {
+  for (let i = 0; i < list.length; i++) if (list[i]!.canSubscribe(subject, queue)) return true;
+  return false;
+}
+
 /** The permissions of a principal holding all `roles`: whatever any of them allows. No roles = nothing. */
 export function unionPermissions(roles: readonly CompiledRole[]): Permissions {
   const list = roles.slice();
-  const responses = unionResponses(list);
-  if (list.length === 1) {
-    const only = list[0]!;
-    return { canPublish: (s) => only.canPublish(s), canSubscribe: (s, q) => only.canSubscribe(s, q), responses };
-  }
+  const pub = new Memo();
+  const sub = new Memo(); // plain subscriptions and the server's per-delivery checks (queue undefined) only
   return {
     canPublish(subject) {
-      for (let i = 0; i < list.length; i++) if (list[i]!.canPublish(subject)) return true;
-      return false;
+      const slot = slotOf(subject);
+      if (pub.keys[slot] === subject) return pub.values[slot] === 1;
+      const ok = anyPublish(list, subject);
+      pub.keys[slot] = subject;
+      pub.values[slot] = ok ? 1 : 0;
+      return ok;
     },
     canSubscribe(subject, queue) {
-      for (let i = 0; i < list.length; i++) if (list[i]!.canSubscribe(subject, queue)) return true;
-      return false;
+      if (queue !== undefined) return anySubscribe(list, subject, queue);
+      const slot = slotOf(subject);
+      if (sub.keys[slot] === subject) return sub.values[slot] === 1;
+      const ok = anySubscribe(list, subject, undefined);
+      sub.keys[slot] = subject;
+      sub.values[slot] = ok ? 1 : 0;
+      return ok;
     },
-    responses,
+    responses: unionResponses(list),
   };
 }
 
