@@ -1,5 +1,6 @@
-// The flag parser and validators, in process: every bad-input case names its flag in one line, the deploy
-// seed's command line validates, flags this build lacks are refused, and random argv only ever yields ConfigError.
+// In process: the flag parser and validators (every bad-input case names its flag in one line through main(),
+// the deploy seed's command line validates, flags this build lacks are refused, random argv only ever yields
+// ConfigError), the bus-auth wiring, and the HTTP port's status codes.
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -13,6 +14,8 @@ import { helpText } from '../../src/cli/help.js';
 import { main, memoryOutput } from '../../src/cli/index.js';
 import { loadBusAuth } from '../../src/cli/bus_auth.js';
 import { silentLogger } from '../../src/log.js';
+import { createHttpServer } from '../../src/http/index.js';
+import { request as httpRequest, Agent } from 'node:http';
 import { createCertificateAuthority, issueCertificate } from '../../src/certs/index.js';
 
 // The ExecStart of shared/deploy-seed/membershipd-cluster.service, the unit the first deployment ran. Kept here so a
@@ -301,7 +304,7 @@ t.test('property: random argv yields a command or a one-line ConfigError, never 
   const fx = await fixtures(t.testdir());
   mkdirSync(join(fx.dir, 'sub'));
   const seed = Number(process.env.SEED ?? (Date.now() % 2_147_483_647));
-  t.comment(`seed=${seed} (replay: SEED=${seed} npx tap test/cli/config.test.ts)`);
+  t.comment(`seed=${seed} (replay: SEED=${seed} npx tap test/cli/units.test.ts)`);
   const names = flagSpecs.map((f) => f.name);
   const values = fc.oneof(
     fc.constantFrom('0', '1', '4222', '65535', '65536', '-1', '', 'off', 'warn', 'kv', 'file', 'info', '::1', '0.0.0.0',
@@ -347,4 +350,44 @@ t.test('property: random argv yields a command or a one-line ConfigError, never 
     }
   }), { seed, numRuns: 300 });
   t.pass('2000 random and 300 valid command lines held the properties');
+});
+
+t.test('http: /livez follows the state, endpoints answer with their status, errors are JSON', async (t) => {
+  let healthy = false;
+  const http = createHttpServer({
+    host: '127.0.0.1', port: 0, logger: silentLogger(),
+    endpoints: {
+      '/healthz': async () => (healthy ? { status: 200, body: { status: 'ok' } } : { status: 503, body: { status: 'unavailable', reason: 'no quorum' } }),
+      '/metrics': () => ({ status: 200, body: 'up 1\n', contentType: 'text/plain; version=0.0.4' }),
+      '/boom': () => { throw new Error('broken endpoint'); },
+      '/reject': () => Promise.reject(new Error('broken async endpoint')),
+    },
+  });
+  await http.start();
+  t.ok(http.port > 0, 'port 0 gives an ephemeral port');
+  const agent = new Agent({ keepAlive: true });
+  t.teardown(() => agent.destroy());
+  const call = (path: string, method = 'GET') => new Promise<{ status: number; type: string; body: string }>((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port: http.port, path, method, agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => { body += d; }).on('end', () => resolve({ status: res.statusCode!, type: String(res.headers['content-type']), body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+  t.same(await call('/livez'), { status: 200, type: 'application/json; charset=utf-8', body: '{"status":"ok"}\n' });
+  t.same(await call('/livez', 'HEAD'), { status: 200, type: 'application/json; charset=utf-8', body: '' }, 'HEAD: no body');
+  t.same(await call('/healthz?verbose=1'), { status: 503, type: 'application/json; charset=utf-8', body: '{"status":"unavailable","reason":"no quorum"}\n' });
+  healthy = true;
+  t.equal((await call('/healthz')).status, 200);
+  t.same(await call('/metrics'), { status: 200, type: 'text/plain; version=0.0.4', body: 'up 1\n' });
+  t.same(await call('/boom'), { status: 500, type: 'application/json; charset=utf-8', body: '{"error":"internal error"}\n' });
+  t.equal((await call('/reject')).status, 500);
+  t.same(await call('/toString'), { status: 404, type: 'application/json; charset=utf-8', body: '{"error":"not found","path":"/toString"}\n' }, 'only own endpoints');
+  t.same(await call('/livez', 'DELETE'), { status: 405, type: 'application/json; charset=utf-8', body: '{"error":"method not allowed","method":"DELETE"}\n' });
+  http.setState('stopping');
+  t.same(await call('/livez'), { status: 503, type: 'application/json; charset=utf-8', body: '{"status":"stopping"}\n' });
+  // A keep-alive connection is open (the agent's); close() must not wait for it.
+  await http.close();
+  await t.rejects(call('/livez'), 'closed');
 });
