@@ -7,12 +7,14 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RaftError, RawNode, StateType, decodeConfChange, seededRng, EntryType, ConfChangeType, type Message, type Ready } from '../../raft/index.js';
-import { KvStateMachine, RaftStorage, type KvCommand, type KvResult } from '../../store/index.js';
+import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
 import { encodeKvCommand } from '../../store/index.js';
 import {
   createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
 } from '../../transport/index.js';
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
+import { createClusterBus, type ClusterBus } from '../bus/index.js';
+import type { NatsServerWithCluster } from '../nats/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
   findSelfRoutes, learnAddresses, normalizeRoutes, readClusterFile, writeClusterFile, type ClusterFile, type SlotBinding,
@@ -52,6 +54,8 @@ export interface NodeOptions {
   readonly snapshotEntries?: number;
   readonly logger?: Logger;
   readonly routeLimits?: Partial<RouteLimits>;
+  /** A NATS server to join to the cluster-wide bus over this node's routes (attached before routes start). */
+  readonly nats?: NatsServerWithCluster;
 }
 
 export type Health = { readonly status: 'ok' } | { readonly status: 'unavailable'; readonly reason: string };
@@ -89,6 +93,14 @@ interface PendingRead {
 }
 
 const waitingMax = 10_000;
+
+/** Structurally src/kv's KvBackend (kept here so src/node does not depend on the KV API module). */
+export interface RaftKvBackend {
+  propose(command: KvCommand): Promise<KvResult>;
+  readBarrier(): Promise<void>;
+  readonly reader: KvStateMachine;
+  watch(bucket: string, afterRevision: number, listener: KvListener): () => void;
+}
 
 export class ClusterNode {
   readonly serverName: string;
@@ -138,6 +150,8 @@ export class ClusterNode {
   private lastLeaderContact = 0;
   private ticks = 0;
   private bootstrapProblem: string | undefined;
+  /** The cluster-wide bus, when a NATS server was given. */
+  bus: ClusterBus | undefined;
 
   private constructor(opts: NodeOptions, identity: InternalIdentity) {
     this.opts = opts;
@@ -221,6 +235,15 @@ export class ClusterNode {
       onPeerDown: (p, c) => this.onPeerDown(p, c),
       onFrame: (name, f) => this.onFrame(name, f),
     });
+    if (opts.nats) {
+      const bus = createClusterBus({ nats: opts.nats.cluster, routes: this.transport, logger: opts.logger ?? silentLogger() });
+      this.bus = bus;
+      this.addRouteListener({
+        up: (p) => { if (p.name !== undefined) bus.peerUp(p.name); },
+        down: (p) => { if (p.name !== undefined) bus.peerDown(p.name); },
+        frame: (peer, frame) => { bus.handleFrame(peer, frame); },
+      });
+    }
     if (this.cluster) this.startRaft();
     await this.transport.start();
     this.tickTimer = setInterval(() => this.onTick(), this.tickMs);
@@ -561,6 +584,32 @@ export class ClusterNode {
     return this.stateMachine;
   }
 
+  /** Resolves once the state machine reflects every write committed before the call (ReadIndex). */
+  async readBarrier(): Promise<void> {
+    await this.read();
+  }
+
+  /**
+   * The bucket's retained entries after `afterRevision`, then every entry applied later, until the
+   * returned function is called. Entries absorbed by installing a snapshot are not replayed.
+   */
+  watch(bucket: string, afterRevision: number, listener: KvListener): () => void {
+    for (const e of this.stateMachine.changesSince(afterRevision, bucket)) listener(e);
+    return this.stateMachine.subscribe((e: KvEntry) => {
+      if (e.bucket === bucket) listener(e);
+    });
+  }
+
+  /** The Raft-backed KvBackend of src/kv (propose / readBarrier / reader / watch). */
+  kvBackend(): RaftKvBackend {
+    return {
+      propose: (c) => this.propose(c),
+      readBarrier: () => this.readBarrier(),
+      reader: this.stateMachine,
+      watch: (b, r, l) => this.watch(b, r, l),
+    };
+  }
+
   private submitRead(r: PendingRead): void {
     if (!this.raw || this.raw.basicStatus().lead === 0) return;
     const ctx = new Uint8Array(8);
@@ -805,6 +854,7 @@ export class ClusterNode {
     clearInterval(this.tickTimer);
     this.failAll(this.stoppedError());
     await this.loop;
+    this.bus?.close();
     await this.transport.close();
     await this.storage.close();
     this.log.info('node stopped');

@@ -1,0 +1,70 @@
+// Glue between a validated `serve` configuration, the NATS server and a cluster node: NodeOptions from
+// the deploy flags and the HTTP endpoints (the bus is attached by startNode when given `nats`).
+import { readFileSync } from 'node:fs';
+import type { ServeConfig } from '../config/index.js';
+import { ConfigError } from '../errors.js';
+import type { HttpEndpoint } from '../http/index.js';
+import type { Logger } from '../log.js';
+import type { ClusterNode, NodeOptions } from './node.js';
+
+/** Flags that turn a node into a cluster member. */
+export const clusterFlagNames = [
+  'cluster-name', 'cluster-port', 'routes', 'cluster-user', 'cluster-pass-file', 'route-tls-cert', 'route-tls-key', 'route-tls-ca',
+  'kv-replicas', 'store', 'data-dir', 'internal-id-file',
+] as const;
+
+/** True when the configuration asks for clustering (any route/cluster flag, or --store kv). */
+export function wantsCluster(config: ServeConfig): boolean {
+  const c = config.cluster;
+  return c.name !== undefined || c.port !== undefined || c.routes.length > 0 || c.routeTls !== undefined || config.store === 'kv';
+}
+
+function need(flag: string, why: string): never {
+  throw new ConfigError(`--${flag} is required for a cluster node (${why})`, flag);
+}
+
+/** NodeOptions from the deploy flags; throws ConfigError naming the missing flag. */
+export function nodeOptionsFromServeConfig(config: ServeConfig, logger: Logger): NodeOptions {
+  const c = config.cluster;
+  if (c.name === undefined) need('cluster-name', 'every node of a cluster presents the same name');
+  if (c.port === undefined) need('cluster-port', 'the port routes listen on');
+  if (c.routeTls === undefined) need('route-tls-cert', 'routes are mutual TLS: --route-tls-cert, --route-tls-key and --route-tls-ca');
+  if (c.user === undefined || c.passFile === undefined) need('cluster-user', 'with --cluster-pass-file: the route credentials');
+  let password: string;
+  try {
+    password = readFileSync(c.passFile, 'utf8').trim();
+  } catch (e) {
+    throw new ConfigError(`--cluster-pass-file: cannot read ${c.passFile}: ${(e as Error).message}`, 'cluster-pass-file', { cause: e });
+  }
+  if (password.length === 0) throw new ConfigError(`--cluster-pass-file: ${c.passFile} is empty`, 'cluster-pass-file');
+  return {
+    serverName: config.serverName,
+    clusterName: c.name,
+    dataDir: config.dataDir,
+    ...(config.internalIdFile !== undefined ? { identityFile: config.internalIdFile } : {}),
+    bind: config.bind,
+    clusterPort: c.port,
+    routes: c.routes.map((r) => (r.host.includes(':') ? `[${r.host}]:${r.port}` : `${r.host}:${r.port}`)),
+    tls: { cert: c.routeTls.cert, key: c.routeTls.key, ca: c.routeTls.ca },
+    clusterUser: c.user,
+    clusterPassword: password,
+    postureDigest: `bus-auth=${config.busAuth};store=${config.store}`,
+    ...(config.kvReplicas !== undefined ? { kvReplicas: config.kvReplicas } : {}),
+    logger,
+  };
+}
+
+/** /healthz, /readyz (200 ok or 503 with the reason), /raftz, /routez, /metrics for src/http. */
+export function nodeHttpEndpoints(node: ClusterNode): Record<string, HttpEndpoint> {
+  const health: HttpEndpoint = () => {
+    const h = node.health();
+    return { status: h.status === 'ok' ? 200 : 503, body: h };
+  };
+  return {
+    '/healthz': health,
+    '/readyz': health,
+    '/raftz': () => ({ status: 200, body: node.raftz() }),
+    '/routez': () => ({ status: 200, body: node.routez() }),
+    '/metrics': () => ({ status: 200, body: node.metricsText(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
+  };
+}
