@@ -9,6 +9,7 @@ import type { NatsServer, NatsServerStats } from '../nats/api.js';
 import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
+import { nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode } from '../node/index.js';
 
 /** A listener could not be opened (port taken, address not local, no permission). */
 export class ListenError extends MembershipdError {
@@ -27,6 +28,8 @@ export interface ServingNode {
   readonly nats: NatsServer;
   readonly http: HttpServer;
   readonly urls: NodeUrls;
+  /** The cluster node (Raft meta-group + routes) when cluster flags are given. */
+  readonly cluster: ClusterNode | undefined;
   /** Stop accepting, drain and close every client, close HTTP. Idempotent. */
   stop(): Promise<void>;
 }
@@ -71,12 +74,23 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   } catch (err) {
     throw listenError(config.wsPort !== undefined ? '--nats-port or --ws-port' : '--nats-port', config.bind, config.natsPort, err);
   }
+  // Cluster flags (src/node): the Raft meta-group and the routes, with the bus joined to this NATS server.
+  let cluster: ClusterNode | undefined;
+  if (wantsCluster(config)) {
+    try {
+      cluster = await startNode({ ...nodeOptionsFromServeConfig(config, logger), nats });
+    } catch (err) {
+      await nats.close();
+      throw err;
+    }
+  }
   const startedAt = new Date();
   const http = createHttpServer({
     host: config.bind,
     port: config.httpPort,
     logger,
     endpoints: {
+      ...(cluster ? nodeHttpEndpoints(cluster) : {}),
       '/varz': () => ({ status: 200, body: {
         server_id: nats.serverId,
         server_name: nats.serverName,
@@ -90,12 +104,14 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
         now: new Date().toISOString(),
         uptime_seconds: Math.floor((Date.now() - startedAt.getTime()) / 1000),
         ...varzStats(nats.stats()),
+        ...(cluster ? { cluster: cluster.varz() } : {}),
       } }),
     },
   });
   try {
     await http.start();
   } catch (err) {
+    await cluster?.stop();
     await nats.close();
     throw listenError('--http-port', config.bind, config.httpPort, err);
   }
@@ -111,6 +127,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
       http.setState('stopping');
       try {
         await nats.close();
+        await cluster?.stop();
       } finally {
         await http.close();
       }
@@ -122,7 +139,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     nats_url: urls.nats, http_url: urls.http, ws_url: urls.ws ?? null,
     nats_port: nats.port, http_port: http.port, ws_port: nats.wsPort ?? null, tls: config.tls !== undefined,
   }, `membershipd serving: client ${urls.nats}, http ${urls.http}${urls.ws ? `, websocket ${urls.ws}` : ''}`);
-  return { nats, http, urls, stop };
+  return { nats, http, urls, cluster, stop };
 }
 
 export interface Lifecycle {
