@@ -12,7 +12,7 @@ export async function ensureFormat(fs: StoreFs, dir: string): Promise<void> {
   await fs.mkdir(dir);
   const path = join(dir, FORMAT_FILE);
   if (!(await fs.exists(path))) {
-    const names = (await fs.readdir(dir)).filter((n) => n !== FORMAT_FILE && !n.endsWith('.tmp'));
+    const names = (await fs.readdir(dir)).filter((n) => n !== FORMAT_FILE && n !== 'LOCK' && !n.endsWith('.tmp'));
     if (names.length > 0) {
       throw new StoreError(
         StoreErrorCode.formatVersion,

@@ -15,6 +15,7 @@ import { assert } from './assert.js';
 import { copyBytes, isUint, pack, unpack } from './codec.js';
 import { CorruptionError, StoreError, StoreErrorCode } from './errors.js';
 import { ensureFormat } from './format.js';
+import { lockDir } from './lock.js';
 import { nodeFs, type StoreFs } from './fs.js';
 import { decodeHardState, encodeHardState } from './hard_state.js';
 import { nullLogger, type StoreLogger } from './logger.js';
@@ -119,6 +120,7 @@ export class RaftStorage {
   private readonly fs: StoreFs;
   private readonly logger: StoreLogger;
   private readonly retain: number;
+  private readonly segmentBytes: number | undefined;
   private readonly snapshots: SnapshotFiles;
   private wal!: Wal;
   private snap: Snapshot = emptySnapshot;
@@ -128,12 +130,14 @@ export class RaftStorage {
   private segMax = new Map<number, number>();
   private chain: Promise<unknown> = Promise.resolve();
   private report!: RecoveryReport;
+  private unlock: () => Promise<void> = async () => undefined;
 
   private constructor(dir: string, opts: RaftStorageOptions) {
     this.dir = dir;
     this.fs = opts.fs ?? nodeFs;
     this.logger = opts.logger ?? nullLogger;
     this.retain = Math.max(1, opts.snapshotsRetained ?? 2);
+    this.segmentBytes = opts.segmentBytes;
     this.snapshots = new SnapshotFiles(this.fs, join(dir, 'snap'), this.logger);
   }
 
@@ -145,11 +149,23 @@ export class RaftStorage {
   static async open(dir: string, opts: RaftStorageOptions = {}): Promise<RaftStorage> {
     const s = new RaftStorage(dir, opts);
     await ensureFormat(s.fs, dir);
+    s.unlock = await lockDir(s.fs, dir);
+    try {
+      await s.recover();
+    } catch (err) {
+      await s.unlock();
+      throw err;
+    }
+    return s;
+  }
+
+  private async recover(): Promise<void> {
+    const dir = this.dir;
     const walDir = join(dir, 'wal');
     const replay = new ReplayLog();
-    s.wal = await Wal.open(
+    this.wal = await Wal.open(
       walDir,
-      { fs: s.fs, logger: s.logger, segmentBytes: opts.segmentBytes, preamble: () => [{ type: RecordType.hardState, body: encodeHardState(s.hs) }] },
+      { fs: this.fs, logger: this.logger, segmentBytes: this.segmentBytes, preamble: () => [{ type: RecordType.hardState, body: encodeHardState(this.hs) }] },
       (type, body, seq, offset) => {
         const where = join(walDir, segmentName(seq));
         let problem: string | null = null;
@@ -161,7 +177,12 @@ export class RaftStorage {
           if (hs) replay.hardState = hs;
           else problem = 'undecodable hard state record';
         } else if (type === RecordType.installMarker) {
-          const v = unpack(body) as unknown;
+          let v: unknown;
+          try {
+            v = unpack(body);
+          } catch {
+            v = null;
+          }
           if (Array.isArray(v) && v.length === 2 && v.every(isUint)) replay.install(v[0] as number, v[1] as number);
           else problem = 'undecodable snapshot-install record';
         } else {
@@ -170,8 +191,7 @@ export class RaftStorage {
         if (problem) throw new CorruptionError(where, offset, problem, CORRUPTION_REMEDY);
       },
     );
-    await s.adopt(replay);
-    return s;
+    await this.adopt(replay);
   }
 
   /** Chooses the snapshot the replayed log continues and installs both in memory. */
@@ -369,6 +389,7 @@ export class RaftStorage {
   async close(): Promise<void> {
     await this.chain;
     await this.wal.close();
+    await this.unlock();
   }
 }
 

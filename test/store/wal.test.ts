@@ -599,3 +599,22 @@ t.test('a real full disk: a 64 KiB tmpfs (root only; skipped otherwise)', async 
   t.equal(w2.repaired, null, 'nothing torn: the failed batches were cut back');
   await w2.close();
 });
+
+t.test('one process per data directory: LOCK refuses a live owner, takes over a dead one', async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const dir = t.testdir();
+  const a = await RaftStorage.open(dir);
+  await t.rejects(RaftStorage.open(dir), { code: StoreErrorCode.locked, message: new RegExp(`in use by process ${process.pid}`) });
+  await a.close();
+  t.notOk(existsSync(join(dir, 'LOCK')), 'released on close');
+  const dead = spawnSync(process.execPath, ['-e', '0']).pid!;
+  writeFileSync(join(dir, 'LOCK'), `${dead}\n`);
+  const b = await RaftStorage.open(dir);
+  t.equal(readFileSync(join(dir, 'LOCK'), 'utf8'), `${process.pid}\n`, 'a stale lock of a dead process is taken over');
+  await b.close();
+  // A store that refuses to start releases the lock it took.
+  writeFileSync(join(dir, 'wal', '0000000000000001.seg'), 'garbage that is not a segment');
+  writeFileSync(join(dir, 'wal', '0000000000000002.seg'), 'more');
+  await t.rejects(RaftStorage.open(dir), { code: StoreErrorCode.corrupt });
+  t.notOk(existsSync(join(dir, 'LOCK')));
+});
