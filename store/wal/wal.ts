@@ -1,10 +1,11 @@
 // The write-ahead log: segment files of CRC-framed records with group commit.
 //
 // Group commit: append() only queues. The first append of an idle WAL schedules a flush as a
-// microtask, so everything appended in the same turn of the event loop lands in one write() and one
-// fdatasync(), and a lone append waits for no timer and no extra turn. While a batch is being
-// written and synced, new appends queue up and go together as the next batch. Every caller's
-// promise resolves only once its bytes are durable.
+// microtask, so everything appended by the same callback lands in one write() and one fdatasync(),
+// and a lone append waits for no timer and no extra turn of the event loop. While a batch is being
+// written and synced, every new append (from any callback) queues up, and all of them go together
+// as the next batch: under load the number of syncs stays near one per sync time, whatever the
+// number of writers. Every caller's promise resolves only once its bytes are durable.
 //
 // Disk errors: a failed write or sync rejects every caller of that batch with a DiskError and cuts
 // the segment back to its last durable length, so the files stay consistent and the next batch
