@@ -51,6 +51,8 @@ async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?:
   try {
     node = await startServing(config, logger, auth.authenticator);
   } catch (err) {
+    // A configuration problem found while starting (e.g. a cluster flag missing its partner) is still exit 2.
+    if (err instanceof ConfigError) throw err;
     logger.fatal({ err }, err instanceof Error ? err.message : String(err));
     return exitCodes.failure;
   }
