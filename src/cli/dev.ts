@@ -7,8 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../certs/index.js';
-import type { DevConfig, PemFiles, ServeConfig } from '../config/index.js';
-import { loadCertAndKey } from '../config/validate.js';
+import { loadCertAndKey, type DevConfig, type PemFiles, type ServeConfig } from '../config/index.js';
 import type { ServingNode } from './serve.js';
 
 export const devNodeName = 'n1';

@@ -10,7 +10,7 @@ export {
   resolveServeConfig, resolveDevConfig, defaults, busAuthModes, storeKinds, kvReplicasMax,
   type ServeConfig, type DevConfig, type ClusterConfig, type StoreKind,
 } from './serve_config.js';
-export { parseRoutes, isHost, quote, type RouteTarget, type PemFiles } from './validate.js';
+export { parseRoutes, isHost, quote, loadCertAndKey, type RouteTarget, type PemFiles } from './validate.js';
 
 export type Command =
   | { readonly kind: 'help' }
