@@ -34,7 +34,24 @@ export interface RaftStorageOptions {
   readonly segmentBytes?: number;
   /** Snapshot files kept; WAL segments are removed only once the oldest kept one covers them. */
   readonly snapshotsRetained?: number;
+  /**
+   * Errors thrown by term()/entries() for an index before the first or after the last one. raft/
+   * recognises its own RaftError (compacted/unavailable), which store/ may not import, so the node
+   * passes factories: `{ compacted: (m) => new RaftError(RaftErrorCode.compacted, m), ... }`.
+   * Default: StoreError ESTORE_COMPACTED / ESTORE_UNAVAILABLE.
+   */
+  readonly rangeErrors?: RangeErrors;
 }
+
+export interface RangeErrors {
+  readonly compacted: (message: string) => Error;
+  readonly unavailable: (message: string) => Error;
+}
+
+const storeRangeErrors: RangeErrors = {
+  compacted: (m) => new StoreError(StoreErrorCode.compacted, m),
+  unavailable: (m) => new StoreError(StoreErrorCode.unavailable, m),
+};
 
 export interface RecoveryReport {
   /** The torn WAL tail that was cut off at start, if any. */
@@ -121,6 +138,7 @@ export class RaftStorage {
   private readonly logger: StoreLogger;
   private readonly retain: number;
   private readonly segmentBytes: number | undefined;
+  private readonly rangeErrors: RangeErrors;
   private readonly snapshots: SnapshotFiles;
   private wal!: Wal;
   private snap: Snapshot = emptySnapshot;
@@ -138,6 +156,7 @@ export class RaftStorage {
     this.logger = opts.logger ?? nullLogger;
     this.retain = Math.max(1, opts.snapshotsRetained ?? 2);
     this.segmentBytes = opts.segmentBytes;
+    this.rangeErrors = opts.rangeErrors ?? storeRangeErrors;
     this.snapshots = new SnapshotFiles(this.fs, join(dir, 'snap'), this.logger);
   }
 
@@ -262,16 +281,16 @@ export class RaftStorage {
   term(i: number): number {
     const base = this.snap.meta.index;
     if (i === base) return this.snap.meta.term;
-    if (i < base) throw new StoreError(StoreErrorCode.compacted, `entry ${i} is compacted (snapshot at ${base})`);
-    if (i > this.lastIndex()) throw new StoreError(StoreErrorCode.unavailable, `entry ${i} is beyond the last index ${this.lastIndex()}`);
+    if (i < base) throw this.rangeErrors.compacted(`entry ${i} is compacted (snapshot at ${base})`);
+    if (i > this.lastIndex()) throw this.rangeErrors.unavailable(`entry ${i} is beyond the last index ${this.lastIndex()}`);
     return this.log[i - base - 1]!.term;
   }
 
   /** Entries [lo, hi), at least one when any, then stopping before `bytesMax` of data would be exceeded. */
   entries(lo: number, hi: number, bytesMax = Number.POSITIVE_INFINITY): Entry[] {
     const base = this.snap.meta.index;
-    if (lo <= base) throw new StoreError(StoreErrorCode.compacted, `entry ${lo} is compacted (snapshot at ${base})`);
-    if (hi > this.lastIndex() + 1) throw new StoreError(StoreErrorCode.unavailable, `entries up to ${hi - 1} requested, last is ${this.lastIndex()}`);
+    if (lo <= base) throw this.rangeErrors.compacted(`entry ${lo} is compacted (snapshot at ${base})`);
+    if (hi > this.lastIndex() + 1) throw this.rangeErrors.unavailable(`entries up to ${hi - 1} requested, last is ${this.lastIndex()}`);
     const out: Entry[] = [];
     let bytes = 0;
     for (let i = lo; i < hi; i++) {

@@ -20,6 +20,8 @@ import {
 import { findValidRecordAfter } from '../../store/wal/record.js';
 import { encodeSnapshotFile, decodeSnapshotFile } from '../../store/snapshot.js';
 import type { Entry } from '../../raft/types.js';
+import type { Storage } from '../../raft/storage.js';
+import { RaftError, RaftErrorCode } from '../../raft/errors.js';
 
 const SEED = Number(process.env.SEED ?? Date.now() % 1_000_000_007);
 t.comment(`seeded properties use SEED=${SEED} (rerun: SEED=${SEED} npx tap test/store/wal.test.ts)`);
@@ -617,4 +619,19 @@ t.test('one process per data directory: LOCK refuses a live owner, takes over a 
   writeFileSync(join(dir, 'wal', '0000000000000002.seg'), 'more');
   await t.rejects(RaftStorage.open(dir), { code: StoreErrorCode.corrupt });
   t.notOk(existsSync(join(dir, 'LOCK')));
+});
+
+t.test('RaftStorage is the read-only Storage raft/ reads, with raft/ range errors injected', async (t) => {
+  const st = await RaftStorage.open(t.testdir(), {
+    rangeErrors: { compacted: (m) => new RaftError(RaftErrorCode.compacted, m), unavailable: (m) => new RaftError(RaftErrorCode.unavailable, m) },
+  });
+  await st.save({ entries: [ent(1, 1), ent(2, 1), ent(3, 2)], hardState: { term: 2, vote: 1, commit: 2 } });
+  await st.createSnapshot(1, { voters: [1], learners: [] }, Buffer.from('s'));
+  const view: Storage = st; // a type error here means the two contracts drifted apart
+  t.same([view.firstIndex(), view.lastIndex(), view.term(1), view.term(3)], [2, 3, 1, 2]);
+  t.throws(() => view.term(0), { code: RaftErrorCode.compacted });
+  t.ok((() => { try { view.entries(1, 2, 100); } catch (e) { return e instanceof RaftError; } return false; })(), 'compacted entries throw a RaftError');
+  t.throws(() => view.entries(2, 5, 100), { code: RaftErrorCode.unavailable });
+  t.same(texts(view.entries(2, 4, 0)), ['2/1/e2'], 'at least one entry whatever bytesMax');
+  await st.close();
 });
