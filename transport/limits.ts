@@ -22,7 +22,7 @@ export interface RouteLimits {
 
 export const routeLimitsDefault: RouteLimits = {
   frameBytesMax: 4 * 1024 * 1024,
-  queueFramesMax: 65_536,
+  queueFramesMax: 1_000_000,
   queueBytesMax: 64 * 1024 * 1024,
   handshakeTimeoutMs: 5_000,
   pingIntervalMs: 2_000,

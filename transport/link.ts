@@ -37,6 +37,9 @@ export interface LinkCounters {
   raftDropped: number;
 }
 
+/** Bytes per socket write when draining a backlog: large enough for full TLS records, small enough to interleave. */
+const flushBytes = 256 * 1024;
+
 // Refusals that are part of normal operation: logged at debug, not as warnings.
 const quietCodes: ReadonlySet<string> = new Set<RefusalCode>(['self', 'duplicate', 'shutdown']);
 
@@ -65,8 +68,13 @@ export class Link {
   #pingSeq = 0;
   #pingSentAt = 0;
   #pingsOut = 0;
+  /** Data frames waiting for the socket; `#head` is the first unsent one (no O(n) shift on a long queue). */
   #queue: Buffer[] = [];
+  #head = 0;
   #queueBytes = 0;
+  /** Keep-alive and handshake frames: written ahead of queued data so a pong never waits behind bulk. */
+  #control: Buffer[] = [];
+  #receivedSinceTick = false;
   #flushScheduled: NodeJS.Immediate | undefined;
   #waitingDrain = false;
 
@@ -131,6 +139,7 @@ export class Link {
   #onData(chunk: Buffer): void {
     if (this.state === 'closed') return;
     this.counters.bytesIn += chunk.length;
+    this.#receivedSinceTick = true;
     try {
       this.#parser.push(chunk, (frame) => this.#onFrame(frame));
     } catch (error) {
@@ -200,6 +209,10 @@ export class Link {
     this.#pingTimer = this.#clock.setTimeout(() => {
       this.#pingTimer = undefined;
       if (this.state !== 'up') return;
+      // Like nats-server, traffic from the peer proves it alive: under a bulk stream its pongs may queue
+      // behind our own backlog at the peer, and that must not read as a dead peer.
+      if (this.#receivedSinceTick) this.#pingsOut = 0;
+      this.#receivedSinceTick = false;
       if (this.#pingsOut >= this.#limits.pingsOutstandingMax) {
         this.close('dead_peer', `no pong for ${this.#pingsOut} pings ${this.#limits.pingIntervalMs} ms apart`);
         return;
@@ -223,40 +236,62 @@ export class Link {
     if (bytes.length - 4 > this.#limits.frameBytesMax) {
       throw new FrameError('EFRAME_OVERSIZE', `route frame of ${bytes.length - 4} bytes exceeds the limit of ${this.#limits.frameBytesMax} bytes`);
     }
-    if (this.#queue.length >= this.#limits.queueFramesMax || this.#queueBytes + bytes.length > this.#limits.queueBytesMax) {
+    const queued = this.#queue.length - this.#head;
+    if (queued >= this.#limits.queueFramesMax || this.#queueBytes + bytes.length > this.#limits.queueBytesMax) {
       if (frame.kind === 'raft') {
         this.counters.raftDropped++;
         return 'dropped';
       }
-      this.close('slow_consumer', `outbound queue full (${this.#queue.length} frames, ${this.#queueBytes} bytes): ` +
+      this.close('slow_consumer', `outbound queue full (${queued} frames, ${this.#queueBytes} bytes): ` +
         'closing the route as a slow consumer');
       return 'closed';
     }
-    this.#push(bytes);
+    this.#queue.push(bytes);
+    this.#queueBytes += bytes.length;
+    this.#scheduleFlush();
     return 'queued';
   }
 
   #enqueueControl(frame: WireFrame): void {
     // Control frames are few and small; they bypass the limits so a full queue still answers pings.
-    this.#push(encodeFrame(frame));
+    this.#control.push(encodeFrame(frame));
+    this.#scheduleFlush();
   }
 
-  #push(bytes: Buffer): void {
-    this.#queue.push(bytes);
-    this.#queueBytes += bytes.length;
+  #scheduleFlush(): void {
     this.counters.framesOut++;
-    // One write per event-loop turn: frames queued in the same turn share a TLS record.
+    // One write per event-loop turn: frames queued in the same turn share TLS records.
     this.#flushScheduled ??= setImmediate(() => { this.#flushScheduled = undefined; this.#flush(); });
   }
 
   #flush(): void {
-    if (this.#waitingDrain || this.#queue.length === 0 || this.#socket.destroyed) return;
-    const out = this.#queue.length === 1 ? this.#queue[0]! : Buffer.concat(this.#queue, this.#queueBytes);
-    this.#queue = [];
-    this.#queueBytes = 0;
-    this.counters.bytesOut += out.length;
-    // Backpressure: while the socket's buffer is over its high-water mark, frames wait in our bounded queue.
-    if (!this.#socket.write(out)) this.#waitingDrain = true;
+    if (this.#socket.destroyed) return;
+    // Control frames go out even while waiting for 'drain': they are tiny, and a peer must see our pongs.
+    if (this.#control.length > 0) {
+      const control = this.#control.length === 1 ? this.#control[0]! : Buffer.concat(this.#control);
+      this.#control = [];
+      this.counters.bytesOut += control.length;
+      if (!this.#socket.write(control)) this.#waitingDrain = true;
+    }
+    // Write batches of about flushBytes until the socket's buffer passes its high-water mark; the rest waits
+    // here, bounded by the queue limits, so the socket never holds more than about one batch of backlog.
+    while (!this.#waitingDrain && this.#head < this.#queue.length) {
+      let end = this.#head;
+      let bytes = 0;
+      while (end < this.#queue.length && (bytes < flushBytes || end === this.#head)) bytes += this.#queue[end++]!.length;
+      const out = end - this.#head === 1 ? this.#queue[this.#head]! : Buffer.concat(this.#queue.slice(this.#head, end), bytes);
+      this.#head = end;
+      this.#queueBytes -= bytes;
+      this.counters.bytesOut += bytes;
+      if (!this.#socket.write(out)) this.#waitingDrain = true;
+    }
+    if (this.#head === this.#queue.length) {
+      this.#queue = [];
+      this.#head = 0;
+    } else if (this.#head > 4096 && this.#head * 2 > this.#queue.length) {
+      this.#queue = this.#queue.slice(this.#head);
+      this.#head = 0;
+    }
   }
 
   /** Closes the link, sending the reason to the peer first so both logs carry it. */
@@ -270,7 +305,9 @@ export class Link {
     }
     // Drop what is queued: the refusal must not wait behind bulk traffic of a route that is going away.
     this.#queue = [];
+    this.#head = 0;
     this.#queueBytes = 0;
+    this.#control = [];
     this.#socket.end(encodeFrame({ kind: 'refuse', code, reason }));
     this.#graceTimer = this.#clock.setTimeout(() => { this.#graceTimer = undefined; this.#socket.destroy(); },
       this.#limits.closeGraceMs);

@@ -85,6 +85,8 @@ class Bus implements ClusterBus {
   /** Remote interest of every up peer, one item per (peer, subject, queue). */
   readonly #remote = new Sublist<RemoteInterest>();
   readonly #byPeer = new Map<string, Map<string, RemoteInterest>>();
+  /** Distinct peers of a match result; the sublist caches results per subject, so this is computed once. */
+  readonly #plainPeers = new WeakMap<object, string[]>();
   readonly #unhook: () => void;
   #forwardedMsgs = 0;
   #receivedMsgs = 0;
@@ -226,35 +228,48 @@ class Bus implements ClusterBus {
   #forward(msg: LocalPublish): boolean {
     const match = this.#remote.match(msg.subject);
     if (match.plain.length === 0 && match.queues.length === 0) return false;
-    // Peers receiving this message, each with the queue groups it must serve.
-    const targets = new Map<string, string[] | null>();
-    for (const item of match.plain) if (!targets.has(item.peer)) targets.set(item.peer, null);
-    if (match.queues.length > 0) {
-      const localGroups = this.#localQueues.match(msg.subject).queues;
-      for (const members of match.queues) {
-        const group = members[0]!.queue!;
-        // The server already handed it to a local member of this group (it delivers locally first).
-        if (localGroups.some((g) => g[0]!.queue === group)) continue;
-        const peers = [...new Set(members.map((m) => m.peer))];
-        const chosen = peers[Math.min(peers.length - 1, Math.floor(this.#random() * peers.length))]!;
-        const list = targets.get(chosen);
-        if (list) list.push(group);
-        else targets.set(chosen, [group]);
-      }
+    // Distinct peers with plain interest, computed once per cached match result (the hot path).
+    let plainPeers = this.#plainPeers.get(match);
+    if (plainPeers === undefined) {
+      plainPeers = [...new Set(match.plain.map((item) => item.peer))];
+      this.#plainPeers.set(match, plainPeers);
     }
+    const assigned = match.queues.length === 0 ? undefined : this.#assignQueues(msg.subject, match.queues);
     let sent = false;
-    for (const [peer, queues] of targets) {
-      const frame: RouteFrame = {
-        kind: 'bus', subject: msg.subject, payload: msg.payload,
-        ...(msg.reply === undefined ? {} : { reply: msg.reply }),
-        ...(msg.headers.length > 0 ? { headers: msg.headers } : {}),
-        ...(queues === null ? {} : { queues }),
-      };
-      if (this.#routes.send(peer, frame)) {
-        this.#forwardedMsgs++;
-        sent = true;
-      }
+    for (const peer of plainPeers) {
+      if (this.#sendBus(peer, msg, assigned?.get(peer))) sent = true;
+      assigned?.delete(peer);
     }
+    if (assigned) for (const [peer, queues] of assigned) if (this.#sendBus(peer, msg, queues)) sent = true;
     return sent;
+  }
+
+  /** For each remote queue group without a local member, one peer (at random) that serves it. */
+  #assignQueues(subject: string, groups: readonly (readonly RemoteInterest[])[]): Map<string, string[]> {
+    const assigned = new Map<string, string[]>();
+    const localGroups = this.#localQueues.match(subject).queues;
+    for (const members of groups) {
+      const group = members[0]!.queue!;
+      // The server already handed it to a local member of this group (it delivers locally first).
+      if (localGroups.some((g) => g[0]!.queue === group)) continue;
+      const peers = members.length === 1 ? [members[0]!.peer] : [...new Set(members.map((m) => m.peer))];
+      const chosen = peers[Math.min(peers.length - 1, Math.floor(this.#random() * peers.length))]!;
+      const list = assigned.get(chosen);
+      if (list) list.push(group);
+      else assigned.set(chosen, [group]);
+    }
+    return assigned;
+  }
+
+  #sendBus(peer: string, msg: LocalPublish, queues: string[] | undefined): boolean {
+    const frame: { kind: 'bus'; subject: string; payload: Uint8Array; reply?: string; headers?: Uint8Array; queues?: string[] } =
+      { kind: 'bus', subject: msg.subject, payload: msg.payload };
+    if (msg.reply !== undefined) frame.reply = msg.reply;
+    if (msg.headers.length > 0) frame.headers = msg.headers;
+    if (queues !== undefined) frame.queues = queues;
+    // The frame is encoded inside send(), so the server's views need no copy.
+    if (!this.#routes.send(peer, frame)) return false;
+    this.#forwardedMsgs++;
+    return true;
   }
 }

@@ -1,0 +1,255 @@
+// bench:routes — cross-node pub/sub: publisher on node A, subscriber on node B (128-byte payloads), through
+// a 3-node membershipd cluster (NATS server + TLS route transport + cluster bus per node) and, when the
+// nats-server binary is installed, a 3-node nats-server cluster with TLS routes. Same @nats-io/transport-node
+// client, same run, rounds alternating between the systems. Every node is its own child process so that no
+// node shares the client's CPU. Figures are taken on a shared, loaded 2-core machine: compare the ratio.
+//
+// The same file is the membershipd node process: `routes.ts node <json config>`.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { connect } from '@nats-io/transport-node';
+import nacl from 'tweetnacl';
+import { pino } from 'pino';
+import { createCertificateAuthority, issueCertificate } from '../src/certs/index.js';
+import { createNatsServer } from '../src/nats/index.js';
+import { createClusterBus, type ClusterBus } from '../src/bus/index.js';
+import { createRouteTransport } from '../transport/index.js';
+
+const msgs = Number(process.env.BENCH_MSGS ?? 200_000);
+const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+const phaseTimeoutMs = 60_000;
+const payload = new Uint8Array(128).fill(97);
+const names = ['a', 'b', 'c'] as const;
+
+interface NodeConfig {
+  name: string; natsPort: number; clusterPort: number; routes: string; cert: string; key: string; ca: string;
+}
+
+async function runNode(config: NodeConfig): Promise<void> {
+  const log = pino({ level: process.env.LOG_LEVEL ?? 'warn' }, pino.destination({ dest: 2, sync: true }));
+  const nats = createNatsServer({ host: '127.0.0.1', port: config.natsPort, serverName: config.name, logger: log });
+  await nats.start();
+  const pair = nacl.sign.keyPair();
+  let bus: ClusterBus | undefined;
+  const transport = createRouteTransport({
+    clusterName: 'bench', serverName: config.name, host: '127.0.0.1', port: config.clusterPort, routes: config.routes,
+    tls: { cert: config.cert, key: config.key, ca: config.ca },
+    identity: { publicKey: pair.publicKey, sign: (d) => nacl.sign.detached(d, pair.secretKey) },
+    user: 'route', password: 'bench-password', postureDigest: 'bench', clusterSize: 3, logger: log,
+    onPeerUp: (p) => { bus!.peerUp(p.name!); console.log(`PEERS ${transport.upPeers().length}`); },
+    onPeerDown: (p) => { bus!.peerDown(p.name!); console.log(`PEERS ${transport.upPeers().length}`); },
+    onFrame: (peer, frame) => { bus!.handleFrame(peer, frame); },
+  });
+  bus = createClusterBus({ nats: nats.cluster, routes: transport, logger: log });
+  await transport.start();
+  console.log('READY');
+  process.once('SIGTERM', () => {
+    void (async () => {
+      await transport.close();
+      await nats.close();
+      process.exit(0);
+    })();
+  });
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+/** The node runs from plain JavaScript bundled by esbuild (installed with tsx), as it would from dist/. */
+function nodeCommand(): string[] {
+  const root = fileURLToPath(new URL('..', import.meta.url));
+  const entry = join(root, 'bench/routes.ts');
+  const out = join(root, 'node_modules/.cache/membershipd-bench/routes_node.mjs');
+  const r = spawnSync(join(root, 'node_modules/.bin/esbuild'),
+    [entry, '--bundle', '--platform=node', '--format=esm', '--packages=external', '--log-level=error', `--outfile=${out}`],
+    { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (r.status === 0) return [out];
+  console.log('  note: esbuild bundle failed; running the nodes under tsx');
+  return ['--import', 'tsx', entry];
+}
+
+interface Cluster {
+  kind: 'membershipd' | 'nats-server';
+  children: ChildProcess[];
+  clientPorts: number[];
+}
+
+async function waitForPort(port: number, child: ChildProcess): Promise<void> {
+  const end = Date.now() + 20_000;
+  while (Date.now() < end) {
+    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`port ${port} did not open`);
+}
+
+async function startMembershipd(dir: string): Promise<Cluster> {
+  const command = nodeCommand();
+  const natsPorts = await Promise.all(names.map(() => freePort()));
+  const clusterPorts = await Promise.all(names.map(() => freePort()));
+  const routes = clusterPorts.map((p) => `127.0.0.1:${p}`).join(','); // every node lists all three, itself too
+  const children: ChildProcess[] = [];
+  const meshed: Promise<void>[] = [];
+  names.forEach((name, i) => {
+    const config: NodeConfig = {
+      name, natsPort: natsPorts[i]!, clusterPort: clusterPorts[i]!, routes,
+      cert: readFileSync(join(dir, `${name}.pem`), 'utf8'), key: readFileSync(join(dir, `${name}.key`), 'utf8'),
+      ca: readFileSync(join(dir, 'ca.pem'), 'utf8'),
+    };
+    // BENCH_CPU_PROF=<dir> writes a V8 CPU profile per node, to see where the time goes.
+    const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+    const child = spawn(process.execPath, [...prof, ...command, 'node', JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(child);
+    meshed.push(new Promise((resolve, reject) => {
+      const lines = createInterface({ input: child.stdout! });
+      lines.on('line', (line) => { if (line === 'PEERS 2') resolve(); });
+      child.once('exit', (code) => reject(new Error(`membershipd node ${name} exited with ${code}`)));
+    }));
+  });
+  const timeout = new Promise<never>((_, reject) => setTimeout(() => reject(new Error('membershipd mesh did not form')), 30_000).unref());
+  await Promise.race([Promise.all(meshed), timeout]);
+  return { kind: 'membershipd', children, clientPorts: natsPorts };
+}
+
+async function startNatsServer(dir: string): Promise<Cluster> {
+  const natsPorts = await Promise.all(names.map(() => freePort()));
+  const clusterPorts = await Promise.all(names.map(() => freePort()));
+  const children: ChildProcess[] = [];
+  names.forEach((name, i) => {
+    // nats-server takes route credentials in the URL; membershipd refuses that by design.
+    const routes = clusterPorts.filter((_, j) => j !== i).map((p) => `"nats-route://route:bench-password@127.0.0.1:${p}"`);
+    const conf = join(dir, `nats-${name}.conf`);
+    writeFileSync(conf, `server_name: ${name}
+listen: 127.0.0.1:${natsPorts[i]}
+cluster {
+  name: bench
+  listen: 127.0.0.1:${clusterPorts[i]}
+  authorization { user: route, password: bench-password }
+  routes: [${routes.join(', ')}]
+  tls { cert_file: "${join(dir, `${name}.pem`)}", key_file: "${join(dir, `${name}.key`)}", ca_file: "${join(dir, 'ca.pem')}", verify: true, timeout: 5 }
+}
+`);
+    children.push(spawn('nats-server', ['-c', conf], { stdio: 'ignore' }));
+  });
+  await Promise.all(natsPorts.map((p, i) => waitForPort(p, children[i]!)));
+  return { kind: 'nats-server', children, clientPorts: natsPorts };
+}
+
+async function stop(cluster: Cluster): Promise<void> {
+  await Promise.all(cluster.children.map(async (child) => {
+    if (child.exitCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill('SIGTERM');
+    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(t);
+  }));
+}
+
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** Publisher on node A, subscriber on node B: msgs/s from the first publish to the last delivery. */
+async function crossNode(cluster: Cluster): Promise<{ rate: number; cpuUsPerMsg: number; received: number }> {
+  const pub = await connect({ servers: `127.0.0.1:${cluster.clientPorts[0]}` });
+  const sub = await connect({ servers: `127.0.0.1:${cluster.clientPorts[1]}` });
+  let received = 0;
+  let probes = 0;
+  let done!: () => void;
+  const all = new Promise<void>((r) => (done = r));
+  sub.subscribe('bench.probe', { callback: () => { probes++; } });
+  sub.subscribe('bench.cross', { callback: () => { if (++received === msgs) done(); } });
+  await sub.flush();
+  // Interest crosses the route asynchronously (in both systems): probe until node A forwards to B.
+  for (let i = 0; i < 500 && probes === 0; i++) {
+    pub.publish('bench.probe');
+    await pub.flush();
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  if (probes === 0) throw new Error(`${cluster.kind}: interest never reached node A`);
+  const cpu0 = cluster.children.reduce((s, c) => s + cpuSeconds(c.pid!), 0);
+  const start = performance.now();
+  for (let sent = 0; sent < msgs;) {
+    const n = Math.min(2000, msgs - sent);
+    for (let i = 0; i < n; i++) pub.publish('bench.cross', payload);
+    sent += n;
+    await new Promise((r) => setImmediate(r));
+  }
+  await pub.flush();
+  await Promise.race([all, new Promise((r) => setTimeout(r, phaseTimeoutMs).unref())]);
+  const secs = (performance.now() - start) / 1000;
+  const cpu = cluster.children.reduce((s, c) => s + cpuSeconds(c.pid!), 0) - cpu0;
+  await Promise.all([pub.close(), sub.close()]);
+  return { rate: received / secs, cpuUsPerMsg: (cpu * 1e6) / Math.max(received, 1), received };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'bench-routes-'));
+  const ca = await createCertificateAuthority('bench-ca');
+  writeFileSync(join(dir, 'ca.pem'), ca.cert);
+  for (const name of names) {
+    const leaf = await issueCertificate(ca, { commonName: name });
+    writeFileSync(join(dir, `${name}.pem`), leaf.cert);
+    writeFileSync(join(dir, `${name}.key`), leaf.key, { mode: 0o600 });
+  }
+  const haveNats = process.env.BENCH_SKIP_NATS !== '1' && spawnSync('nats-server', ['--version'], { stdio: 'ignore' }).status === 0;
+  console.log(`bench:routes — ${msgs.toLocaleString('en')} msgs of 128 B per round, publisher on node A, subscriber on node B, ` +
+    `${rounds} rounds; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} (shared machine: compare ratios)`);
+  const clusters: Cluster[] = [];
+  const results = new Map<string, number[]>();
+  try {
+    clusters.push(await startMembershipd(dir));
+    if (haveNats) clusters.push(await startNatsServer(dir));
+    else console.log('  skip: nats-server binary not found (apt-get install nats-server); membershipd figures only');
+    for (let r = 1; r <= rounds; r++) {
+      for (const cluster of clusters) {
+        const res = await crossNode(cluster);
+        (results.get(cluster.kind) ?? results.set(cluster.kind, []).get(cluster.kind)!).push(res.rate);
+        console.log(`  round ${r} ${cluster.kind.padEnd(11)} ${Math.round(res.rate).toLocaleString('en').padStart(9)} msgs/s ` +
+          `(${res.received}/${msgs} delivered)   cluster CPU ${res.cpuUsPerMsg.toFixed(2)} µs/msg`);
+      }
+    }
+  } finally {
+    for (const c of clusters) await stop(c);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const ours = median(results.get('membershipd') ?? [NaN]);
+  const theirs = median(results.get('nats-server') ?? [NaN]);
+  console.log(`median membershipd ${Math.round(ours).toLocaleString('en')} msgs/s` +
+    (haveNats ? `, nats-server ${Math.round(theirs).toLocaleString('en')} msgs/s` : ''));
+  console.log(haveNats
+    ? `BENCH routes cross_node_ratio=${(ours / theirs).toFixed(3)} membershipd_msgs_per_s=${Math.round(ours)} nats_server_msgs_per_s=${Math.round(theirs)}`
+    : `BENCH routes cross_node_ratio=skipped membershipd_msgs_per_s=${Math.round(ours)}`);
+}
+
+if (process.argv[2] === 'node') {
+  await runNode(JSON.parse(process.argv[3]!) as NodeConfig);
+} else {
+  await main();
+}
