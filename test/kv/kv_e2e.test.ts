@@ -10,6 +10,7 @@ import { KvStateMachine } from '../../store/index.js';
 import { createNatsServer, type NatsServerWithCluster } from '../../src/nats/index.js';
 import { attachKvApi, createLocalKvBackend, type KvApi, type KvBackend } from '../../src/kv/index.js';
 import { silentLogger } from '../../src/log.js';
+import { createBusAuthenticator, createToken, hashToken, MemorySource } from '../../src/auth/index.js';
 import { kvServerPort } from './nats_seams.js';
 
 const enc = new TextEncoder();
@@ -144,6 +145,12 @@ t.test('history depth, get by revision, bucket limits', async (t) => {
   const h2 = await collect(await kv.history({ key: 'k' }));
   t.same(h2.map((e) => e.operation), ['PUT', 'PUT', 'DEL'], 'the DEL marker counts in the history depth');
   t.equal((await kv.status()).values, 3);
+
+  const capped = await kvm.create('capped', { max_bytes: 100 });
+  await capped.put('a', new Uint8Array(60));
+  t.equal((await rejection(capped.put('b', new Uint8Array(60)))).message, 'maximum bytes exceeded');
+  await capped.put('a', new Uint8Array(90));
+  t.equal((await capped.status()).size, 91, 'history 1: the new value replaced the old one within the limit');
 
   const small = await kvm.create('small', { maxValueSize: 16 });
   await small.put('ok', new Uint8Array(16));
@@ -348,4 +355,47 @@ t.test('model: random put/create/update/delete/purge/get through the real client
     { seed, numRuns: 15, endOnFailure: true },
   );
   t.pass('model agreed on every run');
+});
+
+t.test('bus permissions decide who reaches the KV API (enforce mode)', async (t) => {
+  const tokK = createToken();
+  const tokP = createToken();
+  const source = new MemorySource(
+    [
+      { name: 'k', token: hashToken(tokK), roles: ['kv'], disabled: false },
+      { name: 'p', token: hashToken(tokP), roles: ['plain'], disabled: false },
+    ],
+    [
+      // JetStream subjects are reserved: a role must name them; `>` alone does not reach them.
+      { name: 'kv', admin: false, permissions: { publish: ['$JS.API.>', '$KV.app.>', '$JS.FC.>'], subscribe: ['_INBOX.>'] } },
+      { name: 'plain', admin: false, permissions: { publish: ['>'], subscribe: ['>'] } },
+    ],
+  );
+  const auth = createBusAuthenticator({ mode: 'enforce', source, logger: silentLogger() });
+  const srv = createNatsServer({ host: '127.0.0.1', port: 0, auth, logger: silentLogger() });
+  await srv.start();
+  const ncK = await connect({ servers: `127.0.0.1:${srv.port}`, token: tokK });
+  const ncP = await connect({ servers: `127.0.0.1:${srv.port}`, token: tokP });
+  const { port } = await kvServerPort(srv, async (s) => {
+    ncK.publish(s);
+    await ncK.flush();
+  });
+  const a = attachKvApi({ cluster: port }, { backend: createLocalKvBackend(new KvStateMachine()), logger: silentLogger(), serverName: srv.serverName });
+  t.teardown(async () => {
+    await ncK.close();
+    await ncP.close();
+    a.detach();
+    await srv.close();
+  });
+  const kvK = await new Kvm(ncK).create('app');
+  await kvK.put('x', '1');
+  t.equal((await kvK.get('x'))?.string(), '1');
+  t.same(await collect(await kvK.keys()), ['x'], 'consumers work with _INBOX.> subscribe and $JS.FC.> publish rights');
+  const before = a.stats().requests;
+  // A bucket outside the role's $KV subjects: the stream can be created, but a put is a permissions violation.
+  const other = await new Kvm(ncK).create('other');
+  t.ok(await rejection(other.put('x', '1')), 'put outside the allowed $KV subjects refused by the server');
+  // `>` does not reach the reserved JetStream subjects: the request never gets to the API.
+  t.ok(await rejection(new Kvm(ncP).create('app', { timeout: 500 } as never)), 'no JetStream rights, no KV');
+  t.equal(a.stats().requests, before + 3, 'only the permitted requests (INFO, STREAM.INFO, STREAM.CREATE of "other") arrived');
 });

@@ -85,7 +85,7 @@ export async function kvServerPort(server: NatsServerWithCluster, publish: (subj
   const c = server.cluster as NatsServerWithCluster['cluster'] & { deliverAs?: KvServerPort['deliverAs'] };
   const real = typeof c.deliverAs === 'function';
   const deliverAs = real ? c.deliverAs!.bind(c) : deliverAsFor(coreOf(server));
-  const wildcardOk = await wildcardPublishReachesForwarder(server, publish);
+  const wildcardOk = !wildcardPatched && (await wildcardPublishReachesForwarder(server, publish));
   if (!wildcardOk) patchWildcardPublish();
   const port: KvServerPort = {
     deliverFromRoute: (m) => c.deliverFromRoute(m),
