@@ -136,6 +136,7 @@ export class Raft {
   /** Proposals were appended since the last broadcast; sent as one batch per follower at ready(). */
   private bcastPending = false;
   private partialSnap: PartialSnapshot | null = null;
+  private fromNetwork = false;
   private readonly scratch: number[] = [];
 
   constructor(cfg: RaftConfig) {
@@ -331,7 +332,17 @@ export class Raft {
 
   // ---- the message dispatcher ----
 
-  step(m: Message): void {
+  /** `fromNetwork`: the message came from a peer, so a drop is silent (the asker times out). */
+  step(m: Message, fromNetwork = false): void {
+    this.fromNetwork = fromNetwork;
+    try {
+      this.stepInner(m);
+    } finally {
+      this.fromNetwork = false;
+    }
+  }
+
+  private stepInner(m: Message): void {
     if (m.term === 0) {
       // local message, or one a follower forwarded (prop, readIndex, transferLeader)
     } else if (m.term > this.term) {
@@ -444,9 +455,9 @@ export class Raft {
     }
   }
 
-  private dropProposal(m: Message, why: string, code: RaftErrorCode = RaftErrorCode.proposalDropped): void {
+  private dropProposal(_m: Message, why: string, code: RaftErrorCode = RaftErrorCode.proposalDropped): void {
     // A local caller learns at once; a forwarded proposal is dropped silently (the client times out).
-    if (m.from === this.id || m.from === 0) throw new RaftError(code, why);
+    if (!this.fromNetwork) throw new RaftError(code, why);
   }
 
   private leaderPropose(m: Message): void {

@@ -80,6 +80,7 @@ export class RawNode {
   private prevHardState: HardState;
   private prevSoftState: SoftState;
   private outstanding: Ready | null = null;
+  private outstandingHardState: HardState | null = null;
 
   constructor(cfg: RawNodeConfig) {
     this.raft = new Raft(cfg);
@@ -118,7 +119,7 @@ export class RawNode {
   step(m: Message): void {
     if (isLocalMessage(m.type)) return;
     if (isResponseMessage(m.type) && !this.raft.prs.has(m.from) && this.raft.state === StateType.leader) return;
-    this.raft.step(m);
+    this.raft.step(m, true);
   }
 
   /**
@@ -150,6 +151,7 @@ export class RawNode {
     r.flushBroadcast();
     const hs = r.hardState();
     let hardState: HardState | null = sameHardState(hs, this.prevHardState) ? null : hs;
+    this.outstandingHardState = hardState;
     if (hardState && r.bug === 'vote-not-persisted') hardState = { ...hardState, vote: 0 };
     const soft = r.lead !== this.prevSoftState.lead || r.state !== this.prevSoftState.state ? { lead: r.lead, state: r.state } : null;
     const entries = r.raftLog.unstableEntries().slice();
@@ -175,7 +177,7 @@ export class RawNode {
     assert(rd !== null, 'advance() without a ready(): the Ready/advance contract is broken');
     this.outstanding = null;
     const r = this.raft;
-    if (rd.hardState) this.prevHardState = r.bug === 'vote-not-persisted' ? r.hardState() : rd.hardState;
+    if (this.outstandingHardState) this.prevHardState = this.outstandingHardState;
     if (rd.softState) this.prevSoftState = rd.softState;
     if (rd.snapshot) {
       r.raftLog.stableSnapTo(rd.snapshot.meta.index);

@@ -32,7 +32,7 @@ const electionTicks = 10;
 const heartbeatTicks = 2;
 /** After the faults heal, a leader must be elected and every member caught up within this many ticks. */
 export const recoverTicksMax = 400;
-const opTimeoutTicks = 80;
+const opTimeoutTicks = 40;
 const keys = ['a', 'b', 'c'];
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -74,6 +74,10 @@ class SimNode {
   readonly reads = new Map<string, ClientOp>();
   readonly readsAwaitingApply: ClientOp[] = [];
   checkedLeaderTerm = 0;
+  /** A stopped-the-world pause (GC, swap): no ticks, no messages, no disk until then. */
+  pausedUntil = 0;
+  /** Clock skew: the fraction of simulated ticks this incarnation's clock advances by. */
+  tickRate = 1;
   constructor(
     readonly id: number,
     readonly peers: readonly number[],
@@ -81,6 +85,15 @@ class SimNode {
 }
 
 class Violation extends Error {}
+
+interface Client {
+  readonly id: number;
+  seq: number;
+  busy: ClientOp | null;
+  nextAt: number;
+  /** The node this client talks to until it fails it (clients cache the leader they found). */
+  node: number;
+}
 
 export class Simulation {
   readonly rng: Rng & { next(): number };
@@ -102,8 +115,13 @@ export class Simulation {
   private readonly delayMax: number;
   private readonly diskDelayMax: number;
   private readonly faultRate: number;
+  /** A stretch of the fault phase in which whoever leads is soon cut off or crashed (leader churn). */
+  private readonly churnFrom: number;
+  private readonly churnTo: number;
+  private churnNext = 0;
+  private lastLeaderTerm = 0;
   private nextId: number;
-  private clients: Array<{ id: number; seq: number; busy: ClientOp | null; nextAt: number }> = [];
+  private clients: Client[] = [];
   private faulty = true;
   readonly faultTicks: number;
 
@@ -112,7 +130,7 @@ export class Simulation {
     const r = this.rng;
     const pick = <T>(xs: readonly T[]): T => xs[r.int(xs.length)]!;
     this.limits = {
-      msgEntriesMax: pick([1, 2, 4, 64]),
+      msgEntriesMax: pick([1, 1, 2, 4, 64]),
       msgBytesMax: pick([48, 1 << 20]),
       inflightMsgsMax: pick([1, 2, 8, 256]),
       snapshotChunkBytesMax: pick([16, 64, 1 << 20]),
@@ -123,6 +141,8 @@ export class Simulation {
     this.diskDelayMax = pick([0, 1, 2]);
     this.faultRate = pick([0.5, 1, 2]);
     this.faultTicks = opts.faultTicks ?? 300 + r.int(301);
+    this.churnFrom = r.int(4) !== 0 ? r.int(this.faultTicks >> 1) : this.faultTicks;
+    this.churnTo = this.churnFrom + 100 + r.int(200);
     const peers = Array.from({ length: opts.nodes }, (_, i) => i + 1);
     for (const id of peers) {
       const n = new SimNode(id, peers);
@@ -130,7 +150,7 @@ export class Simulation {
       this.start(n);
     }
     this.nextId = opts.nodes + 1;
-    this.clients = [1, 2, 3].map((id) => ({ id, seq: 0, busy: null, nextAt: r.int(20) }));
+    this.clients = [1, 2, 3, 4].map((id) => ({ id, seq: 0, busy: null, nextAt: r.int(20), node: 1 + r.int(opts.nodes) }));
   }
 
   // ---- node lifecycle ----
@@ -143,6 +163,7 @@ export class Simulation {
     n.durableCommit = n.storage.hardState().commit;
     n.prevCommit = n.durableCommit;
     n.isLeader = false;
+    n.tickRate = [1, 1, 0.9, 0.7][this.rng.int(4)]!;
     n.raw = new RawNode({
       id: n.id,
       storage: n.storage,
@@ -290,6 +311,14 @@ export class Simulation {
       const n = this.nodes.get(m.to);
       if (!n?.raw) continue;
       if (this.blocked.has(`${m.from}>${m.to}`)) continue;
+      if (n.pausedUntil > this.t) {
+        // Delivered after the pause, spread out: a waking process may serve a client first.
+        const at = n.pausedUntil + this.rng.int(3);
+        const later = this.queue.get(at);
+        if (later) later.push(m);
+        else this.queue.set(at, [m]);
+        continue;
+      }
       n.raw.step(m);
       this.checkNode(n);
     }
@@ -297,7 +326,8 @@ export class Simulation {
 
   private tickAll(): void {
     for (const n of this.nodes.values()) {
-      if (!n.raw) continue;
+      if (!n.raw || n.pausedUntil > this.t) continue;
+      if (n.tickRate < 1 && this.rng.next() >= n.tickRate) continue;
       n.raw.tick();
       this.checkNode(n);
     }
@@ -310,7 +340,7 @@ export class Simulation {
   }
 
   private drive(n: SimNode): void {
-    for (let i = 0; i < 8 && n.raw; i++) {
+    for (let i = 0; i < 8 && n.raw && n.pausedUntil <= this.t; i++) {
       if (n.pending) {
         if (n.pending.doneAt > this.t) return;
         this.complete(n);
@@ -373,7 +403,13 @@ export class Simulation {
       st.setHardState(rd.hardState);
       n.durableCommit = rd.hardState.commit;
     }
+    const commitMoved = n.isLeader && rd.hardState !== null && rd.hardState.commit > n.prevCommit;
     if (n.isLeader && rd.hardState) this.recordLeaderCommit(n, rd.hardState.term, rd.hardState.commit);
+    if (this.inChurn() && ((rd.softState?.state === StateType.leader && this.rng.int(3) === 0) || (commitMoved && this.rng.int(4) === 0))) {
+      // Buggify (FoundationDB style): cut a leader off at the worst moments, right after its election
+      // or right after it advanced its commit index, before this batch's messages leave.
+      this.isolate(new Set([n.id]), 10 + this.rng.int(30));
+    }
     if (n.isLeader) this.checkLeaderCompleteness(n);
     this.sendAll(n, rd.messages);
     for (const e of rd.committedEntries) this.apply(n, e);
@@ -484,11 +520,15 @@ export class Simulation {
     }
   }
 
-  private startOp(c: { id: number; seq: number; busy: ClientOp | null; nextAt: number }, only?: { node: SimNode; key: string }): void {
+  private startOp(c: Client, only?: { node: SimNode; key: string }): void {
     const live = this.live();
     if (live.length === 0) return;
-    const lead = this.leader();
-    const n = only?.node ?? (lead && this.rng.int(10) < 7 ? lead : live[this.rng.int(live.length)]!);
+    let n = only?.node ?? this.nodes.get(c.node)!;
+    if (!n.raw || this.rng.int(10) === 0) {
+      const lead = this.leader();
+      n = lead && this.rng.int(4) !== 0 ? lead : live[this.rng.int(live.length)]!;
+      c.node = n.id;
+    }
     const key = only?.key ?? keys[this.rng.int(keys.length)]!;
     const kind = only || this.rng.int(2) === 0 ? 'read' : 'write';
     const seq = ++c.seq;
@@ -509,6 +549,7 @@ export class Simulation {
     } catch (e) {
       if (!(e instanceof RaftError)) throw e;
       c.nextAt = this.t + 3; // refused at once: it never happened
+      c.node = this.leader()?.id ?? c.node;
       return;
     }
     this.checkNode(n);
@@ -520,6 +561,8 @@ export class Simulation {
 
   private timeout(op: ClientOp): void {
     const n = this.nodes.get(op.node)!;
+    const c = this.clients.find((x) => x.id === op.op.client)!;
+    c.node = this.leader()?.id ?? c.node;
     n.writes.delete(op.ctx);
     n.reads.delete(op.ctx);
     const i = n.readsAwaitingApply.indexOf(op);
@@ -561,15 +604,41 @@ export class Simulation {
     const p = (x: number): boolean => r.next() < x * this.faultRate;
     this.restartDue();
     if (p(0.012)) {
+      // Crash a node, the leader half of the time; restart it soon or much later.
       const live = this.live();
-      if (live.length > 0) {
-        const n = live[r.int(live.length)]!;
+      const lead = this.leader();
+      const n = lead && r.int(2) === 0 ? lead : live[r.int(live.length)];
+      if (n) {
         this.crash(n);
-        this.restartAt.set(n.id, this.t + 5 + r.int(120));
+        this.restartAt.set(n.id, this.t + 1 + (r.int(2) === 0 ? r.int(15) : r.int(120)));
       }
     }
     if (this.t >= this.partitionUntil && this.blocked.size > 0 && r.int(4) === 0) this.blocked.clear();
     if (p(0.01)) this.partition();
+    if (p(0.01)) this.isolateLeader();
+    const inChurn = this.t >= this.churnFrom && this.t < this.churnTo;
+    const cur = inChurn ? this.leader() : undefined;
+    const curTerm = cur ? cur.raw!.basicStatus().term : 0;
+    if (cur && curTerm > this.lastLeaderTerm) {
+      // A leader cut off right after its election leaves an orphan no-op of a higher term behind:
+      // the raw material of the paper's Figure 8.
+      this.lastLeaderTerm = curTerm;
+      if (r.int(2) === 0) this.churnNext = this.t + r.int(4);
+    }
+    if (inChurn && this.t >= this.churnNext) {
+      this.churnNext = this.t + 5 + r.int(25);
+      const lead = this.leader();
+      if (lead && r.int(3) === 0) {
+        this.crash(lead);
+        this.restartAt.set(lead.id, this.t + 1 + r.int(20));
+      } else this.isolateLeader();
+    }
+    if (p(0.005)) {
+      const lead = this.leader();
+      const live = this.live();
+      const n = lead && r.int(2) === 0 ? lead : live[r.int(live.length)];
+      if (n) n.pausedUntil = this.t + 5 + r.int(40);
+    }
     if (p(0.006)) this.membershipChange();
     if (p(0.006)) {
       const lead = this.leader();
@@ -600,6 +669,33 @@ export class Simulation {
       // Asymmetric: some directed links fail.
       for (const a of ids) for (const b of ids) if (a !== b && r.int(4) === 0) this.blocked.add(`${a}>${b}`);
     }
+  }
+
+  private inChurn(): boolean {
+    return this.faulty && this.t >= this.churnFrom && this.t < this.churnTo;
+  }
+
+  private isolate(side: ReadonlySet<number>, ticks: number): void {
+    const ids = [...this.nodes.keys()];
+    this.blocked.clear();
+    this.partitionUntil = this.t + ticks;
+    for (const a of ids) for (const b of ids) if (side.has(a) !== side.has(b)) this.blocked.add(`${a}>${b}`);
+  }
+
+  /** Cut the leader off (alone, or with one follower) for a short while: the Figure 8 recipe. */
+  private isolateLeader(): void {
+    const lead = this.leader();
+    if (!lead) return;
+    const r = this.rng;
+    const ids = [...this.nodes.keys()];
+    const others = ids.filter((id) => id !== lead.id);
+    const side = new Set([lead.id]);
+    if (r.int(2) === 0 && others.length > 0) side.add(others[r.int(others.length)]!);
+    this.blocked.clear();
+    this.partitionUntil = this.t + 3 + r.int(40);
+    for (const a of ids) for (const b of ids) if (side.has(a) !== side.has(b)) this.blocked.add(`${a}>${b}`);
+    // A slow clock on the cut-off leader keeps it leading (check-quorum late) while others elect.
+    if (r.int(2) === 0) lead.tickRate = 0.5;
   }
 
   private membershipChange(): void {
@@ -633,6 +729,7 @@ export class Simulation {
 
   private heal(): void {
     this.faulty = false;
+    for (const n of this.nodes.values()) n.pausedUntil = Math.min(n.pausedUntil, this.t);
     this.blocked.clear();
     for (const id of this.restartAt.keys()) this.restartAt.set(id, this.t);
     this.restartDue();
