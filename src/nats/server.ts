@@ -344,14 +344,21 @@ class NatsServerImpl implements NatsServerWithCluster {
     const cid = this.nextCid++;
     const nonce = this.options.auth?.nonceRequired ? newNonce() : undefined;
     let infoSent = false;
+    let firstByteSeen = false;
     const deadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs + handshakeFirstWaitMs);
     deadline.unref();
     const fallback = setTimeout(() => {
-      // 2.9 model: INFO in plain text, then the client upgrades.
-      infoSent = true;
-      socket.write(this.core.infoLine({ cid, nonce, transport: { kind: 'tls', remoteAddress: socket.remoteAddress ?? '' } }));
+      // Decide after this turn's poll phase: if the event loop was blocked, a ClientHello may already be waiting
+      // in the kernel, and the timers phase runs before the read that would deliver it.
+      setImmediate(() => {
+        if (firstByteSeen || socket.destroyed) return;
+        // 2.9 model: INFO in plain text, then the client upgrades.
+        infoSent = true;
+        socket.write(this.core.infoLine({ cid, nonce, transport: { kind: 'tls', remoteAddress: socket.remoteAddress ?? '' } }));
+      });
     }, handshakeFirstWaitMs);
     socket.once('data', (chunk: Buffer) => {
+      firstByteSeen = true;
       clearTimeout(fallback);
       socket.pause();
       socket.unshift(chunk);
