@@ -211,6 +211,10 @@ export class RaftStorage {
       },
     );
     await this.adopt(replay);
+    // Re-record the hard state in the active segment: if the last rollover was cut short, that
+    // segment may lack its preamble, and compaction could later remove every older segment that
+    // holds the vote. One fdatasync at start buys the invariant "every segment suffix holds it".
+    await this.wal.append([{ type: RecordType.hardState, body: encodeHardState(this.hs) }]);
   }
 
   /** Chooses the snapshot the replayed log continues and installs both in memory. */

@@ -2,9 +2,10 @@
 // metadata and the state machine's image. Written tmp -> fsync -> rename -> fsync dir, so a crash
 // leaves either the old set or the new file complete; a file that fails its CRC is renamed
 // *.broken (kept for inspection) and the next newest valid one is used.
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { ConfState, Snapshot } from '../raft/types.js';
 import { copyBytes, isUint, pack, unpack } from './codec.js';
+import { FormatVersionError } from './errors.js';
 import { FORMAT_VERSION } from './format.js';
 import { type StoreFs, syncDir, writeFileDurable } from './fs.js';
 import type { StoreLogger } from './logger.js';
@@ -22,8 +23,12 @@ export function encodeSnapshotFile(s: Snapshot): Buffer {
   return encodeRecords([{ type: SNAPSHOT_TYPE, body }]);
 }
 
-/** Decodes a whole snapshot file; returns the reason when it is not one valid snapshot record. */
-export function decodeSnapshotFile(buf: Uint8Array): Snapshot | string {
+/**
+ * Decodes a whole snapshot file; returns the reason when it is not one valid snapshot record.
+ * Throws FormatVersionError for a valid file of a newer format (never set aside as damage).
+ */
+export function decodeSnapshotFile(buf: Uint8Array, path = 'snapshot'): Snapshot | string {
+  let newer = 0;
   const dec = new RecordDecoder(buf.length);
   let out: Snapshot | string = 'no record';
   let count = 0;
@@ -45,8 +50,12 @@ export function decodeSnapshotFile(buf: Uint8Array): Snapshot | string {
       return;
     }
     const [format, index, term, voters, learners, data] = v as unknown[];
-    if (!isUint(format) || format > FORMAT_VERSION) {
-      out = `format version ${String(format)} is newer than ${FORMAT_VERSION}`;
+    if (isUint(format) && format > FORMAT_VERSION) {
+      newer = format;
+      return;
+    }
+    if (!isUint(format) || format < 1) {
+      out = `format version ${String(format)} is not valid`;
       return;
     }
     const ids = (x: unknown): x is number[] => Array.isArray(x) && x.every(isUint);
@@ -58,6 +67,7 @@ export function decodeSnapshotFile(buf: Uint8Array): Snapshot | string {
     out = { meta: { index, term, conf }, data: copyBytes(data) };
   });
   if (failure) return `${failure.reason} at offset ${failure.offset}`;
+  if (newer > 0) throw new FormatVersionError(path, newer, FORMAT_VERSION);
   if (dec.pendingBytes > 0) return `truncated (${dec.pendingBytes} bytes of an incomplete record)`;
   if (count !== 1) return count === 0 ? 'empty file' : `${count} records, expected 1`;
   return out;
@@ -91,7 +101,7 @@ export class SnapshotFiles {
   async *valid(): AsyncGenerator<StoredSnapshot> {
     for (const name of await this.names()) {
       const path = join(this.dir, name);
-      const decoded = decodeSnapshotFile(await this.fs.readFile(path));
+      const decoded = decodeSnapshotFile(await this.fs.readFile(path), path);
       const m = NAME.exec(name)!;
       if (typeof decoded !== 'string' && (decoded.meta.index !== Number(m[1]) || decoded.meta.term !== Number(m[2]))) {
         this.logger.warn({ file: path }, 'snapshot: contents do not match the file name; ignored');
@@ -109,6 +119,7 @@ export class SnapshotFiles {
 
   async save(s: Snapshot): Promise<string> {
     await this.fs.mkdir(this.dir);
+    await syncDir(this.fs, dirname(this.dir));
     const path = join(this.dir, snapshotName(s.meta.index, s.meta.term));
     await writeFileDurable(this.fs, path, encodeSnapshotFile(s));
     return path;

@@ -12,7 +12,7 @@
 // (once space returns) is written where the failed one started. If even that cut fails the WAL
 // refuses further appends (ESTORE_FAILED): only a restart, whose recovery re-verifies the files,
 // can tell what is on disk.
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { assert } from '../assert.js';
 import { diskError, StoreError, StoreErrorCode } from '../errors.js';
 import { nodeFs, type StoreFs, syncDir, writeAll } from '../fs.js';
@@ -92,6 +92,7 @@ export class Wal {
   static async open(dir: string, opts: WalOptions, onRecord: OnWalRecord): Promise<Wal> {
     const fs = opts.fs ?? nodeFs;
     await fs.mkdir(dir);
+    await syncDir(fs, dirname(dir)); // the directory's own entry must survive a power loss too
     const rec = await recoverSegments(
       fs,
       dir,

@@ -635,3 +635,34 @@ t.test('RaftStorage is the read-only Storage raft/ reads, with raft/ range error
   t.same(texts(view.entries(2, 4, 0)), ['2/1/e2'], 'at least one entry whatever bytesMax');
   await st.close();
 });
+
+t.test('the vote survives a rollover cut after its header, then compaction of every older segment', async (t) => {
+  const { encodeHeader, segmentName } = await import('../../store/wal/segment.js');
+  const dir = t.testdir();
+  let st = await RaftStorage.open(dir, { segmentBytes: 300, snapshotsRetained: 1 });
+  for (let i = 1; i <= 20; i++) await st.save({ entries: [ent(i, 3)], hardState: { term: 3, vote: 2, commit: i } });
+  const last = st.walSegments().pop()!.seq;
+  await st.close();
+  // A crash right after the new segment's header reached the disk, before its preamble did.
+  writeFileSync(join(dir, 'wal', segmentName(last + 1)), encodeRecords([{ type: 1, body: encodeHeader(last + 1) }]));
+  st = await RaftStorage.open(dir, { segmentBytes: 1 << 20, snapshotsRetained: 1 });
+  await st.createSnapshot(20, { voters: [1, 2, 3], learners: [] }, Buffer.from('sm'));
+  t.same(st.walSegments().map((s) => s.seq), [last + 1], 'every older segment removed');
+  await st.close();
+  st = await RaftStorage.open(dir);
+  t.same(st.hardState(), { term: 3, vote: 2, commit: 20 });
+  t.same([st.firstIndex(), st.lastIndex()], [21, 20]);
+  await st.close();
+});
+
+t.test('a snapshot file of a newer format is refused, not set aside', async (t) => {
+  const { pack } = await import('../../store/codec.js');
+  const dir = t.testdir();
+  const st = await RaftStorage.open(dir);
+  await st.close();
+  mkdirSync(join(dir, 'snap'), { recursive: true });
+  const name = '0000000000000005-0000000000000001.snap';
+  writeFileSync(join(dir, 'snap', name), encodeRecords([{ type: 5, body: pack([2, 5, 1, [1], [], Buffer.from('x')]) }]));
+  await t.rejects(RaftStorage.open(dir), { code: StoreErrorCode.formatVersion, found: 2 });
+  t.ok(existsSync(join(dir, 'snap', name)), 'left in place');
+});
