@@ -8,7 +8,9 @@
 // jitter. One link per pair of nodes: when both dial at once, both keep the link dialed by the lexically
 // smaller server name. A --routes entry that reaches this node itself is dropped quietly.
 //
-// Frames are `[length u32 BE][msgpack array]` (frame.ts), at most `limits.frameBytesMax` bytes.
+// Frames are `[length u32 BE][msgpack array]` (frame.ts), at most `limits.frameBytesMax` bytes; bus frames
+// use a hand-written encoder/decoder of the same plain msgpack bytes (the per-message hot path).
+// Refusal codes (stable, in logs as `code` and sent to the peer): see `refusalCode` in handshake.ts.
 //
 // Public API:
 //   parseRoutes(list: string | readonly string[]): RouteAddress[]     throws RouteAddressError
@@ -25,7 +27,8 @@
 //     .linkCount(): number                         open connections in any state
 //   options.onPeerUp(peer: PeerInfo)               a new link: (re)send the full interest set
 //   options.onPeerDown(peer: PeerInfo, close: LinkClose)
-//   options.onFrame(peerName: string, frame: RouteFrame)
+//   options.onFrame(peerName: string, frame: RouteFrame)   binaries in `frame` are the receiver's own copies
+//   options.verifyPeer(name, publicKey): string | boolean | undefined   refuse (reason/false) or accept
 //   verifyEd25519(publicKey, data, signature): boolean   node:crypto, cached KeyObjects
 //   FrameParser / encodeFrame / decodeFrameBody          the wire codec (tests, tools)
 //

@@ -219,6 +219,16 @@ t.test('a valid frame that is not the hello', async (t) => {
   t.match(frames.find((f) => f.kind === 'refuse'), { code: 'protocol' });
 });
 
+t.test('a hello with another protocol version', async (t) => {
+  const from = node.lines.length;
+  const frames = await rawRouteClient(encodeFrame({
+    kind: 'hello', version: 99, cluster: 'test-cluster', name: 'n2', identity: n2Identity.publicKey,
+    nonce: randomBytes(32), clusterSize: 3, posture: Buffer.from('posture-v1'), user: 'route',
+  }));
+  await expectLog(node.lines, from, 'route refused', 'version', /route protocol version 99 from "n2", this node speaks 1/);
+  t.match(frames.find((f) => f.kind === 'refuse'), { code: 'version' });
+});
+
 t.test('a TLS peer that never sends its hello times out', async (t) => {
   const from = node.lines.length;
   const frames = await rawRouteClient(Buffer.alloc(0));
