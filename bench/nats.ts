@@ -122,6 +122,50 @@ async function throughput(port: number, subscribers: number, count: number): Pro
   return received / secs;
 }
 
+/**
+ * Server-bound throughput: a raw socket writes PUBs as fast as the server reads them and another raw socket counts
+ * MSG bytes, so no client library is in the way. Shows the server's own speed, which the nats.js figures hide.
+ */
+async function rawThroughput(port: number, count: number): Promise<number> {
+  const open = (): Promise<net.Socket> => new Promise((resolve, reject) => {
+    const s = net.connect(port, '127.0.0.1', () => resolve(s));
+    s.on('error', reject);
+  });
+  const [sub, pub] = await Promise.all([open(), open()]);
+  const msgBytes = `MSG raw 1 ${payload.length}\r\n`.length + payload.length + 2;
+  const expected = count * msgBytes;
+  let received = -1;
+  let done!: () => void;
+  const all = new Promise<void>((r) => (done = r));
+  let start = 0;
+  const one = Buffer.concat([Buffer.from(`PUB raw ${payload.length}\r\n`), payload, Buffer.from('\r\n')]);
+  const batch = Buffer.concat(Array.from({ length: 500 }, () => one));
+  const publish = async (): Promise<void> => {
+    start = performance.now();
+    for (let sent = 0; sent < count; sent += 500) if (!pub.write(batch)) await new Promise((r) => pub.once('drain', r));
+  };
+  let pending = '';
+  sub.on('data', (d: Buffer) => {
+    if (received < 0) {
+      pending += d.toString('latin1');
+      const at = pending.indexOf('PONG\r\n');
+      if (at < 0) return;
+      received = pending.length - at - 6;
+      void publish();
+    } else {
+      received += d.length;
+    }
+    if (received >= expected) done();
+  });
+  pub.write('CONNECT {"verbose":false,"pedantic":false}\r\n');
+  sub.write('CONNECT {"verbose":false,"pedantic":false}\r\nSUB raw 1\r\nPING\r\n');
+  await Promise.race([all, new Promise((r) => setTimeout(r, phaseTimeoutMs).unref())]);
+  const rate = Math.max(0, received) / msgBytes / ((performance.now() - start) / 1000);
+  sub.destroy();
+  pub.destroy();
+  return rate;
+}
+
 async function requestReply(port: number): Promise<{ p50: number; p99: number }> {
   const servers = `127.0.0.1:${port}`;
   const svc = await connect({ servers });
@@ -178,6 +222,7 @@ interface Running {
   pubsub: number[]; fanout: number[]; p50: number[]; p99: number[];
   /** Server CPU µs per delivered message in the throughput phases: less noisy than rates on a loaded machine. */
   cpuPerMsg: number[];
+  raw: number[];
 }
 
 /** One round of the three workloads against one server; rounds alternate between servers to spread the load noise. */
@@ -188,13 +233,15 @@ async function round(r: Running, n: number): Promise<void> {
   const cpuUs = ((cpuSeconds(r.child.pid!) - cpu0) * 1e6) / (pubsubMsgs + 4 * fanoutMsgs);
   r.cpuPerMsg.push(cpuUs);
   const rr = await requestReply(r.port);
+  const raw = await rawThroughput(r.port, pubsubMsgs * 2);
+  r.raw.push(raw);
   r.pubsub.push(pubsub);
   r.fanout.push(fanout);
   r.p50.push(rr.p50);
   r.p99.push(rr.p99);
   console.log(`  round ${n} ${r.kind.padEnd(11)} pub/sub 1→1 ${Math.round(pubsub).toLocaleString('en').padStart(9)} msgs/s   ` +
     `fan-out 1→4 ${Math.round(fanout).toLocaleString('en').padStart(9)} deliveries/s   request/reply p50 ${rr.p50.toFixed(0)} µs p99 ${rr.p99.toFixed(0)} µs   ` +
-    `server CPU ${cpuUs.toFixed(2)} µs/msg`);
+    `server CPU ${cpuUs.toFixed(2)} µs/msg   raw-socket 1→1 ${Math.round(raw).toLocaleString('en')} msgs/s`);
 }
 
 /** RSS of a fresh server process, idle and then holding 1,000 idle connections. */
@@ -219,7 +266,7 @@ const running: Running[] = [];
 try {
   for (const kind of hasNatsServer ? (['membershipd', 'nats-server'] as const) : (['membershipd'] as const)) {
     const { child, port } = await startServer(kind);
-    running.push({ kind, child, port, pubsub: [], fanout: [], p50: [], p99: [], cpuPerMsg: [] });
+    running.push({ kind, child, port, pubsub: [], fanout: [], p50: [], p99: [], cpuPerMsg: [], raw: [] });
     await throughput(port, 1, 20_000); // warm-up (JIT, connections)
   }
   for (let n = 1; n <= rounds; n++) for (const r of running) await round(r, n);
@@ -231,7 +278,7 @@ const ref = running[1];
 for (const r of running) {
   console.log(`  ${r.kind.padEnd(11)} median: pub/sub ${Math.round(median(r.pubsub)).toLocaleString('en')} msgs/s, ` +
     `fan-out ${Math.round(median(r.fanout)).toLocaleString('en')} deliveries/s, p50 ${median(r.p50).toFixed(0)} µs, p99 ${median(r.p99).toFixed(0)} µs, ` +
-    `server CPU ${median(r.cpuPerMsg).toFixed(2)} µs/msg`);
+    `server CPU ${median(r.cpuPerMsg).toFixed(2)} µs/msg, raw-socket 1→1 ${Math.round(median(r.raw)).toLocaleString('en')} msgs/s`);
 }
 const oursRss = await rssPhase('membershipd');
 if (hasNatsServer) await rssPhase('nats-server');
