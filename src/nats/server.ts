@@ -77,8 +77,31 @@ export interface NatsClusterPort {
   deliverFromRoute(msg: RouteMessage): number;
 }
 
+/** One open client connection, for /connz. */
+export interface NatsConnectionInfo {
+  readonly cid: number;
+  readonly kind: 'tcp' | 'tls' | 'ws';
+  readonly ip: string;
+  readonly port: number;
+  /** ISO time of accept. */
+  readonly start: string;
+  readonly subscriptions: number;
+  readonly name: string | undefined;
+  readonly lang: string | undefined;
+  readonly version: string | undefined;
+  /** Authenticated principal name (never a secret), when bus auth is on. */
+  readonly user: string | undefined;
+  readonly inMsgs: number;
+  readonly outMsgs: number;
+  readonly inBytes: number;
+  readonly outBytes: number;
+  readonly pendingBytes: number;
+}
+
+/** What createNatsServer returns: the NatsServer API plus the cluster seams and a connection listing. */
 export interface NatsServerWithCluster extends NatsServer {
   readonly cluster: NatsClusterPort;
+  connections(): NatsConnectionInfo[];
 }
 
 /** What a Client needs from the server. */
@@ -415,6 +438,26 @@ class NatsServerImpl implements NatsServerWithCluster {
     for (const ws of this.wss?.clients ?? []) ws.terminate();
     await Promise.all([tcpClosed, wsClosed]);
     this.core.logger.info({ port: this.core.port }, 'NATS server closed');
+  }
+
+  connections(): NatsConnectionInfo[] {
+    return [...this.core.clients.values()].map((c) => ({
+      cid: c.cid,
+      kind: c.transport.kind,
+      ip: c.transport.remoteAddress,
+      port: c.transport.remotePort,
+      start: new Date(c.startedAt).toISOString(),
+      subscriptions: c.subs.size,
+      name: c.opts.name,
+      lang: c.opts.lang,
+      version: c.opts.version,
+      user: c.principal?.name,
+      inMsgs: c.inMsgs,
+      outMsgs: c.outMsgs,
+      inBytes: c.inBytes,
+      outBytes: c.outBytes,
+      pendingBytes: c.pendingBytes(),
+    }));
   }
 
   stats(): NatsServerStats {

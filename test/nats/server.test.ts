@@ -501,6 +501,9 @@ t.test('cluster port: interest stream, forwarder, delivery from a route', async 
     { subject: 'a.*', queue: undefined, delta: -1 },
   ]);
   t.same(s.cluster.interest(), [{ subject: 'b', queue: 'q', count: 1 }]);
+  const conns = s.connections();
+  t.equal(conns.length, 1);
+  t.match(conns[0], { kind: 'tcp', ip: '127.0.0.1', subscriptions: 1, inMsgs: 0, user: undefined });
   off();
 
   const forwarded: string[] = [];
