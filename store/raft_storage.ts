@@ -250,6 +250,15 @@ export class RaftStorage {
     }
     const commit = Math.max(r.hardState.commit, this.snap.meta.index);
     this.hs = { ...r.hardState, commit };
+    // A batch holds its entries, then the hard state. When a power loss tears it after some entries
+    // of a newer term, the node must not restart with currentTerm below its last entry's term.
+    // Raising the term with no vote is safe: a vote in that term was in the same torn, never
+    // acknowledged batch, so it was never sent.
+    const lastTerm = this.term(this.lastIndex());
+    if (lastTerm > this.hs.term) {
+      this.logger.warn({ term: this.hs.term, lastTerm }, 'store: the WAL tail held entries of a newer term than the hard state; adopting that term without a vote');
+      this.hs = { term: lastTerm, vote: 0, commit };
+    }
     this.segMax = r.segMax;
     this.report = {
       walRepaired: this.wal.repaired,

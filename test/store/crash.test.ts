@@ -91,6 +91,19 @@ function losePowerTail(dir: string, acked: Map<number, number>): number {
   return bytes.length - cut;
 }
 
+/** The Raft-mode counterpart: the child reports the active segment's durable size with each ack. */
+function losePowerTailRaft(dir: string, ackedSize: Map<number, number>): number {
+  const seg = readdirSync(dir).filter((n) => n.endsWith('.seg')).sort().pop();
+  if (!seg) return 0;
+  const path = join(dir, seg);
+  const size = readFileSync(path).length;
+  const durable = ackedSize.get(Number(seg.slice(0, 16))) ?? 0;
+  if (durable >= size) return 0;
+  const cut = durable + rand(size - durable);
+  truncateSync(path, cut);
+  return size - cut;
+}
+
 async function verifyWal(dir: string, acked: Map<number, number>): Promise<{ records: number; repaired: boolean; problems: string[] }> {
   const problems: string[] = [];
   const seen = new Map<number, number>();
@@ -143,6 +156,7 @@ t.test('SIGKILL at random moments loses no acknowledged record and leaves no gar
   const walAcked = new Map<number, number>();
   let raftLast = 0;
   let raftCommit = 0;
+  const raftSegSize = new Map<number, number>();
   const started = Date.now();
   let done = 0;
   let repairs = 0;
@@ -163,9 +177,11 @@ t.test('SIGKILL at random moments loses no acknowledged record and leaves no gar
       else if (p[0] === 'r') {
         raftLast = Math.max(raftLast, Number(p[1]));
         raftCommit = Math.max(raftCommit, Number(p[2]));
+        raftSegSize.set(Number(p[3]), Math.max(raftSegSize.get(Number(p[3])) ?? 0, Number(p[4])));
       }
     }
     if (mode === 'wal' && i % 4 === 2) lostBytes += losePowerTail(walDir, walAcked);
+    if (mode === 'raft' && i % 4 === 3) lostBytes += losePowerTailRaft(join(raftDir, 'wal'), raftSegSize);
     const v = mode === 'wal' ? await verifyWal(walDir, walAcked) : await verifyRaft(raftDir, raftLast, raftCommit);
     if (v.repaired) repairs++;
     if (v.problems.length > 0) {

@@ -666,3 +666,23 @@ t.test('a snapshot file of a newer format is refused, not set aside', async (t) 
   await t.rejects(RaftStorage.open(dir), { code: StoreErrorCode.formatVersion, found: 2 });
   t.ok(existsSync(join(dir, 'snap', name)), 'left in place');
 });
+
+t.test('a batch torn after entries of a newer term: the term is adopted without a vote', async (t) => {
+  const dir = t.testdir();
+  let st = await RaftStorage.open(dir);
+  await st.save({ entries: [ent(1, 1), ent(2, 1), ent(3, 1)], hardState: { term: 1, vote: 1, commit: 1 } });
+  await st.save({ entries: [ent(3, 2, 'x3'), ent(4, 2, 'x4')], hardState: { term: 2, vote: 0, commit: 1 } });
+  const seg = st.walSegments().pop()!.path;
+  await st.close();
+  const bytes = readFileSync(seg);
+  const ends: number[] = [];
+  new RecordDecoder().push(bytes, (_ty, body, off) => ends.push(off + 9 + body.length));
+  // Records: header, hard state (written at open), e1 e2 e3 hs, e3' e4' hs'. Cut inside e4'.
+  const cutAt = ends[ends.length - 3]! + 4; // inside e4'
+  writeFileSync(seg, bytes.subarray(0, cutAt));
+  st = await RaftStorage.open(dir);
+  t.same(texts(st.entries(1, 4)), ['1/1/e1', '2/1/e2', '3/2/x3']);
+  t.same(st.hardState(), { term: 2, vote: 0, commit: 1 });
+  t.ok(st.recovery.walRepaired, 'the torn record was cut');
+  await st.close();
+});
