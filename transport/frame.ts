@@ -118,35 +118,58 @@ function writeBin(out: Buffer, at: number, bytes: Uint8Array): number {
   return at + n;
 }
 
-function encodeBusFrame(frame: Extract<RouteFrame, { kind: 'bus' }>): Buffer {
-  const subjectBytes = Buffer.byteLength(frame.subject);
-  const replyBytes = frame.reply === undefined ? -1 : Buffer.byteLength(frame.reply);
-  const queues = frame.queues && frame.queues.length > 0 ? frame.queues : undefined;
-  let size = 2 + strSize(subjectBytes) + (replyBytes < 0 ? 1 : strSize(replyBytes))
+export type BusFrame = Extract<RouteFrame, { kind: 'bus' }>;
+
+// Byte lengths measured by busFrameBytes() for the writeBusFrame() call that immediately follows it (both
+// run synchronously back to back, so module-level scratch avoids an allocation per message).
+let measuredSubject = 0;
+let measuredReply = -1;
+let measuredQueues: number[] | undefined;
+
+/** Size of the whole frame (length prefix included), or -1 when it needs the generic encoder. */
+export function busFrameBytes(frame: BusFrame): number {
+  measuredSubject = Buffer.byteLength(frame.subject);
+  measuredReply = frame.reply === undefined ? -1 : Buffer.byteLength(frame.reply);
+  let size = 2 + strSize(measuredSubject) + (measuredReply < 0 ? 1 : strSize(measuredReply))
     + (frame.headers === undefined ? 1 : binSize(frame.headers.length)) + binSize(frame.payload.length) + 1;
-  const queueBytes = queues?.map((q) => Buffer.byteLength(q));
-  if (queues) {
-    if (queues.length >= 0x10000) return encodeGeneric(frame);
+  const queues = frame.queues;
+  measuredQueues = undefined;
+  if (queues && queues.length > 0) {
+    if (queues.length >= 0x10000) return -1;
+    measuredQueues = queues.map((q) => Buffer.byteLength(q));
     size += queues.length < 16 ? 0 : 2;
-    for (const n of queueBytes!) size += strSize(n);
+    for (const n of measuredQueues) size += strSize(n);
   }
-  const out = Buffer.allocUnsafe(frameHeaderBytes + size);
-  out.writeUInt32BE(size, 0);
-  let at = frameHeaderBytes;
+  return frameHeaderBytes + size;
+}
+
+/** Writes the frame measured by the preceding busFrameBytes(frame) call at `at`; returns the end offset. */
+export function writeBusFrame(out: Buffer, at: number, frame: BusFrame, bytes: number): number {
+  out.writeUInt32BE(bytes - frameHeaderBytes, at);
+  at += frameHeaderBytes;
   out[at++] = 0x96; // fixarray of 6
   out[at++] = frameKind.bus;
-  at = writeStr(out, at, frame.subject, subjectBytes);
-  if (replyBytes < 0) out[at++] = 0xc0;
-  else at = writeStr(out, at, frame.reply!, replyBytes);
+  at = writeStr(out, at, frame.subject, measuredSubject);
+  if (measuredReply < 0) out[at++] = 0xc0;
+  else at = writeStr(out, at, frame.reply!, measuredReply);
   if (frame.headers === undefined) out[at++] = 0xc0;
   else at = writeBin(out, at, frame.headers);
   at = writeBin(out, at, frame.payload);
-  if (!queues) out[at++] = 0xc0;
+  const queues = frame.queues;
+  if (measuredQueues === undefined || !queues) out[at++] = 0xc0;
   else {
     if (queues.length < 16) out[at++] = 0x90 | queues.length;
     else { out[at++] = 0xdc; out.writeUInt16BE(queues.length, at); at += 2; }
-    for (let i = 0; i < queues.length; i++) at = writeStr(out, at, queues[i]!, queueBytes![i]!);
+    for (let i = 0; i < queues.length; i++) at = writeStr(out, at, queues[i]!, measuredQueues[i]!);
   }
+  return at;
+}
+
+function encodeBusFrame(frame: BusFrame): Buffer {
+  const bytes = busFrameBytes(frame);
+  if (bytes < 0) return encodeGeneric(frame);
+  const out = Buffer.allocUnsafe(bytes);
+  writeBusFrame(out, 0, frame, bytes);
   return out;
 }
 
@@ -168,8 +191,11 @@ function readSpan(body: Uint8Array, at: number, kind: 'str' | 'bin'): [number, n
   return [start, start + length];
 }
 
-/** The bus fast path; undefined sends the body to the generic decoder (which also reports errors). */
-function decodeBusFrame(body: Uint8Array): WireFrame | undefined {
+/**
+ * The bus fast path; undefined sends the body to the generic decoder (which also reports errors).
+ * `owned`: the body lies in memory only the parser holds, so binaries may be views instead of copies.
+ */
+function decodeBusFrame(body: Uint8Array, owned: boolean): WireFrame | undefined {
   const view = Buffer.isBuffer(body) ? body : Buffer.from(body.buffer, body.byteOffset, body.byteLength);
   const subject = readSpan(view, 2, 'str');
   if (!subject || subject[0] < 0) return undefined;
@@ -181,8 +207,9 @@ function decodeBusFrame(body: Uint8Array): WireFrame | undefined {
   if (!payload || payload[0] < 0) return undefined;
   // Only the common no-queue shape is decoded here; queue lists take the generic path.
   if (payload[1] !== view.length - 1 || view[payload[1]] !== 0xc0) return undefined;
-  // Binaries are copied: the caller may reuse its read buffer once onFrame returns.
+  // Binaries are copied unless the parser owns the bytes: the caller may reuse its read buffer.
   const copy = (span: [number, number]): Buffer => {
+    if (owned) return view.subarray(span[0], span[1]);
     const out = Buffer.allocUnsafe(span[1] - span[0]);
     view.copy(out, 0, span[0], span[1]);
     return out;
@@ -275,10 +302,13 @@ function fromArray(a: unknown[]): WireFrame {
   }
 }
 
-/** Decodes one frame body. Throws FrameError (EFRAME_MALFORMED). */
-export function decodeFrameBody(body: Uint8Array): WireFrame {
+/**
+ * Decodes one frame body. Throws FrameError (EFRAME_MALFORMED). Binaries in the result never alias `body`
+ * unless `owned` says the caller hands its bytes over.
+ */
+export function decodeFrameBody(body: Uint8Array, owned = false): WireFrame {
   if (body.length > 2 && body[0] === 0x96 && body[1] === frameKind.bus) {
-    const fast = decodeBusFrame(body);
+    const fast = decodeBusFrame(body, owned);
     if (fast) return fast;
   }
   let value: unknown;
@@ -333,9 +363,14 @@ export class FrameParser {
     }
   }
 
-  #push(chunk: Uint8Array, onFrame: (frame: WireFrame) => void): void {
-    const n = chunk.length;
+  #push(input: Uint8Array, onFrame: (frame: WireFrame) => void): void {
+    const n = input.length;
     let i = 0;
+    // Whole frames are decoded from one private copy of the chunk (one allocation per read instead of one
+    // per binary field): their payloads can then be views, and the caller may still reuse `input`.
+    const chunk = input;
+    let own: Buffer | undefined;
+    let base = 0;
     while (i < n && !this.#stopped) {
       if (this.#bodyLength < 0) {
         let length: number;
@@ -357,8 +392,12 @@ export class FrameParser {
             `route frame of ${length} bytes exceeds the limit of ${this.frameBytesMax} bytes`);
         }
         if (n - i >= length) {
-          // Whole frame in this chunk: decode straight from a view (binaries are copied by msgpackr).
-          const frame = decodeFrameBody(chunk.subarray(i, i + length));
+          if (own === undefined) {
+            own = Buffer.allocUnsafe(n - i);
+            own.set(input.subarray(i));
+            base = i; // `own` starts at this offset of `input`
+          }
+          const frame = decodeFrameBody(own.subarray(i - base, i - base + length), true);
           i += length;
           onFrame(frame);
           continue;
@@ -375,7 +414,7 @@ export class FrameParser {
       if (this.#bodyHave === this.#bodyLength) {
         this.#bodyLength = -1;
         this.#body = undefined;
-        onFrame(decodeFrameBody(body));
+        onFrame(decodeFrameBody(body, true));
       }
     }
   }

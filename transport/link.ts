@@ -5,7 +5,10 @@ import type { TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import type { Clock, TimerHandle } from './clock.js';
 import { FrameError } from './errors.js';
-import { encodeFrame, FrameParser, type HelloBody, type RouteFrame, type WireFrame } from './frame.js';
+import {
+  busFrameBytes, encodeFrame, frameHeaderBytes, FrameParser, writeBusFrame, type BusFrame, type HelloBody, type RouteFrame,
+  type WireFrame,
+} from './frame.js';
 import {
   channelBindingBytes, channelBindingLabel, checkAuth, checkHello, createAuth, createHello,
   type HandshakeConfig, type Refusal, type RefusalCode,
@@ -39,6 +42,8 @@ export interface LinkCounters {
 
 /** Bytes per socket write when draining a backlog: large enough for full TLS records, small enough to interleave. */
 const flushBytes = 256 * 1024;
+/** Size of a batch buffer for bus frames (a larger frame gets a buffer of its own size). */
+const batchBytes = 64 * 1024;
 
 // Refusals that are part of normal operation: logged at debug, not as warnings.
 const quietCodes: ReadonlySet<string> = new Set<RefusalCode>(['self', 'duplicate', 'shutdown']);
@@ -70,8 +75,16 @@ export class Link {
   #pingsOut = 0;
   /** Data frames waiting for the socket; `#head` is the first unsent one (no O(n) shift on a long queue). */
   #queue: Buffer[] = [];
+  /** Frames in each queue entry (a sealed batch holds many). */
+  #queueFrames: number[] = [];
   #head = 0;
   #queueBytes = 0;
+  #queuedFrames = 0;
+  /** Batch buffer that bus frames are encoded into; [batchStart, batchEnd) is filled but not yet queued. */
+  #batch: Buffer | undefined;
+  #batchStart = 0;
+  #batchEnd = 0;
+  #batchFrames = 0;
   /** Keep-alive and handshake frames: written ahead of queued data so a pong never waits behind bulk. */
   #control: Buffer[] = [];
   #receivedSinceTick = false;
@@ -232,24 +245,51 @@ export class Link {
    */
   send(frame: RouteFrame): 'queued' | 'dropped' | 'closed' {
     if (this.state !== 'up') return 'closed';
-    const bytes = encodeFrame(frame);
-    if (bytes.length - 4 > this.#limits.frameBytesMax) {
-      throw new FrameError('EFRAME_OVERSIZE', `route frame of ${bytes.length - 4} bytes exceeds the limit of ${this.#limits.frameBytesMax} bytes`);
+    // Bus frames are written straight into the current batch buffer: no allocation or copy per message.
+    let bytes: Buffer | undefined;
+    let size = frame.kind === 'bus' ? busFrameBytes(frame) : -1;
+    if (size < 0) {
+      bytes = encodeFrame(frame);
+      size = bytes.length;
     }
-    const queued = this.#queue.length - this.#head;
-    if (queued >= this.#limits.queueFramesMax || this.#queueBytes + bytes.length > this.#limits.queueBytesMax) {
+    if (size - frameHeaderBytes > this.#limits.frameBytesMax) {
+      throw new FrameError('EFRAME_OVERSIZE', `route frame of ${size - frameHeaderBytes} bytes exceeds the limit of ${this.#limits.frameBytesMax} bytes`);
+    }
+    if (this.#queuedFrames >= this.#limits.queueFramesMax || this.#queueBytes + size > this.#limits.queueBytesMax) {
       if (frame.kind === 'raft') {
         this.counters.raftDropped++;
         return 'dropped';
       }
-      this.close('slow_consumer', `outbound queue full (${queued} frames, ${this.#queueBytes} bytes): ` +
+      this.close('slow_consumer', `outbound queue full (${this.#queuedFrames} frames, ${this.#queueBytes} bytes): ` +
         'closing the route as a slow consumer');
       return 'closed';
     }
-    this.#queue.push(bytes);
-    this.#queueBytes += bytes.length;
+    if (bytes === undefined) {
+      if (this.#batch === undefined || this.#batch.length - this.#batchEnd < size) {
+        this.#seal();
+        this.#batch = Buffer.allocUnsafe(Math.max(batchBytes, size));
+        this.#batchStart = this.#batchEnd = 0;
+      }
+      this.#batchEnd = writeBusFrame(this.#batch, this.#batchEnd, frame as BusFrame, size);
+      this.#batchFrames++;
+    } else {
+      this.#seal(); // keeps frames in send order
+      this.#queue.push(bytes);
+      this.#queueFrames.push(1);
+    }
+    this.#queuedFrames++;
+    this.#queueBytes += size;
     this.#scheduleFlush();
     return 'queued';
+  }
+
+  /** Moves the filled part of the batch buffer into the queue; later frames go after it in the same buffer. */
+  #seal(): void {
+    if (this.#batch === undefined || this.#batchEnd === this.#batchStart) return;
+    this.#queue.push(this.#batch.subarray(this.#batchStart, this.#batchEnd));
+    this.#queueFrames.push(this.#batchFrames);
+    this.#batchStart = this.#batchEnd;
+    this.#batchFrames = 0;
   }
 
   #enqueueControl(frame: WireFrame): void {
@@ -273,23 +313,31 @@ export class Link {
       this.counters.bytesOut += control.length;
       if (!this.#socket.write(control)) this.#waitingDrain = true;
     }
-    // Write batches of about flushBytes until the socket's buffer passes its high-water mark; the rest waits
+    // Write about flushBytes at a time until the socket's buffer passes its high-water mark; the rest waits
     // here, bounded by the queue limits, so the socket never holds more than about one batch of backlog.
+    this.#seal();
     while (!this.#waitingDrain && this.#head < this.#queue.length) {
       let end = this.#head;
       let bytes = 0;
-      while (end < this.#queue.length && (bytes < flushBytes || end === this.#head)) bytes += this.#queue[end++]!.length;
+      let frames = 0;
+      while (end < this.#queue.length && (bytes < flushBytes || end === this.#head)) {
+        bytes += this.#queue[end]!.length;
+        frames += this.#queueFrames[end++]!;
+      }
       const out = end - this.#head === 1 ? this.#queue[this.#head]! : Buffer.concat(this.#queue.slice(this.#head, end), bytes);
       this.#head = end;
       this.#queueBytes -= bytes;
+      this.#queuedFrames -= frames;
       this.counters.bytesOut += bytes;
       if (!this.#socket.write(out)) this.#waitingDrain = true;
     }
     if (this.#head === this.#queue.length) {
       this.#queue = [];
+      this.#queueFrames = [];
       this.#head = 0;
     } else if (this.#head > 4096 && this.#head * 2 > this.#queue.length) {
       this.#queue = this.#queue.slice(this.#head);
+      this.#queueFrames = this.#queueFrames.slice(this.#head);
       this.#head = 0;
     }
   }
@@ -305,8 +353,11 @@ export class Link {
     }
     // Drop what is queued: the refusal must not wait behind bulk traffic of a route that is going away.
     this.#queue = [];
+    this.#queueFrames = [];
     this.#head = 0;
     this.#queueBytes = 0;
+    this.#queuedFrames = 0;
+    this.#batch = undefined;
     this.#control = [];
     this.#socket.end(encodeFrame({ kind: 'refuse', code, reason }));
     this.#graceTimer = this.#clock.setTimeout(() => { this.#graceTimer = undefined; this.#socket.destroy(); },
