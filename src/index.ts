@@ -1,5 +1,5 @@
 // The library entry of membershipd: start nodes in-process (test suites, embedding) without a binary.
 export {
-  ClusterNode, NodeError, NodeErrorCode, startNode,
-  type Health, type NodeOptions, type RaftKvBackend, type ReadOptions, type RouteListener,
+  ClusterNode, NodeError, NodeErrorCode, startCluster, startNode,
+  type ClusterOptions, type Health, type LocalCluster, type NodeOptions, type RaftKvBackend, type ReadOptions, type RouteListener,
 } from './node/index.js';

@@ -150,6 +150,7 @@ export class ClusterNode {
   private lastLeaderContact = 0;
   private ticks = 0;
   private bootstrapProblem: string | undefined;
+  private readonly startedAt = Date.now();
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -714,7 +715,7 @@ export class ClusterNode {
     if (this.stopping) return { status: 'unavailable', reason: 'node is stopping' };
     if (!this.raw || !this.cluster) {
       const up = this.transport?.upPeers().length ?? 0;
-      const down = this.transport?.peers().filter((p) => p.state !== 'up').map((p) => p.route ?? p.address) ?? [];
+      const down = this.transport?.peers().filter((p) => p.state !== 'up').map(describeDown) ?? [];
       return {
         status: 'unavailable',
         reason: this.bootstrapProblem ??
@@ -726,7 +727,7 @@ export class ClusterNode {
     const voters = conf.voters.length > 0 ? conf.voters : Array.from({ length: this.voters }, (_, i) => i + 1);
     const reachable = this.reachableVoters(voters);
     const quorum = Math.floor(voters.length / 2) + 1;
-    const down = this.transport.peers().filter((p) => p.state !== 'up').map((p) => p.name ?? p.route ?? p.address);
+    const down = this.transport.peers().filter((p) => p.state !== 'up').map(describeDown);
     const noQuorum = (): Health => ({
       status: 'unavailable',
       reason: `no quorum: ${reachable} of ${voters.length} voters reachable${down.length ? ` (not connected: ${down.join(', ')})` : ''}`,
@@ -796,7 +797,7 @@ export class ClusterNode {
       raftId: this.cluster?.id ?? null,
       clusterSize: this.n,
       voters: this.voters,
-      uptimeMs: Math.round(this.ticks * this.tickMs),
+      uptimeMs: Date.now() - this.startedAt,
       mem: mem.rss,
       routes: this.transport.upPeers().length,
       routeLinks: this.transport.linkCount(),
@@ -859,6 +860,12 @@ export class ClusterNode {
     await this.storage.close();
     this.log.info('node stopped');
   }
+}
+
+/** A route that is not up, with the refusal or dial error that keeps it down (what to fix). */
+function describeDown(p: PeerInfo): string {
+  const where = p.name ?? p.route ?? p.address;
+  return p.lastError && p.lastError.code !== 'connect' ? `${where}: ${p.lastError.reason}` : where;
 }
 
 function msOrNull(s: number | null): number | null {

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
-import { NodeError, NodeErrorCode, startNode, type ClusterNode, type NodeOptions } from '../../src/index.js';
+import { NodeError, NodeErrorCode, startCluster, startNode, type ClusterNode, type NodeOptions } from '../../src/index.js';
 import type { KvResult } from '../../store/index.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
@@ -256,4 +256,51 @@ t.test('--kv-replicas: learners beyond R, R > N refused, no leader → typed ret
   const sm = await trio.nodes[learnerIdx]!.read();
   t.ok(sm.bucketInfo('b'), 'a learner writes (forwarded) and reads linearizably');
   for (let i = 0; i < 3; i++) await stop(trio, i);
+});
+
+t.test('startCluster, the KvBackend seam, leadership transfer, a node whose routes disagree', async (t) => {
+  const c = await startCluster({ size: 3, tickMs: 50, dir: join(root, 'library') });
+  for (const n of c.nodes) running.add(n);
+  const [a, b] = [c.nodes[0]!.kvBackend(), c.nodes[2]!.kvBackend()];
+  t.match(await a.propose({ op: 'bucket.create', bucket: 'w', config: {}, ts: 1 }), { ok: true });
+  const seen: string[] = [];
+  const unwatch = b.watch('w', b.reader.appliedIndex, (e) => seen.push(e.key));
+  const put = await a.propose({ op: 'put', bucket: 'w', key: 'x', value: Uint8Array.of(1), ts: 1 });
+  await b.readBarrier();
+  unwatch();
+  t.same(seen, ['x'], 'a watcher on another node sees the write after a read barrier');
+  t.equal(b.reader.get('w', 'x')?.revision, put.ok && put.kind === 'entry' ? put.entry.revision : -1, 'same revision (the log index) on every node');
+
+  const before = c.leader()!;
+  before.transferLeadership();
+  let after: ClusterNode | undefined;
+  for (let k = 0; k < 200; k++) {
+    after = c.leader();
+    if (after && after !== before) break;
+    await sleep(25);
+  }
+  t.ok(after && after !== before, `leadership moved from ${before.serverName} to ${after?.serverName}`);
+
+  // A fourth node whose --routes name an extra address derives N = 5: every peer refuses it, and its
+  // health says why.
+  const ports = c.nodes.map((n) => n.routeAddress().port);
+  const leaf = await issueCertificate(c.ca, { commonName: 'stray' });
+  const stray = await startNode({
+    serverName: 'stray', clusterName: 'local', dataDir: join(root, 'stray'), bind: '127.0.0.1', clusterPort: await freePort(),
+    routes: [...ports, await freePort()].map((p) => `127.0.0.1:${p}`), tls: { cert: leaf.cert, key: leaf.key, ca: c.ca.cert },
+    clusterUser: 'route', clusterPassword: 'local-cluster', tickMs: 50,
+  });
+  running.add(stray);
+  let reason = '';
+  for (let k = 0; k < 200 && !/cluster size mismatch/.test(reason); k++) {
+    await sleep(25);
+    const h = stray.health();
+    reason = h.status === 'unavailable' ? h.reason : 'ok';
+  }
+  t.match(reason, /^no quorum: 1 of 5 voters reachable .*cluster size mismatch/, 'the stray node is refused and reports the mismatch');
+  await c.waitHealthy();
+  t.pass('the cluster stays healthy');
+  await stray.stop();
+  await c.stop();
+  for (const n of [...c.nodes, stray]) running.delete(n);
 });
