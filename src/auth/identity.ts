@@ -31,6 +31,11 @@ export interface InternalIdentity {
   readonly created: boolean;
 }
 
+/** The shape the route transport takes (transport/ imports nothing from src/, so it has its own type). */
+export function toRouteIdentity(identity: InternalIdentity): { publicKey: Uint8Array; sign(data: Uint8Array): Uint8Array } {
+  return { publicKey: identity.publicKeyBytes, sign: identity.sign };
+}
+
 function checkMode(path: string, mode: number): void {
   if ((mode & 0o077) !== 0) {
     throw new IdentityFileError(

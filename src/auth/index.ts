@@ -70,4 +70,4 @@ export {
   type NKeyPair,
   type NKeyRole,
 } from './nkeys.js';
-export { IdentityErrorCode, IdentityFileError, loadOrCreateIdentity, readIdentity, type InternalIdentity } from './identity.js';
+export { IdentityErrorCode, IdentityFileError, loadOrCreateIdentity, readIdentity, toRouteIdentity, type InternalIdentity } from './identity.js';

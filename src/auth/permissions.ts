@@ -404,22 +404,37 @@ export function unionPermissions(roles: readonly CompiledRole[]): Permissions {
   const list = roles.slice();
   const pub = new Memo();
   const sub = new Memo(); // plain subscriptions and the server's per-delivery checks (queue undefined) only
+  // The NATS parser hands over the very same string object while a publisher repeats a subject, so the last
+  // answer is checked first by identity (a pointer compare) before the memo's hash.
+  let lastPub = '', lastPubOk = false, lastSub = '', lastSubOk = false;
   return {
     canPublish(subject) {
+      if (subject === lastPub) return lastPubOk;
       const slot = slotOf(subject);
-      if (pub.keys[slot] === subject) return pub.values[slot] === 1;
-      const ok = anyPublish(list, subject);
-      pub.keys[slot] = subject;
-      pub.values[slot] = ok ? 1 : 0;
+      let ok: boolean;
+      if (pub.keys[slot] === subject) ok = pub.values[slot] === 1;
+      else {
+        ok = anyPublish(list, subject);
+        pub.keys[slot] = subject;
+        pub.values[slot] = ok ? 1 : 0;
+      }
+      lastPub = subject;
+      lastPubOk = ok;
       return ok;
     },
     canSubscribe(subject, queue) {
       if (queue !== undefined) return anySubscribe(list, subject, queue);
+      if (subject === lastSub) return lastSubOk;
       const slot = slotOf(subject);
-      if (sub.keys[slot] === subject) return sub.values[slot] === 1;
-      const ok = anySubscribe(list, subject, undefined);
-      sub.keys[slot] = subject;
-      sub.values[slot] = ok ? 1 : 0;
+      let ok: boolean;
+      if (sub.keys[slot] === subject) ok = sub.values[slot] === 1;
+      else {
+        ok = anySubscribe(list, subject, undefined);
+        sub.keys[slot] = subject;
+        sub.values[slot] = ok ? 1 : 0;
+      }
+      lastSub = subject;
+      lastSubOk = ok;
       return ok;
     },
     responses: unionResponses(list),

@@ -28,7 +28,7 @@
 import { readFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { MembershipdError } from '../errors.js';
+import { ConfigError } from '../errors.js';
 import { isPasswordHash, isTokenHash } from './credentials.js';
 import { parseJsonWithPosition } from './json_position.js';
 import { isValidPublicKey } from './nkeys.js';
@@ -73,12 +73,16 @@ export interface PrincipalSource {
   onChange(listener: (change: PrincipalChange) => void): () => void;
 }
 
-export class UsersFileError extends MembershipdError {
+/**
+ * A users file that cannot be used. A ConfigError (code ECONFIG, flag --users-file), so the CLI exits 2 with
+ * its one-line message `PATH:LINE:COLUMN: what` (syntax) or `PATH: $.json.path: what` (content).
+ */
+export class UsersFileError extends ConfigError {
   readonly path: string;
   readonly line: number | undefined;
   readonly column: number | undefined;
   constructor(path: string, message: string, line?: number, column?: number, options?: { cause?: unknown }) {
-    super('EUSERSFILE', `${path}${line !== undefined ? `:${line}:${column}` : ''}: ${message}`, options);
+    super(`${path}${line !== undefined ? `:${line}:${column}` : ''}: ${message}`, '--users-file', options);
     this.path = path;
     this.line = line;
     this.column = column;

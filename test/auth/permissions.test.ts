@@ -139,7 +139,7 @@ t.test('checks do not allocate: two million checks trigger no young-generation G
   const { PerformanceObserver, constants } = await import('node:perf_hooks');
   let scavenges = 0;
   const obs = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) if ((e.detail as { kind?: number } | undefined)?.kind === constants.NODE_PERFORMANCE_GC_MINOR) scavenges++;
+    for (const e of list.getEntries()) if (((e as unknown as { detail?: { kind?: number } }).detail)?.kind === constants.NODE_PERFORMANCE_GC_MINOR) scavenges++;
   });
   obs.observe({ entryTypes: ['gc'] });
   await new Promise((r) => setTimeout(r, 50)); // let any pending GC report arrive before counting

@@ -30,6 +30,7 @@ import {
   NKeyError,
   openFileSource,
   readIdentity,
+  toRouteIdentity,
   tokenHashOf,
   UsersFileError,
   verifyEd25519,
@@ -239,6 +240,9 @@ t.test('internal identity file', async (t) => {
   t.equal(readIdentity(path).publicKey, a.publicKey);
   const msg = enc.encode('route nonce');
   t.ok(verifyEd25519(a.publicKeyBytes, msg, b.sign(msg)), 'the loaded key signs for the created public key');
+  const route = toRouteIdentity(b);
+  t.same(route.publicKey, a.publicKeyBytes);
+  t.ok(verifyEd25519(route.publicKey, msg, route.sign(msg)), 'route transport shape');
   t.equal(nkeysLib.fromSeed(enc.encode(readFileSync(path, 'utf8').trim())).getPublicKey(), a.publicKey, '@nats-io/nkeys reads the seed');
   chmodSync(path, 0o640);
   const err = t.throws(() => loadOrCreateIdentity(path)) as IdentityFileError;
@@ -318,7 +322,8 @@ t.test('users file: the documented sample loads; reload keeps state on error; ch
   const broken = await src.reload();
   t.equal(broken.ok, false);
   if (!broken.ok) {
-    t.equal(broken.error.code, 'EUSERSFILE');
+    t.equal(broken.error.code, 'ECONFIG');
+    t.equal(broken.error.flag, '--users-file');
     t.ok(broken.error.line! > 1 && broken.error.column! > 1, `line ${broken.error.line} column ${broken.error.column}`);
     t.match(broken.error.message, `${path}:${broken.error.line}:${broken.error.column}: invalid JSON`);
   }
@@ -365,7 +370,7 @@ t.test('users file: errors at start name the line/column or the JSON path', asyn
     t.type(err, UsersFileError, file);
     t.match((err as Error).message, re, file);
   }
-  await t.rejects(openFileSource(join(dir, 'missing.json')), { code: 'EUSERSFILE', message: /ENOENT/ });
+  await t.rejects(openFileSource(join(dir, 'missing.json')), { code: 'ECONFIG', message: /ENOENT/ });
 });
 
 // ---- authenticator ---------------------------------------------------------------------------------------
