@@ -20,6 +20,15 @@ export function helpText(): string {
     '  membershipd dev [flags]       one local node with TLS and generated dev certificates (what `npm start` runs)',
     '  membershipd help              this text (also --help, -h)',
     '  membershipd version           print the version (also --version, -v)',
+    '  membershipd user add|update|remove|list|show NAME …    users in the replicated store (--store kv), via a node',
+    '  membershipd role add|update|remove|list|show NAME …    roles: --pub-allow/--pub-deny/--sub-allow/--sub-deny SUBJ, --allow-responses',
+    '  membershipd audit list [--limit N]                     the audit bucket: who changed what',
+    '      connect with --server URL --tls-ca FILE (--internal-id-file FILE | --creds FILE) [--env-file FILE] [--json];',
+    '      unset ones come from cluster.env (NATS_CLIENT_PORT, TLS_CA/ROUTE_TLS_CA, INTERNAL_ID_FILE), default /opt/unibus/cluster.env.',
+    '      exit codes: 0 ok, 1 failed, 2 bad usage, 3 conflict. Passwords only via --password-stdin or --password-file.',
+    '  membershipd id init|show --internal-id-file FILE       create / show the node\'s internal identity (NKey, mode 0600)',
+    '  membershipd certs ca --out DIR                         a CA for mutual TLS (ca.pem, ca.key 0600)',
+    '  membershipd certs node|client NAME --ca DIR --out DIR [--ip A]… [--dns N]…   node (server+client) or client certificates',
     `  not available in this build yet: ${plannedCommands.join(', ')}`,
   ];
   for (const group of Object.keys(flagGroups) as FlagGroup[]) {

@@ -3,7 +3,7 @@
 import { X509Certificate } from 'node:crypto';
 import { ConfigError } from '../errors.js';
 import { createLogger, type Logger } from '../log.js';
-import { parseCommandLine, type ServeConfig } from '../config/index.js';
+import { adminCommandNames, parseCommandLine, type ServeConfig } from '../config/index.js';
 import { processOutput, type CliOutput } from './output.js';
 import { helpText } from './help.js';
 import { packageVersion } from './version.js';
@@ -62,6 +62,13 @@ async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?:
 
 /** Runs one command line; resolves with the process exit code (serve and dev resolve after a signal). */
 export async function main(argv: readonly string[], output: CliOutput = processOutput): Promise<number> {
+  // Admin subcommands have their own syntax (repeatable flags, positionals): src/cli/admin. `--help` anywhere
+  // still shows the one help page.
+  const first = argv[0];
+  if (first !== undefined && (adminCommandNames as readonly string[]).includes(first) && !argv.some((a) => a === '--help' || a === '-h')) {
+    const { runAdmin } = await import('./admin/index.js');
+    return runAdmin(first, argv.slice(1), output);
+  }
   try {
     const command = parseCommandLine(argv);
     switch (command.kind) {

@@ -5,7 +5,7 @@ import { parseArgv } from './argv.js';
 import { resolveDevConfig, resolveServeConfig, type DevConfig, type ServeConfig } from './serve_config.js';
 
 export { parseArgv, type ParsedArgs } from './argv.js';
-export { flagSpecs, flagGroups, commandNames, plannedCommands, type FlagSpec, type FlagGroup, type CommandName } from './flags.js';
+export { flagSpecs, flagGroups, commandNames, plannedCommands, adminCommandNames, type FlagSpec, type FlagGroup, type CommandName } from './flags.js';
 export {
   resolveServeConfig, resolveDevConfig, defaults, busAuthModes, storeKinds, kvReplicasMax,
   type ServeConfig, type DevConfig, type ClusterConfig, type StoreKind,

@@ -1,0 +1,227 @@
+// `membershipd user|role|audit …`: build the request, send it signed to `$UB.API.<AREA>.<VERB>` on a node, print
+// the reply (a table, or JSON with --json) and map it to the exit code: 0 ok, 1 failed, 2 bad usage, 3 conflict.
+import { readFileSync } from 'node:fs';
+import { signRequest } from '../../control/envelope.js';
+import type { CliOutput } from '../output.js';
+import { parseAdminArgs, UsageError, type CommandSpec, type ParsedCommand } from './args.js';
+import { AdminCommandError, connectAdmin, connectionFlags, resolveConnection } from './connection.js';
+
+export const adminExit = { ok: 0, failure: 1, usage: 2, conflict: 3 } as const;
+
+interface Verb {
+  readonly spec: CommandSpec;
+  /** The request body; may read the password (stdin / file). */
+  readonly body: (cmd: ParsedCommand) => Promise<Record<string, unknown>>;
+  readonly print: (reply: Record<string, unknown>, out: CliOutput) => void;
+}
+
+const credentialFlags = { 'password-stdin': 'switch', 'password-file': 'string', nkey: 'string' } as const;
+const roleFlags = { 'pub-allow': 'list', 'pub-deny': 'list', 'sub-allow': 'list', 'sub-deny': 'list', 'allow-responses': 'switch', admin: 'switch' } as const;
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of process.stdin) {
+    chunks.push(c as Buffer);
+    size += (c as Buffer).length;
+    if (size > 4096) throw new UsageError('--password-stdin: more than 4096 bytes on stdin; a password is one line');
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** One trailing newline (echo, here-strings) is not part of the password. */
+function stripNewline(s: string): string {
+  return s.replace(/\r?\n$/, '');
+}
+
+async function credential(cmd: ParsedCommand, required: boolean): Promise<Record<string, string>> {
+  const given = ['password-stdin', 'password-file', 'nkey'].filter((f) => cmd.switches.has(f) || cmd.strings.has(f));
+  if (given.length > 1) throw new UsageError(`give one credential, not ${given.map((g) => `--${g}`).join(' and ')}`);
+  if (given.length === 0) {
+    if (required) throw new UsageError('a credential is required: --password-stdin, --password-file FILE or --nkey PUBKEY');
+    return {};
+  }
+  if (cmd.strings.has('nkey')) return { nkey: cmd.strings.get('nkey')! };
+  let text: string;
+  if (cmd.switches.has('password-stdin')) {
+    if (process.stdin.isTTY) throw new UsageError('--password-stdin: stdin is a terminal; pipe the password in (e.g. from a secret file or a password manager)');
+    text = await readStdin();
+  } else {
+    const f = cmd.strings.get('password-file')!;
+    try {
+      text = readFileSync(f, 'utf8');
+    } catch (err) {
+      throw new UsageError(`--password-file: cannot read ${f} (${(err as NodeJS.ErrnoException).code ?? String(err)})`);
+    }
+  }
+  const password = stripNewline(text);
+  if (password.length === 0) throw new UsageError('the password is empty');
+  return { password };
+}
+
+function table(rows: readonly (readonly string[])[]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n');
+}
+
+const list = (v: unknown): string => (Array.isArray(v) && v.length > 0 ? v.join(',') : '-');
+
+function printUser(u: Record<string, unknown>, out: CliOutput): void {
+  out.out(table([
+    ['name', String(u.name)], ['credential', String(u.credential)], ...(u.nkey !== undefined ? [['nkey', String(u.nkey)]] : []),
+    ['roles', list(u.roles)], ['disabled', String(u.disabled)], ['created', String(u.created)], ['updated', String(u.updated)], ['by', String(u.by)],
+  ]));
+}
+
+function rules(r: unknown): string {
+  const x = r as { allow?: string[]; deny?: string[] } | undefined;
+  return `allow ${list(x?.allow)} deny ${list(x?.deny)}`;
+}
+
+function printRole(r: Record<string, unknown>, out: CliOutput): void {
+  out.out(table([
+    ['name', String(r.name)], ['publish', rules(r.publish)], ['subscribe', rules(r.subscribe)], ['allow_responses', String(r.allow_responses)],
+    ['admin', String(r.admin)], ...(r.builtin === true ? [['builtin', 'true']] : [['updated', String(r.updated)], ['by', String(r.by)]]),
+  ]));
+}
+
+const resultLine = (area: string) => (reply: Record<string, unknown>, out: CliOutput): void => {
+  const obj = (reply[area] ?? {}) as Record<string, unknown>;
+  out.out(`${area} ${String(obj.name)}: ${String(reply.result)}`);
+};
+
+const nameOnly: CommandSpec = { positionals: ['NAME'], flags: connectionFlags };
+
+function roleBody(cmd: ParsedCommand, forUpdate: boolean): Record<string, unknown> {
+  const body: Record<string, unknown> = { name: cmd.positionals[0] };
+  for (const [flag, field] of [['pub-allow', 'pub_allow'], ['pub-deny', 'pub_deny'], ['sub-allow', 'sub_allow'], ['sub-deny', 'sub_deny']] as const) {
+    const v = cmd.lists.get(flag);
+    if (v !== undefined) body[field] = v;
+    else if (forUpdate && cmd.switches.has(`no-${flag}`)) body[field] = [];
+    else if (!forUpdate) body[field] = [];
+  }
+  if (cmd.switches.has('allow-responses') && cmd.switches.has('no-allow-responses')) throw new UsageError('--allow-responses and --no-allow-responses contradict each other');
+  if (cmd.switches.has('allow-responses')) body.allow_responses = true;
+  else if (cmd.switches.has('no-allow-responses') || !forUpdate) body.allow_responses = false;
+  if (cmd.switches.has('admin')) body.admin = true;
+  else if (cmd.switches.has('no-admin') || !forUpdate) body.admin = false;
+  return body;
+}
+
+export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>> = {
+  user: {
+    add: {
+      spec: { positionals: ['NAME'], flags: { ...connectionFlags, ...credentialFlags, role: 'list' } },
+      body: async (cmd) => ({ name: cmd.positionals[0], ...(await credential(cmd, true)), roles: cmd.lists.get('role') ?? [] }),
+      print: resultLine('user'),
+    },
+    update: {
+      spec: { positionals: ['NAME'], flags: { ...connectionFlags, ...credentialFlags, role: 'list', 'no-roles': 'switch', disable: 'switch', enable: 'switch' } },
+      body: async (cmd) => {
+        if (cmd.switches.has('disable') && cmd.switches.has('enable')) throw new UsageError('--disable and --enable contradict each other');
+        if (cmd.switches.has('no-roles') && cmd.lists.has('role')) throw new UsageError('--no-roles and --role contradict each other');
+        return {
+          name: cmd.positionals[0], ...(await credential(cmd, false)),
+          ...(cmd.lists.has('role') ? { roles: cmd.lists.get('role') } : cmd.switches.has('no-roles') ? { roles: [] } : {}),
+          ...(cmd.switches.has('disable') ? { disabled: true } : cmd.switches.has('enable') ? { disabled: false } : {}),
+        };
+      },
+      print: resultLine('user'),
+    },
+    remove: { spec: nameOnly, body: async (cmd) => ({ name: cmd.positionals[0] }), print: resultLine('user') },
+    show: { spec: nameOnly, body: async (cmd) => ({ name: cmd.positionals[0] }), print: (r, out) => printUser(r.user as Record<string, unknown>, out) },
+    list: {
+      spec: { positionals: [], flags: connectionFlags },
+      body: async () => ({}),
+      print: (r, out) => {
+        const users = r.users as Record<string, unknown>[];
+        out.out(table([['NAME', 'CREDENTIAL', 'ROLES', 'DISABLED', 'UPDATED', 'BY'],
+          ...users.map((u) => [String(u.name), String(u.credential), list(u.roles), String(u.disabled), String(u.updated), String(u.by)])]));
+      },
+    },
+  },
+  role: {
+    add: { spec: { positionals: ['NAME'], flags: { ...connectionFlags, ...roleFlags } }, body: async (cmd) => roleBody(cmd, false), print: resultLine('role') },
+    update: {
+      spec: {
+        positionals: ['NAME'],
+        flags: { ...connectionFlags, ...roleFlags, 'no-pub-allow': 'switch', 'no-pub-deny': 'switch', 'no-sub-allow': 'switch', 'no-sub-deny': 'switch', 'no-allow-responses': 'switch', 'no-admin': 'switch' },
+      },
+      body: async (cmd) => roleBody(cmd, true),
+      print: resultLine('role'),
+    },
+    remove: { spec: nameOnly, body: async (cmd) => ({ name: cmd.positionals[0] }), print: resultLine('role') },
+    show: { spec: nameOnly, body: async (cmd) => ({ name: cmd.positionals[0] }), print: (r, out) => printRole(r.role as Record<string, unknown>, out) },
+    list: {
+      spec: { positionals: [], flags: connectionFlags },
+      body: async () => ({}),
+      print: (r, out) => {
+        const roles = r.roles as Record<string, unknown>[];
+        out.out(table([['NAME', 'PUBLISH', 'SUBSCRIBE', 'RESPONSES', 'ADMIN'],
+          ...roles.map((x) => [String(x.name), rules(x.publish), rules(x.subscribe), String(x.allow_responses), String(x.admin)])]));
+      },
+    },
+  },
+  audit: {
+    list: {
+      spec: { positionals: [], flags: { ...connectionFlags, limit: 'string' } },
+      body: async (cmd) => {
+        const l = cmd.strings.get('limit');
+        if (l !== undefined && !/^[1-9]\d{0,4}$/.test(l)) throw new UsageError('--limit: a number 1..99999');
+        return l === undefined ? {} : { limit: Number(l) };
+      },
+      print: (r, out) => {
+        const recs = r.audit as Record<string, unknown>[];
+        out.out(table([['SEQ', 'TIME', 'WHO', 'WHAT', 'TARGET', 'RESULT'],
+          ...recs.map((a) => [String(a.seq), String(a.ts), String(a.who), String(a.what), String(a.target), String(a.result)])]));
+      },
+    },
+  },
+};
+
+function exitFor(code: string): number {
+  switch (code) {
+    case 'bad_request': return adminExit.usage;
+    case 'conflict': return adminExit.conflict;
+    default: return adminExit.failure;
+  }
+}
+
+/** `membershipd user|role|audit VERB …`; resolves with the exit code. */
+export async function runApiCommand(area: string, argv: readonly string[], out: CliOutput, env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const verbs = adminVerbs[area]!;
+  const verbName = argv[0];
+  const verb = verbName === undefined ? undefined : verbs[verbName];
+  if (verb === undefined) {
+    throw new UsageError(`${verbName === undefined ? 'missing' : `unknown`} ${area} command${verbName === undefined ? '' : ` ${JSON.stringify(verbName)}`} (commands: ${Object.keys(verbs).join(', ')})`);
+  }
+  const usage = `membershipd ${area} ${verbName}`;
+  const cmd = parseAdminArgs(usage, verb.spec, argv.slice(1));
+  const settings = resolveConnection(cmd, env);
+  const body = await verb.body(cmd);
+  const subject = `$UB.API.${area.toUpperCase()}.${verbName!.toUpperCase()}`;
+  const nc = await connectAdmin(settings);
+  let reply: Record<string, unknown>;
+  try {
+    const msg = await nc.request(subject, signRequest(subject, body, settings.signer), { timeout: settings.timeoutMs });
+    reply = JSON.parse(new TextDecoder().decode(msg.data)) as Record<string, unknown>;
+  } catch (err) {
+    const m = err instanceof Error ? err.message : String(err);
+    const why = /no responders|503/i.test(m) ? `no admin API answers on ${settings.server} (is the node running with --store kv?)`
+      : /timeout/i.test(m) ? `no reply within ${settings.timeoutMs} ms (is the cluster electing a leader? check /healthz); the change may still be applied — re-run the same command, it is idempotent`
+        : /permission/i.test(m) ? `the node refused ${subject} for ${settings.source}: it is not an admin principal`
+          : m;
+    throw new AdminCommandError(`${usage}: ${why}`, { cause: err });
+  } finally {
+    await nc.close().catch(() => undefined);
+  }
+  const error = reply.error as { code?: string; message?: string } | undefined;
+  if (error !== undefined) {
+    if (cmd.switches.has('json')) out.out(JSON.stringify(reply));
+    out.err(`membershipd: ${usage}: ${error.message ?? 'failed'} (${error.code ?? 'error'})`);
+    return exitFor(error.code ?? '');
+  }
+  if (cmd.switches.has('json')) out.out(JSON.stringify(reply, null, 2));
+  else verb.print(reply, out);
+  return adminExit.ok;
+}

@@ -1,0 +1,584 @@
+// The admin API: NATS request/reply on `$UB.API.<AREA>.<VERB>`, answered in-process through the NATS server's
+// cluster seam (the forwarder sees every locally published message; deliverFromRoute() delivers the reply to
+// the requester's inbox). Admin principals only: every request is a signed envelope (envelope.ts) whose key must
+// be an internal identity (this node's, or a registered node's) or an NKey user holding an admin role.
+//
+// Writes go through KvBackend.propose(), so on the Raft backend they commit through the leader (followers forward)
+// and every node applies them. `user add` is create-if-absent: the same spec again is `unchanged`, a different
+// existing spec is a conflict pointing to `user update`; updates and removes are compare-and-set on the revision
+// read, so two concurrent admins never overwrite each other silently. Every request that passed the admin check
+// and names a target is recorded in the audit bucket with its result.
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
+import { KvErrorCode } from '../../store/index.js';
+import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
+import { builtinAdminRole, hashPassword, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
+import type { KvBackend } from '../kv/backend.js';
+import { MembershipdError } from '../errors.js';
+import {
+  auditKey, controlBuckets, credentialKind, decodeValue, encodeValue, nameProblem, roleListProblem, rolePermissionProblem, schemaVersion,
+  validateAudit, validateNode, validateRole, validateUser, type AuditValue, type RoleRules, type RoleValue, type UserValue,
+} from './buckets.js';
+import { EnvelopeVerifier } from './envelope.js';
+
+export const apiPrefix = '$UB.API.';
+
+export const AdminErrorCode = {
+  badRequest: 'bad_request',
+  forbidden: 'forbidden',
+  notFound: 'not_found',
+  conflict: 'conflict',
+  inUse: 'in_use',
+  unavailable: 'unavailable',
+  internal: 'internal',
+} as const;
+export type AdminErrorCode = (typeof AdminErrorCode)[keyof typeof AdminErrorCode];
+
+/** A refusal a handler throws; becomes `{ error: { code, message } }`. */
+export class AdminError extends MembershipdError {
+  constructor(code: AdminErrorCode, message: string) {
+    super(code, message);
+  }
+}
+
+export type AdminResult = 'created' | 'unchanged' | 'updated' | 'removed';
+export type AdminReply = ({ readonly result?: AdminResult } & Record<string, unknown>) | { readonly error: { readonly code: string; readonly message: string } };
+
+export interface AdminContext {
+  /** Principal for audit: `internal:N…` or the admin user's name. */
+  readonly who: string;
+  readonly subject: string;
+}
+
+/** A handler gets the parsed JSON body; it returns the reply or throws AdminError. */
+export type AdminHandler = (body: Record<string, unknown>, ctx: AdminContext) => Promise<Record<string, unknown>>;
+
+export interface ControlApiOptions {
+  readonly backend: KvBackend;
+  readonly logger: Logger;
+  /** Internal identity public keys ('N…') of this node; the `nodes` bucket's identities are added to them. */
+  readonly internalKeys: readonly string[] | (() => readonly string[]);
+  /** Resolves NKey users ('U…') for admin requests signed from a creds file; their roles must grant admin. */
+  readonly source?: PrincipalSource;
+  /** scrypt cost for new password hashes (tests lower it). */
+  readonly scrypt?: ScryptParams;
+  readonly now?: () => number;
+}
+
+const enc = new TextEncoder();
+
+function str(body: Record<string, unknown>, field: string, required: true): string;
+function str(body: Record<string, unknown>, field: string, required: false): string | undefined;
+function str(body: Record<string, unknown>, field: string, required: boolean): string | undefined {
+  const v = body[field];
+  if (v === undefined) {
+    if (required) throw new AdminError('bad_request', `"${field}" is required`);
+    return undefined;
+  }
+  if (typeof v !== 'string') throw new AdminError('bad_request', `"${field}" must be a string`);
+  return v;
+}
+
+function strList(body: Record<string, unknown>, field: string): string[] | undefined {
+  const v = body[field];
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || !v.every((s): s is string => typeof s === 'string')) throw new AdminError('bad_request', `"${field}" must be a list of strings`);
+  return v;
+}
+
+function bool(body: Record<string, unknown>, field: string): boolean | undefined {
+  const v = body[field];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'boolean') throw new AdminError('bad_request', `"${field}" must be true or false`);
+  return v;
+}
+
+function sameSet(a: readonly string[], b: readonly string[]): boolean {
+  const x = [...new Set(a)].sort();
+  const y = [...new Set(b)].sort();
+  return x.length === y.length && x.every((s, i) => s === y[i]);
+}
+
+/** The user as shown to admins: never a hash. */
+export function publicUser(u: UserValue): Record<string, unknown> {
+  return {
+    name: u.name, credential: credentialKind(u), ...(u.nkey !== undefined ? { nkey: u.nkey } : {}),
+    roles: u.roles, disabled: u.disabled, created: new Date(u.created).toISOString(), updated: new Date(u.updated).toISOString(), by: u.by,
+  };
+}
+
+export function publicRole(r: RoleValue): Record<string, unknown> {
+  return {
+    name: r.name, publish: r.publish, subscribe: r.subscribe, allow_responses: r.allow_responses, admin: r.admin,
+    created: new Date(r.created).toISOString(), updated: new Date(r.updated).toISOString(), by: r.by,
+  };
+}
+
+const builtinAdminView = {
+  name: builtinAdminRole, publish: { allow: ['>'], deny: [] }, subscribe: { allow: ['>'], deny: [] }, allow_responses: true, admin: true, builtin: true,
+};
+
+export class ControlApi {
+  private readonly handlers = new Map<string, AdminHandler>();
+  private readonly verifier: EnvelopeVerifier;
+  private readonly backend: KvBackend;
+  private readonly logger: Logger;
+  private readonly now: () => number;
+  private readonly localKeys: () => readonly string[];
+  private closed = false;
+  requests = 0;
+  errors = 0;
+
+  constructor(private readonly options: ControlApiOptions) {
+    this.backend = options.backend;
+    this.logger = options.logger;
+    this.now = options.now ?? Date.now;
+    this.verifier = new EnvelopeVerifier(this.now);
+    const k = options.internalKeys;
+    this.localKeys = typeof k === 'function' ? k : () => k;
+    this.registerUsers();
+    this.registerRoles();
+  }
+
+  /**
+   * Adds a handler for `$UB.API.<area>.<verb>` (upper case, e.g. register('CLUSTER', 'STATUS', h)). The admin
+   * check, JSON parsing and error replies are done before/after it. Throws if the subject is taken.
+   */
+  register(area: string, verb: string, handler: AdminHandler): () => void {
+    if (!/^[A-Z][A-Z0-9_-]*$/.test(area) || !/^[A-Z][A-Z0-9_-]*$/.test(verb)) throw new RangeError(`admin API area/verb must be upper-case tokens, got ${area}.${verb}`);
+    const subject = `${apiPrefix}${area}.${verb}`;
+    if (this.handlers.has(subject)) throw new RangeError(`${subject} already has a handler`);
+    this.handlers.set(subject, handler);
+    return () => this.handlers.delete(subject);
+  }
+
+  subjects(): string[] {
+    return [...this.handlers.keys()].sort();
+  }
+
+  /** The forwarder hook: true when the message is an admin API request (answered asynchronously). */
+  handlePublish(msg: LocalPublish, reply: (subject: string, payload: Uint8Array) => void): boolean {
+    if (this.closed || !msg.subject.startsWith(apiPrefix)) return false;
+    if (msg.reply === undefined) return true; // a request without a reply inbox cannot be answered; never act on it
+    const replyTo = msg.reply;
+    const payload = msg.payload.slice();
+    void this.request(msg.subject, payload).then((r) => {
+      if (!this.closed) reply(replyTo, enc.encode(JSON.stringify(r)));
+    });
+    return true;
+  }
+
+  /** One request end to end (envelope check, dispatch, error mapping); never rejects. */
+  async request(subject: string, payload: Uint8Array): Promise<AdminReply> {
+    this.requests++;
+    const handler = this.handlers.get(subject);
+    if (handler === undefined) {
+      this.errors++;
+      return { error: { code: 'not_found', message: `no admin API ${subject} (known: ${this.subjects().join(', ')})` } };
+    }
+    const v = this.verifier.verify(subject, payload);
+    if (!v.ok) {
+      this.errors++;
+      this.logger.warn({ subject, code: v.code }, `admin request refused: ${v.message}`);
+      return { error: { code: v.code, message: v.message } };
+    }
+    const who = this.adminName(v.key, v.role);
+    if (who === undefined) {
+      this.errors++;
+      this.logger.warn({ subject, key: v.key }, 'admin request refused: not an admin principal');
+      return { error: { code: 'forbidden', message: `key ${v.key} is not an admin principal (the node's internal identity, a registered node's, or an NKey user with an admin role)` } };
+    }
+    const body = v.body;
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+      this.errors++;
+      return { error: { code: 'bad_request', message: 'the request body must be a JSON object' } };
+    }
+    try {
+      return await handler(body as Record<string, unknown>, { who, subject });
+    } catch (err) {
+      this.errors++;
+      if (err instanceof AdminError) return { error: { code: err.code, message: err.message } };
+      this.logger.error({ err, subject }, 'admin request failed');
+      const retry = err instanceof MembershipdError ? ` (${err.code})` : '';
+      return { error: { code: 'unavailable', message: `the change could not be committed${retry}: ${err instanceof Error ? err.message : String(err)}; nothing was changed unless a retry says unchanged — retry` } };
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+  }
+
+  // ---- principals ----
+
+  private adminName(key: string, role: 'server' | 'user'): string | undefined {
+    if (role === 'server') {
+      if (this.localKeys().includes(key)) return `internal:${key}`;
+      for (const name of this.keysOf(controlBuckets.nodes)) {
+        const e = this.backend.reader.get(controlBuckets.nodes, name);
+        const n = e && e.op === 'PUT' ? decodeValue(e.value, validateNode) : undefined;
+        if (n?.identity === key) return `internal:${key}`;
+      }
+      return undefined;
+    }
+    const u = this.options.source?.userByNkey(key);
+    if (u === undefined || u.disabled) return undefined;
+    const admin = u.roles.some((r) => r === builtinAdminRole || this.options.source?.role(r)?.admin === true);
+    return admin ? u.name : undefined;
+  }
+
+  // ---- KV helpers ----
+
+  /** Names whose latest entry is a PUT, sorted (the reader has no keys(); the change feed lists them). */
+  private keysOf(bucket: string): string[] {
+    const names = new Set<string>();
+    for (const e of this.backend.reader.changesSince(0, bucket)) names.add(e.key);
+    return [...names].filter((k) => this.backend.reader.get(bucket, k)?.op === 'PUT').sort();
+  }
+
+  private live(bucket: string, key: string): KvEntry | undefined {
+    const e = this.backend.reader.get(bucket, key);
+    return e !== undefined && e.op === 'PUT' ? e : undefined;
+  }
+
+  private async propose(cmd: KvCommand): Promise<KvResult> {
+    if (this.backend.reader.bucketInfo(cmd.bucket) === undefined) {
+      throw new AdminError('unavailable', `control bucket ${cmd.bucket} does not exist yet (the cluster has not created its buckets; is there a leader?) — retry`);
+    }
+    return this.backend.propose(cmd);
+  }
+
+  private async audit(ctx: AdminContext, what: string, target: string, result: string, detail?: Record<string, unknown>): Promise<void> {
+    const ts = this.now();
+    const value: AuditValue = { v: schemaVersion, ts, who: ctx.who, what, target, result, ...(detail !== undefined ? { detail } : {}) };
+    validateAudit(value);
+    try {
+      const r = await this.propose({ op: 'put', bucket: controlBuckets.audit, key: auditKey(ts, randomBytes(6).toString('hex')), value: encodeValue(value), ts });
+      if (!r.ok) this.logger.error({ what, target, code: r.code }, `audit record not written: ${r.message}`);
+    } catch (err) {
+      this.logger.error({ err, what, target }, 'audit record not written');
+    }
+  }
+
+  /** Runs `fn`, audits its outcome (success or refusal), returns/throws as fn did. */
+  private async audited(ctx: AdminContext, what: string, target: string, fn: () => Promise<Record<string, unknown> & { result: AdminResult }>,
+    detail?: Record<string, unknown>): Promise<Record<string, unknown>> {
+    try {
+      const r = await fn();
+      await this.audit(ctx, what, target, r.result, detail);
+      this.logger.info({ what, target, who: ctx.who, result: r.result }, 'admin change');
+      return r;
+    } catch (err) {
+      if (err instanceof AdminError) await this.audit(ctx, what, target, `error:${err.code}`, detail);
+      throw err;
+    }
+  }
+
+  private user(name: string): { value: UserValue; revision: number } | undefined {
+    const e = this.live(controlBuckets.users, name);
+    if (e === undefined) return undefined;
+    const value = decodeValue(e.value, validateUser, (why) => this.logger.error({ user: name, why }, 'users bucket value fails its schema'));
+    if (value === undefined) throw new AdminError('internal', `the stored record of user ${name} is unreadable; remove it with "membershipd user remove ${name}"`);
+    return { value, revision: e.revision };
+  }
+
+  private role(name: string): { value: RoleValue; revision: number } | undefined {
+    const e = this.live(controlBuckets.roles, name);
+    if (e === undefined) return undefined;
+    const value = decodeValue(e.value, validateRole, (why) => this.logger.error({ role: name, why }, 'roles bucket value fails its schema'));
+    if (value === undefined) throw new AdminError('internal', `the stored record of role ${name} is unreadable; remove it with "membershipd role remove ${name}"`);
+    return { value, revision: e.revision };
+  }
+
+  private checkRolesExist(roles: readonly string[]): void {
+    const p = roleListProblem(roles);
+    if (p !== undefined) throw new AdminError('bad_request', p);
+    for (const r of roles) {
+      if (r !== builtinAdminRole && this.role(r) === undefined) {
+        throw new AdminError('not_found', `role ${r} does not exist; create it first with "membershipd role add ${r} …"`);
+      }
+    }
+  }
+
+  // ---- users ----
+
+  private userName(body: Record<string, unknown>): string {
+    const name = str(body, 'name', true);
+    const p = nameProblem('user', name);
+    if (p !== undefined) throw new AdminError('bad_request', p);
+    return name;
+  }
+
+  private credentialOf(body: Record<string, unknown>, required: boolean): { password?: string; nkey?: string } | undefined {
+    const password = str(body, 'password', false);
+    const nkey = str(body, 'nkey', false);
+    if (password !== undefined && nkey !== undefined) throw new AdminError('bad_request', 'give either a password or an nkey, not both');
+    if (password === undefined && nkey === undefined) {
+      if (required) throw new AdminError('bad_request', 'a credential is required: --password-stdin, --password-file or --nkey');
+      return undefined;
+    }
+    if (password !== undefined && (password.length === 0 || password.length > 1024)) throw new AdminError('bad_request', 'a password has 1..1024 characters');
+    if (nkey !== undefined && !isValidPublicKey(nkey, ['user'])) throw new AdminError('bad_request', `nkey ${JSON.stringify(nkey.slice(0, 60))} is not an NKey user public key (56 characters starting with U)`);
+    return password !== undefined ? { password } : { nkey: nkey! };
+  }
+
+  /** Does the stored user have exactly this credential? (password: scrypt verify against the stored hash) */
+  private async sameCredential(u: UserValue, c: { password?: string; nkey?: string }): Promise<boolean> {
+    if (c.nkey !== undefined) return u.nkey === c.nkey;
+    return u.password !== undefined && (await verifyPassword(c.password!, u.password));
+  }
+
+  private nkeyTaken(nkey: string | undefined, except: string): void {
+    if (nkey === undefined) return;
+    for (const n of this.keysOf(controlBuckets.users)) {
+      if (n !== except && this.user(n)?.value.nkey === nkey) throw new AdminError('conflict', `nkey ${nkey} already belongs to user ${n}`);
+    }
+  }
+
+  private registerUsers(): void {
+    this.register('USER', 'ADD', async (body, ctx) => {
+      const name = this.userName(body);
+      const roles = strList(body, 'roles') ?? [];
+      return this.audited(ctx, 'user.add', name, async () => {
+        const cred = this.credentialOf(body, true)!;
+        await this.backend.readBarrier();
+        this.checkRolesExist(roles);
+        const compare = async (existing: UserValue): Promise<{ result: 'unchanged'; user: Record<string, unknown> }> => {
+          if (!existing.disabled && sameSet(existing.roles, roles) && (await this.sameCredential(existing, cred))) return { result: 'unchanged', user: publicUser(existing) };
+          throw new AdminError('conflict', `user ${name} already exists with a different specification; add never overwrites: use "membershipd user update ${name} …" to change it`);
+        };
+        const existing = this.user(name);
+        if (existing !== undefined) return compare(existing.value);
+        this.nkeyTaken(cred.nkey, name);
+        const ts = this.now();
+        const value: UserValue = {
+          v: schemaVersion, name,
+          ...(cred.password !== undefined ? { password: await hashPassword(cred.password, this.options.scrypt) } : { nkey: cred.nkey! }),
+          roles: [...new Set(roles)], disabled: false, created: ts, updated: ts, by: ctx.who,
+        };
+        validateUser(value);
+        const r = await this.propose({ op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(value), ts });
+        if (r.ok) return { result: 'created', user: publicUser(value) };
+        if (r.code === KvErrorCode.keyExists) {
+          // A concurrent add won the create: the same spec is still `unchanged`, another one a conflict.
+          const now = this.user(name);
+          if (now !== undefined) return compare(now.value);
+        }
+        throw new AdminError('unavailable', `user ${name} was not written: ${r.message}`);
+      }, { roles, credential: body.nkey !== undefined ? 'nkey' : 'password' });
+    });
+
+    this.register('USER', 'UPDATE', async (body, ctx) => {
+      const name = this.userName(body);
+      const roles = strList(body, 'roles');
+      const disabled = bool(body, 'disabled');
+      return this.audited(ctx, 'user.update', name, async () => {
+        const cred = this.credentialOf(body, false);
+        if (cred === undefined && roles === undefined && disabled === undefined) {
+          throw new AdminError('bad_request', 'nothing to update: give a new credential, --role (replaces the roles), --no-roles, --disable or --enable');
+        }
+        await this.backend.readBarrier();
+        if (roles !== undefined) this.checkRolesExist(roles);
+        if (cred?.nkey !== undefined) this.nkeyTaken(cred.nkey, name);
+        for (let attempt = 0; attempt < 5; attempt++) {
+          const cur = this.user(name);
+          if (cur === undefined) throw new AdminError('not_found', `user ${name} does not exist; create it with "membershipd user add ${name} …"`);
+          const u = cur.value;
+          const sameCred = cred === undefined || (await this.sameCredential(u, cred));
+          const nextRoles = roles === undefined ? u.roles : [...new Set(roles)];
+          const nextDisabled = disabled ?? u.disabled;
+          if (sameCred && sameSet(nextRoles, u.roles) && nextDisabled === u.disabled) return { result: 'unchanged', user: publicUser(u) };
+          const ts = this.now();
+          const { password: _p, nkey: _n, token: _t, ...rest } = u;
+          const credPart = sameCred
+            ? (u.password !== undefined ? { password: u.password } : u.nkey !== undefined ? { nkey: u.nkey } : { token: u.token! })
+            : cred!.password !== undefined ? { password: await hashPassword(cred!.password, this.options.scrypt) } : { nkey: cred!.nkey! };
+          const value: UserValue = { ...rest, ...credPart, roles: nextRoles, disabled: nextDisabled, updated: ts, by: ctx.who };
+          validateUser(value);
+          const r = await this.propose({ op: 'update', bucket: controlBuckets.users, key: name, value: encodeValue(value), revision: cur.revision, ts });
+          if (r.ok) return { result: 'updated', user: publicUser(value) };
+          if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `user ${name} was not updated: ${r.message}`);
+        }
+        throw new AdminError('conflict', `user ${name} kept changing while it was being updated; retry`);
+      }, { ...(roles !== undefined ? { roles } : {}), ...(disabled !== undefined ? { disabled } : {}), ...(body.password !== undefined ? { credential: 'password' } : body.nkey !== undefined ? { credential: 'nkey' } : {}) });
+    });
+
+    this.register('USER', 'REMOVE', async (body, ctx) => {
+      const name = this.userName(body);
+      return this.audited(ctx, 'user.remove', name, async () => {
+        await this.backend.readBarrier();
+        for (let attempt = 0; attempt < 5; attempt++) {
+          const cur = this.user(name);
+          if (cur === undefined) throw new AdminError('not_found', `user ${name} does not exist`);
+          const r = await this.propose({ op: 'delete', bucket: controlBuckets.users, key: name, revision: cur.revision, ts: this.now() });
+          if (r.ok) return { result: 'removed', user: publicUser(cur.value) };
+          if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `user ${name} was not removed: ${r.message}`);
+        }
+        throw new AdminError('conflict', `user ${name} kept changing while it was being removed; retry`);
+      });
+    });
+
+    this.register('USER', 'LIST', async (body) => {
+      if (body.stale !== true) await this.backend.readBarrier();
+      const users = this.keysOf(controlBuckets.users).map((n) => this.user(n)).filter((u) => u !== undefined).map((u) => publicUser(u.value));
+      return { users };
+    });
+
+    this.register('USER', 'SHOW', async (body) => {
+      const name = this.userName(body);
+      if (body.stale !== true) await this.backend.readBarrier();
+      const u = this.user(name);
+      if (u === undefined) throw new AdminError('not_found', `user ${name} does not exist`);
+      return { user: publicUser(u.value) };
+    });
+  }
+
+  // ---- roles ----
+
+  private roleName(body: Record<string, unknown>, forWrite: boolean): string {
+    const name = str(body, 'name', true);
+    const p = nameProblem('role', name);
+    if (p !== undefined) throw new AdminError('bad_request', p);
+    if (forWrite && name === builtinAdminRole) throw new AdminError('bad_request', `role "${builtinAdminRole}" is built in (it grants everything) and cannot be changed`);
+    return name;
+  }
+
+  private rules(body: Record<string, unknown>, allowField: string, denyField: string, base?: RoleRules): RoleRules {
+    const allow = strList(body, allowField);
+    const deny = strList(body, denyField);
+    return { allow: allow ?? base?.allow ?? [], deny: deny ?? base?.deny ?? [] };
+  }
+
+  private roleSpec(body: Record<string, unknown>, base?: RoleValue): Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses' | 'admin'> {
+    const spec = {
+      publish: this.rules(body, 'pub_allow', 'pub_deny', base?.publish),
+      subscribe: this.rules(body, 'sub_allow', 'sub_deny', base?.subscribe),
+      allow_responses: bool(body, 'allow_responses') ?? base?.allow_responses ?? false,
+      admin: bool(body, 'admin') ?? base?.admin ?? false,
+    };
+    const p = rolePermissionProblem(spec);
+    if (p !== undefined) throw new AdminError('bad_request', p);
+    return spec;
+  }
+
+  private static sameRole(a: Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses' | 'admin'>, b: typeof a): boolean {
+    return sameSet(a.publish.allow, b.publish.allow) && sameSet(a.publish.deny, b.publish.deny) && sameSet(a.subscribe.allow, b.subscribe.allow)
+      && sameSet(a.subscribe.deny, b.subscribe.deny) && a.allow_responses === b.allow_responses && a.admin === b.admin;
+  }
+
+  private registerRoles(): void {
+    this.register('ROLE', 'ADD', async (body, ctx) => {
+      const name = this.roleName(body, true);
+      return this.audited(ctx, 'role.add', name, async () => {
+        const spec = this.roleSpec(body);
+        await this.backend.readBarrier();
+        const compare = (existing: RoleValue): { result: 'unchanged'; role: Record<string, unknown> } => {
+          if (ControlApi.sameRole(existing, spec)) return { result: 'unchanged', role: publicRole(existing) };
+          throw new AdminError('conflict', `role ${name} already exists with different permissions; add never overwrites: use "membershipd role update ${name} …" to change it`);
+        };
+        const existing = this.role(name);
+        if (existing !== undefined) return compare(existing.value);
+        const ts = this.now();
+        const value: RoleValue = { v: schemaVersion, name, ...spec, created: ts, updated: ts, by: ctx.who };
+        validateRole(value);
+        const r = await this.propose({ op: 'create', bucket: controlBuckets.roles, key: name, value: encodeValue(value), ts });
+        if (r.ok) return { result: 'created', role: publicRole(value) };
+        if (r.code === KvErrorCode.keyExists) {
+          const now = this.role(name);
+          if (now !== undefined) return compare(now.value);
+        }
+        throw new AdminError('unavailable', `role ${name} was not written: ${r.message}`);
+      }, { ...body });
+    });
+
+    this.register('ROLE', 'UPDATE', async (body, ctx) => {
+      const name = this.roleName(body, true);
+      return this.audited(ctx, 'role.update', name, async () => {
+        await this.backend.readBarrier();
+        for (let attempt = 0; attempt < 5; attempt++) {
+          const cur = this.role(name);
+          if (cur === undefined) throw new AdminError('not_found', `role ${name} does not exist; create it with "membershipd role add ${name} …"`);
+          const spec = this.roleSpec(body, cur.value);
+          if (ControlApi.sameRole(cur.value, spec)) return { result: 'unchanged', role: publicRole(cur.value) };
+          const ts = this.now();
+          const value: RoleValue = { ...cur.value, ...spec, updated: ts, by: ctx.who };
+          validateRole(value);
+          const r = await this.propose({ op: 'update', bucket: controlBuckets.roles, key: name, value: encodeValue(value), revision: cur.revision, ts });
+          if (r.ok) return { result: 'updated', role: publicRole(value) };
+          if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `role ${name} was not updated: ${r.message}`);
+        }
+        throw new AdminError('conflict', `role ${name} kept changing while it was being updated; retry`);
+      }, { ...body });
+    });
+
+    this.register('ROLE', 'REMOVE', async (body, ctx) => {
+      const name = this.roleName(body, true);
+      return this.audited(ctx, 'role.remove', name, async () => {
+        await this.backend.readBarrier();
+        const cur = this.role(name);
+        if (cur === undefined) throw new AdminError('not_found', `role ${name} does not exist`);
+        // Removing a role in use would silently strip permissions from its users; make it explicit.
+        const users = this.keysOf(controlBuckets.users).filter((n) => this.user(n)?.value.roles.includes(name));
+        if (users.length > 0) {
+          throw new AdminError('in_use', `role ${name} is still given to ${users.length} user(s) (${users.slice(0, 10).join(', ')}); take it from them with "membershipd user update NAME --role …" first`);
+        }
+        const r = await this.propose({ op: 'delete', bucket: controlBuckets.roles, key: name, revision: cur.revision, ts: this.now() });
+        if (r.ok) return { result: 'removed', role: publicRole(cur.value) };
+        if (r.code === KvErrorCode.wrongRevision) throw new AdminError('conflict', `role ${name} changed while it was being removed; retry`);
+        throw new AdminError('unavailable', `role ${name} was not removed: ${r.message}`);
+      });
+    });
+
+    this.register('ROLE', 'LIST', async (body) => {
+      if (body.stale !== true) await this.backend.readBarrier();
+      const roles = this.keysOf(controlBuckets.roles).map((n) => this.role(n)).filter((r) => r !== undefined).map((r) => publicRole(r.value));
+      return { roles: [builtinAdminView, ...roles] };
+    });
+
+    this.register('ROLE', 'SHOW', async (body) => {
+      const name = this.roleName(body, false);
+      if (name === builtinAdminRole) return { role: builtinAdminView };
+      if (body.stale !== true) await this.backend.readBarrier();
+      const r = this.role(name);
+      if (r === undefined) throw new AdminError('not_found', `role ${name} does not exist`);
+      return { role: publicRole(r.value) };
+    });
+
+    this.register('AUDIT', 'LIST', async (body) => {
+      if (body.stale !== true) await this.backend.readBarrier();
+      const limit = typeof body.limit === 'number' && Number.isSafeInteger(body.limit) && body.limit > 0 ? Math.min(body.limit, 10_000) : 100;
+      const entries = this.backend.reader.changesSince(0, controlBuckets.audit).filter((e) => e.op === 'PUT');
+      const records = entries.slice(-limit).map((e) => {
+        const a = decodeValue(e.value, validateAudit);
+        return a === undefined ? { seq: e.revision, unreadable: true } : { seq: e.revision, ...a, ts: new Date(a.ts).toISOString() };
+      });
+      return { audit: records };
+    });
+  }
+}
+
+/** The server side the API needs: the forwarder slot and local delivery of replies. */
+export type ControlApiPort = Pick<NatsClusterPort, 'setForwarder' | 'deliverFromRoute'>;
+
+/**
+ * Attaches the admin API to a NATS server's cluster seam. `next` is the forwarder that was there before
+ * (the cluster bus, the KV API): messages that are not admin requests go on to it; admin requests stop here
+ * (they are answered by the node the requester is connected to; writes reach the leader through propose()).
+ */
+export function attachControlApi(
+  server: { readonly cluster: ControlApiPort },
+  options: ControlApiOptions & { readonly next?: (msg: LocalPublish) => boolean },
+): ControlApi & { detach(): void } {
+  const port = server.cluster;
+  const api = new ControlApi(options);
+  const reply = (subject: string, payload: Uint8Array): void => {
+    port.deliverFromRoute({ subject, payload });
+  };
+  const next = options.next;
+  port.setForwarder((m) => api.handlePublish(m, reply) || (next !== undefined && next(m)));
+  const detach = (): void => {
+    port.setForwarder(next);
+    api.close();
+  };
+  return Object.assign(api, { detach });
+}

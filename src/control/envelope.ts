@@ -1,0 +1,102 @@
+// The signed request envelope of the admin API. The NATS server's service seam (the cluster forwarder) hands
+// the API a published message without the publisher's connection, so the API cannot ask "who is this
+// connection?". Instead every request proves its principal itself: the body is signed with the caller's NKey
+// (the node's internal identity 'N…', or an admin user's 'U…' key from a creds file), over the subject, a
+// timestamp and the body. That holds in every bus-auth mode — in `off` anyone may publish to `$UB.API.>`, but
+// only a holder of an admin key gets past this check — and it names the principal for the audit record.
+//
+//   { "auth": { "key": "N…", "ts": <ms>, "sig": "<base64url Ed25519 of `${subject}\n${ts}\n${body}`>" },
+//     "body": "<the request JSON, as a string>" }
+//
+// A signature is accepted once, within ±`skewMs` of the server's clock (replay of a captured request is refused).
+import { decodePublicKey, encodeSignature, verifyEd25519, type NKeyPair } from '../auth/index.js';
+
+export const envelopeSkewMs = 120_000;
+
+export interface SignedEnvelope {
+  readonly auth: { readonly key: string; readonly ts: number; readonly sig: string };
+  readonly body: string;
+}
+
+const enc = new TextEncoder();
+
+function decodeSignature(text: string): Uint8Array | null {
+  if (!/^[A-Za-z0-9_-]{86}$/.test(text)) return null;
+  const b = Buffer.from(text, 'base64url');
+  return b.length === 64 ? new Uint8Array(b) : null;
+}
+
+function signedBytes(subject: string, ts: number, body: string): Uint8Array {
+  return enc.encode(`${subject}\n${ts}\n${body}`);
+}
+
+/** What the CLI sends: `body` (any JSON value) signed by `signer` for `subject`. */
+export function signRequest(subject: string, body: unknown, signer: Pick<NKeyPair, 'publicKey' | 'sign'>, now = Date.now()): Uint8Array {
+  const text = JSON.stringify(body ?? {});
+  const sig = encodeSignature(signer.sign(signedBytes(subject, now, text)));
+  return enc.encode(JSON.stringify({ auth: { key: signer.publicKey, ts: now, sig }, body: text } satisfies SignedEnvelope));
+}
+
+export type VerifiedRequest =
+  | { readonly ok: true; readonly key: string; readonly role: 'server' | 'user'; readonly body: unknown }
+  | { readonly ok: false; readonly code: 'bad_request' | 'forbidden'; readonly message: string };
+
+/** Checks the envelope (shape, key, clock window, signature, replay); never throws. */
+export class EnvelopeVerifier {
+  private readonly seen = new Map<string, number>();
+
+  constructor(private readonly now: () => number = Date.now, private readonly seenMax = 100_000) {}
+
+  verify(subject: string, payload: Uint8Array): VerifiedRequest {
+    let env: unknown;
+    try {
+      env = JSON.parse(Buffer.from(payload).toString('utf8'));
+    } catch {
+      return { ok: false, code: 'bad_request', message: 'the request is not JSON; admin requests are signed envelopes { auth, body } (use the membershipd CLI)' };
+    }
+    const e = env as Partial<SignedEnvelope> | null;
+    const a = e?.auth;
+    if (typeof e !== 'object' || e === null || typeof e.body !== 'string' || typeof a !== 'object' || a === null
+      || typeof a.key !== 'string' || typeof a.sig !== 'string' || typeof a.ts !== 'number' || !Number.isSafeInteger(a.ts)) {
+      return { ok: false, code: 'forbidden', message: 'the request carries no signed admin credential: admin requests must be signed with the node\'s internal identity (--internal-id-file) or an admin NKey (--creds)' };
+    }
+    let decoded;
+    try {
+      decoded = decodePublicKey(a.key, ['server', 'user']);
+    } catch {
+      return { ok: false, code: 'forbidden', message: 'the request is signed with a key that is not an NKey server or user public key' };
+    }
+    const now = this.now();
+    if (Math.abs(now - a.ts) > envelopeSkewMs) {
+      return { ok: false, code: 'forbidden', message: `the request's timestamp is ${Math.round((a.ts - now) / 1000)} s away from this node's clock (more than ${envelopeSkewMs / 1000} s): check the clocks` };
+    }
+    const sig = decodeSignature(a.sig);
+    if (sig === null || !verifyEd25519(decoded.key, signedBytes(subject, a.ts, e.body), sig)) {
+      return { ok: false, code: 'forbidden', message: `the request's signature does not verify for key ${a.key} on ${subject}` };
+    }
+    this.prune(now);
+    if (this.seen.has(a.sig)) return { ok: false, code: 'forbidden', message: 'this signed request was already used (replay refused); send a new request' };
+    this.seen.set(a.sig, a.ts + envelopeSkewMs);
+    let body: unknown;
+    try {
+      body = JSON.parse(e.body);
+    } catch {
+      return { ok: false, code: 'bad_request', message: 'the request body is not JSON' };
+    }
+    return { ok: true, key: a.key, role: decoded.role === 'server' ? 'server' : 'user', body };
+  }
+
+  private prune(now: number): void {
+    if (this.seen.size < this.seenMax) {
+      // Maps iterate in insertion order, which is nearly expiry order: drop the expired head.
+      for (const [k, exp] of this.seen) {
+        if (exp >= now) break;
+        this.seen.delete(k);
+      }
+      return;
+    }
+    for (const [k, exp] of this.seen) if (exp < now) this.seen.delete(k);
+    // Still full of live entries: refuse nothing, forget the oldest (bounded memory beats perfect replay memory).
+    while (this.seen.size >= this.seenMax) this.seen.delete(this.seen.keys().next().value as string);
+  }
+}

@@ -1,0 +1,354 @@
+// The control plane end to end: a real NATS server (src/nats) with bus auth enforce over the KV-backed principal
+// source, the admin API attached to its service seam, and the real CLI — as a child process where the process
+// boundary matters (stdin password, exit codes) and in process through main() elsewhere. Users connect with the
+// real @nats-io/transport-node client; the exact -ERR of a denied publish is read off a raw socket.
+import t from 'tap';
+import { spawn } from 'node:child_process';
+import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { connect as netConnect } from 'node:net';
+import { join } from 'node:path';
+import tls from 'node:tls';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { KvStateMachine } from '../../store/index.js';
+import { createNatsServer, type NatsServerWithCluster } from '../../src/nats/index.js';
+import { createLocalKvBackend, type KvBackend } from '../../src/kv/index.js';
+import { createBusAuthenticator, createKeyPair, loadOrCreateIdentity, type InternalIdentity } from '../../src/auth/index.js';
+import {
+  attachControlApi, controlBuckets, ensureControlBuckets, KvPrincipalSource, signRequest, type ControlApi,
+} from '../../src/control/index.js';
+import { main, memoryOutput } from '../../src/cli/index.js';
+import { silentLogger } from '../../src/log.js';
+
+const root = new URL('../../', import.meta.url).pathname;
+const dir = t.testdir({ 'pw-alice': 'correct horse\n', 'pw-other': 'another secret\n' });
+const idFile = join(dir, 'node.id');
+let identity: InternalIdentity;
+let backend: KvBackend;
+let server: NatsServerWithCluster;
+let api: ControlApi & { detach(): void };
+let url: string;
+const clients: NatsConnection[] = [];
+
+t.before(async () => {
+  identity = loadOrCreateIdentity(idFile);
+  backend = createLocalKvBackend(new KvStateMachine());
+  const created = await ensureControlBuckets(backend);
+  t.same(created.sort(), Object.values(controlBuckets).sort(), 'the six buckets are created');
+  t.same(await ensureControlBuckets(backend), [], 'a second ensureControlBuckets creates nothing');
+  const source = new KvPrincipalSource(silentLogger());
+  source.attach(backend);
+  const auth = createBusAuthenticator({ mode: 'enforce', source, internalIdentityPublicKeys: [identity.publicKey], logger: silentLogger() });
+  server = createNatsServer({ host: '127.0.0.1', port: 0, auth, logger: silentLogger() });
+  await server.start();
+  // Cheap scrypt: the test exercises hashing and verification, not their cost.
+  api = attachControlApi(server, { backend, logger: silentLogger(), internalKeys: [identity.publicKey], source, scrypt: { N: 1024, r: 8, p: 1 } });
+  url = `nats://127.0.0.1:${server.port}`;
+});
+
+t.teardown(async () => {
+  for (const c of clients) await c.close().catch(() => undefined);
+  api?.detach();
+  await server?.close();
+});
+
+const conn = ['--server', () => url, '--internal-id-file', idFile] as const;
+function args(...a: (string | (() => string))[]): string[] {
+  return a.map((x) => (typeof x === 'function' ? x() : x));
+}
+
+async function cli(...argv: (string | (() => string))[]): Promise<{ code: number; out: string; err: string }> {
+  const o = memoryOutput();
+  const code = await main(args(...argv), o);
+  return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
+}
+
+/** The real binary as a child process (killed by PID in teardown if it outlives the test). */
+function child(argv: string[], stdin?: string): Promise<{ code: number | null; out: string; err: string }> {
+  const p = spawn(process.execPath, ['--import', 'tsx', join(root, 'bin/membershipd.ts'), ...argv], { cwd: root, stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, INTERNAL_ID_FILE: '' } });
+  t.teardown(() => {
+    if (p.exitCode === null && p.pid !== undefined) process.kill(p.pid, 'SIGKILL');
+  });
+  let out = '';
+  let err = '';
+  p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  p.stdin.end(stdin ?? '');
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => p.kill('SIGKILL'), 40_000);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, err });
+    });
+  });
+}
+
+/** users + roles state (key → revision); "nothing changed" compares two of these. */
+function principalState(): string {
+  const parts: string[] = [];
+  for (const b of [controlBuckets.users, controlBuckets.roles]) {
+    for (const e of backend.reader.changesSince(0, b)) parts.push(`${b}/${e.key}@${e.revision}:${e.op}`);
+  }
+  return parts.sort().join(' ');
+}
+
+/** One raw NATS exchange: CONNECT as user/pass, run `ops`, return what the server wrote until `until` matches. */
+function rawSession(user: string, pass: string, ops: string, until: RegExp): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const s = netConnect(server.port, '127.0.0.1');
+    let buf = '';
+    let sent = false;
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`raw session: no ${until} in ${JSON.stringify(buf)}`));
+    }, 10_000);
+    s.on('data', (d) => {
+      buf += d.toString();
+      if (!sent && buf.includes('\r\n')) {
+        sent = true;
+        s.write(`CONNECT ${JSON.stringify({ user, pass, verbose: false, pedantic: false, protocol: 1, headers: true })}\r\n${ops}`);
+      }
+      if (until.test(buf)) {
+        clearTimeout(timer);
+        s.destroy();
+        resolve(buf);
+      }
+    });
+    s.on('error', reject);
+  });
+}
+
+t.test('roles: add is idempotent, never overwrites; bad subjects and the built-in admin refused', async (t) => {
+  const add = ['role', 'add', 'orders', '--pub-allow', 'orders.>', '--pub-deny', 'orders.secret', '--sub-allow', 'orders.>', '--sub-allow', '_INBOX.>', '--allow-responses'];
+  let r = await cli(...add, ...conn);
+  t.equal(r.code, 0, r.err);
+  t.equal(r.out, 'role orders: created');
+  r = await cli('role', 'add', 'orders', '--sub-allow', '_INBOX.>', '--pub-deny', 'orders.secret', '--sub-allow', 'orders.>', '--pub-allow', 'orders.>', '--allow-responses', ...conn);
+  t.equal(r.out, 'role orders: unchanged', 'same spec in another order is unchanged');
+  t.equal(r.code, 0);
+  const before = principalState();
+  r = await cli('role', 'add', 'orders', '--pub-allow', 'orders.>', ...conn);
+  t.equal(r.code, 3, 'a different spec is a conflict');
+  t.match(r.err, /already exists with different permissions.*role update orders/);
+  r = await cli('role', 'add', 'bad', '--pub-allow', 'foo..bar', ...conn);
+  t.equal(r.code, 2);
+  t.match(r.err, /foo\.\.bar/);
+  r = await cli('role', 'add', 'admin', '--pub-allow', 'x', ...conn);
+  t.equal(r.code, 2);
+  t.match(r.err, /built in/);
+  r = await cli('role', 'add', 'bad role!', ...conn);
+  t.equal(r.code, 2);
+  t.match(r.err, /role name "bad role!" is not valid/);
+  t.equal(principalState(), before, 'refusals changed nothing');
+  r = await cli('role', 'show', 'orders', '--json', ...conn);
+  const shown = JSON.parse(r.out) as { role: { publish: { allow: string[]; deny: string[] }; allow_responses: boolean } };
+  t.same(shown.role.publish, { allow: ['orders.>'], deny: ['orders.secret'] });
+  t.equal(shown.role.allow_responses, true);
+  r = await cli('role', 'list', ...conn);
+  t.match(r.out, /^NAME\s+PUBLISH/);
+  t.match(r.out, /\nadmin\s+allow >/);
+  t.match(r.out, /\norders\s+allow orders\.> deny orders\.secret/);
+});
+
+let alice: NatsConnection;
+
+t.test('user add through the real binary: created, unchanged, conflict; the user connects with its role', async (t) => {
+  let r = await child(['user', 'add', 'alice', '--password-stdin', '--role', 'orders', '--server', url, '--internal-id-file', idFile], 'correct horse\n');
+  t.equal(r.code, 0, r.err);
+  t.equal(r.out.trim(), 'user alice: created');
+  r = await child(['user', 'add', 'alice', '--password-file', join(dir, 'pw-other'), '--role', 'orders', '--server', url, '--internal-id-file', idFile]);
+  t.equal(r.code, 3, 'another password for an existing user is a conflict (exit 3)');
+  t.match(r.err, /alice already exists with a different specification.*user update alice/);
+  let q = await cli('user', 'add', 'alice', '--password-file', join(dir, 'pw-alice'), '--role', 'orders', ...conn);
+  t.equal(q.code, 0, q.err);
+  t.equal(q.out, 'user alice: unchanged', 'the same spec again is unchanged (password checked against the stored hash)');
+  q = await cli('user', 'add', 'alice', '--password-file', join(dir, 'pw-alice'), ...conn);
+  t.equal(q.code, 3, 'other roles: conflict');
+
+  q = await cli('user', 'show', 'alice', '--json', ...conn);
+  const u = JSON.parse(q.out) as { user: Record<string, unknown> };
+  t.same(u.user.roles, ['orders']);
+  t.equal(u.user.credential, 'password');
+  t.notMatch(q.out, /scrypt/, 'show never shows a hash');
+  q = await cli('user', 'list', ...conn);
+  t.match(q.out, /^NAME\s+CREDENTIAL\s+ROLES/);
+  t.match(q.out, /\nalice\s+password\s+orders\s+false/);
+  t.notMatch(q.out, /scrypt/);
+
+  alice = await connect({ servers: url, user: 'alice', pass: 'correct horse', reconnect: false });
+  clients.push(alice);
+  const sub = alice.subscribe('orders.>', { max: 1 });
+  alice.publish('orders.new', 'one');
+  for await (const m of sub) t.equal(m.subject, 'orders.new', 'a granted publish is delivered');
+
+  const raw = await rawSession('alice', 'correct horse', 'PUB orders.secret 2\r\nno\r\nPING\r\n', /PONG|-ERR/);
+  t.match(raw, /-ERR 'Permissions Violation for Publish to "orders\.secret"'\r\n/, 'the denied subject gets nats-server\'s exact -ERR');
+  const admin = await rawSession('alice', 'correct horse', 'PUB $UB.API.USER.ADD _INBOX.x 2\r\n{}\r\nPING\r\n', /PONG|-ERR/);
+  t.match(admin, /-ERR 'Permissions Violation for Publish to "\$UB\.API\.USER\.ADD"'/, 'a non-admin cannot even reach the admin API subjects');
+});
+
+t.test('admin API: only signed admin principals; concurrent adds create once', async (t) => {
+  const enc = new TextEncoder();
+  let r = await api.request('$UB.API.USER.LIST', enc.encode('{}'));
+  t.match(r, { error: { code: 'forbidden' } }, 'an unsigned request is refused');
+  const stranger = createKeyPair('user');
+  r = await api.request('$UB.API.USER.LIST', signRequest('$UB.API.USER.LIST', {}, stranger));
+  t.match(r, { error: { code: 'forbidden', message: /not an admin principal/ } }, 'a key that is not an admin is refused');
+  const signed = signRequest('$UB.API.USER.LIST', {}, { publicKey: identity.publicKey, sign: identity.sign });
+  t.match(await api.request('$UB.API.USER.LIST', signed), { users: [{ name: 'alice' }] });
+  t.match(await api.request('$UB.API.USER.LIST', signed), { error: { code: 'forbidden', message: /replay/ } }, 'a replayed request is refused');
+  r = await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.LIST', { name: 'x' }, { publicKey: identity.publicKey, sign: identity.sign }));
+  t.match(r, { error: { code: 'forbidden', message: /signature does not verify/ } }, 'a signature for another subject does not verify');
+
+  const me = { publicKey: identity.publicKey, sign: identity.sign };
+  const nk = createKeyPair('user').publicKey;
+  const same = await Promise.all(Array.from({ length: 6 }, () => api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'edge', nkey: nk, roles: ['orders'] }, me))));
+  t.same(same.map((x) => (x as { result?: string }).result).sort(), ['created', 'unchanged', 'unchanged', 'unchanged', 'unchanged', 'unchanged'], 'concurrent identical adds: one created');
+  const other = createKeyPair('user').publicKey;
+  const diff = await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'edge', nkey: other, roles: ['orders'] }, me));
+  t.match(diff, { error: { code: 'conflict' } });
+  t.equal(backend.reader.history(controlBuckets.users, 'edge').length, 1, 'edge was written once');
+  r = await api.request('$UB.API.CLUSTER.STATUS', signRequest('$UB.API.CLUSTER.STATUS', {}, me));
+  t.match(r, { error: { code: 'not_found' } });
+  const off = api.register('CLUSTER', 'STATUS', async (_b, ctx) => ({ nodes: 1, who: ctx.who }));
+  t.match(await api.request('$UB.API.CLUSTER.STATUS', signRequest('$UB.API.CLUSTER.STATUS', {}, me)), { nodes: 1, who: `internal:${identity.publicKey}` }, 'registered handlers get the admin check');
+  off();
+});
+
+t.test('bad input: clear error, non-zero exit, nothing changed', async (t) => {
+  const before = principalState();
+  const cases: [string[], number, RegExp][] = [
+    [['user', 'show', 'bob'], 1, /user bob does not exist \(not_found\)/],
+    [['user', 'remove', 'bob'], 1, /user bob does not exist/],
+    [['user', 'update', 'bob', '--disable'], 1, /user bob does not exist.*user add bob/],
+    [['user', 'add', 'bob', '--password-file', join(dir, 'pw-alice'), '--role', 'bad role!'], 2, /role name "bad role!" is not valid/],
+    [['user', 'add', 'bob', '--password-file', join(dir, 'pw-alice'), '--role', 'nosuch'], 1, /role nosuch does not exist.*role add nosuch/],
+    [['user', 'add', 'bad/name', '--password-file', join(dir, 'pw-alice')], 2, /user name "bad\/name" is not valid/],
+    [['user', 'add', 'bob', '--password', 'hunter2'], 2, /--password: a password is never taken from the command line.*--password-stdin or --password-file/],
+    [['user', 'add', 'bob'], 2, /a credential is required/],
+    [['user', 'add', 'bob', '--nkey', 'UNOTAKEY'], 2, /not an NKey user public key/],
+    [['user', 'add', 'bob', '--password-file', join(dir, 'nope')], 2, /--password-file: cannot read .*nope \(ENOENT\)/],
+    [['user', 'frob'], 2, /unknown user command "frob"/],
+    [['user', 'add', 'bob', '--bogus', 'x'], 2, /unknown flag --bogus/],
+  ];
+  for (const [argv, code, pattern] of cases) {
+    const r = await cli(...argv, ...conn);
+    t.equal(r.code, code, `${argv.join(' ')} → exit ${code}`);
+    t.match(r.err, pattern, argv.join(' '));
+    t.notMatch(r.out + r.err, /hunter2/, 'the argv password is never echoed');
+  }
+  // Connection problems: unreadable identity file, a group-readable one, no reachable node, no identity at all.
+  const loose = join(dir, 'loose.id');
+  writeFileSync(loose, readFileSync(idFile));
+  chmodSync(loose, 0o644);
+  const conns: [string[], number, RegExp][] = [
+    [['--server', url, '--internal-id-file', join(dir, 'missing.id')], 2, /--internal-id-file: internal identity file .*missing\.id does not exist/],
+    [['--server', url, '--internal-id-file', loose], 2, /readable or writable by group\/others.*chmod 600/],
+    [['--server', 'nats://127.0.0.1:1', '--internal-id-file', idFile], 1, /no reachable node at nats:\/\/127\.0\.0\.1:1/],
+    [['--server', url, '--env-file', join(dir, 'none.env')], 2, /--env-file: cannot read/],
+  ];
+  for (const [c, code, pattern] of conns) {
+    const r = await cli('user', 'add', 'bob', '--password-file', join(dir, 'pw-alice'), ...c);
+    t.equal(r.code, code, c.join(' '));
+    t.match(r.err, pattern);
+  }
+  const stranger = join(dir, 'stranger.id');
+  loadOrCreateIdentity(stranger);
+  const r = await cli('user', 'add', 'bob', '--password-file', join(dir, 'pw-alice'), '--server', url, '--internal-id-file', stranger);
+  t.equal(r.code, 1, 'another node\'s identity is refused by enforce mode');
+  t.match(r.err, /no reachable node.*refused|not an admin/i);
+  t.equal(principalState(), before, 'no bad input changed users or roles');
+
+  // The env file fallback: the operator on a node types only the command.
+  writeFileSync(join(dir, 'cluster.env'), `# cluster.env\nNATS_CLIENT_PORT=${server.port}\nINTERNAL_ID_FILE="${idFile}"\n`);
+  const viaEnv = await cli('user', 'show', 'alice', '--env-file', join(dir, 'cluster.env'));
+  t.equal(viaEnv.code, 0, viaEnv.err);
+  t.match(viaEnv.out, /name\s+alice/);
+});
+
+t.test('update and remove: a disabled or removed user is disconnected at once; audit records everything', async (t) => {
+  let r = await cli('user', 'update', 'alice', '--role', 'orders', ...conn);
+  t.equal(r.out, 'user alice: unchanged');
+  const closed = alice.closed();
+  r = await cli('user', 'remove', 'alice', ...conn);
+  t.equal(r.code, 0, r.err);
+  t.equal(r.out, 'user alice: removed');
+  const outcome = await Promise.race([closed.then(() => 'closed'), new Promise((res) => setTimeout(() => res('still open'), 10_000))]);
+  t.equal(outcome, 'closed', 'the removed user\'s live connection is closed');
+  await t.rejects(connect({ servers: url, user: 'alice', pass: 'correct horse', reconnect: false }), 'the removed user cannot connect');
+  r = await cli('user', 'remove', 'alice', ...conn);
+  t.equal(r.code, 1, 'removing again: not found');
+
+  r = await cli('role', 'remove', 'orders', ...conn);
+  t.equal(r.code, 1, 'a role still given to a user is not removed');
+  t.match(r.err, /still given to 1 user\(s\) \(edge\)/);
+
+  r = await cli('audit', 'list', '--json', '--limit', '500', ...conn);
+  t.equal(r.code, 0, r.err);
+  const audit = (JSON.parse(r.out) as { audit: { who: string; what: string; target: string; result: string }[] }).audit;
+  const who = `internal:${identity.publicKey}`;
+  const has = (what: string, target: string, result: string): boolean => audit.some((a) => a.what === what && a.target === target && a.result === result && a.who === who);
+  t.ok(has('role.add', 'orders', 'created'));
+  t.ok(has('role.add', 'orders', 'unchanged'));
+  t.ok(has('role.add', 'orders', 'error:conflict'));
+  t.ok(has('user.add', 'alice', 'created'));
+  t.ok(has('user.add', 'alice', 'unchanged'));
+  t.ok(has('user.add', 'alice', 'error:conflict'));
+  t.ok(has('user.remove', 'alice', 'removed'));
+  t.ok(has('role.remove', 'orders', 'error:in_use'));
+  t.notMatch(r.out, /correct horse|scrypt/, 'no secret in the audit');
+});
+
+t.test('id init/show and certs ca|node|client: files, modes, and a mutual TLS handshake', async (t) => {
+  const idPath = join(dir, 'ids', 'n1.id');
+  let r = await cli('id', 'init', '--internal-id-file', idPath);
+  t.equal(r.code, 0, r.err);
+  const key = /public key (N[A-Z2-7]{55})/.exec(r.out)?.[1];
+  t.ok(key, r.out);
+  t.equal(statSync(idPath).mode & 0o777, 0o600);
+  r = await cli('id', 'init', '--internal-id-file', idPath, '--json');
+  t.match(JSON.parse(r.out), { result: 'exists', public_key: key }, 'init again keeps the identity');
+  r = await cli('id', 'show', '--internal-id-file', join(dir, 'ids', 'none.id'));
+  t.equal(r.code, 2);
+  t.match(r.err, /does not exist/);
+
+  const certs = join(dir, 'pki');
+  t.equal((await cli('certs', 'ca', '--out', certs)).code, 0);
+  r = await cli('certs', 'node', 'n1', '--ca', certs, '--out', certs, '--ip', '10.0.0.7', '--dns', 'n1.example.org');
+  t.equal(r.code, 0, r.err);
+  t.equal((await cli('certs', 'client', 'admin', '--ca', certs, '--out', certs)).code, 0);
+  for (const f of ['ca.key', 'n1.key', 'admin.key']) t.equal(statSync(join(certs, f)).mode & 0o777, 0o600, `${f} is 0600`);
+  const caBefore = readFileSync(join(certs, 'ca.pem'), 'utf8');
+  r = await cli('certs', 'ca', '--out', certs);
+  t.match(r.out, /exists/);
+  t.equal(readFileSync(join(certs, 'ca.pem'), 'utf8'), caBefore, 'an existing CA is never overwritten');
+  r = await cli('certs', 'node', 'n2', '--ca', certs, '--out', certs, '--ip', 'not-an-ip');
+  t.equal(r.code, 2);
+  t.match(r.err, /--ip "not-an-ip" is not an IP address/);
+  const nodeCert = new (await import('node:crypto')).X509Certificate(readFileSync(join(certs, 'n1.pem')));
+  t.match(nodeCert.subjectAltName, /IP Address:10\.0\.0\.7/);
+  t.match(nodeCert.subjectAltName, /DNS:n1\.example\.org/);
+
+  const read = (f: string): string => readFileSync(join(certs, f), 'utf8');
+  const srv = tls.createServer({ cert: read('n1.pem'), key: read('n1.key'), ca: read('ca.pem'), requestCert: true, rejectUnauthorized: true }, (s) => {
+    s.end(`hello ${s.getPeerCertificate().subject.CN}`);
+  });
+  await new Promise<void>((res) => srv.listen(0, '127.0.0.1', () => res()));
+  t.teardown(() => srv.close());
+  const port = (srv.address() as { port: number }).port;
+  const hello = await new Promise<string>((res, rej) => {
+    const c = tls.connect({ host: '127.0.0.1', port, ca: read('ca.pem'), cert: read('admin.pem'), key: read('admin.key') }, () => undefined);
+    let got = '';
+    c.on('data', (d) => (got += d.toString()));
+    c.on('end', () => res(got));
+    c.on('error', rej);
+  });
+  t.equal(hello, 'hello admin', 'mutual TLS: the client cert is verified by the node, the node cert by the client');
+  // A client without a certificate is refused by the node.
+  const refused = await new Promise<string>((res) => {
+    const c = tls.connect({ host: '127.0.0.1', port, ca: read('ca.pem') });
+    c.on('data', () => res('data'));
+    c.on('error', (e) => res(`error ${e.message}`));
+    c.on('close', () => res('closed'));
+  });
+  t.not(refused, 'data', 'no client certificate: no data');
+});
