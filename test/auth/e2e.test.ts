@@ -15,6 +15,7 @@ import {
   hashPassword,
   hashToken,
   loadOrCreateIdentity,
+  MemorySource,
   openFileSource,
   type BusAuthenticator,
 } from '../../src/auth/index.js';
@@ -361,6 +362,31 @@ t.test('warn mode: never blocks, logs would-be refusals and violations', async (
   t.ok(logs.some((l) => l.principal === 'anonymous' && l.subject === 'secret.>' && /Subscription to "secret.>"/.test(l.msg)));
   t.ok(logs.some((l) => l.principal === 'alice' && l.subject === 'secret.a' && /Publish to "secret.a"/.test(l.msg)));
   t.notOk(f.logs.some((l) => l.includes('pw-alice')), 'no password in logs');
+});
+
+t.test('failed attempts are rate-limited per address; NKey clients are not', async (t) => {
+  const userKp = createKeyPair('user');
+  const source = new MemorySource(
+    [
+      { name: 'u', password: await hashPassword('pw-u', cheap), roles: ['r'], disabled: false },
+      { name: 'k', nkey: userKp.publicKey, roles: ['r'], disabled: false },
+    ],
+    [{ name: 'r', permissions: { publish: ['x'] }, admin: false }],
+  );
+  const auth = createBusAuthenticator({ mode: 'enforce', source, logger: silentLogger(), rateLimit: { burst: 2, refillPerSecond: 0.01 } });
+  const server = createNatsServer({ host: '127.0.0.1', port: 0, auth, logger: silentLogger() });
+  await server.start();
+  t.teardown(() => server.close());
+  const port = server.port;
+  const ok = track(t, await connect({ port, user: 'u', pass: 'pw-u', reconnect: false }));
+  await ok.flush();
+  t.equal(await refused(connect({ port, user: 'u', pass: 'guess1', reconnect: false })), 'Authorization Violation');
+  t.equal(await refused(connect({ port, user: 'u', pass: 'guess2', reconnect: false })), 'Authorization Violation');
+  t.equal(await refused(connect({ port, user: 'u', pass: 'pw-u', reconnect: false })), 'Authorization Violation', 'throttled: even the right password is not checked');
+  const nk = track(t, await connect({ port, authenticator: nkeyAuthenticator(enc.encode(userKp.seed)), reconnect: false }));
+  await nk.flush();
+  await ok.flush();
+  t.notOk(ok.isClosed(), 'connections already authenticated are untouched');
 });
 
 t.test('off mode: everyone allowed, no nonce', async (t) => {
