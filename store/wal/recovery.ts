@@ -36,8 +36,12 @@ export interface WalRecovery {
   readonly segments: SegmentState[];
   /** The torn tail that was cut off, if any. */
   readonly repaired: TailRepair | null;
-  /** Highest sequence seen on disk (also of a segment removed for holding nothing valid). */
-  readonly lastSeq: number;
+  /**
+   * Sequence for the next new segment: after the last one kept. A last segment removed for holding
+   * nothing valid (killed between its create and its header) gives its number back, or the next
+   * rollover would leave a gap that the following recovery refuses as a missing segment.
+   */
+  readonly nextSeq: number;
 }
 
 /** Called for each valid non-header record, in log order. `body` is valid only during the call. */
@@ -85,6 +89,7 @@ export async function recoverSegments(
     .sort((a, b) => a - b);
   const segments: SegmentState[] = [];
   let repaired: TailRepair | null = null;
+  let removedSeq: number | null = null;
   for (let k = 0; k < seqs.length; k++) {
     const seq = seqs[k]!;
     const path = join(walDir, segmentName(seq));
@@ -112,6 +117,7 @@ export async function recoverSegments(
     if (failure.offset === 0) {
       await fs.unlink(path);
       await syncDir(fs, walDir);
+      removedSeq = seq;
     } else {
       const fd = await fs.open(path, 'r+');
       try {
@@ -123,5 +129,6 @@ export async function recoverSegments(
       segments.push({ seq, path, size: failure.offset });
     }
   }
-  return { segments, repaired, lastSeq: seqs.length > 0 ? seqs[seqs.length - 1]! : 0 };
+  const last = segments[segments.length - 1];
+  return { segments, repaired, nextSeq: removedSeq ?? (last ? last.seq + 1 : 1) };
 }

@@ -73,7 +73,7 @@ export class Wal {
   /** What recovery cut off, for the caller to report. */
   readonly repaired: TailRepair | null;
 
-  private constructor(dir: string, opts: WalOptions, segments: SegmentState[], lastSeq: number, repaired: TailRepair | null) {
+  private constructor(dir: string, opts: WalOptions, segments: SegmentState[], nextSeq: number, repaired: TailRepair | null) {
     this.dir = dir;
     this.fs = opts.fs ?? nodeFs;
     this.segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES_DEFAULT;
@@ -81,7 +81,7 @@ export class Wal {
     this.logger = opts.logger ?? nullLogger;
     this.preamble = opts.preamble ?? (() => []);
     this.closedSegments = segments;
-    this.nextSeq = lastSeq + 1;
+    this.nextSeq = nextSeq;
     this.repaired = repaired;
   }
 
@@ -100,7 +100,7 @@ export class Wal {
       onRecord,
     );
     const segments = rec.segments;
-    const wal = new Wal(dir, opts, segments, rec.lastSeq, rec.repaired);
+    const wal = new Wal(dir, opts, segments, rec.nextSeq, rec.repaired);
     const last = segments.pop();
     if (last) {
       const fd = await fs.open(last.path, 'r+');

@@ -686,3 +686,22 @@ t.test('a batch torn after entries of a newer term: the term is adopted without 
   t.ok(st.recovery.walRepaired, 'the torn record was cut');
   await st.close();
 });
+
+t.test('a segment killed between its create and its header is removed and its number reused', async (t) => {
+  const dir = t.testdir();
+  await fill(dir, 30, 512);
+  const segs = readdirSync(dir).filter((n) => n.endsWith('.seg')).sort();
+  const next = Number(segs[segs.length - 1]!.slice(0, 16)) + 1;
+  const empty = join(dir, `${String(next).padStart(16, '0')}.seg`);
+  writeFileSync(empty, '');
+  const { bodies, wal } = await readAll(dir, { segmentBytes: 512 });
+  t.equal(bodies.length, 30);
+  t.match(wal.repaired, { file: empty, offset: 0 });
+  t.notOk(existsSync(empty));
+  for (let i = 0; i < 30; i++) await wal.append([rec(2, `more-${i}-${'q'.repeat(30)}`)]);
+  await wal.close();
+  t.ok(existsSync(empty), 'the next rollover reused the number');
+  const again = await readAll(dir);
+  t.equal(again.bodies.length, 60, 'no gap: everything replays');
+  await again.wal.close();
+});
