@@ -120,7 +120,12 @@ t.test('syntax: commands, missing values, duplicates, unknown flags', async (t) 
   await failsWith(t, ['serve', '--dir', 'x'], 'dir', /not a flag of `membershipd serve`/);
   await failsWith(t, ['cluster', 'add'], undefined, /not available in this build yet/);
   // user/role/audit/id/certs are dispatched by main() to src/cli/admin (test/control); the serve parser refuses them.
-  for (const admin of ['user', 'role', 'audit', 'id', 'certs']) await failsWith(t, [admin, 'add'], undefined, /an admin command/);
+  for (const admin of ['user', 'role', 'audit', 'id', 'certs']) {
+    t.throws(() => parseCommandLine([admin, 'add']), /an admin command/);
+    const output = memoryOutput();
+    t.equal(await main([admin, 'add'], output), 2, `${admin} add: exit 2 (its own usage error)`);
+    t.equal(output.stderr.length, 1, `${admin} add: one stderr line`);
+  }
 });
 
 t.test('values: every flag rejects what it cannot use, naming itself', async (t) => {
