@@ -17,3 +17,4 @@ export type { Rng } from './rng.js';
 export { RaftError, RaftErrorCode, RaftAssertionError, assert } from './errors.js';
 export { EntryType, emptyHardState } from './types.js';
 export type { Entry, HardState, ConfState, Snapshot, SnapshotMetadata } from './types.js';
+export { describeMessage, describeEntry, describeReady } from './describe.js';
