@@ -5,7 +5,7 @@ import t from 'tap';
 import fc from 'fast-check';
 import { connect, headers as natsHeaders, type NatsConnection, type Msg } from '@nats-io/transport-node';
 import { Kvm, KvWatchInclude, type KV, type KvWatchEntry as ClientEntry } from '@nats-io/kv';
-import { jetstreamManager, AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager, AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
 import { KvStateMachine } from '../../store/index.js';
 import { createNatsServer, type NatsServerWithCluster } from '../../src/nats/index.js';
 import { attachKvApi, createLocalKvBackend, type KvApi, type KvBackend } from '../../src/kv/index.js';
@@ -26,14 +26,15 @@ t.before(async () => {
   backend = createLocalKvBackend(new KvStateMachine());
   server = createNatsServer({ host: '127.0.0.1', port: 0, logger: silentLogger() });
   await server.start();
-  nc = await connect({ servers: `127.0.0.1:${server.port}`, name: 'kv-e2e' });
+  nc = await connect({ servers: `127.0.0.1:${server.port}`, name: 'kv-e2e', timeout: 20_000 });
   const { port, report } = await kvServerPort(server, async (s) => {
     nc.publish(s);
     await nc.flush();
   });
   t.comment(`src/nats seams: deliverAs=${report.deliverAs} wildcardPublish=${report.wildcardPublish}`);
   api = attachKvApi({ cluster: port }, { backend, logger: silentLogger(), serverName: server.serverName, limits: { tickMs: 50 } });
-  kvm = new Kvm(nc);
+  // Generous request timeouts: the machine is shared and loaded; no assertion depends on timing.
+  kvm = new Kvm(jetstream(nc, { timeout: 20_000 }));
 });
 
 t.teardown(async () => {
@@ -180,9 +181,7 @@ t.test('watch: initial values, updates only, markers', async (t) => {
       if (seenNew.length === 3) break;
     }
   })();
-  // Let both consumers bind (nats.js subscribes after the create response) before writing.
-  await nc.flush();
-  await new Promise((r) => setTimeout(r, 100));
+  // No wait for the consumers to bind: one that has not seen its subscriber yet keeps what it must deliver.
   await kv.put('c', '3');
   await kv.purge('a');
   await kv.put('a', '4');
@@ -223,7 +222,7 @@ t.test('a bucket of many keys: keys(), watch with large values (flow control)', 
 });
 
 t.test('push consumer on the wire: ack subjects, heartbeats, info, delete, errors', async (t) => {
-  const jsm = await jetstreamManager(nc);
+  const jsm = await jetstreamManager(nc, { timeout: 20_000 });
   const kv = await kvm.create('raw');
   const r1 = await kv.put('x', 'hello');
   const deliver = `_INBOX.raw.${Date.now()}`;
@@ -396,6 +395,6 @@ t.test('bus permissions decide who reaches the KV API (enforce mode)', async (t)
   const other = await new Kvm(ncK).create('other');
   t.ok(await rejection(other.put('x', '1')), 'put outside the allowed $KV subjects refused by the server');
   // `>` does not reach the reserved JetStream subjects: the request never gets to the API.
-  t.ok(await rejection(new Kvm(ncP).create('app', { timeout: 500 } as never)), 'no JetStream rights, no KV');
+  t.ok(await rejection(new Kvm(ncP).create('app', { timeout: 500 })), 'no JetStream rights, no KV');
   t.equal(a.stats().requests, before + 3, 'only the permitted requests (INFO, STREAM.INFO, STREAM.CREATE of "other") arrived');
 });
