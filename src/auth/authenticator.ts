@@ -37,7 +37,6 @@ interface Context {
 }
 
 interface UserPerms {
-  readonly version: number;
   readonly key: string;
   readonly admin: boolean;
   readonly permissions: Permissions;
@@ -86,7 +85,15 @@ class Authenticator implements BusAuthenticator {
 
   async authenticate(request: AuthRequest): Promise<AuthOutcome> {
     if (this.mode === 'off') return { ok: true, principal: this.anonymous };
-    const result = await this.verify(request);
+    let result: Verified;
+    try {
+      result = await this.verify(request);
+    } catch (err) {
+      // A stored credential this source let through but that cannot be used (e.g. a malformed hash from a
+      // replicated source): refuse this client, keep serving others.
+      this.logger.error({ err, remote: request.remoteAddress }, 'bus authentication failed on a stored credential');
+      result = { ok: false, reason: `stored credential unusable: ${err instanceof Error ? err.message : String(err)}` };
+    }
     const log = { remote: request.remoteAddress, client: request.clientName };
     if (result.ok) {
       this.logger.debug({ ...log, principal: result.principal.name, kind: result.principal.kind }, 'bus client authenticated');
@@ -199,14 +206,15 @@ class Authenticator implements BusAuthenticator {
     return p;
   }
 
-  /** The union of the user's roles, compiled once per source version. */
+  /** The union of the user's roles, compiled once per distinct set of role definitions. */
   private permsFor(user: UserRecord): UserPerms {
-    const version = this.source!.version;
     const cached = this.userPerms.get(user.name);
     const roleNames = [...user.roles].sort();
     const records = roleNames.map((r) => (r === builtinAdminRole ? undefined : this.source!.role(r)));
     const key = JSON.stringify([roleNames, records]);
-    if (cached !== undefined && cached.version === version && cached.key === key) return cached;
+    // The key holds the user's role names and the full role records, so it alone decides the permissions:
+    // a change elsewhere in the source keeps this user's compiled permissions (and their memo).
+    if (cached !== undefined && cached.key === key) return cached;
     let admin = false;
     const compiled: CompiledRole[] = [];
     roleNames.forEach((name, i) => {
@@ -215,7 +223,7 @@ class Authenticator implements BusAuthenticator {
       else if (record === undefined) this.logger.warn({ user: user.name, role: name }, 'user refers to an unknown role; it grants nothing');
       else compiled.push(this.compiledRole(record));
     });
-    const perms: UserPerms = { version, key, admin, permissions: compiled.length === 0 ? denyAll : unionPermissions(compiled) };
+    const perms: UserPerms = { key, admin, permissions: compiled.length === 0 ? denyAll : unionPermissions(compiled) };
     this.userPerms.set(user.name, perms);
     return perms;
   }

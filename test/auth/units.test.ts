@@ -516,5 +516,8 @@ t.test('authenticator: off mode', async (t) => {
   const r = await off.authenticate(req({ user: 'x', pass: 'y' }));
   t.ok(r.ok && r.principal.permissions === allowAll && r.principal.kind === 'anonymous');
   t.throws(() => createBusAuthenticator({ mode: 'enforce', logger: silentLogger() }), RangeError);
+  const broken = createBusAuthenticator({ mode: 'enforce', source: new MemorySource([{ name: 'b', password: 'scrypt$garbage', roles: [], disabled: false }]), logger: silentLogger() });
+  const r2 = await broken.authenticate(req({ user: 'b', pass: 'x' }));
+  t.ok(!r2.ok && /stored credential unusable/.test(r2.reason), 'a malformed stored hash refuses that client instead of throwing');
   t.throws(() => createBusAuthenticator({ mode: 'strict' as never, source: new MemorySource(), logger: silentLogger() }), RangeError);
 });
