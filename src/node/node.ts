@@ -139,6 +139,7 @@ export class ClusterNode {
   private readonly idToPeer = new Map<number, string>();
   private readonly peerToId = new Map<string, number>();
   private readonly listeners = new Set<RouteListener>();
+  private readonly leaderListeners = new Set<(isLeader: boolean, leaderName: string | undefined) => void>();
   private tickTimer: NodeJS.Timeout | undefined;
   private loop: Promise<void> | undefined;
   private stopping = false;
@@ -389,6 +390,27 @@ export class ClusterNode {
     return () => this.listeners.delete(l);
   }
 
+  /**
+   * Called on every leader change with whether this node leads now (e.g. the first leader creates the
+   * control buckets and records the slots in `nodes`). Returns the removal.
+   */
+  onLeaderChange(l: (isLeader: boolean, leaderName: string | undefined) => void): () => void {
+    this.leaderListeners.add(l);
+    return () => this.leaderListeners.delete(l);
+  }
+
+  /** The slots of the cluster: Raft id, address, and the server name + identity key bound to it (if met). */
+  slots(): { id: number; address: string; name: string | undefined; identity: string | undefined }[] {
+    const c = this.cluster;
+    if (!c) return [];
+    return c.addresses.map((address, i) => {
+      const id = i + 1;
+      if (id === c.id) return { id, address, name: this.serverName, identity: Buffer.from(this.identity.publicKeyBytes).toString('hex') };
+      const b = c.bindings[String(id)];
+      return { id, address, name: b?.name, identity: b?.key };
+    });
+  }
+
   /** Sends a non-Raft frame to a peer (bus glue); false when the peer is not up. */
   sendRouteFrame(peerName: string, frame: RouteFrame): boolean {
     return this.transport.send(peerName, frame);
@@ -444,6 +466,15 @@ export class ClusterNode {
         this.lastLead = lead;
         this.lastLeaderContact = Date.now();
         if (lead !== 0) for (const w of this.writes.values()) w.submittedAt = 0;
+        const isLeader = rd.softState.state === StateType.leader;
+        const name = lead === 0 ? undefined : this.peerName(lead);
+        for (const l of this.leaderListeners) {
+          try {
+            l(isLeader, name);
+          } catch (e) {
+            this.log.error({ err: e }, 'leader listener threw');
+          }
+        }
       }
     }
     if (rd.snapshot) {

@@ -3,6 +3,7 @@
 // reason, writes through any node, leader loss, restart from the data dir, rejoin by snapshot.
 // A failing trial is reproducible from the printed line: CLUSTER_SEED=<seed>.
 import t from 'tap';
+import fc from 'fast-check';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -11,6 +12,11 @@ import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
 import { NodeError, NodeErrorCode, startCluster, startNode, type ClusterNode, type NodeOptions } from '../../src/index.js';
 import type { KvResult } from '../../store/index.js';
+import { MessageType, message, type Message } from '../../raft/index.js';
+import { decodeFrameBody, encodeFrameBody } from '../../transport/index.js';
+import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage } from '../../src/node/wire.js';
+import { AppliedSessions } from '../../src/node/sessions.js';
+import { learnAddresses } from '../../src/node/bootstrap.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
 t.comment(`CLUSTER_SEED=${seed} (rerun with this variable to replay the start orders and delays)`);
@@ -303,4 +309,91 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
   await stray.stop();
   await c.stop();
   for (const n of [...c.nodes, stray]) running.delete(n);
+});
+
+t.test('wire, envelope, sessions, slot derivation: seeded properties and malformed input', async (t) => {
+  const runs = { seed, numRuns: 300 };
+  const bytes = fc.uint8Array({ maxLength: 24 });
+  const u = fc.nat({ max: 2 ** 40 });
+  const arbMessage: fc.Arbitrary<Message> = fc.record({
+    type: fc.constantFrom(...Object.values(MessageType)), from: u, to: u, term: u, logTerm: u, index: u, commit: u, rejectHint: u,
+    reject: fc.boolean(), context: bytes,
+    entries: fc.array(fc.record({ term: u, index: u, type: fc.constantFrom(0 as const, 1 as const), data: bytes }), { maxLength: 4 }),
+    snapshot: fc.option(fc.record({
+      meta: fc.record({ index: u, term: u, conf: fc.record({ voters: fc.array(u, { maxLength: 5 }), learners: fc.array(u, { maxLength: 3 }) }) }),
+      offset: u, data: bytes, done: fc.boolean(),
+    }), { nil: null }),
+  }).map((m) => message(m));
+  // Through the real route codec (msgpack), as on the wire.
+  const viaWire = (data: unknown): unknown => {
+    const f = decodeFrameBody(encodeFrameBody({ kind: 'raft', data }));
+    return f.kind === 'raft' ? f.data : undefined;
+  };
+  // Buffers (decoded) and Uint8Arrays (generated) compare as plain byte lists.
+  const plain = (v: unknown): unknown => {
+    if (v instanceof Uint8Array) return { bytes: [...v] };
+    if (Array.isArray(v)) return v.map(plain);
+    if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
+    return v;
+  };
+  fc.assert(fc.property(arbMessage, (m) => {
+    const d = decodeNodeFrame(viaWire(encodeMessage(m)));
+    return typeof d !== 'string' && d.kind === 'raft' && JSON.stringify(plain(d.message)) === JSON.stringify(plain(m));
+  }), runs);
+  // Any value at all: a reason string or a well-formed frame, never an exception.
+  fc.assert(fc.property(fc.anything({ withTypedArray: true }), (v) => {
+    const d = decodeNodeFrame(v);
+    return typeof d === 'string' || d.kind === 'raft' || d.kind === 'hello';
+  }), runs);
+  // Every field of a valid message replaced by a wrong type is refused.
+  const good = encodeMessage(message({ type: MessageType.app, from: 1, to: 2, entries: [{ term: 1, index: 1, type: 0, data: Uint8Array.of(1) }] }));
+  for (let i = 1; i < good.length; i++) {
+    const bad = [...good];
+    bad[i] = i === 9 ? 7 : 'x';
+    t.type(decodeNodeFrame(viaWire(bad)), 'string', `field ${i} of the wrong type is refused`);
+  }
+  t.type(decodeNodeFrame(viaWire(good.slice(0, 12))), 'string', 'a truncated message is refused');
+  t.type(decodeNodeFrame([1, 1, ['a:1'], null, 'x']), 'string', 'a malformed hello is refused');
+  t.match(decodeNodeFrame(viaWire(encodeHello({ id: 2, routes: ['a:1'], addresses: null, voters: 3 }))), { kind: 'hello', hello: { id: 2, routes: ['a:1'], voters: 3 } });
+
+  fc.assert(fc.property(fc.nat({ max: 0xffffffff }), fc.nat({ max: 0xffffffff }), fc.nat({ max: 0xffffffff }), bytes, (o, b, q, cmd) => {
+    const e = decodeEnvelope(encodeEnvelope(o, b, q, cmd));
+    return e.origin === o && e.boot === b && e.seq === q && Buffer.from(e.command).equals(Buffer.from(cmd));
+  }), runs);
+  t.equal(decodeEnvelope(Uint8Array.of(0x81, 0xa2)).origin, 0, 'a bare command (no envelope) has no origin');
+
+  // Two replicas fed the same log (duplicates included) admit exactly the same entries, also when one of
+  // them restarts from the other's snapshot of the table half way.
+  fc.assert(fc.property(fc.array(fc.tuple(fc.integer({ min: 1, max: 3 }), fc.integer({ min: 1, max: 2 }), fc.integer({ min: 1, max: 40 })), { maxLength: 200 }), (log) => {
+    const a = new AppliedSessions();
+    let b = new AppliedSessions();
+    const seen = new Set<string>();
+    return log.every(([o, boot, q], i) => {
+      if (i === log.length >> 1) {
+        const copy = new AppliedSessions();
+        copy.restore(viaWire(b.encode()));
+        b = copy;
+      }
+      const key = `${o}:${boot}:${q}`;
+      const fresh = !seen.has(key);
+      seen.add(key);
+      return a.admit(o, boot, q, i + 1) === fresh && b.admit(o, boot, q, i + 1) === fresh;
+    });
+  }), runs);
+
+  // Slot derivation: whatever the address set and whichever node, the others-only style and the
+  // all-nodes style of the peer both yield this node's address and the same sorted list.
+  fc.assert(fc.property(fc.uniqueArray(fc.integer({ min: 1, max: 65535 }), { minLength: 2, maxLength: 7 }), fc.nat(), fc.nat(), (portsList, si, pi) => {
+    const all = portsList.map((p) => `127.0.0.1:${p}`);
+    const self = all[si % all.length]!;
+    const peer = all.filter((a) => a !== self)[pi % (all.length - 1)]!;
+    const mine = all.filter((a) => a !== self);
+    const sorted = [...all].sort();
+    return [all.filter((a) => a !== peer), all].every((theirs) => {
+      const r = learnAddresses(mine, theirs, all.length);
+      return typeof r !== 'string' && r.self === self && r.addresses.join() === sorted.join();
+    });
+  }), runs);
+  t.type(learnAddresses(['a:1'], ['b:1', 'c:1'], 3), 'string', 'routes that differ by more than one address are refused');
+  t.type(learnAddresses(['a:1', 'b:1'], ['a:1', 'c:1'], 4), 'string', 'a union of the wrong size is refused');
 });
