@@ -3,6 +3,7 @@
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ServeConfig } from '../config/index.js';
+import { KvPrincipalSource } from '../control/index.js';
 import {
   createBusAuthenticator, IdentityFileError, loadOrCreateIdentity, openFileSource, UsersFileError,
   type BusAuthenticator, type FileSource, type InternalIdentity,
@@ -14,6 +15,10 @@ export interface BusAuth {
   readonly identity: InternalIdentity | undefined;
   /** SIGHUP: re-read the users file; undefined when there is nothing to reload. */
   readonly reload: (() => Promise<void>) | undefined;
+  /** --store kv: users and roles from the replicated buckets, attached to the backend once the node runs. */
+  readonly kvSource: KvPrincipalSource | undefined;
+  /** Admin internal identities the authenticator accepts; the node adds its own (and registered nodes') later. */
+  readonly internalKeys: string[];
 }
 
 function asConfigError(flag: string, err: unknown): ConfigError {
@@ -48,17 +53,21 @@ export async function loadBusAuth(config: ServeConfig, logger: Logger): Promise<
     throw new ConfigError(`--users-file is required with --bus-auth ${config.busAuth} and --store file (it lists who may connect)`, 'users-file');
   }
   const identity = config.internalIdFile === undefined ? undefined : loadIdentity(config.internalIdFile, logger);
-  const source = config.usersFile === undefined ? undefined : await loadUsers(config.usersFile, logger);
+  const source = config.usersFile === undefined || config.store === 'kv' ? undefined : await loadUsers(config.usersFile, logger);
+  const kvSource = config.store === 'kv' ? new KvPrincipalSource(logger) : undefined;
+  const internalKeys = identity === undefined ? [] : [identity.publicKey];
+  const reload = source === undefined ? undefined : async (): Promise<void> => { await source.reload(); };
   if (config.busAuth === 'off') {
     if (source !== undefined) logger.warn({ path: config.usersFile }, '--users-file is loaded but --bus-auth is off: nobody is checked');
-    return { authenticator: undefined, identity, reload: source === undefined ? undefined : async () => { await source.reload(); } };
+    return { authenticator: undefined, identity, reload, kvSource, internalKeys };
   }
+  const principals = kvSource ?? source;
   const authenticator = createBusAuthenticator({
     mode: config.busAuth,
-    ...(source !== undefined ? { source } : {}),
-    internalIdentityPublicKeys: identity === undefined ? [] : [identity.publicKey],
+    ...(principals !== undefined ? { source: principals } : {}),
+    internalIdentityPublicKeys: () => internalKeys,
     logger,
   });
-  logger.info({ mode: config.busAuth, users_file: config.usersFile ?? null }, `bus auth ${config.busAuth}`);
-  return { authenticator, identity, reload: source === undefined ? undefined : async () => { await source.reload(); } };
+  logger.info({ mode: config.busAuth, store: config.store, users_file: config.usersFile ?? null }, `bus auth ${config.busAuth}`);
+  return { authenticator, identity, reload, kvSource, internalKeys };
 }

@@ -49,7 +49,7 @@ async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?:
   lifecycle.setReload(auth.reload);
   let node: ServingNode;
   try {
-    node = await startServing(config, logger, auth.authenticator);
+    node = await startServing(config, logger, auth.authenticator, auth);
   } catch (err) {
     // A configuration problem found while starting (e.g. a cluster flag missing its partner) is still exit 2.
     if (err instanceof ConfigError) throw err;

@@ -10,6 +10,14 @@ import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
 import { nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode } from '../node/index.js';
+import { createServiceSeam, startControlPlane, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
+
+/** What the control plane needs from bus auth (src/cli/bus_auth.ts) when the node runs --store kv. */
+export interface ControlWiring {
+  readonly kvSource: KvPrincipalSource | undefined;
+  /** The authenticator's admin keys; the node's identity is added here. */
+  readonly internalKeys: string[];
+}
 
 /** A listener could not be opened (port taken, address not local, no permission). */
 export class ListenError extends MembershipdError {
@@ -59,7 +67,7 @@ function varzStats(s: NatsServerStats): Record<string, number> {
   };
 }
 
-export async function startServing(config: ServeConfig, logger: Logger, auth?: BusAuthenticator): Promise<ServingNode> {
+export async function startServing(config: ServeConfig, logger: Logger, auth?: BusAuthenticator, control?: ControlWiring): Promise<ServingNode> {
   const nats = createNatsServer({
     host: config.bind,
     port: config.natsPort,
@@ -76,13 +84,25 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   }
   // Cluster flags (src/node): the Raft meta-group and the routes, with the bus joined to this NATS server.
   let cluster: ClusterNode | undefined;
+  let controlPlane: ControlPlane | undefined;
   if (wantsCluster(config)) {
+    // One forwarder slot, two users: the admin API (src/control) in front, the cluster bus behind it. The node
+    // reads only `cluster` of the server it is given.
+    const seam = createServiceSeam(nats.cluster);
+    const routed = Object.assign(Object.create(nats) as typeof nats, { cluster: seam.routes });
     try {
-      cluster = await startNode({ ...nodeOptionsFromServeConfig(config, logger), nats });
+      cluster = await startNode({ ...nodeOptionsFromServeConfig(config, logger), nats: routed });
     } catch (err) {
       await nats.close();
       throw err;
     }
+    const node = cluster;
+    const internalKeys = control?.internalKeys ?? [];
+    if (!internalKeys.includes(node.identity.publicKey)) internalKeys.push(node.identity.publicKey);
+    controlPlane = startControlPlane({
+      port: seam.services, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
+      ...(control?.kvSource !== undefined ? { source: control.kvSource } : {}),
+    });
   }
   const startedAt = new Date();
   const http = createHttpServer({
@@ -111,6 +131,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   try {
     await http.start();
   } catch (err) {
+    controlPlane?.stop();
     await cluster?.stop();
     await nats.close();
     throw listenError('--http-port', config.bind, config.httpPort, err);
@@ -126,6 +147,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     stopping ??= (async () => {
       http.setState('stopping');
       try {
+        controlPlane?.stop();
         await nats.close();
         await cluster?.stop();
       } finally {

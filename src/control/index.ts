@@ -11,3 +11,4 @@ export {
 } from './api.js';
 export { EnvelopeVerifier, envelopeSkewMs, signRequest, type SignedEnvelope, type VerifiedRequest } from './envelope.js';
 export { KvPrincipalSource } from './principal_source.js';
+export { createServiceSeam, startControlPlane, type ControlPlane, type ControlPlaneOptions, type ServiceSeam } from './serve.js';
