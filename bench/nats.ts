@@ -16,6 +16,8 @@ const fanoutMsgs = Math.floor(pubsubMsgs / 2);
 const requests = Number(process.env.BENCH_REQUESTS ?? 3000);
 const idleConns = 1000;
 const phaseTimeoutMs = 30_000;
+/** Extra node flags for the membershipd process (experiments, e.g. BENCH_NODE_FLAGS=--single-threaded). */
+const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '');
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -61,7 +63,7 @@ function membershipdCommand(): string[] {
 async function startServer(kind: 'membershipd' | 'nats-server'): Promise<{ child: ChildProcess; port: number }> {
   const port = await freePort();
   const child = kind === 'membershipd'
-    ? spawn(process.execPath, [...membershipdCommand(), String(port)], { stdio: ['ignore', 'ignore', 'inherit'] })
+    ? spawn(process.execPath, [...nodeFlags, ...membershipdCommand(), String(port)], { stdio: ['ignore', 'ignore', 'inherit'] })
     : spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
   await waitForPort(port, child);
   return { child, port };
