@@ -46,11 +46,17 @@ export function createLocalKvBackend(stateMachine: KvStateMachine): KvBackend {
     },
     readBarrier: () => Promise.resolve(),
     reader: stateMachine,
-    watch(bucket: string, afterRevision: number, listener: KvListener): () => void {
-      for (const e of stateMachine.changesSince(afterRevision, bucket)) listener(e);
-      return stateMachine.subscribe((e: KvEntry) => {
-        if (e.bucket === bucket) listener(e);
-      });
-    },
+    watch: (bucket, afterRevision, listener) => watchStateMachine(stateMachine, bucket, afterRevision, listener),
   };
+}
+
+/**
+ * KvBackend.watch over a node's state machine, for any backend that applies into one (the Raft backend too):
+ * replay and subscription happen in one synchronous step, so no entry is missed or seen twice.
+ */
+export function watchStateMachine(stateMachine: KvStateMachine, bucket: string, afterRevision: number, listener: KvListener): () => void {
+  for (const e of stateMachine.changesSince(afterRevision, bucket)) listener(e);
+  return stateMachine.subscribe((e: KvEntry) => {
+    if (e.bucket === bucket) listener(e);
+  });
 }

@@ -295,6 +295,13 @@ export class Consumer {
     this.schedule();
   }
 
+  resync(): void {
+    if (this.deleted || this.state === 'detached') return;
+    this.queue = null;
+    this.head = 0;
+    this.schedule();
+  }
+
   /** A subscription matching the deliver subject appeared. */
   interestAdded(): void {
     if (this.state === 'detached') {
@@ -468,6 +475,11 @@ export class ConsumerRegistry {
     const set = this.byDeliver.get(subject);
     if (set === undefined) return;
     for (const c of [...set]) delta === 1 ? c.interestAdded() : c.interestRemoved();
+  }
+
+  /** The state was replaced under the watches (snapshot restore): every consumer refills from its cursor. */
+  resync(): void {
+    for (const c of this.byKey.values()) c.resync();
   }
 
   onFlowControl(subject: string): void {

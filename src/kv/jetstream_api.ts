@@ -174,6 +174,14 @@ export class KvApi {
     if (!this.closed) this.consumers.onInterest(change.subject, change.delta);
   }
 
+  /**
+   * Call after the node's state machine was replaced wholesale (snapshot install): the change feed does not carry
+   * that, so consumers re-read from their cursors.
+   */
+  resync(): void {
+    if (!this.closed) this.consumers.resync();
+  }
+
   stats(): KvApiStats {
     return { requests: this.requests, errors: this.errors, consumers: this.consumers.size };
   }

@@ -307,6 +307,11 @@ t.test('consumer engine: waiting keeps the initial batch; interest loss drops th
   await turn();
   t.same(seqs(port.got).slice(3), [[6, 4], [7, 5]]);
   t.equal(port.got.at(-1)?.headers !== undefined && new TextDecoder().decode(port.got.at(-1)!.headers), 'NATS/1.0\r\nKV-Operation: DEL\r\n\r\n');
+  // After a wholesale state replacement (snapshot install) the consumer re-reads from its cursor: nothing twice.
+  await be.propose({ op: 'put', bucket: 'b', key: 'y', value: enc.encode('y'), ts: 5 });
+  reg.resync();
+  await turn();
+  t.same(seqs(port.got).slice(5), [[8, 6]]);
 });
 
 t.test('consumer engine: flow control pauses at the window and resumes on the reply; heartbeat names the stall', async (t) => {
