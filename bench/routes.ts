@@ -223,14 +223,16 @@ async function main(): Promise<void> {
     `${rounds} rounds; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} (shared machine: compare ratios)`);
   const clusters: Cluster[] = [];
   const results = new Map<string, number[]>();
+  const cpu = new Map<string, number[]>();
   try {
     clusters.push(await startMembershipd(dir));
     if (haveNats) clusters.push(await startNatsServer(dir));
-    else console.log('  skip: nats-server binary not found (apt-get install nats-server); membershipd figures only');
+    else console.log('  skip: nats-server not run (binary not found, or BENCH_SKIP_NATS=1; apt-get install nats-server); membershipd figures only');
     for (let r = 1; r <= rounds; r++) {
       for (const cluster of clusters) {
         const res = await crossNode(cluster);
         (results.get(cluster.kind) ?? results.set(cluster.kind, []).get(cluster.kind)!).push(res.rate);
+        (cpu.get(cluster.kind) ?? cpu.set(cluster.kind, []).get(cluster.kind)!).push(res.cpuUsPerMsg);
         console.log(`  round ${r} ${cluster.kind.padEnd(11)} ${Math.round(res.rate).toLocaleString('en').padStart(9)} msgs/s ` +
           `(${res.received}/${msgs} delivered)   cluster CPU ${res.cpuUsPerMsg.toFixed(2)} µs/msg`);
       }
@@ -241,10 +243,15 @@ async function main(): Promise<void> {
   }
   const ours = median(results.get('membershipd') ?? [NaN]);
   const theirs = median(results.get('nats-server') ?? [NaN]);
-  console.log(`median membershipd ${Math.round(ours).toLocaleString('en')} msgs/s` +
-    (haveNats ? `, nats-server ${Math.round(theirs).toLocaleString('en')} msgs/s` : ''));
+  // CPU per delivered message (all three nodes) is steadier than rates on a loaded machine, where a
+  // multi-threaded Go process also wins a larger share of the scheduler than three single-threaded Node ones.
+  const oursCpu = median(cpu.get('membershipd') ?? [NaN]);
+  const theirsCpu = median(cpu.get('nats-server') ?? [NaN]);
+  console.log(`median membershipd ${Math.round(ours).toLocaleString('en')} msgs/s, ${oursCpu.toFixed(2)} cluster CPU µs/msg` +
+    (haveNats ? `; nats-server ${Math.round(theirs).toLocaleString('en')} msgs/s, ${theirsCpu.toFixed(2)} cluster CPU µs/msg` : ''));
   console.log(haveNats
-    ? `BENCH routes cross_node_ratio=${(ours / theirs).toFixed(3)} membershipd_msgs_per_s=${Math.round(ours)} nats_server_msgs_per_s=${Math.round(theirs)}`
+    ? `BENCH routes cross_node_ratio=${(ours / theirs).toFixed(3)} membershipd_msgs_per_s=${Math.round(ours)} ` +
+      `nats_server_msgs_per_s=${Math.round(theirs)} cpu_per_msg_ratio=${(theirsCpu / oursCpu).toFixed(3)}`
     : `BENCH routes cross_node_ratio=skipped membershipd_msgs_per_s=${Math.round(ours)}`);
 }
 

@@ -108,6 +108,8 @@ export class Link {
       if (this.state !== 'closed') this.#finish({ code: 'closed', reason: this.#closedReason(), origin: 'io' });
       resolve();
     }));
+    // Frames are batched per event-loop turn already; Nagle would only add delayed-ACK stalls on top.
+    socket.setNoDelay(true);
     socket.on('error', (error) => this.#onSocketError(error));
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => { this.#waitingDrain = false; this.#flush(); });
@@ -358,8 +360,11 @@ export class Link {
     this.#queueBytes = 0;
     this.#queuedFrames = 0;
     this.#batch = undefined;
+    // Our own hello/auth go out ahead of the refusal, even when the refusal came first: the peer then runs
+    // its own checks and logs its own reason for a mismatch, not only ours.
+    const out = Buffer.concat([...this.#control, encodeFrame({ kind: 'refuse', code, reason })]);
     this.#control = [];
-    this.#socket.end(encodeFrame({ kind: 'refuse', code, reason }));
+    this.#socket.end(out);
     this.#graceTimer = this.#clock.setTimeout(() => { this.#graceTimer = undefined; this.#socket.destroy(); },
       this.#limits.closeGraceMs);
   }
