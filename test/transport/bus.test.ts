@@ -121,6 +121,24 @@ t.test('queue groups: exactly once over 10,000 messages, spread over the members
   t.ok(perMember.every((n) => n > 0), 'no member starved');
 });
 
+t.test('queue group with members on the publishing node too: still exactly once', async (t) => {
+  const total = 1000;
+  const members = await Promise.all([client(n1), client(n2), client(n3)]);
+  const seen = new Uint16Array(total);
+  members.forEach((c) => c.subscribe('mixed.job', { queue: 'mixed', callback: (_e, m) => { seen[Number(m.string())]!++; } }));
+  const marker = { n: 0 };
+  (await client(n2)).subscribe('mixed.marker', { callback: () => { marker.n++; } });
+  await Promise.all(members.map((c) => c.flush()));
+  await waitFor('mixed interest', () => n1.bus.interestedPeers('mixed.job').length === 2 && n1.bus.interestedPeers('mixed.marker').length === 1);
+  const pub = await client(n1);
+  for (let i = 0; i < total; i++) pub.publish('mixed.job', String(i));
+  pub.publish('mixed.marker');
+  await pub.flush();
+  await waitFor('marker', () => marker.n === 1);
+  await Promise.all(members.map((c) => c.flush()));
+  t.ok(seen.every((n) => n === 1), 'each job exactly once across the three nodes');
+});
+
 t.test('request/reply and no_responders across nodes', async (t) => {
   const [requester, responder] = await Promise.all([client(n1), client(n3)]);
   responder.subscribe('svc.echo', { callback: (_e, m) => { m.respond(`echo ${m.string()} from n3`); } });
