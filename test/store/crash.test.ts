@@ -126,14 +126,24 @@ async function verifyWal(dir: string, acked: Map<number, number>): Promise<{ rec
   return { records, repaired, problems };
 }
 
-async function verifyRaft(dir: string, ackedLast: number, ackedCommit: number): Promise<{ records: number; repaired: boolean; problems: string[] }> {
+/**
+ * The Raft-mode check. The child may rewrite its uncommitted suffix (a new term, possibly shorter),
+ * so "acknowledged" means: the last acknowledged entry is present with its term, unless a later
+ * (unacknowledged but durable) rewrite replaced it with a newer term; committed entries never go.
+ */
+async function verifyRaft(dir: string, ack: { last: number; commit: number; term: number }): Promise<{ records: number; repaired: boolean; problems: string[] }> {
   const problems: string[] = [];
   const st = await RaftStorage.open(dir, { segmentBytes: 16 * 1024 });
   const first = st.firstIndex();
   const last = st.lastIndex();
   const hs = st.hardState();
-  if (last < ackedLast) problems.push(`last index ${last} < acknowledged ${ackedLast}`);
-  if (hs.commit < ackedCommit) problems.push(`commit ${hs.commit} < acknowledged ${ackedCommit}`);
+  if (last < ack.commit) problems.push(`last index ${last} < acknowledged commit ${ack.commit}`);
+  if (hs.commit < ack.commit) problems.push(`commit ${hs.commit} < acknowledged ${ack.commit}`);
+  if (ack.last >= first) {
+    const kept = last >= ack.last && st.term(ack.last) === ack.term;
+    const rewritten = last > ack.commit && st.term(Math.min(last, ack.last)) > ack.term;
+    if (!kept && !rewritten) problems.push(`acknowledged entry ${ack.last} (term ${ack.term}) is gone (last ${last})`);
+  }
   const snap = st.snapshot();
   if (snap.meta.index > 0 && Buffer.from(snap.data).toString() !== `snap${snap.meta.index}`) problems.push(`snapshot at ${snap.meta.index} holds the wrong image`);
   let prevTerm = snap.meta.term;
@@ -154,8 +164,7 @@ t.test('SIGKILL at random moments loses no acknowledged record and leaves no gar
   const walDir = join(base, 'wal-mode');
   const raftDir = join(base, 'raft-mode');
   const walAcked = new Map<number, number>();
-  let raftLast = 0;
-  let raftCommit = 0;
+  const raftAck = { last: 0, commit: 0, term: 0 };
   const raftSegSize = new Map<number, number>();
   const started = Date.now();
   let done = 0;
@@ -175,14 +184,15 @@ t.test('SIGKILL at random moments loses no acknowledged record and leaves no gar
       acks++;
       if (p[0] === 'a') walAcked.set(Number(p[1]), Math.max(walAcked.get(Number(p[1])) ?? -1, Number(p[2])));
       else if (p[0] === 'r') {
-        raftLast = Math.max(raftLast, Number(p[1]));
-        raftCommit = Math.max(raftCommit, Number(p[2]));
+        raftAck.last = Number(p[1]);
+        raftAck.commit = Number(p[2]);
+        raftAck.term = Number(p[5]);
         raftSegSize.set(Number(p[3]), Math.max(raftSegSize.get(Number(p[3])) ?? 0, Number(p[4])));
       }
     }
     if (mode === 'wal' && i % 4 === 2) lostBytes += losePowerTail(walDir, walAcked);
     if (mode === 'raft' && i % 4 === 3) lostBytes += losePowerTailRaft(join(raftDir, 'wal'), raftSegSize);
-    const v = mode === 'wal' ? await verifyWal(walDir, walAcked) : await verifyRaft(raftDir, raftLast, raftCommit);
+    const v = mode === 'wal' ? await verifyWal(walDir, walAcked) : await verifyRaft(raftDir, raftAck);
     if (v.repaired) repairs++;
     if (v.problems.length > 0) {
       t.fail(`iteration ${i} (${mode}, kill after ${delay} ms, SEED=${SEED}): ${v.problems.slice(0, 5).join('; ')}`);

@@ -48,7 +48,7 @@ async function raftMode(): Promise<void> {
     const commit = Math.max(st.hardState().commit, lastNew - 3);
     await st.save({ entries, hardState: { term, vote: 1, commit } });
     const seg = st.walSegments().pop()!;
-    process.stdout.write(`r ${lastNew} ${commit} ${seg.seq} ${seg.size}\n`);
+    process.stdout.write(`r ${lastNew} ${commit} ${seg.seq} ${seg.size} ${term}\n`);
     if (commit - st.snapshot().meta.index >= 150) {
       await st.createSnapshot(commit, { voters: [1], learners: [] }, Buffer.from(`snap${commit}`));
       process.stdout.write(`s ${commit}\n`);
