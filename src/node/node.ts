@@ -50,6 +50,8 @@ export interface NodeOptions {
   readonly heartbeatTicks?: number;
   /** How long a write or linearizable read may wait for a leader and its apply (default 5000). */
   readonly requestTimeoutMs?: number;
+  /** A voter unreachable this long is replaced by a caught-up learner (default 30000). */
+  readonly voterGraceMs?: number;
   /** Applied entries between local snapshots (log compaction); default 10000. */
   readonly snapshotEntries?: number;
   readonly logger?: Logger;
@@ -152,6 +154,8 @@ export class ClusterNode {
   private ticks = 0;
   private bootstrapProblem: string | undefined;
   private readonly startedAt = Date.now();
+  private readonly voterGraceMs: number;
+  private readonly voterDownSince = new Map<number, number>();
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -166,6 +170,7 @@ export class ClusterNode {
     this.heartbeatTicks = opts.heartbeatTicks ?? 1;
     this.timeoutMs = opts.requestTimeoutMs ?? 5000;
     this.snapshotEntries = opts.snapshotEntries ?? 10_000;
+    this.voterGraceMs = opts.voterGraceMs ?? 30_000;
   }
 
   /** Opens the data dir (recovery), derives the slot, starts routes and the tick timer. */
@@ -424,7 +429,7 @@ export class ClusterNode {
     if (this.raw) {
       this.raw.tick();
       this.retryWaiting();
-      if (this.ticks % 10 === 0) this.manageLearners();
+      if (this.ticks % 10 === 0) this.manageMembership();
       this.schedule();
     }
     this.expire();
@@ -548,22 +553,56 @@ export class ClusterNode {
     this.log.info({ index: applied }, 'snapshot taken; log compacted');
   }
 
-  /** The leader adds the slots beyond --kv-replicas as learners, one conf change at a time. */
-  private manageLearners(): void {
+  /**
+   * The leader keeps the voter count at R (--kv-replicas), one conf change at a time:
+   * - every slot that is not a member is added as a learner (slots beyond R at bootstrap; a replaced
+   *   voter when it comes back);
+   * - a voter whose route has been down longer than voterGraceMs is replaced by a caught-up, connected
+   *   learner: promote first (R+1 voters), then remove the dead one, so the count never drops below R.
+   */
+  private manageMembership(): void {
     const raw = this.raw!;
     const st = raw.basicStatus();
-    if (st.state !== StateType.leader || !this.cluster || st.applied < st.commit) return;
+    const c = this.cluster;
+    if (st.state !== StateType.leader || !c || st.applied < st.commit) return;
     const conf = raw.confState();
-    for (let id = this.voters + 1; id <= this.cluster.addresses.length; id++) {
-      if (conf.voters.includes(id) || conf.learners.includes(id)) continue;
+    const up = new Set(this.transport.upPeers());
+    const isUp = (id: number): boolean => id === c.id || up.has(this.idToPeer.get(id) ?? '\0');
+    const now = Date.now();
+    for (const v of conf.voters) {
+      if (isUp(v)) this.voterDownSince.delete(v);
+      else if (!this.voterDownSince.has(v)) this.voterDownSince.set(v, now);
+    }
+    const dead = conf.voters.filter((v) => now - (this.voterDownSince.get(v) ?? now) >= this.voterGraceMs);
+    const propose = (type: ConfChangeType, nodeId: number, what: string): void => {
       try {
-        raw.proposeConfChange({ type: ConfChangeType.addLearner, nodeId: id });
-        this.log.info({ id }, 'adding a learner');
+        raw.proposeConfChange({ type, nodeId });
+        this.log.warn({ id: nodeId, name: this.peerName(nodeId), voters: conf.voters, learners: conf.learners }, what);
         this.schedule();
       } catch (e) {
-        if (!(e instanceof RaftError)) throw e;
+        if (!(e instanceof RaftError)) throw e; // another change is pending: try again next round
       }
-      return;
+    };
+    if (conf.voters.length > this.voters && dead.length > 0) {
+      return propose(ConfChangeType.remove, dead[0]!, 'removing a dead voter replaced by a promoted learner');
+    }
+    if (conf.voters.length === this.voters && dead.length > 0) {
+      const progress = raw.status().progress;
+      let best: number | undefined;
+      let bestMatch = -1;
+      for (const l of conf.learners) {
+        const m = progress.get(l)?.match ?? 0;
+        // Caught up: within a small margin of the commit index (it keeps receiving appends).
+        if (isUp(l) && m + 16 >= st.commit && m > bestMatch) {
+          best = l;
+          bestMatch = m;
+        }
+      }
+      if (best !== undefined) return propose(ConfChangeType.promote, best, `voter ${this.peerName(dead[0]!)} unreachable for ${this.voterGraceMs} ms: promoting a caught-up learner`);
+    }
+    for (let id = 1; id <= c.addresses.length; id++) {
+      if (conf.voters.includes(id) || conf.learners.includes(id)) continue;
+      return propose(ConfChangeType.addLearner, id, 'adding a learner');
     }
   }
 
