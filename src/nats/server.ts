@@ -102,6 +102,11 @@ export interface NatsConnectionInfo {
 export interface NatsServerWithCluster extends NatsServer {
   readonly cluster: NatsClusterPort;
   connections(): NatsConnectionInfo[];
+  /**
+   * Sends an asynchronous INFO (with connect_urls as options.connectUrls() now returns them) to every client that
+   * sent CONNECT protocol 1, as nats-server does when routes come and go (reference §1.13).
+   */
+  announceConnectUrls(): void;
 }
 
 /** What a Client needs from the server. */
@@ -438,6 +443,12 @@ class NatsServerImpl implements NatsServerWithCluster {
     for (const ws of this.wss?.clients ?? []) ws.terminate();
     await Promise.all([tcpClosed, wsClosed]);
     this.core.logger.info({ port: this.core.port }, 'NATS server closed');
+  }
+
+  announceConnectUrls(): void {
+    for (const c of this.core.clients.values()) {
+      if (c.connectReceived && c.opts.protocol >= 1) c.append(this.core.infoLine(c));
+    }
   }
 
   connections(): NatsConnectionInfo[] {

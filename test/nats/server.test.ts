@@ -131,6 +131,18 @@ t.test('INFO', async (t) => {
   t.ok(maj! > 2 || (maj === 2 && (min! > 9 || (min === 9 && patch! >= 4))), 'version ≥ 2.9.4 (nats.js KV watch)');
 });
 
+t.test('async INFO with new connect_urls goes to protocol 1 clients only', async (t) => {
+  let urls = ['10.0.0.2:4222'];
+  const s = await startServer(t, { connectUrls: () => urls });
+  const p1 = await client(t, s, { protocol: 1 });
+  const p0 = await client(t, s);
+  urls = ['10.0.0.2:4222', '10.0.0.3:4222'];
+  s.announceConnectUrls();
+  const info = await p1.expect(/INFO .*\r\n/);
+  t.same((JSON.parse(info.slice(5)) as { connect_urls: string[] }).connect_urls, urls);
+  t.equal(await p0.sync(), 'PONG\r\n', 'a protocol 0 client gets no async INFO');
+});
+
 t.test('before CONNECT without auth: PING and PUB work, verbose defaults to true', async (t) => {
   const s = await startServer(t);
   const c = new Raw(s.port);
