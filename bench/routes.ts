@@ -170,10 +170,14 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-/** Publisher on node A, subscriber on node B: msgs/s from the first publish to the last delivery. */
-async function crossNode(cluster: Cluster): Promise<{ rate: number; cpuUsPerMsg: number; received: number }> {
+/**
+ * Publisher on node A, subscriber on node `subNode` (B for the cross-node figure; A itself for the same-node
+ * baseline that shows how much of the gap is the NATS server rather than the route): msgs/s from the first
+ * publish to the last delivery.
+ */
+async function crossNode(cluster: Cluster, subNode = 1): Promise<{ rate: number; cpuUsPerMsg: number; received: number }> {
   const pub = await connect({ servers: `127.0.0.1:${cluster.clientPorts[0]}` });
-  const sub = await connect({ servers: `127.0.0.1:${cluster.clientPorts[1]}` });
+  const sub = await connect({ servers: `127.0.0.1:${cluster.clientPorts[subNode]}` });
   let received = 0;
   let probes = 0;
   let done!: () => void;
@@ -181,7 +185,7 @@ async function crossNode(cluster: Cluster): Promise<{ rate: number; cpuUsPerMsg:
   sub.subscribe('bench.probe', { callback: () => { probes++; } });
   sub.subscribe('bench.cross', { callback: () => { if (++received === msgs) done(); } });
   await sub.flush();
-  // Interest crosses the route asynchronously (in both systems): probe until node A forwards to B.
+  // Interest crosses the route asynchronously (in both systems): probe until node A delivers to the subscriber.
   for (let i = 0; i < 500 && probes === 0; i++) {
     pub.publish('bench.probe');
     await pub.flush();
@@ -236,6 +240,11 @@ async function main(): Promise<void> {
         console.log(`  round ${r} ${cluster.kind.padEnd(11)} ${Math.round(res.rate).toLocaleString('en').padStart(9)} msgs/s ` +
           `(${res.received}/${msgs} delivered)   cluster CPU ${res.cpuUsPerMsg.toFixed(2)} µs/msg`);
       }
+    }
+    for (const cluster of clusters) {
+      const same = await crossNode(cluster, 0);
+      console.log(`  same-node baseline ${cluster.kind.padEnd(11)} ${Math.round(same.rate).toLocaleString('en').padStart(9)} msgs/s ` +
+        `(publisher and subscriber both on node A, no route)   cluster CPU ${same.cpuUsPerMsg.toFixed(2)} µs/msg`);
     }
   } finally {
     for (const c of clusters) await stop(c);
