@@ -115,9 +115,13 @@ export class ServerCore {
   readonly clients = new Map<number, Client>();
   readonly limits: NatsLimits;
   readonly authRequired: boolean;
-  /** Pending outbound bytes of a subscriber above which its publishers are paused (bounded by stallMs). */
+  /**
+   * Pending outbound bytes of a subscriber above which its publishers are paused, for at most stallMs at a time:
+   * half of maxPendingBytes, as nats-server sets its stall channel (client.go, out.pb > out.mp/2). Stalling
+   * earlier only moves the backlog into the publishing client's memory.
+   */
   readonly stallBytes: number;
-  readonly stallMs = 20;
+  readonly stallMs = 10;
   inMsgs = 0;
   inBytes = 0;
   outMsgs = 0;
@@ -145,7 +149,7 @@ export class ServerCore {
   ) {
     this.limits = { ...defaultLimits, ...options.limits };
     this.authRequired = auth?.authRequired ?? false;
-    this.stallBytes = Math.min(this.limits.maxPendingBytes >> 2, 4 * 1024 * 1024);
+    this.stallBytes = Math.floor(this.limits.maxPendingBytes / 2);
   }
 
   infoLine(c: Pick<Client, 'cid' | 'nonce'> & { transport: Pick<ClientTransport, 'kind' | 'remoteAddress'> }): Buffer {
