@@ -32,7 +32,7 @@ const electionTicks = 10;
 const heartbeatTicks = 2;
 /** After the faults heal, a leader must be elected and every member caught up within this many ticks. */
 export const recoverTicksMax = 400;
-const opTimeoutTicks = 40;
+const opTimeoutTicks = 30;
 const keys = ['a', 'b', 'c'];
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -313,7 +313,7 @@ export class Simulation {
       if (this.blocked.has(`${m.from}>${m.to}`)) continue;
       if (n.pausedUntil > this.t) {
         // Delivered after the pause, spread out: a waking process may serve a client first.
-        const at = n.pausedUntil + this.rng.int(3);
+        const at = n.pausedUntil + 1 + this.rng.int(3);
         const later = this.queue.get(at);
         if (later) later.push(m);
         else this.queue.set(at, [m]);
@@ -524,9 +524,18 @@ export class Simulation {
     const live = this.live();
     if (live.length === 0) return;
     let n = only?.node ?? this.nodes.get(c.node)!;
-    if (!n.raw || this.rng.int(10) === 0) {
+    if (!n.raw || this.rng.int(5) === 0) {
       const lead = this.leader();
-      n = lead && this.rng.int(4) !== 0 ? lead : live[this.rng.int(live.length)]!;
+      n = lead && this.rng.int(2) === 0 ? lead : live[this.rng.int(live.length)]!;
+      c.node = n.id;
+    }
+    if (n.pausedUntil > this.t) {
+      const others = live.filter((x) => x.pausedUntil <= this.t);
+      if (only || others.length === 0 || this.rng.int(2) === 0) {
+        c.nextAt = n.pausedUntil; // the request waits in the paused process's socket buffer
+        return;
+      }
+      n = others[this.rng.int(others.length)]!; // or the client gives up on it and tries another node
       c.node = n.id;
     }
     const key = only?.key ?? keys[this.rng.int(keys.length)]!;
@@ -633,11 +642,13 @@ export class Simulation {
         this.restartAt.set(lead.id, this.t + 1 + r.int(20));
       } else this.isolateLeader();
     }
-    if (p(0.005)) {
+    if (p(0.01)) {
+      // A stop-the-world pause, mostly of the leader: on waking it may serve a client before it
+      // hears that it was replaced (the classic lease hazard ReadIndex guards against).
       const lead = this.leader();
       const live = this.live();
-      const n = lead && r.int(2) === 0 ? lead : live[r.int(live.length)];
-      if (n) n.pausedUntil = this.t + 5 + r.int(40);
+      const n = lead && r.int(4) !== 0 ? lead : live[r.int(live.length)];
+      if (n) n.pausedUntil = this.t + 5 + r.int(60);
     }
     if (p(0.006)) this.membershipChange();
     if (p(0.006)) {
@@ -692,7 +703,7 @@ export class Simulation {
     const side = new Set([lead.id]);
     if (r.int(2) === 0 && others.length > 0) side.add(others[r.int(others.length)]!);
     this.blocked.clear();
-    this.partitionUntil = this.t + 3 + r.int(40);
+    this.partitionUntil = this.t + 10 + r.int(50);
     for (const a of ids) for (const b of ids) if (side.has(a) !== side.has(b)) this.blocked.add(`${a}>${b}`);
     // A slow clock on the cut-off leader keeps it leading (check-quorum late) while others elect.
     if (r.int(2) === 0) lead.tickRate = 0.5;
