@@ -5,8 +5,7 @@ import { ConfigError } from '../errors.js';
 import type { ServeConfig } from '../config/index.js';
 
 const clustering = 'clustering (routes and the Raft meta-group) is not available in this build yet; run without cluster flags for a single node';
-const kvStore = 'the replicated store (--store kv, --kv-replicas) is not available in this build yet; use --store file';
-const persistence = 'persistent storage is not available in this build yet; a single node keeps no state on disk';
+const persistence = 'only --store kv keeps state on disk (its Raft log and snapshots); a --store file node has nothing to put there';
 
 const clusterFlags = new Set([
   'cluster-name', 'cluster-port', 'routes', 'cluster-user', 'cluster-pass-file', 'route-tls-cert', 'route-tls-key', 'route-tls-ca',
@@ -15,9 +14,8 @@ const clusterFlags = new Set([
 function unavailableReason(flag: string, config: ServeConfig): string | undefined {
   if (clusterFlags.has(flag)) return clustering;
   switch (flag) {
-    case 'store': return config.store === 'kv' ? kvStore : undefined;
-    case 'kv-replicas': return kvStore;
-    case 'data-dir': return persistence;
+    // --store kv without cluster flags runs the replicated store on a cluster of one (src/control/single_node.ts).
+    case 'data-dir': return config.store === 'kv' ? undefined : persistence;
     default: return undefined;
   }
 }
@@ -33,9 +31,7 @@ export function refuseUnavailable(config: ServeConfig): ConfigError | undefined 
 
 /** The mark --help puts after a flag this build validates but refuses. */
 export function availabilityNote(flag: string): string {
-  if (clusterFlags.has(flag) || flag === 'kv-replicas' || flag === 'data-dir') {
-    return ' [not available yet]';
-  }
-  if (flag === 'store') return ' [kv not available yet]';
+  if (clusterFlags.has(flag)) return ' [not available yet]';
+  if (flag === 'kv-replicas') return ' [1 until the cluster flags are available]';
   return '';
 }

@@ -10,7 +10,7 @@ import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
 import { nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode } from '../node/index.js';
-import { createServiceSeam, startControlPlane, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
+import { createServiceSeam, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
 
 /** What the control plane needs from bus auth (src/cli/bus_auth.ts) when the node runs --store kv. */
 export interface ControlWiring {
@@ -91,7 +91,8 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     const seam = createServiceSeam(nats.cluster);
     const routed = Object.assign(Object.create(nats) as typeof nats, { cluster: seam.routes });
     try {
-      cluster = await startNode({ ...nodeOptionsFromServeConfig(config, logger), nats: routed });
+      const options = wantsSingleNodeKv(config) ? await singleNodeOptions(config, logger) : nodeOptionsFromServeConfig(config, logger);
+      cluster = await startNode({ ...options, nats: routed });
     } catch (err) {
       await nats.close();
       throw err;

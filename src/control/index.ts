@@ -12,3 +12,4 @@ export {
 export { EnvelopeVerifier, envelopeSkewMs, signRequest, type SignedEnvelope, type VerifiedRequest } from './envelope.js';
 export { KvPrincipalSource } from './principal_source.js';
 export { createServiceSeam, startControlPlane, type ControlPlane, type ControlPlaneOptions, type ServiceSeam } from './serve.js';
+export { singleNodeOptions, wantsSingleNodeKv } from './single_node.js';

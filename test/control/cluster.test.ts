@@ -119,3 +119,40 @@ t.test('user add through a follower; the user connects through another node; rem
   t.ok(audit.some((a) => a.what === 'user.add' && a.target === 'carol' && a.result === 'created'), 'the audit is replicated');
   t.ok(audit.some((a) => a.what === 'user.remove' && a.target === 'carol' && a.result === 'removed'));
 });
+
+t.test('serve --store kv without cluster flags: a cluster of one, durable across a restart', async (t) => {
+  const argv = [
+    'serve', '--server-name', 'solo', '--bind', '127.0.0.1', '--nats-port', '0', '--http-port', '0',
+    '--data-dir', join(dir, 'solo'), '--internal-id-file', join(dir, 'solo.nk'), '--store', 'kv', '--bus-auth', 'enforce', '--log-level', 'silent',
+  ];
+  const start = async (): Promise<ServingNode> => {
+    const cmd = parseCommandLine(argv);
+    if (cmd.kind !== 'serve') throw new Error('expected serve');
+    const auth = await loadBusAuth(cmd.config, silentLogger());
+    const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
+    nodes.push(n);
+    await until('the lone node\'s buckets', () => n.cluster!.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
+    return n;
+  };
+  const solo = async (n: ServingNode, ...a: string[]): Promise<{ code: number; out: string; err: string }> => {
+    const o = memoryOutput();
+    const code = await main([...a, '--server', n.urls.nats, '--internal-id-file', join(dir, 'solo.nk')], o);
+    return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
+  };
+  let n = await start();
+  let r = await solo(n, 'user', 'add', 'dave', '--password-file', join(dir, 'pw-carol'), '--role', 'admin');
+  t.equal(r.code, 0, r.err);
+  t.equal(r.out, 'user dave: created');
+  await n.stop();
+  n = await start();
+  r = await solo(n, 'user', 'add', 'dave', '--password-file', join(dir, 'pw-carol'), '--role', 'admin');
+  t.equal(r.out, 'user dave: unchanged', 'the user survived the restart (WAL in --data-dir)');
+  const dave = await connect({ servers: n.urls.nats, user: 'dave', pass: 'tr0ub4dor', reconnect: false });
+  clients.push(dave);
+  const sub = dave.subscribe('$SYS.REQ.X', { max: 1 });
+  dave.publish('$SYS.REQ.X', 'admin');
+  for await (const m of sub) t.equal(m.string(), 'admin', 'the built-in admin role grants the reserved subjects');
+  const three = parseCommandLine(['serve', '--store', 'kv', '--kv-replicas', '3', '--data-dir', join(dir, 'solo3'), '--nats-port', '0', '--http-port', '0']);
+  if (three.kind !== 'serve') throw new Error('expected serve');
+  await t.rejects(startServing(three.config, silentLogger()), { code: 'ECONFIG', flag: 'kv-replicas', message: /a cluster of one/ }, '--kv-replicas 3 without cluster flags is refused at start');
+});
