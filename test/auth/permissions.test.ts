@@ -126,7 +126,7 @@ t.test('malformed specs are refused with the path of the entry', async (t) => {
   }
 });
 
-t.test('checks do not allocate: two million checks trigger no young-generation GC', async (t) => {
+t.test('checks do not allocate: a million checks trigger no young-generation GC', async (t) => {
   const p = compilePermissions({
     publish: { allow: Array.from({ length: 50 }, (_, i) => `svc${i}.*.>`).concat(['orders.>']), deny: ['orders.secret'] },
     subscribe: { allow: ['orders.*', '_INBOX.>', 'work queue1'], deny: ['orders.bad'] },
@@ -144,16 +144,16 @@ t.test('checks do not allocate: two million checks trigger no young-generation G
   obs.observe({ entryTypes: ['gc'] });
   await new Promise((r) => setTimeout(r, 50)); // let any pending GC report arrive before counting
   scavenges = 0;
-  // One synchronous loop: nothing but the checks runs, so any scavenge is theirs. Even 16 bytes per check
-  // would be 32 MB, many times the young generation.
-  for (let i = 0; i < 1_000_000; i++) {
+  // One synchronous loop: nothing but the checks runs, so any scavenge is theirs. A slice or split per check
+  // (24+ bytes) would be 24 MB or more, beyond the young generation's 16 MB maximum.
+  for (let i = 0; i < 500_000; i++) {
     ok += p.canPublish(subjects[i % 1000]!) ? 1 : 0;
     ok += p.canSubscribe(subjects[i % 1000]!, i % 2 === 0 ? undefined : 'queue1') ? 1 : 0;
   }
   await new Promise((r) => setTimeout(r, 50));
   obs.disconnect();
   t.ok(ok > 0);
-  t.equal(scavenges, 0, 'no minor GC during 2M checks');
+  t.equal(scavenges, 0, 'no minor GC during 1M checks');
 });
 
 // ---- property test against a reference ------------------------------------------------------------------
@@ -243,9 +243,9 @@ t.test(`compiled checks agree with the reference matcher (PERM_SEED=${seed})`, a
         }
       }
     }),
-    { seed, numRuns: 3000 },
+    { seed, numRuns: 1000 },
   );
-  t.pass('3000 random rule sets agree');
+  t.pass('1000 random rule sets agree');
 });
 
 t.test('the reference itself agrees with subjectMatches on literal SUBs', async (t) => {
@@ -269,23 +269,15 @@ t.test('the memo never answers for another subject (slot collisions, many subjec
 });
 
 t.test('tokens whose hashes collide are still told apart', async (t) => {
-  // Find two tokens with the same 30-bit FNV-1a hash (birthday bound: ~40k tokens), as the trie computes it.
+  // Two tokens with the same 30-bit FNV-1a hash as the trie computes it (found once by a birthday search).
   const fnv = (s: string): number => {
     let h = 0x811c9dc5;
     for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193);
     return h & 0x3fffffff;
   };
-  const seen = new Map<number, string>();
-  let pair: [string, string] | undefined;
-  for (let i = 0; i < 2_000_000 && pair === undefined; i++) {
-    const tok = `t${i.toString(36)}`;
-    const h = fnv(tok);
-    const other = seen.get(h);
-    if (other !== undefined) pair = [other, tok];
-    else seen.set(h, tok);
-  }
-  t.ok(pair, 'found a colliding pair');
-  const [a, b] = pair!;
+  const pair: [string, string] = ['t7pfs', 'tovja'];
+  t.equal(fnv(pair[0]), fnv(pair[1]), 'the pair collides');
+  const [a, b] = pair;
   const p = compilePermissions({ publish: { allow: [`x.${a}`, `y.${a}`, `y.${b}.z`], deny: [`y.${b}.z`] }, subscribe: [`${a}.>`] });
   t.ok(p.canPublish(`x.${a}`));
   t.notOk(p.canPublish(`x.${b}`), `${b} collides with ${a} but is another token`);
