@@ -308,8 +308,29 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
   await c.waitHealthy();
   t.pass('the cluster stays healthy');
   await stray.stop();
+
+  // An impostor: node-2's name and port with another identity key (fresh identity file and data dir).
+  // Peers have bound node-2's slot to its key and refuse the impostor in the handshake.
+  const real = c.nodes[2]!;
+  const port = real.routeAddress().port;
+  await real.stop();
+  const leaf2 = await issueCertificate(c.ca, { commonName: 'node-2' });
+  const impostor = await startNode({
+    serverName: 'node-2', clusterName: 'local', dataDir: join(root, 'impostor'), bind: '127.0.0.1', clusterPort: port,
+    routes: ports.map((p) => `127.0.0.1:${p}`), tls: { cert: leaf2.cert, key: leaf2.key, ca: c.ca.cert },
+    clusterUser: 'route', clusterPassword: 'local-cluster', tickMs: 50,
+  });
+  running.add(impostor);
+  let why = '';
+  for (let k = 0; k < 200 && !/is bound to slot/.test(why); k++) {
+    await sleep(25);
+    const h = impostor.health();
+    why = h.status === 'unavailable' ? h.reason : 'ok';
+  }
+  t.match(why, /"node-2" is bound to slot \d with identity key/, 'a different identity for a bound slot is refused, and the refused node says why');
+  await impostor.stop();
   await c.stop();
-  for (const n of [...c.nodes, stray]) running.delete(n);
+  for (const n of [...c.nodes, stray, impostor]) running.delete(n);
 });
 
 t.test('a voter down past the grace period is replaced by a caught-up learner', async (t) => {
