@@ -73,6 +73,8 @@ export class Progress {
   /** In snapshot: what is being streamed, and the next byte offset the follower wants. */
   snapshot: Snapshot | null = null;
   snapOffset = 0;
+  /** Heartbeat answers seen since the last chunk was acknowledged: two mean the chunk was lost. */
+  snapWaits = 0;
 
   constructor(next: number, isLearner: boolean, inflightMsgsMax: number, inflightBytesMax: number) {
     this.next = next;
@@ -84,6 +86,7 @@ export class Progress {
     this.probeSent = false;
     this.snapshot = null;
     this.snapOffset = 0;
+    this.snapWaits = 0;
     this.state = state;
     this.inflights.reset();
   }

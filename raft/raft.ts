@@ -446,6 +446,7 @@ export class Raft {
       case MessageType.snapResp:
         pr.recentActive = true;
         if (pr.state !== ProgressState.snapshot || pr.snapshot?.meta.index !== m.index) return;
+        pr.snapWaits = 0;
         if (m.reject) pr.becomeProbe();
         else if (m.rejectHint !== pr.snapOffset || m.rejectHint < pr.snapshot.data.length) {
           pr.snapOffset = Math.min(m.rejectHint, pr.snapshot.data.length);
@@ -630,7 +631,11 @@ export class Raft {
     pr.recentActive = true;
     pr.probeSent = false;
     if (pr.state === ProgressState.snapshot) {
-      this.sendSnapshotChunk(m.from, pr); // retransmit: chunks are acknowledged one by one
+      // Chunks are acknowledged one by one; one unanswered for a whole heartbeat round is resent.
+      if (++pr.snapWaits >= 2) {
+        pr.snapWaits = 0;
+        this.sendSnapshotChunk(m.from, pr);
+      }
     } else {
       // A lost append may have left the window full with nothing coming back: free one slot.
       if (pr.state === ProgressState.replicate && pr.inflights.full()) pr.inflights.freeFirstOne();

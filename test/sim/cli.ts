@@ -73,6 +73,8 @@ for (let s = args.seed; s < args.seed + args.seeds; s++) {
   } else if (args.verbose) {
     process.stdout.write(`seed ${s} ok ops=${r.ops} ticks=${r.ticks} recover=${r.ticksToRecover}\n`);
   }
+  const done = s - args.seed + 1;
+  if (args.seeds >= 2000 && done % 1000 === 0) process.stderr.write(`sim: ${done}/${args.seeds} seeds, ${violations} failing\n`);
 }
 if (args.plant) process.stdout.write(`planted ${args.plant}: ${violations > 0 ? `caught first at seed ${firstFailing} (${firstFailing - args.seed + 1} seeds run)` : 'NOT caught'}\n`);
 process.stdout.write(`SIM seeds=${args.seeds} violations=${violations} linearizable=${args.seeds - failedLin}/${args.seeds} max_ticks_to_recover=${maxRecover}\n`);
