@@ -2,6 +2,10 @@
 // server of src/nats with the KV API attached on the local (non-replicated) backend. Two src/nats seams the API
 // needs are not in src/nats yet; nats_seams.ts stands in for them only while a probe shows they are missing.
 import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import fc from 'fast-check';
 import { connect, headers as natsHeaders, type NatsConnection, type Msg } from '@nats-io/transport-node';
 import { Kvm, KvWatchInclude, type KV, type KvWatchEntry as ClientEntry } from '@nats-io/kv';
@@ -77,11 +81,16 @@ t.test('bucket lifecycle: create, status, open, list, destroy', async (t) => {
   const opened = await kvm.open('life');
   t.equal((await opened.get('a'))?.string(), 'one');
   t.equal(await opened.get('zz'), null);
+  // STREAM.MSG.GET carries markers as base64 headers.
+  await kv.put('gone', 'x');
+  await kv.delete('gone');
+  t.equal((await opened.get('gone'))?.operation, 'DEL');
+  await kv.purge('gone');
   const names = (await collect(kvm.list())).map((s) => s.bucket);
   t.ok(names.includes('life'));
   const st2 = await kv.status();
-  t.equal(st2.values, 1);
-  t.equal(st2.size, 'a'.length + 'one'.length);
+  t.equal(st2.values, 2, 'the value and the PURGE marker');
+  t.equal(st2.size, 'a'.length + 'one'.length + 'gone'.length);
   t.equal(await kv.destroy(), true);
   // The stream is gone: status says so with nats.js's StreamNotFoundError text.
   t.equal((await rejection(kv.status())).message, 'stream not found');
@@ -397,4 +406,96 @@ t.test('bus permissions decide who reaches the KV API (enforce mode)', async (t)
   // `>` does not reach the reserved JetStream subjects: the request never gets to the API.
   t.ok(await rejection(new Kvm(ncP).create('app', { timeout: 500 })), 'no JetStream rights, no KV');
   t.equal(a.stats().requests, before + 3, 'only the permitted requests (INFO, STREAM.INFO, STREAM.CREATE of "other") arrived');
+});
+
+/** Runs symbolic KV commands through a client and records what an application observes, revisions abstracted. */
+async function observe(k: Kvm, bucket: string, cmds: readonly (readonly [string, string, string?])[]): Promise<string[]> {
+  const kv = await k.create(bucket, { history: 3 });
+  const out: string[] = [];
+  const norm = (e: unknown) => (e as Error).message.replace(/\d+/g, 'N');
+  for (const [op, key, v] of cmds) {
+    try {
+      if (op === 'put') out.push(`put ${typeof (await kv.put(key, v!))}`);
+      else if (op === 'create') out.push(`create ${typeof (await kv.create(key, v!))}`);
+      else if (op === 'update') out.push(`update ${typeof (await kv.update(key, v!, (await kv.get(key))?.revision ?? 1))}`);
+      // A revision the key is not at (revisions differ between the servers, so never compare them directly).
+      else if (op === 'stale') out.push(`stale ${typeof (await kv.update(key, v!, ((await kv.get(key))?.revision ?? 0) + 1))}`);
+      else if (op === 'delete') out.push(`delete ${String(await kv.delete(key))}`);
+      else if (op === 'purge') out.push(`purge ${String(await kv.purge(key))}`);
+      else if (op === 'get') {
+        const e = await kv.get(key);
+        out.push(`get ${e === null ? 'null' : `${e.operation}:${e.string()}:${e.length}`}`);
+      }
+    } catch (err) {
+      out.push(`${op} error ${norm(err)}`);
+    }
+  }
+  out.push(`keys ${(await collect(await kv.keys())).sort().join(',')}`);
+  let written = 0;
+  for (const key of new Set(cmds.map((c) => c[1]))) {
+    const h = await collect(await kv.history({ key }));
+    if (h.length > 0) written++;
+    out.push(`history ${key} ${h.map((e) => `${e.operation}:${e.string()}`).join(',')}`);
+  }
+  // The initial batch of a watch: one entry per key that has any (markers included).
+  const w = written === 0 ? [] : await collect(await kv.watch(), written);
+  out.push(`watch ${w.map((e) => `${e.key}:${e.operation}:${e.string()}:${e.isUpdate}`).sort().join(',')}`);
+  const st = await kv.status();
+  out.push(`status values=${st.values} history=${st.history}`);
+  return out;
+}
+
+t.test('differential: the same KV session against nats-server 2.9 (when installed) observes the same', async (t) => {
+  if (spawnSync('nats-server', ['--version']).status !== 0) {
+    t.comment('SKIP nats-server is not installed (Debian package nats-server); differential check skipped');
+    t.pass('skipped: no nats-server');
+    return;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'kv-diff-'));
+  const child = spawn('nats-server', ['-a', '127.0.0.1', '-p', '-1', '-js', '-sd', dir, '--ports_file_dir', dir], { stdio: 'ignore' });
+  t.teardown(() => {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+  let natsPort = 0;
+  const until = Date.now() + 15_000;
+  while (natsPort === 0 && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 50));
+    const f = readdirSync(dir).find((n) => n.endsWith('.ports'));
+    if (f !== undefined) natsPort = Number(/:(\d+)"/.exec(readFileSync(join(dir, f), 'utf8'))?.[1] ?? 0);
+  }
+  t.not(natsPort, 0, 'nats-server started');
+  const ref = await connect({ servers: `127.0.0.1:${natsPort}`, timeout: 20_000 });
+  t.teardown(() => ref.close());
+  const refKvm = new Kvm(jetstream(ref, { timeout: 20_000 }));
+  const cmds: [string, string, string?][] = [
+    ['put', 'a', '1'], ['create', 'a', 'x'], ['create', 'b', '2'], ['update', 'a', '1b'], ['stale', 'a', 'no'],
+    ['get', 'a'], ['delete', 'b'], ['get', 'b'], ['create', 'b', '2b'], ['put', 'c.d', '3'], ['purge', 'c.d'],
+    ['get', 'c.d'], ['create', 'c.d', '3b'], ['put', 'a', '1c'], ['put', 'a', '1d'], ['get', 'zz'], ['delete', 'zz'],
+  ];
+  const mine = await observe(kvm, 'diff', cmds);
+  const theirs = await observe(refKvm, 'diff', cmds);
+  t.ok(mine.length > cmds.length, 'every command observed');
+  t.same(mine, theirs, 'membershipd and nats-server agree on every observation');
+
+  // Random sessions, same seed discipline as the model test.
+  const seed = Number(process.env.KV_SEED ?? Date.now() % 2 ** 31);
+  t.comment(`differential seed ${seed} (replay: KV_SEED=${seed} npx tap test/kv/kv_e2e.test.ts)`);
+  const cmd = fc.tuple(
+    fc.constantFrom('put', 'create', 'update', 'stale', 'delete', 'purge', 'get'),
+    fc.constantFrom('a', 'b', 'c.d'),
+    fc.stringMatching(/^[a-z0-9]{0,6}$/),
+  );
+  let run = 0;
+  await fc.assert(
+    fc.asyncProperty(fc.array(cmd, { minLength: 1, maxLength: 15 }), async (session) => {
+      const name = `rdiff${run++}`;
+      const [a, b] = [await observe(kvm, name, session), await observe(refKvm, name, session)];
+      const same = JSON.stringify(a) === JSON.stringify(b);
+      if (!same) t.comment(`membershipd: ${JSON.stringify(a)}\nnats-server: ${JSON.stringify(b)}`);
+      return same;
+    }),
+    { seed, numRuns: 8, endOnFailure: true },
+  );
+  t.pass('random sessions agree');
 });
