@@ -51,6 +51,15 @@ export interface LocalPublish {
   /** The header block (empty when the message has none). */
   readonly headers: Uint8Array;
   readonly payload: Uint8Array;
+  /**
+   * Queue groups of this subject with local members that can take the message, and how many (set only when there
+   * are some). A queue group delivers each message once cluster-wide, chosen over every node's members (as
+   * nats-server 2.9 does, weighted by member count), so the forwarder decides first: it adds a group to
+   * `remoteQueues` when it sent the message to a peer to serve that group, and the server then skips its local
+   * members; every other group here goes to one local member.
+   */
+  readonly localQueues?: ReadonlyMap<string, number>;
+  readonly remoteQueues?: Set<string>;
 }
 
 /** A message that arrived from a route, to be delivered to local subscribers only (never forwarded again). */
@@ -215,9 +224,27 @@ export class ServerCore {
       if (sub.client.deliver(sub, p, origin)) delivered++;
     }
     const groups = r.queues;
+    let remoteQueues: Set<string> | undefined;
+    if (origin !== null && this.forwarder !== undefined) {
+      // The forwarder runs before local queue delivery: it may take a group for a remote member (see LocalPublish).
+      let localQueues: Map<string, number> | undefined;
+      if (groups.length > 0) {
+        localQueues = new Map();
+        for (let g = 0; g < groups.length; g++) {
+          const members = groups[g]!;
+          let n = members.length;
+          if (noEcho) for (const m of members) if (m.client === origin) n--;
+          if (n > 0) localQueues.set(members[0]!.queue!, n);
+        }
+        remoteQueues = new Set();
+      }
+      if (this.forwardToRoutes(p, localQueues, remoteQueues)) delivered++;
+    }
     for (let g = 0; g < groups.length; g++) {
       const members = groups[g]!;
-      if (queues !== undefined && !queues.includes(members[0]!.queue!)) continue;
+      const group = members[0]!.queue!;
+      if (queues !== undefined && !queues.includes(group)) continue;
+      if (remoteQueues !== undefined && remoteQueues.has(group)) continue;
       // One member per group, chosen at random as nats-server does; skip members that cannot take it.
       const n = members.length;
       const start = n === 1 ? 0 : Math.floor(Math.random() * n);
@@ -230,21 +257,25 @@ export class ServerCore {
         }
       }
     }
-    if (origin !== null && this.forwarder !== undefined && this.forwardToRoutes(p)) delivered++;
     if (delivered === 0 && origin !== null && p.replyStart >= 0 && origin.opts.noResponders) {
       origin.sendNoResponders(p.reply()!);
     }
     return delivered;
   }
 
-  private forwardToRoutes(p: PubArgs): boolean {
+  private forwardToRoutes(p: PubArgs, localQueues: Map<string, number> | undefined, remoteQueues: Set<string> | undefined): boolean {
     const hdr = p.headerBytes > 0 ? p.headerBytes : 0;
-    return this.forwarder!({
+    const msg: { -readonly [K in keyof LocalPublish]: LocalPublish[K] } = {
       subject: p.subject,
       reply: p.reply(),
       headers: p.data.subarray(p.dataStart, p.dataStart + hdr),
       payload: p.data.subarray(p.dataStart + hdr, p.dataStart + p.size),
-    });
+    };
+    if (localQueues !== undefined) {
+      msg.localQueues = localQueues;
+      msg.remoteQueues = remoteQueues;
+    }
+    return this.forwarder!(msg);
   }
 
   deliverFromRoute(msg: RouteMessage): number {
