@@ -9,6 +9,7 @@ import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import fc from 'fast-check';
 import { KvStateMachine } from '../../store/index.js';
 import { createNatsServer, type NatsServerWithCluster } from '../../src/nats/index.js';
 import { createLocalKvBackend, type KvBackend } from '../../src/kv/index.js';
@@ -17,6 +18,8 @@ import {
   attachControlApi, controlBuckets, ensureControlBuckets, KvPrincipalSource, signRequest, type ControlApi,
 } from '../../src/control/index.js';
 import { main, memoryOutput } from '../../src/cli/index.js';
+import { parseAdminArgs, parseEnvFile, UsageError } from '../../src/cli/admin/index.js';
+import { decodeValue, encodeValue, EnvelopeVerifier, validateRole, validateUser } from '../../src/control/index.js';
 import { silentLogger } from '../../src/log.js';
 
 const root = new URL('../../', import.meta.url).pathname;
@@ -278,6 +281,23 @@ t.test('update and remove: a disabled or removed user is disconnected at once; a
   r = await cli('user', 'remove', 'alice', ...conn);
   t.equal(r.code, 1, 'removing again: not found');
 
+  r = await cli('user', 'add', 'erin', '--password-file', join(dir, 'pw-other'), '--role', 'orders', ...conn);
+  t.equal(r.out, 'user erin: created');
+  const erin = await connect({ servers: url, user: 'erin', pass: 'another secret', reconnect: false });
+  clients.push(erin);
+  const erinClosed = erin.closed();
+  r = await cli('user', 'update', 'erin', '--disable', ...conn);
+  t.equal(r.out, 'user erin: updated');
+  t.equal(await Promise.race([erinClosed.then(() => 'closed'), new Promise((res) => setTimeout(() => res('still open'), 10_000))]), 'closed', 'disabling closes the live connection');
+  await t.rejects(connect({ servers: url, user: 'erin', pass: 'another secret', reconnect: false }), 'a disabled user cannot connect');
+  r = await cli('user', 'update', 'erin', '--enable', '--password-file', join(dir, 'pw-alice'), ...conn);
+  t.equal(r.out, 'user erin: updated');
+  const again = await connect({ servers: url, user: 'erin', pass: 'correct horse', reconnect: false });
+  clients.push(again);
+  t.pass('enabled with a new password, erin connects with it');
+  r = await cli('user', 'remove', 'erin', ...conn);
+  t.equal(r.out, 'user erin: removed');
+
   r = await cli('role', 'remove', 'orders', ...conn);
   t.equal(r.code, 1, 'a role still given to a user is not removed');
   t.match(r.err, /still given to 1 user\(s\) \(edge\)/);
@@ -351,4 +371,63 @@ t.test('id init/show and certs ca|node|client: files, modes, and a mutual TLS ha
     c.on('close', () => res('closed'));
   });
   t.not(refused, 'data', 'no client certificate: no data');
+});
+
+t.test('parsers: admin argv, env files, signed envelopes and bucket values never throw unexpectedly (seeded)', async (t) => {
+  const seed = Number(process.env.SEED ?? (Date.now() % 2_147_483_647));
+  t.comment(`seed=${seed} (replay: SEED=${seed} npx tap test/control/admin.test.ts)`);
+  const spec = { positionals: ['NAME'], flags: { role: 'list', json: 'switch', server: 'string' } } as const;
+  const token = fc.oneof(fc.constantFrom('--role', '--json', '--server', '--password', '--json=1', '--role=', '--', 'alice', '-x', '--bogus'), fc.string({ maxLength: 8 }));
+  fc.assert(fc.property(fc.array(token, { maxLength: 8 }), (argv) => {
+    try {
+      const p = parseAdminArgs('membershipd user add', spec, argv);
+      if (p.positionals.length !== 1) throw new Error('positional count not enforced');
+    } catch (err) {
+      if (!(err instanceof UsageError)) throw err;
+      if (/[\r\n]/.test(err.message)) throw new Error(`multi-line message for ${JSON.stringify(argv)}`);
+      // Problems are found left to right: a leading --password is always the one named.
+      if (argv[0] === '--password' && !/never taken from the command line/.test(err.message)) throw new Error(`--password not named: ${err.message}`);
+    }
+  }), { seed, numRuns: 1500 });
+
+  // Env files: any text parses to a map; a KEY=VALUE line written by us reads back whole-line at any position.
+  fc.assert(fc.property(fc.array(fc.string({ maxLength: 20 }), { maxLength: 8 }), fc.stringMatching(/^[A-Z_][A-Z0-9_]{0,10}$/), fc.stringMatching(/^[^\r\n"'#]{0,20}$/), fc.nat(8),
+    (lines, key, value, at) => {
+      const text = [...lines.slice(0, at), `${key}=${value}`, ...lines.slice(at)].join('\n');
+      const env = parseEnvFile(text);
+      const last = [...text.split('\n')].reverse().find((l) => new RegExp(`^\\s*(export\\s+)?${key}\\s*=`).test(l));
+      if (last === `${key}=${value}` && env.get(key) !== value.trim()) throw new Error(`${key} read as ${String(env.get(key))}`);
+    }), { seed, numRuns: 500 });
+
+  // Envelopes: random bytes and every single-byte mutation of a valid envelope are refused, never thrown.
+  const verifier = new EnvelopeVerifier();
+  const me = { publicKey: identity.publicKey, sign: identity.sign };
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+    const v = verifier.verify('$UB.API.USER.ADD', bytes);
+    if (v.ok) throw new Error('random bytes accepted');
+  }), { seed, numRuns: 500 });
+  const good = signRequest('$UB.API.USER.ADD', { name: 'zed', nkey: 'x' }, me);
+  let refusedMutations = 0;
+  for (let i = 0; i < good.length; i++) {
+    const m = Uint8Array.from(good);
+    m[i] = m[i]! ^ 0x01;
+    const v = new EnvelopeVerifier().verify('$UB.API.USER.ADD', m);
+    if (!v.ok) refusedMutations++;
+    else if (JSON.stringify(v.body) !== JSON.stringify({ name: 'zed', nkey: 'x' })) t.fail(`mutation at ${i} accepted with another body`);
+  }
+  t.ok(refusedMutations > good.length * 0.9, `${refusedMutations}/${good.length} single-bit mutations refused; none accepted with a changed body`);
+  t.ok(new EnvelopeVerifier().verify('$UB.API.USER.ADD', good).ok, 'the unmutated envelope verifies');
+
+  // Bucket values: random msgpack-ish bytes decode to undefined or a value that passes its schema again.
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), (bytes) => {
+    for (const validate of [validateUser, validateRole] as ((v: unknown) => unknown)[]) {
+      const v = decodeValue(bytes, validate);
+      if (v !== undefined) validate(v);
+    }
+  }), { seed, numRuns: 1000 });
+  fc.assert(fc.property(fc.record({ v: fc.constantFrom(1, 2), name: fc.string({ maxLength: 10 }), roles: fc.array(fc.string({ maxLength: 6 }), { maxLength: 3 }),
+    disabled: fc.oneof(fc.boolean(), fc.constant('no')), created: fc.integer(), updated: fc.nat(), by: fc.string(), nkey: fc.constant(createKeyPair('user').publicKey) }, { requiredKeys: [] }), (rec) => {
+    const v = decodeValue(encodeValue(rec), validateUser);
+    if (v !== undefined && (v.name !== rec.name || v.v !== 1)) throw new Error('a user value changed in decoding');
+  }), { seed, numRuns: 500 });
 });
