@@ -15,14 +15,14 @@ export function wantsSingleNodeKv(config: ServeConfig): boolean {
   return config.store === 'kv' && c.name === undefined && c.port === undefined && c.routes.length === 0 && c.routeTls === undefined;
 }
 
-export async function singleNodeOptions(config: ServeConfig, logger: Logger): Promise<NodeOptions> {
+export async function singleNodeOptions(config: ServeConfig, logger?: Logger): Promise<NodeOptions> {
   if (config.kvReplicas !== undefined && config.kvReplicas !== 1) {
     const { ConfigError } = await import('../errors.js');
     throw new ConfigError(`--kv-replicas ${config.kvReplicas}: a node without cluster flags is a cluster of one; give --routes (and the other cluster flags) for more voters`, 'kv-replicas');
   }
   const ca = await createCertificateAuthority('membershipd-single-node', 1);
   const leaf = await issueCertificate(ca, { commonName: config.serverName, usage: 'node', validDays: 1 });
-  logger.warn('--store kv on a single node: the store is durable but has no replica (a single point of failure); add nodes with the cluster flags');
+  // src/node itself warns that one voter is a single point of failure.
   return {
     serverName: config.serverName,
     clusterName: `single-${config.serverName}`,
@@ -35,6 +35,6 @@ export async function singleNodeOptions(config: ServeConfig, logger: Logger): Pr
     clusterUser: 'single',
     clusterPassword: randomBytes(24).toString('base64url'),
     postureDigest: `bus-auth=${config.busAuth};store=${config.store}`,
-    logger,
+    ...(logger !== undefined ? { logger } : {}),
   };
 }
