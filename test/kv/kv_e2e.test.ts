@@ -476,6 +476,33 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
   const mine = await observe(kvm, 'diff', cmds);
   const theirs = await observe(refKvm, 'diff', cmds);
   t.ok(mine.length > cmds.length, 'every command observed');
+
+  // Raw API answers a client can see, byte-for-byte JSON (numbers that are revisions abstracted).
+  const raw = async (c: NatsConnection, subject: string, body = '', h?: [string, string][]) => {
+    const hdrs = h === undefined ? undefined : natsHeaders();
+    for (const [k, v] of h ?? []) hdrs!.set(k, v);
+    const m = await c.request(subject, enc.encode(body), { timeout: 20_000, headers: hdrs });
+    const status = m.headers === undefined ? '' : `${m.headers.code} ${m.headers.description}`;
+    return `${status}|${dec.decode(m.data).replace(/"seq":\s*\d+/g, '"seq":N').replace(/wrong last sequence: \d+/, 'wrong last sequence: N')}`;
+  };
+  const probes: [string, string?, [string, string][]?][] = [
+    ['$JS.API.STREAM.INFO.KV_nope'],
+    ['$JS.API.CONSUMER.INFO.KV_diff.nope'],
+    ['$JS.API.STREAM.CREATE.zzz', 'not json'],
+    ['$JS.API.STREAM.MSG.GET.KV_diff', '{"seq":999999}'],
+    ['$JS.API.STREAM.MSG.GET.KV_nope', '{"last_by_subj":"$KV.nope.a"}'],
+    ['$JS.API.DIRECT.GET.KV_diff.$KV.diff.nope'],
+    ['$JS.API.DIRECT.GET.KV_diff', '{"seq":999999}'],
+    ['$KV.diff.a', 'v', [['Nats-Expected-Last-Subject-Sequence', '999999']]],
+    ['$KV.diff.zz', 'v', [['Nats-Expected-Stream', 'WRONG']]],
+    ['$KV.nope.a', 'v'],
+  ];
+  for (const [subject, body, h] of probes) {
+    const [a, b] = [await raw(nc, subject, body, h).catch((e: Error) => e.message), await raw(ref, subject, body, h).catch((e: Error) => e.message)];
+    // nats-server adds total/offset/limit zeros to some error replies; the fields clients read must agree.
+    const strip = (x: string) => x.replace(/,"total":0,"offset":0,"limit":0/, '').replace(/"stream":"KV_diff", "seq"/, '"stream":"KV_diff","seq"');
+    t.equal(strip(a), strip(b), subject);
+  }
   t.same(mine, theirs, 'membershipd and nats-server agree on every observation');
 
   // Random sessions, same seed discipline as the model test.
