@@ -1,6 +1,5 @@
 // `membershipd --help`: generated from the flag table (src/config/flags.ts) so it lists exactly what the parser accepts.
 import { flagGroups, flagSpecs, plannedCommands, type FlagGroup } from '../config/index.js';
-import { availabilityNote } from './features.js';
 import { packageVersion } from './version.js';
 
 const flagColumn = 28;
@@ -8,7 +7,7 @@ const flagColumn = 28;
 function flagLine(name: string, value: string, help: string, defaultText: string | undefined): string {
   const left = `  --${name} ${value}`;
   const def = defaultText === undefined ? '' : ` (default: ${defaultText})`;
-  return `${left.padEnd(flagColumn)} ${help}${def}${availabilityNote(name)}`;
+  return `${left.padEnd(flagColumn)} ${help}${def}`;
 }
 
 export function helpText(): string {
@@ -44,8 +43,8 @@ export function helpText(): string {
   lines.push(
     '',
     'Flags take their value as --flag value or --flag=value. A bad, missing or repeated flag value, an unknown flag',
-    'or an unreadable file exits 2 with one line naming the flag. Flags marked [not available yet] are validated, then',
-    'refused (exit 2): later builds implement them.',
+    'or an unreadable file exits 2 with one line naming the flag. Any route flag makes the node a cluster member,',
+    'which then needs every route flag (--cluster-name … --route-tls-ca).',
     'Logs are JSON lines on stderr. SIGTERM/SIGINT drain clients and exit 0; a second signal exits at once.',
   );
   return lines.join('\n');

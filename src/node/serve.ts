@@ -48,7 +48,7 @@ export function nodeOptionsFromServeConfig(config: ServeConfig, logger: Logger):
     tls: { cert: c.routeTls.cert, key: c.routeTls.key, ca: c.routeTls.ca },
     clusterUser: c.user,
     clusterPassword: password,
-    postureDigest: `bus-auth=${config.busAuth};store=${config.store}`,
+    postureDigest: `bus-auth=${config.busAuth};client-tls=${config.tls !== undefined};store=${config.store}`,
     ...(config.kvReplicas !== undefined ? { kvReplicas: config.kvReplicas } : {}),
     logger,
   };

@@ -246,16 +246,14 @@ t.test('the deploy seed command line validates; this build refuses what it canno
   t.same(config.cluster.routes.map((r) => r.host), ['10.0.0.2', '10.0.0.3']);
   t.equal(config.kvReplicas, 3);
   t.equal(config.cluster.routeTls?.caFile, fx.ca);
-  const refusal = refuseUnavailable(config);
-  t.equal(refusal?.flag, 'cluster-name', 'the first unavailable flag in argv order is named');
-  t.match(refusal?.message, /--cluster-name: clustering .* not available in this build yet/);
+  t.equal(refuseUnavailable(config), undefined, 'the seed\'s full flag set is a complete cluster configuration');
 
   const refused: [string[], string, RegExp][] = [
-    [['--cluster-name', 'unibus'], 'cluster-name', /clustering .* not available in this build yet/],
-    [['--routes', 'a:1'], 'routes', /clustering/],
-    [['--cluster-port', '6222'], 'cluster-port', /clustering/],
-    [['--cluster-user', 'r', '--cluster-pass-file', fx.pass], 'cluster-user', /clustering/],
-    [['--route-tls-ca', fx.ca, '--route-tls-cert', fx.cert, '--route-tls-key', fx.key], 'route-tls-ca', /clustering/],
+    [['--cluster-name', 'unibus'], 'cluster-port', /--cluster-port is required for a cluster node/],
+    [['--routes', 'a:1'], 'cluster-name', /--cluster-name is required for a cluster node/],
+    [['--cluster-name', 'u', '--cluster-port', '6222'], 'routes', /--routes is required/],
+    [['--cluster-name', 'u', '--cluster-port', '6222', '--routes', 'a:1', '--cluster-user', 'r'], 'cluster-pass-file', /route password/],
+    [['--cluster-name', 'u', '--cluster-port', '6222', '--routes', 'a:1', '--cluster-user', 'r', '--cluster-pass-file', fx.pass, '--route-tls-ca', fx.ca], 'route-tls-cert', /--route-tls-cert is required/],
     [['--data-dir', join(fx.dir, 'data')], 'data-dir', /only --store kv keeps state on disk/],
   ];
   for (const [args, flag, pattern] of refused) await failsWith(t, args, flag, pattern);
