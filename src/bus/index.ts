@@ -10,7 +10,7 @@
 //     .handleFrame(peerName, frame): boolean   call from onFrame; true when it was a bus/interest frame
 //     .remoteInterest(peerName?): number       distinct (subject, queue) interests known from peers
 //     .interestedPeers(subject): string[]      peers a message on literal `subject` would be forwarded to
-//     .stats(): ClusterBusStats
+//     .stats(): ClusterBusStats      includes routeStalls (publisher pauses for a route over its high-water mark)
 //     .close()                     unhooks from the NATS server
 //
 // Plain interest travels as 0→1 / 1→0 transitions of (subject, queue) on this node (nats-server's RS+/RS-),
@@ -22,6 +22,11 @@
 // 1 member on the publishing node and 3 on a peer: 2466 / 7534 of 10,000, i.e. the same weighting. When it
 // picks a peer it sends the message there naming the group and claims the group in remoteQueues, so the
 // server skips its local members: exactly one delivery either way.
+//
+// Flow control: a route's outbound queue is bounded and overflowing it closes the route as a slow consumer,
+// so when the estimated queue of a route a message was queued on passes routeHighWaterBytes, the forwarder
+// asks the NATS server (LocalPublish.feedback) to stop reading that publisher for stallMs, as the server does
+// for a publisher feeding a backed-up local subscriber.
 import type { Logger } from 'pino';
 import type { RouteFrame } from '../../transport/index.js';
 import type { InterestChange, LocalPublish, NatsClusterPort } from '../nats/index.js';
@@ -31,14 +36,28 @@ import { Sublist } from '../nats/sublist.js';
 /** What the bus needs from the route transport. */
 export interface BusRoutes {
   send(peerName: string, frame: RouteFrame): boolean;
+  /**
+   * Per-link counters (RouteTransport.peers()); bytesOut is what left the link's outbound queue for the socket.
+   * With it the bus estimates each route's queue and stalls publishers above routeHighWaterBytes; without it
+   * there is no flow control towards routes.
+   */
+  peers?(): readonly { readonly name: string | undefined; readonly counters: { readonly bytesOut: number } }[];
 }
 
 export interface ClusterBusOptions {
   readonly nats: NatsClusterPort;
   readonly routes: BusRoutes;
   readonly logger: Logger;
-  /** Uniform in [0, 1): picks the peer that serves a queue group (default Math.random). */
+  /** Uniform in [0, 1): picks the member that serves a queue group (default Math.random). */
   readonly random?: () => number;
+  /**
+   * Estimated bytes in a route's outbound queue above which a publisher feeding it is paused for stallMs at a
+   * time (the NATS server's stall, as for a local slow subscriber). Default 16 MiB: a quarter of the transport's
+   * default queueBytesMax (64 MiB), past which the route would be closed as a slow consumer.
+   */
+  readonly routeHighWaterBytes?: number;
+  /** Length of one publisher pause (default 10 ms, as the server's own stall). */
+  readonly stallMs?: number;
 }
 
 export interface ClusterBusStats {
@@ -48,6 +67,8 @@ export interface ClusterBusStats {
   readonly receivedMsgs: number;
   readonly interestSent: number;
   readonly interestReceived: number;
+  /** Forwarded messages that asked the server to pause their publisher (a route over its high-water mark). */
+  readonly routeStalls: number;
 }
 
 export interface ClusterBus {
@@ -70,6 +91,19 @@ interface RemoteInterest extends Interest {
   /** Members of the queue group on that peer (always 1 for plain interest). */
   count: number;
 }
+
+/** Outbound-queue estimate of one link: what the bus handed it minus what the link has written since peer-up. */
+interface LinkPressure {
+  handed: number;
+  outBase: number;
+  sinceCheck: number;
+  congested: boolean;
+}
+
+/** Handed bytes between two looks at the counters while a route is not congested. */
+const pressureCheckBytes = 64 * 1024;
+/** Framing and msgpack overhead of a bus frame beyond its strings and binaries (an upper bound). */
+const busFrameOverhead = 32;
 
 function keyOf(subject: string, queue: string | undefined): string {
   // A space never occurs in a valid subject or queue name, so it separates them unambiguously.
@@ -98,12 +132,18 @@ class Bus implements ClusterBus {
   #receivedMsgs = 0;
   #interestSent = 0;
   #interestReceived = 0;
+  #routeStalls = 0;
+  readonly #highWater: number;
+  readonly #stallMs: number;
+  readonly #pressure = new Map<string, LinkPressure>();
 
   constructor(options: ClusterBusOptions) {
     this.#nats = options.nats;
     this.#routes = options.routes;
     this.#log = options.logger.child({ component: 'bus' });
     this.#random = options.random ?? Math.random;
+    this.#highWater = options.routeHighWaterBytes ?? 16 * 1024 * 1024;
+    this.#stallMs = options.stallMs ?? 10;
     for (const i of options.nats.interest()) {
       this.#local.set(keyOf(i.subject, i.queue), { interest: { subject: i.subject, queue: i.queue }, count: i.count });
       if (i.queue !== undefined) this.#localQueues.insert({ subject: i.subject, queue: i.queue });
@@ -123,6 +163,10 @@ class Bus implements ClusterBus {
   peerUp(peerName: string): void {
     // A new link: whatever the peer knew of us died with the old one, so it gets everything again.
     this.#forgetPeer(peerName);
+    this.#pressure.delete(peerName);
+    if (this.#routes.peers !== undefined) {
+      this.#pressure.set(peerName, { handed: 0, outBase: this.#bytesOut(peerName), sinceCheck: 0, congested: false });
+    }
     for (const { interest, count } of this.#local.values()) {
       const times = interest.queue === undefined ? 1 : count;
       for (let i = 0; i < times; i++) this.#sendInterest(peerName, 'interest_add', interest);
@@ -132,6 +176,7 @@ class Bus implements ClusterBus {
   peerDown(peerName: string): void {
     this.#forgetPeer(peerName);
     this.#byPeer.delete(peerName);
+    this.#pressure.delete(peerName);
   }
 
   handleFrame(peerName: string, frame: RouteFrame): boolean {
@@ -167,7 +212,7 @@ class Bus implements ClusterBus {
 
   stats(): ClusterBusStats {
     return { forwardedMsgs: this.#forwardedMsgs, receivedMsgs: this.#receivedMsgs, interestSent: this.#interestSent,
-      interestReceived: this.#interestReceived };
+      interestReceived: this.#interestReceived, routeStalls: this.#routeStalls };
   }
 
   #onLocalInterest(change: InterestChange): void {
@@ -209,7 +254,11 @@ class Bus implements ClusterBus {
       ? { kind, subject: interest.subject }
       : { kind, subject: interest.subject, queue: interest.queue };
     // A false return means the link is gone or closed as a slow consumer: the next peer-up resends all.
-    if (this.#routes.send(peer, frame)) this.#interestSent++;
+    if (this.#routes.send(peer, frame)) {
+      this.#interestSent++;
+      const p = this.#pressure.get(peer);
+      if (p !== undefined) p.handed += busFrameOverhead + interest.subject.length + (interest.queue?.length ?? 0);
+    }
   }
 
   #forgetPeer(peerName: string): void {
@@ -242,6 +291,7 @@ class Bus implements ClusterBus {
 
   /** The NATS server's forwarder: returns true when at least one peer had interest (no_responders logic). */
   #forward(msg: LocalPublish): boolean {
+    this.#congested = false;
     const match = this.#remote.match(msg.subject);
     if (match.plain.length === 0 && match.queues.length === 0) return false;
     // Distinct peers with plain interest, computed once per cached match result (the hot path).
@@ -268,7 +318,38 @@ class Bus implements ClusterBus {
         }
       }
     }
+    if (this.#congested && msg.feedback !== undefined) {
+      this.#congested = false;
+      msg.feedback.stallMs = this.#stallMs;
+      this.#routeStalls++;
+    }
     return sent;
+  }
+
+  /** Set by #sendBus when the route it just queued on is over the high-water mark; read once per message. */
+  #congested = false;
+
+  #bytesOut(peer: string): number {
+    for (const p of this.#routes.peers!()) if (p.name === peer) return p.counters.bytesOut;
+    return 0;
+  }
+
+  /**
+   * Accounts a queued bus frame and says whether the route is over its high-water mark. The counters are read
+   * every pressureCheckBytes while the route keeps up, and on every frame while it is congested (the publisher
+   * is being paused then, so that is rare). bytesOut also counts frames the bus did not queue (raft, pings),
+   * so the estimate errs low: a stall may start late, never without cause.
+   */
+  #accountPressure(peer: string, bytes: number): void {
+    const p = this.#pressure.get(peer);
+    if (p === undefined) return;
+    p.handed += bytes;
+    p.sinceCheck += bytes;
+    if (!p.congested && p.sinceCheck < pressureCheckBytes) return;
+    p.sinceCheck = 0;
+    const queued = p.handed - (this.#bytesOut(peer) - p.outBase);
+    p.congested = queued > this.#highWater;
+    if (p.congested) this.#congested = true;
   }
 
   /** Tells the server these groups were served remotely; a failed send claims nothing, so a local member serves. */
@@ -323,6 +404,11 @@ class Bus implements ClusterBus {
     // The frame is encoded inside send(), so the server's views need no copy.
     if (!this.#routes.send(peer, frame)) return false;
     this.#forwardedMsgs++;
+    if (this.#pressure.size > 0) {
+      let bytes = busFrameOverhead + msg.subject.length + msg.payload.length + msg.headers.length + (msg.reply?.length ?? 0);
+      if (queues !== undefined) for (const q of queues) bytes += q.length + 2;
+      this.#accountPressure(peer, bytes);
+    }
     return true;
   }
 }

@@ -554,12 +554,21 @@ export class Client implements ParserHandler {
   stallOn(sub: Client): void {
     if (this.closed || (this.paused & pause.stall) !== 0) return;
     (sub.stalled ??= new Set()).add(this);
+    this.stallFor(this.server.stallMs);
+  }
+
+  /**
+   * Flow control towards a route: stop reading this publisher for ms (a route's outbound queue is over its
+   * high-water mark and has no drain event a Client could wait on, so the pause is bounded by time only).
+   */
+  stallFor(ms: number): void {
+    if (this.closed || (this.paused & pause.stall) !== 0) return;
     this.setPaused(pause.stall, true);
     // Bounded: a consumer that never drains must not block its publishers forever; it ends up cut off as slow.
     this.stallTimer = setTimeout(() => {
       this.stallTimer = null;
       this.setPaused(pause.stall, false);
-    }, this.server.stallMs);
+    }, ms);
   }
 
   private releaseStalled(): void {

@@ -2,7 +2,7 @@
 export type { NatsLimits, NatsServer, NatsServerOptions, NatsServerStats } from './api.js';
 export {
   createNatsServer, defaultLimits, handshakeFirstWaitMs, reportedServerVersion,
-  type InterestChange, type LocalPublish, type NatsConnectionInfo, type NatsClusterPort, type NatsServerWithCluster, type RouteMessage,
+  type InterestChange, type LocalPublish, type PublishFeedback, type NatsConnectionInfo, type NatsClusterPort, type NatsServerWithCluster, type RouteMessage,
 } from './server.js';
 export { isValidPublishSubject, isValidSubject, subjectMatches } from './subject.js';
 export { encodePublicNkey, newNonce, newServerId, nkeyPrefix } from './nkey.js';

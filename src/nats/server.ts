@@ -60,6 +60,16 @@ export interface LocalPublish {
    */
   readonly localQueues?: ReadonlyMap<string, number>;
   readonly remoteQueues?: Set<string>;
+  /**
+   * Back-pressure from the forwarder: set stallMs > 0 when a route this message was queued on is over its
+   * high-water mark, and the server stops reading the publisher for that long (as it does for a local slow
+   * subscriber). Reset by the server before each call.
+   */
+  readonly feedback?: PublishFeedback;
+}
+
+export interface PublishFeedback {
+  stallMs: number;
 }
 
 /** A message that arrived from a route, to be delivered to local subscribers only (never forwarded again). */
@@ -139,6 +149,8 @@ export class ServerCore {
   totalConnections = 0;
   port = 0;
   forwarder: ((msg: LocalPublish) => boolean) | undefined;
+  /** Reused for every forwarder call (the hot path allocates nothing for it). */
+  private readonly feedback: PublishFeedback = { stallMs: 0 };
   readonly interestListeners = new Set<(change: InterestChange) => void>();
   private dirty: Client[] = [];
   private flushScheduled = false;
@@ -239,6 +251,7 @@ export class ServerCore {
         remoteQueues = new Set();
       }
       if (this.forwardToRoutes(p, localQueues, remoteQueues)) delivered++;
+      if (this.feedback.stallMs > 0) origin.stallFor(this.feedback.stallMs);
     }
     for (let g = 0; g < groups.length; g++) {
       const members = groups[g]!;
@@ -275,6 +288,9 @@ export class ServerCore {
       msg.localQueues = localQueues;
       msg.remoteQueues = remoteQueues;
     }
+    const feedback = this.feedback;
+    feedback.stallMs = 0;
+    msg.feedback = feedback;
     return this.forwarder!(msg);
   }
 

@@ -214,3 +214,66 @@ t.test('a route killed mid-stream reconnects; delivery and interest are restored
   await waitFor('n2 → n1 delivery', () => back.length === 1);
   t.same(back, ['hello from n2']);
 });
+
+t.test('flow control: a fast publisher to a remote subscriber is paused, the route is not closed as slow', async (t) => {
+  // A separate pair with a small route queue (1 MiB) and the bus's high-water mark at a quarter of it, fed by a raw
+  // socket that writes PUBs as fast as the kernel takes them: without the stall the queue overflows and the
+  // route is closed as a slow consumer (checked by hand with routeHighWaterBytes: Infinity).
+  const highWater = Number(process.env.BUS_TEST_HIGH_WATER ?? 256 * 1024);
+  const pair: ClusterNode[] = [];
+  const downs: string[] = [];
+  const startSmall = async (name: string, routes: string): Promise<ClusterNode> => {
+    const nats = createNatsServer({ host: '127.0.0.1', port: 0, serverName: name, logger: silent });
+    await nats.start();
+    const node = { name, nats, ups: 0 } as ClusterNode;
+    node.transport = makeTransport(fx, name, {
+      routes, clusterSize: 2,
+      limits: { backoffBaseMs: 20, backoffMaxMs: 200, handshakeTimeoutMs: 3000, closeGraceMs: 300, queueBytesMax: 1024 * 1024 },
+      onPeerUp: (peer) => { node.ups++; node.bus.peerUp(peer.name!); },
+      onPeerDown: (peer, close) => { downs.push(`${name}: ${close.code}`); node.bus.peerDown(peer.name!); },
+      onFrame: (peer, frame) => { node.bus.handleFrame(peer, frame); },
+    });
+    node.bus = createClusterBus({ nats: nats.cluster, routes: node.transport, logger: silent, routeHighWaterBytes: highWater });
+    pair.push(node);
+    await node.transport.start();
+    return node;
+  };
+  t.teardown(async () => {
+    for (const n of pair) {
+      n.bus.close();
+      await n.transport.close();
+      await n.nats.close();
+    }
+  });
+  const f2 = await startSmall('n2', '');
+  const f1 = await startSmall('n1', `127.0.0.1:${f2.transport.address().port}`);
+  await waitFor('pair up', () => f1.transport.upPeers().length === 1 && f2.transport.upPeers().length === 1);
+  const sub = await connect({ servers: `127.0.0.1:${f2.nats.port}`, reconnect: false });
+  clients.push(sub);
+  const total = 20_000;
+  let received = 0;
+  let done = false;
+  sub.subscribe('flood.data', { callback: () => { received++; } });
+  sub.subscribe('flood.end', { callback: () => { done = true; } });
+  await sub.flush();
+  await waitFor('flood interest', () => f1.bus.interestedPeers('flood.end').length === 1);
+  const { connect: netConnect } = await import('node:net');
+  const raw = netConnect({ host: '127.0.0.1', port: f1.nats.port });
+  t.teardown(() => void raw.destroy());
+  raw.on('data', () => undefined);
+  raw.on('error', () => undefined);
+  await new Promise<void>((resolve) => raw.once('connect', () => resolve()));
+  raw.write('CONNECT {"verbose":false,"pedantic":false}\r\n');
+  const one = Buffer.from(`PUB flood.data 1024\r\n${'x'.repeat(1024)}\r\n`);
+  for (let i = 0; i < total; i += 500) {
+    // 500 messages (about 0.5 MiB) per write, honouring the socket's back-pressure.
+    if (!raw.write(Buffer.concat(Array.from({ length: 500 }, () => one)))) await new Promise((r) => raw.once('drain', r));
+  }
+  raw.write('PUB flood.end 0\r\n\r\n');
+  await waitFor('end marker', () => done || downs.length > 0, 45_000);
+  await sub.flush();
+  const stalls = f1.bus.stats().routeStalls;
+  t.same(downs, [], `the route stayed up (publisher paused ${stalls} times)`);
+  t.equal(received, total, 'every message crossed the route');
+  t.equal(f1.ups, 1, 'no reconnect happened');
+});
