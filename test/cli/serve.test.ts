@@ -193,13 +193,13 @@ t.test('serve with TLS and --bus-auth enforce: CA-verified clients, credentials 
 t.test('dev: generates certificates once, prints a banner whose example works as printed', async (t) => {
   const dir = join(t.testdir(), 'dev cluster');
   const first = start(t, ['dev', '--dir', dir, '--nats-port', '0', '--http-port', '0']);
-  const banner = await until('the banner', first, () => (first.stdout.includes('Ctrl-C stops the node.') ? first.stdout : undefined));
+  const banner = await until('the banner', first, () => (first.stdout.includes('Ctrl-C stops every node.') ? first.stdout : undefined));
   t.comment(banner);
-  const url = /client URL +(tls:\/\/127\.0\.0\.1:\d+)/.exec(banner)?.[1];
-  t.ok(url, 'banner has the client URL');
+  const urls = /client URLs +(tls:\/\/127\.0\.0\.1:\d+(,tls:\/\/127\.0\.0\.1:\d+){2})\n/.exec(banner)?.[1];
+  t.ok(urls, 'banner has the three nodes\' client URLs');
   t.match(banner, `CA file      ${join(dir, 'ca.pem')}`);
   t.match(banner, 'certificates generated now');
-  t.match(banner, /credentials +none/);
+  t.match(banner, /credentials +user admin, password \S+ \(kept in /);
   const example = banner.split('\n').find((l) => l.includes('node -e'))?.trim();
   t.ok(example, 'banner has an example command');
   // Run exactly as printed, from another directory, through a shell.
