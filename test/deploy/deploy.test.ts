@@ -1,0 +1,382 @@
+// The production deploy path, end to end on loopback: deploy/cluster/deploy-cluster.sh writes a 3-node
+// cluster's files into a temp dir, the three nodes start as separate processes with exactly the ExecStart
+// line of deploy/cluster/membershipd-cluster.service (continuation lines joined, ${VAR} substituted from each
+// node's cluster.env as systemd does, WorkingDirectory = the node's dir), every /healthz turns 200, the admin
+// CLI adds a role and a user through node 1 with only the node's cluster.env, that user connects through node 3
+// with a real NATS client over TLS (CA from the deploy) and pub/sub works within the role's permissions (and is
+// refused outside them), a re-run of deploy-cluster.sh changes no secret, and systemd-analyze verifies the unit.
+//
+// deploy-cluster.sh runs `membershipd certs|id` ten times per run; to keep that cost down it gets a one-file
+// esbuild bundle of bin/membershipd.ts (same code, no per-process TypeScript transform). The nodes and the admin
+// commands run from the sources: `node --import <tsx loader> bin/membershipd.ts` (the loader by absolute path,
+// since `--import tsx` resolves from the working directory, which is the node's dir here).
+import t, { type Test } from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+
+// DEPLOY_TEST_REPO runs the test against another checkout (its unit, script and sources).
+const repo = process.env.DEPLOY_TEST_REPO ?? resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const unitFile = join(repo, 'deploy', 'cluster', 'membershipd-cluster.service');
+const deployScript = join(repo, 'deploy', 'cluster', 'deploy-cluster.sh');
+const tsxLoader = join(repo, 'node_modules', 'tsx', 'dist', 'loader.mjs');
+const runner = ['node', '--import', tsxLoader, join(repo, 'bin', 'membershipd.ts')];
+const installedBinary = '/opt/unibus/membershipd';
+const installedDir = '/opt/unibus';
+
+// Twenty `membershipd certs|id` runs, three nodes and two admin commands: minutes on a loaded 2-core machine.
+t.setTimeout(420_000);
+const root = mkdtempSync(join(tmpdir(), 'membershipd-deploy-'));
+const out = join(root, 'cluster');
+const children = new Map<string, ChildProcess>();
+const clients: NatsConnection[] = [];
+t.teardown(async () => {
+  await Promise.allSettled(clients.map((c) => c.close()));
+  for (const [name, c] of children) {
+    if (c.exitCode === null && c.signalCode === null) {
+      t.comment(`teardown: SIGKILL ${name} (pid ${c.pid})`);
+      process.kill(c.pid!, 'SIGKILL');
+    }
+  }
+  rmSync(root, { recursive: true, force: true });
+});
+
+/** Marks the rest of a test as skipped, with the reason in the output (tap's t.skip needs a test body). */
+const skipRest = (t: Test, why: string): void => void t.test(why, { skip: why }, () => {});
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+  });
+}
+
+/** systemd EnvironmentFile= syntax (the subset deploy-cluster.sh writes: comments, KEY=VALUE, optional quotes). */
+function parseEnvironmentFile(text: string): Map<string, string> {
+  const env = new Map<string, string>();
+  for (const raw of text.split('\n')) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (m === null) throw new Error(`cluster.env: not KEY=VALUE: ${line}`);
+    let v = m[2]!;
+    if (v.length >= 2 && /^(["']).*\1$/.test(v)) v = v.slice(1, -1);
+    env.set(m[1]!, v);
+  }
+  return env;
+}
+
+interface Unit {
+  readonly service: Map<string, string[]>;
+}
+
+/** [Service] settings of a unit file, continuation lines joined (backslash-newline becomes a space, as systemd does). */
+function parseUnit(text: string): Unit {
+  const joined = text.replace(/\\\n/g, ' ');
+  const service = new Map<string, string[]>();
+  let section = '';
+  for (const raw of joined.split('\n')) {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
+    const sec = /^\[(.+)\]$/.exec(line);
+    if (sec) {
+      section = sec[1]!;
+      continue;
+    }
+    const kv = /^([A-Za-z]+)=(.*)$/.exec(line);
+    if (section === 'Service' && kv) service.set(kv[1]!, [...(service.get(kv[1]!) ?? []), kv[2]!]);
+  }
+  return { service };
+}
+
+/** ExecStart's words with ${VAR} replaced by the whole value as one word (systemd: "${FOO}" is one argument). */
+function execStartArgv(execStart: string, env: Map<string, string>): string[] {
+  const words = execStart.trim().split(/\s+/);
+  return words.map((w) => w.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, k: string) => {
+    const v = env.get(k);
+    if (v === undefined) throw new Error(`ExecStart uses \${${k}} but cluster.env does not set it`);
+    return v;
+  }));
+}
+
+interface RunResult { code: number | null; stdout: string; stderr: string }
+
+/** Runs a command to completion (bounded: SIGKILL by PID after timeoutMs), capturing its output. */
+function run(cmd: string[], opts: { cwd?: string; input?: string; timeoutMs?: number } = {}): Promise<RunResult> {
+  return new Promise((res) => {
+    const child = spawn(cmd[0]!, cmd.slice(1), { cwd: opts.cwd ?? repo, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const timer = setTimeout(() => {
+      stderr += `\n(killed after ${opts.timeoutMs ?? 120_000} ms)`;
+      process.kill(child.pid!, 'SIGKILL');
+    }, opts.timeoutMs ?? 120_000);
+    child.on('error', (e) => { stderr += String(e); });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      res({ code, stdout, stderr });
+    });
+    child.stdin!.end(opts.input ?? '');
+  });
+}
+
+/** Every file under dir (relative path → bytes), the nodes' data dirs excluded. */
+function snapshot(dir: string): Map<string, Buffer> {
+  const files = new Map<string, Buffer>();
+  const walk = (d: string): void => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) {
+        if (e.name !== 'data') walk(p);
+      } else files.set(relative(dir, p), readFileSync(p));
+    }
+  };
+  walk(dir);
+  return files;
+}
+
+async function httpGet(url: string): Promise<{ status: number; body: string }> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 3000);
+  try {
+    const r = await fetch(url, { signal: ac.signal });
+    return { status: r.status, body: await r.text() };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const names = ['n1', 'n2', 'n3'] as const;
+const started = Date.now();
+const ports: { nats: number; route: number; http: number }[] = [];
+for (let i = 0; i < names.length; i++) ports.push({ nats: await freePort(), route: await freePort(), http: await freePort() });
+
+// One-file bundle for deploy-cluster.sh's ten `membershipd certs|id` runs; node_modules next to it resolves its packages.
+const bundleDir = join(root, 'bundle');
+const esbuild = await import('esbuild');
+await esbuild.build({
+  entryPoints: [join(repo, 'bin', 'membershipd.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20',
+  packages: 'external', outfile: join(bundleDir, 'membershipd.mjs'), logLevel: 'warning',
+});
+symlinkSync(join(repo, 'node_modules'), join(bundleDir, 'node_modules'), 'dir');
+const deployArgs = [
+  deployScript, '--out', out, '--install-dir', join(out, '{name}'), '--membershipd', `node ${join(bundleDir, 'membershipd.mjs')}`,
+  ...names.map((n, i) => `${n}=127.0.0.1/${ports[i]!.nats},${ports[i]!.route},${ports[i]!.http}`),
+];
+
+const unit = parseUnit(readFileSync(unitFile, 'utf8'));
+const envs = new Map<string, Map<string, string>>();
+const refusals: string[] = [];
+let rerun: Promise<RunResult> | undefined;
+let before = new Map<string, Buffer>();
+
+t.test('deploy-cluster.sh writes every node\'s files', async (t) => {
+  const r = await run(['bash', ...deployArgs], { timeoutMs: 200_000 });
+  t.equal(r.code, 0, `deploy-cluster.sh exits 0\n${r.stderr}`);
+  t.match(r.stdout, /cluster "unibus": 3 nodes, kv-replicas 3/);
+  for (const n of names) {
+    const env = parseEnvironmentFile(readFileSync(join(out, n, 'cluster.env'), 'utf8'));
+    envs.set(n, env);
+    t.equal(env.get('NODE_NAME'), n);
+    t.equal(statSync(join(out, n, 'route.pass')).mode & 0o777, 0o600, `${n}/route.pass is 0600`);
+    t.equal(statSync(join(out, n, 'internal-id.seed')).mode & 0o777, 0o600, `${n}/internal-id.seed is 0600`);
+  }
+  t.equal(statSync(join(out, 'ca', 'ca.key')).mode & 0o777, 0o600, 'CA key is 0600');
+  before = snapshot(out);
+});
+
+t.test('the unit\'s ExecStart starts a healthy cluster', async (t) => {
+  t.equal(unit.service.get('WorkingDirectory')?.[0], installedDir, 'the unit runs in /opt/unibus (replaced by the node dir here)');
+  t.equal(unit.service.get('EnvironmentFile')?.[0], `${installedDir}/cluster.env`);
+  const execStart = unit.service.get('ExecStart');
+  t.equal(execStart?.length, 1, 'one ExecStart');
+  for (const [i, n] of names.entries()) {
+    const env = envs.get(n)!;
+    const argv = execStartArgv(execStart![0]!, env);
+    t.equal(argv[0], installedBinary, 'ExecStart runs the installed binary');
+    const cmd = [...runner, ...argv.slice(1)];
+    if (i === 0) t.comment(`node n1: cd ${join(out, n)} && ${cmd.join(' ')}`);
+    const child = spawn(cmd[0]!, cmd.slice(1), {
+      cwd: join(out, n), // WorkingDirectory, with the cluster.env's paths pointing at this dir (--install-dir)
+      env: { ...process.env, ...Object.fromEntries(env) }, // EnvironmentFile= also sets the process environment
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    children.set(n, child);
+    let log = '';
+    child.stderr!.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-6000); });
+    child.on('exit', (code, signal) => {
+      if (code === 2 && /not available in this build yet/.test(log)) refusals.push(`${n}: ${log.trim()}`);
+      else if (!stopping) t.comment(`${n} exited (${code ?? signal}): ${log}`);
+    });
+    (child as ChildProcess & { log: () => string }).log = () => log;
+  }
+  // The second deploy run (checked below) overlaps the nodes' start-up: it only reads what exists.
+  rerun = run(['bash', ...deployArgs], { timeoutMs: 200_000 });
+  const deadline = Date.now() + 60_000;
+  const healthy = new Set<string>();
+  let last = new Map<string, string>();
+  while (healthy.size < names.length && Date.now() < deadline && refusals.length === 0) {
+    for (const [i, n] of names.entries()) {
+      if (healthy.has(n)) continue;
+      try {
+        const r = await httpGet(`http://127.0.0.1:${ports[i]!.http}/healthz`);
+        if (r.status === 200) {
+          healthy.add(n);
+          t.comment(`${n} healthy ${((Date.now() - started) / 1000).toFixed(1)} s after the test started`);
+        } else last.set(n, `${r.status} ${r.body}`);
+      } catch (e) {
+        last.set(n, String((e as Error).message));
+      }
+    }
+    await sleep(250);
+  }
+  if (refusals.length > 0) {
+    // The CLI (src/cli/features.ts) still refuses the cluster flags: nothing of the deploy can run yet.
+    skipRest(t, `membershipd serve refuses the unit's flags in this build: ${refusals[0]}`);
+    stopAll();
+    return t.end();
+  }
+  const why = names.filter((n) => !healthy.has(n)).map((n) => `${n}: ${last.get(n)}\n${(children.get(n) as ChildProcess & { log: () => string }).log()}`);
+  t.equal(healthy.size, names.length, `every /healthz is 200 within 60 s\n${why.join('\n')}`);
+  const metrics = await httpGet(`http://127.0.0.1:${ports[0]!.http}/metrics`);
+  t.equal(metrics.status, 200, '/metrics answers');
+});
+
+let stopping = false;
+function stopAll(): void {
+  stopping = true;
+  for (const c of children.values()) if (c.exitCode === null && c.signalCode === null) process.kill(c.pid!, 'SIGTERM');
+}
+const clusterUp = (): boolean => [...children.values()].every((c) => c.exitCode === null && c.signalCode === null) && children.size === 3;
+
+t.test('a user added through node 1 works through node 3 within its role', async (t) => {
+  if (!clusterUp()) return skipRest(t, 'the cluster is not running (see above)');
+  const n1 = join(out, 'n1');
+  // The operator on node 1 types only the command: everything else comes from the node's cluster.env.
+  const admin = (args: string[], input = ''): Promise<RunResult> =>
+    run([...runner, ...args, '--env-file', join(n1, 'cluster.env')], { cwd: n1, input, timeoutMs: 60_000 });
+  const role = await admin(['role', 'add', 'app', '--pub-allow', 'app.>', '--sub-allow', 'app.>']);
+  t.equal(role.code, 0, `role add exits 0\n${role.stdout}${role.stderr}`);
+  const password = 'correct horse battery staple';
+  const user = await admin(['user', 'add', 'alice', '--password-stdin', '--role', 'app'], `${password}\n`);
+  t.equal(user.code, 0, `user add exits 0\n${user.stdout}${user.stderr}`);
+
+  const ca = join(out, 'ca', 'ca.pem');
+  const connectAs = async (i: number, pass: string, retryMs = 15_000): Promise<NatsConnection> => {
+    // The user reaches node 3 through replication: retry a refused login for a bounded time.
+    const deadline = Date.now() + retryMs;
+    for (;;) {
+      try {
+        const nc = await connect({
+          servers: `tls://127.0.0.1:${ports[i]!.nats}`, user: 'alice', pass, tls: { caFile: ca }, reconnect: false, timeout: 5000,
+        });
+        clients.push(nc);
+        return nc;
+      } catch (e) {
+        if (Date.now() > deadline) throw e;
+        await sleep(250);
+      }
+    }
+  };
+  const sub3 = await connectAs(2, password);
+  // Once alice is known on node 3 (above), a wrong password is refused there on the first attempt.
+  const wrong = await connectAs(2, 'wrong password', 0).then(() => 'connected', (e: Error) => e.message);
+  t.not(wrong, 'connected', `a wrong password is refused (${wrong})`);
+  const pub1 = await connectAs(0, password);
+  const sub = sub3.subscribe('app.greeting', { max: 1 });
+  await sub3.flush();
+  // The subscription reaches node 1 over the routes; publish until it arrives (bounded).
+  const got = (async () => {
+    for await (const m of sub) return m.string();
+    return undefined;
+  })();
+  let received: string | undefined;
+  void got.then((v) => { received = v; });
+  for (let i = 0; i < 100 && received === undefined; i++) {
+    pub1.publish('app.greeting', 'hello from node 1');
+    await pub1.flush();
+    await sleep(100);
+  }
+  t.equal(await Promise.race([got, sleep(5000).then(() => 'timeout')]), 'hello from node 1', 'alice on node 3 receives alice\'s publish on node 1');
+
+  const denied = sub3.subscribe('other.secret');
+  const deniedResult = await Promise.race([
+    (async () => {
+      try {
+        for await (const _ of denied) return 'message';
+        return 'closed';
+      } catch (e) {
+        return `error: ${(e as Error).message}`;
+      }
+    })(),
+    sleep(10_000).then(() => 'no answer'),
+  ]);
+  t.match(deniedResult, /permission/i, `a subscription outside the role is refused (${deniedResult})`);
+});
+
+t.test('re-running deploy-cluster.sh changes no secret', async (t) => {
+  const r = await (rerun ?? run(['bash', ...deployArgs], { timeoutMs: 200_000 }));
+  t.equal(r.code, 0, `second run exits 0\n${r.stderr}`);
+  const after = snapshot(out);
+  const secrets = [...before.keys()].filter((k) => /(\.key|\.pem|\.seed|\.pass)$/.test(k));
+  t.ok(secrets.includes('ca/ca.key') && secrets.includes('ca/route.pass') && secrets.includes('n3/internal-id.seed') && secrets.includes('n2/tls/route.key'),
+    `the secrets compared include the CA key, route password, identities and node keys (${secrets.length} files)`);
+  for (const k of secrets) t.ok(after.get(k)?.equals(before.get(k)!), `${k} unchanged`);
+  for (const n of names) t.ok(after.get(`${n}/cluster.env`)?.equals(before.get(`${n}/cluster.env`)!), `${n}/cluster.env rewritten identically`);
+  t.same([...after.keys()].sort(), [...before.keys()].sort(), 'no file appeared or vanished');
+});
+
+t.test('deploy-cluster.sh refuses unsafe input', async (t) => {
+  const bad = join(root, 'bad');
+  const cases: [string[], RegExp][] = [
+    [['a=127.0.0.1', 'a=127.0.0.2'], /duplicate node name "a"/],
+    [['a=not_an address'], /is not an IP address or a DNS name/],
+    [['a=127.0.0.1', 'b=127.0.0.2', '--kv-replicas', '3'], /--kv-replicas 3 is above the node count 2/],
+  ];
+  for (const [args, msg] of cases) {
+    const r = await run(['bash', deployScript, '--out', bad, ...args]);
+    t.equal(r.code, 2, `refused: ${args.join(' ')}`);
+    t.match(r.stderr, msg);
+  }
+  t.notOk(existsSync(bad), 'nothing written for refused input');
+});
+
+t.test('systemd-analyze verify accepts the unit', async (t) => {
+  const which = await run(['sh', '-c', 'command -v systemd-analyze']);
+  if (which.code !== 0) return skipRest(t, 'systemd-analyze is not installed on this machine');
+  // A temp copy whose paths exist: /opt/unibus → a temp dir holding cluster.env and an executable stand-in.
+  const dir = mkdtempSync(join(root, 'unit-'));
+  writeFileSync(join(dir, 'cluster.env'), readFileSync(join(out, 'n1', 'cluster.env')));
+  writeFileSync(join(dir, 'membershipd'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+  const copy = join(dir, 'membershipd-cluster.service');
+  writeFileSync(copy, readFileSync(unitFile, 'utf8').replaceAll(installedDir, dir));
+  const r = await run(['systemd-analyze', 'verify', copy], { timeoutMs: 30_000 });
+  t.equal(r.code, 0, `systemd-analyze verify exits 0\n${r.stderr}`);
+  // verify exits 0 even for unknown keys or unparsable values; those are warnings naming the file.
+  const warnings = r.stderr.split('\n').filter((l) => l.includes('membershipd-cluster.service'));
+  t.same(warnings, [], 'no warning about the unit');
+});
+
+t.test('stop the nodes with SIGTERM (systemd\'s KillSignal) and they exit 0', async (t) => {
+  if (children.size === 0) return skipRest(t, 'no node was started');
+  const exits = [...children.entries()].map(([n, c]) => new Promise<string>((res) => {
+    if (c.exitCode !== null || c.signalCode !== null) return res(`${n}: already exited (${c.exitCode ?? c.signalCode})`);
+    c.once('exit', (code, sig) => res(`${n}: ${code ?? sig}`));
+  }));
+  stopAll();
+  const result = await Promise.race([Promise.all(exits), sleep(30_000).then(() => ['timeout'])]);
+  t.comment(`exits: ${result.join(', ')} (test wall time ${((Date.now() - started) / 1000).toFixed(1)} s)`);
+  if (refusals.length > 0) return skipRest(t, 'the nodes were refused at start-up (see above)');
+  t.same(result, names.map((n) => `${n}: 0`), 'each node exits 0 on SIGTERM within 30 s (TimeoutStopSec)');
+});
