@@ -18,6 +18,8 @@ export interface NatsServerOptions {
   readonly limits?: Partial<NatsLimits>;
   /** Client URLs of the other cluster members, for INFO connect_urls. */
   readonly connectUrls?: () => readonly string[];
+  /** INFO says `"jetstream": true` (set when the KV API, src/kv, answers `$JS.API.>` on this server). */
+  readonly jetstream?: boolean;
 }
 
 export interface NatsLimits {

@@ -287,9 +287,16 @@ export class Client implements ParserHandler {
     core.inBytes += p.size;
     const subject = p.subject;
     if (!isValidPublishSubject(subject)) {
-      // nats-server only reports this in pedantic mode; a wildcard publish is never delivered (reference §1.7).
-      if (this.opts.pedantic) this.append(encodedErrors.invalidPublishSubject);
-      return;
+      // nats-server only reports this in pedantic mode (reference §1.7).
+      if (this.opts.pedantic) {
+        this.append(encodedErrors.invalidPublishSubject);
+        return;
+      }
+      // Otherwise nats-server 2.9 routes a wildcard subject like any other, its tokens matched literally against
+      // subscriptions ('foo.*' reaches 'foo.*', 'foo.>', '>' but not 'foo.bar'; checked on 2.9.10), and nats.js
+      // relies on it: every KV watch/keys creates its consumer with `$JS.API.CONSUMER.CREATE.KV_b.<name>.$KV.b.>`.
+      // The sublist matches the same way. A malformed subject (empty token) is still dropped.
+      if (!isValidSubject(subject)) return;
     }
     if (this.perms !== null && !this.perms.canPublish(subject) && !this.useResponseGrant(subject)) {
       this.sendErrText(publishViolationText(subject));

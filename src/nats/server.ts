@@ -5,7 +5,7 @@ import tls from 'node:tls';
 import type { IncomingMessage } from 'node:http';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { Logger } from 'pino';
-import type { BusAuthenticator } from '../auth/types.js';
+import type { BusAuthenticator, Principal } from '../auth/types.js';
 import type { NatsLimits, NatsServer, NatsServerOptions, NatsServerStats } from './api.js';
 import { Client, closeReason, type Subscription } from './client.js';
 import { newNonce, newServerId } from './nkey.js';
@@ -66,6 +66,12 @@ export interface LocalPublish {
    * subscriber). Reset by the server before each call.
    */
   readonly feedback?: PublishFeedback;
+  /**
+   * Who published it: the connection's authenticated principal; undefined when bus auth is off. In-process
+   * services behind the forwarder (the KV API) use it for what permissions cannot say (control-plane buckets
+   * readable by admin principals only).
+   */
+  readonly principal?: Principal;
 }
 
 export interface PublishFeedback {
@@ -94,6 +100,13 @@ export interface NatsClusterPort {
   onInterest(listener: (change: InterestChange) => void): () => void;
   setForwarder(forward: ((msg: LocalPublish) => boolean) | undefined): void;
   deliverFromRoute(msg: RouteMessage): number;
+  /**
+   * Push delivery as nats-server's JetStream consumers do it: delivers `msg` to the local plain subscribers whose
+   * subject matches `routeSubject` (a consumer's deliver subject) while writing `msg.subject` (the stream
+   * subject, `$KV.b.k`) on the MSG/HMSG line; queue subscribers are not served. Returns the number of deliveries.
+   * Optional so that wrappers of the port may omit it; the server's own port always has it.
+   */
+  deliverAs?(routeSubject: string, msg: RouteMessage): number;
 }
 
 /** One open client connection, for /connz. */
@@ -184,6 +197,7 @@ export class ServerCore {
       port: this.port,
       headers: true,
     };
+    if (this.options.jetstream === true) info.jetstream = true;
     if (this.authRequired) info.auth_required = true;
     if (this.options.tls !== undefined && c.transport.kind !== 'ws') info.tls_required = true;
     if (this.options.tls?.ca !== undefined && c.transport.kind !== 'ws') info.tls_verify = true;
@@ -250,7 +264,7 @@ export class ServerCore {
         }
         remoteQueues = new Set();
       }
-      if (this.forwardToRoutes(p, localQueues, remoteQueues)) delivered++;
+      if (this.forwardToRoutes(p, localQueues, remoteQueues, origin)) delivered++;
       if (this.feedback.stallMs > 0) origin.stallFor(this.feedback.stallMs);
     }
     for (let g = 0; g < groups.length; g++) {
@@ -276,7 +290,7 @@ export class ServerCore {
     return delivered;
   }
 
-  private forwardToRoutes(p: PubArgs, localQueues: Map<string, number> | undefined, remoteQueues: Set<string> | undefined): boolean {
+  private forwardToRoutes(p: PubArgs, localQueues: Map<string, number> | undefined, remoteQueues: Set<string> | undefined, origin: Client): boolean {
     const hdr = p.headerBytes > 0 ? p.headerBytes : 0;
     const msg: { -readonly [K in keyof LocalPublish]: LocalPublish[K] } = {
       subject: p.subject,
@@ -291,7 +305,35 @@ export class ServerCore {
     const feedback = this.feedback;
     feedback.stallMs = 0;
     msg.feedback = feedback;
+    if (origin.principal !== null) msg.principal = origin.principal;
     return this.forwarder!(msg);
+  }
+
+  /** NatsClusterPort.deliverAs: deliverFromRoute's message, matched on `routeSubject`, plain subscribers only. */
+  deliverAs(routeSubject: string, msg: RouteMessage): number {
+    const subj = Buffer.from(msg.subject);
+    const p = new PubArgs();
+    p.subject = msg.subject;
+    p.subjectStart = 0;
+    p.subjectEnd = subj.length;
+    if (msg.reply === undefined) {
+      p.argBuf = subj;
+      p.replyStart = p.replyEnd = -1;
+    } else {
+      p.argBuf = Buffer.concat([subj, Buffer.from(' '), Buffer.from(msg.reply)]);
+      p.replyStart = subj.length + 1;
+      p.replyEnd = p.argBuf.length;
+    }
+    const headers = msg.headers;
+    p.headerBytes = headers !== undefined && headers.length > 0 ? headers.length : -1;
+    p.data = headers !== undefined && headers.length > 0 ? Buffer.concat([headers, msg.payload])
+      : Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength);
+    p.dataStart = 0;
+    p.size = p.data.length;
+    let delivered = 0;
+    const plain = this.sublist.match(routeSubject).plain;
+    for (let i = 0; i < plain.length; i++) if (plain[i]!.client.deliver(plain[i]!, p, null)) delivered++;
+    return delivered;
   }
 
   deliverFromRoute(msg: RouteMessage): number {
@@ -355,6 +397,7 @@ class NatsServerImpl implements NatsServerWithCluster {
         core.forwarder = forward;
       },
       deliverFromRoute: (msg) => core.deliverFromRoute(msg),
+      deliverAs: (routeSubject, msg) => core.deliverAs(routeSubject, msg),
     };
   }
 
