@@ -336,24 +336,71 @@ export class ServerCore {
     return delivered;
   }
 
+  /**
+   * Local delivery of a routed message. Client.deliver copies subject, reply and data into each subscriber's
+   * outbound buffer synchronously, so the message's own buffers are used as views (no copy of the payload); only
+   * the subject's bytes are needed, cached per subject (routed traffic repeats a few subjects), and a message
+   * with headers joins headers and payload once (PubArgs holds one data buffer).
+   */
   deliverFromRoute(msg: RouteMessage): number {
-    const p = new PubArgs();
-    const subj = Buffer.from(msg.subject);
-    const reply = msg.reply === undefined ? undefined : Buffer.from(msg.reply);
-    p.subject = msg.subject;
-    p.argBuf = reply === undefined ? subj : Buffer.concat([subj, Buffer.from(' '), reply]);
-    p.subjectStart = 0;
-    p.subjectEnd = subj.length;
-    p.replyStart = reply === undefined ? -1 : subj.length + 1;
-    p.replyEnd = reply === undefined ? -1 : p.argBuf.length;
-    const headers = msg.headers ?? new Uint8Array(0);
-    p.headerBytes = headers.length > 0 ? headers.length : -1;
-    p.data = headers.length > 0 ? Buffer.concat([headers, msg.payload]) : Buffer.from(msg.payload);
-    p.dataStart = 0;
-    p.size = p.data.length;
-    return this.routeMessage(p, null, msg.queues ?? []);
+    // Reused unless a delivery re-enters (an interest listener that delivers a reply synchronously).
+    const p = this.routeArgsBusy ? new PubArgs() : this.routeArgs;
+    this.routeArgsBusy = true;
+    try {
+      const subj = this.subjectBytes(msg.subject);
+      p.subject = msg.subject;
+      p.subjectStart = 0;
+      p.subjectEnd = subj.length;
+      if (msg.reply === undefined) {
+        p.argBuf = subj;
+        p.replyStart = p.replyEnd = -1;
+      } else {
+        const arg = Buffer.allocUnsafe(subj.length + 1 + Buffer.byteLength(msg.reply));
+        subj.copy(arg, 0);
+        arg[subj.length] = 32;
+        arg.write(msg.reply, subj.length + 1);
+        p.argBuf = arg;
+        p.replyStart = subj.length + 1;
+        p.replyEnd = arg.length;
+      }
+      const headers = msg.headers;
+      if (headers !== undefined && headers.length > 0) {
+        p.headerBytes = headers.length;
+        p.data = Buffer.concat([headers, msg.payload]);
+      } else {
+        p.headerBytes = -1;
+        const pl = msg.payload;
+        p.data = Buffer.isBuffer(pl) ? pl : Buffer.from(pl.buffer, pl.byteOffset, pl.byteLength);
+      }
+      p.dataStart = 0;
+      p.size = p.data.length;
+      return this.routeMessage(p, null, msg.queues ?? []);
+    } finally {
+      if (p === this.routeArgs) {
+        this.routeArgsBusy = false;
+        p.data = p.argBuf = emptyBuffer; // keep no reference to the message after the call
+      }
+    }
+  }
+
+  private readonly routeArgs = new PubArgs();
+  private routeArgsBusy = false;
+  /** Encoded subjects of routed messages; cleared wholesale when full (a bound, not an LRU: cheap and rare). */
+  private readonly subjectCache = new Map<string, Buffer>();
+
+  private subjectBytes(subject: string): Buffer {
+    let b = this.subjectCache.get(subject);
+    if (b === undefined) {
+      if (this.subjectCache.size >= subjectCacheMax) this.subjectCache.clear();
+      b = Buffer.from(subject);
+      this.subjectCache.set(subject, b);
+    }
+    return b;
   }
 }
+
+const subjectCacheMax = 4096;
+const emptyBuffer = Buffer.alloc(0);
 
 class NatsServerImpl implements NatsServerWithCluster {
   readonly serverId: string;

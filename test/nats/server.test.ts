@@ -543,6 +543,49 @@ t.test('cluster port: interest stream, forwarder, delivery from a route', async 
   t.equal(inC + inOther, 1, 'one member of queue q got the routed message');
 });
 
+t.test('cluster port: the forwarder picks queue groups first; routed messages are delivered from views', async (t) => {
+  const s = await startServer(t);
+  const member = await client(t, s);
+  member.send('SUB job w 1\r\nSUB job w 2\r\nSUB job.\u00fc 3\r\nSUB job 4\r\n');
+  await member.sync();
+  const seen: string[] = [];
+  let claim = false;
+  s.cluster.setForwarder((m) => {
+    seen.push(`${[...(m.localQueues ?? new Map<string, number>())].join(';')}|${m.remoteQueues === undefined ? 'none' : 'set'}`);
+    if (claim) m.remoteQueues?.add('w');
+    return claim;
+  });
+  const pub = await client(t, s);
+  pub.send('PUB job 1\r\na\r\n');
+  await pub.sync();
+  claim = true;
+  pub.send('PUB job 1\r\nb\r\nPUB other 1\r\nc\r\n');
+  await pub.sync();
+  s.cluster.setForwarder(undefined);
+  t.same(seen, ['w,2|set', 'w,2|set', '|none'], 'local member counts offered with the claim set; none without groups');
+  const got = await member.sync();
+  t.equal((got.match(/MSG job [12] 1\r\na/g) ?? []).length, 1, 'not claimed: one local member');
+  t.equal((got.match(/MSG job [12] 1\r\nb/g) ?? []).length, 0, 'claimed by the forwarder: no local member');
+  t.equal((got.match(/MSG job 4 1\r\nb/g) ?? []).length, 1, 'plain subscribers are unaffected by a claim');
+
+  // A payload that is a view into a larger buffer, changed right after the call: delivery copied it in time.
+  const backing = new Uint8Array(64).fill(120);
+  const view = backing.subarray(8, 13);
+  view.set(Buffer.from('hello'));
+  for (let i = 0; i < 3; i++) {
+    t.equal(s.cluster.deliverFromRoute({ subject: 'job.\u00fc', reply: i === 1 ? 'r.\u00e9' : undefined, payload: view }), 1);
+    view.fill(63);
+    view.set(Buffer.from('hello'));
+  }
+  view.fill(33);
+  const routed = await member.sync();
+  // The raw test client reads bytes as latin1: compare with the UTF-8 bytes seen the same way.
+  const bytes = (x: string): string => Buffer.from(x).toString('latin1');
+  t.equal(routed.split(bytes('MSG job.\u00fc 3 5\r\nhello\r\n')).length - 1, 2, 'UTF-8 subject (cached bytes), payload intact');
+  t.match(routed, bytes('MSG job.\u00fc 3 r.\u00e9 5\r\nhello\r\n'), 'reply with multi-byte characters');
+  t.notMatch(routed, /[?!]/, 'no byte written after the call reached a subscriber');
+});
+
 t.test('close() flushes and closes every client', async (t) => {
   const s = createNatsServer({ host: '127.0.0.1', port: 0, logger: silentLogger() });
   await s.start();
