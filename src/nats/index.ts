@@ -5,5 +5,5 @@ export {
   type InterestChange, type LocalPublish, type PublishFeedback, type NatsConnectionInfo, type NatsClusterPort, type NatsServerWithCluster, type RouteMessage,
 } from './server.js';
 export { isValidPublishSubject, isValidSubject, subjectMatches } from './subject.js';
-export { encodePublicNkey, newNonce, newServerId, nkeyPrefix } from './nkey.js';
+export { newNonce, newServerId } from './nkey.js';
 export { protocolErrors } from './protocol_errors.js';

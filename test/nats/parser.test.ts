@@ -6,7 +6,8 @@ import { fromPublic } from '@nats-io/nkeys';
 import { Parser, type ParseFailure, type ParserHandler, type PubArgs } from '../../src/nats/parser.js';
 import { Sublist, matchLiteral } from '../../src/nats/sublist.js';
 import { subjectMatches } from '../../src/nats/subject.js';
-import { crc16Xmodem, newNonce, newServerId } from '../../src/nats/nkey.js';
+import { newNonce, newServerId } from '../../src/nats/nkey.js';
+import { decodePublicKey, isValidPublicKey } from '../../src/auth/nkeys.js';
 
 const seed = Number(process.env.FC_SEED ?? Date.now() % 2_147_483_647);
 t.comment(`fast-check seed ${seed} (rerun: FC_SEED=${seed} npx tap test/nats/parser.test.ts)`);
@@ -346,11 +347,13 @@ t.test('sublist prunes empty nodes and reports cache hits', async (t) => {
 });
 
 t.test('nkey server ids and nonces', async (t) => {
-  t.equal(crc16Xmodem(Buffer.from('123456789')), 0x31c3);
   const id = newServerId();
   t.equal(id.length, 56);
   t.equal(id[0], 'N');
   t.doesNotThrow(() => fromPublic(id), 'the official nkeys library accepts it (prefix and CRC)');
+  t.ok(isValidPublicKey(id, ['server']), 'a valid NKey server key for src/auth too');
+  t.equal(decodePublicKey(id).key.length, 32, 'it carries a 32-byte Ed25519 key');
+  t.not(newServerId(), id, 'a fresh key pair each time');
   const n = newNonce();
   t.match(n, /^[A-Za-z0-9_-]{15}$/);
 });
