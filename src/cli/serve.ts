@@ -9,8 +9,9 @@ import type { NatsServer, NatsServerStats } from '../nats/api.js';
 import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
-import { nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode } from '../node/index.js';
+import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode } from '../node/index.js';
 import { createServiceSeam, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
+import { attachKvApi, type KvApi, type KvServerPort } from '../kv/index.js';
 
 /** What the control plane needs from bus auth (src/cli/bus_auth.ts) when the node runs --store kv. */
 export interface ControlWiring {
@@ -75,6 +76,8 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     ...(config.tls ? { tls: { cert: config.tls.cert, key: config.tls.key } } : {}),
     ...(config.wsPort !== undefined ? { wsPort: config.wsPort } : {}),
     ...(auth !== undefined ? { auth } : {}),
+    // The KV API (src/kv) is attached exactly when the node has the Raft-backed store (below).
+    ...(wantsCluster(config) ? { jetstream: true } : {}),
     logger,
   });
   try {
@@ -85,10 +88,14 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   // Cluster flags (src/node): the Raft meta-group and the routes, with the bus joined to this NATS server.
   let cluster: ClusterNode | undefined;
   let controlPlane: ControlPlane | undefined;
+  let kvApi: (KvApi & { detach(): void }) | undefined;
+  let ownUrls: { client?: string; http?: string } = {};
   if (wantsCluster(config)) {
     // One forwarder slot, two users: the admin API (src/control) in front, the cluster bus behind it. The node
     // reads only `cluster` of the server it is given.
     const seam = createServiceSeam(nats.cluster);
+    // The services' front slot split again: the admin API first, then the JetStream-compatible KV API.
+    const services = createServiceSeam(seam.services);
     const routed = Object.assign(Object.create(nats) as typeof nats, { cluster: seam.routes });
     try {
       const options = wantsSingleNodeKv(config) ? await singleNodeOptions(config, logger) : nodeOptionsFromServeConfig(config, logger);
@@ -101,9 +108,21 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     const internalKeys = control?.internalKeys ?? [];
     if (!internalKeys.includes(node.identity.publicKey)) internalKeys.push(node.identity.publicKey);
     controlPlane = startControlPlane({
-      port: seam.services, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
+      port: services.services, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
       ...(control?.kvSource !== undefined ? { source: control.kvSource } : {}),
+      cluster: { node, posture: clusterPosture(config), version: packageVersion(), urls: () => ownUrls, trustedKeys: internalKeys },
     });
+    // KV buckets for @nats-io/kv (and nats.go/nats.c KV) on the same replicated store as the control plane: a
+    // client on any node reads its own writes there and sees every node's writes (linearizable reads). Without
+    // the Raft store (`--store file` and no cluster flags) there is no KV API: nothing would persist or replicate.
+    const kvPort: KvServerPort = {
+      interest: () => services.routes.interest(),
+      onInterest: (l) => services.routes.onInterest(l),
+      deliverFromRoute: (m) => services.routes.deliverFromRoute(m),
+      setForwarder: (f) => services.routes.setForwarder(f),
+      deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
+    };
+    kvApi = attachKvApi({ cluster: kvPort }, { backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas });
   }
   const startedAt = new Date();
   const http = createHttpServer({
@@ -132,6 +151,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   try {
     await http.start();
   } catch (err) {
+    kvApi?.detach();
     controlPlane?.stop();
     await cluster?.stop();
     await nats.close();
@@ -143,11 +163,13 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     http: `http://${host}:${http.port}`,
     ws: nats.wsPort === undefined ? undefined : `${config.tls ? 'wss' : 'ws'}://${host}:${nats.wsPort}`,
   };
+  ownUrls = { client: urls.nats, http: urls.http };
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
       http.setState('stopping');
       try {
+        kvApi?.detach();
         controlPlane?.stop();
         await nats.close();
         await cluster?.stop();

@@ -260,8 +260,8 @@ export class ControlApi {
     }
   }
 
-  /** Runs `fn`, audits its outcome (success or refusal), returns/throws as fn did. */
-  private async audited(ctx: AdminContext, what: string, target: string, fn: () => Promise<Record<string, unknown> & { result: AdminResult }>,
+  /** Runs `fn` and records its outcome in the audit bucket (also for handlers registered from outside). */
+  async audited(ctx: AdminContext, what: string, target: string, fn: () => Promise<Record<string, unknown> & { result: AdminResult }>,
     detail?: Record<string, unknown>): Promise<Record<string, unknown>> {
     try {
       const r = await fn();

@@ -13,3 +13,4 @@ export { EnvelopeVerifier, envelopeSkewMs, signRequest, type SignedEnvelope, typ
 export { KvPrincipalSource } from './principal_source.js';
 export { createServiceSeam, startControlPlane, type ControlPlane, type ControlPlaneOptions, type ServiceSeam } from './serve.js';
 export { singleNodeOptions, wantsSingleNodeKv } from './single_node.js';
+export { attachClusterControl, normalizeRouteUrl, postureKeys, removedSlotsKey, type ClusterControl, type ClusterControlOptions } from './cluster.js';

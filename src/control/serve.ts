@@ -12,6 +12,8 @@ import type { ScryptParams } from '../auth/index.js';
 import { attachControlApi, type ControlApi } from './api.js';
 import { ensureControlBuckets } from './buckets.js';
 import type { KvPrincipalSource } from './principal_source.js';
+import { attachClusterControl, type ClusterControl } from './cluster.js';
+import type { ClusterNode, ClusterPosture } from '../node/index.js';
 
 type Forwarder = (msg: LocalPublish) => boolean;
 
@@ -55,12 +57,23 @@ export interface ControlPlaneOptions {
   readonly scrypt?: ScryptParams;
   /** Bucket creation retry period while there is no leader (default 500 ms). */
   readonly retryMs?: number;
+  /** On a Raft node: the `nodes`/`config` buckets and `$UB.API.CLUSTER.*` (cluster.ts). */
+  readonly cluster?: {
+    readonly node: ClusterNode;
+    readonly posture: ClusterPosture;
+    readonly version: string;
+    readonly urls: () => { readonly client?: string; readonly http?: string };
+    /** The authenticator's internal keys (mutable); the `nodes` bucket's identities are kept in it. */
+    readonly trustedKeys?: string[];
+    readonly periodMs?: number;
+  };
 }
 
 export interface ControlPlane {
   readonly api: ControlApi;
   /** Resolves once the six buckets exist (created here or by another node). */
   readonly ready: Promise<void>;
+  readonly cluster: ClusterControl | undefined;
   stop(): void;
 }
 
@@ -90,11 +103,15 @@ export function startControlPlane(o: ControlPlaneOptions): ControlPlane {
     };
     attempt();
   });
+  const cluster = o.cluster === undefined ? undefined
+    : attachClusterControl({ ...o.cluster, api, backend: o.backend, logger: o.logger, ready });
   return {
     api,
     ready,
+    cluster,
     stop() {
       stopped = true;
+      cluster?.stop();
       if (timer !== undefined) clearTimeout(timer);
       api.detach();
       o.source?.detach();

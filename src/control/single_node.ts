@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { createCertificateAuthority, issueCertificate } from '../certs/index.js';
 import type { ServeConfig } from '../config/index.js';
-import type { NodeOptions } from '../node/index.js';
+import { clusterPosture, postureDigest, type NodeOptions } from '../node/index.js';
 
 /** True for `--store kv` with none of the flags that make a node a cluster member. */
 export function wantsSingleNodeKv(config: ServeConfig): boolean {
@@ -34,7 +34,7 @@ export async function singleNodeOptions(config: ServeConfig, logger?: Logger): P
     tls: { cert: leaf.cert, key: leaf.key, ca: ca.cert },
     clusterUser: 'single',
     clusterPassword: randomBytes(24).toString('base64url'),
-    postureDigest: `bus-auth=${config.busAuth};store=${config.store}`,
+    postureDigest: postureDigest(clusterPosture(config)),
     ...(logger !== undefined ? { logger } : {}),
   };
 }

@@ -23,7 +23,9 @@ import { NodeError, NodeErrorCode } from './errors.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
 import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
-import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, type SlotHello } from './wire.js';
+import {
+  decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport, type SlotHello,
+} from './wire.js';
 
 export interface NodeOptions {
   /** Server name (unique in the cluster; routes and the `nodes` bucket know a node by it). */
@@ -61,6 +63,35 @@ export interface NodeOptions {
 }
 
 export type Health = { readonly status: 'ok' } | { readonly status: 'unavailable'; readonly reason: string };
+
+/** One row of `cluster status`: the member's own report (when it answered) and its place in the configuration. */
+export interface MemberStatus {
+  readonly id: number;
+  readonly name: string | null;
+  readonly address: string;
+  /** leader | follower | candidate | learner | voter (a voter that did not answer) | removed */
+  readonly role: string;
+  readonly term: number | null;
+  readonly leader: string | null;
+  readonly commit: number | null;
+  readonly applied: number | null;
+  /** The leader's commit index minus this member's applied index (null when either is unknown). */
+  readonly lag: number | null;
+  readonly reachable: boolean;
+  readonly health: string | null;
+}
+
+export interface ClusterStatus {
+  readonly cluster: string;
+  /** The node that answered. */
+  readonly via: string;
+  readonly leader: string | null;
+  readonly term: number;
+  readonly kvReplicas: number;
+  readonly voters: readonly number[];
+  readonly learners: readonly number[];
+  readonly members: readonly MemberStatus[];
+}
 
 /** Listeners for route traffic that is not Raft (the bus glue registers here). */
 export interface RouteListener {
@@ -156,6 +187,11 @@ export class ClusterNode {
   private readonly startedAt = Date.now();
   private readonly voterGraceMs: number;
   private readonly voterDownSince = new Map<number, number>();
+  /** Slots an operator removed (`cluster remove`, replicated by the control plane): never re-added as learners. */
+  private removedSlots: ReadonlySet<number> = new Set();
+  /** Set by the control plane when this node's posture differs from the cluster's (`config` bucket). */
+  private refusal: string | undefined;
+  private readonly statusWaiters = new Map<number, (r: MemberReport) => void>();
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -323,6 +359,14 @@ export class ClusterNode {
       return;
     }
     if (d.kind === 'hello') return this.onHello(peer, d.hello);
+    if (d.kind === 'statusRequest') {
+      this.transport.send(peer, { kind: 'raft', data: encodeStatusReply(d.reqId, this.selfReport()) });
+      return;
+    }
+    if (d.kind === 'statusReply') {
+      this.statusWaiters.get(d.reqId)?.(d.report);
+      return;
+    }
     const m = d.message;
     if (this.peerToId.get(peer) !== m.from || this.raw === undefined) {
       this.metrics.raftMessagesDropped++;
@@ -574,6 +618,7 @@ export class ClusterNode {
       else if (!this.voterDownSince.has(v)) this.voterDownSince.set(v, now);
     }
     const dead = conf.voters.filter((v) => now - (this.voterDownSince.get(v) ?? now) >= this.voterGraceMs);
+    const members = [...conf.voters, ...conf.learners];
     const propose = (type: ConfChangeType, nodeId: number, what: string): void => {
       try {
         raw.proposeConfChange({ type, nodeId });
@@ -583,6 +628,21 @@ export class ClusterNode {
         if (!(e instanceof RaftError)) throw e; // another change is pending: try again next round
       }
     };
+    // An operator removed a member (`cluster remove`): the leader hands over first when it is the one removed.
+    const removed = members.find((id) => this.removedSlots.has(id));
+    if (removed !== undefined) {
+      if (removed === c.id) {
+        try {
+          this.transferLeadership();
+          this.log.warn({ id: removed }, 'this node was removed by an operator: handing leadership over first');
+        } catch (e) {
+          if (!(e instanceof NodeError)) throw e;
+          this.log.error({ id: removed }, `cannot remove this node: ${e.message}`);
+        }
+        return;
+      }
+      return propose(ConfChangeType.remove, removed, 'removing a member an operator removed');
+    }
     if (conf.voters.length > this.voters && dead.length > 0) {
       return propose(ConfChangeType.remove, dead[0]!, 'removing a dead voter replaced by a promoted learner');
     }
@@ -600,8 +660,15 @@ export class ClusterNode {
       }
       if (best !== undefined) return propose(ConfChangeType.promote, best, `voter ${this.peerName(dead[0]!)} unreachable for ${this.voterGraceMs} ms: promoting a caught-up learner`);
     }
+    if (conf.voters.length < this.voters) {
+      // Fewer voters than R (a member was removed, or R was raised): promote a connected, caught-up learner.
+      const progress = raw.status().progress;
+      const best = conf.learners.filter((l) => isUp(l) && (progress.get(l)?.match ?? 0) + 16 >= st.commit)
+        .sort((a, b) => (progress.get(b)?.match ?? 0) - (progress.get(a)?.match ?? 0))[0];
+      if (best !== undefined) return propose(ConfChangeType.promote, best, `${conf.voters.length} of ${this.voters} voters: promoting a caught-up learner`);
+    }
     for (let id = 1; id <= c.addresses.length; id++) {
-      if (conf.voters.includes(id) || conf.learners.includes(id)) continue;
+      if (conf.voters.includes(id) || conf.learners.includes(id) || this.removedSlots.has(id)) continue;
       return propose(ConfChangeType.addLearner, id, 'adding a learner');
     }
   }
@@ -761,6 +828,100 @@ export class ClusterNode {
     this.schedule();
   }
 
+  // ---- membership (cluster add/remove/status) -------------------------------------------------------
+
+  /** The current Raft configuration (voters and learners by slot), undefined before Raft starts. */
+  membership(): { voters: readonly number[]; learners: readonly number[] } | undefined {
+    if (!this.raw) return undefined;
+    const conf = this.raw.confState();
+    return { voters: [...conf.voters], learners: [...conf.learners] };
+  }
+
+  /** The number of voters the leader keeps (--kv-replicas as persisted). */
+  get kvReplicas(): number {
+    return this.voters;
+  }
+
+  /**
+   * The slots an operator removed (replicated through the control plane's `config` bucket, so whichever node
+   * leads sees the same set): the leader removes them from the configuration and never re-adds them.
+   */
+  setRemovedSlots(ids: Iterable<number>): void {
+    this.removedSlots = new Set(ids);
+  }
+
+  /** Refuses service with a reason (`/healthz` says it) until called with undefined. */
+  setRefusal(reason: string | undefined): void {
+    if (reason !== this.refusal) {
+      if (reason !== undefined) this.log.error({ reason }, 'node refused');
+      else if (this.refusal !== undefined) this.log.info('node refusal lifted');
+    }
+    this.refusal = reason;
+  }
+
+  /** This node's own view (indexes, state, health) as `cluster status` shows it. */
+  selfReport(): MemberReport {
+    const h = this.health();
+    const base = { id: this.cluster?.id ?? 0, name: this.serverName, health: h.status === 'ok' ? 'ok' : h.reason };
+    if (!this.raw) return { ...base, state: 'bootstrapping', term: 0, lead: 0, commit: 0, applied: this.stateMachine.appliedIndex, lastIndex: 0 };
+    const st = this.raw.basicStatus();
+    return { ...base, state: st.state, term: st.term, lead: st.lead, commit: st.commit, applied: this.stateMachine.appliedIndex, lastIndex: this.raw.status().lastIndex };
+  }
+
+  /**
+   * Every slot with its role and indexes: this node's view plus each connected peer's own report (asked over
+   * the route; a peer that does not answer within `timeoutMs` is unreachable). Lag is against the leader's
+   * commit index as the leader reports it (or the highest commit seen when no leader answered).
+   */
+  async clusterStatus(timeoutMs = 1500): Promise<ClusterStatus> {
+    const reports = new Map<number, MemberReport>();
+    const self = this.selfReport();
+    if (self.id !== 0) reports.set(self.id, self);
+    const asked: Promise<void>[] = [];
+    for (const peer of this.transport.upPeers()) {
+      const reqId = (this.seq = (this.seq + 1) >>> 0);
+      asked.push(new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          this.statusWaiters.delete(reqId);
+          resolve();
+        }, timeoutMs);
+        this.statusWaiters.set(reqId, (r) => {
+          clearTimeout(timer);
+          this.statusWaiters.delete(reqId);
+          if (r.id !== 0 && this.peerToId.get(peer) === r.id) reports.set(r.id, r);
+          resolve();
+        });
+        if (!this.transport.send(peer, { kind: 'raft', data: encodeStatusRequest(reqId) })) {
+          clearTimeout(timer);
+          this.statusWaiters.delete(reqId);
+          resolve();
+        }
+      }));
+    }
+    await Promise.all(asked);
+    const conf = this.membership() ?? { voters: [], learners: [] };
+    const leaderReport = [...reports.values()].find((r) => r.state === StateType.leader);
+    const leaderCommit = leaderReport?.commit ?? Math.max(0, ...[...reports.values()].map((r) => r.commit));
+    const members: MemberStatus[] = (this.cluster?.addresses ?? []).map((address, i) => {
+      const id = i + 1;
+      const r = reports.get(id);
+      const learner = conf.learners.includes(id);
+      const voter = conf.voters.includes(id);
+      const role = !voter && !learner ? 'removed' : learner ? 'learner' : r === undefined ? 'voter' : r.state === 'preCandidate' ? 'candidate' : r.state;
+      return {
+        id, name: id === this.cluster?.id ? this.serverName : (this.cluster?.bindings[String(id)]?.name ?? null), address, role,
+        term: r?.term ?? null, leader: r === undefined || r.lead === 0 ? null : this.peerName(r.lead),
+        commit: r?.commit ?? null, applied: r?.applied ?? null, lag: r === undefined ? null : Math.max(0, leaderCommit - r.applied),
+        reachable: r !== undefined, health: r?.health ?? null,
+      };
+    });
+    const st = this.raw?.basicStatus();
+    return {
+      cluster: this.clusterName, via: this.serverName, leader: leaderReport ? leaderReport.name : (st && st.lead !== 0 ? this.peerName(st.lead) : null),
+      term: leaderReport?.term ?? st?.term ?? 0, kvReplicas: this.voters, voters: conf.voters, learners: conf.learners, members,
+    };
+  }
+
   // ---- observability ---------------------------------------------------------------------------
 
   /** The Raft id (slot) of this node, undefined while it is still learning it. */
@@ -782,6 +943,7 @@ export class ClusterNode {
 
   health(): Health {
     if (this.fatal) return { status: 'unavailable', reason: `replication stopped: ${this.fatal.message}` };
+    if (this.refusal !== undefined) return { status: 'unavailable', reason: this.refusal };
     if (this.stopping) return { status: 'unavailable', reason: 'node is stopping' };
     if (!this.raw || !this.cluster) {
       const up = this.transport?.upPeers().length ?? 0;
@@ -794,6 +956,9 @@ export class ClusterNode {
     }
     const st = this.raw.basicStatus();
     const conf = this.raw.confState();
+    if (this.removedSlots.has(this.cluster.id) && !conf.voters.includes(this.cluster.id) && !conf.learners.includes(this.cluster.id)) {
+      return { status: 'unavailable', reason: `removed from the cluster: slot ${this.cluster.id} is not a member (re-add it with "membershipd cluster add ${this.serverName} ${this.cluster.addresses[this.cluster.id - 1]}")` };
+    }
     const voters = conf.voters.length > 0 ? conf.voters : Array.from({ length: this.voters }, (_, i) => i + 1);
     const reachable = this.reachableVoters(voters);
     const quorum = Math.floor(voters.length / 2) + 1;

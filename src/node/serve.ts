@@ -23,6 +23,28 @@ function need(flag: string, why: string): never {
   throw new ConfigError(`--${flag} is required for a cluster node (${why})`, flag);
 }
 
+/**
+ * What every node of a cluster must agree on. The route handshake compares `postureDigest()` of it (without
+ * kv-replicas, which the slot hello compares and which may change on a running cluster); the first leader
+ * writes every field to the `config` bucket and a node whose own posture differs is refused (src/control).
+ */
+export interface ClusterPosture {
+  readonly busAuth: string;
+  readonly clientTls: boolean;
+  readonly store: string;
+  /** Voters (--kv-replicas); undefined: every node. */
+  readonly kvReplicas: number | undefined;
+}
+
+export function clusterPosture(config: ServeConfig): ClusterPosture {
+  return { busAuth: config.busAuth, clientTls: config.tls !== undefined, store: config.store, kvReplicas: config.kvReplicas };
+}
+
+/** The digest the route handshake compares (the `config` bucket's bus-auth, client-tls and store, in that order). */
+export function postureDigest(p: Pick<ClusterPosture, 'busAuth' | 'clientTls' | 'store'>): string {
+  return `bus-auth=${p.busAuth};client-tls=${p.clientTls};store=${p.store}`;
+}
+
 /** NodeOptions from the deploy flags; throws ConfigError naming the missing flag. */
 export function nodeOptionsFromServeConfig(config: ServeConfig, logger: Logger): NodeOptions {
   const c = config.cluster;
@@ -48,7 +70,7 @@ export function nodeOptionsFromServeConfig(config: ServeConfig, logger: Logger):
     tls: { cert: c.routeTls.cert, key: c.routeTls.key, ca: c.routeTls.ca },
     clusterUser: c.user,
     clusterPassword: password,
-    postureDigest: `bus-auth=${config.busAuth};client-tls=${config.tls !== undefined};store=${config.store}`,
+    postureDigest: postureDigest(clusterPosture(config)),
     ...(config.kvReplicas !== undefined ? { kvReplicas: config.kvReplicas } : {}),
     logger,
   };

@@ -1,12 +1,38 @@
 // What the node sends inside the transport's `raft` frames: `[tag, ...]` plain msgpack arrays.
 //   [0, message]   a Raft message (fields in the fixed order of `encodeMessage`)
 //   [1, hello]     the node's slot view, sent once per link when it comes up (bootstrap, see README.md)
+//   [2, reqId]     asks the peer for its member report (`cluster status`)
+//   [3, reqId, report]  the answer: [id, name, state, term, lead, commit, applied, lastIndex, health]
 // Everything received is validated field by field: a peer runs the same code, but a bug or a newer
 // version must end as a logged, dropped frame, never as a malformed object inside raft/.
 import { MessageType, message, type Message, type SnapshotChunk } from '../../raft/index.js';
 import type { ConfState, Entry } from '../../raft/index.js';
 
-export const wireTag = { raft: 0, hello: 1 } as const;
+export const wireTag = { raft: 0, hello: 1, statusRequest: 2, statusReply: 3 } as const;
+
+/** One node's own view, as `cluster status` shows it (every index is the node's own). */
+export interface MemberReport {
+  readonly id: number;
+  readonly name: string;
+  /** Raft state: follower, preCandidate, candidate, leader. */
+  readonly state: string;
+  readonly term: number;
+  /** Raft id of the leader it follows, 0 when none. */
+  readonly lead: number;
+  readonly commit: number;
+  readonly applied: number;
+  readonly lastIndex: number;
+  /** 'ok' or the health reason. */
+  readonly health: string;
+}
+
+export function encodeStatusRequest(reqId: number): unknown[] {
+  return [wireTag.statusRequest, reqId];
+}
+
+export function encodeStatusReply(reqId: number, r: MemberReport): unknown[] {
+  return [wireTag.statusReply, reqId, [r.id, r.name, r.state, r.term, r.lead, r.commit, r.applied, r.lastIndex, r.health]];
+}
 
 export interface SlotHello {
   /** The sender's Raft id, 0 while it does not know its slot yet. */
@@ -39,7 +65,11 @@ const isBytes = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 const isIds = (v: unknown): v is number[] => Array.isArray(v) && v.every(isUint);
 const isStrings = (v: unknown): v is string[] => Array.isArray(v) && v.every((s) => typeof s === 'string');
 
-export type Decoded = { readonly kind: 'raft'; readonly message: Message } | { readonly kind: 'hello'; readonly hello: SlotHello };
+export type Decoded =
+  | { readonly kind: 'raft'; readonly message: Message }
+  | { readonly kind: 'hello'; readonly hello: SlotHello }
+  | { readonly kind: 'statusRequest'; readonly reqId: number }
+  | { readonly kind: 'statusReply'; readonly reqId: number; readonly report: MemberReport };
 
 /** Decodes a raft frame's data; returns a reason string when it is not one of ours. */
 export function decodeNodeFrame(data: unknown): Decoded | string {
@@ -48,6 +78,20 @@ export function decodeNodeFrame(data: unknown): Decoded | string {
     const [, id, routes, addresses, voters] = data as unknown[];
     if (!isUint(id) || !isStrings(routes) || !(addresses === null || isStrings(addresses)) || !isUint(voters)) return 'malformed hello';
     return { kind: 'hello', hello: { id, routes, addresses, voters } };
+  }
+  if (data[0] === wireTag.statusRequest) {
+    const [, reqId] = data as unknown[];
+    if (!isUint(reqId) || data.length !== 2) return 'malformed status request';
+    return { kind: 'statusRequest', reqId };
+  }
+  if (data[0] === wireTag.statusReply) {
+    const [, reqId, r] = data as unknown[];
+    if (!isUint(reqId) || !Array.isArray(r) || r.length !== 9) return 'malformed status reply';
+    const [id, name, state, term, lead, commit, applied, lastIndex, health] = r as unknown[];
+    if (!isUint(id) || typeof name !== 'string' || typeof state !== 'string' || !isUint(term) || !isUint(lead) || !isUint(commit) || !isUint(applied) || !isUint(lastIndex) || typeof health !== 'string') {
+      return 'malformed status reply';
+    }
+    return { kind: 'statusReply', reqId, report: { id, name, state, term, lead, commit, applied, lastIndex, health } };
   }
   if (data[0] !== wireTag.raft || data.length !== 13) return `unknown tag ${String(data[0])}`;
   const [, type, from, to, term, logTerm, index, entries, commit, reject, rejectHint, context, snap] = data as unknown[];

@@ -14,6 +14,8 @@ export type FlagKind = 'string' | 'list' | 'switch';
 export interface CommandSpec {
   /** Positional names shown in messages, e.g. ['NAME']; all required. */
   readonly positionals: readonly string[];
+  /** Optional positionals after the required ones, e.g. ['NAME'] for `cluster transfer-leader [NAME]`. */
+  readonly optional?: readonly string[];
   readonly flags: Readonly<Record<string, FlagKind>>;
 }
 
@@ -75,6 +77,7 @@ export function parseAdminArgs(usage: string, spec: CommandSpec, argv: readonly 
   if (positionals.length < spec.positionals.length) {
     throw new UsageError(`\`${usage}\` needs ${spec.positionals.join(' ')} (missing ${spec.positionals.slice(positionals.length).join(' ')})`);
   }
-  if (positionals.length > spec.positionals.length) throw new UsageError(`\`${usage}\`: unexpected argument ${JSON.stringify(positionals[spec.positionals.length])}`);
+  const most = spec.positionals.length + (spec.optional?.length ?? 0);
+  if (positionals.length > most) throw new UsageError(`\`${usage}\`: unexpected argument ${JSON.stringify(positionals[most])}`);
   return { positionals, strings, lists, switches };
 }

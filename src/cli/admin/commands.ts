@@ -1,4 +1,4 @@
-// `membershipd user|role|audit …`: build the request, send it signed to `$UB.API.<AREA>.<VERB>` on a node, print
+// `membershipd user|role|audit|cluster …`: build the request, send it signed to `$UB.API.<AREA>.<VERB>` on a node, print
 // the reply (a table, or JSON with --json) and map it to the exit code: 0 ok, 1 failed, 2 bad usage, 3 conflict.
 import { readFileSync } from 'node:fs';
 import { signRequest } from '../../control/envelope.js';
@@ -10,6 +10,8 @@ export const adminExit = { ok: 0, failure: 1, usage: 2, conflict: 3 } as const;
 
 interface Verb {
   readonly spec: CommandSpec;
+  /** The API verb when it differs from the command's (`transfer-leader` → TRANSFER). */
+  readonly apiVerb?: string;
   /** The request body; may read the password (stdin / file). */
   readonly body: (cmd: ParsedCommand) => Promise<Record<string, unknown>>;
   readonly print: (reply: Record<string, unknown>, out: CliOutput) => void;
@@ -162,6 +164,29 @@ export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>
       },
     },
   },
+  cluster: {
+    status: {
+      spec: { positionals: [], flags: connectionFlags },
+      body: async () => ({}),
+      print: (r, out) => printClusterStatus(r.status as Record<string, unknown>, out),
+    },
+    'transfer-leader': {
+      spec: { positionals: [], optional: ['NAME'], flags: connectionFlags },
+      apiVerb: 'TRANSFER',
+      body: async (cmd) => (cmd.positionals[0] === undefined ? {} : { name: cmd.positionals[0] }),
+      print: (r, out) => out.out(`leader: ${String(r.leader)} (${String(r.result)})`),
+    },
+    add: {
+      spec: { positionals: ['NAME', 'URL'], flags: connectionFlags },
+      body: async (cmd) => ({ name: cmd.positionals[0], url: cmd.positionals[1] }),
+      print: (r, out) => out.out(`node: ${String(r.result)}, ${String(r.role)}`),
+    },
+    remove: {
+      spec: nameOnly,
+      body: async (cmd) => ({ name: cmd.positionals[0] }),
+      print: (r, out) => out.out(`node: ${String(r.result)}${r.voters !== undefined ? ` (${String(r.voters)} voters left)` : ''}`),
+    },
+  },
   audit: {
     list: {
       spec: { positionals: [], flags: { ...connectionFlags, limit: 'string' } },
@@ -178,6 +203,15 @@ export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>
     },
   },
 };
+
+const dash = (v: unknown): string => (v === null || v === undefined ? '-' : String(v));
+
+function printClusterStatus(s: Record<string, unknown>, out: CliOutput): void {
+  const members = s.members as Record<string, unknown>[];
+  out.out(`cluster ${String(s.cluster)}: leader ${dash(s.leader)}, term ${String(s.term)}, ${(s.voters as unknown[]).length} voters of ${String(s.kvReplicas)} (--kv-replicas), via ${String(s.via)}`);
+  out.out(table([['NODE', 'ROLE', 'TERM', 'LEADER', 'COMMIT', 'APPLIED', 'LAG', 'REACHABLE', 'ADDRESS'],
+    ...members.map((m) => [dash(m.name), String(m.role), dash(m.term), dash(m.leader), dash(m.commit), dash(m.applied), dash(m.lag), m.reachable === true ? 'yes' : 'no', String(m.address)])]));
+}
 
 function exitFor(code: string): number {
   switch (code) {
@@ -199,7 +233,7 @@ export async function runApiCommand(area: string, argv: readonly string[], out: 
   const cmd = parseAdminArgs(usage, verb.spec, argv.slice(1));
   const settings = resolveConnection(cmd, env);
   const body = await verb.body(cmd);
-  const subject = `$UB.API.${area.toUpperCase()}.${verbName!.toUpperCase()}`;
+  const subject = `$UB.API.${area.toUpperCase()}.${verb.apiVerb ?? verbName!.toUpperCase()}`;
   const nc = await connectAdmin(settings);
   let reply: Record<string, unknown>;
   try {

@@ -1,5 +1,5 @@
 // The admin subcommands of the CLI: `user`, `role`, `audit` (over the admin API of a node), `id` and `certs`
-// (local files). `cluster` belongs to src/node's engineer: add it to adminCommands with its runner.
+// (local files), `cluster` (status, transfer-leader, add, remove over the admin API).
 import type { CliOutput } from '../output.js';
 import { UsageError } from './args.js';
 import { adminExit, runApiCommand } from './commands.js';
@@ -16,6 +16,7 @@ export const adminCommands: Record<string, AdminRunner> = {
   user: (argv, out, env) => runApiCommand('user', argv, out, env),
   role: (argv, out, env) => runApiCommand('role', argv, out, env),
   audit: (argv, out, env) => runApiCommand('audit', argv, out, env),
+  cluster: (argv, out, env) => runApiCommand('cluster', argv, out, env),
   id: (argv, out, env) => runId(argv, out, env),
   certs: (argv, out) => runCerts(argv, out),
 };

@@ -1,0 +1,331 @@
+// The cluster side of the control plane on a Raft node:
+// - the `config` bucket holds the cluster posture (bus-auth, client-tls, store, kv-replicas), created once by
+//   the first leader (create-if-absent); every node compares its own posture with it and refuses service with
+//   the reason when they differ (the route handshake compares the digest of the same fields: postureDigest());
+// - the `nodes` bucket: every node records its own identity, URLs and version; the leader records the slots it
+//   has met (identity proven in the route handshake) and keeps each record's voter/learner role current; a
+//   removed member's record is deleted. The admin API accepts the identities found there;
+// - `$UB.API.CLUSTER.{STATUS,TRANSFER,ADD,REMOVE}`. Membership changes are replicated intents: the
+//   `removed-slots` config key lists the slots an operator removed; whichever node leads removes them from (or,
+//   once the key no longer lists them, re-adds them to) the Raft configuration. So a follower needs no
+//   forwarding: its write of the key goes through the leader like any other, and so does a transfer request.
+import type { Logger } from 'pino';
+import { encodePublicKey } from '../auth/index.js';
+import type { KvBackend } from '../kv/backend.js';
+import type { ClusterNode, ClusterPosture } from '../node/index.js';
+import { AdminError, type AdminResult, type ControlApi } from './api.js';
+import { controlBuckets, decodeValue, encodeValue, schemaVersion, validateConfig, validateNode, type ConfigValue, type NodeValue } from './buckets.js';
+
+/** Keys of the `config` bucket written from the posture (postureDigest() covers the first three). */
+export const postureKeys = { busAuth: 'bus-auth', clientTls: 'client-tls', store: 'store', kvReplicas: 'kv-replicas' } as const;
+export const removedSlotsKey = 'removed-slots';
+
+export interface ClusterControlOptions {
+  readonly node: ClusterNode;
+  readonly api: ControlApi;
+  readonly backend: KvBackend;
+  readonly logger: Logger;
+  readonly posture: ClusterPosture;
+  readonly version: string;
+  /** This node's client and HTTP URLs (known once the listeners are up). */
+  readonly urls: () => { readonly client?: string; readonly http?: string };
+  /** Resolves once the six buckets exist. */
+  readonly ready: Promise<void>;
+  /**
+   * The bus authenticator's internal-identity keys (read at every connect): the identities of the `nodes`
+   * bucket are kept in it, so another node's identity file connects here too. Keys present at attach stay.
+   */
+  readonly trustedKeys?: string[];
+  /** How often the node reconciles `nodes`/`config` (default 1000 ms). */
+  readonly periodMs?: number;
+}
+
+export interface ClusterControl {
+  /** One reconcile round now (tests; the timer runs them anyway). */
+  sync(): Promise<void>;
+  stop(): void;
+}
+
+const routeUrl = (address: string): string => `nats-route://${address}`;
+
+/** `nats-route://h:p`, `tls://h:p` or `h:p` → `h:p` (lower-case host), as the slot address list spells it. */
+export function normalizeRouteUrl(url: string): string {
+  const s = url.trim().replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').replace(/\/+$/, '');
+  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(s);
+  if (!m) throw new AdminError('bad_request', `URL ${JSON.stringify(url)} is not host:port (optionally nats-route://host:port)`);
+  return `${m[1]!.toLowerCase()}:${Number(m[2])}`;
+}
+
+export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
+  const { node, backend, logger } = o;
+  const log = logger.child({ component: 'cluster-control' });
+  const period = o.periodMs ?? 1000;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<void> | undefined;
+  const joined = Date.now();
+
+  const configValue = (key: string): { value: ConfigValue; revision: number } | undefined => {
+    const e = backend.reader.get(controlBuckets.config, key);
+    if (e === undefined || e.op !== 'PUT') return undefined;
+    const value = decodeValue(e.value, validateConfig, (why) => log.error({ key, why }, 'config bucket value fails its schema'));
+    return value === undefined ? undefined : { value, revision: e.revision };
+  };
+  const removedSlots = (): number[] => {
+    const v = configValue(removedSlotsKey)?.value.value;
+    if (typeof v !== 'string' || v === '') return [];
+    return v.split(',').map(Number).filter((n) => Number.isSafeInteger(n) && n > 0);
+  };
+  const ownPosture = (): Record<string, string | number | boolean> => ({
+    [postureKeys.busAuth]: o.posture.busAuth,
+    [postureKeys.clientTls]: o.posture.clientTls,
+    [postureKeys.store]: o.posture.store,
+    [postureKeys.kvReplicas]: node.kvReplicas,
+  });
+
+  /** Compares this node's posture with the `config` bucket; refuses the node with the reason when they differ. */
+  const checkPosture = (): void => {
+    const diffs: string[] = [];
+    for (const [key, mine] of Object.entries(ownPosture())) {
+      const theirs = configValue(key)?.value.value;
+      if (theirs !== undefined && theirs !== mine) diffs.push(`${key} is ${String(theirs)} in the cluster, ${String(mine)} on this node`);
+    }
+    node.setRefusal(diffs.length === 0 ? undefined
+      : `refused: this node's posture differs from the cluster's (config bucket): ${diffs.join('; ')}; restart it with the cluster's flags`);
+  };
+  const applyConfig = (): void => {
+    node.setRemovedSlots(removedSlots());
+    checkPosture();
+  };
+  const unwatch = backend.watch(controlBuckets.config, 0, () => applyConfig());
+  // Node identities from the `nodes` bucket join the authenticator's internal keys (and leave with the record).
+  const fixedKeys = new Set(o.trustedKeys ?? []);
+  const syncTrusted = (): void => {
+    const keys = o.trustedKeys;
+    if (keys === undefined) return;
+    const recorded = new Set<string>();
+    for (const e of backend.reader.changesSince(0, controlBuckets.nodes)) {
+      const cur = nodeRecord(e.key);
+      if (cur !== undefined) recorded.add(cur.value.identity);
+    }
+    for (let i = keys.length - 1; i >= 0; i--) if (!fixedKeys.has(keys[i]!) && !recorded.has(keys[i]!)) keys.splice(i, 1);
+    for (const k of recorded) if (!keys.includes(k)) keys.push(k);
+  };
+  const unwatchNodes = backend.watch(controlBuckets.nodes, 0, () => syncTrusted());
+
+  const isLeader = (): boolean => node.selfReport().state === 'leader';
+  function nodeRecord(name: string): { value: NodeValue; revision: number } | undefined {
+    const e = backend.reader.get(controlBuckets.nodes, name);
+    if (e === undefined || e.op !== 'PUT') return undefined;
+    const value = decodeValue(e.value, validateNode, (why) => log.error({ name, why }, 'nodes bucket value fails its schema'));
+    return value === undefined ? undefined : { value, revision: e.revision };
+  }
+  const write = async (name: string, value: NodeValue, revision: number | undefined): Promise<void> => {
+    validateNode(value);
+    const ts = Date.now();
+    const r = await backend.propose(revision === undefined
+      ? { op: 'create', bucket: controlBuckets.nodes, key: name, value: encodeValue(value), ts }
+      : { op: 'update', bucket: controlBuckets.nodes, key: name, value: encodeValue(value), revision, ts });
+    // A lost race (another node wrote first) is settled at the next round.
+    if (!r.ok) log.debug({ name, code: r.code }, `nodes record not written: ${r.message}`);
+  };
+  const same = (a: NodeValue, b: NodeValue): boolean => JSON.stringify(a) === JSON.stringify(b);
+
+  const syncOnce = async (): Promise<void> => {
+    applyConfig();
+    const conf = node.membership();
+    if (conf === undefined || node.id === undefined) return;
+    const roleOf = (id: number): 'voter' | 'learner' | undefined => conf.voters.includes(id) ? 'voter' : conf.learners.includes(id) ? 'learner' : undefined;
+    const ts = Date.now();
+    if (isLeader()) {
+      // The first leader writes the posture; later leaders find it (create is refused, which is fine).
+      for (const [key, value] of Object.entries(ownPosture())) {
+        if (configValue(key) !== undefined) continue;
+        const v: ConfigValue = { v: schemaVersion, value, updated: ts, by: `node:${node.serverName}` };
+        await backend.propose({ op: 'create', bucket: controlBuckets.config, key, value: encodeValue(v), ts });
+      }
+      const removed = new Set(removedSlots());
+      for (const s of node.slots()) {
+        if (s.name === undefined || s.identity === undefined) continue;
+        const existing = nodeRecord(s.name);
+        const role = roleOf(s.id);
+        if (removed.has(s.id) && role === undefined) {
+          if (existing) await backend.propose({ op: 'delete', bucket: controlBuckets.nodes, key: s.name, revision: existing.revision, ts });
+          continue;
+        }
+        if (role === undefined) continue;
+        const identity = encodePublicKey('server', Buffer.from(s.identity, 'hex'));
+        const address = s.id === node.id && s.address === 'self' ? `${node.routeAddress().host}:${node.routeAddress().port}` : s.address;
+        const base: NodeValue = existing?.value ?? { v: schemaVersion, name: s.name, identity, urls: { route: routeUrl(address) }, role, version: '', joined: ts };
+        const want: NodeValue = { ...base, identity, role, urls: { ...base.urls, route: routeUrl(address) } };
+        if (existing === undefined || !same(existing.value, want)) await write(s.name, want, existing?.revision);
+      }
+    }
+    // Every node: its own client/HTTP URLs and version (only it knows them).
+    const mine = nodeRecord(node.serverName);
+    const role = roleOf(node.id);
+    if (role === undefined) return;
+    const urls = o.urls();
+    const self = node.slots().find((s) => s.id === node.id);
+    const address = self === undefined || self.address === 'self' ? `${node.routeAddress().host}:${node.routeAddress().port}` : self.address;
+    const want: NodeValue = {
+      v: schemaVersion, name: node.serverName, identity: node.identity.publicKey,
+      urls: { route: routeUrl(address), ...(urls.client !== undefined ? { client: urls.client } : {}), ...(urls.http !== undefined ? { http: urls.http } : {}) },
+      role: mine?.value.role ?? role, version: o.version, joined: mine?.value.joined ?? joined,
+    };
+    if (mine === undefined || !same(mine.value, want)) await write(node.serverName, want, mine?.revision);
+  };
+
+  const sync = (): Promise<void> => {
+    running ??= syncOnce().catch((err: unknown) => log.debug({ err }, 'cluster reconcile round failed; retried')).finally(() => { running = undefined; });
+    return running;
+  };
+  const loop = (): void => {
+    if (stopped) return;
+    void sync().then(() => {
+      if (!stopped) timer = setTimeout(loop, period);
+    });
+  };
+  void o.ready.then(loop);
+
+  registerClusterApi(o, removedSlots, configValue, applyConfig);
+  return {
+    sync,
+    stop() {
+      stopped = true;
+      if (timer !== undefined) clearTimeout(timer);
+      unwatch();
+      unwatchNodes();
+    },
+  };
+}
+
+async function until(cond: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return true;
+}
+
+function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number[],
+  configValue: (key: string) => { value: ConfigValue; revision: number } | undefined, applyConfig: () => void): void {
+  const { node, api, backend } = o;
+  const slotByName = (name: string): { id: number; address: string; name: string | undefined } => {
+    const s = node.slots().find((x) => x.name === name);
+    if (s === undefined) {
+      const known = node.slots().map((x) => x.name ?? `slot ${x.id}`).join(', ');
+      throw new AdminError('not_found', `no cluster node named ${name} (known: ${known})`);
+    }
+    return s;
+  };
+  const nameOf = (body: Record<string, unknown>, required: boolean): string | undefined => {
+    const v = body.name;
+    if (v === undefined && !required) return undefined;
+    if (typeof v !== 'string' || v === '') throw new AdminError('bad_request', '"name" must be a node\'s server name');
+    return v;
+  };
+  const setRemoved = async (ids: number[], by: string): Promise<void> => {
+    const cur = configValue(removedSlotsKey);
+    const ts = Date.now();
+    const value = encodeValue({ v: schemaVersion, value: [...new Set(ids)].sort((a, b) => a - b).join(','), updated: ts, by } satisfies ConfigValue);
+    const r = await backend.propose(cur === undefined
+      ? { op: 'create', bucket: controlBuckets.config, key: removedSlotsKey, value, ts }
+      : { op: 'update', bucket: controlBuckets.config, key: removedSlotsKey, value, revision: cur.revision, ts });
+    if (!r.ok) throw new AdminError('conflict', `another membership change raced this one (${r.message}); retry`);
+    applyConfig();
+  };
+  const members = (): { voters: readonly number[]; learners: readonly number[] } => {
+    const m = node.membership();
+    if (m === undefined) throw new AdminError('unavailable', `node ${node.serverName} has not joined the cluster yet (${JSON.stringify(node.health())}); retry`);
+    return m;
+  };
+
+  api.register('CLUSTER', 'STATUS', async () => {
+    const s = await node.clusterStatus();
+    const removed = new Set(removedSlots());
+    return { status: { ...s, removed: s.members.filter((m) => removed.has(m.id)).map((m) => m.name ?? `slot ${m.id}`) } };
+  });
+
+  api.register('CLUSTER', 'TRANSFER', async (body, ctx) => {
+    const name = nameOf(body, false);
+    return api.audited(ctx, 'cluster.transfer', name ?? '*', async () => {
+      await backend.readBarrier();
+      const m = members();
+      const lead = node.selfReport().lead;
+      if (lead === 0) throw new AdminError('unavailable', 'no leader at the moment (election in progress); retry');
+      let target: number;
+      if (name !== undefined) {
+        target = slotByName(name).id;
+        if (!m.voters.includes(target)) throw new AdminError('bad_request', `${name} is not a voter (only voters lead; learners are promoted when caught up)`);
+        if (target === lead) return { result: 'unchanged' as AdminResult, leader: name };
+      } else {
+        // The most caught-up reachable voter other than the leader, from every member's own report.
+        const st = await node.clusterStatus();
+        const best = st.members.filter((x) => x.reachable && x.id !== lead && m.voters.includes(x.id)).sort((a, b) => (b.applied ?? 0) - (a.applied ?? 0))[0];
+        if (best === undefined) throw new AdminError('unavailable', 'no other reachable voter to hand leadership to');
+        target = best.id;
+      }
+      node.transferLeadership(target);
+      const moved = await until(() => node.selfReport().lead === target, 5000);
+      if (!moved) throw new AdminError('unavailable', `leadership did not move to ${node.slots()[target - 1]?.name ?? `slot ${target}`} within 5 s (is it caught up and reachable?); retry`);
+      return { result: 'updated' as AdminResult, leader: node.slots()[target - 1]?.name ?? `slot ${target}` };
+    });
+  });
+
+  api.register('CLUSTER', 'REMOVE', async (body, ctx) => {
+    const name = nameOf(body, true)!;
+    return api.audited(ctx, 'cluster.remove', name, async () => {
+      await backend.readBarrier();
+      const slot = slotByName(name);
+      const m = members();
+      const removed = removedSlots();
+      const isMember = m.voters.includes(slot.id) || m.learners.includes(slot.id);
+      if (removed.includes(slot.id) && !isMember) return { result: 'unchanged' as AdminResult };
+      if (m.voters.includes(slot.id) && m.voters.length === 1) throw new AdminError('bad_request', `${name} is the only voter; removing it would leave the cluster without a quorum`);
+      await setRemoved([...removed, slot.id], ctx.who);
+      const done = await until(() => {
+        const now = node.membership();
+        return now !== undefined && !now.voters.includes(slot.id) && !now.learners.includes(slot.id);
+      }, 10_000);
+      if (!done) throw new AdminError('unavailable', `${name} is marked removed but the leader has not applied the configuration change within 10 s; it will — check "membershipd cluster status"`);
+      return { result: 'removed' as AdminResult, voters: node.membership()!.voters.length };
+    });
+  });
+
+  api.register('CLUSTER', 'ADD', async (body, ctx) => {
+    const name = nameOf(body, true)!;
+    if (typeof body.url !== 'string') throw new AdminError('bad_request', '"url" must be the node\'s route URL (host:port of its --cluster-port)');
+    const address = normalizeRouteUrl(body.url);
+    return api.audited(ctx, 'cluster.add', name, async () => {
+      await backend.readBarrier();
+      const slots = node.slots();
+      const slot = slots.find((s) => s.address === address);
+      if (slot === undefined) {
+        throw new AdminError('bad_request', `${address} is not one of the cluster's slot addresses (${slots.map((s) => s.address).join(', ')}): `
+          + 'adding an address outside the initial --routes is not supported yet (every node derives the slot list and size from --routes and the route handshake compares the size); '
+          + 're-add a removed node at its own address');
+      }
+      if (slot.name !== undefined && slot.name !== name) throw new AdminError('conflict', `${address} is bound to node ${slot.name}, not ${name}`);
+      const removed = removedSlots();
+      const m = members();
+      if (!removed.includes(slot.id) && (m.voters.includes(slot.id) || m.learners.includes(slot.id))) {
+        return { result: 'unchanged' as AdminResult, role: m.voters.includes(slot.id) ? 'voter' : 'learner' };
+      }
+      if (removed.includes(slot.id)) await setRemoved(removed.filter((id) => id !== slot.id), ctx.who);
+      // The leader adds it as a learner; it is promoted once caught up while there are fewer voters than R.
+      const added = await until(() => {
+        const now = node.membership();
+        return now !== undefined && (now.voters.includes(slot.id) || now.learners.includes(slot.id));
+      }, 10_000);
+      if (!added) throw new AdminError('unavailable', `${name} is no longer marked removed but the leader has not added it within 10 s (is it running and connected?); check "membershipd cluster status"`);
+      await until(() => {
+        const now = node.membership()!;
+        return now.voters.includes(slot.id) || now.voters.length >= node.kvReplicas;
+      }, 10_000);
+      const now = node.membership()!;
+      return { result: 'created' as AdminResult, role: now.voters.includes(slot.id) ? 'voter' : 'learner' };
+    });
+  });
+}
