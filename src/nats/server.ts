@@ -311,25 +311,8 @@ export class ServerCore {
 
   /** NatsClusterPort.deliverAs: deliverFromRoute's message, matched on `routeSubject`, plain subscribers only. */
   deliverAs(routeSubject: string, msg: RouteMessage): number {
-    const subj = Buffer.from(msg.subject);
     const p = new PubArgs();
-    p.subject = msg.subject;
-    p.subjectStart = 0;
-    p.subjectEnd = subj.length;
-    if (msg.reply === undefined) {
-      p.argBuf = subj;
-      p.replyStart = p.replyEnd = -1;
-    } else {
-      p.argBuf = Buffer.concat([subj, Buffer.from(' '), Buffer.from(msg.reply)]);
-      p.replyStart = subj.length + 1;
-      p.replyEnd = p.argBuf.length;
-    }
-    const headers = msg.headers;
-    p.headerBytes = headers !== undefined && headers.length > 0 ? headers.length : -1;
-    p.data = headers !== undefined && headers.length > 0 ? Buffer.concat([headers, msg.payload])
-      : Buffer.from(msg.payload.buffer, msg.payload.byteOffset, msg.payload.byteLength);
-    p.dataStart = 0;
-    p.size = p.data.length;
+    this.fillRouteArgs(p, msg);
     let delivered = 0;
     const plain = this.sublist.match(routeSubject).plain;
     for (let i = 0; i < plain.length; i++) if (plain[i]!.client.deliver(plain[i]!, p, null)) delivered++;
@@ -347,33 +330,7 @@ export class ServerCore {
     const p = this.routeArgsBusy ? new PubArgs() : this.routeArgs;
     this.routeArgsBusy = true;
     try {
-      const subj = this.subjectBytes(msg.subject);
-      p.subject = msg.subject;
-      p.subjectStart = 0;
-      p.subjectEnd = subj.length;
-      if (msg.reply === undefined) {
-        p.argBuf = subj;
-        p.replyStart = p.replyEnd = -1;
-      } else {
-        const arg = Buffer.allocUnsafe(subj.length + 1 + Buffer.byteLength(msg.reply));
-        subj.copy(arg, 0);
-        arg[subj.length] = 32;
-        arg.write(msg.reply, subj.length + 1);
-        p.argBuf = arg;
-        p.replyStart = subj.length + 1;
-        p.replyEnd = arg.length;
-      }
-      const headers = msg.headers;
-      if (headers !== undefined && headers.length > 0) {
-        p.headerBytes = headers.length;
-        p.data = Buffer.concat([headers, msg.payload]);
-      } else {
-        p.headerBytes = -1;
-        const pl = msg.payload;
-        p.data = Buffer.isBuffer(pl) ? pl : Buffer.from(pl.buffer, pl.byteOffset, pl.byteLength);
-      }
-      p.dataStart = 0;
-      p.size = p.data.length;
+      this.fillRouteArgs(p, msg);
       return this.routeMessage(p, null, msg.queues ?? []);
     } finally {
       if (p === this.routeArgs) {
@@ -381,6 +338,37 @@ export class ServerCore {
         p.data = p.argBuf = emptyBuffer; // keep no reference to the message after the call
       }
     }
+  }
+
+  /** Points `p` at a routed message's bytes; valid while `msg` is, so delivery must copy synchronously. */
+  private fillRouteArgs(p: PubArgs, msg: RouteMessage): void {
+    const subj = this.subjectBytes(msg.subject);
+    p.subject = msg.subject;
+    p.subjectStart = 0;
+    p.subjectEnd = subj.length;
+    if (msg.reply === undefined) {
+      p.argBuf = subj;
+      p.replyStart = p.replyEnd = -1;
+    } else {
+      const arg = Buffer.allocUnsafe(subj.length + 1 + Buffer.byteLength(msg.reply));
+      subj.copy(arg, 0);
+      arg[subj.length] = 32;
+      arg.write(msg.reply, subj.length + 1);
+      p.argBuf = arg;
+      p.replyStart = subj.length + 1;
+      p.replyEnd = arg.length;
+    }
+    const headers = msg.headers;
+    if (headers !== undefined && headers.length > 0) {
+      p.headerBytes = headers.length;
+      p.data = Buffer.concat([headers, msg.payload]);
+    } else {
+      p.headerBytes = -1;
+      const pl = msg.payload;
+      p.data = Buffer.isBuffer(pl) ? pl : Buffer.from(pl.buffer, pl.byteOffset, pl.byteLength);
+    }
+    p.dataStart = 0;
+    p.size = p.data.length;
   }
 
   private readonly routeArgs = new PubArgs();

@@ -584,6 +584,13 @@ t.test('cluster port: the forwarder picks queue groups first; routed messages ar
   t.equal(routed.split(bytes('MSG job.\u00fc 3 5\r\nhello\r\n')).length - 1, 2, 'UTF-8 subject (cached bytes), payload intact');
   t.match(routed, bytes('MSG job.\u00fc 3 r.\u00e9 5\r\nhello\r\n'), 'reply with multi-byte characters');
   t.notMatch(routed, /[?!]/, 'no byte written after the call reached a subscriber');
+
+  // deliverAs (push consumers): matched on the deliver subject, the message's own subject on the MSG line.
+  member.send('SUB push.inbox 9\r\n');
+  await member.sync();
+  t.equal(s.cluster.deliverAs!('push.inbox', { subject: 'orders.1', reply: '$JS.ACK.x', payload: view.fill(107) }), 1);
+  t.equal(s.cluster.deliverAs!('nobody.listens', { subject: 'orders.1', payload: view }), 0);
+  t.match(await member.sync(), 'MSG orders.1 9 $JS.ACK.x 5\r\nkkkkk\r\n');
 });
 
 t.test('close() flushes and closes every client', async (t) => {
