@@ -7,7 +7,8 @@
 // deliverFromRoute() delivers replies to local subscribers; interest events wake consumers. Push consumers need
 // one more seam, `deliverAs` (route by the deliver subject, write the stream subject on the MSG line, as
 // nats-server's push delivery does); without it consumer creation is refused with a JetStream error that says so.
-// Only principals whose permissions allow publishing to `$JS.API.>` / `$KV.>` ever reach this code.
+// Only principals whose permissions allow publishing to `$JS.API.>` / `$KV.>` ever reach this code, and the
+// control-plane buckets (`ub_*`) exist only for admin principals (LocalPublish.principal).
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
@@ -32,6 +33,13 @@ export interface KvApiOptions {
   readonly replicas?: number;
   /** Buckets that are read-only through this API. Default: names starting with `ub_` (control plane). */
   readonly readOnly?: (bucket: string) => boolean;
+  /**
+   * Buckets that only admin principals (LocalPublish.principal.admin) may see: to anyone else they do not exist
+   * (absent from stream lists, `stream not found`, no responders). Default: names starting with `ub_`, which
+   * DESIGN.md makes visible read-only to admin principals. With bus auth off no client is an admin principal, so
+   * none sees them (they hold credential hashes; the admin CLI reads them through `$UB.API`).
+   */
+  readonly adminOnly?: (bucket: string) => boolean;
   /** `linearizable` (default) runs backend.readBarrier() before every read; `stale` reads the applied state. */
   readonly reads?: 'linearizable' | 'stale';
   readonly limits?: Partial<ConsumerLimits>;
@@ -39,9 +47,8 @@ export interface KvApiOptions {
 
 /**
  * What the API needs from the NATS server: the cluster seam's local delivery and interest listing, plus the
- * push-delivery seam `deliverAs` that src/nats does not offer yet (requested; see src/kv/README in the report):
- * deliver `msg` to the local plain subscribers whose subject matches `routeSubject`, writing `msg.subject` on the
- * MSG/HMSG line; returns the number of deliveries.
+ * push-delivery seam `deliverAs` (NatsClusterPort.deliverAs): deliver `msg` to the local plain subscribers whose
+ * subject matches `routeSubject`, writing `msg.subject` on the MSG/HMSG line; returns the number of deliveries.
  */
 export type KvApiPort = Pick<NatsClusterPort, 'deliverFromRoute' | 'interest'> & {
   readonly deliverAs?: (routeSubject: string, msg: RouteMessage) => number;
@@ -117,6 +124,7 @@ export class KvApi {
   private readonly consumers: ConsumerRegistry;
   private readonly linearizable: boolean;
   private readonly pushDelivery: boolean;
+  private readonly adminOnly: (bucket: string) => boolean;
   private requests = 0;
   private errors = 0;
   private closed = false;
@@ -127,6 +135,7 @@ export class KvApi {
     this.linearizable = (options.reads ?? 'linearizable') === 'linearizable';
     const readOnly = options.readOnly ?? ((b: string) => b.startsWith('ub_'));
     this.view = { replicas: options.replicas ?? 1, readOnly };
+    this.adminOnly = options.adminOnly ?? ((b: string) => b.startsWith('ub_'));
     this.pushDelivery = port.deliverAs !== undefined;
     const deliverAs = port.deliverAs;
     const deliveryPort = {
@@ -143,23 +152,30 @@ export class KvApi {
   handlePublish(msg: LocalPublish): boolean {
     if (this.closed) return false;
     const s = msg.subject;
+    const hidden = msg.principal?.admin === true ? undefined : this.adminOnly;
     if (s.startsWith(kvPrefix)) {
       const kv = parseKvSubject(s);
       // No such bucket: no stream captures the subject, and the client gets no_responders as from nats-server.
-      if (kv === undefined || this.backend.reader.bucketInfo(kv.bucket) === undefined) return false;
+      if (kv === undefined || this.backend.reader.bucketInfo(kv.bucket) === undefined || hidden?.(kv.bucket) === true) return false;
       this.run(this.onKvPublish(kv.bucket, kv.key, msg.reply, msg.headers.slice(), msg.payload.slice()), msg.reply, 'PubAck');
       return true;
     }
     if (s.startsWith(apiPrefix)) {
       const req = parseApiSubject(s);
+      const named = req !== undefined && 'stream' in req ? bucketOfStream(req.stream) : undefined;
+      // A bucket hidden from this principal behaves as absent (a create still meets the read-only refusal).
+      const concealed = named !== undefined && hidden?.(named) === true && req?.kind !== 'stream.create';
       if (req?.kind === 'direct.get') {
         // Direct gets are answered by the stream itself in nats-server: no stream, no responder.
-        const bucket = bucketOfStream(req.stream);
-        if (bucket === undefined || this.backend.reader.bucketInfo(bucket) === undefined) return false;
+        if (named === undefined || this.backend.reader.bucketInfo(named) === undefined || concealed) return false;
       }
       if (msg.reply === undefined) return true;
       this.requests++;
-      this.run(this.onApi(req, msg.reply, msg.payload.slice()), msg.reply, req === undefined ? undefined : responseType(req.kind));
+      if (concealed) {
+        this.fail(msg.reply, responseType(req!.kind), jsErrors.streamNotFound());
+        return true;
+      }
+      this.run(this.onApi(req, msg.reply, msg.payload.slice(), hidden), msg.reply, req === undefined ? undefined : responseType(req.kind));
       return true;
     }
     if (s.startsWith(flowControlPrefix)) {
@@ -255,7 +271,7 @@ export class KvApi {
 
   // ---- $JS.API ----------------------------------------------------------------------------------------------------
 
-  private async onApi(req: ApiRequest | undefined, reply: string, raw: Uint8Array): Promise<void> {
+  private async onApi(req: ApiRequest | undefined, reply: string, raw: Uint8Array, hidden?: (bucket: string) => boolean): Promise<void> {
     if (req === undefined) return this.fail(reply, 'io.nats.jetstream.api.v1.error_response', jsErrors.badRequest('unknown JetStream API request'));
     const type = responseType(req.kind);
     let body: unknown;
@@ -280,17 +296,17 @@ export class KvApi {
         return fail(jsErrors.consumerCreate('durable consumers are not supported by membershipd (KV uses ephemeral ordered push consumers)'));
       default:
         if (!(await this.barrier(() => fail(jsErrors.clusterNotAvailable())))) return;
-        return this.read(req, body, ok, fail);
+        return this.read(req, body, ok, fail, hidden);
     }
   }
 
-  private read(req: ApiRequest, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
+  private read(req: ApiRequest, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, hidden?: (bucket: string) => boolean): void {
     switch (req.kind) {
       case 'info':
         return ok(this.accountInfo());
       case 'stream.names':
       case 'stream.list':
-        return this.streamList(req.kind === 'stream.names', body, ok, fail);
+        return this.streamList(req.kind === 'stream.names', body, ok, fail, hidden);
       case 'consumer.create':
       case 'consumer.info':
       case 'consumer.delete':
@@ -357,12 +373,13 @@ export class KvApi {
     ok({ success: true });
   }
 
-  private streamList(namesOnly: boolean, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
+  private streamList(namesOnly: boolean, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, hidden?: (bucket: string) => boolean): void {
     const o = (typeof body === 'object' && body !== null && !Array.isArray(body) ? body : {}) as Record<string, unknown>;
     const offset = typeof o.offset === 'number' && Number.isSafeInteger(o.offset) && o.offset > 0 ? o.offset : 0;
     if (o.subject !== undefined && typeof o.subject !== 'string') return fail(jsErrors.badRequest('subject must be a string'));
     const filter = o.subject as string | undefined;
-    const buckets = this.backend.reader.bucketNames().filter((b) => filter === undefined || filter === '' || bucketOverlaps(b, filter));
+    const buckets = this.backend.reader.bucketNames()
+      .filter((b) => (filter === undefined || filter === '' || bucketOverlaps(b, filter)) && hidden?.(b) !== true);
     const limit = namesOnly ? pageStreamNames : pageStreamList;
     const page = buckets.slice(offset, offset + limit);
     const streams = namesOnly ? page.map((b) => `${streamPrefix}${b}`) : page.map((b) => this.streamInfo(b)).filter((x) => x !== undefined);

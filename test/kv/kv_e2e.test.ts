@@ -1,6 +1,7 @@
 // The KV API end to end: the real @nats-io/kv and @nats-io/jetstream clients over a real socket to the NATS
-// server of src/nats with the KV API attached on the local (non-replicated) backend. Two src/nats seams the API
-// needs are not in src/nats yet; nats_seams.ts stands in for them only while a probe shows they are missing.
+// server of src/nats with the KV API attached on the local (non-replicated) backend, through the server's own
+// seams (NatsClusterPort.deliverAs for push consumers, wildcard-subject publishes for CONSUMER.CREATE … .$KV.b.>);
+// and on a 3-node cluster started through `serve` (the Raft-backed backend), a client per node.
 import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
@@ -15,7 +16,6 @@ import { createNatsServer, type NatsServerWithCluster } from '../../src/nats/ind
 import { attachKvApi, createLocalKvBackend, type KvApi, type KvBackend } from '../../src/kv/index.js';
 import { silentLogger } from '../../src/log.js';
 import { createBusAuthenticator, createToken, hashToken, MemorySource } from '../../src/auth/index.js';
-import { kvServerPort } from './nats_seams.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -28,15 +28,10 @@ let backend: KvBackend;
 
 t.before(async () => {
   backend = createLocalKvBackend(new KvStateMachine());
-  server = createNatsServer({ host: '127.0.0.1', port: 0, logger: silentLogger() });
+  server = createNatsServer({ host: '127.0.0.1', port: 0, jetstream: true, logger: silentLogger() });
   await server.start();
   nc = await connect({ servers: `127.0.0.1:${server.port}`, name: 'kv-e2e', timeout: 20_000 });
-  const { port, report } = await kvServerPort(server, async (s) => {
-    nc.publish(s);
-    await nc.flush();
-  });
-  t.comment(`src/nats seams: deliverAs=${report.deliverAs} wildcardPublish=${report.wildcardPublish}`);
-  api = attachKvApi({ cluster: port }, { backend, logger: silentLogger(), serverName: server.serverName, limits: { tickMs: 50 } });
+  api = attachKvApi(server, { backend, logger: silentLogger(), serverName: server.serverName, limits: { tickMs: 50 } });
   // Generous request timeouts: the machine is shared and loaded; no assertion depends on timing.
   kvm = new Kvm(jetstream(nc, { timeout: 20_000 }));
 });
@@ -65,6 +60,18 @@ async function collect<T>(it: AsyncIterable<T>, max = 100_000): Promise<T[]> {
   }
   return out;
 }
+
+t.test('the server seams the KV API rides on: INFO jetstream, wildcard-subject publishes', async (t) => {
+  t.equal(nc.info?.jetstream, true, 'INFO says jetstream: true when the KV API is attached');
+  // nats-server 2.9 routes a non-pedantic publish to a wildcard subject, its tokens matched literally.
+  const got: string[] = [];
+  const subs = ['wc.*', 'wc.>', 'wc.bar'].map((s) => nc.subscribe(s, { callback: (_e, m) => void got.push(`${s} ${m.subject}`) }));
+  nc.publish('wc.*', 'x');
+  nc.publish('wc.bar', 'y');
+  await nc.flush();
+  for (const s of subs) s.unsubscribe();
+  t.same(got.sort(), ['wc.* wc.*', 'wc.* wc.bar', 'wc.> wc.*', 'wc.> wc.bar', 'wc.bar wc.bar'], 'wc.* does not reach the literal wc.bar');
+});
 
 t.test('bucket lifecycle: create, status, open, list, destroy', async (t) => {
   const kv = await kvm.create('life', { history: 4 });
@@ -291,18 +298,71 @@ t.test('push consumer on the wire: ack subjects, heartbeats, info, delete, error
   t.ok(reaped, 'inactive consumer reaped');
 });
 
-t.test('control-plane buckets ub_* are read-only through the KV API', async (t) => {
+t.test('control-plane buckets ub_* do not exist for a client that is not an admin principal (bus auth off)', async (t) => {
   const ts = Date.now();
-  t.match(await backend.propose({ op: 'bucket.create', bucket: 'ub_users', config: { history: 2 }, ts }), { ok: true });
-  t.match(await backend.propose({ op: 'put', bucket: 'ub_users', key: 'alice', value: enc.encode('{"roles":["admin"]}'), ts }), { ok: true });
-  const users = await kvm.open('ub_users');
+  t.match(await backend.propose({ op: 'bucket.create', bucket: 'ub_hidden', config: { history: 2 }, ts }), { ok: true });
+  t.match(await backend.propose({ op: 'put', bucket: 'ub_hidden', key: 'alice', value: enc.encode('secret'), ts }), { ok: true });
+  const hidden = await kvm.open('ub_hidden'); // binds without a request
+  t.match((await rejection(hidden.status())).message, /stream not found/);
+  t.ok(await rejection(hidden.get('alice')), 'get refused');
+  t.match((await rejection(hidden.keys())).message, /stream not found/, 'keys refused');
+  const names = await collect(kvm.list());
+  t.notOk(names.some((s) => s.bucket === 'ub_hidden'), 'absent from the bucket list');
+  const jsm = await jetstreamManager(nc, { timeout: 20_000 });
+  t.match((await rejection(jsm.streams.info('KV_ub_hidden'))).message, /stream not found/);
+  t.match((await rejection(jsm.streams.getMessage('KV_ub_hidden', { last_by_subj: '$KV.ub_hidden.alice' }))).message, /stream not found/);
+  t.ok(await rejection(nc.request('$JS.API.DIRECT.GET.KV_ub_hidden.$KV.ub_hidden.alice', undefined, { timeout: 2000 })), 'direct get: no responders');
+  t.ok(await rejection(nc.request('$KV.ub_hidden.alice', 'x', { timeout: 2000 })), 'publish: no responders');
+  t.equal(backend.reader.get('ub_hidden', 'alice')?.value.length, 6, 'nothing changed');
+});
+
+/** A server with bus auth on (enforce), the KV API attached, and one connection per token. */
+async function authServer(t: { teardown(fn: () => Promise<void>): void }, roles: readonly { name: string; admin: boolean; publish: string[]; subscribe: string[] }[], users: readonly { name: string; role: string }[]) {
+  const tokens = users.map(() => createToken());
+  const source = new MemorySource(
+    users.map((u, i) => ({ name: u.name, token: hashToken(tokens[i]!), roles: [u.role], disabled: false })),
+    roles.map((r) => ({ name: r.name, admin: r.admin, permissions: { publish: r.publish, subscribe: r.subscribe } })),
+  );
+  const auth = createBusAuthenticator({ mode: 'enforce', source, logger: silentLogger() });
+  const srv = createNatsServer({ host: '127.0.0.1', port: 0, auth, jetstream: true, logger: silentLogger() });
+  await srv.start();
+  const conns: NatsConnection[] = [];
+  for (const token of tokens) conns.push(await connect({ servers: `127.0.0.1:${srv.port}`, token, timeout: 20_000 }));
+  const be = createLocalKvBackend(new KvStateMachine());
+  const a = attachKvApi(srv, { backend: be, logger: silentLogger(), serverName: srv.serverName });
+  t.teardown(async () => {
+    for (const c of conns) await c.close();
+    a.detach();
+    await srv.close();
+  });
+  return { conns, api: a, backend: be };
+}
+
+t.test('control-plane buckets ub_* are visible read-only to admin principals only', async (t) => {
+  const { conns: [ncA, ncU], backend: be } = await authServer(t, [
+    { name: 'admin', admin: true, publish: ['>', '$JS.API.>', '$KV.>', '$JS.FC.>'], subscribe: ['>'] },
+    { name: 'kv', admin: false, publish: ['$JS.API.>', '$KV.>', '$JS.FC.>'], subscribe: ['_INBOX.>'] },
+  ], [{ name: 'root', role: 'admin' }, { name: 'app', role: 'kv' }]);
+  const ts = Date.now();
+  t.match(await be.propose({ op: 'bucket.create', bucket: 'ub_users', config: { history: 2 }, ts }), { ok: true });
+  t.match(await be.propose({ op: 'put', bucket: 'ub_users', key: 'alice', value: enc.encode('{"roles":["admin"]}'), ts }), { ok: true });
+  const kvmA = new Kvm(jetstream(ncA!, { timeout: 20_000 }));
+  const kvmU = new Kvm(jetstream(ncU!, { timeout: 20_000 }));
+  const denied = await kvmU.open('ub_users');
+  t.match((await rejection(denied.status())).message, /stream not found/, 'not an admin: no such bucket');
+  t.ok(await rejection(denied.get('alice')), 'not an admin: get refused');
+  t.match((await rejection(denied.watch())).message, /stream not found/, 'not an admin: watch refused');
+  t.notOk((await collect(kvmU.list())).some((s) => s.bucket === 'ub_users'), 'not an admin: not listed');
+  t.ok((await collect(kvmA.list())).some((s) => s.bucket === 'ub_users'), 'admin: listed');
+  const users = await kvmA.open('ub_users');
   t.equal((await users.get('alice'))?.string(), '{"roles":["admin"]}');
   t.same(await collect(await users.keys()), ['alice']);
   for (const attempt of [users.put('bob', 'x'), users.delete('alice'), users.purge('alice'), users.create('carol', 'x')]) {
     t.match((await rejection(attempt)).message, /sealed stream: ub_users is a control-plane bucket/);
   }
   t.match((await rejection(users.destroy())).message, /sealed/);
-  t.match((await rejection(kvm.create('ub_roles'))).message, /sealed/);
+  t.match((await rejection(kvmA.create('ub_roles'))).message, /sealed/);
+  t.match((await rejection(kvmU.create('ub_roles'))).message, /sealed/);
   const st = await users.status();
   t.equal(st.streamInfo.config.sealed, true);
   t.equal((await users.get('alice'))?.string(), '{"roles":["admin"]}', 'nothing changed');
@@ -384,11 +444,7 @@ t.test('bus permissions decide who reaches the KV API (enforce mode)', async (t)
   await srv.start();
   const ncK = await connect({ servers: `127.0.0.1:${srv.port}`, token: tokK });
   const ncP = await connect({ servers: `127.0.0.1:${srv.port}`, token: tokP });
-  const { port } = await kvServerPort(srv, async (s) => {
-    ncK.publish(s);
-    await ncK.flush();
-  });
-  const a = attachKvApi({ cluster: port }, { backend: createLocalKvBackend(new KvStateMachine()), logger: silentLogger(), serverName: srv.serverName });
+  const a = attachKvApi(srv, { backend: createLocalKvBackend(new KvStateMachine()), logger: silentLogger(), serverName: srv.serverName });
   t.teardown(async () => {
     await ncK.close();
     await ncP.close();
