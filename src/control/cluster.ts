@@ -86,6 +86,15 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
   /** Compares this node's posture with the `config` bucket; refuses the node with the reason when they differ. */
   const checkPosture = (): void => {
     const diffs: string[] = [];
+    // R may change on a running cluster (`cluster kv-replicas`): a node adopts the cluster's value.
+    const r = configValue(postureKeys.kvReplicas)?.value.value;
+    if (typeof r === 'number' && r !== node.kvReplicas) {
+      try {
+        node.setKvReplicas(r);
+      } catch (err) {
+        diffs.push(`kv-replicas ${r} cannot apply here: ${(err as Error).message}`);
+      }
+    }
     for (const [key, mine] of Object.entries(ownPosture())) {
       const theirs = configValue(key)?.value.value;
       if (theirs !== undefined && theirs !== mine) diffs.push(`${key} is ${String(theirs)} in the cluster, ${String(mine)} on this node`);
@@ -271,6 +280,30 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
       const moved = await until(() => node.selfReport().lead === target, 5000);
       if (!moved) throw new AdminError('unavailable', `leadership did not move to ${node.slots()[target - 1]?.name ?? `slot ${target}`} within 5 s (is it caught up and reachable?); retry`);
       return { result: 'updated' as AdminResult, leader: node.slots()[target - 1]?.name ?? `slot ${target}` };
+    });
+  });
+
+  api.register('CLUSTER', 'REPLICAS', async (body, ctx) => {
+    const r = body.replicas;
+    if (typeof r !== 'number' || !Number.isSafeInteger(r) || r < 1) throw new AdminError('bad_request', '"replicas" must be a whole number ≥ 1');
+    return api.audited(ctx, 'cluster.kv-replicas', String(r), async () => {
+      await backend.readBarrier();
+      const size = node.slots().length;
+      if (r > size) throw new AdminError('bad_request', `--kv-replicas ${r} is greater than the cluster size ${size}`);
+      const cur = configValue(postureKeys.kvReplicas);
+      const m = members();
+      if (cur?.value.value === r && m.voters.length === r) return { result: 'unchanged' as AdminResult, voters: m.voters.length };
+      const ts = Date.now();
+      const value = encodeValue({ v: schemaVersion, value: r, updated: ts, by: ctx.who } satisfies ConfigValue);
+      const res = await backend.propose(cur === undefined
+        ? { op: 'create', bucket: controlBuckets.config, key: postureKeys.kvReplicas, value, ts }
+        : { op: 'update', bucket: controlBuckets.config, key: postureKeys.kvReplicas, value, revision: cur.revision, ts });
+      if (!res.ok) throw new AdminError('conflict', `another change of kv-replicas raced this one (${res.message}); retry`);
+      applyConfig();
+      // One configuration change per leader round (about a second each): bounded wait for the voter count.
+      const done = await until(() => node.membership()?.voters.length === r, 5000 + 3000 * Math.abs(r - m.voters.length));
+      if (!done) throw new AdminError('unavailable', `kv-replicas is ${r} but the cluster has ${node.membership()?.voters.length ?? '?'} voters so far (learners are promoted only when connected and caught up); check "membershipd cluster status"`);
+      return { result: 'updated' as AdminResult, voters: r };
     });
   });
 

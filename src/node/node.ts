@@ -251,7 +251,7 @@ export class ClusterNode {
       }
     }
     if (opts.kvReplicas !== undefined && opts.kvReplicas !== this.voters) {
-      this.log.warn({ persisted: this.voters, flag: opts.kvReplicas }, '--kv-replicas differs from the persisted voter count; changing it on a running cluster is not supported yet, the persisted value is used');
+      this.log.warn({ persisted: this.voters, flag: opts.kvReplicas }, '--kv-replicas differs from the persisted voter count; the persisted value is used (change R on the running cluster with `membershipd cluster kv-replicas R`)');
     }
     if (this.voters === 1) this.log.warn({ voters: 1 }, '--kv-replicas 1: the replicated store has a single voter, a single point of failure (dev only)');
 
@@ -660,6 +660,12 @@ export class ClusterNode {
       }
       if (best !== undefined) return propose(ConfChangeType.promote, best, `voter ${this.peerName(dead[0]!)} unreachable for ${this.voterGraceMs} ms: promoting a caught-up learner`);
     }
+    if (conf.voters.length > this.voters) {
+      // R was lowered: the least caught-up voter that does not lead leaves; it is re-added as a learner below.
+      const progress = raw.status().progress;
+      const drop = conf.voters.filter((v) => v !== c.id).sort((a, b) => (progress.get(a)?.match ?? 0) - (progress.get(b)?.match ?? 0))[0];
+      if (drop !== undefined) return propose(ConfChangeType.remove, drop, `${conf.voters.length} voters, R is ${this.voters}: a voter steps down to learner`);
+    }
     if (conf.voters.length < this.voters) {
       // Fewer voters than R (a member was removed, or R was raised): promote a connected, caught-up learner.
       const progress = raw.status().progress;
@@ -840,6 +846,29 @@ export class ClusterNode {
   /** The number of voters the leader keeps (--kv-replicas as persisted). */
   get kvReplicas(): number {
     return this.voters;
+  }
+
+  /**
+   * Changes R on a running cluster (every node gets the same value from the control plane's `config` bucket):
+   * persisted in cluster.json (a restart keeps it, whatever its --kv-replicas flag says), announced in the hello,
+   * and the leader converges one configuration change at a time: caught-up learners are promoted while there
+   * are fewer voters than R; above R, the least caught-up voter that does not lead is removed and comes back
+   * as a learner. Throws a config error for R outside 1..N.
+   */
+  setKvReplicas(r: number): void {
+    if (!Number.isSafeInteger(r) || r < 1 || r > this.n) {
+      throw new NodeError(NodeErrorCode.config, `--kv-replicas ${r}: must be 1..${this.n} (the cluster size)`, false);
+    }
+    if (r === this.voters) return;
+    this.log.warn({ from: this.voters, to: r }, 'number of voters (--kv-replicas) changed on the running cluster');
+    this.voters = r;
+    if (this.cluster) {
+      this.cluster = { ...this.cluster, voters: r };
+      writeClusterFile(this.opts.dataDir, this.cluster);
+    }
+    if (this.bootstrapProblem?.includes('--kv-replicas')) this.bootstrapProblem = undefined;
+    if (r === 1) this.log.warn({ voters: 1 }, '--kv-replicas 1: the replicated store has a single voter, a single point of failure (dev only)');
+    this.sendHelloToAll();
   }
 
   /**

@@ -265,6 +265,42 @@ t.test('--kv-replicas: learners beyond R, R > N refused, no leader → typed ret
   for (let i = 0; i < 3; i++) await stop(trio, i);
 });
 
+t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, learners promoted once caught up, kept across a restart', async (t) => {
+  const trio = await newTrio('replicas-live', 'all', { kvReplicas: 1 });
+  for (let i = 0; i < 3; i++) await start(trio, i);
+  const nodes = trio.nodes as ClusterNode[];
+  await waitHealthy(nodes);
+  const conf = (): { voters: readonly number[]; learners: readonly number[] } => nodes[0]!.membership()!;
+  for (let k = 0; k < 200 && conf().learners.length < 2; k++) await sleep(25);
+  t.same(conf(), { voters: [1], learners: [2, 3] }, 'R = 1: one voter, two learners');
+  t.match(await nodes[2]!.propose({ op: 'bucket.create', bucket: 'live', config: {}, ts: 1 }), { ok: true });
+  // Writes through a learner while R changes: every one is acknowledged (no downtime).
+  let acked = 0;
+  let failed = 0;
+  let writing = true;
+  const writer = (async () => {
+    for (let k = 0; k < 5000 && writing; k++) {
+      const r = await nodes[2]!.propose({ op: 'put', bucket: 'live', key: `k${k}`, value: Uint8Array.of(k & 0xff), ts: 1 }).catch(() => null);
+      if (r?.ok) acked++;
+      else failed++;
+    }
+  })();
+  for (const n of nodes) n.setKvReplicas(3);
+  for (let k = 0; k < 400 && conf().voters.length < 3; k++) await sleep(25);
+  writing = false;
+  await writer;
+  t.same(conf().voters, [1, 2, 3], 'both learners promoted to voters');
+  t.ok(acked > 0, `${acked} writes acknowledged during the change`);
+  t.equal(failed, 0, 'no write failed during the change');
+  t.throws(() => nodes[0]!.setKvReplicas(4), { code: NodeErrorCode.config }, 'R > N refused');
+  // The new R is persisted: a restart with the old flag keeps 3 voters (the persisted value wins, with a warning).
+  await stop(trio, 1);
+  const again = await start(trio, 1);
+  t.equal(again.kvReplicas, 3);
+  await waitHealthy(nodes);
+  for (let i = 0; i < 3; i++) await stop(trio, i);
+});
+
 t.test('startCluster, the KvBackend seam, leadership transfer, a node whose routes disagree', async (t) => {
   const c = await startCluster({ size: 3, tickMs: 50, dir: join(root, 'library') });
   for (const n of c.nodes) running.add(n);

@@ -269,6 +269,26 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
     const e = nodes[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, `n${victim}`);
     return e?.op === 'PUT' && decodeValue(e.value, validateNode)?.role === 'voter';
   });
+  // R lowered and raised on the running cluster: 3 → 2 (a voter steps down to learner) → 3.
+  r = await cli(via, 'cluster', 'kv-replicas', '2');
+  t.equal(r.code, 0, r.err);
+  t.equal(r.out, 'kv-replicas: updated, 2 voters');
+  await until('every node adopted R = 2; the stepped-down voter back as a learner', () => nodes.slice(0, 3).every((n) => n.cluster!.kvReplicas === 2)
+    && nodes[via]!.cluster!.membership()!.learners.length === 1);
+  r = await cli(victim, 'cluster', 'status', '--json');
+  const two = (JSON.parse(r.out) as { status: { kvReplicas: number; voters: number[]; learners: number[] } }).status;
+  t.same([two.kvReplicas, two.voters.length, two.learners.length], [2, 2, 1], 'two voters and a learner');
+  r = await cli(via, 'cluster', 'kv-replicas', '3');
+  t.equal(r.out, 'kv-replicas: updated, 3 voters');
+  r = await cli(via, 'cluster', 'kv-replicas', '3');
+  t.equal(r.out, 'kv-replicas: unchanged, 3 voters');
+  r = await cli(via, 'cluster', 'kv-replicas', '4');
+  t.equal(r.code, 2);
+  t.match(r.err, /greater than the cluster size 3/);
+  r = await cli(via, 'cluster', 'kv-replicas', 'x');
+  t.equal(r.code, 2);
+  await until('healthy with R = 3', () => nodes.slice(0, 3).every((n) => n.cluster!.health().status === 'ok' && n.cluster!.kvReplicas === 3));
+
   r = await cli(via, 'audit', 'list', '--json');
   const audit = (JSON.parse(r.out) as { audit: { what: string; target: string; result: string }[] }).audit;
   t.ok(audit.some((a) => a.what === 'cluster.remove' && a.target === `n${victim}` && a.result === 'removed'));

@@ -181,6 +181,16 @@ export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>
       body: async (cmd) => ({ name: cmd.positionals[0], url: cmd.positionals[1] }),
       print: (r, out) => out.out(`node: ${String(r.result)}, ${String(r.role)}`),
     },
+    'kv-replicas': {
+      spec: { positionals: ['R'], flags: connectionFlags },
+      apiVerb: 'REPLICAS',
+      body: async (cmd) => {
+        const r = cmd.positionals[0]!;
+        if (!/^[1-9]\d{0,2}$/.test(r)) throw new UsageError(`kv-replicas: ${JSON.stringify(r)} is not a number of voters (1..999)`);
+        return { replicas: Number(r) };
+      },
+      print: (r, out) => out.out(`kv-replicas: ${String(r.result)}, ${String(r.voters)} voters`),
+    },
     remove: {
       spec: nameOnly,
       body: async (cmd) => ({ name: cmd.positionals[0] }),
