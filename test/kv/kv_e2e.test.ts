@@ -16,6 +16,23 @@ import { createNatsServer, type NatsServerWithCluster } from '../../src/nats/ind
 import { attachKvApi, createLocalKvBackend, type KvApi, type KvBackend } from '../../src/kv/index.js';
 import { silentLogger } from '../../src/log.js';
 import { createBusAuthenticator, createToken, hashToken, MemorySource } from '../../src/auth/index.js';
+import { createServer } from 'node:net';
+import { writeFileSync } from 'node:fs';
+import { parseCommandLine } from '../../src/config/index.js';
+import { startServing, type ServingNode } from '../../src/cli/serve.js';
+import { loadBusAuth } from '../../src/cli/bus_auth.js';
+import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const p = (s.address() as { port: number }).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -581,4 +598,68 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
     { seed, numRuns: 8, endOnFailure: true },
   );
   t.pass('random sessions agree');
+});
+
+t.test('3-node cluster through `serve`: put on node A, get / watch / keys / history / update on node B', async (t) => {
+  const dir = t.testdir({ 'route.pass': 'route-secret\n' });
+  const ca = await createCertificateAuthority();
+  const leaf = await issueCertificate(ca, { commonName: 'route', usage: 'node' });
+  const { certFile, keyFile } = await writePemPair(dir, 'route', leaf);
+  const caFile = join(dir, 'ca.pem');
+  writeFileSync(caFile, ca.cert);
+  const clusterPorts: number[] = [];
+  for (let i = 0; i < 3; i++) clusterPorts.push(await freePort());
+  const routes = clusterPorts.map((p) => `127.0.0.1:${p}`).join(',');
+  const nodes: ServingNode[] = [];
+  const conns: NatsConnection[] = [];
+  t.teardown(async () => {
+    for (const c of conns) await c.close().catch(() => undefined);
+    for (const n of nodes) await n.stop().catch(() => undefined);
+  });
+  await Promise.all(clusterPorts.map(async (port, i) => {
+    const cmd = parseCommandLine([
+      'serve', '--server-name', `kv${i}`, '--bind', '127.0.0.1', '--nats-port', '0', '--http-port', '0',
+      '--cluster-name', 'kvc', '--cluster-port', String(port), '--routes', routes, '--cluster-user', 'route', '--cluster-pass-file', join(dir, 'route.pass'),
+      '--route-tls-cert', certFile, '--route-tls-key', keyFile, '--route-tls-ca', caFile,
+      '--data-dir', join(dir, `data-${i}`), '--internal-id-file', join(dir, `id-${i}.nk`), '--log-level', 'silent',
+    ]);
+    if (cmd.kind !== 'serve') throw new Error(`expected serve, got ${cmd.kind}`);
+    const auth = await loadBusAuth(cmd.config, silentLogger());
+    nodes[i] = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
+  }));
+  const end = Date.now() + 30_000;
+  while (!nodes.every((n) => n.cluster?.health().status === 'ok')) {
+    if (Date.now() > end) throw new Error('cluster not healthy within 30 s');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  const [ncA, ncB] = [nodes[0]!, nodes[1]!].map((n) => connect({ servers: n.urls.nats, timeout: 20_000 }));
+  conns.push(await ncA!, await ncB!);
+  const [a, b] = conns as [NatsConnection, NatsConnection];
+  t.equal(a.info?.jetstream, true, 'INFO says jetstream on a cluster node');
+  const kvA = await new Kvm(jetstream(a, { timeout: 20_000 })).create('shared', { history: 3 });
+  const kvB = await new Kvm(jetstream(b, { timeout: 20_000 })).open('shared');
+  t.equal((await kvB.status()).replicas, 3, 'the bucket reports the meta-group voters as replicas');
+  const seen: ClientEntry[] = [];
+  const watch = await kvB.watch();
+  const watching = (async () => {
+    for await (const e of watch) {
+      seen.push(e);
+      if (seen.length >= 3) break;
+    }
+  })();
+  const r1 = await kvA.put('k', 'v1');
+  t.equal((await kvB.get('k'))?.string(), 'v1', 'a put on A is read on B (linearizable read)');
+  t.equal((await kvB.get('k'))?.revision, r1);
+  const r2 = await kvB.update('k', 'v2', r1);
+  t.equal((await kvA.get('k'))?.string(), 'v2', 'an update on B with A\'s revision is read on A');
+  t.ok((await rejection(kvA.update('k', 'stale', r1))).message.includes('wrong last sequence'), 'update at a stale revision refused');
+  await kvA.delete('k');
+  await watching;
+  t.same(seen.map((e) => `${e.operation}:${e.string()}:${e.revision}`), [`PUT:v1:${r1}`, `PUT:v2:${r2}`, `DEL::${seen[2]?.revision}`],
+    'the watcher on B saw A\'s put, its own update and A\'s delete, in order');
+  await kvA.put('other', 'x');
+  t.same((await collect(await kvB.keys())).sort(), ['other'], 'keys on B (a deleted key is not listed)');
+  t.same((await collect(await kvB.history({ key: 'k' }))).map((e) => `${e.operation}:${e.string()}`), ['PUT:v1', 'PUT:v2', 'DEL:'], 'history on B');
+  // The control-plane buckets share the store but are not visible without an admin principal.
+  t.notOk((await collect(new Kvm(b).list())).some((s) => s.bucket.startsWith('ub_')), 'no ub_* bucket listed for a non-admin client');
 });
