@@ -9,7 +9,7 @@ import type { NatsServer, NatsServerStats } from '../nats/api.js';
 import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
-import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode } from '../node/index.js';
+import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
 import { createServiceSeam, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
 import { attachKvApi, type KvApi, type KvServerPort } from '../kv/index.js';
 
@@ -68,7 +68,10 @@ function varzStats(s: NatsServerStats): Record<string, number> {
   };
 }
 
-export async function startServing(config: ServeConfig, logger: Logger, auth?: BusAuthenticator, control?: ControlWiring): Promise<ServingNode> {
+/** Raft timing of the cluster node; only in-process embedders set it (src/library: faster elections in tests). */
+export type NodeTuning = Pick<NodeOptions, 'tickMs' | 'electionTicks' | 'heartbeatTicks'>;
+
+export async function startServing(config: ServeConfig, logger: Logger, auth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning): Promise<ServingNode> {
   const nats = createNatsServer({
     host: config.bind,
     port: config.natsPort,
@@ -99,7 +102,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     const routed = Object.assign(Object.create(nats) as typeof nats, { cluster: seam.routes });
     try {
       const options = wantsSingleNodeKv(config) ? await singleNodeOptions(config, logger) : nodeOptionsFromServeConfig(config, logger);
-      cluster = await startNode({ ...options, nats: routed });
+      cluster = await startNode({ ...options, ...tuning, nats: routed });
     } catch (err) {
       await nats.close();
       throw err;

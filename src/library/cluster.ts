@@ -1,0 +1,298 @@
+// startCluster/startNode: N full membershipd nodes in this process on loopback. Everything they need is made in
+// one temp directory (CA and node certificates, route password, users file, internal identities, data dirs)
+// and removed again by stop(). The nodes run the `serve` path itself (startServing + loadBusAuth), so what a
+// test suite exercises here is what production runs.
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MembershipdError } from '../errors.js';
+import { createLogger, silentLogger, type LogLevel, type Logger } from '../log.js';
+import { createCertificateAuthority, issueCertificate, type PemPair } from '../certs/index.js';
+import { builtinAdminRole, hashPassword, type PermissionSpec } from '../auth/index.js';
+import type { ServeConfig } from '../config/index.js';
+import { loadBusAuth } from '../cli/bus_auth.js';
+import { ListenError, startServing, type NodeTuning, type NodeUrls, type ServingNode } from '../cli/serve.js';
+import type { ClusterNode, Health } from '../node/index.js';
+
+export const LibraryErrorCode = {
+  /** The options are wrong (node count, user names, roles). */
+  options: 'ELIBOPTIONS',
+  /** The cluster did not become healthy within `healthyTimeoutMs`; the message carries each node's reason. */
+  notHealthy: 'ELIBNOTHEALTHY',
+} as const;
+export type LibraryErrorCode = (typeof LibraryErrorCode)[keyof typeof LibraryErrorCode];
+
+export class LibraryError extends MembershipdError {
+  constructor(code: LibraryErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options);
+  }
+}
+
+export interface LibraryUser {
+  readonly name: string;
+  /** Plain text here; the node only ever sees its scrypt hash (users file). */
+  readonly password: string;
+  /** Role names: defined in `auth.roles`, or the built-in 'admin' (everything). */
+  readonly roles?: readonly string[];
+}
+
+export interface LibraryAuth {
+  /** Users besides the generated admin (whose credentials are in `connectOptions`). */
+  readonly users?: readonly LibraryUser[];
+  /** Role name → permissions, as in the users file (src/auth/principal_source.ts). */
+  readonly roles?: Readonly<Record<string, PermissionSpec>>;
+}
+
+export interface StartNodeOptions {
+  /** TLS on the client ports, verified against a CA made for this cluster (`connectOptions.tls.ca`). Default true. */
+  readonly tls?: boolean;
+  /** Bus auth enforced with a generated admin user (default), plus these users and roles; false = anyone may connect. */
+  readonly auth?: LibraryAuth | false;
+  /** Node logs to stderr at this level. Default 'silent'. */
+  readonly logLevel?: LogLevel;
+  /** Parent directory of the temp directory (default os.tmpdir()). The temp directory is removed by stop(). */
+  readonly dir?: string;
+  /** Resolve only once every node reports healthy (default true); false resolves as soon as all listen. */
+  readonly waitHealthy?: boolean;
+  /**
+   * Raft tick in ms (default 50, half of serve's 100): elections take 10 ticks, so a cluster elects its leader in
+   * 0.5–1 s. Much lower makes a loaded machine (CI) call spurious elections.
+   */
+  readonly tickMs?: number;
+  /** Give up waiting for health after this long (default 20000 ms): stop everything and throw ELIBNOTHEALTHY. */
+  readonly healthyTimeoutMs?: number;
+}
+
+export interface StartClusterOptions extends StartNodeOptions {
+  /** Number of nodes (default 3); all of them are Raft voters. */
+  readonly nodes?: number;
+  /** Cluster name presented on the routes (default 'membershipd'). */
+  readonly name?: string;
+}
+
+/** Spread into @nats-io/transport-node's `connect({ servers: urls, ...connectOptions })`. */
+export interface ConnectOptions {
+  readonly tls?: { readonly ca: string };
+  readonly user?: string;
+  readonly pass?: string;
+}
+
+export interface LibraryNode {
+  /** n1, n2, … */
+  readonly name: string;
+  readonly urls: NodeUrls;
+  /** The Raft node (health(), raftz(), kvBackend()). */
+  readonly cluster: ClusterNode;
+  /** The serving node (NATS server, HTTP server); stopped by the handle's stop(). */
+  readonly serving: ServingNode;
+  health(): Health;
+}
+
+export interface LocalClusterHandle {
+  /** Client URLs of every node (tls:// when TLS is on), in node order. */
+  readonly urls: string[];
+  readonly connectOptions: ConnectOptions;
+  readonly nodes: LibraryNode[];
+  /** The temp directory holding certificates, secrets and data dirs; gone after stop(). */
+  readonly dir: string;
+  /** The CA certificate (PEM) that signed every node's certificate. */
+  readonly ca: string;
+  /** Resolves once every node reports healthy (already done unless `waitHealthy: false`). */
+  healthy(timeoutMs?: number): Promise<void>;
+  /** Stops every node (ports closed) and removes the temp directory. Idempotent. */
+  stop(): Promise<void>;
+}
+
+const adminUser = 'admin';
+const routeUser = 'route';
+const maxNodes = 15;
+const defaultTickMs = 50;
+/**
+ * scrypt cost of the users file: a throwaway cluster in a temp dir does not need serve's N=2^15 against offline
+ * guessing, and every connection verifies a password — tests connect a lot.
+ */
+const libraryScrypt = { N: 1 << 10, r: 8, p: 1 } as const;
+/** Attempts with fresh route ports: they are picked free, then bound a moment later by the node, so another process can take one in between. */
+const portAttempts = 3;
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function checkOptions(o: StartClusterOptions): number {
+  const n = o.nodes ?? 3;
+  if (!Number.isInteger(n) || n < 1 || n > maxNodes) throw new LibraryError(LibraryErrorCode.options, `nodes: ${String(n)} is not a whole number from 1 to ${maxNodes}`);
+  if (o.auth !== false && o.auth !== undefined) {
+    const roles = new Set(Object.keys(o.auth.roles ?? {}));
+    const names = new Set<string>([adminUser]);
+    for (const u of o.auth.users ?? []) {
+      if (names.has(u.name)) throw new LibraryError(LibraryErrorCode.options, `auth.users: ${JSON.stringify(u.name)} is given twice (or is the generated admin)`);
+      names.add(u.name);
+      if (u.password.length === 0) throw new LibraryError(LibraryErrorCode.options, `auth.users: ${JSON.stringify(u.name)} has an empty password`);
+      for (const r of u.roles ?? []) {
+        if (r !== builtinAdminRole && !roles.has(r)) throw new LibraryError(LibraryErrorCode.options, `auth.users: ${JSON.stringify(u.name)} has role ${JSON.stringify(r)}, which auth.roles does not define`);
+      }
+    }
+  }
+  if (o.tickMs !== undefined && (!Number.isInteger(o.tickMs) || o.tickMs < 5 || o.tickMs > 1000)) {
+    throw new LibraryError(LibraryErrorCode.options, `tickMs: ${String(o.tickMs)} is not a whole number of milliseconds from 5 to 1000`);
+  }
+  return n;
+}
+
+interface Prepared {
+  readonly ca: PemPair;
+  readonly leaves: PemPair[];
+  readonly passFile: string;
+  readonly usersFile: string | undefined;
+  readonly adminPassword: string | undefined;
+}
+
+async function prepare(dir: string, n: number, o: StartClusterOptions): Promise<Prepared> {
+  const ca = await createCertificateAuthority('membershipd-library-ca', 2);
+  // One certificate per node, serverAuth + clientAuth: it serves the client port and both ends of its routes.
+  const leaves = await Promise.all(Array.from({ length: n }, (_, i) => issueCertificate(ca, { commonName: `n${i + 1}`, usage: 'node', validDays: 2 })));
+  const passFile = join(dir, 'route.pass');
+  await writeFile(passFile, `${randomBytes(18).toString('base64url')}\n`, { mode: 0o600 });
+  if (o.auth === false) return { ca, leaves, passFile, usersFile: undefined, adminPassword: undefined };
+  const adminPassword = randomBytes(18).toString('base64url');
+  const all: LibraryUser[] = [{ name: adminUser, password: adminPassword, roles: [builtinAdminRole] }, ...(o.auth?.users ?? [])];
+  const users = await Promise.all(all.map(async (u) => ({ name: u.name, password: await hashPassword(u.password, libraryScrypt), roles: [...(u.roles ?? [])] })));
+  const usersFile = join(dir, 'users.json');
+  await writeFile(usersFile, `${JSON.stringify({ users, roles: o.auth?.roles ?? {} }, null, 2)}\n`, { mode: 0o600 });
+  return { ca, leaves, passFile, usersFile, adminPassword };
+}
+
+function nodeConfig(dir: string, i: number, p: Prepared, routePorts: readonly number[], o: StartClusterOptions): ServeConfig {
+  const name = `n${i + 1}`;
+  const leaf = p.leaves[i]!;
+  const pem = { certFile: join(dir, `${name}.pem`), keyFile: join(dir, `${name}.key`), cert: leaf.cert, key: leaf.key };
+  return {
+    bind: '127.0.0.1',
+    natsPort: 0,
+    httpPort: 0,
+    serverName: name,
+    tls: o.tls === false ? undefined : pem,
+    wsPort: undefined,
+    logLevel: o.logLevel ?? 'silent',
+    dataDir: join(dir, 'data', name),
+    cluster: {
+      name: o.name ?? 'membershipd',
+      port: routePorts[i]!,
+      // A node alone gets no routes: src/node numbers a lone node's slot only when its route list is empty.
+      routes: routePorts.length === 1 ? [] : routePorts.map((port) => ({ host: '127.0.0.1', port, text: `127.0.0.1:${port}` })),
+      user: routeUser,
+      passFile: p.passFile,
+      routeTls: { ...pem, caFile: join(dir, 'ca.pem'), ca: p.ca.cert },
+    },
+    busAuth: o.auth === false ? 'off' : 'enforce',
+    store: 'file',
+    usersFile: p.usersFile,
+    internalIdFile: join(dir, `${name}.seed`),
+    kvReplicas: undefined,
+    given: [],
+  };
+}
+
+async function startOne(config: ServeConfig, tuning: NodeTuning): Promise<ServingNode> {
+  const logger: Logger = config.logLevel === 'silent' ? silentLogger() : createLogger(config.logLevel, { server_name: config.serverName });
+  const auth = await loadBusAuth(config, logger);
+  return startServing(config, logger, auth.authenticator, auth, tuning);
+}
+
+function isPortTaken(err: unknown): boolean {
+  if (err instanceof ListenError) return (err.cause as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
+  return (err as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
+}
+
+async function startAll(dir: string, n: number, p: Prepared, o: StartClusterOptions): Promise<ServingNode[]> {
+  for (let attempt = 1; ; attempt++) {
+    const routePorts: number[] = [];
+    while (routePorts.length < n) {
+      const port = await freePort();
+      if (!routePorts.includes(port)) routePorts.push(port);
+    }
+    // A fresh data dir per attempt: a node persists its peers' addresses on first start.
+    await rm(join(dir, 'data'), { recursive: true, force: true });
+    const results = await Promise.allSettled(Array.from({ length: n }, (_, i) => startOne(nodeConfig(dir, i, p, routePorts, o), { tickMs: o.tickMs ?? defaultTickMs })));
+    const started = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+    if (failed.length === 0) return started;
+    await Promise.allSettled(started.map((s) => s.stop()));
+    if (attempt >= portAttempts || !failed.every(isPortTaken)) throw failed[0];
+  }
+}
+
+async function waitHealthy(nodes: readonly LibraryNode[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const reports = nodes.map((node) => ({ node, h: node.health() }));
+    if (reports.every((r) => r.h.status === 'ok')) return;
+    if (Date.now() >= deadline) {
+      const why = reports.filter((r) => r.h.status !== 'ok').map((r) => `${r.node.name}: ${r.h.status === 'ok' ? 'ok' : r.h.reason}`).join('; ');
+      throw new LibraryError(LibraryErrorCode.notHealthy, `the cluster did not become healthy within ${timeoutMs} ms (${why})`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Starts `nodes` (default 3) full membershipd nodes in this process and waits until every one is healthy. */
+export async function startCluster(options: StartClusterOptions = {}): Promise<LocalClusterHandle> {
+  const n = checkOptions(options);
+  const dir = await mkdtemp(join(options.dir ?? tmpdir(), 'membershipd-'));
+  let serving: ServingNode[] = [];
+  let stopping: Promise<void> | undefined;
+  const stop = (): Promise<void> => {
+    stopping ??= (async () => {
+      try {
+        await Promise.all(serving.map((s) => s.stop()));
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    })();
+    return stopping;
+  };
+  try {
+    const prepared = await prepare(dir, n, options);
+    await writeFile(join(dir, 'ca.pem'), prepared.ca.cert);
+    serving = await startAll(dir, n, prepared, options);
+    const nodes: LibraryNode[] = serving.map((s, i) => {
+      const cluster = s.cluster;
+      if (cluster === undefined) throw new Error(`node n${i + 1} started without its cluster node`);
+      return { name: `n${i + 1}`, urls: s.urls, cluster, serving: s, health: () => cluster.health() };
+    });
+    const connectOptions: ConnectOptions = {
+      ...(options.tls === false ? {} : { tls: { ca: prepared.ca.cert } }),
+      ...(prepared.adminPassword !== undefined ? { user: adminUser, pass: prepared.adminPassword } : {}),
+    };
+    const healthyTimeoutMs = options.healthyTimeoutMs ?? 20_000;
+    const handle: LocalClusterHandle = {
+      urls: serving.map((s) => s.urls.nats),
+      connectOptions,
+      nodes,
+      dir,
+      ca: prepared.ca.cert,
+      healthy: (timeoutMs = healthyTimeoutMs) => waitHealthy(nodes, timeoutMs),
+      stop,
+    };
+    if (options.waitHealthy !== false) await handle.healthy();
+    return handle;
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** One node: a cluster of one (it elects itself at once). */
+export function startNode(options: StartNodeOptions = {}): Promise<LocalClusterHandle> {
+  return startCluster({ ...options, nodes: 1 });
+}
