@@ -662,4 +662,16 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
   t.same((await collect(await kvB.history({ key: 'k' }))).map((e) => `${e.operation}:${e.string()}`), ['PUT:v1', 'PUT:v2', 'DEL:'], 'history on B');
   // The control-plane buckets share the store but are not visible without an admin principal.
   t.notOk((await collect(new Kvm(b).list())).some((s) => s.bucket.startsWith('ub_')), 'no ub_* bucket listed for a non-admin client');
+  // A wildcard-subject publish crosses the routes like any other (nats-server 2.9 does the same): re-sent until
+  // B's interest has reached A, bounded in count and time.
+  const got: string[] = [];
+  const sub = b.subscribe('wcx.>', { callback: (_e, m) => void got.push(m.subject) });
+  await b.flush();
+  for (let i = 0; i < 200 && got.length === 0; i++) {
+    a.publish('wcx.*', 'x');
+    await a.flush();
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  sub.unsubscribe();
+  t.equal(got[0], 'wcx.*', 'a publish to wcx.* on A reached the wcx.> subscriber on B');
 });
