@@ -149,6 +149,15 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
         ...varzStats(nats.stats()),
         ...(cluster ? { cluster: cluster.varz() } : {}),
       } }),
+      // nats-server's /connz shape (reference §5.3): snake_case fields, one entry per client connection.
+      '/connz': () => {
+        const connections = nats.connections().map((c) => ({
+          cid: c.cid, kind: c.kind, ip: c.ip, port: c.port, start: c.start, subscriptions: c.subscriptions,
+          name: c.name, lang: c.lang, version: c.version, authorized_user: c.user,
+          in_msgs: c.inMsgs, out_msgs: c.outMsgs, in_bytes: c.inBytes, out_bytes: c.outBytes, pending_bytes: c.pendingBytes,
+        }));
+        return { status: 200, body: { server_id: nats.serverId, now: new Date().toISOString(), num_connections: connections.length, connections } };
+      },
     },
   });
   try {

@@ -125,6 +125,8 @@ t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', as
   t.equal((await get('/livez', 'POST')).status, 405);
   const varz = await get('/varz?x=1');
   t.match(varz.body, { server_name: 'cli-test', port: natsPort, http_port: httpPort, ws_port: wsPort, connections: 1, in_msgs: 1, out_msgs: 1 });
+  const connz = await get('/connz');
+  t.match(connz.body, { num_connections: 1, connections: [{ kind: 'tcp', ip: '127.0.0.1', subscriptions: 0, lang: 'nats.js', version: String, in_msgs: 1, out_msgs: 1 }] }, '/connz lists the client');
 
   // A second instance on the same client port fails to start: exit 1 and a fatal line naming the flag.
   const clash = start(t, ['--nats-port', String(natsPort), '--http-port', '0']);
