@@ -85,8 +85,19 @@ t.test('a 3-node cluster with TLS and auth: pub/sub and request/reply across nod
   t.equal((await kvC.get('greeting'))?.string(), 'hello', 'KV write on n1 read on n3');
 
   // The configured user connects with its own credentials and gets its role's subjects only.
-  const orders = await open(connect({ servers: urls, tls: connectOptions.tls, user: 'orders', pass: 'orders-secret' }));
+  const orders = await open(connect({ servers: urls[0]!, tls: connectOptions.tls, user: 'orders', pass: 'orders-secret' }));
   t.equal(await firstMessage(orders, 'orders.new', () => a.publish('orders.new', 'o1')), 'o1');
+  // Its role is enforced: a publish outside orders.> is dropped. Both ends on one node, and the marker sent after
+  // it on the same connection, so seeing the marker means the dropped message would have arrived already.
+  const seen: string[] = [];
+  const watch = a.subscribe('>', { callback: (err, m) => { if (!err) seen.push(m.subject); } });
+  const marker = firstMessage(a, 'orders.marker', () => {
+    orders.publish('audit.x', 'nope');
+    orders.publish('orders.marker', 'done');
+  });
+  t.equal(await marker, 'done');
+  watch.unsubscribe();
+  t.notOk(seen.includes('audit.x'), 'the orders role may not publish audit.x');
   t.ok(await refuses(urls[1]!, { tls: connectOptions.tls, user: 'orders', pass: 'wrong' }), 'a wrong password is refused');
   t.ok(await refuses(urls[1]!, { user: 'admin', pass: connectOptions.pass }), 'a client that does not trust the CA is refused');
 
@@ -101,10 +112,12 @@ t.test('a 3-node cluster with TLS and auth: pub/sub and request/reply across nod
 });
 
 t.test('startNode: one node, plain TCP, no auth', async (t) => {
-  let node: LocalClusterHandle | undefined = await startNode({ tls: false, auth: false });
+  const parent = t.testdir();
+  let node: LocalClusterHandle | undefined = await startNode({ tls: false, auth: false, dir: parent });
   t.teardown(async () => { await node?.stop(); });
   const { urls, connectOptions, dir } = node;
   t.equal(urls.length, 1);
+  t.ok(dir.startsWith(parent), 'the temp directory is made under options.dir');
   t.match(urls[0], /^nats:\/\/127\.0\.0\.1:\d+$/);
   t.same(connectOptions, {}, 'nothing to pass without TLS and auth');
   const open = tracked(t);
