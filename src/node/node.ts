@@ -126,6 +126,8 @@ interface PendingRead {
 }
 
 const waitingMax = 10_000;
+/** A learner within this many entries of the commit index is caught up enough to become a voter (R raised). */
+const promoteWindow = 256;
 
 /** Structurally src/kv's KvBackend (kept here so src/node does not depend on the KV API module). */
 export interface RaftKvBackend {
@@ -608,7 +610,9 @@ export class ClusterNode {
     const raw = this.raw!;
     const st = raw.basicStatus();
     const c = this.cluster;
-    if (st.state !== StateType.leader || !c || st.applied < st.commit) return;
+    // Not while far behind its own commit index (the configuration read below would be stale); a small gap is
+    // normal under a steady write load and must not starve membership changes (raft refuses a second pending one).
+    if (st.state !== StateType.leader || !c || st.applied + promoteWindow < st.commit) return;
     const conf = raw.confState();
     const up = new Set(this.transport.upPeers());
     const isUp = (id: number): boolean => id === c.id || up.has(this.idToPeer.get(id) ?? '\0');
@@ -669,7 +673,9 @@ export class ClusterNode {
     if (conf.voters.length < this.voters) {
       // Fewer voters than R (a member was removed, or R was raised): promote a connected, caught-up learner.
       const progress = raw.status().progress;
-      const best = conf.learners.filter((l) => isUp(l) && (progress.get(l)?.match ?? 0) + 16 >= st.commit)
+      // Caught up: replicating within a window of the commit index. Under a steady write load a healthy learner
+      // trails by what is in flight, so the margin is wider than the dead-voter replacement's (which must not wait).
+      const best = conf.learners.filter((l) => isUp(l) && progress.get(l)?.state === 'replicate' && (progress.get(l)?.match ?? 0) + promoteWindow >= st.commit)
         .sort((a, b) => (progress.get(b)?.match ?? 0) - (progress.get(a)?.match ?? 0))[0];
       if (best !== undefined) return propose(ConfChangeType.promote, best, `${conf.voters.length} of ${this.voters} voters: promoting a caught-up learner`);
     }

@@ -10,11 +10,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
-import { NodeError, NodeErrorCode, startCluster, startNode, type ClusterNode, type NodeOptions } from '../../src/index.js';
+import { NodeError, NodeErrorCode, startCluster, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
 import type { KvResult } from '../../store/index.js';
 import { MessageType, message, type Message } from '../../raft/index.js';
 import { decodeFrameBody, encodeFrameBody } from '../../transport/index.js';
-import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage } from '../../src/node/wire.js';
+import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest } from '../../src/node/wire.js';
+import { nodeHttpEndpoints } from '../../src/node/serve.js';
 import { AppliedSessions } from '../../src/node/sessions.js';
 import { learnAddresses } from '../../src/node/bootstrap.js';
 
@@ -286,7 +287,7 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
     }
   })();
   for (const n of nodes) n.setKvReplicas(3);
-  for (let k = 0; k < 400 && conf().voters.length < 3; k++) await sleep(25);
+  for (let k = 0; k < 1200 && conf().voters.length < 3; k++) await sleep(25);
   writing = false;
   await writer;
   t.same(conf().voters, [1, 2, 3], 'both learners promoted to voters');
@@ -298,6 +299,26 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
   const again = await start(trio, 1);
   t.equal(again.kvReplicas, 3);
   await waitHealthy(nodes);
+  for (let i = 0; i < 3; i++) await stop(trio, i);
+});
+
+t.test('a node whose security posture differs is refused at the route handshake; its /healthz says why', async (t) => {
+  const trio = await newTrio('posture', 'all', { postureDigest: 'bus-auth=enforce;client-tls=false;store=kv' });
+  await start(trio, 0);
+  await start(trio, 1);
+  const odd = await startNode({ ...options(trio, 2), postureDigest: 'bus-auth=off;client-tls=false;store=kv' });
+  trio.nodes[2] = odd;
+  running.add(odd);
+  await waitHealthy([trio.nodes[0]!, trio.nodes[1]!]);
+  let body: { status: string; reason?: string } = { status: '' };
+  for (let k = 0; k < 200; k++) {
+    const r = await nodeHttpEndpoints(odd)['/healthz']!();
+    body = (r as { body: typeof body }).body;
+    if (/posture mismatch/.test(body.reason ?? '')) break;
+    await sleep(25);
+  }
+  t.equal(body.status, 'unavailable');
+  t.match(body.reason, /security posture mismatch with "node-\d": digest bus-auth=enforce;client-tls=false;store=kv vs bus-auth=off;client-tls=false;store=kv/);
   for (let i = 0; i < 3; i++) await stop(trio, i);
 });
 
@@ -422,6 +443,25 @@ t.test('wire, envelope, sessions, slot derivation: seeded properties and malform
     const d = decodeNodeFrame(viaWire(encodeMessage(m)));
     return typeof d !== 'string' && d.kind === 'raft' && JSON.stringify(plain(d.message)) === JSON.stringify(plain(m));
   }), runs);
+  // `cluster status` frames: request and member report round-trip; a report with any field mistyped is refused.
+  const arbReport = fc.record({
+    id: u, name: fc.string({ maxLength: 12 }), state: fc.constantFrom('follower', 'leader', 'candidate', 'bootstrapping'), term: u, lead: u,
+    commit: u, applied: u, lastIndex: u, health: fc.string({ maxLength: 40 }),
+  });
+  fc.assert(fc.property(u, arbReport, (reqId, r) => {
+    const q = decodeNodeFrame(viaWire(encodeStatusRequest(reqId)));
+    const a = decodeNodeFrame(viaWire(encodeStatusReply(reqId, r)));
+    return typeof q !== 'string' && q.kind === 'statusRequest' && q.reqId === reqId
+      && typeof a !== 'string' && a.kind === 'statusReply' && a.reqId === reqId && JSON.stringify(a.report) === JSON.stringify(r);
+  }), runs);
+  fc.assert(fc.property(u, arbReport, fc.nat({ max: 8 }), fc.constantFrom(-1, 'x', null, 1.5), (reqId, r, field, bad) => {
+    const frame = encodeStatusReply(reqId, r) as [number, number, unknown[]];
+    if ((field === 1 || field === 2 || field === 8) && typeof bad === 'string') return true; // a string is valid there
+    frame[2][field] = bad;
+    return typeof decodeNodeFrame(viaWire(frame)) === 'string';
+  }), runs);
+  t.equal(decodeNodeFrame([2]), 'malformed status request');
+  t.equal(decodeNodeFrame([3, 1, [1]]), 'malformed status reply');
   // Any value at all: a reason string or a well-formed frame, never an exception.
   fc.assert(fc.property(fc.anything({ withTypedArray: true }), (v) => {
     const d = decodeNodeFrame(v);
