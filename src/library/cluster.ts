@@ -3,6 +3,7 @@
 // and removed again by stop(). The nodes run the `serve` path itself (startServing + loadBusAuth), so what a
 // test suite exercises here is what production runs.
 import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -251,8 +252,12 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<L
   const dir = await mkdtemp(join(options.dir ?? tmpdir(), 'membershipd-'));
   let serving: ServingNode[] = [];
   let stopping: Promise<void> | undefined;
+  // A suite that exits without stop() (a crash, process.exit) still leaves no temp directory behind.
+  const removeOnExit = (): void => { rmSync(dir, { recursive: true, force: true }); };
+  process.once('exit', removeOnExit);
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
+      process.removeListener('exit', removeOnExit);
       try {
         await Promise.all(serving.map((s) => s.stop()));
       } finally {
