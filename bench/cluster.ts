@@ -10,7 +10,7 @@
 // system) plus a loopback TCP round trip. c1_over_floor = write_c1_p50 / (fsync_p50 + rtt_p50).
 //
 // Env: BENCH_DIR (parent of the data dirs; default the OS temp dir), BENCH_C1 (sequential adds, default 300),
-// BENCH_C64 (adds at 64 in flight, default 3000), BENCH_VIA=leader|follower (default leader).
+// BENCH_C64 (adds at 64 in flight, default 2000), BENCH_VIA=leader|follower (default leader).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, fdatasyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';
@@ -25,7 +25,7 @@ import { keyPairFromSeed } from '../src/auth/index.js';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const C1 = Math.max(20, Math.min(100_000, Number(process.env.BENCH_C1 ?? 300)));
-const C64_TOTAL = Math.max(128, Math.min(1_000_000, Number(process.env.BENCH_C64 ?? 3000)));
+const C64_TOTAL = Math.max(128, Math.min(1_000_000, Number(process.env.BENCH_C64 ?? 2000)));
 const IN_FLIGHT = 64;
 const via = process.env.BENCH_VIA === 'follower' ? 'follower' : 'leader';
 const root = mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), 'membershipd-bench-cluster-'));
@@ -47,16 +47,27 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => process.
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
+/**
+ * A free port below the kernel's ephemeral range (32768+): ports handed out by `listen(0)` and by outgoing
+ * connections of the other tests on this machine come from that range, so a port chosen here is not taken
+ * by someone else between this probe and the child's listen (which a `listen(0)` probe would risk).
+ */
+async function freePort(): Promise<number> {
+  for (let k = 0; k < 100; k++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const ok = await new Promise<boolean>((res) => {
+      const s = createServer();
+      s.once('error', () => res(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => res(true)));
     });
-  });
+    if (ok && !taken.has(port)) {
+      taken.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free port in 20000..31999 after 100 tries');
 }
+const taken = new Set<number>();
 
 function quantile(sorted: readonly number[], q: number): number {
   if (sorted.length === 0) return NaN;
@@ -237,23 +248,34 @@ async function main(): Promise<void> {
   const c1: number[] = [];
   const c1End = Date.now() + 120_000;
   for (let i = 0; i < C1 && Date.now() < c1End; i++) c1.push(await addUser(a, 'c1'));
+  // The cost per add as the users bucket grows (an O(users) step per add shows up as a rising p50).
+  const head = c1.slice(0, 100).sort((x, y) => x - y);
+  const tail = c1.slice(-100).sort((x, y) => x - y);
   c1.sort((x, y) => x - y);
   console.log(`  sequential: ${c1.length} adds  p50 ${fmt(quantile(c1, 0.5))} ms  p99 ${fmt(quantile(c1, 0.99))} ms  max ${fmt(c1[c1.length - 1]!)} ms`);
+  console.log(`    first 100 p50 ${fmt(quantile(head, 0.5))} ms, last 100 p50 ${fmt(quantile(tail, 0.5))} ms (users ${30}..${30 + c1.length})`);
 
   const lat: number[] = [];
+  const doneAt: number[] = [];
   let next = 0;
-  const c64End = Date.now() + 120_000;
+  const c64End = Date.now() + 90_000;
   const t0 = process.hrtime.bigint();
   await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
     while (next < C64_TOTAL && Date.now() < c64End) {
       next++;
       lat.push(await addUser(a, 'c64'));
+      doneAt.push(Date.now());
     }
   }));
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
   lat.sort((x, y) => x - y);
   const perS = lat.length / secs;
   console.log(`  ${IN_FLIGHT} in flight: ${lat.length} adds in ${secs.toFixed(2)} s = ${perS.toFixed(0)}/s  p50 ${fmt(quantile(lat, 0.5))} ms  p99 ${fmt(quantile(lat, 0.99))} ms`);
+  if (doneAt.length >= 8) {
+    const q = Math.floor(doneAt.length / 4);
+    const rate = (from: number, to: number): string => ((to - from) / ((doneAt[to]! - doneAt[from]!) / 1000)).toFixed(0);
+    console.log(`    first quarter ${rate(0, q)}/s, last quarter ${rate(doneAt.length - 1 - q, doneAt.length - 1)}/s (users ${30 + c1.length}..${30 + c1.length + lat.length})`);
+  }
   await a.nc.close();
 
   const raftz = await getJson(`http://127.0.0.1:${c.httpPorts[leader]}/raftz`);

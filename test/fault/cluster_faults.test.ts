@@ -75,16 +75,27 @@ t.teardown(async () => {
   rmSync(bundle, { force: true });
 });
 
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
+/**
+ * A free port below the kernel's ephemeral range (32768+): ports handed out by `listen(0)` and by outgoing
+ * connections of the other tests on this machine come from that range, so a port chosen here is not taken
+ * by someone else between this probe and the child's listen (which a `listen(0)` probe would risk).
+ */
+async function freePort(): Promise<number> {
+  for (let k = 0; k < 100; k++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const ok = await new Promise<boolean>((res) => {
+      const s = createServer();
+      s.once('error', () => res(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => res(true)));
     });
-  });
+    if (ok && !taken.has(port)) {
+      taken.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free port in 20000..31999 after 100 tries');
 }
+const taken = new Set<number>();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 /** A bound for Promise.race that does not keep the process alive once the race is decided. */
 const bound = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
