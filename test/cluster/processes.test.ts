@@ -4,7 +4,7 @@
 // continue, every acknowledged write present on the survivors, the killed node restarts and catches up.
 // Reproduce a run with CLUSTER_SEED=<seed> (printed first). Every child is killed by PID in teardown.
 import t from 'tap';
-import { fork, type ChildProcess } from 'node:child_process';
+import { execFile, fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -206,6 +206,22 @@ t.test('separate processes: cold start in a random order, kill -9 of the leader,
   const r = await ask(back, { op: 'read' });
   const values = r.values as Record<string, number>;
   t.same([...acked].filter(([k, v]) => values[k] !== v).map(([k]) => k), [], 'the killed node restarted from its data dir and caught up');
+
+  // The admin CLI as its own process, as an operator runs it on a node: `cluster status` (table and JSON).
+  const natsPort = args[leader]![args[leader]!.indexOf('--nats-port') + 1]!;
+  const cli = (...argv: string[]): Promise<{ code: number; out: string; err: string }> => new Promise((resolve) => {
+    const c = execFile(process.execPath, ['--import', 'tsx', join(here, '../../bin/membershipd.ts'), ...argv,
+      '--server', `nats://127.0.0.1:${natsPort}`, '--internal-id-file', join(root, `id-${leader}.nk`)],
+    { timeout: 30_000 }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, out: stdout, err: stderr }));
+    children.add(c);
+  });
+  let st = await cli('cluster', 'status', '--json');
+  t.equal(st.code, 0, st.err);
+  const status = (JSON.parse(st.out) as { status: { members: { name: string; role: string; reachable: boolean }[] } }).status;
+  t.same(status.members.map((m) => m.reachable), [true, true, true], 'every process answers the status request over its route');
+  t.equal(status.members.filter((m) => m.role === 'leader').length, 1, 'one leader');
+  st = await cli('cluster', 'status');
+  t.match(st.out, /^cluster procs: leader node-\d, term \d+, 3 voters of 3/);
   for (const p of procs) p!.child.kill('SIGTERM');
   await Promise.all(procs.map((p) => new Promise((res) => (p!.child.exitCode !== null ? res(null) : p!.child.once('exit', res)))));
 });
