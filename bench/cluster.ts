@@ -10,7 +10,7 @@
 // system) plus a loopback TCP round trip. c1_over_floor = write_c1_p50 / (fsync_p50 + rtt_p50).
 //
 // Env: BENCH_DIR (parent of the data dirs; default the OS temp dir), BENCH_C1 (sequential adds, default 300),
-// BENCH_C64 (adds at 64 in flight, default 2000), BENCH_VIA=leader|follower (default leader).
+// BENCH_C64 (adds at 64 in flight, default 2000), BENCH_VIA=leader|follower (default leader), BENCH_NODE_FLAGS.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { closeSync, fdatasyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { createConnection, createServer, type Socket } from 'node:net';
@@ -27,6 +27,8 @@ const repo = fileURLToPath(new URL('..', import.meta.url));
 const C1 = Math.max(20, Math.min(100_000, Number(process.env.BENCH_C1 ?? 300)));
 const C64_TOTAL = Math.max(128, Math.min(1_000_000, Number(process.env.BENCH_C64 ?? 2000)));
 const IN_FLIGHT = 64;
+/** Extra node flags for the three nodes, e.g. BENCH_NODE_FLAGS='--cpu-prof --cpu-prof-dir=/tmp/prof'. */
+const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(/\s+/).filter((f) => f !== '');
 const via = process.env.BENCH_VIA === 'follower' ? 'follower' : 'leader';
 const root = mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), 'membershipd-bench-cluster-'));
 const children: ChildProcess[] = [];
@@ -182,7 +184,7 @@ async function startCluster(): Promise<Cluster> {
       '--route-tls-cert', pair.certFile, '--route-tls-key', pair.keyFile, '--route-tls-ca', caFile,
       '--internal-id-file', idFiles[i]!, '--store', 'kv', '--kv-replicas', '3', '--data-dir', dataDir, '--log-level', 'error',
     ];
-    const child = spawn(process.execPath, [...cmd, ...args], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [...nodeFlags, ...cmd, ...args], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
     child.stderr!.on('data', (d: Buffer) => { stderr[i] = (stderr[i] + d.toString()).slice(-4000); });
     children.push(child);
   }
