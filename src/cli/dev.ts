@@ -1,4 +1,4 @@
-// `membershipd dev` (what `npm start` runs): a local cluster of `devNodes` nodes on loopback in one command. TLS on
+// `membershipd dev` (what `npm start` runs): a local cluster of `--nodes` nodes on loopback in one command. TLS on
 // every client port, mutual-TLS routes, bus auth enforced with an admin user. On first run it generates in --dir a
 // dev CA, each node's client and route certificates, the route password and the admin user (password kept in
 // admin.password, users in users.json); later runs reuse them, so clients keep trusting the same CA and the same
@@ -17,13 +17,12 @@ import { existsSync } from 'node:fs';
 import { ConfigError } from '../errors.js';
 import { hashPassword } from '../auth/index.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../certs/index.js';
-import { loadCertAndKey, type DevConfig, type PemFiles, type ServeConfig } from '../config/index.js';
+import { defaultDevNodes, loadCertAndKey, type DevConfig, type PemFiles, type ServeConfig } from '../config/index.js';
 import { createLogger } from '../log.js';
 import type { ServingNode } from './serve.js';
 
 export const devNodeName = 'n1';
 /** Nodes of the dev cluster: a majority survives one loss. (A --nodes flag needs an entry in src/config.) */
-export const devNodes = 3;
 export const devClusterName = 'dev';
 export const devAdminUser = 'admin';
 const devRouteUser = 'route';
@@ -134,7 +133,7 @@ const perDir = new Map<string, { routes: PemFiles[]; clients: PemFiles[]; ca: Pe
  * Prepares --dir (CA, every node's client and route certificates, route password, admin user; kept across runs),
  * then starts nodes n2..nN in this process; n1 is started by the caller with devServeConfig().
  */
-export async function ensureDevCertificates(dir: string): Promise<DevCertificates> {
+export async function ensureDevCertificates(dir: string, devNodes: number = defaultDevNodes): Promise<DevCertificates> {
   const abs = resolve(dir);
   let files: { ca: PemFiles; clients: PemFiles[]; routes: PemFiles[]; created: boolean; cluster: Omit<DevCluster, 'peers'> };
   try {
@@ -241,7 +240,7 @@ export function devBanner(node: ServingNode, certs: DevCertificates): string {
   };
   const all = [node, ...c.peers];
   return [
-    `membershipd dev: ${all.length} nodes (cluster "${devClusterName}") on 127.0.0.1, TLS on client ports, bus auth enforced`,
+    `membershipd dev: ${all.length} node${all.length === 1 ? '' : 's'} (cluster "${devClusterName}") on 127.0.0.1, TLS on client ports, bus auth enforced`,
     `  client URLs  ${all.map((n) => n.urls.nats).join(',')}`,
     `  CA file      ${certs.caFile}`,
     `  credentials  user ${devAdminUser}, password ${c.adminPassword} (kept in ${c.adminPasswordFile}; users in ${c.usersFile})`,

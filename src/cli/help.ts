@@ -1,5 +1,5 @@
 // `membershipd --help`: generated from the flag table (src/config/flags.ts) so it lists exactly what the parser accepts.
-import { flagGroups, flagSpecs, plannedCommands, type FlagGroup } from '../config/index.js';
+import { flagGroups, flagSpecs, type FlagGroup } from '../config/index.js';
 import { packageVersion } from './version.js';
 
 const flagColumn = 28;
@@ -16,7 +16,7 @@ export function helpText(): string {
     '',
     'Usage:',
     '  membershipd [serve] [flags]   run a node (serve is the default command)',
-    '  membershipd dev [flags]       one local node with TLS and generated dev certificates (what `npm start` runs)',
+    '  membershipd dev [flags]       a local cluster on loopback (--nodes 3): TLS, routes, bus auth, generated certificates and admin user (what `npm start` runs)',
     '  membershipd help              this text (also --help, -h)',
     '  membershipd version           print the version (also --version, -v)',
     '  membershipd user add|update|remove|list|show NAME …    users in the replicated store (--store kv), via a node',
@@ -28,7 +28,7 @@ export function helpText(): string {
     '  membershipd id init|show --internal-id-file FILE       create / show the node\'s internal identity (NKey, mode 0600)',
     '  membershipd certs ca --out DIR                         a CA for mutual TLS (ca.pem, ca.key 0600)',
     '  membershipd certs node|client NAME --ca DIR --out DIR [--ip A]… [--dns N]…   node (server+client) or client certificates',
-    `  not available in this build yet: ${plannedCommands.join(', ')}`,
+    '  membershipd cluster status|transfer-leader [NAME]|add NAME URL|remove NAME|kv-replicas R   the meta-group: members, leadership, voters',
   ];
   for (const group of Object.keys(flagGroups) as FlagGroup[]) {
     lines.push('', `${flagGroups[group]}:`);

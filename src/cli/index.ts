@@ -86,7 +86,7 @@ export async function main(argv: readonly string[], output: CliOutput = processO
       }
       case 'dev': {
         const { devBanner, devServeConfig, ensureDevCertificates } = await import('./dev.js');
-        const certs = await ensureDevCertificates(command.config.dir);
+        const certs = await ensureDevCertificates(command.config.dir, command.config.nodes);
         const config = devServeConfig(command.config, certs);
         const logger = createLogger(config.logLevel, { server_name: config.serverName });
         return await serveUntilSignal(config, logger, (node) => output.out(devBanner(node, certs)));

@@ -1,7 +1,7 @@
 // Syntax of the command line: `membershipd [command] [--flag value | --flag=value]...`.
 // This step knows only the flag table; what a value means is checked in serve_config.ts.
 import { ConfigError } from '../errors.js';
-import { adminCommandNames, commandNames, flagSpec, plannedCommands, type CommandName } from './flags.js';
+import { adminCommandNames, commandNames, flagSpec, type CommandName } from './flags.js';
 import { quote } from './validate.js';
 
 export interface ParsedArgs {
@@ -31,8 +31,6 @@ export function parseArgv(argv: readonly string[]): ParsedArgs {
     else if ((adminCommandNames as readonly string[]).includes(first)) {
       // main() hands these to src/cli/admin before this parser runs; reaching here is a caller's mistake.
       throw new ConfigError(`${first}: an admin command; it is run by main() (src/cli/admin), not parsed as serve flags`, undefined);
-    } else if ((plannedCommands as readonly string[]).includes(first)) {
-      throw new ConfigError(`${first}: this command is not available in this build yet`, undefined);
     } else {
       throw new ConfigError(`unknown command ${quote(first)} (commands: ${commandNames.join(', ')})`, undefined);
     }

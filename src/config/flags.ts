@@ -4,9 +4,6 @@
 export const commandNames = ['serve', 'dev', 'help', 'version'] as const;
 export type CommandName = (typeof commandNames)[number];
 
-/** Admin subcommands of DESIGN.md that later issues build; named so the CLI can say so plainly. */
-export const plannedCommands: readonly string[] = [];
-
 /** Admin subcommands handled by src/cli/admin before this flag table is consulted (their own syntax). */
 export const adminCommandNames = ['user', 'role', 'audit', 'cluster', 'id', 'certs'] as const;
 
@@ -36,7 +33,7 @@ const both = ['serve', 'dev'] as const;
 export const flagSpecs: readonly FlagSpec[] = [
   { name: 'bind', group: 'serve', commands: serveOnly, value: 'ADDR', defaultText: '127.0.0.1', help: 'address for the client, WebSocket and HTTP ports' },
   { name: 'nats-port', group: 'serve', commands: both, value: 'PORT', defaultText: '4222', help: 'NATS client port (0 = any free port)' },
-  { name: 'http-port', group: 'serve', commands: both, value: 'PORT', defaultText: '8222', help: 'HTTP port for /livez and /varz (0 = any free port)' },
+  { name: 'http-port', group: 'serve', commands: both, value: 'PORT', defaultText: '8222', help: 'HTTP port: /livez, /healthz, /readyz, /varz, /connz, /routez, /raftz, /metrics (0 = any free port)' },
   { name: 'server-name', group: 'serve', commands: serveOnly, value: 'NAME', defaultText: 'the host name', help: 'this node\'s server name' },
   { name: 'tls-cert', group: 'serve', commands: serveOnly, value: 'FILE', help: 'PEM certificate for TLS on the client port (with --tls-key)' },
   { name: 'tls-key', group: 'serve', commands: serveOnly, value: 'FILE', help: 'PEM private key for --tls-cert' },
@@ -52,10 +49,11 @@ export const flagSpecs: readonly FlagSpec[] = [
   { name: 'route-tls-key', group: 'cluster', commands: serveOnly, value: 'FILE', help: 'PEM private key for --route-tls-cert' },
   { name: 'route-tls-ca', group: 'cluster', commands: serveOnly, value: 'FILE', help: 'PEM CA that signs every route certificate' },
   { name: 'bus-auth', group: 'auth', commands: serveOnly, value: 'MODE', defaultText: 'off', help: 'off|warn|enforce' },
-  { name: 'store', group: 'auth', commands: serveOnly, value: 'KIND', defaultText: 'file', help: 'file|kv: where users and roles live' },
+  { name: 'store', group: 'auth', commands: serveOnly, value: 'KIND', defaultText: 'file', help: 'file|kv: where users and roles live; kv (or any cluster flag) also serves the JetStream KV API' },
   { name: 'users-file', group: 'auth', commands: serveOnly, value: 'FILE', help: 'users and roles for --store file; SIGHUP reloads it' },
   { name: 'internal-id-file', group: 'auth', commands: serveOnly, value: 'FILE', help: 'this node\'s NKey seed, created on first start' },
   { name: 'kv-replicas', group: 'auth', commands: serveOnly, value: 'N', help: 'Raft voters for --store kv' },
+  { name: 'nodes', group: 'dev', commands: ['dev'], value: 'N', defaultText: '3', help: 'how many nodes the local cluster runs (1-7)' },
   { name: 'dir', group: 'dev', commands: ['dev'], value: 'DIR', defaultText: './.dev-cluster', help: 'where dev certificates are generated and kept' },
 ];
 

@@ -5,9 +5,9 @@ import { parseArgv } from './argv.js';
 import { resolveDevConfig, resolveServeConfig, type DevConfig, type ServeConfig } from './serve_config.js';
 
 export { parseArgv, type ParsedArgs } from './argv.js';
-export { flagSpecs, flagGroups, commandNames, plannedCommands, adminCommandNames, type FlagSpec, type FlagGroup, type CommandName } from './flags.js';
+export { flagSpecs, flagGroups, commandNames, adminCommandNames, type FlagSpec, type FlagGroup, type CommandName } from './flags.js';
 export {
-  resolveServeConfig, resolveDevConfig, defaults, busAuthModes, storeKinds, kvReplicasMax,
+  resolveServeConfig, resolveDevConfig, defaults, busAuthModes, storeKinds, kvReplicasMax, defaultDevNodes, devNodesMax,
   type ServeConfig, type DevConfig, type ClusterConfig, type StoreKind,
 } from './serve_config.js';
 export { parseRoutes, isHost, quote, loadCertAndKey, type RouteTarget, type PemFiles } from './validate.js';

@@ -29,6 +29,9 @@ export const defaults = {
 } as const;
 /** Raft voters: DESIGN.md runs 3 or 5; anything above a handful is a typo. */
 export const kvReplicasMax = 15;
+/** `membershipd dev --nodes`: default and bound (each node costs a Node.js event loop's share of the machine). */
+export const defaultDevNodes = 3;
+export const devNodesMax = 7;
 
 export interface ClusterConfig {
   readonly name: string | undefined;
@@ -60,6 +63,8 @@ export interface ServeConfig {
 
 export interface DevConfig {
   readonly dir: string;
+  /** Nodes of the local cluster (all voters). */
+  readonly nodes: number;
   readonly natsPort: number;
   readonly httpPort: number;
   readonly logLevel: LogLevel;
@@ -189,5 +194,6 @@ export function resolveDevConfig(args: ParsedArgs): DevConfig {
   checkDistinctPorts([['nats-port', natsPort], ['http-port', httpPort]]);
   const logLevel = f.has('log-level') ? parseEnum('log-level', f.get('log-level')!, logLevels) : defaults.devLogLevel;
   const dir = existingDirOrAbsent('dir', f.get('dir') ?? defaults.devDir);
-  return { dir, natsPort, httpPort, logLevel };
+  const nodes = f.has('nodes') ? parseIntInRange('nodes', f.get('nodes')!, 1, devNodesMax) : defaultDevNodes;
+  return { dir, nodes, natsPort, httpPort, logLevel };
 }

@@ -248,7 +248,7 @@ export class ClusterNode {
       }
       if (self.length === 1 || this.n === 1) {
         const addresses = this.n === 1 ? ['self'] : [...keys].sort();
-        this.cluster = { version: 1, cluster: opts.clusterName, server: opts.serverName, id: addresses.indexOf(self[0] ?? 'self') + 1, addresses, voters: this.voters, bindings: {} };
+        this.cluster = { version: 1, cluster: opts.clusterName, server: opts.serverName, id: this.n === 1 ? 1 : addresses.indexOf(self[0]!) + 1, addresses, voters: this.voters, bindings: {} };
         writeClusterFile(opts.dataDir, this.cluster);
       }
     }

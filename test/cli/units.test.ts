@@ -118,9 +118,8 @@ t.test('syntax: commands, missing values, duplicates, unknown flags', async (t) 
   await failsWith(t, ['help', 'frob'], undefined, /unexpected argument/);
   await failsWith(t, ['dev', '--bind', '0.0.0.0'], 'bind', /not a flag of `membershipd dev`/);
   await failsWith(t, ['serve', '--dir', 'x'], 'dir', /not a flag of `membershipd serve`/);
-  await failsWith(t, ['cluster', 'add'], undefined, /not available in this build yet/);
   // user/role/audit/id/certs are dispatched by main() to src/cli/admin (test/control); the serve parser refuses them.
-  for (const admin of ['user', 'role', 'audit', 'id', 'certs']) {
+  for (const admin of ['user', 'role', 'audit', 'id', 'certs', 'cluster']) {
     t.throws(() => parseCommandLine([admin, 'add']), /an admin command/);
     const output = memoryOutput();
     t.equal(await main([admin, 'add'], output), 2, `${admin} add: exit 2 (its own usage error)`);
@@ -222,7 +221,10 @@ t.test('accepted values are typed; defaults apply', async (t) => {
   t.same([c.bind, c.natsPort, c.httpPort, c.wsPort, c.serverName, c.logLevel], ['::', 0, 0, 0, 'node-1.a_b', 'trace']);
   t.equal(refuseUnavailable(serve(['--bus-auth', 'off', '--store', 'file'])), undefined, 'what this build does is accepted');
   const dev = parseCommandLine(['dev']);
-  t.same(dev, { kind: 'dev', config: { dir: './.dev-cluster', natsPort: 4222, httpPort: 8222, logLevel: 'warn' } });
+  t.same(dev, { kind: 'dev', config: { dir: './.dev-cluster', nodes: 3, natsPort: 4222, httpPort: 8222, logLevel: 'warn' } });
+  t.equal((parseCommandLine(['dev', '--nodes', '5']) as { config: { nodes: number } }).config.nodes, 5, 'dev --nodes N');
+  await failsWith(t, ['dev', '--nodes', '0'], 'nodes', /--nodes/);
+  await failsWith(t, ['dev', '--nodes', '9'], 'nodes', /--nodes/);
 });
 
 t.test('the deploy seed command line validates; this build refuses what it cannot do yet', async (t) => {

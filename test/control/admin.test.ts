@@ -232,6 +232,8 @@ t.test('bad input: clear error, non-zero exit, nothing changed', async (t) => {
     [['user', 'add', 'bob', '--password-file', join(dir, 'nope')], 2, /--password-file: cannot read .*nope \(ENOENT\)/],
     [['user', 'frob'], 2, /unknown user command "frob"/],
     [['user', 'add', 'bob', '--bogus', 'x'], 2, /unknown flag --bogus/],
+    [['user', 'add', 'bob', '--password-file', join(dir, 'pw-alice'), '--store', 'file'], 2, /--store file: .*--users-file.*SIGHUP/],
+    [['user', 'add', 'bob', '--password-file', join(dir, 'pw-alice'), '--store', 'etcd'], 2, /--store "etcd": .*use --store kv/],
   ];
   for (const [argv, code, pattern] of cases) {
     const r = await cli(...argv, ...conn);

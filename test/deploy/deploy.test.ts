@@ -277,7 +277,7 @@ t.test('a user added through node 1 works through node 3 within its role', async
   const role = await admin(['role', 'add', 'app', '--pub-allow', 'app.>', '--sub-allow', 'app.>']);
   t.equal(role.code, 0, `role add exits 0\n${role.stdout}${role.stderr}`);
   const password = 'correct horse battery staple';
-  const user = await admin(['user', 'add', 'alice', '--password-stdin', '--role', 'app'], `${password}\n`);
+  const user = await admin(['user', 'add', 'alice', '--password-stdin', '--role', 'app', '--store', 'kv'], `${password}\n`);
   t.equal(user.code, 0, `user add exits 0\n${user.stdout}${user.stderr}`);
 
   const ca = join(out, 'ca', 'ca.pem');

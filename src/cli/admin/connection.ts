@@ -22,6 +22,9 @@ export class AdminCommandError extends MembershipdError {
 
 export const connectionFlags = {
   server: 'string', 'tls-ca': 'string', 'internal-id-file': 'string', creds: 'string', 'env-file': 'string', json: 'switch', timeout: 'string',
+  // `user add … --store kv` is how operators name the live path (the first deployment's runbook); the admin API
+  // always writes the replicated store, so kv is accepted and file is refused with where file users live.
+  store: 'string',
 } as const;
 
 /** KEY=VALUE lines (systemd EnvironmentFile style: comments, optional quotes, optional `export`). */
@@ -58,6 +61,11 @@ function readText(path: string, what: string, flag: string): string {
 }
 
 export function resolveConnection(cmd: ParsedCommand, env: NodeJS.ProcessEnv = process.env): AdminConnectionSettings {
+  const store = cmd.strings.get('store');
+  if (store === 'file') {
+    throw new UsageError('--store file: a --store file node takes its users and roles from its --users-file; edit that file and send SIGHUP (systemctl reload). The admin commands change the replicated store (--store kv)');
+  }
+  if (store !== undefined && store !== 'kv') throw new UsageError(`--store ${JSON.stringify(store)}: the admin commands change the replicated store; use --store kv or leave it out`);
   const envFile = cmd.strings.get('env-file') ?? (existsSync(defaultEnvFile) ? defaultEnvFile : undefined);
   const fileEnv = envFile === undefined ? new Map<string, string>() : parseEnvFile(readText(envFile, 'env file', '--env-file'));
   const fromEnv = (k: string): string | undefined => {
