@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPrivateKey, sign as cryptoSign } from 'node:crypto';
 import { connect, nkeyAuthenticator, type Authenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { freePort } from '../src/free_port.js';
 
 const rules = 50;
 const msgs = Number(process.env.BENCH_MSGS ?? 200_000);
@@ -37,16 +38,6 @@ async function serve(port: number, usersFile: string, passwordCache: string | un
 
 // ---- parent -----------------------------------------------------------------------------------------------
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
 
 async function waitForPort(port: number, child: ChildProcess): Promise<void> {
   const end = Date.now() + 30_000;

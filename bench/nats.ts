@@ -9,6 +9,7 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { freePort } from '../src/free_port.js';
 
 const payload = new Uint8Array(128).fill(97);
 const pubsubMsgs = Number(process.env.BENCH_MSGS ?? 200_000);
@@ -19,16 +20,6 @@ const phaseTimeoutMs = 30_000;
 /** Extra node flags for the membershipd process (experiments, e.g. BENCH_NODE_FLAGS=--single-threaded). */
 const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '');
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
 
 async function waitForPort(port: number, child: ChildProcess): Promise<void> {
   const end = Date.now() + 20_000;

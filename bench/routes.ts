@@ -19,6 +19,7 @@ import { createCertificateAuthority, issueCertificate } from '../src/certs/index
 import { createNatsServer } from '../src/nats/index.js';
 import { createClusterBus, type ClusterBus } from '../src/bus/index.js';
 import { createRouteTransport } from '../transport/index.js';
+import { freePort } from '../src/free_port.js';
 
 const msgs = Number(process.env.BENCH_MSGS ?? 200_000);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -57,16 +58,6 @@ async function runNode(config: NodeConfig): Promise<void> {
   });
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-    s.on('error', reject);
-  });
-}
 
 /** The node runs from plain JavaScript bundled by esbuild (installed with tsx), as it would from dist/. */
 function nodeCommand(): string[] {

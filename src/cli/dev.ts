@@ -9,7 +9,6 @@
 // devBanner() chains their stop onto n1's, so one Ctrl-C drains and stops every node.
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import { X509Certificate } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +19,7 @@ import { createCertificateAuthority, issueCertificate, writePemPair } from '../c
 import { defaultDevNodes, loadCertAndKey, type DevConfig, type PemFiles, type ServeConfig } from '../config/index.js';
 import { createLogger } from '../log.js';
 import type { ServingNode } from './serve.js';
+import { freePort } from '../free_port.js';
 
 export const devNodeName = 'n1';
 /** Nodes of the dev cluster: a majority survives one loss. (A --nodes flag needs an entry in src/config.) */
@@ -62,16 +62,6 @@ function loadUsable(dir: string, base: string, issuer?: X509Certificate): PemFil
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const srv = createServer();
-    srv.once('error', rej);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => res(port));
-    });
-  });
-}
 
 /** A pair `base` signed by the CA, kept when usable, else (re)issued. */
 async function ensurePair(dir: string, base: string, ca: PemFiles, caCert: X509Certificate, fresh: boolean, usage?: 'client'): Promise<{ pair: PemFiles; created: boolean }> {

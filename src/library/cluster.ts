@@ -5,7 +5,6 @@
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MembershipdError } from '../errors.js';
@@ -16,6 +15,7 @@ import type { ServeConfig } from '../config/index.js';
 import { loadBusAuth } from '../cli/bus_auth.js';
 import { ListenError, startServing, type NodeTuning, type NodeUrls, type ServingNode } from '../cli/serve.js';
 import type { ClusterNode, Health } from '../node/index.js';
+import { freePort } from '../free_port.js';
 
 export const LibraryErrorCode = {
   /** The options are wrong (node count, user names, roles). */
@@ -118,16 +118,6 @@ const libraryScrypt = { N: 1 << 10, r: 8, p: 1 } as const;
 /** Attempts with fresh route ports: they are picked free, then bound a moment later by the node, so another process can take one in between. */
 const portAttempts = 3;
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const port = (srv.address() as { port: number }).port;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function checkOptions(o: StartClusterOptions): number {
   const n = o.nodes ?? 3;

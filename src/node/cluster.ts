@@ -2,13 +2,13 @@
 // directories, for test suites and local experiments (no binary, no download). Each node is an ordinary
 // startNode() node: real TLS routes, real WAL with fsync.
 import { mkdtempSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../certs/index.js';
 import type { Logger } from '../log.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import { startNode, type ClusterNode, type NodeOptions } from './node.js';
+import { freePort } from '../free_port.js';
 
 export interface ClusterOptions {
   /** Number of nodes (default 3). */
@@ -37,16 +37,6 @@ export interface LocalCluster {
   stop(): Promise<void>;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function waitHealthy(nodes: readonly ClusterNode[], timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;

@@ -5,7 +5,6 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRng } from '../../raft/index.js';
@@ -18,6 +17,7 @@ import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMes
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
 import { AppliedSessions } from '../../src/node/sessions.js';
 import { learnAddresses } from '../../src/node/bootstrap.js';
+import { freePort } from '../../src/free_port.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
 t.comment(`CLUSTER_SEED=${seed} (rerun with this variable to replay the start orders and delays)`);
@@ -33,16 +33,6 @@ t.teardown(async () => {
 let ca: PemPair;
 const leaves: PemPair[] = [];
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -3,7 +3,6 @@
 // through main() against a FOLLOWER, and real NATS clients on another node: a user added through one node
 // connects through another with its role's permissions, and its removal disconnects it there.
 import t from 'tap';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -16,22 +15,13 @@ import { controlBuckets, decodeValue, encodeValue, validateConfig, validateNode 
 import { silentLogger } from '../../src/log.js';
 import { nodeOptionsFromServeConfig, postureDigest } from '../../src/node/index.js';
 import type { ServeConfig } from '../../src/config/index.js';
+import { freePort } from '../../src/free_port.js';
 
 const dir = t.testdir({ 'pw-carol': 'tr0ub4dor\n', 'route.pass': 'route-secret\n' });
 const nodes: ServingNode[] = [];
 const clients: NatsConnection[] = [];
 const parsedConfigs: ServeConfig[] = [];
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;

@@ -13,11 +13,11 @@
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { freePort } from '../../src/free_port.js';
 
 // DEPLOY_TEST_REPO runs the test against another checkout (its unit, script and sources).
 const repo = process.env.DEPLOY_TEST_REPO ?? resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -59,16 +59,6 @@ t.teardown(async () => {
 const skipRest = (t: Test, why: string): void => void t.test(why, { skip: why }, () => {});
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-  });
-}
 
 /** systemd EnvironmentFile= syntax (the subset deploy-cluster.sh writes: comments, KEY=VALUE, optional quotes). */
 function parseEnvironmentFile(text: string): Map<string, string> {

@@ -16,23 +16,13 @@ import { createNatsServer, type NatsServerWithCluster } from '../../src/nats/ind
 import { attachKvApi, createLocalKvBackend, type KvApi, type KvBackend } from '../../src/kv/index.js';
 import { silentLogger } from '../../src/log.js';
 import { createBusAuthenticator, createToken, hashToken, MemorySource } from '../../src/auth/index.js';
-import { createServer } from 'node:net';
 import { writeFileSync } from 'node:fs';
 import { parseCommandLine } from '../../src/config/index.js';
 import { startServing, type ServingNode } from '../../src/cli/serve.js';
 import { loadBusAuth } from '../../src/cli/bus_auth.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
+import { freePort } from '../../src/free_port.js';
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
