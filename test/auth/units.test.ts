@@ -181,19 +181,19 @@ t.test('failed-attempt rate limit: token bucket per address on an injected clock
   let now = 1_000_000;
   const rl = new FailureRateLimiter({ burst: 3, refillPerSecond: 0.5, now: () => now, addressesMax: 4 });
   for (let i = 0; i < 3; i++) {
-    t.ok(rl.allows('10.0.0.1'), `attempt ${i} allowed`);
-    rl.recordFailure('10.0.0.1');
+    t.ok(rl.allows('127.0.10.1'), `attempt ${i} allowed`);
+    rl.recordFailure('127.0.10.1');
   }
-  t.notOk(rl.allows('10.0.0.1'), 'burst used up');
-  t.ok(rl.allows('10.0.0.2'), 'another address is not affected');
+  t.notOk(rl.allows('127.0.10.1'), 'burst used up');
+  t.ok(rl.allows('127.0.10.2'), 'another address is not affected');
   now += 1999;
-  t.notOk(rl.allows('10.0.0.1'), 'one token needs 2 s at 0.5/s');
+  t.notOk(rl.allows('127.0.10.1'), 'one token needs 2 s at 0.5/s');
   now += 1;
-  t.ok(rl.allows('10.0.0.1'), 'refilled one');
-  rl.recordFailure('10.0.0.1');
-  t.notOk(rl.allows('10.0.0.1'));
+  t.ok(rl.allows('127.0.10.1'), 'refilled one');
+  rl.recordFailure('127.0.10.1');
+  t.notOk(rl.allows('127.0.10.1'));
   now += 60_000;
-  t.ok(rl.allows('10.0.0.1'));
+  t.ok(rl.allows('127.0.10.1'));
   t.equal(rl.trackedAddresses, 0, 'full buckets are forgotten');
   for (let i = 0; i < 10; i++) rl.recordFailure(`a${i}`);
   t.ok(rl.trackedAddresses <= 4, 'tracked addresses stay bounded');
@@ -415,7 +415,7 @@ t.test('authenticator: credentials, modes, internal identity and revalidation', 
 
   const tok = await enforce.authenticate(req({ auth_token: token }));
   t.ok(tok.ok && tok.principal.kind === 'token' && tok.principal.permissions.canSubscribe('orders.x', undefined));
-  t.notOk((await enforce.authenticate(req({ auth_token: `${token}x` }, undefined, '10.1.1.1'))).ok, 'wrong token');
+  t.notOk((await enforce.authenticate(req({ auth_token: `${token}x` }, undefined, '127.1.1.1'))).ok, 'wrong token');
 
   const nonce = 'Rw301oFXF7Mg-Zs';
   const sig = encodeSignature(userKp.sign(enc.encode(nonce)));
@@ -448,7 +448,7 @@ t.test('authenticator: credentials, modes, internal identity and revalidation', 
   t.ok((await enforce.authenticate(req({ nkey: userKp.publicKey, sig }, nonce, addr))).ok, 'NKey clients are never throttled');
 
   // A cached password (alice verified above) still refuses a wrong one, and a changed hash needs the new one.
-  t.notOk((await enforce.authenticate(req({ user: 'alice', pass: 'pw-alicE' }, undefined, '10.9.9.9'))).ok, 'wrong password after a cached success');
+  t.notOk((await enforce.authenticate(req({ user: 'alice', pass: 'pw-alicE' }, undefined, '127.9.9.9'))).ok, 'wrong password after a cached success');
 
   // Revalidation after changes.
   let notified = 0;

@@ -186,8 +186,8 @@ t.test('files: TLS pairs are readable PEM and belong together', async (t) => {
 });
 
 t.test('routes: host:port or nats-route://host:port, never user info', async (t) => {
-  const routes = serve(['--routes', 'n1.example:6222,nats-route://10.0.0.2:6222,[::1]:6223,NATS-ROUTE://h:1/']).cluster.routes;
-  t.same(routes.map((r) => [r.host, r.port]), [['n1.example', 6222], ['10.0.0.2', 6222], ['::1', 6223], ['h', 1]]);
+  const routes = serve(['--routes', 'n1.example:6222,nats-route://127.0.10.2:6222,[::1]:6223,NATS-ROUTE://h:1/']).cluster.routes;
+  t.same(routes.map((r) => [r.host, r.port]), [['n1.example', 6222], ['127.0.10.2', 6222], ['::1', 6223], ['h', 1]]);
   const cases: [string, RegExp][] = [
     ['a', /route 1 of 1 "a" is not host:port/],
     ['a:', /not host:port/],
@@ -231,7 +231,7 @@ t.test('the deploy seed command line validates; this build refuses what it canno
   const fx = await fixtures(t.testdir());
   const env: Record<string, string> = {
     HTTP_PORT: '8222', NATS_CLIENT_PORT: '4222', TLS_CERT: fx.cert, TLS_KEY: fx.key, CLUSTER_NAME: 'unibus',
-    NODE_NAME: 'node-a', NATS_ROUTE_PORT: '6222', ROUTES: 'nats-route://10.0.0.2:6222,nats-route://10.0.0.3:6222',
+    NODE_NAME: 'node-a', NATS_ROUTE_PORT: '6222', ROUTES: 'nats-route://127.0.10.2:6222,nats-route://127.0.10.3:6222',
     CLUSTER_USER: 'route', CLUSTER_PASS_FILE: fx.pass, ROUTE_TLS_CERT: fx.cert, ROUTE_TLS_KEY: fx.key, ROUTE_TLS_CA: fx.ca,
     INTERNAL_ID_FILE: join(fx.dir, 'internal.seed'), KV_REPLICAS: '3',
   };
@@ -245,7 +245,7 @@ t.test('the deploy seed command line validates; this build refuses what it canno
   const help = helpText();
   for (const flag of seedFlags) t.match(help, `--${flag} `, `--help lists the seed's --${flag}`);
   const config = serve(argv);
-  t.same(config.cluster.routes.map((r) => r.host), ['10.0.0.2', '10.0.0.3']);
+  t.same(config.cluster.routes.map((r) => r.host), ['127.0.10.2', '127.0.10.3']);
   t.equal(config.kvReplicas, 3);
   t.equal(config.cluster.routeTls?.caFile, fx.ca);
   t.equal(refuseUnavailable(config), undefined, 'the seed\'s full flag set is a complete cluster configuration');

@@ -335,7 +335,7 @@ t.test('id init/show and certs ca|node|client: files, modes, and a mutual TLS ha
 
   const certs = join(dir, 'pki');
   t.equal((await cli('certs', 'ca', '--out', certs)).code, 0);
-  r = await cli('certs', 'node', 'n1', '--ca', certs, '--out', certs, '--ip', '10.0.0.7', '--dns', 'n1.example.org');
+  r = await cli('certs', 'node', 'n1', '--ca', certs, '--out', certs, '--ip', '127.0.10.7', '--dns', 'n1.example.org');
   t.equal(r.code, 0, r.err);
   t.equal((await cli('certs', 'client', 'admin', '--ca', certs, '--out', certs)).code, 0);
   for (const f of ['ca.key', 'n1.key', 'admin.key']) t.equal(statSync(join(certs, f)).mode & 0o777, 0o600, `${f} is 0600`);
@@ -347,7 +347,7 @@ t.test('id init/show and certs ca|node|client: files, modes, and a mutual TLS ha
   t.equal(r.code, 2);
   t.match(r.err, /--ip "not-an-ip" is not an IP address/);
   const nodeCert = new (await import('node:crypto')).X509Certificate(readFileSync(join(certs, 'n1.pem')));
-  t.match(nodeCert.subjectAltName, /IP Address:10\.0\.0\.7/);
+  t.match(nodeCert.subjectAltName, /IP Address:127\.0\.10\.7/);
   t.match(nodeCert.subjectAltName, /DNS:n1\.example\.org/);
 
   const read = (f: string): string => readFileSync(join(certs, f), 'utf8');

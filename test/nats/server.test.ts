@@ -108,7 +108,7 @@ async function expectErrClose(c: Raw, text: string): Promise<void> {
 
 
 t.test('INFO', async (t) => {
-  const s = await startServer(t, { connectUrls: () => ['10.0.0.2:4222'] });
+  const s = await startServer(t, { connectUrls: () => ['127.0.10.2:4222'] });
   const c = new Raw(s.port);
   t.teardown(() => c.destroy());
   const line = await c.expect(/INFO .*\r\n/);
@@ -123,7 +123,7 @@ t.test('INFO', async (t) => {
   t.equal(info.port, s.port);
   t.equal(info.client_ip, '127.0.0.1');
   t.type(info.client_id, 'number');
-  t.same(info.connect_urls, ['10.0.0.2:4222']);
+  t.same(info.connect_urls, ['127.0.10.2:4222']);
   t.notOk('auth_required' in info);
   t.notOk('nonce' in info);
   t.notOk('tls_required' in info);
@@ -132,11 +132,11 @@ t.test('INFO', async (t) => {
 });
 
 t.test('async INFO with new connect_urls goes to protocol 1 clients only', async (t) => {
-  let urls = ['10.0.0.2:4222'];
+  let urls = ['127.0.10.2:4222'];
   const s = await startServer(t, { connectUrls: () => urls });
   const p1 = await client(t, s, { protocol: 1 });
   const p0 = await client(t, s);
-  urls = ['10.0.0.2:4222', '10.0.0.3:4222'];
+  urls = ['127.0.10.2:4222', '127.0.10.3:4222'];
   s.announceConnectUrls();
   const info = await p1.expect(/INFO .*\r\n/);
   t.same((JSON.parse(info.slice(5)) as { connect_urls: string[] }).connect_urls, urls);

@@ -198,14 +198,14 @@ t.test('--routes parsing', async (t) => {
   t.same(parseRoutes(''), []);
   t.equal(parseRoutes('a:1,nats-route://a:1/').length, 1, 'duplicates kept once');
   t.same(parseRoute('[::1]:1'), { host: '::1', port: 1, url: 'nats-route://[::1]:1' });
-  for (const bad of ['nats-route://user:s3cret@10.0.0.1:6222', 'route:s3cret@10.0.0.1:6222', 'nats-route://user@h:1']) {
+  for (const bad of ['nats-route://user:s3cret@127.0.10.1:6222', 'route:s3cret@127.0.10.1:6222', 'nats-route://user@h:1']) {
     const error = t.throws(() => parseRoutes(`127.0.0.1:1,${bad}`)) as unknown as RouteAddressError;
     t.equal(error.code, 'EROUTE_USERINFO', bad);
     t.match(error.message, /--cluster-user and --cluster-pass-file/);
     t.notMatch(error.message, /s3cret/, 'the password is never echoed');
   }
   for (const [bad, why] of [['h', /no port/], ['::1:6222', /without brackets/], ['[::1]6222', /without "\]:port"/],
-    ['[10.0.0.1]:1', /not an IPv6/], ['h:0', /outside/], ['h:65536', /outside/], ['h:x', /no valid port/],
+    ['[127.0.10.1]:1', /not an IPv6/], ['h:0', /outside/], ['h:65536', /outside/], ['h:x', /no valid port/],
     ['nats://h:1', /unsupported scheme/], ['nats-route://h:1/path', /path/], ['a:1,,b:1', /empty/], ['bad_host!:1', /invalid host/],
   ] as const) {
     t.throws(() => parseRoutes(bad), { code: 'EROUTE_ADDRESS', message: why }, bad);
