@@ -75,6 +75,7 @@ function child(argv: string[], stdin?: string): Promise<{ code: number | null; o
   let err = '';
   p.stdout.on('data', (d: Buffer) => (out += d.toString()));
   p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  p.stdin.on('error', () => undefined); // a child that exits before reading its input: its exit code tells
   p.stdin.end(stdin ?? '');
   return new Promise((resolve) => {
     const timer = setTimeout(() => p.kill('SIGKILL'), 40_000);

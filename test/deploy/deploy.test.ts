@@ -130,6 +130,9 @@ function run(cmd: string[], opts: { cwd?: string; input?: string; timeoutMs?: nu
       clearTimeout(timer);
       res({ code, stdout, stderr });
     });
+    // A command that exits without reading its input (`sh -c 'command -v …'`) closes the pipe first: EPIPE on
+    // our write says nothing about the command, whose exit code and output are what the caller checks.
+    child.stdin!.on('error', () => undefined);
     child.stdin!.end(opts.input ?? '');
   });
 }
