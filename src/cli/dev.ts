@@ -1,32 +1,49 @@
 // `membershipd dev` (what `npm start` runs): a local cluster of `--nodes` nodes on loopback in one command. TLS on
-// every client port, mutual-TLS routes, bus auth enforced with an admin user. On first run it generates in --dir a
-// dev CA, each node's client and route certificates, the route password and the admin user (password kept in
-// admin.password, users in users.json); later runs reuse them, so clients keep trusting the same CA and the same
-// credentials. Raft state is per run (data/ is wiped at start): the durable part of dev is its credentials.
+// every client port, mutual-TLS routes, bus auth enforced, users and roles in the replicated store (`--store kv`),
+// so the admin CLI (`membershipd user add … --store kv`, `cluster status`) changes membership live, as in
+// production. On first run it generates in --dir a dev CA, each node's client and route certificates, the route
+// password and the admin user's password (admin.password); later runs reuse them and the Raft data (data/, on the
+// same route ports, kept in route-ports.json: the slots of a Raft data dir are its peers' addresses), so clients
+// keep trusting the same CA and every user and role added survives a restart.
 //
 // src/cli/index.ts runs node n1 through the ordinary serve path (signals, drain, exit code) with
-// devServeConfig(); the other nodes are started here, in the same process, by ensureDevCertificates(), and
-// devBanner() chains their stop onto n1's, so one Ctrl-C drains and stops every node.
+// devServeConfig(); the other nodes are started here, in the same process, by ensureDevCertificates(). Once n1 is
+// up, devReady() chains the peers' stop onto n1's (one Ctrl-C drains and stops every node), waits for a healthy
+// cluster, writes cluster.env (how the admin CLI finds n1, the CA and n1's internal identity), creates the dev
+// user and role through the admin API (idempotent: a restart finds them unchanged) and returns the banner.
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { X509Certificate } from 'node:crypto';
-import { dirname, join, resolve } from 'node:path';
+import { createServer } from 'node:net';
+import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { existsSync } from 'node:fs';
-import { ConfigError } from '../errors.js';
-import { hashPassword } from '../auth/index.js';
+import { existsSync, readFileSync } from 'node:fs';
+import { ConfigError, MembershipdError } from '../errors.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../certs/index.js';
 import { defaultDevNodes, loadCertAndKey, type DevConfig, type PemFiles, type ServeConfig } from '../config/index.js';
+import { controlBuckets } from '../control/index.js';
 import { createLogger } from '../log.js';
+import { memoryOutput } from './output.js';
 import type { ServingNode } from './serve.js';
 import { freePort } from '../free_port.js';
 
 export const devNodeName = 'n1';
-/** Nodes of the dev cluster: a majority survives one loss. (A --nodes flag needs an entry in src/config.) */
 export const devClusterName = 'dev';
+/** The printed dev user: the built-in admin role (every subject, and the admin API). */
 export const devAdminUser = 'admin';
+/** The role the banner's `user add` example names: its own subjects, request/reply included. */
+export const devAppRole = { name: 'app', subjects: 'app.>' } as const;
 const devRouteUser = 'route';
 const dayMs = 86_400_000;
+/** Bound on waiting for a healthy cluster and the first admin writes (elections take 1–2 s; a loaded box more). */
+export const devReadyTimeoutMs = 60_000;
+
+/** dev could not bring its cluster up (no quorum in time, the admin API refused the dev user). Exit 1. */
+export class DevStartError extends MembershipdError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('EDEV', message, options);
+  }
+}
 
 export interface DevCertificates {
   readonly caFile: string;
@@ -39,12 +56,19 @@ export interface DevCertificates {
 
 export interface DevCluster {
   readonly dir: string;
-  /** Route ports of n1..nN (this run's, on 127.0.0.1). */
+  /** Route ports of n1..nN on 127.0.0.1, the same on every run of this --dir (kept in route-ports.json). */
   readonly routePorts: readonly number[];
+  /** True when data/ (the replicated users, roles and KV buckets) is kept from an earlier run. */
+  readonly dataKept: boolean;
+  /** Why data/ was started afresh although it existed (e.g. --nodes changed); undefined otherwise. */
+  readonly dataReset: string | undefined;
   readonly passFile: string;
-  readonly usersFile: string;
   readonly adminPassword: string;
   readonly adminPasswordFile: string;
+  /** n1's internal identity (NKey seed, 0600): the admin CLI's signing identity. */
+  readonly idFile: string;
+  /** KEY=VALUE file for `membershipd <command> --env-file`: n1's client port, the CA, n1's identity. */
+  readonly envFile: string;
   /** n2..nN, started in this process. */
   readonly peers: ServingNode[];
 }
@@ -85,8 +109,39 @@ async function ensureSecret(file: string): Promise<{ value: string; created: boo
   return { value, created: true };
 }
 
+/** The route ports kept for `nodes` nodes, or undefined (missing, unreadable, another node count). */
+function keptRoutePorts(file: string, nodes: number): { ports: number[] | undefined; why: string | undefined } {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return { ports: undefined, why: undefined };
+  }
+  try {
+    const v = JSON.parse(text) as { routePorts?: unknown };
+    const ports = v.routePorts;
+    if (!Array.isArray(ports) || !ports.every((p) => Number.isInteger(p) && p > 0 && p < 65536) || new Set(ports).size !== ports.length) {
+      return { ports: undefined, why: `${file} is not a list of ports` };
+    }
+    if (ports.length !== nodes) return { ports: undefined, why: `--nodes ${nodes}, the data was a cluster of ${ports.length}` };
+    return { ports: ports as number[], why: undefined };
+  } catch {
+    return { ports: undefined, why: `${file} is not JSON` };
+  }
+}
+
+/** Whether 127.0.0.1:port can be listened on now (a kept route port another process may have taken). */
+function portFree(port: number): Promise<boolean> {
+  return new Promise((done) => {
+    const probe = createServer();
+    probe.once('error', () => done(false));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => done(true)));
+  });
+}
+
 const routeTlsBase = (i: number): string => `n${i + 1}-route`;
 const clientTlsBase = (i: number): string => (i === 0 ? devNodeName : `n${i + 1}`);
+const seedFile = (dir: string, i: number): string => join(dir, `n${i + 1}.seed`);
 
 /** The serve configuration of dev node `i` (0 = n1). */
 function nodeConfig(dir: string, i: number, certs: { node: PemFiles; route: PemFiles; caFile: string; ca: string }, c: Omit<DevCluster, 'peers'>,
@@ -109,9 +164,10 @@ function nodeConfig(dir: string, i: number, certs: { node: PemFiles; route: PemF
       routeTls: { ...certs.route, caFile: certs.caFile, ca: certs.ca },
     },
     busAuth: 'enforce',
-    store: 'file',
-    usersFile: c.usersFile,
-    internalIdFile: join(dir, `n${i + 1}.seed`),
+    // Users and roles live in the replicated store: the admin API (and so the admin CLI) changes them live.
+    store: 'kv',
+    usersFile: undefined,
+    internalIdFile: seedFile(dir, i),
     kvReplicas: undefined,
     given: [],
   };
@@ -120,8 +176,8 @@ function nodeConfig(dir: string, i: number, certs: { node: PemFiles; route: PemF
 const perDir = new Map<string, { routes: PemFiles[]; clients: PemFiles[]; ca: PemFiles }>();
 
 /**
- * Prepares --dir (CA, every node's client and route certificates, route password, admin user; kept across runs),
- * then starts nodes n2..nN in this process; n1 is started by the caller with devServeConfig().
+ * Prepares --dir (CA, every node's client and route certificates, route password, admin password, route ports;
+ * kept across runs), then starts nodes n2..nN in this process; n1 is started by the caller with devServeConfig().
  */
 export async function ensureDevCertificates(dir: string, devNodes: number = defaultDevNodes): Promise<DevCertificates> {
   const abs = resolve(dir);
@@ -149,22 +205,41 @@ export async function ensureDevCertificates(dir: string, devNodes: number = defa
     }
     const pass = await ensureSecret(join(abs, 'route.pass'));
     const admin = await ensureSecret(join(abs, 'admin.password'));
-    const usersFile = join(abs, 'users.json');
-    if (admin.created || !existsSync(usersFile)) {
-      // The built-in admin role grants every subject; add narrower users and roles to users.json (SIGHUP reloads it).
-      const users = { users: [{ name: devAdminUser, password: await hashPassword(admin.value), roles: ['admin'] }], roles: {} };
-      await writeFile(usersFile, `${JSON.stringify(users, null, 2)}\n`, { mode: 0o600 });
-    }
     created ||= pass.created || admin.created;
-    // Raft state is per run: route ports are picked afresh and a data dir remembers its peers' addresses.
-    await rm(join(abs, 'data'), { recursive: true, force: true });
-    const routePorts: number[] = [];
-    for (let i = 0; i < devNodes; i++) routePorts.push(await freePort());
+    // A Raft data dir names its peers by address (src/node bootstrap: slots are the sorted route addresses), so
+    // kept data needs the same route ports; anything else (first run, --nodes changed, a data/ from a build that
+    // wiped it every run) starts the data afresh on new ports.
+    const dataDir = join(abs, 'data');
+    const portsFile = join(abs, 'route-ports.json');
+    const kept = keptRoutePorts(portsFile, devNodes);
+    const hadData = existsSync(dataDir);
+    let routePorts: number[];
+    let dataKept = false;
+    if (kept.ports !== undefined && hadData) {
+      for (const [i, p] of kept.ports.entries()) {
+        if (!(await portFree(p))) {
+          throw new ConfigError(`--dir: the route port 127.0.0.1:${p} of n${i + 1} (kept in ${portsFile}: the cluster's data in ${dataDir} names its peers by these ports) is in use. `
+            + `Is another membershipd dev running on ${abs}? Stop it, or remove ${dataDir} and ${portsFile} to start a fresh cluster (users and roles are lost)`, 'dir');
+        }
+      }
+      routePorts = kept.ports;
+      dataKept = true;
+    } else {
+      await rm(dataDir, { recursive: true, force: true });
+      routePorts = [];
+      for (let i = 0; i < devNodes; i++) routePorts.push(await freePort());
+      await writeFile(portsFile, `${JSON.stringify({ routePorts })}\n`, { mode: 0o600 });
+    }
+    const dataReset = hadData && !dataKept ? (kept.why ?? `no ${portsFile}`) : undefined;
     files = {
       ca, clients, routes, created,
-      cluster: { dir: abs, routePorts, passFile: join(abs, 'route.pass'), usersFile, adminPassword: admin.value, adminPasswordFile: join(abs, 'admin.password') },
+      cluster: {
+        dir: abs, routePorts, dataKept, dataReset, passFile: join(abs, 'route.pass'), adminPassword: admin.value, adminPasswordFile: join(abs, 'admin.password'),
+        idFile: seedFile(abs, 0), envFile: join(abs, 'cluster.env'),
+      },
     };
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     const code = (err as NodeJS.ErrnoException | undefined)?.code ?? (err instanceof Error ? err.message : String(err));
     throw new ConfigError(`--dir: cannot create dev certificates in ${JSON.stringify(abs)} (${code})`, 'dir', { cause: err });
   }
@@ -221,23 +296,129 @@ export function exampleCommand(url: string, caFile: string, user?: string, pass?
   return project === undefined ? run : `cd ${shellQuote(project)} && ${run}`;
 }
 
-export function devBanner(node: ServingNode, certs: DevCertificates): string {
+/** `path` as typed from `cwd`: relative when inside it (shorter to read), else absolute. */
+function fromCwd(path: string, cwd: string): string {
+  const r = relative(cwd, path);
+  return r !== '' && !r.startsWith('..') && !isAbsolute(r) ? r : path;
+}
+
+/**
+ * How to run this same membershipd from `cwd`: `node dist/bin/membershipd.js` after `npm start` (the build), or
+ * the TypeScript entry point through tsx when dev itself runs from source (tests, `tsx bin/membershipd.ts dev`).
+ */
+export function cliInvocation(cwd: string = process.cwd(), script: string | undefined = process.argv[1]): string {
+  if (script === undefined || script === '') return 'membershipd';
+  const path = shellQuote(fromCwd(resolve(script), cwd));
+  return /\.[cm]?ts$/.test(script) ? `node --import tsx ${path}` : `node ${path}`;
+}
+
+/** cluster.env for the admin CLI (src/cli/admin/connection.ts reads these keys); values quoted, paths absolute. */
+export function devEnvFile(natsPort: number, caFile: string, idFile: string): string {
+  const quote = (v: string): string => {
+    if (/["\r\n]/.test(v)) throw new DevStartError(`${JSON.stringify(v)}: a path with a quote or newline cannot go into cluster.env; use another --dir`);
+    return `"${v}"`;
+  };
+  return [
+    '# membershipd dev: how the admin CLI reaches this cluster: `membershipd <command> --env-file <this file>`.',
+    '# Rewritten at every start of `membershipd dev` on this --dir (n1\'s client port is that run\'s).',
+    `NATS_CLIENT_PORT=${natsPort}`,
+    `TLS_CA=${quote(caFile)}`,
+    `INTERNAL_ID_FILE=${quote(idFile)}`,
+    '',
+  ].join('\n');
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Why `node` cannot serve the admin API yet, or undefined when it can (healthy, control buckets created). */
+function notReady(node: ServingNode): string | undefined {
+  const c = node.cluster;
+  if (c === undefined) return `${node.nats.serverName}: no cluster node`;
+  const h = c.health();
+  if (h.status !== 'ok') return `${node.nats.serverName}: ${h.reason}`;
+  const reader = c.kvBackend().reader;
+  const missing = Object.values(controlBuckets).filter((b) => reader.bucketInfo(b) === undefined);
+  return missing.length === 0 ? undefined : `${node.nats.serverName}: control buckets not created yet (${missing.join(', ')})`;
+}
+
+/** Runs one admin command in process, exactly as the CLI would (same parser, connection, signing). */
+async function admin(area: string, argv: readonly string[], envFile: string): Promise<{ code: number; out: string; err: string }> {
+  const { runAdmin } = await import('./admin/index.js');
+  const o = memoryOutput();
+  // An empty environment: cluster.env alone says where n1 is (a stray NATS_CLIENT_PORT in the shell must not win).
+  const code = await runAdmin(area, [...argv, '--env-file', envFile, '--timeout', '5000'], o, {});
+  return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
+}
+
+/**
+ * After n1 is up: chains the peers' stop onto n1's, waits (bounded) for every node to be healthy, writes
+ * cluster.env, creates role `app` and the admin user through the admin API, and returns the banner. Resolves
+ * undefined when the node is stopped meanwhile (a Ctrl-C during start-up); rejects with DevStartError on timeout.
+ */
+export async function devReady(node: ServingNode, certs: DevCertificates, timeoutMs: number = devReadyTimeoutMs): Promise<string | undefined> {
   const c = certs.cluster;
+  let stopped = false;
   // One Ctrl-C: the serve path stops n1 (and waits for it); the peers stop with it.
   const stopFirst = node.stop.bind(node);
   (node as { stop: () => Promise<void> }).stop = async () => {
+    stopped = true;
     await Promise.all([stopFirst(), ...c.peers.map((p) => p.stop())]);
   };
   const all = [node, ...c.peers];
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (stopped) return undefined;
+    const waiting = all.map(notReady).filter((w) => w !== undefined);
+    if (waiting.length === 0) break;
+    if (Date.now() > deadline) throw new DevStartError(`membershipd dev: the cluster was not ready within ${timeoutMs} ms: ${waiting.join('; ')}`);
+    await sleep(50);
+  }
+  const natsPort = Number(new URL(node.urls.nats).port);
+  await writeFile(c.envFile, devEnvFile(natsPort, certs.caFile, c.idFile), { mode: 0o600 });
+
+  // Idempotent: `add` of the same spec is `unchanged`; a different one (exit 3) is left to the operator for the
+  // role, but the admin user is reset to the printed password and role, since the banner promises them.
+  const role = ['add', devAppRole.name, '--pub-allow', devAppRole.subjects, '--sub-allow', devAppRole.subjects, '--sub-allow', '_INBOX.>', '--allow-responses'];
+  const user = ['add', devAdminUser, '--password-file', c.adminPasswordFile, '--role', 'admin'];
+  const reset = ['update', devAdminUser, '--password-file', c.adminPasswordFile, '--role', 'admin', '--enable'];
+  const outcome: string[] = [];
+  for (const [area, argv, fallback] of [['role', role, undefined], ['user', user, reset]] as const) {
+    for (let attempt = 1; ; attempt++) {
+      if (stopped) return undefined;
+      let r = await admin(area, argv, c.envFile);
+      if (r.code === 3 && fallback !== undefined) r = await admin(area, fallback, c.envFile);
+      if (r.code === 0 || r.code === 3) {
+        outcome.push(r.code === 0 ? r.out : `${area} ${argv[1]}: kept as changed by an operator`);
+        break;
+      }
+      // 1 = no leader yet, a timeout, a replaced leader: retry within the bound. 2 = a bug in these arguments.
+      if (r.code !== 1 || Date.now() > deadline) throw new DevStartError(`membershipd dev: creating the dev ${area} through the admin API failed after ${attempt} attempts: ${r.err}`);
+      await sleep(250);
+    }
+  }
+  return devBanner(all, certs, outcome);
+}
+
+export function devBanner(all: readonly ServingNode[], certs: DevCertificates, bootstrap: readonly string[] = [], cwd: string = process.cwd()): string {
+  const c = certs.cluster;
+  const cli = cliInvocation(cwd);
+  const envFlag = `--env-file ${shellQuote(fromCwd(c.envFile, cwd))}`;
   return [
-    `membershipd dev: ${all.length} node${all.length === 1 ? '' : 's'} (cluster "${devClusterName}") on 127.0.0.1, TLS on client ports, bus auth enforced`,
+    `membershipd dev: ${all.length} node${all.length === 1 ? '' : 's'} (cluster "${devClusterName}") on 127.0.0.1, TLS on client ports, bus auth enforced, users in the replicated store (--store kv)`,
     `  client URLs  ${all.map((n) => n.urls.nats).join(',')}`,
     `  CA file      ${certs.caFile}`,
-    `  credentials  user ${devAdminUser}, password ${c.adminPassword} (kept in ${c.adminPasswordFile}; users in ${c.usersFile})`,
+    `  credentials  user ${devAdminUser}, password ${c.adminPassword} (kept in ${c.adminPasswordFile}; role admin: every subject)`,
     `  health       ${all.map((n) => `${n.urls.http}/healthz`).join(' ')}`,
     `  certificates ${certs.created ? 'generated now in' : 'kept from an earlier run in'} ${c.dir}`,
+    `  data         ${c.dataKept ? 'kept from an earlier run' : c.dataReset !== undefined ? `started afresh (${c.dataReset})` : 'new'}: users, roles and KV buckets in ${join(c.dir, 'data')}; ${bootstrap.join(', ')}`,
     'Try it (subscribes to "hello", publishes "world" over TLS verified against the CA, as the admin user):',
-    `  ${exampleCommand(node.urls.nats, certs.caFile, devAdminUser, c.adminPassword)}`,
+    `  ${exampleCommand(all[0]!.urls.nats, certs.caFile, devAdminUser, c.adminPassword)}`,
+    `Administer it live from ${cwd} (${fromCwd(c.envFile, cwd)} tells the admin CLI n1's port, the CA and n1's internal identity):`,
+    `  ${cli} cluster status ${envFlag}`,
+    `  echo bob-password | ${cli} user add bob --password-stdin --role ${devAppRole.name} --store kv ${envFlag}`,
+    `  ${cli} user list ${envFlag}`,
+    `  ${cli} role add sensors --pub-allow 'sensors.>' --sub-allow 'sensors.>' ${envFlag}`,
+    `  (role ${devAppRole.name} publishes and subscribes ${devAppRole.subjects}, replies included; \`${cli} --help\` lists every admin command)`,
     'Ctrl-C stops every node.',
   ].join('\n');
 }

@@ -37,7 +37,7 @@ function installCrashHandlers(logger: Logger): void {
   });
 }
 
-async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?: (node: ServingNode) => void): Promise<number> {
+async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?: (node: ServingNode) => void | Promise<void>): Promise<number> {
   installCrashHandlers(logger);
   certificateWarnings(config, logger);
   // Loaded only when a node starts: help, version and flag errors stay fast and never load the server.
@@ -56,8 +56,15 @@ async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?:
     logger.fatal({ err }, err instanceof Error ? err.message : String(err));
     return exitCodes.failure;
   }
-  onStarted?.(node);
-  return lifecycle.run(node);
+  const exit = lifecycle.run(node);
+  if (onStarted === undefined) return exit;
+  // dev waits for its cluster before printing the banner; a signal meanwhile still drains and exits as usual.
+  let failure: unknown;
+  const ready = Promise.resolve().then(() => onStarted(node)).then(() => true, (err: unknown) => { failure = err; return false; });
+  if (await Promise.race([ready, exit.then(() => true)])) return exit;
+  logger.fatal({ err: failure }, failure instanceof Error ? failure.message : String(failure));
+  await node.stop().catch(() => undefined);
+  return exitCodes.failure;
 }
 
 /** Runs one command line; resolves with the process exit code (serve and dev resolve after a signal). */
@@ -85,11 +92,14 @@ export async function main(argv: readonly string[], output: CliOutput = processO
         return await serveUntilSignal(command.config, logger);
       }
       case 'dev': {
-        const { devBanner, devServeConfig, ensureDevCertificates } = await import('./dev.js');
+        const { devReady, devServeConfig, ensureDevCertificates } = await import('./dev.js');
         const certs = await ensureDevCertificates(command.config.dir, command.config.nodes);
         const config = devServeConfig(command.config, certs);
         const logger = createLogger(config.logLevel, { server_name: config.serverName });
-        return await serveUntilSignal(config, logger, (node) => output.out(devBanner(node, certs)));
+        return await serveUntilSignal(config, logger, async (node) => {
+          const banner = await devReady(node, certs);
+          if (banner !== undefined) output.out(banner);
+        });
       }
     }
   } catch (err) {

@@ -4,11 +4,12 @@
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { hashPassword } from '../../src/auth/index.js';
+import { shellQuote } from '../../src/cli/dev.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
@@ -192,38 +193,125 @@ t.test('serve with TLS and --bus-auth enforce: CA-verified clients, credentials 
   t.same(await finish(run), { code: 0, signal: null }, 'SIGINT: exit 0');
 });
 
-t.test('dev: generates certificates once, prints a banner whose example works as printed', async (t) => {
+/** Runs one printed command line through `sh -c`, as a user pasting it would; killed by PID at teardown. */
+async function shell(t: Test, command: string, cwd: string): Promise<{ code: number | null; out: string; err: string }> {
+  const child = spawn('sh', ['-c', command], { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, NODE_OPTIONS: '' } });
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) process.kill(child.pid, 'SIGKILL'); });
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`no exit from ${command}: ${err}`)), waitMs); });
+  try {
+    const code = await Promise.race([new Promise<number | null>((resolve) => child.once('exit', resolve)), timeout]);
+    return { code, out, err };
+  } finally { clearTimeout(timer); }
+}
+
+/** The banner's admin command lines (after "Administer it live from"), by what they run. */
+function adminLines(banner: string): { status: string; userAdd: string; userList: string; roleAdd: string } {
+  const lines = banner.split('\n').map((l) => l.trim());
+  const find = (what: RegExp): string => {
+    const line = lines.find((l) => what.test(l));
+    if (line === undefined) throw new Error(`no ${String(what)} line in the banner:\n${banner}`);
+    return line;
+  };
+  return { status: find(/ cluster status /), userAdd: find(/ user add bob /), userList: find(/ user list /), roleAdd: find(/ role add /) };
+}
+
+t.test('dev: generates certificates once, prints a banner whose example and admin commands work as printed, keeps users across a restart', async (t) => {
   const dir = join(t.testdir(), 'dev cluster');
   const first = start(t, ['dev', '--dir', dir, '--nats-port', '0', '--http-port', '0']);
   const banner = await until('the banner', first, () => (first.stdout.includes('Ctrl-C stops every node.') ? first.stdout : undefined));
   t.comment(banner);
   const urls = /client URLs +(tls:\/\/127\.0\.0\.1:\d+(,tls:\/\/127\.0\.0\.1:\d+){2})\n/.exec(banner)?.[1];
   t.ok(urls, 'banner has the three nodes\' client URLs');
-  t.match(banner, `CA file      ${join(dir, 'ca.pem')}`);
+  const caFile = join(dir, 'ca.pem');
+  t.match(banner, `CA file      ${caFile}`);
   t.match(banner, 'certificates generated now');
+  t.match(banner, /users in the replicated store \(--store kv\)/);
+  t.match(banner, /data +new: .*role app: created, user admin: created/, 'the dev user and role are created through the admin API');
   t.match(banner, /credentials +user admin, password \S+ \(kept in /);
   const example = banner.split('\n').find((l) => l.includes('node -e'))?.trim();
   t.ok(example, 'banner has an example command');
   // Run exactly as printed, from another directory, through a shell.
   const elsewhere = join(dir, '..', 'elsewhere');
   mkdirSync(elsewhere);
-  const shell = spawn('sh', ['-c', example!], { cwd: elsewhere, stdio: ['ignore', 'pipe', 'pipe'] });
-  t.teardown(() => { if (shell.exitCode === null && shell.pid !== undefined) process.kill(shell.pid, 'SIGKILL'); });
-  let out = '';
-  let err = '';
-  shell.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
-  shell.stderr.setEncoding('utf8').on('data', (d: string) => { err += d; });
-  const code = await new Promise<number | null>((resolve) => shell.once('exit', resolve));
-  t.equal(code, 0, `example exits 0 ${err}`);
-  t.equal(out, 'received hello world\n', 'example prints what it received');
-  const caBefore = readFileSync(join(dir, 'ca.pem'), 'utf8');
+  const ex = await shell(t, example!, elsewhere);
+  t.equal(ex.code, 0, `example exits 0 ${ex.err}`);
+  t.equal(ex.out, 'received hello world\n', 'example prints what it received');
+
+  // The admin commands, as printed, from the directory the banner names (where dev was started).
+  t.match(banner, `Administer it live from ${resolve(root)} `);
+  const cmds = adminLines(banner);
+  const envFile = shellQuote(relative(resolve(root), join(dir, 'cluster.env')));
+  for (const line of Object.values(cmds)) t.ok(line.endsWith(` --env-file ${envFile}`), `the admin CLI is pointed at dev's cluster.env: ${line}`);
+  // Independent commands, run at once (each is a process start).
+  const [status, add, role] = await Promise.all([shell(t, cmds.status, root), shell(t, cmds.userAdd, root), shell(t, cmds.roleAdd, root)]);
+  t.equal(status.code, 0, `cluster status exits 0 ${status.err}`);
+  const rows = status.out.split('\n').filter((l) => /^n\d /.test(l));
+  t.same(rows.map((r) => r.split(/\s+/)[0]).sort(), ['n1', 'n2', 'n3'], `cluster status lists the three nodes\n${status.out}`);
+  t.ok(rows.every((r) => / yes /.test(r)), 'every node is reachable');
+  t.match(status.out, /^cluster dev: leader n\d, term \d+, 3 voters/);
+
+  const password = /^echo (\S+) \|/.exec(cmds.userAdd)?.[1];
+  t.ok(password, 'the user add line pipes a password to --password-stdin');
+  t.match(cmds.userAdd, / user add bob --password-stdin --role app --store kv /);
+  t.equal(add.code, 0, `user add exits 0 ${add.err}`);
+  t.equal(add.out, 'user bob: created\n');
+  t.equal(role.code, 0, `role add exits 0 ${role.err}`);
+  t.equal(role.out, 'role sensors: created\n');
+
+  // bob connects over TLS (verified against the dev CA) to another node than the one the CLI used, and may use
+  // the subjects of role app only.
+  const otherNode = urls!.split(',')[2]!;
+  const asBob = (server: string) => connect({ servers: server, tls: { caFile }, user: 'bob', pass: password!, reconnect: false });
+  const bob = await asBob(otherNode);
+  t.teardown(() => bob.close().catch(() => undefined));
+  t.equal(await roundTripOn(bob, 'app.orders'), 'app.orders payload-1', 'bob pub/subs within role app');
+  const errors: string[] = [];
+  void (async () => { for await (const s of bob.status()) if (s.type === 'error') errors.push(String((s as { error?: Error }).error?.message)); })();
+  bob.publish('hello', 'x');
+  await bob.flush();
+  await untilTrue('a permissions violation', () => errors.length > 0);
+  t.match(errors[0], /Permissions Violation for Publish to "hello"/, 'outside role app is refused');
+  await bob.close();
+  await t.rejects(connect({ servers: otherNode, tls: { caFile }, user: 'bob', pass: 'wrong', reconnect: false }), 'a wrong password is refused');
+
+  const caBefore = readFileSync(caFile, 'utf8');
   process.kill(first.child.pid!, 'SIGINT');
   t.same(await finish(first), { code: 0, signal: null }, 'Ctrl-C stops dev cleanly');
 
   const second = start(t, ['dev', '--dir', dir, '--nats-port', '0', '--http-port', '0']);
-  await until('the second banner', second, () => (second.stdout.includes('Ctrl-C') ? true : undefined));
-  t.match(second.stdout, 'kept from an earlier run', 'later runs keep the certificates');
-  t.equal(readFileSync(join(dir, 'ca.pem'), 'utf8'), caBefore, 'the CA is unchanged');
+  const again = await until('the second banner', second, () => (second.stdout.includes('Ctrl-C stops every node.') ? second.stdout : undefined));
+  t.match(again, 'certificates kept from an earlier run', 'later runs keep the certificates');
+  t.match(again, /data +kept from an earlier run: .*role app: unchanged, user admin: unchanged/, 'a restart neither fails nor duplicates the dev user');
+  t.equal(readFileSync(caFile, 'utf8'), caBefore, 'the CA is unchanged');
+  const list = await shell(t, adminLines(again).userList, root);
+  t.equal(list.code, 0, `user list exits 0 ${list.err}`);
+  t.same(list.out.split('\n').slice(1).filter((l) => l.length > 0).map((l) => l.split(/\s+/).slice(0, 3)),
+    [['admin', 'password', 'admin'], ['bob', 'password', 'app']], `after the restart: admin once, bob still there\n${list.out}`);
+  const secondUrl = /client URLs +(tls:\/\/127\.0\.0\.1:\d+)/.exec(again)?.[1];
+  const bob2 = await asBob(secondUrl!);
+  t.teardown(() => bob2.close().catch(() => undefined));
+  t.equal(await roundTripOn(bob2, 'app.again'), 'app.again payload-1', 'bob still connects after the restart');
+  await bob2.close();
   process.kill(second.child.pid!, 'SIGTERM');
   t.same(await finish(second), { code: 0, signal: null });
 });
+
+async function roundTripOn(nc: NatsConnection, subject: string): Promise<string> {
+  const sub = nc.subscribe(subject, { max: 1 });
+  nc.publish(subject, 'payload-1');
+  for await (const m of sub) return `${m.subject} ${m.string()}`;
+  return 'nothing';
+}
+
+async function untilTrue(what: string, cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + waitMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
