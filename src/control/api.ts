@@ -10,7 +10,7 @@
 // and names a target is recorded in the audit bucket with its result.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
+import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand } from '../../store/index.js';
 import { KvErrorCode } from '../../store/index.js';
 import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
 import { builtinAdminRole, hashPassword, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
@@ -120,6 +120,8 @@ const builtinAdminView = {
 };
 
 export class ControlApi {
+  /** Replies whose audit record went out in the same txn as the change. */
+  private readonly auditedReplies = new WeakSet<object>();
   private readonly handlers = new Map<string, AdminHandler>();
   private readonly verifier: EnvelopeVerifier;
   private readonly backend: KvBackend;
@@ -242,18 +244,40 @@ export class ControlApi {
   }
 
   private async propose(cmd: KvCommand): Promise<KvResult> {
-    if (this.backend.reader.bucketInfo(cmd.bucket) === undefined) {
-      throw new AdminError('unavailable', `control bucket ${cmd.bucket} does not exist yet (the cluster has not created its buckets; is there a leader?) — retry`);
+    for (const bucket of cmd.op === 'txn' ? cmd.ops.map((o) => o.bucket) : [cmd.bucket]) {
+      if (this.backend.reader.bucketInfo(bucket) === undefined) {
+        throw new AdminError('unavailable', `control bucket ${bucket} does not exist yet (the cluster has not created its buckets; is there a leader?) — retry`);
+      }
     }
     return this.backend.propose(cmd);
   }
 
-  private async audit(ctx: AdminContext, what: string, target: string, result: string, detail?: Record<string, unknown>): Promise<void> {
+  private auditRecord(ctx: AdminContext, what: string, target: string, result: string, detail?: Record<string, unknown>): KvWriteCommand {
     const ts = this.now();
     const value: AuditValue = { v: schemaVersion, ts, who: ctx.who, what, target, result, ...(detail !== undefined ? { detail } : {}) };
     validateAudit(value);
+    return { op: 'put', bucket: controlBuckets.audit, key: auditKey(ts, randomBytes(6).toString('hex')), value: encodeValue(value), ts };
+  }
+
+  /**
+   * A change and its audit record as one replicated entry whose guards are checked when it applies,
+   * in log order on every node: one commit instead of a ReadIndex round, the write and a second
+   * write for the audit record, and nothing a concurrent writer can slip between check and write.
+   */
+  private async proposeAudited(ctx: AdminContext, what: string, target: string, result: AdminResult, detail: Record<string, unknown> | undefined,
+    write: KvWriteCommand, guards: readonly KvGuard[]): Promise<KvResult> {
+    return this.propose({ op: 'txn', ts: write.ts, guards, ops: [write, this.auditRecord(ctx, what, target, result, detail)] });
+  }
+
+  /** Marks a handler's reply whose audit record was written with the change (audited() skips it). */
+  private recorded<T extends object>(reply: T): T {
+    this.auditedReplies.add(reply);
+    return reply;
+  }
+
+  private async audit(ctx: AdminContext, what: string, target: string, result: string, detail?: Record<string, unknown>): Promise<void> {
     try {
-      const r = await this.propose({ op: 'put', bucket: controlBuckets.audit, key: auditKey(ts, randomBytes(6).toString('hex')), value: encodeValue(value), ts });
+      const r = await this.propose(this.auditRecord(ctx, what, target, result, detail));
       if (!r.ok) this.logger.error({ what, target, code: r.code }, `audit record not written: ${r.message}`);
     } catch (err) {
       this.logger.error({ err, what, target }, 'audit record not written');
@@ -265,7 +289,7 @@ export class ControlApi {
     detail?: Record<string, unknown>): Promise<Record<string, unknown>> {
     try {
       const r = await fn();
-      await this.audit(ctx, what, target, r.result, detail);
+      if (!this.auditedReplies.has(r)) await this.audit(ctx, what, target, r.result, detail);
       this.logger.info({ what, target, who: ctx.who, result: r.result }, 'admin change');
       return r;
     } catch (err) {
@@ -339,17 +363,23 @@ export class ControlApi {
     this.register('USER', 'ADD', async (body, ctx) => {
       const name = this.userName(body);
       const roles = strList(body, 'roles') ?? [];
+      const detail = { roles, credential: body.nkey !== undefined ? 'nkey' : 'password' };
       return this.audited(ctx, 'user.add', name, async () => {
         const cred = this.credentialOf(body, true)!;
-        await this.backend.readBarrier();
-        this.checkRolesExist(roles);
+        const problem = roleListProblem(roles);
+        if (problem !== undefined) throw new AdminError('bad_request', problem);
         const compare = async (existing: UserValue): Promise<{ result: 'unchanged'; user: Record<string, unknown> }> => {
           if (!existing.disabled && sameSet(existing.roles, roles) && (await this.sameCredential(existing, cred))) return { result: 'unchanged', user: publicUser(existing) };
           throw new AdminError('conflict', `user ${name} already exists with a different specification; add never overwrites: use "membershipd user update ${name} …" to change it`);
         };
-        const existing = this.user(name);
-        if (existing !== undefined) return compare(existing.value);
-        this.nkeyTaken(cred.nkey, name);
+        // No ReadIndex round before the write: the txn's guards decide at apply time (roles exist,
+        // the name and the nkey are free). Only a name this node already knows is answered from a
+        // linearizable read, since `unchanged` must compare against the current record.
+        if (this.user(name) !== undefined) {
+          await this.backend.readBarrier();
+          const existing = this.user(name);
+          if (existing !== undefined) return compare(existing.value);
+        }
         const ts = this.now();
         const value: UserValue = {
           v: schemaVersion, name,
@@ -357,15 +387,21 @@ export class ControlApi {
           roles: [...new Set(roles)], disabled: false, created: ts, updated: ts, by: ctx.who,
         };
         validateUser(value);
-        const r = await this.propose({ op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(value), ts });
-        if (r.ok) return { result: 'created', user: publicUser(value) };
-        if (r.code === KvErrorCode.keyExists) {
-          // A concurrent add won the create: the same spec is still `unchanged`, another one a conflict.
+        const guards: KvGuard[] = value.roles.filter((r) => r !== builtinAdminRole).map((r) => ({ bucket: controlBuckets.roles, key: r, present: true }));
+        if (cred.nkey !== undefined) guards.push({ bucket: controlBuckets.users, field: 'nkey', equals: cred.nkey, except: name });
+        const r = await this.proposeAudited(ctx, 'user.add', name, 'created', detail,
+          { op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(value), ts }, guards);
+        if (r.ok) return this.recorded({ result: 'created' as const, user: publicUser(value) });
+        if (r.code === KvErrorCode.keyExists && r.key === name) {
+          // The name was taken (by a concurrent add, or before this node heard of it); this node has
+          // applied that entry by now, so its record is the one to compare with.
           const now = this.user(name);
           if (now !== undefined) return compare(now.value);
         }
+        if (r.code === KvErrorCode.keyNotFound) throw new AdminError('not_found', `role ${r.key} does not exist; create it first with "membershipd role add ${r.key} …"`);
+        if (r.code === KvErrorCode.valueTaken) throw new AdminError('conflict', `nkey ${cred.nkey} already belongs to user ${r.key}`);
         throw new AdminError('unavailable', `user ${name} was not written: ${r.message}`);
-      }, { roles, credential: body.nkey !== undefined ? 'nkey' : 'password' });
+      }, detail);
     });
 
     this.register('USER', 'UPDATE', async (body, ctx) => {

@@ -245,7 +245,7 @@ export class KvApi {
     try {
       return await this.backend.propose(cmd);
     } catch (err) {
-      this.logger.warn({ err, op: cmd.op, bucket: cmd.bucket }, 'KV proposal failed');
+      this.logger.warn({ err, op: cmd.op, bucket: 'bucket' in cmd ? cmd.bucket : null }, 'KV proposal failed');
       return jsErrors.clusterNotAvailable();
     }
   }

@@ -6,7 +6,7 @@ import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RaftError, RawNode, StateType, decodeConfChange, seededRng, EntryType, ConfChangeType, type Message, type Ready } from '../../raft/index.js';
+import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type HardState, type Message, type Ready } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
 import { encodeKvCommand } from '../../store/index.js';
 import {
@@ -185,6 +185,8 @@ export class ClusterNode {
   private lastLead = 0;
   private lastLeaderContact = 0;
   private ticks = 0;
+  /** A commit-only hard state not yet written (see handleReady); saved with the next synced batch or at stop. */
+  private deferredHardState: HardState | undefined;
   private bootstrapProblem: string | undefined;
   private readonly startedAt = Date.now();
   private readonly voterGraceMs: number;
@@ -534,12 +536,34 @@ export class ClusterNode {
       this.metrics.snapshotsInstalled++;
       this.log.info({ index: rd.snapshot.meta.index }, 'installed a snapshot from the leader');
     }
-    if (rd.hardState || rd.entries.length > 0) {
-      const t0 = performance.now();
-      await this.storage.save({ hardState: rd.hardState ?? undefined, entries: rd.entries });
-      this.metrics.persistSeconds.observe((performance.now() - t0) / 1000);
+    // Raft thesis §10.2.1: a leader may send AppendEntries while its own write is in flight, so its
+    // fsync and the followers' overlap instead of adding up. Safe because (1) the leader counts itself
+    // towards a commit only through this loop, which applies nothing before the save below resolves,
+    // and (2) a message leaves early only if the commit index it reveals is already durable here, so no
+    // follower or learner can apply an entry this leader could still lose in a crash. Votes, responses
+    // and everything a follower sends wait for the save, as the Ready contract requires.
+    let late: readonly Message[] = rd.messages;
+    if (rd.messages.length > 0 && this.raw!.basicStatus().state === StateType.leader) {
+      const durable = this.storage.lastIndex();
+      const held: Message[] = [];
+      for (const m of rd.messages) {
+        if ((m.type === MessageType.app || m.type === MessageType.heartbeat) && m.commit <= durable) this.sendMessage(m);
+        else held.push(m);
+      }
+      late = held;
     }
-    for (const m of rd.messages) this.sendMessage(m);
+    if (rd.mustSync || rd.entries.length > 0) {
+      const t0 = performance.now();
+      await this.storage.save({ hardState: rd.hardState ?? this.deferredHardState, entries: rd.entries });
+      this.deferredHardState = undefined;
+      this.metrics.persistSeconds.observe((performance.now() - t0) / 1000);
+    } else if (rd.hardState) {
+      // Only the commit index moved: it need not be durable (a restarted node relearns it from the
+      // leader, as etcd's MustSync rule has it), so it rides along with the next synced write
+      // instead of costing an fdatasync of its own on every node for every commit.
+      this.deferredHardState = rd.hardState;
+    }
+    for (const m of late) this.sendMessage(m);
     for (const e of rd.committedEntries) {
       if (e.index <= this.stateMachine.appliedIndex) continue;
       if (e.type === EntryType.confChange) {
@@ -1125,6 +1149,10 @@ export class ClusterNode {
     clearInterval(this.tickTimer);
     this.failAll(this.stoppedError());
     await this.loop;
+    if (this.deferredHardState && !this.fatal) {
+      // A clean stop leaves the latest commit index on disk, so a restart re-applies up to it at once.
+      await this.storage.save({ hardState: this.deferredHardState }).catch((err: unknown) => this.log.warn({ err }, 'could not save the commit index at stop'));
+    }
     this.bus?.close();
     await this.transport.close();
     await this.storage.close();

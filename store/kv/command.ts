@@ -10,6 +10,17 @@
 //                                                            (0: the key has no entry at all)
 //   { op: 'delete', bucket, key, ts, revision? }             appends a DEL marker (kept in history)
 //   { op: 'purge',  bucket, key, ts, revision? }             drops the key's history, keeps a PURGE marker
+//   { op: 'txn', ts, guards: [KvGuard…], ops: [write…] }     every guard holds and every write is accepted,
+//                                                            then all writes apply (one per bucket), or none
+//
+// A txn lets a caller turn "check, then write" into one replicated entry whose checks run at apply
+// time on every node against the same state, so it needs no ReadIndex round before it and cannot
+// interleave with a concurrent writer (the control plane writes a user and its audit record this way).
+// Its writes share the entry's index as their revision, hence at most one write per bucket.
+//   guard { bucket, key, present: true|false }              the key's latest entry is (not) a PUT
+//   guard { bucket, key, revision }                         the key's latest revision is `revision` (0: none)
+//   guard { bucket, field, equals, except? }                no key but `except` holds a PUT whose value is a
+//                                                            msgpack map with map[field] === equals (a string)
 import { copyBytes, isUint, pack, unpack } from '../codec.js';
 
 export interface BucketConfigInput {
@@ -21,12 +32,24 @@ export interface BucketConfigInput {
   readonly keyBytesMax?: number;
 }
 
-export type KvCommand =
-  | { readonly op: 'bucket.create'; readonly bucket: string; readonly config: BucketConfigInput; readonly ts: number }
-  | { readonly op: 'bucket.delete'; readonly bucket: string; readonly ts: number }
+export type KvWriteCommand =
   | { readonly op: 'put' | 'create'; readonly bucket: string; readonly key: string; readonly value: Uint8Array; readonly ts: number }
   | { readonly op: 'update'; readonly bucket: string; readonly key: string; readonly value: Uint8Array; readonly revision: number; readonly ts: number }
   | { readonly op: 'delete' | 'purge'; readonly bucket: string; readonly key: string; readonly ts: number; readonly revision?: number };
+
+export type KvGuard =
+  | { readonly bucket: string; readonly key: string; readonly present: boolean }
+  | { readonly bucket: string; readonly key: string; readonly revision: number }
+  | { readonly bucket: string; readonly field: string; readonly equals: string; readonly except?: string };
+
+export type KvCommand =
+  | { readonly op: 'bucket.create'; readonly bucket: string; readonly config: BucketConfigInput; readonly ts: number }
+  | { readonly op: 'bucket.delete'; readonly bucket: string; readonly ts: number }
+  | KvWriteCommand
+  | { readonly op: 'txn'; readonly ts: number; readonly guards: readonly KvGuard[]; readonly ops: readonly KvWriteCommand[] };
+
+/** Bounds of a txn (a bigger one is refused as a bad command, on every node alike). */
+export const txnLimits = { guardsMax: 64, opsMax: 16 } as const;
 
 export function encodeKvCommand(cmd: KvCommand): Uint8Array {
   return pack(cmd);
@@ -44,6 +67,11 @@ export function decodeKvCommand(data: Uint8Array): KvCommand | string {
   }
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'not a msgpack map';
   const o = v as Record<string, unknown>;
+  if (o.op === 'txn') return decodeTxn(o);
+  return decodeSingle(o);
+}
+
+function decodeSingle(o: Record<string, unknown>): KvCommand | string {
   if (!str(o.bucket)) return 'bucket must be a string';
   if (!isUint(o.ts)) return 'ts must be a non-negative integer';
   const bucket = o.bucket;
@@ -82,4 +110,42 @@ export function decodeKvCommand(data: Uint8Array): KvCommand | string {
     default:
       return `unknown op ${JSON.stringify(o.op)}`;
   }
+}
+
+function decodeTxn(o: Record<string, unknown>): KvCommand | string {
+  if (!isUint(o.ts)) return 'ts must be a non-negative integer';
+  if (!Array.isArray(o.guards) || o.guards.length > txnLimits.guardsMax) return `txn guards must be a list of at most ${txnLimits.guardsMax}`;
+  if (!Array.isArray(o.ops) || o.ops.length === 0 || o.ops.length > txnLimits.opsMax) return `txn ops must be a list of 1..${txnLimits.opsMax} writes`;
+  const guards: KvGuard[] = [];
+  for (const [i, g] of o.guards.entries()) {
+    if (typeof g !== 'object' || g === null || Array.isArray(g)) return `txn guard ${i} must be a map`;
+    const m = g as Record<string, unknown>;
+    if (!str(m.bucket)) return `txn guard ${i}: bucket must be a string`;
+    if (str(m.field)) {
+      if (!str(m.equals)) return `txn guard ${i}: equals must be a string`;
+      if (m.except !== undefined && !str(m.except)) return `txn guard ${i}: except must be a string`;
+      guards.push(m.except === undefined ? { bucket: m.bucket, field: m.field, equals: m.equals } : { bucket: m.bucket, field: m.field, equals: m.equals, except: m.except });
+    } else if (!str(m.key)) {
+      return `txn guard ${i}: key (or field) must be a string`;
+    } else if (typeof m.present === 'boolean') {
+      guards.push({ bucket: m.bucket, key: m.key, present: m.present });
+    } else if (isUint(m.revision)) {
+      guards.push({ bucket: m.bucket, key: m.key, revision: m.revision });
+    } else {
+      return `txn guard ${i}: needs present (boolean) or revision (non-negative integer)`;
+    }
+  }
+  const ops: KvWriteCommand[] = [];
+  const buckets = new Set<string>();
+  for (const [i, w] of o.ops.entries()) {
+    if (typeof w !== 'object' || w === null || Array.isArray(w)) return `txn op ${i} must be a map`;
+    const c = decodeSingle(w as Record<string, unknown>);
+    if (typeof c === 'string') return `txn op ${i}: ${c}`;
+    if (c.op === 'bucket.create' || c.op === 'bucket.delete' || c.op === 'txn') return `txn op ${i}: ${c.op} cannot be part of a txn`;
+    // The entry's index is the revision of each write: two writes to one bucket would share it.
+    if (buckets.has(c.bucket)) return `txn op ${i}: a txn writes each bucket at most once (${c.bucket} twice)`;
+    buckets.add(c.bucket);
+    ops.push(c);
+  }
+  return { op: 'txn', ts: o.ts, guards, ops };
 }

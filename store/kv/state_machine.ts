@@ -9,7 +9,7 @@
 import { assert } from '../assert.js';
 import { copyBytes, isUint, pack, unpack } from '../codec.js';
 import { StoreError, StoreErrorCode } from '../errors.js';
-import { type BucketConfigInput, decodeKvCommand, type KvCommand } from './command.js';
+import { type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand } from './command.js';
 
 export const KvErrorCode = {
   badCommand: 'EKV_BAD_COMMAND',
@@ -24,6 +24,10 @@ export const KvErrorCode = {
   keyTooLong: 'EKV_KEY_TOO_LONG',
   valueTooLarge: 'EKV_VALUE_TOO_LARGE',
   bucketFull: 'EKV_BUCKET_FULL',
+  /** A txn guard `present: true` found no value. */
+  keyNotFound: 'EKV_KEY_NOT_FOUND',
+  /** A txn guard `field/equals` found another key holding that value. */
+  valueTaken: 'EKV_VALUE_TAKEN',
 } as const;
 export type KvErrorCode = (typeof KvErrorCode)[keyof typeof KvErrorCode];
 
@@ -65,7 +69,9 @@ export type KvResult =
   | { readonly ok: true; readonly kind: 'bucket.create'; readonly bucket: string; readonly created: boolean; readonly config: BucketConfig }
   | { readonly ok: true; readonly kind: 'bucket.delete'; readonly bucket: string }
   | { readonly ok: true; readonly kind: 'noop' }
-  | { readonly ok: false; readonly code: KvErrorCode; readonly message: string; readonly revision?: number };
+  | { readonly ok: true; readonly kind: 'txn'; readonly entries: readonly KvEntry[] }
+  /** `revision`: the key's latest revision where that explains the refusal; `key`: the key concerned. */
+  | { readonly ok: false; readonly code: KvErrorCode; readonly message: string; readonly revision?: number; readonly key?: string };
 
 export interface KvLimits {
   readonly bucketsMax: number;
@@ -103,8 +109,33 @@ interface Bucket {
 
 const entryBytes = (key: string, value: Uint8Array): number => Buffer.byteLength(key) + value.length;
 
-const refuse = (code: KvErrorCode, message: string, revision?: number): KvResult =>
-  revision === undefined ? { ok: false, code, message } : { ok: false, code, message, revision };
+const refuse = (code: KvErrorCode, message: string, revision?: number, key?: string): KvResult & { ok: false } => ({
+  ok: false, code, message, ...(revision === undefined ? {} : { revision }), ...(key === undefined ? {} : { key }),
+});
+
+/** A write that passed every check, applied by commitWrite() (so a txn applies all of its writes or none). */
+interface PlannedWrite {
+  readonly b: Bucket;
+  readonly key: string;
+  readonly op: KvOperation;
+  readonly value: Uint8Array;
+  readonly ts: number;
+  readonly dropCount: number;
+  readonly dropped: number;
+}
+
+/** The string at map[field] of a msgpack-map value, or undefined (the field index of txn guards). */
+function fieldOf(value: Uint8Array, field: string): string | undefined {
+  if (value.length === 0 || (value[0]! & 0xf0) !== 0x80 && value[0] !== 0xde && value[0] !== 0xdf) return undefined;
+  try {
+    const v: unknown = unpack(value);
+    if (typeof v !== 'object' || v === null || Array.isArray(v)) return undefined;
+    const f = (v as Record<string, unknown>)[field];
+    return typeof f === 'string' ? f : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 export type KvListener = (entry: KvEntry) => void;
 
@@ -116,6 +147,8 @@ export class KvStateMachine {
   private readonly buckets = new Map<string, Bucket>();
   private applied = 0;
   private readonly listeners = new Set<KvListener>();
+  /** bucket → field → value → keys: derived state for txn field guards (rebuilt on demand, never snapshotted). */
+  private readonly fieldIndex = new Map<string, Map<string, Map<string, Set<string>>>>();
 
   constructor(limits: Partial<KvLimits> = {}) {
     this.limits = { ...defaultKvLimits, ...limits };
@@ -138,34 +171,96 @@ export class KvStateMachine {
 
   private run(index: number, cmd: KvCommand): KvResult {
     if (cmd.op === 'bucket.create') return this.createBucket(cmd.bucket, cmd.config, cmd.ts);
-    const b = this.buckets.get(cmd.bucket);
-    if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(cmd.bucket)} does not exist`);
+    if (cmd.op === 'txn') return this.txn(index, cmd.guards, cmd.ops);
     if (cmd.op === 'bucket.delete') {
-      this.buckets.delete(cmd.bucket);
+      if (!this.buckets.delete(cmd.bucket)) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(cmd.bucket)} does not exist`);
+      this.fieldIndex.delete(cmd.bucket);
       return { ok: true, kind: 'bucket.delete', bucket: cmd.bucket };
     }
+    const w = this.plan(cmd);
+    return 'ok' in w ? w : { ok: true, kind: 'entry', entry: this.commitWrite(index, w) };
+  }
+
+  private txn(index: number, guards: readonly KvGuard[], ops: readonly KvWriteCommand[]): KvResult {
+    for (const g of guards) {
+      const failed = this.checkGuard(g);
+      if (failed) return failed;
+    }
+    const planned: PlannedWrite[] = [];
+    for (const op of ops) {
+      const w = this.plan(op);
+      if ('ok' in w) return w;
+      planned.push(w);
+    }
+    return { ok: true, kind: 'txn', entries: planned.map((w) => this.commitWrite(index, w)) };
+  }
+
+  private checkGuard(g: KvGuard): (KvResult & { ok: false }) | undefined {
+    if (!this.buckets.has(g.bucket)) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(g.bucket)} does not exist`);
+    if ('field' in g) {
+      const holders = this.indexFor(g.bucket, g.field).get(g.equals);
+      if (holders) for (const k of holders) if (k !== g.except) return refuse(KvErrorCode.valueTaken, `${g.field} ${g.equals} already belongs to ${k}`, this.get(g.bucket, k)?.revision, k);
+      return undefined;
+    }
+    const latest = this.get(g.bucket, g.key);
+    if ('present' in g) {
+      const present = latest !== undefined && latest.op === 'PUT';
+      if (present === g.present) return undefined;
+      return g.present
+        ? refuse(KvErrorCode.keyNotFound, `key ${g.key} has no value`, latest?.revision ?? 0, g.key)
+        : refuse(KvErrorCode.keyExists, `key ${g.key} exists at revision ${latest!.revision}`, latest!.revision, g.key);
+    }
+    if ((latest?.revision ?? 0) === g.revision) return undefined;
+    return refuse(KvErrorCode.wrongRevision, `key ${g.key} is at revision ${latest?.revision ?? 0}, not ${g.revision}`, latest?.revision ?? 0, g.key);
+  }
+
+  /** Checks a write against the bucket's rules and the key's state; nothing changes yet. */
+  private plan(cmd: KvWriteCommand): PlannedWrite | (KvResult & { ok: false }) {
+    const b = this.buckets.get(cmd.bucket);
+    if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(cmd.bucket)} does not exist`);
     if (!isValidKey(cmd.key)) return refuse(KvErrorCode.badKey, `key ${JSON.stringify(cmd.key.slice(0, 100))} is not a valid KV key`);
     if (Buffer.byteLength(cmd.key) > b.config.keyBytesMax) {
       return refuse(KvErrorCode.keyTooLong, `key of ${Buffer.byteLength(cmd.key)} bytes exceeds the bucket's ${b.config.keyBytesMax}`);
     }
     const hist = b.keys.get(cmd.key);
     const latest = hist?.[hist.length - 1];
-    switch (cmd.op) {
-      case 'put':
-        return this.write(b, index, cmd.key, 'PUT', cmd.value, cmd.ts);
-      case 'create':
-        if (latest && latest.op === 'PUT') return refuse(KvErrorCode.keyExists, `key ${cmd.key} exists at revision ${latest.revision}`, latest.revision);
-        return this.write(b, index, cmd.key, 'PUT', cmd.value, cmd.ts);
-      case 'update':
-      case 'delete':
-      case 'purge': {
-        if ('revision' in cmd && cmd.revision !== undefined && (latest?.revision ?? 0) !== cmd.revision) {
-          return refuse(KvErrorCode.wrongRevision, `key ${cmd.key} is at revision ${latest?.revision ?? 0}, not ${cmd.revision}`, latest?.revision ?? 0);
-        }
-        if (cmd.op === 'update') return this.write(b, index, cmd.key, 'PUT', cmd.value, cmd.ts);
-        return this.write(b, index, cmd.key, cmd.op === 'delete' ? 'DEL' : 'PURGE', new Uint8Array(0), cmd.ts);
-      }
+    if (cmd.op === 'create' && latest && latest.op === 'PUT') return refuse(KvErrorCode.keyExists, `key ${cmd.key} exists at revision ${latest.revision}`, latest.revision, cmd.key);
+    if ((cmd.op === 'update' || cmd.op === 'delete' || cmd.op === 'purge') && cmd.revision !== undefined && (latest?.revision ?? 0) !== cmd.revision) {
+      return refuse(KvErrorCode.wrongRevision, `key ${cmd.key} is at revision ${latest?.revision ?? 0}, not ${cmd.revision}`, latest?.revision ?? 0, cmd.key);
     }
+    const put = cmd.op === 'put' || cmd.op === 'create' || cmd.op === 'update';
+    const op: KvOperation = put ? 'PUT' : cmd.op === 'delete' ? 'DEL' : 'PURGE';
+    const value = put ? cmd.value : new Uint8Array(0);
+    if (value.length > b.config.valueBytesMax) {
+      return refuse(KvErrorCode.valueTooLarge, `value of ${value.length} bytes exceeds the bucket's ${b.config.valueBytesMax}`);
+    }
+    const len = hist?.length ?? 0;
+    // What stays after this write: a purge drops the whole history; otherwise the oldest beyond depth.
+    const dropCount = op === 'PURGE' ? len : Math.max(0, len + 1 - b.config.history);
+    let dropped = 0;
+    for (let k = 0; k < dropCount; k++) dropped += entryBytes(cmd.key, hist![k]!.value);
+    const size = entryBytes(cmd.key, value);
+    if (b.bytes - dropped + size > b.config.bytesMax) {
+      return refuse(KvErrorCode.bucketFull, `bucket ${b.name} would hold ${b.bytes - dropped + size} bytes, more than its ${b.config.bytesMax}`);
+    }
+    return { b, key: cmd.key, op, value, ts: cmd.ts, dropCount, dropped };
+  }
+
+  /** The value → keys index of `field` in `bucket`, built on first use and kept current by commitWrite(). */
+  private indexFor(bucket: string, field: string): Map<string, Set<string>> {
+    let perBucket = this.fieldIndex.get(bucket);
+    if (!perBucket) this.fieldIndex.set(bucket, (perBucket = new Map()));
+    let idx = perBucket.get(field);
+    if (!idx) {
+      idx = new Map();
+      for (const [k, h] of this.buckets.get(bucket)?.keys ?? []) {
+        const e = h[h.length - 1]!;
+        const f = e.op === 'PUT' ? fieldOf(e.value, field) : undefined;
+        if (f !== undefined) addTo(idx, f, k);
+      }
+      perBucket.set(field, idx);
+    }
+    return idx;
   }
 
   private createBucket(name: string, input: BucketConfigInput, ts: number): KvResult {
@@ -192,26 +287,26 @@ export class KvStateMachine {
     return { ok: true, kind: 'bucket.create', bucket: name, created: true, config };
   }
 
-  private write(b: Bucket, index: number, key: string, op: KvOperation, value: Uint8Array, ts: number): KvResult {
-    if (value.length > b.config.valueBytesMax) {
-      return refuse(KvErrorCode.valueTooLarge, `value of ${value.length} bytes exceeds the bucket's ${b.config.valueBytesMax}`);
-    }
+  private commitWrite(index: number, w: PlannedWrite): KvEntry {
+    const { b, key } = w;
     const hist = b.keys.get(key) ?? [];
-    // What stays after this write: a purge drops the whole history; otherwise the oldest beyond depth.
-    const dropCount = op === 'PURGE' ? hist.length : Math.max(0, hist.length + 1 - b.config.history);
-    let dropped = 0;
-    for (let k = 0; k < dropCount; k++) dropped += entryBytes(key, hist[k]!.value);
-    const size = entryBytes(key, value);
-    if (b.bytes - dropped + size > b.config.bytesMax) {
-      return refuse(KvErrorCode.bucketFull, `bucket ${b.name} would hold ${b.bytes - dropped + size} bytes, more than its ${b.config.bytesMax}`);
-    }
-    const entry: KvEntry = { bucket: b.name, key, op, value, revision: index, seq: b.seq + 1, ts };
-    hist.splice(0, dropCount);
+    const before = hist[hist.length - 1];
+    const entry: KvEntry = { bucket: b.name, key, op: w.op, value: w.value, revision: index, seq: b.seq + 1, ts: w.ts };
+    hist.splice(0, w.dropCount);
     hist.push(entry);
     b.keys.set(key, hist);
     b.seq++;
-    b.bytes += size - dropped;
-    b.values += 1 - dropCount;
+    b.bytes += entryBytes(key, w.value) - w.dropped;
+    b.values += 1 - w.dropCount;
+    const indexes = this.fieldIndex.get(b.name);
+    if (indexes) {
+      for (const [field, idx] of indexes) {
+        const old = before?.op === 'PUT' ? fieldOf(before.value, field) : undefined;
+        if (old !== undefined) removeFrom(idx, old, key);
+        const now = w.op === 'PUT' ? fieldOf(w.value, field) : undefined;
+        if (now !== undefined) addTo(idx, now, key);
+      }
+    }
     for (const l of this.listeners) {
       // A listener's bug must not make apply() throw half-way through the listeners; surface it as
       // an uncaught error instead (it is a programming error, not an operating condition).
@@ -223,7 +318,7 @@ export class KvStateMachine {
         });
       }
     }
-    return { ok: true, kind: 'entry', entry };
+    return entry;
   }
 
   // ---- reads -------------------------------------------------------------------------------
@@ -265,7 +360,8 @@ export class KvStateMachine {
     const out: KvEntry[] = [];
     const scan = bucket === undefined ? [...this.buckets.values()] : [this.buckets.get(bucket)].filter((b): b is Bucket => !!b);
     for (const b of scan) for (const h of b.keys.values()) for (const e of h) if (e.revision > afterRevision) out.push(e);
-    out.sort((a, z) => a.revision - z.revision);
+    // A txn's writes share a revision (one per bucket): ties go by bucket name, the same on every node.
+    out.sort((a, z) => a.revision - z.revision || (a.bucket < z.bucket ? -1 : a.bucket > z.bucket ? 1 : 0));
     return out.length > limit ? out.slice(0, limit) : out;
   }
 
@@ -323,7 +419,19 @@ export class KvStateMachine {
       buckets.set(name, b);
     }
     this.buckets.clear();
+    this.fieldIndex.clear();
     for (const [k, b] of buckets) this.buckets.set(k, b);
     this.applied = v[1];
   }
+}
+
+function addTo(idx: Map<string, Set<string>>, value: string, key: string): void {
+  const keys = idx.get(value);
+  if (keys) keys.add(key);
+  else idx.set(value, new Set([key]));
+}
+
+function removeFrom(idx: Map<string, Set<string>>, value: string, key: string): void {
+  const keys = idx.get(value);
+  if (keys?.delete(key) && keys.size === 0) idx.delete(value);
 }

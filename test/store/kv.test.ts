@@ -4,7 +4,7 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { encodeKvCommand, KvErrorCode, KvStateMachine, StoreErrorCode, type KvCommand, type KvEntry, type KvResult } from '../../store/index.js';
-import { pack } from '../../store/codec.js';
+import { pack, unpack } from '../../store/codec.js';
 
 const SEED = Number(process.env.SEED ?? Date.now() % 1_000_000_007);
 t.comment(`seeded properties use SEED=${SEED} (rerun: SEED=${SEED} npx tap test/store/kv.test.ts)`);
@@ -20,9 +20,56 @@ interface MBucket {
 /** The obvious reference: slow, written without looking at the state machine's data structures. */
 class Model {
   buckets = new Map<string, MBucket>();
-  apply(index: number, cmd: KvCommand | 'garbage' | 'noop'): { ok: boolean; code?: string; entry?: KvEntry; created?: boolean } {
+  apply(index: number, cmd: KvCommand | 'garbage' | 'noop'): { ok: boolean; code?: string; entry?: KvEntry; entries?: KvEntry[]; created?: boolean } {
     if (cmd === 'noop') return { ok: true };
     if (cmd === 'garbage') return { ok: false, code: KvErrorCode.badCommand };
+    if (cmd.op === 'txn') return this.txn(index, cmd);
+    return this.single(index, cmd);
+  }
+
+  private latest(bucket: string, key: string): KvEntry | undefined {
+    return this.buckets.get(bucket)?.stream.filter((e) => e.key === key).pop();
+  }
+
+  /** Guards in order, then the writes one after another on a copy; any refusal leaves the model as it was. */
+  private txn(index: number, cmd: Extract<KvCommand, { op: 'txn' }>): ReturnType<Model['apply']> {
+    if (new Set(cmd.ops.map((o) => o.bucket)).size !== cmd.ops.length) return { ok: false, code: KvErrorCode.badCommand };
+    for (const g of cmd.guards) {
+      const b = this.buckets.get(g.bucket);
+      if (!b) return { ok: false, code: KvErrorCode.bucketNotFound };
+      if ('field' in g) {
+        for (const k of new Set(b.stream.map((e) => e.key))) {
+          const e = this.latest(g.bucket, k)!;
+          if (k === g.except || e.op !== 'PUT') continue;
+          let v: unknown;
+          try {
+            v = unpack(e.value);
+          } catch {
+            continue;
+          }
+          if (typeof v === 'object' && v !== null && !Array.isArray(v) && (v as Record<string, unknown>)[g.field] === g.equals) return { ok: false, code: KvErrorCode.valueTaken };
+        }
+      } else if ('present' in g) {
+        const present = this.latest(g.bucket, g.key)?.op === 'PUT';
+        if (present !== g.present) return { ok: false, code: g.present ? KvErrorCode.keyNotFound : KvErrorCode.keyExists };
+      } else if ((this.latest(g.bucket, g.key)?.revision ?? 0) !== g.revision) {
+        return { ok: false, code: KvErrorCode.wrongRevision };
+      }
+    }
+    const saved = new Map([...this.buckets].map(([k, b]) => [k, { ...b, stream: [...b.stream] }]));
+    const entries: KvEntry[] = [];
+    for (const op of cmd.ops) {
+      const r = this.single(index, op);
+      if (!r.ok) {
+        this.buckets = saved;
+        return r;
+      }
+      entries.push(r.entry!);
+    }
+    return { ok: true, entries };
+  }
+
+  private single(index: number, cmd: Exclude<KvCommand, { op: 'txn' }>): ReturnType<Model['apply']> {
     if (cmd.op === 'bucket.create') {
       if (!/^[a-zA-Z0-9_-]{1,8}$/.test(cmd.bucket)) return { ok: false, code: KvErrorCode.badBucketName };
       const c = { history: 1, valueBytesMax: 64, bytesMax: 256 * 1024 * 1024, keyBytesMax: 40, ...cmd.config };
@@ -91,7 +138,7 @@ function compare(sm: KvStateMachine, m: Model, probeRevision: number): string | 
     const feed = b.stream.filter((e) => e.revision > probeRevision).sort((a, z) => a.revision - z.revision);
     if (JSON.stringify(sm.changesSince(probeRevision, name).map(plain)) !== JSON.stringify(feed.map(plain))) return `changes of ${name} since ${probeRevision}`;
   }
-  const all = [...m.buckets.values()].flatMap((b) => b.stream).filter((e) => e.revision > probeRevision).sort((a, z) => a.revision - z.revision);
+  const all = [...m.buckets.values()].flatMap((b) => b.stream).filter((e) => e.revision > probeRevision).sort((a, z) => a.revision - z.revision || (a.bucket < z.bucket ? -1 : a.bucket > z.bucket ? 1 : 0));
   if (JSON.stringify(sm.changesSince(probeRevision).map(plain)) !== JSON.stringify(all.map(plain))) return `changes since ${probeRevision}`;
   return null;
 }
@@ -101,6 +148,7 @@ function sameResult(got: KvResult, want: ReturnType<Model['apply']>): boolean {
   if (!got.ok) return got.code === want.code;
   if (got.kind === 'entry') return JSON.stringify(plain(got.entry)) === JSON.stringify(plain(want.entry));
   if (got.kind === 'bucket.create') return got.created === want.created;
+  if (got.kind === 'txn') return JSON.stringify(got.entries.map(plain)) === JSON.stringify(want.entries?.map(plain));
   return true;
 }
 
@@ -110,7 +158,9 @@ const keyArb = fc.oneof(
   { weight: 12, arbitrary: fc.constantFrom('k1', 'k2', 'k.3', 'sub.k', 'a/b=c_d-e', 'x'.repeat(30)) },
   { weight: 1, arbitrary: fc.constantFrom('.bad', 'bad.', 'a..b', '', 'sp ace', 'y'.repeat(41)) },
 );
-const valueArb = rare(fc.uint8Array({ maxLength: 12 }), fc.uint8Array({ maxLength: 70 }));
+// Some values are msgpack maps, so txn field guards (`nk` equals 'A' or 'B') find holders.
+const mapValueArb = fc.constantFrom(pack({ nk: 'A' }), pack({ nk: 'B' }), pack({ nk: 1 }), pack({ x: 'A' }), pack(['A']));
+const valueArb = fc.oneof({ weight: 9, arbitrary: fc.uint8Array({ maxLength: 12 }) }, { weight: 3, arbitrary: mapValueArb }, { weight: 1, arbitrary: fc.uint8Array({ maxLength: 70 }) });
 const tsArb = fc.nat(2_000_000_000);
 // -1 stands for "the key's current revision", resolved against the model when the step runs, so
 // that CAS succeeds often enough to matter.
@@ -126,15 +176,26 @@ const configArb = fc.record(
 );
 const createArb = (bucket: fc.Arbitrary<string>) => fc.record({ op: fc.constant('bucket.create' as const), bucket, config: configArb, ts: tsArb });
 type Step = { cmd: KvCommand | 'garbage' | 'noop'; snapshotAfter: boolean; probe: number };
-const cmdArb: fc.Arbitrary<KvCommand | 'garbage' | 'noop'> = fc.oneof(
-  { weight: 1, arbitrary: createArb(bucketArb) },
-  { weight: 1, arbitrary: fc.record({ op: fc.constant('bucket.delete' as const), bucket: fc.constantFrom('a', 'c', 'd', 'zz'), ts: tsArb }) },
+type WriteCmd = Extract<KvCommand, { key: string }>;
+const writeArb: fc.Arbitrary<WriteCmd> = fc.oneof(
   { weight: 6, arbitrary: fc.record({ op: fc.constantFrom('put' as const, 'create' as const), bucket: bucketArb, key: keyArb, value: valueArb, ts: tsArb }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('update' as const), bucket: bucketArb, key: keyArb, value: valueArb, revision: revArb, ts: tsArb }) },
   {
     weight: 3,
     arbitrary: fc.record({ op: fc.constantFrom('delete' as const, 'purge' as const), bucket: bucketArb, key: keyArb, ts: tsArb, revision: revArb }, { requiredKeys: ['op', 'bucket', 'key', 'ts'] }),
   },
+);
+const guardArb = fc.oneof(
+  fc.record({ bucket: bucketArb, key: keyArb, present: fc.boolean() }),
+  fc.record({ bucket: bucketArb, key: keyArb, revision: revArb }),
+  fc.record({ bucket: bucketArb, field: fc.constant('nk'), equals: fc.constantFrom('A', 'B'), except: keyArb }, { requiredKeys: ['bucket', 'field', 'equals'] }),
+);
+const txnArb = fc.record({ op: fc.constant('txn' as const), ts: tsArb, guards: fc.array(guardArb, { maxLength: 3 }), ops: fc.array(writeArb, { minLength: 1, maxLength: 3 }) });
+const cmdArb: fc.Arbitrary<KvCommand | 'garbage' | 'noop'> = fc.oneof(
+  { weight: 1, arbitrary: createArb(bucketArb) },
+  { weight: 1, arbitrary: fc.record({ op: fc.constant('bucket.delete' as const), bucket: fc.constantFrom('a', 'c', 'd', 'zz'), ts: tsArb }) },
+  { weight: 12, arbitrary: writeArb },
+  { weight: 6, arbitrary: txnArb },
   { weight: 1, arbitrary: fc.constantFrom('garbage' as const, 'noop' as const) },
 );
 const stepArb: fc.Arbitrary<Step> = fc.record({ cmd: cmdArb, snapshotAfter: fc.integer({ min: 0, max: 11 }).map((x) => x === 0), probe: fc.nat(60) });
@@ -152,6 +213,7 @@ t.test('model-based: the state machine matches the reference model, across snaps
   let restores = 0;
   let refusals = 0;
   let writes = 0;
+  let txns = 0;
   fc.assert(
     fc.property(createArb(fc.constant('a')), createArb(fc.constant('b')), fc.array(stepArb, { minLength: 1, maxLength: 80, size: 'max' }), (ca, cb, rest) => {
       const steps: Step[] = [{ cmd: ca, snapshotAfter: false, probe: 0 }, { cmd: cb, snapshotAfter: false, probe: 0 }, ...rest];
@@ -161,18 +223,20 @@ t.test('model-based: the state machine matches the reference model, across snaps
       let index = 0;
       for (const [i, s] of steps.entries()) {
         index += 1 + (i % 3); // revisions are log indexes: gaps (conf changes, no-ops elsewhere) are normal
-        let cmd = s.cmd; // generated values are never mutated: shrinking replays them
-        if (typeof cmd === 'object' && 'revision' in cmd && cmd.revision === -1) {
-          const key = cmd.key;
-          const h = m.buckets.get(cmd.bucket)?.stream.filter((e) => e.key === key);
-          cmd = { ...cmd, revision: h?.[h.length - 1]?.revision ?? 0 };
-        }
+        // Generated values are never mutated: shrinking replays them.
+        const current = (bucket: string, key: string) => m.buckets.get(bucket)?.stream.filter((e) => e.key === key).pop()?.revision ?? 0;
+        const resolve = <C extends { bucket: string; key?: string; revision?: number }>(c: C): C =>
+          c.revision === -1 && c.key !== undefined ? { ...c, revision: current(c.bucket, c.key) } : c;
+        let cmd = s.cmd;
+        if (typeof cmd === 'object' && cmd.op === 'txn') cmd = { ...cmd, guards: cmd.guards.map(resolve), ops: cmd.ops.map(resolve) };
+        else if (typeof cmd === 'object' && 'key' in cmd) cmd = resolve(cmd);
         const data = encode(cmd, i);
         const got = sm.apply(index, data);
         twin.apply(index, data);
         const want = m.apply(index, cmd);
         if (!got.ok) refusals++;
         else if (got.kind === 'entry') writes++;
+        else if (got.kind === 'txn') txns++;
         if (!sameResult(got, want)) throw new Error(`step ${i} ${JSON.stringify(cmd)}: got ${JSON.stringify(got)}, model ${JSON.stringify(want)}`);
         const diff = compare(sm, m, s.probe);
         if (diff) throw new Error(`after step ${i}: ${diff}`);
@@ -195,7 +259,8 @@ t.test('model-based: the state machine matches the reference model, across snaps
   );
   t.ok(restores > 20, `${restores} snapshot/restore round trips`);
   t.ok(refusals > 100, `${refusals} refused commands compared`);
-  t.ok(writes > 1000, `${writes} successful writes compared`);
+  t.ok(writes > 800, `${writes} successful writes compared`);
+  t.ok(txns > 60, `${txns} applied txns compared`);
 });
 
 t.test('results carry typed refusals; limits; CAS and create semantics', async (t) => {
@@ -231,6 +296,48 @@ t.test('results carry typed refusals; limits; CAS and create semantics', async (
   t.throws(() => new KvStateMachine().restore(Buffer.from([1, 2, 3])), { code: StoreErrorCode.corrupt });
   t.match(run({ op: 'bucket.delete', bucket: 'users', ts: 111 }), { ok: true, kind: 'bucket.delete' });
   t.same(sm.bucketNames(), []);
+});
+
+t.test('txn: guards and writes apply all or nothing; malformed txns are refused as bad commands', async (t) => {
+  const sm = new KvStateMachine();
+  let i = 0;
+  const run = (cmd: KvCommand) => sm.apply(++i, encodeKvCommand(cmd));
+  run({ op: 'bucket.create', bucket: 'users', config: {}, ts: 1 });
+  run({ op: 'bucket.create', bucket: 'audit', config: {}, ts: 1 });
+  run({ op: 'bucket.create', bucket: 'roles', config: {}, ts: 1 });
+  run({ op: 'put', bucket: 'roles', key: 'app', value: pack({}), ts: 2 });
+  const addUser = (name: string, nk: string, role = 'app') => run({
+    op: 'txn', ts: 3,
+    guards: [{ bucket: 'roles', key: role, present: true }, { bucket: 'users', field: 'nkey', equals: nk, except: name }],
+    ops: [{ op: 'create', bucket: 'users', key: name, value: pack({ name, nkey: nk }), ts: 3 }, { op: 'put', bucket: 'audit', key: `a${i + 1}`, value: pack({ what: 'add', name }), ts: 3 }],
+  });
+  const ok = addUser('alice', 'UA');
+  t.match(ok, { ok: true, kind: 'txn', entries: [{ bucket: 'users', key: 'alice', revision: 5, seq: 1 }, { bucket: 'audit', revision: 5, seq: 1 }] });
+  t.match(addUser('bob', 'UA'), { ok: false, code: KvErrorCode.valueTaken, key: 'alice', message: /nkey UA already belongs to alice/ }, 'a second holder of the field is refused');
+  t.match(addUser('alice', 'UB'), { ok: false, code: KvErrorCode.keyExists, key: 'alice' }, 'the create inside refuses the whole txn');
+  t.match(addUser('carol', 'UC', 'nope'), { ok: false, code: KvErrorCode.keyNotFound, key: 'nope' });
+  t.same(sm.keys('audit').length, 1, 'refused txns wrote no audit record');
+  t.same(sm.keys('users'), ['alice']);
+  t.match(run({ op: 'txn', ts: 4, guards: [{ bucket: 'users', key: 'alice', revision: 4 }], ops: [{ op: 'delete', bucket: 'users', key: 'alice', ts: 4 }] }), { ok: false, code: KvErrorCode.wrongRevision, revision: 5 });
+  t.match(run({ op: 'txn', ts: 4, guards: [{ bucket: 'users', key: 'alice', revision: 5 }], ops: [{ op: 'delete', bucket: 'users', key: 'alice', ts: 4 }] }), { ok: true, kind: 'txn' });
+  t.match(addUser('bob', 'UA'), { ok: true }, 'a deleted holder frees the value (the field index follows writes)');
+  t.match(run({ op: 'txn', ts: 5, guards: [], ops: [{ op: 'put', bucket: 'audit', key: 'x', value: pack({}), ts: 5 }, { op: 'put', bucket: 'nope', key: 'x', value: pack({}), ts: 5 }] }), { ok: false, code: KvErrorCode.bucketNotFound });
+  t.notOk(sm.get('audit', 'x'), 'a later refused write undoes nothing because nothing was written');
+  // After a snapshot round trip the (derived) field index is rebuilt on demand.
+  const restored = new KvStateMachine();
+  restored.restore(sm.snapshot());
+  t.match(restored.apply(++i, encodeKvCommand({ op: 'txn', ts: 6, guards: [{ bucket: 'users', field: 'nkey', equals: 'UA' }], ops: [{ op: 'put', bucket: 'audit', key: 'y', value: pack({}), ts: 6 }] })), { ok: false, code: KvErrorCode.valueTaken, key: 'bob' });
+  const bad: [unknown, RegExp][] = [
+    [{ op: 'txn', ts: 1, guards: [], ops: [] }, /ops must be a list of 1\.\.16/],
+    [{ op: 'txn', ts: 1, guards: [], ops: [{ op: 'put', bucket: 'a', key: 'k', value: Buffer.from('v'), ts: 1 }, { op: 'put', bucket: 'a', key: 'j', value: Buffer.from('v'), ts: 1 }] }, /each bucket at most once/],
+    [{ op: 'txn', ts: 1, guards: [], ops: [{ op: 'txn', ts: 1, guards: [], ops: [] }] }, /op 0: bucket must be a string/],
+    [{ op: 'txn', ts: 1, guards: [], ops: [{ op: 'bucket.delete', bucket: 'a', ts: 1 }] }, /cannot be part of a txn/],
+    [{ op: 'txn', ts: 1, guards: [{ bucket: 'a', key: 'k' }], ops: [{ op: 'put', bucket: 'a', key: 'k', value: Buffer.from('v'), ts: 1 }] }, /needs present/],
+    [{ op: 'txn', ts: 1, guards: [{ bucket: 'a', field: 'f', equals: 3 }], ops: [{ op: 'put', bucket: 'a', key: 'k', value: Buffer.from('v'), ts: 1 }] }, /equals must be a string/],
+    [{ op: 'txn', ts: 1, guards: new Array(65).fill({ bucket: 'a', key: 'k', present: true }), ops: [{ op: 'put', bucket: 'a', key: 'k', value: Buffer.from('v'), ts: 1 }] }, /at most 64/],
+    [{ op: 'txn', guards: [], ops: [] }, /ts must be/],
+  ];
+  for (const [cmd, why] of bad) t.match(sm.apply(++i, pack(cmd)), { ok: false, code: KvErrorCode.badCommand, message: why });
 });
 
 t.test('change feed: read since a revision, then subscribe for new entries', async (t) => {
