@@ -230,7 +230,7 @@ export async function ensureDevCertificates(dir: string, devNodes: number = defa
       for (let i = 0; i < devNodes; i++) routePorts.push(await freePort());
       await writeFile(portsFile, `${JSON.stringify({ routePorts })}\n`, { mode: 0o600 });
     }
-    const dataReset = hadData && !dataKept ? (kept.why ?? `no ${portsFile}`) : undefined;
+    const dataReset = hadData && !dataKept ? (kept.why ?? 'the earlier data/ had no route-ports.json: an older dev that kept users in users.json') : undefined;
     files = {
       ca, clients, routes, created,
       cluster: {

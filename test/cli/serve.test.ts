@@ -1,6 +1,6 @@
 // The real membershipd binary as a child process: help/version, flag errors (exit 2, one line), serve on
 // ephemeral ports with a real NATS client, /livez, SIGTERM drain, port conflicts, TLS, and `dev` whose
-// printed example command is run exactly as printed.
+// printed example and admin commands are run exactly as printed (and its users survive a restart).
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -270,6 +270,9 @@ t.test('dev: generates certificates once, prints a banner whose example and admi
   const bob = await asBob(otherNode);
   t.teardown(() => bob.close().catch(() => undefined));
   t.equal(await roundTripOn(bob, 'app.orders'), 'app.orders payload-1', 'bob pub/subs within role app');
+  const service = bob.subscribe('app.time', { max: 1 });
+  void (async () => { for await (const m of service) m.respond('noon'); })();
+  t.equal((await bob.request('app.time', '', { timeout: waitMs })).string(), 'noon', 'and request/reply (role app allows responses)');
   const errors: string[] = [];
   void (async () => { for await (const s of bob.status()) if (s.type === 'error') errors.push(String((s as { error?: Error }).error?.message)); })();
   bob.publish('hello', 'x');
