@@ -2,11 +2,11 @@
 //   public key = base32( prefix ‖ 32-byte key ‖ crc16le )            → 56 chars
 //   seed       = base32( 0x90|role>>5, (role&31)<<3 ‖ 32-byte seed ‖ crc16le ) → 58 chars
 // Base32 is RFC 4648 without padding; CRC is CRC-16/XMODEM over everything before it, little-endian.
-// tweetnacl derives key pairs and signs (rare: CLI, internal identity). Verification runs on every CONNECT
-// with an nkey, so it uses node:crypto's Ed25519 (about 150x faster than tweetnacl, reference/toolchain.md §4)
-// with one KeyObject cached per public key.
-import { createPublicKey, randomBytes, verify as cryptoVerify, type KeyObject } from 'node:crypto';
-import nacl from 'tweetnacl';
+// Signing and verification use node:crypto's Ed25519, about 150x faster than tweetnacl (reference/
+// toolchain.md §4): verification runs on every CONNECT with an nkey and every admin request, signing on
+// every admin request a CLI or client sends (tweetnacl took ~5 ms per signature, ~30 ms on a loaded
+// machine). The test suite checks both against tweetnacl as the independent reference.
+import { createPrivateKey, createPublicKey, randomBytes, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { MembershipdError } from '../errors.js';
 
 export const NKeyPrefix = {
@@ -192,15 +192,19 @@ export function keyPairFromSeed(seedText: string, expected?: readonly NKeyRole[]
   return keyPairFromRawSeed(role, seed);
 }
 
+// DER PrivateKeyInfo header for an Ed25519 seed (RFC 8410): the 32 bytes that follow are the seed itself.
+const pkcs8Prefix = Buffer.from('302e020100300506032b657004220420', 'hex');
+
 function keyPairFromRawSeed(role: NKeyRole, seed: Uint8Array): NKeyPair {
-  const kp = nacl.sign.keyPair.fromSeed(seed);
-  const publicKeyBytes = kp.publicKey;
+  if (seed.length !== 32) throw new NKeyError(`an Ed25519 seed is 32 bytes, got ${seed.length}`);
+  const privateKey = createPrivateKey({ key: Buffer.concat([pkcs8Prefix, seed]), format: 'der', type: 'pkcs8' });
+  const publicKeyBytes = new Uint8Array(createPublicKey(privateKey).export({ format: 'der', type: 'spki' }).subarray(spkiPrefix.length));
   return {
     role,
     publicKey: encodePublicKey(role, publicKeyBytes),
     publicKeyBytes,
     seed: encodeSeed(role, seed),
-    sign: (data) => nacl.sign.detached(data, kp.secretKey),
+    sign: (data) => new Uint8Array(cryptoSign(null, data, privateKey)),
   };
 }
 

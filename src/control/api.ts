@@ -197,7 +197,12 @@ export class ControlApi {
       return { error: { code: 'bad_request', message: 'the request body must be a JSON object' } };
     }
     try {
-      return await handler(body as Record<string, unknown>, { who, subject });
+      const T0 = performance.now();
+      const out = await handler(body as Record<string, unknown>, { who, subject });
+      (globalThis as any).__TR ??= { h: [] as number[] };
+      const tr = (globalThis as any).__TR; tr.h.push(performance.now() - T0);
+      if (tr.h.length % 100 === 0) { const q = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!.toFixed(2); (await import('node:fs')).appendFileSync(`/tmp/perf/trace-${process.pid}.txt`, `handler p50 ${q(tr.h.slice(-100))} propose p50 ${tr.p ? q(tr.p.slice(-100)) : '-'} raftwait p50 ${tr.w ? q(tr.w.slice(-100)) : '-'}\n`); }
+      return out;
     } catch (err) {
       this.errors++;
       if (err instanceof AdminError) return { error: { code: err.code, message: err.message } };
@@ -352,11 +357,18 @@ export class ControlApi {
     return u.password !== undefined && (await verifyPassword(c.password!, u.password));
   }
 
-  private nkeyTaken(nkey: string | undefined, except: string): void {
-    if (nkey === undefined) return;
-    for (const n of this.keysOf(controlBuckets.users)) {
-      if (n !== except && this.user(n)?.value.nkey === nkey) throw new AdminError('conflict', `nkey ${nkey} already belongs to user ${n}`);
-    }
+  /** What must hold when a user record applies: its roles exist, its nkey is nobody else's. */
+  private userGuards(u: UserValue, name: string): KvGuard[] {
+    const guards: KvGuard[] = u.roles.filter((r) => r !== builtinAdminRole).map((r) => ({ bucket: controlBuckets.roles, key: r, present: true }));
+    if (u.nkey !== undefined) guards.push({ bucket: controlBuckets.users, field: 'nkey', equals: u.nkey, except: name });
+    return guards;
+  }
+
+  /** Maps a failed userGuards() guard to the operator's error. */
+  private throwGuardFailure(r: KvResult, nkey: string | undefined): void {
+    if (r.ok) return;
+    if (r.code === KvErrorCode.keyNotFound) throw new AdminError('not_found', `role ${r.key} does not exist; create it first with "membershipd role add ${r.key} …"`);
+    if (r.code === KvErrorCode.valueTaken) throw new AdminError('conflict', `nkey ${nkey} already belongs to user ${r.key}`);
   }
 
   private registerUsers(): void {
@@ -387,10 +399,8 @@ export class ControlApi {
           roles: [...new Set(roles)], disabled: false, created: ts, updated: ts, by: ctx.who,
         };
         validateUser(value);
-        const guards: KvGuard[] = value.roles.filter((r) => r !== builtinAdminRole).map((r) => ({ bucket: controlBuckets.roles, key: r, present: true }));
-        if (cred.nkey !== undefined) guards.push({ bucket: controlBuckets.users, field: 'nkey', equals: cred.nkey, except: name });
         const r = await this.proposeAudited(ctx, 'user.add', name, 'created', detail,
-          { op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(value), ts }, guards);
+          { op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(value), ts }, this.userGuards(value, name));
         if (r.ok) return this.recorded({ result: 'created' as const, user: publicUser(value) });
         if (r.code === KvErrorCode.keyExists && r.key === name) {
           // The name was taken (by a concurrent add, or before this node heard of it); this node has
@@ -398,8 +408,7 @@ export class ControlApi {
           const now = this.user(name);
           if (now !== undefined) return compare(now.value);
         }
-        if (r.code === KvErrorCode.keyNotFound) throw new AdminError('not_found', `role ${r.key} does not exist; create it first with "membershipd role add ${r.key} …"`);
-        if (r.code === KvErrorCode.valueTaken) throw new AdminError('conflict', `nkey ${cred.nkey} already belongs to user ${r.key}`);
+        this.throwGuardFailure(r, cred.nkey);
         throw new AdminError('unavailable', `user ${name} was not written: ${r.message}`);
       }, detail);
     });
@@ -408,6 +417,7 @@ export class ControlApi {
       const name = this.userName(body);
       const roles = strList(body, 'roles');
       const disabled = bool(body, 'disabled');
+      const detail = { ...(roles !== undefined ? { roles } : {}), ...(disabled !== undefined ? { disabled } : {}), ...(body.password !== undefined ? { credential: 'password' } : body.nkey !== undefined ? { credential: 'nkey' } : {}) };
       return this.audited(ctx, 'user.update', name, async () => {
         const cred = this.credentialOf(body, false);
         if (cred === undefined && roles === undefined && disabled === undefined) {
@@ -415,7 +425,6 @@ export class ControlApi {
         }
         await this.backend.readBarrier();
         if (roles !== undefined) this.checkRolesExist(roles);
-        if (cred?.nkey !== undefined) this.nkeyTaken(cred.nkey, name);
         for (let attempt = 0; attempt < 5; attempt++) {
           const cur = this.user(name);
           if (cur === undefined) throw new AdminError('not_found', `user ${name} does not exist; create it with "membershipd user add ${name} …"`);
@@ -431,12 +440,15 @@ export class ControlApi {
             : cred!.password !== undefined ? { password: await hashPassword(cred!.password, this.options.scrypt) } : { nkey: cred!.nkey! };
           const value: UserValue = { ...rest, ...credPart, roles: nextRoles, disabled: nextDisabled, updated: ts, by: ctx.who };
           validateUser(value);
-          const r = await this.propose({ op: 'update', bucket: controlBuckets.users, key: name, value: encodeValue(value), revision: cur.revision, ts });
-          if (r.ok) return { result: 'updated', user: publicUser(value) };
+          const guards = this.userGuards(value, name);
+          const r = await this.proposeAudited(ctx, 'user.update', name, 'updated', detail,
+            { op: 'update', bucket: controlBuckets.users, key: name, value: encodeValue(value), revision: cur.revision, ts }, guards);
+          if (r.ok) return this.recorded({ result: 'updated' as const, user: publicUser(value) });
+          this.throwGuardFailure(r, cred?.nkey);
           if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `user ${name} was not updated: ${r.message}`);
         }
         throw new AdminError('conflict', `user ${name} kept changing while it was being updated; retry`);
-      }, { ...(roles !== undefined ? { roles } : {}), ...(disabled !== undefined ? { disabled } : {}), ...(body.password !== undefined ? { credential: 'password' } : body.nkey !== undefined ? { credential: 'nkey' } : {}) });
+      }, detail);
     });
 
     this.register('USER', 'REMOVE', async (body, ctx) => {
@@ -446,8 +458,8 @@ export class ControlApi {
         for (let attempt = 0; attempt < 5; attempt++) {
           const cur = this.user(name);
           if (cur === undefined) throw new AdminError('not_found', `user ${name} does not exist`);
-          const r = await this.propose({ op: 'delete', bucket: controlBuckets.users, key: name, revision: cur.revision, ts: this.now() });
-          if (r.ok) return { result: 'removed', user: publicUser(cur.value) };
+          const r = await this.proposeAudited(ctx, 'user.remove', name, 'removed', undefined, { op: 'delete', bucket: controlBuckets.users, key: name, revision: cur.revision, ts: this.now() }, []);
+          if (r.ok) return this.recorded({ result: 'removed' as const, user: publicUser(cur.value) });
           if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `user ${name} was not removed: ${r.message}`);
         }
         throw new AdminError('conflict', `user ${name} kept changing while it was being removed; retry`);
@@ -517,8 +529,8 @@ export class ControlApi {
         const ts = this.now();
         const value: RoleValue = { v: schemaVersion, name, ...spec, created: ts, updated: ts, by: ctx.who };
         validateRole(value);
-        const r = await this.propose({ op: 'create', bucket: controlBuckets.roles, key: name, value: encodeValue(value), ts });
-        if (r.ok) return { result: 'created', role: publicRole(value) };
+        const r = await this.proposeAudited(ctx, 'role.add', name, 'created', { ...body }, { op: 'create', bucket: controlBuckets.roles, key: name, value: encodeValue(value), ts }, []);
+        if (r.ok) return this.recorded({ result: 'created' as const, role: publicRole(value) });
         if (r.code === KvErrorCode.keyExists) {
           const now = this.role(name);
           if (now !== undefined) return compare(now.value);
@@ -539,8 +551,9 @@ export class ControlApi {
           const ts = this.now();
           const value: RoleValue = { ...cur.value, ...spec, updated: ts, by: ctx.who };
           validateRole(value);
-          const r = await this.propose({ op: 'update', bucket: controlBuckets.roles, key: name, value: encodeValue(value), revision: cur.revision, ts });
-          if (r.ok) return { result: 'updated', role: publicRole(value) };
+          const r = await this.proposeAudited(ctx, 'role.update', name, 'updated', { ...body },
+            { op: 'update', bucket: controlBuckets.roles, key: name, value: encodeValue(value), revision: cur.revision, ts }, []);
+          if (r.ok) return this.recorded({ result: 'updated' as const, role: publicRole(value) });
           if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `role ${name} was not updated: ${r.message}`);
         }
         throw new AdminError('conflict', `role ${name} kept changing while it was being updated; retry`);
@@ -558,8 +571,8 @@ export class ControlApi {
         if (users.length > 0) {
           throw new AdminError('in_use', `role ${name} is still given to ${users.length} user(s) (${users.slice(0, 10).join(', ')}); take it from them with "membershipd user update NAME --role …" first`);
         }
-        const r = await this.propose({ op: 'delete', bucket: controlBuckets.roles, key: name, revision: cur.revision, ts: this.now() });
-        if (r.ok) return { result: 'removed', role: publicRole(cur.value) };
+        const r = await this.proposeAudited(ctx, 'role.remove', name, 'removed', undefined, { op: 'delete', bucket: controlBuckets.roles, key: name, revision: cur.revision, ts: this.now() }, []);
+        if (r.ok) return this.recorded({ result: 'removed' as const, role: publicRole(cur.value) });
         if (r.code === KvErrorCode.wrongRevision) throw new AdminError('conflict', `role ${name} changed while it was being removed; retry`);
         throw new AdminError('unavailable', `role ${name} was not removed: ${r.message}`);
       });

@@ -1,5 +1,5 @@
 // `--store kv`: users and roles from the replicated `ub_users` / `ub_roles` buckets, as a PrincipalSource for
-// src/auth's authenticator. It follows the KV change feed: every applied write rebuilds the snapshot at once
+// src/auth's authenticator. It follows the KV change feed: every applied write patches the snapshot at once
 // (synchronously in the apply), and SnapshotSource notifies the authenticator, whose revalidation disconnects a
 // removed or disabled user and re-checks the subscriptions of one whose roles changed — on every node, since
 // every node applies the same entries.
@@ -14,10 +14,9 @@ import type { KvBackend } from '../kv/backend.js';
 import { controlBuckets, decodeValue, rolePermissions, validateRole, validateUser } from './buckets.js';
 
 export class KvPrincipalSource extends SnapshotSource {
-  private readonly users = new Map<string, UserRecord>();
-  private readonly roles = new Map<string, RoleRecord>();
   private unwatch: (() => void)[] = [];
-  private replaying = false;
+  /** While attach() replays the buckets: the records seen, installed with one replace() at the end. */
+  private replay: { users: Map<string, UserRecord>; roles: Map<string, RoleRecord> } | undefined;
 
   constructor(private readonly log?: Logger) {
     super(new PrincipalSnapshot([], []), log);
@@ -26,16 +25,14 @@ export class KvPrincipalSource extends SnapshotSource {
   /** Starts following the buckets of `backend` (replays what they hold, then every later write). */
   attach(backend: Pick<KvBackend, 'watch'>): void {
     this.detach();
-    this.users.clear();
-    this.roles.clear();
-    this.replaying = true;
+    const replay = (this.replay = { users: new Map<string, UserRecord>(), roles: new Map<string, RoleRecord>() });
     try {
       this.unwatch.push(backend.watch(controlBuckets.roles, 0, (e) => this.onEntry(e)));
       this.unwatch.push(backend.watch(controlBuckets.users, 0, (e) => this.onEntry(e)));
     } finally {
-      this.replaying = false;
+      this.replay = undefined;
     }
-    this.rebuild();
+    this.replace(new PrincipalSnapshot([...replay.users.values()], [...replay.roles.values()]));
   }
 
   detach(): void {
@@ -43,40 +40,47 @@ export class KvPrincipalSource extends SnapshotSource {
     this.unwatch = [];
   }
 
+  // Each applied write changes one record: patch() costs O(1) per write on every node, where rebuilding the
+  // whole snapshot made adding the N-th user cost O(N) inside the Raft apply.
   private onEntry(e: KvEntry): void {
     if (e.bucket === controlBuckets.users) {
-      if (e.op !== 'PUT') {
-        this.users.delete(e.key);
+      const u = this.userOf(e);
+      if (this.replay) {
+        if (u === undefined) this.replay.users.delete(e.key);
+        else this.replay.users.set(e.key, u);
       } else {
-        const u = decodeValue(e.value, validateUser, (why) => this.log?.error({ user: e.key, revision: e.revision, why }, 'users bucket value fails its schema; the user cannot connect'));
-        // A value that fails its schema revokes the user rather than keeping an older, possibly wider grant.
-        if (u === undefined || u.name !== e.key) this.users.delete(e.key);
-        else {
-          this.users.set(e.key, {
-            name: u.name,
-            ...(u.password !== undefined ? { password: u.password } : {}),
-            ...(u.nkey !== undefined ? { nkey: u.nkey } : {}),
-            ...(u.token !== undefined ? { token: u.token } : {}),
-            roles: u.roles,
-            disabled: u.disabled,
-          });
-        }
+        this.patch(new Map([[e.key, u]]), new Map());
       }
     } else if (e.bucket === controlBuckets.roles) {
-      if (e.op !== 'PUT') {
-        this.roles.delete(e.key);
+      const r = this.roleOf(e);
+      if (this.replay) {
+        if (r === undefined) this.replay.roles.delete(e.key);
+        else this.replay.roles.set(e.key, r);
       } else {
-        const r = decodeValue(e.value, validateRole, (why) => this.log?.error({ role: e.key, revision: e.revision, why }, 'roles bucket value fails its schema; it grants nothing'));
-        if (r === undefined || r.name !== e.key) this.roles.delete(e.key);
-        else this.roles.set(e.key, { name: r.name, permissions: rolePermissions(r), admin: r.admin });
+        this.patch(new Map(), new Map([[e.key, r]]));
       }
-    } else {
-      return;
     }
-    if (!this.replaying) this.rebuild();
   }
 
-  private rebuild(): void {
-    this.replace(new PrincipalSnapshot([...this.users.values()], [...this.roles.values()]));
+  private userOf(e: KvEntry): UserRecord | undefined {
+    if (e.op !== 'PUT') return undefined;
+    const u = decodeValue(e.value, validateUser, (why) => this.log?.error({ user: e.key, revision: e.revision, why }, 'users bucket value fails its schema; the user cannot connect'));
+    // A value that fails its schema revokes the user rather than keeping an older, possibly wider grant.
+    if (u === undefined || u.name !== e.key) return undefined;
+    return {
+      name: u.name,
+      ...(u.password !== undefined ? { password: u.password } : {}),
+      ...(u.nkey !== undefined ? { nkey: u.nkey } : {}),
+      ...(u.token !== undefined ? { token: u.token } : {}),
+      roles: u.roles,
+      disabled: u.disabled,
+    };
+  }
+
+  private roleOf(e: KvEntry): RoleRecord | undefined {
+    if (e.op !== 'PUT') return undefined;
+    const r = decodeValue(e.value, validateRole, (why) => this.log?.error({ role: e.key, revision: e.revision, why }, 'roles bucket value fails its schema; it grants nothing'));
+    if (r === undefined || r.name !== e.key) return undefined;
+    return { name: r.name, permissions: rolePermissions(r), admin: r.admin };
   }
 }

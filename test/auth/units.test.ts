@@ -136,6 +136,15 @@ t.test('tweetnacl and node:crypto agree on Ed25519', async (t) => {
     { seed, numRuns: 40 }, // tweetnacl verifies ~50/s here
   );
   t.notOk(verifyEd25519(new Uint8Array(31), new Uint8Array(1), new Uint8Array(64)), 'wrong key length is false, not a throw');
+  // Key pairs sign with node:crypto: the same public key and the same (deterministic) signatures as tweetnacl.
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 32, maxLength: 32 }), fc.uint8Array({ maxLength: 200 }), (s, msg) => {
+      const ref = nacl.sign.keyPair.fromSeed(s);
+      const ours = keyPairFromSeed(encodeSeed('user', s));
+      return Buffer.from(ours.publicKeyBytes).equals(Buffer.from(ref.publicKey)) && Buffer.from(ours.sign(msg)).equals(Buffer.from(nacl.sign.detached(msg, ref.secretKey)));
+    }),
+    { seed, numRuns: 20 },
+  );
 });
 
 t.test('signature decoding accepts base64 and base64url, nothing else', async (t) => {

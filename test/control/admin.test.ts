@@ -205,7 +205,8 @@ t.test('admin API: only signed admin principals; concurrent adds create once', a
 
   const me = { publicKey: identity.publicKey, sign: identity.sign };
   const nk = createKeyPair('user').publicKey;
-  const same = await Promise.all(Array.from({ length: 6 }, () => api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'edge', nkey: nk, roles: ['orders'] }, me))));
+  // Distinct timestamps: six byte-identical envelopes would be one request and five replays.
+  const same = await Promise.all(Array.from({ length: 6 }, (_, i) => api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'edge', nkey: nk, roles: ['orders'] }, me, Date.now() + i))));
   t.same(same.map((x) => (x as { result?: string }).result).sort(), ['created', 'unchanged', 'unchanged', 'unchanged', 'unchanged', 'unchanged'], 'concurrent identical adds: one created');
   const other = createKeyPair('user').publicKey;
   const diff = await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'edge', nkey: other, roles: ['orders'] }, me));
