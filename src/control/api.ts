@@ -197,12 +197,7 @@ export class ControlApi {
       return { error: { code: 'bad_request', message: 'the request body must be a JSON object' } };
     }
     try {
-      const T0 = performance.now();
-      const out = await handler(body as Record<string, unknown>, { who, subject });
-      (globalThis as any).__TR ??= { h: [] as number[] };
-      const tr = (globalThis as any).__TR; tr.h.push(performance.now() - T0);
-      if (tr.h.length % 100 === 0) { const q = (a: number[]) => [...a].sort((x, y) => x - y)[a.length >> 1]!.toFixed(2); (await import('node:fs')).appendFileSync(`/tmp/perf/trace-${process.pid}.txt`, `handler p50 ${q(tr.h.slice(-100))} propose p50 ${tr.p ? q(tr.p.slice(-100)) : '-'} raftwait p50 ${tr.w ? q(tr.w.slice(-100)) : '-'}\n`); }
-      return out;
+      return await handler(body as Record<string, unknown>, { who, subject });
     } catch (err) {
       this.errors++;
       if (err instanceof AdminError) return { error: { code: err.code, message: err.message } };
