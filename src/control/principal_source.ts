@@ -23,8 +23,12 @@ export class KvPrincipalSource extends SnapshotSource {
   }
 
   /** Starts following the buckets of `backend` (replays what they hold, then every later write). */
-  attach(backend: Pick<KvBackend, 'watch'>): void {
+  attach(backend: Pick<KvBackend, 'watch' | 'onReset'>): void {
     this.detach();
+    // After a snapshot install the change feed has a gap: replay both buckets; replace() then notifies exactly
+    // the users and roles that differ, so their connections are re-checked as for any other change.
+    const offReset = backend.onReset?.(() => this.attach(backend));
+    if (offReset) this.unwatch.push(offReset);
     const replay = (this.replay = { users: new Map<string, UserRecord>(), roles: new Map<string, RoleRecord>() });
     try {
       this.unwatch.push(backend.watch(controlBuckets.roles, 0, (e) => this.onEntry(e)));

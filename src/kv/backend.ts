@@ -29,6 +29,12 @@ export interface KvBackend {
    * `reader.appliedIndex` gives only future entries with no gap and no duplicate.
    */
   watch(bucket: string, afterRevision: number, listener: KvListener): () => void;
+  /**
+   * Calls `listener` after the state was replaced wholesale (a lagging node installed the leader's snapshot):
+   * the change feed carries none of the writes the snapshot absorbed, so whoever follows it re-reads. Returns
+   * the unsubscribe. Absent on backends whose state is never replaced.
+   */
+  onReset?(listener: () => void): () => void;
 }
 
 /**

@@ -128,10 +128,12 @@ export class KvApi {
   private requests = 0;
   private errors = 0;
   private closed = false;
+  private readonly offReset: (() => void) | undefined;
 
   constructor(private readonly port: KvApiPort, private readonly options: KvApiOptions) {
     this.backend = options.backend;
     this.logger = options.logger;
+    this.offReset = options.backend.onReset?.(() => this.resync());
     this.linearizable = (options.reads ?? 'linearizable') === 'linearizable';
     const readOnly = options.readOnly ?? ((b: string) => b.startsWith('ub_'));
     this.view = { replicas: options.replicas ?? 1, readOnly };
@@ -204,6 +206,7 @@ export class KvApi {
 
   close(): void {
     this.closed = true;
+    this.offReset?.();
     this.consumers.close();
   }
 

@@ -135,6 +135,7 @@ export interface RaftKvBackend {
   readBarrier(): Promise<void>;
   readonly reader: KvStateMachine;
   watch(bucket: string, afterRevision: number, listener: KvListener): () => void;
+  onReset(listener: () => void): () => void;
 }
 
 export class ClusterNode {
@@ -187,6 +188,8 @@ export class ClusterNode {
   private ticks = 0;
   /** A commit-only hard state not yet written (see handleReady); saved with the next synced batch or at stop. */
   private deferredHardState: HardState | undefined;
+  /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
+  private readonly resetListeners = new Set<() => void>();
   private bootstrapProblem: string | undefined;
   private readonly startedAt = Date.now();
   private readonly voterGraceMs: number;
@@ -535,6 +538,14 @@ export class ClusterNode {
       this.restoreSnapshot(rd.snapshot.data);
       this.metrics.snapshotsInstalled++;
       this.log.info({ index: rd.snapshot.meta.index }, 'installed a snapshot from the leader');
+      // A copy: a listener may re-subscribe itself (KvPrincipalSource re-attaches).
+      for (const l of [...this.resetListeners]) {
+        try {
+          l();
+        } catch (err) {
+          this.log.error({ err }, 'snapshot-install listener threw');
+        }
+      }
     }
     // Raft thesis §10.2.1: a leader may send AppendEntries while its own write is in flight, so its
     // fsync and the followers' overlap instead of adding up. Safe because (1) the leader counts itself
@@ -618,6 +629,12 @@ export class ClusterNode {
   private async maybeSnapshot(): Promise<void> {
     const applied = this.stateMachine.appliedIndex;
     if (applied - this.storage.snapshot().meta.index < this.snapshotEntries) return;
+    // The store refuses a snapshot beyond the commit index it holds; a deferred commit-only hard state
+    // (handleReady) may be what covers `applied`, so it is written first.
+    if (this.deferredHardState) {
+      await this.storage.save({ hardState: this.deferredHardState });
+      this.deferredHardState = undefined;
+    }
     await this.storage.createSnapshot(applied, this.raw!.confState(), encodeNodeSnapshot(this.stateMachine.snapshot(), this.sessions));
     this.metrics.snapshotsTaken++;
     this.log.info({ index: applied }, 'snapshot taken; log compacted');
@@ -781,6 +798,10 @@ export class ClusterNode {
       readBarrier: () => this.readBarrier(),
       reader: this.stateMachine,
       watch: (b, r, l) => this.watch(b, r, l),
+      onReset: (l) => {
+        this.resetListeners.add(l);
+        return () => this.resetListeners.delete(l);
+      },
     };
   }
 

@@ -17,6 +17,9 @@ import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMes
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
 import { AppliedSessions } from '../../src/node/sessions.js';
 import { learnAddresses } from '../../src/node/bootstrap.js';
+import { KvPrincipalSource } from '../../src/control/principal_source.js';
+import { controlBuckets, encodeValue, schemaVersion, validateUser, type UserValue } from '../../src/control/buckets.js';
+import { createKeyPair } from '../../src/auth/index.js';
 import { freePort } from '../../src/free_port.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
@@ -219,12 +222,30 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
   const wiped = trio.nodes.findIndex((n) => n !== undefined && n.raftz().state !== 'leader');
   await stop(trio, wiped);
   rmSync(join(trio.dir, `node-${wiped}`), { recursive: true, force: true });
-  for (let i = 60; i < 90; i++) await write(trio.nodes[(wiped + 1) % 3]!, `k${i}`, i);
+  const writer = trio.nodes[(wiped + 1) % 3]!;
+  // Users written while it is away, then enough writes that the leader compacts them into a snapshot.
+  await writer.propose({ op: 'bucket.create', bucket: controlBuckets.users, config: {}, ts: 1 });
+  const userNames = ['ann', 'ben', 'cat'];
+  for (const name of userNames) {
+    const u: UserValue = { v: schemaVersion, name, nkey: createKeyPair('user').publicKey, roles: [], disabled: false, created: 1, updated: 1, by: 'test' };
+    validateUser(u);
+    t.match(await writer.propose({ op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(u), ts: 1 }), { ok: true });
+  }
+  for (let i = 60; i < 90; i++) await write(writer, `k${i}`, i);
   const fresh = await start(trio, wiped);
+  // What `serve --store kv` attaches at start, while the node is still empty: it follows the change feed,
+  // which carries none of the writes a snapshot install absorbs (KvBackend.onReset makes it re-read).
+  const source = new KvPrincipalSource();
+  source.attach(fresh.kvBackend());
+  const changed: string[] = [];
+  source.onChange((c) => changed.push(...(c.users === 'all' ? ['all'] : c.users)));
   await waitHealthy(trio.nodes as ClusterNode[]);
   const smFresh = await fresh.read();
   t.equal(smFresh.keys('b').length, 90, 'the wiped node rejoined with every write');
   t.ok(fresh.metrics.snapshotsInstalled > 0, 'it was sent a snapshot (the leader\'s log was compacted)');
+  t.same(userNames.map((n) => source.userByName(n)?.name), userNames, 'the principal source knows the users the snapshot brought');
+  t.same([...changed].sort(), userNames, 'and announced them as changed (so connections are re-checked)');
+  source.detach();
   t.match(fresh.metricsText(), /membershipd_raft_applied_index \d+/, 'metrics are exported');
 
   for (let i = 0; i < 3; i++) await stop(trio, i);
