@@ -399,7 +399,12 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
   /** What the operator starts on the new node's host (the cluster's other flags as on every node). */
   const startHint = (name: string, id: number, address: string): { start: { flags: string[]; routes: string[] } } => {
     const removed = new Set(removedSlots());
-    const routes = node.slots().filter((s) => s.id !== id && !removed.has(s.id) && s.address !== 'self').map((s) => s.address);
+    // A cluster that formed as one node names its own slot 'self' (it had no --routes): the node answering is that
+    // node then, and its listener address is the route (unless it listens on every interface).
+    const own = node.routeAddress();
+    const selfAddress = own.host === '0.0.0.0' || own.host === '::' ? undefined : (own.host.includes(':') ? `[${own.host}]:${own.port}` : `${own.host}:${own.port}`);
+    const routes = node.slots().filter((s) => s.id !== id && !removed.has(s.id))
+      .map((s) => (s.address === 'self' ? selfAddress : s.address)).filter((a): a is string => a !== undefined);
     const port = address.slice(address.lastIndexOf(':') + 1);
     return {
       start: {

@@ -427,9 +427,13 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   t.match(reasonOf(joiner), /joining cluster "test-cluster": the slot table of peer "node-\d" has no slot for node-3; run "membershipd cluster add node-3 <host>:\d+"/, 'a joiner not added yet says what to run');
   t.equal(joiner.id, undefined, 'it has no slot yet');
 
+  // One member is down during the add (it applies it later, from the log).
+  const lag = members.findIndex((n) => n.raftz().state !== 'leader');
+  await stop(trio, lag);
+  const up = (): ClusterNode[] => trio.nodes.filter((n): n is ClusterNode => n !== undefined);
   // What the control plane does when every node applies the replicated added-slots key.
-  for (const n of members) n.setAddedSlots([{ name: 'node-3', address }]);
-  for (const n of members) t.same(n.slots().map((s) => s.id), [1, 2, 3, 4], `${n.serverName} knows slot 4`);
+  for (const n of up()) n.setAddedSlots([{ name: 'node-3', address }]);
+  for (const n of up()) t.same(n.slots().map((s) => s.id), [1, 2, 3, 4], `${n.serverName} knows slot 4`);
   for (let k = 0; k < 600 && !(joiner.id === 4 && joiner.health().status === 'ok'); k++) await sleep(25);
   t.equal(joiner.id, 4, 'the joiner learned slot 4 from its peers');
   t.equal(reasonOf(joiner), 'ok', 'the joiner is healthy');
@@ -438,6 +442,16 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   const confOf = (): { voters: number[]; learners: number[] } => (members[leaderOf(members)]?.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
   t.same(confOf(), { voters: [1, 2, 3], learners: [4] }, 'it is a learner: R = 3 voters already');
   t.match(readClusterFile(joinOptions.dataDir), { id: 4, initial: 3, joined: true, names: { 4: 'node-3' } }, 'its cluster.json holds the slot');
+
+  // The member that missed the add comes back with three slots: the joiner's hello (slot 4) waits until the
+  // member applies the add, then binds.
+  const lagger = await start(trio, lag);
+  await waitHealthy([...up(), joiner]);
+  t.equal(lagger.slots().length, 3, 'the returning member\'s table has not grown yet (no control plane here to apply the key)');
+  lagger.setAddedSlots([{ name: 'node-3', address }]);
+  for (let k = 0; k < 200 && lagger.slots()[3]?.identity === undefined; k++) await sleep(25);
+  t.match(lagger.slots()[3], { id: 4, name: 'node-3', address }, 'it binds slot 4 to the joiner once its table has it');
+  t.ok(lagger.slots()[3]?.identity, 'with the identity key the joiner proved');
   for (const n of members) t.equal(readClusterFile(join(trio.dir, n.serverName))?.addresses.length, 4, `${n.serverName} persisted 4 slots`);
 
   // An operator removes a member: 2 voters < R, so the caught-up joiner is promoted.
