@@ -203,6 +203,8 @@ export class ClusterNode {
   private readonly statusWaiters = new Map<number, (r: MemberReport) => void>();
   /** Each up peer's last hello: re-read when the slot table grows (a peer may claim a slot this node had not applied yet). */
   private readonly hellos = new Map<string, SlotHello>();
+  /** Why the replicated list of added slots could not be applied (logged once). */
+  private tableProblem: string | undefined;
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -541,9 +543,12 @@ export class ClusterNode {
     if (!c) return;
     const next = appendSlots(c, added);
     if (typeof next === 'string') {
-      this.log.error({ added }, `replicated slot list ignored: ${next}`);
+      // The control plane re-applies the list every second: log a contradiction once, not every round.
+      if (next !== this.tableProblem) this.log.error({ added }, `replicated slot list ignored: ${next}`);
+      this.tableProblem = next;
       return;
     }
+    this.tableProblem = undefined;
     if (next === c) return;
     this.cluster = next;
     this.n = next.addresses.length;
