@@ -1,5 +1,5 @@
 // The route handshake, run inside mutually-verified TLS before any other frame:
-//   both sides:  HELLO  {version, cluster, name, identity key, nonce, cluster size N, posture, user}
+//   both sides:  HELLO  {version, cluster, name, identity key, nonce, cluster size N (0: joining), posture, user}
 //   both sides:  AUTH   {signature over the peer's nonce, password proof}   (after reading the peer's HELLO)
 // Either side refuses with a REFUSE {code, reason} frame before closing, so both logs carry the reason.
 //
@@ -88,8 +88,13 @@ export function checkHello(config: HandshakeConfig, peer: HelloBody): Refusal | 
   if (peer.cluster !== config.clusterName) {
     return { code: 'cluster_name', reason: `cluster name mismatch: peer "${peer.name}" is in "${peer.cluster}", this node in "${config.clusterName}"` };
   }
-  if (peer.clusterSize !== config.clusterSize) {
-    return { code: 'cluster_size', reason: `cluster size mismatch: peer "${peer.name}" expects ${peer.clusterSize} nodes, this node ${config.clusterSize} (check --routes on both)` };
+  // N is the slot count every node derived from --routes when the cluster formed: two nodes that disagree would
+  // number the Raft ids differently, so they never talk. It stays fixed while `cluster add` appends slots (the
+  // node layer compares the replicated slot tables in its own hello). 0 is a node joining a running cluster
+  // (--initial-cluster-state existing): it derives nothing from --routes and learns its slot from the table its
+  // peers replicate, so no numbering of its own can disagree; it is accepted by, and accepts, any N.
+  if (peer.clusterSize !== config.clusterSize && peer.clusterSize !== 0 && config.clusterSize !== 0) {
+    return { code: 'cluster_size', reason: `cluster size mismatch: peer "${peer.name}" expects ${peer.clusterSize} nodes, this node ${config.clusterSize} (check --routes on both; a node added to a running cluster starts with --initial-cluster-state existing)` };
   }
   if (!Buffer.from(peer.posture).equals(Buffer.from(config.posture))) {
     return { code: 'posture', reason: `security posture mismatch with "${peer.name}": digest ${shownDigest(peer.posture)} vs ${shownDigest(config.posture)} (bus-auth mode, client TLS, store kind must match)` };

@@ -43,6 +43,7 @@ export const flagSpecs: readonly FlagSpec[] = [
   { name: 'cluster-name', group: 'cluster', commands: serveOnly, value: 'NAME', help: 'name every node of the cluster shares' },
   { name: 'cluster-port', group: 'cluster', commands: serveOnly, value: 'PORT', help: 'route port (TLS) for the other nodes' },
   { name: 'routes', group: 'cluster', commands: serveOnly, value: 'LIST', help: 'comma-separated host:port or nats-route://host:port, no user info' },
+  { name: 'initial-cluster-state', group: 'cluster', commands: serveOnly, value: 'STATE', defaultText: 'new', help: 'new|existing: existing joins a running cluster after `membershipd cluster add NAME URL` (slot learned from the peers)' },
   { name: 'cluster-user', group: 'cluster', commands: serveOnly, value: 'USER', help: 'route user name' },
   { name: 'cluster-pass-file', group: 'cluster', commands: serveOnly, value: 'FILE', help: 'file holding the route password (never on argv)' },
   { name: 'route-tls-cert', group: 'cluster', commands: serveOnly, value: 'FILE', help: 'PEM certificate this node presents on routes' },

@@ -40,6 +40,8 @@ export interface ClusterConfig {
   readonly user: string | undefined;
   readonly passFile: string | undefined;
   readonly routeTls: (PemFiles & { readonly caFile: string; readonly ca: string }) | undefined;
+  /** --initial-cluster-state: `existing` joins a running cluster (src/node NodeOptions.join); absent = new. */
+  readonly initialState?: 'new' | 'existing';
 }
 
 export interface ServeConfig {
@@ -135,7 +137,9 @@ function parseCluster(f: ReadonlyMap<string, string>): ClusterConfig {
   } else if (routePair !== undefined) {
     requiredWith('route-tls-ca', 'route-tls-cert', ' (routes verify their peers against this CA)');
   }
-  return { name, port, routes, user, passFile, routeTls };
+  const initialState = f.has('initial-cluster-state') ? parseEnum('initial-cluster-state', f.get('initial-cluster-state')!, ['new', 'existing'] as const) : undefined;
+  if (initialState === 'existing' && routes.length === 0) fail('initial-cluster-state', 'existing needs --routes: the running nodes this node dials to learn its slot');
+  return { name, port, routes, user, passFile, routeTls, ...(initialState !== undefined ? { initialState } : {}) };
 }
 
 function defaultServerName(): string {

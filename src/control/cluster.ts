@@ -11,6 +11,7 @@
 //   forwarding: its write of the key goes through the leader like any other, and so does a transfer request.
 import type { Logger } from 'pino';
 import { encodePublicKey } from '../auth/index.js';
+import { parseRoute } from '../../transport/index.js';
 import type { KvBackend } from '../kv/backend.js';
 import type { ClusterNode, ClusterPosture } from '../node/index.js';
 import { AdminError, type AdminResult, type ControlApi } from './api.js';
@@ -19,6 +20,28 @@ import { controlBuckets, decodeValue, encodeValue, schemaVersion, validateConfig
 /** Keys of the `config` bucket written from the posture (postureDigest() covers the first three). */
 export const postureKeys = { busAuth: 'bus-auth', clientTls: 'client-tls', store: 'store', kvReplicas: 'kv-replicas' } as const;
 export const removedSlotsKey = 'removed-slots';
+/**
+ * Slots appended by `cluster add NAME URL` for an address outside the bootstrap table, in order:
+ * `name=host:port,name=host:port`. Append-only (slot ids are never renumbered); every node grows its slot table
+ * from it (ClusterNode.setAddedSlots) when it applies the write, so the log orders it before the leader's
+ * learner conf change for the new slot.
+ */
+export const addedSlotsKey = 'added-slots';
+
+/** The same names `--server-name` accepts (and never `=` or `,`, which the added-slots value uses). */
+const serverNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function encodeAddedSlots(list: readonly { name: string; address: string }[]): string {
+  return list.map((x) => `${x.name}=${x.address}`).join(',');
+}
+
+export function decodeAddedSlots(v: string): { name: string; address: string }[] {
+  if (v === '') return [];
+  return v.split(',').map((e) => {
+    const i = e.indexOf('=');
+    return { name: e.slice(0, i), address: e.slice(i + 1) };
+  }).filter((x) => serverNamePattern.test(x.name) && x.address !== '');
+}
 
 export interface ClusterControlOptions {
   readonly node: ClusterNode;
@@ -48,12 +71,19 @@ export interface ClusterControl {
 
 const routeUrl = (address: string): string => `nats-route://${address}`;
 
-/** `nats-route://h:p`, `tls://h:p` or `h:p` → `h:p` (lower-case host), as the slot address list spells it. */
+/**
+ * `nats-route://h:p` or `h:p` → `h:p` (lower-case host, IPv6 bracketed), as the slot address list spells it; the
+ * same parser as --routes, so a URL accepted here is one the new node's peers can dial.
+ */
 export function normalizeRouteUrl(url: string): string {
-  const s = url.trim().replace(/^[a-z][a-z0-9+.-]*:\/\//i, '').replace(/\/+$/, '');
-  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(s);
-  if (!m) throw new AdminError('bad_request', `URL ${JSON.stringify(url)} is not host:port (optionally nats-route://host:port)`);
-  return `${m[1]!.toLowerCase()}:${Number(m[2])}`;
+  let r;
+  try {
+    r = parseRoute(url.trim());
+  } catch (e) {
+    throw new AdminError('bad_request', `URL ${JSON.stringify(url)}: ${(e as Error).message.replace(/^--routes entry "[^"]*" /, '')}`);
+  }
+  const host = r.host.toLowerCase();
+  return host.includes(':') ? `[${host}]:${r.port}` : `${host}:${r.port}`;
 }
 
 export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
@@ -102,7 +132,13 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
     node.setRefusal(diffs.length === 0 ? undefined
       : `refused: this node's posture differs from the cluster's (config bucket): ${diffs.join('; ')}; restart it with the cluster's flags`);
   };
+  const addedSlots = (): { name: string; address: string }[] => {
+    const v = configValue(addedSlotsKey)?.value.value;
+    return typeof v === 'string' ? decodeAddedSlots(v) : [];
+  };
   const applyConfig = (): void => {
+    // The table first: a removed-slots entry may name an added slot.
+    node.setAddedSlots(addedSlots());
     node.setRemovedSlots(removedSlots());
     checkPosture();
   };
@@ -197,7 +233,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
   };
   void o.ready.then(loop);
 
-  registerClusterApi(o, removedSlots, configValue, applyConfig);
+  registerClusterApi(o, removedSlots, configValue, applyConfig, addedSlots);
   return {
     sync,
     stop() {
@@ -219,7 +255,8 @@ async function until(cond: () => boolean, ms: number): Promise<boolean> {
 }
 
 function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number[],
-  configValue: (key: string) => { value: ConfigValue; revision: number } | undefined, applyConfig: () => void): void {
+  configValue: (key: string) => { value: ConfigValue; revision: number } | undefined, applyConfig: () => void,
+  addedSlots: () => { name: string; address: string }[]): void {
   const { node, api, backend } = o;
   const slotByName = (name: string): { id: number; address: string; name: string | undefined } => {
     const s = node.slots().find((x) => x.name === name);
@@ -329,22 +366,19 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
 
   api.register('CLUSTER', 'ADD', async (body, ctx) => {
     const name = nameOf(body, true)!;
+    if (!serverNamePattern.test(name)) throw new AdminError('bad_request', `${JSON.stringify(name)} is not a valid server name (1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit)`);
     if (typeof body.url !== 'string') throw new AdminError('bad_request', '"url" must be the node\'s route URL (host:port of its --cluster-port)');
     const address = normalizeRouteUrl(body.url);
     return api.audited(ctx, 'cluster.add', name, async () => {
       await backend.readBarrier();
       const slots = node.slots();
+      const m = members();
       const slot = slots.find((s) => s.address === address);
-      if (slot === undefined) {
-        throw new AdminError('bad_request', `${address} is not one of the cluster's slot addresses (${slots.map((s) => s.address).join(', ')}): `
-          + 'adding an address outside the initial --routes is not supported yet (every node derives the slot list and size from --routes and the route handshake compares the size); '
-          + 're-add a removed node at its own address');
-      }
+      if (slot === undefined) return addNewSlot(name, address, ctx.who);
       if (slot.name !== undefined && slot.name !== name) throw new AdminError('conflict', `${address} is bound to node ${slot.name}, not ${name}`);
       const removed = removedSlots();
-      const m = members();
       if (!removed.includes(slot.id) && (m.voters.includes(slot.id) || m.learners.includes(slot.id))) {
-        return { result: 'unchanged' as AdminResult, role: m.voters.includes(slot.id) ? 'voter' : 'learner' };
+        return { result: 'unchanged' as AdminResult, role: m.voters.includes(slot.id) ? 'voter' : 'learner', slot: slot.id, ...startHint(name, slot.id, address) };
       }
       if (removed.includes(slot.id)) await setRemoved(removed.filter((id) => id !== slot.id), ctx.who);
       // The leader adds it as a learner; it is promoted once caught up while there are fewer voters than R.
@@ -361,4 +395,59 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
       return { result: 'created' as AdminResult, role: now.voters.includes(slot.id) ? 'voter' : 'learner' };
     });
   });
+
+  /** What the operator starts on the new node's host (the cluster's other flags as on every node). */
+  const startHint = (name: string, id: number, address: string): { start: { flags: string[]; routes: string[] } } => {
+    const removed = new Set(removedSlots());
+    // A cluster that formed as one node names its own slot 'self' (it had no --routes): the node answering is that
+    // node then, and its listener address is the route (unless it listens on every interface).
+    const own = node.routeAddress();
+    const selfAddress = own.host === '0.0.0.0' || own.host === '::' ? undefined : (own.host.includes(':') ? `[${own.host}]:${own.port}` : `${own.host}:${own.port}`);
+    const routes = node.slots().filter((s) => s.id !== id && !removed.has(s.id))
+      .map((s) => (s.address === 'self' ? selfAddress : s.address)).filter((a): a is string => a !== undefined);
+    const port = address.slice(address.lastIndexOf(':') + 1);
+    return {
+      start: {
+        routes,
+        flags: ['--server-name', name, '--cluster-port', port, '--routes', routes.join(','), '--initial-cluster-state', 'existing'],
+      },
+    };
+  };
+
+  /**
+   * A node at an address outside the slot table (like etcd's `member add`): the address is appended to the replicated
+   * `added-slots` list (never renumbering a slot), so every node learns slot N+1 and a cluster of N+1; the leader
+   * adds it as a learner at once (a learner never counts for quorum, so an added node that is not running yet costs
+   * nothing). The node is then started with --initial-cluster-state existing: it learns its slot from its peers,
+   * catches up (by snapshot when the log is compacted) and is promoted while there are fewer voters than R.
+   */
+  const addNewSlot = async (name: string, address: string, who: string): Promise<Record<string, unknown> & { result: AdminResult }> => {
+    const taken = node.slots().find((s) => s.name === name);
+    if (taken !== undefined) {
+      const removed = removedSlots().includes(taken.id);
+      throw new AdminError('conflict', `node name ${name} already belongs to slot ${taken.id} at ${taken.address}${removed ? ' (removed)' : ''}; `
+        + (removed ? `bring it back at its own address ("membershipd cluster add ${name} ${taken.address}") or give the new node another name` : 'give the new node another name'));
+    }
+    const cur = configValue(addedSlotsKey);
+    const list = addedSlots();
+    if (list.some((x) => x.name === name || x.address === address)) {
+      // Written but not yet applied to this node's table: the same add raced itself; the caller retries.
+      throw new AdminError('unavailable', `${name} at ${address} is being added; retry to see the result`);
+    }
+    const ts = Date.now();
+    const value = encodeValue({ v: schemaVersion, value: encodeAddedSlots([...list, { name, address }]), updated: ts, by: who } satisfies ConfigValue);
+    const r = await backend.propose(cur === undefined
+      ? { op: 'create', bucket: controlBuckets.config, key: addedSlotsKey, value, ts }
+      : { op: 'update', bucket: controlBuckets.config, key: addedSlotsKey, value, revision: cur.revision, ts });
+    if (!r.ok) throw new AdminError('conflict', `another membership change raced this one (${r.message}); nothing was added — retry`);
+    applyConfig();
+    const slot = node.slots().find((s) => s.address === address);
+    if (slot === undefined) throw new AdminError('unavailable', `${address} was recorded but this node's slot table did not grow (see its log); check "membershipd cluster status"`);
+    const added = await until(() => {
+      const now = node.membership();
+      return now !== undefined && (now.voters.includes(slot.id) || now.learners.includes(slot.id));
+    }, 10_000);
+    if (!added) throw new AdminError('unavailable', `${name} has slot ${slot.id} but the leader has not added it as a learner within 10 s; it will — check "membershipd cluster status"`);
+    return { result: 'created' as AdminResult, role: 'learner', slot: slot.id, address, slots: node.slots().length, ...startHint(name, slot.id, address) };
+  };
 }

@@ -79,6 +79,59 @@ export interface ClusterFile {
   readonly addresses: readonly string[];
   readonly voters: number;
   readonly bindings: Readonly<Record<string, SlotBinding>>;
+  /**
+   * Slots at bootstrap (the N every node derived from --routes): the route handshake compares it, so it never
+   * changes while `cluster add` appends slots. Absent in files written before slots could be appended: then
+   * `addresses.length` (tables never grew before).
+   */
+  readonly initial?: number;
+  /** Server names an operator gave appended slots (`cluster add NAME URL`), by slot id. */
+  readonly names?: Readonly<Record<string, string>>;
+  /** This node joined a running cluster (--initial-cluster-state existing): its Raft never bootstraps an init entry. */
+  readonly joined?: boolean;
+}
+
+/** The handshake's cluster size of a persisted table (see ClusterFile.initial). */
+export function initialSize(f: ClusterFile): number {
+  return f.initial ?? f.addresses.length;
+}
+
+/** A slot appended by `cluster add`: the name the operator gave and the route address (`host:port`). */
+export interface AddedSlot {
+  readonly name: string;
+  readonly address: string;
+}
+
+/**
+ * The slot table grown by the replicated list of added slots (append-only: slot initial+k+1 is added[k]).
+ * Returns the new table, the same object when nothing is new, or a reason when the list contradicts the
+ * table (an entry already appended differs: slots are never renumbered).
+ */
+export function appendSlots(f: ClusterFile, added: readonly AddedSlot[]): ClusterFile | string {
+  const base = initialSize(f);
+  const have = f.addresses.length - base;
+  for (let k = 0; k < Math.min(have, added.length); k++) {
+    const id = base + k + 1;
+    if (f.addresses[id - 1] !== added[k]!.address) {
+      return `slot ${id} is ${f.addresses[id - 1]} here but ${added[k]!.address} in the replicated list of added slots`;
+    }
+  }
+  if (added.length <= have) return f;
+  const addresses = [...f.addresses];
+  const names: Record<string, string> = { ...f.names };
+  for (let k = have; k < added.length; k++) {
+    if (addresses.includes(added[k]!.address)) return `added slot ${added[k]!.name} at ${added[k]!.address}: the address is already slot ${addresses.indexOf(added[k]!.address) + 1}`;
+    addresses.push(added[k]!.address);
+    names[String(base + k + 1)] = added[k]!.name;
+  }
+  return { ...f, initial: base, addresses, names };
+}
+
+/** Whether two slot tables agree on every slot both know (one may have applied more `cluster add`s). */
+export function tablesAgree(a: readonly string[], b: readonly string[]): boolean {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 export function clusterFilePath(dataDir: string): string {

@@ -10,14 +10,15 @@ import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
 import { encodeKvCommand } from '../../store/index.js';
 import {
-  createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
+  createRouteTransport, parseRoutes, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
 } from '../../transport/index.js';
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
 import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import type { NatsServerWithCluster } from '../nats/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  findSelfRoutes, learnAddresses, normalizeRoutes, readClusterFile, writeClusterFile, type ClusterFile, type SlotBinding,
+  appendSlots, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
+  type AddedSlot, type ClusterFile, type SlotBinding,
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
@@ -60,6 +61,12 @@ export interface NodeOptions {
   readonly routeLimits?: Partial<RouteLimits>;
   /** A NATS server to join to the cluster-wide bus over this node's routes (attached before routes start). */
   readonly nats?: NatsServerWithCluster;
+  /**
+   * Join a running cluster (--initial-cluster-state existing, as etcd's): derive nothing from --routes (they only
+   * say whom to dial); learn this node's slot from the slot table its peers replicate, where `cluster add NAME URL`
+   * put it under this node's server name; no bootstrap entry. Ignored once <dataDir>/cluster.json exists.
+   */
+  readonly join?: boolean;
 }
 
 export type Health = { readonly status: 'ok' } | { readonly status: 'unavailable'; readonly reason: string };
@@ -199,6 +206,10 @@ export class ClusterNode {
   /** Set by the control plane when this node's posture differs from the cluster's (`config` bucket). */
   private refusal: string | undefined;
   private readonly statusWaiters = new Map<number, (r: MemberReport) => void>();
+  /** Each up peer's last hello: re-read when the slot table grows (a peer may claim a slot this node had not applied yet). */
+  private readonly hellos = new Map<string, SlotHello>();
+  /** Why the replicated list of added slots could not be applied (logged once). */
+  private tableProblem: string | undefined;
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -243,8 +254,13 @@ export class ClusterNode {
       this.n = persisted.addresses.length;
       this.voters = persisted.voters;
       const derivedN = this.ownRoutes.length + 1;
-      if (derivedN !== this.n) this.log.warn({ persisted: this.n, fromRoutes: derivedN }, 'cluster size from --routes differs from the persisted configuration; the persisted one is used (membership changes go through `cluster add/remove`)');
+      if (opts.join) this.log.info({ id: persisted.id }, '--initial-cluster-state existing ignored: this node already has its slot (cluster.json)');
+      if (derivedN !== this.n && derivedN !== initialSize(persisted)) this.log.warn({ persisted: this.n, fromRoutes: derivedN }, 'cluster size from --routes differs from the persisted configuration; the persisted one is used (membership changes go through `cluster add/remove`)');
       for (const [id, b] of Object.entries(persisted.bindings)) this.bindPeer(Number(id), b.name);
+    } else if (opts.join) {
+      // Joining a running cluster: N, R and the slot come from the peers' replicated table (onHello → joinFrom).
+      this.n = 0;
+      this.voters = opts.kvReplicas ?? 0;
     } else {
       this.n = this.ownRoutes.length + 1;
       this.voters = opts.kvReplicas ?? this.n;
@@ -253,11 +269,11 @@ export class ClusterNode {
       }
       if (self.length === 1 || this.n === 1) {
         const addresses = this.n === 1 ? ['self'] : [...keys].sort();
-        this.cluster = { version: 1, cluster: opts.clusterName, server: opts.serverName, id: this.n === 1 ? 1 : addresses.indexOf(self[0]!) + 1, addresses, voters: this.voters, bindings: {} };
+        this.cluster = { version: 1, cluster: opts.clusterName, server: opts.serverName, id: this.n === 1 ? 1 : addresses.indexOf(self[0]!) + 1, addresses, voters: this.voters, bindings: {}, initial: addresses.length };
         writeClusterFile(opts.dataDir, this.cluster);
       }
     }
-    if (opts.kvReplicas !== undefined && opts.kvReplicas !== this.voters) {
+    if (opts.kvReplicas !== undefined && this.voters !== 0 && opts.kvReplicas !== this.voters) {
       this.log.warn({ persisted: this.voters, flag: opts.kvReplicas }, '--kv-replicas differs from the persisted voter count; the persisted value is used (change R on the running cluster with `membershipd cluster kv-replicas R`)');
     }
     if (this.voters === 1) this.log.warn({ voters: 1 }, '--kv-replicas 1: the replicated store has a single voter, a single point of failure (dev only)');
@@ -271,13 +287,14 @@ export class ClusterNode {
       serverName: opts.serverName,
       host: bind,
       port: opts.clusterPort,
-      routes: list,
+      routes: this.dialList(list),
       tls: opts.tls,
       identity: { publicKey: this.identity.publicKeyBytes, sign: (d) => this.identity.sign(d) },
       user: opts.clusterUser,
       password: opts.clusterPassword,
       postureDigest: opts.postureDigest ?? '',
-      clusterSize: this.n,
+      // The bootstrap N (fixed while slots are appended); 0 while joining (see checkHello in transport/handshake.ts).
+      clusterSize: this.cluster ? initialSize(this.cluster) : opts.join ? 0 : this.n,
       verifyPeer: (name, key) => this.verifyPeer(name, Buffer.from(key).toString('hex')),
       logger: opts.logger ?? silentLogger(),
       limits: { backoffMaxMs: 2000, ...opts.routeLimits },
@@ -305,7 +322,9 @@ export class ClusterNode {
     const snap = this.storage.snapshot();
     if (snap.meta.index > 0) this.restoreSnapshot(snap.data);
     const peers: number[] = [];
-    for (let i = 1; i <= c.voters; i++) peers.push(i);
+    // A node that joined a running cluster has no bootstrap entry: the leader sends it the log (or a snapshot), whose
+    // configuration changes tell it the members. Bootstrapping [1..R] here could differ from the cluster's index 1.
+    if (!c.joined) for (let i = 1; i <= c.voters; i++) peers.push(i);
     this.raw = new RawNode({
       id: c.id,
       electionTicks: this.electionTicks,
@@ -324,7 +343,29 @@ export class ClusterNode {
   // ---- routes ----------------------------------------------------------------------------------
 
   private hello(): SlotHello {
-    return { id: this.cluster?.id ?? 0, routes: this.ownRoutes, addresses: this.cluster ? this.cluster.addresses : null, voters: this.voters };
+    const c = this.cluster;
+    if (!c) return { id: 0, routes: this.ownRoutes, addresses: null, voters: this.opts.join ? 0 : this.voters, initial: 0, names: [] };
+    const initial = initialSize(c);
+    const names = c.addresses.slice(initial).map((_, k) => c.names?.[String(initial + k + 1)] ?? '');
+    return { id: c.id, routes: this.ownRoutes, addresses: c.addresses, voters: this.voters, initial, names };
+  }
+
+  /**
+   * Whom the transport dials: --routes, plus (after a restart) every slot address of the persisted table that
+   * --routes does not list (slots appended by `cluster add`), so a restarted member redials the added nodes too.
+   */
+  private dialList(routes: ReturnType<typeof normalizeRoutes>['list']): ReturnType<typeof normalizeRoutes>['list'] {
+    const c = this.cluster;
+    if (!c) return routes;
+    const have = new Set(normalizeRoutes(routes.map((r) => r.url)).keys);
+    const extra = c.addresses.filter((a, i) => i + 1 !== c.id && a !== 'self' && !have.has(a));
+    if (extra.length === 0) return routes;
+    try {
+      return [...routes, ...parseRoutes(extra)];
+    } catch (e) {
+      this.log.error({ extra, err: (e as Error).message }, 'a persisted slot address does not parse as a route; not dialed');
+      return routes;
+    }
   }
 
   private sendHelloToAll(): void {
@@ -352,6 +393,7 @@ export class ClusterNode {
   }
 
   private onPeerDown(p: PeerInfo, c: LinkClose): void {
+    if (p.name !== undefined) this.hellos.delete(p.name);
     for (const l of this.listeners) l.down?.(p, c);
   }
 
@@ -395,13 +437,21 @@ export class ClusterNode {
   private onHello(peer: string, h: SlotHello): void {
     const info = this.transport.peers().find((p) => p.name === peer && p.state === 'up');
     if (!info?.identity) return;
-    if (h.voters !== this.voters) {
+    this.hellos.set(peer, h);
+    if (!this.cluster && this.opts.join) {
+      this.joinFrom(peer, h);
+      if (!this.cluster) return;
+    }
+    // 0: a node joining a running cluster, which adopts R from its peers (it has no flag value to compare).
+    if (h.voters !== this.voters && h.voters !== 0) {
       this.log.error({ peer, theirs: h.voters, ours: this.voters }, 'peer disagrees on the number of voters (--kv-replicas); its raft traffic is ignored until the flags agree');
       this.bootstrapProblem = `peer "${peer}" has --kv-replicas ${h.voters}, this node ${this.voters}`;
       return;
     }
     if (!this.cluster) {
-      const learned = h.addresses ? learnAddresses(this.ownRoutes, h.addresses, this.n) : learnAddresses(this.ownRoutes, h.routes, this.n);
+      // Only the bootstrap part of the peer's table (slots appended by `cluster add` come through the log).
+      const theirs = h.addresses && h.initial > 0 ? h.addresses.slice(0, h.initial) : h.addresses;
+      const learned = theirs ? learnAddresses(this.ownRoutes, theirs, this.n) : learnAddresses(this.ownRoutes, h.routes, this.n);
       if (typeof learned === 'string') {
         this.bootstrapProblem = `cannot derive this node's slot from peer "${peer}": ${learned}`;
         this.log.error({ peer }, this.bootstrapProblem);
@@ -409,7 +459,7 @@ export class ClusterNode {
       }
       this.cluster = {
         version: 1, cluster: this.clusterName, server: this.serverName, id: learned.addresses.indexOf(learned.self) + 1,
-        addresses: learned.addresses, voters: this.voters, bindings: {},
+        addresses: learned.addresses, voters: this.voters, bindings: {}, initial: learned.addresses.length,
       };
       writeClusterFile(this.opts.dataDir, this.cluster);
       this.bootstrapProblem = undefined;
@@ -417,14 +467,21 @@ export class ClusterNode {
       this.startRaft();
     }
     const c = this.cluster;
-    if (h.addresses && h.addresses.join(',') !== c.addresses.join(',')) {
+    // Slots are only ever appended (`cluster add`, replicated through the log), so two correct tables agree on every
+    // slot both know; the shorter one has not applied the latest add yet.
+    if (h.addresses && !tablesAgree(h.addresses, c.addresses)) {
       this.bootstrapProblem = `peer "${peer}" derives the node addresses [${h.addresses.join(', ')}], this node [${c.addresses.join(', ')}]: --routes disagree`;
       this.log.error({ peer }, this.bootstrapProblem);
       return;
     }
     if (h.id === 0) return;
-    if (h.id === c.id || h.id > c.addresses.length) {
-      this.log.error({ peer, id: h.id }, 'peer claims an impossible slot; ignored');
+    if (h.id === c.id) {
+      this.log.error({ peer, id: h.id }, 'peer claims this node\'s slot; ignored');
+      return;
+    }
+    if (h.id > c.addresses.length) {
+      // A slot this node has not applied yet (a `cluster add` still in its log): bound when the table grows.
+      this.log.debug({ peer, id: h.id, slots: c.addresses.length }, 'peer claims a slot beyond this node\'s table; bound once the table grows');
       return;
     }
     const bound: SlotBinding | undefined = c.bindings[String(h.id)];
@@ -433,11 +490,79 @@ export class ClusterNode {
       this.log.error({ peer }, this.bootstrapProblem);
       return;
     }
+    const reserved = c.names?.[String(h.id)];
+    if (reserved !== undefined && reserved !== peer) {
+      this.log.error({ peer, id: h.id, reserved }, 'peer claims a slot `cluster add` gave another name; ignored');
+      return;
+    }
     if (!bound) {
       this.cluster = { ...c, bindings: { ...c.bindings, [String(h.id)]: { name: peer, key: info.identity } } };
       writeClusterFile(this.opts.dataDir, this.cluster);
     }
     this.bindPeer(h.id, peer);
+  }
+
+  /**
+   * Joining a running cluster: this node's slot is the one `cluster add` appended under its server name in the
+   * peer's replicated table. Until a peer's table lists it, the node waits (health says what to run).
+   */
+  private joinFrom(peer: string, h: SlotHello): void {
+    if (h.addresses === null || h.initial === 0) return; // a peer that is itself still joining (or an older node)
+    const k = h.names.indexOf(this.serverName);
+    if (k < 0) {
+      this.bootstrapProblem = `joining cluster "${this.clusterName}": the slot table of peer "${peer}" has no slot for ${this.serverName}; `
+        + `run "membershipd cluster add ${this.serverName} <host>:${this.opts.clusterPort}" on a running node`;
+      this.log.warn({ peer }, this.bootstrapProblem);
+      return;
+    }
+    const id = h.initial + k + 1;
+    const address = h.addresses[id - 1]!;
+    const port = Number(address.slice(address.lastIndexOf(':') + 1));
+    if (port !== this.opts.clusterPort && this.opts.clusterPort !== 0) {
+      this.bootstrapProblem = `joining cluster "${this.clusterName}": slot ${id} was added for ${this.serverName} at ${address}, but this node's --cluster-port is ${this.opts.clusterPort}; `
+        + `remove it ("membershipd cluster remove ${this.serverName}") and add the right address, or fix --cluster-port`;
+      this.log.error({ peer }, this.bootstrapProblem);
+      return;
+    }
+    const names: Record<string, string> = {};
+    h.names.forEach((name, j) => { names[String(h.initial + j + 1)] = name; });
+    this.cluster = {
+      version: 1, cluster: this.clusterName, server: this.serverName, id, addresses: [...h.addresses], voters: h.voters, bindings: {},
+      initial: h.initial, names, joined: true,
+    };
+    this.voters = h.voters;
+    this.n = h.addresses.length;
+    writeClusterFile(this.opts.dataDir, this.cluster);
+    this.bootstrapProblem = undefined;
+    this.log.info({ id, address, from: peer, slots: this.n, voters: this.voters }, 'joined a running cluster: learned this node\'s slot from a peer');
+    this.startRaft();
+  }
+
+  /**
+   * The slots `cluster add` appended, in order (replicated by the control plane's `config` bucket, so every member
+   * applies the same list at the same log position): the table grows by the new entries, persisted in
+   * cluster.json; existing slots are never renumbered. The leader then adds each new slot as a learner.
+   */
+  setAddedSlots(added: readonly AddedSlot[]): void {
+    const c = this.cluster;
+    if (!c) return;
+    const next = appendSlots(c, added);
+    if (typeof next === 'string') {
+      // The control plane re-applies the list every second: log a contradiction once, not every round.
+      if (next !== this.tableProblem) this.log.error({ added }, `replicated slot list ignored: ${next}`);
+      this.tableProblem = next;
+      return;
+    }
+    this.tableProblem = undefined;
+    if (next === c) return;
+    this.cluster = next;
+    this.n = next.addresses.length;
+    writeClusterFile(this.opts.dataDir, next);
+    this.log.warn({ slots: next.addresses.length, added: next.addresses.slice(c.addresses.length) }, 'slot table grew (cluster add)');
+    // Joiners waiting for their slot learn it from this hello; peers' hellos held back for an unknown slot bind now.
+    this.sendHelloToAll();
+    const up = new Set(this.transport.upPeers());
+    for (const [peer, h] of [...this.hellos]) if (up.has(peer) && h.id > c.addresses.length) this.onHello(peer, h);
   }
 
   /** Registers a listener for non-Raft route frames and peer events; returns its removal. */
@@ -463,7 +588,7 @@ export class ClusterNode {
       const id = i + 1;
       if (id === c.id) return { id, address, name: this.serverName, identity: Buffer.from(this.identity.publicKeyBytes).toString('hex') };
       const b = c.bindings[String(id)];
-      return { id, address, name: b?.name, identity: b?.key };
+      return { id, address, name: b?.name ?? c.names?.[String(id)], identity: b?.key };
     });
   }
 
@@ -989,7 +1114,7 @@ export class ClusterNode {
       const voter = conf.voters.includes(id);
       const role = !voter && !learner ? 'removed' : learner ? 'learner' : r === undefined ? 'voter' : r.state === 'preCandidate' ? 'candidate' : r.state;
       return {
-        id, name: id === this.cluster?.id ? this.serverName : (this.cluster?.bindings[String(id)]?.name ?? null), address, role,
+        id, name: id === this.cluster?.id ? this.serverName : (this.cluster?.bindings[String(id)]?.name ?? this.cluster?.names?.[String(id)] ?? null), address, role,
         term: r?.term ?? null, leader: r === undefined || r.lead === 0 ? null : this.peerName(r.lead),
         commit: r?.commit ?? null, applied: r?.applied ?? null, lag: r === undefined ? null : Math.max(0, leaderCommit - r.applied),
         reachable: r !== undefined, health: r?.health ?? null,
@@ -1030,7 +1155,9 @@ export class ClusterNode {
       const down = this.transport?.peers().filter((p) => p.state !== 'up').map(describeDown) ?? [];
       return {
         status: 'unavailable',
-        reason: this.bootstrapProblem ??
+        reason: this.bootstrapProblem ?? (this.opts.join
+          ? `joining cluster "${this.clusterName}": waiting for a peer's slot table (${up} peer(s) connected; not connected: ${down.join(', ')})`
+          : undefined) ??
           `no quorum: ${up + 1} of ${this.voters} voters reachable (this node learns its slot from the first peer it meets; not connected: ${down.join(', ')})`,
       };
     }

@@ -10,7 +10,7 @@ import type { ClusterNode, NodeOptions } from './node.js';
 /** Flags that turn a node into a cluster member. */
 export const clusterFlagNames = [
   'cluster-name', 'cluster-port', 'routes', 'cluster-user', 'cluster-pass-file', 'route-tls-cert', 'route-tls-key', 'route-tls-ca',
-  'kv-replicas', 'store', 'data-dir', 'internal-id-file',
+  'kv-replicas', 'store', 'data-dir', 'internal-id-file', 'initial-cluster-state',
 ] as const;
 
 /** True when the configuration asks for clustering (any route/cluster flag, or --store kv). */
@@ -72,6 +72,7 @@ export function nodeOptionsFromServeConfig(config: ServeConfig, logger: Logger):
     clusterPassword: password,
     postureDigest: postureDigest(clusterPosture(config)),
     ...(config.kvReplicas !== undefined ? { kvReplicas: config.kvReplicas } : {}),
+    ...(c.initialState === 'existing' ? { join: true } : {}),
     logger,
   };
 }

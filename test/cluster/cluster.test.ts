@@ -16,7 +16,7 @@ import { decodeFrameBody, encodeFrameBody } from '../../transport/index.js';
 import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest } from '../../src/node/wire.js';
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
 import { AppliedSessions } from '../../src/node/sessions.js';
-import { learnAddresses } from '../../src/node/bootstrap.js';
+import { appendSlots, learnAddresses, readClusterFile, tablesAgree, type ClusterFile } from '../../src/node/bootstrap.js';
 import { KvPrincipalSource } from '../../src/control/principal_source.js';
 import { controlBuckets, encodeValue, schemaVersion, validateUser, type UserValue } from '../../src/control/buckets.js';
 import { createKeyPair } from '../../src/auth/index.js';
@@ -425,6 +425,86 @@ t.test('a voter down past the grace period is replaced by a caught-up learner', 
   for (const n of rest) running.delete(n);
 });
 
+t.test('a new address joins a running cluster: the table grows on every node, the joiner learns its slot, catches up by snapshot, is promoted; restarts keep slots', async (t) => {
+  const trio = await newTrio('grow', 'others', { snapshotEntries: 20 });
+  await Promise.all([0, 1, 2].map((i) => start(trio, i)));
+  await waitHealthy(trio.nodes as ClusterNode[]);
+  const members = trio.nodes as ClusterNode[];
+  await members[0]!.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
+  for (let i = 0; i < 40; i++) await write(members[i % 3]!, `k${i}`, i);
+
+  // The joining node (--initial-cluster-state existing) dials the members; before `cluster add` it waits and says why.
+  const leaf = await issueCertificate(ca, { commonName: 'node-3' });
+  const joinPort = await freePort();
+  const address = `127.0.0.1:${joinPort}`;
+  const joinOptions: NodeOptions = {
+    ...options(trio, 0), serverName: 'node-3', dataDir: join(trio.dir, 'node-3'), identityFile: join(trio.dir, 'id-3.nk'),
+    clusterPort: joinPort, routes: trio.ports.map((p) => `127.0.0.1:${p}`), tls: { cert: leaf.cert, key: leaf.key, ca: ca.cert }, join: true,
+  };
+  let joiner = await startNode(joinOptions);
+  running.add(joiner);
+  const reasonOf = (n: ClusterNode): string => { const h = n.health(); return h.status === 'ok' ? 'ok' : h.reason; };
+  for (let k = 0; k < 400 && !/has no slot for node-3/.test(reasonOf(joiner)); k++) await sleep(25);
+  t.match(reasonOf(joiner), /joining cluster "test-cluster": the slot table of peer "node-\d" has no slot for node-3; run "membershipd cluster add node-3 <host>:\d+"/, 'a joiner not added yet says what to run');
+  t.equal(joiner.id, undefined, 'it has no slot yet');
+
+  // One member is down during the add (it applies it later, from the log).
+  const lag = members.findIndex((n) => n.raftz().state !== 'leader');
+  await stop(trio, lag);
+  const up = (): ClusterNode[] => trio.nodes.filter((n): n is ClusterNode => n !== undefined);
+  // What the control plane does when every node applies the replicated added-slots key.
+  for (const n of up()) n.setAddedSlots([{ name: 'node-3', address }]);
+  for (const n of up()) t.same(n.slots().map((s) => s.id), [1, 2, 3, 4], `${n.serverName} knows slot 4`);
+  for (let k = 0; k < 600 && !(joiner.id === 4 && joiner.health().status === 'ok'); k++) await sleep(25);
+  t.equal(joiner.id, 4, 'the joiner learned slot 4 from its peers');
+  t.equal(reasonOf(joiner), 'ok', 'the joiner is healthy');
+  t.equal((await joiner.read()).keys('b').length, 40, 'it caught up with every write');
+  t.ok(joiner.metrics.snapshotsInstalled > 0, 'by snapshot (the leader\'s log was compacted)');
+  const confOf = (): { voters: number[]; learners: number[] } => (members[leaderOf(members)]?.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
+  t.same(confOf(), { voters: [1, 2, 3], learners: [4] }, 'it is a learner: R = 3 voters already');
+  t.match(readClusterFile(joinOptions.dataDir), { id: 4, initial: 3, joined: true, names: { 4: 'node-3' } }, 'its cluster.json holds the slot');
+
+  // The member that missed the add comes back with three slots: the joiner's hello (slot 4) waits until the
+  // member applies the add, then binds.
+  const lagger = await start(trio, lag);
+  await waitHealthy([...up(), joiner]);
+  t.equal(lagger.slots().length, 3, 'the returning member\'s table has not grown yet (no control plane here to apply the key)');
+  lagger.setAddedSlots([{ name: 'node-3', address }]);
+  for (let k = 0; k < 200 && lagger.slots()[3]?.identity === undefined; k++) await sleep(25);
+  t.match(lagger.slots()[3], { id: 4, name: 'node-3', address }, 'it binds slot 4 to the joiner once its table has it');
+  t.ok(lagger.slots()[3]?.identity, 'with the identity key the joiner proved');
+  for (const n of members) t.equal(readClusterFile(join(trio.dir, n.serverName))?.addresses.length, 4, `${n.serverName} persisted 4 slots`);
+
+  // An operator removes a member: 2 voters < R, so the caught-up joiner is promoted.
+  const victim = members.findIndex((n) => n.raftz().state !== 'leader');
+  const victimId = members[victim]!.id!;
+  for (const n of [...members, joiner]) n.setRemovedSlots([victimId]);
+  for (let k = 0; k < 600 && !(confOf().voters.includes(4) && !confOf().voters.includes(victimId)); k++) await sleep(25);
+  t.same(confOf(), { voters: [1, 2, 3, 4].filter((id) => id !== victimId), learners: [] }, 'the joiner was promoted to voter, the removed member left');
+  await stop(trio, victim);
+
+  // Restarts keep their slots: the joiner (from cluster.json, no bootstrap), and a member (which now dials the joiner too).
+  await joiner.stop();
+  running.delete(joiner);
+  joiner = await startNode(joinOptions);
+  running.add(joiner);
+  const rest = trio.nodes.filter((n): n is ClusterNode => n !== undefined);
+  await waitHealthy([...rest, joiner]);
+  t.equal(joiner.id, 4, 'the restarted joiner kept slot 4');
+  const member = trio.nodes.findIndex((n) => n !== undefined && n.raftz().state !== 'leader');
+  await stop(trio, member);
+  const back = await start(trio, member);
+  back.setRemovedSlots([victimId]);
+  await waitHealthy([...trio.nodes.filter((n): n is ClusterNode => n !== undefined), joiner]);
+  t.equal(back.slots().length, 4, 'the restarted member kept the grown table');
+  t.ok(back.routez().routes && (back.routez().routes as { route?: string }[]).some((r) => r.route === `nats-route://${address}`), 'and dials the added node');
+  t.match(await write(joiner, 'from-joiner', 7), { ok: true }, 'a write through the added node commits');
+  for (const n of trio.nodes.filter((x): x is ClusterNode => x !== undefined)) t.equal((await n.read()).get('b', 'from-joiner')?.value[0], 7, `${n.serverName} has it`);
+  await joiner.stop();
+  running.delete(joiner);
+  for (let i = 0; i < 3; i++) if (trio.nodes[i] !== undefined) await stop(trio, i);
+});
+
 t.test('wire, envelope, sessions, slot derivation: seeded properties and malformed input', async (t) => {
   const runs = { seed, numRuns: 300 };
   const bytes = fc.uint8Array({ maxLength: 24 });
@@ -487,7 +567,36 @@ t.test('wire, envelope, sessions, slot derivation: seeded properties and malform
   }
   t.type(decodeNodeFrame(viaWire(good.slice(0, 12))), 'string', 'a truncated message is refused');
   t.type(decodeNodeFrame([1, 1, ['a:1'], null, 'x']), 'string', 'a malformed hello is refused');
-  t.match(decodeNodeFrame(viaWire(encodeHello({ id: 2, routes: ['a:1'], addresses: null, voters: 3 }))), { kind: 'hello', hello: { id: 2, routes: ['a:1'], voters: 3 } });
+  t.match(decodeNodeFrame(viaWire(encodeHello({ id: 2, routes: ['a:1'], addresses: null, voters: 3, initial: 0, names: [] }))), { kind: 'hello', hello: { id: 2, routes: ['a:1'], voters: 3 } });
+  // An older node's hello (five fields) still decodes: no appended slots.
+  t.match(decodeNodeFrame(viaWire([1, 2, ['a:1'], ['a:1', 'b:1'], 2])), { kind: 'hello', hello: { id: 2, initial: 0, names: [] } });
+  // A hello with appended slots round-trips; names must match the appended part of the table exactly.
+  fc.assert(fc.property(fc.uniqueArray(fc.string({ minLength: 1, maxLength: 8 }), { minLength: 1, maxLength: 8 }), fc.nat({ max: 8 }), fc.nat({ max: 9 }),
+    (addresses, cut, id) => {
+      const initial = Math.min(addresses.length, cut + 1);
+      const names = addresses.slice(initial).map((_, k) => `n${k}`);
+      const d = decodeNodeFrame(viaWire(encodeHello({ id, routes: [], addresses, voters: 1, initial, names })));
+      const bad = decodeNodeFrame(viaWire([1, id, [], addresses, 1, initial, [...names, 'extra']]));
+      return typeof d !== 'string' && d.kind === 'hello' && d.hello.initial === initial && d.hello.names.join() === names.join() && typeof bad === 'string';
+    }), runs);
+  t.type(decodeNodeFrame([1, 1, [], null, 1, 2, []]), 'string', 'appended slots without a table are refused');
+  t.type(decodeNodeFrame([1, 1, [], ['a:1'], 1, 0]), 'string', 'a hello of six fields is refused');
+
+  // The slot table only grows: appendSlots appends in order, keeps every existing slot, refuses a contradiction.
+  const table = { version: 1 as const, cluster: 'c', server: 's', id: 1, addresses: ['a:1', 'b:1', 'c:1'], voters: 3, bindings: {} };
+  const grown = appendSlots(table, [{ name: 'd', address: 'd:1' }, { name: 'e', address: 'e:1' }]);
+  t.match(grown, { initial: 3, addresses: ['a:1', 'b:1', 'c:1', 'd:1', 'e:1'], names: { 4: 'd', 5: 'e' } }, 'two slots appended after the bootstrap three');
+  t.equal(appendSlots(grown as ClusterFile, [{ name: 'd', address: 'd:1' }]), grown, 'a shorter (older) list changes nothing');
+  t.match(appendSlots(grown as ClusterFile, [{ name: 'x', address: 'x:1' }]), /slot 4 is d:1 here but x:1/, 'a contradicting list is refused');
+  t.match(appendSlots(table, [{ name: 'x', address: 'b:1' }]), /already slot 2/, 'an address that is already a slot is refused');
+  fc.assert(fc.property(fc.uniqueArray(fc.nat({ max: 50 }), { maxLength: 12 }), fc.nat({ max: 12 }), (ports, cut) => {
+    const list = ports.map((p) => ({ name: `n${p}`, address: `h:${p + 100}` }));
+    const first = appendSlots(table, list.slice(0, cut));
+    if (typeof first === 'string') return false;
+    const all = appendSlots(first, list);
+    return typeof all !== 'string' && all.addresses.join() === [...table.addresses, ...list.map((x) => x.address)].join()
+      && tablesAgree(all.addresses, table.addresses) && tablesAgree(first.addresses, all.addresses);
+  }), runs);
 
   fc.assert(fc.property(fc.nat({ max: 0xffffffff }), fc.nat({ max: 0xffffffff }), fc.nat({ max: 0xffffffff }), bytes, (o, b, q, cmd) => {
     const e = decodeEnvelope(encodeEnvelope(o, b, q, cmd));

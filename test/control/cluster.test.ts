@@ -21,6 +21,8 @@ const dir = t.testdir({ 'pw-carol': 'tr0ub4dor\n', 'route.pass': 'route-secret\n
 const nodes: ServingNode[] = [];
 const clients: NatsConnection[] = [];
 const parsedConfigs: ServeConfig[] = [];
+/** Route TLS and credential flags every node of the test cluster shares (set in before). */
+let sharedFlags: string[] = [];
 
 
 async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
@@ -44,6 +46,7 @@ t.before(async () => {
   writeFileSync(caFile, ca.cert);
   const clusterPorts = [await freePort(), await freePort(), await freePort()];
   const routes = clusterPorts.map((p) => `127.0.0.1:${p}`).join(',');
+  sharedFlags = ['--cluster-user', 'route', '--cluster-pass-file', join(dir, 'route.pass'), '--route-tls-cert', certFile, '--route-tls-key', keyFile, '--route-tls-ca', caFile];
   await Promise.all(clusterPorts.map(async (port, i) => {
     const argv = [
       'serve', '--server-name', `n${i}`, '--bind', '127.0.0.1', '--nats-port', '0', '--http-port', '0',
@@ -237,9 +240,9 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   await until('its nodes record deleted', () => nodes[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, `n${victim}`)?.op !== 'PUT');
 
   // Bad input: an address outside the slot list, a name bound elsewhere, an unknown node.
-  r = await cli(via, 'cluster', 'add', 'n9', 'nats-route://127.0.0.1:1');
-  t.equal(r.code, 2);
-  t.match(r.err, /not one of the cluster's slot addresses.*outside the initial --routes is not supported yet/);
+  r = await cli(via, 'cluster', 'add', 'n9', 'nats-route://127.0.0.1');
+  t.equal(r.code, 2, 'a URL without a port is bad usage');
+  t.match(r.err, /URL "nats-route:\/\/127\.0\.0\.1": has no port/);
   const address = nodes[victim]!.cluster!.slots().find((s) => s.name === `n${victim}`)!.address;
   r = await cli(via, 'cluster', 'add', `n${via}`, address);
   t.equal(r.code, 3, 'an address bound to another name is a conflict');
@@ -284,4 +287,166 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.ok(audit.some((a) => a.what === 'cluster.remove' && a.target === `n${victim}` && a.result === 'removed'));
   t.ok(audit.some((a) => a.what === 'cluster.add' && a.target === `n${victim}` && a.result === 'created'));
   t.ok(audit.some((a) => a.what === 'cluster.transfer' && a.result === 'updated'));
+});
+
+t.test('cluster add of a new address through the CLI: remove + add a fresh node, 3 → 4 → 5 slots; users through the added nodes; restarts keep slots; bad input changes nothing', async (t) => {
+  const grown: ServingNode[] = [];
+  const serve = async (name: string, port: number, routes: string, extra: string[]): Promise<ServingNode> => {
+    const cmd = parseCommandLine([
+      'serve', '--server-name', name, '--bind', '127.0.0.1', '--nats-port', '0', '--http-port', '0',
+      '--cluster-name', 'ctl', '--cluster-port', String(port), '--routes', routes, ...sharedFlags,
+      '--data-dir', join(dir, `data-${name}`), '--internal-id-file', join(dir, `id-${name}.nk`),
+      '--store', 'kv', '--bus-auth', 'enforce', '--log-level', 'silent', ...extra,
+    ]);
+    if (cmd.kind !== 'serve') throw new Error('expected serve');
+    const auth = await loadBusAuth(cmd.config, silentLogger());
+    const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
+    nodes.push(n);
+    return n;
+  };
+  const cliAt = async (n: ServingNode, idFile: string, ...argv: string[]): Promise<{ code: number; out: string; err: string }> => {
+    const o = memoryOutput();
+    const code = await main([...argv, '--server', n.urls.nats, '--internal-id-file', join(dir, idFile)], o);
+    return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
+  };
+  const founders = nodes.slice(0, 3);
+  const leaderIdx = (): number => [0, 1, 2].find((i) => founders[i]!.cluster!.selfReport().state === 'leader') ?? -1;
+  await until('a healthy leader', () => leaderIdx() >= 0 && founders.every((n) => n.cluster!.health().status === 'ok'));
+  const via = [0, 1, 2].find((i) => i !== leaderIdx())!;
+  const victim = [0, 1, 2].find((i) => i !== leaderIdx() && i !== via)!;
+  const third = [0, 1, 2].find((i) => i !== via && i !== victim)!;
+  const conf = (): { voters: readonly number[]; learners: readonly number[] } => founders[via]!.cluster!.membership()!;
+  const addedSlots = (): { value: unknown; revision: number } | undefined => {
+    const e = founders[via]!.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots');
+    return e?.op === 'PUT' ? { value: decodeValue(e.value, validateConfig)?.value, revision: e.revision } : undefined;
+  };
+
+  // An operator retires a member: two voters of R = 3, so the node added next is promoted once caught up.
+  let r = await cli(via, 'cluster', 'remove', `n${victim}`);
+  t.equal(r.code, 0, r.err);
+  const victimAddress = founders[victim]!.cluster!.slots().find((s) => s.name === `n${victim}`)!.address;
+
+  const p3 = await freePort();
+  r = await cli(via, 'cluster', 'add', 'n3', `nats-route://127.0.0.1:${p3}`);
+  t.equal(r.code, 0, r.err);
+  const lines = r.out.split('\n');
+  t.equal(lines[0], 'node: created, learner (slot 4)', 'a new address gets the next slot, as a learner');
+  const hint = new RegExp(`^  --server-name n3 --cluster-port ${p3} --routes (\\S+) --initial-cluster-state existing$`, 'm').exec(r.out);
+  t.ok(hint, `the CLI prints what to start on the new host:\n${r.out}`);
+  const routes = hint![1]!;
+  t.same(routes.split(',').sort(), [0, 1, 2].filter((i) => i !== victim).map((i) => founders[i]!.cluster!.slots().find((s) => s.name === `n${i}`)!.address).sort(),
+    'the routes are the members (not the removed node, not the new one)');
+  // The members learn slot 4 from the log; the removed node no longer receives it.
+  await until('every member knows slot 4', () => [via, third].every((i) => founders[i]!.cluster!.slots().length === 4));
+  t.same(conf().learners, [4], 'the leader added slot 4 as a learner before the node runs');
+  r = await cli(third, 'cluster', 'add', 'n3', `127.0.0.1:${p3}`);
+  t.equal(r.code, 0, r.err);
+  t.equal(r.out.split('\n')[0], 'node: unchanged, learner (slot 4)', 'the same add again (through any node) is unchanged');
+
+  // Bad input: clear errors, the usage/conflict exit codes, and the slot list unchanged.
+  const before = addedSlots();
+  t.same(before?.value, `n3=127.0.0.1:${p3}`, 'the replicated list of added slots');
+  for (const [argv, code, err] of [
+    [['n9', `127.0.0.1:${p3}`], 3, /127\.0\.0\.1:\d+ is bound to node n3, not n9/],
+    [['n3', '127.0.0.1:1'], 3, /node name n3 already belongs to slot 4 at 127\.0\.0\.1:\d+; give the new node another name/],
+    [[`n${victim}`, '127.0.0.1:1'], 3, new RegExp(`node name n${victim} already belongs to slot \\d \\(removed\\)|already belongs to slot \\d at [0-9.:]+ \\(removed\\)`)],
+    [['n9', 'http://127.0.0.1:5'], 2, /unsupported scheme/],
+    [['n9', 'route:pw@127.0.0.1:5'], 2, /carries user info/],
+    [['n9', '127.0.0.1:70000'], 2, /port outside 1-65535/],
+    [['bad name!', '127.0.0.1:5'], 2, /not a valid server name/],
+    [['n9'], 2, /URL/],
+  ] as const) {
+    r = await cli(via, 'cluster', 'add', ...argv);
+    t.equal(r.code, code, `cluster add ${argv.join(' ')} → exit ${code}`);
+    t.match(r.err, err, r.err);
+  }
+  t.same(addedSlots(), before, 'nothing changed');
+
+  // The new node starts with the printed flags: it learns slot 4, catches up and is promoted (2 voters < R = 3).
+  const n3 = await serve('n3', p3, routes, ['--initial-cluster-state', 'existing']);
+  grown.push(n3);
+  await until('n3 healthy and promoted', () => n3.cluster!.health().status === 'ok' && conf().voters.includes(4), 30_000);
+  t.equal(n3.cluster!.id, 4, 'n3 has slot 4');
+  t.same([...conf().voters].sort(), [1, 2, 3, 4].filter((id) => id !== founders[victim]!.cluster!.id).sort(), 'three voters again: n3 replaced the removed node');
+  await until('n3 recorded as a voter in the nodes bucket', () => {
+    const e = founders[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, 'n3');
+    return e?.op === 'PUT' && decodeValue(e.value, validateNode)?.role === 'voter';
+  });
+
+  // Administered through the new node with its own identity; the user connects through the new node and a founder.
+  r = await cliAt(n3, 'id-n3.nk', 'role', 'add', 'grow', '--pub-allow', 'grow.>', '--sub-allow', 'grow.>');
+  t.equal(r.code, 0, r.err);
+  r = await cliAt(n3, 'id-n3.nk', 'user', 'add', 'erin', '--password-file', join(dir, 'pw-carol'), '--role', 'grow');
+  t.equal(r.code, 0, r.err);
+  t.equal(r.out, 'user erin: created');
+  await until('erin on every member', () => [founders[via]!, founders[leaderIdx()]!, n3].every((n) => n.cluster!.kvBackend().reader.get(controlBuckets.users, 'erin')?.op === 'PUT'));
+  const onNew = await connect({ servers: n3.urls.nats, user: 'erin', pass: 'tr0ub4dor', reconnect: false });
+  const onOld = await connect({ servers: founders[via]!.urls.nats, user: 'erin', pass: 'tr0ub4dor', reconnect: false });
+  clients.push(onNew, onOld);
+  const sub = onNew.subscribe('grow.x', { max: 1 });
+  await onNew.flush();
+  let got: string | undefined;
+  const done = (async () => { for await (const m of sub) got = m.string(); })();
+  for (let k = 0; k < 100 && got === undefined; k++) {
+    onOld.publish('grow.x', 'across');
+    await onOld.flush();
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  if (got === undefined) sub.unsubscribe();
+  await done;
+  t.equal(got, 'across', 'a message published on a founder reaches a subscriber on the added node');
+
+  // Grow to five slots: n4 joins as a learner (R = 3 voters already); status shows every slot.
+  const p4 = await freePort();
+  r = await cliAt(n3, 'id-n3.nk', 'cluster', 'add', 'n4', `127.0.0.1:${p4}`);
+  t.equal(r.code, 0, r.err);
+  t.equal(r.out.split('\n')[0], 'node: created, learner (slot 5)');
+  const routes4 = new RegExp(`--routes (\\S+) --initial-cluster-state existing`).exec(r.out)![1]!;
+  t.ok(routes4.split(',').includes(`127.0.0.1:${p3}`), 'n3 is among the routes printed for n4');
+  const n4 = await serve('n4', p4, routes4, ['--initial-cluster-state', 'existing']);
+  grown.push(n4);
+  await until('n4 healthy and caught up', () => n4.cluster!.health().status === 'ok' && n4.cluster!.kvBackend().reader.get(controlBuckets.users, 'erin')?.op === 'PUT', 30_000);
+  r = await cliAt(n4, 'id-n4.nk', 'cluster', 'status', '--json');
+  t.equal(r.code, 0, r.err);
+  const st = (JSON.parse(r.out) as { status: { members: { id: number; name: string; role: string; reachable: boolean }[]; voters: number[]; learners: number[] } }).status;
+  t.same(st.members.map((m) => [m.id, m.name]), [[1, st.members[0]!.name], [2, st.members[1]!.name], [3, st.members[2]!.name], [4, 'n3'], [5, 'n4']], 'five slots, the added ones last');
+  t.equal(st.members.find((m) => m.name === 'n4')?.role, 'learner');
+  t.equal(st.members.find((m) => m.id === founders[victim]!.cluster!.id)?.role, 'removed', 'the removed slot stays (ids are never reused)');
+  t.equal(st.voters.length, 3);
+  for (const n of [founders[via]!, founders[leaderIdx()]!, n3, n4]) t.equal(n.cluster!.slots().length, 5, `${n.cluster!.serverName} has five slots`);
+  t.ok(victimAddress !== `127.0.0.1:${p4}`, 'a fresh address, not the removed one');
+
+  // Restarts keep slots: the added node n3 (from its data dir), then a founder (which now also dials n3 and n4).
+  await n3.stop();
+  const n3b = await serve('n3', p3, routes, ['--initial-cluster-state', 'existing']);
+  grown.push(n3b);
+  await until('n3 back', () => n3b.cluster!.health().status === 'ok', 30_000);
+  t.equal(n3b.cluster!.id, 4, 'the restarted added node kept slot 4');
+  const founder = founders[via]!;
+  await founder.stop();
+  const again = await (async () => {
+    const argv = [
+      'serve', '--server-name', `n${via}`, '--bind', '127.0.0.1', '--nats-port', '0', '--http-port', '0',
+      '--cluster-name', 'ctl', '--cluster-port', String(parsedConfigs[via]!.cluster.port), '--routes', parsedConfigs[via]!.cluster.routes.map((x) => `${x.host}:${x.port}`).join(','), ...sharedFlags,
+      '--data-dir', join(dir, `data-${via}`), '--internal-id-file', join(dir, `id-${via}.nk`), '--store', 'kv', '--bus-auth', 'enforce', '--log-level', 'silent',
+    ];
+    const c = parseCommandLine(argv);
+    if (c.kind !== 'serve') throw new Error('expected serve');
+    const auth = await loadBusAuth(c.config, silentLogger());
+    const n = await startServing(c.config, silentLogger(), auth.authenticator, auth);
+    nodes.push(n);
+    return n;
+  })();
+  await until('the founder back with five slots', () => again.cluster!.health().status === 'ok' && again.cluster!.slots().length === 5, 30_000);
+  t.equal(again.cluster!.id, founder.cluster!.id, 'the founder kept its slot');
+  r = await cliAt(n4, 'id-n4.nk', 'user', 'add', 'erin', '--password-file', join(dir, 'pw-carol'), '--role', 'grow');
+  t.equal(r.out, 'user erin: unchanged', 'the added learner answers admin requests (forwarded reads and writes)');
+
+  // Without a leader (two of the three voters stopped) an add fails with a clear error and exit 1, and changes nothing.
+  const slotsBefore = n4.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots');
+  await Promise.all([again.stop(), founders[third]!.stop()]);
+  r = await cliAt(n4, 'id-n4.nk', 'cluster', 'add', 'n5', '127.0.0.1:6');
+  t.equal(r.code, 1, 'no leader → exit 1');
+  t.match(r.err, /no leader|no quorum|no reply within/, r.err);
+  t.equal(n4.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots')?.revision, slotsBefore?.revision, 'nothing changed');
 });

@@ -146,6 +146,18 @@ t.test('a mismatched cluster size', async (t) => {
     'route refused');
 });
 
+t.test('a joining node (cluster size 0: --initial-cluster-state existing) is accepted; it learns N from its peers', async (t) => {
+  const peer = makeTransport(fx, 'n3', { routes: routeTo(n1), clusterSize: 0 });
+  await peer.start();
+  try {
+    await waitFor('n3 (joining) up', () => n1.upPeers().includes('n3') && peer.upPeers().includes('n1'));
+    t.pass('n1 (N=3) and a joining n3 (N=0) linked');
+  } finally {
+    await peer.close();
+  }
+  await waitFor('n1 sees n3 gone', () => n1.upPeers().length === 0 && n1.linkCount() === 0);
+});
+
 t.test('a peer claiming another node\'s name with a different identity key', async (t) => {
   await refusedPeer(t, { serverName: 'n2', identity: makeIdentity() }, 'identity', /"n2" is registered with identity key/,
     'route refused by peer');

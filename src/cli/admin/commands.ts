@@ -179,7 +179,17 @@ export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>
     add: {
       spec: { positionals: ['NAME', 'URL'], flags: connectionFlags },
       body: async (cmd) => ({ name: cmd.positionals[0], url: cmd.positionals[1] }),
-      print: (r, out) => out.out(`node: ${String(r.result)}, ${String(r.role)}`),
+      print: (r, out) => {
+        out.out(`node: ${String(r.result)}, ${String(r.role)}${r.slot !== undefined ? ` (slot ${String(r.slot)})` : ''}`);
+        // A new address: what to start on the new host (like etcd's `member add` printing ETCD_INITIAL_CLUSTER…).
+        const start = r.start as { flags?: unknown } | undefined;
+        if (r.result === 'created' && Array.isArray(start?.flags)) {
+          out.out('start it on its host with the flags every node of this cluster has (--cluster-name, --cluster-user, --cluster-pass-file,');
+          out.out('--route-tls-*, --store kv, --bus-auth, …) plus:');
+          out.out(`  ${start.flags.map(String).join(' ')}`);
+          out.out('it learns its slot from its peers, joins as a learner, catches up, and becomes a voter while the cluster has fewer voters than --kv-replicas');
+        }
+      },
     },
     'kv-replicas': {
       spec: { positionals: ['R'], flags: connectionFlags },
