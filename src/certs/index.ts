@@ -1,13 +1,20 @@
 // Certificates for mutual TLS: a cluster CA and leaf certificates that serve as both server and client
 // (routes are dialed in both directions, so every node certificate carries serverAuth and clientAuth).
 // Pure JS on Node's WebCrypto (ECDSA P-256): no openssl binary is needed on the host.
-import 'reflect-metadata';
-import * as x509 from '@peculiar/x509';
+import type * as X509 from '@peculiar/x509';
 import { webcrypto, randomBytes, X509Certificate } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-x509.cryptoProvider.set(webcrypto);
+let lib: Promise<typeof X509> | undefined;
+function x509lib(): Promise<typeof X509> {
+  return (lib ??= (async () => {
+    await import('reflect-metadata');
+    const m = await import('@peculiar/x509');
+    m.cryptoProvider.set(webcrypto);
+    return m;
+  })());
+}
 
 const keyAlgorithm = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 const dayMs = 86_400_000;
@@ -45,10 +52,12 @@ function serialNumber(): string {
 }
 
 async function exportKey(key: webcrypto.CryptoKey): Promise<string> {
+  const x509 = await x509lib();
   return x509.PemConverter.encode(await webcrypto.subtle.exportKey('pkcs8', key), 'PRIVATE KEY');
 }
 
-async function importKeys(pair: PemPair): Promise<{ cert: x509.X509Certificate; privateKey: webcrypto.CryptoKey }> {
+async function importKeys(pair: PemPair): Promise<{ cert: X509.X509Certificate; privateKey: webcrypto.CryptoKey }> {
+  const x509 = await x509lib();
   const cert = new x509.X509Certificate(pair.cert);
   const der = x509.PemConverter.decode(pair.key)[0]!;
   const privateKey = await webcrypto.subtle.importKey('pkcs8', der, keyAlgorithm, false, ['sign']);
@@ -57,6 +66,7 @@ async function importKeys(pair: PemPair): Promise<{ cert: x509.X509Certificate; 
 
 /** A new CA. Its CN carries a random suffix so a foreign CA never name-matches this one. */
 export async function createCertificateAuthority(name = 'membershipd-ca', validDays = 3650): Promise<CertificateAuthority> {
+  const x509 = await x509lib();
   const keys = (await webcrypto.subtle.generateKey(keyAlgorithm, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const subject = `CN=${name}-${randomBytes(4).toString('hex')}`;
   const notBefore = new Date(Date.now() - 60_000);
@@ -78,13 +88,14 @@ export async function createCertificateAuthority(name = 'membershipd-ca', validD
 
 /** A leaf certificate signed by `ca`. */
 export async function issueCertificate(ca: PemPair, options: LeafOptions): Promise<PemPair> {
+  const x509 = await x509lib();
   const issuer = await importKeys(ca);
   const keys = (await webcrypto.subtle.generateKey(keyAlgorithm, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const notBefore = options.notBefore ?? new Date(Date.now() - 60_000);
   const usages = options.usage === 'client'
     ? [x509.ExtendedKeyUsage.clientAuth]
     : [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth];
-  const altNames: x509.JsonGeneralName[] = [
+  const altNames: X509.JsonGeneralName[] = [
     ...(options.ips ?? ['127.0.0.1', '::1']).map((value) => ({ type: 'ip' as const, value })),
     ...(options.dnsNames ?? ['localhost']).map((value) => ({ type: 'dns' as const, value })),
   ];

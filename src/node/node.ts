@@ -500,6 +500,30 @@ export class ClusterNode {
       writeClusterFile(this.opts.dataDir, this.cluster);
     }
     this.bindPeer(h.id, peer);
+    this.campaignOnQuorum();
+  }
+
+  /**
+   * A voter that knows no leader and has just met enough voters for a quorum campaigns now instead of
+   * waiting out its randomized election timeout (1-2 s): a cold start or a restarted majority elects in
+   * one round trip. Only the lowest slot among the reachable voters does so, so two nodes meeting at
+   * once do not split the vote. It is a pre-vote (thesis §9.6): peers that hear from a leader ignore it
+   * (leader lease), so a node joining a running cluster cannot disrupt it.
+   */
+  private campaignOnQuorum(): void {
+    const raw = this.raw;
+    const c = this.cluster;
+    if (!raw || !c) return;
+    const st = raw.basicStatus();
+    if (st.lead !== 0 || (st.state !== StateType.follower && st.state !== StateType.preCandidate)) return;
+    const voters = raw.confState().voters;
+    if (!voters.includes(c.id)) return;
+    const up = new Set(this.transport.upPeers());
+    const reachable = voters.filter((v) => v === c.id || up.has(this.idToPeer.get(v) ?? '\0'));
+    if (reachable.length < Math.floor(voters.length / 2) + 1 || Math.min(...reachable) !== c.id) return;
+    this.log.info({ id: c.id, reachable }, 'quorum reachable and no leader known: campaigning now');
+    raw.campaign();
+    this.schedule();
   }
 
   /**
