@@ -5,16 +5,21 @@
 // timestamp and the body. That holds in every bus-auth mode — in `off` anyone may publish to `$UB.API.>`, but
 // only a holder of an admin key gets past this check — and it names the principal for the audit record.
 //
-//   { "auth": { "key": "N…", "ts": <ms>, "sig": "<base64url Ed25519 of `${subject}\n${ts}\n${body}`>" },
+//   { "auth": { "key": "N…", "ts": <ms>, "nonce": "<16 random bytes, base64url>",
+//               "sig": "<base64url Ed25519 of `${subject}\n${ts}\n${nonce}\n${body}`>" },
 //     "body": "<the request JSON, as a string>" }
 //
 // A signature is accepted once, within ±`skewMs` of the server's clock (replay of a captured request is refused).
+// Ed25519 is deterministic, so without the nonce two requests with the same subject, body and millisecond (two
+// scripts running the same `user add`) would carry the same signature and the second would look like a replay.
+// An envelope without a nonce (signed as `${subject}\n${ts}\n${body}`) is still accepted from older CLIs.
+import { randomBytes } from 'node:crypto';
 import { decodePublicKey, encodeSignature, verifyEd25519, type NKeyPair } from '../auth/index.js';
 
 export const envelopeSkewMs = 120_000;
 
 export interface SignedEnvelope {
-  readonly auth: { readonly key: string; readonly ts: number; readonly sig: string };
+  readonly auth: { readonly key: string; readonly ts: number; readonly nonce?: string; readonly sig: string };
   readonly body: string;
 }
 
@@ -26,15 +31,18 @@ function decodeSignature(text: string): Uint8Array | null {
   return b.length === 64 ? new Uint8Array(b) : null;
 }
 
-function signedBytes(subject: string, ts: number, body: string): Uint8Array {
-  return enc.encode(`${subject}\n${ts}\n${body}`);
+const nonceRe = /^[A-Za-z0-9_-]{8,64}$/;
+
+function signedBytes(subject: string, ts: number, nonce: string | undefined, body: string): Uint8Array {
+  return enc.encode(nonce === undefined ? `${subject}\n${ts}\n${body}` : `${subject}\n${ts}\n${nonce}\n${body}`);
 }
 
 /** What the CLI sends: `body` (any JSON value) signed by `signer` for `subject`. */
 export function signRequest(subject: string, body: unknown, signer: Pick<NKeyPair, 'publicKey' | 'sign'>, now = Date.now()): Uint8Array {
   const text = JSON.stringify(body ?? {});
-  const sig = encodeSignature(signer.sign(signedBytes(subject, now, text)));
-  return enc.encode(JSON.stringify({ auth: { key: signer.publicKey, ts: now, sig }, body: text } satisfies SignedEnvelope));
+  const nonce = randomBytes(16).toString('base64url');
+  const sig = encodeSignature(signer.sign(signedBytes(subject, now, nonce, text)));
+  return enc.encode(JSON.stringify({ auth: { key: signer.publicKey, ts: now, nonce, sig }, body: text } satisfies SignedEnvelope));
 }
 
 export type VerifiedRequest =
@@ -60,6 +68,9 @@ export class EnvelopeVerifier {
       || typeof a.key !== 'string' || typeof a.sig !== 'string' || typeof a.ts !== 'number' || !Number.isSafeInteger(a.ts)) {
       return { ok: false, code: 'forbidden', message: 'the request carries no signed admin credential: admin requests must be signed with the node\'s internal identity (--internal-id-file) or an admin NKey (--creds)' };
     }
+    if (a.nonce !== undefined && (typeof a.nonce !== 'string' || !nonceRe.test(a.nonce))) {
+      return { ok: false, code: 'bad_request', message: 'the request\'s auth.nonce must be 8..64 base64url characters' };
+    }
     let decoded;
     try {
       decoded = decodePublicKey(a.key, ['server', 'user']);
@@ -71,7 +82,7 @@ export class EnvelopeVerifier {
       return { ok: false, code: 'forbidden', message: `the request's timestamp is ${Math.round((a.ts - now) / 1000)} s away from this node's clock (more than ${envelopeSkewMs / 1000} s): check the clocks` };
     }
     const sig = decodeSignature(a.sig);
-    if (sig === null || !verifyEd25519(decoded.key, signedBytes(subject, a.ts, e.body), sig)) {
+    if (sig === null || !verifyEd25519(decoded.key, signedBytes(subject, a.ts, a.nonce, e.body), sig)) {
       return { ok: false, code: 'forbidden', message: `the request's signature does not verify for key ${a.key} on ${subject}` };
     }
     this.prune(now);

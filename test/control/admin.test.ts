@@ -202,11 +202,20 @@ t.test('admin API: only signed admin principals; concurrent adds create once', a
   t.match(await api.request('$UB.API.USER.LIST', signed), { error: { code: 'forbidden', message: /replay/ } }, 'a replayed request is refused');
   r = await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.LIST', { name: 'x' }, { publicKey: identity.publicKey, sign: identity.sign }));
   t.match(r, { error: { code: 'forbidden', message: /signature does not verify/ } }, 'a signature for another subject does not verify');
+  // Envelope nonces: a changed nonce breaks the signature; an envelope without one (older CLIs) still verifies.
+  const env = JSON.parse(new TextDecoder().decode(signRequest('$UB.API.USER.LIST', {}, identity))) as { auth: Record<string, unknown>; body: string };
+  const swapped = { ...env, auth: { ...env.auth, nonce: 'AAAAAAAAAAAAAAAAAAAAAA' } };
+  t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify(swapped))), { error: { code: 'forbidden', message: /signature does not verify/ } }, 'a swapped nonce does not verify');
+  t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify({ ...env, auth: { ...env.auth, nonce: 'x y' } }))), { error: { code: 'bad_request', message: /nonce/ } });
+  const legacyTs = Date.now();
+  const legacySig = Buffer.from(identity.sign(enc.encode(`$UB.API.USER.LIST\n${legacyTs}\n{}`))).toString('base64url');
+  t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify({ auth: { key: identity.publicKey, ts: legacyTs, sig: legacySig }, body: '{}' }))), { users: [{ name: 'alice' }] }, 'an envelope without a nonce (older CLI) verifies');
 
   const me = { publicKey: identity.publicKey, sign: identity.sign };
   const nk = createKeyPair('user').publicKey;
-  // Distinct timestamps: six byte-identical envelopes would be one request and five replays.
-  const same = await Promise.all(Array.from({ length: 6 }, (_, i) => api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'edge', nkey: nk, roles: ['orders'] }, me, Date.now() + i))));
+  // The same millisecond on purpose: each envelope's nonce makes its (deterministic Ed25519) signature unique.
+  const ts = Date.now();
+  const same = await Promise.all(Array.from({ length: 6 }, () => api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'edge', nkey: nk, roles: ['orders'] }, me, ts))));
   t.same(same.map((x) => (x as { result?: string }).result).sort(), ['created', 'unchanged', 'unchanged', 'unchanged', 'unchanged', 'unchanged'], 'concurrent identical adds: one created');
   const other = createKeyPair('user').publicKey;
   const diff = await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'edge', nkey: other, roles: ['orders'] }, me));
