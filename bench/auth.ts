@@ -5,15 +5,20 @@
 // each credential kind. When the nats-server binary is installed the same pub/sub pair runs against it with an
 // equivalent config, for reference. Servers run as child processes (this file re-executed with --serve), so
 // they do not share the client's CPU. Figures are taken on a shared, loaded 2-core machine: compare ratios.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPrivateKey, sign as cryptoSign } from 'node:crypto';
 import { connect, nkeyAuthenticator, type Authenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
 import { freePort } from '../src/free_port.js';
+import { hasBinary, spawnChild, stopChild } from './support/children.js';
+import { publishInSlices } from './support/nats_load.js';
+import { waitForPort } from './support/ports.js';
+import { cpuMicrosSince, cpuSeconds } from './support/process_usage.js';
+import { loadAverage } from './support/probes.js';
+import { median } from './support/stats.js';
 
 const rules = 50;
 const msgs = Number(process.env.BENCH_MSGS ?? 200_000);
@@ -39,47 +44,14 @@ async function serve(port: number, usersFile: string, passwordCache: string | un
 // ---- parent -----------------------------------------------------------------------------------------------
 
 
-async function waitForPort(port: number, child: ChildProcess): Promise<void> {
-  const end = Date.now() + 30_000;
-  while (Date.now() < end) {
-    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`port ${port} did not open`);
-}
-
 async function start(kind: 'membershipd' | 'nats-server', config: string, extra = ''): Promise<{ child: ChildProcess; port: number }> {
   const port = await freePort();
   const child =
     kind === 'membershipd'
-      ? spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--serve', String(port), config, extra], { stdio: ['ignore', 'ignore', 'inherit'] })
-      : spawn('nats-server', config === '-' ? ['-a', '127.0.0.1', '-p', String(port)] : ['-c', config, '-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
-  await waitForPort(port, child);
+      ? spawnChild(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--serve', String(port), config, extra], { stdio: ['ignore', 'ignore', 'inherit'] })
+      : spawnChild('nats-server', config === '-' ? ['-a', '127.0.0.1', '-p', String(port)] : ['-c', config, '-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+  await waitForPort(port, child, 30_000); // the server child runs under tsx: a slower start than a bundle
   return { child, port };
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(t);
-}
-
-/** user+system CPU seconds of a process so far (/proc/<pid>/stat, clock ticks of 10 ms). */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime (fields 14 and 15 of the full line)
 }
 
 interface Run {
@@ -110,13 +82,7 @@ async function pubsub(port: number, opts: Partial<ConnectionOptions>, serverPid:
     const subjects = Array.from({ length: rules }, (_, i) => `bench.r${i}.x.y`);
     const cpu0 = cpuSeconds(serverPid);
     const t0 = performance.now();
-    for (let sent = 0; sent < msgs; ) {
-      const n = Math.min(2000, msgs - sent);
-      for (let i = 0; i < n; i++) pub.publish(subjects[(sent + i) % rules]!, payload);
-      sent += n;
-      await new Promise((r) => setImmediate(r));
-    }
-    await pub.flush();
+    await publishInSlices(pub, subjects, payload, msgs);
     await done;
     const wall = msgs / ((performance.now() - t0) / 1000);
     return { wall, perCpu: msgs / Math.max(0.01, cpuSeconds(serverPid) - cpu0) };
@@ -160,8 +126,6 @@ function fastNkeyAuthenticator(publicKey: string, rawSeed: Uint8Array): Authenti
   return (nonce?: string) => ({ nkey: publicKey, sig: cryptoSign(null, Buffer.from(nonce ?? ''), key).toString('base64url') });
 }
 
-const median = (xs: number[]): number => xs.slice().sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
-
 /**
  * The checks the server makes per message of this workload (canPublish on PUB, canSubscribe on delivery to a
  * wildcard SUB), timed alone in ns: a figure that the machine's load disturbs far less than end-to-end ratios.
@@ -182,8 +146,7 @@ async function aclNsPerMessage(): Promise<number> {
       const s = subjects[i % 1000]!;
       if (p.canPublish(s) && p.canSubscribe(s, undefined)) ok++;
     }
-    const c = process.cpuUsage(c0);
-    runs.push(((c.user + c.system) * 1000) / n);
+    runs.push((cpuMicrosSince(c0) * 1000) / n);
   }
   if (ok !== 5 * n) throw new Error('workload subjects must all be allowed');
   return median(runs);
@@ -210,7 +173,7 @@ async function main(): Promise<void> {
     }),
   );
   const asUser = { user: 'bench', pass: 'bench-pw' };
-  console.log(`bench:auth — ${msgs} msgs of 128 B 1→1 per run, ${rounds} paired rounds; ${rules} publish + ${rules} subscribe allow rules; machine shared and loaded (load avg ${(await import('node:os')).loadavg()[0]!.toFixed(1)})`);
+  console.log(`bench:auth — ${msgs} msgs of 128 B 1→1 per run, ${rounds} paired rounds; ${rules} publish + ${rules} subscribe allow rules; machine shared and loaded (load avg ${loadAverage(1, 1)})`);
   const children: ChildProcess[] = [];
   try {
     const plain = await start('membershipd', '-');
@@ -248,7 +211,7 @@ async function main(): Promise<void> {
     const plainCpuNs = 1e9 / median(plainPerCpu);
     const modelRatio = plainCpuNs / (plainCpuNs + aclNs);
     console.log(`ACL checks per message of this workload (canPublish + canSubscribe, 50 subjects rotating), timed alone: ${aclNs.toFixed(0)} ns of CPU = ${((100 * aclNs) / plainCpuNs).toFixed(1)}% of the ${plainCpuNs.toFixed(0)} ns of CPU the no-auth server spent per message above (ratio this predicts: ${modelRatio.toFixed(3)}). The paired end-to-end ratio above swings by ±0.2 on this machine even with auth off on both sides (BENCH_AA=1), so it cannot resolve a cost this small.`);
-    await stop(plain.child);
+    await stopChild(plain.child);
 
     const pw = await connectRate(acl.port, () => asUser);
     const tk = await connectRate(acl.port, () => ({ token }));
@@ -256,14 +219,14 @@ async function main(): Promise<void> {
     const nk = await connectRate(acl.port, () => ({ authenticator: fastNkey }));
     const nkNacl = await connectRate(acl.port, () => ({ authenticator: nkeyAuthenticator(new TextEncoder().encode(userKp.seed)) }), 2);
     console.log(`membershipd authenticated connects/s (${connectConcurrency} in parallel, connect+PING+close): password ${fmt(pw)} (verified-password cache warm), token ${fmt(tk)}, nkey ${fmt(nk)} (client signs with node:crypto; with nats.js's tweetnacl signer ${fmt(nkNacl)})`);
-    await stop(acl.child);
+    await stopChild(acl.child);
     const cold = await start('membershipd', usersFile, 'nocache');
     children.push(cold.child);
     const pwCold = await connectRate(cold.port, () => asUser, 2);
     console.log(`membershipd password connects/s with every connect paying scrypt N=32768 (cache off, 2 in parallel): ${fmt(pwCold)}`);
-    await stop(cold.child);
+    await stopChild(cold.child);
 
-    if (spawnSync('nats-server', ['--version']).status === 0) {
+    if (hasBinary('nats-server')) {
       const conf = join(dir, 'nats.conf');
       const list = (xs: string[]): string => `[${xs.map((x) => JSON.stringify(x)).join(', ')}]`;
       writeFileSync(conf, `authorization { users: [ { user: bench, password: "bench-pw", permissions: { publish: { allow: ${list(publishAllow)} }, subscribe: { allow: ${list(subscribeAllow)} } } } ] }\n`);
@@ -284,7 +247,7 @@ async function main(): Promise<void> {
     }
     console.log(`BENCH auth acl_pubsub_ratio=${ratio.toFixed(3)} acl_pubsub_wall_ratio=${wallRatio.toFixed(3)} acl_ns_per_msg=${aclNs.toFixed(0)} acl_model_ratio=${modelRatio.toFixed(3)} connect_per_s=${pw.rate.toFixed(1)} connect_token_per_s=${tk.rate.toFixed(1)} connect_nkey_per_s=${nk.rate.toFixed(1)} connect_scrypt_per_s=${pwCold.rate.toFixed(1)}`);
   } finally {
-    await Promise.all(children.map(stop));
+    await Promise.all(children.map((c) => stopChild(c)));
     rmSync(dir, { recursive: true, force: true });
   }
 }

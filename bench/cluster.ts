@@ -11,16 +11,19 @@
 //
 // Env: BENCH_DIR (parent of the data dirs; default the OS temp dir), BENCH_C1 (sequential adds, default 300),
 // BENCH_C64 (adds at 64 in flight, default 2000), BENCH_VIA=leader|follower (default leader), BENCH_NODE_FLAGS.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, fdatasyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
-import { createConnection, createServer, type Socket } from 'node:net';
-import { loadavg, tmpdir } from 'node:os';
+import type { ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../src/certs/index.js';
 import { signRequest } from '../src/control/envelope.js';
 import { createKeyPair, keyPairFromSeed } from '../src/auth/index.js';
+import { killChildren, nodeEntryArgs, spawnChild, stopChild } from './support/children.js';
+import { freePorts } from './support/ports.js';
+import { fsyncFloor, loadAverage, loopbackRtt } from './support/probes.js';
+import { formatMs as fmt, quantile, sortAscending } from './support/stats.js';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const C1 = Math.max(20, Math.min(100_000, Number(process.env.BENCH_C1 ?? 300)));
@@ -32,59 +35,11 @@ const via = process.env.BENCH_VIA === 'follower' ? 'follower' : 'leader';
 const root = mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), 'membershipd-bench-cluster-'));
 const children: ChildProcess[] = [];
 
-function killAll(): void {
-  for (const c of children) {
-    if (c.pid !== undefined && c.exitCode === null && c.signalCode === null) {
-      try {
-        process.kill(c.pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-  }
-}
-process.on('exit', killAll);
-for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => process.exit(130));
-
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/**
- * A free port below the kernel's ephemeral range (32768+): ports handed out by `listen(0)` and by outgoing
- * connections of the other tests on this machine come from that range, so a port chosen here is not taken
- * by someone else between this probe and the child's listen (which a `listen(0)` probe would risk).
- */
-async function freePort(): Promise<number> {
-  for (let k = 0; k < 100; k++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
-    const ok = await new Promise<boolean>((res) => {
-      const s = createServer();
-      s.once('error', () => res(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => res(true)));
-    });
-    if (ok && !taken.has(port)) {
-      taken.add(port);
-      return port;
-    }
-  }
-  throw new Error('no free port in 20000..31999 after 100 tries');
-}
-const taken = new Set<number>();
-
-function quantile(sorted: readonly number[], q: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
-}
-const fmt = (ms: number): string => ms.toFixed(3);
-
-/** The node runs from plain JavaScript bundled by esbuild (installed with tsx), as it would from dist/. */
+/** The node runs from plain JavaScript bundled by esbuild, as it would from dist/. */
 function nodeCommand(): string[] {
-  const out = join(repo, 'node_modules/.cache/membershipd-bench/membershipd_cluster.mjs');
-  const r = spawnSync(join(repo, 'node_modules/.bin/esbuild'),
-    [join(repo, 'bin/membershipd.ts'), '--bundle', '--platform=node', '--format=esm', '--packages=external', '--log-level=error', `--outfile=${out}`],
-    { stdio: ['ignore', 'ignore', 'inherit'] });
-  if (r.status === 0) return [out];
-  console.log('  note: esbuild bundle failed; running the nodes under tsx');
-  return ['--import', 'tsx', join(repo, 'bin/membershipd.ts')];
+  return nodeEntryArgs('bin/membershipd.ts', 'membershipd_cluster.mjs', 'esbuild bundle failed; running the nodes under tsx');
 }
 
 async function getJson(url: string): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -96,62 +51,6 @@ async function getJson(url: string): Promise<{ status: number; body: Record<stri
   }
 }
 
-// ---- the floor: fsync of 4 KiB in the data dir's file system, loopback TCP round trip ----
-function fsyncFloor(dir: string, rounds = 300): number[] {
-  const file = join(dir, 'fsync-probe');
-  const fd = openSync(file, 'w');
-  const block = Buffer.alloc(4096, 0x5a);
-  const out: number[] = [];
-  try {
-    for (let i = 0; i < rounds; i++) {
-      const t0 = process.hrtime.bigint();
-      writeSync(fd, block, 0, block.length, i * block.length); // append, as the WAL does
-      fdatasyncSync(fd);
-      out.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    }
-  } finally {
-    closeSync(fd);
-    rmSync(file, { force: true });
-  }
-  return out.sort((a, b) => a - b);
-}
-
-async function loopbackRtt(rounds = 2000): Promise<number[]> {
-  const server = createServer((s) => {
-    s.setNoDelay(true);
-    s.on('data', (d) => s.write(d));
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const port = (server.address() as { port: number }).port;
-  const sock: Socket = createConnection({ port, host: '127.0.0.1' });
-  sock.setNoDelay(true);
-  await new Promise<void>((r) => sock.once('connect', r));
-  const out: number[] = [];
-  const ping = Buffer.alloc(64, 1);
-  try {
-    for (let i = 0; i < rounds; i++) {
-      const t0 = process.hrtime.bigint();
-      let got = 0;
-      await new Promise<void>((res) => {
-        const on = (d: Buffer): void => {
-          got += d.length;
-          if (got >= ping.length) {
-            sock.off('data', on);
-            res();
-          }
-        };
-        sock.on('data', on);
-        sock.write(ping);
-      });
-      out.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    }
-  } finally {
-    sock.destroy();
-    await new Promise((r) => server.close(r));
-  }
-  return out.sort((a, b) => a - b);
-}
-
 // ---- the cluster ----
 interface Cluster { natsPorts: number[]; httpPorts: number[]; dirs: string[]; idFiles: string[]; caFile: string; stderr: string[] }
 
@@ -161,9 +60,8 @@ async function startCluster(): Promise<Cluster> {
   writeFileSync(caFile, ca.cert);
   const passFile = join(root, 'route.pass');
   writeFileSync(passFile, 'route-secret\n', { mode: 0o600 });
-  const routePorts = [await freePort(), await freePort(), await freePort()];
-  const natsPorts = [await freePort(), await freePort(), await freePort()];
-  const httpPorts = [await freePort(), await freePort(), await freePort()];
+  const ports = await freePorts(9);
+  const [routePorts, natsPorts, httpPorts] = [ports.slice(0, 3), ports.slice(3, 6), ports.slice(6)];
   const routes = routePorts.map((p) => `127.0.0.1:${p}`).join(',');
   const cmd = nodeCommand();
   const dirs: string[] = [];
@@ -183,7 +81,7 @@ async function startCluster(): Promise<Cluster> {
       '--route-tls-cert', pair.certFile, '--route-tls-key', pair.keyFile, '--route-tls-ca', caFile,
       '--internal-id-file', idFiles[i]!, '--store', 'kv', '--kv-replicas', '3', '--data-dir', dataDir, '--log-level', 'error',
     ];
-    const child = spawn(process.execPath, [...nodeFlags, ...cmd, ...args], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawnChild(process.execPath, [...nodeFlags, ...cmd, ...args], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
     child.stderr!.on('data', (d: Buffer) => { stderr[i] = (stderr[i] + d.toString()).slice(-4000); });
     children.push(child);
   }
@@ -234,7 +132,7 @@ async function addUser(a: Admin, prefix: string): Promise<number> {
 
 async function main(): Promise<void> {
   console.log(`bench:cluster — 3 membershipd processes on loopback, fsync on, data in ${root}`);
-  console.log(`  load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} (the machine is shared: figures are under load)`);
+  console.log(`  load average ${loadAverage(1)} (the machine is shared: figures are under load)`);
   const c = await startCluster();
   let leader = -1;
   for (let k = 0; k < 100 && leader < 0; k++) {
@@ -252,9 +150,9 @@ async function main(): Promise<void> {
   const c1End = Date.now() + 120_000;
   for (let i = 0; i < C1 && Date.now() < c1End; i++) c1.push(await addUser(a, 'c1'));
   // The cost per add as the users bucket grows (an O(users) step per add shows up as a rising p50).
-  const head = c1.slice(0, 100).sort((x, y) => x - y);
-  const tail = c1.slice(-100).sort((x, y) => x - y);
-  c1.sort((x, y) => x - y);
+  const head = sortAscending(c1.slice(0, 100));
+  const tail = sortAscending(c1.slice(-100));
+  sortAscending(c1);
   console.log(`  sequential: ${c1.length} adds  p50 ${fmt(quantile(c1, 0.5))} ms  p99 ${fmt(quantile(c1, 0.99))} ms  max ${fmt(c1[c1.length - 1]!)} ms`);
   console.log(`    first 100 p50 ${fmt(quantile(head, 0.5))} ms, last 100 p50 ${fmt(quantile(tail, 0.5))} ms (users ${30}..${30 + c1.length})`);
 
@@ -271,7 +169,7 @@ async function main(): Promise<void> {
     }
   }));
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  lat.sort((x, y) => x - y);
+  sortAscending(lat);
   const perS = lat.length / secs;
   console.log(`  ${IN_FLIGHT} in flight: ${lat.length} adds in ${secs.toFixed(2)} s = ${perS.toFixed(0)}/s  p50 ${fmt(quantile(lat, 0.5))} ms  p99 ${fmt(quantile(lat, 0.99))} ms`);
   if (doneAt.length >= 8) {
@@ -284,7 +182,8 @@ async function main(): Promise<void> {
   const raftz = await getJson(`http://127.0.0.1:${c.httpPorts[leader]}/raftz`);
   console.log(`  leader /raftz: commit ${String(raftz.body.commit)} applied ${String(raftz.body.applied)} proposal p50 ${String(raftz.body.proposalP50Ms)} ms`);
 
-  const fs = fsyncFloor(c.dirs[leader]!);
+  // The floor: write + fdatasync of 4 KiB in the data dir's file system, and a loopback TCP round trip.
+  const fs = await fsyncFloor(c.dirs[leader]!, { roundsMax: 300, seconds: 60 });
   const rtt = await loopbackRtt();
   const fsyncP50 = quantile(fs, 0.5);
   const rttP50 = quantile(rtt, 0.5);
@@ -292,14 +191,7 @@ async function main(): Promise<void> {
   console.log(`  loopback TCP round trip (${rtt.length} ping-pongs): p50 ${fmt(rttP50)} ms  p99 ${fmt(quantile(rtt, 0.99))} ms`);
 
   // Stop: SIGTERM (graceful drain), SIGKILL after 10 s.
-  await Promise.all(children.map(async (ch) => {
-    if (ch.exitCode !== null || ch.signalCode !== null) return;
-    const exited = new Promise((r) => ch.once('exit', r));
-    process.kill(ch.pid!, 'SIGTERM');
-    const t = setTimeout(() => { if (ch.exitCode === null && ch.signalCode === null) process.kill(ch.pid!, 'SIGKILL'); }, 10_000);
-    await exited;
-    clearTimeout(t);
-  }));
+  await Promise.all(children.map((ch) => stopChild(ch, 10_000)));
   rmSync(root, { recursive: true, force: true });
 
   const floor = fsyncP50 + rttP50;
@@ -311,7 +203,7 @@ main().then(
   () => process.exit(0),
   (err: unknown) => {
     console.error(`bench:cluster failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
-    killAll();
+    killChildren();
     rmSync(root, { recursive: true, force: true });
     process.exit(1);
   },

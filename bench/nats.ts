@@ -2,14 +2,16 @@
 // nats-server binary is installed, against nats-server, one after the other: 1→1 pub/sub (128-byte payloads),
 // 1→4 fan-out, request/reply latency, and each server's RSS with 1,000 idle connections. Both servers run as
 // child processes so that neither shares the client's CPU. Figures are taken on a shared, loaded machine.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { loadavg } from 'node:os';
+import type { ChildProcess } from 'node:child_process';
 import net from 'node:net';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect } from '@nats-io/transport-node';
 import { freePort } from '../src/free_port.js';
+import { hasBinary, nodeEntryArgs, spawnChild, stopChild } from './support/children.js';
+import { publishInSlices } from './support/nats_load.js';
+import { waitForPort } from './support/ports.js';
+import { cpuSeconds, rssMb } from './support/process_usage.js';
+import { loadAverage } from './support/probes.js';
+import { formatCount, median, quantile, sortAscending } from './support/stats.js';
 
 const payload = new Uint8Array(128).fill(97);
 const pubsubMsgs = Number(process.env.BENCH_MSGS ?? 200_000);
@@ -20,76 +22,19 @@ const phaseTimeoutMs = 30_000;
 /** Extra node flags for the membershipd process (experiments, e.g. BENCH_NODE_FLAGS=--single-threaded). */
 const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(' ').filter((f) => f !== '');
 
-
-async function waitForPort(port: number, child: ChildProcess): Promise<void> {
-  const end = Date.now() + 20_000;
-  while (Date.now() < end) {
-    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`port ${port} did not open`);
-}
-
-/**
- * membershipd runs from plain JavaScript, as it does from dist/ in production: the tsx loader alone adds about
- * 30 MB of RSS. The entry point is bundled with esbuild (already installed with tsx), dependencies left external.
- */
+/** membershipd runs bundled, as from dist/: RSS is a headline figure here and tsx alone adds about 30 MB. */
 function membershipdCommand(): string[] {
-  const root = fileURLToPath(new URL('..', import.meta.url));
-  const entry = join(root, 'bench/support/nats_server_main.ts');
-  const out = join(root, 'node_modules/.cache/membershipd-bench/nats_server_main.mjs');
-  const r = spawnSync(join(root, 'node_modules/.bin/esbuild'),
-    [entry, '--bundle', '--platform=node', '--format=esm', '--packages=external', '--log-level=error', `--outfile=${out}`],
-    { stdio: ['ignore', 'ignore', 'inherit'] });
-  if (r.status === 0) return [out];
-  console.log('  note: esbuild bundle failed; running membershipd under tsx (adds ~30 MB RSS)');
-  return ['--import', 'tsx', entry];
+  return nodeEntryArgs('bench/support/nats_server_main.ts', 'nats_server_main.mjs',
+    'esbuild bundle failed; running membershipd under tsx (adds ~30 MB RSS)');
 }
 
 async function startServer(kind: 'membershipd' | 'nats-server'): Promise<{ child: ChildProcess; port: number }> {
   const port = await freePort();
   const child = kind === 'membershipd'
-    ? spawn(process.execPath, [...nodeFlags, ...membershipdCommand(), String(port)], { stdio: ['ignore', 'ignore', 'inherit'] })
-    : spawn('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
+    ? spawnChild(process.execPath, [...nodeFlags, ...membershipdCommand(), String(port)], { stdio: ['ignore', 'ignore', 'inherit'] })
+    : spawnChild('nats-server', ['-a', '127.0.0.1', '-p', String(port)], { stdio: 'ignore' });
   await waitForPort(port, child);
   return { child, port };
-}
-
-async function stopServer(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await exited;
-  clearTimeout(t);
-}
-
-/** CPU seconds (user + system) a process has used so far; /proc/<pid>/stat fields 14 and 15, in clock ticks. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-function rssMb(pid: number): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : NaN;
-}
-
-/** Publishes `count` messages in slices, yielding so that the subscribers in this process keep reading. */
-async function publishAll(pub: NatsConnection, subject: string, count: number): Promise<void> {
-  for (let sent = 0; sent < count;) {
-    const n = Math.min(2000, count - sent);
-    for (let i = 0; i < n; i++) pub.publish(subject, payload);
-    sent += n;
-    await new Promise((r) => setImmediate(r));
-  }
-  await pub.flush();
 }
 
 async function throughput(port: number, subscribers: number, count: number): Promise<number> {
@@ -106,7 +51,7 @@ async function throughput(port: number, subscribers: number, count: number): Pro
     await nc.flush();
   }
   const start = performance.now();
-  await publishAll(pub, subject, count);
+  await publishInSlices(pub, [subject], payload, count);
   const timeout = new Promise<void>((r) => setTimeout(r, phaseTimeoutMs).unref());
   await Promise.race([all, timeout]);
   const secs = (performance.now() - start) / 1000;
@@ -174,8 +119,8 @@ async function requestReply(port: number): Promise<{ p50: number; p99: number }>
     lat.push(performance.now() - t0);
   }
   await Promise.all([svc.close(), nc.close()]);
-  lat.sort((a, b) => a - b);
-  return { p50: lat[Math.floor(lat.length * 0.5)]! * 1000, p99: lat[Math.floor(lat.length * 0.99)]! * 1000 };
+  sortAscending(lat);
+  return { p50: quantile(lat, 0.5) * 1000, p99: quantile(lat, 0.99) * 1000 };
 }
 
 async function idleRss(port: number, pid: number): Promise<{ base: number; loaded: number }> {
@@ -205,11 +150,6 @@ async function idleRss(port: number, pid: number): Promise<{ base: number; loade
   return { base, loaded };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
 interface Running {
   kind: 'membershipd' | 'nats-server'; child: ChildProcess; port: number;
   pubsub: number[]; fanout: number[]; p50: number[]; p99: number[];
@@ -232,9 +172,9 @@ async function round(r: Running, n: number): Promise<void> {
   r.fanout.push(fanout);
   r.p50.push(rr.p50);
   r.p99.push(rr.p99);
-  console.log(`  round ${n} ${r.kind.padEnd(11)} pub/sub 1→1 ${Math.round(pubsub).toLocaleString('en').padStart(9)} msgs/s   ` +
-    `fan-out 1→4 ${Math.round(fanout).toLocaleString('en').padStart(9)} deliveries/s   request/reply p50 ${rr.p50.toFixed(0)} µs p99 ${rr.p99.toFixed(0)} µs   ` +
-    `server CPU ${cpuUs.toFixed(2)} µs/msg   raw-socket 1→1 ${Math.round(raw).toLocaleString('en')} msgs/s`);
+  console.log(`  round ${n} ${r.kind.padEnd(11)} pub/sub 1→1 ${formatCount(pubsub).padStart(9)} msgs/s   ` +
+    `fan-out 1→4 ${formatCount(fanout).padStart(9)} deliveries/s   request/reply p50 ${rr.p50.toFixed(0)} µs p99 ${rr.p99.toFixed(0)} µs   ` +
+    `server CPU ${cpuUs.toFixed(2)} µs/msg   raw-socket 1→1 ${formatCount(raw)} msgs/s`);
 }
 
 /** RSS of a fresh server process, idle and then holding 1,000 idle connections. */
@@ -245,15 +185,15 @@ async function rssPhase(kind: 'membershipd' | 'nats-server'): Promise<{ base: nu
     console.log(`  ${kind.padEnd(11)} RSS ${r.base.toFixed(1)} MB fresh → ${r.loaded.toFixed(1)} MB with ${idleConns} idle connections`);
     return r;
   } finally {
-    await stopServer(child);
+    await stopChild(child);
   }
 }
 
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
 const started = Date.now();
 console.log(`bench:nats — ${pubsubMsgs} msgs of ${payload.length} B (1→1), ${fanoutMsgs} msgs (1→4), ${requests} requests, ` +
-  `${rounds} alternating rounds (median); loadavg ${loadavg().map((l) => l.toFixed(1)).join(' ')} (shared machine: figures under load)`);
-const hasNatsServer = spawnSync('nats-server', ['--version'], { stdio: 'ignore' }).status === 0;
+  `${rounds} alternating rounds (median); loadavg ${loadAverage(1)} (shared machine: figures under load)`);
+const hasNatsServer = hasBinary('nats-server');
 if (!hasNatsServer) console.log('  SKIP nats-server: binary not found (apt-get install nats-server); ratios are reported as NaN');
 const running: Running[] = [];
 try {
@@ -264,14 +204,14 @@ try {
   }
   for (let n = 1; n <= rounds; n++) for (const r of running) await round(r, n);
 } finally {
-  for (const r of running) await stopServer(r.child);
+  for (const r of running) await stopChild(r.child);
 }
 const ours = running[0]!;
 const ref = running[1];
 for (const r of running) {
-  console.log(`  ${r.kind.padEnd(11)} median: pub/sub ${Math.round(median(r.pubsub)).toLocaleString('en')} msgs/s, ` +
-    `fan-out ${Math.round(median(r.fanout)).toLocaleString('en')} deliveries/s, p50 ${median(r.p50).toFixed(0)} µs, p99 ${median(r.p99).toFixed(0)} µs, ` +
-    `server CPU ${median(r.cpuPerMsg).toFixed(2)} µs/msg, raw-socket 1→1 ${Math.round(median(r.raw)).toLocaleString('en')} msgs/s`);
+  console.log(`  ${r.kind.padEnd(11)} median: pub/sub ${formatCount(median(r.pubsub))} msgs/s, ` +
+    `fan-out ${formatCount(median(r.fanout))} deliveries/s, p50 ${median(r.p50).toFixed(0)} µs, p99 ${median(r.p99).toFixed(0)} µs, ` +
+    `server CPU ${median(r.cpuPerMsg).toFixed(2)} µs/msg, raw-socket 1→1 ${formatCount(median(r.raw))} msgs/s`);
 }
 const oursRss = await rssPhase('membershipd');
 if (hasNatsServer) await rssPhase('nats-server');

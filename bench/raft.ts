@@ -5,6 +5,8 @@
 // Note: the machine is shared with other engineers' builds and tests; figures are under that load.
 import { MemoryStorage, RawNode, StateType, seededRng } from '../raft/index.js';
 import type { Message } from '../raft/index.js';
+import { cpuMicrosSince } from './support/process_usage.js';
+import { quantile, sortAscending } from './support/stats.js';
 
 const entryBytes = 256;
 const batch = Number(process.env.BENCH_BATCH ?? 512);
@@ -117,12 +119,11 @@ while (performance.now() - t0 < durationMs) {
 }
 for (let i = 0; i < 20; i++) step();
 const elapsed = (performance.now() - t0) / 1000;
-const cpu = process.cpuUsage(cpu0);
-const cpuS = (cpu.user + cpu.system) / 1e6;
+const cpuS = cpuMicrosSince(cpu0) / 1e6;
 const committed = leader.applied - startApplied;
 const followersCaughtUp = [...nodes.values()].every((n) => n.applied === leader.applied);
-latencies.sort((a, b) => a - b);
-const p = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0;
+sortAscending(latencies);
+const p = (q: number): number => (latencies.length === 0 ? 0 : quantile(latencies, q));
 // The machine is shared, so wall time includes waiting for a core: the headline figure is per
 // CPU-second of this (single-threaded) process, i.e. what one core sustains.
 const perS = Math.round(committed / cpuS);

@@ -5,13 +5,12 @@
 // node shares the client's CPU. Figures are taken on a shared, loaded 2-core machine: compare the ratio.
 //
 // The same file is the membershipd node process: `routes.ts node <json config>`.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import { connect } from '@nats-io/transport-node';
 import nacl from 'tweetnacl';
 import { pino } from 'pino';
@@ -19,7 +18,12 @@ import { createCertificateAuthority, issueCertificate } from '../src/certs/index
 import { createNatsServer } from '../src/nats/index.js';
 import { createClusterBus, type ClusterBus } from '../src/bus/index.js';
 import { createRouteTransport } from '../transport/index.js';
-import { freePort } from '../src/free_port.js';
+import { hasBinary, nodeEntryArgs, spawnChild, stopChild } from './support/children.js';
+import { publishInSlices } from './support/nats_load.js';
+import { freePorts, waitForPort } from './support/ports.js';
+import { cpuMicrosSince, cpuSeconds } from './support/process_usage.js';
+import { loadAverage } from './support/probes.js';
+import { formatCount, median } from './support/stats.js';
 
 const msgs = Number(process.env.BENCH_MSGS ?? 200_000);
 const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -58,18 +62,9 @@ async function runNode(config: NodeConfig): Promise<void> {
   });
 }
 
-
-/** The node runs from plain JavaScript bundled by esbuild (installed with tsx), as it would from dist/. */
+/** The node runs from plain JavaScript bundled by esbuild, as it would from dist/. */
 function nodeCommand(): string[] {
-  const root = fileURLToPath(new URL('..', import.meta.url));
-  const entry = join(root, 'bench/routes.ts');
-  const out = join(root, 'node_modules/.cache/membershipd-bench/routes_node.mjs');
-  const r = spawnSync(join(root, 'node_modules/.bin/esbuild'),
-    [entry, '--bundle', '--platform=node', '--format=esm', '--packages=external', '--log-level=error', `--outfile=${out}`],
-    { stdio: ['ignore', 'ignore', 'inherit'] });
-  if (r.status === 0) return [out];
-  console.log('  note: esbuild bundle failed; running the nodes under tsx');
-  return ['--import', 'tsx', entry];
+  return nodeEntryArgs('bench/routes.ts', 'routes_node.mjs', 'esbuild bundle failed; running the nodes under tsx');
 }
 
 interface Cluster {
@@ -78,24 +73,15 @@ interface Cluster {
   clientPorts: number[];
 }
 
-async function waitForPort(port: number, child: ChildProcess): Promise<void> {
-  const end = Date.now() + 20_000;
-  while (Date.now() < end) {
-    if (child.exitCode !== null) throw new Error(`server exited with ${child.exitCode}`);
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect(port, '127.0.0.1', () => { s.destroy(); resolve(true); });
-      s.on('error', () => resolve(false));
-    });
-    if (ok) return;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`port ${port} did not open`);
+/** Client and cluster ports for the three nodes, all distinct. */
+async function clientAndClusterPorts(): Promise<[number[], number[]]> {
+  const ports = await freePorts(2 * names.length);
+  return [ports.slice(0, names.length), ports.slice(names.length)];
 }
 
 async function startMembershipd(dir: string): Promise<Cluster> {
   const command = nodeCommand();
-  const natsPorts = await Promise.all(names.map(() => freePort()));
-  const clusterPorts = await Promise.all(names.map(() => freePort()));
+  const [natsPorts, clusterPorts] = await clientAndClusterPorts();
   const routes = clusterPorts.map((p) => `127.0.0.1:${p}`).join(','); // every node lists all three, itself too
   const children: ChildProcess[] = [];
   const meshed: Promise<void>[] = [];
@@ -107,7 +93,7 @@ async function startMembershipd(dir: string): Promise<Cluster> {
     };
     // BENCH_CPU_PROF=<dir> writes a V8 CPU profile per node, to see where the time goes.
     const prof = process.env.BENCH_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-    const child = spawn(process.execPath, [...prof, ...command, 'node', JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawnChild(process.execPath, [...prof, ...command, 'node', JSON.stringify(config)], { stdio: ['ignore', 'pipe', 'inherit'] });
     children.push(child);
     meshed.push(new Promise((resolve, reject) => {
       const lines = createInterface({ input: child.stdout! });
@@ -121,8 +107,7 @@ async function startMembershipd(dir: string): Promise<Cluster> {
 }
 
 async function startNatsServer(dir: string): Promise<Cluster> {
-  const natsPorts = await Promise.all(names.map(() => freePort()));
-  const clusterPorts = await Promise.all(names.map(() => freePort()));
+  const [natsPorts, clusterPorts] = await clientAndClusterPorts();
   const children: ChildProcess[] = [];
   names.forEach((name, i) => {
     // nats-server takes route credentials in the URL; membershipd refuses that by design.
@@ -138,27 +123,14 @@ cluster {
   tls { cert_file: "${join(dir, `${name}.pem`)}", key_file: "${join(dir, `${name}.key`)}", ca_file: "${join(dir, 'ca.pem')}", verify: true, timeout: 5 }
 }
 `);
-    children.push(spawn('nats-server', ['-c', conf], { stdio: 'ignore' }));
+    children.push(spawnChild('nats-server', ['-c', conf], { stdio: 'ignore' }));
   });
   await Promise.all(natsPorts.map((p, i) => waitForPort(p, children[i]!)));
   return { kind: 'nats-server', children, clientPorts: natsPorts };
 }
 
 async function stop(cluster: Cluster): Promise<void> {
-  await Promise.all(cluster.children.map(async (child) => {
-    if (child.exitCode !== null) return;
-    const exited = new Promise((r) => child.once('exit', r));
-    child.kill('SIGTERM');
-    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(t);
-  }));
-}
-
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  await Promise.all(cluster.children.map((child) => stopChild(child)));
 }
 
 /**
@@ -185,23 +157,12 @@ async function crossNode(cluster: Cluster, subNode = 1): Promise<{ rate: number;
   if (probes === 0) throw new Error(`${cluster.kind}: interest never reached node A`);
   const cpu0 = cluster.children.reduce((s, c) => s + cpuSeconds(c.pid!), 0);
   const start = performance.now();
-  for (let sent = 0; sent < msgs;) {
-    const n = Math.min(2000, msgs - sent);
-    for (let i = 0; i < n; i++) pub.publish('bench.cross', payload);
-    sent += n;
-    await new Promise((r) => setImmediate(r));
-  }
-  await pub.flush();
+  await publishInSlices(pub, ['bench.cross'], payload, msgs);
   await Promise.race([all, new Promise((r) => setTimeout(r, phaseTimeoutMs).unref())]);
   const secs = (performance.now() - start) / 1000;
   const cpu = cluster.children.reduce((s, c) => s + cpuSeconds(c.pid!), 0) - cpu0;
   await Promise.all([pub.close(), sub.close()]);
   return { rate: received / secs, cpuUsPerMsg: (cpu * 1e6) / Math.max(received, 1), received };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 async function main(): Promise<void> {
@@ -213,9 +174,9 @@ async function main(): Promise<void> {
     writeFileSync(join(dir, `${name}.pem`), leaf.cert);
     writeFileSync(join(dir, `${name}.key`), leaf.key, { mode: 0o600 });
   }
-  const haveNats = process.env.BENCH_SKIP_NATS !== '1' && spawnSync('nats-server', ['--version'], { stdio: 'ignore' }).status === 0;
-  console.log(`bench:routes — ${msgs.toLocaleString('en')} msgs of 128 B per round, publisher on node A, subscriber on node B, ` +
-    `${rounds} rounds; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} (shared machine: compare ratios)`);
+  const haveNats = process.env.BENCH_SKIP_NATS !== '1' && hasBinary('nats-server');
+  console.log(`bench:routes — ${formatCount(msgs)} msgs of 128 B per round, publisher on node A, subscriber on node B, ` +
+    `${rounds} rounds; load average ${loadAverage(2)} (shared machine: compare ratios)`);
   const clusters: Cluster[] = [];
   const results = new Map<string, number[]>();
   const cpu = new Map<string, number[]>();
@@ -228,13 +189,13 @@ async function main(): Promise<void> {
         const res = await crossNode(cluster);
         (results.get(cluster.kind) ?? results.set(cluster.kind, []).get(cluster.kind)!).push(res.rate);
         (cpu.get(cluster.kind) ?? cpu.set(cluster.kind, []).get(cluster.kind)!).push(res.cpuUsPerMsg);
-        console.log(`  round ${r} ${cluster.kind.padEnd(11)} ${Math.round(res.rate).toLocaleString('en').padStart(9)} msgs/s ` +
+        console.log(`  round ${r} ${cluster.kind.padEnd(11)} ${formatCount(res.rate).padStart(9)} msgs/s ` +
           `(${res.received}/${msgs} delivered)   cluster CPU ${res.cpuUsPerMsg.toFixed(2)} µs/msg`);
       }
     }
     for (const cluster of clusters) {
       const same = await crossNode(cluster, 0);
-      console.log(`  same-node baseline ${cluster.kind.padEnd(11)} ${Math.round(same.rate).toLocaleString('en').padStart(9)} msgs/s ` +
+      console.log(`  same-node baseline ${cluster.kind.padEnd(11)} ${formatCount(same.rate).padStart(9)} msgs/s ` +
         `(publisher and subscriber both on node A, no route)   cluster CPU ${same.cpuUsPerMsg.toFixed(2)} µs/msg`);
     }
   } finally {
@@ -249,8 +210,8 @@ async function main(): Promise<void> {
   // multi-threaded Go process also wins a larger share of the scheduler than three single-threaded Node ones.
   const oursCpu = median(cpu.get('membershipd') ?? [NaN]);
   const theirsCpu = median(cpu.get('nats-server') ?? [NaN]);
-  console.log(`median membershipd ${Math.round(ours).toLocaleString('en')} msgs/s, ${oursCpu.toFixed(2)} cluster CPU µs/msg` +
-    (haveNats ? `; nats-server ${Math.round(theirs).toLocaleString('en')} msgs/s, ${theirsCpu.toFixed(2)} cluster CPU µs/msg` : ''));
+  console.log(`median membershipd ${formatCount(ours)} msgs/s, ${oursCpu.toFixed(2)} cluster CPU µs/msg` +
+    (haveNats ? `; nats-server ${formatCount(theirs)} msgs/s, ${theirsCpu.toFixed(2)} cluster CPU µs/msg` : ''));
   console.log(haveNats
     ? `BENCH routes cross_node_ratio=${(ours / theirs).toFixed(3)} membershipd_msgs_per_s=${Math.round(ours)} ` +
       `nats_server_msgs_per_s=${Math.round(theirs)} cpu_per_msg_ratio=${(theirsCpu / oursCpu).toFixed(3)} recv_us_per_msg=${recvUs.toFixed(2)}`
@@ -280,8 +241,7 @@ async function receivePathCpu(): Promise<number> {
       for (let i = 0; i < n; i += batch) {
         const c0 = process.cpuUsage();
         for (let k = 0; k < batch; k++) server.cluster.deliverFromRoute({ subject: 'bench.data', payload: payload.slice() });
-        const c1 = process.cpuUsage(c0);
-        cpu += c1.user + c1.system;
+        cpu += cpuMicrosSince(c0);
         await new Promise((r) => setImmediate(r)); // the once-per-turn flush writes the batch out
       }
       best = Math.min(best, cpu / n);

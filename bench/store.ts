@@ -6,8 +6,9 @@
 import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { nodeFs } from '../store/fs.js';
 import { Wal } from '../store/wal/wal.js';
+import { fsyncFloor } from './support/probes.js';
+import { formatMs as f, quantile, sortAscending } from './support/stats.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string): string => {
@@ -18,28 +19,6 @@ const parent = opt('--dir', join(process.cwd(), 'data'));
 const seconds = Number(opt('--seconds', '3'));
 mkdirSync(parent, { recursive: true });
 const dir = mkdtempSync(join(parent, 'bench-store-'));
-
-function pct(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
-}
-
-async function fsyncFloor(): Promise<number[]> {
-  const fd = await nodeFs.open(join(dir, 'floor.dat'), 'w');
-  const buf = Buffer.alloc(4096, 7);
-  const lat: number[] = [];
-  const end = performance.now() + seconds * 1000;
-  let pos = 0;
-  while (performance.now() < end && lat.length < 20000) {
-    const t0 = performance.now();
-    await nodeFs.write(fd, buf, 0, buf.length, pos);
-    await nodeFs.fdatasync(fd);
-    lat.push(performance.now() - t0);
-    pos += buf.length;
-  }
-  await nodeFs.close(fd);
-  return lat;
-}
 
 async function appends(writers: number): Promise<{ lat: number[]; perSec: number }> {
   const wal = await Wal.open(join(dir, `wal-c${writers}`), {}, () => undefined);
@@ -59,25 +38,24 @@ async function appends(writers: number): Promise<{ lat: number[]; perSec: number
   await Promise.all(Array.from({ length: writers }, writer));
   const elapsed = (performance.now() - t0) / 1000;
   await wal.close();
-  return { lat, perSec: count / elapsed };
+  return { lat: sortAscending(lat), perSec: count / elapsed };
 }
 
-const f = (x: number): string => x.toFixed(3);
 try {
-  const floor = await fsyncFloor();
-  const fsyncP50 = pct(floor, 50);
-  console.log(`fsync floor (write+fdatasync 4 KiB) in ${dir}: n=${floor.length} p50=${f(fsyncP50)}ms p99=${f(pct(floor, 99))}ms`);
+  const floor = await fsyncFloor(dir, { roundsMax: 20_000, seconds });
+  const fsyncP50 = quantile(floor, 0.5);
+  console.log(`fsync floor (write+fdatasync 4 KiB) in ${dir}: n=${floor.length} p50=${f(fsyncP50)}ms p99=${f(quantile(floor, 0.99))}ms`);
   const results: Record<number, { lat: number[]; perSec: number }> = {};
   for (const c of [1, 16, 256]) {
     const r = await appends(c);
     results[c] = r;
-    console.log(`append 256 B, ${c} writers: n=${r.lat.length} p50=${f(pct(r.lat, 50))}ms p99=${f(pct(r.lat, 99))}ms ${r.perSec.toFixed(0)}/s`);
+    console.log(`append 256 B, ${c} writers: n=${r.lat.length} p50=${f(quantile(r.lat, 0.5))}ms p99=${f(quantile(r.lat, 0.99))}ms ${r.perSec.toFixed(0)}/s`);
   }
-  const c1 = pct(results[1]!.lat, 50);
+  const c1 = quantile(results[1]!.lat, 0.5);
   console.log(`1/fsync_p50 = ${(1000 / fsyncP50).toFixed(0)}/s; the machine is shared with other engineers' work, so figures are under load`);
   console.log(
     `BENCH store fsync_p50_ms=${f(fsyncP50)} append_c1_p50_ms=${f(c1)} append_c256_per_s=${results[256]!.perSec.toFixed(0)} ` +
-      `c1_overhead_ratio=${(c1 / fsyncP50).toFixed(2)} fsync_p99_ms=${f(pct(floor, 99))} append_c16_per_s=${results[16]!.perSec.toFixed(0)}`,
+      `c1_overhead_ratio=${(c1 / fsyncP50).toFixed(2)} fsync_p99_ms=${f(quantile(floor, 0.99))} append_c16_per_s=${results[16]!.perSec.toFixed(0)}`,
   );
 } finally {
   rmSync(dir, { recursive: true, force: true });
