@@ -637,7 +637,10 @@ export class ClusterNode {
 
   private schedule(): void {
     if (this.loop || this.stopping || !this.raw || this.fatal) return;
-    this.loop = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.runLoop()).finally(() => {
+    // A microtask, not setImmediate: the loop starts as soon as the current callback (a socket read holding
+    // any number of frames, a parsed batch of client requests, a tick) has stepped everything it carries, so
+    // batching is kept, without waiting for the event loop's check phase on every hop of a write.
+    this.loop = Promise.resolve().then(() => this.runLoop()).finally(() => {
       this.loop = undefined;
       if (this.raw?.hasReady()) this.schedule();
     });
