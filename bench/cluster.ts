@@ -22,7 +22,7 @@ import { signRequest } from '../src/control/envelope.js';
 import { createKeyPair, keyPairFromSeed } from '../src/auth/index.js';
 import { killChildren, nodeEntryArgs, spawnChild, stopChild } from './support/children.js';
 import { freePorts } from './support/ports.js';
-import { fsyncFloor, loadAverage, loopbackRtt } from './support/probes.js';
+import { diskFsyncFloor, loadAverage, loopbackRtt } from './support/probes.js';
 import { formatMs as fmt, quantile, sortAscending } from './support/stats.js';
 
 const repo = fileURLToPath(new URL('..', import.meta.url));
@@ -183,7 +183,7 @@ async function main(): Promise<void> {
   console.log(`  leader /raftz: commit ${String(raftz.body.commit)} applied ${String(raftz.body.applied)} proposal p50 ${String(raftz.body.proposalP50Ms)} ms`);
 
   // The floor: write + fdatasync of 4 KiB in the data dir's file system, and a loopback TCP round trip.
-  const fs = await fsyncFloor(c.dirs[leader]!, { roundsMax: 300, seconds: 60 });
+  const fs = diskFsyncFloor(c.dirs[leader]!, 300);
   const rtt = await loopbackRtt();
   const fsyncP50 = quantile(fs, 0.5);
   const rttP50 = quantile(rtt, 0.5);

@@ -1,5 +1,6 @@
 // What the machine itself gives a benchmark, measured in the same run as the figure it bounds: the load
 // other sessions put on it, the disk's fsync floor, the loopback TCP round trip.
+import { closeSync, fdatasyncSync, openSync, rmSync, writeSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +33,30 @@ export async function fsyncFloor(dir: string, opts: { roundsMax: number; seconds
   } finally {
     await nodeFs.close(fd);
     await nodeFs.unlink(file);
+  }
+  return out.sort((a, b) => a - b);
+}
+
+/**
+ * The disk alone: write + fdatasync of 4 KiB appended with synchronous calls (no libuv thread pool hop), ms
+ * ascending. bench:cluster divides by this (plus a loopback round trip): the strictest floor, so the ratio
+ * cannot improve by measuring the floor through slower machinery.
+ */
+export function diskFsyncFloor(dir: string, rounds = 300): number[] {
+  const file = join(dir, 'fsync-probe-sync');
+  const fd = openSync(file, 'w');
+  const block = Buffer.alloc(4096, 0x5a);
+  const out: number[] = [];
+  try {
+    for (let i = 0; i < rounds; i++) {
+      const t0 = performance.now();
+      writeSync(fd, block, 0, block.length, i * block.length); // append, as the WAL does
+      fdatasyncSync(fd);
+      out.push(performance.now() - t0);
+    }
+  } finally {
+    closeSync(fd);
+    rmSync(file, { force: true });
   }
   return out.sort((a, b) => a - b);
 }
