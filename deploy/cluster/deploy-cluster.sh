@@ -4,27 +4,33 @@
 # password file, and each node's cluster.env for membershipd-cluster.service.
 #
 # Idempotent: existing CA, certificates, identities and the route password are kept (re-running never
-# rotates a secret; delete a file on purpose to replace it). cluster.env is rewritten from the inputs.
+# rotates a secret; delete a file on purpose to replace it). cluster.env is rewritten from the inputs
+# (a joiner keeps its INITIAL_CLUSTER_STATE=existing, see --join).
 #
 # Usage:
 #   deploy-cluster.sh --out DIR [options] NAME=ADDRESS[/NATS_PORT,ROUTE_PORT,HTTP_PORT] ...
 # Options:
 #   --out DIR            where the files are written: DIR/ca/ and DIR/<NAME>/ (required)
-#   --kv-replicas R      Raft voters (default: 3, or the node count when smaller; never above it)
+#   --kv-replicas R      Raft voters (default: 3, or the count of nodes not --join when smaller; never above
+#                        the node count)
 #   --cluster-name NAME  (default unibus)
 #   --cluster-user USER  route user (default route)
 #   --nats-port P        default client port (4222); --route-port P (6222); --http-port P (8222)
 #   --install-dir PATH   where the node's files live on the node, as written into cluster.env
 #                        (default /opt/unibus; "{name}" is replaced by the node name)
 #   --membershipd CMD    how to run membershipd here for certs/id (default: membershipd on PATH)
+#   --join NAME          NAME joins a running cluster: its cluster.env gets INITIAL_CLUSTER_STATE=existing
+#                        (repeatable). Register it first with `membershipd cluster add NAME URL` on a member.
+#                        A node whose cluster.env already says existing stays joining on later runs.
 # Per-node ports after a slash let several nodes share one address (a test or dev host).
+# Adding a node: re-run with the same arguments plus NEW=ADDRESS --join NEW (RUNBOOK "Adding a node").
 set -euo pipefail
 
 die() { echo "deploy-cluster.sh: $*" >&2; exit 2; }
 
 out="" replicas="" cluster_name="unibus" cluster_user="route"
 nats_port=4222 route_port=6222 http_port=8222 install_dir="/opt/unibus" mship="membershipd"
-nodes=()
+nodes=() joins=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="${2:?--out needs a directory}"; shift 2 ;;
@@ -36,7 +42,8 @@ while [ $# -gt 0 ]; do
     --http-port) http_port="${2:?--http-port needs a port}"; shift 2 ;;
     --install-dir) install_dir="${2:?--install-dir needs a path}"; shift 2 ;;
     --membershipd) mship="${2:?--membershipd needs a command}"; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --join) joins+=("${2:?--join needs a node name}"); shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --*) die "unknown option $1 (see --help)" ;;
     *) nodes+=("$1"); shift ;;
   esac
@@ -80,7 +87,25 @@ for spec in "${nodes[@]}"; do
   names+=("$name") addrs+=("$addr") nports+=("$np") rports+=("$rp") hports+=("$hp")
 done
 count=${#names[@]}
-if [ -z "$replicas" ]; then replicas=$(( count < 3 ? count : 3 )); fi
+
+# Join mode per node. Nodes that form the cluster get no INITIAL_CLUSTER_STATE line: the unit defaults it to new,
+# so their cluster.env stays byte for byte what this script wrote before the variable existed (a re-run on an
+# existing deployment changes nothing for them). A joiner's line is sticky: a node added with `cluster add` has a
+# slot that is not in the ROUTES the cluster formed from, so starting it (wiped) as "new" would be wrong, and
+# forgetting --join on a later run (adding another node) must not turn it back.
+declare -A joining=()
+for j in "${joins[@]}"; do
+  [ -n "${seen_name[$j]:-}" ] || die "--join \"$j\": no such node among the NAME=ADDRESS arguments (list every node, the joining one too)"
+  joining[$j]=1
+done
+for name in "${names[@]}"; do
+  if [ -f "$out/$name/cluster.env" ] && grep -qx 'INITIAL_CLUSTER_STATE=existing' "$out/$name/cluster.env"; then joining[$name]=1; fi
+done
+[ ${#joining[@]} -lt "$count" ] || die "every node is marked --join: a joining node dials running members, so list the cluster's nodes too (they form it with INITIAL_CLUSTER_STATE=new)"
+# The default R counts the nodes the cluster forms from, not joiners: adding a node to a 2-node cluster must not
+# write KV_REPLICAS=3 (the formed cluster has R2; change R live with `membershipd cluster kv-replicas`).
+formers=$(( count - ${#joining[@]} ))
+if [ -z "$replicas" ]; then replicas=$(( formers < 3 ? formers : 3 )); fi
 [[ "$replicas" =~ ^[0-9]+$ ]] && [ "$replicas" -ge 1 ] || die "--kv-replicas \"$replicas\" is not a positive number"
 [ "$replicas" -le "$count" ] || die "--kv-replicas $replicas is above the node count $count: a cluster cannot have more voters than nodes"
 [ "$replicas" -ne 1 ] || [ "$count" -eq 1 ] || echo "deploy-cluster.sh: warning: --kv-replicas 1 is a single point of failure; use 3" >&2
@@ -135,7 +160,14 @@ CLUSTER_PASS_FILE=$inst/route.pass
 INTERNAL_ID_FILE=$inst/internal-id.seed
 KV_REPLICAS=$replicas
 EOF
+  if [ -n "${joining[$name]:-}" ]; then
+    cat >> "$dir/cluster.env.tmp" <<EOF
+# Joins a running cluster (register it first: membershipd cluster add $name $(route_url "$addr" "${rports[$i]}")).
+# Read on the first start only; once data/cluster.json exists the node ignores it.
+INITIAL_CLUSTER_STATE=existing
+EOF
+  fi
   chmod 600 "$dir/cluster.env.tmp" && mv "$dir/cluster.env.tmp" "$dir/cluster.env"
-  echo "$name: $dir/cluster.env (client ${addr}:${nports[$i]}, route ${addr}:${rports[$i]}, http ${addr}:${hports[$i]})"
+  echo "$name: $dir/cluster.env (client ${addr}:${nports[$i]}, route ${addr}:${rports[$i]}, http ${addr}:${hports[$i]})${joining[$name]:+; joins a running cluster: run \"membershipd cluster add $name $(route_url "$addr" "${rports[$i]}")\" on a member before starting it}"
 done
-echo "cluster \"$cluster_name\": $count nodes, kv-replicas $replicas; CA $out/ca/ca.pem; copy each $out/<name>/ to its node's $install_dir"
+echo "cluster \"$cluster_name\": $count nodes${joining[*]:+ (${#joining[@]} joining)}, kv-replicas $replicas; CA $out/ca/ca.pem; copy each $out/<name>/ to its node's $install_dir"

@@ -5,6 +5,10 @@
 // CLI adds a role and a user through node 1 with only the node's cluster.env, that user connects through node 3
 // with a real NATS client over TLS (CA from the deploy) and pub/sub works within the role's permissions (and is
 // refused outside them), a re-run of deploy-cluster.sh changes no secret, and systemd-analyze verifies the unit.
+// Then a 4th node joins the running cluster the way RUNBOOK "Adding a node" says: `membershipd cluster add n4 …`
+// through node 1, deploy-cluster.sh re-run with n4 appended and `--join n4` (its cluster.env gets
+// INITIAL_CLUSTER_STATE=existing, the other nodes' files need no such line: the unit's Environment= default `new`
+// applies), n4 started with the same ExecStart, and `cluster status` through n4 shows it as a reachable member.
 //
 // deploy-cluster.sh runs `membershipd certs|id` ten times per run; to keep that cost down it gets a one-file
 // esbuild bundle of bin/membershipd.ts (same code, no per-process TypeScript transform). The nodes and the admin
@@ -28,7 +32,7 @@ const runner = ['node', '--import', tsxLoader, join(repo, 'bin', 'membershipd.ts
 const installedBinary = '/opt/unibus/membershipd';
 const installedDir = '/opt/unibus';
 
-// Twenty `membershipd certs|id` runs, three nodes and two admin commands: minutes on a loaded 2-core machine.
+// Forty-six `membershipd certs|id` runs (four deploy runs), four nodes and four admin commands: minutes on a loaded 2-core machine.
 t.setTimeout(420_000);
 const root = mkdtempSync(join(tmpdir(), 'membershipd-deploy-'));
 const out = join(root, 'cluster');
@@ -79,6 +83,23 @@ interface Unit {
   readonly service: Map<string, string[]>;
 }
 
+/**
+ * Environment= values of a unit: space-separated KEY=VALUE assignments, an assignment with spaces in double quotes
+ * (systemd.exec(5)). Later assignments of a key win, as in systemd.
+ */
+function unitEnvironment(lines: readonly string[]): Map<string, string> {
+  const env = new Map<string, string>();
+  for (const line of lines) {
+    for (const m of line.matchAll(/"((?:[^"\\]|\\.)*)"|(\S+)/g)) {
+      const a = m[1] ?? m[2]!;
+      const eq = a.indexOf('=');
+      if (eq < 1) throw new Error(`Environment=: not KEY=VALUE: ${a}`);
+      env.set(a.slice(0, eq), a.slice(eq + 1));
+    }
+  }
+  return env;
+}
+
 /** [Service] settings of a unit file, continuation lines joined (backslash-newline becomes a space, as systemd does). */
 function parseUnit(text: string): Unit {
   const joined = text.replace(/\\\n/g, ' ');
@@ -103,9 +124,15 @@ function execStartArgv(execStart: string, env: Map<string, string>): string[] {
   const words = execStart.trim().split(/\s+/);
   return words.map((w) => w.replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, k: string) => {
     const v = env.get(k);
-    if (v === undefined) throw new Error(`ExecStart uses \${${k}} but cluster.env does not set it`);
+    if (v === undefined) throw new Error(`ExecStart uses \${${k}} but neither cluster.env nor the unit's Environment= sets it`);
     return v;
   }));
+}
+
+/** The word after flag in argv (undefined when the flag is absent). */
+function flagValue(argv: readonly string[], flag: string): string | undefined {
+  const i = argv.indexOf(flag);
+  return i < 0 ? undefined : argv[i + 1];
 }
 
 interface RunResult { code: number | null; stdout: string; stderr: string }
@@ -163,10 +190,12 @@ async function httpGet(url: string): Promise<{ status: number; body: string }> {
   }
 }
 
+/** The nodes the cluster forms from; n4 joins it later (index 3 of ports). */
 const names = ['n1', 'n2', 'n3'] as const;
 const started = Date.now();
 const ports: { nats: number; route: number; http: number }[] = [];
-for (let i = 0; i < names.length; i++) ports.push({ nats: await freePort(), route: await freePort(), http: await freePort() });
+for (let i = 0; i < 4; i++) ports.push({ nats: await freePort(), route: await freePort(), http: await freePort() });
+const nodeSpec = (n: string, i: number): string => `${n}=127.0.0.1/${ports[i]!.nats},${ports[i]!.route},${ports[i]!.http}`;
 
 // One-file bundle for deploy-cluster.sh's ten `membershipd certs|id` runs; node_modules next to it resolves its packages.
 const bundleDir = join(root, 'bundle');
@@ -178,13 +207,87 @@ await esbuild.build({
 symlinkSync(join(repo, 'node_modules'), join(bundleDir, 'node_modules'), 'dir');
 const deployArgs = [
   deployScript, '--out', out, '--install-dir', join(out, '{name}'), '--membershipd', `node ${join(bundleDir, 'membershipd.mjs')}`,
-  ...names.map((n, i) => `${n}=127.0.0.1/${ports[i]!.nats},${ports[i]!.route},${ports[i]!.http}`),
+  ...names.map(nodeSpec),
 ];
 
 const unit = parseUnit(readFileSync(unitFile, 'utf8'));
+/** What systemd hands ExecStart and the process: the unit's Environment= defaults, overridden by cluster.env
+ * (systemd.exec(5): "Settings from these files override settings made with Environment="). */
+const defaults = unitEnvironment(unit.service.get('Environment') ?? []);
 const envs = new Map<string, Map<string, string>>();
+const effectiveEnv = (n: string): Map<string, string> => new Map([...defaults, ...envs.get(n)!]);
 /** Nodes that exited on their own, with the tail of their log. */
 const exited: string[] = [];
+type Node = ChildProcess & { log: () => string };
+
+/** Starts node n (n1..n4: ports[0..3]) as systemd would: the unit's ExecStart with ${VAR} substituted, in its WorkingDirectory. */
+function startNode(t: Test, n: string): string[] {
+  const env = effectiveEnv(n);
+  const argv = execStartArgv(unit.service.get('ExecStart')![0]!, env);
+  t.equal(argv[0], installedBinary, `${n}: ExecStart runs the installed binary`);
+  const cmd = [...runner, ...argv.slice(1)];
+  if (n === 'n1') t.comment(`node n1: cd ${join(out, n)} && ${cmd.join(' ')}`);
+  const child = spawn(cmd[0]!, cmd.slice(1), {
+    cwd: join(out, n), // WorkingDirectory, with the cluster.env's paths pointing at this dir (--install-dir)
+    env: { ...process.env, ...Object.fromEntries(env) }, // Environment= and EnvironmentFile= set the process environment
+    stdio: ['ignore', 'ignore', 'pipe'],
+  }) as Node;
+  children.set(n, child);
+  let log = '';
+  child.stderr!.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-6000); });
+  child.on('exit', (code, signal) => {
+    if (!stopping) exited.push(`${n} exited (${code ?? signal}) before the test stopped it: ${log.trim()}`);
+  });
+  child.log = () => log;
+  return argv;
+}
+
+/** Polls /healthz of the nodes (by index into ports) until each answers 200, a node exits, or timeoutMs passes. */
+async function waitHealthy(t: Test, nodes: readonly string[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const healthy = new Set<string>();
+  const last = new Map<string, string>();
+  while (healthy.size < nodes.length && Date.now() < deadline && exited.length === 0) {
+    for (const n of nodes) {
+      if (healthy.has(n)) continue;
+      try {
+        const r = await httpGet(`http://127.0.0.1:${ports[Number(n.slice(1)) - 1]!.http}/healthz`);
+        if (r.status === 200) {
+          healthy.add(n);
+          t.comment(`${n} healthy ${((Date.now() - started) / 1000).toFixed(1)} s after the test started`);
+        } else last.set(n, `${r.status} ${r.body}`);
+      } catch (e) {
+        last.set(n, String((e as Error).message));
+      }
+    }
+    await sleep(250);
+  }
+  t.same(exited, [], 'no node exited during start-up');
+  const why = nodes.filter((n) => !healthy.has(n)).map((n) => `${n}: ${last.get(n)}\n${(children.get(n) as Node).log()}`);
+  t.equal(healthy.size, nodes.length, `every /healthz of ${nodes.join(', ')} is 200 within ${timeoutMs / 1000} s\n${why.join('\n')}`);
+}
+
+/** The admin CLI on node n: the operator types only the command, everything else comes from the node's cluster.env. */
+const admin = (n: string, args: string[], input = ''): Promise<RunResult> =>
+  run([...runner, ...args, '--env-file', join(out, n, 'cluster.env')], { cwd: join(out, n), input, timeoutMs: 60_000 });
+
+const password = 'correct horse battery staple';
+/** alice connects to node ports[i]; she reaches a node through replication: a refused login is retried (bounded). */
+async function connectAs(i: number, pass: string, retryMs = 15_000): Promise<NatsConnection> {
+  const deadline = Date.now() + retryMs;
+  for (;;) {
+    try {
+      const nc = await connect({
+        servers: `tls://127.0.0.1:${ports[i]!.nats}`, user: 'alice', pass, tls: { caFile: join(out, 'ca', 'ca.pem') }, reconnect: false, timeout: 5000,
+      });
+      clients.push(nc);
+      return nc;
+    } catch (e) {
+      if (Date.now() > deadline) throw e;
+      await sleep(250);
+    }
+  }
+}
 let rerun: Promise<RunResult> | undefined;
 let before = new Map<string, Buffer>();
 
@@ -208,88 +311,38 @@ t.test('the unit\'s ExecStart starts a healthy cluster', async (t) => {
   t.equal(unit.service.get('EnvironmentFile')?.[0], `${installedDir}/cluster.env`);
   const execStart = unit.service.get('ExecStart');
   t.equal(execStart?.length, 1, 'one ExecStart');
-  for (const [i, n] of names.entries()) {
-    const env = envs.get(n)!;
-    const argv = execStartArgv(execStart![0]!, env);
-    t.equal(argv[0], installedBinary, 'ExecStart runs the installed binary');
-    const cmd = [...runner, ...argv.slice(1)];
-    if (i === 0) t.comment(`node n1: cd ${join(out, n)} && ${cmd.join(' ')}`);
-    const child = spawn(cmd[0]!, cmd.slice(1), {
-      cwd: join(out, n), // WorkingDirectory, with the cluster.env's paths pointing at this dir (--install-dir)
-      env: { ...process.env, ...Object.fromEntries(env) }, // EnvironmentFile= also sets the process environment
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    children.set(n, child);
-    let log = '';
-    child.stderr!.on('data', (d: Buffer) => { log = (log + d.toString()).slice(-6000); });
-    child.on('exit', (code, signal) => {
-      if (!stopping) exited.push(`${n} exited (${code ?? signal}) before the test stopped it: ${log.trim()}`);
-    });
-    (child as ChildProcess & { log: () => string }).log = () => log;
+  t.equal(defaults.get('INITIAL_CLUSTER_STATE'), 'new', 'the unit defaults INITIAL_CLUSTER_STATE to new (Environment=)');
+  for (const n of names) {
+    // The forming nodes' files carry no INITIAL_CLUSTER_STATE, like every cluster.env written before it existed:
+    // the unit's default is what makes them start as "new".
+    t.notOk(envs.get(n)!.has('INITIAL_CLUSTER_STATE'), `${n}/cluster.env does not set INITIAL_CLUSTER_STATE`);
+    const argv = startNode(t, n);
+    t.equal(flagValue(argv, '--initial-cluster-state'), 'new', `${n} starts with --initial-cluster-state new (the unit's default)`);
   }
   // The second deploy run (checked below) overlaps the nodes' start-up: it only reads what exists.
   rerun = run(['bash', ...deployArgs], { timeoutMs: 200_000 });
-  const deadline = Date.now() + 60_000;
-  const healthy = new Set<string>();
-  let last = new Map<string, string>();
-  while (healthy.size < names.length && Date.now() < deadline && exited.length === 0) {
-    for (const [i, n] of names.entries()) {
-      if (healthy.has(n)) continue;
-      try {
-        const r = await httpGet(`http://127.0.0.1:${ports[i]!.http}/healthz`);
-        if (r.status === 200) {
-          healthy.add(n);
-          t.comment(`${n} healthy ${((Date.now() - started) / 1000).toFixed(1)} s after the test started`);
-        } else last.set(n, `${r.status} ${r.body}`);
-      } catch (e) {
-        last.set(n, String((e as Error).message));
-      }
-    }
-    await sleep(250);
-  }
-  t.same(exited, [], 'no node exited during start-up');
-  const why = names.filter((n) => !healthy.has(n)).map((n) => `${n}: ${last.get(n)}\n${(children.get(n) as ChildProcess & { log: () => string }).log()}`);
-  t.equal(healthy.size, names.length, `every /healthz is 200 within 60 s\n${why.join('\n')}`);
+  await waitHealthy(t, names, 60_000);
   const metrics = await httpGet(`http://127.0.0.1:${ports[0]!.http}/metrics`);
   t.equal(metrics.status, 200, '/metrics answers');
 });
 
 let stopping = false;
+let aliceAdded = false;
 function stopAll(): void {
   stopping = true;
   for (const c of children.values()) if (c.exitCode === null && c.signalCode === null) process.kill(c.pid!, 'SIGTERM');
 }
-const clusterUp = (): boolean => [...children.values()].every((c) => c.exitCode === null && c.signalCode === null) && children.size === 3;
+const clusterUp = (): boolean =>
+  exited.length === 0 && names.every((n) => children.get(n) !== undefined && children.get(n)!.exitCode === null && children.get(n)!.signalCode === null);
 
 t.test('a user added through node 1 works through node 3 within its role', async (t) => {
   if (!clusterUp()) return skipRest(t, 'the cluster is not running (see above)');
-  const n1 = join(out, 'n1');
-  // The operator on node 1 types only the command: everything else comes from the node's cluster.env.
-  const admin = (args: string[], input = ''): Promise<RunResult> =>
-    run([...runner, ...args, '--env-file', join(n1, 'cluster.env')], { cwd: n1, input, timeoutMs: 60_000 });
-  const role = await admin(['role', 'add', 'app', '--pub-allow', 'app.>', '--sub-allow', 'app.>']);
+  const role = await admin('n1', ['role', 'add', 'app', '--pub-allow', 'app.>', '--sub-allow', 'app.>']);
   t.equal(role.code, 0, `role add exits 0\n${role.stdout}${role.stderr}`);
-  const password = 'correct horse battery staple';
-  const user = await admin(['user', 'add', 'alice', '--password-stdin', '--role', 'app', '--store', 'kv'], `${password}\n`);
+  const user = await admin('n1', ['user', 'add', 'alice', '--password-stdin', '--role', 'app', '--store', 'kv'], `${password}\n`);
   t.equal(user.code, 0, `user add exits 0\n${user.stdout}${user.stderr}`);
+  aliceAdded = user.code === 0;
 
-  const ca = join(out, 'ca', 'ca.pem');
-  const connectAs = async (i: number, pass: string, retryMs = 15_000): Promise<NatsConnection> => {
-    // The user reaches node 3 through replication: retry a refused login for a bounded time.
-    const deadline = Date.now() + retryMs;
-    for (;;) {
-      try {
-        const nc = await connect({
-          servers: `tls://127.0.0.1:${ports[i]!.nats}`, user: 'alice', pass, tls: { caFile: ca }, reconnect: false, timeout: 5000,
-        });
-        clients.push(nc);
-        return nc;
-      } catch (e) {
-        if (Date.now() > deadline) throw e;
-        await sleep(250);
-      }
-    }
-  };
   const sub3 = await connectAs(2, password);
   // Once alice is known on node 3 (above), a wrong password is refused there on the first attempt.
   const wrong = await connectAs(2, 'wrong password', 0).then(() => 'connected', (e: Error) => e.message);
@@ -338,12 +391,72 @@ t.test('re-running deploy-cluster.sh changes no secret', async (t) => {
   t.same([...after.keys()].sort(), [...before.keys()].sort(), 'no file appeared or vanished');
 });
 
+t.test('a 4th node joins the running cluster from its cluster.env (INITIAL_CLUSTER_STATE=existing)', async (t) => {
+  if (!clusterUp()) return skipRest(t, 'the cluster is not running (see above)');
+  const route4 = `127.0.0.1:${ports[3]!.route}`;
+  const joinArgs = [...deployArgs, nodeSpec('n4', 3), '--join', 'n4'];
+  // RUNBOOK "Adding a node": register n4 on the running cluster (step 1) and generate its files (step 2). The two
+  // are independent (the deploy only writes files), so they run side by side.
+  const [add, deploy] = await Promise.all([
+    admin('n1', ['cluster', 'add', 'n4', route4]),
+    run(['bash', ...joinArgs], { timeoutMs: 200_000 }),
+  ]);
+  t.equal(add.code, 0, `cluster add n4 exits 0${add.code === 0 ? '' : `\n${add.stdout}${add.stderr}`}`);
+  t.match(add.stdout, /node: created, learner \(slot 4\)/, 'n4 is registered as a learner in slot 4');
+  t.equal(deploy.code, 0, `deploy-cluster.sh with n4 --join n4 exits 0\n${deploy.stderr}`);
+  t.match(deploy.stdout, /cluster "unibus": 4 nodes \(1 joining\), kv-replicas 3/, 'the default R stays 3 (joiners do not count)');
+  t.match(deploy.stdout, new RegExp(`n4: .*joins a running cluster: run "membershipd cluster add n4 nats-route://${route4}"`), 'it says what to register');
+  const files = snapshot(out);
+  for (const [k, v] of before) if (/(\.key|\.pem|\.seed|\.pass)$/.test(k)) t.ok(files.get(k)?.equals(v), `${k} unchanged by adding n4`);
+  const env4 = parseEnvironmentFile(readFileSync(join(out, 'n4', 'cluster.env'), 'utf8'));
+  envs.set('n4', env4);
+  t.equal(env4.get('INITIAL_CLUSTER_STATE'), 'existing', 'n4/cluster.env says INITIAL_CLUSTER_STATE=existing');
+  t.equal(env4.get('ROUTES')?.split(',').length, 4, 'n4 dials every node (itself included)');
+  t.notOk(parseEnvironmentFile(readFileSync(join(out, 'n1', 'cluster.env'), 'utf8')).has('INITIAL_CLUSTER_STATE'), 'n1/cluster.env still has no INITIAL_CLUSTER_STATE');
+  if (add.code !== 0 || deploy.code !== 0) return;
+
+  // Step 3: the unit's ExecStart, unchanged; the cluster.env overrides the unit's default `new`.
+  const argv = startNode(t, 'n4');
+  t.equal(flagValue(argv, '--initial-cluster-state'), 'existing', 'n4 starts with --initial-cluster-state existing from its cluster.env');
+  // A later run that forgets --join (say, when adding n5) keeps n4 joining; it overlaps n4's start (reads only).
+  const sticky = run(['bash', ...deployArgs, nodeSpec('n4', 3)], { timeoutMs: 200_000 });
+  await waitHealthy(t, ['n4'], 60_000);
+
+  // Step 4: `cluster status` through n4 (with n4's own cluster.env) shows four members, n4 reachable.
+  const status = await admin('n4', ['cluster', 'status', '--json']);
+  t.equal(status.code, 0, `cluster status through n4 exits 0${status.code === 0 ? '' : `\n${status.stdout}${status.stderr}`}`);
+  let report: { via?: string; members?: { name: string | null; role: string; reachable: boolean }[] } = {};
+  try {
+    report = (JSON.parse(status.stdout) as { status: typeof report }).status;
+  } catch (e) {
+    t.fail(`cluster status --json prints JSON: ${(e as Error).message}\n${status.stdout}`);
+  }
+  t.equal(report.via, 'n4', 'the status came from n4');
+  t.same(report.members?.map((m) => m.name).sort(), ['n1', 'n2', 'n3', 'n4'], 'four members');
+  const m4 = report.members?.find((m) => m.name === 'n4');
+  t.equal(m4?.reachable, true, 'n4 is reachable');
+  t.match(m4?.role, /^(learner|follower|leader)$/, `n4 is a member (${m4?.role}: R3 with three voters keeps it a learner)`);
+
+  // The replicated store serves n4 at once: alice (added through n1 before n4 existed) logs in through n4.
+  if (aliceAdded) {
+    const nc4 = await connectAs(3, password).then((nc) => nc, (e: Error) => e.message);
+    t.type(nc4, 'object', `alice logs in through n4 (${typeof nc4 === 'string' ? nc4 : 'connected'})`);
+  }
+
+  const again = await sticky;
+  t.equal(again.code, 0, `a re-run without --join exits 0\n${again.stderr}`);
+  const now = snapshot(out);
+  for (const [k, v] of files) t.ok(now.get(k)?.equals(v), `${k} unchanged by the re-run without --join`);
+});
+
 t.test('deploy-cluster.sh refuses unsafe input', async (t) => {
   const bad = join(root, 'bad');
   const cases: [string[], RegExp][] = [
     [['a=127.0.0.1', 'a=127.0.0.2'], /duplicate node name "a"/],
     [['a=not_an address'], /is not an IP address or a DNS name/],
     [['a=127.0.0.1', 'b=127.0.0.2', '--kv-replicas', '3'], /--kv-replicas 3 is above the node count 2/],
+    [['--join', 'c', 'a=127.0.0.1', 'b=127.0.0.2'], /--join "c": no such node among the NAME=ADDRESS arguments/],
+    [['--join', 'a', '--join', 'b', 'a=127.0.0.1', 'b=127.0.0.2'], /every node is marked --join/],
   ];
   for (const [args, msg] of cases) {
     const r = await run(['bash', deployScript, '--out', bad, ...args]);
@@ -379,5 +492,5 @@ t.test('stop the nodes with SIGTERM (systemd\'s KillSignal) and they exit 0', as
   const result = await Promise.race([Promise.all(exits), sleep(30_000).then(() => ['timeout'])]);
   t.comment(`exits: ${result.join(', ')} (test wall time ${((Date.now() - started) / 1000).toFixed(1)} s)`);
   if (exited.length > 0) return skipRest(t, 'a node had already exited (see above)');
-  t.same(result, names.map((n) => `${n}: 0`), 'each node exits 0 on SIGTERM within 30 s (TimeoutStopSec)');
+  t.same(result, [...children.keys()].map((n) => `${n}: 0`), 'each node exits 0 on SIGTERM within 30 s (TimeoutStopSec)');
 });
