@@ -616,7 +616,7 @@ export function attachControlApi(
   const port = server.cluster;
   const api = new ControlApi(options);
   const reply = (subject: string, payload: Uint8Array): void => {
-    port.deliverFromRoute({ subject, payload });
+    port.deliverFromRoute({ subject, payload, flushNow: true });
   };
   const next = options.next;
   port.setForwarder((m) => api.handlePublish(m, reply) || (next !== undefined && next(m)));

@@ -223,7 +223,7 @@ export class KvApi {
 
   private send(reply: string, body: unknown): void {
     if (this.closed) return;
-    this.port.deliverFromRoute({ subject: reply, payload: enc.encode(JSON.stringify(body)) });
+    this.port.deliverFromRoute({ subject: reply, payload: enc.encode(JSON.stringify(body)), flushNow: true });
   }
 
   private fail(reply: string, type: string, error: JsApiError): void {

@@ -86,6 +86,12 @@ export interface RouteMessage {
   readonly payload: Uint8Array;
   /** Queue groups this node must serve (one local member each); plain subscribers always get a copy. */
   readonly queues?: readonly string[];
+  /**
+   * Write to the subscribers' sockets now instead of at the event loop's next flush: for a one-off reply an
+   * in-server service (admin API, KV API) computed asynchronously. Nothing batches with it, and waiting for the
+   * check phase cost a sequential admin write about 0.9 ms (bench:cluster, A/B over five runs each).
+   */
+  readonly flushNow?: boolean;
 }
 
 /**
@@ -169,10 +175,14 @@ export class ServerCore {
   private flushScheduled = false;
   private readonly flushAll = (): void => {
     this.flushScheduled = false;
+    this.flushDirty();
+  };
+
+  private flushDirty(): void {
     const list = this.dirty;
     this.dirty = [];
     for (const c of list) if (!c.closed) c.flush();
-  };
+  }
 
   constructor(
     readonly serverId: string,
@@ -331,7 +341,9 @@ export class ServerCore {
     this.routeArgsBusy = true;
     try {
       this.fillRouteArgs(p, msg);
-      return this.routeMessage(p, null, msg.queues ?? []);
+      const n = this.routeMessage(p, null, msg.queues ?? []);
+      if (msg.flushNow === true) this.flushDirty();
+      return n;
     } finally {
       if (p === this.routeArgs) {
         this.routeArgsBusy = false;
