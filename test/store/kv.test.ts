@@ -3,7 +3,7 @@
 // in the middle of runs, determinism of the snapshot bytes, limits, and the change feed.
 import t from 'tap';
 import fc from 'fast-check';
-import { encodeKvCommand, KvErrorCode, KvStateMachine, StoreErrorCode, type KvCommand, type KvEntry, type KvResult } from '../../store/index.js';
+import { decodeKvCommand, encodeKvCommand, KvErrorCode, KvStateMachine, StoreErrorCode, type KvCommand, type KvEntry, type KvResult } from '../../store/index.js';
 import { pack, unpack } from '../../store/codec.js';
 
 const SEED = Number(process.env.SEED ?? Date.now() % 1_000_000_007);
@@ -338,6 +338,38 @@ t.test('txn: guards and writes apply all or nothing; malformed txns are refused 
     [{ op: 'txn', guards: [], ops: [] }, /ts must be/],
   ];
   for (const [cmd, why] of bad) t.match(sm.apply(++i, pack(cmd)), { ok: false, code: KvErrorCode.badCommand, message: why });
+});
+
+t.test('fuzz: any entry bytes apply to a result or a typed refusal, never a throw; commands round-trip', async (t) => {
+  // Entries come from the log: a node must apply whatever a committed entry holds the same way as every other
+  // node, so the decoder sees random bytes, random msgpack values and near-miss command shapes.
+  const field = fc.oneof(fc.string({ maxLength: 6 }), fc.integer(), fc.boolean(), fc.constant(null), fc.uint8Array({ maxLength: 4 }));
+  const nearMiss = fc.record({
+    op: fc.constantFrom('put', 'create', 'update', 'delete', 'purge', 'txn', 'bucket.create', 'bucket.delete', 'nope'),
+    bucket: field, key: field, value: field, ts: field, revision: field,
+    guards: fc.oneof(field, fc.array(fc.dictionary(fc.constantFrom('bucket', 'key', 'present', 'revision', 'field', 'equals', 'except'), field), { maxLength: 3 })),
+    ops: fc.oneof(field, fc.array(fc.dictionary(fc.constantFrom('op', 'bucket', 'key', 'value', 'ts', 'revision'), field), { maxLength: 3 })),
+  }, { requiredKeys: ['op'] });
+  const input = fc.oneof(fc.uint8Array({ maxLength: 64 }), fc.anything().map((v) => pack(v)), nearMiss.map((v) => pack(v)));
+  let refused = 0;
+  fc.assert(
+    fc.property(fc.array(input, { minLength: 1, maxLength: 20 }), (entries) => {
+      const sm = new KvStateMachine(LIMITS);
+      sm.apply(1, encodeKvCommand({ op: 'bucket.create', bucket: 'a', config: {}, ts: 1 }));
+      entries.forEach((bytes, i) => {
+        const r = sm.apply(i + 2, bytes);
+        if (!r.ok) {
+          refused++;
+          if (!Object.values(KvErrorCode).includes(r.code)) throw new Error(`untyped refusal ${JSON.stringify(r)}`);
+        }
+        const d = decodeKvCommand(bytes);
+        if (typeof d !== 'string' && JSON.stringify(decodeKvCommand(encodeKvCommand(d))) !== JSON.stringify(d)) throw new Error('a decoded command does not round-trip');
+      });
+      return true;
+    }),
+    { seed: SEED, numRuns: 300 },
+  );
+  t.ok(refused > 500, `${refused} refusals, all typed`);
 });
 
 t.test('change feed: read since a revision, then subscribe for new entries', async (t) => {
