@@ -64,14 +64,36 @@ const HEALTHY_DEADLINE_MS = 25_000;
 // election timeout; before those two, 6 of 20 trials missed 5 s at load ~10).
 //
 // What a node controls, the time from the second node answering HTTP (its process up) to two healthy nodes,
-// is asserted against 5 s in every trial. The spawn-based figure also contains process boot, which is the
-// machine's: at a load of 4+ per core (other work on a shared machine) a Node boot alone took up to 6.4 s.
-// It is asserted while the 1-minute load average is at most COLD_START_MAX_LOAD_PER_CORE (3) per core (the
-// suite's own two tap jobs stay well below: 2.2 per core in a clean CI run, worst trial 2.0 s) and is otherwise
-// printed with the load, never silently dropped.
+// is asserted against 5 s in every trial. The spawn-based figure also contains process boot (0.7-2 s of CPU-bound
+// module loading), which measures the machine when other processes hold its CPUs: with another tap job or
+// other sessions busy, a boot alone took 5.9-6.4 s. `npm test` therefore runs test/fault after the other files,
+// alone (scripts/test.sh), and each trial measures, from /proc, the CPU that processes other than this test and
+// its three nodes used while it ran: the spawn-based 5 s is asserted when they used at most
+// COLD_START_MAX_OTHERS_SHARE (half) of the machine, and otherwise printed with that share, never dropped.
 const COLD_START_REQUIRED_MS = 5000;
 const COLD_START_DEADLINE_MS = Number(process.env.COLD_START_DEADLINE_MS ?? COLD_START_REQUIRED_MS);
-const COLD_START_MAX_LOAD_PER_CORE = Number(process.env.COLD_START_MAX_LOAD_PER_CORE ?? 3);
+const COLD_START_MAX_OTHERS_SHARE = Number(process.env.COLD_START_MAX_OTHERS_SHARE ?? 0.5);
+// Linux reports /proc CPU times in USER_HZ ticks, 100 per second on every architecture Node supports.
+const ticksPerSecond = 100;
+
+/** Busy and total CPU ticks of the whole machine (all cores), from the first line of /proc/stat. */
+function machineTicks(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - f[3]! - (f[4] ?? 0), total };
+}
+
+/** User + system CPU ticks of a process (0 once it is gone). */
+function processTicks(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(f[11]) + Number(f[12]); // utime, stime: fields 14 and 15 of the line
+  } catch {
+    return 0;
+  }
+}
 const FAILOVER_DEADLINE_MS = 15_000;
 
 interface Node {
@@ -348,6 +370,8 @@ interface TrialFigures { readonly twoMs: number; readonly threeMs: number; reado
 
 async function coldStartTrial(t: Test, trial: number, c: Cluster, s: Schedule): Promise<TrialFigures> {
   const [first, second, third] = s.order as [number, number, number];
+  const machine0 = machineTicks();
+  const self0 = process.cpuUsage();
   const spawnedAt: number[] = [0, 0, 0];
   const boots: Promise<number>[] = [];
   const start = (i: number): void => {
@@ -368,8 +392,13 @@ async function coldStartTrial(t: Test, trial: number, c: Cluster, s: Schedule): 
   // The third node starts on its own clock, whether or not the first two are healthy by then.
   const thirdStarted = sleep(s.delay3Ms).then(() => start(third));
   let twoMs: number;
+  let othersShare = 0;
   try {
     twoMs = await pair;
+    const machine1 = machineTicks();
+    const self = process.cpuUsage(self0);
+    const ours = (self.user + self.system) / (1_000_000 / ticksPerSecond) + [0, 1, 2].reduce((a, i) => a + processTicks(c.nodes[i]?.child.pid), 0);
+    othersShare = Math.max(0, machine1.busy - machine0.busy - ours) / Math.max(1, machine1.total - machine0.total);
   } finally {
     await thirdStarted; // never spawn into a trial that has been given up
   }
@@ -378,10 +407,9 @@ async function coldStartTrial(t: Test, trial: number, c: Cluster, s: Schedule): 
   const bootFigures = await Promise.all([0, 1, 2].map((i) => boots[i]!));
   const electMs = twoMs - bootFigures[second]!;
   t.ok(electMs <= COLD_START_DEADLINE_MS, `trial ${trial}: n${first} and n${second} healthy ${electMs} ms after n${second} was up (answering HTTP; bound ${COLD_START_DEADLINE_MS} ms)`);
-  const loadPerCore = loadavg()[0]! / cpus().length;
-  const spawnText = `trial ${trial}: n${first} and n${second} healthy ${twoMs} ms after n${second} was spawned (bound ${COLD_START_DEADLINE_MS} ms; issue 7 requires ${COLD_START_REQUIRED_MS} ms)`;
-  if (loadPerCore <= COLD_START_MAX_LOAD_PER_CORE) t.ok(twoMs <= COLD_START_DEADLINE_MS, spawnText);
-  else t.comment(`${spawnText}: not asserted, the machine's load is ${loadPerCore.toFixed(1)} per core (> ${COLD_START_MAX_LOAD_PER_CORE}); boot ${bootFigures[second]} ms`);
+  const spawnText = `trial ${trial}: n${first} and n${second} healthy ${twoMs} ms after n${second} was spawned (bound ${COLD_START_DEADLINE_MS} ms; issue 7 requires ${COLD_START_REQUIRED_MS} ms; other processes used ${(othersShare * 100).toFixed(0)}% of the CPUs meanwhile)`;
+  if (othersShare <= COLD_START_MAX_OTHERS_SHARE) t.ok(twoMs <= COLD_START_DEADLINE_MS, spawnText);
+  else t.comment(`${spawnText}: not asserted, other processes held more than ${COLD_START_MAX_OTHERS_SHARE * 100}% of the CPUs; boot ${bootFigures[second]} ms`);
   return { twoMs, threeMs, boots: bootFigures, electMs };
 }
 
