@@ -9,19 +9,28 @@
 // floor a replicated write cannot beat: the disk's fsync (write + fdatasync of 4 KiB in the data dir's file
 // system) plus a loopback TCP round trip. c1_over_floor = write_c1_p50 / (fsync_p50 + rtt_p50).
 //
+// What a write costs beyond the request path: the same signed request as a stale read (`user show --stale`:
+// envelope check, no Raft) and as a linearizable read (one ReadIndex quorum round, no fsync), sequential p50.
+// Then, in the same run, the reference: etcd (Debian's binary) as 3 members with the same TLS posture
+// (support/etcd.ts): put p50, serializable and linearizable range p50, puts at 64 in flight. Our cluster is
+// stopped first, so the two never share the CPUs. The consensus part of a write is write p50 minus
+// stale-read p50, for both systems.
+//
 // Env: BENCH_DIR (parent of the data dirs; default the OS temp dir), BENCH_C1 (sequential adds, default 300),
-// BENCH_C64 (adds at 64 in flight, default 2000), BENCH_VIA=leader|follower (default leader), BENCH_NODE_FLAGS.
+// BENCH_C64 (adds at 64 in flight, default 2000), BENCH_VIA=leader|follower (default leader), BENCH_NODE_FLAGS,
+// BENCH_ETCD=0 (skip the etcd reference).
 import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
-import { createCertificateAuthority, issueCertificate, writePemPair } from '../src/certs/index.js';
+import { type CertificateAuthority, createCertificateAuthority, issueCertificate, writePemPair } from '../src/certs/index.js';
 import { signRequest } from '../src/control/envelope.js';
 import { createKeyPair, keyPairFromSeed } from '../src/auth/index.js';
 import { killChildren, nodeEntryArgs, spawnChild, stopChild } from './support/children.js';
 import { freePorts } from './support/ports.js';
+import { etcdVersion, startEtcdCluster } from './support/etcd.js';
 import { diskFsyncFloor, loadAverage, loopbackRtt } from './support/probes.js';
 import { formatMs as fmt, quantile, sortAscending } from './support/stats.js';
 
@@ -52,7 +61,7 @@ async function getJson(url: string): Promise<{ status: number; body: Record<stri
 }
 
 // ---- the cluster ----
-interface Cluster { natsPorts: number[]; httpPorts: number[]; dirs: string[]; idFiles: string[]; caFile: string; stderr: string[] }
+interface Cluster { natsPorts: number[]; httpPorts: number[]; dirs: string[]; idFiles: string[]; ca: CertificateAuthority; caFile: string; stderr: string[] }
 
 async function startCluster(): Promise<Cluster> {
   const ca = await createCertificateAuthority('bench-ca');
@@ -85,7 +94,7 @@ async function startCluster(): Promise<Cluster> {
     child.stderr!.on('data', (d: Buffer) => { stderr[i] = (stderr[i] + d.toString()).slice(-4000); });
     children.push(child);
   }
-  const c: Cluster = { natsPorts, httpPorts, dirs, idFiles, caFile, stderr };
+  const c: Cluster = { natsPorts, httpPorts, dirs, idFiles, ca, caFile, stderr };
   const t0 = Date.now();
   for (let k = 0; k < 1200; k++) {
     const hs = await Promise.all(httpPorts.map((p) => getJson(`http://127.0.0.1:${p}/healthz`)));
@@ -113,21 +122,76 @@ async function admin(c: Cluster, i: number): Promise<Admin> {
   return { nc, signer: keyPairFromSeed(seed, ['server', 'user']) };
 }
 
-let userSeq = 0;
-const subject = '$UB.API.USER.ADD';
-/** One `user add NAME --nkey PUBKEY` of a new user; the latency in ms. Throws on an error reply. */
-async function addUser(a: Admin, prefix: string): Promise<number> {
-  const name = `${prefix}-${userSeq++}`;
-  // Key generation and signing are the client's cost, outside the timing (node:crypto Ed25519, ~0.05 ms
-  // each; with tweetnacl's ~5-30 ms they were what limited the 64-in-flight phase, not the cluster).
-  const body = { name, nkey: createKeyPair('user').publicKey, roles: [] as string[] };
+type Reply = { result?: string; user?: unknown; error?: { code?: string; message?: string } };
+
+/** One signed admin request; the latency in ms (signing is the client's cost, outside it) and the reply. */
+async function adminRequest(a: Admin, subject: string, body: Record<string, unknown>): Promise<{ ms: number; reply: Reply }> {
   const payload = signRequest(subject, body, a.signer);
   const t0 = process.hrtime.bigint();
   const msg = await a.nc.request(subject, payload, { timeout: 15_000 });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const reply = JSON.parse(new TextDecoder().decode(msg.data)) as { result?: string; error?: { code?: string; message?: string } };
+  return { ms, reply: JSON.parse(new TextDecoder().decode(msg.data)) as Reply };
+}
+
+let userSeq = 0;
+/** One `user add NAME --nkey PUBKEY` of a new user; the latency in ms. Throws on an error reply. */
+async function addUser(a: Admin, prefix: string): Promise<number> {
+  const name = `${prefix}-${userSeq++}`;
+  // Key generation is the client's cost too (node:crypto Ed25519, ~0.05 ms; with tweetnacl's 5-30 ms per
+  // signature it was what limited the 64-in-flight phase, not the cluster).
+  const { ms, reply } = await adminRequest(a, '$UB.API.USER.ADD', { name, nkey: createKeyPair('user').publicKey, roles: [] as string[] });
   if (reply.error !== undefined || reply.result !== 'created') throw new Error(`${name}: ${JSON.stringify(reply)}`);
   return ms;
+}
+
+/** `user show NAME` (stale: served by the node it reaches; otherwise after a ReadIndex round); ms. */
+async function showUser(a: Admin, name: string, stale: boolean): Promise<number> {
+  const { ms, reply } = await adminRequest(a, '$UB.API.USER.SHOW', { name, stale });
+  if (reply.error !== undefined || reply.user === undefined) throw new Error(`show ${name}: ${JSON.stringify(reply)}`);
+  return ms;
+}
+
+/** p50 of `rounds` sequential calls (after 20 unmeasured ones), bounded by `seconds`. */
+async function sequentialP50(rounds: number, seconds: number, op: () => Promise<number>): Promise<number> {
+  for (let i = 0; i < 20; i++) await op();
+  const out: number[] = [];
+  const end = Date.now() + seconds * 1000;
+  while (out.length < rounds && Date.now() < end) out.push(await op());
+  return quantile(sortAscending(out), 0.5);
+}
+
+interface EtcdFigures { putP50: number; serialP50: number; linearP50: number; putPerS: number }
+
+/** The reference, measured the way our cluster is: sequential p50s, then puts at 64 in flight. */
+async function benchEtcd(c: Cluster): Promise<EtcdFigures> {
+  const ports = await freePorts(6);
+  const etcd = await startEtcdCluster(root, c.ca, c.caFile, ports);
+  try {
+    const e = etcd.client;
+    let seq = 0;
+    const value = 'x'.repeat(200); // about the size of a user record with its audit entry
+    const timed = async (op: () => Promise<void>): Promise<number> => {
+      const t0 = process.hrtime.bigint();
+      await op();
+      return Number(process.hrtime.bigint() - t0) / 1e6;
+    };
+    const putP50 = await sequentialP50(C1, 60, () => timed(() => e.put(`user-${seq++}`, value)));
+    const serialP50 = await sequentialP50(C1, 30, () => timed(() => e.get('user-1', true)));
+    const linearP50 = await sequentialP50(C1, 30, () => timed(() => e.get('user-1', false)));
+    let done = 0;
+    const end = Date.now() + 60_000;
+    const t0 = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
+      while (done < C64_TOTAL && Date.now() < end) {
+        done++;
+        await e.put(`c64-${seq++}`, value);
+      }
+    }));
+    const putPerS = done / (Number(process.hrtime.bigint() - t0) / 1e9);
+    return { putP50, serialP50, linearP50, putPerS };
+  } finally {
+    await etcd.stop();
+  }
 }
 
 async function main(): Promise<void> {
@@ -177,6 +241,9 @@ async function main(): Promise<void> {
     const rate = (from: number, to: number): string => ((to - from) / ((doneAt[to]! - doneAt[from]!) / 1000)).toFixed(0);
     console.log(`    first quarter ${rate(0, q)}/s, last quarter ${rate(doneAt.length - 1 - q, doneAt.length - 1)}/s (users ${30 + c1.length}..${30 + c1.length + lat.length})`);
   }
+  const staleP50 = await sequentialP50(C1, 30, () => showUser(a, 'warm-0', true));
+  const linearP50 = await sequentialP50(C1, 30, () => showUser(a, 'warm-0', false));
+  console.log(`  user show, sequential p50: stale ${fmt(staleP50)} ms, linearizable (ReadIndex) ${fmt(linearP50)} ms; consensus part of a write (add - stale show) ${fmt(quantile(c1, 0.5) - staleP50)} ms`);
   await a.nc.close();
 
   const raftz = await getJson(`http://127.0.0.1:${c.httpPorts[leader]}/raftz`);
@@ -192,10 +259,20 @@ async function main(): Promise<void> {
 
   // Stop: SIGTERM (graceful drain), SIGKILL after 10 s.
   await Promise.all(children.map((ch) => stopChild(ch, 10_000)));
+
+  const c1p50 = quantile(c1, 0.5);
+  const etcdBinary = process.env.BENCH_ETCD === '0' ? null : etcdVersion();
+  if (etcdBinary === null) {
+    console.log('  reference: etcd skipped (BENCH_ETCD=0 or no etcd on PATH: apt-get install etcd-server)');
+  } else {
+    console.log(`  reference: ${etcdBinary}, 3 members, mutual TLS, v3 JSON gateway over one keep-alive HTTPS connection`);
+    const r = await benchEtcd(c);
+    console.log(`    put p50 ${fmt(r.putP50)} ms, serializable range p50 ${fmt(r.serialP50)} ms, linearizable range p50 ${fmt(r.linearP50)} ms, 64 in flight ${r.putPerS.toFixed(0)} puts/s; consensus part of a put ${fmt(r.putP50 - r.serialP50)} ms`);
+    console.log(`BENCH cluster_reference etcd_put_p50_ms=${fmt(r.putP50)} etcd_put_c64_per_s=${r.putPerS.toFixed(0)} etcd_put_over_floor=${(r.putP50 / (fsyncP50 + rttP50)).toFixed(2)} etcd_consensus_ms=${fmt(r.putP50 - r.serialP50)} ours_consensus_ms=${fmt(c1p50 - staleP50)}`);
+  }
   rmSync(root, { recursive: true, force: true });
 
   const floor = fsyncP50 + rttP50;
-  const c1p50 = quantile(c1, 0.5);
   console.log(`BENCH cluster write_c1_p50_ms=${fmt(c1p50)} write_c64_per_s=${perS.toFixed(0)} floor_ms=${fmt(floor)} c1_over_floor=${(c1p50 / floor).toFixed(2)}`);
 }
 
