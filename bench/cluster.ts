@@ -30,6 +30,7 @@ import { signRequest } from '../src/control/envelope.js';
 import { createKeyPair, keyPairFromSeed } from '../src/auth/index.js';
 import { killChildren, nodeEntryArgs, spawnChild, stopChild } from './support/children.js';
 import { freePorts } from './support/ports.js';
+import { cpuMicrosSince, cpuSeconds } from './support/process_usage.js';
 import { etcdVersion, startEtcdCluster } from './support/etcd.js';
 import { diskFsyncFloor, loadAverage, loopbackRtt } from './support/probes.js';
 import { formatMs as fmt, quantile, sortAscending } from './support/stats.js';
@@ -212,13 +213,20 @@ async function main(): Promise<void> {
 
   const c1: number[] = [];
   const c1End = Date.now() + 120_000;
+  // CPU per write, steadier than wall time on a shared machine: four processes share two cores here, so
+  // every CPU-ms a hop costs can also be a wait for a core on the next hop.
+  const cpu0 = children.map((ch) => cpuSeconds(ch.pid!));
+  const clientCpu0 = process.cpuUsage();
   for (let i = 0; i < C1 && Date.now() < c1End; i++) c1.push(await addUser(a, 'c1'));
+  const cpuMs = children.map((ch, i) => ((cpuSeconds(ch.pid!) - cpu0[i]!) * 1000) / c1.length);
+  const clientCpuMs = cpuMicrosSince(clientCpu0) / 1000 / c1.length;
   // The cost per add as the users bucket grows (an O(users) step per add shows up as a rising p50).
   const head = sortAscending(c1.slice(0, 100));
   const tail = sortAscending(c1.slice(-100));
   sortAscending(c1);
   console.log(`  sequential: ${c1.length} adds  p50 ${fmt(quantile(c1, 0.5))} ms  p99 ${fmt(quantile(c1, 0.99))} ms  max ${fmt(c1[c1.length - 1]!)} ms`);
   console.log(`    first 100 p50 ${fmt(quantile(head, 0.5))} ms, last 100 p50 ${fmt(quantile(tail, 0.5))} ms (users ${30}..${30 + c1.length})`);
+  console.log(`    CPU per sequential add: ${cpuMs.map((m, i) => `n${i}${i === leader ? ' (leader)' : ''} ${fmt(m)} ms`).join(', ')}, bench client ${fmt(clientCpuMs)} ms`);
 
   const lat: number[] = [];
   const doneAt: number[] = [];

@@ -2,6 +2,8 @@
 // - A torn or bad record at the tail of the LAST segment is cut off: group commit acknowledges a
 //   record only after its fdatasync, and the last batch is the only one whose sync can have been cut
 //   short, so nothing acknowledged is lost.
+// - Zeros from a record boundary to the end of the LAST segment are its preallocated space (wal.ts),
+//   not damage: the data ends there and nothing is cut (the space is reused).
 // - Damage anywhere else (an earlier segment, a missing segment, or a bad record in the last segment
 //   that valid records follow) is refused with the file, the byte offset and what to do: repairing it
 //   would silently drop acknowledged data.
@@ -77,6 +79,11 @@ function scanSegment(buf: Buffer, path: string, seq: number, bodyBytesMax: numbe
   return { failure: null, buf };
 }
 
+function allZeroFrom(buf: Buffer, from: number): boolean {
+  for (let i = from; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
 export async function recoverSegments(
   fs: StoreFs,
   walDir: string,
@@ -103,6 +110,10 @@ export async function recoverSegments(
       continue;
     }
     if (!isLast) throw new CorruptionError(path, failure.offset, `${failure.reason}, and later segments exist`, CORRUPTION_REMEDY);
+    if (failure.offset > 0 && allZeroFrom(buf, failure.offset)) {
+      segments.push({ seq, path, size: failure.offset });
+      continue;
+    }
     const next = findValidRecordAfter(buf, failure.offset, opts.bodyBytesMax);
     if (next >= 0) {
       throw new CorruptionError(

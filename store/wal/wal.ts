@@ -7,6 +7,18 @@
 // as the next batch: under load the number of syncs stays near one per sync time, whatever the
 // number of writers. Every caller's promise resolves only once its bytes are durable.
 //
+// Preallocation: a segment is grown with zeros ahead of the write position (`preallocateBytes` at a
+// time) and batches overwrite that space in place. On ext4 an fdatasync that extends the file must
+// commit the journal for the new size, and the journal is one queue for the whole file system: three
+// Raft members syncing at the same moment on one disk (a leader and its followers on loopback, or
+// any co-located processes) wait for each other, measured 0.63 ms p50 / 1.5-2 ms p90 against 0.31-0.39
+// / 0.5-0.7 ms when overwriting zeroed space. Zeros, not fallocate(): an unwritten extent converted on
+// first write is a metadata change too. The zeroed tail of the LAST segment is free space, not damage
+// (recovery stops there, record type 0 never being written); a segment is cut to its data before the
+// next one is created, so earlier segments never have one and damage there is still refused. When the
+// zeros cannot be written (ENOSPC), the batch is appended as before and preallocation waits for the
+// next segment.
+//
 // Disk errors: a failed write or sync rejects every caller of that batch with a DiskError and cuts
 // the segment back to its last durable length, so the files stay consistent and the next batch
 // (once space returns) is written where the failed one started. If even that cut fails the WAL
@@ -25,6 +37,8 @@ export interface WalOptions {
   readonly fs?: StoreFs;
   /** A batch that finds the active segment at or past this size goes to a new segment. */
   readonly segmentBytes?: number;
+  /** Zeroed space kept ahead of the write position (0: append only, every sync extends the file). */
+  readonly preallocateBytes?: number;
   readonly bodyBytesMax?: number;
   readonly logger?: StoreLogger;
   /**
@@ -50,15 +64,23 @@ interface Active {
   readonly seq: number;
   readonly path: string;
   readonly fd: number;
+  /** End of the data: the next batch is written here. */
   size: number;
+  /** Bytes in the file (data + zeroed space); never below `size`. */
+  allocated: number;
 }
 
 export const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
+export const PREALLOCATE_BYTES_DEFAULT = 1024 * 1024;
 
 export class Wal {
   readonly dir: string;
   private readonly fs: StoreFs;
   private readonly segmentBytes: number;
+  private readonly preallocateBytes: number;
+  /** Set when zeros could not be written (ENOSPC); cleared by the next segment. */
+  private preallocationFailed = false;
+  private zeros: Buffer | null = null;
   private readonly bodyBytesMax: number;
   private readonly logger: StoreLogger;
   private readonly preamble: () => readonly RecordInput[];
@@ -77,6 +99,7 @@ export class Wal {
     this.dir = dir;
     this.fs = opts.fs ?? nodeFs;
     this.segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES_DEFAULT;
+    this.preallocateBytes = Math.max(0, Math.floor(opts.preallocateBytes ?? PREALLOCATE_BYTES_DEFAULT));
     this.bodyBytesMax = opts.bodyBytesMax ?? RECORD_BODY_BYTES_MAX;
     this.logger = opts.logger ?? nullLogger;
     this.preamble = opts.preamble ?? (() => []);
@@ -104,7 +127,9 @@ export class Wal {
     const last = segments.pop();
     if (last) {
       const fd = await fs.open(last.path, 'r+');
-      wal.active = { seq: last.seq, path: last.path, fd, size: last.size };
+      // Recovery sized the segment by its data; the file may go on with zeroed space (preallocation).
+      const allocated = Math.max(last.size, await fs.fstatSize(fd).catch(() => last.size));
+      wal.active = { seq: last.seq, path: last.path, fd, size: last.size, allocated };
     }
     return wal;
   }
@@ -167,6 +192,7 @@ export class Wal {
     if (this.broken) throw this.broken;
     if (!this.active || this.active.size >= this.segmentBytes) await this.rollover();
     const a = this.active!;
+    if (a.size + bytes.length > a.allocated && this.preallocateBytes > 0 && !this.preallocationFailed) await this.preallocate(a, a.size + bytes.length);
     try {
       await writeAll(this.fs, a.fd, bytes, a.size);
       await this.fs.fdatasync(a.fd);
@@ -175,7 +201,32 @@ export class Wal {
       throw diskError(err, 'append', a.path);
     }
     a.size += bytes.length;
+    a.allocated = Math.max(a.allocated, a.size);
     return a.seq;
+  }
+
+  /**
+   * Zeroes the file from its current end to past `needed` (the batch's fdatasync makes the new size
+   * durable along with the batch). On failure the zeros are cut off again and the batch is appended.
+   */
+  private async preallocate(a: Active, needed: number): Promise<void> {
+    const target = Math.ceil((needed + this.preallocateBytes) / 4096) * 4096;
+    this.zeros ??= Buffer.alloc(Math.min(this.preallocateBytes, 1024 * 1024));
+    try {
+      for (let at = a.allocated; at < target; at += this.zeros.length) {
+        await writeAll(this.fs, a.fd, this.zeros.subarray(0, Math.min(this.zeros.length, target - at)), at);
+      }
+      a.allocated = target;
+    } catch (err) {
+      this.preallocationFailed = true;
+      this.logger.warn({ file: a.path, size: a.size, err: String(err) }, 'WAL: could not preallocate; appending until the next segment');
+      try {
+        await this.fs.ftruncate(a.fd, a.size);
+        a.allocated = a.size;
+      } catch {
+        // The zeros stay: free space to recovery, overwritten by the next batches.
+      }
+    }
   }
 
   /** Restores the segment to its last durable length after a failed batch. */
@@ -183,6 +234,7 @@ export class Wal {
     try {
       await this.fs.ftruncate(a.fd, a.size);
       await this.fs.fdatasync(a.fd);
+      a.allocated = a.size;
     } catch (err) {
       this.broken = new StoreError(
         StoreErrorCode.failed,
@@ -193,8 +245,21 @@ export class Wal {
     }
   }
 
-  /** Starts a new segment: header + preamble, synced, directory synced, before any batch goes in. */
+  /**
+   * Starts a new segment: header + preamble (and zeroed space), synced, directory synced, before any batch
+   * goes in. The previous segment is first cut to its data, so only the last segment has a zeroed tail.
+   */
   private async rollover(): Promise<void> {
+    const prevActive = this.active;
+    if (prevActive && prevActive.allocated > prevActive.size) {
+      try {
+        await this.fs.ftruncate(prevActive.fd, prevActive.size);
+        await this.fs.fdatasync(prevActive.fd);
+        prevActive.allocated = prevActive.size;
+      } catch (err) {
+        throw diskError(err, 'truncate', prevActive.path);
+      }
+    }
     const seq = this.nextSeq;
     const path = join(this.dir, segmentName(seq));
     const head = encodeRecords([{ type: HEADER_TYPE, body: encodeHeader(seq) }, ...this.preamble()]);
@@ -204,8 +269,15 @@ export class Wal {
     } catch (err) {
       throw diskError(err, 'create segment', path);
     }
+    this.preallocationFailed = false;
+    let allocated = head.length;
     try {
       await writeAll(this.fs, fd, head, 0);
+      if (this.preallocateBytes > 0) {
+        const fresh: Active = { seq, path, fd, size: head.length, allocated: head.length };
+        await this.preallocate(fresh, head.length);
+        allocated = fresh.allocated;
+      }
       await this.fs.fdatasync(fd);
       await syncDir(this.fs, this.dir);
     } catch (err) {
@@ -219,7 +291,7 @@ export class Wal {
       this.closedSegments.push({ seq: prev.seq, path: prev.path, size: prev.size });
       await this.fs.close(prev.fd);
     }
-    this.active = { seq, path, fd, size: head.length };
+    this.active = { seq, path, fd, size: head.length, allocated };
     this.nextSeq = seq + 1;
   }
 
@@ -255,7 +327,17 @@ export class Wal {
     if (this.closed) return;
     await this.idle();
     this.closed = true;
-    if (this.active) await this.fs.close(this.active.fd);
+    const a = this.active;
+    if (a && a.allocated > a.size && !this.broken) {
+      // A clean stop leaves segments holding exactly their data (a later rollover would cut it anyway).
+      try {
+        await this.fs.ftruncate(a.fd, a.size);
+        await this.fs.fdatasync(a.fd);
+      } catch (err) {
+        this.logger.warn({ file: a.path, size: a.size, err: String(err) }, 'WAL: could not cut the preallocated space at close (recovery treats it as free space)');
+      }
+    }
+    if (a) await this.fs.close(a.fd);
     this.active = null;
   }
 }

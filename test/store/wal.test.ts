@@ -1,7 +1,7 @@
 // WAL, record framing, recovery, disk errors, snapshots and the durable Raft log.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fc from 'fast-check';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync, copyFileSync, statSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync, copyFileSync, statSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   CorruptionError,
@@ -156,9 +156,12 @@ t.test('record decoder: any split, byte at a time, buffer reuse, malformed input
   });
 });
 
-/** Writes `n` records through a WAL with small segments; returns the bodies. */
+/**
+ * Writes `n` records through a WAL with small segments; returns the bodies. Without preallocation: the
+ * recovery tests damage the file at its end, which must be the last record's end.
+ */
 async function fill(dir: string, n: number, segmentBytes = 512, fs: StoreFs = nodeFs): Promise<string[]> {
-  const wal = await Wal.open(dir, { segmentBytes, fs }, () => undefined);
+  const wal = await Wal.open(dir, { segmentBytes, fs, preallocateBytes: 0 }, () => undefined);
   const bodies: string[] = [];
   for (let i = 0; i < n; i++) {
     bodies.push(`record-${i}-${'z'.repeat(i % 17)}`);
@@ -267,14 +270,27 @@ t.test('WAL recovery: torn tail at every byte offset, bit flips, damage elsewher
     t.pass('30 flips');
   });
 
-  t.test('a zero-filled tail (an append the disk never wrote) is cut back', async (t) => {
+  t.test('a zero-filled tail (preallocated space, or an append the disk never wrote) is free space, not cut', async (t) => {
     const d = join(base, `zeros-${k++}`);
     copyDir(src, d);
     writeFileSync(join(d, lastName), Buffer.concat([lastBytes, Buffer.alloc(4096)]));
     const { bodies: got, wal } = await readAll(d);
     t.same(got, bodies);
-    t.equal(wal.repaired?.offset, lastBytes.length);
+    t.equal(wal.repaired, null, 'nothing reported as repaired');
+    t.equal(statSync(join(d, lastName)).size, lastBytes.length + 4096, 'the space is kept');
+    await wal.append([rec(2, 'into-the-zeros')]);
     await wal.close();
+    const again = await readAll(d);
+    t.same(again.bodies, [...bodies, 'into-the-zeros'], 'the next append lands at the end of the data');
+    await again.wal.close();
+  });
+
+  t.test('a zeroed tail of an EARLIER segment is refused (only the last one may hold preallocated space)', async (t) => {
+    const d = join(base, `early-zeros-${k++}`);
+    copyDir(src, d);
+    const firstName = segs[0]!;
+    writeFileSync(join(d, firstName), Buffer.concat([readFileSync(join(src, firstName)), Buffer.alloc(512)]));
+    await t.rejects(Wal.open(d, {}, () => undefined), { code: StoreErrorCode.corrupt, file: join(d, firstName), message: /later segments exist/ });
   });
 
   t.test('the same damage in an earlier segment is refused with file and offset', async (t) => {
@@ -363,7 +379,8 @@ function faultyFs() {
 t.test('disk errors: ENOSPC / EIO fail the batch, leave files consistent, later appends succeed', async (t) => {
   const dir = t.testdir();
   const { fs, state } = faultyFs();
-  const wal = await Wal.open(dir, { fs, segmentBytes: 1 << 20 }, () => undefined);
+  // Exact files (no preallocation): the sizes below are the data's.
+  const wal = await Wal.open(dir, { fs, segmentBytes: 1 << 20, preallocateBytes: 0 }, () => undefined);
   await wal.append([rec(2, 'before-1'), rec(2, 'before-2')]);
   const seg = join(dir, '0000000000000001.seg');
   const sizeBefore = statSync(seg).size;
@@ -424,6 +441,139 @@ t.test('disk errors: ENOSPC / EIO fail the batch, leave files consistent, later 
   await w4.append([rec(2, 'b')]);
   await w4.close();
   t.same((await readAll(d3)).bodies, ['b']);
+});
+
+/** Record ends of a segment file, in order (the header's included). */
+function recordEnds(file: Buffer): number[] {
+  const ends: number[] = [];
+  new RecordDecoder().push(file, (_ty, body, off) => ends.push(off + 9 + body.length));
+  return ends;
+}
+
+/** What the disk holds if the process died now: a copy of `dir`, removed after the test. */
+function crashImage(t: Test, dir: string): string {
+  const d = `${dir}-crashed`;
+  copyDir(dir, d);
+  t.teardown(() => rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+t.test('WAL preallocation: zeroed space ahead of the data, reused after reopen, cut at rollover, ENOSPC falls back to appending', async (t) => {
+  t.test('appends overwrite zeroed space; a reopen keeps the space and goes on at the data end', async (t) => {
+    const dir = t.testdir();
+    const wal = await Wal.open(dir, { preallocateBytes: 8192 }, () => undefined);
+    const bodies = Array.from({ length: 40 }, (_, i) => `p${i}-${'q'.repeat(i * 7)}`); // ~6 KiB, more than one step
+    for (const b of bodies.slice(0, 20)) await wal.append([rec(2, b)]);
+    const seg = join(dir, '0000000000000001.seg');
+    const file = readFileSync(seg);
+    const ends = recordEnds(file);
+    t.ok(file.length >= ends[ends.length - 1]! + 8192, `zeroed space ahead (${file.length} bytes in the file, data ends at ${ends[ends.length - 1]})`);
+    t.ok(file.subarray(ends[ends.length - 1]!).every((b) => b === 0), 'after the data: zeros only');
+    // A crash now (no close): recovery finds the zeroed space.
+    const crashed = crashImage(t, dir);
+    const rc = await readAll(crashed);
+    t.same(rc.bodies, bodies.slice(0, 20));
+    t.equal(rc.wal.repaired, null, 'the zeroed space is not a torn tail');
+    t.equal(statSync(join(crashed, '0000000000000001.seg')).size, file.length, 'recovery did not cut the space');
+    await rc.wal.close();
+    await wal.close();
+    t.equal(statSync(seg).size, ends[ends.length - 1], 'a clean close cuts the space');
+    const r1 = await readAll(dir);
+    t.same(r1.bodies, bodies.slice(0, 20));
+    for (const b of bodies.slice(20)) await r1.wal.append([rec(2, b)]); // crosses the preallocated end at least once
+    await r1.wal.close();
+    const r2 = await readAll(dir);
+    t.same(r2.bodies, bodies);
+    await r2.wal.close();
+  });
+
+  t.test('a rollover cuts the previous segment to its data, so damage in an earlier segment stays detectable', async (t) => {
+    const dir = t.testdir();
+    const wal = await Wal.open(dir, { segmentBytes: 600, preallocateBytes: 4096 }, () => undefined);
+    const bodies = Array.from({ length: 30 }, (_, i) => `r${i}-${'x'.repeat(40)}`);
+    for (const b of bodies) await wal.append([rec(2, b)]);
+    await wal.close();
+    const segs = readdirSync(dir).filter((n) => n.endsWith('.seg')).sort();
+    t.ok(segs.length >= 3, `${segs.length} segments`);
+    for (const n of segs.slice(0, -1)) {
+      const f = readFileSync(join(dir, n));
+      t.equal(f.length, recordEnds(f).at(-1), `${n} ends with its last record`);
+    }
+    t.same((await readAll(dir)).bodies, bodies);
+  });
+
+  t.test('a stray byte in the zeroed space: cut back as a torn tail, no record lost', async (t) => {
+    const live = t.testdir();
+    const wal = await Wal.open(live, { preallocateBytes: 4096 }, () => undefined);
+    for (let i = 0; i < 5; i++) await wal.append([rec(2, `s${i}`)]);
+    const dir = crashImage(t, live); // before close, which would cut the zeroed space
+    await wal.close();
+    const seg = join(dir, '0000000000000001.seg');
+    const f = readFileSync(seg);
+    const end = recordEnds(f).at(-1)!;
+    f[end + 100] = 0x5a;
+    writeFileSync(seg, f);
+    const r = await readAll(dir);
+    t.same(r.bodies, ['s0', 's1', 's2', 's3', 's4']);
+    t.equal(r.wal.repaired?.offset, end);
+    await r.wal.append([rec(2, 's5')]);
+    await r.wal.close();
+    t.same((await readAll(dir)).bodies, ['s0', 's1', 's2', 's3', 's4', 's5']);
+  });
+
+  t.test('ENOSPC while zeroing: the batch is appended without preallocation and acknowledged', async (t) => {
+    const dir = t.testdir();
+    let refuseZeros = false;
+    let refused = 0;
+    const fs: StoreFs = {
+      ...nodeFs,
+      write: async (fd, buf, off, len, pos) => {
+        if (refuseZeros && len >= 4096 && buf.subarray(off, off + len).every((b) => b === 0)) {
+          refused++;
+          throw Object.assign(new Error('ENOSPC: injected'), { code: 'ENOSPC' });
+        }
+        return nodeFs.write(fd, buf, off, len, pos);
+      },
+    };
+    const wal = await Wal.open(dir, { fs, preallocateBytes: 4096 }, () => undefined);
+    await wal.append([rec(2, 'first')]);
+    refuseZeros = true;
+    const bodies = Array.from({ length: 40 }, (_, i) => `n${i}-${'y'.repeat(300)}`); // past the zeroed 8 KiB
+    for (const b of bodies) await wal.append([rec(2, b)]);
+    t.equal(refused, 1, 'one refused preallocation, then appends until the next segment');
+    const seg = join(dir, '0000000000000001.seg');
+    const f = readFileSync(seg);
+    t.equal(f.length, recordEnds(f).at(-1), 'the file holds exactly the data (the failed zeros were cut off)');
+    await wal.close();
+    t.same((await readAll(dir)).bodies, ['first', ...bodies]);
+  });
+
+  t.test('property: any appends, segment and preallocation sizes read back in order; only the last segment has spare space', async (t) => {
+    const root = t.testdir();
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.array(fc.string({ maxLength: 200 }), { minLength: 1, maxLength: 4 }), { minLength: 1, maxLength: 30 }),
+        fc.integer({ min: 64, max: 4096 }),
+        fc.integer({ min: 0, max: 3000 }),
+        async (batches, segmentBytes, preallocateBytes) => {
+          const dir = join(root, `p${run++}`);
+          const wal = await Wal.open(dir, { segmentBytes, preallocateBytes }, () => undefined);
+          await Promise.all(batches.map((b) => wal.append(b.map((x) => rec(2, x)))));
+          await wal.close();
+          const segs = readdirSync(dir).filter((n) => n.endsWith('.seg')).sort();
+          for (const n of segs.slice(0, -1)) {
+            const f = readFileSync(join(dir, n));
+            if (f.length !== recordEnds(f).at(-1)) return false;
+          }
+          const r = await readAll(dir);
+          await r.wal.close();
+          return r.wal.repaired === null && JSON.stringify(r.bodies) === JSON.stringify(batches.flat());
+        },
+      ),
+      fcOpts(60),
+    );
+  });
 });
 
 const ent = (index: number, term: number, text = `e${index}`): Entry => ({ index, term, type: 0, data: Buffer.from(text) });
