@@ -201,7 +201,8 @@ class Authenticator implements BusAuthenticator {
   }
 
   private make(name: string, kind: PrincipalKind, admin: boolean, permissions: Permissions, ctx: Context): Principal {
-    const p: Principal = Object.freeze({ name, kind, admin, permissions });
+    const proven = (ctx.credential === 'nkey' || ctx.credential === 'internal') && ctx.stored !== undefined ? { nkey: ctx.stored } : {};
+    const p: Principal = Object.freeze({ name, kind, admin, permissions, ...proven });
     this.contexts.set(p, ctx);
     return p;
   }

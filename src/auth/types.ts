@@ -46,6 +46,11 @@ export interface Principal {
   /** Admin principals may use `$UB.API.>` and read the control-plane buckets. */
   readonly admin: boolean;
   readonly permissions: Permissions;
+  /**
+   * The NKey public key this connection proved it holds at CONNECT (it signed the server's nonce, over this
+   * TLS connection): set for 'nkey' and 'internal' principals only, whatever their name.
+   */
+  readonly nkey?: string;
 }
 
 export type AuthOutcome =

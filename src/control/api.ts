@@ -165,21 +165,24 @@ export class ControlApi {
     if (msg.reply === undefined) return true; // a request without a reply inbox cannot be answered; never act on it
     const replyTo = msg.reply;
     const payload = msg.payload.slice();
-    void this.request(msg.subject, payload).then((r) => {
+    void this.request(msg.subject, payload, msg.principal?.nkey).then((r) => {
       if (!this.closed) reply(replyTo, enc.encode(JSON.stringify(r)));
     });
     return true;
   }
 
-  /** One request end to end (envelope check, dispatch, error mapping); never rejects. */
-  async request(subject: string, payload: Uint8Array): Promise<AdminReply> {
+  /**
+   * One request end to end (envelope check, dispatch, error mapping); never rejects. `connectionKey`: the NKey
+   * the requester's connection proved at CONNECT (EnvelopeVerifier.verify).
+   */
+  async request(subject: string, payload: Uint8Array, connectionKey?: string): Promise<AdminReply> {
     this.requests++;
     const handler = this.handlers.get(subject);
     if (handler === undefined) {
       this.errors++;
       return { error: { code: 'not_found', message: `no admin API ${subject} (known: ${this.subjects().join(', ')})` } };
     }
-    const v = this.verifier.verify(subject, payload);
+    const v = this.verifier.verify(subject, payload, connectionKey);
     if (!v.ok) {
       this.errors++;
       this.logger.warn({ subject, code: v.code }, `admin request refused: ${v.message}`);

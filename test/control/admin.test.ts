@@ -8,7 +8,7 @@ import { chmodSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { connect as netConnect } from 'node:net';
 import { join } from 'node:path';
 import tls from 'node:tls';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import fc from 'fast-check';
 import { KvStateMachine } from '../../store/index.js';
 import { createNatsServer, type NatsServerWithCluster } from '../../src/nats/index.js';
@@ -226,6 +226,33 @@ t.test('admin API: only signed admin principals; concurrent adds create once', a
   const off = api.register('CLUSTER', 'STATUS', async (_b, ctx) => ({ nodes: 1, who: ctx.who }));
   t.match(await api.request('$UB.API.CLUSTER.STATUS', signRequest('$UB.API.CLUSTER.STATUS', {}, me)), { nodes: 1, who: `internal:${identity.publicKey}` }, 'registered handlers get the admin check');
   off();
+});
+
+t.test("a connection's CONNECT proof stands in for the envelope signature of the same key, and only of it", async (t) => {
+  const me = { publicKey: identity.publicKey, sign: identity.sign };
+  const impostor = createKeyPair('server');
+  // Signed by another key while claiming the internal identity: the bytes of a forged request.
+  const forged = () => signRequest('$UB.API.USER.LIST', {}, { publicKey: identity.publicKey, sign: impostor.sign });
+  t.match(await api.request('$UB.API.USER.LIST', forged()), { error: { code: 'forbidden', message: /signature does not verify/ } }, 'no connection key: verified, refused');
+  t.match(await api.request('$UB.API.USER.LIST', forged(), impostor.publicKey), { error: { code: 'forbidden', message: /signature does not verify/ } }, 'a connection proving another key: verified, refused');
+  t.match(await api.request('$UB.API.USER.LIST', forged(), identity.publicKey), { users: [{ name: 'alice' }] }, 'the connection proved this key: no second check');
+  const once = signRequest('$UB.API.USER.LIST', {}, me);
+  t.match(await api.request('$UB.API.USER.LIST', once, identity.publicKey), { users: [{ name: 'alice' }] });
+  t.match(await api.request('$UB.API.USER.LIST', once, identity.publicKey), { error: { code: 'forbidden', message: /replay/ } }, 'replays are refused on both paths');
+
+  // End to end: the key a real client proves at CONNECT reaches the admin API with its request.
+  const seed = new TextEncoder().encode(readFileSync(idFile, 'utf8').trim());
+  const internal = await connect({ servers: url, authenticator: nkeyAuthenticator(seed), reconnect: false });
+  clients.push(internal);
+  const ask = async (nc: NatsConnection, payload: Uint8Array) => JSON.parse(new TextDecoder().decode((await nc.request('$UB.API.USER.LIST', payload, { timeout: 5000 })).data)) as unknown;
+  t.match(await ask(internal, forged()), { users: [{ name: 'alice' }] }, 'the internal identity\'s connection: its own key needs no signature check');
+  const ops = createKeyPair('user');
+  t.match(await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'ops-e2e', nkey: ops.publicKey, roles: ['admin'] }, me)), { result: 'created' });
+  const opsConn = await connect({ servers: url, authenticator: nkeyAuthenticator(new TextEncoder().encode(ops.seed)), reconnect: false });
+  clients.push(opsConn);
+  t.match(await ask(opsConn, forged()), { error: { code: 'forbidden', message: /signature does not verify/ } }, 'an admin NKey user claiming the internal key: verified, refused');
+  t.match(await ask(opsConn, signRequest('$UB.API.USER.LIST', {}, ops)), { users: [{ name: 'alice' }] }, 'its own key: accepted');
+  t.match(await api.request('$UB.API.USER.REMOVE', signRequest('$UB.API.USER.REMOVE', { name: 'ops-e2e' }, me)), { result: 'removed' });
 });
 
 t.test('bad input: clear error, non-zero exit, nothing changed', async (t) => {
