@@ -262,7 +262,7 @@ async function main(): Promise<void> {
   const rtt = await loopbackRtt();
   const fsyncP50 = quantile(fs, 0.5);
   const rttP50 = quantile(rtt, 0.5);
-  console.log(`  fsync floor (write + fdatasync 4 KiB, ${fs.length} rounds in the data dir): p50 ${fmt(fsyncP50)} ms  p99 ${fmt(quantile(fs, 0.99))} ms`);
+  console.log(`  fsync floor (write + fdatasync 4 KiB in zeroed space, ${fs.length} rounds in the data dir): p50 ${fmt(fsyncP50)} ms  p99 ${fmt(quantile(fs, 0.99))} ms`);
   console.log(`  loopback TCP round trip (${rtt.length} ping-pongs): p50 ${fmt(rttP50)} ms  p99 ${fmt(quantile(rtt, 0.99))} ms`);
 
   // Stop: SIGTERM (graceful drain), SIGKILL after 10 s.

@@ -8,8 +8,8 @@ import * as fs from 'node:fs';
 import { dirname } from 'node:path';
 
 export interface StoreFs {
-  /** Opens a file; flags as in fs.open ('r', 'r+', 'wx', 'a+', ...). */
-  open(path: string, flags: string, mode?: number): Promise<number>;
+  /** Opens a file; flags as in fs.open ('r', 'r+', 'wx', 'a+', ..., or fs.constants bits). */
+  open(path: string, flags: string | number, mode?: number): Promise<number>;
   /** Writes buf[offset, offset+length) at `position`; may write less than asked (returns bytes written). */
   write(fd: number, buf: Uint8Array, offset: number, length: number, position: number): Promise<number>;
   read(fd: number, buf: Uint8Array, offset: number, length: number, position: number): Promise<number>;

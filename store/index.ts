@@ -7,7 +7,7 @@ export type { StoreLogger } from './logger.js';
 export { FORMAT_VERSION } from './format.js';
 export { crc32c } from './crc32c.js';
 export { RaftStorage, type RaftStorageOptions, type RecoveryReport, type RangeErrors } from './raft_storage.js';
-export { Wal, type WalOptions, type WalSegmentInfo } from './wal/wal.js';
+export { Wal, type WalOptions, type WalSegmentInfo, type WalSyncMode } from './wal/wal.js';
 export { RecordDecoder, encodeRecords, type RecordInput, type DecodeFailure } from './wal/record.js';
 export type { TailRepair } from './wal/recovery.js';
 export { encodeKvCommand, decodeKvCommand, txnLimits, type KvCommand, type KvWriteCommand, type KvGuard, type BucketConfigInput } from './kv/command.js';

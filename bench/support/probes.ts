@@ -38,9 +38,11 @@ export async function fsyncFloor(dir: string, opts: { roundsMax: number; seconds
 }
 
 /**
- * The disk alone: write + fdatasync of 4 KiB appended with synchronous calls (no libuv thread pool hop), ms
- * ascending. bench:cluster divides by this (plus a loopback round trip): the strictest floor, so the ratio
- * cannot improve by measuring the floor through slower machinery.
+ * The disk alone: write + fdatasync of 4 KiB with synchronous calls (no libuv thread pool hop) into space
+ * zeroed and synced beforehand (no file growth, so no journal commit: the cheapest durable write the file
+ * system offers, and what the WAL does in its preallocated segments), ms ascending. bench:cluster divides
+ * by this (plus a loopback round trip): the strictest floor, so the ratio cannot improve by measuring the
+ * floor through slower machinery.
  */
 export function diskFsyncFloor(dir: string, rounds = 300): number[] {
   const file = join(dir, 'fsync-probe-sync');
@@ -48,9 +50,12 @@ export function diskFsyncFloor(dir: string, rounds = 300): number[] {
   const block = Buffer.alloc(4096, 0x5a);
   const out: number[] = [];
   try {
+    const zeros = Buffer.alloc(rounds * block.length);
+    writeSync(fd, zeros, 0, zeros.length, 0);
+    fdatasyncSync(fd);
     for (let i = 0; i < rounds; i++) {
       const t0 = performance.now();
-      writeSync(fd, block, 0, block.length, i * block.length); // append, as the WAL does
+      writeSync(fd, block, 0, block.length, i * block.length);
       fdatasyncSync(fd);
       out.push(performance.now() - t0);
     }

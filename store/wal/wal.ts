@@ -19,11 +19,18 @@
 // zeros cannot be written (ENOSPC), the batch is appended as before and preallocation waits for the
 // next segment.
 //
+// Sync mode: by default segments are opened with O_DSYNC, so the write that carries a batch returns only
+// once the batch is durable, exactly what write + fdatasync guarantee (POSIX synchronized I/O data
+// integrity), in one trip through libuv's thread pool instead of two. Each trip is a thread wake-up and an
+// event-loop wake-up; on a leader and two followers sharing two cores that was measured as part of every
+// hop of a replicated write. 'fdatasync' keeps the two-call form (and where O_DSYNC does not exist).
+//
 // Disk errors: a failed write or sync rejects every caller of that batch with a DiskError and cuts
 // the segment back to its last durable length, so the files stay consistent and the next batch
 // (once space returns) is written where the failed one started. If even that cut fails the WAL
 // refuses further appends (ESTORE_FAILED): only a restart, whose recovery re-verifies the files,
 // can tell what is on disk.
+import { constants as fsConstants } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { assert } from '../assert.js';
 import { diskError, StoreError, StoreErrorCode } from '../errors.js';
@@ -39,6 +46,8 @@ export interface WalOptions {
   readonly segmentBytes?: number;
   /** Zeroed space kept ahead of the write position (0: append only, every sync extends the file). */
   readonly preallocateBytes?: number;
+  /** How a batch is made durable: an O_DSYNC write (default where the platform has it) or write + fdatasync. */
+  readonly syncMode?: WalSyncMode;
   readonly bodyBytesMax?: number;
   readonly logger?: StoreLogger;
   /**
@@ -70,14 +79,24 @@ interface Active {
   allocated: number;
 }
 
+export type WalSyncMode = 'dsync' | 'fdatasync';
+
 export const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
 export const PREALLOCATE_BYTES_DEFAULT = 1024 * 1024;
+
+/** O_DSYNC for 'dsync' (the default) where the platform defines it; 0 means write + fdatasync. */
+function segmentSyncFlag(mode: WalSyncMode | undefined): number {
+  if (mode === 'fdatasync') return 0;
+  return typeof fsConstants.O_DSYNC === 'number' ? fsConstants.O_DSYNC : 0;
+}
 
 export class Wal {
   readonly dir: string;
   private readonly fs: StoreFs;
   private readonly segmentBytes: number;
   private readonly preallocateBytes: number;
+  /** Extra open() flags of segment files (O_DSYNC, or 0). */
+  private readonly dsyncFlag: number;
   /** Set when zeros could not be written (ENOSPC); cleared by the next segment. */
   private preallocationFailed = false;
   private zeros: Buffer | null = null;
@@ -100,6 +119,7 @@ export class Wal {
     this.fs = opts.fs ?? nodeFs;
     this.segmentBytes = opts.segmentBytes ?? SEGMENT_BYTES_DEFAULT;
     this.preallocateBytes = Math.max(0, Math.floor(opts.preallocateBytes ?? PREALLOCATE_BYTES_DEFAULT));
+    this.dsyncFlag = segmentSyncFlag(opts.syncMode);
     this.bodyBytesMax = opts.bodyBytesMax ?? RECORD_BODY_BYTES_MAX;
     this.logger = opts.logger ?? nullLogger;
     this.preamble = opts.preamble ?? (() => []);
@@ -126,7 +146,7 @@ export class Wal {
     const wal = new Wal(dir, opts, segments, rec.nextSeq, rec.repaired);
     const last = segments.pop();
     if (last) {
-      const fd = await fs.open(last.path, 'r+');
+      const fd = await fs.open(last.path, fsConstants.O_RDWR | wal.dsyncFlag);
       // Recovery sized the segment by its data; the file may go on with zeroed space (preallocation).
       const allocated = Math.max(last.size, await fs.fstatSize(fd).catch(() => last.size));
       wal.active = { seq: last.seq, path: last.path, fd, size: last.size, allocated };
@@ -195,7 +215,7 @@ export class Wal {
     if (a.size + bytes.length > a.allocated && this.preallocateBytes > 0 && !this.preallocationFailed) await this.preallocate(a, a.size + bytes.length);
     try {
       await writeAll(this.fs, a.fd, bytes, a.size);
-      await this.fs.fdatasync(a.fd);
+      if (this.dsyncFlag === 0) await this.fs.fdatasync(a.fd);
     } catch (err) {
       await this.cutBack(a, err);
       throw diskError(err, 'append', a.path);
@@ -265,7 +285,7 @@ export class Wal {
     const head = encodeRecords([{ type: HEADER_TYPE, body: encodeHeader(seq) }, ...this.preamble()]);
     let fd: number;
     try {
-      fd = await this.fs.open(path, 'wx');
+      fd = await this.fs.open(path, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | this.dsyncFlag);
     } catch (err) {
       throw diskError(err, 'create segment', path);
     }

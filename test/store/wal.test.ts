@@ -182,32 +182,37 @@ function copyDir(from: string, to: string): void {
   for (const n of readdirSync(from)) copyFileSync(join(from, n), join(to, n));
 }
 
-t.test('WAL: group commit shares one fdatasync per turn; rollover; reopen', async (t) => {
-  const dir = t.testdir();
-  let syncs = 0;
-  const counting: StoreFs = { ...nodeFs, fdatasync: (fd) => (syncs++, nodeFs.fdatasync(fd)) };
-  const wal = await Wal.open(dir, { fs: counting, segmentBytes: 1 << 20 }, () => undefined);
-  const seqs = await Promise.all(Array.from({ length: 100 }, (_, i) => wal.append([rec(2, `r${i}`)])));
-  t.equal(syncs, 2, 'one sync for the new segment, one for the whole batch of 100 appends');
-  t.same(new Set(seqs), new Set([1]));
-  syncs = 0;
-  await wal.append([rec(2, 'lone')]);
-  t.equal(syncs, 1, 'a lone append costs one fdatasync');
-  // Appends arriving while a batch is being synced share the next sync.
-  syncs = 0;
-  const first = wal.append([rec(2, 'b0')]);
-  await Promise.resolve();
-  await Promise.resolve();
-  const more = Array.from({ length: 50 }, (_, i) => wal.append([rec(2, `c${i}`)]));
-  await Promise.all([first, ...more]);
-  t.ok(syncs <= 3, `batched while syncing (${syncs} syncs for 51 appends)`);
-  await wal.close();
-  await t.rejects(wal.append([rec(2, 'x')]), { code: StoreErrorCode.closed });
-  const { bodies, wal: w2 } = await readAll(dir);
-  t.equal(bodies.length, 152);
-  t.equal(bodies[0], 'r0');
-  t.equal(bodies[151], 'c49');
-  await w2.close();
+t.test('WAL: group commit shares one durable write per turn; rollover; reopen', async (t) => {
+  // The durable points: fdatasync calls, or (O_DSYNC segments) the writes themselves.
+  for (const syncMode of ['fdatasync', 'dsync'] as const) {
+    const dir = t.testdir();
+    let syncs = 0;
+    const counting: StoreFs = syncMode === 'fdatasync'
+      ? { ...nodeFs, fdatasync: (fd) => (syncs++, nodeFs.fdatasync(fd)) }
+      : { ...nodeFs, write: (fd, buf, off, len, pos) => (syncs++, nodeFs.write(fd, buf, off, len, pos)) };
+    const wal = await Wal.open(dir, { fs: counting, segmentBytes: 1 << 20, syncMode, preallocateBytes: 0 }, () => undefined);
+    const seqs = await Promise.all(Array.from({ length: 100 }, (_, i) => wal.append([rec(2, `r${i}`)])));
+    t.equal(syncs, 2, `${syncMode}: one for the new segment, one for the whole batch of 100 appends`);
+    t.same(new Set(seqs), new Set([1]));
+    syncs = 0;
+    await wal.append([rec(2, 'lone')]);
+    t.equal(syncs, 1, `${syncMode}: a lone append costs one`);
+    // Appends arriving while a batch is being synced share the next sync.
+    syncs = 0;
+    const first = wal.append([rec(2, 'b0')]);
+    await Promise.resolve();
+    await Promise.resolve();
+    const more = Array.from({ length: 50 }, (_, i) => wal.append([rec(2, `c${i}`)]));
+    await Promise.all([first, ...more]);
+    t.ok(syncs <= 3, `${syncMode}: batched while syncing (${syncs} for 51 appends)`);
+    await wal.close();
+    await t.rejects(wal.append([rec(2, 'x')]), { code: StoreErrorCode.closed });
+    const { bodies, wal: w2 } = await readAll(dir);
+    t.equal(bodies.length, 152);
+    t.equal(bodies[0], 'r0');
+    t.equal(bodies[151], 'c49');
+    await w2.close();
+  }
 
   const d2 = t.testdir();
   const many = await fill(d2, 120, 512);
@@ -379,8 +384,9 @@ function faultyFs() {
 t.test('disk errors: ENOSPC / EIO fail the batch, leave files consistent, later appends succeed', async (t) => {
   const dir = t.testdir();
   const { fs, state } = faultyFs();
-  // Exact files (no preallocation): the sizes below are the data's.
-  const wal = await Wal.open(dir, { fs, segmentBytes: 1 << 20, preallocateBytes: 0 }, () => undefined);
+  // Exact files (no preallocation): the sizes below are the data's. write + fdatasync: a failing sync is
+  // one of the injected faults (with O_DSYNC the write itself fails; the same cut-back runs).
+  const wal = await Wal.open(dir, { fs, segmentBytes: 1 << 20, preallocateBytes: 0, syncMode: 'fdatasync' }, () => undefined);
   await wal.append([rec(2, 'before-1'), rec(2, 'before-2')]);
   const seg = join(dir, '0000000000000001.seg');
   const sizeBefore = statSync(seg).size;
@@ -428,6 +434,21 @@ t.test('disk errors: ENOSPC / EIO fail the batch, leave files consistent, later 
   t.same(again.bodies, ['ok'], 'recovery cuts the half-written record');
   t.ok(again.wal.repaired);
   await again.wal.close();
+
+  // O_DSYNC segments (the default): the durable write itself fails; the batch is refused and cut back.
+  const d4 = t.testdir();
+  const f4 = faultyFs();
+  const w5 = await Wal.open(d4, { fs: f4.fs, syncMode: 'dsync' }, () => undefined);
+  await w5.append([rec(2, 'kept')]);
+  f4.state.write = 'EIO';
+  await t.rejects(w5.append([rec(2, 'z'.repeat(80))]), { code: StoreErrorCode.io });
+  f4.state.write = null;
+  await w5.append([rec(2, 'kept-too')]);
+  await w5.close();
+  const r5 = await readAll(d4);
+  t.same(r5.bodies, ['kept', 'kept-too'], 'dsync: exactly the acknowledged records');
+  t.equal(r5.wal.repaired, null);
+  await r5.wal.close();
 
   // ENOSPC while creating a segment: the segment is removed, the next append creates it.
   const d3 = t.testdir();
