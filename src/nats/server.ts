@@ -3,7 +3,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { IncomingMessage } from 'node:http';
-import { WebSocketServer, type WebSocket } from 'ws';
+import type { WebSocket, WebSocketServer } from 'ws';
 import type { Logger } from 'pino';
 import type { BusAuthenticator, Principal } from '../auth/types.js';
 import type { NatsLimits, NatsServer, NatsServerOptions, NatsServerStats } from './api.js';
@@ -480,6 +480,8 @@ class NatsServerImpl implements NatsServerWithCluster {
 
   private async startWebSocket(port: number): Promise<void> {
     const lim = this.core.limits;
+    // Loaded only with --ws-port: most nodes never serve WebSocket clients, and every module costs boot time.
+    const { WebSocketServer } = await import('ws');
     const wss = new WebSocketServer({
       host: this.options.host, port, perMessageDeflate: false,
       maxPayload: lim.maxPayloadBytes + lim.maxControlLineBytes + 1024,

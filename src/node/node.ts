@@ -17,7 +17,7 @@ import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import type { NatsServerWithCluster } from '../nats/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  appendSlots, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
+  addressKey, appendSlots, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
   type AddedSlot, type ClusterFile, type SlotBinding,
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
@@ -287,7 +287,10 @@ export class ClusterNode {
       serverName: opts.serverName,
       host: bind,
       port: opts.clusterPort,
-      routes: this.dialList(list),
+      // Our own --routes entry is not dialed: the transport would only learn it is us after a TLS and
+      // identity handshake with ourselves (70-150 ms of a booting node's CPU). An address findSelfRoutes
+      // cannot recognise (NAT, a name resolving elsewhere) is still caught by that handshake.
+      routes: this.dialList(list.filter((r) => !self.includes(addressKey(r)))),
       tls: opts.tls,
       identity: { publicKey: this.identity.publicKeyBytes, sign: (d) => this.identity.sign(d) },
       user: opts.clusterUser,
