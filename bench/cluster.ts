@@ -18,7 +18,7 @@
 //
 // Env: BENCH_DIR (parent of the data dirs; default the OS temp dir), BENCH_C1 (sequential adds, default 300),
 // BENCH_C64 (adds at 64 in flight, default 2000), BENCH_VIA=leader|follower (default leader), BENCH_NODE_FLAGS,
-// BENCH_WARM (unmeasured adds first, default 300), BENCH_ETCD=0 (skip the etcd reference).
+// BENCH_WARM (unmeasured adds first, default 2000), BENCH_ETCD=0 (skip the etcd reference).
 import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -39,7 +39,7 @@ const repo = fileURLToPath(new URL('..', import.meta.url));
 const C1 = Math.max(20, Math.min(100_000, Number(process.env.BENCH_C1 ?? 300)));
 const C64_TOTAL = Math.max(128, Math.min(1_000_000, Number(process.env.BENCH_C64 ?? 2000)));
 const IN_FLIGHT = 64;
-const WARM = Math.max(1, Math.min(100_000, Number(process.env.BENCH_WARM ?? 300)));
+const WARM = Math.max(1, Math.min(100_000, Number(process.env.BENCH_WARM ?? 2000)));
 /** Extra node flags for the three nodes, e.g. BENCH_NODE_FLAGS='--cpu-prof --cpu-prof-dir=/tmp/prof'. */
 const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(/\s+/).filter((f) => f !== '');
 const via = process.env.BENCH_VIA === 'follower' ? 'follower' : 'leader';
@@ -136,12 +136,16 @@ async function adminRequest(a: Admin, subject: string, body: Record<string, unkn
 }
 
 let userSeq = 0;
+/**
+ * The users' public keys, generated before the timed phases: an operator passes `--nkey PUBKEY`, so making the
+ * key is not part of an add, and the bench client shares the two cores with the cluster (generating one
+ * inside the 64-in-flight loop took ~0.3 ms of CPU per add from the nodes). Signing stays in: the CLI signs.
+ */
+const userKeys: string[] = [];
 /** One `user add NAME --nkey PUBKEY` of a new user; the latency in ms. Throws on an error reply. */
 async function addUser(a: Admin, prefix: string): Promise<number> {
   const name = `${prefix}-${userSeq++}`;
-  // Key generation is the client's cost too (node:crypto Ed25519, ~0.05 ms; with tweetnacl's 5-30 ms per
-  // signature it was what limited the 64-in-flight phase, not the cluster).
-  const { ms, reply } = await adminRequest(a, '$UB.API.USER.ADD', { name, nkey: createKeyPair('user').publicKey, roles: [] as string[] });
+  const { ms, reply } = await adminRequest(a, '$UB.API.USER.ADD', { name, nkey: userKeys.pop() ?? createKeyPair('user').publicKey, roles: [] as string[] });
   if (reply.error !== undefined || reply.result !== 'created') throw new Error(`${name}: ${JSON.stringify(reply)}`);
   return ms;
 }
@@ -153,9 +157,9 @@ async function showUser(a: Admin, name: string, stale: boolean): Promise<number>
   return ms;
 }
 
-/** p50 of `rounds` sequential calls (after 20 unmeasured ones), bounded by `seconds`. */
-async function sequentialP50(rounds: number, seconds: number, op: () => Promise<number>): Promise<number> {
-  for (let i = 0; i < 20; i++) await op();
+/** p50 of `rounds` sequential calls (after `warm` unmeasured ones), bounded by `seconds`. */
+async function sequentialP50(rounds: number, seconds: number, op: () => Promise<number>, warm = 20): Promise<number> {
+  for (let i = 0; i < warm; i++) await op();
   const out: number[] = [];
   const end = Date.now() + seconds * 1000;
   while (out.length < rounds && Date.now() < end) out.push(await op());
@@ -177,7 +181,8 @@ async function benchEtcd(c: Cluster): Promise<EtcdFigures> {
       await op();
       return Number(process.hrtime.bigint() - t0) / 1e6;
     };
-    const putP50 = await sequentialP50(C1, 60, () => timed(() => e.put(`user-${seq++}`, value)));
+    // Go has no JIT to warm, but connections and etcd's caches do: a few hundred unmeasured puts first.
+    const putP50 = await sequentialP50(C1, 60, () => timed(() => e.put(`user-${seq++}`, value)), 300);
     const serialP50 = await sequentialP50(C1, 30, () => timed(() => e.get('user-1', true)));
     const linearP50 = await sequentialP50(C1, 30, () => timed(() => e.get('user-1', false)));
     let done = 0;
@@ -209,10 +214,12 @@ async function main(): Promise<void> {
   const target = via === 'leader' ? leader : (leader + 1) % 3;
   console.log(`  admin API through n${target} (${via}; leader n${leader}), NKey users, one TLS connection`);
   const a = await admin(c, target);
+  for (let i = WARM + C1 + C64_TOTAL; i > 0; i--) userKeys.push(createKeyPair('user').publicKey);
 
-  // Warm-up: connections, buckets, and V8's optimizing compiler, which runs on background threads of all
-  // four processes for the first few hundred writes (CPU per write over the first 300 adds measured ~2x the
-  // steady state's); the figures are for a node that has been running.
+  // Warm-up: connections, buckets, and V8 tiering up the hot paths of all four processes, which takes the
+  // first thousand or two writes (measured: sequential p50 4.6 ms at adds 300-400, 2.0 ms by add 3000; CPU
+  // per add halves). The figures are for a node that has been running; "first 100 / last 100" below shows
+  // whether the run was still warming up.
   for (let i = 0; i < WARM; i++) await addUser(a, 'warm');
 
   const c1: number[] = [];
@@ -236,6 +243,8 @@ async function main(): Promise<void> {
   const doneAt: number[] = [];
   let next = 0;
   const c64End = Date.now() + 90_000;
+  const cpu64 = children.map((ch) => cpuSeconds(ch.pid!));
+  const clientCpu64 = process.cpuUsage();
   const t0 = process.hrtime.bigint();
   await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
     while (next < C64_TOTAL && Date.now() < c64End) {
@@ -245,12 +254,15 @@ async function main(): Promise<void> {
     }
   }));
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpu64Ms = children.map((ch, i) => ((cpuSeconds(ch.pid!) - cpu64[i]!) * 1000) / Math.max(1, lat.length));
+  const clientCpu64Ms = cpuMicrosSince(clientCpu64) / 1000 / Math.max(1, lat.length);
   sortAscending(lat);
   const perS = lat.length / secs;
   console.log(`  ${IN_FLIGHT} in flight: ${lat.length} adds in ${secs.toFixed(2)} s = ${perS.toFixed(0)}/s  p50 ${fmt(quantile(lat, 0.5))} ms  p99 ${fmt(quantile(lat, 0.99))} ms`);
   if (doneAt.length >= 8) {
     const q = Math.floor(doneAt.length / 4);
     const rate = (from: number, to: number): string => ((to - from) / ((doneAt[to]! - doneAt[from]!) / 1000)).toFixed(0);
+    console.log(`    CPU per add: ${cpu64Ms.map((m, i) => `n${i}${i === leader ? ' (leader)' : ''} ${fmt(m)} ms`).join(', ')}, bench client ${fmt(clientCpu64Ms)} ms`);
     console.log(`    first quarter ${rate(0, q)}/s, last quarter ${rate(doneAt.length - 1 - q, doneAt.length - 1)}/s (users ${WARM + c1.length}..${WARM + c1.length + lat.length})`);
   }
   const staleP50 = await sequentialP50(C1, 30, () => showUser(a, 'warm-0', true));
