@@ -9,7 +9,7 @@ import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readdirSync, readFileSync, truncateSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, truncateSync, writeSync } from 'node:fs';
 import { Wal, RaftStorage, RecordDecoder } from '../../store/index.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -69,9 +69,39 @@ function runChild(mode: string, dir: string, childSeed: number, delayMs: number)
 }
 
 /**
+ * A power loss after the last durable byte `durableEnd` of the segment at `path`: what was written after it
+ * is lost from a random byte on. Half the time the file is cut there (its size never reached the disk);
+ * otherwise the size stays and the lost bytes read back as zeros (a preallocated segment: the zeroed space
+ * was durable, the records written over it were not). Either can split a record. Past the data, only the
+ * zeroed space can go. Returns the bytes lost.
+ */
+function loseUnsynced(path: string, durableEnd: number): number {
+  const bytes = readFileSync(path);
+  let dataEnd = 0;
+  new RecordDecoder().push(bytes, (_type, body, offset) => void (dataEnd = offset + 9 + body.length));
+  if (dataEnd <= durableEnd) {
+    if (bytes.length <= durableEnd || rand(2) === 0) return 0;
+    const cut = durableEnd + rand(bytes.length - durableEnd);
+    truncateSync(path, cut);
+    return bytes.length - cut;
+  }
+  const cut = durableEnd + rand(dataEnd - durableEnd + 1);
+  if (rand(2) === 0) {
+    truncateSync(path, cut);
+    return bytes.length - cut;
+  }
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, Buffer.alloc(dataEnd - cut), 0, dataEnd - cut, cut);
+  } finally {
+    closeSync(fd);
+  }
+  return dataEnd - cut;
+}
+
+/**
  * SIGKILL never tears a write (the page cache survives the process), so every other WAL iteration
- * also simulates a power loss: the last segment is cut at a random byte after the end of the last
- * acknowledged record, as if the unsynced tail never reached the disk.
+ * also simulates a power loss after the end of the last acknowledged record (loseUnsynced).
  */
 function losePowerTail(dir: string, acked: Map<number, number>): number {
   const seg = readdirSync(dir).filter((n) => n.endsWith('.seg')).sort().pop();
@@ -85,10 +115,7 @@ function losePowerTail(dir: string, acked: Map<number, number>): number {
     const [w, n] = Buffer.from(body).toString().split(':').map(Number) as [number, number];
     if (n <= (acked.get(w) ?? -1)) ackedEnd = Math.max(ackedEnd, end);
   });
-  if (ackedEnd >= bytes.length) return 0;
-  const cut = ackedEnd + rand(bytes.length - ackedEnd);
-  truncateSync(path, cut);
-  return bytes.length - cut;
+  return loseUnsynced(path, ackedEnd);
 }
 
 /** The Raft-mode counterpart: the child reports the active segment's durable size with each ack. */
@@ -96,12 +123,7 @@ function losePowerTailRaft(dir: string, ackedSize: Map<number, number>): number 
   const seg = readdirSync(dir).filter((n) => n.endsWith('.seg')).sort().pop();
   if (!seg) return 0;
   const path = join(dir, seg);
-  const size = readFileSync(path).length;
-  const durable = ackedSize.get(Number(seg.slice(0, 16))) ?? 0;
-  if (durable >= size) return 0;
-  const cut = durable + rand(size - durable);
-  truncateSync(path, cut);
-  return size - cut;
+  return loseUnsynced(path, ackedSize.get(Number(seg.slice(0, 16))) ?? 0);
 }
 
 async function verifyWal(dir: string, acked: Map<number, number>): Promise<{ records: number; repaired: boolean; problems: string[] }> {
