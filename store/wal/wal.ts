@@ -226,8 +226,8 @@ export class Wal {
   }
 
   /**
-   * Zeroes the file from its current end to past `needed` (the batch's fdatasync makes the new size
-   * durable along with the batch). On failure the zeros are cut off again and the batch is appended.
+   * Zeroes the file from its current end to past `needed` (made durable with the batch: its fdatasync, or
+   * each O_DSYNC write). On failure the zeros are cut off again and the batch is appended.
    */
   private async preallocate(a: Active, needed: number): Promise<void> {
     const target = Math.ceil((needed + this.preallocateBytes) / 4096) * 4096;
@@ -249,12 +249,17 @@ export class Wal {
     }
   }
 
+  /** Cuts the segment file to its data (drops a failed batch's bytes and any zeroed space), durably. */
+  private async cutToData(a: Active): Promise<void> {
+    await this.fs.ftruncate(a.fd, a.size);
+    await this.fs.fdatasync(a.fd);
+    a.allocated = a.size;
+  }
+
   /** Restores the segment to its last durable length after a failed batch. */
   private async cutBack(a: Active, cause: unknown): Promise<void> {
     try {
-      await this.fs.ftruncate(a.fd, a.size);
-      await this.fs.fdatasync(a.fd);
-      a.allocated = a.size;
+      await this.cutToData(a);
     } catch (err) {
       this.broken = new StoreError(
         StoreErrorCode.failed,
@@ -272,13 +277,9 @@ export class Wal {
   private async rollover(): Promise<void> {
     const prevActive = this.active;
     if (prevActive && prevActive.allocated > prevActive.size) {
-      try {
-        await this.fs.ftruncate(prevActive.fd, prevActive.size);
-        await this.fs.fdatasync(prevActive.fd);
-        prevActive.allocated = prevActive.size;
-      } catch (err) {
+      await this.cutToData(prevActive).catch((err: unknown) => {
         throw diskError(err, 'truncate', prevActive.path);
-      }
+      });
     }
     const seq = this.nextSeq;
     const path = join(this.dir, segmentName(seq));
@@ -351,8 +352,7 @@ export class Wal {
     if (a && a.allocated > a.size && !this.broken) {
       // A clean stop leaves segments holding exactly their data (a later rollover would cut it anyway).
       try {
-        await this.fs.ftruncate(a.fd, a.size);
-        await this.fs.fdatasync(a.fd);
+        await this.cutToData(a);
       } catch (err) {
         this.logger.warn({ file: a.path, size: a.size, err: String(err) }, 'WAL: could not cut the preallocated space at close (recovery treats it as free space)');
       }
