@@ -6,8 +6,8 @@
 // AppendEntries round trip, follower fsync, commit, apply, reply).
 //
 // Figures: sequential adds (one in flight) p50/p99, 64 in flight (adds per second), and in the same run the
-// floor a replicated write cannot beat: the disk's fsync (write + fdatasync of 4 KiB in the data dir's file
-// system) plus a loopback TCP round trip. c1_over_floor = write_c1_p50 / (fsync_p50 + rtt_p50).
+// floor a replicated write cannot beat: the disk's fsync (write + fdatasync of 4 KiB into zeroed space in the
+// data dir's file system) plus a loopback TCP round trip. c1_over_floor = write_c1_p50 / (fsync_p50 + rtt_p50).
 //
 // What a write costs beyond the request path: the same signed request as a stale read (`user show --stale`:
 // envelope check, no Raft) and as a linearizable read (one ReadIndex quorum round, no fsync), sequential p50.
@@ -139,7 +139,7 @@ let userSeq = 0;
 /**
  * The users' public keys, generated before the timed phases: an operator passes `--nkey PUBKEY`, so making the
  * key is not part of an add, and the bench client shares the two cores with the cluster (generating one
- * inside the 64-in-flight loop took ~0.3 ms of CPU per add from the nodes). Signing stays in: the CLI signs.
+ * inside the timed loops took ~1.3 ms of its CPU per add, when the nodes needed those cores). Signing stays in: the CLI signs.
  */
 const userKeys: string[] = [];
 /** One `user add NAME --nkey PUBKEY` of a new user; the latency in ms. Throws on an error reply. */
@@ -164,6 +164,21 @@ async function sequentialP50(rounds: number, seconds: number, op: () => Promise<
   const end = Date.now() + seconds * 1000;
   while (out.length < rounds && Date.now() < end) out.push(await op());
   return quantile(sortAscending(out), 0.5);
+}
+
+/**
+ * CPU per add of each node and of this client since the call, as one line: steadier than wall time on a
+ * shared machine, and with four processes on two cores every CPU-ms a hop costs can also be a wait for a
+ * core on the next hop.
+ */
+function cpuMeter(leader: number): (adds: number) => string {
+  const nodes0 = children.map((ch) => cpuSeconds(ch.pid!));
+  const client0 = process.cpuUsage();
+  return (adds) => {
+    const n = Math.max(1, adds);
+    const nodes = children.map((ch, i) => `n${i}${i === leader ? ' (leader)' : ''} ${fmt(((cpuSeconds(ch.pid!) - nodes0[i]!) * 1000) / n)} ms`);
+    return `${nodes.join(', ')}, bench client ${fmt(cpuMicrosSince(client0) / 1000 / n)} ms`;
+  };
 }
 
 interface EtcdFigures { putP50: number; serialP50: number; linearP50: number; putPerS: number }
@@ -224,27 +239,22 @@ async function main(): Promise<void> {
 
   const c1: number[] = [];
   const c1End = Date.now() + 120_000;
-  // CPU per write, steadier than wall time on a shared machine: four processes share two cores here, so
-  // every CPU-ms a hop costs can also be a wait for a core on the next hop.
-  const cpu0 = children.map((ch) => cpuSeconds(ch.pid!));
-  const clientCpu0 = process.cpuUsage();
+  const c1Cpu = cpuMeter(leader);
   for (let i = 0; i < C1 && Date.now() < c1End; i++) c1.push(await addUser(a, 'c1'));
-  const cpuMs = children.map((ch, i) => ((cpuSeconds(ch.pid!) - cpu0[i]!) * 1000) / c1.length);
-  const clientCpuMs = cpuMicrosSince(clientCpu0) / 1000 / c1.length;
+  const c1CpuLine = c1Cpu(c1.length);
   // The cost per add as the users bucket grows (an O(users) step per add shows up as a rising p50).
   const head = sortAscending(c1.slice(0, 100));
   const tail = sortAscending(c1.slice(-100));
   sortAscending(c1);
   console.log(`  sequential: ${c1.length} adds  p50 ${fmt(quantile(c1, 0.5))} ms  p99 ${fmt(quantile(c1, 0.99))} ms  max ${fmt(c1[c1.length - 1]!)} ms`);
   console.log(`    first 100 p50 ${fmt(quantile(head, 0.5))} ms, last 100 p50 ${fmt(quantile(tail, 0.5))} ms (users ${WARM}..${WARM + c1.length})`);
-  console.log(`    CPU per sequential add: ${cpuMs.map((m, i) => `n${i}${i === leader ? ' (leader)' : ''} ${fmt(m)} ms`).join(', ')}, bench client ${fmt(clientCpuMs)} ms`);
+  console.log(`    CPU per sequential add: ${c1CpuLine}`);
 
   const lat: number[] = [];
   const doneAt: number[] = [];
   let next = 0;
   const c64End = Date.now() + 90_000;
-  const cpu64 = children.map((ch) => cpuSeconds(ch.pid!));
-  const clientCpu64 = process.cpuUsage();
+  const c64Cpu = cpuMeter(leader);
   const t0 = process.hrtime.bigint();
   await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
     while (next < C64_TOTAL && Date.now() < c64End) {
@@ -254,15 +264,14 @@ async function main(): Promise<void> {
     }
   }));
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpu64Ms = children.map((ch, i) => ((cpuSeconds(ch.pid!) - cpu64[i]!) * 1000) / Math.max(1, lat.length));
-  const clientCpu64Ms = cpuMicrosSince(clientCpu64) / 1000 / Math.max(1, lat.length);
+  const c64CpuLine = c64Cpu(lat.length);
   sortAscending(lat);
   const perS = lat.length / secs;
   console.log(`  ${IN_FLIGHT} in flight: ${lat.length} adds in ${secs.toFixed(2)} s = ${perS.toFixed(0)}/s  p50 ${fmt(quantile(lat, 0.5))} ms  p99 ${fmt(quantile(lat, 0.99))} ms`);
   if (doneAt.length >= 8) {
     const q = Math.floor(doneAt.length / 4);
     const rate = (from: number, to: number): string => ((to - from) / ((doneAt[to]! - doneAt[from]!) / 1000)).toFixed(0);
-    console.log(`    CPU per add: ${cpu64Ms.map((m, i) => `n${i}${i === leader ? ' (leader)' : ''} ${fmt(m)} ms`).join(', ')}, bench client ${fmt(clientCpu64Ms)} ms`);
+    console.log(`    CPU per add: ${c64CpuLine}`);
     console.log(`    first quarter ${rate(0, q)}/s, last quarter ${rate(doneAt.length - 1 - q, doneAt.length - 1)}/s (users ${WARM + c1.length}..${WARM + c1.length + lat.length})`);
   }
   const staleP50 = await sequentialP50(C1, 30, () => showUser(a, 'warm-0', true));
