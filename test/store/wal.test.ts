@@ -184,8 +184,9 @@ function copyDir(from: string, to: string): void {
 
 t.test('WAL: group commit shares one durable write per turn; rollover; reopen', async (t) => {
   // The durable points: fdatasync calls, or (O_DSYNC segments) the writes themselves.
+  const root = t.testdir();
   for (const syncMode of ['fdatasync', 'dsync'] as const) {
-    const dir = t.testdir();
+    const dir = join(root, syncMode);
     let syncs = 0;
     const counting: StoreFs = syncMode === 'fdatasync'
       ? { ...nodeFs, fdatasync: (fd) => (syncs++, nodeFs.fdatasync(fd)) }
