@@ -130,6 +130,11 @@ t.test('bootstrap in every start order, both --routes styles; a lone node says w
     t.comment(`trial ${trial}: style=${style} order=${order.join(',')} delays=${delays.join(',')}ms (CLUSTER_SEED=${seed})`);
     const trio = await newTrio(`order-${trial}`, style);
     const first = await start(trio, order[0]!);
+    if (style === 'all') {
+      // Its own --routes entry is recognised up front and never dialed (no handshake with itself).
+      const rz = first.routez() as { listen: { port: number }; routes: { route?: string }[] };
+      t.same(rz.routes.map((r) => r.route?.endsWith(`:${rz.listen.port}`)), [false, false], `${first.serverName} dials the two others only`);
+    }
     if (trial < 2) {
       // Longer than two maximal election timeouts (2 * 20 ticks * 50 ms): a lone node must not elect
       // itself. (In the others-only style it cannot even start Raft before meeting a peer.)
