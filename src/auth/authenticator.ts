@@ -6,7 +6,8 @@
 // A client that proves possession of a node's internal identity (NKey 'N…') is the admin principal.
 import type { Logger } from 'pino';
 import { allowAll, type AuthOutcome, type AuthRequest, type BusAuthenticator, type BusAuthMode, type Permissions, type Principal, type PrincipalKind } from './types.js';
-import { burnPasswordCheck, FailureRateLimiter, prepareBurnCheck, tokenHashesEqual, tokenHashOf, VerifiedPasswordCache, verifyPassword, type RateLimitOptions } from './credentials.js';
+import { FailureRateLimiter, tokenHashesEqual, tokenHashOf, type RateLimitOptions } from './credentials.js';
+import { addressKey, PasswordChecks, type CheckOutcome } from './password_checks.js';
 import { isValidPublicKey, verifyNonceSignature } from './nkeys.js';
 import { CompiledRole, denyAll, unionPermissions } from './permissions.js';
 import { builtinAdminRole, type PrincipalSource, type RoleRecord, type UserRecord } from './principal_source.js';
@@ -19,6 +20,10 @@ export interface BusAuthenticatorOptions {
   readonly internalIdentityPublicKeys?: readonly string[] | (() => readonly string[]);
   readonly logger: Logger;
   readonly rateLimit?: Partial<RateLimitOptions>;
+  /** Failed-attempt limit per user name (password_checks.ts userLimitDefaults). */
+  readonly userRateLimit?: Partial<RateLimitOptions>;
+  /** Worker threads that run scrypt (default cores − 1, 1..4). */
+  readonly passwordThreads?: number;
   /** How long a successfully verified password skips scrypt on reconnect (credentials.ts); 0 = always scrypt. Default 10 min. */
   readonly passwordCacheTtlMs?: number;
 }
@@ -58,7 +63,7 @@ class Authenticator implements BusAuthenticator {
   private readonly internalKeys: () => readonly string[];
   private readonly logger: Logger;
   private readonly limiter: FailureRateLimiter;
-  private readonly passwordCache: VerifiedPasswordCache;
+  private readonly passwords: PasswordChecks;
   private readonly contexts = new WeakMap<Principal, Context>();
   private readonly userPerms = new Map<string, UserPerms>();
   private readonly compiledRoles = new Map<string, { json: string; role: CompiledRole }>();
@@ -76,9 +81,11 @@ class Authenticator implements BusAuthenticator {
     const keys = o.internalIdentityPublicKeys ?? [];
     this.internalKeys = typeof keys === 'function' ? keys : () => keys;
     this.logger = o.logger;
-    this.limiter = new FailureRateLimiter(o.rateLimit);
-    this.passwordCache = new VerifiedPasswordCache(o.passwordCacheTtlMs);
-    if (o.mode !== 'off') prepareBurnCheck();
+    this.limiter = new FailureRateLimiter(o.rateLimit, addressKey);
+    this.passwords = new PasswordChecks({
+      addressLimit: o.rateLimit, userLimit: o.userRateLimit, cacheTtlMs: o.passwordCacheTtlMs, threads: o.passwordThreads,
+    });
+    if (o.mode !== 'off') this.passwords.prepare();
     const anonymousPerms = o.mode === 'off' ? allowAll : this.warnWrap('anonymous', denyAll);
     this.anonymous = this.make('anonymous', 'anonymous', false, anonymousPerms, { credential: 'anonymous', user: undefined, stored: undefined, permsKey: '' });
   }
@@ -135,7 +142,7 @@ class Authenticator implements BusAuthenticator {
     const c = request.credentials;
     if (c.nkey !== undefined) return this.verifyNkey(c.nkey, c.sig, request.nonce);
     if (c.auth_token !== undefined) return this.verifyToken(c.auth_token, request.remoteAddress);
-    if (c.user !== undefined) return this.verifyPassword(c.user, c.pass, request.remoteAddress);
+    if (c.user !== undefined) return this.verifyPassword(c.user, c.pass, request.remoteAddress, request.signal);
     if (c.jwt !== undefined) return { ok: false, reason: 'JWT authentication is not supported' };
     return { ok: false, reason: 'no credentials' };
   }
@@ -169,21 +176,12 @@ class Authenticator implements BusAuthenticator {
     return { ok: true, principal: this.userPrincipal(user, 'token', stored, this.permsFor(user)) };
   }
 
-  private async verifyPassword(name: unknown, pass: unknown, address: string): Promise<Verified> {
-    if (!this.limiter.allows(address)) return { ok: false, reason: 'too many failed attempts from this address (rate limited)' };
+  private async verifyPassword(name: unknown, pass: unknown, address: string, signal: AbortSignal | undefined): Promise<Verified> {
     const password = typeof pass === 'string' ? pass : '';
-    const user = typeof name === 'string' ? this.source!.userByName(name) : undefined;
-    let good: boolean;
-    if (user === undefined || user.password === undefined) good = await burnPasswordCheck(password);
-    else if (this.passwordCache.has(user.name, user.password, password)) good = true;
-    else {
-      good = await verifyPassword(password, user.password);
-      if (good) this.passwordCache.add(user.name, user.password, password);
-    }
-    if (!good) {
-      this.limiter.recordFailure(address);
-      return { ok: false, reason: `bad user name or password (user ${JSON.stringify(String(name)).slice(0, 140)})` };
-    }
+    const userName = typeof name === 'string' ? name : '';
+    const user = this.source!.userByName(userName);
+    const outcome: CheckOutcome = await this.passwords.check({ address, user: userName, stored: user?.password, password, signal });
+    if (outcome !== 'match') return { ok: false, reason: refusalReason(outcome, name) };
     // Re-read: the user may have changed while scrypt ran; the stored hash must still be the one we checked.
     const current = this.source!.userByName(user!.name);
     const stored = current?.password;
@@ -264,6 +262,17 @@ class Authenticator implements BusAuthenticator {
     }
     this.logger.warn({ principal: principal.name, reason }, 'bus-auth warn: would disconnect this principal; it continues as anonymous');
     return this.anonymous;
+  }
+}
+
+function refusalReason(outcome: Exclude<CheckOutcome, 'match'>, name: unknown): string {
+  const user = JSON.stringify(String(name)).slice(0, 140);
+  switch (outcome) {
+    case 'mismatch': return `bad user name or password (user ${user})`;
+    case 'address-limited': return 'too many failed attempts from this address (rate limited)';
+    case 'user-limited': return `too many failed attempts for user ${user} (rate limited)`;
+    case 'busy': return 'too many password checks waiting on this node (busy)';
+    case 'cancelled': return 'connection closed before its password was checked';
   }
 }
 

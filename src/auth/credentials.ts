@@ -124,7 +124,8 @@ export class VerifiedPasswordCache {
     private readonly now: () => number = () => Date.now(),
   ) {}
 
-  private mac(user: string, password: string): Buffer {
+  /** HMAC of (user, password) under this process's random key: what the cache (and single-flight) compare. */
+  mac(user: string, password: string): Buffer {
     return createHmac('sha256', this.key).update(user).update('\0').update(password).digest();
   }
 
@@ -189,27 +190,32 @@ export interface RateLimitOptions {
 export const rateLimitDefaults: RateLimitOptions = { burst: 10, refillPerSecond: 1, addressesMax: 10_000, now: () => Date.now() };
 
 /**
- * A token bucket per source address, charged only by FAILED password/token attempts. While an address's
- * bucket is empty its password/token attempts are refused without being checked (which also spares the
+ * A token bucket per key (a source address, or a user name), charged only by FAILED password/token attempts.
+ * While a key's bucket is empty its attempts are refused without being checked (which also spares the
  * scrypt CPU). Valid clients never charge it, and NKey clients (and the internal identity) are never
- * throttled because a signature cannot be guessed, so only an address that keeps failing is slowed.
+ * throttled because a signature cannot be guessed, so only a key that keeps failing is slowed.
+ *
+ * An asynchronous check `reserve()`s a token before it runs and `settle()`s after: attempts in flight count
+ * against the bucket as if they had failed, so a burst of simultaneous attempts cannot all get checked before
+ * the first failure is recorded.
  */
 export class FailureRateLimiter {
   private readonly opts: RateLimitOptions;
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly inFlight = new Map<string, number>();
 
-  constructor(options: Partial<RateLimitOptions> = {}) {
+  constructor(options: Partial<RateLimitOptions> = {}, private readonly keyOf: (address: string) => string = (a) => a) {
     this.opts = { ...rateLimitDefaults, ...options };
     if (!(this.opts.burst >= 1) || !(this.opts.refillPerSecond > 0)) throw new RangeError('rate limit needs burst ≥ 1 and refillPerSecond > 0');
   }
 
-  private level(address: string): number {
-    const b = this.buckets.get(address);
+  private level(key: string): number {
+    const b = this.buckets.get(key);
     if (b === undefined) return this.opts.burst;
     const now = this.opts.now();
     const tokens = Math.min(this.opts.burst, b.tokens + ((now - b.at) / 1000) * this.opts.refillPerSecond);
     if (tokens >= this.opts.burst) {
-      this.buckets.delete(address);
+      this.buckets.delete(key);
       return this.opts.burst;
     }
     b.tokens = tokens;
@@ -217,23 +223,49 @@ export class FailureRateLimiter {
     return tokens;
   }
 
-  /** May this address try a password/token now? */
+  /** May this address try a password/token now? (Attempts in flight count as spent.) */
   allows(address: string): boolean {
-    return this.level(address) >= 1;
+    const key = this.keyOf(address);
+    return this.level(key) - (this.inFlight.get(key) ?? 0) >= 1;
+  }
+
+  /** Takes a token for an attempt about to be checked; false (nothing taken) when none is left. */
+  reserve(address: string): boolean {
+    if (!this.allows(address)) return false;
+    const key = this.keyOf(address);
+    this.inFlight.set(key, (this.inFlight.get(key) ?? 0) + 1);
+    return true;
+  }
+
+  /** Ends a reserved attempt: a failure is charged, a success (or a dropped attempt) gives the token back. */
+  settle(address: string, failed: boolean): void {
+    const key = this.keyOf(address);
+    const n = (this.inFlight.get(key) ?? 0) - 1;
+    if (n > 0) this.inFlight.set(key, n);
+    else this.inFlight.delete(key);
+    if (failed) this.recordFailure(address);
   }
 
   recordFailure(address: string): void {
-    const tokens = this.level(address);
-    if (!this.buckets.has(address) && this.buckets.size >= this.opts.addressesMax) this.prune();
-    this.buckets.set(address, { tokens: Math.max(0, tokens - 1), at: this.opts.now() });
+    const key = this.keyOf(address);
+    const tokens = this.level(key);
+    if (!this.buckets.has(key) && this.buckets.size >= this.opts.addressesMax) this.prune();
+    this.buckets.set(key, { tokens: Math.max(0, tokens - 1), at: this.opts.now() });
   }
 
   get trackedAddresses(): number {
     return this.buckets.size;
   }
 
+  /**
+   * At the bound: refilled buckets go first; if still full, the tenth that is fullest (closest to forgiven)
+   * is dropped. Dropping everything, as this once did, let an attacker with 10,000 addresses reset the
+   * buckets of its busiest ones.
+   */
   private prune(): void {
-    for (const address of [...this.buckets.keys()]) this.level(address);
-    if (this.buckets.size >= this.opts.addressesMax) this.buckets.clear();
+    for (const key of [...this.buckets.keys()]) this.level(key);
+    if (this.buckets.size < this.opts.addressesMax) return;
+    const fullest = [...this.buckets.entries()].sort((a, b) => b[1].tokens - a[1].tokens);
+    for (const [key] of fullest.slice(0, Math.max(1, Math.ceil(this.opts.addressesMax / 10)))) this.buckets.delete(key);
   }
 }

@@ -23,6 +23,8 @@ export interface AuthRequest {
   readonly tls: boolean;
   /** CONNECT `name`, for logs. */
   readonly clientName: string | undefined;
+  /** Aborted when the connection closes: a check still waiting is dropped (no CPU for a client that left). */
+  readonly signal?: AbortSignal;
 }
 
 /** A compiled permission set. Every check is allocation-free on the hot path. */

@@ -154,6 +154,8 @@ export class Client implements ParserHandler {
   private pingsOut = 0;
   private pingTimer: NodeJS.Timeout | null = null;
   private authTimer: NodeJS.Timeout | null = null;
+  /** Aborted on close while authenticate() is in flight: a password check still queued is dropped. */
+  private authAbort: AbortController | null = null;
   private stallTimer: NodeJS.Timeout | null = null;
   /** Publishers paused because this client's outbound is backed up. */
   private stalled: Set<Client> | null = null;
@@ -212,6 +214,12 @@ export class Client implements ParserHandler {
     this.authInFlight = true;
     this.parser.stop();
     this.setPaused(pause.auth, true);
+    // The auth timeout covers the wire (a client that never sends CONNECT), not this node's own queue of
+    // password checks: under a connection storm that queue is seconds long, and timing it out made every
+    // client retry and queue its check again (issue 13). A client that gives up closes its socket, and the
+    // abort below drops its check before it runs.
+    this.clearAuthTimer();
+    this.authAbort = new AbortController();
     const request = {
       credentials: {
         user: str(o.user), pass: str(o.pass), auth_token: str(o.auth_token), nkey: str(o.nkey), sig: str(o.sig),
@@ -221,6 +229,7 @@ export class Client implements ParserHandler {
       remoteAddress: this.transport.remoteAddress,
       tls: this.transport.kind === 'tls',
       clientName: str(o.name),
+      signal: this.authAbort.signal,
     };
     let settled: Promise<AuthOutcome>;
     try {
@@ -238,6 +247,7 @@ export class Client implements ParserHandler {
   }
 
   private finishConnect(o: Record<string, unknown>, outcome: AuthOutcome | null): void {
+    this.authAbort = null;
     if (this.closed) return;
     if (outcome !== null) {
       if (!outcome.ok) {
@@ -646,6 +656,8 @@ export class Client implements ParserHandler {
     if (this.pingTimer !== null) clearTimeout(this.pingTimer);
     if (this.stallTimer !== null) clearTimeout(this.stallTimer);
     this.clearAuthTimer();
+    this.authAbort?.abort();
+    this.authAbort = null;
     this.out = null;
     this.outLen = 0;
     this.pendingInput = null;
