@@ -20,22 +20,18 @@
 // BENCH_C64 (adds at 64 in flight, default 2000), BENCH_VIA=leader|follower (default leader), BENCH_NODE_FLAGS,
 // BENCH_WARM (unmeasured adds first, default 2000), BENCH_ETCD=0 (skip the etcd reference).
 import type { ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
-import { type CertificateAuthority, createCertificateAuthority, issueCertificate, writePemPair } from '../src/certs/index.js';
-import { signRequest } from '../src/control/envelope.js';
-import { createKeyPair, keyPairFromSeed } from '../src/auth/index.js';
-import { killChildren, nodeEntryArgs, spawnChild, stopChild } from './support/children.js';
+import { createKeyPair } from '../src/auth/index.js';
+import { killChildren, stopChild } from './support/children.js';
+import { adminConnection, adminRequest, getJson, startBenchCluster, type Admin, type BenchCluster } from './support/cluster.js';
 import { freePorts } from './support/ports.js';
 import { cpuMicrosSince, cpuSeconds } from './support/process_usage.js';
 import { etcdVersion, startEtcdCluster } from './support/etcd.js';
 import { diskFsyncFloor, loadAverage, loopbackRtt } from './support/probes.js';
 import { formatMs as fmt, quantile, sortAscending } from './support/stats.js';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
 const C1 = Math.max(20, Math.min(100_000, Number(process.env.BENCH_C1 ?? 300)));
 const C64_TOTAL = Math.max(128, Math.min(1_000_000, Number(process.env.BENCH_C64 ?? 2000)));
 const IN_FLIGHT = 64;
@@ -44,96 +40,9 @@ const WARM = Math.max(1, Math.min(100_000, Number(process.env.BENCH_WARM ?? 2000
 const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(/\s+/).filter((f) => f !== '');
 const via = process.env.BENCH_VIA === 'follower' ? 'follower' : 'leader';
 const root = mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), 'membershipd-bench-cluster-'));
-const children: ChildProcess[] = [];
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** The node runs from plain JavaScript bundled by esbuild, as it would from dist/. */
-function nodeCommand(): string[] {
-  return nodeEntryArgs('bin/membershipd.ts', 'membershipd_cluster.mjs', 'esbuild bundle failed; running the nodes under tsx');
-}
-
-async function getJson(url: string): Promise<{ status: number; body: Record<string, unknown> }> {
-  try {
-    const res = await fetch(url, { signal: AbortSignal.timeout(2000) });
-    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
-  } catch (e) {
-    return { status: 0, body: { error: String(e) } };
-  }
-}
-
-// ---- the cluster ----
-interface Cluster { natsPorts: number[]; httpPorts: number[]; dirs: string[]; idFiles: string[]; ca: CertificateAuthority; caFile: string; stderr: string[] }
-
-async function startCluster(): Promise<Cluster> {
-  const ca = await createCertificateAuthority('bench-ca');
-  const caFile = join(root, 'ca.pem');
-  writeFileSync(caFile, ca.cert);
-  const passFile = join(root, 'route.pass');
-  writeFileSync(passFile, 'route-secret\n', { mode: 0o600 });
-  const ports = await freePorts(9);
-  const [routePorts, natsPorts, httpPorts] = [ports.slice(0, 3), ports.slice(3, 6), ports.slice(6)];
-  const routes = routePorts.map((p) => `127.0.0.1:${p}`).join(',');
-  const cmd = nodeCommand();
-  const dirs: string[] = [];
-  const idFiles: string[] = [];
-  const stderr = ['', '', ''];
-  for (let i = 0; i < 3; i++) {
-    const pair = await writePemPair(root, `n${i}`, await issueCertificate(ca, { commonName: `n${i}`, usage: 'node' }));
-    const dataDir = join(root, `data-${i}`);
-    mkdirSync(dataDir, { recursive: true });
-    dirs.push(dataDir);
-    idFiles.push(join(root, `id-${i}.nk`));
-    const args = [
-      'serve', '--bind', '127.0.0.1', '--bus-auth', 'enforce', '--http-port', String(httpPorts[i]), '--nats-port', String(natsPorts[i]),
-      '--tls-cert', pair.certFile, '--tls-key', pair.keyFile,
-      '--cluster-name', 'bench', '--server-name', `n${i}`, '--cluster-port', String(routePorts[i]), '--routes', routes,
-      '--cluster-user', 'route', '--cluster-pass-file', passFile,
-      '--route-tls-cert', pair.certFile, '--route-tls-key', pair.keyFile, '--route-tls-ca', caFile,
-      '--internal-id-file', idFiles[i]!, '--store', 'kv', '--kv-replicas', '3', '--data-dir', dataDir, '--log-level', 'error',
-    ];
-    const child = spawnChild(process.execPath, [...nodeFlags, ...cmd, ...args], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
-    child.stderr!.on('data', (d: Buffer) => { stderr[i] = (stderr[i] + d.toString()).slice(-4000); });
-    children.push(child);
-  }
-  const c: Cluster = { natsPorts, httpPorts, dirs, idFiles, ca, caFile, stderr };
-  const t0 = Date.now();
-  for (let k = 0; k < 1200; k++) {
-    const hs = await Promise.all(httpPorts.map((p) => getJson(`http://127.0.0.1:${p}/healthz`)));
-    if (hs.every((h) => h.status === 200)) {
-      console.log(`  cluster healthy ${Date.now() - t0} ms after spawning 3 processes`);
-      return c;
-    }
-    children.forEach((ch, i) => {
-      if (ch.exitCode !== null) throw new Error(`n${i} exited ${ch.exitCode}: ${stderr[i]}`);
-    });
-    if (Date.now() - t0 > 60_000) throw new Error(`cluster not healthy within 60 s: ${JSON.stringify(hs.map((h) => h.body))}`);
-    await sleep(100);
-  }
-  throw new Error('cluster not healthy');
-}
-
-interface Admin { nc: NatsConnection; signer: ReturnType<typeof keyPairFromSeed> }
-
-async function admin(c: Cluster, i: number): Promise<Admin> {
-  const seed = readFileSync(c.idFiles[i]!, 'utf8').trim();
-  const nc = await connect({
-    servers: `tls://127.0.0.1:${c.natsPorts[i]}`, authenticator: nkeyAuthenticator(new TextEncoder().encode(seed)),
-    tls: { caFile: c.caFile }, reconnect: false, maxReconnectAttempts: 0, timeout: 10_000, name: 'bench-admin',
-  });
-  return { nc, signer: keyPairFromSeed(seed, ['server', 'user']) };
-}
-
-type Reply = { result?: string; user?: unknown; error?: { code?: string; message?: string } };
-
-/** One signed admin request; the latency in ms (signing is the client's cost, outside it) and the reply. */
-async function adminRequest(a: Admin, subject: string, body: Record<string, unknown>): Promise<{ ms: number; reply: Reply }> {
-  const payload = signRequest(subject, body, a.signer);
-  const t0 = process.hrtime.bigint();
-  const msg = await a.nc.request(subject, payload, { timeout: 15_000 });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  return { ms, reply: JSON.parse(new TextDecoder().decode(msg.data)) as Reply };
-}
+let children: ChildProcess[] = [];
 
 let userSeq = 0;
 /**
@@ -184,7 +93,7 @@ function cpuMeter(leader: number): (adds: number) => string {
 interface EtcdFigures { putP50: number; serialP50: number; linearP50: number; putPerS: number }
 
 /** The reference, measured the way our cluster is: sequential p50s, then puts at 64 in flight. */
-async function benchEtcd(c: Cluster): Promise<EtcdFigures> {
+async function benchEtcd(c: BenchCluster): Promise<EtcdFigures> {
   const ports = await freePorts(6);
   const etcd = await startEtcdCluster(root, c.ca, c.caFile, ports);
   try {
@@ -219,7 +128,8 @@ async function benchEtcd(c: Cluster): Promise<EtcdFigures> {
 async function main(): Promise<void> {
   console.log(`bench:cluster — 3 membershipd processes on loopback, fsync on, data in ${root}`);
   console.log(`  load average ${loadAverage(1)} (the machine is shared: figures are under load)`);
-  const c = await startCluster();
+  const c = await startBenchCluster(root, { nodeFlags });
+  children = c.children;
   let leader = -1;
   for (let k = 0; k < 100 && leader < 0; k++) {
     for (let i = 0; i < 3; i++) if ((await getJson(`http://127.0.0.1:${c.httpPorts[i]}/raftz`)).body.state === 'leader') leader = i;
@@ -228,7 +138,7 @@ async function main(): Promise<void> {
   if (leader < 0) throw new Error('no leader');
   const target = via === 'leader' ? leader : (leader + 1) % 3;
   console.log(`  admin API through n${target} (${via}; leader n${leader}), NKey users, one TLS connection`);
-  const a = await admin(c, target);
+  const a = await adminConnection(c, target);
   for (let i = WARM + C1 + C64_TOTAL; i > 0; i--) userKeys.push(createKeyPair('user').publicKey);
 
   // Warm-up: connections, buckets, and V8 tiering up the hot paths of all four processes, which takes the

@@ -229,6 +229,11 @@ export class FailureRateLimiter {
     return this.level(key) - (this.inFlight.get(key) ?? 0) >= 1;
   }
 
+  /** No failure token left at all (attempts in flight not counted): refuse without checking. */
+  exhausted(address: string): boolean {
+    return this.level(this.keyOf(address)) < 1;
+  }
+
   /** Takes a token for an attempt about to be checked; false (nothing taken) when none is left. */
   reserve(address: string): boolean {
     if (!this.allows(address)) return false;

@@ -6,9 +6,11 @@
 //   single-flight one scrypt per (user, stored hash, presented password) in flight; every connection that
 //                presents the same pair waits for that one result (a cold storm of 500 clients of one user
 //                costs one scrypt, not 500).
-//   reservation  an attempt reserves a failure token of its address and of its user name BEFORE it is hashed,
-//                so in-flight attempts count: 40 simultaneous guesses from one address get `burst` hashed and
-//                the rest refused at once (not 39 hashed and the 40th let through).
+//   reservation  a check reserves a failure token of its address and of its user name BEFORE it is hashed,
+//                so checks in flight count: of 40 simultaneous guesses from one address at most `burst` are
+//                hashed, the rest wait and are refused unhashed once the bucket is empty (not 39 hashed and
+//                the 40th let through). Right passwords give their token back, so 500 clients of distinct
+//                users behind one address all get in.
 //   fair queue   checks wait per address and are taken round-robin across addresses, so a storm from one
 //                address delays another address's login by at most one check per worker thread.
 //   cancel       a check whose every waiting connection closed (client timeout, peer gone) is dropped before
@@ -107,7 +109,7 @@ export class PasswordChecks {
   }
 
   async close(): Promise<void> {
-    for (const flights of this.waiting.values()) for (const f of flights) this.finish(f, 'cancelled', false);
+    for (const flights of this.waiting.values()) for (const f of flights) this.finish(f, 'cancelled', false, false);
     this.waiting.clear();
     this.waitingCount = 0;
     await this.pool.close();
@@ -117,7 +119,7 @@ export class PasswordChecks {
     if (req.signal?.aborted) return Promise.resolve('cancelled');
     // The address limit comes before the cache: a throttled address must get the same refusal for a right
     // password as for a wrong one, or it could go on guessing at the speed of an HMAC and learn the answer.
-    if (!this.addresses.allows(req.address)) {
+    if (this.addresses.exhausted(req.address)) {
       this.stats.addressLimited++;
       return Promise.resolve('address-limited');
     }
@@ -131,18 +133,11 @@ export class PasswordChecks {
     let flight = this.flights.get(key);
     if (flight !== undefined) this.stats.joined++;
     else {
-      if (!this.addresses.reserve(req.address)) {
-        this.stats.addressLimited++;
-        return Promise.resolve('address-limited');
-      }
-      if (!this.users.reserve(req.user)) {
-        this.addresses.settle(req.address, false);
+      if (this.users.exhausted(req.user)) {
         this.stats.userLimited++;
         return Promise.resolve('user-limited');
       }
       if (this.waitingCount >= this.queueMax) {
-        this.addresses.settle(req.address, false);
-        this.users.settle(req.user, false);
         this.stats.busy++;
         return Promise.resolve('busy');
       }
@@ -185,33 +180,64 @@ export class PasswordChecks {
     if (q.length === 0) this.waiting.delete(flight.req.address);
     this.waitingCount--;
     this.stats.cancelled++;
-    this.finish(flight, 'cancelled', false);
+    this.finish(flight, 'cancelled', false, false);
   }
 
+  /**
+   * Starts checks while a worker is free, one address at a time in round-robin order. An address (or user
+   * name) whose failure tokens are all taken by checks in flight waits: its next check could be the one that
+   * empties the bucket. One whose bucket is empty has its waiting checks refused unhashed.
+   */
   private dispatch(): void {
-    while (this.running < this.pool.size && this.waitingCount > 0) {
+    let blocked = 0;
+    while (this.running < this.pool.size && this.waitingCount > 0 && blocked < this.waiting.size) {
       const [address, q] = this.waiting.entries().next().value as [string, Flight[]];
-      const flight = q.shift()!;
-      this.waiting.delete(address);
+      const flight = q[0]!;
+      const user = flight.req.user;
+      const step = this.admit(address, user);
       // Re-inserted at the end: the next check comes from the next address (round-robin).
+      this.waiting.delete(address);
+      if (step === 'wait') {
+        this.waiting.set(address, q);
+        blocked++;
+        continue;
+      }
+      q.shift();
       if (q.length > 0) this.waiting.set(address, q);
       this.waitingCount--;
+      blocked = 0;
+      if (step !== 'run') {
+        if (step === 'address-limited') this.stats.addressLimited++;
+        else this.stats.userLimited++;
+        this.finish(flight, step, false, false);
+        continue;
+      }
       flight.started = true;
       this.running++;
       this.run(flight).then(
         (matched) => {
           this.running--;
           if (matched && flight.req.stored !== undefined) this.cache.add(flight.req.user, flight.req.stored, flight.req.password);
-          this.finish(flight, matched ? 'match' : 'mismatch', !matched);
+          this.finish(flight, matched ? 'match' : 'mismatch', !matched, true);
           this.dispatch();
         },
         (err: unknown) => {
           this.running--;
-          this.finish(flight, err instanceof Error ? err : new Error(String(err)), false);
+          this.finish(flight, err instanceof Error ? err : new Error(String(err)), false, true);
           this.dispatch();
         },
       );
     }
+  }
+
+  /** Reserves the tokens of a check about to run; 'wait' while checks in flight hold the last ones. */
+  private admit(address: string, user: string): 'run' | 'wait' | 'address-limited' | 'user-limited' {
+    if (this.addresses.exhausted(address)) return 'address-limited';
+    if (this.users.exhausted(user)) return 'user-limited';
+    if (!this.addresses.reserve(address)) return 'wait';
+    if (this.users.reserve(user)) return 'run';
+    this.addresses.settle(address, false);
+    return 'wait';
   }
 
   private async run(flight: Flight): Promise<boolean> {
@@ -230,10 +256,12 @@ export class PasswordChecks {
     return timingSafeEqual(candidate, hash);
   }
 
-  private finish(flight: Flight, outcome: CheckOutcome | Error, failed: boolean): void {
+  private finish(flight: Flight, outcome: CheckOutcome | Error, failed: boolean, reserved: boolean): void {
     if (this.flights.get(flight.key) === flight) this.flights.delete(flight.key);
-    this.addresses.settle(flight.req.address, failed);
-    this.users.settle(flight.req.user, failed);
+    if (reserved) {
+      this.addresses.settle(flight.req.address, failed);
+      this.users.settle(flight.req.user, failed);
+    }
     for (const l of flight.listeners) l(outcome);
     flight.listeners.clear();
   }

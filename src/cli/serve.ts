@@ -181,6 +181,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     stopping ??= (async () => {
       http.setState('stopping');
       try {
+        if (cluster !== undefined) await handOffLeadership(cluster, logger);
         kvApi?.detach();
         controlPlane?.stop();
         await nats.close();
@@ -197,6 +198,37 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     nats_port: nats.port, http_port: http.port, ws_port: nats.wsPort ?? null, tls: config.tls !== undefined,
   }, `membershipd serving: client ${urls.nats}, http ${urls.http}${urls.ws ? `, websocket ${urls.ws}` : ''}`);
   return { nats, http, urls, cluster, stop };
+}
+
+/** How long a stopping leader waits for its successor before it stops anyway (an election follows then). */
+const handOffTimeoutMs = 3000;
+
+/**
+ * A stopping leader hands leadership to its most caught-up voter first (as `cluster transfer-leader`), so a
+ * rolling restart costs writes one transfer (a round trip or two) instead of an election timeout. Bounded: a
+ * transfer that does not complete (no caught-up voter reachable) leaves the stop to proceed as before.
+ */
+async function handOffLeadership(cluster: ClusterNode, logger: Logger): Promise<void> {
+  if (cluster.raftz().state !== 'leader') return;
+  const t0 = Date.now();
+  const done = new Promise<boolean>((resolve) => {
+    const timer = setTimeout(() => { off(); resolve(false); }, handOffTimeoutMs);
+    const off = cluster.onLeaderChange((isLeader) => {
+      if (isLeader) return;
+      clearTimeout(timer);
+      off();
+      resolve(true);
+    });
+  });
+  try {
+    cluster.transferLeadership();
+  } catch (err) {
+    logger.warn({ err }, 'stopping leader could not hand leadership over; the others will elect after the election timeout');
+    return;
+  }
+  const handedOver = await done;
+  if (handedOver) logger.info({ ms: Date.now() - t0 }, 'stopping leader handed leadership over');
+  else logger.warn({ timeout_ms: handOffTimeoutMs }, 'stopping leader: leadership transfer did not complete in time; stopping anyway');
 }
 
 export interface Lifecycle {

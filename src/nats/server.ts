@@ -36,6 +36,15 @@ export const defaultLimits: NatsLimits = {
  */
 export const handshakeFirstWaitMs = 100;
 
+/**
+ * TLS handshakes this node runs at once; more wait (socket paused, the ClientHello left in the kernel) for
+ * up to `tlsQueueWaitMs`. The TLS timeout (nats-server's, 2 s) then times the handshake itself, from the
+ * moment it starts, not this node's queue: in a storm of 500 handshakes on one event loop the queue is
+ * seconds long, and timing it out cut 109 of 500 clients (EPIPE) that were only waiting for this node's CPU.
+ */
+const tlsHandshakesMax = 16;
+const tlsQueueWaitMs = 30_000;
+
 /** A subscription interest change: delta +1 on SUB, -1 on UNSUB/auto-unsubscribe/close. */
 export interface InterestChange {
   readonly subject: string;
@@ -413,6 +422,8 @@ class NatsServerImpl implements NatsServerWithCluster {
   private boundWsPort: number | undefined;
   private readonly sockets = new Set<net.Socket>();
   private nextCid = 1;
+  private handshakes = 0;
+  private readonly handshakeQueue: Array<() => void> = [];
   private closing = false;
   private unsubscribeAuth: (() => void) | undefined;
 
@@ -516,7 +527,7 @@ class NatsServerImpl implements NatsServerWithCluster {
     const nonce = this.options.auth?.nonceRequired ? newNonce() : undefined;
     let infoSent = false;
     let firstByteSeen = false;
-    const deadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs + handshakeFirstWaitMs);
+    let deadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs + handshakeFirstWaitMs);
     deadline.unref();
     const fallback = setTimeout(() => {
       // Decide after this turn's poll phase: if the event loop was blocked, a ClientHello may already be waiting
@@ -526,6 +537,10 @@ class NatsServerImpl implements NatsServerWithCluster {
         // 2.9 model: INFO in plain text, then the client upgrades.
         infoSent = true;
         socket.write(this.core.infoLine({ cid, nonce, transport: { kind: 'tls', remoteAddress: socket.remoteAddress ?? '' } }));
+        // From here the wait is the client's (read INFO, send its ClientHello), however late a busy loop sent it.
+        clearTimeout(deadline);
+        deadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs);
+        deadline.unref();
       });
     }, handshakeFirstWaitMs);
     socket.once('data', (chunk: Buffer) => {
@@ -533,24 +548,71 @@ class NatsServerImpl implements NatsServerWithCluster {
       clearTimeout(fallback);
       socket.pause();
       socket.unshift(chunk);
+      clearTimeout(deadline);
       if (chunk[0] !== 0x16) {
         // Plain text where a TLS handshake must come: nats-server's handshake fails and the socket closes.
-        clearTimeout(deadline);
         socket.destroy();
         return;
       }
-      const ca = this.options.tls?.ca;
-      const secure = new tls.TLSSocket(socket, {
-        isServer: true, secureContext: context, requestCert: ca !== undefined, rejectUnauthorized: ca !== undefined,
-      });
-      secure.on('error', () => socket.destroy());
-      secure.once('secure', () => {
-        clearTimeout(deadline);
-        secure.pause();
-        this.startClient(new SocketTransport(secure, true), infoSent, { cid, nonce });
+      this.admitHandshake(socket, () => {
+        const handshakeDeadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs);
+        handshakeDeadline.unref();
+        const ca = this.options.tls?.ca;
+        const secure = new tls.TLSSocket(socket, {
+          isServer: true, secureContext: context, requestCert: ca !== undefined, rejectUnauthorized: ca !== undefined,
+        });
+        let released = false;
+        const release = (): void => {
+          if (released) return;
+          released = true;
+          clearTimeout(handshakeDeadline);
+          this.handshakeDone();
+        };
+        socket.once('close', release);
+        secure.on('error', () => socket.destroy());
+        secure.once('secure', () => {
+          release();
+          secure.pause();
+          this.startClient(new SocketTransport(secure, true), infoSent, { cid, nonce });
+        });
       });
     });
     socket.resume();
+  }
+
+  /** Runs `start` now if fewer than tlsHandshakesMax handshakes are running, else when one ends (or drops the socket after tlsQueueWaitMs). */
+  private admitHandshake(socket: net.Socket, start: () => void): void {
+    if (this.handshakes < tlsHandshakesMax) {
+      this.handshakes++;
+      start();
+      return;
+    }
+    const waited = setTimeout(() => {
+      const i = this.handshakeQueue.indexOf(run);
+      if (i >= 0) this.handshakeQueue.splice(i, 1);
+      socket.destroy();
+    }, tlsQueueWaitMs);
+    waited.unref();
+    const run = (): void => {
+      clearTimeout(waited);
+      if (socket.destroyed) return this.handshakeDone();
+      start();
+    };
+    socket.once('close', () => {
+      const i = this.handshakeQueue.indexOf(run);
+      if (i >= 0) {
+        this.handshakeQueue.splice(i, 1);
+        clearTimeout(waited);
+      }
+    });
+    this.handshakeQueue.push(run);
+  }
+
+  /** A handshake ended (secure, failed or socket gone): the next queued one takes its place. */
+  private handshakeDone(): void {
+    const next = this.handshakeQueue.shift();
+    if (next === undefined) this.handshakes--;
+    else next();
   }
 
   private startClient(transport: ClientTransport, infoSent: boolean, ids: { cid: number; nonce: string | undefined } | undefined): void {

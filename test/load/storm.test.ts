@@ -1,0 +1,209 @@
+// Connection storms and hostile password storms (issue 13 item 1, issue 19 item 1), at CI size, with the real
+// nats.js client and raw sockets over real TCP/TLS. What each test would have shown before the fix is in its
+// comment; the figures (times, CPU) are printed, never asserted (bench:storm measures them at full scale).
+import t from 'tap';
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { createNatsServer } from '../../src/nats/index.js';
+import { createBusAuthenticator, hashPassword, MemorySource, scryptDefaults, type UserRecord } from '../../src/auth/index.js';
+import { createCertificateAuthority, issueCertificate } from '../../src/certs/index.js';
+import { silentLogger } from '../../src/log.js';
+import { startCluster } from '../../src/index.js';
+
+const storm = Number(process.env.STORM_CLIENTS ?? 500);
+
+interface StormResult { connected: NatsConnection[]; failures: Map<string, number>; ms: number }
+
+/** n concurrent nats.js connects; every failure is counted by its message. */
+async function connectStorm(n: number, opts: (i: number) => Record<string, unknown>): Promise<StormResult> {
+  const t0 = Date.now();
+  const failures = new Map<string, number>();
+  const settled = await Promise.allSettled(Array.from({ length: n }, (_, i) => connect({ reconnect: false, timeout: 30_000, ...opts(i) })));
+  const connected: NatsConnection[] = [];
+  for (const s of settled) {
+    if (s.status === 'fulfilled') connected.push(s.value);
+    else {
+      const m = s.reason instanceof Error ? s.reason.message : String(s.reason);
+      failures.set(m, (failures.get(m) ?? 0) + 1);
+    }
+  }
+  return { connected, failures, ms: Date.now() - t0 };
+}
+
+function describe(r: StormResult): string {
+  return `${r.connected.length} connected in ${r.ms} ms, failures ${JSON.stringify(Object.fromEntries(r.failures))}`;
+}
+
+/**
+ * A raw NATS client from a chosen loopback source address: reads INFO (in plain text, as nats-server sends it
+ * before the TLS upgrade), upgrades when asked, sends CONNECT + PING; resolves with what came back.
+ */
+function rawLogin(opts: { port: number; localAddress: string; user: string; pass: string; tls?: { ca: string }; waitMs?: number; delayConnect?: Promise<void> }): { done: Promise<string>; socket: Socket } {
+  const tcp = netConnect({ host: '127.0.0.1', port: opts.port, localAddress: opts.localAddress });
+  let socket: Socket = tcp;
+  let text = '';
+  const done = new Promise<string>((resolve) => {
+    const timer = setTimeout(() => { socket.destroy(); resolve(`${text}<timeout>`); }, opts.waitMs ?? 30_000);
+    const finish = (s: string): void => { clearTimeout(timer); resolve(s); };
+    const login = (): void => {
+      const send = (): void => { socket.write(`CONNECT ${JSON.stringify({ user: opts.user, pass: opts.pass, verbose: false, pedantic: false, protocol: 1 })}\r\nPING\r\n`); };
+      if (opts.delayConnect) void opts.delayConnect.then(send);
+      else send();
+    };
+    const onData = (d: Buffer): void => {
+      text += d.toString();
+      if (/PONG\r\n|-ERR/.test(text)) finish(text);
+    };
+    tcp.on('error', () => {});
+    tcp.on('close', () => finish(`${text}<closed>`));
+    const onInfo = (d: Buffer): void => {
+      text += d.toString();
+      if (!text.includes('\r\n')) return;
+      tcp.off('data', onInfo);
+      if (opts.tls === undefined) {
+        tcp.on('data', onData);
+        login();
+        return;
+      }
+      const secure = tlsConnect({ socket: tcp, ca: opts.tls.ca, checkServerIdentity: () => undefined });
+      socket = secure;
+      secure.on('error', () => {});
+      secure.on('data', onData);
+      secure.once('secureConnect', login);
+    };
+    tcp.on('data', onInfo);
+  });
+  return { done, socket: tcp };
+}
+
+t.test('a cold storm of one user at production scrypt cost: every client in, one scrypt', async (t) => {
+  // Before: each CONNECT ran its own scrypt (N=2^15, ~0.1 s of CPU) in libuv's pool and the 2 s auth timer
+  // covered that queue: 464 of 500 clients failed with Authentication Timeout on a cold node.
+  const stored = await hashPassword('storm-password', scryptDefaults);
+  const users: UserRecord[] = [{ name: 'svc', password: stored, roles: ['admin'], disabled: false }];
+  const auth = createBusAuthenticator({ mode: 'enforce', source: new MemorySource(users), logger: silentLogger() });
+  const ca = await createCertificateAuthority('storm-ca');
+  const pair = await issueCertificate(ca, { commonName: 'localhost', usage: 'node' });
+  const plain = createNatsServer({ host: '127.0.0.1', port: 0, auth, logger: silentLogger() });
+  const secure = createNatsServer({ host: '127.0.0.1', port: 0, auth: createBusAuthenticator({ mode: 'enforce', source: new MemorySource(users), logger: silentLogger() }), logger: silentLogger(), tls: { cert: pair.cert, key: pair.key } });
+  await plain.start();
+  await secure.start();
+  t.teardown(async () => { await plain.close(); await secure.close(); });
+
+  const r = await connectStorm(storm, () => ({ servers: `127.0.0.1:${plain.port}`, user: 'svc', pass: 'storm-password' }));
+  t.comment(`plain TCP, cold, one user: ${describe(r)}`);
+  t.equal(r.connected.length, storm, 'every client of the cold storm connected');
+  t.same(Object.fromEntries(r.failures), {}, 'no failures');
+  // They are real sessions: one of them sees another's message.
+  const sub = r.connected[0]!.subscribe('storm.check', { max: 1 });
+  await r.connected[0]!.flush();
+  r.connected[storm - 1]!.publish('storm.check', 'hello');
+  for await (const m of sub) t.equal(m.string(), 'hello', 'the stormed-in connections carry messages');
+  await Promise.all(r.connected.map((c) => c.close()));
+
+  // Before: 109 of 500 TLS clients failed (write EPIPE): the TLS deadline fired on handshakes waiting for
+  // this node's CPU, not for the client.
+  const s = await connectStorm(storm, () => ({ servers: `tls://127.0.0.1:${secure.port}`, user: 'svc', pass: 'storm-password', tls: { ca: ca.cert } }));
+  t.comment(`TLS, cold, one user: ${describe(s)}`);
+  t.equal(s.connected.length, storm, 'every client of the cold TLS storm connected');
+  t.same(Object.fromEntries(s.failures), {}, 'no failures over TLS');
+  await Promise.all(s.connected.map((c) => c.close()));
+
+  // A wrong password sent by 100 clients at once is refused for each of them with nats-server's text.
+  const w = await connectStorm(100, () => ({ servers: `127.0.0.1:${plain.port}`, user: 'svc', pass: 'not-it' }));
+  t.equal(w.connected.length, 0, 'no client with a wrong password got in');
+  for (const m of w.failures.keys()) t.match(m, /Authorization Violation|AUTHORIZATION_VIOLATION/i, 'refused as nats-server refuses');
+});
+
+t.test('a cold storm of distinct users: every one in, checks shared fairly', async (t) => {
+  const n = Math.min(storm, 500);
+  const params = { N: 1 << 11, r: 8, p: 1 }; // distinct users cost one scrypt each: keep CI's CPU bounded
+  const users: UserRecord[] = await Promise.all(Array.from({ length: n }, async (_, i) => ({ name: `u${i}`, password: await hashPassword(`pw-${i}`, params), roles: [], disabled: false })));
+  const server = createNatsServer({ host: '127.0.0.1', port: 0, auth: createBusAuthenticator({ mode: 'enforce', source: new MemorySource(users), logger: silentLogger() }), logger: silentLogger() });
+  await server.start();
+  t.teardown(() => server.close());
+  const r = await connectStorm(n, (i) => ({ servers: `127.0.0.1:${server.port}`, user: `u${i}`, pass: `pw-${i}` }));
+  t.comment(`${n} distinct users, cold: ${describe(r)}`);
+  t.equal(r.connected.length, n, 'every distinct user connected');
+  t.same(Object.fromEntries(r.failures), {}, 'no failures');
+  await Promise.all(r.connected.map((c) => c.close()));
+});
+
+t.test('simultaneous guesses from one address are charged before they are hashed', async (t) => {
+  // Before: the limiter checked before the scrypt and charged after it, so 40 simultaneous CONNECTs from one
+  // address all got hashed: 39 wrong passwords checked, and the 40th (right) one accepted.
+  const stored = await hashPassword('right-password', scryptDefaults);
+  const server = createNatsServer({
+    host: '127.0.0.1', port: 0, logger: silentLogger(),
+    auth: createBusAuthenticator({ mode: 'enforce', source: new MemorySource([{ name: 'carol', password: stored, roles: [], disabled: false }]), logger: silentLogger() }),
+  });
+  await server.start();
+  t.teardown(() => server.close());
+  const guesses = Array.from({ length: 39 }, (_, i) => rawLogin({ port: server.port, localAddress: '127.0.0.3', user: 'carol', pass: `guess-${i}` }));
+  t.teardown(() => guesses.forEach((g) => g.socket.destroy()));
+  // The right password is sent once the first guess has been answered: all 39 guesses are in by then.
+  const firstAnswer = Promise.race(guesses.map((g) => g.done)).then(() => undefined);
+  const right = rawLogin({ port: server.port, localAddress: '127.0.0.3', user: 'carol', pass: 'right-password', delayConnect: firstAnswer });
+  t.teardown(() => right.socket.destroy());
+  const answers = await Promise.all(guesses.map((g) => g.done));
+  t.ok(answers.every((a) => a.includes("-ERR 'Authorization Violation'")), 'every guess refused with nats-server\'s text');
+  t.match(await right.done, "-ERR 'Authorization Violation'", 'the right password from the throttled address is refused too');
+  const other = rawLogin({ port: server.port, localAddress: '127.0.0.4', user: 'carol', pass: 'right-password' });
+  t.teardown(() => other.socket.destroy());
+  t.match(await other.done, 'PONG', 'another address logs in');
+});
+
+t.test('a hostile storm of wrong passwords at the leader: no election, writes go on, a user gets in', async (t) => {
+  // Before: 60 simultaneous wrong CONNECTs at the leader queued their scrypts in libuv's pool with the WAL's
+  // writes and fsyncs: a KV write took 3 s, another user's login timed out and the cluster changed leader.
+  const cluster = await startCluster({ nodes: 3, auth: { users: [{ name: 'app', password: 'app-password', roles: ['admin'] }] } });
+  t.teardown(() => cluster.stop());
+  const leaderIndex = cluster.nodes.findIndex((n) => n.cluster.raftz().state === 'leader');
+  t.ok(leaderIndex >= 0, 'a leader');
+  const leader = cluster.nodes[leaderIndex]!;
+  const term0 = Number(leader.cluster.raftz().term);
+  const port = Number(new URL(leader.urls.nats).port);
+  const nc = await connect({ servers: leader.urls.nats, ...cluster.connectOptions, user: 'app', pass: 'app-password', reconnect: false });
+  t.teardown(() => nc.close());
+  const kv = await new Kvm(jetstream(nc)).create('storm');
+  const quiet: number[] = [];
+  for (let i = 0; i < 50; i++) {
+    const t0 = performance.now();
+    await kv.put(`quiet.${i}`, 'v');
+    quiet.push(performance.now() - t0);
+  }
+  // 200 attackers, each from its own loopback address (so the per-address limit does not stop them), each
+  // with an unknown user name: every one costs a full default-cost scrypt.
+  const attackers = Array.from({ length: 200 }, (_, i) => rawLogin({
+    port, localAddress: `127.0.${10 + Math.floor(i / 200)}.${(i % 200) + 20}`, user: `mallory-${i}`, pass: 'guess', tls: { ca: cluster.ca }, waitMs: 60_000,
+  }));
+  t.teardown(() => attackers.forEach((a) => a.socket.destroy()));
+  const during: number[] = [];
+  let failedWrites = 0;
+  const writes = (async () => {
+    for (let i = 0; i < 100; i++) {
+      const t0 = performance.now();
+      try {
+        await kv.put(`storm.${i}`, 'v');
+      } catch {
+        failedWrites++;
+      }
+      during.push(performance.now() - t0);
+    }
+  })();
+  const legit = rawLogin({ port, localAddress: '127.0.0.2', user: 'app', pass: 'app-password', tls: { ca: cluster.ca } });
+  t.teardown(() => legit.socket.destroy());
+  const t0 = Date.now();
+  t.match(await legit.done, 'PONG', 'a legitimate user from another address logs in during the storm');
+  const legitMs = Date.now() - t0;
+  await writes;
+  for (const a of attackers) a.socket.destroy();
+  const q = (xs: number[], p: number): string => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!.toFixed(1);
+  t.comment(`legit login ${legitMs} ms into the storm; KV put p50/p99 quiet ${q(quiet, 0.5)}/${q(quiet, 0.99)} ms, during the storm ${q(during, 0.5)}/${q(during, 0.99)} ms`);
+  t.equal(failedWrites, 0, 'every KV write during the storm succeeded');
+  t.equal(Number(leader.cluster.raftz().term), term0, 'no election: the term did not change');
+  t.equal(leader.cluster.raftz().state, 'leader', 'the leader kept its role');
+});
