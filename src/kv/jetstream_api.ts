@@ -127,6 +127,9 @@ export class KvApi {
   private readonly adminOnly: (bucket: string) => boolean;
   private requests = 0;
   private errors = 0;
+  private inFlight = 0;
+  private refusing = false;
+  private readonly idleWaiters: Array<() => void> = [];
   private closed = false;
   private readonly offReset: (() => void) | undefined;
 
@@ -152,7 +155,7 @@ export class KvApi {
    * no_responders status). Views in `msg` are valid only during the call, so what is kept is copied.
    */
   handlePublish(msg: LocalPublish): boolean {
-    if (this.closed) return false;
+    if (this.closed || this.refusing) return false;
     const s = msg.subject;
     const hidden = msg.principal?.admin === true ? undefined : this.adminOnly;
     if (s.startsWith(kvPrefix)) {
@@ -212,7 +215,37 @@ export class KvApi {
 
   // ---- plumbing -------------------------------------------------------------------------------------------------
 
+  /**
+   * A stopping node takes no new request: each gets nats-server's no-responders status (503) at once, which
+   * the standard clients retry, by then on another node, instead of waiting out their timeout.
+   */
+  stopTaking(): void {
+    this.refusing = true;
+  }
+
+  /**
+   * Resolves once every request already taken has been answered (or after `timeoutMs`): a stopping node waits
+   * for this between reading no more client input and closing the connections, so a write it took is answered
+   * rather than left to the client's timeout.
+   */
+  idle(timeoutMs: number): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(finish, timeoutMs);
+      timer.unref();
+      function finish(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.idleWaiters.push(finish);
+    });
+  }
+
   private run(p: Promise<void>, reply: string | undefined, type: string | undefined): void {
+    this.inFlight++;
+    void p.finally(() => {
+      if (--this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    }).catch(() => undefined);
     p.catch((err: unknown) => {
       this.logger.error({ err }, 'KV API request failed');
       if (reply === undefined) return;

@@ -52,6 +52,14 @@ export interface NatsServer {
   readonly port: number;
   readonly wsPort: number | undefined;
   start(): Promise<void>;
+  /**
+   * A graceful stop's client drain: new connections are refused (clients go to another node), and each
+   * client is closed (flushed) once nothing has come from it for `quietMs`, everyone at `deadlineMs`. A
+   * request a client sent is either read and answered before its connection closes, or, if it is still
+   * in the socket at close, lost: closing a connection in the middle of a burst would lose it for sure, so
+   * a quiet moment is waited for. close() follows.
+   */
+  drainClients(quietMs: number, deadlineMs: number): Promise<void>;
   /** Stops accepting, flushes and closes every client, then resolves. */
   close(): Promise<void>;
   stats(): NatsServerStats;

@@ -664,8 +664,11 @@ export class Client implements ParserHandler {
     for (const sub of this.subs.values()) this.server.removeSubscription(sub);
     this.subs.clear();
     this.releaseStalled();
-    if (flush) this.transport.end();
-    else this.transport.destroy();
+    if (flush) {
+      // A paused transport (auth, back-pressure, a stopping node) would never read the peer's FIN.
+      if (this.paused !== 0) this.transport.resume();
+      this.transport.end();
+    } else this.transport.destroy();
     this.server.clientClosed(this);
   }
 }

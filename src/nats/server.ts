@@ -425,6 +425,7 @@ class NatsServerImpl implements NatsServerWithCluster {
   private handshakes = 0;
   private readonly handshakeQueue: Array<() => void> = [];
   private closing = false;
+  private draining = false;
   private unsubscribeAuth: (() => void) | undefined;
 
   constructor(private readonly options: NatsServerOptions) {
@@ -502,7 +503,7 @@ class NatsServerImpl implements NatsServerWithCluster {
       wss.once('error', reject);
     });
     wss.on('connection', (ws: WebSocket, req: IncomingMessage) => {
-      if (this.closing) return void ws.terminate();
+      if (this.closing || this.draining) return void ws.terminate();
       req.socket.setNoDelay(true);
       this.startClient(new WebSocketTransport(ws, req.socket), false, undefined);
     });
@@ -510,8 +511,25 @@ class NatsServerImpl implements NatsServerWithCluster {
     this.boundWsPort = (wss.address() as net.AddressInfo).port;
   }
 
+  async drainClients(quietMs: number, deadlineMs: number): Promise<void> {
+    if (this.closing) return;
+    this.draining = true;
+    const end = Date.now() + deadlineMs;
+    const seen = new Map<Client, { bytes: number; at: number }>();
+    while (this.core.clients.size > 0) {
+      const now = Date.now();
+      for (const c of [...this.core.clients.values()]) {
+        const last = seen.get(c);
+        if (last === undefined || last.bytes !== c.inBytes) seen.set(c, { bytes: c.inBytes, at: now });
+        else if (now - last.at >= quietMs || now >= end) c.close(closeReason.serverShutdown, true);
+      }
+      if (now >= end) break;
+      await new Promise((r) => setTimeout(r, Math.max(5, Math.min(20, quietMs / 2))));
+    }
+  }
+
   private onSocket(socket: net.Socket): void {
-    if (this.closing) return void socket.destroy();
+    if (this.closing || this.draining) return void socket.destroy();
     this.sockets.add(socket);
     socket.once('close', () => this.sockets.delete(socket));
     socket.on('error', () => socket.destroy());

@@ -536,6 +536,117 @@ t.test('SIGSTOP/SIGCONT of the leader for 3 s while admin clients write', async 
   await assertAllPresent(t, c, [0, 1, 2], acked, 'after SIGSTOP/SIGCONT');
 });
 
+// Issue 13: a rolling restart under load, as systemd does it (SIGTERM, wait for the exit, start again, wait for
+// /healthz 200 everywhere, next node). KV writers (nats.js, one connected to each node, reconnecting to the
+// others) put unique keys and retry only errors the standard client reports as retryable (timeout,
+// disconnect, no responders); a publisher/subscriber pair runs across nodes. Asserted: no KV op failed
+// beyond its retries, every acknowledged put is present afterwards, the cluster is healthy after each step.
+// The longest write stall per restart (one put including its retries) is printed.
+t.test('rolling restart with SIGTERM under KV writes and pub/sub: no failed or lost KV op', async (t) => {
+  const c = coldCluster(t);
+  if (c === undefined) return;
+  await waitHealthy(c, [0, 1, 2], HEALTHY_DEADLINE_MS);
+  const { jetstream } = await import('@nats-io/jetstream');
+  const { Kvm } = await import('@nats-io/kv');
+  const conns: NatsConnection[] = [];
+  t.teardown(async () => { for (const nc of conns) await nc.close().catch(() => undefined); });
+  const clientFor = async (i: number): Promise<NatsConnection> => {
+    const seedText = readFileSync(join(c.dir, `id-${i}.nk`), 'utf8').trim();
+    const order = [i, (i + 1) % 3, (i + 2) % 3];
+    const nc = await connect({
+      servers: order.map((k) => `tls://127.0.0.1:${c.natsPorts[k]}`), noRandomize: true,
+      authenticator: nkeyAuthenticator(new TextEncoder().encode(seedText)), tls: { caFile: files.caFile },
+      reconnect: true, maxReconnectAttempts: -1, reconnectTimeWait: 100, timeout: 5000, name: `rolling-${i}`,
+    });
+    conns.push(nc);
+    return nc;
+  };
+  const setup = await clientFor(0);
+  await new Kvm(jetstream(setup)).create('rolling', { replicas: 3 });
+  const acked = new Map<string, string>();
+  const failed: string[] = [];
+  let stall = 0;
+  let stallWhy = '';
+  let stopping = false;
+  // "jetstream is not enabled" is how @nats-io/jetstream renders a 503 no-responders status, which its publish
+  // retries (with `retries`), as for a timeout: a stopping node answers new requests with it.
+  const retryable = (e: unknown): boolean => /timeout|disconnect|no responders|503|jetstream is not enabled|closed|leader/i.test(String(e));
+  const writers = [0, 1, 2].map(async (i) => {
+    const nc = await clientFor(i);
+    const kv = await new Kvm(jetstream(nc, { timeout: 3000 })).open('rolling');
+    for (let k = 0; k < 100_000 && !stopping; k++) {
+      const key = `w${i}.${k}`;
+      const value = `v${k}`;
+      const t0 = Date.now();
+      let done = false;
+      const errors: string[] = [];
+      for (let r = 0; r < 40 && !done; r++) {
+        try {
+          await kv.put(key, value);
+          done = true;
+        } catch (e) {
+          errors.push(String(e).slice(0, 120));
+          if (!retryable(e)) { failed.push(`${key}: ${String(e)}`); break; }
+          await sleep(100);
+        }
+      }
+      if (done) acked.set(key, value);
+      else if (failed.length === 0 || !failed[failed.length - 1]!.startsWith(key)) failed.push(`${key}: retries exhausted`);
+      const ms = Date.now() - t0;
+      if (ms > stall) {
+        stall = ms;
+        stallWhy = `${key} via ${nc.getServer()}${errors.length > 0 ? ` after ${errors.join(' | ')}` : ''}`;
+      }
+    }
+  });
+  // Pub/sub across nodes: a subscriber on n2's connection, a publisher on n0's.
+  const subNc = await clientFor(2);
+  let received = 0;
+  const sub = subNc.subscribe('rolling.ticks', { callback: () => { received++; } });
+  const pubNc = await clientFor(0);
+  const ticker = setInterval(() => { if (!pubNc.isClosed()) pubNc.publish('rolling.ticks', 'x'); }, 20);
+  t.teardown(() => { clearInterval(ticker); sub.unsubscribe(); });
+
+  const sizeBefore = async (): Promise<void> => { const n = acked.size; await untilAckedMap(acked, n + 20, 20_000); };
+  await sizeBefore();
+  const stalls: string[] = [];
+  for (const i of [0, 1, 2]) {
+    stall = 0;
+    stallWhy = '';
+    const wasLeader = (await leaderOf(c, [i])) === i;
+    const termOf = async (): Promise<string> => (await Promise.all([0, 1, 2].map((k) => getJson(c, k, '/raftz')))).map((r, k) => `n${k}:${String(r.body.state ?? '-').slice(0, 1)}${String(r.body.term ?? '?')}`).join(' ');
+    const termsBefore = await termOf();
+    const t0 = Date.now();
+    await stopNode(c, i, 'SIGTERM');
+    const stoppedMs = Date.now() - t0;
+    spawnNode(c, i);
+    const healthyMs = await waitHealthy(c, [0, 1, 2], HEALTHY_DEADLINE_MS);
+    await sizeBefore();
+    const termsAfter = await termOf();
+    stalls.push(`[${termsBefore} -> ${termsAfter}] n${i}${wasLeader ? ' (leader)' : ''}: stopped in ${stoppedMs} ms, healthy ${healthyMs} ms after restart, longest write ${stall} ms (${stallWhy})`);
+  }
+  stopping = true;
+  clearInterval(ticker);
+  await Promise.race([Promise.all(writers), bound(20_000)]);
+  t.comment(`rolling restart: ${stalls.join('; ')}; ${acked.size} puts acknowledged, ${received} ticks received`);
+  t.same(failed.slice(0, 10), [], 'no KV op failed beyond the client\'s retries');
+  t.ok(acked.size > 60, `writes went on through the restarts (${acked.size})`);
+  const check = await clientFor(1);
+  const kv = await new Kvm(jetstream(check, { timeout: 5000 })).open('rolling');
+  const missing: string[] = [];
+  for (const [key, value] of acked) {
+    const e = await kv.get(key);
+    if (e === null || e.string() !== value) missing.push(key);
+  }
+  t.same(missing.slice(0, 20), [], `every acknowledged put (${acked.size}) is present with its value after the restarts`);
+  t.ok(received > 0, 'pub/sub across nodes carried messages through the restarts');
+});
+
+async function untilAckedMap(acked: Map<string, string>, n: number, boundMs: number): Promise<void> {
+  const end = Date.now() + boundMs;
+  while (acked.size < n && Date.now() < end) await sleep(50);
+}
+
 t.test('disk damage in the middle of a stopped follower\'s WAL segment: refused with file and offset', async (t) => {
   const c = coldCluster(t);
   if (c === undefined) return;
