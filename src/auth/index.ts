@@ -39,8 +39,11 @@ export {
   type SubjectRules,
 } from './permissions.js';
 export {
+  createGeneratedPassword,
   createToken,
   CredentialFormatError,
+  hashGeneratedPassword,
+  isGeneratedPasswordHash,
   FailureRateLimiter,
   hashPassword,
   hashToken,

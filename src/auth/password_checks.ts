@@ -18,7 +18,7 @@
 //   pool         scrypt runs on worker threads of its own (scrypt_pool.ts), never in libuv's pool, where the
 //                WAL's writes and fsyncs run.
 import { timingSafeEqual } from 'node:crypto';
-import { FailureRateLimiter, hashPassword, parsePasswordHash, VerifiedPasswordCache, type RateLimitOptions } from './credentials.js';
+import { FailureRateLimiter, hashPassword, isGeneratedPasswordHash, parsePasswordHash, verifyGeneratedPassword, VerifiedPasswordCache, type RateLimitOptions } from './credentials.js';
 import { ScryptPool } from './scrypt_pool.js';
 
 export type CheckOutcome =
@@ -128,6 +128,17 @@ export class PasswordChecks {
     if (req.stored !== undefined && this.cache.has(req.user, req.stored, req.password)) {
       this.stats.cacheHits++;
       return Promise.resolve('match');
+    }
+    if (req.stored !== undefined && isGeneratedPasswordHash(req.stored)) {
+      // One HMAC: nothing to queue or share (credentials.ts says why this format is safe).
+      if (this.users.exhausted(req.user)) {
+        this.stats.userLimited++;
+        return Promise.resolve('user-limited');
+      }
+      if (verifyGeneratedPassword(req.password, req.stored)) return Promise.resolve('match');
+      this.addresses.recordFailure(req.address);
+      this.users.recordFailure(req.user);
+      return Promise.resolve('mismatch');
     }
     const key = `${req.user}\0${req.stored ?? ''}\0${this.cache.mac(req.user, req.password).toString('base64')}`;
     let flight = this.flights.get(key);

@@ -530,3 +530,24 @@ t.test('authenticator: off mode', async (t) => {
   t.ok(!r2.ok && /stored credential unusable/.test(r2.reason), 'a malformed stored hash refuses that client instead of throwing');
   t.throws(() => createBusAuthenticator({ mode: 'strict' as never, source: new MemorySource(), logger: silentLogger() }), RangeError);
 });
+
+t.test('generated passwords: only the node-made shape is stored as generated$, verified by HMAC, malformed input refused', async (t) => {
+  const { createGeneratedPassword, hashGeneratedPassword, isGeneratedPasswordHash, isPasswordHash } = await import('../../src/auth/index.js');
+  const { verifyGeneratedPassword } = await import('../../src/auth/credentials.js');
+  const pw = createGeneratedPassword();
+  t.match(pw, /^ubpw_[A-Za-z0-9_-]{43}$/);
+  const stored = hashGeneratedPassword(pw);
+  t.ok(isGeneratedPasswordHash(stored) && isPasswordHash(stored), 'a stored password hash');
+  t.ok(verifyGeneratedPassword(pw, stored), 'the password verifies');
+  t.ok(await verifyPassword(pw, stored), 'verifyPassword knows the format');
+  t.notOk(verifyGeneratedPassword(createGeneratedPassword(), stored), 'another generated password does not');
+  t.notOk(verifyGeneratedPassword(pw.slice(0, -1), stored), 'a truncated one does not');
+  t.not(hashGeneratedPassword(pw), stored, 'salted: two hashes of one password differ');
+  for (const chosen of ['hunter2', 'ubpw_short', `ubpw_${'a'.repeat(42)}!`, '']) {
+    t.throws(() => hashGeneratedPassword(chosen), { code: 'ECREDFORMAT' }, `a chosen password (${JSON.stringify(chosen)}) is never stored as generated$`);
+  }
+  for (const bad of ['generated$', 'generated$$', `generated$${'A'.repeat(22)}$short`, `generated$!!!$${'A'.repeat(43)}`, `${stored}x`]) {
+    t.notOk(isGeneratedPasswordHash(bad), `malformed ${JSON.stringify(bad.slice(0, 30))} is not a generated hash`);
+    t.notOk(verifyGeneratedPassword(pw, bad), 'and verifies nothing');
+  }
+});

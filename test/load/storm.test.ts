@@ -8,7 +8,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { createNatsServer } from '../../src/nats/index.js';
-import { createBusAuthenticator, hashPassword, MemorySource, scryptDefaults, type UserRecord } from '../../src/auth/index.js';
+import { createBusAuthenticator, createGeneratedPassword, hashGeneratedPassword, hashPassword, MemorySource, scryptDefaults, type UserRecord } from '../../src/auth/index.js';
 import { createCertificateAuthority, issueCertificate } from '../../src/certs/index.js';
 import { silentLogger } from '../../src/log.js';
 import { startCluster } from '../../src/index.js';
@@ -130,6 +130,22 @@ t.test('a cold storm of distinct users: every one in, checks shared fairly', asy
   t.equal(r.connected.length, n, 'every distinct user connected');
   t.same(Object.fromEntries(r.failures), {}, 'no failures');
   await Promise.all(r.connected.map((c) => c.close()));
+
+  // Node-generated passwords (256 random bits) are stored as generated$ and checked with one HMAC: a storm of
+  // distinct users costs no scrypt at all (credentials.ts gives the argument).
+  const passwords = Array.from({ length: n }, () => createGeneratedPassword());
+  const generated: UserRecord[] = passwords.map((p, i) => ({ name: `g${i}`, password: hashGeneratedPassword(p), roles: [], disabled: false }));
+  const g = createNatsServer({ host: '127.0.0.1', port: 0, auth: createBusAuthenticator({ mode: 'enforce', source: new MemorySource(generated), logger: silentLogger() }), logger: silentLogger() });
+  await g.start();
+  t.teardown(() => g.close());
+  const cpu0 = process.cpuUsage();
+  const gr = await connectStorm(n, (i) => ({ servers: `127.0.0.1:${g.port}`, user: `g${i}`, pass: passwords[i] }));
+  const cpu = process.cpuUsage(cpu0);
+  t.comment(`${n} distinct users with generated passwords, cold: ${describe(gr)}; CPU of this process (clients and server) ${((cpu.user + cpu.system) / 1e6).toFixed(2)} s`);
+  t.equal(gr.connected.length, n, 'every distinct generated-password user connected');
+  await Promise.all(gr.connected.map((c) => c.close()));
+  const wrong = await connectStorm(3, () => ({ servers: `127.0.0.1:${g.port}`, user: 'g0', pass: passwords[1] }));
+  t.equal(wrong.connected.length, 0, 'another user\'s generated password is refused');
 });
 
 t.test('simultaneous guesses from one address are charged before they are hashed', async (t) => {
