@@ -223,3 +223,41 @@ t.test('a hostile storm of wrong passwords at the leader: no election, writes go
   t.equal(Number(leader.cluster.raftz().term), term0, 'no election: the term did not change');
   t.equal(leader.cluster.raftz().state, 'leader', 'the leader kept its role');
 });
+
+t.test('a subscriber process stopped with SIGSTOP is cut as a slow consumer; the others keep receiving', async (t) => {
+  const { spawn } = await import('node:child_process');
+  const pendingMax = 8 * 1024 * 1024;
+  const server = createNatsServer({ host: '127.0.0.1', port: 0, logger: silentLogger(), limits: { maxPendingBytes: pendingMax } });
+  await server.start();
+  t.teardown(() => server.close());
+  // A real process that subscribes and then, stopped, reads nothing: the kernel buffers fill, then the node's.
+  const script = `const s=require('node:net').connect(${server.port},'127.0.0.1');let b='';s.on('data',d=>{b+=d;if(b.includes('PONG')&&!b.done){b.done=1;process.stdout.write('ready\\n')}if(b.length>1e5)b=b.slice(-10)});s.on('connect',()=>s.write('CONNECT {"verbose":false}\\r\\nSUB feed 1\\r\\nPING\\r\\n'));`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => { try { process.kill(child.pid!, 'SIGKILL'); } catch { /* gone */ } });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the subscriber process did not subscribe within 20 s')), 20_000);
+    child.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('ready')) { clearTimeout(timer); resolve(); } });
+  });
+  process.kill(child.pid!, 'SIGSTOP');
+  const sub = await connect({ servers: `127.0.0.1:${server.port}`, reconnect: false });
+  const pub = await connect({ servers: `127.0.0.1:${server.port}`, reconnect: false });
+  t.teardown(async () => { await sub.close(); await pub.close(); });
+  let received = 0;
+  sub.subscribe('feed', { callback: () => { received++; } });
+  await sub.flush();
+  const payload = new Uint8Array(16 * 1024);
+  const total = 4000; // 64 MiB: eight times the pending limit
+  const t0 = Date.now();
+  for (let i = 0; i < total; i++) {
+    pub.publish('feed', payload);
+    if (i % 100 === 99) await pub.flush();
+  }
+  await pub.flush();
+  for (let k = 0; k < 400 && received < total; k++) await new Promise((r) => setTimeout(r, 25));
+  const ms = Date.now() - t0;
+  t.equal(server.stats().slowConsumers, 1, 'the stopped subscriber was cut as a slow consumer');
+  t.notOk(server.connections().some((c) => c.subscriptions > 0 && c.outMsgs < received && c.pendingBytes > 0), 'no connection is left holding a pending backlog');
+  t.equal(received, total, 'the running subscriber received every message');
+  t.comment(`${total} x 16 KiB published and delivered to the running subscriber in ${ms} ms while the other subscriber was stopped (pending limit ${pendingMax / 1024 / 1024} MiB)`);
+  process.kill(child.pid!, 'SIGCONT');
+});
