@@ -8,6 +8,7 @@
 //   cold storm      BENCH_STORM (500) clients of ONE user connect at once to a node that never saw them;
 //   distinct storm  BENCH_DISTINCT (500) clients of distinct users at once to another cold node;
 //   spread storm    BENCH_SPREAD (5000) clients over the 3 nodes at once;
+//   NKey storm      BENCH_STORM clients of one NKey user (a signature check each, no cache) on the leader;
 //   hold            BENCH_HOLD (10000) raw TLS connections, each authenticated with one SUB, on one node for
 //                   BENCH_HOLD_S (60) s while a publisher fans messages out to them: dropped connections,
 //                   health, RSS and RSS per connection;
@@ -24,7 +25,8 @@ import { connect as tlsConnect } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { createUser } from '@nats-io/nkeys';
 import { jetstream } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { issueCertificate, writePemPair } from '../src/certs/index.js';
@@ -43,6 +45,7 @@ const HOLD_S = envInt('BENCH_HOLD_S', 60, 600);
 const root = mkdtempSync(join(process.env.BENCH_DIR ?? tmpdir(), 'membershipd-bench-storm-'));
 const password = 'storm-password-0123456789';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const nkeyUser = createUser();
 
 interface Storm { connected: number; failed: number; ms: number; errors: Record<string, number>; cpu: number }
 
@@ -69,7 +72,8 @@ async function storm(n: number, pid: number | number[], opts: (i: number) => Rec
 
 function show(what: string, s: Storm): string {
   const errs = Object.keys(s.errors).length > 0 ? ` errors ${JSON.stringify(s.errors)}` : '';
-  return `  ${what}: ${s.connected}/${s.connected + s.failed} connected, ${s.failed} failed, all settled in ${s.ms} ms, server CPU ${s.cpu.toFixed(2)} s${errs}`;
+  // Connections per server CPU-second: with TLS on, mostly what a node can take per second on one core.
+  return `  ${what}: ${s.connected}/${s.connected + s.failed} connected, ${s.failed} failed, all settled in ${s.ms} ms, server CPU ${s.cpu.toFixed(2)} s (${(s.connected / Math.max(0.01, s.cpu)).toFixed(0)} connections per CPU-s)${errs}`;
 }
 
 // ---- raw holders for the 10k phase ------------------------------------------------------------------------
@@ -145,9 +149,67 @@ async function hold(n: number, port: number, pid: number, ca: string, user: stri
   return { held, failed: n - held, dropped, received, rssBefore, rssAfter, healthyThroughout, openMs };
 }
 
+// ---- hostile storm ----------------------------------------------------------------------------------------
+
+/** A raw TLS login from a chosen loopback address with a wrong password; resolves when answered or closed. */
+function wrongLogin(port: number, ca: string, localAddress: string, user: string): { done: Promise<void>; socket: Socket } {
+  const tcp = netConnect({ host: '127.0.0.1', port, localAddress });
+  const done = new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, 120_000);
+    tcp.on('error', () => {});
+    tcp.on('close', () => { clearTimeout(timer); resolve(); });
+    let text = '';
+    const onInfo = (d: Buffer): void => {
+      text += d.toString();
+      if (!text.includes('\r\n')) return;
+      tcp.off('data', onInfo);
+      const secure = tlsConnect({ socket: tcp, ca, checkServerIdentity: () => undefined });
+      secure.on('error', () => {});
+      secure.on('data', (c: Buffer) => { if (c.toString().includes('-ERR')) { clearTimeout(timer); resolve(); } });
+      secure.once('secureConnect', () => secure.write(`CONNECT ${JSON.stringify({ user, pass: 'a-guess', verbose: false, pedantic: false })}\r\nPING\r\n`));
+    };
+    tcp.on('data', onInfo);
+  });
+  return { done, socket: tcp };
+}
+
+const pct = (xs: number[], p: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))] ?? NaN;
+
+interface Hostile { quietP50: number; quietP99: number; stormP50: number; stormP99: number; termChanged: boolean; legitMs: number; stormMs: number }
+
+/** 200 wrong logins (unknown names: a default-cost scrypt each) from 200 addresses at the leader while KV puts run. */
+async function hostile(c: BenchCluster, leader: number, tls: { caFile: string }): Promise<Hostile> {
+  const url = `tls://127.0.0.1:${c.natsPorts[leader]}`;
+  const nc = await connect({ servers: url, tls, user: 'storm', pass: password });
+  const kv = await new Kvm(jetstream(nc)).create('hostile', { replicas: 3 });
+  const timedPuts = async (n: number, prefix: string): Promise<number[]> => {
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      await kv.put(`${prefix}.${i}`, 'v');
+      out.push(performance.now() - t0);
+    }
+    return out;
+  };
+  await timedPuts(200, 'warm');
+  const quiet = await timedPuts(500, 'quiet');
+  const term0 = (await getJson(`http://127.0.0.1:${c.httpPorts[leader]}/raftz`)).body.term;
+  const t0 = Date.now();
+  const attackers = Array.from({ length: 200 }, (_, i) => wrongLogin(c.natsPorts[leader]!, c.ca.cert, `127.0.${1 + Math.floor(i / 250)}.${(i % 250) + 2}`, `mallory-${i}`));
+  const during = timedPuts(500, 'storm');
+  const l0 = Date.now();
+  const legit = await connect({ servers: url, tls, user: 'storm', pass: password, timeout: 20_000 }).then((x) => { const ms = Date.now() - l0; void x.close(); return ms; }, () => -1);
+  const storm = await during;
+  await Promise.all(attackers.map((a) => a.done));
+  const stormMs = Date.now() - t0;
+  const term1 = (await getJson(`http://127.0.0.1:${c.httpPorts[leader]}/raftz`)).body.term;
+  await nc.close();
+  return { quietP50: pct(quiet, 0.5), quietP99: pct(quiet, 0.99), stormP50: pct(storm, 0.5), stormP99: pct(storm, 0.99), termChanged: term0 !== term1, legitMs: legit, stormMs };
+}
+
 // ---- membershipd ------------------------------------------------------------------------------------------
 
-interface Figures { cold: Storm; distinct: Storm; spread: Storm; hold: Hold; rollingFailed: number; rollingLost: number; rollingStallMs: number; rollingOps: number }
+interface Figures { hostileP99Ratio: number; cold: Storm; distinct: Storm; spread: Storm; hold: Hold; rollingFailed: number; rollingLost: number; rollingStallMs: number; rollingOps: number }
 
 async function benchMembershipd(): Promise<{ f: Figures; c: BenchCluster }> {
   const c = await startBenchCluster(root);
@@ -161,11 +223,15 @@ async function benchMembershipd(): Promise<{ f: Figures; c: BenchCluster }> {
 
   let t0 = Date.now();
   const add = async (name: string, pass: string): Promise<void> => {
-    const { reply } = await adminRequest(admin, '$UB.API.USER.ADD', { name, password: pass, roles: ['admin'] });
-    if (reply.error !== undefined) throw new Error(`user add ${name}: ${JSON.stringify(reply.error)}`);
+    for (let r = 0; ; r++) {
+      const { reply } = await adminRequest(admin, '$UB.API.USER.ADD', { name, password: pass, roles: ['admin'] });
+      if (reply.error === undefined) return;
+      if (reply.error.code !== 'unavailable' || r >= 5) throw new Error(`user add ${name}: ${JSON.stringify(reply.error)}`);
+    }
   };
   await add('storm', password);
-  for (let i = 0; i < DISTINCT; i += 16) await Promise.all(Array.from({ length: Math.min(16, DISTINCT - i) }, (_, k) => add(`d${i + k}`, `${password}-${i + k}`)));
+  // Two at a time: each add is a scrypt on the leader.
+  for (let i = 0; i < DISTINCT; i += 2) await Promise.all(Array.from({ length: Math.min(2, DISTINCT - i) }, (_, k) => add(`d${i + k}`, `${password}-${i + k}`)));
   console.log(`  membershipd: leader n${leader}; ${DISTINCT + 1} password users added in ${Date.now() - t0} ms (the leader hashes each with scrypt N=2^15)`);
   await sleep(1000); // the users reach every node's principal source
 
@@ -175,6 +241,16 @@ async function benchMembershipd(): Promise<{ f: Figures; c: BenchCluster }> {
   console.log(show(`cold storm, ${DISTINCT} distinct users on n${b}`, distinct));
   const spread = await storm(SPREAD, pids, (i) => ({ servers: url(i % 3), tls, user: 'storm', pass: password }));
   console.log(show(`spread storm, ${SPREAD} clients over 3 nodes`, spread));
+  {
+    const { reply } = await adminRequest(admin, '$UB.API.USER.ADD', { name: 'nk', nkey: nkeyUser.getPublicKey(), roles: ['admin'] });
+    if (reply.error !== undefined) throw new Error(`user add nk: ${JSON.stringify(reply.error)}`);
+    await sleep(500);
+    const nk = await storm(STORM, pids[leader]!, () => ({ servers: url(leader), tls, authenticator: nkeyAuthenticator(nkeyUser.getSeed()) }));
+    console.log(show(`NKey storm, ${STORM} clients of one NKey user on n${leader}`, nk));
+  }
+
+  const hs = await hostile(c, leader, tls);
+  console.log(`  hostile storm at the leader n${leader}: 200 wrong logins from 200 addresses (unknown names, a scrypt each) answered in ${hs.stormMs} ms; KV put p50/p99 quiet ${hs.quietP50.toFixed(2)}/${hs.quietP99.toFixed(2)} ms, during ${hs.stormP50.toFixed(2)}/${hs.stormP99.toFixed(2)} ms (p99 ${(hs.stormP99 / hs.quietP99).toFixed(2)}x); election: ${hs.termChanged ? 'YES' : 'no'}; a legitimate login from another address took ${hs.legitMs} ms`);
 
   const health = async (): Promise<boolean> => (await getJson(`http://127.0.0.1:${c.httpPorts[a]}/healthz`)).status === 200;
   const h = await hold(HOLD, c.natsPorts[a]!, pids[a]!, c.ca.cert, 'storm', password, health, url(b), { tls, user: 'storm', pass: password });
@@ -237,7 +313,7 @@ async function benchMembershipd(): Promise<{ f: Figures; c: BenchCluster }> {
   }
   await Promise.allSettled(conns.map((nc) => nc.close()));
   console.log(`  rolling restart under KV writes (${((Date.now() - t0) / 1000).toFixed(1)} s): ${acked.size} puts acknowledged in ${ops} attempts, ${failed} failed, ${lost} acknowledged puts missing afterwards, longest write ${stall} ms`);
-  return { f: { cold, distinct, spread, hold: h, rollingFailed: failed, rollingLost: lost, rollingStallMs: stall, rollingOps: acked.size }, c };
+  return { f: { hostileP99Ratio: hs.stormP99 / hs.quietP99, cold, distinct, spread, hold: h, rollingFailed: failed, rollingLost: lost, rollingStallMs: stall, rollingOps: acked.size }, c };
 }
 
 // ---- nats-server ------------------------------------------------------------------------------------------
@@ -248,7 +324,7 @@ async function benchNatsServer(c: BenchCluster, mode: 'bcrypt' | 'plain'): Promi
   // One bcrypt hash (cost 11) serves every distinct user: each connection still pays one bcrypt compare.
   const secret = (p: string): string => (mode === 'bcrypt' ? bcrypt.hashSync(p, 11) : p);
   const shared = secret(`${password}-d`);
-  const users = [`{ user: storm, password: "${secret(password)}" }`, ...Array.from({ length: DISTINCT }, (_, i) => `{ user: d${i}, password: "${shared}" }`)];
+  const users = [`{ nkey: ${nkeyUser.getPublicKey()} }`, `{ user: storm, password: "${secret(password)}" }`, ...Array.from({ length: DISTINCT }, (_, i) => `{ user: d${i}, password: "${shared}" }`)];
   const conf = join(root, `nats-${mode}.conf`);
   // TLS timeout 2 s, as membershipd's (nats-server's default is 0.5 s, which cut half of a plain-password
   // 500-client TLS storm here with EPIPE).
@@ -262,6 +338,10 @@ async function benchNatsServer(c: BenchCluster, mode: 'bcrypt' | 'plain'): Promi
     console.log(show(`nats-server (${mode}): ${STORM} clients of one user`, cold));
     const distinct = await storm(DISTINCT, child.pid!, (i) => ({ servers: url, tls, user: `d${i}`, pass: `${password}-d` }));
     console.log(show(`nats-server (${mode}): ${DISTINCT} distinct users`, distinct));
+    if (mode === 'plain') {
+      const nk = await storm(STORM, child.pid!, () => ({ servers: url, tls, authenticator: nkeyAuthenticator(nkeyUser.getSeed()) }));
+      console.log(show(`nats-server: ${STORM} clients of one NKey user`, nk));
+    }
     let h: Hold | undefined;
     if (mode === 'plain') {
       h = await hold(HOLD, port!, child.pid!, c.ca.cert, 'storm', password, undefined, url, { tls, user: 'storm', pass: password });
@@ -288,7 +368,7 @@ async function main(): Promise<void> {
     await benchNatsServer(c, 'plain');
   }
   rmSync(root, { recursive: true, force: true });
-  console.log(`BENCH storm cold500_failed=${f.cold.failed} cold500_ms=${f.cold.ms} nats_bcrypt500_ms=${Number.isNaN(natsBcrypt) ? 'skipped' : natsBcrypt} distinct_failed=${f.distinct.failed} spread_failed=${f.spread.failed} conn10k_rss_mib=${f.hold.rssAfter.toFixed(0)} conn10k_dropped=${f.hold.dropped} rolling_restart_failed_ops=${f.rollingFailed + f.rollingLost} rolling_restart_max_stall_ms=${f.rollingStallMs}`);
+  console.log(`BENCH storm cold500_failed=${f.cold.failed} cold500_ms=${f.cold.ms} nats_bcrypt500_ms=${Number.isNaN(natsBcrypt) ? 'skipped' : natsBcrypt} distinct_failed=${f.distinct.failed} spread_failed=${f.spread.failed} conn10k_rss_mib=${f.hold.rssAfter.toFixed(0)} conn10k_dropped=${f.hold.dropped} hostile_put_p99_ratio=${f.hostileP99Ratio.toFixed(2)} rolling_restart_failed_ops=${f.rollingFailed + f.rollingLost} rolling_restart_max_stall_ms=${f.rollingStallMs}`);
 }
 
 main().then(

@@ -545,8 +545,10 @@ class NatsServerImpl implements NatsServerWithCluster {
     const nonce = this.options.auth?.nonceRequired ? newNonce() : undefined;
     let infoSent = false;
     let firstByteSeen = false;
-    let deadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs + handshakeFirstWaitMs);
-    deadline.unref();
+    // No deadline until INFO is out (or a ClientHello came first): under a storm this node may send INFO
+    // late, and that delay is its own, not the client's (in bench:storm 4,057 of 5,000 clients saw their
+    // socket closed before INFO while the deadline ran from accept).
+    let deadline: NodeJS.Timeout | undefined;
     const fallback = setTimeout(() => {
       // Decide after this turn's poll phase: if the event loop was blocked, a ClientHello may already be waiting
       // in the kernel, and the timers phase runs before the read that would deliver it.
@@ -556,7 +558,6 @@ class NatsServerImpl implements NatsServerWithCluster {
         infoSent = true;
         socket.write(this.core.infoLine({ cid, nonce, transport: { kind: 'tls', remoteAddress: socket.remoteAddress ?? '' } }));
         // From here the wait is the client's (read INFO, send its ClientHello), however late a busy loop sent it.
-        clearTimeout(deadline);
         deadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs);
         deadline.unref();
       });
@@ -573,21 +574,30 @@ class NatsServerImpl implements NatsServerWithCluster {
         return;
       }
       this.admitHandshake(socket, () => {
-        const handshakeDeadline = setTimeout(() => socket.destroy(), this.core.limits.tlsTimeoutMs);
-        handshakeDeadline.unref();
-        const ca = this.options.tls?.ca;
-        const secure = new tls.TLSSocket(socket, {
-          isServer: true, secureContext: context, requestCert: ca !== undefined, rejectUnauthorized: ca !== undefined,
-        });
         let released = false;
+        // Every way a handshake can end gives its slot back (idempotent): a slot lost here would queue every
+        // later TLS client behind it.
         const release = (): void => {
           if (released) return;
           released = true;
           clearTimeout(handshakeDeadline);
           this.handshakeDone();
         };
+        const handshakeDeadline = setTimeout(() => {
+          release();
+          socket.destroy();
+        }, this.core.limits.tlsTimeoutMs);
+        handshakeDeadline.unref();
+        const ca = this.options.tls?.ca;
+        const secure = new tls.TLSSocket(socket, {
+          isServer: true, secureContext: context, requestCert: ca !== undefined, rejectUnauthorized: ca !== undefined,
+        });
         socket.once('close', release);
-        secure.on('error', () => socket.destroy());
+        secure.once('close', release);
+        secure.on('error', () => {
+          release();
+          socket.destroy();
+        });
         secure.once('secure', () => {
           release();
           secure.pause();

@@ -261,3 +261,34 @@ t.test('a subscriber process stopped with SIGSTOP is cut as a slow consumer; the
   t.comment(`${total} x 16 KiB published and delivered to the running subscriber in ${ms} ms while the other subscriber was stopped (pending limit ${pendingMax / 1024 / 1024} MiB)`);
   process.kill(child.pid!, 'SIGCONT');
 });
+
+t.test('TLS handshakes that fail, stall or are abandoned give their slot back', async (t) => {
+  // Handshakes run at most 16 at a time; a slot lost by a failed one would queue every later TLS client for
+  // 30 s, so every way a handshake ends must release it.
+  const ca = await createCertificateAuthority('slots-ca');
+  const pair = await issueCertificate(ca, { commonName: 'localhost', usage: 'node' });
+  const server = createNatsServer({ host: '127.0.0.1', port: 0, logger: silentLogger(), tls: { cert: pair.cert, key: pair.key }, limits: { tlsTimeoutMs: 500 } });
+  await server.start();
+  t.teardown(() => server.close());
+  const broken: Socket[] = [];
+  t.teardown(() => broken.forEach((s) => s.destroy()));
+  const clientHelloStart = Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+  const garbage = Buffer.from([0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff]);
+  await Promise.all(Array.from({ length: 60 }, (_, i) => new Promise<void>((resolve) => {
+    const s = netConnect({ host: '127.0.0.1', port: server.port }, () => {
+      // Thirds: a ClientHello cut short then silence (deadline), one cut short then closed, one malformed (error).
+      s.write(i % 3 === 2 ? garbage : clientHelloStart);
+      if (i % 3 === 1) setTimeout(() => s.destroy(), 50);
+      resolve();
+    });
+    s.on('error', () => {});
+    broken.push(s);
+  })));
+  // Past the TLS timeout every broken handshake has ended one way or another.
+  await new Promise((r) => setTimeout(r, 1500));
+  const t0 = Date.now();
+  const nc = await connect({ servers: `tls://127.0.0.1:${server.port}`, tls: { ca: ca.cert }, reconnect: false, timeout: 5000 });
+  t.comment(`a TLS client after 60 broken handshakes connected in ${Date.now() - t0} ms`);
+  t.ok(!nc.isClosed(), 'a TLS client still gets a handshake slot');
+  await nc.close();
+});
