@@ -426,7 +426,7 @@ export class ConsumerRegistry {
     const w = this.watchBucket(spec.bucket);
     const c = new Consumer(spec, this, []);
     c.queue = initialEntries(this.reader, spec, (e) => c.matches(e));
-    if (spec.policy === 'new') c.sseq = this.reader.appliedIndex;
+    if (spec.policy === 'new') c.sseq = this.reader.bucketInfo(spec.bucket)?.seq ?? 0;
     w.consumers.add(c);
     this.byKey.set(key, c);
     let set = this.byDeliver.get(spec.deliverSubject);
@@ -440,7 +440,8 @@ export class ConsumerRegistry {
     let w = this.watches.get(bucket);
     if (w !== undefined) return w;
     const consumers = new Set<Consumer>();
-    const stop = this.backend.watch(bucket, this.reader.appliedIndex, (e) => {
+    // The bucket's last revision: only entries written from now on (watch replays the ones after it).
+    const stop = this.backend.watch(bucket, this.reader.bucketInfo(bucket)?.seq ?? 0, (e) => {
       for (const c of consumers) c.offer(e);
     });
     w = { stop, consumers };

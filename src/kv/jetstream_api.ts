@@ -12,7 +12,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
-import { KvErrorCode } from '../../store/index.js';
+import { KvErrorCode, msgIdBytesMax } from '../../store/index.js';
 import type { InterestChange, LocalPublish, NatsClusterPort, RouteMessage } from '../nats/index.js';
 import { subjectMatches } from '../nats/index.js';
 import type { KvBackend } from './backend.js';
@@ -76,6 +76,7 @@ const unavailableHeaders = encodeHeaders([], { code: 503, description: 'JetStrea
 export function resultError(r: Extract<KvResult, { ok: false }>): JsApiError {
   switch (r.code) {
     case KvErrorCode.wrongRevision:
+    case KvErrorCode.wrongLastSequence:
     case KvErrorCode.keyExists:
       return jsErrors.wrongLastSequence(r.revision ?? 0);
     case KvErrorCode.valueTooLarge:
@@ -268,6 +269,11 @@ export class KvApi {
     const r = await this.propose(cmd);
     if ('err_code' in r) return ack(r);
     if (!r.ok) return ack(resultError(r));
+    // A Nats-Msg-Id seen within the duplicate window: nats-server acks with the first write's sequence.
+    if (r.kind === 'duplicate') {
+      if (reply !== undefined) this.send(reply, { stream, seq: r.revision, duplicate: true });
+      return;
+    }
     if (r.kind !== 'entry') return ack(jsErrors.streamGeneral(`unexpected ${r.kind} result`));
     ack({ seq: r.entry.revision });
   }
@@ -525,16 +531,17 @@ function newConsumerName(): string {
 /**
  * The KV command a publish to `$KV.<bucket>.<key>` asks for, from its headers (reference §4.4): KV-Operation
  * DEL/PURGE markers, Nats-Expected-Last-Subject-Sequence as update-if-revision (0: the key has no entry at all,
- * markers count, as in JetStream), Nats-Rollup only as KV's purge. Headers whose guarantee membershipd cannot give
- * are refused rather than ignored.
+ * markers count, as in JetStream), Nats-Expected-Last-Sequence on the bucket's last revision, Nats-Msg-Id with the
+ * bucket's duplicate window, Nats-Rollup only as KV's purge. All of them are checked by the state machine at apply
+ * time. Headers whose guarantee membershipd cannot give are refused rather than ignored.
  */
 export function kvCommandOf(bucket: string, key: string, stream: string, hdr: Uint8Array, payload: Uint8Array, ts: number): KvCommand | JsApiError {
   const h = parseHeaders(hdr);
   if (typeof h === 'string') return jsErrors.badRequest(h);
   const expectedStream = headerValue(h, 'Nats-Expected-Stream');
   if (expectedStream !== undefined && expectedStream !== stream) return jsErrors.streamNotMatch();
-  for (const name of ['Nats-Msg-Id', 'Nats-Expected-Last-Msg-Id', 'Nats-Expected-Last-Sequence']) {
-    if (headerValue(h, name) !== undefined) return jsErrors.badRequest(`header ${name} is not supported by membershipd KV buckets`);
+  if (headerValue(h, 'Nats-Expected-Last-Msg-Id') !== undefined) {
+    return jsErrors.badRequest('header Nats-Expected-Last-Msg-Id is not supported by membershipd KV buckets');
   }
   if (headerValue(h, 'Nats-TTL') !== undefined) return jsErrors.messageTtlDisabled();
   const op = headerValue(h, 'KV-Operation') ?? 'PUT';
@@ -543,15 +550,25 @@ export function kvCommandOf(bucket: string, key: string, stream: string, hdr: Ui
   if (rollup !== undefined && !(rollup === 'sub' && op === 'PURGE')) {
     return jsErrors.badRequest('Nats-Rollup is supported only as "sub" together with KV-Operation: PURGE');
   }
-  const expectedText = headerValue(h, 'Nats-Expected-Last-Subject-Sequence');
-  const expected = expectedText === undefined ? undefined : parseSeq(expectedText);
-  if (expectedText !== undefined && expected === undefined) return jsErrors.badRequest('Nats-Expected-Last-Subject-Sequence must be a decimal sequence');
+  const seqHeader = (name: string): number | undefined | JsApiError => {
+    const text = headerValue(h, name);
+    if (text === undefined) return undefined;
+    return parseSeq(text) ?? jsErrors.badRequest(`${name} must be a decimal sequence`);
+  };
+  const expected = seqHeader('Nats-Expected-Last-Subject-Sequence');
+  const expectLastSeq = seqHeader('Nats-Expected-Last-Sequence');
+  if (typeof expected === 'object') return expected;
+  if (typeof expectLastSeq === 'object') return expectLastSeq;
+  const msgId = headerValue(h, 'Nats-Msg-Id');
+  if (msgId !== undefined && (msgId === '' || msgId.length > msgIdBytesMax)) return jsErrors.badRequest(`Nats-Msg-Id must be 1..${msgIdBytesMax} characters`);
+  // hdrBytes: nats-server stores the header block as published and counts it in the stream's bytes.
+  const extras = { hdrBytes: hdr.length, ...(msgId === undefined ? {} : { msgId }), ...(expectLastSeq === undefined ? {} : { expectLastSeq }) };
   if (op === 'PUT') {
     const value = payload;
-    return expected === undefined ? { op: 'put', bucket, key, value, ts } : { op: 'update', bucket, key, value, revision: expected, ts };
+    return expected === undefined ? { op: 'put', bucket, key, value, ts, ...extras } : { op: 'update', bucket, key, value, revision: expected, ts, ...extras };
   }
   const o = op === 'DEL' ? 'delete' : 'purge';
-  return expected === undefined ? { op: o, bucket, key, ts } : { op: o, bucket, key, ts, revision: expected };
+  return expected === undefined ? { op: o, bucket, key, ts, ...extras } : { op: o, bucket, key, ts, revision: expected, ...extras };
 }
 
 export function createKvApi(port: KvApiPort, options: KvApiOptions): KvApi {

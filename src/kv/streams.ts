@@ -103,11 +103,16 @@ export interface StreamState {
   readonly first_ts: string;
   readonly last_seq: number;
   readonly last_ts: string;
-  readonly num_subjects: number;
+  /** Omitted when 0, as nats-server's `omitempty` does. */
+  readonly num_subjects?: number;
   readonly consumer_count: number;
 }
 
-/** Stream state from the retained entries (first/last are revisions, see backend.ts). */
+/**
+ * Stream state from the retained entries (sequences are the bucket's revisions, see backend.ts). As nats-server:
+ * last_seq is the last revision ever used, first_seq the lowest retained one (last_seq + 1 once everything was
+ * purged or expired), bytes the stored size of the retained messages.
+ */
 export function streamState(reader: KvReader, info: BucketInfo, consumers: number): StreamState {
   const entries = reader.changesSince(0, info.name);
   const keys = new Set<string>();
@@ -117,11 +122,11 @@ export function streamState(reader: KvReader, info: BucketInfo, consumers: numbe
   return {
     messages: info.values,
     bytes: info.bytes,
-    first_seq: first?.revision ?? 0,
+    first_seq: info.firstSeq,
     first_ts: rfc3339(first?.ts ?? 0),
-    last_seq: last?.revision ?? 0,
+    last_seq: info.seq,
     last_ts: rfc3339(last?.ts ?? 0),
-    num_subjects: keys.size,
+    ...(keys.size > 0 ? { num_subjects: keys.size } : {}),
     consumer_count: consumers,
   };
 }

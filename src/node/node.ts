@@ -17,7 +17,7 @@ import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import type { NatsServerWithCluster } from '../nats/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  addressKey, appendSlots, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
+  addressKey, appendSlots, checkKvFormat, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
   type AddedSlot, type ClusterFile, type SlotBinding,
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
@@ -278,6 +278,7 @@ export class ClusterNode {
     }
     if (this.voters === 1) this.log.warn({ voters: 1 }, '--kv-replicas 1: the replicated store has a single voter, a single point of failure (dev only)');
 
+    checkKvFormat(opts.dataDir);
     this.storage = await RaftStorage.open(join(opts.dataDir, 'raft'), { logger: this.log });
     const rec = this.storage.recovery;
     this.log.info({ firstIndex: rec.firstIndex, lastIndex: rec.lastIndex, hardState: rec.hardState, snapshot: rec.snapshotFile, walRepaired: rec.walRepaired }, 'raft storage recovered');

@@ -22,6 +22,9 @@ import { startServing, type ServingNode } from '../../src/cli/serve.js';
 import { loadBusAuth } from '../../src/cli/bus_auth.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { freePort } from '../../src/free_port.js';
+import { checkKvFormat } from '../../src/node/bootstrap.js';
+import { NodeErrorCode } from '../../src/node/index.js';
+import { pack } from '../../store/codec.js';
 
 
 const enc = new TextEncoder();
@@ -104,7 +107,9 @@ t.test('bucket lifecycle: create, status, open, list, destroy', async (t) => {
   t.ok(names.includes('life'));
   const st2 = await kv.status();
   t.equal(st2.values, 2, 'the value and the PURGE marker');
-  t.equal(st2.size, 'a'.length + 'one'.length + 'gone'.length);
+  // Stored bytes as nats-server counts them: 22 + subject + payload + 8, and 4 + the header block when one was sent
+  // (the PURGE marker's `KV-Operation: PURGE` + `Nats-Rollup: sub`, 51 bytes as nats.js encodes them).
+  t.equal(st2.size, (22 + '$KV.life.a'.length + 'one'.length + 8) + (22 + '$KV.life.gone'.length + 4 + 51 + 8));
   t.equal(await kv.destroy(), true);
   // The stream is gone: status says so with nats.js's StreamNotFoundError text.
   t.equal((await rejection(kv.status())).message, 'stream not found');
@@ -156,6 +161,23 @@ t.test('put/get/create/update/delete/purge with the exact JetStream errors', asy
   t.equal(bad.message, "bad request: key of 1100 bytes exceeds the bucket's 1024");
 });
 
+t.test('revisions are per bucket: two buckets written in turn each count 1, 2, 3 (issue 18.1)', async (t) => {
+  const [x, y] = [await kvm.create('turn_x'), await kvm.create('turn_y')];
+  const rx: number[] = [];
+  const ry: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    rx.push(await x.put('k', `x${i}`));
+    ry.push(await y.put('k', `y${i}`));
+  }
+  t.same([rx, ry], [[1, 2, 3], [1, 2, 3]]);
+  const st = (await y.status()).streamInfo.state;
+  t.same([st.first_seq, st.last_seq, st.messages], [3, 3, 1], 'history 1: only revision 3 is retained, last_seq 3');
+  t.equal(await x.update('k', 'x3', 3), 4, 'CAS compares the bucket revision');
+  t.match((await rejection(y.update('k', 'stale', 4))).message, 'wrong last sequence: 3');
+  const h = await collect(await x.history({ key: 'k' }));
+  t.same(h.map((e) => e.revision), [4]);
+});
+
 t.test('history depth, get by revision, bucket limits', async (t) => {
   const kv = await kvm.create('hist', { history: 3 });
   const revs: number[] = [];
@@ -170,11 +192,12 @@ t.test('history depth, get by revision, bucket limits', async (t) => {
   t.same(h2.map((e) => e.operation), ['PUT', 'PUT', 'DEL'], 'the DEL marker counts in the history depth');
   t.equal((await kv.status()).values, 3);
 
-  const capped = await kvm.create('capped', { max_bytes: 100 });
+  // A 60-byte value of `a` is stored as 22 + 12 + 60 + 8 = 102 bytes: two do not fit in 200.
+  const capped = await kvm.create('capped', { max_bytes: 200 });
   await capped.put('a', new Uint8Array(60));
   t.equal((await rejection(capped.put('b', new Uint8Array(60)))).message, 'maximum bytes exceeded');
   await capped.put('a', new Uint8Array(90));
-  t.equal((await capped.status()).size, 91, 'history 1: the new value replaced the old one within the limit');
+  t.equal((await capped.status()).size, 22 + 12 + 90 + 8, 'history 1: the new value replaced the old one within the limit');
 
   const small = await kvm.create('small', { maxValueSize: 16 });
   await small.put('ok', new Uint8Array(16));
@@ -475,19 +498,20 @@ t.test('bus permissions decide who reaches the KV API (enforce mode)', async (t)
 async function observe(k: Kvm, bucket: string, cmds: readonly (readonly [string, string, string?])[]): Promise<string[]> {
   const kv = await k.create(bucket, { history: 3 });
   const out: string[] = [];
-  const norm = (e: unknown) => (e as Error).message.replace(/\d+/g, 'N');
+  const norm = (e: unknown) => (e as Error).message;
   for (const [op, key, v] of cmds) {
     try {
-      if (op === 'put') out.push(`put ${typeof (await kv.put(key, v!))}`);
-      else if (op === 'create') out.push(`create ${typeof (await kv.create(key, v!))}`);
-      else if (op === 'update') out.push(`update ${typeof (await kv.update(key, v!, (await kv.get(key))?.revision ?? 1))}`);
-      // A revision the key is not at (revisions differ between the servers, so never compare them directly).
-      else if (op === 'stale') out.push(`stale ${typeof (await kv.update(key, v!, ((await kv.get(key))?.revision ?? 0) + 1))}`);
+      // Revisions are compared as numbers: both servers count each bucket 1, 2, 3 …
+      if (op === 'put') out.push(`put ${await kv.put(key, v!)}`);
+      else if (op === 'create') out.push(`create ${await kv.create(key, v!)}`);
+      else if (op === 'update') out.push(`update ${await kv.update(key, v!, (await kv.get(key))?.revision ?? 1)}`);
+      // A revision the key is not at.
+      else if (op === 'stale') out.push(`stale ${await kv.update(key, v!, ((await kv.get(key))?.revision ?? 0) + 1)}`);
       else if (op === 'delete') out.push(`delete ${String(await kv.delete(key))}`);
       else if (op === 'purge') out.push(`purge ${String(await kv.purge(key))}`);
       else if (op === 'get') {
         const e = await kv.get(key);
-        out.push(`get ${e === null ? 'null' : `${e.operation}:${e.string()}:${e.length}`}`);
+        out.push(`get ${e === null ? 'null' : `${e.operation}:${e.string()}:${e.length}:${e.revision}`}`);
       }
     } catch (err) {
       out.push(`${op} error ${norm(err)}`);
@@ -498,13 +522,14 @@ async function observe(k: Kvm, bucket: string, cmds: readonly (readonly [string,
   for (const key of new Set(cmds.map((c) => c[1]))) {
     const h = await collect(await kv.history({ key }));
     if (h.length > 0) written++;
-    out.push(`history ${key} ${h.map((e) => `${e.operation}:${e.string()}`).join(',')}`);
+    out.push(`history ${key} ${h.map((e) => `${e.operation}:${e.string()}:${e.revision}`).join(',')}`);
   }
   // The initial batch of a watch: one entry per key that has any (markers included).
   const w = written === 0 ? [] : await collect(await kv.watch(), written);
-  out.push(`watch ${w.map((e) => `${e.key}:${e.operation}:${e.string()}:${e.isUpdate}`).sort().join(',')}`);
+  out.push(`watch ${w.map((e) => `${e.key}:${e.operation}:${e.string()}:${e.isUpdate}:${e.revision}:${e.delta}`).sort().join(',')}`);
   const st = await kv.status();
-  out.push(`status values=${st.values} history=${st.history}`);
+  const state = st.streamInfo.state;
+  out.push(`status values=${st.values} history=${st.history} bytes=${st.size} first=${state.first_seq} last=${state.last_seq} subjects=${state.num_subjects}`);
   return out;
 }
 
@@ -590,6 +615,18 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
   t.pass('random sessions agree');
 });
 
+t.test('data from before per-bucket revisions is refused with a clear message, a fresh data dir is marked', async (t) => {
+  const dir = t.testdir({ old: { raft: { wal: { '0000000000000001.seg': 'x' } } }, fresh: {} });
+  t.throws(() => checkKvFormat(join(dir, 'old')), { code: NodeErrorCode.dataFormat, message: /written before per-bucket KV revisions.*RUNBOOK/ });
+  checkKvFormat(join(dir, 'fresh'));
+  t.equal(readFileSync(join(dir, 'fresh', 'kv-format'), 'utf8'), '2\n', 'a fresh data dir is marked as format 2');
+  checkKvFormat(join(dir, 'fresh'));
+  writeFileSync(join(dir, 'fresh', 'kv-format'), '7\n');
+  t.throws(() => checkKvFormat(join(dir, 'fresh')), { code: NodeErrorCode.dataFormat, message: /KV format "7"/ });
+  // A snapshot image of format 1 (as an old leader would send) is refused, not misread.
+  t.throws(() => new KvStateMachine().restore(pack([1, 5, []])), { code: 'ESTORE_FORMAT_VERSION', message: /format 1.*RUNBOOK/ });
+});
+
 t.test('3-node cluster through `serve`: put on node A, get / watch / keys / history / update on node B', async (t) => {
   const dir = t.testdir({ 'route.pass': 'route-secret\n' });
   const ca = await createCertificateAuthority();
@@ -638,6 +675,7 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
     }
   })();
   const r1 = await kvA.put('k', 'v1');
+  t.equal(r1, 1, 'the first write of a bucket is revision 1 on a cluster too (the ub_* buckets written at bootstrap do not count)');
   t.equal((await kvB.get('k'))?.string(), 'v1', 'a put on A is read on B (linearizable read)');
   t.equal((await kvB.get('k'))?.revision, r1);
   const r2 = await kvB.update('k', 'v2', r1);

@@ -241,20 +241,20 @@ t.test('get queries, stream configs, consumer configs', async (t) => {
   t.notOk(bucketOverlaps('b', 'other.>'));
 });
 
-t.test('local backend: propose assigns log indexes in order; watch replays then follows with no gap', async (t) => {
+t.test('local backend: revisions count per bucket; watch replays then follows with no gap', async (t) => {
   const sm = new KvStateMachine();
   const be = createLocalKvBackend(sm);
   t.match(await be.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 }), { ok: true, kind: 'bucket.create' });
   await be.propose({ op: 'bucket.create', bucket: 'other', config: {}, ts: 1 });
   const r = await be.propose({ op: 'put', bucket: 'b', key: 'k', value: enc.encode('1'), ts: 2 });
-  t.match(r, { ok: true, entry: { revision: 3 } });
+  t.match(r, { ok: true, entry: { revision: 1, index: 3 } }, 'the first write of a bucket is its revision 1, whatever the log index');
   await be.propose({ op: 'put', bucket: 'other', key: 'k', value: enc.encode('x'), ts: 2 });
   const seen: number[] = [];
   const stop = be.watch('b', 0, (e) => seen.push(e.revision));
   await be.propose({ op: 'put', bucket: 'b', key: 'j', value: enc.encode('2'), ts: 3 });
   stop();
   await be.propose({ op: 'put', bucket: 'b', key: 'j', value: enc.encode('3'), ts: 3 });
-  t.same(seen, [3, 5], 'replayed entry 3, live entry 5, nothing of the other bucket, nothing after stop');
+  t.same(seen, [1, 2], 'replayed revision 1, live revision 2, nothing of the other bucket, nothing after stop');
   t.equal(sm.appliedIndex, 6);
 });
 
@@ -292,8 +292,8 @@ t.test('consumer engine: waiting keeps the initial batch; interest loss drops th
   port.subscribed = true;
   reg.onInterest('d', 1);
   await turn();
-  // last_per_subject at creation (b@3, a@4) then the later write c@5; pending counts down to 0.
-  t.same(seqs(port.got), [[3, 1], [4, 2], [5, 3]]);
+  // last_per_subject at creation (b@2, a@3) then the later write c@4; pending counts down to 0.
+  t.same(seqs(port.got), [[2, 1], [3, 2], [4, 3]]);
   t.same(port.got.map((m) => m.reply!.split('.')[8]), ['2', '1', '0']);
   // The subscriber goes away; writes meanwhile are not queued; a new subscriber gets them, consumer seqs contiguous.
   port.subscribed = false;
@@ -305,13 +305,13 @@ t.test('consumer engine: waiting keeps the initial batch; interest loss drops th
   port.subscribed = true;
   reg.onInterest('d', 1);
   await turn();
-  t.same(seqs(port.got).slice(3), [[6, 4], [7, 5]]);
+  t.same(seqs(port.got).slice(3), [[5, 4], [6, 5]]);
   t.equal(port.got.at(-1)?.headers !== undefined && new TextDecoder().decode(port.got.at(-1)!.headers), 'NATS/1.0\r\nKV-Operation: DEL\r\n\r\n');
   // After a wholesale state replacement (snapshot install) the consumer re-reads from its cursor: nothing twice.
   await be.propose({ op: 'put', bucket: 'b', key: 'y', value: enc.encode('y'), ts: 5 });
   reg.resync();
   await turn();
-  t.same(seqs(port.got).slice(5), [[8, 6]]);
+  t.same(seqs(port.got).slice(5), [[7, 6]]);
 });
 
 t.test('consumer engine: flow control pauses at the window and resumes on the reply; heartbeat names the stall', async (t) => {
