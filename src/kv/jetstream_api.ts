@@ -18,7 +18,7 @@ import { subjectMatches } from '../nats/index.js';
 import type { KvBackend } from './backend.js';
 import { ConsumerRegistry, defaultConsumerLimits, entryHeaderFields, parseConsumerCreate, type ConsumerLimits } from './consumers.js';
 import { jsErrors, type JsApiError } from './errors.js';
-import { bucketOverlaps, parseStreamCreate, streamConfig, streamState, type StreamView } from './streams.js';
+import { bucketOverlaps, parseStreamCreate, streamConfig, streamState, type StreamLimits, type StreamView } from './streams.js';
 import {
   apiPrefix, bucketOfStream, encodeHeaders, flowControlPrefix, hasWildcard, headerValue, kvPrefix, parseApiSubject, parseHeaders,
   parseKvSubject, parseSeq, responseType, rfc3339, streamPrefix, type ApiRequest,
@@ -29,8 +29,10 @@ export interface KvApiOptions {
   readonly logger: Logger;
   /** Reported as the stream / consumer cluster leader. */
   readonly serverName: string;
-  /** Reported as `num_replicas` of every KV stream (the meta-group's voters). Default 1. */
+  /** The meta-group's voters: the most replicas a stream may ask for, and `num_replicas` of the ub_* buckets. Default 1. */
   readonly replicas?: number;
+  /** STREAM.INFO `cluster` (name, Raft leader, replicas); undefined on a single node, where nats-server omits it. */
+  readonly clusterInfo?: () => StreamClusterInfo | undefined;
   /** Buckets that are read-only through this API. Default: names starting with `ub_` (control plane). */
   readonly readOnly?: (bucket: string) => boolean;
   /**
@@ -65,6 +67,7 @@ export interface KvApiStats {
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
+const purgeResponseType = responseType('stream.purge');
 const pageStreamNames = 1024;
 const pageStreamList = 256;
 
@@ -118,8 +121,16 @@ export function parseGetQuery(body: unknown): Query | string {
   return q;
 }
 
+/** STREAM.INFO `cluster` as nats-server's ClusterInfo / PeerInfo JSON. */
+export interface StreamClusterInfo {
+  readonly name: string;
+  readonly leader?: string;
+  readonly replicas?: readonly { readonly name: string; readonly current: boolean; readonly offline?: boolean; readonly active: number; readonly lag?: number }[];
+}
+
 export class KvApi {
   private readonly backend: KvBackend;
+  private readonly streamLimits: StreamLimits;
   private readonly logger: Logger;
   private readonly view: StreamView;
   private readonly consumers: ConsumerRegistry;
@@ -138,6 +149,7 @@ export class KvApi {
     this.linearizable = (options.reads ?? 'linearizable') === 'linearizable';
     const readOnly = options.readOnly ?? ((b: string) => b.startsWith('ub_'));
     this.view = { replicas: options.replicas ?? 1, readOnly };
+    this.streamLimits = { replicasMax: options.replicas ?? 1, ttl: false };
     this.adminOnly = options.adminOnly ?? ((b: string) => b.startsWith('ub_'));
     this.pushDelivery = port.deliverAs !== undefined;
     const deliverAs = port.deliverAs;
@@ -229,7 +241,8 @@ export class KvApi {
 
   private fail(reply: string, type: string, error: JsApiError): void {
     this.errors++;
-    this.send(reply, { type, error });
+    // nats-server's purge response always carries `purged` (no omitempty), errors included.
+    this.send(reply, type === purgeResponseType ? { type, error, purged: 0 } : { type, error });
   }
 
   /** Runs the read barrier; false (and the error sent) when the cluster cannot serve reads now. */
@@ -299,6 +312,8 @@ export class KvApi {
         return this.streamCreate(req.stream, body, ok, fail);
       case 'stream.delete':
         return this.streamDelete(req.stream, ok, fail);
+      case 'stream.purge':
+        return this.streamPurge(req.stream, body, ok, fail);
       case 'direct.get':
         return this.directGet(reply, req.stream, req.subject, body);
       case 'consumer.durable.create':
@@ -312,7 +327,7 @@ export class KvApi {
   private read(req: ApiRequest, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, hidden?: (bucket: string) => boolean): void {
     switch (req.kind) {
       case 'info':
-        return ok(this.accountInfo());
+        return ok(this.accountInfo(hidden));
       case 'stream.names':
       case 'stream.list':
         return this.streamList(req.kind === 'stream.names', body, ok, fail, hidden);
@@ -333,10 +348,11 @@ export class KvApi {
     }
   }
 
-  private accountInfo(): Record<string, unknown> {
+  /** Account info counts only the streams the caller may see (the ub_* buckets exist only for admins). */
+  private accountInfo(hidden?: (bucket: string) => boolean): Record<string, unknown> {
     const r = this.backend.reader;
     let storage = 0;
-    const names = r.bucketNames();
+    const names = r.bucketNames().filter((b) => hidden?.(b) !== true);
     for (const n of names) storage += r.bucketInfo(n)?.bytes ?? 0;
     return {
       memory: 0, storage, streams: names.length, consumers: this.consumers.size,
@@ -351,16 +367,49 @@ export class KvApi {
   private streamInfo(bucket: string): Record<string, unknown> | undefined {
     const info = this.backend.reader.bucketInfo(bucket);
     if (info === undefined) return undefined;
+    const cluster = this.options.clusterInfo?.();
     return {
-      config: streamConfig(bucket, info.config, this.view),
+      config: streamConfig(bucket, info, this.view),
       created: rfc3339(info.created),
       state: streamState(this.backend.reader, info, this.consumers.countFor(bucket)),
-      cluster: { leader: this.options.serverName },
+      // nats-server omits `cluster` for a stream on a single server.
+      ...(cluster === undefined ? {} : { cluster }),
     };
   }
 
+  /**
+   * STREAM.PURGE as nats-server 2.9 answers it: `filter` (a subject of the stream), `seq` (purge below it) or
+   * `keep` (keep the newest N matching), replicated as one entry so every node drops the same entries.
+   */
+  private async streamPurge(stream: string, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
+    const bucket = bucketOfStream(stream);
+    const info = bucket === undefined ? undefined : this.backend.reader.bucketInfo(bucket);
+    if (bucket === undefined || info === undefined) return fail(jsErrors.streamNotFound());
+    if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
+    if (streamConfig(bucket, info, this.view).deny_purge === true) return fail(jsErrors.streamPurge('stream purge not permitted'));
+    const o = (typeof body === 'object' && body !== null && !Array.isArray(body) ? body : {}) as Record<string, unknown>;
+    const uint = (v: unknown): v is number | undefined => v === undefined || (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0);
+    if (!uint(o.seq) || !uint(o.keep) || (o.filter !== undefined && typeof o.filter !== 'string')) return fail(jsErrors.badRequest());
+    if ((o.seq ?? 0) > 0 && (o.keep ?? 0) > 0) return fail(jsErrors.badRequest());
+    let subject: string | undefined;
+    if (typeof o.filter === 'string' && o.filter !== '') {
+      const prefix = `${kvPrefix}${bucket}.`;
+      if (!o.filter.startsWith(prefix) || o.filter.length === prefix.length) return fail(jsErrors.badRequest('filter must be a subject of the stream ($KV.<bucket>.<key pattern>)'));
+      subject = o.filter.slice(prefix.length);
+    }
+    const cmd: KvCommand = {
+      op: 'bucket.purge', bucket, ts: Date.now(),
+      ...(subject === undefined ? {} : { subject }), ...(o.seq ? { seq: o.seq } : {}), ...(o.keep ? { keep: o.keep } : {}),
+    };
+    const r = await this.propose(cmd);
+    if ('err_code' in r) return fail(r);
+    if (!r.ok) return fail(resultError(r));
+    if (r.kind !== 'purge') return fail(jsErrors.streamGeneral(`unexpected ${r.kind} result`));
+    ok({ success: true, purged: r.purged });
+  }
+
   private async streamCreate(stream: string, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
-    const parsed = parseStreamCreate(stream, body ?? {});
+    const parsed = parseStreamCreate(stream, body ?? {}, this.streamLimits);
     if ('err_code' in parsed) return fail(parsed);
     if (this.view.readOnly(parsed.bucket)) return fail(jsErrors.streamSealed(parsed.bucket));
     const r = await this.propose({ op: 'bucket.create', bucket: parsed.bucket, config: parsed.config, ts: Date.now() });
@@ -403,18 +452,13 @@ export class KvApi {
       case 'stream.info':
         return ok({ total: 0, offset: 0, limit: 0, ...info });
       case 'stream.update': {
-        const parsed = parseStreamCreate(req.stream, body ?? {});
+        const parsed = parseStreamCreate(req.stream, body ?? {}, this.streamLimits);
         if ('err_code' in parsed) return fail(parsed);
-        const cur = this.backend.reader.bucketInfo(bucket)!.config;
-        const c = parsed.config;
-        const same = (c.history ?? 1) === cur.history && (c.valueBytesMax === undefined || c.valueBytesMax === cur.valueBytesMax)
-          && (c.bytesMax === undefined || c.bytesMax === cur.bytesMax);
-        if (same) return ok(info);
+        // An update to the very config the stream has is accepted (nats.go's KV create sends one when the
+        // configs differ only in their discard policy); any real change is not supported.
+        if (JSON.stringify(parsed.stream) === JSON.stringify(info.config)) return ok(info);
         return fail(jsErrors.streamUpdate('changing a KV bucket configuration is not supported by membershipd; create a new bucket'));
       }
-      case 'stream.purge':
-        if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
-        return fail(jsErrors.streamPurge('stream purge is not supported by membershipd (deny_purge); purge or delete keys individually'));
       case 'stream.msg.delete':
         if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
         return fail(jsErrors.messageDeleteFailed('message delete not permitted (deny_delete); delete or purge the key instead'));

@@ -88,6 +88,21 @@ export interface MemberStatus {
   readonly health: string | null;
 }
 
+/** A replica in STREAM.INFO `cluster.replicas` (nats-server PeerInfo). */
+export interface JsReplicaInfo {
+  readonly name: string;
+  readonly current: boolean;
+  readonly offline?: boolean;
+  readonly active: number;
+  readonly lag?: number;
+}
+
+export interface JsClusterInfo {
+  readonly name: string;
+  readonly leader?: string;
+  readonly replicas?: readonly JsReplicaInfo[];
+}
+
 export interface ClusterStatus {
   readonly cluster: string;
   /** The node that answered. */
@@ -192,6 +207,8 @@ export class ClusterNode {
   private readonly reads = new Map<number, PendingRead>();
   private lastLead = 0;
   private lastLeaderContact = 0;
+  /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
+  private readonly peerContact = new Map<number, number>();
   private ticks = 0;
   /** A commit-only hard state not yet written (see handleReady); saved with the next synced batch or at stop. */
   private deferredHardState: HardState | undefined;
@@ -426,6 +443,7 @@ export class ClusterNode {
       return;
     }
     this.metrics.raftMessagesIn++;
+    this.peerContact.set(m.from, Date.now());
     if (m.from === this.raw.basicStatus().lead || m.type === 'app' || m.type === 'heartbeat' || m.type === 'snap') this.lastLeaderContact = Date.now();
     try {
       this.raw.step(m);
@@ -1218,6 +1236,47 @@ export class ClusterNode {
     }
     if (this.stateMachine.appliedIndex < st.commit) return { status: 'unavailable', reason: `catching up: applied ${this.stateMachine.appliedIndex} of commit ${st.commit}` };
     return { status: 'ok' };
+  }
+
+  /**
+   * STREAM.INFO `cluster` as nats-server reports a replicated stream: the cluster name, the Raft leader's server
+   * name, and the other voters as replicas with `current`, `active` (ns since this node last heard from them) and
+   * `lag` (entries behind). The leader knows every voter's progress; a follower knows its own and reports the
+   * others from its routes only (`offline` when the route is down, `active` from the last Raft message, which
+   * followers seldom exchange). Undefined with a single voter: nats-server omits `cluster` for an R1 stream on a
+   * single server.
+   */
+  jsClusterInfo(): JsClusterInfo | undefined {
+    const raw = this.raw;
+    if (!raw) return undefined;
+    const conf = raw.confState();
+    if (conf.voters.length <= 1) return undefined;
+    const st = raw.status();
+    const lead = st.softState.lead;
+    if (lead === 0) return { name: this.clusterName };
+    const now = Date.now();
+    const activeNs = (id: number): number => {
+      const at = this.peerContact.get(id);
+      return at === undefined ? 0 : Math.max(0, now - at) * 1_000_000;
+    };
+    const recent = 2 * this.electionTicks * this.tickMs;
+    const up = new Set(this.transport.upPeers());
+    const replicas: JsReplicaInfo[] = [];
+    for (const id of conf.voters) {
+      if (id === lead) continue;
+      const name = this.peerName(id);
+      if (id === st.id) {
+        const lag = Math.max(0, st.hardState.commit - this.stateMachine.appliedIndex);
+        replicas.push({ name, current: lag === 0 && now - this.lastLeaderContact <= recent, active: 0, ...(lag > 0 ? { lag } : {}) });
+        continue;
+      }
+      const online = up.has(this.idToPeer.get(id) ?? '');
+      const p = st.softState.state === StateType.leader ? st.progress.get(id) : undefined;
+      const lag = p === undefined ? 0 : Math.max(0, st.lastIndex - p.match);
+      const current = online && (p === undefined || (lag === 0 && now - (this.peerContact.get(id) ?? 0) <= recent));
+      replicas.push({ name, current, ...(online ? {} : { offline: true }), active: activeNs(id), ...(lag > 0 ? { lag } : {}) });
+    }
+    return { name: this.clusterName, leader: this.peerName(lead), replicas };
   }
 
   private peerName(id: number): string {

@@ -310,7 +310,9 @@ t.test('push consumer on the wire: ack subjects, heartbeats, info, delete, error
   // Refusals a client can see.
   t.match((await rejection(jsm.consumers.add('KV_raw', { durable_name: 'd', ack_policy: AckPolicy.Explicit }))).message, /not supported/);
   t.equal((await rejection(jsm.consumers.add('KV_nope', { deliver_subject: 'x.y', ack_policy: AckPolicy.None }))).message, 'stream not found');
-  t.match((await rejection(jsm.streams.purge('KV_raw'))).message, /stream purge is not supported/);
+  // STREAM.PURGE of the whole stream (issue 18.2): everything goes, the sequence goes on.
+  t.match(await jsm.streams.purge('KV_raw'), { success: true });
+  t.match((await jsm.streams.info('KV_raw')).state, { messages: 0, first_seq: r1 + 1, last_seq: r1 });
   t.match((await rejection(jsm.streams.add({ name: 'ORDERS', subjects: ['orders.>'] }))).message, /only KV streams/);
   t.match((await rejection(kvm.create('ttl', { ttl: 60_000 }))).message, /max_age/);
   const r = await nc.request('$JS.API.STREAM.CREATE.KV_j', enc.encode('not json'));
@@ -527,9 +529,22 @@ async function observe(k: Kvm, bucket: string, cmds: readonly (readonly [string,
   // The initial batch of a watch: one entry per key that has any (markers included).
   const w = written === 0 ? [] : await collect(await kv.watch(), written);
   out.push(`watch ${w.map((e) => `${e.key}:${e.operation}:${e.string()}:${e.isUpdate}:${e.revision}:${e.delta}`).sort().join(',')}`);
-  const st = await kv.status();
-  const state = st.streamInfo.state;
-  out.push(`status values=${st.values} history=${st.history} bytes=${st.size} first=${state.first_seq} last=${state.last_seq} subjects=${state.num_subjects}`);
+  const status = async (what: string) => {
+    const st = await kv.status();
+    const state = st.streamInfo.state;
+    out.push(`${what} values=${st.values} history=${st.history} bytes=${st.size} first=${state.first_seq} last=${state.last_seq} subjects=${state.num_subjects}`);
+  };
+  await status('status');
+  // STREAM.PURGE with a subject filter and keep, as KV's purgeDeletes sends it: markers younger than 30 min keep
+  // themselves (keep 1), then with a negative age every marker goes (keep 0).
+  const purger = kv as unknown as { purgeDeletes(olderMillis?: number): Promise<{ purged: number }> };
+  out.push(`purgeDeletes ${(await purger.purgeDeletes()).purged}`);
+  await status('after purgeDeletes');
+  out.push(`purgeDeletes(-1) ${(await purger.purgeDeletes(-1)).purged}`);
+  await status('after purgeDeletes(-1)');
+  for (const key of new Set(cmds.map((c) => c[1]))) {
+    out.push(`history after ${key} ${(await collect(await kv.history({ key }))).map((e) => `${e.operation}:${e.string()}:${e.revision}`).join(',')}`);
+  }
   return out;
 }
 
@@ -592,6 +607,50 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
     t.equal(strip(a), strip(b), subject);
   }
   t.same(mine, theirs, 'membershipd and nats-server agree on every observation');
+
+  // The stream config read back is the one created, with nats-server's defaults (issue 18.3); no `cluster` on a
+  // single server (18.8).
+  const info = async (c: NatsConnection, stream: string) => JSON.parse(dec.decode((await c.request(`$JS.API.STREAM.INFO.${stream}`, '', { timeout: 20_000 })).data)) as Record<string, unknown>;
+  for (const opts of [{}, { history: 5, max_bytes: 1 << 20, maxValueSize: 4096 }, { description: 'd', history: 2 }]) {
+    const name = `cfg${Object.keys(opts).length}`;
+    await kvm.create(name, opts);
+    await refKvm.create(name, opts);
+    const [a, b] = [await info(nc, `KV_${name}`), await info(ref, `KV_${name}`)];
+    t.same(a.config, b.config, `stream config of a bucket created with ${JSON.stringify(opts)}`);
+    t.same(['cluster' in a, 'cluster' in b], [false, false], 'no cluster field on a single server');
+  }
+  const cfgBody = JSON.stringify({ name: 'KV_rawcfg', subjects: ['$KV.rawcfg.>'], max_msgs_per_subject: 1, deny_purge: true, num_replicas: 0, discard: 'new' });
+  const [ca, cb] = [await raw(nc, '$JS.API.STREAM.CREATE.KV_rawcfg', cfgBody), await raw(ref, '$JS.API.STREAM.CREATE.KV_rawcfg', cfgBody)];
+  const cfgOf = (x: string) => (JSON.parse(x.slice(x.indexOf('|') + 1)) as { config: unknown }).config;
+  t.same(cfgOf(ca), cfgOf(cb), 'a raw STREAM.CREATE: the same config echoed (deny_purge as asked)');
+
+  // JetStream publish headers (issue 18.4): Nats-Msg-Id with duplicates acked as such, Nats-Expected-Last-Sequence,
+  // Nats-Expected-Last-Subject-Sequence, Nats-Expected-Stream: the same PubAcks and errors, sequence numbers included.
+  await kvm.create('hdrs');
+  await refKvm.create('hdrs');
+  const pubs: [string, string, [string, string][]][] = [
+    ['$KV.hdrs.a', '1', [['Nats-Msg-Id', 'm1']]],
+    ['$KV.hdrs.a', '1', [['Nats-Msg-Id', 'm1']]],
+    ['$KV.hdrs.b', '2', [['Nats-Msg-Id', 'm2']]],
+    ['$KV.hdrs.a', '3', [['Nats-Expected-Last-Sequence', '5']]],
+    ['$KV.hdrs.a', '3', [['Nats-Expected-Last-Sequence', '2']]],
+    ['$KV.hdrs.a', '4', [['Nats-Expected-Last-Subject-Sequence', '1']]],
+    ['$KV.hdrs.a', '4', [['Nats-Expected-Last-Subject-Sequence', '3'], ['Nats-Msg-Id', 'm4']]],
+    ['$KV.hdrs.b', '5', [['Nats-Expected-Stream', 'KV_other']]],
+    ['$KV.hdrs.b', '5', [['Nats-Msg-Id', 'm1'], ['Nats-Expected-Last-Sequence', '1']]],
+    ['$KV.hdrs.c', '6', [['Nats-Expected-Last-Sequence', '4'], ['Nats-Expected-Stream', 'KV_hdrs']]],
+  ];
+  const ack = async (c: NatsConnection, [subject, body, h]: [string, string, [string, string][]]) => {
+    const hdrs = natsHeaders();
+    for (const [k, v] of h) hdrs.set(k, v);
+    return JSON.parse(dec.decode((await c.request(subject, enc.encode(body), { timeout: 20_000, headers: hdrs })).data)) as unknown;
+  };
+  for (const p of pubs) t.same(await ack(nc, p), await ack(ref, p), `publish ${p[0]} ${JSON.stringify(p[2])}`);
+  t.same(
+    [await raw(nc, '$JS.API.STREAM.PURGE.KV_rawcfg', '{}'), await raw(nc, '$JS.API.STREAM.PURGE.KV_hdrs', '{"seq":2,"keep":1}')].map((x) => x.replace(/"type":"[^"]*",?/, '')),
+    [await raw(ref, '$JS.API.STREAM.PURGE.KV_rawcfg', '{}'), await raw(ref, '$JS.API.STREAM.PURGE.KV_hdrs', '{"seq":2,"keep":1}')].map((x) => x.replace(/"type":"[^"]*",?/, '')),
+    'purge refusals: deny_purge, seq with keep',
+  );
 
   // Random sessions, same seed discipline as the model test.
   const seed = Number(process.env.KV_SEED ?? Date.now() % 2 ** 31);
@@ -665,7 +724,7 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
   t.equal(a.info?.jetstream, true, 'INFO says jetstream on a cluster node');
   const kvA = await new Kvm(jetstream(a, { timeout: 20_000 })).create('shared', { history: 3 });
   const kvB = await new Kvm(jetstream(b, { timeout: 20_000 })).open('shared');
-  t.equal((await kvB.status()).replicas, 3, 'the bucket reports the meta-group voters as replicas');
+  t.equal((await kvB.status()).replicas, 1, 'num_replicas as created (1), not the meta-group voters (issue 18.3)');
   const seen: ClientEntry[] = [];
   const watch = await kvB.watch();
   const watching = (async () => {
@@ -688,6 +747,18 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
   await kvA.put('other', 'x');
   t.same((await collect(await kvB.keys())).sort(), ['other'], 'keys on B (a deleted key is not listed)');
   t.same((await collect(await kvB.history({ key: 'k' }))).map((e) => `${e.operation}:${e.string()}`), ['PUT:v1', 'PUT:v2', 'DEL:'], 'history on B');
+  // STREAM.INFO `cluster` (issue 18.7): the cluster name, the Raft leader's server name whichever node answers, the
+  // other voters as replicas; account info counts only what this client may see (18.6).
+  const raftLeader = (nodes[0]!.cluster!.raftz().leader as { name: string } | null)?.name;
+  for (const c of [a, b]) {
+    const si = await (await jetstreamManager(c, { timeout: 20_000 })).streams.info('KV_shared');
+    t.equal(si.cluster?.name, 'kvc', 'cluster name');
+    t.equal(si.cluster?.leader, raftLeader, 'leader is the Raft leader');
+    const replicas = si.cluster?.replicas ?? [];
+    t.same(replicas.map((r) => r.name).sort(), ['kv0', 'kv1', 'kv2'].filter((n) => n !== raftLeader), 'replicas: the other voters');
+    t.ok(replicas.every((r) => typeof r.current === 'boolean' && typeof r.active === 'number'), 'each replica has current and active');
+  }
+  t.equal((await (await jetstreamManager(b, { timeout: 20_000 })).getAccountInfo()).streams, 1, 'account info: only KV_shared, not the six ub_* buckets');
   // The control-plane buckets share the store but are not visible without an admin principal.
   t.notOk((await collect(new Kvm(b).list())).some((s) => s.bucket.startsWith('ub_')), 'no ub_* bucket listed for a non-admin client');
   // A wildcard-subject publish crosses the routes like any other (nats-server 2.9 does the same): re-sent until
