@@ -126,7 +126,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
       deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
     };
     kvApi = attachKvApi({ cluster: kvPort }, {
-      backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas, clusterInfo: () => node.jsClusterInfo(),
+      backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas, clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
     });
   }
   const startedAt = new Date();

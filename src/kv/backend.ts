@@ -10,7 +10,7 @@
 import { encodeKvCommand, type KvCommand, type KvEntry, type KvListener, type KvResult, type KvStateMachine } from '../../store/index.js';
 
 /** The read side of a node's KV state machine (applied state, synchronous). */
-export type KvReader = Pick<KvStateMachine, 'appliedIndex' | 'bucketNames' | 'bucketInfo' | 'get' | 'history' | 'changesSince'>;
+export type KvReader = Pick<KvStateMachine, 'appliedIndex' | 'bucketNames' | 'bucketInfo' | 'get' | 'history' | 'changesSince' | 'oldestTs'>;
 
 export interface KvBackend {
   /**

@@ -31,6 +31,11 @@ export interface KvApiOptions {
   readonly serverName: string;
   /** The meta-group's voters: the most replicas a stream may ask for, and `num_replicas` of the ub_* buckets. Default 1. */
   readonly replicas?: number;
+  /**
+   * Bucket TTL (max_age): whether this node leads the meta-group now. Only the leader proposes expiries, as log
+   * entries, so every replica drops the same entries at the same index; without this option max_age is refused.
+   */
+  readonly ttl?: { readonly isLeader: () => boolean; readonly periodMs?: number };
   /** STREAM.INFO `cluster` (name, Raft leader, replicas); undefined on a single node, where nats-server omits it. */
   readonly clusterInfo?: () => StreamClusterInfo | undefined;
   /** Buckets that are read-only through this API. Default: names starting with `ub_` (control plane). */
@@ -141,6 +146,9 @@ export class KvApi {
   private errors = 0;
   private closed = false;
   private readonly offReset: (() => void) | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  /** Buckets whose expiry proposal is in flight (one at a time each, so a slow commit does not pile them up). */
+  private readonly expiring = new Set<string>();
 
   constructor(private readonly port: KvApiPort, private readonly options: KvApiOptions) {
     this.backend = options.backend;
@@ -149,7 +157,14 @@ export class KvApi {
     this.linearizable = (options.reads ?? 'linearizable') === 'linearizable';
     const readOnly = options.readOnly ?? ((b: string) => b.startsWith('ub_'));
     this.view = { replicas: options.replicas ?? 1, readOnly };
-    this.streamLimits = { replicasMax: options.replicas ?? 1, ttl: false };
+    this.streamLimits = { replicasMax: options.replicas ?? 1, ttl: options.ttl !== undefined };
+    if (options.ttl !== undefined) {
+      const ttl = options.ttl;
+      this.expiryTimer = setInterval(() => {
+        if (ttl.isLeader()) this.expireOld();
+      }, ttl.periodMs ?? 250);
+      this.expiryTimer.unref();
+    }
     this.adminOnly = options.adminOnly ?? ((b: string) => b.startsWith('ub_'));
     this.pushDelivery = port.deliverAs !== undefined;
     const deliverAs = port.deliverAs;
@@ -219,8 +234,31 @@ export class KvApi {
 
   close(): void {
     this.closed = true;
+    if (this.expiryTimer !== undefined) clearInterval(this.expiryTimer);
     this.offReset?.();
     this.consumers.close();
+  }
+
+  /**
+   * The leader's TTL pass: for each bucket with max_age whose oldest entry is older, proposes `expire before
+   * now - max_age`. The cut-off travels in the entry, so the followers never consult their own clocks.
+   */
+  private expireOld(): void {
+    if (this.closed) return;
+    const r = this.backend.reader;
+    const now = Date.now();
+    for (const bucket of r.bucketNames()) {
+      const maxAge = r.bucketInfo(bucket)?.config.maxAgeMs ?? 0;
+      if (maxAge <= 0 || this.expiring.has(bucket)) continue;
+      const oldest = r.oldestTs(bucket);
+      if (oldest === undefined || oldest > now - maxAge) continue;
+      this.expiring.add(bucket);
+      this.propose({ op: 'expire', bucket, before: now - maxAge, ts: now })
+        .then((res) => {
+          if ('err_code' in res || !res.ok) this.logger.warn({ bucket, res }, 'KV expiry proposal was not applied; retried on the next pass');
+        })
+        .finally(() => this.expiring.delete(bucket));
+    }
   }
 
   // ---- plumbing -------------------------------------------------------------------------------------------------

@@ -1068,6 +1068,11 @@ export class ClusterNode {
     return { voters: [...conf.voters], learners: [...conf.learners] };
   }
 
+  /** Whether this node leads the meta-group now (leader-only duties such as KV expiry proposals). */
+  get isLeader(): boolean {
+    return this.raw !== undefined && this.raw.basicStatus().state === StateType.leader;
+  }
+
   /** The number of voters the leader keeps (--kv-replicas as persisted). */
   get kvReplicas(): number {
     return this.voters;

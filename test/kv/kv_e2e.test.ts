@@ -41,7 +41,8 @@ t.before(async () => {
   server = createNatsServer({ host: '127.0.0.1', port: 0, jetstream: true, logger: silentLogger() });
   await server.start();
   nc = await connect({ servers: `127.0.0.1:${server.port}`, name: 'kv-e2e', timeout: 20_000 });
-  api = attachKvApi(server, { backend, logger: silentLogger(), serverName: server.serverName, limits: { tickMs: 50 } });
+  // One node: it is always the leader that proposes TTL expiries.
+  api = attachKvApi(server, { backend, logger: silentLogger(), serverName: server.serverName, limits: { tickMs: 50 }, ttl: { isLeader: () => true, periodMs: 50 } });
   // Generous request timeouts: the machine is shared and loaded; no assertion depends on timing.
   kvm = new Kvm(jetstream(nc, { timeout: 20_000 }));
 });
@@ -176,6 +177,29 @@ t.test('revisions are per bucket: two buckets written in turn each count 1, 2, 3
   t.match((await rejection(y.update('k', 'stale', 4))).message, 'wrong last sequence: 3');
   const h = await collect(await x.history({ key: 'k' }));
   t.same(h.map((e) => e.revision), [4]);
+});
+
+/** Polls `cond` until it holds, at most `boundMs` (a condition, never a timing assertion). */
+async function waitFor(what: string, cond: () => Promise<boolean>, boundMs = 20_000): Promise<void> {
+  const end = Date.now() + boundMs;
+  for (let i = 0; i < 10_000; i++) {
+    if (await cond()) return;
+    if (Date.now() > end) throw new Error(`${what}: not within ${boundMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+t.test('bucket TTL (max_age): entries expire by a replicated proposal; the sequence goes on (issue 18.5)', async (t) => {
+  const kv = await kvm.create('ttl', { ttl: 400, history: 2 });
+  const st = await kv.status();
+  t.equal(st.ttl, 400, 'ttl echoed');
+  t.equal(st.streamInfo.config.duplicate_window, 400 * 1e6, 'the duplicate window follows a TTL below 2 min, as nats-server sets it');
+  t.equal(await kv.put('a', '1'), 1);
+  t.equal(await kv.put('b', '2'), 2);
+  await waitFor('entries expired', async () => (await kv.status()).values === 0);
+  t.equal(await kv.get('a'), null, 'an expired key reads as absent');
+  t.match((await kv.status()).streamInfo.state, { messages: 0, first_seq: 3, last_seq: 2 });
+  t.equal(await kv.put('a', '3'), 3, 'the revision continues after expiry');
 });
 
 t.test('history depth, get by revision, bucket limits', async (t) => {
@@ -314,7 +338,6 @@ t.test('push consumer on the wire: ack subjects, heartbeats, info, delete, error
   t.match(await jsm.streams.purge('KV_raw'), { success: true });
   t.match((await jsm.streams.info('KV_raw')).state, { messages: 0, first_seq: r1 + 1, last_seq: r1 });
   t.match((await rejection(jsm.streams.add({ name: 'ORDERS', subjects: ['orders.>'] }))).message, /only KV streams/);
-  t.match((await rejection(kvm.create('ttl', { ttl: 60_000 }))).message, /max_age/);
   const r = await nc.request('$JS.API.STREAM.CREATE.KV_j', enc.encode('not json'));
   t.same(JSON.parse(dec.decode(r.data)), {
     type: 'io.nats.jetstream.api.v1.stream_create_response', error: { code: 400, err_code: 10025, description: 'invalid JSON' },
@@ -611,8 +634,8 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
   // The stream config read back is the one created, with nats-server's defaults (issue 18.3); no `cluster` on a
   // single server (18.8).
   const info = async (c: NatsConnection, stream: string) => JSON.parse(dec.decode((await c.request(`$JS.API.STREAM.INFO.${stream}`, '', { timeout: 20_000 })).data)) as Record<string, unknown>;
-  for (const opts of [{}, { history: 5, max_bytes: 1 << 20, maxValueSize: 4096 }, { description: 'd', history: 2 }]) {
-    const name = `cfg${Object.keys(opts).length}`;
+  for (const opts of [{}, { history: 5, max_bytes: 1 << 20, maxValueSize: 4096 }, { description: 'd', history: 2 }, { ttl: 60_000, history: 3 }, { ttl: 600_000 }]) {
+    const name = `cfg${JSON.stringify(opts).replace(/\W/g, '')}`;
     await kvm.create(name, opts);
     await refKvm.create(name, opts);
     const [a, b] = [await info(nc, `KV_${name}`), await info(ref, `KV_${name}`)];
@@ -759,6 +782,12 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
     t.ok(replicas.every((r) => typeof r.current === 'boolean' && typeof r.active === 'number'), 'each replica has current and active');
   }
   t.equal((await (await jetstreamManager(b, { timeout: 20_000 })).getAccountInfo()).streams, 1, 'account info: only KV_shared, not the six ub_* buckets');
+  // Bucket TTL on the cluster: the leader proposes the expiry; a follower's read sees it gone.
+  const ttlA = await new Kvm(jetstream(a, { timeout: 20_000 })).create('ttlc', { ttl: 400 });
+  await ttlA.put('x', '1');
+  const ttlB = await new Kvm(jetstream(b, { timeout: 20_000 })).open('ttlc');
+  await waitFor('expiry on the cluster', async () => (await ttlB.status()).values === 0);
+  t.equal(await ttlB.get('x'), null, 'expired on every node by the leader\'s proposal');
   // The control-plane buckets share the store but are not visible without an admin principal.
   t.notOk((await collect(new Kvm(b).list())).some((s) => s.bucket.startsWith('ub_')), 'no ub_* bucket listed for a non-admin client');
   // A wildcard-subject publish crosses the routes like any other (nats-server 2.9 does the same): re-sent until

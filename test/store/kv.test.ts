@@ -397,3 +397,39 @@ t.test('change feed: read since a revision, then subscribe for new entries', asy
   run({ op: 'put', bucket: 'a', key: 'k9', value: Buffer.from([9]), ts: 22 });
   t.same(seen.map((e) => [e.op, e.key, e.revision, e.index, e.ts]), [['DEL', 'k1', 3, 8, 20]]);
 });
+
+t.test('JetStream publish expectations, STREAM.PURGE and TTL expiry: decided at apply time, carried by snapshots', async (t) => {
+  const sm = new KvStateMachine();
+  let i = 0;
+  const run = (cmd: KvCommand) => sm.apply(++i, encodeKvCommand(cmd));
+  const put = (key: string, ts: number, extra: Record<string, unknown> = {}) => run({ op: 'put', bucket: 'b', key, value: Buffer.from(key), ts, ...extra });
+  run({ op: 'bucket.create', bucket: 'b', config: { history: 3, duplicateWindowMs: 1000 }, ts: 1 });
+  t.match(put('a', 100, { msgId: 'm1' }), { ok: true, entry: { revision: 1 } });
+  t.match(put('a', 500, { msgId: 'm1' }), { ok: true, kind: 'duplicate', revision: 1 }, 'a Msg-Id inside the window: nothing stored');
+  t.equal(sm.bucketInfo('b')!.seq, 1);
+  // A snapshot carries the remembered ids: a restored replica answers the same.
+  const twin = new KvStateMachine();
+  twin.restore(sm.snapshot());
+  t.match(twin.apply(i + 1, encodeKvCommand({ op: 'put', bucket: 'b', key: 'a', value: Buffer.from('a'), ts: 600, msgId: 'm1' })), { ok: true, kind: 'duplicate', revision: 1 });
+  t.match(put('a', 1200, { msgId: 'm1' }), { ok: true, entry: { revision: 2 } }, 'outside the window (by the proposer\'s ts) it is a new write');
+  t.match(put('c', 1300, { expectLastSeq: 1 }), { ok: false, code: KvErrorCode.wrongLastSequence, revision: 2 });
+  t.match(put('c', 1300, { expectLastSeq: 2 }), { ok: true, entry: { revision: 3 } });
+  t.match(put('c', 1300, { hdrBytes: 20 }), { ok: true, entry: { revision: 4, hdrBytes: 20 } });
+  t.equal(sm.bucketInfo('b')!.bytes, 3 * (22 + '$KV.b.a'.length + 1 + 8) + (22 + '$KV.b.c'.length + 1 + 8 + 4 + 20), 'stored size counts the header block');
+  run({ op: 'delete', bucket: 'b', key: 'a', ts: 1400 });
+  // Purge: filter + keep (PurgeDeletes' keep 1 leaves the marker), seq, both refused together.
+  t.match(run({ op: 'bucket.purge', bucket: 'b', ts: 1500, subject: 'a', keep: 1 }), { ok: true, kind: 'purge', purged: 2 });
+  t.same(sm.history('b', 'a').map((e) => [e.op, e.revision]), [['DEL', 5]]);
+  t.match(run({ op: 'bucket.purge', bucket: 'b', ts: 1500, seq: 4, keep: 1 }), { ok: false, code: KvErrorCode.badPurge });
+  t.match(run({ op: 'bucket.purge', bucket: 'b', ts: 1500, seq: 4 }), { ok: true, purged: 1 }, 'below revision 4: c@3');
+  t.match(run({ op: 'bucket.purge', bucket: 'b', ts: 1500, subject: '>' }), { ok: true, purged: 2 });
+  t.match(sm.bucketInfo('b'), { values: 0, bytes: 0, seq: 5, firstSeq: 6 }, 'the sequence goes on; first_seq is last + 1');
+  // TTL: an expire entry drops what is at or before its cut-off, only in a bucket with max_age.
+  run({ op: 'bucket.create', bucket: 't', config: { maxAgeMs: 1000 }, ts: 1 });
+  for (const [k, ts] of [['x', 100], ['y', 200], ['z', 300]] as const) run({ op: 'put', bucket: 't', key: k, value: Buffer.from(k), ts });
+  t.equal(sm.oldestTs('t'), 100);
+  t.match(run({ op: 'expire', bucket: 't', before: 200, ts: 1200 }), { ok: true, kind: 'purge', purged: 2 });
+  t.same(sm.keys('t'), ['z']);
+  t.match(run({ op: 'expire', bucket: 'b', before: 99_999, ts: 1200 }), { ok: true, purged: 0 }, 'no max_age: nothing expires');
+  t.match(run({ op: 'bucket.create', bucket: 'bad', config: { maxAgeMs: 1000, duplicateWindowMs: 2000 }, ts: 1 }), { ok: false, code: KvErrorCode.badConfig });
+});
