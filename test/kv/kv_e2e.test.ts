@@ -2,11 +2,12 @@
 // server of src/nats with the KV API attached on the local (non-replicated) backend, through the server's own
 // seams (NatsClusterPort.deliverAs for push consumers, wildcard-subject publishes for CONSUMER.CREATE … .$KV.b.>);
 // and on a 3-node cluster started through `serve` (the Raft-backed backend), a client per node.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { connect, headers as natsHeaders, type NatsConnection, type Msg } from '@nats-io/transport-node';
 import { Kvm, KvWatchInclude, type KV, type KvWatchEntry as ClientEntry } from '@nats-io/kv';
@@ -571,6 +572,53 @@ async function observe(k: Kvm, bucket: string, cmds: readonly (readonly [string,
   return out;
 }
 
+const goPackage = '/usr/share/gocode/src/github.com/nats-io/nats.go';
+
+/**
+ * Builds test/kv/gokv offline in GOPATH mode against Debian's nats.go (golang-go, golang-github-nats-io-go-nats-dev)
+ * and runs it against both URLs. Skips with a line saying what to install when the toolchain is missing.
+ */
+async function goDifferential(t: Test, refUrl: string, ourUrl: string): Promise<void> {
+  if (spawnSync('go', ['version']).status !== 0 || !existsSync(goPackage)) {
+    t.comment('SKIP Go differential: needs `go` and nats.go (apt-get install -y golang-go golang-github-nats-io-go-nats-dev)');
+    t.pass('skipped: no Go toolchain or nats.go');
+    return;
+  }
+  const out = mkdtempSync(join(tmpdir(), 'gokv-'));
+  t.teardown(() => rmSync(out, { recursive: true, force: true }));
+  // GOPATH mode, offline: the Debian package's sources are the only dependency; the build cache is kept across runs.
+  const env = { ...process.env, GOPATH: '/usr/share/gocode', GO111MODULE: 'off', GOFLAGS: '-mod=vendor', GOPROXY: 'off', GOCACHE: join(tmpdir(), 'membershipd-gocache') };
+  const src = join(dirname(fileURLToPath(import.meta.url)), 'gokv', 'main.go');
+  const bin = join(out, 'gokv');
+  const built = await run('go', ['build', '-o', bin, src], env);
+  t.equal(built.code, 0, `go build test/kv/gokv (${built.stderr.trim().slice(0, 300)})`);
+  if (built.code !== 0) return;
+  const theirs = await run(bin, [refUrl, 'gd'], env);
+  const mine = await run(bin, [ourUrl, 'gd'], env);
+  t.equal(theirs.code, 0, `gokv against nats-server ${theirs.stderr.trim()}`);
+  t.equal(mine.code, 0, `gokv against membershipd ${mine.stderr.trim()}`);
+  const [a, b] = [mine.stdout.trim().split('\n'), theirs.stdout.trim().split('\n')];
+  t.ok(b.length > 30, `${b.length} observations from nats.go`);
+  for (let i = 0; i < Math.max(a.length, b.length); i++) t.equal(a[i], b[i], `nats.go observation ${i + 1}`);
+}
+
+/** Runs a child process to completion (async: the membershipd under test shares this event loop). */
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    // Bounded: a hung client is killed (by its PID) after 120 s and reported as failed.
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
 t.test('differential: the same KV session against nats-server 2.9 (when installed) observes the same', async (t) => {
   if (spawnSync('nats-server', ['--version']).status !== 0) {
     t.comment('SKIP nats-server is not installed (Debian package nats-server); differential check skipped');
@@ -674,6 +722,10 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
     [await raw(ref, '$JS.API.STREAM.PURGE.KV_rawcfg', '{}'), await raw(ref, '$JS.API.STREAM.PURGE.KV_hdrs', '{"seq":2,"keep":1}')].map((x) => x.replace(/"type":"[^"]*",?/, '')),
     'purge refusals: deny_purge, seq with keep',
   );
+
+  // The standard Go client (nats.go 1.22 from Debian) runs one fixed session of core and KV calls against both
+  // servers (test/kv/gokv/main.go); every printed observation must agree, revisions and errors included.
+  await goDifferential(t, `nats://127.0.0.1:${natsPort}`, `nats://127.0.0.1:${server.port}`);
 
   // Random sessions, same seed discipline as the model test.
   const seed = Number(process.env.KV_SEED ?? Date.now() % 2 ** 31);
