@@ -834,6 +834,10 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
     t.ok(replicas.every((r) => typeof r.current === 'boolean' && typeof r.active === 'number'), 'each replica has current and active');
   }
   t.equal((await (await jetstreamManager(b, { timeout: 20_000 })).getAccountInfo()).streams, 1, 'account info: only KV_shared, not the six ub_* buckets');
+  // The Nats-Msg-Id window is replicated state: a retry of the same publish through another node is a duplicate.
+  const withId = (c: NatsConnection) => jetstream(c, { timeout: 20_000 }).publish('$KV.shared.dup', 'v', { msgID: 'once' });
+  const first = await withId(a);
+  t.match(await withId(b), { seq: first.seq, duplicate: true }, 'the same Msg-Id through node B: acked as a duplicate of A\'s write');
   // Bucket TTL on the cluster: the leader proposes the expiry; a follower's read sees it gone.
   const ttlA = await new Kvm(jetstream(a, { timeout: 20_000 })).create('ttlc', { ttl: 400 });
   await ttlA.put('x', '1');
