@@ -203,6 +203,19 @@ t.test('bucket TTL (max_age): entries expire by a replicated proposal; the seque
   t.equal(await kv.put('a', '3'), 3, 'the revision continues after expiry');
 });
 
+t.test('JetStream publish options through nats.js: msgID duplicates, expected last sequence / subject sequence / stream (issue 18.4)', async (t) => {
+  await kvm.create('pubopts');
+  const js = jetstream(nc, { timeout: 20_000 });
+  const first = await js.publish('$KV.pubopts.a', '1', { msgID: 'x1' });
+  t.match(first, { stream: 'KV_pubopts', seq: 1, duplicate: false });
+  t.match(await js.publish('$KV.pubopts.a', '1', { msgID: 'x1' }), { seq: 1, duplicate: true }, 'the same msgID within the window');
+  t.equal((await rejection(js.publish('$KV.pubopts.b', '2', { expect: { lastSequence: 7 } }))).message, 'wrong last sequence: 1');
+  t.match(await js.publish('$KV.pubopts.b', '2', { expect: { lastSequence: 1 } }), { seq: 2 });
+  t.equal((await rejection(js.publish('$KV.pubopts.a', '3', { expect: { lastSubjectSequence: 2 } }))).message, 'wrong last sequence: 1');
+  t.equal((await rejection(js.publish('$KV.pubopts.a', '3', { expect: { streamName: 'KV_other' } }))).message, 'expected stream does not match');
+  t.match(await js.publish('$KV.pubopts.a', '3', { expect: { streamName: 'KV_pubopts', lastSubjectSequence: 1 } }), { seq: 3 });
+});
+
 t.test('history depth, get by revision, bucket limits', async (t) => {
   const kv = await kvm.create('hist', { history: 3 });
   const revs: number[] = [];
