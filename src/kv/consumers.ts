@@ -232,6 +232,13 @@ export class Consumer {
     while (this.head < q.length && msgs < lim.turnMessagesMax && bytes < lim.turnBytesMax) {
       if (this.spec.flowControl && this.bytesSinceReply >= lim.flowWindowBytes) break;
       const e = q[this.head]!;
+      // Queued before a STREAM.PURGE or a TTL expiry dropped it: nats-server delivers only stored messages.
+      if (!this.reg.reader.history(e.bucket, e.key).includes(e)) {
+        this.head++;
+        this.sseq = e.revision;
+        msgs++; // a skip is work too: the turn stays bounded
+        continue;
+      }
       const msg = this.render(e, q.length - this.head - 1);
       if (this.reg.port.deliverAs(this.spec.deliverSubject, msg) === 0) return this.lostInterest();
       this.attached();

@@ -327,6 +327,26 @@ t.test('consumer engine: waiting keeps the initial batch; interest loss drops th
   t.same(seqs(port.got).slice(5), [[7, 6]]);
 });
 
+t.test('consumer engine: entries purged or expired after they were queued are not delivered', async (t) => {
+  const sm = new KvStateMachine();
+  const be = createLocalKvBackend(sm);
+  await be.propose({ op: 'bucket.create', bucket: 'b', config: { history: 5 }, ts: 1 });
+  for (const k of ['a', 'b', 'a', 'c']) await be.propose({ op: 'put', bucket: 'b', key: k, value: enc.encode(k), ts: 2 });
+  const port = new RecordingPort();
+  const reg = new ConsumerRegistry(be, port, { ...defaultConsumerLimits, tickMs: 10_000 });
+  t.teardown(() => reg.close());
+  const spec = parseConsumerCreate('KV_b', 'b', { config: { deliver_subject: 'd' } }, undefined, undefined, () => 'C2', defaultConsumerLimits) as ConsumerSpec;
+  const c = reg.create(spec);
+  if ('err_code' in c) throw new Error(c.description);
+  await turn();
+  t.equal(port.got.length, 0, 'queued, nobody subscribed yet');
+  t.match(await be.propose({ op: 'bucket.purge', bucket: 'b', subject: 'a', ts: 3 }), { ok: true, purged: 2 });
+  port.subscribed = true;
+  reg.onInterest('d', 1);
+  await turn();
+  t.same(seqs(port.got), [[2, 1], [4, 2]], 'b@2 and c@4 only; consumer sequences stay contiguous');
+});
+
 t.test('consumer engine: flow control pauses at the window and resumes on the reply; heartbeat names the stall', async (t) => {
   const sm = new KvStateMachine();
   const be = createLocalKvBackend(sm);
