@@ -11,7 +11,9 @@ import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { HelloBody } from './frame.js';
 import { verifyEd25519, type RouteIdentity } from './identity.js';
 
-export const routeProtocolVersion = 1;
+// 2: KV revisions are per-bucket sequences. A node of version 1 applies the same log entries with other CAS
+// semantics, so the two must not share a Raft group (a rolling upgrade is refused; see deploy/cluster/RUNBOOK.md).
+export const routeProtocolVersion = 2;
 export const channelBindingLabel = 'EXPORTER-membershipd-route-v1';
 export const channelBindingBytes = 32;
 

@@ -125,7 +125,9 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
       setForwarder: (f) => services.routes.setForwarder(f),
       deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
     };
-    kvApi = attachKvApi({ cluster: kvPort }, { backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas });
+    kvApi = attachKvApi({ cluster: kvPort }, {
+      backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas, clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
+    });
   }
   const startedAt = new Date();
   const http = createHttpServer({

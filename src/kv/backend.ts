@@ -3,15 +3,14 @@
 // so a client that got a PubAck reads its own write on the same node. Reads go to the node's applied state
 // through `reader` (possibly stale); readBarrier() is the ReadIndex step that makes the next read linearizable.
 //
-// Revisions: a KV entry's revision is the Raft log index of its write (store/kv), and the KV API reports it as
-// the JetStream stream sequence. Update-if-revision is then decided by the state machine at apply time, on every
-// node alike, with no translation that a lagging node could get wrong; the price is that a bucket's stream
-// sequences are sparse (one index space for all buckets and Raft no-ops), which JetStream clients accept as they
-// accept interior deletes.
+// Revisions: a KV entry's revision is its bucket's stream sequence (1, 2, 3 ... per bucket), assigned by the state
+// machine at apply time (store/kv), so every node numbers a write alike and update-if-revision is decided there with
+// no translation a lagging node could get wrong. The KV API reports it as the JetStream stream sequence, as
+// nats-server does. The Raft log index (KvEntry.index) stays the cluster's internal order.
 import { encodeKvCommand, type KvCommand, type KvEntry, type KvListener, type KvResult, type KvStateMachine } from '../../store/index.js';
 
 /** The read side of a node's KV state machine (applied state, synchronous). */
-export type KvReader = Pick<KvStateMachine, 'appliedIndex' | 'bucketNames' | 'bucketInfo' | 'get' | 'history' | 'changesSince'>;
+export type KvReader = Pick<KvStateMachine, 'appliedIndex' | 'bucketNames' | 'bucketInfo' | 'get' | 'history' | 'changesSince' | 'oldestTs'>;
 
 export interface KvBackend {
   /**
@@ -25,8 +24,8 @@ export interface KvBackend {
   readonly reader: KvReader;
   /**
    * Calls `listener` synchronously with the bucket's retained entries whose revision is > `afterRevision`, in
-   * revision order, then with every entry applied later, until the returned function is called. Passing
-   * `reader.appliedIndex` gives only future entries with no gap and no duplicate.
+   * revision order, then with every entry applied later, until the returned function is called. Passing the
+   * bucket's last revision (`reader.bucketInfo(bucket).seq`) gives only future entries with no gap and no duplicate.
    */
   watch(bucket: string, afterRevision: number, listener: KvListener): () => void;
   /**

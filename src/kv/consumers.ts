@@ -232,6 +232,13 @@ export class Consumer {
     while (this.head < q.length && msgs < lim.turnMessagesMax && bytes < lim.turnBytesMax) {
       if (this.spec.flowControl && this.bytesSinceReply >= lim.flowWindowBytes) break;
       const e = q[this.head]!;
+      // Queued before a STREAM.PURGE or a TTL expiry dropped it: nats-server delivers only stored messages.
+      if (!this.reg.reader.history(e.bucket, e.key).includes(e)) {
+        this.head++;
+        this.sseq = e.revision;
+        msgs++; // a skip is work too: the turn stays bounded
+        continue;
+      }
       const msg = this.render(e, q.length - this.head - 1);
       if (this.reg.port.deliverAs(this.spec.deliverSubject, msg) === 0) return this.lostInterest();
       this.attached();
@@ -426,7 +433,7 @@ export class ConsumerRegistry {
     const w = this.watchBucket(spec.bucket);
     const c = new Consumer(spec, this, []);
     c.queue = initialEntries(this.reader, spec, (e) => c.matches(e));
-    if (spec.policy === 'new') c.sseq = this.reader.appliedIndex;
+    if (spec.policy === 'new') c.sseq = this.reader.bucketInfo(spec.bucket)?.seq ?? 0;
     w.consumers.add(c);
     this.byKey.set(key, c);
     let set = this.byDeliver.get(spec.deliverSubject);
@@ -440,7 +447,8 @@ export class ConsumerRegistry {
     let w = this.watches.get(bucket);
     if (w !== undefined) return w;
     const consumers = new Set<Consumer>();
-    const stop = this.backend.watch(bucket, this.reader.appliedIndex, (e) => {
+    // The bucket's last revision: only entries written from now on (watch replays the ones after it).
+    const stop = this.backend.watch(bucket, this.reader.bucketInfo(bucket)?.seq ?? 0, (e) => {
       for (const c of consumers) c.offer(e);
     });
     w = { stop, consumers };

@@ -12,13 +12,13 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
-import { KvErrorCode } from '../../store/index.js';
+import { KvErrorCode, msgIdBytesMax } from '../../store/index.js';
 import type { InterestChange, LocalPublish, NatsClusterPort, RouteMessage } from '../nats/index.js';
 import { subjectMatches } from '../nats/index.js';
 import type { KvBackend } from './backend.js';
 import { ConsumerRegistry, defaultConsumerLimits, entryHeaderFields, parseConsumerCreate, type ConsumerLimits } from './consumers.js';
 import { jsErrors, type JsApiError } from './errors.js';
-import { bucketOverlaps, parseStreamCreate, streamConfig, streamState, type StreamView } from './streams.js';
+import { bucketOverlaps, parseStreamCreate, streamConfig, streamState, type StreamLimits, type StreamView } from './streams.js';
 import {
   apiPrefix, bucketOfStream, encodeHeaders, flowControlPrefix, hasWildcard, headerValue, kvPrefix, parseApiSubject, parseHeaders,
   parseKvSubject, parseSeq, responseType, rfc3339, streamPrefix, type ApiRequest,
@@ -29,8 +29,15 @@ export interface KvApiOptions {
   readonly logger: Logger;
   /** Reported as the stream / consumer cluster leader. */
   readonly serverName: string;
-  /** Reported as `num_replicas` of every KV stream (the meta-group's voters). Default 1. */
+  /** The meta-group's voters: the most replicas a stream may ask for, and `num_replicas` of the ub_* buckets. Default 1. */
   readonly replicas?: number;
+  /**
+   * Bucket TTL (max_age): whether this node leads the meta-group now. Only the leader proposes expiries, as log
+   * entries, so every replica drops the same entries at the same index; without this option max_age is refused.
+   */
+  readonly ttl?: { readonly isLeader: () => boolean; readonly periodMs?: number };
+  /** STREAM.INFO `cluster` (name, Raft leader, replicas); undefined on a single node, where nats-server omits it. */
+  readonly clusterInfo?: () => StreamClusterInfo | undefined;
   /** Buckets that are read-only through this API. Default: names starting with `ub_` (control plane). */
   readonly readOnly?: (bucket: string) => boolean;
   /**
@@ -65,6 +72,7 @@ export interface KvApiStats {
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
+const purgeResponseType = responseType('stream.purge');
 const pageStreamNames = 1024;
 const pageStreamList = 256;
 
@@ -76,6 +84,7 @@ const unavailableHeaders = encodeHeaders([], { code: 503, description: 'JetStrea
 export function resultError(r: Extract<KvResult, { ok: false }>): JsApiError {
   switch (r.code) {
     case KvErrorCode.wrongRevision:
+    case KvErrorCode.wrongLastSequence:
     case KvErrorCode.keyExists:
       return jsErrors.wrongLastSequence(r.revision ?? 0);
     case KvErrorCode.valueTooLarge:
@@ -117,8 +126,16 @@ export function parseGetQuery(body: unknown): Query | string {
   return q;
 }
 
+/** STREAM.INFO `cluster` as nats-server's ClusterInfo / PeerInfo JSON. */
+export interface StreamClusterInfo {
+  readonly name: string;
+  readonly leader?: string;
+  readonly replicas?: readonly { readonly name: string; readonly current: boolean; readonly offline?: boolean; readonly active: number; readonly lag?: number }[];
+}
+
 export class KvApi {
   private readonly backend: KvBackend;
+  private readonly streamLimits: StreamLimits;
   private readonly logger: Logger;
   private readonly view: StreamView;
   private readonly consumers: ConsumerRegistry;
@@ -132,6 +149,9 @@ export class KvApi {
   private readonly idleWaiters: Array<() => void> = [];
   private closed = false;
   private readonly offReset: (() => void) | undefined;
+  private expiryTimer: NodeJS.Timeout | undefined;
+  /** Buckets whose expiry proposal is in flight (one at a time each, so a slow commit does not pile them up). */
+  private readonly expiring = new Set<string>();
 
   constructor(private readonly port: KvApiPort, private readonly options: KvApiOptions) {
     this.backend = options.backend;
@@ -140,6 +160,14 @@ export class KvApi {
     this.linearizable = (options.reads ?? 'linearizable') === 'linearizable';
     const readOnly = options.readOnly ?? ((b: string) => b.startsWith('ub_'));
     this.view = { replicas: options.replicas ?? 1, readOnly };
+    this.streamLimits = { replicasMax: options.replicas ?? 1, ttl: options.ttl !== undefined };
+    if (options.ttl !== undefined) {
+      const ttl = options.ttl;
+      this.expiryTimer = setInterval(() => {
+        if (ttl.isLeader()) this.expireOld();
+      }, ttl.periodMs ?? 250);
+      this.expiryTimer.unref();
+    }
     this.adminOnly = options.adminOnly ?? ((b: string) => b.startsWith('ub_'));
     this.pushDelivery = port.deliverAs !== undefined;
     const deliverAs = port.deliverAs;
@@ -209,8 +237,31 @@ export class KvApi {
 
   close(): void {
     this.closed = true;
+    if (this.expiryTimer !== undefined) clearInterval(this.expiryTimer);
     this.offReset?.();
     this.consumers.close();
+  }
+
+  /**
+   * The leader's TTL pass: for each bucket with max_age whose oldest entry is older, proposes `expire before
+   * now - max_age`. The cut-off travels in the entry, so the followers never consult their own clocks.
+   */
+  private expireOld(): void {
+    if (this.closed) return;
+    const r = this.backend.reader;
+    const now = Date.now();
+    for (const bucket of r.bucketNames()) {
+      const maxAge = r.bucketInfo(bucket)?.config.maxAgeMs ?? 0;
+      if (maxAge <= 0 || this.expiring.has(bucket)) continue;
+      const oldest = r.oldestTs(bucket);
+      if (oldest === undefined || oldest > now - maxAge) continue;
+      this.expiring.add(bucket);
+      this.propose({ op: 'expire', bucket, before: now - maxAge, ts: now })
+        .then((res) => {
+          if ('err_code' in res || !res.ok) this.logger.warn({ bucket, res }, 'KV expiry proposal was not applied; retried on the next pass');
+        })
+        .finally(() => this.expiring.delete(bucket));
+    }
   }
 
   // ---- plumbing -------------------------------------------------------------------------------------------------
@@ -261,7 +312,8 @@ export class KvApi {
 
   private fail(reply: string, type: string, error: JsApiError): void {
     this.errors++;
-    this.send(reply, { type, error });
+    // nats-server's purge response always carries `purged` (no omitempty), errors included.
+    this.send(reply, type === purgeResponseType ? { type, error, purged: 0 } : { type, error });
   }
 
   /** Runs the read barrier; false (and the error sent) when the cluster cannot serve reads now. */
@@ -301,6 +353,11 @@ export class KvApi {
     const r = await this.propose(cmd);
     if ('err_code' in r) return ack(r);
     if (!r.ok) return ack(resultError(r));
+    // A Nats-Msg-Id seen within the duplicate window: nats-server acks with the first write's sequence.
+    if (r.kind === 'duplicate') {
+      if (reply !== undefined) this.send(reply, { stream, seq: r.revision, duplicate: true });
+      return;
+    }
     if (r.kind !== 'entry') return ack(jsErrors.streamGeneral(`unexpected ${r.kind} result`));
     ack({ seq: r.entry.revision });
   }
@@ -326,6 +383,8 @@ export class KvApi {
         return this.streamCreate(req.stream, body, ok, fail);
       case 'stream.delete':
         return this.streamDelete(req.stream, ok, fail);
+      case 'stream.purge':
+        return this.streamPurge(req.stream, body, ok, fail);
       case 'direct.get':
         return this.directGet(reply, req.stream, req.subject, body);
       case 'consumer.durable.create':
@@ -339,7 +398,7 @@ export class KvApi {
   private read(req: ApiRequest, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, hidden?: (bucket: string) => boolean): void {
     switch (req.kind) {
       case 'info':
-        return ok(this.accountInfo());
+        return ok(this.accountInfo(hidden));
       case 'stream.names':
       case 'stream.list':
         return this.streamList(req.kind === 'stream.names', body, ok, fail, hidden);
@@ -360,10 +419,11 @@ export class KvApi {
     }
   }
 
-  private accountInfo(): Record<string, unknown> {
+  /** Account info counts only the streams the caller may see (the ub_* buckets exist only for admins). */
+  private accountInfo(hidden?: (bucket: string) => boolean): Record<string, unknown> {
     const r = this.backend.reader;
     let storage = 0;
-    const names = r.bucketNames();
+    const names = r.bucketNames().filter((b) => hidden?.(b) !== true);
     for (const n of names) storage += r.bucketInfo(n)?.bytes ?? 0;
     return {
       memory: 0, storage, streams: names.length, consumers: this.consumers.size,
@@ -378,16 +438,49 @@ export class KvApi {
   private streamInfo(bucket: string): Record<string, unknown> | undefined {
     const info = this.backend.reader.bucketInfo(bucket);
     if (info === undefined) return undefined;
+    const cluster = this.options.clusterInfo?.();
     return {
-      config: streamConfig(bucket, info.config, this.view),
+      config: streamConfig(bucket, info, this.view),
       created: rfc3339(info.created),
       state: streamState(this.backend.reader, info, this.consumers.countFor(bucket)),
-      cluster: { leader: this.options.serverName },
+      // nats-server omits `cluster` for a stream on a single server.
+      ...(cluster === undefined ? {} : { cluster }),
     };
   }
 
+  /**
+   * STREAM.PURGE as nats-server 2.9 answers it: `filter` (a subject of the stream), `seq` (purge below it) or
+   * `keep` (keep the newest N matching), replicated as one entry so every node drops the same entries.
+   */
+  private async streamPurge(stream: string, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
+    const bucket = bucketOfStream(stream);
+    const info = bucket === undefined ? undefined : this.backend.reader.bucketInfo(bucket);
+    if (bucket === undefined || info === undefined) return fail(jsErrors.streamNotFound());
+    if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
+    if (streamConfig(bucket, info, this.view).deny_purge === true) return fail(jsErrors.streamPurge('stream purge not permitted'));
+    const o = (typeof body === 'object' && body !== null && !Array.isArray(body) ? body : {}) as Record<string, unknown>;
+    const uint = (v: unknown): v is number | undefined => v === undefined || (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0);
+    if (!uint(o.seq) || !uint(o.keep) || (o.filter !== undefined && typeof o.filter !== 'string')) return fail(jsErrors.badRequest());
+    if ((o.seq ?? 0) > 0 && (o.keep ?? 0) > 0) return fail(jsErrors.badRequest());
+    let subject: string | undefined;
+    if (typeof o.filter === 'string' && o.filter !== '') {
+      const prefix = `${kvPrefix}${bucket}.`;
+      if (!o.filter.startsWith(prefix) || o.filter.length === prefix.length) return fail(jsErrors.badRequest('filter must be a subject of the stream ($KV.<bucket>.<key pattern>)'));
+      subject = o.filter.slice(prefix.length);
+    }
+    const cmd: KvCommand = {
+      op: 'bucket.purge', bucket, ts: Date.now(),
+      ...(subject === undefined ? {} : { subject }), ...(o.seq ? { seq: o.seq } : {}), ...(o.keep ? { keep: o.keep } : {}),
+    };
+    const r = await this.propose(cmd);
+    if ('err_code' in r) return fail(r);
+    if (!r.ok) return fail(resultError(r));
+    if (r.kind !== 'purge') return fail(jsErrors.streamGeneral(`unexpected ${r.kind} result`));
+    ok({ success: true, purged: r.purged });
+  }
+
   private async streamCreate(stream: string, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
-    const parsed = parseStreamCreate(stream, body ?? {});
+    const parsed = parseStreamCreate(stream, body ?? {}, this.streamLimits);
     if ('err_code' in parsed) return fail(parsed);
     if (this.view.readOnly(parsed.bucket)) return fail(jsErrors.streamSealed(parsed.bucket));
     const r = await this.propose({ op: 'bucket.create', bucket: parsed.bucket, config: parsed.config, ts: Date.now() });
@@ -430,18 +523,13 @@ export class KvApi {
       case 'stream.info':
         return ok({ total: 0, offset: 0, limit: 0, ...info });
       case 'stream.update': {
-        const parsed = parseStreamCreate(req.stream, body ?? {});
+        const parsed = parseStreamCreate(req.stream, body ?? {}, this.streamLimits);
         if ('err_code' in parsed) return fail(parsed);
-        const cur = this.backend.reader.bucketInfo(bucket)!.config;
-        const c = parsed.config;
-        const same = (c.history ?? 1) === cur.history && (c.valueBytesMax === undefined || c.valueBytesMax === cur.valueBytesMax)
-          && (c.bytesMax === undefined || c.bytesMax === cur.bytesMax);
-        if (same) return ok(info);
+        // An update to the very config the stream has is accepted (nats.go's KV create sends one when the
+        // configs differ only in their discard policy); any real change is not supported.
+        if (JSON.stringify(parsed.stream) === JSON.stringify(info.config)) return ok(info);
         return fail(jsErrors.streamUpdate('changing a KV bucket configuration is not supported by membershipd; create a new bucket'));
       }
-      case 'stream.purge':
-        if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
-        return fail(jsErrors.streamPurge('stream purge is not supported by membershipd (deny_purge); purge or delete keys individually'));
       case 'stream.msg.delete':
         if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
         return fail(jsErrors.messageDeleteFailed('message delete not permitted (deny_delete); delete or purge the key instead'));
@@ -558,16 +646,17 @@ function newConsumerName(): string {
 /**
  * The KV command a publish to `$KV.<bucket>.<key>` asks for, from its headers (reference §4.4): KV-Operation
  * DEL/PURGE markers, Nats-Expected-Last-Subject-Sequence as update-if-revision (0: the key has no entry at all,
- * markers count, as in JetStream), Nats-Rollup only as KV's purge. Headers whose guarantee membershipd cannot give
- * are refused rather than ignored.
+ * markers count, as in JetStream), Nats-Expected-Last-Sequence on the bucket's last revision, Nats-Msg-Id with the
+ * bucket's duplicate window, Nats-Rollup only as KV's purge. All of them are checked by the state machine at apply
+ * time. Headers whose guarantee membershipd cannot give are refused rather than ignored.
  */
 export function kvCommandOf(bucket: string, key: string, stream: string, hdr: Uint8Array, payload: Uint8Array, ts: number): KvCommand | JsApiError {
   const h = parseHeaders(hdr);
   if (typeof h === 'string') return jsErrors.badRequest(h);
   const expectedStream = headerValue(h, 'Nats-Expected-Stream');
   if (expectedStream !== undefined && expectedStream !== stream) return jsErrors.streamNotMatch();
-  for (const name of ['Nats-Msg-Id', 'Nats-Expected-Last-Msg-Id', 'Nats-Expected-Last-Sequence']) {
-    if (headerValue(h, name) !== undefined) return jsErrors.badRequest(`header ${name} is not supported by membershipd KV buckets`);
+  if (headerValue(h, 'Nats-Expected-Last-Msg-Id') !== undefined) {
+    return jsErrors.badRequest('header Nats-Expected-Last-Msg-Id is not supported by membershipd KV buckets');
   }
   if (headerValue(h, 'Nats-TTL') !== undefined) return jsErrors.messageTtlDisabled();
   const op = headerValue(h, 'KV-Operation') ?? 'PUT';
@@ -576,15 +665,25 @@ export function kvCommandOf(bucket: string, key: string, stream: string, hdr: Ui
   if (rollup !== undefined && !(rollup === 'sub' && op === 'PURGE')) {
     return jsErrors.badRequest('Nats-Rollup is supported only as "sub" together with KV-Operation: PURGE');
   }
-  const expectedText = headerValue(h, 'Nats-Expected-Last-Subject-Sequence');
-  const expected = expectedText === undefined ? undefined : parseSeq(expectedText);
-  if (expectedText !== undefined && expected === undefined) return jsErrors.badRequest('Nats-Expected-Last-Subject-Sequence must be a decimal sequence');
+  const seqHeader = (name: string): number | undefined | JsApiError => {
+    const text = headerValue(h, name);
+    if (text === undefined) return undefined;
+    return parseSeq(text) ?? jsErrors.badRequest(`${name} must be a decimal sequence`);
+  };
+  const expected = seqHeader('Nats-Expected-Last-Subject-Sequence');
+  const expectLastSeq = seqHeader('Nats-Expected-Last-Sequence');
+  if (typeof expected === 'object') return expected;
+  if (typeof expectLastSeq === 'object') return expectLastSeq;
+  const msgId = headerValue(h, 'Nats-Msg-Id');
+  if (msgId !== undefined && (msgId === '' || msgId.length > msgIdBytesMax)) return jsErrors.badRequest(`Nats-Msg-Id must be 1..${msgIdBytesMax} characters`);
+  // hdrBytes: nats-server stores the header block as published and counts it in the stream's bytes.
+  const extras = { hdrBytes: hdr.length, ...(msgId === undefined ? {} : { msgId }), ...(expectLastSeq === undefined ? {} : { expectLastSeq }) };
   if (op === 'PUT') {
     const value = payload;
-    return expected === undefined ? { op: 'put', bucket, key, value, ts } : { op: 'update', bucket, key, value, revision: expected, ts };
+    return expected === undefined ? { op: 'put', bucket, key, value, ts, ...extras } : { op: 'update', bucket, key, value, revision: expected, ts, ...extras };
   }
   const o = op === 'DEL' ? 'delete' : 'purge';
-  return expected === undefined ? { op: o, bucket, key, ts } : { op: o, bucket, key, ts, revision: expected };
+  return expected === undefined ? { op: o, bucket, key, ts, ...extras } : { op: o, bucket, key, ts, revision: expected, ...extras };
 }
 
 export function createKvApi(port: KvApiPort, options: KvApiOptions): KvApi {

@@ -8,7 +8,7 @@
 // The slot, N, R and the address list are persisted in <data-dir>/cluster.json, so a restart rejoins
 // with the same id without meeting anyone; peers' identities bound to slots are recorded there too.
 import { lookup } from 'node:dns/promises';
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, openSync, readdirSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
@@ -192,4 +192,54 @@ export function learnAddresses(ownRoutes: readonly string[], peerRoutes: readonl
   const all = [...new Set([...ownRoutes, ...peerRoutes])].sort();
   if (all.length !== n) return `the routes of this node and its peer name ${all.length} addresses, but the cluster has ${n} nodes`;
   return { addresses: all, self: extra[0]! };
+}
+
+/**
+ * The KV numbering the data directory's log was written with. 2: revisions are per-bucket sequences. A log of
+ * the earlier numbering (revisions were Raft indexes, no marker file) holds CAS commands whose expected revisions
+ * mean something else now: replaying it would refuse writes that were acknowledged, so it is refused instead.
+ */
+export const kvFormat = 2;
+
+export function kvFormatPath(dataDir: string): string {
+  return join(dataDir, 'kv-format');
+}
+
+/**
+ * Refuses a data directory whose Raft log predates per-bucket KV revisions (a `raft/` directory with files and
+ * no `kv-format` marker) or carries another format; marks a fresh one. Called before the log is opened.
+ */
+export function checkKvFormat(dataDir: string): void {
+  const path = kvFormatPath(dataDir);
+  const how = 'see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md';
+  let text: string | undefined;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new NodeError(NodeErrorCode.config, `cannot read ${path}: ${(e as Error).message}`, false, { cause: e });
+  }
+  if (text !== undefined) {
+    if (text.trim() !== String(kvFormat)) {
+      throw new NodeError(NodeErrorCode.dataFormat, `data dir ${dataDir} has KV format ${JSON.stringify(text.trim().slice(0, 20))} (${path}); this membershipd reads format ${kvFormat}: ${how}`, false);
+    }
+    return;
+  }
+  let existing: string[] = [];
+  try {
+    existing = readdirSync(join(dataDir, 'raft'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new NodeError(NodeErrorCode.config, `cannot list ${join(dataDir, 'raft')}: ${(e as Error).message}`, false, { cause: e });
+  }
+  if (existing.length > 0) {
+    throw new NodeError(NodeErrorCode.dataFormat, `data dir ${dataDir} holds a Raft log written before per-bucket KV revisions (no ${path}); this membershipd cannot replay it: ${how}`, false);
+  }
+  const tmp = `${path}.tmp`;
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, `${kvFormat}\n`);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
 }

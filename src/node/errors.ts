@@ -11,6 +11,8 @@ export const NodeErrorCode = {
   stopped: 'ENODE_STOPPED',
   /** Options or persisted cluster state are inconsistent; the node cannot start. */
   config: 'ENODE_CONFIG',
+  /** The data directory was written with an on-disk KV format this version cannot replay (see RUNBOOK). */
+  dataFormat: 'ENODE_DATA_FORMAT',
   /** Too many requests are waiting for a leader. */
   overloaded: 'ENODE_OVERLOADED',
 } as const;

@@ -17,7 +17,7 @@ import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import type { NatsServerWithCluster } from '../nats/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
-  addressKey, appendSlots, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
+  addressKey, appendSlots, checkKvFormat, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
   type AddedSlot, type ClusterFile, type SlotBinding,
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
@@ -86,6 +86,21 @@ export interface MemberStatus {
   readonly lag: number | null;
   readonly reachable: boolean;
   readonly health: string | null;
+}
+
+/** A replica in STREAM.INFO `cluster.replicas` (nats-server PeerInfo). */
+export interface JsReplicaInfo {
+  readonly name: string;
+  readonly current: boolean;
+  readonly offline?: boolean;
+  readonly active: number;
+  readonly lag?: number;
+}
+
+export interface JsClusterInfo {
+  readonly name: string;
+  readonly leader?: string;
+  readonly replicas?: readonly JsReplicaInfo[];
 }
 
 export interface ClusterStatus {
@@ -192,6 +207,8 @@ export class ClusterNode {
   private readonly reads = new Map<number, PendingRead>();
   private lastLead = 0;
   private lastLeaderContact = 0;
+  /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
+  private readonly peerContact = new Map<number, number>();
   private ticks = 0;
   /** A commit-only hard state not yet written (see handleReady); saved with the next synced batch or at stop. */
   private deferredHardState: HardState | undefined;
@@ -278,6 +295,7 @@ export class ClusterNode {
     }
     if (this.voters === 1) this.log.warn({ voters: 1 }, '--kv-replicas 1: the replicated store has a single voter, a single point of failure (dev only)');
 
+    checkKvFormat(opts.dataDir);
     this.storage = await RaftStorage.open(join(opts.dataDir, 'raft'), { logger: this.log });
     const rec = this.storage.recovery;
     this.log.info({ firstIndex: rec.firstIndex, lastIndex: rec.lastIndex, hardState: rec.hardState, snapshot: rec.snapshotFile, walRepaired: rec.walRepaired }, 'raft storage recovered');
@@ -425,6 +443,7 @@ export class ClusterNode {
       return;
     }
     this.metrics.raftMessagesIn++;
+    this.peerContact.set(m.from, Date.now());
     if (m.from === this.raw.basicStatus().lead || m.type === 'app' || m.type === 'heartbeat' || m.type === 'snap') this.lastLeaderContact = Date.now();
     try {
       this.raw.step(m);
@@ -1049,6 +1068,11 @@ export class ClusterNode {
     return { voters: [...conf.voters], learners: [...conf.learners] };
   }
 
+  /** Whether this node leads the meta-group now (leader-only duties such as KV expiry proposals). */
+  get isLeader(): boolean {
+    return this.raw !== undefined && this.raw.basicStatus().state === StateType.leader;
+  }
+
   /** The number of voters the leader keeps (--kv-replicas as persisted). */
   get kvReplicas(): number {
     return this.voters;
@@ -1217,6 +1241,47 @@ export class ClusterNode {
     }
     if (this.stateMachine.appliedIndex < st.commit) return { status: 'unavailable', reason: `catching up: applied ${this.stateMachine.appliedIndex} of commit ${st.commit}` };
     return { status: 'ok' };
+  }
+
+  /**
+   * STREAM.INFO `cluster` as nats-server reports a replicated stream: the cluster name, the Raft leader's server
+   * name, and the other voters as replicas with `current`, `active` (ns since this node last heard from them) and
+   * `lag` (entries behind). The leader knows every voter's progress; a follower knows its own and reports the
+   * others from its routes only (`offline` when the route is down, `active` from the last Raft message, which
+   * followers seldom exchange). Undefined with a single voter: nats-server omits `cluster` for an R1 stream on a
+   * single server.
+   */
+  jsClusterInfo(): JsClusterInfo | undefined {
+    const raw = this.raw;
+    if (!raw) return undefined;
+    const conf = raw.confState();
+    if (conf.voters.length <= 1) return undefined;
+    const st = raw.status();
+    const lead = st.softState.lead;
+    if (lead === 0) return { name: this.clusterName };
+    const now = Date.now();
+    const activeNs = (id: number): number => {
+      const at = this.peerContact.get(id);
+      return at === undefined ? 0 : Math.max(0, now - at) * 1_000_000;
+    };
+    const recent = 2 * this.electionTicks * this.tickMs;
+    const up = new Set(this.transport.upPeers());
+    const replicas: JsReplicaInfo[] = [];
+    for (const id of conf.voters) {
+      if (id === lead) continue;
+      const name = this.peerName(id);
+      if (id === st.id) {
+        const lag = Math.max(0, st.hardState.commit - this.stateMachine.appliedIndex);
+        replicas.push({ name, current: lag === 0 && now - this.lastLeaderContact <= recent, active: 0, ...(lag > 0 ? { lag } : {}) });
+        continue;
+      }
+      const online = up.has(this.idToPeer.get(id) ?? '');
+      const p = st.softState.state === StateType.leader ? st.progress.get(id) : undefined;
+      const lag = p === undefined ? 0 : Math.max(0, st.lastIndex - p.match);
+      const current = online && (p === undefined || (lag === 0 && now - (this.peerContact.get(id) ?? 0) <= recent));
+      replicas.push({ name, current, ...(online ? {} : { offline: true }), active: activeNs(id), ...(lag > 0 ? { lag } : {}) });
+    }
+    return { name: this.clusterName, leader: this.peerName(lead), replicas };
   }
 
   private peerName(id: number): string {

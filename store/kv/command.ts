@@ -2,8 +2,12 @@
 // an `op` field. `ts` (ms since the epoch) is chosen by the proposer, never read from the clock at
 // apply time, so every node applies the same entry to the same bytes.
 //
-//   { op: 'bucket.create', bucket, config: { history?, valueBytesMax?, bytesMax?, keyBytesMax? }, ts }
+//   { op: 'bucket.create', bucket, config: { history?, valueBytesMax?, bytesMax?, keyBytesMax?, maxAgeMs?,
+//                          duplicateWindowMs?, stream? }, ts }   stream: the client's stream config, opaque bytes
 //   { op: 'bucket.delete', bucket, ts }
+//   { op: 'bucket.purge', bucket, ts, subject?, keep?, seq? }  drops retained entries as JetStream's STREAM.PURGE
+//   { op: 'expire', bucket, before, ts }                      drops entries with ts <= before (bucket TTL; the
+//                                                            leader proposes it, so every node expires alike)
 //   { op: 'put',    bucket, key, value, ts }                 always writes
 //   { op: 'create', bucket, key, value, ts }                 only if the key is absent, deleted or purged
 //   { op: 'update', bucket, key, value, revision, ts }       only if the key's latest revision is `revision`
@@ -16,7 +20,13 @@
 // A txn lets a caller turn "check, then write" into one replicated entry whose checks run at apply
 // time on every node against the same state, so it needs no ReadIndex round before it and cannot
 // interleave with a concurrent writer (the control plane writes a user and its audit record this way).
-// Its writes share the entry's index as their revision, hence at most one write per bucket.
+// Its writes share the entry's index (each gets its own bucket's next revision); at most one write per bucket.
+//
+// Every write may also carry (JetStream publish headers, checked at apply time on every node):
+//   hdrBytes        length of the header block the client sent (stored-size accounting, as nats-server's)
+//   msgId           Nats-Msg-Id: a second write with an id seen within the bucket's duplicate window is
+//                   not stored and answers with the first write's revision
+//   expectLastSeq   Nats-Expected-Last-Sequence: the bucket's last revision must be this
 //   guard { bucket, key, present: true|false }              the key's latest entry is (not) a PUT
 //   guard { bucket, key, revision }                         the key's latest revision is `revision` (0: none)
 //   guard { bucket, field, equals, except? }                no key but `except` holds a PUT whose value is a
@@ -30,12 +40,25 @@ export interface BucketConfigInput {
   /** Bytes of retained keys + values in the bucket. */
   readonly bytesMax?: number;
   readonly keyBytesMax?: number;
+  /** Bucket TTL: entries older than this are expired by the leader's proposal (0: never). */
+  readonly maxAgeMs?: number;
+  /** Nats-Msg-Id duplicate window (default 2 min, as nats-server). */
+  readonly duplicateWindowMs?: number;
+  /** The stream config the client asked for, opaque to the state machine (echoed back by the KV API). */
+  readonly stream?: Uint8Array;
 }
 
-export type KvWriteCommand =
+/** JetStream publish expectations every write may carry (see above). */
+export interface WriteExtras {
+  readonly hdrBytes?: number;
+  readonly msgId?: string;
+  readonly expectLastSeq?: number;
+}
+
+export type KvWriteCommand = WriteExtras & (
   | { readonly op: 'put' | 'create'; readonly bucket: string; readonly key: string; readonly value: Uint8Array; readonly ts: number }
   | { readonly op: 'update'; readonly bucket: string; readonly key: string; readonly value: Uint8Array; readonly revision: number; readonly ts: number }
-  | { readonly op: 'delete' | 'purge'; readonly bucket: string; readonly key: string; readonly ts: number; readonly revision?: number };
+  | { readonly op: 'delete' | 'purge'; readonly bucket: string; readonly key: string; readonly ts: number; readonly revision?: number });
 
 export type KvGuard =
   | { readonly bucket: string; readonly key: string; readonly present: boolean }
@@ -45,14 +68,28 @@ export type KvGuard =
 export type KvCommand =
   | { readonly op: 'bucket.create'; readonly bucket: string; readonly config: BucketConfigInput; readonly ts: number }
   | { readonly op: 'bucket.delete'; readonly bucket: string; readonly ts: number }
+  | { readonly op: 'bucket.purge'; readonly bucket: string; readonly ts: number; readonly subject?: string; readonly keep?: number; readonly seq?: number }
+  | { readonly op: 'expire'; readonly bucket: string; readonly before: number; readonly ts: number }
   | KvWriteCommand
   | { readonly op: 'txn'; readonly ts: number; readonly guards: readonly KvGuard[]; readonly ops: readonly KvWriteCommand[] };
 
 /** Bounds of a txn (a bigger one is refused as a bad command, on every node alike). */
 export const txnLimits = { guardsMax: 64, opsMax: 16 } as const;
 
+/** Longest Nats-Msg-Id kept (a longer one is refused as a bad command). */
+export const msgIdBytesMax = 256;
+
 export function encodeKvCommand(cmd: KvCommand): Uint8Array {
-  return pack(cmd);
+  // msgpack writes an undefined field as nil, which the decoder refuses: optional fields left undefined by a
+  // caller are dropped instead.
+  if (cmd.op === 'txn') return pack({ ...defined(cmd), ops: cmd.ops.map(defined) });
+  return pack(defined(cmd));
+}
+
+function defined<T extends object>(o: T): T {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v;
+  return out as T;
 }
 
 const str = (v: unknown): v is string => typeof v === 'string';
@@ -81,34 +118,73 @@ function decodeSingle(o: Record<string, unknown>): KvCommand | string {
       const c = o.config;
       if (typeof c !== 'object' || c === null || Array.isArray(c)) return 'config must be a map';
       const cfg = c as Record<string, unknown>;
-      const out: Record<string, number> = {};
-      for (const k of ['history', 'valueBytesMax', 'bytesMax', 'keyBytesMax'] as const) {
+      const out: Record<string, number | Uint8Array> = {};
+      for (const k of ['history', 'valueBytesMax', 'bytesMax', 'keyBytesMax', 'maxAgeMs', 'duplicateWindowMs'] as const) {
         if (cfg[k] === undefined) continue;
         if (!isUint(cfg[k])) return `config.${k} must be a non-negative integer`;
         out[k] = cfg[k];
       }
-      return { op: 'bucket.create', bucket, config: out, ts };
+      if (cfg.stream !== undefined) {
+        if (!(cfg.stream instanceof Uint8Array)) return 'config.stream must be bytes';
+        out.stream = copyBytes(cfg.stream);
+      }
+      return { op: 'bucket.create', bucket, config: out as BucketConfigInput, ts };
     }
     case 'bucket.delete':
       return { op: 'bucket.delete', bucket, ts };
+    case 'bucket.purge': {
+      if (o.subject !== undefined && !str(o.subject)) return 'subject must be a string';
+      for (const k of ['keep', 'seq'] as const) if (o[k] !== undefined && !isUint(o[k])) return `${k} must be a non-negative integer`;
+      return {
+        op: 'bucket.purge', bucket, ts,
+        ...(o.subject === undefined ? {} : { subject: o.subject }), ...(o.keep === undefined ? {} : { keep: o.keep as number }), ...(o.seq === undefined ? {} : { seq: o.seq as number }),
+      };
+    }
+    case 'expire':
+      if (!isUint(o.before)) return 'before must be a non-negative integer';
+      return { op: 'expire', bucket, before: o.before, ts };
+    case 'put':
+    case 'create':
+    case 'update':
+    case 'delete':
+    case 'purge':
+      return decodeWrite(o, bucket, ts);
+    default:
+      return `unknown op ${JSON.stringify(o.op)}`;
+  }
+}
+
+function decodeWrite(o: Record<string, unknown>, bucket: string, ts: number): KvWriteCommand | string {
+  const extras: { hdrBytes?: number; msgId?: string; expectLastSeq?: number } = {};
+  if (o.hdrBytes !== undefined) {
+    if (!isUint(o.hdrBytes)) return 'hdrBytes must be a non-negative integer';
+    extras.hdrBytes = o.hdrBytes;
+  }
+  if (o.msgId !== undefined) {
+    if (!str(o.msgId) || o.msgId === '' || o.msgId.length > msgIdBytesMax) return `msgId must be a string of 1..${msgIdBytesMax} characters`;
+    extras.msgId = o.msgId;
+  }
+  if (o.expectLastSeq !== undefined) {
+    if (!isUint(o.expectLastSeq)) return 'expectLastSeq must be a non-negative integer';
+    extras.expectLastSeq = o.expectLastSeq;
+  }
+  switch (o.op) {
     case 'put':
     case 'create':
     case 'update': {
       if (!str(o.key)) return 'key must be a string';
       if (!(o.value instanceof Uint8Array)) return 'value must be bytes';
       const value = copyBytes(o.value);
-      if (o.op !== 'update') return { op: o.op, bucket, key: o.key, value, ts };
+      if (o.op !== 'update') return { op: o.op, bucket, key: o.key, value, ts, ...extras };
       if (!isUint(o.revision)) return 'revision must be a non-negative integer';
-      return { op: 'update', bucket, key: o.key, value, revision: o.revision, ts };
+      return { op: 'update', bucket, key: o.key, value, revision: o.revision, ts, ...extras };
     }
-    case 'delete':
-    case 'purge': {
+    default: {
+      const op = o.op as 'delete' | 'purge';
       if (!str(o.key)) return 'key must be a string';
       if (o.revision !== undefined && !isUint(o.revision)) return 'revision must be a non-negative integer';
-      return o.revision === undefined ? { op: o.op, bucket, key: o.key, ts } : { op: o.op, bucket, key: o.key, ts, revision: o.revision };
+      return o.revision === undefined ? { op, bucket, key: o.key, ts, ...extras } : { op, bucket, key: o.key, ts, revision: o.revision, ...extras };
     }
-    default:
-      return `unknown op ${JSON.stringify(o.op)}`;
   }
 }
 
@@ -141,7 +217,7 @@ function decodeTxn(o: Record<string, unknown>): KvCommand | string {
     if (typeof w !== 'object' || w === null || Array.isArray(w)) return `txn op ${i} must be a map`;
     const c = decodeSingle(w as Record<string, unknown>);
     if (typeof c === 'string') return `txn op ${i}: ${c}`;
-    if (c.op === 'bucket.create' || c.op === 'bucket.delete' || c.op === 'txn') return `txn op ${i}: ${c.op} cannot be part of a txn`;
+    if (c.op === 'bucket.create' || c.op === 'bucket.delete' || c.op === 'bucket.purge' || c.op === 'expire' || c.op === 'txn') return `txn op ${i}: ${c.op} cannot be part of a txn`;
     // The entry's index is the revision of each write: two writes to one bucket would share it.
     if (buckets.has(c.bucket)) return `txn op ${i}: a txn writes each bucket at most once (${c.bucket} twice)`;
     buckets.add(c.bucket);

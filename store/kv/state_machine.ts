@@ -3,9 +3,11 @@
 // bytes (snapshot() of two replicas at the same index is byte-identical). A bad command never throws:
 // a committed entry is applied on every node alike, so refusals are results carrying a stable code.
 //
-// Mapping to the NATS JetStream KV API: a bucket is a stream; `seq` is the bucket's stream sequence
-// (1, 2, 3 ... per bucket), `revision` is the Raft log index of the write (unique and increasing
-// cluster-wide; update-if-revision compares it), `op` is the KV-Operation header (PUT/DEL/PURGE).
+// Mapping to the NATS JetStream KV API: a bucket is a stream; an entry's `revision` is the bucket's stream
+// sequence (1, 2, 3 ... per bucket, contiguous, as nats-server numbers a KV stream), assigned here at apply
+// time, so every replica gives the same write the same number; update-if-revision compares it. `index` is the
+// Raft log index of the write: the cluster-wide order (the change feed across buckets sorts by it), never shown
+// to KV clients. `op` is the KV-Operation header (PUT/DEL/PURGE).
 import { assert } from '../assert.js';
 import { copyBytes, isUint, pack, unpack } from '../codec.js';
 import { StoreError, StoreErrorCode } from '../errors.js';
@@ -28,6 +30,10 @@ export const KvErrorCode = {
   keyNotFound: 'EKV_KEY_NOT_FOUND',
   /** A txn guard `field/equals` found another key holding that value. */
   valueTaken: 'EKV_VALUE_TAKEN',
+  /** Nats-Expected-Last-Sequence did not match the bucket's last revision (`revision` carries it). */
+  wrongLastSequence: 'EKV_WRONG_LAST_SEQUENCE',
+  /** A bucket purge asked for both `seq` and `keep` (JetStream refuses the combination). */
+  badPurge: 'EKV_BAD_PURGE',
 } as const;
 export type KvErrorCode = (typeof KvErrorCode)[keyof typeof KvErrorCode];
 
@@ -38,12 +44,14 @@ export interface KvEntry {
   readonly key: string;
   readonly op: KvOperation;
   readonly value: Uint8Array;
-  /** Raft log index of the write. */
+  /** The bucket's stream sequence of the write (the KV revision). */
   readonly revision: number;
-  /** The bucket's stream sequence. */
-  readonly seq: number;
+  /** Raft log index of the write (cluster-wide order; a txn's writes share one). */
+  readonly index: number;
   /** Proposer-supplied time, ms since the epoch. */
   readonly ts: number;
+  /** Length of the header block the client published with (0: none); counts in the stored size. */
+  readonly hdrBytes: number;
 }
 
 export interface BucketConfig {
@@ -51,21 +59,34 @@ export interface BucketConfig {
   readonly valueBytesMax: number;
   readonly bytesMax: number;
   readonly keyBytesMax: number;
+  /** Bucket TTL in ms (0: entries never expire). */
+  readonly maxAgeMs: number;
+  /** Nats-Msg-Id duplicate window in ms. */
+  readonly duplicateWindowMs: number;
 }
 
 export interface BucketInfo {
   readonly name: string;
   readonly config: BucketConfig;
+  /** The client's stream config as sent at creation (opaque; empty for buckets created without one). */
+  readonly stream: Uint8Array;
   readonly created: number;
   /** Last stream sequence used (0: no write yet). */
   readonly seq: number;
+  /** Lowest retained revision; seq + 1 when nothing is retained after a write (JetStream's first_seq). */
+  readonly firstSeq: number;
   /** Retained entries (markers included). */
   readonly values: number;
+  /** Stored bytes, as nats-server's file store counts them (see storedBytes). */
   readonly bytes: number;
 }
 
 export type KvResult =
   | { readonly ok: true; readonly kind: 'entry'; readonly entry: KvEntry }
+  /** A Nats-Msg-Id seen within the duplicate window: nothing stored; `revision` is the first write's. */
+  | { readonly ok: true; readonly kind: 'duplicate'; readonly bucket: string; readonly revision: number }
+  /** A bucket purge or TTL expiry: `purged` entries dropped. */
+  | { readonly ok: true; readonly kind: 'purge'; readonly bucket: string; readonly purged: number }
   | { readonly ok: true; readonly kind: 'bucket.create'; readonly bucket: string; readonly created: boolean; readonly config: BucketConfig }
   | { readonly ok: true; readonly kind: 'bucket.delete'; readonly bucket: string }
   | { readonly ok: true; readonly kind: 'noop' }
@@ -81,11 +102,15 @@ export interface KvLimits {
   readonly keyBytesMax: number;
   /** Ceiling of a bucket's valueBytesMax. */
   readonly valueBytesMax: number;
+  /** Nats-Msg-Ids remembered per bucket; the oldest is forgotten beyond it (nats-server keeps them all). */
+  readonly msgIdsMax: number;
 }
 
-export const defaultKvLimits: KvLimits = { bucketsMax: 1024, bucketNameBytesMax: 64, historyMax: 64, keyBytesMax: 1024, valueBytesMax: 1024 * 1024 };
+export const defaultKvLimits: KvLimits = { bucketsMax: 1024, bucketNameBytesMax: 64, historyMax: 64, keyBytesMax: 1024, valueBytesMax: 1024 * 1024, msgIdsMax: 100_000 };
 
-export const defaultBucketConfig: BucketConfig = { history: 1, valueBytesMax: 1024 * 1024, bytesMax: 256 * 1024 * 1024, keyBytesMax: 1024 };
+export const defaultBucketConfig: BucketConfig = {
+  history: 1, valueBytesMax: 1024 * 1024, bytesMax: 256 * 1024 * 1024, keyBytesMax: 1024, maxAgeMs: 0, duplicateWindowMs: 120_000,
+};
 
 // NATS KV naming rules (nats.go kv.go: validBucketRe, validKeyRe): a key may not start or end with
 // '.' nor hold an empty token.
@@ -99,15 +124,28 @@ export function isValidKey(key: string): boolean {
 interface Bucket {
   readonly name: string;
   readonly config: BucketConfig;
+  readonly stream: Uint8Array;
   readonly created: number;
   seq: number;
   bytes: number;
   values: number;
   /** Per key, retained entries oldest first. */
   readonly keys: Map<string, KvEntry[]>;
+  /** Nats-Msg-Id → the revision and time of its write, oldest first (Map keeps insertion order). */
+  readonly msgIds: Map<string, { readonly revision: number; readonly ts: number }>;
 }
 
-const entryBytes = (key: string, value: Uint8Array): number => Buffer.byteLength(key) + value.length;
+/**
+ * Bytes of one stored message as nats-server's file store counts them (server/filestore.go fileStoreMsgSize):
+ * a record of length (4) + seq (8) + ts (8) + subject length (2) + subject + payload + hash (8), and with a header
+ * block 4 more for its length plus the block itself. The subject is `$KV.<bucket>.<key>`.
+ */
+export function storedBytes(bucket: string, key: string, hdrBytes: number, valueBytes: number): number {
+  const subject = 4 + Buffer.byteLength(bucket) + 1 + Buffer.byteLength(key);
+  return 22 + subject + valueBytes + 8 + (hdrBytes > 0 ? 4 + hdrBytes : 0);
+}
+
+const entryBytes = (e: { bucket: string; key: string; hdrBytes: number; value: Uint8Array }): number => storedBytes(e.bucket, e.key, e.hdrBytes, e.value.length);
 
 const refuse = (code: KvErrorCode, message: string, revision?: number, key?: string): KvResult & { ok: false } => ({
   ok: false, code, message, ...(revision === undefined ? {} : { revision }), ...(key === undefined ? {} : { key }),
@@ -120,6 +158,8 @@ interface PlannedWrite {
   readonly op: KvOperation;
   readonly value: Uint8Array;
   readonly ts: number;
+  readonly hdrBytes: number;
+  readonly msgId: string | undefined;
   readonly dropCount: number;
   readonly dropped: number;
 }
@@ -139,7 +179,11 @@ function fieldOf(value: Uint8Array, field: string): string | undefined {
 
 export type KvListener = (entry: KvEntry) => void;
 
-const SNAPSHOT_VERSION = 1;
+/**
+ * 2: revisions are per-bucket sequences (1 numbered them by the Raft index). A version 1 image is refused, not
+ * converted: the log entries after it carry CAS revisions in the old numbering (deploy/cluster/RUNBOOK.md).
+ */
+const SNAPSHOT_VERSION = 2;
 const OPS: readonly KvOperation[] = ['PUT', 'DEL', 'PURGE'];
 
 export class KvStateMachine {
@@ -177,8 +221,30 @@ export class KvStateMachine {
       this.fieldIndex.delete(cmd.bucket);
       return { ok: true, kind: 'bucket.delete', bucket: cmd.bucket };
     }
+    if (cmd.op === 'bucket.purge') return this.purgeBucket(cmd.bucket, cmd.subject, cmd.keep, cmd.seq);
+    if (cmd.op === 'expire') return this.expire(cmd.bucket, cmd.before);
+    if (cmd.msgId !== undefined) {
+      const b = this.buckets.get(cmd.bucket);
+      const seen = b === undefined ? undefined : this.seenMsgId(b, cmd.msgId, cmd.ts);
+      if (seen !== undefined) return { ok: true, kind: 'duplicate', bucket: cmd.bucket, revision: seen };
+    }
     const w = this.plan(cmd);
     return 'ok' in w ? w : { ok: true, kind: 'entry', entry: this.commitWrite(index, w) };
+  }
+
+  /**
+   * The revision of an earlier write with `msgId` inside the bucket's duplicate window at time `now` (the
+   * proposer's ts), after forgetting the ids that fell out of it. Pruning walks from the oldest id and stops at
+   * the first one still inside: ids are remembered in apply order, which is time order up to leader clock skew.
+   */
+  private seenMsgId(b: Bucket, msgId: string, now: number): number | undefined {
+    const window = b.config.duplicateWindowMs;
+    for (const [id, v] of b.msgIds) {
+      if (v.ts + window >= now) break;
+      b.msgIds.delete(id);
+    }
+    const hit = b.msgIds.get(msgId);
+    return hit !== undefined && hit.ts + window >= now ? hit.revision : undefined;
   }
 
   private txn(index: number, guards: readonly KvGuard[], ops: readonly KvWriteCommand[]): KvResult {
@@ -222,6 +288,10 @@ export class KvStateMachine {
     if (Buffer.byteLength(cmd.key) > b.config.keyBytesMax) {
       return refuse(KvErrorCode.keyTooLong, `key of ${Buffer.byteLength(cmd.key)} bytes exceeds the bucket's ${b.config.keyBytesMax}`);
     }
+    // nats-server checks the stream's last sequence before the subject's (stream.go processJetStreamMsg).
+    if (cmd.expectLastSeq !== undefined && cmd.expectLastSeq !== b.seq) {
+      return refuse(KvErrorCode.wrongLastSequence, `bucket ${b.name} is at revision ${b.seq}, not ${cmd.expectLastSeq}`, b.seq);
+    }
     const hist = b.keys.get(cmd.key);
     const latest = hist?.[hist.length - 1];
     if (cmd.op === 'create' && latest && latest.op === 'PUT') return refuse(KvErrorCode.keyExists, `key ${cmd.key} exists at revision ${latest.revision}`, latest.revision, cmd.key);
@@ -238,12 +308,13 @@ export class KvStateMachine {
     // What stays after this write: a purge drops the whole history; otherwise the oldest beyond depth.
     const dropCount = op === 'PURGE' ? len : Math.max(0, len + 1 - b.config.history);
     let dropped = 0;
-    for (let k = 0; k < dropCount; k++) dropped += entryBytes(cmd.key, hist![k]!.value);
-    const size = entryBytes(cmd.key, value);
+    for (let k = 0; k < dropCount; k++) dropped += entryBytes(hist![k]!);
+    const hdrBytes = cmd.hdrBytes ?? 0;
+    const size = storedBytes(b.name, cmd.key, hdrBytes, value.length);
     if (b.bytes - dropped + size > b.config.bytesMax) {
       return refuse(KvErrorCode.bucketFull, `bucket ${b.name} would hold ${b.bytes - dropped + size} bytes, more than its ${b.config.bytesMax}`);
     }
-    return { b, key: cmd.key, op, value, ts: cmd.ts, dropCount, dropped };
+    return { b, key: cmd.key, op, value, ts: cmd.ts, hdrBytes, msgId: cmd.msgId, dropCount, dropped };
   }
 
   /** The value → keys index of `field` in `bucket`, built on first use and kept current by commitWrite(). */
@@ -267,23 +338,29 @@ export class KvStateMachine {
     if (!BUCKET_RE.test(name) || Buffer.byteLength(name) > this.limits.bucketNameBytesMax) {
       return refuse(KvErrorCode.badBucketName, `bucket name ${JSON.stringify(name.slice(0, 100))} must be 1..${this.limits.bucketNameBytesMax} of [a-zA-Z0-9_-]`);
     }
+    const maxAgeMs = input.maxAgeMs ?? 0;
     const config: BucketConfig = {
       history: input.history ?? defaultBucketConfig.history,
       valueBytesMax: input.valueBytesMax ?? Math.min(defaultBucketConfig.valueBytesMax, this.limits.valueBytesMax),
       bytesMax: input.bytesMax ?? defaultBucketConfig.bytesMax,
       keyBytesMax: input.keyBytesMax ?? Math.min(defaultBucketConfig.keyBytesMax, this.limits.keyBytesMax),
+      maxAgeMs,
+      // nats-server: the duplicate window defaults to 2 min, or to max_age when that is shorter.
+      duplicateWindowMs: input.duplicateWindowMs ?? (maxAgeMs > 0 ? Math.min(maxAgeMs, defaultBucketConfig.duplicateWindowMs) : defaultBucketConfig.duplicateWindowMs),
     };
     if (config.history < 1 || config.history > this.limits.historyMax) return refuse(KvErrorCode.badConfig, `history must be 1..${this.limits.historyMax}`);
     if (config.valueBytesMax > this.limits.valueBytesMax) return refuse(KvErrorCode.badConfig, `valueBytesMax may be at most ${this.limits.valueBytesMax}`);
     if (config.keyBytesMax < 1 || config.keyBytesMax > this.limits.keyBytesMax) return refuse(KvErrorCode.badConfig, `keyBytesMax must be 1..${this.limits.keyBytesMax}`);
+    if (maxAgeMs > 0 && config.duplicateWindowMs > maxAgeMs) return refuse(KvErrorCode.badConfig, 'the duplicate window may not exceed the bucket TTL (max_age)');
+    const stream = input.stream ?? new Uint8Array(0);
     const existing = this.buckets.get(name);
     if (existing) {
-      const same = (Object.keys(config) as (keyof BucketConfig)[]).every((k) => existing.config[k] === config[k]);
+      const same = (Object.keys(config) as (keyof BucketConfig)[]).every((k) => existing.config[k] === config[k]) && Buffer.from(existing.stream).equals(stream);
       if (!same) return refuse(KvErrorCode.bucketExists, `bucket ${name} exists with a different configuration`);
       return { ok: true, kind: 'bucket.create', bucket: name, created: false, config };
     }
     if (this.buckets.size >= this.limits.bucketsMax) return refuse(KvErrorCode.tooManyBuckets, `at most ${this.limits.bucketsMax} buckets`);
-    this.buckets.set(name, { name, config, created: ts, seq: 0, bytes: 0, values: 0, keys: new Map() });
+    this.buckets.set(name, { name, config, stream: copyBytes(stream), created: ts, seq: 0, bytes: 0, values: 0, keys: new Map(), msgIds: new Map() });
     return { ok: true, kind: 'bucket.create', bucket: name, created: true, config };
   }
 
@@ -291,13 +368,18 @@ export class KvStateMachine {
     const { b, key } = w;
     const hist = b.keys.get(key) ?? [];
     const before = hist[hist.length - 1];
-    const entry: KvEntry = { bucket: b.name, key, op: w.op, value: w.value, revision: index, seq: b.seq + 1, ts: w.ts };
+    const entry: KvEntry = { bucket: b.name, key, op: w.op, value: w.value, revision: b.seq + 1, index, ts: w.ts, hdrBytes: w.hdrBytes };
     hist.splice(0, w.dropCount);
     hist.push(entry);
     b.keys.set(key, hist);
     b.seq++;
-    b.bytes += entryBytes(key, w.value) - w.dropped;
+    b.bytes += entryBytes(entry) - w.dropped;
     b.values += 1 - w.dropCount;
+    if (w.msgId !== undefined) {
+      b.msgIds.delete(w.msgId);
+      b.msgIds.set(w.msgId, { revision: entry.revision, ts: w.ts });
+      if (b.msgIds.size > this.limits.msgIdsMax) b.msgIds.delete(b.msgIds.keys().next().value!);
+    }
     const indexes = this.fieldIndex.get(b.name);
     if (indexes) {
       for (const [field, idx] of indexes) {
@@ -321,6 +403,52 @@ export class KvStateMachine {
     return entry;
   }
 
+  /**
+   * JetStream's STREAM.PURGE (nats-server 2.9 PurgeEx): drops the retained entries whose subject matches
+   * `subject` (a key pattern; absent: all), those below revision `seq` when given, and with `keep` all but the
+   * newest `keep` of the matching ones (counted together, not per subject). The bucket's sequence goes on.
+   */
+  private purgeBucket(bucket: string, subject: string | undefined, keep: number | undefined, seq: number | undefined): KvResult {
+    const b = this.buckets.get(bucket);
+    if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(bucket)} does not exist`);
+    if ((keep ?? 0) > 0 && (seq ?? 0) > 0) return refuse(KvErrorCode.badPurge, 'a purge takes seq or keep, not both');
+    const pattern = subject === undefined || subject === '' || subject === '>' ? undefined : subject.split('.');
+    const matching: KvEntry[] = [];
+    for (const [k, h] of b.keys) if (pattern === undefined || keyMatches(pattern, k)) for (const e of h) matching.push(e);
+    matching.sort((x, y) => x.revision - y.revision);
+    let drop = matching;
+    if ((seq ?? 0) > 0) drop = matching.filter((e) => e.revision < seq!);
+    else if ((keep ?? 0) > 0) drop = matching.slice(0, Math.max(0, matching.length - keep!));
+    return { ok: true, kind: 'purge', bucket, purged: this.drop(b, drop) };
+  }
+
+  /** Bucket TTL: drops every entry written at or before `before` (the leader proposed now - max_age). */
+  private expire(bucket: string, before: number): KvResult {
+    const b = this.buckets.get(bucket);
+    if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(bucket)} does not exist`);
+    const old: KvEntry[] = [];
+    if (b.config.maxAgeMs > 0) for (const h of b.keys.values()) for (const e of h) if (e.ts <= before) old.push(e);
+    return { ok: true, kind: 'purge', bucket, purged: this.drop(b, old) };
+  }
+
+  private drop(b: Bucket, entries: readonly KvEntry[]): number {
+    if (entries.length === 0) return 0;
+    const gone = new Set(entries);
+    for (const [k, h] of b.keys) {
+      const kept = h.filter((e) => !gone.has(e));
+      if (kept.length === h.length) continue;
+      if (kept.length === 0) b.keys.delete(k);
+      else b.keys.set(k, kept);
+    }
+    for (const e of entries) {
+      b.bytes -= entryBytes(e);
+      b.values--;
+    }
+    // The field index is derived: rebuilt on its next use rather than patched key by key.
+    this.fieldIndex.delete(b.name);
+    return entries.length;
+  }
+
   // ---- reads -------------------------------------------------------------------------------
 
   bucketNames(): string[] {
@@ -329,7 +457,18 @@ export class KvStateMachine {
 
   bucketInfo(name: string): BucketInfo | undefined {
     const b = this.buckets.get(name);
-    return b && { name, config: b.config, created: b.created, seq: b.seq, values: b.values, bytes: b.bytes };
+    if (!b) return undefined;
+    let first = Number.POSITIVE_INFINITY;
+    for (const h of b.keys.values()) if (h[0]!.revision < first) first = h[0]!.revision;
+    const firstSeq = Number.isFinite(first) ? first : b.seq === 0 ? 0 : b.seq + 1;
+    return { name, config: b.config, stream: b.stream, created: b.created, seq: b.seq, firstSeq, values: b.values, bytes: b.bytes };
+  }
+
+  /** The earliest `ts` among a bucket's retained entries (undefined: none), for the leader's TTL timer. */
+  oldestTs(bucket: string): number | undefined {
+    let oldest: number | undefined;
+    for (const h of this.buckets.get(bucket)?.keys.values() ?? []) for (const e of h) if (oldest === undefined || e.ts < oldest) oldest = e.ts;
+    return oldest;
   }
 
   /** The key's latest entry, markers included (undefined when it has none). */
@@ -353,15 +492,19 @@ export class KvStateMachine {
   }
 
   /**
-   * The change feed: retained entries with revision > `afterRevision` in revision order (all
-   * buckets, or one), at most `limit`. A watcher reads this, then subscribe()s for later ones.
+   * The change feed, at most `limit` entries. With a `bucket`: its retained entries with revision > `after` (a
+   * bucket revision), in revision order; a watcher reads this, then subscribe()s for later ones. Without: every
+   * bucket's retained entries with Raft index > `after`, in index order (ties, a txn's writes, by bucket name).
    */
-  changesSince(afterRevision: number, bucket?: string, limit = Number.POSITIVE_INFINITY): KvEntry[] {
+  changesSince(after: number, bucket?: string, limit = Number.POSITIVE_INFINITY): KvEntry[] {
     const out: KvEntry[] = [];
-    const scan = bucket === undefined ? [...this.buckets.values()] : [this.buckets.get(bucket)].filter((b): b is Bucket => !!b);
-    for (const b of scan) for (const h of b.keys.values()) for (const e of h) if (e.revision > afterRevision) out.push(e);
-    // A txn's writes share a revision (one per bucket): ties go by bucket name, the same on every node.
-    out.sort((a, z) => a.revision - z.revision || (a.bucket < z.bucket ? -1 : a.bucket > z.bucket ? 1 : 0));
+    if (bucket !== undefined) {
+      for (const h of this.buckets.get(bucket)?.keys.values() ?? []) for (const e of h) if (e.revision > after) out.push(e);
+      out.sort((a, z) => a.revision - z.revision);
+    } else {
+      for (const b of this.buckets.values()) for (const h of b.keys.values()) for (const e of h) if (e.index > after) out.push(e);
+      out.sort((a, z) => a.index - z.index || (a.bucket < z.bucket ? -1 : a.bucket > z.bucket ? 1 : 0));
+    }
     return out.length > limit ? out.slice(0, limit) : out;
   }
 
@@ -377,9 +520,10 @@ export class KvStateMachine {
   snapshot(): Uint8Array {
     const buckets = this.bucketNames().map((name) => {
       const b = this.buckets.get(name)!;
-      const keys = [...b.keys.keys()].sort().map((k) => [k, b.keys.get(k)!.map((e) => [OPS.indexOf(e.op), e.value, e.revision, e.seq, e.ts])]);
+      const keys = [...b.keys.keys()].sort().map((k) => [k, b.keys.get(k)!.map((e) => [OPS.indexOf(e.op), e.value, e.revision, e.index, e.ts, e.hdrBytes])]);
       const c = b.config;
-      return [name, [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax], b.created, b.seq, keys];
+      const ids = [...b.msgIds].map(([id, v]) => [id, v.revision, v.ts]);
+      return [name, [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax, c.maxAgeMs, c.duplicateWindowMs], b.created, b.seq, keys, b.stream, ids];
     });
     return pack([SNAPSHOT_VERSION, this.applied, buckets]);
   }
@@ -395,34 +539,61 @@ export class KvStateMachine {
     } catch (err) {
       return bad(String(err));
     }
+    if (Array.isArray(v) && v[0] === 1) {
+      throw new StoreError(StoreErrorCode.formatVersion, 'KV snapshot image has format 1 (KV revisions numbered by the Raft index); this membershipd numbers them per bucket and cannot convert it: see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md');
+    }
     if (!Array.isArray(v) || v.length !== 3 || v[0] !== SNAPSHOT_VERSION || !isUint(v[1]) || !Array.isArray(v[2])) return bad('header');
     const buckets = new Map<string, Bucket>();
     for (const raw of v[2] as unknown[]) {
-      if (!Array.isArray(raw) || raw.length !== 5) return bad('bucket');
-      const [name, cfg, created, seq, keys] = raw as unknown[];
-      if (typeof name !== 'string' || !Array.isArray(cfg) || cfg.length !== 4 || !cfg.every(isUint) || !isUint(created) || !isUint(seq) || !Array.isArray(keys)) return bad('bucket');
-      const [history, valueBytesMax, bytesMax, keyBytesMax] = cfg as number[];
-      const b: Bucket = { name, config: { history: history!, valueBytesMax: valueBytesMax!, bytesMax: bytesMax!, keyBytesMax: keyBytesMax! }, created, seq, bytes: 0, values: 0, keys: new Map() };
-      for (const kr of keys as unknown[]) {
-        if (!Array.isArray(kr) || kr.length !== 2 || typeof kr[0] !== 'string' || !Array.isArray(kr[1]) || kr[1].length === 0) return bad('key');
-        const key = kr[0];
-        const hist: KvEntry[] = [];
-        for (const er of kr[1] as unknown[]) {
-          if (!Array.isArray(er) || er.length !== 5 || !isUint(er[0]) || er[0] > 2 || !(er[1] instanceof Uint8Array) || !isUint(er[2]) || !isUint(er[3]) || !isUint(er[4])) return bad('entry');
-          const value = copyBytes(er[1]);
-          hist.push({ bucket: name, key, op: OPS[er[0]]!, value, revision: er[2], seq: er[3], ts: er[4] });
-          b.bytes += entryBytes(key, value);
-          b.values++;
-        }
-        b.keys.set(key, hist);
-      }
-      buckets.set(name, b);
+      const b = restoreBucket(raw);
+      if (typeof b === 'string') return bad(b);
+      buckets.set(b.name, b);
     }
     this.buckets.clear();
     this.fieldIndex.clear();
     for (const [k, b] of buckets) this.buckets.set(k, b);
     this.applied = v[1];
   }
+}
+
+/** One bucket of a snapshot image, or what is wrong with it. */
+function restoreBucket(raw: unknown): Bucket | string {
+  if (!Array.isArray(raw) || raw.length !== 7) return 'bucket';
+  const [name, cfg, created, seq, keys, stream, ids] = raw as unknown[];
+  if (typeof name !== 'string' || !Array.isArray(cfg) || cfg.length !== 6 || !cfg.every(isUint) || !isUint(created) || !isUint(seq) || !Array.isArray(keys)) return 'bucket';
+  if (!(stream instanceof Uint8Array) || !Array.isArray(ids)) return 'bucket';
+  const [history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs] = cfg as number[];
+  const config: BucketConfig = { history: history!, valueBytesMax: valueBytesMax!, bytesMax: bytesMax!, keyBytesMax: keyBytesMax!, maxAgeMs: maxAgeMs!, duplicateWindowMs: duplicateWindowMs! };
+  const b: Bucket = { name, config, stream: copyBytes(stream), created, seq, bytes: 0, values: 0, keys: new Map(), msgIds: new Map() };
+  for (const kr of keys as unknown[]) {
+    if (!Array.isArray(kr) || kr.length !== 2 || typeof kr[0] !== 'string' || !Array.isArray(kr[1]) || kr[1].length === 0) return 'key';
+    const key = kr[0];
+    const hist: KvEntry[] = [];
+    for (const er of kr[1] as unknown[]) {
+      if (!Array.isArray(er) || er.length !== 6 || !isUint(er[0]) || er[0] > 2 || !(er[1] instanceof Uint8Array) || !isUint(er[2]) || !isUint(er[3]) || !isUint(er[4]) || !isUint(er[5])) return 'entry';
+      const e: KvEntry = { bucket: name, key, op: OPS[er[0]]!, value: copyBytes(er[1]), revision: er[2], index: er[3], ts: er[4], hdrBytes: er[5] };
+      hist.push(e);
+      b.bytes += entryBytes(e);
+      b.values++;
+    }
+    b.keys.set(key, hist);
+  }
+  for (const ir of ids as unknown[]) {
+    if (!Array.isArray(ir) || ir.length !== 3 || typeof ir[0] !== 'string' || !isUint(ir[1]) || !isUint(ir[2])) return 'msg id';
+    b.msgIds.set(ir[0], { revision: ir[1], ts: ir[2] });
+  }
+  return b;
+}
+
+/** A KV key against a key pattern split on '.', with NATS wildcards ('*' one token, '>' the rest). */
+function keyMatches(pattern: readonly string[], key: string): boolean {
+  const t = key.split('.');
+  for (let i = 0; i < pattern.length; i++) {
+    const p = pattern[i]!;
+    if (p === '>') return t.length > i;
+    if (i >= t.length || (p !== '*' && p !== t[i])) return false;
+  }
+  return t.length === pattern.length;
 }
 
 function addTo(idx: Map<string, Set<string>>, value: string, key: string): void {

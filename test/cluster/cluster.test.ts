@@ -344,12 +344,12 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
   const [a, b] = [c.nodes[0]!.kvBackend(), c.nodes[2]!.kvBackend()];
   t.match(await a.propose({ op: 'bucket.create', bucket: 'w', config: {}, ts: 1 }), { ok: true });
   const seen: string[] = [];
-  const unwatch = b.watch('w', b.reader.appliedIndex, (e) => seen.push(e.key));
+  const unwatch = b.watch('w', b.reader.bucketInfo('w')?.seq ?? 0, (e) => seen.push(e.key));
   const put = await a.propose({ op: 'put', bucket: 'w', key: 'x', value: Uint8Array.of(1), ts: 1 });
   await b.readBarrier();
   unwatch();
   t.same(seen, ['x'], 'a watcher on another node sees the write after a read barrier');
-  t.equal(b.reader.get('w', 'x')?.revision, put.ok && put.kind === 'entry' ? put.entry.revision : -1, 'same revision (the log index) on every node');
+  t.equal(b.reader.get('w', 'x')?.revision, put.ok && put.kind === 'entry' ? put.entry.revision : -1, 'same revision (the bucket sequence, assigned at apply) on every node');
 
   const before = c.leader()!;
   before.transferLeadership();

@@ -2,11 +2,12 @@
 // server of src/nats with the KV API attached on the local (non-replicated) backend, through the server's own
 // seams (NatsClusterPort.deliverAs for push consumers, wildcard-subject publishes for CONSUMER.CREATE … .$KV.b.>);
 // and on a 3-node cluster started through `serve` (the Raft-backed backend), a client per node.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { connect, headers as natsHeaders, type NatsConnection, type Msg } from '@nats-io/transport-node';
 import { Kvm, KvWatchInclude, type KV, type KvWatchEntry as ClientEntry } from '@nats-io/kv';
@@ -22,6 +23,9 @@ import { startServing, type ServingNode } from '../../src/cli/serve.js';
 import { loadBusAuth } from '../../src/cli/bus_auth.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { freePort } from '../../src/free_port.js';
+import { checkKvFormat } from '../../src/node/bootstrap.js';
+import { NodeErrorCode } from '../../src/node/index.js';
+import { pack } from '../../store/codec.js';
 
 
 const enc = new TextEncoder();
@@ -38,7 +42,8 @@ t.before(async () => {
   server = createNatsServer({ host: '127.0.0.1', port: 0, jetstream: true, logger: silentLogger() });
   await server.start();
   nc = await connect({ servers: `127.0.0.1:${server.port}`, name: 'kv-e2e', timeout: 20_000 });
-  api = attachKvApi(server, { backend, logger: silentLogger(), serverName: server.serverName, limits: { tickMs: 50 } });
+  // One node: it is always the leader that proposes TTL expiries.
+  api = attachKvApi(server, { backend, logger: silentLogger(), serverName: server.serverName, limits: { tickMs: 50 }, ttl: { isLeader: () => true, periodMs: 50 } });
   // Generous request timeouts: the machine is shared and loaded; no assertion depends on timing.
   kvm = new Kvm(jetstream(nc, { timeout: 20_000 }));
 });
@@ -104,7 +109,9 @@ t.test('bucket lifecycle: create, status, open, list, destroy', async (t) => {
   t.ok(names.includes('life'));
   const st2 = await kv.status();
   t.equal(st2.values, 2, 'the value and the PURGE marker');
-  t.equal(st2.size, 'a'.length + 'one'.length + 'gone'.length);
+  // Stored bytes as nats-server counts them: 22 + subject + payload + 8, and 4 + the header block when one was sent
+  // (the PURGE marker's `KV-Operation: PURGE` + `Nats-Rollup: sub`, 51 bytes as nats.js encodes them).
+  t.equal(st2.size, (22 + '$KV.life.a'.length + 'one'.length + 8) + (22 + '$KV.life.gone'.length + 4 + 51 + 8));
   t.equal(await kv.destroy(), true);
   // The stream is gone: status says so with nats.js's StreamNotFoundError text.
   t.equal((await rejection(kv.status())).message, 'stream not found');
@@ -156,6 +163,59 @@ t.test('put/get/create/update/delete/purge with the exact JetStream errors', asy
   t.equal(bad.message, "bad request: key of 1100 bytes exceeds the bucket's 1024");
 });
 
+t.test('revisions are per bucket: two buckets written in turn each count 1, 2, 3 (issue 18.1)', async (t) => {
+  const [x, y] = [await kvm.create('turn_x'), await kvm.create('turn_y')];
+  const rx: number[] = [];
+  const ry: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    rx.push(await x.put('k', `x${i}`));
+    ry.push(await y.put('k', `y${i}`));
+  }
+  t.same([rx, ry], [[1, 2, 3], [1, 2, 3]]);
+  const st = (await y.status()).streamInfo.state;
+  t.same([st.first_seq, st.last_seq, st.messages], [3, 3, 1], 'history 1: only revision 3 is retained, last_seq 3');
+  t.equal(await x.update('k', 'x3', 3), 4, 'CAS compares the bucket revision');
+  t.match((await rejection(y.update('k', 'stale', 4))).message, 'wrong last sequence: 3');
+  const h = await collect(await x.history({ key: 'k' }));
+  t.same(h.map((e) => e.revision), [4]);
+});
+
+/** Polls `cond` until it holds, at most `boundMs` (a condition, never a timing assertion). */
+async function waitFor(what: string, cond: () => Promise<boolean>, boundMs = 20_000): Promise<void> {
+  const end = Date.now() + boundMs;
+  for (let i = 0; i < 10_000; i++) {
+    if (await cond()) return;
+    if (Date.now() > end) throw new Error(`${what}: not within ${boundMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+t.test('bucket TTL (max_age): entries expire by a replicated proposal; the sequence goes on (issue 18.5)', async (t) => {
+  const kv = await kvm.create('ttl', { ttl: 400, history: 2 });
+  const st = await kv.status();
+  t.equal(st.ttl, 400, 'ttl echoed');
+  t.equal(st.streamInfo.config.duplicate_window, 400 * 1e6, 'the duplicate window follows a TTL below 2 min, as nats-server sets it');
+  t.equal(await kv.put('a', '1'), 1);
+  t.equal(await kv.put('b', '2'), 2);
+  await waitFor('entries expired', async () => (await kv.status()).values === 0);
+  t.equal(await kv.get('a'), null, 'an expired key reads as absent');
+  t.match((await kv.status()).streamInfo.state, { messages: 0, first_seq: 3, last_seq: 2 });
+  t.equal(await kv.put('a', '3'), 3, 'the revision continues after expiry');
+});
+
+t.test('JetStream publish options through nats.js: msgID duplicates, expected last sequence / subject sequence / stream (issue 18.4)', async (t) => {
+  await kvm.create('pubopts');
+  const js = jetstream(nc, { timeout: 20_000 });
+  const first = await js.publish('$KV.pubopts.a', '1', { msgID: 'x1' });
+  t.match(first, { stream: 'KV_pubopts', seq: 1, duplicate: false });
+  t.match(await js.publish('$KV.pubopts.a', '1', { msgID: 'x1' }), { seq: 1, duplicate: true }, 'the same msgID within the window');
+  t.equal((await rejection(js.publish('$KV.pubopts.b', '2', { expect: { lastSequence: 7 } }))).message, 'wrong last sequence: 1');
+  t.match(await js.publish('$KV.pubopts.b', '2', { expect: { lastSequence: 1 } }), { seq: 2 });
+  t.equal((await rejection(js.publish('$KV.pubopts.a', '3', { expect: { lastSubjectSequence: 2 } }))).message, 'wrong last sequence: 1');
+  t.equal((await rejection(js.publish('$KV.pubopts.a', '3', { expect: { streamName: 'KV_other' } }))).message, 'expected stream does not match');
+  t.match(await js.publish('$KV.pubopts.a', '3', { expect: { streamName: 'KV_pubopts', lastSubjectSequence: 1 } }), { seq: 3 });
+});
+
 t.test('history depth, get by revision, bucket limits', async (t) => {
   const kv = await kvm.create('hist', { history: 3 });
   const revs: number[] = [];
@@ -170,11 +230,12 @@ t.test('history depth, get by revision, bucket limits', async (t) => {
   t.same(h2.map((e) => e.operation), ['PUT', 'PUT', 'DEL'], 'the DEL marker counts in the history depth');
   t.equal((await kv.status()).values, 3);
 
-  const capped = await kvm.create('capped', { max_bytes: 100 });
+  // A 60-byte value of `a` is stored as 22 + 12 + 60 + 8 = 102 bytes: two do not fit in 200.
+  const capped = await kvm.create('capped', { max_bytes: 200 });
   await capped.put('a', new Uint8Array(60));
   t.equal((await rejection(capped.put('b', new Uint8Array(60)))).message, 'maximum bytes exceeded');
   await capped.put('a', new Uint8Array(90));
-  t.equal((await capped.status()).size, 91, 'history 1: the new value replaced the old one within the limit');
+  t.equal((await capped.status()).size, 22 + 12 + 90 + 8, 'history 1: the new value replaced the old one within the limit');
 
   const small = await kvm.create('small', { maxValueSize: 16 });
   await small.put('ok', new Uint8Array(16));
@@ -287,9 +348,10 @@ t.test('push consumer on the wire: ack subjects, heartbeats, info, delete, error
   // Refusals a client can see.
   t.match((await rejection(jsm.consumers.add('KV_raw', { durable_name: 'd', ack_policy: AckPolicy.Explicit }))).message, /not supported/);
   t.equal((await rejection(jsm.consumers.add('KV_nope', { deliver_subject: 'x.y', ack_policy: AckPolicy.None }))).message, 'stream not found');
-  t.match((await rejection(jsm.streams.purge('KV_raw'))).message, /stream purge is not supported/);
+  // STREAM.PURGE of the whole stream (issue 18.2): everything goes, the sequence goes on.
+  t.match(await jsm.streams.purge('KV_raw'), { success: true });
+  t.match((await jsm.streams.info('KV_raw')).state, { messages: 0, first_seq: r1 + 1, last_seq: r1 });
   t.match((await rejection(jsm.streams.add({ name: 'ORDERS', subjects: ['orders.>'] }))).message, /only KV streams/);
-  t.match((await rejection(kvm.create('ttl', { ttl: 60_000 }))).message, /max_age/);
   const r = await nc.request('$JS.API.STREAM.CREATE.KV_j', enc.encode('not json'));
   t.same(JSON.parse(dec.decode(r.data)), {
     type: 'io.nats.jetstream.api.v1.stream_create_response', error: { code: 400, err_code: 10025, description: 'invalid JSON' },
@@ -475,19 +537,20 @@ t.test('bus permissions decide who reaches the KV API (enforce mode)', async (t)
 async function observe(k: Kvm, bucket: string, cmds: readonly (readonly [string, string, string?])[]): Promise<string[]> {
   const kv = await k.create(bucket, { history: 3 });
   const out: string[] = [];
-  const norm = (e: unknown) => (e as Error).message.replace(/\d+/g, 'N');
+  const norm = (e: unknown) => (e as Error).message;
   for (const [op, key, v] of cmds) {
     try {
-      if (op === 'put') out.push(`put ${typeof (await kv.put(key, v!))}`);
-      else if (op === 'create') out.push(`create ${typeof (await kv.create(key, v!))}`);
-      else if (op === 'update') out.push(`update ${typeof (await kv.update(key, v!, (await kv.get(key))?.revision ?? 1))}`);
-      // A revision the key is not at (revisions differ between the servers, so never compare them directly).
-      else if (op === 'stale') out.push(`stale ${typeof (await kv.update(key, v!, ((await kv.get(key))?.revision ?? 0) + 1))}`);
+      // Revisions are compared as numbers: both servers count each bucket 1, 2, 3 …
+      if (op === 'put') out.push(`put ${await kv.put(key, v!)}`);
+      else if (op === 'create') out.push(`create ${await kv.create(key, v!)}`);
+      else if (op === 'update') out.push(`update ${await kv.update(key, v!, (await kv.get(key))?.revision ?? 1)}`);
+      // A revision the key is not at.
+      else if (op === 'stale') out.push(`stale ${await kv.update(key, v!, ((await kv.get(key))?.revision ?? 0) + 1)}`);
       else if (op === 'delete') out.push(`delete ${String(await kv.delete(key))}`);
       else if (op === 'purge') out.push(`purge ${String(await kv.purge(key))}`);
       else if (op === 'get') {
         const e = await kv.get(key);
-        out.push(`get ${e === null ? 'null' : `${e.operation}:${e.string()}:${e.length}`}`);
+        out.push(`get ${e === null ? 'null' : `${e.operation}:${e.string()}:${e.length}:${e.revision}`}`);
       }
     } catch (err) {
       out.push(`${op} error ${norm(err)}`);
@@ -498,14 +561,75 @@ async function observe(k: Kvm, bucket: string, cmds: readonly (readonly [string,
   for (const key of new Set(cmds.map((c) => c[1]))) {
     const h = await collect(await kv.history({ key }));
     if (h.length > 0) written++;
-    out.push(`history ${key} ${h.map((e) => `${e.operation}:${e.string()}`).join(',')}`);
+    out.push(`history ${key} ${h.map((e) => `${e.operation}:${e.string()}:${e.revision}`).join(',')}`);
   }
   // The initial batch of a watch: one entry per key that has any (markers included).
   const w = written === 0 ? [] : await collect(await kv.watch(), written);
-  out.push(`watch ${w.map((e) => `${e.key}:${e.operation}:${e.string()}:${e.isUpdate}`).sort().join(',')}`);
-  const st = await kv.status();
-  out.push(`status values=${st.values} history=${st.history}`);
+  out.push(`watch ${w.map((e) => `${e.key}:${e.operation}:${e.string()}:${e.isUpdate}:${e.revision}:${e.delta}`).sort().join(',')}`);
+  const status = async (what: string) => {
+    const st = await kv.status();
+    const state = st.streamInfo.state;
+    out.push(`${what} values=${st.values} history=${st.history} bytes=${st.size} first=${state.first_seq} last=${state.last_seq} subjects=${state.num_subjects}`);
+  };
+  await status('status');
+  // STREAM.PURGE with a subject filter and keep, as KV's purgeDeletes sends it: markers younger than 30 min keep
+  // themselves (keep 1), then with a negative age every marker goes (keep 0).
+  const purger = kv as unknown as { purgeDeletes(olderMillis?: number): Promise<{ purged: number }> };
+  out.push(`purgeDeletes ${(await purger.purgeDeletes()).purged}`);
+  await status('after purgeDeletes');
+  out.push(`purgeDeletes(-1) ${(await purger.purgeDeletes(-1)).purged}`);
+  await status('after purgeDeletes(-1)');
+  for (const key of new Set(cmds.map((c) => c[1]))) {
+    out.push(`history after ${key} ${(await collect(await kv.history({ key }))).map((e) => `${e.operation}:${e.string()}:${e.revision}`).join(',')}`);
+  }
   return out;
+}
+
+const goPackage = '/usr/share/gocode/src/github.com/nats-io/nats.go';
+
+/**
+ * Builds test/kv/gokv offline in GOPATH mode against Debian's nats.go (golang-go, golang-github-nats-io-go-nats-dev)
+ * and runs it against both URLs. Skips with a line saying what to install when the toolchain is missing.
+ */
+async function goDifferential(t: Test, refUrl: string, ourUrl: string): Promise<void> {
+  if (spawnSync('go', ['version']).status !== 0 || !existsSync(goPackage)) {
+    t.comment('SKIP Go differential: needs `go` and nats.go (apt-get install -y golang-go golang-github-nats-io-go-nats-dev)');
+    t.pass('skipped: no Go toolchain or nats.go');
+    return;
+  }
+  const out = mkdtempSync(join(tmpdir(), 'gokv-'));
+  t.teardown(() => rmSync(out, { recursive: true, force: true }));
+  // GOPATH mode, offline: the Debian package's sources are the only dependency; the build cache is kept across runs.
+  const env = { ...process.env, GOPATH: '/usr/share/gocode', GO111MODULE: 'off', GOFLAGS: '-mod=vendor', GOPROXY: 'off', GOCACHE: join(tmpdir(), 'membershipd-gocache') };
+  const src = join(dirname(fileURLToPath(import.meta.url)), 'gokv', 'main.go');
+  const bin = join(out, 'gokv');
+  const built = await run('go', ['build', '-o', bin, src], env);
+  t.equal(built.code, 0, `go build test/kv/gokv (${built.stderr.trim().slice(0, 300)})`);
+  if (built.code !== 0) return;
+  const theirs = await run(bin, [refUrl, 'gd'], env);
+  const mine = await run(bin, [ourUrl, 'gd'], env);
+  t.equal(theirs.code, 0, `gokv against nats-server ${theirs.stderr.trim()}`);
+  t.equal(mine.code, 0, `gokv against membershipd ${mine.stderr.trim()}`);
+  const [a, b] = [mine.stdout.trim().split('\n'), theirs.stdout.trim().split('\n')];
+  t.ok(b.length > 30, `${b.length} observations from nats.go`);
+  for (let i = 0; i < Math.max(a.length, b.length); i++) t.equal(a[i], b[i], `nats.go observation ${i + 1}`);
+}
+
+/** Runs a child process to completion (async: the membershipd under test shares this event loop). */
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    // Bounded: a hung client is killed (by its PID) after 120 s and reported as failed.
+    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
 }
 
 t.test('differential: the same KV session against nats-server 2.9 (when installed) observes the same', async (t) => {
@@ -568,6 +692,54 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
   }
   t.same(mine, theirs, 'membershipd and nats-server agree on every observation');
 
+  // The stream config read back is the one created, with nats-server's defaults (issue 18.3); no `cluster` on a
+  // single server (18.8).
+  const info = async (c: NatsConnection, stream: string) => JSON.parse(dec.decode((await c.request(`$JS.API.STREAM.INFO.${stream}`, '', { timeout: 20_000 })).data)) as Record<string, unknown>;
+  for (const opts of [{}, { history: 5, max_bytes: 1 << 20, maxValueSize: 4096 }, { description: 'd', history: 2 }, { ttl: 60_000, history: 3 }, { ttl: 600_000 }]) {
+    const name = `cfg${JSON.stringify(opts).replace(/\W/g, '')}`;
+    await kvm.create(name, opts);
+    await refKvm.create(name, opts);
+    const [a, b] = [await info(nc, `KV_${name}`), await info(ref, `KV_${name}`)];
+    t.same(a.config, b.config, `stream config of a bucket created with ${JSON.stringify(opts)}`);
+    t.same(['cluster' in a, 'cluster' in b], [false, false], 'no cluster field on a single server');
+  }
+  const cfgBody = JSON.stringify({ name: 'KV_rawcfg', subjects: ['$KV.rawcfg.>'], max_msgs_per_subject: 1, deny_purge: true, num_replicas: 0, discard: 'new' });
+  const [ca, cb] = [await raw(nc, '$JS.API.STREAM.CREATE.KV_rawcfg', cfgBody), await raw(ref, '$JS.API.STREAM.CREATE.KV_rawcfg', cfgBody)];
+  const cfgOf = (x: string) => (JSON.parse(x.slice(x.indexOf('|') + 1)) as { config: unknown }).config;
+  t.same(cfgOf(ca), cfgOf(cb), 'a raw STREAM.CREATE: the same config echoed (deny_purge as asked)');
+
+  // JetStream publish headers (issue 18.4): Nats-Msg-Id with duplicates acked as such, Nats-Expected-Last-Sequence,
+  // Nats-Expected-Last-Subject-Sequence, Nats-Expected-Stream: the same PubAcks and errors, sequence numbers included.
+  await kvm.create('hdrs');
+  await refKvm.create('hdrs');
+  const pubs: [string, string, [string, string][]][] = [
+    ['$KV.hdrs.a', '1', [['Nats-Msg-Id', 'm1']]],
+    ['$KV.hdrs.a', '1', [['Nats-Msg-Id', 'm1']]],
+    ['$KV.hdrs.b', '2', [['Nats-Msg-Id', 'm2']]],
+    ['$KV.hdrs.a', '3', [['Nats-Expected-Last-Sequence', '5']]],
+    ['$KV.hdrs.a', '3', [['Nats-Expected-Last-Sequence', '2']]],
+    ['$KV.hdrs.a', '4', [['Nats-Expected-Last-Subject-Sequence', '1']]],
+    ['$KV.hdrs.a', '4', [['Nats-Expected-Last-Subject-Sequence', '3'], ['Nats-Msg-Id', 'm4']]],
+    ['$KV.hdrs.b', '5', [['Nats-Expected-Stream', 'KV_other']]],
+    ['$KV.hdrs.b', '5', [['Nats-Msg-Id', 'm1'], ['Nats-Expected-Last-Sequence', '1']]],
+    ['$KV.hdrs.c', '6', [['Nats-Expected-Last-Sequence', '4'], ['Nats-Expected-Stream', 'KV_hdrs']]],
+  ];
+  const ack = async (c: NatsConnection, [subject, body, h]: [string, string, [string, string][]]) => {
+    const hdrs = natsHeaders();
+    for (const [k, v] of h) hdrs.set(k, v);
+    return JSON.parse(dec.decode((await c.request(subject, enc.encode(body), { timeout: 20_000, headers: hdrs })).data)) as unknown;
+  };
+  for (const p of pubs) t.same(await ack(nc, p), await ack(ref, p), `publish ${p[0]} ${JSON.stringify(p[2])}`);
+  t.same(
+    [await raw(nc, '$JS.API.STREAM.PURGE.KV_rawcfg', '{}'), await raw(nc, '$JS.API.STREAM.PURGE.KV_hdrs', '{"seq":2,"keep":1}')].map((x) => x.replace(/"type":"[^"]*",?/, '')),
+    [await raw(ref, '$JS.API.STREAM.PURGE.KV_rawcfg', '{}'), await raw(ref, '$JS.API.STREAM.PURGE.KV_hdrs', '{"seq":2,"keep":1}')].map((x) => x.replace(/"type":"[^"]*",?/, '')),
+    'purge refusals: deny_purge, seq with keep',
+  );
+
+  // The standard Go client (nats.go 1.22 from Debian) runs one fixed session of core and KV calls against both
+  // servers (test/kv/gokv/main.go); every printed observation must agree, revisions and errors included.
+  await goDifferential(t, `nats://127.0.0.1:${natsPort}`, `nats://127.0.0.1:${server.port}`);
+
   // Random sessions, same seed discipline as the model test.
   const seed = Number(process.env.KV_SEED ?? Date.now() % 2 ** 31);
   t.comment(`differential seed ${seed} (replay: KV_SEED=${seed} npx tap test/kv/kv_e2e.test.ts)`);
@@ -588,6 +760,18 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
     { seed, numRuns: 8, endOnFailure: true },
   );
   t.pass('random sessions agree');
+});
+
+t.test('data from before per-bucket revisions is refused with a clear message, a fresh data dir is marked', async (t) => {
+  const dir = t.testdir({ old: { raft: { wal: { '0000000000000001.seg': 'x' } } }, fresh: {} });
+  t.throws(() => checkKvFormat(join(dir, 'old')), { code: NodeErrorCode.dataFormat, message: /written before per-bucket KV revisions.*RUNBOOK/ });
+  checkKvFormat(join(dir, 'fresh'));
+  t.equal(readFileSync(join(dir, 'fresh', 'kv-format'), 'utf8'), '2\n', 'a fresh data dir is marked as format 2');
+  checkKvFormat(join(dir, 'fresh'));
+  writeFileSync(join(dir, 'fresh', 'kv-format'), '7\n');
+  t.throws(() => checkKvFormat(join(dir, 'fresh')), { code: NodeErrorCode.dataFormat, message: /KV format "7"/ });
+  // A snapshot image of format 1 (as an old leader would send) is refused, not misread.
+  t.throws(() => new KvStateMachine().restore(pack([1, 5, []])), { code: 'ESTORE_FORMAT_VERSION', message: /format 1.*RUNBOOK/ });
 });
 
 t.test('3-node cluster through `serve`: put on node A, get / watch / keys / history / update on node B', async (t) => {
@@ -628,7 +812,7 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
   t.equal(a.info?.jetstream, true, 'INFO says jetstream on a cluster node');
   const kvA = await new Kvm(jetstream(a, { timeout: 20_000 })).create('shared', { history: 3 });
   const kvB = await new Kvm(jetstream(b, { timeout: 20_000 })).open('shared');
-  t.equal((await kvB.status()).replicas, 3, 'the bucket reports the meta-group voters as replicas');
+  t.equal((await kvB.status()).replicas, 1, 'num_replicas as created (1), not the meta-group voters (issue 18.3)');
   const seen: ClientEntry[] = [];
   const watch = await kvB.watch();
   const watching = (async () => {
@@ -638,6 +822,7 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
     }
   })();
   const r1 = await kvA.put('k', 'v1');
+  t.equal(r1, 1, 'the first write of a bucket is revision 1 on a cluster too (the ub_* buckets written at bootstrap do not count)');
   t.equal((await kvB.get('k'))?.string(), 'v1', 'a put on A is read on B (linearizable read)');
   t.equal((await kvB.get('k'))?.revision, r1);
   const r2 = await kvB.update('k', 'v2', r1);
@@ -650,6 +835,28 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
   await kvA.put('other', 'x');
   t.same((await collect(await kvB.keys())).sort(), ['other'], 'keys on B (a deleted key is not listed)');
   t.same((await collect(await kvB.history({ key: 'k' }))).map((e) => `${e.operation}:${e.string()}`), ['PUT:v1', 'PUT:v2', 'DEL:'], 'history on B');
+  // STREAM.INFO `cluster` (issue 18.7): the cluster name, the Raft leader's server name whichever node answers, the
+  // other voters as replicas; account info counts only what this client may see (18.6).
+  const raftLeader = (nodes[0]!.cluster!.raftz().leader as { name: string } | null)?.name;
+  for (const c of [a, b]) {
+    const si = await (await jetstreamManager(c, { timeout: 20_000 })).streams.info('KV_shared');
+    t.equal(si.cluster?.name, 'kvc', 'cluster name');
+    t.equal(si.cluster?.leader, raftLeader, 'leader is the Raft leader');
+    const replicas = si.cluster?.replicas ?? [];
+    t.same(replicas.map((r) => r.name).sort(), ['kv0', 'kv1', 'kv2'].filter((n) => n !== raftLeader), 'replicas: the other voters');
+    t.ok(replicas.every((r) => typeof r.current === 'boolean' && typeof r.active === 'number'), 'each replica has current and active');
+  }
+  t.equal((await (await jetstreamManager(b, { timeout: 20_000 })).getAccountInfo()).streams, 1, 'account info: only KV_shared, not the six ub_* buckets');
+  // The Nats-Msg-Id window is replicated state: a retry of the same publish through another node is a duplicate.
+  const withId = (c: NatsConnection) => jetstream(c, { timeout: 20_000 }).publish('$KV.shared.dup', 'v', { msgID: 'once' });
+  const first = await withId(a);
+  t.match(await withId(b), { seq: first.seq, duplicate: true }, 'the same Msg-Id through node B: acked as a duplicate of A\'s write');
+  // Bucket TTL on the cluster: the leader proposes the expiry; a follower's read sees it gone.
+  const ttlA = await new Kvm(jetstream(a, { timeout: 20_000 })).create('ttlc', { ttl: 400 });
+  await ttlA.put('x', '1');
+  const ttlB = await new Kvm(jetstream(b, { timeout: 20_000 })).open('ttlc');
+  await waitFor('expiry on the cluster', async () => (await ttlB.status()).values === 0);
+  t.equal(await ttlB.get('x'), null, 'expired on every node by the leader\'s proposal');
   // The control-plane buckets share the store but are not visible without an admin principal.
   t.notOk((await collect(new Kvm(b).list())).some((s) => s.bucket.startsWith('ub_')), 'no ub_* bucket listed for a non-admin client');
   // A wildcard-subject publish crosses the routes like any other (nats-server 2.9 does the same): re-sent until

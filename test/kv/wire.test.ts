@@ -150,14 +150,16 @@ t.test('publish headers → KV commands (what each KV call sends), refusals for 
   t.match(cmd(''), { op: 'put', bucket: 'b', key: 'k', ts: 7 });
   t.match(cmd('NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 0\r\n\r\n'), { op: 'update', revision: 0 });
   t.match(cmd('NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: 42\r\n\r\n'), { op: 'update', revision: 42 });
-  t.same(cmd('NATS/1.0\r\nKV-Operation: DEL\r\n\r\n', ''), { op: 'delete', bucket: 'b', key: 'k', ts: 7 });
-  t.same(cmd('NATS/1.0\r\nKV-Operation: DEL\r\nNats-Expected-Last-Subject-Sequence: 5\r\n\r\n', ''), { op: 'delete', bucket: 'b', key: 'k', ts: 7, revision: 5 });
-  t.same(cmd('NATS/1.0\r\nKV-Operation: PURGE\r\nNats-Rollup: sub\r\n\r\n', ''), { op: 'purge', bucket: 'b', key: 'k', ts: 7 });
+  // hdrBytes: the header block's length, counted in the stored size as nats-server does.
+  t.same(cmd('NATS/1.0\r\nKV-Operation: DEL\r\n\r\n', ''), { op: 'delete', bucket: 'b', key: 'k', ts: 7, hdrBytes: 31 });
+  t.same(cmd('NATS/1.0\r\nKV-Operation: DEL\r\nNats-Expected-Last-Subject-Sequence: 5\r\n\r\n', ''), { op: 'delete', bucket: 'b', key: 'k', ts: 7, revision: 5, hdrBytes: 71 });
+  t.same(cmd('NATS/1.0\r\nKV-Operation: PURGE\r\nNats-Rollup: sub\r\n\r\n', ''), { op: 'purge', bucket: 'b', key: 'k', ts: 7, hdrBytes: 51 });
   t.match(cmd('NATS/1.0\r\nNats-Expected-Stream: KV_b\r\n\r\n'), { op: 'put' });
+  t.match(cmd('NATS/1.0\r\nNats-Msg-Id: m1\r\nNats-Expected-Last-Sequence: 3\r\n\r\n'), { op: 'put', msgId: 'm1', expectLastSeq: 3 });
   const refused: [string, number, RegExp][] = [
     ['NATS/1.0\r\nNats-Expected-Stream: WRONG\r\n\r\n', 10060, /expected stream does not match/],
-    ['NATS/1.0\r\nNats-Msg-Id: m1\r\n\r\n', 10003, /Nats-Msg-Id is not supported/],
-    ['NATS/1.0\r\nNats-Expected-Last-Sequence: 3\r\n\r\n', 10003, /not supported/],
+    ['NATS/1.0\r\nNats-Msg-Id: \r\n\r\n', 10003, /Nats-Msg-Id must be 1\.\.256/],
+    ['NATS/1.0\r\nNats-Expected-Last-Sequence: x\r\n\r\n', 10003, /Nats-Expected-Last-Sequence must be a decimal/],
     ['NATS/1.0\r\nNats-Expected-Last-Msg-Id: x\r\n\r\n', 10003, /not supported/],
     ['NATS/1.0\r\nNats-TTL: 5s\r\n\r\n', 10166, /per-message TTL/],
     ['NATS/1.0\r\nKV-Operation: NOPE\r\n\r\n', 10003, /unknown KV-Operation/],
@@ -185,9 +187,17 @@ t.test('get queries, stream configs, consumer configs', async (t) => {
 
   // What nats.js and nats.go send.
   const js = { name: 'KV_b1', retention: 'limits', max_msgs_per_subject: 5, max_bytes: -1, max_msg_size: -1, storage: 'file', subjects: ['$KV.b1.>'], discard: 'new', allow_direct: true, num_replicas: 1, allow_rollup_hdrs: true };
-  t.same(parseStreamCreate('KV_b1', js), { bucket: 'b1', config: { history: 5 } });
+  const lim = { replicasMax: 1, ttl: false };
+  t.match(parseStreamCreate('KV_b1', js, lim), { bucket: 'b1', config: { history: 5, maxAgeMs: 0, duplicateWindowMs: 120_000 } });
+  // The config kept and echoed: the request plus nats-server's defaults, flags only as asked.
+  t.same((parseStreamCreate('KV_b1', js, lim) as { stream: unknown }).stream, {
+    name: 'KV_b1', subjects: ['$KV.b1.>'], retention: 'limits', max_consumers: -1, max_msgs: -1, max_bytes: -1, max_age: 0, max_msgs_per_subject: 5,
+    max_msg_size: -1, discard: 'new', storage: 'file', num_replicas: 1, duplicate_window: 120e9, sealed: false, deny_delete: false, deny_purge: false,
+    allow_rollup_hdrs: true, allow_direct: true, mirror_direct: false,
+  }, 'nothing is added that was not asked');
   const go = { ...js, max_consumers: -1, max_msgs: -1, max_age: 0, duplicate_window: 120e9, deny_delete: true, mirror_direct: false, max_msg_size: 1024, max_bytes: 4096 };
-  t.same(parseStreamCreate('KV_b1', go), { bucket: 'b1', config: { history: 5, valueBytesMax: 1024, bytesMax: 4096 } });
+  t.match(parseStreamCreate('KV_b1', go, lim), { bucket: 'b1', config: { history: 5, valueBytesMax: 1024, bytesMax: 4096 }, stream: { deny_delete: true, deny_purge: false, max_bytes: 4096 } });
+  t.match(parseStreamCreate('KV_b1', { ...js, num_replicas: 3 }, { replicasMax: 3, ttl: false }), { stream: { num_replicas: 3 } });
   const refusals: [string, unknown, number][] = [
     ['KV_b1', 'x', 10025],
     ['KV_b1', { ...js, name: 'KV_b2' }, 10056],
@@ -199,8 +209,11 @@ t.test('get queries, stream configs, consumer configs', async (t) => {
     ['KV_b1', { ...js, retention: 'workqueue' }, 10052],
     ['KV_b1', { ...js, max_msgs_per_subject: 'five' }, 10052],
     ['KV_b1', { ...js, allow_msg_ttl: true }, 10052],
+    ['KV_b1', { ...js, num_replicas: 3 }, 10074],
+    ['KV_b1', { ...js, duplicate_window: -1 }, 10052],
   ];
-  for (const [name, body, code] of refusals) t.match(parseStreamCreate(name, body), { err_code: code }, JSON.stringify(body).slice(0, 60));
+  for (const [name, body, code] of refusals) t.match(parseStreamCreate(name, body, lim), { err_code: code }, JSON.stringify(body).slice(0, 60));
+  t.match(parseStreamCreate('KV_b1', { ...js, num_replicas: 5 }, { replicasMax: 3, ttl: false }), { err_code: 10023 });
 
   const limits = { inactiveThresholdMs: 5000 };
   const name = () => 'GENERATD';
@@ -241,20 +254,20 @@ t.test('get queries, stream configs, consumer configs', async (t) => {
   t.notOk(bucketOverlaps('b', 'other.>'));
 });
 
-t.test('local backend: propose assigns log indexes in order; watch replays then follows with no gap', async (t) => {
+t.test('local backend: revisions count per bucket; watch replays then follows with no gap', async (t) => {
   const sm = new KvStateMachine();
   const be = createLocalKvBackend(sm);
   t.match(await be.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 }), { ok: true, kind: 'bucket.create' });
   await be.propose({ op: 'bucket.create', bucket: 'other', config: {}, ts: 1 });
   const r = await be.propose({ op: 'put', bucket: 'b', key: 'k', value: enc.encode('1'), ts: 2 });
-  t.match(r, { ok: true, entry: { revision: 3 } });
+  t.match(r, { ok: true, entry: { revision: 1, index: 3 } }, 'the first write of a bucket is its revision 1, whatever the log index');
   await be.propose({ op: 'put', bucket: 'other', key: 'k', value: enc.encode('x'), ts: 2 });
   const seen: number[] = [];
   const stop = be.watch('b', 0, (e) => seen.push(e.revision));
   await be.propose({ op: 'put', bucket: 'b', key: 'j', value: enc.encode('2'), ts: 3 });
   stop();
   await be.propose({ op: 'put', bucket: 'b', key: 'j', value: enc.encode('3'), ts: 3 });
-  t.same(seen, [3, 5], 'replayed entry 3, live entry 5, nothing of the other bucket, nothing after stop');
+  t.same(seen, [1, 2], 'replayed revision 1, live revision 2, nothing of the other bucket, nothing after stop');
   t.equal(sm.appliedIndex, 6);
 });
 
@@ -292,8 +305,8 @@ t.test('consumer engine: waiting keeps the initial batch; interest loss drops th
   port.subscribed = true;
   reg.onInterest('d', 1);
   await turn();
-  // last_per_subject at creation (b@3, a@4) then the later write c@5; pending counts down to 0.
-  t.same(seqs(port.got), [[3, 1], [4, 2], [5, 3]]);
+  // last_per_subject at creation (b@2, a@3) then the later write c@4; pending counts down to 0.
+  t.same(seqs(port.got), [[2, 1], [3, 2], [4, 3]]);
   t.same(port.got.map((m) => m.reply!.split('.')[8]), ['2', '1', '0']);
   // The subscriber goes away; writes meanwhile are not queued; a new subscriber gets them, consumer seqs contiguous.
   port.subscribed = false;
@@ -305,13 +318,33 @@ t.test('consumer engine: waiting keeps the initial batch; interest loss drops th
   port.subscribed = true;
   reg.onInterest('d', 1);
   await turn();
-  t.same(seqs(port.got).slice(3), [[6, 4], [7, 5]]);
+  t.same(seqs(port.got).slice(3), [[5, 4], [6, 5]]);
   t.equal(port.got.at(-1)?.headers !== undefined && new TextDecoder().decode(port.got.at(-1)!.headers), 'NATS/1.0\r\nKV-Operation: DEL\r\n\r\n');
   // After a wholesale state replacement (snapshot install) the consumer re-reads from its cursor: nothing twice.
   await be.propose({ op: 'put', bucket: 'b', key: 'y', value: enc.encode('y'), ts: 5 });
   reg.resync();
   await turn();
-  t.same(seqs(port.got).slice(5), [[8, 6]]);
+  t.same(seqs(port.got).slice(5), [[7, 6]]);
+});
+
+t.test('consumer engine: entries purged or expired after they were queued are not delivered', async (t) => {
+  const sm = new KvStateMachine();
+  const be = createLocalKvBackend(sm);
+  await be.propose({ op: 'bucket.create', bucket: 'b', config: { history: 5 }, ts: 1 });
+  for (const k of ['a', 'b', 'a', 'c']) await be.propose({ op: 'put', bucket: 'b', key: k, value: enc.encode(k), ts: 2 });
+  const port = new RecordingPort();
+  const reg = new ConsumerRegistry(be, port, { ...defaultConsumerLimits, tickMs: 10_000 });
+  t.teardown(() => reg.close());
+  const spec = parseConsumerCreate('KV_b', 'b', { config: { deliver_subject: 'd' } }, undefined, undefined, () => 'C2', defaultConsumerLimits) as ConsumerSpec;
+  const c = reg.create(spec);
+  if ('err_code' in c) throw new Error(c.description);
+  await turn();
+  t.equal(port.got.length, 0, 'queued, nobody subscribed yet');
+  t.match(await be.propose({ op: 'bucket.purge', bucket: 'b', subject: 'a', ts: 3 }), { ok: true, purged: 2 });
+  port.subscribed = true;
+  reg.onInterest('d', 1);
+  await turn();
+  t.same(seqs(port.got), [[2, 1], [4, 2]], 'b@2 and c@4 only; consumer sequences stay contiguous');
 });
 
 t.test('consumer engine: flow control pauses at the window and resumes on the reply; heartbeat names the stall', async (t) => {
