@@ -189,8 +189,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
         // another node). Detaching first left a taken write unanswered, and its client waited out its request
         // timeout (a 3 s stall per restart in the rolling-restart test).
         kvApi?.stopTaking();
-        await kvApi?.idle(drainRequestsMs);
-        await nats.drainClients(drainQuietMs, drainRequestsMs);
+        await nats.drainClients(drainQuietMs, drainRequestsMs + 1000, kvApi?.idle(drainRequestsMs));
         kvApi?.detach();
         controlPlane?.stop();
         await nats.close();

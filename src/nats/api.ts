@@ -57,9 +57,11 @@ export interface NatsServer {
    * client is closed (flushed) once nothing has come from it for `quietMs`, everyone at `deadlineMs`. A
    * request a client sent is either read and answered before its connection closes, or, if it is still
    * in the socket at close, lost: closing a connection in the middle of a burst would lose it for sure, so
-   * a quiet moment is waited for. close() follows.
+   * a quiet moment is waited for, and only once `answered` (the requests the node already took) resolves. From
+   * the call on, a request nobody takes gets its 503 and then the connection closes, so the client's retry
+   * goes to another node. close() follows.
    */
-  drainClients(quietMs: number, deadlineMs: number): Promise<void>;
+  drainClients(quietMs: number, deadlineMs: number, answered?: Promise<void>): Promise<void>;
   /** Stops accepting, flushes and closes every client, then resolves. */
   close(): Promise<void>;
   stats(): NatsServerStats;

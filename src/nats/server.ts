@@ -158,6 +158,8 @@ export interface NatsServerWithCluster extends NatsServer {
 
 /** What a Client needs from the server. */
 export class ServerCore {
+  /** A graceful stop is draining the clients (NatsServer.drainClients). */
+  draining = false;
   readonly sublist = new Sublist<Subscription>();
   readonly clients = new Map<number, Client>();
   readonly limits: NatsLimits;
@@ -305,6 +307,10 @@ export class ServerCore {
     }
     if (delivered === 0 && origin !== null && p.replyStart >= 0 && origin.opts.noResponders) {
       origin.sendNoResponders(p.reply()!);
+      // A stopping node refuses new requests with this 503; the client's retry must reach another node, so
+      // its connection closes right behind the status (a retry sent on this connection could be lost in the
+      // socket when the drain closes it, and would cost the client its request timeout).
+      if (this.draining) queueMicrotask(() => origin.close(closeReason.serverShutdown, true));
     }
     return delivered;
   }
@@ -511,10 +517,12 @@ class NatsServerImpl implements NatsServerWithCluster {
     this.boundWsPort = (wss.address() as net.AddressInfo).port;
   }
 
-  async drainClients(quietMs: number, deadlineMs: number): Promise<void> {
+  async drainClients(quietMs: number, deadlineMs: number, answered?: Promise<void>): Promise<void> {
     if (this.closing) return;
     this.draining = true;
+    this.core.draining = true;
     const end = Date.now() + deadlineMs;
+    await answered;
     const seen = new Map<Client, { bytes: number; at: number }>();
     while (this.core.clients.size > 0) {
       const now = Date.now();
