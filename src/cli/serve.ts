@@ -10,8 +10,8 @@ import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
-import { createServiceSeam, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
-import { attachKvApi, type KvApi, type KvServerPort } from '../kv/index.js';
+import { createServiceSeam, redactControlValue, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
+import { attachKvApi, redactedBackend, type KvApi, type KvServerPort } from '../kv/index.js';
 
 /** What the control plane needs from bus auth (src/cli/bus_auth.ts) when the node runs --store kv. */
 export interface ControlWiring {
@@ -125,7 +125,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
       setForwarder: (f) => services.routes.setForwarder(f),
       deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
     };
-    kvApi = attachKvApi({ cluster: kvPort }, { backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas });
+    kvApi = attachKvApi({ cluster: kvPort }, { backend: redactedBackend(node.kvBackend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas });
   }
   const startedAt = new Date();
   const http = createHttpServer({
@@ -173,7 +173,8 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   const urls: NodeUrls = {
     nats: `${config.tls ? 'tls' : 'nats'}://${host}:${nats.port}`,
     http: `http://${host}:${http.port}`,
-    ws: nats.wsPort === undefined ? undefined : `${config.tls ? 'wss' : 'ws'}://${host}:${nats.wsPort}`,
+    // What the listener actually speaks, not what the flags suggest.
+    ws: nats.wsPort === undefined ? undefined : `${nats.wsTls ? 'wss' : 'ws'}://${host}:${nats.wsPort}`,
   };
   ownUrls = { client: urls.nats, http: urls.http };
   let stopping: Promise<void> | undefined;

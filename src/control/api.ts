@@ -24,6 +24,18 @@ import { EnvelopeVerifier } from './envelope.js';
 
 export const apiPrefix = '$UB.API.';
 
+/**
+ * Is `reply` under the shared `_INBOX.` prefix (nats.js' default inbox)? Many roles grant `_INBOX.>` so that their
+ * users can make requests, and each of them can then read every reply sent there on the node. Replies that carry
+ * user lists, audit records or KV values of other principals are never sent there.
+ */
+export function isSharedInbox(reply: string): boolean {
+  return reply.startsWith('_INBOX.');
+}
+
+const sharedInboxMessage = 'admin requests must carry a private reply inbox, not the shared _INBOX. prefix that any role granting '
+  + 'subscribe _INBOX.> can read: use the membershipd CLI (a random per-connection prefix) or connect with inboxPrefix set';
+
 export const AdminErrorCode = {
   badRequest: 'bad_request',
   forbidden: 'forbidden',
@@ -164,6 +176,15 @@ export class ControlApi {
     if (this.closed || !msg.subject.startsWith(apiPrefix)) return false;
     if (msg.reply === undefined) return true; // a request without a reply inbox cannot be answered; never act on it
     const replyTo = msg.reply;
+    if (isSharedInbox(replyTo)) {
+      // Admin replies list users, roles and the audit trail: a reply under the shared `_INBOX.` reaches whoever a
+      // role lets subscribe `_INBOX.>`. The request is refused before it is acted on, and the refusal says nothing.
+      this.requests++;
+      this.errors++;
+      this.logger.warn({ subject: msg.subject, reply: replyTo }, 'admin request refused: reply to the shared _INBOX. prefix');
+      reply(replyTo, enc.encode(JSON.stringify({ error: { code: AdminErrorCode.badRequest, message: sharedInboxMessage } })));
+      return true;
+    }
     const payload = msg.payload.slice();
     void this.request(msg.subject, payload, msg.principal?.nkey).then((r) => {
       if (!this.closed) reply(replyTo, enc.encode(JSON.stringify(r)));

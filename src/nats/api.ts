@@ -51,6 +51,8 @@ export interface NatsServer {
   /** Bound client port (valid after start()). */
   readonly port: number;
   readonly wsPort: number | undefined;
+  /** The WebSocket port speaks wss:// (TLS configured); false for ws:// or no WebSocket. */
+  readonly wsTls: boolean;
   start(): Promise<void>;
   /** Stops accepting, flushes and closes every client, then resolves. */
   close(): Promise<void>;

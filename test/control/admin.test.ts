@@ -242,13 +242,14 @@ t.test("a connection's CONNECT proof stands in for the envelope signature of the
 
   // End to end: the key a real client proves at CONNECT reaches the admin API with its request.
   const seed = new TextEncoder().encode(readFileSync(idFile, 'utf8').trim());
-  const internal = await connect({ servers: url, authenticator: nkeyAuthenticator(seed), reconnect: false });
+  // A private inbox prefix, as the CLI uses: the admin API refuses replies to the shared `_INBOX.`.
+  const internal = await connect({ servers: url, authenticator: nkeyAuthenticator(seed), reconnect: false, inboxPrefix: '_INBOX_test_internal' });
   clients.push(internal);
   const ask = async (nc: NatsConnection, payload: Uint8Array) => JSON.parse(new TextDecoder().decode((await nc.request('$UB.API.USER.LIST', payload, { timeout: 5000 })).data)) as unknown;
   t.match(await ask(internal, forged()), { users: [{ name: 'alice' }] }, 'the internal identity\'s connection: its own key needs no signature check');
   const ops = createKeyPair('user');
   t.match(await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'ops-e2e', nkey: ops.publicKey, roles: ['admin'] }, me)), { result: 'created' });
-  const opsConn = await connect({ servers: url, authenticator: nkeyAuthenticator(new TextEncoder().encode(ops.seed)), reconnect: false });
+  const opsConn = await connect({ servers: url, authenticator: nkeyAuthenticator(new TextEncoder().encode(ops.seed)), reconnect: false, inboxPrefix: '_INBOX_test_ops' });
   clients.push(opsConn);
   t.match(await ask(opsConn, forged()), { error: { code: 'forbidden', message: /signature does not verify/ } }, 'an admin NKey user claiming the internal key: verified, refused');
   t.match(await ask(opsConn, signRequest('$UB.API.USER.LIST', {}, ops)), { users: [{ name: 'alice' }] }, 'its own key: accepted');

@@ -1,0 +1,215 @@
+// Issue 19 (security hardening), findings 2–6, each reproduced the way the tester found it — real clients
+// (@nats-io/transport-node, @nats-io/kv) over real TLS sockets to a 3-node cluster in deploy posture (bus auth
+// enforce, mutual-TLS routes) — and shown closed. Every regression test here fails on the code before the fix.
+import t from 'tap';
+import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { connect, type NatsConnection, type Status } from '@nats-io/transport-node';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { wsconnect, type WsSocketFactory } from '@nats-io/nats-core';
+import { WebSocket } from 'ws';
+import { unpack } from 'msgpackr';
+import { startCluster, userInboxPrefix, type LocalClusterHandle } from '../../src/index.js';
+import { main, memoryOutput } from '../../src/cli/index.js';
+import { signRequest } from '../../src/control/index.js';
+import { readIdentity } from '../../src/auth/index.js';
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+const waitMs = 15_000;
+
+let cluster: LocalClusterHandle;
+let dir: string;
+const open: NatsConnection[] = [];
+
+const roles = {
+  app: { publish: ['app.>'], subscribe: ['app.>'] },
+  responder: { publish: ['svc.status'], subscribe: ['app.echo'], allow_responses: true },
+  // The README's old example role: every reply on the node under the shared `_INBOX.` reaches this user.
+  snoop: { publish: ['snoop.x'], subscribe: ['_INBOX.>'] },
+};
+
+t.before(async () => {
+  cluster = await startCluster({
+    nodes: 3,
+    websocket: true,
+    auth: {
+      users: [
+        { name: 'bob', password: 'bob-secret', roles: ['app'] },
+        { name: 'carol', password: 'carol-secret', roles: ['responder'] },
+        { name: 'eve', password: 'eve-secret', roles: ['snoop'] },
+      ],
+      roles,
+    },
+  });
+  dir = cluster.dir;
+  writeFileSync(join(dir, 'dave.pw'), 'dave-password-1\n', { mode: 0o600 });
+});
+
+t.teardown(async () => {
+  for (const c of open) await c.close().catch(() => undefined);
+  await cluster?.stop();
+});
+
+/** Connects to node `i` as `user` (the generated admin when omitted), with that user's private inbox prefix. */
+async function as(i: number, user?: string, pass?: string, inboxPrefix?: string): Promise<NatsConnection> {
+  const o = cluster.connectOptions;
+  const nc = await connect({
+    servers: cluster.urls[i]!, tls: o.tls, user: user ?? o.user, pass: pass ?? o.pass,
+    inboxPrefix: inboxPrefix ?? (user === undefined ? o.inboxPrefix : userInboxPrefix(user)), reconnect: false,
+  });
+  open.push(nc);
+  return nc;
+}
+
+/** The admin CLI, in process, against node `i` with node n(i+1)'s internal identity. */
+async function cli(i: number, ...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const o = memoryOutput();
+  const code = await main([...argv, '--server', cluster.urls[i]!, '--tls-ca', join(dir, 'ca.pem'), '--internal-id-file', join(dir, `n${i + 1}.seed`)], o);
+  return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
+}
+
+/** Errors the server reported to a connection (nats.js status events of type 'error'). */
+function errorsOf(nc: NatsConnection): string[] {
+  const got: string[] = [];
+  void (async () => {
+    for await (const s of nc.status() as AsyncIterable<Status>) {
+      if (s.type === 'error') got.push(String((s as { error?: unknown }).error));
+    }
+  })();
+  return got;
+}
+
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, boundMs = waitMs): Promise<void> {
+  const deadline = Date.now() + boundMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+// ---- finding 4: a reply subject could write a reserved subject -------------------------------------------
+
+t.test('4: a response grant never reaches $KV./$JS./$UB./$SYS./$SRV.; ordinary replies still work', async (t) => {
+  const admin = await as(0);
+  const kv = await new Kvm(jetstream(admin, { timeout: waitMs })).create('mybucket');
+  const carol = await as(0, 'carol', 'carol-secret');
+  const carolErrors = errorsOf(carol);
+  const seen: string[] = [];
+  carol.subscribe('app.echo', { callback: (err, m) => { if (!err) { seen.push(m.reply ?? ''); m.respond(enc.encode('pwned')); } } });
+  await carol.flush();
+  const bob = await as(1, 'bob', 'bob-secret');
+
+  // The tester's attack: bob (no KV right) asks carol's ordinary responder to answer into a KV key.
+  bob.publish('app.echo', 'x', { reply: '$KV.mybucket.injected' });
+  await bob.flush();
+  await waitFor('carol to get the request', () => seen.length === 1);
+  await carol.flush(); // the server has handled carol's reply once this PONG is back
+  await waitFor('carol to be told her reply was refused', () => carolErrors.some((e) => e.includes('$KV.mybucket.injected')));
+  // A later write through the same node is committed after anything carol's reply could have proposed.
+  await kv.put('marker', 'm');
+  t.equal(await kv.get('injected'), null, 'the KV key was not written');
+
+  for (const reply of ['$JS.API.STREAM.DELETE.KV_mybucket', '$UB.API.USER.LIST', '$SYS.REQ.SERVER.PING', '$SRV.PING']) {
+    bob.publish('app.echo', 'x', { reply });
+    await bob.flush();
+    await waitFor(`carol to get the request with reply ${reply}`, () => seen.includes(reply));
+    await carol.flush();
+    await waitFor(`refusal of ${reply}`, () => carolErrors.some((e) => e.includes(reply)));
+  }
+  t.ok(await new Kvm(jetstream(admin, { timeout: waitMs })).open('mybucket'), 'the bucket still exists');
+
+  // An ordinary request/reply through the response grant, into bob's private inbox, is answered.
+  const r = await bob.request('app.echo', 'hi', { timeout: waitMs });
+  t.equal(r.string(), 'pwned', 'allow_responses still answers a normal reply inbox');
+});
+
+// ---- finding 5: `_INBOX.>` leaked every reply on the node ------------------------------------------------
+
+t.test('5: admin CLI, admin API and KV replies never reach a `_INBOX.>` subscriber; ub_users carries no hash', async (t) => {
+  const eve = await as(0, 'eve', 'eve-secret');
+  const leaked: string[] = [];
+  eve.subscribe('_INBOX.>', { callback: (err, m) => { if (!err) leaked.push(`${m.subject} ${m.string()}`); } });
+  await eve.flush();
+
+  let r = await cli(0, 'role', 'add', 'reader', '--sub-allow', 'app.>');
+  t.equal(r.code, 0, r.err);
+  r = await cli(0, 'user', 'add', 'dave', '--password-file', join(dir, 'dave.pw'), '--role', 'reader');
+  t.equal(r.code, 0, r.err);
+  r = await cli(0, 'user', 'list', '--json');
+  t.equal(r.code, 0, r.err);
+  t.match(r.out, /"dave"/);
+  r = await cli(0, 'audit', 'list', '--json');
+  t.equal(r.code, 0, r.err);
+
+  // An admin request asking for its reply on the shared prefix is refused before it is acted on.
+  const admin = await as(0);
+  const id = readIdentity(join(dir, 'n1.seed'));
+  const signer = { publicKey: id.publicKey, sign: (d: Uint8Array) => id.sign(d) };
+  const shared = `_INBOX.${Math.random().toString(36).slice(2)}`;
+  const reply = new Promise<string>((resolve) => {
+    admin.subscribe(shared, { max: 1, callback: (_e, m) => resolve(m.string()) });
+  });
+  await admin.flush();
+  admin.publish('$UB.API.USER.LIST', signRequest('$UB.API.USER.LIST', {}, signer), { reply: shared });
+  const refusal = await reply;
+  t.match(refusal, /private reply inbox/, 'refused with what to do');
+  t.notMatch(refusal, /dave/, 'and nothing listed');
+
+  // The admin reads ub_users over KV: the record has its credential kind, never the scrypt hash.
+  const kv = await new Kvm(jetstream(admin, { timeout: waitMs })).open('ub_users');
+  const e = await kv.get('dave');
+  t.ok(e, 'the admin reads ub_users');
+  const value = unpack(e!.value) as Record<string, unknown>;
+  t.equal(value.name, 'dave');
+  t.equal(value.credential, 'password');
+  t.notOk('password' in value, 'no password hash in the KV value');
+  t.notMatch(Buffer.from(e!.value).toString('latin1'), /scrypt\$/, 'no scrypt hash anywhere in the bytes');
+  const watched: string[] = [];
+  const it = await kv.watch({ key: 'dave' });
+  for await (const w of it) {
+    watched.push(Buffer.from(w.value).toString('latin1'));
+    break;
+  }
+  t.notMatch(watched.join(), /scrypt\$/, 'a watch (consumer delivery) carries no hash either');
+
+  // A KV user's own reads go through its private inbox (bob: KV user would need KV rights; admin is enough here).
+  await admin.flush();
+  await eve.flush();
+  // (The refusal above went to the shared prefix the test itself chose; it carries nothing.)
+  t.same(leaked.filter((x) => !x.startsWith(shared)), [], 'eve (subscribe _INBOX.>) saw no reply: no user list, no audit, no KV value');
+
+  // Each user owns `_INBOX_<user>.>` and nobody else's.
+  const bob = await as(0, 'bob', 'bob-secret');
+  const bobErrors = errorsOf(bob);
+  bob.subscribe(`${userInboxPrefix('carol')}.>`);
+  await bob.flush();
+  await waitFor('the refusal of another user\'s inbox', () => bobErrors.some((x) => x.includes(userInboxPrefix('carol'))));
+  t.equal(userInboxPrefix('a.b'), '_INBOX_a~b', 'a dotted name cannot nest inside another user\'s inbox');
+});
+
+// ---- finding 3: WebSocket ignored TLS -------------------------------------------------------------------
+
+t.test('3: --ws-port with a TLS certificate serves wss:// only, and the URL says so', async (t) => {
+  const node = cluster.nodes[0]!;
+  t.match(node.urls.ws, /^wss:\/\/127\.0\.0\.1:\d+$/, 'the announced URL is wss://');
+  const port = Number(new URL(node.urls.ws!).port);
+  // A plain ws:// client (the tester's cleartext password login) does not get a NATS session.
+  const plain = await new Promise<string>((resolve) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+    ws.on('message', () => { ws.terminate(); resolve('spoke NATS in clear text'); });
+    ws.on('error', () => resolve('refused'));
+    ws.on('close', () => resolve('refused'));
+  });
+  t.equal(plain, 'refused', 'ws:// on the port is refused');
+  const ca = cluster.connectOptions.tls!.ca;
+  const wsFactory: WsSocketFactory = async (u) => ({ socket: new WebSocket(u, { ca }) as never, encrypted: true });
+  const w = await wsconnect({ servers: `wss://127.0.0.1:${port}`, wsFactory, user: 'bob', pass: 'bob-secret', inboxPrefix: userInboxPrefix('bob'), reconnect: false });
+  t.teardown(() => w.close());
+  const got = new Promise<string>((resolve) => w.subscribe('app.ws', { max: 1, callback: (_e, m) => resolve(m.string()) }));
+  await w.flush();
+  const bob = await as(0, 'bob', 'bob-secret');
+  bob.publish('app.ws', 'over wss');
+  t.equal(await got, 'over wss', 'a password user works over wss://');
+});
