@@ -10,7 +10,7 @@
 // and names a target is recorded in the audit bucket with its result.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand } from '../../store/index.js';
+import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand, NonceClaim } from '../../store/index.js';
 import { KvErrorCode } from '../../store/index.js';
 import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
 import { builtinAdminRole, hashPassword, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
@@ -20,7 +20,7 @@ import {
   auditKey, controlBuckets, credentialKind, decodeValue, encodeValue, nameProblem, roleListProblem, rolePermissionProblem, schemaVersion,
   validateAudit, validateNode, validateRole, validateUser, type AuditValue, type RoleRules, type RoleValue, type UserValue,
 } from './buckets.js';
-import { EnvelopeVerifier } from './envelope.js';
+import { EnvelopeVerifier, replayMessage } from './envelope.js';
 
 export const apiPrefix = '$UB.API.';
 
@@ -61,6 +61,12 @@ export interface AdminContext {
   /** Principal for audit: `internal:N…` or the admin user's name. */
   readonly who: string;
   readonly subject: string;
+  /**
+   * The request's nonce claim (envelope.ts). It goes into the first replicated command the request makes (the
+   * change itself, or its audit record), or into a claim of its own before the handler runs; `consumed` once
+   * the state machine has recorded it. A replay of the request is refused by that command on every node.
+   */
+  readonly replay?: { readonly claim: NonceClaim; consumed: boolean };
 }
 
 /** A handler gets the parsed JSON body; it returns the reply or throws AdminError. */
@@ -136,6 +142,12 @@ export class ControlApi {
   private readonly auditedReplies = new WeakSet<object>();
   private readonly handlers = new Map<string, AdminHandler>();
   private readonly verifier: EnvelopeVerifier;
+  /**
+   * Handlers whose every path after validation ends in a replicated command through audited() (the change with
+   * its audit record, or the audit record of a refusal): their request's nonce rides in that command, so a write
+   * costs no extra commit. Every other handler claims the nonce with a command of its own first.
+   */
+  private readonly claimsInChange = new Set(['USER.ADD', 'USER.UPDATE', 'USER.REMOVE', 'ROLE.ADD', 'ROLE.UPDATE', 'ROLE.REMOVE'].map((s) => `${apiPrefix}${s}`));
   private readonly backend: KvBackend;
   private readonly logger: Logger;
   private readonly now: () => number;
@@ -220,8 +232,12 @@ export class ControlApi {
       this.errors++;
       return { error: { code: 'bad_request', message: 'the request body must be a JSON object' } };
     }
+    const ctx: AdminContext = { who, subject, replay: { claim: v.claim, consumed: false } };
     try {
-      return await handler(body as Record<string, unknown>, { who, subject });
+      // Reads and the cluster handlers claim the nonce on their own first (a replayed read would hand its answer
+      // to whatever reply subject the replayer chose); the users/roles writes carry it in their change.
+      if (!this.claimsInChange.has(subject)) await this.claimNonce(ctx);
+      return await handler(body as Record<string, unknown>, ctx);
     } catch (err) {
       this.errors++;
       if (err instanceof AdminError) return { error: { code: err.code, message: err.message } };
@@ -267,8 +283,33 @@ export class ControlApi {
     return e !== undefined && e.op === 'PUT' ? e : undefined;
   }
 
+  /** Records the request's nonce as a command of its own; throws AdminError 'forbidden' on a replay. */
+  private async claimNonce(ctx: AdminContext): Promise<void> {
+    const replay = ctx.replay;
+    if (replay === undefined || replay.consumed) return;
+    const r = await this.backend.propose({ op: 'nonce', ts: this.now(), claim: replay.claim });
+    this.checkClaimResult(ctx, r);
+    if (!r.ok) throw new AdminError('unavailable', `the request could not be recorded: ${r.message} — retry`);
+  }
+
+  /** After a command that carried the claim: marks it consumed, or throws the replay refusal. */
+  private checkClaimResult(ctx: AdminContext, r: KvResult): void {
+    const replay = ctx.replay;
+    if (replay === undefined || replay.consumed) return;
+    if (r.ok) replay.consumed = true;
+    else if (r.code === KvErrorCode.nonceSeen || r.code === KvErrorCode.nonceExpired) {
+      replay.consumed = true; // nothing more to claim: the refusal itself is audited without it
+      throw new AdminError('forbidden', r.code === KvErrorCode.nonceSeen ? replayMessage : `the request is too old to be checked for replay (${r.message}); send a new request`);
+    }
+  }
+
+  /** The claim to put into the next command, if the request has not recorded it yet. */
+  private pendingClaim(ctx: AdminContext): { claim?: NonceClaim } {
+    return ctx.replay !== undefined && !ctx.replay.consumed ? { claim: ctx.replay.claim } : {};
+  }
+
   private async propose(cmd: KvCommand): Promise<KvResult> {
-    for (const bucket of cmd.op === 'txn' ? cmd.ops.map((o) => o.bucket) : [cmd.bucket]) {
+    for (const bucket of cmd.op === 'txn' ? cmd.ops.map((o) => o.bucket) : cmd.op === 'nonce' ? [] : [cmd.bucket]) {
       if (this.backend.reader.bucketInfo(bucket) === undefined) {
         throw new AdminError('unavailable', `control bucket ${bucket} does not exist yet (the cluster has not created its buckets; is there a leader?) — retry`);
       }
@@ -290,7 +331,9 @@ export class ControlApi {
    */
   private async proposeAudited(ctx: AdminContext, what: string, target: string, result: AdminResult, detail: Record<string, unknown> | undefined,
     write: KvWriteCommand, guards: readonly KvGuard[]): Promise<KvResult> {
-    return this.propose({ op: 'txn', ts: write.ts, guards, ops: [write, this.auditRecord(ctx, what, target, result, detail)] });
+    const r = await this.propose({ op: 'txn', ts: write.ts, guards, ops: [write, this.auditRecord(ctx, what, target, result, detail)], ...this.pendingClaim(ctx) });
+    this.checkClaimResult(ctx, r);
+    return r;
   }
 
   /** Marks a handler's reply whose audit record was written with the change (audited() skips it). */
@@ -299,13 +342,19 @@ export class ControlApi {
     return reply;
   }
 
+  /** Writes the audit record (with the request's claim when still pending); a replay refusal is thrown. */
   private async audit(ctx: AdminContext, what: string, target: string, result: string, detail?: Record<string, unknown>): Promise<void> {
+    let r: KvResult;
     try {
-      const r = await this.propose(this.auditRecord(ctx, what, target, result, detail));
-      if (!r.ok) this.logger.error({ what, target, code: r.code }, `audit record not written: ${r.message}`);
+      const record = this.auditRecord(ctx, what, target, result, detail);
+      const claim = this.pendingClaim(ctx);
+      r = await this.propose(claim.claim === undefined ? record : { op: 'txn', ts: record.ts, guards: [], ops: [record], ...claim });
     } catch (err) {
       this.logger.error({ err, what, target }, 'audit record not written');
+      return;
     }
+    this.checkClaimResult(ctx, r);
+    if (!r.ok) this.logger.error({ what, target, code: r.code }, `audit record not written: ${r.message}`);
   }
 
   /** Runs `fn` and records its outcome in the audit bucket (also for handlers registered from outside). */
@@ -317,7 +366,18 @@ export class ControlApi {
       this.logger.info({ what, target, who: ctx.who, result: r.result }, 'admin change');
       return r;
     } catch (err) {
-      if (err instanceof AdminError) await this.audit(ctx, what, target, `error:${err.code}`, detail);
+      if (err instanceof AdminError) {
+        try {
+          await this.audit(ctx, what, target, `error:${err.code}`, detail);
+        } catch (replay) {
+          // The failed request was itself a replay: that refusal is the answer (its audit record follows it).
+          if (replay instanceof AdminError) {
+            await this.audit(ctx, what, target, `error:${replay.code}`, detail);
+            throw replay;
+          }
+          throw replay;
+        }
+      }
       throw err;
     }
   }

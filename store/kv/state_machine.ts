@@ -9,7 +9,9 @@
 import { assert } from '../assert.js';
 import { copyBytes, isUint, pack, unpack } from '../codec.js';
 import { StoreError, StoreErrorCode } from '../errors.js';
-import { type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand } from './command.js';
+import {
+  type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand, type NonceClaim, nonceLimits, nonceRetentionMs,
+} from './command.js';
 
 export const KvErrorCode = {
   badCommand: 'EKV_BAD_COMMAND',
@@ -28,6 +30,12 @@ export const KvErrorCode = {
   keyNotFound: 'EKV_KEY_NOT_FOUND',
   /** A txn guard `field/equals` found another key holding that value. */
   valueTaken: 'EKV_VALUE_TAKEN',
+  /** The request nonce was claimed before (a replayed signed request). */
+  nonceSeen: 'EKV_NONCE_SEEN',
+  /** The claim's request is older than the nonce record reaches back (nonceRetentionMs). */
+  nonceExpired: 'EKV_NONCE_EXPIRED',
+  /** nonceLimits.claimsMax live claims: no room for another until older ones expire. */
+  noncesFull: 'EKV_NONCES_FULL',
 } as const;
 export type KvErrorCode = (typeof KvErrorCode)[keyof typeof KvErrorCode];
 
@@ -140,6 +148,7 @@ function fieldOf(value: Uint8Array, field: string): string | undefined {
 export type KvListener = (entry: KvEntry) => void;
 
 const SNAPSHOT_VERSION = 1;
+const SNAPSHOT_VERSION_NONCES = 2;
 const OPS: readonly KvOperation[] = ['PUT', 'DEL', 'PURGE'];
 
 export class KvStateMachine {
@@ -147,6 +156,12 @@ export class KvStateMachine {
   private readonly buckets = new Map<string, Bucket>();
   private applied = 0;
   private readonly listeners = new Set<KvListener>();
+  /** Claimed request nonces: id → the request's timestamp. Replicated state (snapshotted). */
+  private readonly nonces = new Map<string, number>();
+  /** Highest `ts` of any claim-bearing command applied: the nonce record's clock (never a local clock). */
+  private nonceClock = 0;
+  /** The smallest timestamp in `nonces` (derived; +Infinity when empty). */
+  private oldestClaim = Number.POSITIVE_INFINITY;
   /** bucket → field → value → keys: derived state for txn field guards (rebuilt on demand, never snapshotted). */
   private readonly fieldIndex = new Map<string, Map<string, Map<string, Set<string>>>>();
 
@@ -171,7 +186,13 @@ export class KvStateMachine {
 
   private run(index: number, cmd: KvCommand): KvResult {
     if (cmd.op === 'bucket.create') return this.createBucket(cmd.bucket, cmd.config, cmd.ts);
-    if (cmd.op === 'txn') return this.txn(index, cmd.guards, cmd.ops);
+    if (cmd.op === 'txn') return this.txn(index, cmd.guards, cmd.ops, cmd.claim === undefined ? undefined : { claim: cmd.claim, ts: cmd.ts });
+    if (cmd.op === 'nonce') {
+      const failed = this.checkClaim(cmd.claim, cmd.ts);
+      if (failed) return failed;
+      this.recordClaim(cmd.claim);
+      return { ok: true, kind: 'noop' };
+    }
     if (cmd.op === 'bucket.delete') {
       if (!this.buckets.delete(cmd.bucket)) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(cmd.bucket)} does not exist`);
       this.fieldIndex.delete(cmd.bucket);
@@ -181,7 +202,11 @@ export class KvStateMachine {
     return 'ok' in w ? w : { ok: true, kind: 'entry', entry: this.commitWrite(index, w) };
   }
 
-  private txn(index: number, guards: readonly KvGuard[], ops: readonly KvWriteCommand[]): KvResult {
+  private txn(index: number, guards: readonly KvGuard[], ops: readonly KvWriteCommand[], claimed?: { claim: NonceClaim; ts: number }): KvResult {
+    if (claimed !== undefined) {
+      const failed = this.checkClaim(claimed.claim, claimed.ts);
+      if (failed) return failed;
+    }
     for (const g of guards) {
       const failed = this.checkGuard(g);
       if (failed) return failed;
@@ -192,7 +217,47 @@ export class KvStateMachine {
       if ('ok' in w) return w;
       planned.push(w);
     }
+    // Recorded only when the txn applies: a txn refused by a guard (a wrong revision) is retried with the same
+    // request's nonce.
+    if (claimed !== undefined) this.recordClaim(claimed.claim);
     return { ok: true, kind: 'txn', entries: planned.map((w) => this.commitWrite(index, w)) };
+  }
+
+  /**
+   * May this request's nonce be claimed now? Advances the nonce clock to `ts` (the proposer's time in the
+   * command) and forgets claims that fell out of the retention window first; the answer depends only on the
+   * replicated state and the command, so every node gives the same one.
+   */
+  private checkClaim(claim: NonceClaim, ts: number): (KvResult & { ok: false }) | undefined {
+    if (ts > this.nonceClock) this.nonceClock = ts;
+    this.pruneClaims();
+    if (claim.at + nonceRetentionMs < this.nonceClock) {
+      return refuse(KvErrorCode.nonceExpired, `request ${claim.id} of ${claim.at} is older than the replay record (${nonceRetentionMs} ms before ${this.nonceClock})`);
+    }
+    if (this.nonces.has(claim.id)) return refuse(KvErrorCode.nonceSeen, `request ${claim.id} was already applied (replay)`);
+    if (this.nonces.size >= nonceLimits.claimsMax) return refuse(KvErrorCode.noncesFull, `${nonceLimits.claimsMax} signed requests within ${nonceRetentionMs} ms: retry later`);
+    return undefined;
+  }
+
+  private recordClaim(claim: NonceClaim): void {
+    this.nonces.set(claim.id, claim.at);
+    if (claim.at < this.oldestClaim) this.oldestClaim = claim.at;
+  }
+
+  /**
+   * Drops every claim whose request is older than the window (they would be refused as expired anyway). Exact, so
+   * the record is the same set on every node however it was built (applied live or restored from a snapshot);
+   * a sweep runs only when the oldest claim has expired.
+   */
+  private pruneClaims(): void {
+    const horizon = this.nonceClock - nonceRetentionMs;
+    if (this.nonces.size === 0 || this.oldestClaim >= horizon) return;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const [id, at] of this.nonces) {
+      if (at < horizon) this.nonces.delete(id);
+      else if (at < oldest) oldest = at;
+    }
+    this.oldestClaim = oldest;
   }
 
   private checkGuard(g: KvGuard): (KvResult & { ok: false }) | undefined {
@@ -381,7 +446,10 @@ export class KvStateMachine {
       const c = b.config;
       return [name, [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax], b.created, b.seq, keys];
     });
-    return pack([SNAPSHOT_VERSION, this.applied, buckets]);
+    if (this.nonces.size === 0 && this.nonceClock === 0) return pack([SNAPSHOT_VERSION, this.applied, buckets]);
+    // Version 2 adds the nonce record; a state without one keeps writing version 1, byte for byte as before.
+    const claims = [...this.nonces.entries()].sort((a, z) => (a[0] < z[0] ? -1 : a[0] > z[0] ? 1 : 0));
+    return pack([SNAPSHOT_VERSION_NONCES, this.applied, buckets, [this.nonceClock, claims]]);
   }
 
   /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
@@ -395,7 +463,20 @@ export class KvStateMachine {
     } catch (err) {
       return bad(String(err));
     }
-    if (!Array.isArray(v) || v.length !== 3 || v[0] !== SNAPSHOT_VERSION || !isUint(v[1]) || !Array.isArray(v[2])) return bad('header');
+    const v1 = Array.isArray(v) && v.length === 3 && v[0] === SNAPSHOT_VERSION;
+    const v2 = Array.isArray(v) && v.length === 4 && v[0] === SNAPSHOT_VERSION_NONCES;
+    if (!Array.isArray(v) || (!v1 && !v2) || !isUint(v[1]) || !Array.isArray(v[2])) return bad('header');
+    const nonces = new Map<string, number>();
+    let nonceClock = 0;
+    if (v2) {
+      const rec = v[3] as unknown;
+      if (!Array.isArray(rec) || rec.length !== 2 || !isUint(rec[0]) || !Array.isArray(rec[1])) return bad('nonce record');
+      nonceClock = rec[0];
+      for (const c of rec[1] as unknown[]) {
+        if (!Array.isArray(c) || c.length !== 2 || typeof c[0] !== 'string' || !isUint(c[1])) return bad('nonce claim');
+        nonces.set(c[0], c[1]);
+      }
+    }
     const buckets = new Map<string, Bucket>();
     for (const raw of v[2] as unknown[]) {
       if (!Array.isArray(raw) || raw.length !== 5) return bad('bucket');
@@ -421,6 +502,10 @@ export class KvStateMachine {
     this.buckets.clear();
     this.fieldIndex.clear();
     for (const [k, b] of buckets) this.buckets.set(k, b);
+    this.nonces.clear();
+    this.oldestClaim = Number.POSITIVE_INFINITY;
+    for (const [id, at] of nonces) this.recordClaim({ id, at });
+    this.nonceClock = nonceClock;
     this.applied = v[1];
   }
 }

@@ -202,14 +202,14 @@ t.test('admin API: only signed admin principals; concurrent adds create once', a
   t.match(await api.request('$UB.API.USER.LIST', signed), { error: { code: 'forbidden', message: /replay/ } }, 'a replayed request is refused');
   r = await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.LIST', { name: 'x' }, { publicKey: identity.publicKey, sign: identity.sign }));
   t.match(r, { error: { code: 'forbidden', message: /signature does not verify/ } }, 'a signature for another subject does not verify');
-  // Envelope nonces: a changed nonce breaks the signature; an envelope without one (older CLIs) still verifies.
+  // Envelope nonces: a changed nonce breaks the signature; an envelope without one (older CLIs) is refused.
   const env = JSON.parse(new TextDecoder().decode(signRequest('$UB.API.USER.LIST', {}, identity))) as { auth: Record<string, unknown>; body: string };
   const swapped = { ...env, auth: { ...env.auth, nonce: 'AAAAAAAAAAAAAAAAAAAAAA' } };
   t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify(swapped))), { error: { code: 'forbidden', message: /signature does not verify/ } }, 'a swapped nonce does not verify');
   t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify({ ...env, auth: { ...env.auth, nonce: 'x y' } }))), { error: { code: 'bad_request', message: /nonce/ } });
   const legacyTs = Date.now();
   const legacySig = Buffer.from(identity.sign(enc.encode(`$UB.API.USER.LIST\n${legacyTs}\n{}`))).toString('base64url');
-  t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify({ auth: { key: identity.publicKey, ts: legacyTs, sig: legacySig }, body: '{}' }))), { users: [{ name: 'alice' }] }, 'an envelope without a nonce (older CLI) verifies');
+  t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify({ auth: { key: identity.publicKey, ts: legacyTs, sig: legacySig }, body: '{}' }))), { error: { code: 'bad_request', message: /no auth\.nonce.*upgrade/ } }, 'an envelope without a nonce (older CLI) is refused: it could be replayed on another node');
 
   const me = { publicKey: identity.publicKey, sign: identity.sign };
   const nk = createKeyPair('user').publicKey;

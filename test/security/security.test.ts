@@ -14,6 +14,7 @@ import { startCluster, userInboxPrefix, type LocalClusterHandle } from '../../sr
 import { main, memoryOutput } from '../../src/cli/index.js';
 import { signRequest } from '../../src/control/index.js';
 import { readIdentity } from '../../src/auth/index.js';
+import { encodeKvCommand, KvErrorCode, KvStateMachine, nonceRetentionMs, type KvCommand } from '../../store/index.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -212,4 +213,92 @@ t.test('3: --ws-port with a TLS certificate serves wss:// only, and the URL says
   const bob = await as(0, 'bob', 'bob-secret');
   bob.publish('app.ws', 'over wss');
   t.equal(await got, 'over wss', 'a password user works over wss://');
+});
+
+// ---- finding 2: admin envelopes could be replayed ----------------------------------------------------------
+
+t.test('2: a signed admin request is accepted once cluster-wide; non-canonical signatures are refused', async (t) => {
+  const id = readIdentity(join(dir, 'n1.seed'));
+  const signer = { publicKey: id.publicKey, sign: (d: Uint8Array) => id.sign(d) };
+  writeFileSync(join(dir, 'frank.pw'), 'frank-password-1\n', { mode: 0o600 });
+  let r = await cli(0, 'user', 'add', 'frank', '--password-file', join(dir, 'frank.pw'));
+  t.equal(r.code, 0, r.err);
+  const n1 = await as(0);
+  const n2 = await as(1);
+  const ask = async (nc: NatsConnection, subject: string, payload: Uint8Array): Promise<Record<string, unknown>> =>
+    JSON.parse(dec.decode((await nc.request(subject, payload, { timeout: waitMs })).data)) as Record<string, unknown>;
+
+  // The tester's capture: `user update frank --disable` on n1 ...
+  const captured = signRequest('$UB.API.USER.UPDATE', { name: 'frank', disabled: true }, signer);
+  t.match(await ask(n1, '$UB.API.USER.UPDATE', captured), { result: 'updated' });
+  r = await cli(0, 'user', 'update', 'frank', '--enable');
+  t.equal(r.code, 0, r.err);
+  // ... replayed verbatim on n2 (and on n3, and on n1 again): refused everywhere, nothing changed.
+  t.match(await ask(n2, '$UB.API.USER.UPDATE', captured), { error: { code: 'forbidden', message: /replay/ } }, 'replay on another node refused');
+  const n3 = await as(2);
+  t.match(await ask(n3, '$UB.API.USER.UPDATE', captured), { error: { code: 'forbidden', message: /replay/ } }, 'and on a third');
+  t.match(await ask(n1, '$UB.API.USER.UPDATE', captured), { error: { code: 'forbidden', message: /replay/ } }, 'and on the first');
+  r = await cli(1, 'user', 'show', 'frank', '--json');
+  t.match(JSON.parse(r.out), { user: { disabled: false } }, 'frank is still enabled');
+  r = await cli(2, 'audit', 'list', '--json');
+  const audit = (JSON.parse(r.out) as { audit: { what: string; target: string; result: string }[] }).audit.filter((a) => a.target === 'frank' && a.what === 'user.update');
+  // n2's and n3's refusals come from the replicated record and are audited as refusals; n1 refuses from its own
+  // memory of the nonce before the request reaches a handler (logged, not audited).
+  t.same(audit.map((a) => a.result), ['updated', 'updated', 'error:forbidden', 'error:forbidden'], 'the replays are audited as refusals, not as changes');
+
+  // A read replayed elsewhere would hand its answer to the replayer's reply subject: refused too.
+  const list = signRequest('$UB.API.USER.LIST', {}, signer);
+  t.match(await ask(n2, '$UB.API.USER.LIST', list), { users: [] });
+  t.match(await ask(n3, '$UB.API.USER.LIST', list), { error: { code: 'forbidden', message: /replay/ } });
+
+  // Same node, the signature's spare low bits flipped: the same signature spelled differently is refused.
+  const env = JSON.parse(dec.decode(signRequest('$UB.API.USER.LIST', {}, signer))) as { auth: { sig: string } & Record<string, unknown>; body: string };
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const last = env.auth.sig.slice(-1);
+  const flipped = env.auth.sig.slice(0, -1) + alphabet[alphabet.indexOf(last) ^ 1]!;
+  t.same(Buffer.from(flipped, 'base64url'), Buffer.from(env.auth.sig, 'base64url'), 'the flipped spelling decodes to the same signature bytes');
+  const respelled = enc.encode(JSON.stringify({ ...env, auth: { ...env.auth, sig: flipped } }));
+  t.match(await ask(n1, '$UB.API.USER.LIST', enc.encode(JSON.stringify(env))), { users: [] });
+  t.match(await ask(n1, '$UB.API.USER.LIST', respelled), { error: { code: 'forbidden', message: /canonical/ } }, 'non-canonical base64 refused');
+});
+
+t.test('2: the replicated nonce record is deterministic, snapshotted, bounded in time', async (t) => {
+  const a = new KvStateMachine();
+  const b = new KvStateMachine();
+  let index = 0;
+  const apply = (cmd: KvCommand) => {
+    index++;
+    const r = a.apply(index, encodeKvCommand(cmd));
+    t.same(b.apply(index, encodeKvCommand(cmd)), r, `replicas agree on entry ${index}`);
+    return r;
+  };
+  const t0 = 1_800_000_000_000;
+  t.match(apply({ op: 'bucket.create', bucket: 'ub_users', config: {}, ts: t0 }), { ok: true });
+  t.match(apply({ op: 'nonce', ts: t0, claim: { id: 'N1:abc', at: t0 } }), { ok: true });
+  t.match(apply({ op: 'nonce', ts: t0 + 5, claim: { id: 'N1:abc', at: t0 } }), { ok: false, code: KvErrorCode.nonceSeen });
+  // A txn refused by its guard does not record its claim (the handler retries with the same nonce) ...
+  const put = { op: 'put' as const, bucket: 'ub_users', key: 'k', value: new Uint8Array([1]), ts: t0 };
+  t.match(apply({ op: 'txn', ts: t0, guards: [{ bucket: 'ub_users', key: 'k', revision: 99 }], ops: [put], claim: { id: 'N1:def', at: t0 } }), { ok: false, code: KvErrorCode.wrongRevision });
+  t.match(apply({ op: 'txn', ts: t0, guards: [], ops: [put], claim: { id: 'N1:def', at: t0 } }), { ok: true, kind: 'txn' });
+  // ... and a replayed txn writes nothing.
+  t.match(apply({ op: 'txn', ts: t0, guards: [], ops: [put], claim: { id: 'N1:def', at: t0 } }), { ok: false, code: KvErrorCode.nonceSeen });
+  t.equal(a.history('ub_users', 'k').length, 1);
+  // The snapshot carries the record: a node restored from it refuses the same replays.
+  const image = a.snapshot();
+  t.same(Buffer.from(image), Buffer.from(b.snapshot()), 'byte-identical snapshots');
+  const c = new KvStateMachine();
+  c.restore(image);
+  t.same(Buffer.from(c.snapshot()), Buffer.from(image), 'restore(snapshot) keeps the bytes');
+  t.match(c.apply(index + 1, encodeKvCommand({ op: 'nonce', ts: t0, claim: { id: 'N1:abc', at: t0 } })), { ok: false, code: KvErrorCode.nonceSeen });
+  // Past the retention window the claim is forgotten, and a request that old is refused outright.
+  const later = t0 + nonceRetentionMs + 1;
+  t.match(apply({ op: 'nonce', ts: later, claim: { id: 'N1:new', at: later } }), { ok: true });
+  t.match(apply({ op: 'nonce', ts: later, claim: { id: 'N1:abc', at: t0 } }), { ok: false, code: KvErrorCode.nonceExpired });
+  t.same(Buffer.from(a.snapshot()), Buffer.from(b.snapshot()));
+  // A state that never saw a claim still writes the version-1 snapshot, byte for byte.
+  const plain = new KvStateMachine();
+  plain.apply(1, encodeKvCommand({ op: 'bucket.create', bucket: 'x', config: {}, ts: t0 }));
+  t.equal((unpack(plain.snapshot()) as unknown[])[0], 1);
+  // Malformed claims are refused as bad commands on every node alike.
+  t.match(a.apply(++index, encodeKvCommand({ op: 'nonce', ts: t0, claim: { id: '', at: t0 } } as KvCommand)), { ok: false, code: KvErrorCode.badCommand });
 });
