@@ -78,6 +78,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     serverName: config.serverName,
     ...(config.tls ? { tls: { cert: config.tls.cert, key: config.tls.key } } : {}),
     ...(config.wsPort !== undefined ? { wsPort: config.wsPort } : {}),
+    ...(config.maxSubscriptions !== undefined ? { limits: { maxSubscriptions: config.maxSubscriptions } } : {}),
     ...(auth !== undefined ? { auth } : {}),
     // The KV API (src/kv) is attached exactly when the node has the Raft-backed store (below).
     ...(wantsCluster(config) ? { jetstream: true } : {}),

@@ -27,7 +27,7 @@ export interface NatsLimits {
   maxControlLineBytes: number;    // default 4096
   maxPendingBytes: number;        // default 64 MiB: over it, a slow consumer is closed
   maxConnections: number;         // default 65536
-  maxSubscriptions: number;       // default 0 = unlimited
+  maxSubscriptions: number;       // default 10000 per connection; 0 = unlimited
   pingIntervalMs: number;         // default 120000
   pingMax: number;                // default 2
   authTimeoutMs: number;          // default 2000

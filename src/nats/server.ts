@@ -23,7 +23,10 @@ export const defaultLimits: NatsLimits = {
   maxControlLineBytes: 4096,
   maxPendingBytes: 64 * 1024 * 1024,
   maxConnections: 65536,
-  maxSubscriptions: 0,
+  // nats-server's default is unlimited; 100k SUBs cost a connection ~110 MiB here, so one client could exhaust
+  // the node. 10 000 is far above what a client library uses (nats.js: one SUB for all requests, one per
+  // subscription or KV watch) and bounds a connection's subscriptions to ~11 MiB. --max-subscriptions changes it.
+  maxSubscriptions: 10_000,
   pingIntervalMs: 120_000,
   pingMax: 2,
   authTimeoutMs: 2000,

@@ -5,7 +5,7 @@ import t from 'tap';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { connect, type NatsConnection, type Status } from '@nats-io/transport-node';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { AckPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { wsconnect, type WsSocketFactory } from '@nats-io/nats-core';
 import { WebSocket } from 'ws';
@@ -29,6 +29,7 @@ const roles = {
   responder: { publish: ['svc.status'], subscribe: ['app.echo'], allow_responses: true },
   // The README's old example role: every reply on the node under the shared `_INBOX.` reaches this user.
   snoop: { publish: ['snoop.x'], subscribe: ['_INBOX.>'] },
+  kvapp: { publish: ['$JS.API.>', '$KV.appdata.>', '$JS.FC.>'], subscribe: [] },
 };
 
 t.before(async () => {
@@ -40,6 +41,7 @@ t.before(async () => {
         { name: 'bob', password: 'bob-secret', roles: ['app'] },
         { name: 'carol', password: 'carol-secret', roles: ['responder'] },
         { name: 'eve', password: 'eve-secret', roles: ['snoop'] },
+        { name: 'kim', password: 'kim-secret', roles: ['kvapp'] },
       ],
       roles,
     },
@@ -301,4 +303,41 @@ t.test('2: the replicated nonce record is deterministic, snapshotted, bounded in
   t.equal((unpack(plain.snapshot()) as unknown[])[0], 1);
   // Malformed claims are refused as bad commands on every node alike.
   t.match(a.apply(++index, encodeKvCommand({ op: 'nonce', ts: t0, claim: { id: '', at: t0 } } as KvCommand)), { ok: false, code: KvErrorCode.badCommand });
+});
+
+// ---- finding 6: the lower-severity ones ------------------------------------------------------------------
+
+t.test('6: max_subscriptions per connection, with nats-server\'s error text', async (t) => {
+  const bob = await as(2, 'bob', 'bob-secret');
+  const errors = errorsOf(bob);
+  for (let i = 0; i < 10_001; i++) bob.subscribe(`app.s.${i}`);
+  await bob.flush();
+  await waitFor('the refusal of subscription 10 001', () => errors.some((e) => /maximum subscriptions exceeded/i.test(e)));
+  t.notOk(bob.isClosed(), 'the connection stays open, as with nats-server');
+  t.pass('the 10 001st subscription is refused');
+});
+
+t.test('6: a KV consumer delivers only where its creator may publish; $JS.API.INFO counts only visible buckets', async (t) => {
+  const admin = await as(1);
+  await new Kvm(jetstream(admin, { timeout: waitMs })).create('appdata');
+  const kim = await as(1, 'kim', 'kim-secret');
+  const kv = await new Kvm(jetstream(kim, { timeout: waitMs })).open('appdata');
+  await kv.put('k1', 'v1');
+  const keys: string[] = [];
+  for await (const k of await kv.keys()) keys.push(k);
+  t.same(keys, ['k1'], 'a KV watch through the user\'s private inbox works');
+  const jsm = await jetstreamManager(kim, { timeout: waitMs });
+  await t.rejects(jsm.consumers.add('KV_appdata', { deliver_subject: 'app.commands', ack_policy: AckPolicy.None }), /deliver subject app\.commands/,
+    'a deliver subject the creator may not publish to is refused');
+  await t.rejects(jsm.consumers.add('KV_appdata', { deliver_subject: `${userInboxPrefix('bob')}.stolen`, ack_policy: AckPolicy.None }), /deliver subject/,
+    'another user\'s inbox is refused');
+
+  const mine = await jsm.getAccountInfo();
+  const all = await (await jetstreamManager(admin, { timeout: waitMs })).getAccountInfo();
+  const names: string[] = [];
+  for await (const n of (await jetstreamManager(admin, { timeout: waitMs })).streams.names()) names.push(n);
+  const hidden = names.filter((n) => n.startsWith('KV_ub_')).length;
+  t.ok(hidden >= 6, 'the admin sees the control buckets');
+  t.equal(all.streams, names.length, 'the admin counts everything');
+  t.equal(mine.streams, names.length - hidden, 'kim counts only the buckets she can see');
 });
