@@ -3,6 +3,7 @@
 // enforce, mutual-TLS routes) — and shown closed. Every regression test here fails on the code before the fix.
 import t from 'tap';
 import { join } from 'node:path';
+import tls from 'node:tls';
 import { writeFileSync } from 'node:fs';
 import { connect, type NatsConnection, type Status } from '@nats-io/transport-node';
 import { AckPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -14,6 +15,8 @@ import { startCluster, userInboxPrefix, type LocalClusterHandle } from '../../sr
 import { main, memoryOutput } from '../../src/cli/index.js';
 import { signRequest } from '../../src/control/index.js';
 import { readIdentity } from '../../src/auth/index.js';
+import { createCertificateAuthority, issueCertificate } from '../../src/certs/index.js';
+import { captureLogger, makeFixtures, makeTransport } from '../transport/helpers.js';
 import { encodeKvCommand, KvErrorCode, KvStateMachine, nonceRetentionMs, type KvCommand } from '../../store/index.js';
 
 const enc = new TextEncoder();
@@ -340,4 +343,58 @@ t.test('6: a KV consumer delivers only where its creator may publish; $JS.API.IN
   t.ok(hidden >= 6, 'the admin sees the control buckets');
   t.equal(all.streams, names.length, 'the admin counts everything');
   t.equal(mine.streams, names.length - hidden, 'kim counts only the buckets she can see');
+});
+
+t.test('6: a route needs a node certificate (route role), refusals log the real address, a claimed name is not kept', async (t) => {
+  const fx = await makeFixtures(['a', 'b']);
+  const client = await issueCertificate(fx.ca, { commonName: 'app-client', usage: 'client' });
+  const { logger, lines } = captureLogger();
+  const a = makeTransport(fx, 'a', { logger });
+  await a.start();
+  t.teardown(() => a.close());
+  const { port } = a.address();
+  const dial = (pem: { cert: string; key: string }) => new Promise<string>((resolve) => {
+    const s = tls.connect({ host: '127.0.0.1', port, cert: pem.cert, key: pem.key, ca: fx.ca.cert, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+    let local = '';
+    s.on('connect', () => { local = `${s.localAddress}:${s.localPort}`; });
+    s.on('secureConnect', () => s.write('x'));
+    s.on('error', () => undefined);
+    s.on('close', () => resolve(local));
+  });
+
+  // A client certificate of the very same CA (what `membershipd certs client` issues to an application).
+  const from = await dial(client);
+  const refused = () => lines.filter((l) => l.msg === 'route refused');
+  await waitFor('the refusal of the client certificate', () => refused().length === 1);
+  t.match(refused()[0], { code: 'tls', reason: /lacks the route role/, address: from }, 'refused for its role, logged with its address');
+
+  // A certificate of another CA: the log names the address it came from, not "undefined:undefined".
+  const rogue = await dial(fx.foreign);
+  await waitFor('the refusal of the foreign certificate', () => refused().length === 2);
+  t.match(refused()[1], { reason: /not signed by the cluster CA/, address: rogue });
+
+  // The dialing side checks the listener's certificate the same way.
+  const ca2 = await createCertificateAuthority('role-ca');
+  const clientOnly = await issueCertificate(ca2, { commonName: 'c', usage: 'client' });
+  const node = await issueCertificate(ca2, { commonName: 'n' });
+  const { logger: logB, lines: linesB } = captureLogger();
+  const listener = makeTransport({ ...fx, ca: ca2, certs: { l: clientOnly } }, 'l');
+  await listener.start();
+  t.teardown(() => listener.close());
+  const dialer = makeTransport({ ...fx, ca: ca2, certs: { d: node } }, 'd', { logger: logB, routes: `127.0.0.1:${listener.address().port}` });
+  await dialer.start();
+  t.teardown(() => dialer.close());
+  await waitFor('the dialer to refuse the listener', () => linesB.some((l) => l.code === 'tls' && /route role/.test(String(l.reason))));
+  t.pass('a listener with a client certificate is refused by the dialer');
+
+  // A peer this node refuses (here: its own peer check says no) does not get its claimed name onto the route.
+  const { logger: logC, lines: linesC } = captureLogger();
+  const b = makeTransport(fx, 'b');
+  await b.start();
+  t.teardown(() => b.close());
+  const c = makeTransport(fx, 'a', { logger: logC, routes: `127.0.0.1:${b.address().port}`, verifyPeer: () => 'not a member of this cluster' });
+  await c.start();
+  t.teardown(() => c.close());
+  await waitFor('the peer check to refuse b', () => linesC.some((l) => /not a member/.test(String(l.reason))));
+  t.same(c.peers().map((p) => p.name), [undefined], 'the refused route shows no peer name');
 });
