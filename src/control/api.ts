@@ -13,7 +13,14 @@ import type { Logger } from 'pino';
 import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand, NonceClaim } from '../../store/index.js';
 import { KvErrorCode } from '../../store/index.js';
 import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
-import { builtinAdminRole, hashPassword, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
+import { builtinAdminRole, hashPassword, isPasswordHash, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
+
+/** A user's credential as an admin request gives it. */
+interface Credential {
+  readonly password?: string;
+  readonly passwordHash?: string;
+  readonly nkey?: string;
+}
 import type { KvBackend } from '../kv/backend.js';
 import { MembershipdError } from '../errors.js';
 import {
@@ -417,23 +424,42 @@ export class ControlApi {
     return name;
   }
 
-  private credentialOf(body: Record<string, unknown>, required: boolean): { password?: string; nkey?: string } | undefined {
+  /**
+   * The credential of a user add/update: `password_hash` (a scrypt hash: what the membershipd CLI sends, so the
+   * password itself never crosses the bus, where any `$UB.API.>` subscriber would read it), `password` (cleartext,
+   * still accepted from other API clients) or `nkey`.
+   */
+  private credentialOf(body: Record<string, unknown>, required: boolean): Credential | undefined {
     const password = str(body, 'password', false);
+    const passwordHash = str(body, 'password_hash', false);
     const nkey = str(body, 'nkey', false);
-    if (password !== undefined && nkey !== undefined) throw new AdminError('bad_request', 'give either a password or an nkey, not both');
-    if (password === undefined && nkey === undefined) {
+    if ([password, passwordHash, nkey].filter((x) => x !== undefined).length > 1) throw new AdminError('bad_request', 'give one credential: a password, a password hash or an nkey');
+    if (password === undefined && passwordHash === undefined && nkey === undefined) {
       if (required) throw new AdminError('bad_request', 'a credential is required: --password-stdin, --password-file or --nkey');
       return undefined;
     }
     if (password !== undefined && (password.length === 0 || password.length > 1024)) throw new AdminError('bad_request', 'a password has 1..1024 characters');
+    if (passwordHash !== undefined && !isPasswordHash(passwordHash)) {
+      throw new AdminError('bad_request', 'password_hash is not a scrypt hash (scrypt$N$r$p$salt$hash)');
+    }
     if (nkey !== undefined && !isValidPublicKey(nkey, ['user'])) throw new AdminError('bad_request', `nkey ${JSON.stringify(nkey.slice(0, 60))} is not an NKey user public key (56 characters starting with U)`);
-    return password !== undefined ? { password } : { nkey: nkey! };
+    return password !== undefined ? { password } : passwordHash !== undefined ? { passwordHash } : { nkey: nkey! };
   }
 
-  /** Does the stored user have exactly this credential? (password: scrypt verify against the stored hash) */
-  private async sameCredential(u: UserValue, c: { password?: string; nkey?: string }): Promise<boolean> {
+  /**
+   * Does the stored user have exactly this credential? A cleartext password is verified against the stored hash;
+   * a hash equals the stored one only when made with the stored salt (USER.SALT hands it to the CLI for that).
+   */
+  private async sameCredential(u: UserValue, c: Credential): Promise<boolean> {
     if (c.nkey !== undefined) return u.nkey === c.nkey;
+    if (c.passwordHash !== undefined) return u.password === c.passwordHash;
     return u.password !== undefined && (await verifyPassword(c.password!, u.password));
+  }
+
+  /** The stored form of a new credential. */
+  private async storedCredential(c: Credential): Promise<{ password: string } | { nkey: string }> {
+    if (c.nkey !== undefined) return { nkey: c.nkey };
+    return { password: c.passwordHash ?? (await hashPassword(c.password!, this.options.scrypt)) };
   }
 
   /** What must hold when a user record applies: its roles exist, its nkey is nobody else's. */
@@ -455,6 +481,7 @@ export class ControlApi {
       const name = this.userName(body);
       const roles = strList(body, 'roles') ?? [];
       const detail = { roles, credential: body.nkey !== undefined ? 'nkey' : 'password' };
+      // (`password_hash` is recorded as 'password': the audit names the kind of credential, never its value.)
       return this.audited(ctx, 'user.add', name, async () => {
         const cred = this.credentialOf(body, true)!;
         const problem = roleListProblem(roles);
@@ -474,7 +501,7 @@ export class ControlApi {
         const ts = this.now();
         const value: UserValue = {
           v: schemaVersion, name,
-          ...(cred.password !== undefined ? { password: await hashPassword(cred.password, this.options.scrypt) } : { nkey: cred.nkey! }),
+          ...(await this.storedCredential(cred)),
           roles: [...new Set(roles)], disabled: false, created: ts, updated: ts, by: ctx.who,
         };
         validateUser(value);
@@ -492,11 +519,23 @@ export class ControlApi {
       }, detail);
     });
 
+    // The salt and scrypt parameters of a user's stored password (not secret: a salt only makes each hash unique),
+    // so that the CLI hashes a password the way the stored one was and `user add` of the same spec stays
+    // `unchanged` without the password ever leaving the CLI. `{}` when the user has no password.
+    this.register('USER', 'SALT', async (body) => {
+      const name = this.userName(body);
+      await this.backend.readBarrier();
+      const cur = this.user(name);
+      const stored = cur?.value.password;
+      if (stored === undefined) return {};
+      return { salt: stored.slice(0, stored.lastIndexOf('$')) };
+    });
+
     this.register('USER', 'UPDATE', async (body, ctx) => {
       const name = this.userName(body);
       const roles = strList(body, 'roles');
       const disabled = bool(body, 'disabled');
-      const detail = { ...(roles !== undefined ? { roles } : {}), ...(disabled !== undefined ? { disabled } : {}), ...(body.password !== undefined ? { credential: 'password' } : body.nkey !== undefined ? { credential: 'nkey' } : {}) };
+      const detail = { ...(roles !== undefined ? { roles } : {}), ...(disabled !== undefined ? { disabled } : {}), ...(body.password !== undefined || body.password_hash !== undefined ? { credential: 'password' } : body.nkey !== undefined ? { credential: 'nkey' } : {}) };
       return this.audited(ctx, 'user.update', name, async () => {
         const cred = this.credentialOf(body, false);
         if (cred === undefined && roles === undefined && disabled === undefined) {
@@ -516,7 +555,7 @@ export class ControlApi {
           const { password: _p, nkey: _n, token: _t, ...rest } = u;
           const credPart = sameCred
             ? (u.password !== undefined ? { password: u.password } : u.nkey !== undefined ? { nkey: u.nkey } : { token: u.token! })
-            : cred!.password !== undefined ? { password: await hashPassword(cred!.password, this.options.scrypt) } : { nkey: cred!.nkey! };
+            : await this.storedCredential(cred!);
           const value: UserValue = { ...rest, ...credPart, roles: nextRoles, disabled: nextDisabled, updated: ts, by: ctx.who };
           validateUser(value);
           const guards = this.userGuards(value, name);

@@ -398,3 +398,28 @@ t.test('6: a route needs a node certificate (route role), refusals log the real 
   await waitFor('the peer check to refuse b', () => linesC.some((l) => /not a member/.test(String(l.reason))));
   t.same(c.peers().map((p) => p.name), [undefined], 'the refused route shows no peer name');
 });
+
+t.test('6: the CLI sends a scrypt hash, never the password; the same spec stays unchanged', async (t) => {
+  const admin = await as(2);
+  const requests: string[] = [];
+  admin.subscribe('$UB.API.USER.>', { callback: (err, m) => { if (!err) requests.push(m.string()); } });
+  await admin.flush();
+  writeFileSync(join(dir, 'gina.pw'), 'gina-password-1\n', { mode: 0o600 });
+  let r = await cli(2, 'user', 'add', 'gina', '--password-file', join(dir, 'gina.pw'));
+  t.equal(r.code, 0, r.err);
+  t.match(r.out, /created/);
+  r = await cli(1, 'user', 'add', 'gina', '--password-file', join(dir, 'gina.pw'));
+  t.equal(r.code, 0, r.err);
+  t.match(r.out, /unchanged/, 'the same password again is unchanged (hashed with the stored salt)');
+  writeFileSync(join(dir, 'gina.pw'), 'another-password\n', { mode: 0o600 });
+  r = await cli(2, 'user', 'add', 'gina', '--password-file', join(dir, 'gina.pw'));
+  t.equal(r.code, 3, 'a different password is a conflict');
+  r = await cli(2, 'user', 'update', 'gina', '--password-file', join(dir, 'gina.pw'));
+  t.equal(r.code, 0, r.err);
+  t.match(r.out, /updated/);
+  await admin.flush();
+  await waitFor('the CLI requests to be seen', () => requests.filter((x) => x.includes('gina')).length >= 4);
+  const all = requests.join('\n');
+  t.notMatch(all, /gina-password-1|another-password/, 'no request carried a cleartext password');
+  t.match(all, /password_hash/, 'they carried scrypt hashes');
+});
