@@ -155,6 +155,13 @@ export class ControlApi {
    * costs no extra commit. Every other handler claims the nonce with a command of its own first.
    */
   private readonly claimsInChange = new Set(['USER.ADD', 'USER.UPDATE', 'USER.REMOVE', 'ROLE.ADD', 'ROLE.UPDATE', 'ROLE.REMOVE'].map((s) => `${apiPrefix}${s}`));
+  /**
+   * Reads are not claimed through the log: `cluster status` and `--stale` reads must answer on a node cut off from
+   * the quorum, which is when an operator needs them. A read is still refused twice on the node that saw it
+   * (EnvelopeVerifier), and its answer goes to the reply subject of whoever sent it, which must be a private inbox
+   * (isSharedInbox); a replay on another node changes nothing (SECURITY.md).
+   */
+  private readonly reads = new Set(['USER.LIST', 'USER.SHOW', 'USER.SALT', 'ROLE.LIST', 'ROLE.SHOW', 'AUDIT.LIST', 'CLUSTER.STATUS'].map((s) => `${apiPrefix}${s}`));
   private readonly backend: KvBackend;
   private readonly logger: Logger;
   private readonly now: () => number;
@@ -241,9 +248,9 @@ export class ControlApi {
     }
     const ctx: AdminContext = { who, subject, replay: { claim: v.claim, consumed: false } };
     try {
-      // Reads and the cluster handlers claim the nonce on their own first (a replayed read would hand its answer
-      // to whatever reply subject the replayer chose); the users/roles writes carry it in their change.
-      if (!this.claimsInChange.has(subject)) await this.claimNonce(ctx);
+      // The users/roles writes carry the nonce in their change; any other change (cluster.*, handlers registered
+      // from outside) claims it with a command of its own first; reads do not (see `reads`).
+      if (!this.claimsInChange.has(subject) && !this.reads.has(subject)) await this.claimNonce(ctx);
       return await handler(body as Record<string, unknown>, ctx);
     } catch (err) {
       this.errors++;

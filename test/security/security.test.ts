@@ -251,10 +251,11 @@ t.test('2: a signed admin request is accepted once cluster-wide; non-canonical s
   // memory of the nonce before the request reaches a handler (logged, not audited).
   t.same(audit.map((a) => a.result), ['updated', 'updated', 'error:forbidden', 'error:forbidden'], 'the replays are audited as refusals, not as changes');
 
-  // A read replayed elsewhere would hand its answer to the replayer's reply subject: refused too.
-  const list = signRequest('$UB.API.USER.LIST', {}, signer);
-  t.match(await ask(n2, '$UB.API.USER.LIST', list), { users: [] });
-  t.match(await ask(n3, '$UB.API.USER.LIST', list), { error: { code: 'forbidden', message: /replay/ } });
+  // A change of another area (cluster.*) is claimed through the log before its handler runs.
+  const replicas = signRequest('$UB.API.CLUSTER.REPLICAS', { replicas: 3 }, signer);
+  const first = await ask(n1, '$UB.API.CLUSTER.REPLICAS', replicas);
+  t.notMatch(JSON.stringify(first), /replay/, 'the first kv-replicas request is not a replay');
+  t.match(await ask(n2, '$UB.API.CLUSTER.REPLICAS', replicas), { error: { code: 'forbidden', message: /replay/ } }, 'its replay on n2 is refused');
 
   // Same node, the signature's spare low bits flipped: the same signature spelled differently is refused.
   const env = JSON.parse(dec.decode(signRequest('$UB.API.USER.LIST', {}, signer))) as { auth: { sig: string } & Record<string, unknown>; body: string };
