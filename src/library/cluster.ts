@@ -78,7 +78,7 @@ export interface StartClusterOptions extends StartNodeOptions {
 /** Spread into @nats-io/transport-node's `connect({ servers: urls, ...connectOptions })`. */
 export interface ConnectOptions {
   readonly tls?: { readonly ca: string };
-  /** The connecting user's private reply prefix (`_INBOX_<user>`; SECURITY.md): replies never pass the shared `_INBOX.`. */
+  /** The admin's private reply prefix (random per handle; SECURITY.md): replies never pass the shared `_INBOX.`. */
   readonly inboxPrefix?: string;
   readonly user?: string;
   readonly pass?: string;
@@ -271,7 +271,9 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<L
     });
     const connectOptions: ConnectOptions = {
       ...(options.tls === false ? {} : { tls: { ca: prepared.ca.cert } }),
-      ...(prepared.adminPassword !== undefined ? { user: adminUser, pass: prepared.adminPassword, inboxPrefix: userInboxPrefix(adminUser) } : {}),
+      // The admin's replies go to a random prefix of this cluster handle (the admin may use any subject): nobody
+      // can guess it, not even a role granted the admin's per-user inbox.
+      ...(prepared.adminPassword !== undefined ? { user: adminUser, pass: prepared.adminPassword, inboxPrefix: `${userInboxPrefix(adminUser)}_${randomBytes(12).toString('hex')}` } : {}),
     };
     const healthyTimeoutMs = options.healthyTimeoutMs ?? 20_000;
     const handle: LocalClusterHandle = {

@@ -193,6 +193,7 @@ t.test('5: admin CLI, admin API and KV replies never reach a `_INBOX.>` subscrib
   await bob.flush();
   await waitFor('the refusal of another user\'s inbox', () => bobErrors.some((x) => x.includes(userInboxPrefix('carol'))));
   t.equal(userInboxPrefix('a.b'), '_INBOX_a~b', 'a dotted name cannot nest inside another user\'s inbox');
+  t.match(cluster.connectOptions.inboxPrefix, /^_INBOX_admin_[0-9a-f]{24}$/, 'the library\'s admin replies to a random private prefix');
 });
 
 // ---- finding 3: WebSocket ignored TLS -------------------------------------------------------------------
