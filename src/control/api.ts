@@ -14,13 +14,6 @@ import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand, NonceClaim 
 import { KvErrorCode } from '../../store/index.js';
 import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
 import { builtinAdminRole, hashPassword, isPasswordHash, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
-
-/** A user's credential as an admin request gives it. */
-interface Credential {
-  readonly password?: string;
-  readonly passwordHash?: string;
-  readonly nkey?: string;
-}
 import type { KvBackend } from '../kv/backend.js';
 import { MembershipdError } from '../errors.js';
 import {
@@ -28,6 +21,13 @@ import {
   validateAudit, validateNode, validateRole, validateUser, type AuditValue, type RoleRules, type RoleValue, type UserValue,
 } from './buckets.js';
 import { EnvelopeVerifier, replayMessage } from './envelope.js';
+
+/** A user's credential as an admin request gives it. */
+interface Credential {
+  readonly password?: string;
+  readonly passwordHash?: string;
+  readonly nkey?: string;
+}
 
 export const apiPrefix = '$UB.API.';
 
@@ -384,11 +384,9 @@ export class ControlApi {
         try {
           await this.audit(ctx, what, target, `error:${err.code}`, detail);
         } catch (replay) {
-          // The failed request was itself a replay: that refusal is the answer (its audit record follows it).
-          if (replay instanceof AdminError) {
-            await this.audit(ctx, what, target, `error:${replay.code}`, detail);
-            throw replay;
-          }
+          // The failed request was itself a replay (its claim was refused with the audit record): that refusal
+          // is the answer, audited in turn without the claim.
+          if (replay instanceof AdminError) await this.audit(ctx, what, target, `error:${replay.code}`, detail);
           throw replay;
         }
       }
