@@ -2,7 +2,7 @@
 // server, bus auth, Raft meta-group, control plane, KV API — started in this process on loopback, for test suites
 // and embedding, without a binary. See src/library.
 export {
-  startCluster, startNode, LibraryError, LibraryErrorCode,
+  startCluster, startNode, LibraryError, LibraryErrorCode, userInboxPrefix,
   type StartClusterOptions, type StartNodeOptions, type LibraryAuth, type LibraryUser, type LocalClusterHandle,
   type ConnectOptions, type LibraryNode,
 } from './library/index.js';

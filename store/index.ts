@@ -10,7 +10,7 @@ export { RaftStorage, type RaftStorageOptions, type RecoveryReport, type RangeEr
 export { Wal, type WalOptions, type WalSegmentInfo, type WalSyncMode } from './wal/wal.js';
 export { RecordDecoder, encodeRecords, type RecordInput, type DecodeFailure } from './wal/record.js';
 export type { TailRepair } from './wal/recovery.js';
-export { encodeKvCommand, decodeKvCommand, txnLimits, msgIdBytesMax, type KvCommand, type KvWriteCommand, type KvGuard, type BucketConfigInput, type WriteExtras } from './kv/command.js';
+export { encodeKvCommand, decodeKvCommand, nonceLimits, nonceRetentionMs, txnLimits, msgIdBytesMax, type KvCommand, type KvWriteCommand, type KvGuard, type BucketConfigInput, type NonceClaim, type WriteExtras } from './kv/command.js';
 export {
   KvStateMachine,
   KvErrorCode,

@@ -17,6 +17,23 @@ export interface RouteTlsOptions {
   readonly verifyHostname?: boolean;
 }
 
+/** OID of the serverAuth extended key usage. */
+const serverAuthOid = '1.3.6.1.5.5.7.3.1';
+
+/**
+ * The route role: a route certificate must carry the serverAuth extended key usage, which `membershipd certs
+ * node` sets (node certificates serve the client port and both ends of routes) and `membershipd certs client`
+ * does not. Without this rule any certificate of the cluster CA opened a route, a client certificate handed to an
+ * application included. Returns why `cert` lacks the role, or undefined.
+ */
+export function routeRoleProblem(cert: { readonly ext_key_usage?: readonly string[]; readonly subject?: { readonly CN?: string | readonly string[] } } | undefined): string | undefined {
+  if (cert === undefined || Object.keys(cert).length === 0) return 'no route certificate presented';
+  const eku = cert.ext_key_usage;
+  if (eku !== undefined && eku.includes(serverAuthOid)) return undefined;
+  const cn = cert.subject?.CN;
+  return `certificate ${cn === undefined ? '' : `CN=${String(cn)} `}lacks the route role (extended key usage serverAuth, as \`membershipd certs node\` issues): a client certificate cannot open a route`;
+}
+
 export function createRouteServer(options: RouteTlsOptions, handshakeTimeoutMs: number): tls.Server {
   return tls.createServer({
     cert: options.cert, key: options.key, ca: options.ca,
@@ -31,7 +48,12 @@ export function dialRoute(options: RouteTlsOptions, host: string, port: number):
     rejectUnauthorized: true, minVersion: 'TLSv1.3',
     // SNI must be a host name, never an IP literal (RFC 6066 §3).
     ...(isIP(host) === 0 ? { servername: host } : {}),
-    ...(options.verifyHostname === false ? { checkServerIdentity: () => undefined } : {}),
+    // The listener's certificate must carry the route role too (routeRoleProblem), checked with the host name.
+    checkServerIdentity: (hostname, cert) => {
+      const role = routeRoleProblem(cert);
+      if (role !== undefined) return Object.assign(new Error(role), { code: 'ERR_ROUTE_ROLE' });
+      return options.verifyHostname === false ? undefined : tls.checkServerIdentity(hostname, cert);
+    },
   });
 }
 
@@ -44,6 +66,8 @@ const tlsReasons: Array<[RegExp, string]> = [
   [/UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT|SELF_SIGNED|UNKNOWN_CA|CERT_SIGNATURE_FAILURE|BAD_CERTIFICATE|DECRYPT_ERROR/i,
     'certificate not signed by the cluster CA'],
   [/ERR_TLS_CERT_ALTNAME_INVALID/i, 'certificate does not name the dialed host'],
+  // OpenSSL's own purpose check refuses a listener certificate without serverAuth before checkServerIdentity runs.
+  [/ERR_ROUTE_ROLE|INVALID_PURPOSE/, 'certificate lacks the route role (extended key usage serverAuth)'],
   [/WRONG_VERSION_NUMBER|HTTP_REQUEST|PACKET_LENGTH_TOO_LONG|UNEXPECTED_MESSAGE|RECORD_LAYER/i,
     'not a TLS route client (plain bytes before the TLS handshake)'],
 ];
@@ -70,6 +94,9 @@ export function checkOwnCertificate(options: RouteTlsOptions, now = new Date()):
     const cert = new X509Certificate(options.cert);
     if (now > new Date(cert.validTo)) return `this node's route certificate (${cert.subject}) expired on ${cert.validTo}`;
     if (now < new Date(cert.validFrom)) return `this node's route certificate (${cert.subject}) is not valid before ${cert.validFrom}`;
+    if (!(cert.keyUsage ?? []).includes(serverAuthOid)) {
+      return `this node's route certificate (${cert.subject}) lacks the route role (extended key usage serverAuth): peers refuse it; issue it with \`membershipd certs node\``;
+    }
     const ca = new X509Certificate(options.ca);
     if (!cert.checkIssued(ca) || !cert.verify(ca.publicKey)) {
       return `this node's route certificate (${cert.subject}) is not signed by the cluster CA (${ca.subject})`;

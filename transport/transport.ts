@@ -1,6 +1,6 @@
 // The route transport: a TLS listener, a dialer per --routes entry, and the policy over links: one link
 // per peer (deterministic tie-break), self-route detection, redial with backoff, peer-up/-down events.
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Server, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { backoffDelayMs } from './backoff.js';
@@ -11,7 +11,7 @@ import type { RouteIdentity } from './identity.js';
 import { Link, type LinkClose, type LinkCounters } from './link.js';
 import { routeLimitsDefault, type RouteLimits } from './limits.js';
 import { parseRoutes, type RouteAddress } from './routes.js';
-import { checkOwnCertificate, createRouteServer, describeSocketError, dialRoute, type RouteTlsOptions } from './tls.js';
+import { checkOwnCertificate, createRouteServer, describeSocketError, dialRoute, routeRoleProblem, type RouteTlsOptions } from './tls.js';
 
 export interface RouteTransportOptions {
   readonly clusterName: string;
@@ -141,6 +141,9 @@ class Transport implements RouteTransport {
     if (this.#state !== 'new') throw new Error('route transport already started');
     const server = createRouteServer(this.#options.tls, this.#limits.handshakeTimeoutMs);
     this.#server = server;
+    // Reading the address on the raw TCP socket caches it there: a socket whose certificate failed verification is
+    // destroyed before 'tlsClientError', and the TLS socket then has no address left to log ("undefined:undefined").
+    server.on('connection', (raw: Socket) => void raw.remoteAddress);
     server.on('secureConnection', (socket: TLSSocket) => this.#accept(socket));
     server.on('tlsClientError', (error: Error, socket: TLSSocket) => {
       // Node destroys a socket whose certificate failed verification without an alert, so the error seen
@@ -148,8 +151,7 @@ class Transport implements RouteTransport {
       const verifyCode = (socket as TLSSocket & { authorizationError?: string }).authorizationError;
       const refusal = describeSocketError(verifyCode
         ? Object.assign(new Error(`peer certificate refused: ${verifyCode}`), { code: verifyCode }) : error);
-      this.#log.warn({ address: `${socket.remoteAddress}:${socket.remotePort}`, direction: 'inbound', ...refusal },
-        'route refused');
+      this.#log.warn({ address: peerAddress(socket), direction: 'inbound', ...refusal }, 'route refused');
       socket.destroy();
     });
     await new Promise<void>((resolve, reject) => {
@@ -234,6 +236,12 @@ class Transport implements RouteTransport {
       socket.destroy();
       return;
     }
+    const role = routeRoleProblem(socket.getPeerCertificate());
+    if (role !== undefined) {
+      this.#log.warn({ address: peerAddress(socket), direction: 'inbound', code: 'tls', reason: role }, 'route refused');
+      socket.destroy();
+      return;
+    }
     this.#track(new Link(socket, false, `${socket.remoteAddress}:${socket.remotePort}`, this.#config, this.#limits,
       this.#clock, this.#log, this.#linkEvents(undefined)));
   }
@@ -257,8 +265,13 @@ class Transport implements RouteTransport {
   #linkEvents(target: DialTarget | undefined) {
     return {
       authenticated: (link: Link, peer: HelloBody) => {
-        if (target) target.peerName = peer.name;
-        return this.#authorize(link, peer, target);
+        // The name a peer claims is believed only once the whole handshake passed (its key proven, this node's
+        // checks passed): a refused peer must not leave its claimed name on the route it came in by.
+        // (A link that lost the tie-break to an equally valid one is that very peer: its route keeps the name, so
+        // it redials when the winning link goes down.)
+        const refusal = this.#authorize(link, peer, target);
+        if (target && (refusal === undefined || refusal.code === 'duplicate')) target.peerName = peer.name;
+        return refusal;
       },
       up: (link: Link) => this.#onUp(link, target),
       frame: (link: Link, frame: RouteFrame) => this.#call('onFrame', () => this.#options.onFrame?.(link.peerName!, frame)),
@@ -372,3 +385,12 @@ class Transport implements RouteTransport {
 }
 
 export type { RefusalCode };
+
+/** `host:port` of a TLS socket's peer, also after the socket was destroyed (see the 'connection' listener). */
+function peerAddress(socket: TLSSocket): string {
+  const own = socket.remoteAddress;
+  if (own !== undefined) return `${own}:${socket.remotePort}`;
+  // Node keeps the wrapped TCP socket as `_parent`; its address was cached when the connection arrived.
+  const raw = (socket as TLSSocket & { _parent?: Socket })._parent;
+  return raw?.remoteAddress !== undefined ? `${raw.remoteAddress}:${raw.remotePort}` : 'unknown (closed before its address was read)';
+}

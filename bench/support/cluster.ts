@@ -125,6 +125,8 @@ export async function adminConnection(c: BenchCluster, i: number): Promise<Admin
   const nc = await connect({
     servers: `tls://127.0.0.1:${c.natsPorts[i]}`, authenticator: nkeyAuthenticator(new TextEncoder().encode(seed)),
     tls: { caFile: c.caFile }, reconnect: false, maxReconnectAttempts: 0, timeout: 10_000, name: 'bench-admin',
+    // A private reply prefix, as the CLI uses: the admin API refuses replies to the shared `_INBOX.`.
+    inboxPrefix: `_INBOX_bench_admin_${i}_${process.pid}`,
   });
   return { nc, signer: keyPairFromSeed(seed, ['server', 'user']) };
 }

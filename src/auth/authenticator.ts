@@ -9,7 +9,7 @@ import { allowAll, type AuthOutcome, type AuthRequest, type BusAuthenticator, ty
 import { FailureRateLimiter, tokenHashesEqual, tokenHashOf, type RateLimitOptions } from './credentials.js';
 import { addressKey, PasswordChecks, type CheckOutcome } from './password_checks.js';
 import { isValidPublicKey, verifyNonceSignature } from './nkeys.js';
-import { CompiledRole, denyAll, unionPermissions } from './permissions.js';
+import { CompiledRole, denyAll, unionPermissions, userInboxRole } from './permissions.js';
 import { builtinAdminRole, type PrincipalSource, type RoleRecord, type UserRecord } from './principal_source.js';
 
 export interface BusAuthenticatorOptions {
@@ -222,7 +222,10 @@ class Authenticator implements BusAuthenticator {
       else if (record === undefined) this.logger.warn({ user: user.name, role: name }, 'user refers to an unknown role; it grants nothing');
       else compiled.push(this.compiledRole(record));
     });
-    const perms: UserPerms = { key, admin, permissions: compiled.length === 0 ? denyAll : unionPermissions(compiled) };
+    // Every user owns its private reply inbox (permissions.ts userInboxPrefix), with or without roles: that is what
+    // lets roles stop granting the shared `_INBOX.>`, through which every reply on the node would pass.
+    compiled.push(userInboxRole(user.name));
+    const perms: UserPerms = { key, admin, permissions: unionPermissions(compiled) };
     this.userPerms.set(user.name, perms);
     return perms;
   }

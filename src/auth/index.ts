@@ -35,6 +35,8 @@ export {
   PermissionSpecError,
   reservedSubjectPatterns,
   unionPermissions,
+  userInboxPrefix,
+  isResponseGrantable,
   type PermissionSpec,
   type SubjectRules,
 } from './permissions.js';

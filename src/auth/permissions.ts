@@ -18,7 +18,11 @@
 // - Reserved subjects ($SYS.>, $UB.>, $JS.>, $KV.>) are denied unless granted explicitly: only allow patterns
 //   whose first token is literal (e.g. `$KV.b1.>`) can grant them, never `>` or `*.…`. A subscription whose
 //   first token is a wildcard and that could receive a reserved subject (`>`, `*.x`, …) is refused.
-// - allow_responses: true = 1 reply within 2 minutes (nats-server's defaults), or { max, expires }.
+// - allow_responses: true = 1 reply within 2 minutes (nats-server's defaults), or { max, expires }. ≠ nats-server:
+//   a response grant never reaches a reserved subject ($KV., $JS., $UB., $SYS., $SRV.). In nats-server a reply
+//   subject names any subject the requester chose, so an app user could make an ordinary responder write a KV key
+//   (`PUB app.echo $KV.b.k`) that neither of them may write; here answering such a reply needs an explicit publish
+//   grant of that subject (isResponseGrantable()).
 import { isValidSubject } from '../nats/subject.js';
 import { MembershipdError } from '../errors.js';
 import type { Permissions } from './types.js';
@@ -253,6 +257,16 @@ function isReservedLiteral(s: string): boolean {
   );
 }
 
+/**
+ * May a response grant (allow_responses) cover this reply subject? Never for the reserved prefixes nor `$SRV.`
+ * (service discovery: a forged reply there would impersonate a service's answer to a PING/INFO/STATS request):
+ * a reply subject is chosen by the requester, so a grant reaching them would lend the responder's role to anyone
+ * who can publish a request. No allocation.
+ */
+export function isResponseGrantable(s: string): boolean {
+  return !(s.charCodeAt(0) === 36 /* $ */ && (isReservedLiteral(s) || (s.startsWith('$SRV.') && s.length > 5)));
+}
+
 /** A SUB subject whose first token is a wildcard and that can match a ≥2-token subject. */
 function wildcardReachesReserved(p: string): boolean {
   const c = p.charCodeAt(0);
@@ -355,6 +369,25 @@ export function parseDurationMs(value: number | string, path: string): number {
   if (m === null) throw new PermissionSpecError(path, `"${value}" is not a duration (e.g. 500ms, 5s, 2m, 1h)`);
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
   return Math.floor(Number(m[1]) * unit);
+}
+
+// ---- private inboxes -----------------------------------------------------------------------------------
+
+/**
+ * The reply-inbox prefix that belongs to user `name`: `_INBOX_<name>` with every '.' of the name written '~'.
+ * User names may hold '.', and `_INBOX_a.>` would then cover user `a.b`'s inbox `_INBOX_a.b.…`; '~' is not
+ * allowed in a name, so the mapping is one to one and no user's inbox lies inside another's. A client connects
+ * with it as its inbox prefix (nats.js `inboxPrefix`), so its replies never pass through the shared `_INBOX.`
+ * that a role granting `_INBOX.>` could read.
+ */
+export function userInboxPrefix(name: string): string {
+  return `_INBOX_${name.replaceAll('.', '~')}`;
+}
+
+/** What every named user may do without any role: publish and subscribe within its own inbox prefix. */
+export function userInboxRole(name: string): CompiledRole {
+  const inbox = `${userInboxPrefix(name)}.>`;
+  return new CompiledRole({ publish: [inbox], subscribe: [inbox] }, `inbox of ${name}`);
 }
 
 // ---- union of roles -------------------------------------------------------------------------------------

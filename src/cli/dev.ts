@@ -378,7 +378,9 @@ export async function devReady(node: ServingNode, certs: DevCertificates, timeou
 
   // Idempotent: `add` of the same spec is `unchanged`; a different one (exit 3) is left to the operator for the
   // role, but the admin user is reset to the printed password and role, since the banner promises them.
-  const role = ['add', devAppRole.name, '--pub-allow', devAppRole.subjects, '--sub-allow', devAppRole.subjects, '--sub-allow', '_INBOX.>', '--allow-responses'];
+  // No `_INBOX.>`: every user owns its private inbox `_INBOX_<user>.>` (SECURITY.md); a role granting the shared
+  // one would read every reply on the node.
+  const role = ['add', devAppRole.name, '--pub-allow', devAppRole.subjects, '--sub-allow', devAppRole.subjects, '--allow-responses'];
   const user = ['add', devAdminUser, '--password-file', c.adminPasswordFile, '--role', 'admin'];
   const reset = ['update', devAdminUser, '--password-file', c.adminPasswordFile, '--role', 'admin', '--enable'];
   const outcome: string[] = [];
@@ -418,7 +420,7 @@ export function devBanner(all: readonly ServingNode[], certs: DevCertificates, b
     `  echo bob-password | ${cli} user add bob --password-stdin --role ${devAppRole.name} --store kv ${envFlag}`,
     `  ${cli} user list ${envFlag}`,
     `  ${cli} role add sensors --pub-allow 'sensors.>' --sub-allow 'sensors.>' ${envFlag}`,
-    `  (role ${devAppRole.name} publishes and subscribes ${devAppRole.subjects}, replies included; \`${cli} --help\` lists every admin command)`,
+    `  (role ${devAppRole.name} publishes and subscribes ${devAppRole.subjects}, replies included; a user's replies go to its own inbox _INBOX_<user>: connect with inboxPrefix '_INBOX_bob'; \`${cli} --help\` lists every admin command)`,
     'Ctrl-C stops every node.',
   ].join('\n');
 }

@@ -10,8 +10,8 @@ import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
-import { createServiceSeam, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
-import { attachKvApi, type KvApi, type KvServerPort } from '../kv/index.js';
+import { createServiceSeam, redactControlValue, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
+import { attachKvApi, redactedBackend, type KvApi, type KvServerPort } from '../kv/index.js';
 
 /** What the control plane needs from bus auth (src/cli/bus_auth.ts) when the node runs --store kv. */
 export interface ControlWiring {
@@ -78,6 +78,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     serverName: config.serverName,
     ...(config.tls ? { tls: { cert: config.tls.cert, key: config.tls.key } } : {}),
     ...(config.wsPort !== undefined ? { wsPort: config.wsPort } : {}),
+    ...(config.maxSubscriptions !== undefined ? { limits: { maxSubscriptions: config.maxSubscriptions } } : {}),
     ...(auth !== undefined ? { auth } : {}),
     // The KV API (src/kv) is attached exactly when the node has the Raft-backed store (below).
     ...(wantsCluster(config) ? { jetstream: true } : {}),
@@ -126,7 +127,8 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
       deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
     };
     kvApi = attachKvApi({ cluster: kvPort }, {
-      backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas, clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
+      backend: redactedBackend(node.kvBackend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
+      clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
     });
   }
   const startedAt = new Date();
@@ -175,7 +177,8 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   const urls: NodeUrls = {
     nats: `${config.tls ? 'tls' : 'nats'}://${host}:${nats.port}`,
     http: `http://${host}:${http.port}`,
-    ws: nats.wsPort === undefined ? undefined : `${config.tls ? 'wss' : 'ws'}://${host}:${nats.wsPort}`,
+    // What the listener actually speaks, not what the flags suggest.
+    ws: nats.wsPort === undefined ? undefined : `${nats.wsTls ? 'wss' : 'ws'}://${host}:${nats.wsPort}`,
   };
   ownUrls = { client: urls.nats, http: urls.http };
   let stopping: Promise<void> | undefined;

@@ -38,6 +38,7 @@ export const flagSpecs: readonly FlagSpec[] = [
   { name: 'tls-cert', group: 'serve', commands: serveOnly, value: 'FILE', help: 'PEM certificate for TLS on the client port (with --tls-key)' },
   { name: 'tls-key', group: 'serve', commands: serveOnly, value: 'FILE', help: 'PEM private key for --tls-cert' },
   { name: 'ws-port', group: 'serve', commands: serveOnly, value: 'PORT', defaultText: 'off', help: 'NATS over WebSocket on this port (0 = any free port)' },
+  { name: 'max-subscriptions', group: 'serve', commands: serveOnly, value: 'N', defaultText: '10000', help: 'subscriptions one client connection may hold (nats-server max_subscriptions; 0 = unlimited)' },
   { name: 'log-level', group: 'serve', commands: both, value: 'LEVEL', defaultText: 'info (dev: warn)', help: 'fatal|error|warn|info|debug|trace|silent' },
   { name: 'data-dir', group: 'serve', commands: serveOnly, value: 'DIR', defaultText: './data', help: 'directory for the WAL and snapshots' },
   { name: 'cluster-name', group: 'cluster', commands: serveOnly, value: 'NAME', help: 'name every node of the cluster shares' },

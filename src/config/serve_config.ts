@@ -51,6 +51,8 @@ export interface ServeConfig {
   readonly serverName: string;
   readonly tls: PemFiles | undefined;
   readonly wsPort: number | undefined;
+  /** --max-subscriptions: per client connection; undefined = the NATS server's default (defaultLimits). */
+  readonly maxSubscriptions?: number;
   readonly logLevel: LogLevel;
   readonly dataDir: string;
   readonly cluster: ClusterConfig;
@@ -170,6 +172,7 @@ export function resolveServeConfig(args: ParsedArgs): ServeConfig {
   const httpPort = f.has('http-port') ? parsePort('http-port', f.get('http-port')!, { allowZero: true }) : defaults.httpPort;
   const wsPort = f.has('ws-port') ? parsePort('ws-port', f.get('ws-port')!, { allowZero: true }) : undefined;
   const serverName = f.has('server-name') ? parseName('server-name', f.get('server-name')!) : defaultServerName();
+  const maxSubscriptions = f.has('max-subscriptions') ? parseIntInRange('max-subscriptions', f.get('max-subscriptions')!, 0, 1_000_000) : undefined;
   const logLevel = f.has('log-level') ? parseEnum('log-level', f.get('log-level')!, logLevels) : defaults.logLevel;
   const tls = pair(f, 'tls-cert', 'tls-key');
   const dataDir = existingDirOrAbsent('data-dir', f.get('data-dir') ?? defaults.dataDir);
@@ -187,7 +190,7 @@ export function resolveServeConfig(args: ParsedArgs): ServeConfig {
   const internalIdFile = f.has('internal-id-file') ? creatableFile('internal-id-file', f.get('internal-id-file')!) : undefined;
   return {
     bind, natsPort, httpPort, serverName, tls, wsPort, logLevel, dataDir, cluster, busAuth, store, usersFile,
-    internalIdFile, kvReplicas, given: [...f.keys()],
+    internalIdFile, kvReplicas, given: [...f.keys()], ...(maxSubscriptions !== undefined ? { maxSubscriptions } : {}),
   };
 }
 

@@ -10,19 +10,38 @@
 // and names a target is recorded in the audit bucket with its result.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand } from '../../store/index.js';
+import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand, NonceClaim } from '../../store/index.js';
 import { KvErrorCode } from '../../store/index.js';
 import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
-import { builtinAdminRole, hashPassword, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
+import { builtinAdminRole, hashPassword, isPasswordHash, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
 import type { KvBackend } from '../kv/backend.js';
 import { MembershipdError } from '../errors.js';
 import {
   auditKey, controlBuckets, credentialKind, decodeValue, encodeValue, nameProblem, roleListProblem, rolePermissionProblem, schemaVersion,
   validateAudit, validateNode, validateRole, validateUser, type AuditValue, type RoleRules, type RoleValue, type UserValue,
 } from './buckets.js';
-import { EnvelopeVerifier } from './envelope.js';
+import { EnvelopeVerifier, replayMessage } from './envelope.js';
+
+/** A user's credential as an admin request gives it. */
+interface Credential {
+  readonly password?: string;
+  readonly passwordHash?: string;
+  readonly nkey?: string;
+}
 
 export const apiPrefix = '$UB.API.';
+
+/**
+ * Is `reply` under the shared `_INBOX.` prefix (nats.js' default inbox)? Many roles grant `_INBOX.>` so that their
+ * users can make requests, and each of them can then read every reply sent there on the node. Replies that carry
+ * user lists, audit records or KV values of other principals are never sent there.
+ */
+export function isSharedInbox(reply: string): boolean {
+  return reply.startsWith('_INBOX.');
+}
+
+const sharedInboxMessage = 'admin requests must carry a private reply inbox, not the shared _INBOX. prefix that any role granting '
+  + 'subscribe _INBOX.> can read: use the membershipd CLI (a random per-connection prefix) or connect with inboxPrefix set';
 
 export const AdminErrorCode = {
   badRequest: 'bad_request',
@@ -49,6 +68,12 @@ export interface AdminContext {
   /** Principal for audit: `internal:N…` or the admin user's name. */
   readonly who: string;
   readonly subject: string;
+  /**
+   * The request's nonce claim (envelope.ts). It goes into the first replicated command the request makes (the
+   * change itself, or its audit record), or into a claim of its own before the handler runs; `consumed` once
+   * the state machine has recorded it. A replay of the request is refused by that command on every node.
+   */
+  readonly replay?: { readonly claim: NonceClaim; consumed: boolean };
 }
 
 /** A handler gets the parsed JSON body; it returns the reply or throws AdminError. */
@@ -124,6 +149,19 @@ export class ControlApi {
   private readonly auditedReplies = new WeakSet<object>();
   private readonly handlers = new Map<string, AdminHandler>();
   private readonly verifier: EnvelopeVerifier;
+  /**
+   * Handlers whose every path after validation ends in a replicated command through audited() (the change with
+   * its audit record, or the audit record of a refusal): their request's nonce rides in that command, so a write
+   * costs no extra commit. Every other handler claims the nonce with a command of its own first.
+   */
+  private readonly claimsInChange = new Set(['USER.ADD', 'USER.UPDATE', 'USER.REMOVE', 'ROLE.ADD', 'ROLE.UPDATE', 'ROLE.REMOVE'].map((s) => `${apiPrefix}${s}`));
+  /**
+   * Reads are not claimed through the log: `cluster status` and `--stale` reads must answer on a node cut off from
+   * the quorum, which is when an operator needs them. A read is still refused twice on the node that saw it
+   * (EnvelopeVerifier), and its answer goes to the reply subject of whoever sent it, which must be a private inbox
+   * (isSharedInbox); a replay on another node changes nothing (SECURITY.md).
+   */
+  private readonly reads = new Set(['USER.LIST', 'USER.SHOW', 'USER.SALT', 'ROLE.LIST', 'ROLE.SHOW', 'AUDIT.LIST', 'CLUSTER.STATUS'].map((s) => `${apiPrefix}${s}`));
   private readonly backend: KvBackend;
   private readonly logger: Logger;
   private readonly now: () => number;
@@ -164,6 +202,15 @@ export class ControlApi {
     if (this.closed || !msg.subject.startsWith(apiPrefix)) return false;
     if (msg.reply === undefined) return true; // a request without a reply inbox cannot be answered; never act on it
     const replyTo = msg.reply;
+    if (isSharedInbox(replyTo)) {
+      // Admin replies list users, roles and the audit trail: a reply under the shared `_INBOX.` reaches whoever a
+      // role lets subscribe `_INBOX.>`. The request is refused before it is acted on, and the refusal says nothing.
+      this.requests++;
+      this.errors++;
+      this.logger.warn({ subject: msg.subject, reply: replyTo }, 'admin request refused: reply to the shared _INBOX. prefix');
+      reply(replyTo, enc.encode(JSON.stringify({ error: { code: AdminErrorCode.badRequest, message: sharedInboxMessage } })));
+      return true;
+    }
     const payload = msg.payload.slice();
     void this.request(msg.subject, payload, msg.principal?.nkey).then((r) => {
       if (!this.closed) reply(replyTo, enc.encode(JSON.stringify(r)));
@@ -199,8 +246,12 @@ export class ControlApi {
       this.errors++;
       return { error: { code: 'bad_request', message: 'the request body must be a JSON object' } };
     }
+    const ctx: AdminContext = { who, subject, replay: { claim: v.claim, consumed: false } };
     try {
-      return await handler(body as Record<string, unknown>, { who, subject });
+      // The users/roles writes carry the nonce in their change; any other change (cluster.*, handlers registered
+      // from outside) claims it with a command of its own first; reads do not (see `reads`).
+      if (!this.claimsInChange.has(subject) && !this.reads.has(subject)) await this.claimNonce(ctx);
+      return await handler(body as Record<string, unknown>, ctx);
     } catch (err) {
       this.errors++;
       if (err instanceof AdminError) return { error: { code: err.code, message: err.message } };
@@ -246,8 +297,33 @@ export class ControlApi {
     return e !== undefined && e.op === 'PUT' ? e : undefined;
   }
 
+  /** Records the request's nonce as a command of its own; throws AdminError 'forbidden' on a replay. */
+  private async claimNonce(ctx: AdminContext): Promise<void> {
+    const replay = ctx.replay;
+    if (replay === undefined || replay.consumed) return;
+    const r = await this.backend.propose({ op: 'nonce', ts: this.now(), claim: replay.claim });
+    this.checkClaimResult(ctx, r);
+    if (!r.ok) throw new AdminError('unavailable', `the request could not be recorded: ${r.message} — retry`);
+  }
+
+  /** After a command that carried the claim: marks it consumed, or throws the replay refusal. */
+  private checkClaimResult(ctx: AdminContext, r: KvResult): void {
+    const replay = ctx.replay;
+    if (replay === undefined || replay.consumed) return;
+    if (r.ok) replay.consumed = true;
+    else if (r.code === KvErrorCode.nonceSeen || r.code === KvErrorCode.nonceExpired) {
+      replay.consumed = true; // nothing more to claim: the refusal itself is audited without it
+      throw new AdminError('forbidden', r.code === KvErrorCode.nonceSeen ? replayMessage : `the request is too old to be checked for replay (${r.message}); send a new request`);
+    }
+  }
+
+  /** The claim to put into the next command, if the request has not recorded it yet. */
+  private pendingClaim(ctx: AdminContext): { claim?: NonceClaim } {
+    return ctx.replay !== undefined && !ctx.replay.consumed ? { claim: ctx.replay.claim } : {};
+  }
+
   private async propose(cmd: KvCommand): Promise<KvResult> {
-    for (const bucket of cmd.op === 'txn' ? cmd.ops.map((o) => o.bucket) : [cmd.bucket]) {
+    for (const bucket of cmd.op === 'txn' ? cmd.ops.map((o) => o.bucket) : cmd.op === 'nonce' ? [] : [cmd.bucket]) {
       if (this.backend.reader.bucketInfo(bucket) === undefined) {
         throw new AdminError('unavailable', `control bucket ${bucket} does not exist yet (the cluster has not created its buckets; is there a leader?) — retry`);
       }
@@ -269,7 +345,9 @@ export class ControlApi {
    */
   private async proposeAudited(ctx: AdminContext, what: string, target: string, result: AdminResult, detail: Record<string, unknown> | undefined,
     write: KvWriteCommand, guards: readonly KvGuard[]): Promise<KvResult> {
-    return this.propose({ op: 'txn', ts: write.ts, guards, ops: [write, this.auditRecord(ctx, what, target, result, detail)] });
+    const r = await this.propose({ op: 'txn', ts: write.ts, guards, ops: [write, this.auditRecord(ctx, what, target, result, detail)], ...this.pendingClaim(ctx) });
+    this.checkClaimResult(ctx, r);
+    return r;
   }
 
   /** Marks a handler's reply whose audit record was written with the change (audited() skips it). */
@@ -278,13 +356,19 @@ export class ControlApi {
     return reply;
   }
 
+  /** Writes the audit record (with the request's claim when still pending); a replay refusal is thrown. */
   private async audit(ctx: AdminContext, what: string, target: string, result: string, detail?: Record<string, unknown>): Promise<void> {
+    let r: KvResult;
     try {
-      const r = await this.propose(this.auditRecord(ctx, what, target, result, detail));
-      if (!r.ok) this.logger.error({ what, target, code: r.code }, `audit record not written: ${r.message}`);
+      const record = this.auditRecord(ctx, what, target, result, detail);
+      const claim = this.pendingClaim(ctx);
+      r = await this.propose(claim.claim === undefined ? record : { op: 'txn', ts: record.ts, guards: [], ops: [record], ...claim });
     } catch (err) {
       this.logger.error({ err, what, target }, 'audit record not written');
+      return;
     }
+    this.checkClaimResult(ctx, r);
+    if (!r.ok) this.logger.error({ what, target, code: r.code }, `audit record not written: ${r.message}`);
   }
 
   /** Runs `fn` and records its outcome in the audit bucket (also for handlers registered from outside). */
@@ -296,7 +380,16 @@ export class ControlApi {
       this.logger.info({ what, target, who: ctx.who, result: r.result }, 'admin change');
       return r;
     } catch (err) {
-      if (err instanceof AdminError) await this.audit(ctx, what, target, `error:${err.code}`, detail);
+      if (err instanceof AdminError) {
+        try {
+          await this.audit(ctx, what, target, `error:${err.code}`, detail);
+        } catch (replay) {
+          // The failed request was itself a replay (its claim was refused with the audit record): that refusal
+          // is the answer, audited in turn without the claim.
+          if (replay instanceof AdminError) await this.audit(ctx, what, target, `error:${replay.code}`, detail);
+          throw replay;
+        }
+      }
       throw err;
     }
   }
@@ -336,23 +429,42 @@ export class ControlApi {
     return name;
   }
 
-  private credentialOf(body: Record<string, unknown>, required: boolean): { password?: string; nkey?: string } | undefined {
+  /**
+   * The credential of a user add/update: `password_hash` (a scrypt hash: what the membershipd CLI sends, so the
+   * password itself never crosses the bus, where any `$UB.API.>` subscriber would read it), `password` (cleartext,
+   * still accepted from other API clients) or `nkey`.
+   */
+  private credentialOf(body: Record<string, unknown>, required: boolean): Credential | undefined {
     const password = str(body, 'password', false);
+    const passwordHash = str(body, 'password_hash', false);
     const nkey = str(body, 'nkey', false);
-    if (password !== undefined && nkey !== undefined) throw new AdminError('bad_request', 'give either a password or an nkey, not both');
-    if (password === undefined && nkey === undefined) {
+    if ([password, passwordHash, nkey].filter((x) => x !== undefined).length > 1) throw new AdminError('bad_request', 'give one credential: a password, a password hash or an nkey');
+    if (password === undefined && passwordHash === undefined && nkey === undefined) {
       if (required) throw new AdminError('bad_request', 'a credential is required: --password-stdin, --password-file or --nkey');
       return undefined;
     }
     if (password !== undefined && (password.length === 0 || password.length > 1024)) throw new AdminError('bad_request', 'a password has 1..1024 characters');
+    if (passwordHash !== undefined && !isPasswordHash(passwordHash)) {
+      throw new AdminError('bad_request', 'password_hash is not a scrypt hash (scrypt$N$r$p$salt$hash)');
+    }
     if (nkey !== undefined && !isValidPublicKey(nkey, ['user'])) throw new AdminError('bad_request', `nkey ${JSON.stringify(nkey.slice(0, 60))} is not an NKey user public key (56 characters starting with U)`);
-    return password !== undefined ? { password } : { nkey: nkey! };
+    return password !== undefined ? { password } : passwordHash !== undefined ? { passwordHash } : { nkey: nkey! };
   }
 
-  /** Does the stored user have exactly this credential? (password: scrypt verify against the stored hash) */
-  private async sameCredential(u: UserValue, c: { password?: string; nkey?: string }): Promise<boolean> {
+  /**
+   * Does the stored user have exactly this credential? A cleartext password is verified against the stored hash;
+   * a hash equals the stored one only when made with the stored salt (USER.SALT hands it to the CLI for that).
+   */
+  private async sameCredential(u: UserValue, c: Credential): Promise<boolean> {
     if (c.nkey !== undefined) return u.nkey === c.nkey;
+    if (c.passwordHash !== undefined) return u.password === c.passwordHash;
     return u.password !== undefined && (await verifyPassword(c.password!, u.password));
+  }
+
+  /** The stored form of a new credential. */
+  private async storedCredential(c: Credential): Promise<{ password: string } | { nkey: string }> {
+    if (c.nkey !== undefined) return { nkey: c.nkey };
+    return { password: c.passwordHash ?? (await hashPassword(c.password!, this.options.scrypt)) };
   }
 
   /** What must hold when a user record applies: its roles exist, its nkey is nobody else's. */
@@ -374,6 +486,7 @@ export class ControlApi {
       const name = this.userName(body);
       const roles = strList(body, 'roles') ?? [];
       const detail = { roles, credential: body.nkey !== undefined ? 'nkey' : 'password' };
+      // (`password_hash` is recorded as 'password': the audit names the kind of credential, never its value.)
       return this.audited(ctx, 'user.add', name, async () => {
         const cred = this.credentialOf(body, true)!;
         const problem = roleListProblem(roles);
@@ -393,7 +506,7 @@ export class ControlApi {
         const ts = this.now();
         const value: UserValue = {
           v: schemaVersion, name,
-          ...(cred.password !== undefined ? { password: await hashPassword(cred.password, this.options.scrypt) } : { nkey: cred.nkey! }),
+          ...(await this.storedCredential(cred)),
           roles: [...new Set(roles)], disabled: false, created: ts, updated: ts, by: ctx.who,
         };
         validateUser(value);
@@ -411,11 +524,23 @@ export class ControlApi {
       }, detail);
     });
 
+    // The salt and scrypt parameters of a user's stored password (not secret: a salt only makes each hash unique),
+    // so that the CLI hashes a password the way the stored one was and `user add` of the same spec stays
+    // `unchanged` without the password ever leaving the CLI. `{}` when the user has no password.
+    this.register('USER', 'SALT', async (body) => {
+      const name = this.userName(body);
+      await this.backend.readBarrier();
+      const cur = this.user(name);
+      const stored = cur?.value.password;
+      if (stored === undefined) return {};
+      return { salt: stored.slice(0, stored.lastIndexOf('$')) };
+    });
+
     this.register('USER', 'UPDATE', async (body, ctx) => {
       const name = this.userName(body);
       const roles = strList(body, 'roles');
       const disabled = bool(body, 'disabled');
-      const detail = { ...(roles !== undefined ? { roles } : {}), ...(disabled !== undefined ? { disabled } : {}), ...(body.password !== undefined ? { credential: 'password' } : body.nkey !== undefined ? { credential: 'nkey' } : {}) };
+      const detail = { ...(roles !== undefined ? { roles } : {}), ...(disabled !== undefined ? { disabled } : {}), ...(body.password !== undefined || body.password_hash !== undefined ? { credential: 'password' } : body.nkey !== undefined ? { credential: 'nkey' } : {}) };
       return this.audited(ctx, 'user.update', name, async () => {
         const cred = this.credentialOf(body, false);
         if (cred === undefined && roles === undefined && disabled === undefined) {
@@ -435,7 +560,7 @@ export class ControlApi {
           const { password: _p, nkey: _n, token: _t, ...rest } = u;
           const credPart = sameCred
             ? (u.password !== undefined ? { password: u.password } : u.nkey !== undefined ? { nkey: u.nkey } : { token: u.token! })
-            : cred!.password !== undefined ? { password: await hashPassword(cred!.password, this.options.scrypt) } : { nkey: cred!.nkey! };
+            : await this.storedCredential(cred!);
           const value: UserValue = { ...rest, ...credPart, roles: nextRoles, disabled: nextDisabled, updated: ts, by: ctx.who };
           validateUser(value);
           const guards = this.userGuards(value, name);

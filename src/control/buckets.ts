@@ -75,6 +75,26 @@ export interface UserValue {
   readonly by: string;
 }
 
+/**
+ * A control-bucket value as the KV API shows it: a `ub_users` record loses its scrypt hash (`password`) and token
+ * hash (`token`), keeping `credential` ('password' | 'token') in their place; NKey public keys stay (they are not
+ * secrets). An admin reading `ub_users` over KV would otherwise put every user's hash on the bus, where a reply
+ * inbox, a consumer's deliver subject or a wide subscription may carry it further than the admin meant. Any other
+ * bucket, or a value that is not a users record, is returned as is (the same object).
+ */
+export function redactControlValue(bucket: string, value: Uint8Array): Uint8Array {
+  if (bucket !== controlBuckets.users) return value;
+  let raw: unknown;
+  try {
+    raw = packr.unpack(value);
+  } catch {
+    return value;
+  }
+  if (!isObject(raw) || (raw.password === undefined && raw.token === undefined)) return value;
+  const { password, token: _token, ...rest } = raw;
+  return packr.pack({ ...rest, credential: password !== undefined ? 'password' : 'token' });
+}
+
 export function credentialKind(u: Pick<UserValue, 'password' | 'nkey' | 'token'>): CredentialKind {
   return u.password !== undefined ? 'password' : u.nkey !== undefined ? 'nkey' : 'token';
 }

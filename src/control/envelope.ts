@@ -9,14 +9,25 @@
 //               "sig": "<base64url Ed25519 of `${subject}\n${ts}\n${nonce}\n${body}`>" },
 //     "body": "<the request JSON, as a string>" }
 //
-// A signature is accepted once, within ±`skewMs` of the server's clock (replay of a captured request is refused).
+// Replay: a request is accepted once cluster-wide. Its nonce (with the signer's key) is what is remembered, never
+// the signature's text: base64url has spare low bits in its last character, so one signature has several
+// spellings; signatures are decoded and only the canonical spelling is accepted. This node refuses a nonce it has
+// seen (a cheap first line), and the control API puts the nonce into the replicated command (store/kv NonceClaim)
+// so the state machine refuses it on every node — a request captured on one node and replayed on another
+// included. A request is accepted only within ±`skewMs` of the node's clock, and the replicated record keeps
+// nonces for nonceRetentionMs ≥ 2 × skewMs after the request's own timestamp.
 // Ed25519 is deterministic, so without the nonce two requests with the same subject, body and millisecond (two
 // scripts running the same `user add`) would carry the same signature and the second would look like a replay.
-// An envelope without a nonce (signed as `${subject}\n${ts}\n${body}`) is still accepted from older CLIs.
+// An envelope without a nonce (signed as `${subject}\n${ts}\n${body}`, CLIs before the nonce) is refused with
+// an error saying so: it could be replayed on another node unnoticed, and those CLIs also ask for their replies on
+// the shared `_INBOX.` prefix, which the admin API refuses anyway.
 import { randomBytes } from 'node:crypto';
 import { decodePublicKey, encodeSignature, verifyEd25519, type NKeyPair } from '../auth/index.js';
+import { nonceRetentionMs, type NonceClaim } from '../../store/index.js';
 
 export const envelopeSkewMs = 120_000;
+// A forgotten nonce must be one no node's clock check still accepts.
+if (nonceRetentionMs < 2 * envelopeSkewMs) throw new Error(`nonceRetentionMs ${nonceRetentionMs} must be at least twice envelopeSkewMs ${envelopeSkewMs}`);
 
 export interface SignedEnvelope {
   readonly auth: { readonly key: string; readonly ts: number; readonly nonce?: string; readonly sig: string };
@@ -25,13 +36,17 @@ export interface SignedEnvelope {
 
 const enc = new TextEncoder();
 
+/** The 64 signature bytes of the canonical base64url spelling only (non-zero spare low bits are refused). */
 function decodeSignature(text: string): Uint8Array | null {
   if (!/^[A-Za-z0-9_-]{86}$/.test(text)) return null;
   const b = Buffer.from(text, 'base64url');
-  return b.length === 64 ? new Uint8Array(b) : null;
+  if (b.length !== 64 || b.toString('base64url') !== text) return null;
+  return new Uint8Array(b);
 }
 
 const nonceRe = /^[A-Za-z0-9_-]{8,64}$/;
+
+export const replayMessage = 'this signed request was already used (replay refused); send a new request';
 
 function signedBytes(subject: string, ts: number, nonce: string | undefined, body: string): Uint8Array {
   return enc.encode(nonce === undefined ? `${subject}\n${ts}\n${body}` : `${subject}\n${ts}\n${nonce}\n${body}`);
@@ -46,7 +61,7 @@ export function signRequest(subject: string, body: unknown, signer: Pick<NKeyPai
 }
 
 export type VerifiedRequest =
-  | { readonly ok: true; readonly key: string; readonly role: 'server' | 'user'; readonly body: unknown }
+  | { readonly ok: true; readonly key: string; readonly role: 'server' | 'user'; readonly body: unknown; readonly claim: NonceClaim }
   | { readonly ok: false; readonly code: 'bad_request' | 'forbidden'; readonly message: string };
 
 /** Checks the envelope (shape, key, clock window, signature, replay); never throws. */
@@ -75,7 +90,10 @@ export class EnvelopeVerifier {
       || typeof a.key !== 'string' || typeof a.sig !== 'string' || typeof a.ts !== 'number' || !Number.isSafeInteger(a.ts)) {
       return { ok: false, code: 'forbidden', message: 'the request carries no signed admin credential: admin requests must be signed with the node\'s internal identity (--internal-id-file) or an admin NKey (--creds)' };
     }
-    if (a.nonce !== undefined && (typeof a.nonce !== 'string' || !nonceRe.test(a.nonce))) {
+    if (a.nonce === undefined) {
+      return { ok: false, code: 'bad_request', message: 'the request carries no auth.nonce (a membershipd CLI from before replay protection): such a request could be replayed on another node, so it is refused; upgrade the membershipd CLI' };
+    }
+    if (typeof a.nonce !== 'string' || !nonceRe.test(a.nonce)) {
       return { ok: false, code: 'bad_request', message: 'the request\'s auth.nonce must be 8..64 base64url characters' };
     }
     let decoded;
@@ -89,19 +107,23 @@ export class EnvelopeVerifier {
       return { ok: false, code: 'forbidden', message: `the request's timestamp is ${Math.round((a.ts - now) / 1000)} s away from this node's clock (more than ${envelopeSkewMs / 1000} s): check the clocks` };
     }
     const sig = decodeSignature(a.sig);
-    if (sig === null || (a.key !== connectionKey && !verifyEd25519(decoded.key, signedBytes(subject, a.ts, a.nonce, e.body), sig))) {
+    if (sig === null) {
+      return { ok: false, code: 'forbidden', message: 'the request\'s auth.sig is not a canonical base64url Ed25519 signature (86 characters, unused low bits zero)' };
+    }
+    if ((a.key !== connectionKey && !verifyEd25519(decoded.key, signedBytes(subject, a.ts, a.nonce, e.body), sig))) {
       return { ok: false, code: 'forbidden', message: `the request's signature does not verify for key ${a.key} on ${subject}` };
     }
     this.prune(now);
-    if (this.seen.has(a.sig)) return { ok: false, code: 'forbidden', message: 'this signed request was already used (replay refused); send a new request' };
-    this.seen.set(a.sig, a.ts + envelopeSkewMs);
+    const id = `${a.key}:${a.nonce}`;
+    if (this.seen.has(id)) return { ok: false, code: 'forbidden', message: replayMessage };
+    this.seen.set(id, a.ts + envelopeSkewMs);
     let body: unknown;
     try {
       body = JSON.parse(e.body);
     } catch {
       return { ok: false, code: 'bad_request', message: 'the request body is not JSON' };
     }
-    return { ok: true, key: a.key, role: decoded.role === 'server' ? 'server' : 'user', body };
+    return { ok: true, key: a.key, role: decoded.role === 'server' ? 'server' : 'user', body, claim: { id, at: a.ts } };
   }
 
   private prune(now: number): void {

@@ -1,12 +1,12 @@
 // Public surface of the control plane: the six buckets, the admin API on `$UB.API.>` and the KV-backed
 // principal source for `--store kv`.
 export {
-  auditKey, ControlBucketError, controlBuckets, ControlSchemaError, credentialKind, decodeValue, encodeValue, ensureControlBuckets, nameProblem,
+  auditKey, ControlBucketError, controlBuckets, ControlSchemaError, credentialKind, decodeValue, encodeValue, ensureControlBuckets, nameProblem, redactControlValue,
   rolePermissions, schemaVersion, serviceKey, validateAudit, validateConfig, validateNode, validateRole, validateService, validateUser,
   type AuditValue, type ConfigValue, type ControlBucket, type CredentialKind, type NodeValue, type RoleRules, type RoleValue, type ServiceValue, type UserValue,
 } from './buckets.js';
 export {
-  AdminError, AdminErrorCode, apiPrefix, attachControlApi, ControlApi, publicRole, publicUser,
+  AdminError, AdminErrorCode, apiPrefix, attachControlApi, ControlApi, isSharedInbox, publicRole, publicUser,
   type AdminContext, type AdminHandler, type AdminReply, type AdminResult, type ControlApiOptions, type ControlApiPort,
 } from './api.js';
 export { EnvelopeVerifier, envelopeSkewMs, signRequest, type SignedEnvelope, type VerifiedRequest } from './envelope.js';

@@ -65,3 +65,39 @@ export function watchStateMachine(stateMachine: KvStateMachine, bucket: string, 
     if (e.bucket === bucket) listener(e);
   });
 }
+
+/** Rewrites a value as a reader of the KV API sees it (the stored bytes are untouched). */
+export type KvRedactor = (bucket: string, value: Uint8Array) => Uint8Array;
+
+/**
+ * `backend` as the KV API serves it: every value read or watched passes through `redact` (writes go through
+ * unchanged). The control plane keeps secrets in its buckets (scrypt hashes in `ub_users`); this is where they
+ * are taken out before any KV reply, consumer delivery or direct get can carry them onto the bus.
+ */
+export function redactedBackend(backend: KvBackend, redact: KvRedactor): KvBackend {
+  const r = backend.reader;
+  const view = (e: KvEntry): KvEntry => {
+    if (e.op !== 'PUT' || e.value.length === 0) return e;
+    const value = redact(e.bucket, e.value);
+    return value === e.value ? e : { ...e, value };
+  };
+  const reader: KvReader = {
+    get appliedIndex() { return r.appliedIndex; },
+    bucketNames: () => r.bucketNames(),
+    bucketInfo: (name) => r.bucketInfo(name),
+    get: (bucket, key) => {
+      const e = r.get(bucket, key);
+      return e === undefined ? undefined : view(e);
+    },
+    history: (bucket, key) => r.history(bucket, key).map(view),
+    changesSince: (after, bucket, limit) => r.changesSince(after, bucket, limit).map(view),
+    oldestTs: (bucket) => r.oldestTs(bucket),
+  };
+  return {
+    propose: (c) => backend.propose(c),
+    readBarrier: () => backend.readBarrier(),
+    reader,
+    watch: (bucket, after, listener) => backend.watch(bucket, after, (e) => listener(view(e))),
+    ...(backend.onReset !== undefined ? { onReset: (l: () => void) => backend.onReset!(l) } : {}),
+  };
+}

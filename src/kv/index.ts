@@ -1,5 +1,5 @@
 // Public surface of the JetStream-compatible KV API.
-export { createLocalKvBackend, watchStateMachine, type KvBackend, type KvReader } from './backend.js';
+export { createLocalKvBackend, redactedBackend, watchStateMachine, type KvBackend, type KvReader, type KvRedactor } from './backend.js';
 export { attachKvApi, createKvApi, KvApi, kvCommandOf, resultError, type KvApiOptions, type KvApiPort, type KvApiStats, type KvServerPort } from './jetstream_api.js';
 export { defaultConsumerLimits, type ConsumerLimits } from './consumers.js';
 export { jsErrors, KvApiError, type JsApiError } from './errors.js';

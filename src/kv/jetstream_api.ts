@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
 import { KvErrorCode, msgIdBytesMax } from '../../store/index.js';
 import type { InterestChange, LocalPublish, NatsClusterPort, RouteMessage } from '../nats/index.js';
+import type { Permissions } from '../auth/index.js';
 import { subjectMatches } from '../nats/index.js';
 import type { KvBackend } from './backend.js';
 import { ConsumerRegistry, defaultConsumerLimits, entryHeaderFields, parseConsumerCreate, type ConsumerLimits } from './consumers.js';
@@ -208,7 +209,7 @@ export class KvApi {
         this.fail(msg.reply, responseType(req!.kind), jsErrors.streamNotFound());
         return true;
       }
-      this.run(this.onApi(req, msg.reply, msg.payload.slice(), hidden), msg.reply, req === undefined ? undefined : responseType(req.kind));
+      this.run(this.onApi(req, msg.reply, msg.payload.slice(), hidden, msg.principal?.permissions), msg.reply, req === undefined ? undefined : responseType(req.kind));
       return true;
     }
     if (s.startsWith(flowControlPrefix)) {
@@ -364,7 +365,7 @@ export class KvApi {
 
   // ---- $JS.API ----------------------------------------------------------------------------------------------------
 
-  private async onApi(req: ApiRequest | undefined, reply: string, raw: Uint8Array, hidden?: (bucket: string) => boolean): Promise<void> {
+  private async onApi(req: ApiRequest | undefined, reply: string, raw: Uint8Array, hidden?: (bucket: string) => boolean, perms?: Permissions): Promise<void> {
     if (req === undefined) return this.fail(reply, 'io.nats.jetstream.api.v1.error_response', jsErrors.badRequest('unknown JetStream API request'));
     const type = responseType(req.kind);
     let body: unknown;
@@ -391,11 +392,11 @@ export class KvApi {
         return fail(jsErrors.consumerCreate('durable consumers are not supported by membershipd (KV uses ephemeral ordered push consumers)'));
       default:
         if (!(await this.barrier(() => fail(jsErrors.clusterNotAvailable())))) return;
-        return this.read(req, body, ok, fail, hidden);
+        return this.read(req, body, ok, fail, hidden, perms);
     }
   }
 
-  private read(req: ApiRequest, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, hidden?: (bucket: string) => boolean): void {
+  private read(req: ApiRequest, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, hidden?: (bucket: string) => boolean, perms?: Permissions): void {
     switch (req.kind) {
       case 'info':
         return ok(this.accountInfo(hidden));
@@ -407,7 +408,7 @@ export class KvApi {
       case 'consumer.delete':
       case 'consumer.names':
       case 'consumer.list':
-        return this.consumerRequest(req, body, ok, fail);
+        return this.consumerRequest(req, body, ok, fail, perms);
       case 'stream.update':
       case 'stream.info':
       case 'stream.purge':
@@ -419,14 +420,16 @@ export class KvApi {
     }
   }
 
-  /** Account info counts only the streams the caller may see (the ub_* buckets exist only for admins). */
+  /** Counts only what the caller may see: a hidden bucket (and its consumers) must not show even as a number. */
   private accountInfo(hidden?: (bucket: string) => boolean): Record<string, unknown> {
     const r = this.backend.reader;
     let storage = 0;
-    const names = r.bucketNames().filter((b) => hidden?.(b) !== true);
+    const names = r.bucketNames().filter((n) => hidden?.(n) !== true);
     for (const n of names) storage += r.bucketInfo(n)?.bytes ?? 0;
+    let consumers = 0;
+    for (const n of names) consumers += this.consumers.countFor(n);
     return {
-      memory: 0, storage, streams: names.length, consumers: this.consumers.size,
+      memory: 0, storage, streams: names.length, consumers,
       limits: {
         max_memory: -1, max_storage: -1, max_streams: -1, max_consumers: -1, max_ack_pending: -1,
         memory_max_stream_bytes: -1, storage_max_stream_bytes: -1, max_bytes_required: false,
@@ -595,7 +598,7 @@ export class KvApi {
     this.directReply(reply, headers, e.value);
   }
 
-  private consumerRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
+  private consumerRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, perms?: Permissions): void {
     const bucket = bucketOfStream(req.stream);
     if (bucket === undefined || this.backend.reader.bucketInfo(bucket) === undefined) return fail(jsErrors.streamNotFound());
     const server = this.options.serverName;
@@ -606,6 +609,13 @@ export class KvApi {
         }
         const spec = parseConsumerCreate(req.stream, bucket, body, req.name, req.filter, newConsumerName, this.consumers.limits);
         if ('err_code' in spec) return fail(spec);
+        // The consumer publishes into its deliver subject on its creator's behalf, so the creator must be allowed to
+        // publish there: otherwise a KV user could have the server push bucket entries onto any subject (another
+        // application's command subject, another user's inbox). A user's own inbox (`_INBOX_<user>.>`) is
+        // publishable to its owner; the shared `_INBOX.` is not unless a role grants it.
+        if (perms !== undefined && !perms.canPublish(spec.deliverSubject)) {
+          return fail(jsErrors.consumerCreate(`deliver subject ${spec.deliverSubject} is not one you may publish to; connect with your private inbox prefix (_INBOX_<user>) or get a publish grant for it`));
+        }
         const c = this.consumers.create(spec);
         if ('err_code' in c) return fail(c);
         return ok(c.info(server));

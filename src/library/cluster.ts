@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { MembershipdError } from '../errors.js';
 import { createLogger, silentLogger, type LogLevel, type Logger } from '../log.js';
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../certs/index.js';
-import { builtinAdminRole, hashPassword, type PermissionSpec } from '../auth/index.js';
+import { builtinAdminRole, hashPassword, userInboxPrefix, type PermissionSpec } from '../auth/index.js';
 import type { ServeConfig } from '../config/index.js';
 import { loadBusAuth } from '../cli/bus_auth.js';
 import { ListenError, startServing, type NodeTuning, type NodeUrls, type ServingNode } from '../cli/serve.js';
@@ -51,6 +51,8 @@ export interface StartNodeOptions {
   readonly tls?: boolean;
   /** Bus auth enforced with a generated admin user (default), plus these users and roles; false = anyone may connect. */
   readonly auth?: LibraryAuth | false;
+  /** Also serve NATS over WebSocket on a free port (wss:// when `tls` is on, as `membershipd serve --ws-port`). Default false. */
+  readonly websocket?: boolean;
   /** Node logs to stderr at this level. Default 'silent'. */
   readonly logLevel?: LogLevel;
   /** Parent directory of the temp directory (default os.tmpdir()). The temp directory is removed by stop(). */
@@ -76,6 +78,8 @@ export interface StartClusterOptions extends StartNodeOptions {
 /** Spread into @nats-io/transport-node's `connect({ servers: urls, ...connectOptions })`. */
 export interface ConnectOptions {
   readonly tls?: { readonly ca: string };
+  /** The admin's private reply prefix (random per handle; SECURITY.md): replies never pass the shared `_INBOX.`. */
+  readonly inboxPrefix?: string;
   readonly user?: string;
   readonly pass?: string;
 }
@@ -173,7 +177,7 @@ function nodeConfig(dir: string, i: number, p: Prepared, routePorts: readonly nu
     httpPort: 0,
     serverName: name,
     tls: o.tls === false ? undefined : pem,
-    wsPort: undefined,
+    wsPort: o.websocket === true ? 0 : undefined,
     logLevel: o.logLevel ?? 'silent',
     dataDir: join(dir, 'data', name),
     cluster: {
@@ -267,7 +271,9 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<L
     });
     const connectOptions: ConnectOptions = {
       ...(options.tls === false ? {} : { tls: { ca: prepared.ca.cert } }),
-      ...(prepared.adminPassword !== undefined ? { user: adminUser, pass: prepared.adminPassword } : {}),
+      // The admin's replies go to a random prefix of this cluster handle (the admin may use any subject): nobody
+      // can guess it, not even a role granted the admin's per-user inbox.
+      ...(prepared.adminPassword !== undefined ? { user: adminUser, pass: prepared.adminPassword, inboxPrefix: `${userInboxPrefix(adminUser)}_${randomBytes(12).toString('hex')}` } : {}),
     };
     const healthyTimeoutMs = options.healthyTimeoutMs ?? 20_000;
     const handle: LocalClusterHandle = {

@@ -7,3 +7,5 @@ export {
   type StartClusterOptions, type StartNodeOptions, type LibraryAuth, type LibraryUser, type LocalClusterHandle,
   type ConnectOptions, type LibraryNode,
 } from './cluster.js';
+// A user's private reply prefix, for `connect({ inboxPrefix: userInboxPrefix('alice'), … })` (SECURITY.md).
+export { userInboxPrefix } from '../auth/index.js';

@@ -27,7 +27,7 @@ export interface NatsLimits {
   maxControlLineBytes: number;    // default 4096
   maxPendingBytes: number;        // default 64 MiB: over it, a slow consumer is closed
   maxConnections: number;         // default 65536
-  maxSubscriptions: number;       // default 0 = unlimited
+  maxSubscriptions: number;       // default 10000 per connection; 0 = unlimited
   pingIntervalMs: number;         // default 120000
   pingMax: number;                // default 2
   authTimeoutMs: number;          // default 2000
@@ -51,6 +51,8 @@ export interface NatsServer {
   /** Bound client port (valid after start()). */
   readonly port: number;
   readonly wsPort: number | undefined;
+  /** The WebSocket port speaks wss:// (TLS configured); false for ws:// or no WebSocket. */
+  readonly wsTls: boolean;
   start(): Promise<void>;
   /**
    * A graceful stop's client drain: new connections are refused (clients go to another node), and each

@@ -3,6 +3,7 @@
 // (ServerCore.scheduleFlush), so a burst of deliveries costs one socket write per client.
 import type { AuthOutcome, Permissions, Principal } from '../auth/types.js';
 import { allowAll } from '../auth/types.js';
+import { isResponseGrantable } from '../auth/permissions.js';
 import { Parser, type ParseFailure, type ParserHandler, type PubArgs } from './parser.js';
 import {
   encodedErrors, errLine, publishViolationText, replyViolationText, subscribeViolationText, type ProtocolErrorName,
@@ -227,7 +228,7 @@ export class Client implements ParserHandler {
       },
       nonce: this.nonce,
       remoteAddress: this.transport.remoteAddress,
-      tls: this.transport.kind === 'tls',
+      tls: this.transport.kind === 'tls' || this.transport.secure === true,
       clientName: str(o.name),
       signal: this.authAbort.signal,
     };
@@ -424,7 +425,12 @@ export class Client implements ParserHandler {
     this.outBytes += size;
     this.server.outMsgs++;
     this.server.outBytes += size;
-    if (this.grants !== null && p.replyStart >= 0) this.grantResponse(p.reply()!);
+    if (this.grants !== null && p.replyStart >= 0) {
+      const reply = p.reply()!;
+      // A reply into a reserved subject ($KV., $JS., $UB., $SYS., $SRV.) earns no grant: answering it needs an
+      // explicit publish permission (src/auth/permissions.ts, isResponseGrantable).
+      if (isResponseGrantable(reply)) this.grantResponse(reply);
+    }
     if (sub.max > 0 && sub.delivered >= sub.max) this.removeSubscription(sub);
     this.afterAppend(origin);
     return true;

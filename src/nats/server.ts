@@ -3,6 +3,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import type { IncomingMessage } from 'node:http';
+import type { Server as HttpsServer } from 'node:https';
 import type { WebSocket, WebSocketServer } from 'ws';
 import type { Logger } from 'pino';
 import type { BusAuthenticator, Principal } from '../auth/types.js';
@@ -22,7 +23,10 @@ export const defaultLimits: NatsLimits = {
   maxControlLineBytes: 4096,
   maxPendingBytes: 64 * 1024 * 1024,
   maxConnections: 65536,
-  maxSubscriptions: 0,
+  // nats-server's default is unlimited; 100k SUBs cost a connection ~110 MiB here, so one client could exhaust
+  // the node. 10 000 is far above what a client library uses (nats.js: one SUB for all requests, one per
+  // subscription or KV watch) and bounds a connection's subscriptions to ~11 MiB. --max-subscriptions changes it.
+  maxSubscriptions: 10_000,
   pingIntervalMs: 120_000,
   pingMax: 2,
   authTimeoutMs: 2000,
@@ -425,6 +429,8 @@ class NatsServerImpl implements NatsServerWithCluster {
   private readonly secureContext: tls.SecureContext | undefined;
   private tcp: net.Server | null = null;
   private wss: WebSocketServer | null = null;
+  /** The HTTPS server under a wss:// listener (TLS configured), null for plain ws:// or no WebSocket. */
+  private wsHttps: HttpsServer | null = null;
   private boundWsPort: number | undefined;
   private readonly sockets = new Set<net.Socket>();
   private nextCid = 1;
@@ -474,6 +480,10 @@ class NatsServerImpl implements NatsServerWithCluster {
     return this.boundWsPort;
   }
 
+  get wsTls(): boolean {
+    return this.wsHttps !== null;
+  }
+
   async start(): Promise<void> {
     const tcp = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.onSocket(socket));
     await new Promise<void>((resolve, reject) => {
@@ -500,21 +510,43 @@ class NatsServerImpl implements NatsServerWithCluster {
     const lim = this.core.limits;
     // Loaded only with --ws-port: most nodes never serve WebSocket clients, and every module costs boot time.
     const { WebSocketServer } = await import('ws');
-    const wss = new WebSocketServer({
-      host: this.options.host, port, perMessageDeflate: false,
-      maxPayload: lim.maxPayloadBytes + lim.maxControlLineBytes + 1024,
-    });
-    await new Promise<void>((resolve, reject) => {
-      wss.once('listening', resolve);
-      wss.once('error', reject);
-    });
+    const wsOptions = { perMessageDeflate: false, maxPayload: lim.maxPayloadBytes + lim.maxControlLineBytes + 1024 };
+    let wss: WebSocketServer;
+    if (this.options.tls !== undefined) {
+      // With a client certificate the WebSocket port speaks wss:// only, with the same certificate (and client-CA
+      // rule) as the client port: a plain ws:// port beside a TLS client port carried passwords in clear text
+      // while the log announced wss://. A plain HTTP request on it fails the TLS handshake.
+      const { createServer } = await import('node:https');
+      const ca = this.options.tls.ca;
+      const https = createServer({
+        cert: this.options.tls.cert, key: this.options.tls.key, ...(ca !== undefined ? { ca, requestCert: true, rejectUnauthorized: true } : {}),
+      });
+      https.on('tlsClientError', (err, socket) => {
+        this.core.logger.debug({ err: err.message, address: `${socket.remoteAddress}:${socket.remotePort}` }, 'WebSocket TLS handshake failed');
+      });
+      wss = new WebSocketServer({ ...wsOptions, server: https });
+      await new Promise<void>((resolve, reject) => {
+        https.once('error', reject);
+        https.listen(port, this.options.host, () => {
+          https.off('error', reject);
+          resolve();
+        });
+      });
+      this.wsHttps = https;
+    } else {
+      wss = new WebSocketServer({ ...wsOptions, host: this.options.host, port });
+      await new Promise<void>((resolve, reject) => {
+        wss.once('listening', resolve);
+        wss.once('error', reject);
+      });
+    }
     wss.on('connection', (ws: WebSocket, req: IncomingMessage) => {
       if (this.closing || this.draining) return void ws.terminate();
       req.socket.setNoDelay(true);
-      this.startClient(new WebSocketTransport(ws, req.socket), false, undefined);
+      this.startClient(new WebSocketTransport(ws, req.socket, this.wsHttps !== null), false, undefined);
     });
     this.wss = wss;
-    this.boundWsPort = (wss.address() as net.AddressInfo).port;
+    this.boundWsPort = ((this.wsHttps ?? wss).address() as net.AddressInfo).port;
   }
 
   async drainClients(quietMs: number, deadlineMs: number, answered?: Promise<void>): Promise<void> {
@@ -676,13 +708,16 @@ class NatsServerImpl implements NatsServerWithCluster {
       : new Promise<void>((resolve) => this.tcp!.close(() => resolve()));
     const wsClosed = this.wss === null ? Promise.resolve()
       : new Promise<void>((resolve) => this.wss!.close(() => resolve()));
+    const httpsClosed = this.wsHttps === null ? Promise.resolve()
+      : new Promise<void>((resolve) => this.wsHttps!.close(() => resolve()));
     for (const c of [...this.core.clients.values()]) c.close(closeReason.serverShutdown, true);
     // Give peers a moment to read the last bytes and FIN; then cut whatever is left.
     const graceEnd = Date.now() + 1000;
     while (this.sockets.size > 0 && Date.now() < graceEnd) await new Promise((r) => setTimeout(r, 10));
     for (const s of this.sockets) s.destroy();
     for (const ws of this.wss?.clients ?? []) ws.terminate();
-    await Promise.all([tcpClosed, wsClosed]);
+    this.wsHttps?.closeAllConnections();
+    await Promise.all([tcpClosed, wsClosed, httpsClosed]);
     this.core.logger.info({ port: this.core.port }, 'NATS server closed');
   }
 

@@ -12,6 +12,8 @@ export interface TransportEvents {
 
 export interface ClientTransport {
   readonly kind: 'tcp' | 'tls' | 'ws';
+  /** A WebSocket over TLS (wss://); TCP transports say it with kind 'tls'. */
+  readonly secure?: boolean;
   readonly remoteAddress: string;
   readonly remotePort: number;
   start(events: TransportEvents): void;
@@ -81,8 +83,8 @@ export class WebSocketTransport implements ClientTransport {
   readonly remoteAddress: string;
   readonly remotePort: number;
 
-  /** `raw` is the upgraded TCP socket under `ws`: its 'drain' tells when frames have left. */
-  constructor(private readonly ws: WebSocket, private readonly raw: Socket) {
+  /** `raw` is the upgraded TCP socket under `ws`: its 'drain' tells when frames have left. `secure`: wss://. */
+  constructor(private readonly ws: WebSocket, private readonly raw: Socket, readonly secure = false) {
     this.remoteAddress = raw.remoteAddress ?? '';
     this.remotePort = raw.remotePort ?? 0;
   }

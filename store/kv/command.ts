@@ -31,6 +31,13 @@
 //   guard { bucket, key, revision }                         the key's latest revision is `revision` (0: none)
 //   guard { bucket, field, equals, except? }                no key but `except` holds a PUT whose value is a
 //                                                            msgpack map with map[field] === equals (a string)
+//
+// Request nonces (replay protection of signed admin requests, cluster-wide):
+//   { op: 'nonce', ts, claim: { id, at } }                   records the claim, refused if `id` was claimed
+//   txn may carry `claim` too                                 the txn applies and records it, or neither
+// `id` names one signed request (signer key + nonce), `at` is the request's own signed timestamp. A claim is
+// kept while at + nonceRetentionMs ≥ the highest `ts` of any claim-bearing command applied so far, and a claim
+// older than that is refused outright: so a forgotten claim can never be accepted again, whatever the clocks.
 import { copyBytes, isUint, pack, unpack } from '../codec.js';
 
 export interface BucketConfigInput {
@@ -65,19 +72,44 @@ export type KvGuard =
   | { readonly bucket: string; readonly key: string; readonly revision: number }
   | { readonly bucket: string; readonly field: string; readonly equals: string; readonly except?: string };
 
+/** One signed request's claim: `id` = signer key + nonce, `at` = the request's signed timestamp (ms). */
+export interface NonceClaim {
+  readonly id: string;
+  readonly at: number;
+}
+
 export type KvCommand =
   | { readonly op: 'bucket.create'; readonly bucket: string; readonly config: BucketConfigInput; readonly ts: number }
   | { readonly op: 'bucket.delete'; readonly bucket: string; readonly ts: number }
   | { readonly op: 'bucket.purge'; readonly bucket: string; readonly ts: number; readonly subject?: string; readonly keep?: number; readonly seq?: number }
   | { readonly op: 'expire'; readonly bucket: string; readonly before: number; readonly ts: number }
   | KvWriteCommand
-  | { readonly op: 'txn'; readonly ts: number; readonly guards: readonly KvGuard[]; readonly ops: readonly KvWriteCommand[] };
+  | { readonly op: 'txn'; readonly ts: number; readonly guards: readonly KvGuard[]; readonly ops: readonly KvWriteCommand[]; readonly claim?: NonceClaim }
+  | { readonly op: 'nonce'; readonly ts: number; readonly claim: NonceClaim };
 
 /** Bounds of a txn (a bigger one is refused as a bad command, on every node alike). */
 export const txnLimits = { guardsMax: 64, opsMax: 16 } as const;
 
 /** Longest Nats-Msg-Id kept (a longer one is refused as a bad command). */
 export const msgIdBytesMax = 256;
+
+/**
+ * How long a claimed nonce is remembered, after its request's own timestamp. Must be at least twice the clock
+ * window in which a node accepts a signed request (src/control/envelope.ts checks it), so that a request whose
+ * claim was forgotten is refused by every node's clock check; claims older than this are refused anyway.
+ */
+export const nonceRetentionMs = 240_000;
+
+/** Bounds of the nonce record: id length, and live claims (beyond it new claims are refused, on every node alike). */
+export const nonceLimits = { idBytesMax: 160, claimsMax: 100_000 } as const;
+
+function decodeClaim(v: unknown): NonceClaim | string {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'claim must be a map';
+  const c = v as Record<string, unknown>;
+  if (!str(c.id) || c.id.length === 0 || c.id.length > nonceLimits.idBytesMax) return `claim.id must be a string of 1..${nonceLimits.idBytesMax}`;
+  if (!isUint(c.at)) return 'claim.at must be a non-negative integer';
+  return { id: c.id, at: c.at };
+}
 
 export function encodeKvCommand(cmd: KvCommand): Uint8Array {
   // msgpack writes an undefined field as nil, which the decoder refuses: optional fields left undefined by a
@@ -105,6 +137,11 @@ export function decodeKvCommand(data: Uint8Array): KvCommand | string {
   if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'not a msgpack map';
   const o = v as Record<string, unknown>;
   if (o.op === 'txn') return decodeTxn(o);
+  if (o.op === 'nonce') {
+    if (!isUint(o.ts)) return 'ts must be a non-negative integer';
+    const claim = decodeClaim(o.claim);
+    return typeof claim === 'string' ? claim : { op: 'nonce', ts: o.ts, claim };
+  }
   return decodeSingle(o);
 }
 
@@ -217,11 +254,13 @@ function decodeTxn(o: Record<string, unknown>): KvCommand | string {
     if (typeof w !== 'object' || w === null || Array.isArray(w)) return `txn op ${i} must be a map`;
     const c = decodeSingle(w as Record<string, unknown>);
     if (typeof c === 'string') return `txn op ${i}: ${c}`;
-    if (c.op === 'bucket.create' || c.op === 'bucket.delete' || c.op === 'bucket.purge' || c.op === 'expire' || c.op === 'txn') return `txn op ${i}: ${c.op} cannot be part of a txn`;
+    if (c.op === 'bucket.create' || c.op === 'bucket.delete' || c.op === 'bucket.purge' || c.op === 'expire' || c.op === 'txn' || c.op === 'nonce') return `txn op ${i}: ${c.op} cannot be part of a txn`;
     // The entry's index is the revision of each write: two writes to one bucket would share it.
     if (buckets.has(c.bucket)) return `txn op ${i}: a txn writes each bucket at most once (${c.bucket} twice)`;
     buckets.add(c.bucket);
     ops.push(c);
   }
-  return { op: 'txn', ts: o.ts, guards, ops };
+  if (o.claim === undefined) return { op: 'txn', ts: o.ts, guards, ops };
+  const claim = decodeClaim(o.claim);
+  return typeof claim === 'string' ? `txn ${claim}` : { op: 'txn', ts: o.ts, guards, ops, claim };
 }

@@ -11,7 +11,9 @@
 import { assert } from '../assert.js';
 import { copyBytes, isUint, pack, unpack } from '../codec.js';
 import { StoreError, StoreErrorCode } from '../errors.js';
-import { type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand } from './command.js';
+import {
+  type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand, type NonceClaim, nonceLimits, nonceRetentionMs,
+} from './command.js';
 
 export const KvErrorCode = {
   badCommand: 'EKV_BAD_COMMAND',
@@ -34,6 +36,12 @@ export const KvErrorCode = {
   wrongLastSequence: 'EKV_WRONG_LAST_SEQUENCE',
   /** A bucket purge asked for both `seq` and `keep` (JetStream refuses the combination). */
   badPurge: 'EKV_BAD_PURGE',
+  /** The request nonce was claimed before (a replayed signed request). */
+  nonceSeen: 'EKV_NONCE_SEEN',
+  /** The claim's request is older than the nonce record reaches back (nonceRetentionMs). */
+  nonceExpired: 'EKV_NONCE_EXPIRED',
+  /** nonceLimits.claimsMax live claims: no room for another until older ones expire. */
+  noncesFull: 'EKV_NONCES_FULL',
 } as const;
 export type KvErrorCode = (typeof KvErrorCode)[keyof typeof KvErrorCode];
 
@@ -182,8 +190,10 @@ export type KvListener = (entry: KvEntry) => void;
 /**
  * 2: revisions are per-bucket sequences (1 numbered them by the Raft index). A version 1 image is refused, not
  * converted: the log entries after it carry CAS revisions in the old numbering (deploy/cluster/RUNBOOK.md).
+ * 3: version 2 plus the record of claimed admin-request nonces; a state without claims keeps writing 2.
  */
 const SNAPSHOT_VERSION = 2;
+const SNAPSHOT_VERSION_NONCES = 3;
 const OPS: readonly KvOperation[] = ['PUT', 'DEL', 'PURGE'];
 
 export class KvStateMachine {
@@ -191,6 +201,12 @@ export class KvStateMachine {
   private readonly buckets = new Map<string, Bucket>();
   private applied = 0;
   private readonly listeners = new Set<KvListener>();
+  /** Claimed request nonces: id → the request's timestamp. Replicated state (snapshotted). */
+  private readonly nonces = new Map<string, number>();
+  /** Highest `ts` of any claim-bearing command applied: the nonce record's clock (never a local clock). */
+  private nonceClock = 0;
+  /** The smallest timestamp in `nonces` (derived; +Infinity when empty). */
+  private oldestClaim = Number.POSITIVE_INFINITY;
   /** bucket → field → value → keys: derived state for txn field guards (rebuilt on demand, never snapshotted). */
   private readonly fieldIndex = new Map<string, Map<string, Map<string, Set<string>>>>();
 
@@ -215,7 +231,13 @@ export class KvStateMachine {
 
   private run(index: number, cmd: KvCommand): KvResult {
     if (cmd.op === 'bucket.create') return this.createBucket(cmd.bucket, cmd.config, cmd.ts);
-    if (cmd.op === 'txn') return this.txn(index, cmd.guards, cmd.ops);
+    if (cmd.op === 'txn') return this.txn(index, cmd.guards, cmd.ops, cmd.claim === undefined ? undefined : { claim: cmd.claim, ts: cmd.ts });
+    if (cmd.op === 'nonce') {
+      const failed = this.checkClaim(cmd.claim, cmd.ts);
+      if (failed) return failed;
+      this.recordClaim(cmd.claim);
+      return { ok: true, kind: 'noop' };
+    }
     if (cmd.op === 'bucket.delete') {
       if (!this.buckets.delete(cmd.bucket)) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(cmd.bucket)} does not exist`);
       this.fieldIndex.delete(cmd.bucket);
@@ -247,7 +269,11 @@ export class KvStateMachine {
     return hit !== undefined && hit.ts + window >= now ? hit.revision : undefined;
   }
 
-  private txn(index: number, guards: readonly KvGuard[], ops: readonly KvWriteCommand[]): KvResult {
+  private txn(index: number, guards: readonly KvGuard[], ops: readonly KvWriteCommand[], claimed?: { claim: NonceClaim; ts: number }): KvResult {
+    if (claimed !== undefined) {
+      const failed = this.checkClaim(claimed.claim, claimed.ts);
+      if (failed) return failed;
+    }
     for (const g of guards) {
       const failed = this.checkGuard(g);
       if (failed) return failed;
@@ -258,7 +284,47 @@ export class KvStateMachine {
       if ('ok' in w) return w;
       planned.push(w);
     }
+    // Recorded only when the txn applies: a txn refused by a guard (a wrong revision) is retried with the same
+    // request's nonce.
+    if (claimed !== undefined) this.recordClaim(claimed.claim);
     return { ok: true, kind: 'txn', entries: planned.map((w) => this.commitWrite(index, w)) };
+  }
+
+  /**
+   * May this request's nonce be claimed now? Advances the nonce clock to `ts` (the proposer's time in the
+   * command) and forgets claims that fell out of the retention window first; the answer depends only on the
+   * replicated state and the command, so every node gives the same one.
+   */
+  private checkClaim(claim: NonceClaim, ts: number): (KvResult & { ok: false }) | undefined {
+    if (ts > this.nonceClock) this.nonceClock = ts;
+    this.pruneClaims();
+    if (claim.at + nonceRetentionMs < this.nonceClock) {
+      return refuse(KvErrorCode.nonceExpired, `request ${claim.id} of ${claim.at} is older than the replay record (${nonceRetentionMs} ms before ${this.nonceClock})`);
+    }
+    if (this.nonces.has(claim.id)) return refuse(KvErrorCode.nonceSeen, `request ${claim.id} was already applied (replay)`);
+    if (this.nonces.size >= nonceLimits.claimsMax) return refuse(KvErrorCode.noncesFull, `${nonceLimits.claimsMax} signed requests within ${nonceRetentionMs} ms: retry later`);
+    return undefined;
+  }
+
+  private recordClaim(claim: NonceClaim): void {
+    this.nonces.set(claim.id, claim.at);
+    if (claim.at < this.oldestClaim) this.oldestClaim = claim.at;
+  }
+
+  /**
+   * Drops every claim whose request is older than the window (they would be refused as expired anyway). Exact, so
+   * the record is the same set on every node however it was built (applied live or restored from a snapshot);
+   * a sweep runs only when the oldest claim has expired.
+   */
+  private pruneClaims(): void {
+    const horizon = this.nonceClock - nonceRetentionMs;
+    if (this.nonces.size === 0 || this.oldestClaim >= horizon) return;
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const [id, at] of this.nonces) {
+      if (at < horizon) this.nonces.delete(id);
+      else if (at < oldest) oldest = at;
+    }
+    this.oldestClaim = oldest;
   }
 
   private checkGuard(g: KvGuard): (KvResult & { ok: false }) | undefined {
@@ -525,7 +591,10 @@ export class KvStateMachine {
       const ids = [...b.msgIds].map(([id, v]) => [id, v.revision, v.ts]);
       return [name, [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax, c.maxAgeMs, c.duplicateWindowMs], b.created, b.seq, keys, b.stream, ids];
     });
-    return pack([SNAPSHOT_VERSION, this.applied, buckets]);
+    if (this.nonces.size === 0 && this.nonceClock === 0) return pack([SNAPSHOT_VERSION, this.applied, buckets]);
+    // Version 3 adds the nonce record; a state without one keeps writing version 2.
+    const claims = [...this.nonces.entries()].sort((a, z) => (a[0] < z[0] ? -1 : a[0] > z[0] ? 1 : 0));
+    return pack([SNAPSHOT_VERSION_NONCES, this.applied, buckets, [this.nonceClock, claims]]);
   }
 
   /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
@@ -542,7 +611,20 @@ export class KvStateMachine {
     if (Array.isArray(v) && v[0] === 1) {
       throw new StoreError(StoreErrorCode.formatVersion, 'KV snapshot image has format 1 (KV revisions numbered by the Raft index); this membershipd numbers them per bucket and cannot convert it: see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md');
     }
-    if (!Array.isArray(v) || v.length !== 3 || v[0] !== SNAPSHOT_VERSION || !isUint(v[1]) || !Array.isArray(v[2])) return bad('header');
+    const plain = Array.isArray(v) && v.length === 3 && v[0] === SNAPSHOT_VERSION;
+    const withNonces = Array.isArray(v) && v.length === 4 && v[0] === SNAPSHOT_VERSION_NONCES;
+    if (!Array.isArray(v) || (!plain && !withNonces) || !isUint(v[1]) || !Array.isArray(v[2])) return bad('header');
+    const nonces = new Map<string, number>();
+    let nonceClock = 0;
+    if (withNonces) {
+      const rec = v[3] as unknown;
+      if (!Array.isArray(rec) || rec.length !== 2 || !isUint(rec[0]) || !Array.isArray(rec[1])) return bad('nonce record');
+      nonceClock = rec[0];
+      for (const c of rec[1] as unknown[]) {
+        if (!Array.isArray(c) || c.length !== 2 || typeof c[0] !== 'string' || !isUint(c[1])) return bad('nonce claim');
+        nonces.set(c[0], c[1]);
+      }
+    }
     const buckets = new Map<string, Bucket>();
     for (const raw of v[2] as unknown[]) {
       const b = restoreBucket(raw);
@@ -552,6 +634,10 @@ export class KvStateMachine {
     this.buckets.clear();
     this.fieldIndex.clear();
     for (const [k, b] of buckets) this.buckets.set(k, b);
+    this.nonces.clear();
+    this.oldestClaim = Number.POSITIVE_INFINITY;
+    for (const [id, at] of nonces) this.recordClaim({ id, at });
+    this.nonceClock = nonceClock;
     this.applied = v[1];
   }
 }

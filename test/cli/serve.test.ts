@@ -266,7 +266,8 @@ t.test('dev: generates certificates once, prints a banner whose example and admi
   // bob connects over TLS (verified against the dev CA) to another node than the one the CLI used, and may use
   // the subjects of role app only.
   const otherNode = urls!.split(',')[2]!;
-  const asBob = (server: string) => connect({ servers: server, tls: { caFile }, user: 'bob', pass: password!, reconnect: false });
+  // bob's replies go to his private inbox (role app does not grant the shared _INBOX.>).
+  const asBob = (server: string) => connect({ servers: server, tls: { caFile }, user: 'bob', pass: password!, reconnect: false, inboxPrefix: '_INBOX_bob' });
   const bob = await asBob(otherNode);
   t.teardown(() => bob.close().catch(() => undefined));
   t.equal(await roundTripOn(bob, 'app.orders'), 'app.orders payload-1', 'bob pub/subs within role app');

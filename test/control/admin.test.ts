@@ -202,14 +202,14 @@ t.test('admin API: only signed admin principals; concurrent adds create once', a
   t.match(await api.request('$UB.API.USER.LIST', signed), { error: { code: 'forbidden', message: /replay/ } }, 'a replayed request is refused');
   r = await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.LIST', { name: 'x' }, { publicKey: identity.publicKey, sign: identity.sign }));
   t.match(r, { error: { code: 'forbidden', message: /signature does not verify/ } }, 'a signature for another subject does not verify');
-  // Envelope nonces: a changed nonce breaks the signature; an envelope without one (older CLIs) still verifies.
+  // Envelope nonces: a changed nonce breaks the signature; an envelope without one (older CLIs) is refused.
   const env = JSON.parse(new TextDecoder().decode(signRequest('$UB.API.USER.LIST', {}, identity))) as { auth: Record<string, unknown>; body: string };
   const swapped = { ...env, auth: { ...env.auth, nonce: 'AAAAAAAAAAAAAAAAAAAAAA' } };
   t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify(swapped))), { error: { code: 'forbidden', message: /signature does not verify/ } }, 'a swapped nonce does not verify');
   t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify({ ...env, auth: { ...env.auth, nonce: 'x y' } }))), { error: { code: 'bad_request', message: /nonce/ } });
   const legacyTs = Date.now();
   const legacySig = Buffer.from(identity.sign(enc.encode(`$UB.API.USER.LIST\n${legacyTs}\n{}`))).toString('base64url');
-  t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify({ auth: { key: identity.publicKey, ts: legacyTs, sig: legacySig }, body: '{}' }))), { users: [{ name: 'alice' }] }, 'an envelope without a nonce (older CLI) verifies');
+  t.match(await api.request('$UB.API.USER.LIST', enc.encode(JSON.stringify({ auth: { key: identity.publicKey, ts: legacyTs, sig: legacySig }, body: '{}' }))), { error: { code: 'bad_request', message: /no auth\.nonce.*upgrade/ } }, 'an envelope without a nonce (older CLI) is refused: it could be replayed on another node');
 
   const me = { publicKey: identity.publicKey, sign: identity.sign };
   const nk = createKeyPair('user').publicKey;
@@ -242,13 +242,14 @@ t.test("a connection's CONNECT proof stands in for the envelope signature of the
 
   // End to end: the key a real client proves at CONNECT reaches the admin API with its request.
   const seed = new TextEncoder().encode(readFileSync(idFile, 'utf8').trim());
-  const internal = await connect({ servers: url, authenticator: nkeyAuthenticator(seed), reconnect: false });
+  // A private inbox prefix, as the CLI uses: the admin API refuses replies to the shared `_INBOX.`.
+  const internal = await connect({ servers: url, authenticator: nkeyAuthenticator(seed), reconnect: false, inboxPrefix: '_INBOX_test_internal' });
   clients.push(internal);
   const ask = async (nc: NatsConnection, payload: Uint8Array) => JSON.parse(new TextDecoder().decode((await nc.request('$UB.API.USER.LIST', payload, { timeout: 5000 })).data)) as unknown;
   t.match(await ask(internal, forged()), { users: [{ name: 'alice' }] }, 'the internal identity\'s connection: its own key needs no signature check');
   const ops = createKeyPair('user');
   t.match(await api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'ops-e2e', nkey: ops.publicKey, roles: ['admin'] }, me)), { result: 'created' });
-  const opsConn = await connect({ servers: url, authenticator: nkeyAuthenticator(new TextEncoder().encode(ops.seed)), reconnect: false });
+  const opsConn = await connect({ servers: url, authenticator: nkeyAuthenticator(new TextEncoder().encode(ops.seed)), reconnect: false, inboxPrefix: '_INBOX_test_ops' });
   clients.push(opsConn);
   t.match(await ask(opsConn, forged()), { error: { code: 'forbidden', message: /signature does not verify/ } }, 'an admin NKey user claiming the internal key: verified, refused');
   t.match(await ask(opsConn, signRequest('$UB.API.USER.LIST', {}, ops)), { users: [{ name: 'alice' }] }, 'its own key: accepted');

@@ -236,6 +236,8 @@ async function adminFor(c: Cluster, i: number): Promise<Admin> {
   const nc = await connect({
     servers: `tls://127.0.0.1:${c.natsPorts[i]}`, authenticator: nkeyAuthenticator(new TextEncoder().encode(seedText)),
     tls: { caFile: files.caFile }, reconnect: false, maxReconnectAttempts: 0, timeout: 5000, name: 'fault-admin',
+    // A private reply prefix, as the CLI uses: the admin API refuses replies to the shared `_INBOX.`.
+    inboxPrefix: `_INBOX_fault_admin_${i}`,
   });
   admins.push(nc);
   return { nc, signer: keyPairFromSeed(seedText, ['server', 'user']) };

@@ -511,7 +511,8 @@ t.test('bus permissions decide who reaches the KV API (enforce mode)', async (t)
   const auth = createBusAuthenticator({ mode: 'enforce', source, logger: silentLogger() });
   const srv = createNatsServer({ host: '127.0.0.1', port: 0, auth, logger: silentLogger() });
   await srv.start();
-  const ncK = await connect({ servers: `127.0.0.1:${srv.port}`, token: tokK });
+  // Its private inbox prefix: a consumer's deliver subject must be one its creator may publish to (SECURITY.md).
+  const ncK = await connect({ servers: `127.0.0.1:${srv.port}`, token: tokK, inboxPrefix: '_INBOX_k' });
   const ncP = await connect({ servers: `127.0.0.1:${srv.port}`, token: tokP });
   const a = attachKvApi(srv, { backend: createLocalKvBackend(new KvStateMachine()), logger: silentLogger(), serverName: srv.serverName });
   t.teardown(async () => {
@@ -523,7 +524,7 @@ t.test('bus permissions decide who reaches the KV API (enforce mode)', async (t)
   const kvK = await new Kvm(ncK).create('app');
   await kvK.put('x', '1');
   t.equal((await kvK.get('x'))?.string(), '1');
-  t.same(await collect(await kvK.keys()), ['x'], 'consumers work with _INBOX.> subscribe and $JS.FC.> publish rights');
+  t.same(await collect(await kvK.keys()), ['x'], 'consumers work through the user\'s private inbox and $JS.FC.> publish rights');
   const before = a.stats().requests;
   // A bucket outside the role's $KV subjects: the stream can be created, but a put is a permissions violation.
   const other = await new Kvm(ncK).create('other');

@@ -24,6 +24,7 @@ class Model {
     if (cmd === 'noop') return { ok: true };
     if (cmd === 'garbage') return { ok: false, code: KvErrorCode.badCommand };
     if (cmd.op === 'txn') return this.txn(index, cmd);
+    if (cmd.op === 'nonce') throw new Error('the model does not generate nonce claims (they have their own test)');
     return this.single(index, cmd);
   }
 
@@ -69,7 +70,7 @@ class Model {
     return { ok: true, entries };
   }
 
-  private single(index: number, cmd: Exclude<KvCommand, { op: 'txn' }>): ReturnType<Model['apply']> {
+  private single(index: number, cmd: Exclude<KvCommand, { op: 'txn' } | { op: 'nonce' }>): ReturnType<Model['apply']> {
     if (cmd.op === 'bucket.create') {
       if (!/^[a-zA-Z0-9_-]{1,8}$/.test(cmd.bucket)) return { ok: false, code: KvErrorCode.badBucketName };
       const c = { history: 1, valueBytesMax: 64, bytesMax: 256 * 1024 * 1024, keyBytesMax: 40, maxAgeMs: 0, duplicateWindowMs: 120_000, ...cmd.config };

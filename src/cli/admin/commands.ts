@@ -1,6 +1,8 @@
 // `membershipd user|role|audit|cluster …`: build the request, send it signed to `$UB.API.<AREA>.<VERB>` on a node, print
 // the reply (a table, or JSON with --json) and map it to the exit code: 0 ok, 1 failed, 2 bad usage, 3 conflict.
+import { scrypt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { hashPassword, parsePasswordHash } from '../../auth/credentials.js';
 import { signRequest } from '../../control/envelope.js';
 import type { CliOutput } from '../output.js';
 import { parseAdminArgs, UsageError, type CommandSpec, type ParsedCommand } from './args.js';
@@ -241,6 +243,32 @@ function exitFor(code: string): number {
   }
 }
 
+/**
+ * Replaces the request's cleartext `password` with `password_hash`: the password never leaves the CLI (a request
+ * crosses the bus, where any `$UB.API.>` subscriber can read it). The hash reuses the user's stored salt and scrypt
+ * parameters when there is one (USER.SALT), so the same password gives the same hash and `user add` of an
+ * unchanged spec stays `unchanged`; a new user gets a fresh random salt (hashPassword).
+ */
+async function hashBeforeSending(body: Record<string, unknown>,
+  ask: (subject: string, body: Record<string, unknown>) => Promise<Record<string, unknown>>): Promise<Record<string, unknown> | undefined> {
+  const password = body.password as string;
+  const r = await ask('$UB.API.USER.SALT', { name: body.name });
+  if (r.error !== undefined) return r;
+  delete body.password;
+  body.password_hash = typeof r.salt === 'string' ? await hashWithSalt(password, r.salt) : await hashPassword(password);
+  return undefined;
+}
+
+/** scrypt of `password` with the salt and parameters of `prefix` (`scrypt$N$r$p$salt`), in the stored format. */
+async function hashWithSalt(password: string, prefix: string): Promise<string> {
+  // parsePasswordHash checks the parameters' bounds; the placeholder hash only completes the format.
+  const { params, salt } = parsePasswordHash(`${prefix}$${Buffer.alloc(32).toString('base64url')}`);
+  const key = await new Promise<Buffer>((resolve, reject) => {
+    scrypt(password, salt, 32, { N: params.N, r: params.r, p: params.p, maxmem: 256 * params.N * params.r + 1024 * 1024 }, (e, k) => (e ? reject(e) : resolve(k)));
+  });
+  return `${prefix}$${key.toString('base64url')}`;
+}
+
 /** `membershipd user|role|audit VERB …`; resolves with the exit code. */
 export async function runApiCommand(area: string, argv: readonly string[], out: CliOutput, env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const verbs = adminVerbs[area]!;
@@ -257,8 +285,13 @@ export async function runApiCommand(area: string, argv: readonly string[], out: 
   const nc = await connectAdmin(settings);
   let reply: Record<string, unknown>;
   try {
-    const msg = await nc.request(subject, signRequest(subject, body, settings.signer), { timeout: settings.timeoutMs });
-    reply = JSON.parse(new TextDecoder().decode(msg.data)) as Record<string, unknown>;
+    const ask = async (subj: string, b: Record<string, unknown>): Promise<Record<string, unknown>> => {
+      const msg = await nc.request(subj, signRequest(subj, b, settings.signer), { timeout: settings.timeoutMs });
+      return JSON.parse(new TextDecoder().decode(msg.data)) as Record<string, unknown>;
+    };
+    // A refused USER.SALT (a bad name, no admin right) is the command's answer: its error maps to the exit code.
+    const refused = typeof body.password === 'string' ? await hashBeforeSending(body, ask) : undefined;
+    reply = refused ?? await ask(subject, body);
   } catch (err) {
     const m = err instanceof Error ? err.message : String(err);
     const why = /no responders|503/i.test(m) ? `no admin API answers on ${settings.server} (is the node running with --store kv?)`

@@ -5,6 +5,7 @@
 // Identity: --internal-id-file (the node's NKey seed: the admin principal) or --creds (a NATS creds file holding
 // an NKey user seed 'SU…' of a user with an admin role). The same key authenticates the NATS connection (nonce
 // challenge) and signs each request envelope (src/control/envelope.ts).
+import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { IdentityFileError, keyPairFromSeed, NKeyError, readIdentity, type NKeyPair } from '../../auth/index.js';
@@ -130,6 +131,10 @@ export async function connectAdmin(s: AdminConnectionSettings): Promise<NatsConn
       authenticator: nkeyAuthenticator(enc.encode(s.seed)),
       ...(s.tlsCa !== undefined ? { tls: { caFile: s.tlsCa } } : {}),
       name: 'membershipd-admin',
+      // A random, unguessable reply prefix per connection: admin replies (users, roles, audit) must never pass
+      // through the shared `_INBOX.` that any role granting subscribe `_INBOX.>` can read, and the node refuses
+      // admin requests that ask for it (src/control/api.ts isSharedInbox).
+      inboxPrefix: `_INBOX_${randomBytes(16).toString('hex')}`,
       reconnect: false,
       maxReconnectAttempts: 0,
       timeout: Math.min(s.timeoutMs, 5000),
