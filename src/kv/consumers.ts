@@ -233,7 +233,8 @@ export class Consumer {
       if (this.spec.flowControl && this.bytesSinceReply >= lim.flowWindowBytes) break;
       const e = q[this.head]!;
       // Queued before a STREAM.PURGE or a TTL expiry dropped it: nats-server delivers only stored messages.
-      if (!this.reg.reader.history(e.bucket, e.key).includes(e)) {
+      // By revision, not identity: a redacting reader (src/kv/backend.ts) hands out copies of the entries.
+      if (!this.reg.reader.history(e.bucket, e.key).some((h) => h.revision === e.revision)) {
         this.head++;
         this.sseq = e.revision;
         msgs++; // a skip is work too: the turn stays bounded

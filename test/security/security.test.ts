@@ -302,10 +302,12 @@ t.test('2: the replicated nonce record is deterministic, snapshotted, bounded in
   t.match(apply({ op: 'nonce', ts: later, claim: { id: 'N1:new', at: later } }), { ok: true });
   t.match(apply({ op: 'nonce', ts: later, claim: { id: 'N1:abc', at: t0 } }), { ok: false, code: KvErrorCode.nonceExpired });
   t.same(Buffer.from(a.snapshot()), Buffer.from(b.snapshot()));
-  // A state that never saw a claim still writes the version-1 snapshot, byte for byte.
+  // A state that never saw a claim writes the format without the nonce record (2: per-bucket revisions);
+  // with claims it is 3.
   const plain = new KvStateMachine();
   plain.apply(1, encodeKvCommand({ op: 'bucket.create', bucket: 'x', config: {}, ts: t0 }));
-  t.equal((unpack(plain.snapshot()) as unknown[])[0], 1);
+  t.equal((unpack(plain.snapshot()) as unknown[])[0], 2);
+  t.equal((unpack(a.snapshot()) as unknown[])[0], 3);
   // Malformed claims are refused as bad commands on every node alike.
   t.match(a.apply(++index, encodeKvCommand({ op: 'nonce', ts: t0, claim: { id: '', at: t0 } } as KvCommand)), { ok: false, code: KvErrorCode.badCommand });
 });
