@@ -33,6 +33,8 @@ export interface SnapshotChunk {
   readonly data: Uint8Array;
   /** This chunk ends the snapshot data. */
   readonly done: boolean;
+  /** Bytes of the whole snapshot data (0 when the sender did not say: an older node). Progress only. */
+  readonly total: number;
 }
 
 /**
@@ -41,7 +43,11 @@ export interface SnapshotChunk {
  * - appResp: index = highest index now matching (or the rejected `index`); on reject, rejectHint/logTerm
  *   are the follower's conflict hint (fast log repair, Raft paper §5.3 last paragraph).
  * - vote/preVote: index/logTerm = candidate's last entry; context = campaignTransfer when forced.
- * - heartbeat: commit = min(leader commit, follower match); context = ReadIndex round id.
+ * - heartbeat: commit = min(leader commit, follower match); context = ReadIndex round id; index = the leader's
+ *   own commit index once an entry of its term is committed (0 before: a new leader's commit may still lag the
+ *   cluster's, thesis §6.4), what a catching-up follower measures itself against.
+ * - appResp with reject and context = lostLogContext: the follower lost its persistent state (a wiped disk) and
+ *   holds only what it has received since; the leader forgets the match it remembers for it.
  * - snap: snapshot = one chunk; snapResp: index = snapshot index, rejectHint = next wanted offset.
  * - readIndex/readIndexResp: context = the caller's request id; index = the read index.
  */
@@ -68,6 +74,13 @@ export const campaignTransferContext: Uint8Array = Uint8Array.of(0x74);
 
 export function isCampaignTransfer(ctx: Uint8Array): boolean {
   return ctx.length === 1 && ctx[0] === 0x74;
+}
+
+/** Marks an append rejection from a node that lost its log (see RaftConfig.recovering). */
+export const lostLogContext: Uint8Array = Uint8Array.of(0x6c);
+
+export function isLostLog(ctx: Uint8Array): boolean {
+  return ctx.length === 1 && ctx[0] === 0x6c;
 }
 
 /** Builds a message with every field present (one object shape keeps V8's inline caches monomorphic). */

@@ -103,6 +103,16 @@ export class Progress {
     this.next = this.match + 1;
   }
 
+  /**
+   * The follower lost its log (a wiped disk): the match remembered for it is void. Probe again from what it
+   * still has (`hint`, 0 for nothing); an index below the leader's first index turns into a snapshot.
+   */
+  resetLostLog(hint: number): void {
+    this.resetState(ProgressState.probe);
+    this.match = 0;
+    this.next = hint + 1;
+  }
+
   becomeSnapshot(s: Snapshot): void {
     this.resetState(ProgressState.snapshot);
     this.snapshot = s;

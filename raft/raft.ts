@@ -7,7 +7,7 @@ import type { ConfChange } from './conf_change.js';
 import { RaftError, RaftErrorCode, assert } from './errors.js';
 import { RaftLog, termCompacted } from './log.js';
 import type { Message, MessageType as MessageTypeT } from './messages.js';
-import { MessageType, campaignTransferContext, emptyBytes, entriesBytes, isCampaignTransfer, message } from './messages.js';
+import { MessageType, campaignTransferContext, emptyBytes, entriesBytes, isCampaignTransfer, isLostLog, lostLogContext, message } from './messages.js';
 import { Progress, ProgressState } from './progress.js';
 import { VoteResult, committedIndex, hasQuorum, voteResult } from './quorum.js';
 import { ReadOnly } from './read_only.js';
@@ -70,6 +70,8 @@ export const PlantedBug = {
   commitWithoutMajority: 'commit-without-majority',
   /** Never persist the vote, so a restarted node may vote again in the same term. */
   voteNotPersisted: 'vote-not-persisted',
+  /** A node that lost its disk votes at once, as if its empty log and forgotten vote were real state. */
+  recoveringVotes: 'recovering-votes',
 } as const;
 export type PlantedBug = (typeof PlantedBug)[keyof typeof PlantedBug];
 
@@ -93,6 +95,14 @@ export interface RaftConfig {
   readonly preVote?: boolean;
   /** Check-quorum and leader lease (thesis §6.2, §9.6); default true. */
   readonly checkQuorum?: boolean;
+  /**
+   * This node lost its persistent state (a wiped data directory) but its id is a member: its empty log and
+   * forgotten vote are not the promises it made. Until its log holds the leader's commit index it grants no
+   * vote, starts no election, and marks its append rejections so that the leader forgets the match it
+   * remembers and sends a snapshot. Pass no `peers` with it. The caller persists the flag until
+   * `recovering` reads false (see src/node/README.md, "A wiped node").
+   */
+  readonly recovering?: boolean;
   /** Test-only. */
   readonly plantedBug?: PlantedBug;
 }
@@ -103,6 +113,8 @@ interface PartialSnapshot {
   readonly snap: Snapshot['meta'];
   readonly chunks: Uint8Array[];
   received: number;
+  /** The sender's size of the whole data (0: not said). */
+  readonly total: number;
 }
 
 export class Raft {
@@ -138,6 +150,15 @@ export class Raft {
   private partialSnap: PartialSnapshot | null = null;
   private fromNetwork = false;
   private readonly scratch: number[] = [];
+  /** See RaftConfig.recovering. */
+  recovering: boolean;
+  /**
+   * The current leader's own commit index as its heartbeats tell it (0: not known yet). A follower's `committed`
+   * is clamped to what it has; this is what it has to reach to be current.
+   */
+  leaderCommit = 0;
+  /** Recovering: the first leader commit index learned; the node is caught up once its log commits it. */
+  private recoverTarget = 0;
 
   constructor(cfg: RaftConfig) {
     assert(Number.isInteger(cfg.id) && cfg.id > 0, `node id ${cfg.id} must be a positive integer`);
@@ -152,6 +173,7 @@ export class Raft {
     this.preVote = cfg.preVote ?? true;
     this.checkQuorum = cfg.checkQuorum ?? true;
     this.bug = cfg.plantedBug;
+    this.recovering = (cfg.recovering ?? false) && this.bug !== PlantedBug.recoveringVotes;
     this.raftLog = new RaftLog(cfg.storage);
     const st = cfg.storage.initialState();
     let hs = st.hardState;
@@ -180,6 +202,22 @@ export class Raft {
     return this.conf.voters.includes(this.id);
   }
 
+  /**
+   * A recovering node is caught up once its log commits the first leader commit index it learned. Why that
+   * suffices: a leader's heartbeat carries its commit index only once an entry of its own term is committed, so
+   * every entry committed anywhere (also with acknowledgements this node sent before it lost its disk) lies at or
+   * below it (leader completeness, §5.4). From then on this node's log holds every promise its lost log held.
+   * The vote is pinned to the leader it follows: it may have voted in this term before it lost its disk, and the
+   * leader is the one candidate a second vote cannot harm (it has won already).
+   */
+  private maybeFinishRecovery(): void {
+    if (!this.recovering || this.lead === 0 || this.leaderCommit === 0) return;
+    if (this.recoverTarget === 0) this.recoverTarget = this.leaderCommit;
+    if (this.raftLog.committed < this.recoverTarget) return;
+    this.recovering = false;
+    if (this.vote === 0) this.vote = this.lead;
+  }
+
   // ---- role transitions (§5.2) ----
 
   private reset(term: number): void {
@@ -188,6 +226,7 @@ export class Raft {
       this.vote = 0;
     }
     this.lead = 0;
+    this.leaderCommit = 0;
     this.electionElapsed = 0;
     this.heartbeatElapsed = 0;
     this.randomizedElectionTimeout = this.electionTicks + this.rng.int(this.electionTicks);
@@ -252,7 +291,7 @@ export class Raft {
 
   private tickElection(): void {
     this.electionElapsed++;
-    if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
+    if (this.promotable() && !this.recovering && this.electionElapsed >= this.randomizedElectionTimeout) {
       this.electionElapsed = 0;
       this.hup(false);
     }
@@ -287,7 +326,7 @@ export class Raft {
   /** Starts an election if allowed; `transfer` skips pre-vote (the leader asked us to campaign). */
   hup(transfer: boolean): void {
     if (this.state === StateType.leader) return;
-    if (!this.promotable()) return;
+    if (!this.promotable() || this.recovering) return;
     if (this.hasUnappliedConfChanges()) return;
     this.campaign(transfer || !this.preVote ? 'election' : 'pre', transfer);
   }
@@ -401,7 +440,8 @@ export class Raft {
     let canVote = this.vote === m.from || (this.vote === 0 && this.lead === 0) || (m.type === MessageType.preVote && m.term > this.term);
     if (this.bug === PlantedBug.voteTwice && m.type === MessageType.vote && this.state !== StateType.leader) canVote = true;
     const upToDate = this.bug === PlantedBug.voteNoUpToDate || this.raftLog.isUpToDate(m.index, m.logTerm);
-    if (canVote && upToDate) {
+    // A node that lost its disk abstains: its log and vote record are not what it promised (maybeFinishRecovery).
+    if (canVote && upToDate && !this.recovering) {
       this.send({ type: respType, to: m.from, term: m.term });
       if (m.type === MessageType.vote) {
         this.electionElapsed = 0;
@@ -550,12 +590,18 @@ export class Raft {
 
   private bcastHeartbeat(): void {
     const ctx = this.readOnly.lastPendingContext() ?? emptyBytes;
+    const own = this.ownCommit();
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
       // The commit sent is at most the follower's match: it may not have the entries beyond it.
       const commit = Math.min(pr.match, this.raftLog.committed);
-      this.send({ type: MessageType.heartbeat, to: id, commit, context: ctx });
+      this.send({ type: MessageType.heartbeat, to: id, commit, context: ctx, index: own });
     }
+  }
+
+  /** The commit index a heartbeat reveals: known complete only once an entry of this term is committed (§6.4). */
+  private ownCommit(): number {
+    return this.raftLog.term(this.raftLog.committed) === this.term ? this.raftLog.committed : 0;
   }
 
   /** Sends the next append (or snapshot) to `to`; false if nothing was sent. */
@@ -585,12 +631,20 @@ export class Raft {
     const snap = pr.snapshot!;
     const offset = pr.snapOffset;
     const end = Math.min(snap.data.length, offset + this.limits.snapshotChunkBytesMax);
-    const chunk = { meta: snap.meta, offset, data: snap.data.subarray(offset, end), done: end >= snap.data.length };
+    const chunk = { meta: snap.meta, offset, data: snap.data.subarray(offset, end), done: end >= snap.data.length, total: snap.data.length };
     this.send({ type: MessageType.snap, to, snapshot: chunk });
   }
 
   private handleAppendResponse(m: Message, pr: Progress): void {
     pr.recentActive = true;
+    if (m.reject && isLostLog(m.context) && m.rejectHint < pr.match) {
+      // The follower lost what it acknowledged (a wiped disk): its rejections would otherwise look stale for ever
+      // (maybeDecrTo never goes below match). Not from a delayed message: a follower marks rejections only while
+      // it recovers, and then it holds at most what it received since, so an earlier reset is merely repeated.
+      pr.resetLostLog(m.rejectHint);
+      this.maybeSendAppend(m.from, true);
+      return;
+    }
     if (m.reject) {
       let hint = m.rejectHint;
       if (m.logTerm > 0) hint = this.raftLog.findConflictByTerm(m.rejectHint, m.logTerm)[0];
@@ -671,7 +725,7 @@ export class Raft {
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
       const commit = Math.min(pr.match, this.raftLog.committed);
-      this.send({ type: MessageType.heartbeat, to: id, commit, context: m.context });
+      this.send({ type: MessageType.heartbeat, to: id, commit, context: m.context, index: this.ownCommit() });
     }
   }
 
@@ -768,6 +822,7 @@ export class Raft {
         this.electionElapsed = 0;
         this.lead = m.from;
         this.handleAppend(m);
+        this.maybeFinishRecovery();
         return;
       case MessageType.heartbeat:
         this.electionElapsed = 0;
@@ -778,6 +833,7 @@ export class Raft {
         this.electionElapsed = 0;
         this.lead = m.from;
         this.handleSnapshot(m);
+        this.maybeFinishRecovery();
         return;
       case MessageType.timeoutNow:
         this.hup(true);
@@ -801,11 +857,20 @@ export class Raft {
     }
     // Fast log repair: the largest index <= min(m.index, our last) whose term is <= m.logTerm.
     const [hintIndex, hintTerm] = log.findConflictByTerm(Math.min(m.index, log.lastIndex()), m.logTerm);
-    this.send({ type: MessageType.appResp, to: m.from, index: m.index, reject: true, rejectHint: hintIndex, logTerm: hintTerm });
+    const context = this.recovering ? lostLogContext : emptyBytes;
+    this.send({ type: MessageType.appResp, to: m.from, index: m.index, reject: true, rejectHint: hintIndex, logTerm: hintTerm, context });
   }
 
   private handleHeartbeat(m: Message): void {
-    this.raftLog.commitTo(Math.min(m.commit, this.raftLog.lastIndex()));
+    const last = this.raftLog.lastIndex();
+    if (this.recovering && m.commit > last) {
+      // The leader's commit for us is clamped to the match it remembers, so it believes we hold m.commit: in a
+      // quiet cluster it would never send an append for us to reject. Say what we have instead.
+      this.send({ type: MessageType.appResp, to: m.from, index: m.commit, reject: true, rejectHint: last, logTerm: this.raftLog.lastTerm(), context: lostLogContext });
+    }
+    this.raftLog.commitTo(Math.min(m.commit, last));
+    if (m.index > this.leaderCommit) this.leaderCommit = m.index;
+    this.maybeFinishRecovery();
     this.send({ type: MessageType.heartbeatResp, to: m.from, context: m.context });
   }
 
@@ -824,7 +889,7 @@ export class Raft {
         this.send({ type: MessageType.snapResp, to: m.from, index: c.meta.index, rejectHint: 0 });
         return;
       }
-      p = this.partialSnap = { from: m.from, term: m.term, snap: c.meta, chunks: [], received: 0 };
+      p = this.partialSnap = { from: m.from, term: m.term, snap: c.meta, chunks: [], received: 0, total: c.total };
     }
     if (c.offset === p.received) {
       // Copy: a transport may hand us a view into a buffer it reuses.
@@ -845,6 +910,12 @@ export class Raft {
       }
     }
     this.send({ type: MessageType.snapResp, to: m.from, index: c.meta.index, rejectHint: p.received });
+  }
+
+  /** Bytes received of the snapshot being streamed to this node, and its size (0, 0 when none is). */
+  snapshotTransfer(): { received: number; total: number } {
+    const p = this.partialSnap;
+    return p ? { received: p.received, total: p.total } : { received: 0, total: 0 };
   }
 
   /** Installs a snapshot received from the leader; false if it is stale or the log already has it. */

@@ -69,6 +69,13 @@ export interface BasicStatus {
   readonly lead: number;
   readonly state: StateType;
   readonly applied: number;
+  /** RaftConfig.recovering: true until this node, having lost its disk, holds the leader's commit index. */
+  readonly recovering: boolean;
+  /** The leader's own commit index as its heartbeats tell it (0: not known); on the leader, its commit index. */
+  readonly leaderCommit: number;
+  /** Snapshot bytes received of `snapshotBytes` while one is streamed to this node (both 0 otherwise). */
+  readonly snapshotReceived: number;
+  readonly snapshotBytes: number;
 }
 
 function sameHardState(a: HardState, b: HardState): boolean {
@@ -205,7 +212,12 @@ export class RawNode {
 
   basicStatus(): BasicStatus {
     const r = this.raft;
-    return { id: r.id, term: r.term, vote: r.vote, commit: r.raftLog.committed, lead: r.lead, state: r.state, applied: r.raftLog.applied };
+    const snap = r.snapshotTransfer();
+    return {
+      id: r.id, term: r.term, vote: r.vote, commit: r.raftLog.committed, lead: r.lead, state: r.state, applied: r.raftLog.applied,
+      recovering: r.recovering, leaderCommit: r.state === StateType.leader ? r.raftLog.committed : r.leaderCommit,
+      snapshotReceived: snap.received, snapshotBytes: snap.total,
+    };
   }
 
   status(): Status {

@@ -58,7 +58,7 @@ export function encodeMessage(m: Message): unknown[] {
     0, m.type, m.from, m.to, m.term, m.logTerm, m.index,
     m.entries.map((e) => [e.term, e.index, e.type, e.data]),
     m.commit, m.reject, m.rejectHint, m.context,
-    snap === null ? null : [snap.meta.index, snap.meta.term, snap.meta.conf.voters, snap.meta.conf.learners, snap.offset, snap.data, snap.done],
+    snap === null ? null : [snap.meta.index, snap.meta.term, snap.meta.conf.voters, snap.meta.conf.learners, snap.offset, snap.data, snap.done, snap.total],
   ];
 }
 
@@ -116,11 +116,12 @@ export function decodeNodeFrame(data: unknown): Decoded | string {
   }
   let snapshot: SnapshotChunk | null = null;
   if (snap !== null) {
-    if (!Array.isArray(snap) || snap.length !== 7) return 'malformed snapshot chunk';
-    const [si, st, sv, sl, off, sd, done] = snap as unknown[];
-    if (!isUint(si) || !isUint(st) || !isIds(sv) || !isIds(sl) || !isUint(off) || !isBytes(sd) || typeof done !== 'boolean') return 'malformed snapshot chunk';
+    // 7 fields from nodes older than the chunk's `total` (progress only): read as 0.
+    if (!Array.isArray(snap) || (snap.length !== 7 && snap.length !== 8)) return 'malformed snapshot chunk';
+    const [si, st, sv, sl, off, sd, done, total = 0] = snap as unknown[];
+    if (!isUint(si) || !isUint(st) || !isIds(sv) || !isIds(sl) || !isUint(off) || !isBytes(sd) || typeof done !== 'boolean' || !isUint(total)) return 'malformed snapshot chunk';
     const conf: ConfState = { voters: sv, learners: sl };
-    snapshot = { meta: { index: si, term: st, conf }, offset: off, data: sd, done };
+    snapshot = { meta: { index: si, term: st, conf }, offset: off, data: sd, done, total };
   }
   return {
     kind: 'raft',

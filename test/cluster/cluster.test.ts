@@ -520,7 +520,7 @@ t.test('wire, envelope, sessions, slot derivation: seeded properties and malform
     entries: fc.array(fc.record({ term: u, index: u, type: fc.constantFrom(0 as const, 1 as const), data: bytes }), { maxLength: 4 }),
     snapshot: fc.option(fc.record({
       meta: fc.record({ index: u, term: u, conf: fc.record({ voters: fc.array(u, { maxLength: 5 }), learners: fc.array(u, { maxLength: 3 }) }) }),
-      offset: u, data: bytes, done: fc.boolean(),
+      offset: u, data: bytes, done: fc.boolean(), total: u,
     }), { nil: null }),
   }).map((m) => message(m));
   // Through the real route codec (msgpack), as on the wire.

@@ -20,6 +20,7 @@ import {
   committedIndex,
   decodeConfChange,
   encodeConfChange,
+  message,
   hasQuorum,
   seededRng,
   voteResult,
@@ -434,6 +435,45 @@ t.test('InstallSnapshot in chunks for a follower behind the compacted log', (t) 
   net.propose(1, 'after-snapshot');
   t.same(net.node(3).appliedData, ['after-snapshot'], 'the follower continues from the snapshot');
   t.equal(net.raw(1).status().progress.get(3)?.state, ProgressState.replicate);
+  t.end();
+});
+
+t.test('a voter that lost its disk abstains until it holds the leader\'s commit index, then rejoins by snapshot', (t) => {
+  for (const plant of [undefined, PlantedBug.recoveringVotes] as const) {
+    const net = new Network([1, 2, 3], plant ? { plantedBug: plant } : {});
+    net.elect(1);
+    for (let i = 0; i < 20; i++) net.propose(1, `w${i}`);
+    const leader = net.node(1);
+    leader.storage.createSnapshot(leader.applied, net.raw(1).confState(), enc.encode('image'));
+    leader.storage.compact(leader.applied);
+    const match = net.raw(1).status().progress.get(3)!.match;
+    net.wipe(3);
+    // Before it hears the leader: a vote request of the current term. Its empty log is "up to date" with
+    // anyone's and it remembers no vote, so granting it could elect a second leader or lose committed entries.
+    const term = net.raw(1).basicStatus().term;
+    net.raw(3).step(message({ type: MessageType.vote, from: 2, to: 3, term, index: 0, logTerm: 0 }));
+    net.flush();
+    const answer = net.queue.find((m) => m.type === MessageType.voteResp && m.from === 3);
+    net.queue = [];
+    if (plant) {
+      t.equal(answer?.reject, false, 'planted bug: the wiped node grants the vote');
+      continue;
+    }
+    t.equal(answer?.reject, true, 'the wiped node refuses a vote while recovering');
+    t.equal(net.raw(3).basicStatus().recovering, true);
+    // The leader's heartbeat makes it probe at the old match; the marked rejection resets the progress.
+    for (let i = 0; i < 10 && net.node(3).storage.snapshot().meta.index === 0; i++) net.tickAll();
+    t.ok(match > 1, `the leader remembered match ${match}`);
+    t.equal(net.node(3).storage.snapshot().meta.index, leader.storage.snapshot().meta.index, 'a snapshot was sent and installed');
+    net.tickAll(2);
+    const st = net.raw(3).basicStatus();
+    t.equal(st.recovering, false, 'caught up: recovering ends');
+    t.equal(st.vote, 1, 'the vote is pinned to the leader it followed (it may have voted in this term before)');
+    t.equal(st.leaderCommit, net.raw(1).basicStatus().commit, 'the follower knows the leader\'s own commit index');
+    net.propose(1, 'after-wipe');
+    t.same(net.node(3).appliedData, ['after-wipe'], 'replication continues after the snapshot');
+    t.equal(net.raw(1).status().progress.get(3)?.match, net.raw(1).status().lastIndex);
+  }
   t.end();
 });
 
