@@ -46,8 +46,10 @@ export interface SnapshotChunk {
  * - heartbeat: commit = min(leader commit, follower match); context = ReadIndex round id; index = the leader's
  *   own commit index once an entry of its term is committed (0 before: a new leader's commit may still lag the
  *   cluster's, thesis §6.4), what a catching-up follower measures itself against.
- * - appResp with reject and context = lostLogContext: the follower lost its persistent state (a wiped disk) and
- *   holds only what it has received since; the leader forgets the match it remembers for it.
+ * - recovering (on appResp, heartbeatResp, snapResp): the sender lost its persistent state (a wiped disk) and has
+ *   not caught up (RaftConfig.recovering). Its acknowledgements count for no quorum, and a rejection below the
+ *   match the leader remembers resets that match. On a heartbeat: the leader knows it, and `index` is a commit
+ *   the follower may end its recovery on (Raft.ownCommitFor).
  * - snap: snapshot = one chunk; snapResp: index = snapshot index, rejectHint = next wanted offset.
  * - readIndex/readIndexResp: context = the caller's request id; index = the read index.
  */
@@ -64,6 +66,7 @@ export interface Message {
   readonly rejectHint: number;
   readonly context: Uint8Array;
   readonly snapshot: SnapshotChunk | null;
+  readonly recovering: boolean;
 }
 
 export const emptyBytes: Uint8Array = new Uint8Array(0);
@@ -76,12 +79,7 @@ export function isCampaignTransfer(ctx: Uint8Array): boolean {
   return ctx.length === 1 && ctx[0] === 0x74;
 }
 
-/** Marks an append rejection from a node that lost its log (see RaftConfig.recovering). */
-export const lostLogContext: Uint8Array = Uint8Array.of(0x6c);
 
-export function isLostLog(ctx: Uint8Array): boolean {
-  return ctx.length === 1 && ctx[0] === 0x6c;
-}
 
 /** Builds a message with every field present (one object shape keeps V8's inline caches monomorphic). */
 export function message(m: Partial<Message> & { type: MessageType }): Message {
@@ -98,6 +96,7 @@ export function message(m: Partial<Message> & { type: MessageType }): Message {
     rejectHint: m.rejectHint ?? 0,
     context: m.context ?? emptyBytes,
     snapshot: m.snapshot ?? null,
+    recovering: m.recovering ?? false,
   };
 }
 

@@ -75,6 +75,14 @@ export class Progress {
   snapOffset = 0;
   /** Heartbeat answers seen since the last chunk was acknowledged: two mean the chunk was lost. */
   snapWaits = 0;
+  /** The follower says it lost its disk and has not caught up: its match counts for no quorum. */
+  recovering = false;
+  /**
+   * While recovering: the first log index appended after the leader learned so. Only an entry from here on,
+   * committed without this follower, proves the leader's term is at least any term the follower promised
+   * something in before it lost its disk (see Raft.ownCommitFor).
+   */
+  recoverFloor = 0;
 
   constructor(next: number, isLearner: boolean, inflightMsgsMax: number, inflightBytesMax: number) {
     this.next = next;

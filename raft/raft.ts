@@ -7,7 +7,7 @@ import type { ConfChange } from './conf_change.js';
 import { RaftError, RaftErrorCode, assert } from './errors.js';
 import { RaftLog, termCompacted } from './log.js';
 import type { Message, MessageType as MessageTypeT } from './messages.js';
-import { MessageType, campaignTransferContext, emptyBytes, entriesBytes, isCampaignTransfer, isLostLog, lostLogContext, message } from './messages.js';
+import { MessageType, campaignTransferContext, emptyBytes, entriesBytes, isCampaignTransfer, isResponseMessage, message } from './messages.js';
 import { Progress, ProgressState } from './progress.js';
 import { VoteResult, committedIndex, hasQuorum, voteResult } from './quorum.js';
 import { ReadOnly } from './read_only.js';
@@ -157,7 +157,7 @@ export class Raft {
    * is clamped to what it has; this is what it has to reach to be current.
    */
   leaderCommit = 0;
-  /** Recovering: the first leader commit index learned; the node is caught up once its log commits it. */
+  /** Recovering: the first commit index a leader that knew it revealed; the node is caught up once its log commits it. */
   private recoverTarget = 0;
 
   constructor(cfg: RaftConfig) {
@@ -173,7 +173,7 @@ export class Raft {
     this.preVote = cfg.preVote ?? true;
     this.checkQuorum = cfg.checkQuorum ?? true;
     this.bug = cfg.plantedBug;
-    this.recovering = (cfg.recovering ?? false) && this.bug !== PlantedBug.recoveringVotes;
+    this.recovering = cfg.recovering ?? false;
     this.raftLog = new RaftLog(cfg.storage);
     const st = cfg.storage.initialState();
     let hs = st.hardState;
@@ -203,16 +203,16 @@ export class Raft {
   }
 
   /**
-   * A recovering node is caught up once its log commits the first leader commit index it learned. Why that
-   * suffices: a leader's heartbeat carries its commit index only once an entry of its own term is committed, so
-   * every entry committed anywhere (also with acknowledgements this node sent before it lost its disk) lies at or
-   * below it (leader completeness, §5.4). From then on this node's log holds every promise its lost log held.
+   * A recovering node is caught up once its log commits the first leader commit index it learned. The leader
+   * reveals one only when it committed, without this node, an entry appended after it learned that this node
+   * lost its disk (ownCommitFor): then the leader's term is at least every term this node voted or acknowledged
+   * in before, and its log holds every entry committed with this node's lost acknowledgements (leader
+   * completeness, §5.4). Holding that log in that term, the node keeps the promises its lost state held.
    * The vote is pinned to the leader it follows: it may have voted in this term before it lost its disk, and the
    * leader is the one candidate a second vote cannot harm (it has won already).
    */
   private maybeFinishRecovery(): void {
-    if (!this.recovering || this.lead === 0 || this.leaderCommit === 0) return;
-    if (this.recoverTarget === 0) this.recoverTarget = this.leaderCommit;
+    if (!this.recovering || this.lead === 0 || this.recoverTarget === 0) return;
     if (this.raftLog.committed < this.recoverTarget) return;
     this.recovering = false;
     if (this.vote === 0) this.vote = this.lead;
@@ -316,7 +316,10 @@ export class Raft {
 
   /** Check-quorum: did a majority of voters answer since the last round? Resets the marks. */
   private quorumActive(): boolean {
-    const ok = hasQuorum(this.conf.voters, (id) => id === this.id || (this.prs.get(id)?.recentActive ?? false));
+    const ok = hasQuorum(this.conf.voters, (id) => {
+      const pr = this.prs.get(id);
+      return id === this.id || (pr !== undefined && pr.recentActive && !pr.recovering);
+    });
     for (const [id, pr] of this.prs) if (id !== this.id) pr.recentActive = false;
     return ok;
   }
@@ -441,7 +444,7 @@ export class Raft {
     if (this.bug === PlantedBug.voteTwice && m.type === MessageType.vote && this.state !== StateType.leader) canVote = true;
     const upToDate = this.bug === PlantedBug.voteNoUpToDate || this.raftLog.isUpToDate(m.index, m.logTerm);
     // A node that lost its disk abstains: its log and vote record are not what it promised (maybeFinishRecovery).
-    if (canVote && upToDate && !this.recovering) {
+    if (canVote && upToDate && (!this.recovering || this.bug === PlantedBug.recoveringVotes)) {
       this.send({ type: respType, to: m.from, term: m.term });
       if (m.type === MessageType.vote) {
         this.electionElapsed = 0;
@@ -454,7 +457,8 @@ export class Raft {
 
   /** Queues an outgoing message; `from` defaults to us and `term` to our term (forwarded ones keep 0). */
   private send(m: Partial<Message> & { type: MessageTypeT }): void {
-    this.msgs.push(message({ from: this.id, term: isForwardable(m.type) ? 0 : this.term, ...m }));
+    const recovering = this.recovering && isResponseMessage(m.type);
+    this.msgs.push(message({ from: this.id, term: isForwardable(m.type) ? 0 : this.term, recovering, ...m }));
   }
 
   // ---- leader ----
@@ -476,6 +480,14 @@ export class Raft {
     }
     const pr = this.prs.get(m.from);
     if (!pr) return;
+    if (m.recovering !== pr.recovering) {
+      // Responses of one incarnation arrive in order (one route connection each, and the wiped node's old one
+      // closed before it restarted), so the flag follows the follower's own state.
+      pr.recovering = m.recovering;
+      pr.recoverFloor = m.recovering ? this.raftLog.lastIndex() + 1 : 0;
+      // A quiet cluster would append nothing at or above the floor: a no-op does, so the follower can finish.
+      if (m.recovering) this.appendEntries([{ term: 0, index: 0, type: EntryType.normal, data: emptyBytes }]);
+    }
     switch (m.type) {
       case MessageType.appResp:
         this.handleAppendResponse(m, pr);
@@ -571,7 +583,11 @@ export class Raft {
       for (const id of this.conf.voters) mci = Math.max(mci, this.prs.get(id)?.match ?? 0);
       mci = Math.min(mci, this.raftLog.lastIndex());
     } else {
-      mci = committedIndex(this.conf.voters, (id) => this.prs.get(id)?.match ?? 0, this.scratch);
+      // A follower that lost its disk counts for no commit until it caught up (ownCommitFor says why that is safe).
+      mci = committedIndex(this.conf.voters, (id) => {
+        const pr = this.prs.get(id);
+        return pr === undefined || pr.recovering ? 0 : pr.match;
+      }, this.scratch);
     }
     // §5.4.2: only an entry of the current term commits by counting replicas.
     if (mci > this.raftLog.committed && (this.bug === PlantedBug.commitOldTerm || this.raftLog.term(mci) === this.term)) {
@@ -590,18 +606,25 @@ export class Raft {
 
   private bcastHeartbeat(): void {
     const ctx = this.readOnly.lastPendingContext() ?? emptyBytes;
-    const own = this.ownCommit();
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
       // The commit sent is at most the follower's match: it may not have the entries beyond it.
       const commit = Math.min(pr.match, this.raftLog.committed);
-      this.send({ type: MessageType.heartbeat, to: id, commit, context: ctx, index: own });
+      this.send({ type: MessageType.heartbeat, to: id, commit, context: ctx, index: this.ownCommitFor(pr), recovering: pr.recovering });
     }
   }
 
-  /** The commit index a heartbeat reveals: known complete only once an entry of this term is committed (§6.4). */
-  private ownCommit(): number {
-    return this.raftLog.term(this.raftLog.committed) === this.term ? this.raftLog.committed : 0;
+  /**
+   * The commit index a heartbeat reveals to a follower (0: none yet). Complete only once an entry of this term is
+   * committed (§6.4). To a follower that lost its disk, only once an entry appended after we learned so is
+   * committed: that quorum did not count it, so it shares a member with every quorum the follower was part of
+   * before (a vote, an acknowledgement); that member had raised its term before our entry existed, and accepted
+   * it, so our term is at least every term the follower made a promise in. Following us, it keeps them all.
+   */
+  private ownCommitFor(pr: Progress): number {
+    const c = this.raftLog.committed;
+    if (this.raftLog.term(c) !== this.term) return 0;
+    return pr.recovering && c < pr.recoverFloor ? 0 : c;
   }
 
   /** Sends the next append (or snapshot) to `to`; false if nothing was sent. */
@@ -637,7 +660,7 @@ export class Raft {
 
   private handleAppendResponse(m: Message, pr: Progress): void {
     pr.recentActive = true;
-    if (m.reject && isLostLog(m.context) && m.rejectHint < pr.match) {
+    if (m.reject && m.recovering && m.rejectHint < pr.match) {
       // The follower lost what it acknowledged (a wiped disk): its rejections would otherwise look stale for ever
       // (maybeDecrTo never goes below match). Not from a delayed message: a follower marks rejections only while
       // it recovers, and then it holds at most what it received since, so an earlier reset is merely repeated.
@@ -696,7 +719,9 @@ export class Raft {
       // An empty append is enough: a follower that lost entries rejects it, and repair starts.
       if (pr.match < this.raftLog.lastIndex()) this.maybeSendAppend(m.from, true);
     }
-    if (m.context.length === 0) return;
+    // A follower that lost its disk may follow us in a term older than one it promised elsewhere: its
+    // acknowledgement proves nothing about our leadership.
+    if (m.context.length === 0 || pr.recovering) return;
     const acks = this.readOnly.recvAck(m.from, m.context);
     if (!acks || !hasQuorum(this.conf.voters, (id) => acks.has(id))) return;
     for (const rs of this.readOnly.advance(m.context)) this.respondToReadIndex(rs.from, rs.context, rs.index);
@@ -725,7 +750,7 @@ export class Raft {
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
       const commit = Math.min(pr.match, this.raftLog.committed);
-      this.send({ type: MessageType.heartbeat, to: id, commit, context: m.context, index: this.ownCommit() });
+      this.send({ type: MessageType.heartbeat, to: id, commit, context: m.context, index: this.ownCommitFor(pr), recovering: pr.recovering });
     }
   }
 
@@ -857,8 +882,7 @@ export class Raft {
     }
     // Fast log repair: the largest index <= min(m.index, our last) whose term is <= m.logTerm.
     const [hintIndex, hintTerm] = log.findConflictByTerm(Math.min(m.index, log.lastIndex()), m.logTerm);
-    const context = this.recovering ? lostLogContext : emptyBytes;
-    this.send({ type: MessageType.appResp, to: m.from, index: m.index, reject: true, rejectHint: hintIndex, logTerm: hintTerm, context });
+    this.send({ type: MessageType.appResp, to: m.from, index: m.index, reject: true, rejectHint: hintIndex, logTerm: hintTerm });
   }
 
   private handleHeartbeat(m: Message): void {
@@ -866,10 +890,13 @@ export class Raft {
     if (this.recovering && m.commit > last) {
       // The leader's commit for us is clamped to the match it remembers, so it believes we hold m.commit: in a
       // quiet cluster it would never send an append for us to reject. Say what we have instead.
-      this.send({ type: MessageType.appResp, to: m.from, index: m.commit, reject: true, rejectHint: last, logTerm: this.raftLog.lastTerm(), context: lostLogContext });
+      this.send({ type: MessageType.appResp, to: m.from, index: m.commit, reject: true, rejectHint: last, logTerm: this.raftLog.lastTerm() });
     }
     this.raftLog.commitTo(Math.min(m.commit, last));
     if (m.index > this.leaderCommit) this.leaderCommit = m.index;
+    // Only a leader that knows we lost our disk chose its index for that (ownCommitFor); the first heartbeat
+    // after our restart comes from one that still holds our old progress.
+    if (this.recovering && m.recovering && m.index > 0 && this.recoverTarget === 0) this.recoverTarget = m.index;
     this.maybeFinishRecovery();
     this.send({ type: MessageType.heartbeatResp, to: m.from, context: m.context });
   }

@@ -59,6 +59,7 @@ export function encodeMessage(m: Message): unknown[] {
     m.entries.map((e) => [e.term, e.index, e.type, e.data]),
     m.commit, m.reject, m.rejectHint, m.context,
     snap === null ? null : [snap.meta.index, snap.meta.term, snap.meta.conf.voters, snap.meta.conf.learners, snap.offset, snap.data, snap.done, snap.total],
+    m.recovering,
   ];
 }
 
@@ -102,11 +103,12 @@ export function decodeNodeFrame(data: unknown): Decoded | string {
     }
     return { kind: 'statusReply', reqId, report: { id, name, state, term, lead, commit, applied, lastIndex, health } };
   }
-  if (data[0] !== wireTag.raft || data.length !== 13) return `unknown tag ${String(data[0])}`;
-  const [, type, from, to, term, logTerm, index, entries, commit, reject, rejectHint, context, snap] = data as unknown[];
+  // 13 fields from nodes older than `recovering` (read as false: such a node never lost its disk knowingly).
+  if (data[0] !== wireTag.raft || (data.length !== 13 && data.length !== 14)) return `unknown tag ${String(data[0])}`;
+  const [, type, from, to, term, logTerm, index, entries, commit, reject, rejectHint, context, snap, recovering = false] = data as unknown[];
   if (typeof type !== 'string' || !types.has(type)) return `unknown message type ${String(type)}`;
   if (!isUint(from) || !isUint(to) || !isUint(term) || !isUint(logTerm) || !isUint(index) || !isUint(commit) || !isUint(rejectHint)) return 'malformed numbers';
-  if (typeof reject !== 'boolean' || !isBytes(context) || !Array.isArray(entries)) return 'malformed fields';
+  if (typeof reject !== 'boolean' || typeof recovering !== 'boolean' || !isBytes(context) || !Array.isArray(entries)) return 'malformed fields';
   const ents: Entry[] = [];
   for (const e of entries) {
     if (!Array.isArray(e) || e.length !== 4) return 'malformed entry';
@@ -125,7 +127,7 @@ export function decodeNodeFrame(data: unknown): Decoded | string {
   }
   return {
     kind: 'raft',
-    message: message({ type: type as MessageType, from, to, term, logTerm, index, entries: ents, commit, reject, rejectHint, context, snapshot }),
+    message: message({ type: type as MessageType, from, to, term, logTerm, index, entries: ents, commit, reject, rejectHint, context, snapshot, recovering }),
   };
 }
 

@@ -516,7 +516,7 @@ t.test('wire, envelope, sessions, slot derivation: seeded properties and malform
   const u = fc.nat({ max: 2 ** 40 });
   const arbMessage: fc.Arbitrary<Message> = fc.record({
     type: fc.constantFrom(...Object.values(MessageType)), from: u, to: u, term: u, logTerm: u, index: u, commit: u, rejectHint: u,
-    reject: fc.boolean(), context: bytes,
+    reject: fc.boolean(), recovering: fc.boolean(), context: bytes,
     entries: fc.array(fc.record({ term: u, index: u, type: fc.constantFrom(0 as const, 1 as const), data: bytes }), { maxLength: 4 }),
     snapshot: fc.option(fc.record({
       meta: fc.record({ index: u, term: u, conf: fc.record({ voters: fc.array(u, { maxLength: 5 }), learners: fc.array(u, { maxLength: 3 }) }) }),

@@ -477,6 +477,29 @@ t.test('a voter that lost its disk abstains until it holds the leader\'s commit 
   t.end();
 });
 
+t.test('a node that lost its disk counts for no quorum until a commit made without it reaches it', (t) => {
+  const net = new Network([1, 2, 3]);
+  net.elect(1);
+  net.propose(1, 'before');
+  net.isolate(2);
+  net.wipe(3);
+  for (let i = 0; i < 6; i++) net.tickAll();
+  const commit = net.raw(1).basicStatus().commit;
+  net.raw(1).propose(enc.encode('needs-2'));
+  for (let i = 0; i < 6; i++) net.tickAll();
+  t.ok(net.node(3).storage.lastIndex() > commit, `the wiped node received the new entries (${commit} ${net.node(3).storage.lastIndex()} ${net.raw(1).basicStatus().commit})`);
+  t.equal(net.raw(1).basicStatus().commit, commit, 'its acknowledgements do not commit them (it may follow a leader of a term older than one it promised)');
+  t.equal(net.raw(3).basicStatus().recovering, true, 'it stays recovering: no commit was made without it');
+  // Two check-quorum rounds: the first still counts 2's answers from before the cut.
+  for (let i = 0; i < 25 && net.raw(1).basicStatus().state === StateType.leader; i++) net.tickAll();
+  t.equal(net.raw(1).basicStatus().state, StateType.follower, 'check-quorum does not count it either: the leader stepped down');
+  net.heal();
+  for (let i = 0; i < 40 && (net.leader() === 0 || net.raw(3).basicStatus().recovering); i++) net.tickAll();
+  t.not(net.leader(), 0, 'a leader is elected by 1 and 2');
+  t.equal(net.raw(3).basicStatus().recovering, false, 'then the wiped node catches up and recovers');
+  t.end();
+});
+
 // ---------- the Ready contract and restart ----------
 
 t.test('Ready contract: ready() twice without advance(), or advance() without ready(), is an assertion', (t) => {
@@ -658,5 +681,5 @@ t.test('conf change codec: round trip, every truncation, random bytes, no aliasi
 });
 
 function vote(from: number, to: number, term: number, index: number, logTerm: number): Message {
-  return { type: MessageType.vote, from, to, term, index, logTerm, entries: [], commit: 0, reject: false, rejectHint: 0, context: new Uint8Array(0), snapshot: null };
+  return { type: MessageType.vote, from, to, term, index, logTerm, entries: [], commit: 0, reject: false, rejectHint: 0, context: new Uint8Array(0), snapshot: null, recovering: false };
 }
