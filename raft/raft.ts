@@ -893,9 +893,9 @@ export class Raft {
       this.send({ type: MessageType.appResp, to: m.from, index: m.commit, reject: true, rejectHint: last, logTerm: this.raftLog.lastTerm() });
     }
     this.raftLog.commitTo(Math.min(m.commit, last));
-    if (m.index > this.leaderCommit) this.leaderCommit = m.index;
-    // Only a leader that knows we lost our disk chose its index for that (ownCommitFor); the first heartbeat
-    // after our restart comes from one that still holds our old progress.
+    // Recovering, only a leader that knows we lost our disk chose its index for that (ownCommitFor); the first
+    // heartbeats after our restart come from one that still holds our old progress.
+    if (m.index > this.leaderCommit && (!this.recovering || m.recovering)) this.leaderCommit = m.index;
     if (this.recovering && m.recovering && m.index > 0 && this.recoverTarget === 0) this.recoverTarget = m.index;
     this.maybeFinishRecovery();
     this.send({ type: MessageType.heartbeatResp, to: m.from, context: m.context });

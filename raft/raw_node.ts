@@ -44,6 +44,8 @@ export interface ProgressStatus {
   readonly state: ProgressState;
   readonly isLearner: boolean;
   readonly recentActive: boolean;
+  /** The follower lost its disk and has not caught up: it counts for no quorum. */
+  readonly recovering: boolean;
 }
 
 export interface Status {
@@ -224,7 +226,7 @@ export class RawNode {
     const r = this.raft;
     const progress = new Map<number, ProgressStatus>();
     if (r.state === StateType.leader) {
-      for (const [id, p] of r.prs) progress.set(id, { match: p.match, next: p.next, state: p.state, isLearner: p.isLearner, recentActive: p.recentActive });
+      for (const [id, p] of r.prs) progress.set(id, { match: p.match, next: p.next, state: p.state, isLearner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering });
     }
     return {
       id: r.id,

@@ -1,8 +1,9 @@
 // What the node sends inside the transport's `raft` frames: `[tag, ...]` plain msgpack arrays.
 //   [0, message]   a Raft message (fields in the fixed order of `encodeMessage`)
 //   [1, hello]     the node's slot view, sent when a link comes up and when the view changes (bootstrap, see
-//                  README.md): [1, id, routes, addresses, voters, initial, names]; the last two (slots at bootstrap,
-//                  names of the slots `cluster add` appended) are absent from older nodes' hellos
+//                  README.md): [1, id, routes, addresses, voters, initial, names, bound]; the last three (slots at
+//                  bootstrap, names of the slots `cluster add` appended, slots whose identity the sender has bound)
+//                  are absent from older nodes' hellos
 //   [2, reqId]     asks the peer for its member report (`cluster status`)
 //   [3, reqId, report]  the answer: [id, name, state, term, lead, commit, applied, lastIndex, health]
 // Everything received is validated field by field: a peer runs the same code, but a bug or a newer
@@ -48,6 +49,11 @@ export interface SlotHello {
   readonly initial: number;
   /** Names of the appended slots `initial+1..`, in order (what `cluster add NAME URL` recorded). */
   readonly names: readonly string[];
+  /**
+   * Slots whose identity the sender has met and bound (persisted in its cluster.json). A node that starts with an
+   * empty store and finds its own slot here is not new: it lost its data (src/node/README.md, "A wiped node").
+   */
+  readonly bound: readonly number[];
 }
 
 const types = new Set<string>(Object.values(MessageType));
@@ -64,7 +70,7 @@ export function encodeMessage(m: Message): unknown[] {
 }
 
 export function encodeHello(h: SlotHello): unknown[] {
-  return [1, h.id, h.routes, h.addresses, h.voters, h.initial, h.names];
+  return [1, h.id, h.routes, h.addresses, h.voters, h.initial, h.names, h.bound];
 }
 
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -82,12 +88,12 @@ export type Decoded =
 export function decodeNodeFrame(data: unknown): Decoded | string {
   if (!Array.isArray(data) || data.length === 0) return 'not an array';
   if (data[0] === wireTag.hello) {
-    if (data.length !== 5 && data.length !== 7) return 'malformed hello';
-    const [, id, routes, addresses, voters, initial = 0, names = []] = data as unknown[];
-    if (!isUint(id) || !isStrings(routes) || !(addresses === null || isStrings(addresses)) || !isUint(voters) || !isUint(initial) || !isStrings(names)) return 'malformed hello';
+    if (data.length !== 5 && data.length !== 7 && data.length !== 8) return 'malformed hello';
+    const [, id, routes, addresses, voters, initial = 0, names = [], bound = []] = data as unknown[];
+    if (!isUint(id) || !isStrings(routes) || !(addresses === null || isStrings(addresses)) || !isUint(voters) || !isUint(initial) || !isStrings(names) || !isIds(bound)) return 'malformed hello';
     // The appended names must fit the table they describe (initial ≤ addresses, one name per appended slot).
     if (initial > 0 && (addresses === null || initial > addresses.length || names.length !== addresses.length - initial)) return 'malformed hello';
-    return { kind: 'hello', hello: { id, routes, addresses, voters, initial, names } };
+    return { kind: 'hello', hello: { id, routes, addresses, voters, initial, names, bound } };
   }
   if (data[0] === wireTag.statusRequest) {
     const [, reqId] = data as unknown[];
