@@ -131,7 +131,7 @@ async function getJson(port: number, path: string): Promise<{ status: number; bo
 }
 
 /** Writes keys `${prefix}0..n-1` to bucket `b`, `inflight` at a time (the leader batches them); bounded retries. */
-async function fill(n: ClusterNode, prefix: string, count: number, inflight = 512): Promise<void> {
+async function fill(n: ClusterNode, prefix: string, count: number, inflight = 2048): Promise<void> {
   let next = 0;
   const value = new Uint8Array(32).fill(7);
   const worker = async (): Promise<void> => {
