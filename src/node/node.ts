@@ -1231,6 +1231,15 @@ export class ClusterNode {
     return n;
   }
 
+  /**
+   * Whether this node's state machine is current: it applied the leader's own commit index since it started and
+   * is not recovering lost data. Until then, what it reads locally (stale) is no basis for a write.
+   */
+  isCurrent(): boolean {
+    const st = this.raw?.basicStatus();
+    return st !== undefined && this.catchingUp(st) === undefined;
+  }
+
   health(): Health {
     if (this.fatal) return { status: 'unavailable', reason: `replication stopped: ${this.fatal.message}` };
     if (this.refusal !== undefined) return { status: 'unavailable', reason: this.refusal };
