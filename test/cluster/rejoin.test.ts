@@ -13,6 +13,7 @@ import t, { type Test } from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
 import { createHttpServer, type HttpServer } from '../../src/http/index.js';
 import { silentLogger } from '../../src/log.js';
@@ -183,6 +184,8 @@ interface RejoinFigures {
   readonly polls: number;
   readonly catchingUp: number;
   readonly maxPercent: number;
+  /** Longest event-loop stall in this process (all three nodes) during the rejoin. */
+  readonly stallMs: number;
 }
 
 /**
@@ -193,6 +196,8 @@ interface RejoinFigures {
 async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, boundMs: number): Promise<RejoinFigures> {
   await stop(trio, i);
   rmSync(join(trio.dir, `node-${i}`), { recursive: true, force: true });
+  const loop = monitorEventLoopDelay({ resolution: 10 });
+  loop.enable();
   const t0 = Date.now();
   const node = await start(trio, i);
   const port = trio.members[i]!.http!.port;
@@ -224,11 +229,13 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
     await sleep(100);
   }
   const ms = Date.now() - t0;
-  t.comment(`node-${i} rejoined in ${ms} ms (${polls} polls, ${catchingUp} saying "catching up", snapshot progress seen up to ${maxPercent}%); reasons seen: ${[...reasons].join(' | ')}`);
+  loop.disable();
+  const stallMs = Math.round(loop.max / 1e6);
+  t.comment(`node-${i} rejoined in ${ms} ms (longest event-loop stall ${stallMs} ms; ${polls} polls, ${catchingUp} saying "catching up", snapshot progress seen up to ${maxPercent}%); reasons seen: ${[...reasons].join(' | ')}`);
   t.equal(node.metrics.recoveries, 1, 'it went through recovery: it knew it had lost its data');
   t.equal(readClusterFile(join(trio.dir, `node-${i}`))?.recovering, undefined, 'and persisted that it is a full member again');
   t.equal((node.raftz() as { recovering: boolean }).recovering, false, '/raftz no longer says recovering');
-  return { ms, polls, catchingUp, maxPercent };
+  return { ms, polls, catchingUp, maxPercent, stallMs };
 }
 
 t.test('a wiped follower with small state rejoins; 503 until it has the data, 200 after', async (t) => {
@@ -283,6 +290,6 @@ t.test(`${keysLarge} keys under write load: a wiped voter rejoins, then the node
     t.equal(missing, 0, `${n.serverName} holds every acknowledged write of the load`);
     t.equal(sm.keys('b').length >= keysLarge + load.acked.size, true, `${n.serverName} holds the ${keysLarge} keys too`);
   }
-  t.comment(`BENCH rejoin keys=${keysLarge} first_ms=${first.ms} second_ms=${secondFigures.ms} load_acked=${load.acked.size}`);
+  t.comment(`BENCH rejoin keys=${keysLarge} first_ms=${first.ms} second_ms=${secondFigures.ms} stall_ms=${Math.max(first.stallMs, secondFigures.stallMs)} load_acked=${load.acked.size}`);
   for (let i = 0; i < 3; i++) await stop(trio, i);
 });
