@@ -65,7 +65,9 @@ export function encodeMessage(m: Message): unknown[] {
     m.entries.map((e) => [e.term, e.index, e.type, e.data]),
     m.commit, m.reject, m.rejectHint, m.context,
     snap === null ? null : [snap.meta.index, snap.meta.term, snap.meta.conf.voters, snap.meta.conf.learners, snap.offset, snap.data, snap.done, snap.total],
-    m.recovering,
+    // Only when set: a 13-field message is what nodes without the field accept, and only a node that lost its
+    // data sets it.
+    ...(m.recovering ? [true] : []),
   ];
 }
 
