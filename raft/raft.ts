@@ -97,10 +97,10 @@ export interface RaftConfig {
   readonly checkQuorum?: boolean;
   /**
    * This node lost its persistent state (a wiped data directory) but its id is a member: its empty log and
-   * forgotten vote are not the promises it made. Until its log holds the leader's commit index it grants no
-   * vote, starts no election, and marks its append rejections so that the leader forgets the match it
-   * remembers and sends a snapshot. Pass no `peers` with it. The caller persists the flag until
-   * `recovering` reads false (see src/node/README.md, "A wiped node").
+   * forgotten term and vote are not the promises it made. Until it has caught up (maybeFinishRecovery) it grants
+   * no vote and starts no election, and its responses say `recovering`: the leader counts them for no quorum,
+   * forgets the match it remembers when they reject below it (a snapshot follows). Pass no `peers` with it. The
+   * caller persists the flag until `recovering` reads false (see src/node/README.md, "A wiped node").
    */
   readonly recovering?: boolean;
   /** Test-only. */
