@@ -46,6 +46,9 @@ export interface ProgressStatus {
   readonly recentActive: boolean;
   /** The follower lost its disk and has not caught up: it counts for no quorum. */
   readonly recovering: boolean;
+  /** In snapshot state: bytes of the snapshot the follower acknowledged, of its size (both 0 otherwise). */
+  readonly snapshotAcked: number;
+  readonly snapshotBytes: number;
 }
 
 export interface Status {
@@ -226,7 +229,8 @@ export class RawNode {
     const r = this.raft;
     const progress = new Map<number, ProgressStatus>();
     if (r.state === StateType.leader) {
-      for (const [id, p] of r.prs) progress.set(id, { match: p.match, next: p.next, state: p.state, isLearner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering });
+      for (const [id, p] of r.prs) progress.set(id, { match: p.match, next: p.next, state: p.state, isLearner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering,
+        snapshotAcked: p.snapshot ? p.snapOffset : 0, snapshotBytes: p.snapshot?.data.length ?? 0 });
     }
     return {
       id: r.id,

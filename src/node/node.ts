@@ -1323,7 +1323,12 @@ export class ClusterNode {
     const st = raw.status();
     const basic = raw.basicStatus();
     const progress: Record<string, unknown> = {};
-    for (const [id, p] of st.progress) progress[this.peerName(id)] = { id, match: p.match, next: p.next, state: p.state, learner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering };
+    for (const [id, p] of st.progress) {
+      progress[this.peerName(id)] = {
+        id, match: p.match, next: p.next, state: p.state, learner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering,
+        ...(p.snapshotBytes > 0 ? { snapshotTransfer: { ackedBytes: p.snapshotAcked, totalBytes: p.snapshotBytes } } : {}),
+      };
+    }
     return {
       ...base,
       id: st.id,
@@ -1414,6 +1419,12 @@ export class ClusterNode {
       ['membershipd_route_frames_in_total', 'counter', 'Frames received on routes', framesIn],
       ['membershipd_route_frames_out_total', 'counter', 'Frames sent on routes', framesOut],
     ];
+    if (st?.state === StateType.leader) {
+      // One family after the other: a family's samples must be adjacent in the exposition format.
+      const streams = [...this.raw!.status().progress].filter(([, p]) => p.snapshotBytes > 0);
+      for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_acked_bytes', 'gauge', 'Leader: bytes of the snapshot being streamed that the follower acknowledged', p.snapshotAcked, { peer: this.peerName(id) }]);
+      for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_sending_bytes', 'gauge', 'Leader: size of the snapshot being streamed to the follower', p.snapshotBytes, { peer: this.peerName(id) }]);
+    }
     for (const p of peers) {
       samples.push(['membershipd_route_up', 'gauge', 'Route state per peer (1 up)', p.state === 'up' ? 1 : 0, { peer: p.name ?? p.route ?? p.address }]);
     }

@@ -204,6 +204,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
   let polls = 0;
   let catchingUp = 0;
   let maxPercent = -1;
+  let leaderSide = -1;
   const reasons = new Set<string>();
   for (;;) {
     if (Date.now() - t0 > boundMs) throw new Error(`node-${i} not healthy ${boundMs} ms after its wipe: ${JSON.stringify(node.health())}`);
@@ -226,12 +227,19 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
       t.ok(Number(m[1]) < Number(m[2]), `catching up means applied < the leader's commit: ${reason}`);
     }
     if (z.body.state === 'follower' && z.body.recovering === true) t.equal(z.body.vote === 0 || z.body.vote === z.body.leader, true);
+    // The leader's side of the stream: what the follower acknowledged of the snapshot, in /raftz.
+    const lead = trio.members[leaderIndex(trio)]?.node;
+    const pr = (lead?.raftz() as { progress?: Record<string, { snapshotTransfer?: { ackedBytes: number; totalBytes: number } }> } | undefined)?.progress?.[`node-${i}`];
+    if (pr?.snapshotTransfer) {
+      leaderSide = Math.max(leaderSide, Math.floor((100 * pr.snapshotTransfer.ackedBytes) / pr.snapshotTransfer.totalBytes));
+      t.ok(pr.snapshotTransfer.ackedBytes <= pr.snapshotTransfer.totalBytes, 'the leader\'s snapshot progress is within the snapshot');
+    }
     await sleep(100);
   }
   const ms = Date.now() - t0;
   loop.disable();
   const stallMs = Math.round(loop.max / 1e6);
-  t.comment(`node-${i} rejoined in ${ms} ms (longest event-loop stall ${stallMs} ms; ${polls} polls, ${catchingUp} saying "catching up", snapshot progress seen up to ${maxPercent}%); reasons seen: ${[...reasons].join(' | ')}`);
+  t.comment(`node-${i} rejoined in ${ms} ms (longest event-loop stall ${stallMs} ms; ${polls} polls, ${catchingUp} saying "catching up", snapshot progress seen up to ${maxPercent}% on the node, ${leaderSide}% on the leader); reasons seen: ${[...reasons].join(' | ')}`);
   t.equal(node.metrics.recoveries, 1, 'it went through recovery: it knew it had lost its data');
   t.equal(readClusterFile(join(trio.dir, `node-${i}`))?.recovering, undefined, 'and persisted that it is a full member again');
   t.equal((node.raftz() as { recovering: boolean }).recovering, false, '/raftz no longer says recovering');
