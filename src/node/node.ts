@@ -194,8 +194,8 @@ export class ClusterNode {
   private readonly reads = new Map<number, PendingRead>();
   private lastLead = 0;
   private lastLeaderContact = 0;
-  /** When the current leader became known (health: how long its heartbeats have said nothing of its commit). */
-  private leaderSince = 0;
+  /** The leader health last saw, and since when (how long its heartbeats have said nothing of its commit). */
+  private leaderSeen = { lead: 0, since: 0 };
   private ticks = 0;
   /** A commit-only hard state not yet written (see handleReady); saved with the next synced batch or at stop. */
   private deferredHardState: HardState | undefined;
@@ -733,7 +733,6 @@ export class ClusterNode {
         this.log.info({ lead, state: rd.softState.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
         this.lastLead = lead;
         this.lastLeaderContact = Date.now();
-        this.leaderSince = Date.now();
         if (lead !== 0) for (const w of this.writes.values()) w.submittedAt = 0;
         const isLeader = rd.softState.state === StateType.leader;
         const name = lead === 0 ? undefined : this.peerName(lead);
@@ -1301,7 +1300,9 @@ export class ClusterNode {
     }
     // A leader of an older version never says its commit index: after two election timeouts of silence on it,
     // "applied all this node knows committed" (checked by the caller) is the best there is, as before.
-    if (!st.recovering && st.leaderCommit === 0 && st.lead !== 0 && Date.now() - this.leaderSince > 2 * this.electionTicks * this.tickMs) {
+    // Timed from when health first sees this leader (Raft's state, not the Ready loop's, which may lag behind it).
+    if (st.lead !== this.leaderSeen.lead) this.leaderSeen = { lead: st.lead, since: Date.now() };
+    if (!st.recovering && st.leaderCommit === 0 && st.lead !== 0 && Date.now() - this.leaderSeen.since > 2 * this.electionTicks * this.tickMs) {
       this.caughtUp = true;
       this.log.warn({ lead: st.lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit');
       return undefined;
