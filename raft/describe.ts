@@ -69,6 +69,7 @@ export function describeMessage(m: Message): string {
       s += ` [${m.entries.map((e) => ascii(e.data)).join(', ')}]`;
       break;
   }
+  if (m.recovering) s += ' recovering';
   return s;
 }
 

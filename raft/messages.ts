@@ -33,6 +33,8 @@ export interface SnapshotChunk {
   readonly data: Uint8Array;
   /** This chunk ends the snapshot data. */
   readonly done: boolean;
+  /** Bytes of the whole snapshot data (0 when the sender did not say: an older node). Progress only. */
+  readonly total: number;
 }
 
 /**
@@ -41,7 +43,13 @@ export interface SnapshotChunk {
  * - appResp: index = highest index now matching (or the rejected `index`); on reject, rejectHint/logTerm
  *   are the follower's conflict hint (fast log repair, Raft paper §5.3 last paragraph).
  * - vote/preVote: index/logTerm = candidate's last entry; context = campaignTransfer when forced.
- * - heartbeat: commit = min(leader commit, follower match); context = ReadIndex round id.
+ * - heartbeat: commit = min(leader commit, follower match); context = ReadIndex round id; index = the leader's
+ *   own commit index once an entry of its term is committed (0 before: a new leader's commit may still lag the
+ *   cluster's, thesis §6.4), what a catching-up follower measures itself against.
+ * - recovering (on appResp, heartbeatResp, snapResp): the sender lost its persistent state (a wiped disk) and has
+ *   not caught up (RaftConfig.recovering). Its acknowledgements count for no quorum, and a rejection below the
+ *   match the leader remembers resets that match. On a heartbeat: the leader knows it, and `index` is a commit
+ *   the follower may end its recovery on (Raft.ownCommitFor).
  * - snap: snapshot = one chunk; snapResp: index = snapshot index, rejectHint = next wanted offset.
  * - readIndex/readIndexResp: context = the caller's request id; index = the read index.
  */
@@ -58,6 +66,7 @@ export interface Message {
   readonly rejectHint: number;
   readonly context: Uint8Array;
   readonly snapshot: SnapshotChunk | null;
+  readonly recovering: boolean;
 }
 
 export const emptyBytes: Uint8Array = new Uint8Array(0);
@@ -69,6 +78,8 @@ export const campaignTransferContext: Uint8Array = Uint8Array.of(0x74);
 export function isCampaignTransfer(ctx: Uint8Array): boolean {
   return ctx.length === 1 && ctx[0] === 0x74;
 }
+
+
 
 /** Builds a message with every field present (one object shape keeps V8's inline caches monomorphic). */
 export function message(m: Partial<Message> & { type: MessageType }): Message {
@@ -85,6 +96,7 @@ export function message(m: Partial<Message> & { type: MessageType }): Message {
     rejectHint: m.rejectHint ?? 0,
     context: m.context ?? emptyBytes,
     snapshot: m.snapshot ?? null,
+    recovering: m.recovering ?? false,
   };
 }
 

@@ -75,6 +75,14 @@ export class Progress {
   snapOffset = 0;
   /** Heartbeat answers seen since the last chunk was acknowledged: two mean the chunk was lost. */
   snapWaits = 0;
+  /** The follower says it lost its disk and has not caught up: its match counts for no quorum. */
+  recovering = false;
+  /**
+   * While recovering: the first log index appended after the leader learned so. Only an entry from here on,
+   * committed without this follower, proves the leader's term is at least any term the follower promised
+   * something in before it lost its disk (see Raft.ownCommitFor).
+   */
+  recoverFloor = 0;
 
   constructor(next: number, isLearner: boolean, inflightMsgsMax: number, inflightBytesMax: number) {
     this.next = next;
@@ -101,6 +109,16 @@ export class Progress {
   becomeReplicate(): void {
     this.resetState(ProgressState.replicate);
     this.next = this.match + 1;
+  }
+
+  /**
+   * The follower lost its log (a wiped disk): the match remembered for it is void. Probe again from what it
+   * still has (`hint`, 0 for nothing); an index below the leader's first index turns into a snapshot.
+   */
+  resetLostLog(hint: number): void {
+    this.resetState(ProgressState.probe);
+    this.match = 0;
+    this.next = hint + 1;
   }
 
   becomeSnapshot(s: Snapshot): void {

@@ -7,7 +7,7 @@ import type { ConfChange } from './conf_change.js';
 import { RaftError, RaftErrorCode, assert } from './errors.js';
 import { RaftLog, termCompacted } from './log.js';
 import type { Message, MessageType as MessageTypeT } from './messages.js';
-import { MessageType, campaignTransferContext, emptyBytes, entriesBytes, isCampaignTransfer, message } from './messages.js';
+import { MessageType, campaignTransferContext, emptyBytes, entriesBytes, isCampaignTransfer, isResponseMessage, message } from './messages.js';
 import { Progress, ProgressState } from './progress.js';
 import { VoteResult, committedIndex, hasQuorum, voteResult } from './quorum.js';
 import { ReadOnly } from './read_only.js';
@@ -70,6 +70,8 @@ export const PlantedBug = {
   commitWithoutMajority: 'commit-without-majority',
   /** Never persist the vote, so a restarted node may vote again in the same term. */
   voteNotPersisted: 'vote-not-persisted',
+  /** A node that lost its disk votes at once, as if its empty log and forgotten vote were real state. */
+  recoveringVotes: 'recovering-votes',
 } as const;
 export type PlantedBug = (typeof PlantedBug)[keyof typeof PlantedBug];
 
@@ -93,6 +95,14 @@ export interface RaftConfig {
   readonly preVote?: boolean;
   /** Check-quorum and leader lease (thesis §6.2, §9.6); default true. */
   readonly checkQuorum?: boolean;
+  /**
+   * This node lost its persistent state (a wiped data directory) but its id is a member: its empty log and
+   * forgotten term and vote are not the promises it made. Until it has caught up (maybeFinishRecovery) it grants
+   * no vote and starts no election, and its responses say `recovering`: the leader counts them for no quorum,
+   * forgets the match it remembers when they reject below it (a snapshot follows). Pass no `peers` with it. The
+   * caller persists the flag until `recovering` reads false (see src/node/README.md, "A wiped node").
+   */
+  readonly recovering?: boolean;
   /** Test-only. */
   readonly plantedBug?: PlantedBug;
 }
@@ -103,6 +113,8 @@ interface PartialSnapshot {
   readonly snap: Snapshot['meta'];
   readonly chunks: Uint8Array[];
   received: number;
+  /** The sender's size of the whole data (0: not said). */
+  readonly total: number;
 }
 
 export class Raft {
@@ -138,6 +150,15 @@ export class Raft {
   private partialSnap: PartialSnapshot | null = null;
   private fromNetwork = false;
   private readonly scratch: number[] = [];
+  /** See RaftConfig.recovering. */
+  recovering: boolean;
+  /**
+   * The current leader's own commit index as its heartbeats tell it (0: not known yet). A follower's `committed`
+   * is clamped to what it has; this is what it has to reach to be current.
+   */
+  leaderCommit = 0;
+  /** Recovering: the first commit index a leader that knew it revealed; the node is caught up once its log commits it. */
+  private recoverTarget = 0;
 
   constructor(cfg: RaftConfig) {
     assert(Number.isInteger(cfg.id) && cfg.id > 0, `node id ${cfg.id} must be a positive integer`);
@@ -152,6 +173,7 @@ export class Raft {
     this.preVote = cfg.preVote ?? true;
     this.checkQuorum = cfg.checkQuorum ?? true;
     this.bug = cfg.plantedBug;
+    this.recovering = cfg.recovering ?? false;
     this.raftLog = new RaftLog(cfg.storage);
     const st = cfg.storage.initialState();
     let hs = st.hardState;
@@ -180,6 +202,22 @@ export class Raft {
     return this.conf.voters.includes(this.id);
   }
 
+  /**
+   * A recovering node is caught up once its log commits the first leader commit index it learned. The leader
+   * reveals one only when it committed, without this node, an entry appended after it learned that this node
+   * lost its disk (ownCommitFor): then the leader's term is at least every term this node voted or acknowledged
+   * in before, and its log holds every entry committed with this node's lost acknowledgements (leader
+   * completeness, §5.4). Holding that log in that term, the node keeps the promises its lost state held.
+   * The vote is pinned to the leader it follows: it may have voted in this term before it lost its disk, and the
+   * leader is the one candidate a second vote cannot harm (it has won already).
+   */
+  private maybeFinishRecovery(): void {
+    if (!this.recovering || this.lead === 0 || this.recoverTarget === 0) return;
+    if (this.raftLog.committed < this.recoverTarget) return;
+    this.recovering = false;
+    if (this.vote === 0) this.vote = this.lead;
+  }
+
   // ---- role transitions (§5.2) ----
 
   private reset(term: number): void {
@@ -188,6 +226,7 @@ export class Raft {
       this.vote = 0;
     }
     this.lead = 0;
+    this.leaderCommit = 0;
     this.electionElapsed = 0;
     this.heartbeatElapsed = 0;
     this.randomizedElectionTimeout = this.electionTicks + this.rng.int(this.electionTicks);
@@ -252,7 +291,7 @@ export class Raft {
 
   private tickElection(): void {
     this.electionElapsed++;
-    if (this.promotable() && this.electionElapsed >= this.randomizedElectionTimeout) {
+    if (this.promotable() && !this.recovering && this.electionElapsed >= this.randomizedElectionTimeout) {
       this.electionElapsed = 0;
       this.hup(false);
     }
@@ -277,7 +316,10 @@ export class Raft {
 
   /** Check-quorum: did a majority of voters answer since the last round? Resets the marks. */
   private quorumActive(): boolean {
-    const ok = hasQuorum(this.conf.voters, (id) => id === this.id || (this.prs.get(id)?.recentActive ?? false));
+    const ok = hasQuorum(this.conf.voters, (id) => {
+      const pr = this.prs.get(id);
+      return id === this.id || (pr !== undefined && pr.recentActive && !pr.recovering);
+    });
     for (const [id, pr] of this.prs) if (id !== this.id) pr.recentActive = false;
     return ok;
   }
@@ -287,7 +329,7 @@ export class Raft {
   /** Starts an election if allowed; `transfer` skips pre-vote (the leader asked us to campaign). */
   hup(transfer: boolean): void {
     if (this.state === StateType.leader) return;
-    if (!this.promotable()) return;
+    if (!this.promotable() || this.recovering) return;
     if (this.hasUnappliedConfChanges()) return;
     this.campaign(transfer || !this.preVote ? 'election' : 'pre', transfer);
   }
@@ -401,7 +443,8 @@ export class Raft {
     let canVote = this.vote === m.from || (this.vote === 0 && this.lead === 0) || (m.type === MessageType.preVote && m.term > this.term);
     if (this.bug === PlantedBug.voteTwice && m.type === MessageType.vote && this.state !== StateType.leader) canVote = true;
     const upToDate = this.bug === PlantedBug.voteNoUpToDate || this.raftLog.isUpToDate(m.index, m.logTerm);
-    if (canVote && upToDate) {
+    // A node that lost its disk abstains: its log and vote record are not what it promised (maybeFinishRecovery).
+    if (canVote && upToDate && (!this.recovering || this.bug === PlantedBug.recoveringVotes)) {
       this.send({ type: respType, to: m.from, term: m.term });
       if (m.type === MessageType.vote) {
         this.electionElapsed = 0;
@@ -414,7 +457,8 @@ export class Raft {
 
   /** Queues an outgoing message; `from` defaults to us and `term` to our term (forwarded ones keep 0). */
   private send(m: Partial<Message> & { type: MessageTypeT }): void {
-    this.msgs.push(message({ from: this.id, term: isForwardable(m.type) ? 0 : this.term, ...m }));
+    const recovering = this.recovering && isResponseMessage(m.type);
+    this.msgs.push(message({ from: this.id, term: isForwardable(m.type) ? 0 : this.term, recovering, ...m }));
   }
 
   // ---- leader ----
@@ -436,6 +480,14 @@ export class Raft {
     }
     const pr = this.prs.get(m.from);
     if (!pr) return;
+    if (m.recovering !== pr.recovering) {
+      // Responses of one incarnation arrive in order (one route connection each, and the wiped node's old one
+      // closed before it restarted), so the flag follows the follower's own state.
+      pr.recovering = m.recovering;
+      pr.recoverFloor = m.recovering ? this.raftLog.lastIndex() + 1 : 0;
+      // A quiet cluster would append nothing at or above the floor: a no-op does, so the follower can finish.
+      if (m.recovering) this.appendEntries([{ term: 0, index: 0, type: EntryType.normal, data: emptyBytes }]);
+    }
     switch (m.type) {
       case MessageType.appResp:
         this.handleAppendResponse(m, pr);
@@ -531,7 +583,11 @@ export class Raft {
       for (const id of this.conf.voters) mci = Math.max(mci, this.prs.get(id)?.match ?? 0);
       mci = Math.min(mci, this.raftLog.lastIndex());
     } else {
-      mci = committedIndex(this.conf.voters, (id) => this.prs.get(id)?.match ?? 0, this.scratch);
+      // A follower that lost its disk counts for no commit until it caught up (ownCommitFor says why that is safe).
+      mci = committedIndex(this.conf.voters, (id) => {
+        const pr = this.prs.get(id);
+        return pr === undefined || pr.recovering ? 0 : pr.match;
+      }, this.scratch);
     }
     // §5.4.2: only an entry of the current term commits by counting replicas.
     if (mci > this.raftLog.committed && (this.bug === PlantedBug.commitOldTerm || this.raftLog.term(mci) === this.term)) {
@@ -554,8 +610,21 @@ export class Raft {
       if (id === this.id) continue;
       // The commit sent is at most the follower's match: it may not have the entries beyond it.
       const commit = Math.min(pr.match, this.raftLog.committed);
-      this.send({ type: MessageType.heartbeat, to: id, commit, context: ctx });
+      this.send({ type: MessageType.heartbeat, to: id, commit, context: ctx, index: this.ownCommitFor(pr), recovering: pr.recovering });
     }
+  }
+
+  /**
+   * The commit index a heartbeat reveals to a follower (0: none yet). Complete only once an entry of this term is
+   * committed (§6.4). To a follower that lost its disk, only once an entry appended after we learned so is
+   * committed: that quorum did not count it, so it shares a member with every quorum the follower was part of
+   * before (a vote, an acknowledgement); that member had raised its term before our entry existed, and accepted
+   * it, so our term is at least every term the follower made a promise in. Following us, it keeps them all.
+   */
+  private ownCommitFor(pr: Progress): number {
+    const c = this.raftLog.committed;
+    if (this.raftLog.term(c) !== this.term) return 0;
+    return pr.recovering && c < pr.recoverFloor ? 0 : c;
   }
 
   /** Sends the next append (or snapshot) to `to`; false if nothing was sent. */
@@ -585,12 +654,20 @@ export class Raft {
     const snap = pr.snapshot!;
     const offset = pr.snapOffset;
     const end = Math.min(snap.data.length, offset + this.limits.snapshotChunkBytesMax);
-    const chunk = { meta: snap.meta, offset, data: snap.data.subarray(offset, end), done: end >= snap.data.length };
+    const chunk = { meta: snap.meta, offset, data: snap.data.subarray(offset, end), done: end >= snap.data.length, total: snap.data.length };
     this.send({ type: MessageType.snap, to, snapshot: chunk });
   }
 
   private handleAppendResponse(m: Message, pr: Progress): void {
     pr.recentActive = true;
+    if (m.reject && m.recovering && m.rejectHint < pr.match) {
+      // The follower lost what it acknowledged (a wiped disk): its rejections would otherwise look stale for ever
+      // (maybeDecrTo never goes below match). Not from a delayed message: a follower marks rejections only while
+      // it recovers, and then it holds at most what it received since, so an earlier reset is merely repeated.
+      pr.resetLostLog(m.rejectHint);
+      this.maybeSendAppend(m.from, true);
+      return;
+    }
     if (m.reject) {
       let hint = m.rejectHint;
       if (m.logTerm > 0) hint = this.raftLog.findConflictByTerm(m.rejectHint, m.logTerm)[0];
@@ -642,7 +719,9 @@ export class Raft {
       // An empty append is enough: a follower that lost entries rejects it, and repair starts.
       if (pr.match < this.raftLog.lastIndex()) this.maybeSendAppend(m.from, true);
     }
-    if (m.context.length === 0) return;
+    // A follower that lost its disk may follow us in a term older than one it promised elsewhere: its
+    // acknowledgement proves nothing about our leadership.
+    if (m.context.length === 0 || pr.recovering) return;
     const acks = this.readOnly.recvAck(m.from, m.context);
     if (!acks || !hasQuorum(this.conf.voters, (id) => acks.has(id))) return;
     for (const rs of this.readOnly.advance(m.context)) this.respondToReadIndex(rs.from, rs.context, rs.index);
@@ -671,7 +750,7 @@ export class Raft {
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
       const commit = Math.min(pr.match, this.raftLog.committed);
-      this.send({ type: MessageType.heartbeat, to: id, commit, context: m.context });
+      this.send({ type: MessageType.heartbeat, to: id, commit, context: m.context, index: this.ownCommitFor(pr), recovering: pr.recovering });
     }
   }
 
@@ -768,6 +847,7 @@ export class Raft {
         this.electionElapsed = 0;
         this.lead = m.from;
         this.handleAppend(m);
+        this.maybeFinishRecovery();
         return;
       case MessageType.heartbeat:
         this.electionElapsed = 0;
@@ -778,6 +858,7 @@ export class Raft {
         this.electionElapsed = 0;
         this.lead = m.from;
         this.handleSnapshot(m);
+        this.maybeFinishRecovery();
         return;
       case MessageType.timeoutNow:
         this.hup(true);
@@ -805,7 +886,18 @@ export class Raft {
   }
 
   private handleHeartbeat(m: Message): void {
-    this.raftLog.commitTo(Math.min(m.commit, this.raftLog.lastIndex()));
+    const last = this.raftLog.lastIndex();
+    if (this.recovering && m.commit > last) {
+      // The leader's commit for us is clamped to the match it remembers, so it believes we hold m.commit: in a
+      // quiet cluster it would never send an append for us to reject. Say what we have instead.
+      this.send({ type: MessageType.appResp, to: m.from, index: m.commit, reject: true, rejectHint: last, logTerm: this.raftLog.lastTerm() });
+    }
+    this.raftLog.commitTo(Math.min(m.commit, last));
+    // Recovering, only a leader that knows we lost our disk chose its index for that (ownCommitFor); the first
+    // heartbeats after our restart come from one that still holds our old progress.
+    if (m.index > this.leaderCommit && (!this.recovering || m.recovering)) this.leaderCommit = m.index;
+    if (this.recovering && m.recovering && m.index > 0 && this.recoverTarget === 0) this.recoverTarget = m.index;
+    this.maybeFinishRecovery();
     this.send({ type: MessageType.heartbeatResp, to: m.from, context: m.context });
   }
 
@@ -824,7 +916,7 @@ export class Raft {
         this.send({ type: MessageType.snapResp, to: m.from, index: c.meta.index, rejectHint: 0 });
         return;
       }
-      p = this.partialSnap = { from: m.from, term: m.term, snap: c.meta, chunks: [], received: 0 };
+      p = this.partialSnap = { from: m.from, term: m.term, snap: c.meta, chunks: [], received: 0, total: c.total };
     }
     if (c.offset === p.received) {
       // Copy: a transport may hand us a view into a buffer it reuses.
@@ -845,6 +937,12 @@ export class Raft {
       }
     }
     this.send({ type: MessageType.snapResp, to: m.from, index: c.meta.index, rejectHint: p.received });
+  }
+
+  /** Bytes received of the snapshot being streamed to this node, and its size (0, 0 when none is). */
+  snapshotTransfer(): { received: number; total: number } {
+    const p = this.partialSnap;
+    return p ? { received: p.received, total: p.total } : { received: 0, total: 0 };
   }
 
   /** Installs a snapshot received from the leader; false if it is stale or the log already has it. */

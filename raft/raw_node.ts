@@ -44,6 +44,11 @@ export interface ProgressStatus {
   readonly state: ProgressState;
   readonly isLearner: boolean;
   readonly recentActive: boolean;
+  /** The follower lost its disk and has not caught up: it counts for no quorum. */
+  readonly recovering: boolean;
+  /** In snapshot state: bytes of the snapshot the follower acknowledged, of its size (both 0 otherwise). */
+  readonly snapshotAcked: number;
+  readonly snapshotBytes: number;
 }
 
 export interface Status {
@@ -69,6 +74,13 @@ export interface BasicStatus {
   readonly lead: number;
   readonly state: StateType;
   readonly applied: number;
+  /** RaftConfig.recovering: true until this node, having lost its disk, holds the leader's commit index. */
+  readonly recovering: boolean;
+  /** The leader's own commit index as its heartbeats tell it (0: not known); on the leader, its commit index. */
+  readonly leaderCommit: number;
+  /** Snapshot bytes received of `snapshotBytes` while one is streamed to this node (both 0 otherwise). */
+  readonly snapshotReceived: number;
+  readonly snapshotBytes: number;
 }
 
 function sameHardState(a: HardState, b: HardState): boolean {
@@ -205,14 +217,20 @@ export class RawNode {
 
   basicStatus(): BasicStatus {
     const r = this.raft;
-    return { id: r.id, term: r.term, vote: r.vote, commit: r.raftLog.committed, lead: r.lead, state: r.state, applied: r.raftLog.applied };
+    const snap = r.snapshotTransfer();
+    return {
+      id: r.id, term: r.term, vote: r.vote, commit: r.raftLog.committed, lead: r.lead, state: r.state, applied: r.raftLog.applied,
+      recovering: r.recovering, leaderCommit: r.state === StateType.leader ? r.raftLog.committed : r.leaderCommit,
+      snapshotReceived: snap.received, snapshotBytes: snap.total,
+    };
   }
 
   status(): Status {
     const r = this.raft;
     const progress = new Map<number, ProgressStatus>();
     if (r.state === StateType.leader) {
-      for (const [id, p] of r.prs) progress.set(id, { match: p.match, next: p.next, state: p.state, isLearner: p.isLearner, recentActive: p.recentActive });
+      for (const [id, p] of r.prs) progress.set(id, { match: p.match, next: p.next, state: p.state, isLearner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering,
+        snapshotAcked: p.snapshot ? p.snapOffset : 0, snapshotBytes: p.snapshot?.data.length ?? 0 });
     }
     return {
       id: r.id,

@@ -206,7 +206,9 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
         if (existing === undefined || !same(existing.value, want)) await write(s.name, want, existing?.revision);
       }
     }
-    // Every node: its own client/HTTP URLs and version (only it knows them).
+    // Every node: its own client/HTTP URLs and version (only it knows them). Not while catching up: the local
+    // view is stale (a node that lost its data would propose creating a record that exists, and wait on it).
+    if (!node.isCurrent()) return;
     const mine = nodeRecord(node.serverName);
     const role = roleOf(node.id);
     if (role === undefined) return;

@@ -89,6 +89,11 @@ export interface ClusterFile {
   readonly names?: Readonly<Record<string, string>>;
   /** This node joined a running cluster (--initial-cluster-state existing): its Raft never bootstraps an init entry. */
   readonly joined?: boolean;
+  /**
+   * This node lost its data (it started with an empty store while a peer had its slot bound) and has not caught up
+   * yet: Raft runs with `recovering` (no vote, counts for no quorum) and no init entry. Cleared once caught up.
+   */
+  readonly recovering?: boolean;
 }
 
 /** The handshake's cluster size of a persisted table (see ClusterFile.initial). */

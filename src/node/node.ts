@@ -6,7 +6,7 @@ import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type HardState, type Message, type Ready } from '../../raft/index.js';
+import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type BasicStatus, type HardState, type Message, type Ready } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
 import { encodeKvCommand } from '../../store/index.js';
 import {
@@ -176,6 +176,8 @@ export class ClusterNode {
     proposalsFailed: 0,
     snapshotsTaken: 0,
     snapshotsInstalled: 0,
+    /** Times this node caught up after losing its data. */
+    recoveries: 0,
   };
 
   private readonly opts: NodeOptions;
@@ -209,12 +211,18 @@ export class ClusterNode {
   private lastLeaderContact = 0;
   /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
   private readonly peerContact = new Map<number, number>();
+  /** The leader health last saw, and since when (how long its heartbeats have said nothing of its commit). */
+  private leaderSeen = { lead: 0, since: 0 };
   private ticks = 0;
   /** A commit-only hard state not yet written (see handleReady); saved with the next synced batch or at stop. */
   private deferredHardState: HardState | undefined;
   /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
   private readonly resetListeners = new Set<() => void>();
   private bootstrapProblem: string | undefined;
+  /** The slot is known but the store is empty: a peer's hello tells a new node from one that lost its data. */
+  private verdictPending = false;
+  /** Applied the leader's own commit index once since start: until then health says "catching up". */
+  private caughtUp = false;
   private readonly startedAt = Date.now();
   private readonly voterGraceMs: number;
   private readonly voterDownSince = new Map<number, number>();
@@ -332,10 +340,52 @@ export class ClusterNode {
         frame: (peer, frame) => { bus.handleFrame(peer, frame); },
       });
     }
-    if (this.cluster) this.startRaft();
+    if (this.cluster) this.startOrAwaitVerdict();
     await this.transport.start();
     this.tickTimer = setInterval(() => this.onTick(), this.tickMs);
     this.log.info({ id: this.cluster?.id, n: this.n, voters: this.voters, route: this.transport.address() }, this.cluster ? 'node started' : 'node started; waiting for a peer to learn this node\'s slot');
+  }
+
+  /**
+   * A store with nothing in it is either a new node or one whose data directory was wiped (a replaced disk). The two
+   * look alike here and must not be confused: a wiped voter has forgotten its term, its vote and the entries it
+   * acknowledged, so it must not vote or count for a quorum until it has caught up (README.md, "A wiped node").
+   * Its peers remember its identity bound to its slot: the first hello from a peer that has a slot table decides.
+   */
+  private startOrAwaitVerdict(): void {
+    const c = this.cluster!;
+    const empty = this.storage.lastIndex() === 0 && this.storage.snapshot().meta.index === 0;
+    if (c.recovering === true || !empty || c.addresses.length <= 1) {
+      this.startRaft();
+      return;
+    }
+    this.verdictPending = true;
+    this.log.info({ id: c.id }, 'empty store: waiting for a peer\'s hello to tell whether this node is new or lost its data');
+    // A peer that learns its own slot from us (routes listing only the others) needs our table first.
+    this.sendHelloToAll();
+  }
+
+  private verdictFrom(peer: string, h: SlotHello): void {
+    if (!this.verdictPending || h.id === 0 || h.addresses === null) return; // a peer without a table cannot know
+    const c = this.cluster!;
+    this.verdictPending = false;
+    if (h.bound.includes(c.id)) {
+      // The peer checked our identity key against the one bound to this slot in the route handshake.
+      this.cluster = { ...c, recovering: true };
+      writeClusterFile(this.opts.dataDir, this.cluster);
+      this.log.warn({ id: c.id, from: peer }, 'this node lost its data: its store is empty but its peers know its slot; it rejoins without a vote and counts for no quorum until it has caught up');
+    }
+    this.startRaft();
+  }
+
+  /** Raft says the lost data is made good, in a Ready now durable: persist that the node is an ordinary member again. */
+  private markRecovered(): void {
+    const c = this.cluster!;
+    const { recovering: _, ...rest } = c;
+    this.cluster = rest;
+    writeClusterFile(this.opts.dataDir, this.cluster);
+    this.metrics.recoveries++;
+    this.log.info({ id: c.id, applied: this.stateMachine.appliedIndex }, 'caught up after losing its data: votes and counts for quorums again');
   }
 
   private startRaft(): void {
@@ -345,7 +395,9 @@ export class ClusterNode {
     const peers: number[] = [];
     // A node that joined a running cluster has no bootstrap entry: the leader sends it the log (or a snapshot), whose
     // configuration changes tell it the members. Bootstrapping [1..R] here could differ from the cluster's index 1.
-    if (!c.joined) for (let i = 1; i <= c.voters; i++) peers.push(i);
+    // Nor has a node that lost its data: R or the slot table may have changed since the cluster's index 1.
+    const recovering = c.recovering === true;
+    if (!c.joined && !recovering) for (let i = 1; i <= c.voters; i++) peers.push(i);
     this.raw = new RawNode({
       id: c.id,
       electionTicks: this.electionTicks,
@@ -355,8 +407,9 @@ export class ClusterNode {
       peers,
       preVote: true,
       checkQuorum: true,
+      recovering,
     });
-    this.log.info({ id: c.id, addresses: c.addresses, voters: peers }, 'raft started');
+    this.log.info({ id: c.id, addresses: c.addresses, voters: peers, recovering }, 'raft started');
     this.sendHelloToAll();
     this.schedule();
   }
@@ -365,10 +418,10 @@ export class ClusterNode {
 
   private hello(): SlotHello {
     const c = this.cluster;
-    if (!c) return { id: 0, routes: this.ownRoutes, addresses: null, voters: this.opts.join ? 0 : this.voters, initial: 0, names: [] };
+    if (!c) return { id: 0, routes: this.ownRoutes, addresses: null, voters: this.opts.join ? 0 : this.voters, initial: 0, names: [], bound: [] };
     const initial = initialSize(c);
     const names = c.addresses.slice(initial).map((_, k) => c.names?.[String(initial + k + 1)] ?? '');
-    return { id: c.id, routes: this.ownRoutes, addresses: c.addresses, voters: this.voters, initial, names };
+    return { id: c.id, routes: this.ownRoutes, addresses: c.addresses, voters: this.voters, initial, names, bound: Object.keys(c.bindings).map(Number) };
   }
 
   /**
@@ -486,8 +539,9 @@ export class ClusterNode {
       writeClusterFile(this.opts.dataDir, this.cluster);
       this.bootstrapProblem = undefined;
       this.log.info({ id: this.cluster.id, self: learned.self, from: peer }, 'learned this node\'s slot from a peer');
-      this.startRaft();
+      this.startOrAwaitVerdict();
     }
+    this.verdictFrom(peer, h);
     const c = this.cluster;
     // Slots are only ever appended (`cluster add`, replicated through the log), so two correct tables agree on every
     // slot both know; the shorter one has not applied the latest add yet.
@@ -581,7 +635,7 @@ export class ClusterNode {
     writeClusterFile(this.opts.dataDir, this.cluster);
     this.bootstrapProblem = undefined;
     this.log.info({ id, address, from: peer, slots: this.n, voters: this.voters }, 'joined a running cluster: learned this node\'s slot from a peer');
-    this.startRaft();
+    this.startOrAwaitVerdict();
   }
 
   /**
@@ -673,7 +727,10 @@ export class ClusterNode {
     try {
       while (!this.stopping && raw.hasReady()) {
         const rd = raw.ready();
+        // Read with the Ready: if recovery ended, the vote it pinned is in rd.hardState, durable once handled.
+        const recovered = this.cluster?.recovering === true && !raw.basicStatus().recovering;
         await this.handleReady(rd);
+        if (recovered) this.markRecovered();
         raw.advance();
         this.serveReads();
         await this.maybeSnapshot();
@@ -1200,6 +1257,15 @@ export class ClusterNode {
     return n;
   }
 
+  /**
+   * Whether this node's state machine is current: it applied the leader's own commit index since it started and
+   * is not recovering lost data. Until then, what it reads locally (stale) is no basis for a write.
+   */
+  isCurrent(): boolean {
+    const st = this.raw?.basicStatus();
+    return st !== undefined && this.catchingUp(st) === undefined;
+  }
+
   health(): Health {
     if (this.fatal) return { status: 'unavailable', reason: `replication stopped: ${this.fatal.message}` };
     if (this.refusal !== undefined) return { status: 'unavailable', reason: this.refusal };
@@ -1209,7 +1275,9 @@ export class ClusterNode {
       const down = this.transport?.peers().filter((p) => p.state !== 'up').map(describeDown) ?? [];
       return {
         status: 'unavailable',
-        reason: this.bootstrapProblem ?? (this.opts.join
+        reason: this.bootstrapProblem ?? (this.verdictPending
+          ? `no quorum: ${up + 1} of ${this.voters} voters reachable (this node's store is empty: a peer with a slot table tells whether it is new or lost its data${down.length ? `; not connected: ${down.join(', ')}` : ''})`
+          : undefined) ?? (this.opts.join
           ? `joining cluster "${this.clusterName}": waiting for a peer's slot table (${up} peer(s) connected; not connected: ${down.join(', ')})`
           : undefined) ??
           `no quorum: ${up + 1} of ${this.voters} voters reachable (this node learns its slot from the first peer it meets; not connected: ${down.join(', ')})`,
@@ -1240,7 +1308,33 @@ export class ClusterNode {
       if (silentMs > 2 * this.electionTicks * this.tickMs) return { status: 'unavailable', reason: `leader ${this.peerName(st.lead)} not heard from for ${silentMs} ms` };
     }
     if (this.stateMachine.appliedIndex < st.commit) return { status: 'unavailable', reason: `catching up: applied ${this.stateMachine.appliedIndex} of commit ${st.commit}` };
-    return { status: 'ok' };
+    return this.catchingUp(st) ?? { status: 'ok' };
+  }
+
+  /**
+   * Until this node has applied the leader's own commit index once since it started (and, after losing its data,
+   * until Raft ends its recovery), it is not current: its own commit index is clamped to what it holds, so "applied
+   * all I know committed" means nothing for a node that knows little. Heartbeats carry the leader's index.
+   */
+  private catchingUp(st: BasicStatus): Health | undefined {
+    const applied = this.stateMachine.appliedIndex;
+    if (!st.recovering && (this.caughtUp || (st.leaderCommit > 0 && applied >= st.leaderCommit))) {
+      this.caughtUp = true;
+      return undefined;
+    }
+    // A leader of an older version never says its commit index: after two election timeouts of silence on it,
+    // "applied all this node knows committed" (checked by the caller) is the best there is, as before.
+    // Timed from when health first sees this leader (Raft's state, not the Ready loop's, which may lag behind it).
+    if (st.lead !== this.leaderSeen.lead) this.leaderSeen = { lead: st.lead, since: Date.now() };
+    if (!st.recovering && st.leaderCommit === 0 && st.lead !== 0 && Date.now() - this.leaderSeen.since > 2 * this.electionTicks * this.tickMs) {
+      this.caughtUp = true;
+      this.log.warn({ lead: st.lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit');
+      return undefined;
+    }
+    const of = st.leaderCommit > 0 ? `the leader's commit ${st.leaderCommit}` : 'the leader\'s commit (not known yet)';
+    const snap = st.snapshotBytes > 0 ? ` (snapshot ${Math.floor((100 * st.snapshotReceived) / st.snapshotBytes)}% received)` : '';
+    const lost = st.recovering ? '; this node lost its data and votes again once caught up' : '';
+    return { status: 'unavailable', reason: `catching up: applied ${applied} of ${of}${snap}${lost}` };
   }
 
   /**
@@ -1293,8 +1387,14 @@ export class ClusterNode {
     const base = { server: this.serverName, cluster: this.clusterName, identity: this.identity.publicKey, health: this.health() };
     if (!raw || !this.cluster) return { ...base, id: null, state: 'bootstrapping', n: this.n, voters: this.voters };
     const st = raw.status();
+    const basic = raw.basicStatus();
     const progress: Record<string, unknown> = {};
-    for (const [id, p] of st.progress) progress[this.peerName(id)] = { id, match: p.match, next: p.next, state: p.state, learner: p.isLearner, recentActive: p.recentActive };
+    for (const [id, p] of st.progress) {
+      progress[this.peerName(id)] = {
+        id, match: p.match, next: p.next, state: p.state, learner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering,
+        ...(p.snapshotBytes > 0 ? { snapshotTransfer: { ackedBytes: p.snapshotAcked, totalBytes: p.snapshotBytes } } : {}),
+      };
+    }
     return {
       ...base,
       id: st.id,
@@ -1304,6 +1404,9 @@ export class ClusterNode {
       leader: st.softState.lead === 0 ? null : { id: st.softState.lead, name: this.peerName(st.softState.lead) },
       commit: st.hardState.commit,
       applied: this.stateMachine.appliedIndex,
+      leaderCommit: basic.leaderCommit,
+      recovering: basic.recovering,
+      snapshotTransfer: basic.snapshotBytes > 0 ? { receivedBytes: basic.snapshotReceived, totalBytes: basic.snapshotBytes } : null,
       lastIndex: st.lastIndex,
       firstIndex: this.storage.firstIndex(),
       snapshotIndex: this.storage.snapshot().meta.index,
@@ -1363,6 +1466,12 @@ export class ClusterNode {
       ['membershipd_raft_leader_changes_total', 'counter', 'Leader changes seen by this node', m.leaderChanges],
       ['membershipd_raft_commit_index', 'gauge', 'Raft commit index', st?.commit ?? 0],
       ['membershipd_raft_applied_index', 'gauge', 'Index applied to the KV state machine', this.stateMachine.appliedIndex],
+      ['membershipd_raft_leader_commit_index', 'gauge', 'The leader\'s own commit index as its heartbeats tell it (0: not known)', st?.leaderCommit ?? 0],
+      ['membershipd_raft_recovering', 'gauge', '1 while this node, having lost its data, catches up without a vote', st?.recovering ? 1 : 0],
+      ['membershipd_raft_recoveries_total', 'counter', 'Times this node caught up after losing its data', m.recoveries],
+      ['membershipd_raft_snapshot_received_bytes', 'gauge', 'Bytes received of the snapshot being streamed to this node', st?.snapshotReceived ?? 0],
+      ['membershipd_raft_snapshot_total_bytes', 'gauge', 'Size of the snapshot being streamed to this node (0: none)', st?.snapshotBytes ?? 0],
+      ['membershipd_raft_snapshots_installed_total', 'counter', 'Snapshots received from the leader and installed', m.snapshotsInstalled],
       ['membershipd_raft_messages_in_total', 'counter', 'Raft messages received', m.raftMessagesIn],
       ['membershipd_raft_messages_out_total', 'counter', 'Raft messages sent', m.raftMessagesOut],
       ['membershipd_raft_messages_dropped_total', 'counter', 'Raft messages dropped (peer down, unknown slot, queue full)', m.raftMessagesDropped],
@@ -1376,6 +1485,12 @@ export class ClusterNode {
       ['membershipd_route_frames_in_total', 'counter', 'Frames received on routes', framesIn],
       ['membershipd_route_frames_out_total', 'counter', 'Frames sent on routes', framesOut],
     ];
+    if (st?.state === StateType.leader) {
+      // One family after the other: a family's samples must be adjacent in the exposition format.
+      const streams = [...this.raw!.status().progress].filter(([, p]) => p.snapshotBytes > 0);
+      for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_acked_bytes', 'gauge', 'Leader: bytes of the snapshot being streamed that the follower acknowledged', p.snapshotAcked, { peer: this.peerName(id) }]);
+      for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_sending_bytes', 'gauge', 'Leader: size of the snapshot being streamed to the follower', p.snapshotBytes, { peer: this.peerName(id) }]);
+    }
     for (const p of peers) {
       samples.push(['membershipd_route_up', 'gauge', 'Route state per peer (1 up)', p.state === 'up' ? 1 : 0, { peer: p.name ?? p.route ?? p.address }]);
     }

@@ -1,8 +1,9 @@
 // What the node sends inside the transport's `raft` frames: `[tag, ...]` plain msgpack arrays.
 //   [0, message]   a Raft message (fields in the fixed order of `encodeMessage`)
 //   [1, hello]     the node's slot view, sent when a link comes up and when the view changes (bootstrap, see
-//                  README.md): [1, id, routes, addresses, voters, initial, names]; the last two (slots at bootstrap,
-//                  names of the slots `cluster add` appended) are absent from older nodes' hellos
+//                  README.md): [1, id, routes, addresses, voters, initial, names, bound]; the last three (slots at
+//                  bootstrap, names of the slots `cluster add` appended, slots whose identity the sender has bound)
+//                  are absent from older nodes' hellos
 //   [2, reqId]     asks the peer for its member report (`cluster status`)
 //   [3, reqId, report]  the answer: [id, name, state, term, lead, commit, applied, lastIndex, health]
 // Everything received is validated field by field: a peer runs the same code, but a bug or a newer
@@ -48,6 +49,11 @@ export interface SlotHello {
   readonly initial: number;
   /** Names of the appended slots `initial+1..`, in order (what `cluster add NAME URL` recorded). */
   readonly names: readonly string[];
+  /**
+   * Slots whose identity the sender has met and bound (persisted in its cluster.json). A node that starts with an
+   * empty store and finds its own slot here is not new: it lost its data (src/node/README.md, "A wiped node").
+   */
+  readonly bound: readonly number[];
 }
 
 const types = new Set<string>(Object.values(MessageType));
@@ -58,12 +64,15 @@ export function encodeMessage(m: Message): unknown[] {
     0, m.type, m.from, m.to, m.term, m.logTerm, m.index,
     m.entries.map((e) => [e.term, e.index, e.type, e.data]),
     m.commit, m.reject, m.rejectHint, m.context,
-    snap === null ? null : [snap.meta.index, snap.meta.term, snap.meta.conf.voters, snap.meta.conf.learners, snap.offset, snap.data, snap.done],
+    snap === null ? null : [snap.meta.index, snap.meta.term, snap.meta.conf.voters, snap.meta.conf.learners, snap.offset, snap.data, snap.done, snap.total],
+    // Only when set: a 13-field message is what nodes without the field accept, and only a node that lost its
+    // data sets it.
+    ...(m.recovering ? [true] : []),
   ];
 }
 
 export function encodeHello(h: SlotHello): unknown[] {
-  return [1, h.id, h.routes, h.addresses, h.voters, h.initial, h.names];
+  return [1, h.id, h.routes, h.addresses, h.voters, h.initial, h.names, h.bound];
 }
 
 const isUint = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
@@ -81,12 +90,12 @@ export type Decoded =
 export function decodeNodeFrame(data: unknown): Decoded | string {
   if (!Array.isArray(data) || data.length === 0) return 'not an array';
   if (data[0] === wireTag.hello) {
-    if (data.length !== 5 && data.length !== 7) return 'malformed hello';
-    const [, id, routes, addresses, voters, initial = 0, names = []] = data as unknown[];
-    if (!isUint(id) || !isStrings(routes) || !(addresses === null || isStrings(addresses)) || !isUint(voters) || !isUint(initial) || !isStrings(names)) return 'malformed hello';
+    if (data.length !== 5 && data.length !== 7 && data.length !== 8) return 'malformed hello';
+    const [, id, routes, addresses, voters, initial = 0, names = [], bound = []] = data as unknown[];
+    if (!isUint(id) || !isStrings(routes) || !(addresses === null || isStrings(addresses)) || !isUint(voters) || !isUint(initial) || !isStrings(names) || !isIds(bound)) return 'malformed hello';
     // The appended names must fit the table they describe (initial ≤ addresses, one name per appended slot).
     if (initial > 0 && (addresses === null || initial > addresses.length || names.length !== addresses.length - initial)) return 'malformed hello';
-    return { kind: 'hello', hello: { id, routes, addresses, voters, initial, names } };
+    return { kind: 'hello', hello: { id, routes, addresses, voters, initial, names, bound } };
   }
   if (data[0] === wireTag.statusRequest) {
     const [, reqId] = data as unknown[];
@@ -102,11 +111,12 @@ export function decodeNodeFrame(data: unknown): Decoded | string {
     }
     return { kind: 'statusReply', reqId, report: { id, name, state, term, lead, commit, applied, lastIndex, health } };
   }
-  if (data[0] !== wireTag.raft || data.length !== 13) return `unknown tag ${String(data[0])}`;
-  const [, type, from, to, term, logTerm, index, entries, commit, reject, rejectHint, context, snap] = data as unknown[];
+  // 13 fields from nodes older than `recovering` (read as false: such a node never lost its disk knowingly).
+  if (data[0] !== wireTag.raft || (data.length !== 13 && data.length !== 14)) return `unknown tag ${String(data[0])}`;
+  const [, type, from, to, term, logTerm, index, entries, commit, reject, rejectHint, context, snap, recovering = false] = data as unknown[];
   if (typeof type !== 'string' || !types.has(type)) return `unknown message type ${String(type)}`;
   if (!isUint(from) || !isUint(to) || !isUint(term) || !isUint(logTerm) || !isUint(index) || !isUint(commit) || !isUint(rejectHint)) return 'malformed numbers';
-  if (typeof reject !== 'boolean' || !isBytes(context) || !Array.isArray(entries)) return 'malformed fields';
+  if (typeof reject !== 'boolean' || typeof recovering !== 'boolean' || !isBytes(context) || !Array.isArray(entries)) return 'malformed fields';
   const ents: Entry[] = [];
   for (const e of entries) {
     if (!Array.isArray(e) || e.length !== 4) return 'malformed entry';
@@ -116,15 +126,16 @@ export function decodeNodeFrame(data: unknown): Decoded | string {
   }
   let snapshot: SnapshotChunk | null = null;
   if (snap !== null) {
-    if (!Array.isArray(snap) || snap.length !== 7) return 'malformed snapshot chunk';
-    const [si, st, sv, sl, off, sd, done] = snap as unknown[];
-    if (!isUint(si) || !isUint(st) || !isIds(sv) || !isIds(sl) || !isUint(off) || !isBytes(sd) || typeof done !== 'boolean') return 'malformed snapshot chunk';
+    // 7 fields from nodes older than the chunk's `total` (progress only): read as 0.
+    if (!Array.isArray(snap) || (snap.length !== 7 && snap.length !== 8)) return 'malformed snapshot chunk';
+    const [si, st, sv, sl, off, sd, done, total = 0] = snap as unknown[];
+    if (!isUint(si) || !isUint(st) || !isIds(sv) || !isIds(sl) || !isUint(off) || !isBytes(sd) || typeof done !== 'boolean' || !isUint(total)) return 'malformed snapshot chunk';
     const conf: ConfState = { voters: sv, learners: sl };
-    snapshot = { meta: { index: si, term: st, conf }, offset: off, data: sd, done };
+    snapshot = { meta: { index: si, term: st, conf }, offset: off, data: sd, done, total };
   }
   return {
     kind: 'raft',
-    message: message({ type: type as MessageType, from, to, term, logTerm, index, entries: ents, commit, reject, rejectHint, context, snapshot }),
+    message: message({ type: type as MessageType, from, to, term, logTerm, index, entries: ents, commit, reject, rejectHint, context, snapshot, recovering }),
   };
 }
 

@@ -516,11 +516,11 @@ t.test('wire, envelope, sessions, slot derivation: seeded properties and malform
   const u = fc.nat({ max: 2 ** 40 });
   const arbMessage: fc.Arbitrary<Message> = fc.record({
     type: fc.constantFrom(...Object.values(MessageType)), from: u, to: u, term: u, logTerm: u, index: u, commit: u, rejectHint: u,
-    reject: fc.boolean(), context: bytes,
+    reject: fc.boolean(), recovering: fc.boolean(), context: bytes,
     entries: fc.array(fc.record({ term: u, index: u, type: fc.constantFrom(0 as const, 1 as const), data: bytes }), { maxLength: 4 }),
     snapshot: fc.option(fc.record({
       meta: fc.record({ index: u, term: u, conf: fc.record({ voters: fc.array(u, { maxLength: 5 }), learners: fc.array(u, { maxLength: 3 }) }) }),
-      offset: u, data: bytes, done: fc.boolean(),
+      offset: u, data: bytes, done: fc.boolean(), total: u,
     }), { nil: null }),
   }).map((m) => message(m));
   // Through the real route codec (msgpack), as on the wire.
@@ -572,15 +572,16 @@ t.test('wire, envelope, sessions, slot derivation: seeded properties and malform
   }
   t.type(decodeNodeFrame(viaWire(good.slice(0, 12))), 'string', 'a truncated message is refused');
   t.type(decodeNodeFrame([1, 1, ['a:1'], null, 'x']), 'string', 'a malformed hello is refused');
-  t.match(decodeNodeFrame(viaWire(encodeHello({ id: 2, routes: ['a:1'], addresses: null, voters: 3, initial: 0, names: [] }))), { kind: 'hello', hello: { id: 2, routes: ['a:1'], voters: 3 } });
+  t.match(decodeNodeFrame(viaWire(encodeHello({ id: 2, routes: ['a:1'], addresses: null, voters: 3, initial: 0, names: [], bound: [1, 3] }))), { kind: 'hello', hello: { id: 2, routes: ['a:1'], voters: 3, bound: [1, 3] } });
+  t.type(decodeNodeFrame(viaWire([1, 2, ['a:1'], null, 3, 0, [], ['x']])), 'string', 'a hello whose bound slots are not ids is refused');
   // An older node's hello (five fields) still decodes: no appended slots.
-  t.match(decodeNodeFrame(viaWire([1, 2, ['a:1'], ['a:1', 'b:1'], 2])), { kind: 'hello', hello: { id: 2, initial: 0, names: [] } });
+  t.match(decodeNodeFrame(viaWire([1, 2, ['a:1'], ['a:1', 'b:1'], 2])), { kind: 'hello', hello: { id: 2, initial: 0, names: [], bound: [] } });
   // A hello with appended slots round-trips; names must match the appended part of the table exactly.
   fc.assert(fc.property(fc.uniqueArray(fc.string({ minLength: 1, maxLength: 8 }), { minLength: 1, maxLength: 8 }), fc.nat({ max: 8 }), fc.nat({ max: 9 }),
     (addresses, cut, id) => {
       const initial = Math.min(addresses.length, cut + 1);
       const names = addresses.slice(initial).map((_, k) => `n${k}`);
-      const d = decodeNodeFrame(viaWire(encodeHello({ id, routes: [], addresses, voters: 1, initial, names })));
+      const d = decodeNodeFrame(viaWire(encodeHello({ id, routes: [], addresses, voters: 1, initial, names, bound: [] })));
       const bad = decodeNodeFrame(viaWire([1, id, [], addresses, 1, initial, [...names, 'extra']]));
       return typeof d !== 'string' && d.kind === 'hello' && d.hello.initial === initial && d.hello.names.join() === names.join() && typeof bad === 'string';
     }), runs);

@@ -1,7 +1,8 @@
 // Three membershipd nodes as separate processes started through the real `serve` path (flag parser,
 // NATS server, cluster node, HTTP), on loopback with real TLS files: cold start in a seeded random order
 // with random delays (health over HTTP), writes through every node, kill -9 of the leader while writes
-// continue, every acknowledged write present on the survivors, the killed node restarts and catches up.
+// continue, every acknowledged write present on the survivors, the killed node restarts and catches up, a follower
+// whose data dir is deleted (a replaced disk) rejoins: 503 until it has every write, 200 after (issue 20).
 // Reproduce a run with CLUSTER_SEED=<seed> (printed first). Every child is killed by PID in teardown.
 import t from 'tap';
 import { execFile, fork, type ChildProcess } from 'node:child_process';
@@ -196,6 +197,35 @@ t.test('separate processes: cold start in a random order, kill -9 of the leader,
   const r = await ask(back, { op: 'read' });
   const values = r.values as Record<string, number>;
   t.same([...acked].filter(([k, v]) => values[k] !== v).map(([k]) => k), [], 'the killed node restarted from its data dir and caught up');
+
+  // Issue 20: a replaced disk. A follower stops, its data dir is deleted, it starts with the same flags and identity
+  // file. Polled every 100 ms over HTTP: 503 until it holds every acknowledged write, then 200; it went through
+  // recovery (it knew it had lost its data) and the leader counts it again.
+  const leadNow = await leaderIndex();
+  const wipedIdx = [0, 1, 2].find((i) => i !== leadNow)!;
+  const wipedProc = procs[wipedIdx]!;
+  wipedProc.child.kill('SIGTERM');
+  await new Promise((res) => (wipedProc.child.exitCode !== null ? res(null) : wipedProc.child.once('exit', res)));
+  rmSync(join(root, `data-${wipedIdx}`), { recursive: true, force: true });
+  const reborn = await spawnNode(wipedIdx);
+  const reasons = new Set<string>();
+  let healthy = false;
+  for (let k = 0; k < 300 && !healthy; k++) {
+    const h = await getJson(reborn, '/healthz');
+    if (h.status === 200) {
+      const got = (await ask(reborn, { op: 'read' })).values as Record<string, number>;
+      t.same([...acked].filter(([key, v]) => got[key] !== v).map(([key]) => key), [], 'the wiped node answers 200 only with every acknowledged write');
+      healthy = true;
+      break;
+    }
+    t.equal(h.status, 503, 'a wiped node is 503 until it has caught up');
+    reasons.add(String(h.body.reason).replace(/\d+/g, 'N').replace(/\(not connected.*$/, ''));
+    await sleep(100);
+  }
+  t.ok(healthy, `the wiped node became healthy; reasons seen meanwhile: ${[...reasons].join(' | ')}`);
+  const rz = (await getJson(reborn, '/raftz')).body;
+  t.equal(rz.recovering, false, 'it ended its recovery (it knew it had lost its data)');
+  t.match(await fetch(`${reborn.http}/metrics`).then((r) => r.text()), /membershipd_raft_recoveries_total 1\b/, 'and counts one recovery');
 
   // The admin CLI as its own process, as an operator runs it on a node: `cluster status` (table and JSON).
   const natsPort = args[leader]![args[leader]!.indexOf('--nats-port') + 1]!;

@@ -6,7 +6,7 @@ import type { Limits, Message, PlantedBug, RawNodeConfig } from '../../raft/inde
 
 export interface TestNode {
   raw: RawNode;
-  readonly storage: MemoryStorage;
+  storage: MemoryStorage;
   applied: number;
   readonly appliedData: string[];
 }
@@ -33,12 +33,13 @@ export class Network {
     return n;
   }
 
-  private make(id: number, storage: MemoryStorage, peers: readonly number[]): RawNode {
+  private make(id: number, storage: MemoryStorage, peers: readonly number[], recovering = false): RawNode {
     const cfg: RawNodeConfig = {
       id,
       storage,
       rng: seededRng(id),
       peers,
+      ...(recovering ? { recovering } : {}),
       electionTicks: 10,
       heartbeatTicks: 1,
       ...(this.opts.limits ? { limits: this.opts.limits } : {}),
@@ -54,6 +55,15 @@ export class Network {
     const n = this.nodes.get(id)!;
     n.raw = this.make(id, n.storage, []);
     n.applied = n.storage.snapshot().meta.index;
+  }
+
+  /** The node's disk is replaced by an empty one; it restarts knowing that (RaftConfig.recovering), without peers. */
+  wipe(id: number): void {
+    const n = this.nodes.get(id)!;
+    n.storage = new MemoryStorage();
+    n.raw = this.make(id, n.storage, [], true);
+    n.applied = 0;
+    n.appliedData.length = 0;
   }
 
   node(id: number): TestNode {

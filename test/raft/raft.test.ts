@@ -20,6 +20,7 @@ import {
   committedIndex,
   decodeConfChange,
   encodeConfChange,
+  message,
   hasQuorum,
   seededRng,
   voteResult,
@@ -437,6 +438,68 @@ t.test('InstallSnapshot in chunks for a follower behind the compacted log', (t) 
   t.end();
 });
 
+t.test('a voter that lost its disk abstains until it holds the leader\'s commit index, then rejoins by snapshot', (t) => {
+  for (const plant of [undefined, PlantedBug.recoveringVotes] as const) {
+    const net = new Network([1, 2, 3], plant ? { plantedBug: plant } : {});
+    net.elect(1);
+    for (let i = 0; i < 20; i++) net.propose(1, `w${i}`);
+    const leader = net.node(1);
+    leader.storage.createSnapshot(leader.applied, net.raw(1).confState(), enc.encode('image'));
+    leader.storage.compact(leader.applied);
+    const match = net.raw(1).status().progress.get(3)!.match;
+    net.wipe(3);
+    // Before it hears the leader: a vote request of the current term. Its empty log is "up to date" with
+    // anyone's and it remembers no vote, so granting it could elect a second leader or lose committed entries.
+    const term = net.raw(1).basicStatus().term;
+    net.raw(3).step(message({ type: MessageType.vote, from: 2, to: 3, term, index: 0, logTerm: 0 }));
+    net.flush();
+    const answer = net.queue.find((m) => m.type === MessageType.voteResp && m.from === 3);
+    net.queue = [];
+    if (plant) {
+      t.equal(answer?.reject, false, 'planted bug: the wiped node grants the vote');
+      continue;
+    }
+    t.equal(answer?.reject, true, 'the wiped node refuses a vote while recovering');
+    t.equal(net.raw(3).basicStatus().recovering, true);
+    // The leader's heartbeat makes it probe at the old match; the marked rejection resets the progress.
+    for (let i = 0; i < 10 && net.node(3).storage.snapshot().meta.index === 0; i++) net.tickAll();
+    t.ok(match > 1, `the leader remembered match ${match}`);
+    t.equal(net.node(3).storage.snapshot().meta.index, leader.storage.snapshot().meta.index, 'a snapshot was sent and installed');
+    net.tickAll(2);
+    const st = net.raw(3).basicStatus();
+    t.equal(st.recovering, false, 'caught up: recovering ends');
+    t.equal(st.vote, 1, 'the vote is pinned to the leader it followed (it may have voted in this term before)');
+    t.equal(st.leaderCommit, net.raw(1).basicStatus().commit, 'the follower knows the leader\'s own commit index');
+    net.propose(1, 'after-wipe');
+    t.same(net.node(3).appliedData, ['after-wipe'], 'replication continues after the snapshot');
+    t.equal(net.raw(1).status().progress.get(3)?.match, net.raw(1).status().lastIndex);
+  }
+  t.end();
+});
+
+t.test('a node that lost its disk counts for no quorum until a commit made without it reaches it', (t) => {
+  const net = new Network([1, 2, 3]);
+  net.elect(1);
+  net.propose(1, 'before');
+  net.isolate(2);
+  net.wipe(3);
+  for (let i = 0; i < 6; i++) net.tickAll();
+  const commit = net.raw(1).basicStatus().commit;
+  net.raw(1).propose(enc.encode('needs-2'));
+  for (let i = 0; i < 6; i++) net.tickAll();
+  t.ok(net.node(3).storage.lastIndex() > commit, `the wiped node received the new entries (${commit} ${net.node(3).storage.lastIndex()} ${net.raw(1).basicStatus().commit})`);
+  t.equal(net.raw(1).basicStatus().commit, commit, 'its acknowledgements do not commit them (it may follow a leader of a term older than one it promised)');
+  t.equal(net.raw(3).basicStatus().recovering, true, 'it stays recovering: no commit was made without it');
+  // Two check-quorum rounds: the first still counts 2's answers from before the cut.
+  for (let i = 0; i < 25 && net.raw(1).basicStatus().state === StateType.leader; i++) net.tickAll();
+  t.equal(net.raw(1).basicStatus().state, StateType.follower, 'check-quorum does not count it either: the leader stepped down');
+  net.heal();
+  for (let i = 0; i < 40 && (net.leader() === 0 || net.raw(3).basicStatus().recovering); i++) net.tickAll();
+  t.not(net.leader(), 0, 'a leader is elected by 1 and 2');
+  t.equal(net.raw(3).basicStatus().recovering, false, 'then the wiped node catches up and recovers');
+  t.end();
+});
+
 // ---------- the Ready contract and restart ----------
 
 t.test('Ready contract: ready() twice without advance(), or advance() without ready(), is an assertion', (t) => {
@@ -618,5 +681,5 @@ t.test('conf change codec: round trip, every truncation, random bytes, no aliasi
 });
 
 function vote(from: number, to: number, term: number, index: number, logTerm: number): Message {
-  return { type: MessageType.vote, from, to, term, index, logTerm, entries: [], commit: 0, reject: false, rejectHint: 0, context: new Uint8Array(0), snapshot: null };
+  return { type: MessageType.vote, from, to, term, index, logTerm, entries: [], commit: 0, reject: false, rejectHint: 0, context: new Uint8Array(0), snapshot: null, recovering: false };
 }

@@ -11,17 +11,21 @@ const seeds5 = Number(process.env.SIM_SEEDS_5 ?? 100);
 /** A planted bug must be caught within this many seeds (3-node clusters, seeds 1, 2, ...). */
 const plantSeedsMax = 400;
 
-function sweep(nodes: 3 | 5, count: number): { failed: SimResult[]; maxRecover: number; ops: number } {
+function sweep(nodes: 3 | 5, count: number): { failed: SimResult[]; maxRecover: number; ops: number; lost: number; rejoined: number } {
   const failed: SimResult[] = [];
   let maxRecover = 0;
   let ops = 0;
+  let lost = 0;
+  let rejoined = 0;
   for (let s = 1; s <= count; s++) {
     const r = runSim({ seed: s, nodes });
     if (r.violations.length > 0 || !r.linearizable) failed.push(r);
     maxRecover = Math.max(maxRecover, r.ticksToRecover);
     ops += r.ops;
+    lost += r.disksLost;
+    rejoined += r.disksRecovered;
   }
-  return { failed, maxRecover, ops };
+  return { failed, maxRecover, ops, lost, rejoined };
 }
 
 for (const [nodes, count] of [
@@ -29,11 +33,13 @@ for (const [nodes, count] of [
   [5, seeds5],
 ] as const) {
   t.test(`${count} seeds on ${nodes} nodes: no invariant violated, every history linearizable, recovery bounded`, (t) => {
-    const { failed, maxRecover, ops } = sweep(nodes, count);
+    const { failed, maxRecover, ops, lost, rejoined } = sweep(nodes, count);
     for (const r of failed) t.fail(`seed ${r.seed}: ${r.violations.join('; ')}; reproduce: ${reproCommand(r.seed, nodes)}`);
     t.equal(failed.length, 0, 'no failing seed');
     t.ok(maxRecover >= 0, `max ticks to recover ${maxRecover}`);
-    t.comment(`SIM seeds=${count} nodes=${nodes} violations=${failed.length} linearizable=${count - failed.filter((r) => !r.linearizable).length}/${count} max_ticks_to_recover=${maxRecover} client_ops=${ops}`);
+    // A fault that never fires tests nothing: nodes lost their disks and came back as voters.
+    t.ok(lost > 0 && rejoined > 0, `disks lost ${lost}, lost-disk nodes caught up and voting again ${rejoined}`);
+    t.comment(`SIM seeds=${count} nodes=${nodes} violations=${failed.length} linearizable=${count - failed.filter((r) => !r.linearizable).length}/${count} max_ticks_to_recover=${maxRecover} client_ops=${ops} disks_lost=${lost} disks_rejoined=${rejoined}`);
     t.end();
   });
 }

@@ -2,7 +2,8 @@
 // drives a 3- or 5-node cluster of raft/ RawNodes over a simulated network that drops, duplicates,
 // reorders and delays messages and partitions nodes (symmetrically or one way), simulated disks whose
 // writes complete after a delay and are torn by crashes, restarts from what was persisted, membership
-// changes, leadership transfers, snapshots with compaction, and clients of a tiny KV state machine.
+// changes, leadership transfers, snapshots with compaction, lost disks (a node restarts empty and must
+// abstain until it caught up), and clients of a tiny KV state machine.
 // Invariants are checked after every step; the client history is checked for linearizability at the end.
 import { ConfChangeType, MemoryStorage, RaftAssertionError, RaftError, RawNode, StateType, seededRng } from '../../raft/index.js';
 import type { Entry, Limits, Message, PlantedBug, Ready, Rng } from '../../raft/index.js';
@@ -26,6 +27,9 @@ export interface SimResult {
   readonly ticksToRecover: number;
   readonly ops: number;
   readonly ticks: number;
+  /** Disks lost, and lost-disk nodes that caught up and voted again. */
+  readonly disksLost: number;
+  readonly disksRecovered: number;
 }
 
 const electionTicks = 10;
@@ -47,6 +51,8 @@ interface WriteCmd {
 interface Pending {
   readonly rd: Ready;
   readonly doneAt: number;
+  /** A node that lost its disk finished recovering in this Ready (its pinned vote is in rd.hardState). */
+  readonly recovered: boolean;
 }
 
 interface ClientOp {
@@ -61,7 +67,9 @@ interface ClientOp {
 
 class SimNode {
   raw: RawNode | null = null;
-  readonly storage = new MemoryStorage();
+  storage = new MemoryStorage();
+  /** Lost its disk and has not caught up yet: what the node wiring persists beside the log (cluster.json). */
+  recovering = false;
   kv = new Map<string, string>();
   sessions = new Map<number, number>();
   applied = 0;
@@ -124,6 +132,11 @@ export class Simulation {
   private clients: Client[] = [];
   private faulty = true;
   readonly faultTicks: number;
+  /** Lost disks draw from their own generator: adding the fault left every other seed's schedule as it was. */
+  private readonly diskRng: Rng & { next(): number };
+  private readonly diskLossP: number;
+  private disksLost = 0;
+  private disksRecovered = 0;
 
   constructor(readonly opts: SimOptions) {
     this.rng = seededRng(opts.seed * 2654435761 + opts.nodes);
@@ -143,6 +156,8 @@ export class Simulation {
     this.faultTicks = opts.faultTicks ?? 300 + r.int(301);
     this.churnFrom = r.int(4) !== 0 ? r.int(this.faultTicks >> 1) : this.faultTicks;
     this.churnTo = this.churnFrom + 100 + r.int(200);
+    this.diskRng = seededRng(opts.seed * 40503 + opts.nodes * 7 + 1);
+    this.diskLossP = [0, 0.003, 0.01][this.diskRng.int(3)]!;
     const peers = Array.from({ length: opts.nodes }, (_, i) => i + 1);
     for (const id of peers) {
       const n = new SimNode(id, peers);
@@ -168,7 +183,9 @@ export class Simulation {
       id: n.id,
       storage: n.storage,
       rng: seededRng(this.opts.seed * 7919 + n.id * 104729 + n.incarnation),
-      peers: n.peers,
+      // A node that lost its disk must not bootstrap [1..N] again: the cluster's log says who the members are.
+      peers: n.recovering ? [] : n.peers,
+      ...(n.recovering ? { recovering: true } : {}),
       electionTicks,
       heartbeatTicks,
       limits: this.limits,
@@ -250,6 +267,8 @@ export class Simulation {
       ticksToRecover: recovered,
       ops: this.history.length,
       ticks: this.t,
+      disksLost: this.disksLost,
+      disksRecovered: this.disksRecovered,
     };
   }
 
@@ -349,7 +368,8 @@ export class Simulation {
       if (!n.raw.hasReady()) return;
       const rd = n.raw.ready();
       if (rd.softState) n.isLeader = rd.softState.state === StateType.leader;
-      n.pending = { rd, doneAt: this.t + this.rng.int(this.diskDelayMax + 1) };
+      const recovered = n.recovering && !n.raw.basicStatus().recovering;
+      n.pending = { rd, doneAt: this.t + this.rng.int(this.diskDelayMax + 1), recovered };
     }
   }
 
@@ -386,7 +406,7 @@ export class Simulation {
   }
 
   private complete(n: SimNode): void {
-    const rd = n.pending!.rd;
+    const { rd, recovered } = n.pending!;
     n.pending = null;
     const raw = n.raw!;
     const st = n.storage;
@@ -402,6 +422,10 @@ export class Simulation {
       if (rd.hardState.commit < n.durableCommit) this.violation(`node ${n.id} persisted commit ${rd.hardState.commit} below ${n.durableCommit}`);
       st.setHardState(rd.hardState);
       n.durableCommit = rd.hardState.commit;
+    }
+    if (recovered) {
+      n.recovering = false;
+      this.disksRecovered++;
     }
     const commitMoved = n.isLeader && rd.hardState !== null && rd.hardState.commit > n.prevCommit;
     if (n.isLeader && rd.hardState) this.recordLeaderCommit(n, rd.hardState.term, rd.hardState.commit);
@@ -650,11 +674,42 @@ export class Simulation {
       const n = lead && r.int(4) !== 0 ? lead : live[r.int(live.length)];
       if (n) n.pausedUntil = this.t + 5 + r.int(60);
     }
+    this.maybeLoseDisk();
     if (p(0.006)) this.membershipChange();
     if (p(0.006)) {
       const lead = this.leader();
       const voters = lead?.raw!.confState().voters ?? [];
       if (lead && voters.length > 1) lead.raw!.transferLeadership(voters[r.int(voters.length)]!);
+    }
+  }
+
+  /**
+   * A replaced disk: a node restarts with empty storage (the worst case: the follower that acknowledged the
+   * most, often together with a crash of the leader, so that its acknowledgements were all that made entries
+   * committed). One at a time: two of three disks lost is a lost majority, which no protocol survives.
+   */
+  private maybeLoseDisk(): void {
+    const r = this.diskRng;
+    if (r.next() >= this.diskLossP) return;
+    if ([...this.nodes.values()].some((n) => n.recovering)) return;
+    const lead = this.leader();
+    const prs = lead?.raw!.status().progress;
+    const others = [...this.nodes.values()].filter((n) => n !== lead);
+    if (others.length === 0) return;
+    others.sort((a, b) => (prs?.get(b.id)?.match ?? 0) - (prs?.get(a.id)?.match ?? 0));
+    const n = r.int(2) === 0 ? others[0]! : others[r.int(others.length)]!;
+    this.crash(n);
+    // Its route connections closed with the process: nothing it sent before arrives after what it sends once
+    // restarted (TCP order, and a new connection only after the old one ended). Modelled as lost in flight.
+    for (const q of this.queue.values()) for (let i = q.length - 1; i >= 0; i--) if (q[i]!.from === n.id) q.splice(i, 1);
+    n.storage = new MemoryStorage();
+    n.recovering = true;
+    n.checkedLeaderTerm = 0;
+    this.disksLost++;
+    this.restartAt.set(n.id, this.t + 1 + r.int(10));
+    if (lead && r.int(2) === 0) {
+      this.crash(lead);
+      this.restartAt.set(lead.id, this.t + 1 + r.int(60));
     }
   }
 
