@@ -7,7 +7,8 @@ import type { ServeConfig } from '../config/index.js';
 import { createNatsServer } from '../nats/index.js';
 import type { NatsServer, NatsServerStats } from '../nats/api.js';
 import type { BusAuthenticator } from '../auth/index.js';
-import { createHttpServer, type HttpServer } from '../http/index.js';
+import { createHttpServer, processMetricsText, startProcessMetrics, statusPageEndpoints, type HttpServer } from '../http/index.js';
+import { renderMetrics } from '../node/metrics.js';
 import { packageVersion } from './version.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
 import { createServiceSeam, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
@@ -61,6 +62,22 @@ function listenError(what: string, host: string, port: number, err: unknown): Li
 
 /** `auth` undefined = bus auth off (src/cli/bus_auth.ts builds it from the flags). */
 /** nats-server's /varz field names, so existing dashboards and scripts read ours unchanged. */
+/** The bus counters of /varz as Prometheus series (slow consumers are what an alert watches). */
+function natsMetricsText(s: NatsServerStats): string {
+  return renderMetrics([
+    ['membershipd_nats_connections', 'gauge', 'Client connections open now', s.connections],
+    ['membershipd_nats_connections_total', 'counter', 'Client connections accepted since start', s.totalConnections],
+    ['membershipd_nats_subscriptions', 'gauge', 'Subscriptions held now', s.subscriptions],
+    ['membershipd_nats_in_msgs_total', 'counter', 'Messages received from clients', s.inMsgs],
+    ['membershipd_nats_out_msgs_total', 'counter', 'Messages delivered to clients', s.outMsgs],
+    ['membershipd_nats_in_bytes_total', 'counter', 'Payload bytes received from clients', s.inBytes],
+    ['membershipd_nats_out_bytes_total', 'counter', 'Payload bytes delivered to clients', s.outBytes],
+    ['membershipd_nats_slow_consumers_total', 'counter', 'Clients closed because their pending bytes hit the limit', s.slowConsumers],
+  ], []);
+}
+
+const prometheusText = 'text/plain; version=0.0.4; charset=utf-8';
+
 function varzStats(s: NatsServerStats): Record<string, number> {
   return {
     connections: s.connections, total_connections: s.totalConnections, subscriptions: s.subscriptions,
@@ -128,12 +145,25 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     kvApi = attachKvApi({ cluster: kvPort }, { backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas });
   }
   const startedAt = new Date();
+  startProcessMetrics();
   const http = createHttpServer({
     host: config.bind,
     port: config.httpPort,
     logger,
     endpoints: {
+      ...statusPageEndpoints(),
+      // A node without the Raft store still answers what the status page polls: itself, and no buckets.
+      '/clusterz': () => ({ status: 200, body: {
+        cluster: null, via: nats.serverName, leader: null, term: 0, kvReplicas: 0, voters: [], learners: [],
+        members: [{ id: 0, name: nats.serverName, address: null, role: 'standalone', term: null, leader: null, commit: null, applied: null, lag: null, reachable: true, health: 'ok' }],
+      } }),
+      '/kvz': () => ({ status: 200, body: { server: nats.serverName, applied: 0, buckets: [] } }),
       ...(cluster ? nodeHttpEndpoints(cluster) : {}),
+      // After the node's endpoints: its Raft series, then the bus and the process (prom-client's names).
+      '/metrics': () => ({
+        status: 200, contentType: prometheusText,
+        body: (cluster ? cluster.metricsText() : '') + natsMetricsText(nats.stats()) + processMetricsText(),
+      }),
       '/varz': () => ({ status: 200, body: {
         server_id: nats.serverId,
         server_name: nats.serverName,

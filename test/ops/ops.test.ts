@@ -1,0 +1,153 @@
+// Day-2 operations (issue 16) on a real 3-node cluster started with the library (mutual-TLS routes, TLS clients,
+// enforced bus auth): the status page at / rendered by a real headless Chromium (it shows the 3 nodes and follows a
+// leader change), and /metrics scraped and parsed line by line as Prometheus text.
+import t from 'tap';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { startCluster, type LocalClusterHandle } from '../../src/index.js';
+import { statusPageCsp } from '../../src/http/index.js';
+import { findChromium, launch } from './browser.js';
+import { parsePrometheusText } from './prometheus.js';
+
+const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const screenshotPath = join(repoRoot, 'docs', 'status-page.png');
+
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, boundMs = 20_000): Promise<T> {
+  const deadline = Date.now() + boundMs;
+  let last: unknown;
+  for (let i = 0; i < 10_000; i++) {
+    try {
+      const v = await probe();
+      if (v !== undefined) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out after ${boundMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+}
+
+let cluster: LocalClusterHandle;
+let nc: NatsConnection;
+
+t.before(async () => {
+  cluster = await startCluster({ nodes: 3 });
+  nc = await connect({ servers: cluster.urls, ...cluster.connectOptions });
+  // Something for the page to show: a KV bucket with keys, and messages through the bus.
+  const kv = await new Kvm(jetstream(nc)).create('orders', { history: 3 });
+  for (let i = 0; i < 5; i++) await kv.put(`order.${i}`, `value ${i}`);
+  for (let i = 0; i < 20; i++) nc.publish('ops.test', `m${i}`);
+  await nc.flush();
+});
+t.teardown(async () => {
+  await nc?.close();
+  await cluster?.stop();
+});
+
+t.test('status page: a 3-node cluster in headless Chromium, updated after a leader change', async (t) => {
+  const http = cluster.nodes[0]!.urls.http;
+  const root = await fetch(`${http}/`);
+  t.equal(root.status, 200);
+  t.match(root.headers.get('content-type'), /^text\/html/);
+  t.equal(root.headers.get('content-security-policy'), statusPageCsp, 'strict CSP: scripts and styles only from this port');
+  const html = await root.text();
+  t.notMatch(html, /<script>|<style>|(src|href)="https?:/, 'no inline script or style, nothing loaded from elsewhere');
+  t.equal((await fetch(`${http}/status.js`)).headers.get('content-type'), 'text/javascript; charset=utf-8');
+
+  const binary = findChromium();
+  if (binary === undefined) {
+    const why = 'chromium is not installed (apt-get install -y chromium): the page was not rendered in a browser';
+    void t.test(why, { skip: why }, () => {});
+    return;
+  }
+  const browser = await launch(binary);
+  t.teardown(() => browser.close());
+  const page = browser.page;
+  await page.navigate(`${http}/`);
+
+  type Row = { node: string; role: string; cells: string[] };
+  const rows = (): Promise<Row[]> => page.evaluate<Row[]>(
+    `[...document.querySelectorAll('#members tbody tr')].map((r) => ({ node: r.dataset.node, role: r.dataset.role, cells: [...r.cells].map((c) => c.textContent) }))`,
+  );
+  const first = await waitFor('the page to show 3 reachable healthy nodes and a leader', async () => {
+    const r = await rows();
+    return r.length === 3 && r.filter((x) => x.role === 'leader').length === 1 && r.every((x) => x.cells[6] === 'yes' && x.cells[7] === 'ok') ? r : undefined;
+  });
+  t.same(first.map((r) => r.node).sort(), ['n1', 'n2', 'n3'], 'the cluster map names every node');
+  const leader = first.find((r) => r.role === 'leader')!.node;
+  const buckets = await waitFor('the orders bucket on the page', async () => {
+    const b = await page.evaluate<string[][]>(`[...document.querySelectorAll('#buckets tbody tr')].map((r) => [...r.cells].map((c) => c.textContent))`);
+    return b.some((r) => r[0] === 'orders') ? b : undefined;
+  });
+  t.same(buckets.find((r) => r[0] === 'orders')!.slice(0, 2), ['orders', '5'], 'KV bucket with its key count');
+  t.ok(buckets.some((r) => r[0] === 'ub_audit'), 'the audit bucket is listed');
+  t.match(await page.evaluate<string>(`document.getElementById('audit').textContent`), /^\d+ audit records$/);
+  t.match(await page.evaluate<string>(`document.getElementById('bus').textContent`), /connections/);
+
+  // Leader change: the page follows it without being reloaded.
+  const from = cluster.nodes.find((n) => n.name === leader)!;
+  const to = cluster.nodes.find((n) => n.name !== leader)!;
+  from.cluster.transferLeadership(to.cluster.id);
+  const after = await waitFor(`the page to show ${to.name} as leader`, async () => {
+    const r = await rows();
+    return r.length === 3 && r.find((x) => x.role === 'leader')?.node === to.name && r.every((x) => x.cells[7] === 'ok') ? r : undefined;
+  });
+  t.equal(after.find((r) => r.role === 'leader')!.node, to.name, `leader moved from ${leader} to ${to.name} on the page`);
+  t.equal(await page.evaluate<string>('document.body.dataset.leader'), to.name);
+
+  const png = await page.screenshot();
+  t.same([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a], 'the screenshot is a PNG');
+  if (process.env['UPDATE_SCREENSHOT'] === '1') {
+    mkdirSync(dirname(screenshotPath), { recursive: true });
+    writeFileSync(screenshotPath, png);
+    t.comment(`wrote ${screenshotPath}`);
+  }
+  t.same(page.errors, [], 'no script error and no CSP violation in the page');
+});
+
+const requiredSeries = [
+  'process_resident_memory_bytes', 'process_cpu_seconds_total', 'process_open_fds', 'process_start_time_seconds',
+  'nodejs_eventloop_lag_seconds', 'nodejs_eventloop_lag_p50_seconds', 'nodejs_eventloop_lag_p99_seconds',
+  'nodejs_heap_size_used_bytes', 'nodejs_gc_duration_seconds',
+  'membershipd_healthy', 'membershipd_raft_leader_changes_total', 'membershipd_wal_fsync_seconds',
+  'membershipd_nats_slow_consumers_total', 'membershipd_nats_connections',
+] as const;
+
+t.test('/metrics of a real node parses as Prometheus text with the standard process and Node.js series', async (t) => {
+  // A garbage collection or two, so the GC histogram has samples to render.
+  for (let i = 0; i < 3; i++) (globalThis as { gc?: () => void }).gc?.();
+  const res = await fetch(`${cluster.nodes[1]!.urls.http}/metrics`);
+  t.equal(res.status, 200);
+  t.match(res.headers.get('content-type'), /^text\/plain; version=0\.0\.4/);
+  const families = parsePrometheusText(await res.text());
+  for (const name of requiredSeries) t.ok(families.has(name), `${name} is exported`);
+  t.equal(families.get('process_cpu_seconds_total')!.type, 'counter');
+  t.equal(families.get('nodejs_gc_duration_seconds')!.type, 'histogram');
+  const value = (name: string): number => families.get(name)!.samples[0]!.value;
+  t.ok(value('process_resident_memory_bytes') > 1e6, 'RSS in bytes');
+  t.ok(value('process_open_fds') > 3, 'open descriptors counted');
+  const start = value('process_start_time_seconds');
+  t.ok(start > 1.6e9 && start <= Date.now() / 1000, 'start time in seconds since the epoch');
+  t.ok(value('nodejs_heap_size_used_bytes') > 1e5);
+  t.ok(value('nodejs_eventloop_lag_p99_seconds') >= value('nodejs_eventloop_lag_p50_seconds'), 'p99 ≥ p50');
+  t.equal(value('membershipd_healthy'), 1);
+});
+
+t.test('the Prometheus text parser of this test refuses what a scraper refuses', async (t) => {
+  const bad = [
+    'no_value\n',
+    'bad name 1\n',
+    'x{a="1} 2\n',
+    '# TYPE x gauge\n# TYPE x counter\nx 1\n',
+    'x 1\n# TYPE x gauge\n',
+    'x NaNa\n',
+    '# TYPE h histogram\nh_bucket{le="1"} 2\nh_bucket{le="+Inf"} 1\nh_sum 1\nh_count 1\n',
+  ];
+  for (const text of bad) t.throws(() => parsePrometheusText(text), { code: 'EPROMTEXT' }, JSON.stringify(text));
+  t.equal(parsePrometheusText('# HELP a b\n# TYPE a gauge\na{x="y\\"z"} 1.5e3 1700000000000\n').get('a')!.samples[0]!.value, 1500);
+});
