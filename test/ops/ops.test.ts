@@ -2,12 +2,13 @@
 // enforced bus auth): the status page at / rendered by a real headless Chromium (it shows the 3 nodes and follows a
 // leader change), and /metrics scraped and parsed line by line as Prometheus text.
 import t from 'tap';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
+import { parse as parseYaml } from 'yaml';
 import { startCluster, type LocalClusterHandle } from '../../src/index.js';
 import { statusPageCsp } from '../../src/http/index.js';
 import { findChromium, launch } from './browser.js';
@@ -115,12 +116,26 @@ const requiredSeries = [
   'nodejs_eventloop_lag_seconds', 'nodejs_eventloop_lag_p50_seconds', 'nodejs_eventloop_lag_p99_seconds',
   'nodejs_heap_size_used_bytes', 'nodejs_gc_duration_seconds',
   'membershipd_healthy', 'membershipd_raft_leader_changes_total', 'membershipd_wal_fsync_seconds',
-  'membershipd_nats_slow_consumers_total', 'membershipd_nats_connections',
+  'membershipd_nats_slow_consumers_total', 'membershipd_nats_connections', 'membershipd_nats_auth_failures_total',
 ] as const;
 
+/** Metric names in a PromQL expression (functions, keywords and label names are not followed by a selector). */
+function metricNames(expr: string): string[] {
+  const withoutLabels = expr.replace(/\{[^}]*\}/g, '{}').replace(/\[[^\]]*\]/g, '');
+  const words = withoutLabels.match(/[a-zA-Z_:][a-zA-Z0-9_:]*/g) ?? [];
+  return words.filter((w) => /^(membershipd|process|nodejs)_/.test(w));
+}
+
+/** The family a series name belongs to (histogram suffixes). */
+const familyName = (n: string): string => n.replace(/_(bucket|sum|count)$/, '');
+
 t.test('/metrics of a real node parses as Prometheus text with the standard process and Node.js series', async (t) => {
-  // A garbage collection or two, so the GC histogram has samples to render.
-  for (let i = 0; i < 3; i++) (globalThis as { gc?: () => void }).gc?.();
+  // A client with a wrong password is refused, and counted on the node it tried.
+  await t.rejects(connect({ servers: cluster.nodes[1]!.urls.nats, ...cluster.connectOptions, pass: 'wrong', reconnect: false, timeout: 5_000 }));
+  // Allocation enough for a few scavenges, so the GC histogram has samples to render.
+  let keep = 0;
+  for (let i = 0; i < 200; i++) keep += new Array<number>(50_000).fill(i).length;
+  t.ok(keep > 0);
   const res = await fetch(`${cluster.nodes[1]!.urls.http}/metrics`);
   t.equal(res.status, 200);
   t.match(res.headers.get('content-type'), /^text\/plain; version=0\.0\.4/);
@@ -136,6 +151,21 @@ t.test('/metrics of a real node parses as Prometheus text with the standard proc
   t.ok(value('nodejs_heap_size_used_bytes') > 1e5);
   t.ok(value('nodejs_eventloop_lag_p99_seconds') >= value('nodejs_eventloop_lag_p50_seconds'), 'p99 ≥ p50');
   t.equal(value('membershipd_healthy'), 1);
+  t.ok(value('membershipd_nats_auth_failures_total') >= 1, 'the refused client is counted');
+  t.ok(families.get('nodejs_gc_duration_seconds')!.samples.length > 0, 'GC durations observed');
+
+  // The example alert rules and dashboard only use series a node serves.
+  const rules = parseYaml(readFileSync(join(repoRoot, 'deploy', 'monitoring', 'membershipd-alerts.yml'), 'utf8')) as { groups: { rules: { alert: string; expr: string }[] }[] };
+  const exprs = rules.groups.flatMap((g) => g.rules.map((r) => [r.alert, r.expr] as const));
+  const dashboard = JSON.parse(readFileSync(join(repoRoot, 'deploy', 'monitoring', 'grafana-dashboard.json'), 'utf8')) as { panels: { title: string; targets: { expr: string }[] }[] };
+  for (const p of dashboard.panels) for (const q of p.targets) exprs.push([p.title, q.expr]);
+  t.ok(exprs.length > 20, `${exprs.length} alert and panel expressions`);
+  const missing = exprs.flatMap(([where, e]) => metricNames(e).filter((n) => !families.has(familyName(n)) && !families.has(n)).map((n) => `${where}: ${n}`));
+  t.ok(exprs.flatMap(([, e]) => metricNames(e)).length > 20, 'the expressions name metrics');
+  t.same(missing, [], 'every metric in the alerts and the dashboard is exported');
+  for (const want of ['MembershipdNoQuorum', 'MembershipdLeaderFlapping', 'MembershipdFsyncSlow', 'MembershipdApplyLag', 'MembershipdSlowConsumers', 'MembershipdAuthFailures']) {
+    t.ok(exprs.some(([a]) => a === want), `alert ${want}`);
+  }
 });
 
 t.test('the Prometheus text parser of this test refuses what a scraper refuses', async (t) => {
