@@ -2,7 +2,9 @@
 // enforced bus auth): the status page at / rendered by a real headless Chromium (it shows the 3 nodes and follows a
 // leader change), and /metrics scraped and parsed line by line as Prometheus text.
 import t from 'tap';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -11,6 +13,9 @@ import { Kvm } from '@nats-io/kv';
 import { parse as parseYaml } from 'yaml';
 import { startCluster, type LocalClusterHandle } from '../../src/index.js';
 import { statusPageCsp } from '../../src/http/index.js';
+import { main } from '../../src/cli/index.js';
+import { memoryOutput } from '../../src/cli/output.js';
+import { decodeBackup, KvStateMachine } from '../../store/index.js';
 import { findChromium, launch } from './browser.js';
 import { parsePrometheusText } from './prometheus.js';
 
@@ -180,4 +185,98 @@ t.test('the Prometheus text parser of this test refuses what a scraper refuses',
   ];
   for (const text of bad) t.throws(() => parsePrometheusText(text), { code: 'EPROMTEXT' }, JSON.stringify(text));
   t.equal(parsePrometheusText('# HELP a b\n# TYPE a gauge\na{x="y\\"z"} 1.5e3 1700000000000\n').get('a')!.samples[0]!.value, 1500);
+});
+
+async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  const o = memoryOutput();
+  const code = await main(argv, o);
+  return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
+}
+
+t.test('snapshot save during a write load: one Raft index, chunked past max_payload, verified by inspect', async (t) => {
+  const work = mkdtempSync(join(tmpdir(), 'membershipd-snap-'));
+  t.teardown(() => rmSync(work, { recursive: true, force: true }));
+  const js = jetstream(nc);
+  // More than one NATS message can carry (1 MiB max_payload): the image must travel in chunks.
+  const big = await new Kvm(js).create('big', { history: 1 });
+  for (let i = 0; i < 12; i++) await big.put(`blob.${i}`, randomBytes(100 * 1024));
+  const load = await new Kvm(js).create('load', { history: 1 });
+
+  let phase: 'before' | 'during' | 'after' = 'before';
+  const ackedBefore = new Set<string>();
+  const startedAfter = new Set<string>();
+  const ackedAfter = new Set<string>();
+  let next = 0;
+  let stop = false;
+  const writer = async (): Promise<void> => {
+    for (let i = 0; i < 5_000 && !stop; i++) {
+      const key = `k${next++}`;
+      const startPhase = phase;
+      await load.put(key, key);
+      if (phase === 'before') ackedBefore.add(key);
+      if (startPhase === 'after') { startedAfter.add(key); ackedAfter.add(key); }
+    }
+  };
+  const writers = [writer(), writer()];
+  await waitFor('writes acknowledged before the save', async () => (ackedBefore.size >= 30 ? true : undefined));
+  const file = join(work, 'backup.snap');
+  const via = cluster.nodes[2]!;
+  phase = 'during';
+  const saved = await cli('snapshot', 'save', file, '--server', via.urls.nats, '--tls-ca', join(cluster.dir, 'ca.pem'),
+    '--internal-id-file', join(cluster.dir, `${via.name}.seed`));
+  phase = 'after';
+  await waitFor('writes started after the save', async () => (ackedAfter.size >= 20 ? true : undefined));
+  stop = true;
+  await Promise.all(writers);
+  t.equal(saved.code, 0, saved.err);
+  t.match(saved.out, /snapshot of cluster "membershipd" at Raft index \d+/);
+  t.ok(statSync(file).size > 1024 * 1024, `the image (${statSync(file).size} bytes) is larger than one NATS message`);
+
+  const { header, body } = decodeBackup(readFileSync(file));
+  const image = new KvStateMachine();
+  image.restore(body);
+  t.equal(image.appliedIndex, header.index, 'the image is at the header\'s index');
+  t.equal(header.cluster, 'membershipd');
+  t.same(header.conf.voters, [1, 2, 3]);
+  const missing = [...ackedBefore].filter((k) => image.get('load', k)?.op !== 'PUT');
+  t.same(missing, [], `all ${ackedBefore.size} writes acknowledged before the save are in the image`);
+  const leaked = [...startedAfter].filter((k) => image.get('load', k) !== undefined);
+  t.same(leaked, [], `none of the ${startedAfter.size} writes started after the save is`);
+  t.equal(image.keys('big').length, 12);
+  t.equal(image.keys('orders').length, 5);
+  t.ok(image.bucketNames().includes('ub_audit') && image.bucketNames().includes('ub_users'), 'control-plane buckets are in the image');
+
+  const inspected = await cli('snapshot', 'inspect', file);
+  t.equal(inspected.code, 0, inspected.err);
+  t.match(inspected.out, /checksum: ok/);
+  t.match(inspected.out, new RegExp(`at Raft index ${header.index} \\(term ${header.term}\\)`));
+  t.match(inspected.out, /^big\s+12\s+12\s+\d+$/m, 'per-bucket counts');
+  t.match(inspected.out, /members: (n\d=127\.0\.0\.1:\d+, ){2}n\d=127\.0\.0\.1:\d+$/m, "the slot table");
+
+  // Damaged files: each refused with the byte offset of the damage.
+  const good = readFileSync(file);
+  const headerEnd = 12 + good.readUInt32BE(8) + 32;
+  const flip = (at: number): Buffer => { const b = Buffer.from(good); b[at] = b[at]! ^ 0x01; return b; };
+  const cases: [string, Buffer, number | undefined][] = [
+    ['empty', Buffer.alloc(0), 0],
+    ['truncated in the preamble', good.subarray(0, 7), 7],
+    ['truncated in the header', good.subarray(0, 100), 100],
+    ['truncated in the body', good.subarray(0, headerEnd + 70_000), headerEnd + 70_000],
+    ['truncated by one byte', good.subarray(0, good.length - 1), good.length - 1],
+    ['a byte appended', Buffer.concat([good, Buffer.from([0])]), good.length],
+    ['magic flipped', flip(0), 0],
+    ['header byte flipped', flip(40), 12],
+    ['body byte flipped in block 2', flip(headerEnd + 2 * 65_536 + 5), headerEnd + 2 * 65_536],
+    ['last byte flipped', flip(good.length - 1), headerEnd + Math.floor((good.length - 1 - headerEnd) / 65_536) * 65_536],
+    ['random bytes', randomBytes(4096), 0],
+  ];
+  for (const [what, bytes, offset] of cases) {
+    const p = join(work, 'bad.snap');
+    writeFileSync(p, bytes);
+    const r = await cli('snapshot', 'inspect', p);
+    t.equal(r.code, 1, `${what}: refused`);
+    t.match(r.err, new RegExp(`at byte offset ${offset} of ${bytes.length}\\)`), `${what}: ${r.err}`);
+  }
+  const usage = await cli('snapshot', 'frobnicate');
+  t.equal(usage.code, 2);
 });
