@@ -5,5 +5,5 @@
 export {
   startCluster, startNode, LibraryError, LibraryErrorCode,
   type StartClusterOptions, type StartNodeOptions, type LibraryAuth, type LibraryUser, type LocalClusterHandle,
-  type ConnectOptions, type LibraryNode,
+  type ConnectOptions, type LibraryNode, type PlannedNode,
 } from './cluster.js';

@@ -2,7 +2,7 @@
 // enforced bus auth): the status page at / rendered by a real headless Chromium (it shows the 3 nodes and follows a
 // leader change), and /metrics scraped and parsed line by line as Prometheus text.
 import t from 'tap';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
@@ -201,6 +201,14 @@ t.test('snapshot save during a write load: one Raft index, chunked past max_payl
   const big = await new Kvm(js).create('big', { history: 1 });
   for (let i = 0; i < 12; i++) await big.put(`blob.${i}`, randomBytes(100 * 1024));
   const load = await new Kvm(js).create('load', { history: 1 });
+  const admin = (via: { name: string; urls: { nats: string } }, h: LocalClusterHandle = cluster): string[] => [
+    '--server', via.urls.nats, '--tls-ca', join(h.dir, 'ca.pem'), '--internal-id-file', join(h.dir, `${via.name}.seed`),
+  ];
+  writeFileSync(join(work, 'pw'), 'alice-secret-1\n');
+  const role = await cli('role', 'add', 'orders-reader', '--sub-allow', 'orders.>', ...admin(cluster.nodes[0]!));
+  t.equal(role.code, 0, role.err);
+  const user = await cli('user', 'add', 'alice', '--password-file', join(work, 'pw'), '--role', 'orders-reader', ...admin(cluster.nodes[1]!));
+  t.equal(user.code, 0, user.err);
 
   let phase: 'before' | 'during' | 'after' = 'before';
   const ackedBefore = new Set<string>();
@@ -222,8 +230,7 @@ t.test('snapshot save during a write load: one Raft index, chunked past max_payl
   const file = join(work, 'backup.snap');
   const via = cluster.nodes[2]!;
   phase = 'during';
-  const saved = await cli('snapshot', 'save', file, '--server', via.urls.nats, '--tls-ca', join(cluster.dir, 'ca.pem'),
-    '--internal-id-file', join(cluster.dir, `${via.name}.seed`));
+  const saved = await cli('snapshot', 'save', file, ...admin(via));
   phase = 'after';
   await waitFor('writes started after the save', async () => (ackedAfter.size >= 20 ? true : undefined));
   stop = true;
@@ -279,4 +286,62 @@ t.test('snapshot save during a write load: one Raft index, chunked past max_payl
   }
   const usage = await cli('snapshot', 'frobnicate');
   t.equal(usage.code, 2);
+
+  // Restore refuses a damaged file with its offset and writes nothing.
+  const target = join(work, 'never');
+  for (const [what, bytes] of [['truncated', good.subarray(0, good.length - 10)], ['flipped', flip(headerEnd + 1)], ['random', randomBytes(2048)]] as const) {
+    writeFileSync(join(work, 'bad.snap'), bytes);
+    const r = await cli('snapshot', 'restore', join(work, 'bad.snap'), '--data-dir', target, '--server-name', 'n1', '--cluster-name', 'restored',
+      '--cluster-port', '4248', '--routes', '127.0.0.1:4248,127.0.0.1:4249,127.0.0.1:4250');
+    t.equal(r.code, 1, `restore of a ${what} file refused`);
+    t.match(r.err, /at byte offset \d+ of \d+\)/);
+    t.notOk(existsSync(target), `nothing written for a ${what} file`);
+  }
+  const sameName = await cli('snapshot', 'restore', file, '--data-dir', target, '--server-name', 'n1', '--cluster-name', 'membershipd',
+    '--cluster-port', '4248', '--routes', '127.0.0.1:4248,127.0.0.1:4249,127.0.0.1:4250');
+  t.equal(sameName.code, 2, 'the old cluster name is refused');
+  t.match(sameName.err, /new name/);
+  t.notOk(existsSync(target));
+
+  // A fresh 3-node cluster from the backup: every data dir prepared by the CLI, then the nodes start.
+  const restored = await startCluster({
+    nodes: 3, name: 'restored',
+    beforeStart: async (planned) => {
+      for (const p of planned) {
+        const r = await cli('snapshot', 'restore', file, '--data-dir', p.dataDir, '--server-name', p.name, '--cluster-name', p.clusterName,
+          '--cluster-port', String(p.clusterPort), '--routes', p.routes.join(','), '--bind', '127.0.0.1');
+        if (r.code !== 0) throw new Error(`restore into ${p.dataDir}: ${r.err}`);
+      }
+    },
+  });
+  t.teardown(() => restored.stop());
+  const rc = await connect({ servers: restored.urls, ...restored.connectOptions });
+  t.teardown(() => rc.close());
+  const rjs = jetstream(rc);
+  const rload = await new Kvm(rjs).open('load');
+  const absent: string[] = [];
+  for (const k of ackedBefore) if ((await rload.get(k))?.string() !== k) absent.push(k);
+  t.same(absent, [], `the restored cluster has all ${ackedBefore.size} writes acknowledged before the save`);
+  const after: string[] = [];
+  for (const k of startedAfter) if ((await rload.get(k)) !== null) after.push(k);
+  t.same(after, [], 'and none started after it');
+  t.equal((await (await new Kvm(rjs).open('orders')).get('order.3'))?.string(), 'value 3');
+  t.equal((await (await new Kvm(rjs).open('big')).get('blob.11'))?.value.length, 100 * 1024);
+  const users = await cli('user', 'list', '--json', ...admin(restored.nodes[2]!, restored));
+  t.equal(users.code, 0, users.err);
+  t.match(users.out, /"alice"/, 'the user is restored');
+  const roles = await cli('role', 'list', '--json', ...admin(restored.nodes[0]!, restored));
+  t.equal(roles.code, 0, roles.err);
+  t.match(roles.out, /"orders-reader"/, 'the role is restored');
+  const audit = await cli('audit', 'list', '--json', ...admin(restored.nodes[1]!, restored));
+  t.equal(audit.code, 0, audit.err);
+  t.match(audit.out, /"user\.add"[\s\S]*"alice"|"alice"[\s\S]*"user\.add"/, 'the audit records are restored');
+  t.ok(image.keys('ub_audit').length >= 2, 'the image had the audit records');
+  // The nodes bucket lists the new members, not the old ones (their identity keys must not be admins here).
+  const status = await cli('cluster', 'status', '--json', ...admin(restored.nodes[0]!, restored));
+  t.equal(status.code, 0, status.err);
+  t.match(status.out, /"cluster": "restored"/);
+  const oldIdentity = await cli('user', 'list', '--server', restored.nodes[0]!.urls.nats, '--tls-ca', join(restored.dir, 'ca.pem'),
+    '--internal-id-file', join(cluster.dir, 'n1.seed'));
+  t.not(oldIdentity.code, 0, 'an old member\'s identity is no admin of the restored cluster');
 });
