@@ -22,6 +22,8 @@ export function helpText(): string {
     '  membershipd user add|update|remove|list|show NAME …    users in the replicated store (--store kv), via a node',
     '  membershipd role add|update|remove|list|show NAME …    roles: --pub-allow/--pub-deny/--sub-allow/--sub-deny SUBJ, --allow-responses',
     '  membershipd audit list [--limit N]                     the audit bucket: who changed what',
+    '  membershipd snapshot save FILE | inspect FILE          online backup of every bucket at one Raft index; check a backup',
+    '  membershipd snapshot restore FILE --data-dir DIR --server-name N --cluster-name NEW --cluster-port P --routes …   a node of a new cluster from a backup',
     '      connect with --server URL --tls-ca FILE (--internal-id-file FILE | --creds FILE) [--env-file FILE] [--json];',
     '      unset ones come from cluster.env (NATS_CLIENT_PORT, TLS_CA/ROUTE_TLS_CA, INTERNAL_ID_FILE), default /opt/unibus/cluster.env.',
     '      exit codes: 0 ok, 1 failed, 2 bad usage, 3 conflict. Passwords only via --password-stdin or --password-file.',

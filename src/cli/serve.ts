@@ -7,7 +7,8 @@ import type { ServeConfig } from '../config/index.js';
 import { createNatsServer } from '../nats/index.js';
 import type { NatsServer, NatsServerStats } from '../nats/api.js';
 import type { BusAuthenticator } from '../auth/index.js';
-import { createHttpServer, type HttpServer } from '../http/index.js';
+import { createHttpServer, processMetricsText, startProcessMetrics, statusPageEndpoints, type HttpServer } from '../http/index.js';
+import { renderMetrics } from '../node/metrics.js';
 import { packageVersion } from './version.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
 import { createServiceSeam, redactControlValue, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
@@ -61,6 +62,42 @@ function listenError(what: string, host: string, port: number, err: unknown): Li
 
 /** `auth` undefined = bus auth off (src/cli/bus_auth.ts builds it from the flags). */
 /** nats-server's /varz field names, so existing dashboards and scripts read ours unchanged. */
+/**
+ * The same authenticator, counting the clients it refuses (enforce mode; warn mode accepts them as anonymous) for
+ * membershipd_nats_auth_failures_total: a password-guessing client or a rolled-out wrong secret shows up as a rate.
+ */
+function countingRefusals(auth: BusAuthenticator, counts: { refused: number }): BusAuthenticator {
+  return {
+    get mode() { return auth.mode; },
+    get authRequired() { return auth.authRequired; },
+    get nonceRequired() { return auth.nonceRequired; },
+    authenticate: async (request) => {
+      const outcome = await auth.authenticate(request);
+      if (!outcome.ok) counts.refused++;
+      return outcome;
+    },
+    revalidate: (principal) => auth.revalidate(principal),
+    onChange: (listener) => auth.onChange(listener),
+  };
+}
+
+/** The bus counters of /varz as Prometheus series (slow consumers and refused clients are what alerts watch). */
+function natsMetricsText(s: NatsServerStats, authRefused: number): string {
+  return renderMetrics([
+    ['membershipd_nats_connections', 'gauge', 'Client connections open now', s.connections],
+    ['membershipd_nats_connections_total', 'counter', 'Client connections accepted since start', s.totalConnections],
+    ['membershipd_nats_subscriptions', 'gauge', 'Subscriptions held now', s.subscriptions],
+    ['membershipd_nats_in_msgs_total', 'counter', 'Messages received from clients', s.inMsgs],
+    ['membershipd_nats_out_msgs_total', 'counter', 'Messages delivered to clients', s.outMsgs],
+    ['membershipd_nats_in_bytes_total', 'counter', 'Payload bytes received from clients', s.inBytes],
+    ['membershipd_nats_out_bytes_total', 'counter', 'Payload bytes delivered to clients', s.outBytes],
+    ['membershipd_nats_slow_consumers_total', 'counter', 'Clients closed because their pending bytes hit the limit', s.slowConsumers],
+    ['membershipd_nats_auth_failures_total', 'counter', 'Clients refused with Authorization Violation (bad or unknown credentials)', authRefused],
+  ], []);
+}
+
+const prometheusText = 'text/plain; version=0.0.4; charset=utf-8';
+
 function varzStats(s: NatsServerStats): Record<string, number> {
   return {
     connections: s.connections, total_connections: s.totalConnections, subscriptions: s.subscriptions,
@@ -71,7 +108,9 @@ function varzStats(s: NatsServerStats): Record<string, number> {
 /** Raft timing of the cluster node; only in-process embedders set it (src/library: faster elections in tests). */
 export type NodeTuning = Pick<NodeOptions, 'tickMs' | 'electionTicks' | 'heartbeatTicks'>;
 
-export async function startServing(config: ServeConfig, logger: Logger, auth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning): Promise<ServingNode> {
+export async function startServing(config: ServeConfig, logger: Logger, busAuth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning): Promise<ServingNode> {
+  const authCounts = { refused: 0 };
+  const auth = busAuth === undefined ? undefined : countingRefusals(busAuth, authCounts);
   const nats = createNatsServer({
     host: config.bind,
     port: config.natsPort,
@@ -132,12 +171,25 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     });
   }
   const startedAt = new Date();
+  startProcessMetrics();
   const http = createHttpServer({
     host: config.bind,
     port: config.httpPort,
     logger,
     endpoints: {
+      ...statusPageEndpoints(),
+      // A node without the Raft store still answers what the status page polls: itself, and no buckets.
+      '/clusterz': () => ({ status: 200, body: {
+        cluster: null, via: nats.serverName, leader: null, term: 0, kvReplicas: 0, voters: [], learners: [],
+        members: [{ id: 0, name: nats.serverName, address: null, role: 'standalone', term: null, leader: null, commit: null, applied: null, lag: null, reachable: true, health: 'ok' }],
+      } }),
+      '/kvz': () => ({ status: 200, body: { server: nats.serverName, applied: 0, buckets: [] } }),
       ...(cluster ? nodeHttpEndpoints(cluster) : {}),
+      // After the node's endpoints: its Raft series, then the bus and the process (prom-client's names).
+      '/metrics': () => ({
+        status: 200, contentType: prometheusText,
+        body: (cluster ? cluster.metricsText() : '') + natsMetricsText(nats.stats(), authCounts.refused) + processMetricsText(),
+      }),
       '/varz': () => ({ status: 200, body: {
         server_id: nats.serverId,
         server_name: nats.serverName,

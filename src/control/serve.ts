@@ -10,6 +10,7 @@ import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
 import type { KvBackend } from '../kv/backend.js';
 import type { ScryptParams } from '../auth/index.js';
 import { attachControlApi, type ControlApi } from './api.js';
+import { registerSnapshotApi } from './snapshot.js';
 import { ensureControlBuckets } from './buckets.js';
 import type { KvPrincipalSource } from './principal_source.js';
 import { attachClusterControl, type ClusterControl } from './cluster.js';
@@ -105,6 +106,8 @@ export function startControlPlane(o: ControlPlaneOptions): ControlPlane {
   });
   const cluster = o.cluster === undefined ? undefined
     : attachClusterControl({ ...o.cluster, api, backend: o.backend, logger: o.logger, ready });
+  // Online backup (`membershipd snapshot save`): needs the Raft node for its ReadIndex barrier and configuration.
+  const snapshots = o.cluster === undefined ? undefined : registerSnapshotApi(api, o.cluster.node, o.logger, o.cluster.version);
   return {
     api,
     ready,
@@ -112,6 +115,7 @@ export function startControlPlane(o: ControlPlaneOptions): ControlPlane {
     stop() {
       stopped = true;
       cluster?.stop();
+      snapshots?.stop();
       if (timer !== undefined) clearTimeout(timer);
       api.detach();
       o.source?.detach();

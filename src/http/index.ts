@@ -1,5 +1,7 @@
-// The node's HTTP port (node:http): /livez now; /healthz, /routez, /raftz and /metrics come with later issues.
-// Every answer is JSON, including 404 and 405, so scripts never have to parse HTML error pages.
+// The node's HTTP port (node:http): /livez here; the status page, /healthz, /routez, /raftz, /metrics… are endpoints
+// the caller passes in.
+// Every answer is JSON (except the status page at / and its script), including 404 and 405, so scripts never have
+// to parse HTML error pages.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../log.js';
@@ -11,6 +13,8 @@ export interface HttpReply {
   readonly status: number;
   readonly body: unknown;
   readonly contentType?: string;
+  /** Extra response headers (the status page's Content-Security-Policy). */
+  readonly headers?: Readonly<Record<string, string>>;
 }
 
 export type HttpEndpoint = () => HttpReply | Promise<HttpReply>;
@@ -35,9 +39,10 @@ export interface HttpServer {
 /** A request never needs more than this to be answered; a slow or silent client is dropped. */
 const requestTimeoutMs = 10_000;
 
-function send(res: ServerResponse, status: number, body: unknown, head: boolean, contentType?: string): void {
+function send(res: ServerResponse, status: number, body: unknown, head: boolean, contentType?: string, headers?: Readonly<Record<string, string>>): void {
   const text = contentType === undefined ? JSON.stringify(body) + '\n' : String(body);
   res.writeHead(status, {
+    ...headers,
     'content-type': contentType ?? 'application/json; charset=utf-8',
     'content-length': Buffer.byteLength(text),
     'cache-control': 'no-store',
@@ -74,7 +79,7 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
       if (!res.headersSent) send(res, 500, { error: 'internal error' }, head);
     };
     try {
-      Promise.resolve(endpoint()).then((reply) => send(res, reply.status, reply.body, head, reply.contentType), failed);
+      Promise.resolve(endpoint()).then((reply) => send(res, reply.status, reply.body, head, reply.contentType, reply.headers), failed);
     } catch (err) {
       failed(err);
     }
@@ -105,3 +110,6 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
     },
   };
 }
+
+export { statusPageEndpoints, statusPageCsp } from './status_page.js';
+export { processMetricsText, startProcessMetrics } from './process_metrics.js';

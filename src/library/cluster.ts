@@ -68,11 +68,27 @@ export interface StartNodeOptions {
   readonly healthyTimeoutMs?: number;
 }
 
+/** Where a node of startCluster will live, given to `beforeStart` before any node starts. */
+export interface PlannedNode {
+  readonly name: string;
+  /** Empty (or absent) when beforeStart runs. */
+  readonly dataDir: string;
+  readonly clusterName: string;
+  readonly clusterPort: number;
+  /** Every node's route address (this node's included), as --routes takes them. */
+  readonly routes: readonly string[];
+}
+
 export interface StartClusterOptions extends StartNodeOptions {
   /** Number of nodes (default 3); all of them are Raft voters. */
   readonly nodes?: number;
   /** Cluster name presented on the routes (default 'membershipd'). */
   readonly name?: string;
+  /**
+   * Runs once the ports are chosen and before any node starts: e.g. `membershipd snapshot restore` into each data
+   * directory, to start a cluster from a backup. May run again with new ports when a port was taken meanwhile.
+   */
+  readonly beforeStart?: (nodes: readonly PlannedNode[]) => Promise<void>;
 }
 
 /** Spread into @nats-io/transport-node's `connect({ servers: urls, ...connectOptions })`. */
@@ -218,6 +234,12 @@ async function startAll(dir: string, n: number, p: Prepared, o: StartClusterOpti
     }
     // A fresh data dir per attempt: a node persists its peers' addresses on first start.
     await rm(join(dir, 'data'), { recursive: true, force: true });
+    if (o.beforeStart !== undefined) {
+      const configs = Array.from({ length: n }, (_, i) => nodeConfig(dir, i, p, routePorts, o));
+      await o.beforeStart(configs.map((c) => ({
+        name: c.serverName, dataDir: c.dataDir, clusterName: c.cluster.name!, clusterPort: c.cluster.port!, routes: routePorts.map((port) => `127.0.0.1:${port}`),
+      })));
+    }
     const results = await Promise.allSettled(Array.from({ length: n }, (_, i) => startOne(nodeConfig(dir, i, p, routePorts, o), { tickMs: o.tickMs ?? defaultTickMs })));
     const started = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));

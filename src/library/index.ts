@@ -5,7 +5,7 @@
 export {
   startCluster, startNode, LibraryError, LibraryErrorCode,
   type StartClusterOptions, type StartNodeOptions, type LibraryAuth, type LibraryUser, type LocalClusterHandle,
-  type ConnectOptions, type LibraryNode,
+  type ConnectOptions, type LibraryNode, type PlannedNode,
 } from './cluster.js';
 // A user's private reply prefix, for `connect({ inboxPrefix: userInboxPrefix('alice'), … })` (SECURITY.md).
 export { userInboxPrefix } from '../auth/index.js';

@@ -77,7 +77,26 @@ export function nodeOptionsFromServeConfig(config: ServeConfig, logger: Logger):
   };
 }
 
-/** /healthz, /readyz (200 ok or 503 with the reason), /raftz, /routez, /metrics for src/http. */
+/** What /kvz lists per bucket: counts and configuration only, never keys or values (the port has no auth). */
+export interface BucketSummary {
+  readonly name: string;
+  readonly keys: number;
+  readonly values: number;
+  readonly bytes: number;
+  readonly seq: number;
+  readonly history: number;
+}
+
+/** Every KV bucket as this node has applied it (a stale read: the page polls it, it must not load the leader). */
+export function bucketSummaries(node: ClusterNode): BucketSummary[] {
+  const sm = node.kvBackend().reader;
+  return sm.bucketNames().flatMap((name) => {
+    const b = sm.bucketInfo(name);
+    return b === undefined ? [] : [{ name, keys: sm.keys(name).length, values: b.values, bytes: b.bytes, seq: b.seq, history: b.config.history }];
+  });
+}
+
+/** /healthz, /readyz (200 ok or 503 with the reason), /raftz, /routez, /clusterz, /kvz, /metrics for src/http. */
 export function nodeHttpEndpoints(node: ClusterNode): Record<string, HttpEndpoint> {
   const health: HttpEndpoint = () => {
     const h = node.health();
@@ -88,6 +107,9 @@ export function nodeHttpEndpoints(node: ClusterNode): Record<string, HttpEndpoin
     '/readyz': health,
     '/raftz': () => ({ status: 200, body: node.raftz() }),
     '/routez': () => ({ status: 200, body: node.routez() }),
+    // `cluster status` over HTTP (each peer's own report, asked over its route), for the status page.
+    '/clusterz': async () => ({ status: 200, body: await node.clusterStatus(1000) }),
+    '/kvz': () => ({ status: 200, body: { server: node.serverName, applied: node.kvBackend().reader.appliedIndex, buckets: bucketSummaries(node) } }),
     '/metrics': () => ({ status: 200, body: node.metricsText(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
   };
 }

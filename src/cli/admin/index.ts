@@ -1,10 +1,11 @@
 // The admin subcommands of the CLI: `user`, `role`, `audit` (over the admin API of a node), `id` and `certs`
-// (local files), `cluster` (status, transfer-leader, add, remove over the admin API).
+// (local files), `cluster` (status, transfer-leader, add, remove over the admin API), `snapshot` (online backup).
 import type { CliOutput } from '../output.js';
 import { UsageError } from './args.js';
 import { adminExit, runApiCommand } from './commands.js';
 import { AdminCommandError } from './connection.js';
 import { runCerts, runId } from './local.js';
+import { runSnapshot } from './snapshot.js';
 
 export { UsageError, parseAdminArgs, type CommandSpec, type ParsedCommand, type FlagKind } from './args.js';
 export { AdminCommandError, connectAdmin, connectionFlags, parseEnvFile, resolveConnection, defaultEnvFile, type AdminConnectionSettings } from './connection.js';
@@ -19,6 +20,7 @@ export const adminCommands: Record<string, AdminRunner> = {
   cluster: (argv, out, env) => runApiCommand('cluster', argv, out, env),
   id: (argv, out, env) => runId(argv, out, env),
   certs: (argv, out) => runCerts(argv, out),
+  snapshot: (argv, out, env) => runSnapshot(argv, out, env),
 };
 
 /** Runs `membershipd <command> …` for an admin command; every failure is one stderr line and an exit code. */
