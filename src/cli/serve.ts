@@ -10,14 +10,18 @@ import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, type HttpServer } from '../http/index.js';
 import { packageVersion } from './version.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
-import { createServiceSeam, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
+import { controlBuckets, createServiceSeam, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
 import { attachKvApi, type KvApi, type KvServerPort } from '../kv/index.js';
+import type { PrincipalSource } from '../auth/index.js';
+import { startServicePresence, type ServicePresence } from '../services/index.js';
 
 /** What the control plane needs from bus auth (src/cli/bus_auth.ts) when the node runs --store kv. */
 export interface ControlWiring {
   readonly kvSource: KvPrincipalSource | undefined;
   /** The authenticator's admin keys; the node's identity is added here. */
   readonly internalKeys: string[];
+  /** Users and roles (roles' `services` grants for service presence); undefined with bus auth off. */
+  readonly principals?: PrincipalSource;
 }
 
 /** A listener could not be opened (port taken, address not local, no permission). */
@@ -39,6 +43,8 @@ export interface ServingNode {
   readonly urls: NodeUrls;
   /** The cluster node (Raft meta-group + routes) when cluster flags are given. */
   readonly cluster: ClusterNode | undefined;
+  /** Service presence (`services` bucket, `$UB.API.SERVICE.*`, `$SRV` services) when the node runs the Raft store. */
+  readonly services?: ServicePresence;
   /** Stop accepting, drain and close every client, close HTTP. Idempotent. */
   stop(): Promise<void>;
 }
@@ -92,6 +98,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
   let cluster: ClusterNode | undefined;
   let controlPlane: ControlPlane | undefined;
   let kvApi: (KvApi & { detach(): void }) | undefined;
+  let presence: ServicePresence | undefined;
   let ownUrls: { client?: string; http?: string } = {};
   if (wantsCluster(config)) {
     // One forwarder slot, two users: the admin API (src/control) in front, the cluster bus behind it. The node
@@ -110,8 +117,14 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     const node = cluster;
     const internalKeys = control?.internalKeys ?? [];
     if (!internalKeys.includes(node.identity.publicKey)) internalKeys.push(node.identity.publicKey);
+    // Service presence in front of the admin API: `$UB.API.SERVICE.*` is answered for service principals, not admins only.
+    const presenceSeam = createServiceSeam(services.services);
+    presence = startServicePresence({
+      node, backend: node.kvBackend(), logger, internalKeys: () => internalKeys, port: { ...presenceSeam.services, interest: () => nats.cluster.interest(), onInterest: (l) => nats.cluster.onInterest(l) },
+      ...(control?.principals !== undefined ? { source: control.principals } : {}),
+    });
     controlPlane = startControlPlane({
-      port: services.services, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
+      port: presenceSeam.routes, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
       ...(control?.kvSource !== undefined ? { source: control.kvSource } : {}),
       cluster: { node, posture: clusterPosture(config), version: packageVersion(), urls: () => ownUrls, trustedKeys: internalKeys },
     });
@@ -125,7 +138,11 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
       setForwarder: (f) => services.routes.setForwarder(f),
       deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
     };
-    kvApi = attachKvApi({ cluster: kvPort }, { backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas });
+    const presenceNow = presence;
+    kvApi = attachKvApi({ cluster: kvPort }, {
+      backend: node.kvBackend(), logger, serverName: nats.serverName, replicas: node.kvReplicas,
+      visibleTo: (bucket, principal) => bucket === controlBuckets.services && presenceNow.mayRead(principal),
+    });
   }
   const startedAt = new Date();
   const http = createHttpServer({
@@ -164,6 +181,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     await http.start();
   } catch (err) {
     kvApi?.detach();
+    presence?.stop();
     controlPlane?.stop();
     await cluster?.stop();
     await nats.close();
@@ -190,6 +208,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
         await kvApi?.idle(drainRequestsMs);
         await nats.drainClients(drainQuietMs, drainRequestsMs);
         kvApi?.detach();
+        presence?.stop();
         controlPlane?.stop();
         await nats.close();
         await cluster?.stop();
@@ -204,7 +223,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     nats_url: urls.nats, http_url: urls.http, ws_url: urls.ws ?? null,
     nats_port: nats.port, http_port: http.port, ws_port: nats.wsPort ?? null, tls: config.tls !== undefined,
   }, `membershipd serving: client ${urls.nats}, http ${urls.http}${urls.ws ? `, websocket ${urls.ws}` : ''}`);
-  return { nats, http, urls, cluster, stop };
+  return { nats, http, urls, cluster, ...(presence !== undefined ? { services: presence } : {}), stop };
 }
 
 /** How long a stopping node waits for the KV requests it already took to be answered. */

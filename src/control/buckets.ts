@@ -234,8 +234,24 @@ export interface ServiceValue {
   readonly instance: string;
   readonly endpoints: readonly string[];
   readonly metadata: Readonly<Record<string, string>>;
-  /** ms since the epoch; the entry is stale after it unless a heartbeat renews it. */
+  /**
+   * ms since the epoch: the lease's expiry when the entry was written. Keep-alives are not log entries (src/services):
+   * the leader extends leases in memory, so a live entry may be past this time; its `ttl_ms` is what counts.
+   */
   readonly lease_expires: number;
+  // Written by service presence (src/services); optional so that older values still validate.
+  /** 'lease': explicit registration kept alive by requests; 'connection': a `$SRV` service held by `node`. */
+  readonly kind?: 'lease' | 'connection';
+  /** Lease id (explicit registrations): what KEEPALIVE and DEREGISTER name. Never shown to other principals. */
+  readonly lease?: string;
+  readonly ttl_ms?: number;
+  /** Server name of the node that wrote it (connection-bound: the node holding the connection). */
+  readonly node?: string;
+  readonly version?: string;
+  readonly description?: string;
+  readonly registered?: number;
+  /** Principal that registered it. */
+  readonly by?: string;
 }
 
 export function validateService(v: unknown): ServiceValue {
@@ -253,7 +269,14 @@ export function validateService(v: unknown): ServiceValue {
     metadata[k] = s;
   }
   if (!isTime(v.lease_expires)) throw new ControlSchemaError('service.lease_expires', 'must be a ms timestamp');
-  return { v: schemaVersion, service: v.service as string, instance: v.instance as string, endpoints, metadata, lease_expires: v.lease_expires };
+  if (v.kind !== undefined && v.kind !== 'lease' && v.kind !== 'connection') throw new ControlSchemaError('service.kind', 'must be lease or connection');
+  for (const k of ['lease', 'node', 'version', 'description', 'by'] as const) {
+    if (v[k] !== undefined && typeof v[k] !== 'string') throw new ControlSchemaError(`service.${k}`, 'must be a string');
+  }
+  for (const k of ['ttl_ms', 'registered'] as const) if (v[k] !== undefined && !isTime(v[k])) throw new ControlSchemaError(`service.${k}`, 'must be a whole number of ms');
+  const opt: Record<string, unknown> = {};
+  for (const k of ['kind', 'lease', 'ttl_ms', 'node', 'version', 'description', 'registered', 'by'] as const) if (v[k] !== undefined) opt[k] = v[k];
+  return { v: schemaVersion, service: v.service as string, instance: v.instance as string, endpoints, metadata, lease_expires: v.lease_expires, ...opt };
 }
 
 export function serviceKey(service: string, instance: string): string {

@@ -11,6 +11,7 @@
 // control-plane buckets (`ub_*`) exist only for admin principals (LocalPublish.principal).
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
+import type { Principal } from '../auth/types.js';
 import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
 import { KvErrorCode } from '../../store/index.js';
 import type { InterestChange, LocalPublish, NatsClusterPort, RouteMessage } from '../nats/index.js';
@@ -40,6 +41,11 @@ export interface KvApiOptions {
    * none sees them (they hold credential hashes; the admin CLI reads them through `$UB.API`).
    */
   readonly adminOnly?: (bucket: string) => boolean;
+  /**
+   * A bucket `adminOnly` hides that this non-admin principal may still read (read-only), e.g. `ub_services` for a
+   * role granted `services_read` (src/services). Default: none.
+   */
+  readonly visibleTo?: (bucket: string, principal: Principal) => boolean;
   /** `linearizable` (default) runs backend.readBarrier() before every read; `stale` reads the applied state. */
   readonly reads?: 'linearizable' | 'stale';
   readonly limits?: Partial<ConsumerLimits>;
@@ -157,7 +163,8 @@ export class KvApi {
   handlePublish(msg: LocalPublish): boolean {
     if (this.closed || this.refusing) return false;
     const s = msg.subject;
-    const hidden = msg.principal?.admin === true ? undefined : this.adminOnly;
+    if (!s.startsWith(kvPrefix) && !s.startsWith(apiPrefix)) return this.otherPublish(s);
+    const hidden = this.hiddenFor(msg.principal);
     if (s.startsWith(kvPrefix)) {
       const kv = parseKvSubject(s);
       // No such bucket: no stream captures the subject, and the client gets no_responders as from nats-server.
@@ -183,11 +190,23 @@ export class KvApi {
       this.run(this.onApi(req, msg.reply, msg.payload.slice(), hidden), msg.reply, req === undefined ? undefined : responseType(req.kind));
       return true;
     }
+    return false;
+  }
+
+  private otherPublish(s: string): boolean {
     if (s.startsWith(flowControlPrefix)) {
       this.consumers.onFlowControl(s);
       return true;
     }
     return false;
+  }
+
+  /** The buckets concealed from this principal (undefined: none). */
+  private hiddenFor(principal: Principal | undefined): ((bucket: string) => boolean) | undefined {
+    if (principal?.admin === true) return undefined;
+    const visibleTo = this.options.visibleTo;
+    if (visibleTo === undefined || principal === undefined) return this.adminOnly;
+    return (bucket) => this.adminOnly(bucket) && !visibleTo(bucket, principal);
   }
 
   /** Subscription interest changes of the NATS server (wakes push consumers). */

@@ -1,0 +1,236 @@
+// Service presence driven the way users drive it: real nats.js clients over TLS against an in-process 3-node cluster
+// (src/library). Explicit registration with a lease (REGISTER/KEEPALIVE/DEREGISTER on `$UB.API.SERVICE.*`), automatic
+// registration of a real @nats-io/services instance, watching `ub_services` with @nats-io/kv, bad input, and a
+// leader failover with live instances. Figures (leave latency, expiry after the last keep-alive) are printed, never
+// asserted.
+import t from 'tap';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { Kvm, type KvEntry, type KV } from '@nats-io/kv';
+import { Svcm } from '@nats-io/services';
+import { startCluster, type LocalClusterHandle } from '../../src/index.js';
+
+const svcRole = {
+  publish: ['$UB.API.SERVICE.>', 'orders.>'],
+  subscribe: ['_INBOX.>', '$SRV.>', 'orders.>'],
+  allow_responses: true,
+  services: ['orders'],
+};
+// Reads ub_services through the KV API: the JetStream API subjects plus the role's grant of the bucket.
+const readerRole = {
+  publish: ['$JS.API.>', '$UB.API.SERVICE.LIST', '$UB.API.SERVICE.SHOW'],
+  subscribe: ['_INBOX.>', '$KV.ub_services.>'],
+  services_read: true,
+};
+
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, boundMs = 20_000): Promise<void> {
+  const end = Date.now() + boundMs;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function api(nc: NatsConnection, verb: string, body: unknown): Promise<Record<string, unknown>> {
+  const m = await nc.request(`$UB.API.SERVICE.${verb}`, JSON.stringify(body), { timeout: 10_000 });
+  return m.json<Record<string, unknown>>();
+}
+
+const errCode = (r: Record<string, unknown>): string | undefined => (r.error as { code?: string } | undefined)?.code;
+
+/** Follows ub_services with the standard KV watch: the live keys and every operation seen, with its time. */
+async function follow(kv: KV): Promise<{ live: Set<string>; ops: { key: string; op: string; at: number }[]; stop(): void }> {
+  const live = new Set<string>();
+  const ops: { key: string; op: string; at: number }[] = [];
+  const w = await kv.watch();
+  void (async () => {
+    for await (const e of w as AsyncIterable<KvEntry>) {
+      ops.push({ key: e.key, op: e.operation, at: Date.now() });
+      if (e.operation === 'PUT') live.add(e.key);
+      else live.delete(e.key);
+    }
+  })();
+  return { live, ops, stop: () => w.stop() };
+}
+
+t.test('service presence on a 3-node cluster', async (t) => {
+  let cluster: LocalClusterHandle | undefined = await startCluster({
+    nodes: 3,
+    auth: {
+      users: [
+        { name: 'svc', password: 'svc-secret', roles: ['orders-svc'] },
+        { name: 'reader', password: 'reader-secret', roles: ['svc-reader'] },
+      ],
+      roles: { 'orders-svc': svcRole, 'svc-reader': readerRole },
+    },
+  });
+  const open: NatsConnection[] = [];
+  t.teardown(async () => {
+    await Promise.allSettled(open.map((c) => c.close()));
+    await cluster?.stop();
+  });
+  const { urls, connectOptions } = cluster;
+  const conn = async (i: number, user?: { user: string; pass: string }): Promise<NatsConnection> => {
+    const nc = await connect({ servers: urls[i]!, ...connectOptions, ...(user ?? {}), reconnect: false });
+    open.push(nc);
+    return nc;
+  };
+  const leaderIndex = (): number => cluster!.nodes.findIndex((n) => n.cluster.raftz().state === 'leader');
+  await waitFor('a leader', () => leaderIndex() >= 0);
+  const followers = [0, 1, 2].filter((i) => i !== leaderIndex());
+
+  const admin = await conn(followers[0]!);
+  const kv = await new Kvm(jetstream(admin, { timeout: 10_000 })).open('ub_services');
+  const watch = await follow(kv);
+  t.teardown(() => watch.stop());
+
+  await t.test('explicit registration: lease, keep-alives relayed to the leader, expiry after the TTL', async (t) => {
+    const svc = await conn(followers[1]!, { user: 'svc', pass: 'svc-secret' });
+    const r = await api(svc, 'REGISTER', { service: 'orders', instance: 'a1', ttl: 2, endpoints: ['orders.create', 'orders.get.*'], metadata: { zone: 'z1' }, version: '1.2.3' });
+    t.equal(r.result, 'created', JSON.stringify(r));
+    t.match(r.lease, /^[0-9a-f]{32}$/);
+    await waitFor('orders.a1 in the watch', () => watch.live.has('orders.a1'));
+    const shown = await api(svc, 'SHOW', { service: 'orders', instance: 'a1' });
+    t.same((shown.instance as Record<string, unknown>).endpoints, ['orders.create', 'orders.get.*']);
+    t.equal((shown.instance as Record<string, unknown>).lease, undefined, 'the lease id is never shown');
+    // Keep-alives through a follower (relayed to the leader) for three TTLs: the entry stays.
+    const until = Date.now() + 6000;
+    let lastAck = 0;
+    let kept = 0;
+    while (Date.now() < until) {
+      const k = await api(svc, 'KEEPALIVE', { lease: r.lease });
+      t.equal(k.result, 'updated', JSON.stringify(k));
+      lastAck = Date.now();
+      kept++;
+      await new Promise((res) => setTimeout(res, 500));
+    }
+    t.ok(watch.live.has('orders.a1'), `still registered after ${kept} keep-alives over three TTLs`);
+    t.notOk(watch.ops.some((o) => o.key === 'orders.a1' && o.op !== 'PUT'), 'never deleted while kept alive');
+    await waitFor('orders.a1 to expire', () => !watch.live.has('orders.a1'));
+    const del = watch.ops.find((o) => o.key === 'orders.a1' && o.op !== 'PUT')!;
+    t.comment(`expiry: deleted ${del.at - lastAck} ms after the last acknowledged keep-alive (TTL 2000 ms)`);
+    const k = await api(svc, 'KEEPALIVE', { lease: r.lease });
+    t.equal(errCode(k), 'not_found', 'a keep-alive of an expired lease says so');
+
+    const again = await api(svc, 'REGISTER', { service: 'orders', instance: 'a2', ttl: 30 });
+    t.equal(again.result, 'created');
+    const d = await api(svc, 'DEREGISTER', { lease: again.lease });
+    t.equal(d.result, 'removed', JSON.stringify(d));
+    await waitFor('orders.a2 deregistered', () => watch.ops.some((o) => o.key === 'orders.a2' && o.op !== 'PUT'));
+  });
+
+  await t.test('bad input is refused with a clear error and nothing is written', async (t) => {
+    const svc = await conn(followers[0]!, { user: 'svc', pass: 'svc-secret' });
+    const cases: [string, Record<string, unknown>, string, RegExp][] = [
+      ['instance with a dot', { service: 'orders', instance: 'a.b', ttl: 5 }, 'bad_request', /instance/],
+      ['empty service', { service: '', instance: 'x1', ttl: 5 }, 'bad_request', /service/],
+      ['ttl 0', { service: 'orders', instance: 'x2', ttl: 0 }, 'bad_request', /ttl/],
+      ['ttl too long', { service: 'orders', instance: 'x3', ttl: 100_000 }, 'bad_request', /ttl/],
+      ['ttl not whole', { service: 'orders', instance: 'x4', ttl: 1.5 }, 'bad_request', /ttl/],
+      ['ttl missing', { service: 'orders', instance: 'x5' }, 'bad_request', /ttl/],
+      ['too many endpoints', { service: 'orders', instance: 'x6', ttl: 5, endpoints: Array.from({ length: 65 }, (_, i) => `orders.e${i}`) }, 'bad_request', /endpoints/],
+      ['endpoint too long', { service: 'orders', instance: 'x7', ttl: 5, endpoints: [`orders.${'x'.repeat(300)}`] }, 'bad_request', /bytes/],
+      ['endpoint not a subject', { service: 'orders', instance: 'x8', ttl: 5, endpoints: ['orders..bad'] }, 'bad_request', /subject/],
+      ['metadata not strings', { service: 'orders', instance: 'x9', ttl: 5, metadata: { a: 1 } }, 'bad_request', /metadata/],
+      ['service the role does not list', { service: 'billing', instance: 'x10', ttl: 5 }, 'forbidden', /billing/],
+    ];
+    for (const [what, body, code, re] of cases) {
+      const r = await api(svc, 'REGISTER', body);
+      t.equal(errCode(r), code, `${what}: ${JSON.stringify(r)}`);
+      t.match((r.error as { message: string }).message, re, what);
+    }
+    t.equal(errCode(await api(svc, 'KEEPALIVE', { lease: 'nope' })), 'bad_request', 'a malformed lease id');
+    t.equal(errCode(await api(svc, 'KEEPALIVE', { lease: '0'.repeat(32) })), 'not_found', 'an unknown lease id');
+    t.equal(errCode(await api(svc, 'DEREGISTER', { service: 'billing', instance: 'x' })), 'forbidden', 'deregistering another service');
+    const m = await svc.request('$UB.API.SERVICE.REGISTER', 'not json', { timeout: 10_000 });
+    t.equal(errCode(m.json()), 'bad_request', 'a body that is not JSON');
+    // Nothing reached the bucket: one read barrier later the list holds no x* or billing instance.
+    const list = await api(admin, 'LIST', {});
+    const keys = (list.instances as { key: string }[]).map((i) => i.key);
+    t.notOk(keys.some((k) => /\.x\d+$/.test(k) || k.startsWith('billing.')), `nothing written (${keys.join(', ')})`);
+  });
+
+  await t.test('a real @nats-io/services instance is registered by its node and removed when it goes', async (t) => {
+    const nc = await conn(followers[1]!, { user: 'svc', pass: 'svc-secret' });
+    const srv = await new Svcm(nc as never).add({ name: 'orders', version: '2.0.0', description: 'order intake', metadata: { region: 'eu' } });
+    srv.addEndpoint('create', { subject: 'orders.create', handler: (_err, msg) => { msg.respond('ok'); } });
+    const key = `orders.${srv.info().id}`;
+    await waitFor(`${key} registered`, () => watch.live.has(key));
+    const e = await kv.get(key);
+    t.ok(e, 'the entry is in ub_services');
+    const shown = (await api(admin, 'SHOW', { service: 'orders', instance: srv.info().id })).instance as Record<string, unknown>;
+    t.same(shown.endpoints, ['orders.create'], 'its endpoints come from its $SRV.INFO');
+    t.equal(shown.version, '2.0.0');
+    t.equal(shown.description, 'order intake');
+    t.same(shown.metadata, { region: 'eu' });
+    t.equal(shown.kind, 'connection');
+    t.equal(shown.node, cluster!.nodes[followers[1]!]!.name);
+    // stop() unsubscribes: the entry leaves.
+    let t0 = Date.now();
+    await srv.stop();
+    await waitFor(`${key} removed after stop()`, () => !watch.live.has(key), 10_000);
+    t.comment(`leave on unsubscribe: ${Date.now() - t0} ms until the watch saw the delete`);
+
+    // A second instance on its own connection: closing the connection removes it.
+    const nc2 = await connect({ servers: urls[followers[0]!]!, ...connectOptions, user: 'svc', pass: 'svc-secret', reconnect: false });
+    const srv2 = await new Svcm(nc2 as never).add({ name: 'orders', version: '2.0.1' });
+    const key2 = `orders.${srv2.info().id}`;
+    await waitFor(`${key2} registered`, () => watch.live.has(key2));
+    t0 = Date.now();
+    await nc2.close();
+    await waitFor(`${key2} removed after close`, () => !watch.live.has(key2), 10_000);
+    t.comment(`leave on connection close: ${Date.now() - t0} ms until the watch saw the delete`);
+  });
+
+  await t.test('a principal granted services_read watches ub_services with @nats-io/kv; others do not see it', async (t) => {
+    const reader = await conn(followers[0]!, { user: 'reader', pass: 'reader-secret' });
+    const rkv = await new Kvm(jetstream(reader, { timeout: 10_000 })).open('ub_services');
+    const rw = await follow(rkv);
+    t.teardown(() => rw.stop());
+    const svc = await conn(followers[1]!, { user: 'svc', pass: 'svc-secret' });
+    const r = await api(svc, 'REGISTER', { service: 'orders', instance: 'w1', ttl: 30 });
+    await waitFor('the reader sees the join', () => rw.live.has('orders.w1'));
+    await api(svc, 'DEREGISTER', { lease: r.lease });
+    await waitFor('the reader sees the leave', () => rw.ops.some((o) => o.key === 'orders.w1' && o.op === 'DEL'));
+    t.pass('join as put, leave as delete');
+    const plain = await conn(followers[0]!, { user: 'svc', pass: 'svc-secret' });
+    await t.rejects(new Kvm(jetstream(plain, { timeout: 3000 })).open('ub_services'), 'a principal without the grant does not see the bucket');
+  });
+
+  await t.test('leader failover with live instances: nobody falsely leaves', async (t) => {
+    const svcA = await conn(followers[0]!, { user: 'svc', pass: 'svc-secret' });
+    const svcB = await conn(followers[1]!, { user: 'svc', pass: 'svc-secret' });
+    const reg = await api(svcA, 'REGISTER', { service: 'orders', instance: 'f1', ttl: 2 });
+    t.equal(reg.result, 'created');
+    const srv = await new Svcm(svcB as never).add({ name: 'orders', version: '3.0.0' });
+    const autoKey = `orders.${srv.info().id}`;
+    await waitFor('both instances live', () => watch.live.has('orders.f1') && watch.live.has(autoKey));
+    let stopKeeping = false;
+    let failed = 0;
+    const keeper = (async () => {
+      for (let i = 0; i < 200 && !stopKeeping; i++) {
+        const k: Record<string, unknown> = await api(svcA, 'KEEPALIVE', { lease: reg.lease }).catch(() => ({ error: { code: 'timeout' } }));
+        if (k.result !== 'updated') failed++;
+        await new Promise((res) => setTimeout(res, 400));
+      }
+    })();
+    const old = leaderIndex();
+    const t0 = Date.now();
+    // The leader's Raft node stops without handing over (as a crash would): the others elect after the timeout.
+    await cluster!.nodes[old]!.cluster.stop();
+    await waitFor('a new leader', () => { const i = leaderIndex(); return i >= 0 && i !== old; });
+    t.comment(`new leader ${cluster!.nodes[leaderIndex()]!.name} after ${Date.now() - t0} ms; keep-alives refused meanwhile: ${failed}`);
+    // Three TTLs of the leased entry and past the connection-bound TTL after the election.
+    await new Promise((res) => setTimeout(res, 11_000));
+    stopKeeping = true;
+    await keeper;
+    t.notOk(watch.ops.some((o) => (o.key === 'orders.f1' || o.key === autoKey) && o.op !== 'PUT' && o.at >= t0), 'no live instance left during or after the failover');
+    t.ok(watch.live.has('orders.f1') && watch.live.has(autoKey), 'both still registered');
+    await srv.stop();
+  });
+
+  const handle = cluster;
+  cluster = undefined;
+  await Promise.allSettled(open.map((c) => c.close()));
+  await handle.stop();
+});
