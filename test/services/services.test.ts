@@ -60,8 +60,9 @@ t.test('service presence on a 3-node cluster', async (t) => {
       users: [
         { name: 'svc', password: 'svc-secret', roles: ['orders-svc'] },
         { name: 'reader', password: 'reader-secret', roles: ['svc-reader'] },
+        { name: 'jsuser', password: 'js-secret', roles: ['js-only'] },
       ],
-      roles: { 'orders-svc': svcRole, 'svc-reader': readerRole },
+      roles: { 'orders-svc': svcRole, 'svc-reader': readerRole, 'js-only': { ...readerRole, services_read: false } },
     },
   });
   const open: NatsConnection[] = [];
@@ -75,7 +76,9 @@ t.test('service presence on a 3-node cluster', async (t) => {
     open.push(nc);
     return nc;
   };
-  const leaderIndex = (): number => cluster!.nodes.findIndex((n) => n.cluster.raftz().state === 'leader');
+  const stoppedNodes = new Set<number>();
+  // A stopped Raft node keeps reporting its last state: only running nodes count.
+  const leaderIndex = (): number => cluster!.nodes.findIndex((n, i) => !stoppedNodes.has(i) && n.cluster.raftz().state === 'leader');
   await waitFor('a leader', () => leaderIndex() >= 0);
   const followers = [0, 1, 2].filter((i) => i !== leaderIndex());
 
@@ -193,8 +196,9 @@ t.test('service presence on a 3-node cluster', async (t) => {
     await api(svc, 'DEREGISTER', { lease: r.lease });
     await waitFor('the reader sees the leave', () => rw.ops.some((o) => o.key === 'orders.w1' && o.op === 'DEL'));
     t.pass('join as put, leave as delete');
-    const plain = await conn(followers[0]!, { user: 'svc', pass: 'svc-secret' });
-    await t.rejects(new Kvm(jetstream(plain, { timeout: 3000 })).open('ub_services'), 'a principal without the grant does not see the bucket');
+    const plain = await conn(followers[0]!, { user: 'jsuser', pass: 'js-secret' });
+    const pkv = await new Kvm(jetstream(plain, { timeout: 3000 })).open('ub_services');
+    await t.rejects(pkv.status(), /not found/, 'a principal with the KV API but without the grant does not see the bucket');
   });
 
   await t.test('leader failover with live instances: nobody falsely leaves', async (t) => {
@@ -215,13 +219,21 @@ t.test('service presence on a 3-node cluster', async (t) => {
       }
     })();
     const old = leaderIndex();
+    // An instance on the leader's node: that node dies with it, so it must leave, one TTL after the election.
+    const onDead = await conn(old, { user: 'svc', pass: 'svc-secret' });
+    const dead = await new Svcm(onDead as never).add({ name: 'orders', version: '3.0.0' });
+    const deadKey = `orders.${dead.info().id}`;
+    await waitFor('the instance on the leader registered', () => watch.live.has(deadKey));
     const t0 = Date.now();
     // The leader's Raft node stops without handing over (as a crash would): the others elect after the timeout.
+    stoppedNodes.add(old);
     await cluster!.nodes[old]!.cluster.stop();
     await waitFor('a new leader', () => { const i = leaderIndex(); return i >= 0 && i !== old; });
     t.comment(`new leader ${cluster!.nodes[leaderIndex()]!.name} after ${Date.now() - t0} ms; keep-alives refused meanwhile: ${failed}`);
-    // Three TTLs of the leased entry and past the connection-bound TTL after the election.
-    await new Promise((res) => setTimeout(res, 11_000));
+    await waitFor('the dead node\'s instance to leave', () => !watch.live.has(deadKey), 30_000);
+    t.comment(`the dead node's instance left ${Date.now() - t0} ms after its node stopped (connection-bound TTL 10000 ms)`);
+    // Past three TTLs of the leased entry and the connection-bound TTL after the election.
+    await new Promise((res) => setTimeout(res, Math.max(0, t0 + 11_000 - Date.now())));
     stopKeeping = true;
     await keeper;
     t.notOk(watch.ops.some((o) => (o.key === 'orders.f1' || o.key === autoKey) && o.op !== 'PUT' && o.at >= t0), 'no live instance left during or after the failover');
