@@ -22,6 +22,7 @@ export function helpText(): string {
     '  membershipd user add|update|remove|list|show NAME …    users in the replicated store (--store kv), via a node',
     '  membershipd role add|update|remove|list|show NAME …    roles: --pub-allow/--pub-deny/--sub-allow/--sub-deny SUBJ, --allow-responses',
     '  membershipd audit list [--limit N]                     the audit bucket: who changed what',
+    '  membershipd service ls [NAME] | show NAME.INSTANCE | watch [NAME]   live service instances (the services bucket)',
     '      connect with --server URL --tls-ca FILE (--internal-id-file FILE | --creds FILE) [--env-file FILE] [--json];',
     '      unset ones come from cluster.env (NATS_CLIENT_PORT, TLS_CA/ROUTE_TLS_CA, INTERNAL_ID_FILE), default /opt/unibus/cluster.env.',
     '      exit codes: 0 ok, 1 failed, 2 bad usage, 3 conflict. Passwords only via --password-stdin or --password-file.',

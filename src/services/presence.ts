@@ -167,6 +167,7 @@ class Presence implements ServicePresence {
       r.reject(gone);
     }
     for (const b of this.batch) b.reject(gone);
+    for (const w of [...this.changeWaiters]) w();
   }
 
   mayRead(p: Principal): boolean {
@@ -192,6 +193,7 @@ class Presence implements ServicePresence {
   }
 
   private onEntry(e: KvEntry): void {
+    if (this.changeWaiters.size > 0) for (const w of [...this.changeWaiters]) w();
     const old = this.known.get(e.key);
     if (old?.value.lease !== undefined) this.byLease.delete(old.value.lease);
     if (e.op !== 'PUT') {
@@ -480,7 +482,8 @@ class Presence implements ServicePresence {
         case 'DEREGISTER': return await this.deregister(body, caller);
         case 'LIST': return await this.list(body);
         case 'SHOW': return await this.show(body);
-        default: throw new ServiceApiError('not_found', `no service API ${serviceApiPrefix}${verb} (known: REGISTER, KEEPALIVE, DEREGISTER, LIST, SHOW)`);
+        case 'WATCH': return await this.watchRequest(body);
+        default: throw new ServiceApiError('not_found', `no service API ${serviceApiPrefix}${verb} (known: REGISTER, KEEPALIVE, DEREGISTER, LIST, SHOW, WATCH)`);
       }
     } catch (err) {
       if (err instanceof ServiceApiError) return { error: { code: err.code, message: err.message } };
@@ -621,6 +624,53 @@ class Presence implements ServicePresence {
     const instances = [...this.known.values()].map((k) => k.value).filter((v) => service === undefined || v.service === service)
       .sort((a, b) => (a.service === b.service ? a.instance.localeCompare(b.instance) : a.service.localeCompare(b.service))).map(publicService);
     return { instances };
+  }
+
+  /**
+   * A long poll over the bucket's change feed (for the CLI, which has no KV client): without `after`, the live
+   * instances and the revision they are as of; with it, the joins (PUT) and leaves (DEL) applied after that
+   * revision, waiting up to `wait_ms` for the first. A key changed twice in between shows its latest operation,
+   * as a KV watch does after a reconnect.
+   */
+  private async watchRequest(body: Record<string, unknown>): Promise<Reply> {
+    const service = body.service === undefined ? undefined : nameField(body, 'service');
+    const after = body.after;
+    const waitMs = body.wait_ms === undefined ? 10_000 : body.wait_ms;
+    if (typeof waitMs !== 'number' || !Number.isInteger(waitMs) || waitMs < 0 || waitMs > 30_000) throw new ServiceApiError('bad_request', '"wait_ms" must be a whole number of ms from 0 to 30000');
+    const mine = (key: string): boolean => service === undefined || key.startsWith(`${service}.`);
+    if (after === undefined) {
+      await this.o.backend.readBarrier();
+      const instances = [...this.known.values()].filter((k) => mine(serviceKey(k.value.service, k.value.instance)))
+        .map((k) => ({ op: 'PUT', revision: k.revision, ...publicService(k.value) }));
+      return { changes: instances, revision: this.o.backend.reader.appliedIndex };
+    }
+    if (typeof after !== 'number' || !Number.isSafeInteger(after) || after < 0) throw new ServiceApiError('bad_request', '"after" must be the revision a previous WATCH reply returned');
+    const read = (): Record<string, unknown>[] => this.o.backend.reader.changesSince(after, controlBuckets.services).filter((e) => mine(e.key)).map((e) => {
+      const v = e.op === 'PUT' ? decodeValue(e.value, validateService) : undefined;
+      return { op: e.op === 'PUT' ? 'PUT' : 'DEL', key: e.key, revision: e.revision, ...(v !== undefined ? publicService(v) : {}) };
+    });
+    let changes = read();
+    if (changes.length === 0 && waitMs > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, waitMs);
+        function done(): void {
+          clearTimeout(timer);
+          off();
+          resolve();
+        }
+        const off = this.onChange(done);
+      });
+      changes = read();
+    }
+    const revision = changes.reduce((m, c) => Math.max(m, c.revision as number), after);
+    return { changes, revision };
+  }
+
+  private readonly changeWaiters = new Set<() => void>();
+
+  private onChange(l: () => void): () => void {
+    this.changeWaiters.add(l);
+    return () => void this.changeWaiters.delete(l);
   }
 
   private async show(body: Record<string, unknown>): Promise<Reply> {
