@@ -8,7 +8,11 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KvEntry, type KV } from '@nats-io/kv';
 import { Svcm } from '@nats-io/services';
+import { join } from 'node:path';
 import { startCluster, type LocalClusterHandle } from '../../src/index.js';
+import { main } from '../../src/cli/index.js';
+import { runServiceWatch } from '../../src/cli/admin/service_watch.js';
+import { memoryOutput } from '../../src/cli/output.js';
 
 const svcRole = {
   publish: ['$UB.API.SERVICE.>', 'orders.>'],
@@ -120,6 +124,32 @@ t.test('service presence on a 3-node cluster', async (t) => {
     const d = await api(svc, 'DEREGISTER', { lease: again.lease });
     t.equal(d.result, 'removed', JSON.stringify(d));
     await waitFor('orders.a2 deregistered', () => watch.ops.some((o) => o.key === 'orders.a2' && o.op !== 'PUT'));
+  });
+
+  await t.test('CLI: service ls, show and watch (table and --json, exit codes)', async (t) => {
+    const i = followers[0]!;
+    const flags = ['--server', urls[i]!, '--tls-ca', join(cluster!.dir, 'ca.pem'), '--internal-id-file', join(cluster!.dir, `n${i + 1}.seed`)];
+    const svc = await conn(followers[1]!, { user: 'svc', pass: 'svc-secret' });
+    const ac = new AbortController();
+    const wout = memoryOutput();
+    const watching = runServiceWatch(['orders', ...flags], wout, {}, ac.signal);
+    const reg = await api(svc, 'REGISTER', { service: 'orders', instance: 'cli1', ttl: 30, endpoints: ['orders.cli'] });
+    let out = memoryOutput();
+    t.equal(await main(['service', 'ls', ...flags], out), 0, out.stderr.join('\n'));
+    t.match(out.stdout.join('\n'), /INSTANCE\s+KIND[\s\S]*orders\.cli1\s+lease/, 'ls prints a table');
+    out = memoryOutput();
+    t.equal(await main(['service', 'show', 'orders.cli1', '--json', ...flags], out), 0);
+    t.same((JSON.parse(out.stdout.join('')) as { instance: { endpoints: string[] } }).instance.endpoints, ['orders.cli'], 'show --json');
+    out = memoryOutput();
+    t.equal(await main(['service', 'show', 'orders.nope', ...flags], out), 1, 'an unknown instance: exit 1');
+    t.match(out.stderr.join(''), /not registered \(not_found\)/);
+    out = memoryOutput();
+    t.equal(await main(['service', 'show', 'no-dot', ...flags], out), 2, 'not NAME.INSTANCE: exit 2');
+    await waitFor('watch prints the join', () => wout.stdout.some((l) => l.startsWith('+ orders.cli1 lease')));
+    await api(svc, 'DEREGISTER', { lease: reg.lease });
+    await waitFor('watch prints the leave', () => wout.stdout.includes('- orders.cli1'));
+    ac.abort();
+    t.equal(await watching, 0, 'watch ends with 0 when interrupted');
   });
 
   await t.test('bad input is refused with a clear error and nothing is written', async (t) => {
