@@ -20,7 +20,7 @@ export function helpText(): string {
     '  membershipd help              this text (also --help, -h)',
     '  membershipd version           print the version (also --version, -v)',
     '  membershipd user add|update|remove|list|show NAME …    users in the replicated store (--store kv), via a node',
-    '  membershipd role add|update|remove|list|show NAME …    roles: --pub-allow/--pub-deny/--sub-allow/--sub-deny SUBJ, --allow-responses',
+    '  membershipd role add|update|remove|list|show NAME …    roles: --pub-allow/--pub-deny/--sub-allow/--sub-deny SUBJ, --allow-responses, --service NAME, --services-read',
     '  membershipd audit list [--limit N]                     the audit bucket: who changed what',
     '  membershipd service ls [NAME] | show NAME.INSTANCE | watch [NAME]   live service instances (the services bucket)',
     '      connect with --server URL --tls-ca FILE (--internal-id-file FILE | --creds FILE) [--env-file FILE] [--json];',

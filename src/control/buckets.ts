@@ -152,6 +152,16 @@ export interface RoleValue {
   readonly created: number;
   readonly updated: number;
   readonly by: string;
+  /** Service names the role may register (src/services); `*` = every name. Optional: older values have none. */
+  readonly services?: readonly string[];
+  /** May read the `services` bucket through the KV API. */
+  readonly services_read?: boolean;
+}
+
+/** A service name a role may register (the `services` bucket's name syntax) or `*`. */
+export function serviceGrantProblem(names: readonly string[]): string | undefined {
+  for (const n of names) if (!/^(\*|[A-Za-z0-9_=-]{1,128})$/.test(n)) return `service name ${JSON.stringify(n.slice(0, 140))} is not valid: 1..128 of A-Z a-z 0-9 _ = -, or * for every name`;
+  return undefined;
 }
 
 export function rolePermissions(r: Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses'>): PermissionSpec {
@@ -193,7 +203,12 @@ export function validateRole(v: unknown): RoleValue {
   if (pp !== undefined) throw new ControlSchemaError('role', pp);
   if (!isTime(v.created) || !isTime(v.updated)) throw new ControlSchemaError('role.created', 'created/updated must be ms timestamps');
   if (typeof v.by !== 'string') throw new ControlSchemaError('role.by', 'must be a string');
-  return { v: schemaVersion, name: v.name as string, publish, subscribe, allow_responses: v.allow_responses, admin: v.admin, created: v.created, updated: v.updated, by: v.by };
+  const services = v.services === undefined ? undefined : stringList(v.services, 'role.services', (x) => serviceGrantProblem([x]));
+  if (v.services_read !== undefined && typeof v.services_read !== 'boolean') throw new ControlSchemaError('role.services_read', 'must be true or false');
+  return {
+    v: schemaVersion, name: v.name as string, publish, subscribe, allow_responses: v.allow_responses, admin: v.admin, created: v.created, updated: v.updated, by: v.by,
+    ...(services !== undefined && services.length > 0 ? { services } : {}), ...(v.services_read === true ? { services_read: true } : {}),
+  };
 }
 
 // ---- nodes, services, config, audit -------------------------------------------------------------------

@@ -145,6 +145,16 @@ t.test('service presence on a 3-node cluster', async (t) => {
     t.match(out.stderr.join(''), /not registered \(not_found\)/);
     out = memoryOutput();
     t.equal(await main(['service', 'show', 'no-dot', ...flags], out), 2, 'not NAME.INSTANCE: exit 2');
+    // The grants on --store kv roles (the roles bucket): role add/show carry them, a bad name is refused.
+    out = memoryOutput();
+    t.equal(await main(['role', 'add', 'orders-kv', '--pub-allow', '$UB.API.SERVICE.>', '--service', 'orders', '--services-read', ...flags], out), 0, out.stderr.join(''));
+    out = memoryOutput();
+    t.equal(await main(['role', 'show', 'orders-kv', '--json', ...flags], out), 0);
+    const role = (JSON.parse(out.stdout.join('')) as { role: Record<string, unknown> }).role;
+    t.same([role.services, role.services_read], [['orders'], true], 'the role holds its service grants');
+    out = memoryOutput();
+    t.equal(await main(['role', 'add', 'bad-kv', '--service', 'a.b', ...flags], out), 2, 'a service name with a dot: exit 2');
+    t.match(out.stderr.join(''), /service name "a\.b" is not valid/);
     await waitFor('watch prints the join', () => wout.stdout.some((l) => l.startsWith('+ orders.cli1 lease')));
     await api(svc, 'DEREGISTER', { lease: reg.lease });
     await waitFor('watch prints the leave', () => wout.stdout.includes('- orders.cli1'));

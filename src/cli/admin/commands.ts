@@ -18,7 +18,11 @@ interface Verb {
 }
 
 const credentialFlags = { 'password-stdin': 'switch', 'password-file': 'string', nkey: 'string' } as const;
-const roleFlags = { 'pub-allow': 'list', 'pub-deny': 'list', 'sub-allow': 'list', 'sub-deny': 'list', 'allow-responses': 'switch', admin: 'switch' } as const;
+const roleFlags = {
+  'pub-allow': 'list', 'pub-deny': 'list', 'sub-allow': 'list', 'sub-deny': 'list', 'allow-responses': 'switch', admin: 'switch',
+  // Service presence: names the role may register (repeatable, `*` = every name) and read access to ub_services.
+  service: 'list', 'services-read': 'switch',
+} as const;
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -83,7 +87,8 @@ function rules(r: unknown): string {
 function printRole(r: Record<string, unknown>, out: CliOutput): void {
   out.out(table([
     ['name', String(r.name)], ['publish', rules(r.publish)], ['subscribe', rules(r.subscribe)], ['allow_responses', String(r.allow_responses)],
-    ['admin', String(r.admin)], ...(r.builtin === true ? [['builtin', 'true']] : [['updated', String(r.updated)], ['by', String(r.by)]]),
+    ['admin', String(r.admin)], ...(r.services !== undefined ? [['services', list(r.services)]] : []), ...(r.services_read === true ? [['services_read', 'true']] : []),
+    ...(r.builtin === true ? [['builtin', 'true']] : [['updated', String(r.updated)], ['by', String(r.by)]]),
   ]));
 }
 
@@ -107,6 +112,11 @@ function roleBody(cmd: ParsedCommand, forUpdate: boolean): Record<string, unknow
   else if (cmd.switches.has('no-allow-responses') || !forUpdate) body.allow_responses = false;
   if (cmd.switches.has('admin')) body.admin = true;
   else if (cmd.switches.has('no-admin') || !forUpdate) body.admin = false;
+  const services = cmd.lists.get('service');
+  if (services !== undefined) body.services = services;
+  else if (forUpdate && cmd.switches.has('no-service')) body.services = [];
+  if (cmd.switches.has('services-read')) body.services_read = true;
+  else if (cmd.switches.has('no-services-read')) body.services_read = false;
   return body;
 }
 
@@ -147,7 +157,7 @@ export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>
     update: {
       spec: {
         positionals: ['NAME'],
-        flags: { ...connectionFlags, ...roleFlags, 'no-pub-allow': 'switch', 'no-pub-deny': 'switch', 'no-sub-allow': 'switch', 'no-sub-deny': 'switch', 'no-allow-responses': 'switch', 'no-admin': 'switch' },
+        flags: { ...connectionFlags, ...roleFlags, 'no-pub-allow': 'switch', 'no-pub-deny': 'switch', 'no-sub-allow': 'switch', 'no-sub-deny': 'switch', 'no-allow-responses': 'switch', 'no-admin': 'switch', 'no-service': 'switch', 'no-services-read': 'switch' },
       },
       body: async (cmd) => roleBody(cmd, true),
       print: resultLine('role'),
