@@ -9,6 +9,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KvEntry, type KV } from '@nats-io/kv';
 import { Svcm } from '@nats-io/services';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { startCluster, type LocalClusterHandle } from '../../src/index.js';
 import { main } from '../../src/cli/index.js';
 import { runServiceWatch } from '../../src/cli/admin/service_watch.js';
@@ -187,10 +188,38 @@ t.test('service presence on a 3-node cluster', async (t) => {
     t.equal(errCode(await api(svc, 'DEREGISTER', { service: 'billing', instance: 'x' })), 'forbidden', 'deregistering another service');
     const m = await svc.request('$UB.API.SERVICE.REGISTER', 'not json', { timeout: 10_000 });
     t.equal(errCode(m.json()), 'bad_request', 'a body that is not JSON');
+    // Seeded fuzz: random bodies and random bytes get a typed answer; a refused one leaves nothing behind.
+    const seed = process.env.SERVICES_SEED !== undefined ? Number(process.env.SERVICES_SEED) : (Date.now() ^ (Math.random() * 2 ** 31)) | 0;
+    t.comment(`fuzz seed: SERVICES_SEED=${seed} npx tap test/services/services.test.ts`);
+    const junk = fc.oneof(fc.string({ maxLength: 200 }), fc.integer(), fc.double(), fc.boolean(), fc.constant(null),
+      fc.array(fc.string({ maxLength: 300 }), { maxLength: 70 }), fc.dictionary(fc.string({ maxLength: 5 }), fc.oneof(fc.string({ maxLength: 1100 }), fc.integer()), { maxKeys: 40 }));
+    const bodies = fc.sample(fc.record({
+      service: fc.oneof({ arbitrary: fc.constant('orders'), weight: 4 }, fc.constant('billing'), junk),
+      instance: fc.oneof({ arbitrary: fc.stringMatching(/^z[a-z0-9]{1,8}$/), weight: 4 }, junk),
+      ttl: fc.oneof({ arbitrary: fc.integer({ min: -5, max: 4000 }), weight: 4 }, junk),
+      endpoints: fc.oneof(fc.array(fc.stringMatching(/^[a-z]{1,10}(\.[a-z*>]{1,4}){0,3}$/), { maxLength: 70 }), junk),
+      metadata: fc.oneof(fc.dictionary(fc.string({ minLength: 1, maxLength: 10 }), fc.string({ maxLength: 50 }), { maxKeys: 40 }), junk),
+      version: junk,
+    }, { requiredKeys: ['service', 'instance', 'ttl'] }), { seed, numRuns: 150 });
+    let created = 0;
+    for (const body of bodies) {
+      const r = await api(svc, 'REGISTER', body);
+      if (r.result === 'created' || r.result === 'updated') {
+        created++;
+        t.equal(errCode(await api(svc, 'DEREGISTER', { lease: r.lease })), undefined, 'a fuzz registration that passed is removable');
+        continue;
+      }
+      if (!['bad_request', 'forbidden'].includes(errCode(r) ?? '')) t.fail(`unexpected answer ${JSON.stringify(r)} to ${JSON.stringify(body).slice(0, 300)}`);
+    }
+    for (const bytes of fc.sample(fc.uint8Array({ maxLength: 64 }), { seed, numRuns: 30 })) {
+      const m = await svc.request('$UB.API.SERVICE.REGISTER', bytes, { timeout: 10_000 });
+      if (errCode(m.json()) !== 'bad_request') t.fail(`random bytes: ${m.string()}`);
+    }
+    t.comment(`fuzz: ${bodies.length} random bodies, ${created} valid by chance`);
     // Nothing reached the bucket: one read barrier later the list holds no x* or billing instance.
     const list = await api(admin, 'LIST', {});
     const keys = (list.instances as { key: string }[]).map((i) => i.key);
-    t.notOk(keys.some((k) => /\.x\d+$/.test(k) || k.startsWith('billing.')), `nothing written (${keys.join(', ')})`);
+    t.notOk(keys.some((k) => /\.x\d+$/.test(k) || /\.z/.test(k) || k.startsWith('billing.')), `nothing written (${keys.join(', ')})`);
   });
 
   await t.test('a real @nats-io/services instance is registered by its node and removed when it goes', async (t) => {
