@@ -120,7 +120,7 @@ export async function startServing(config: ServeConfig, logger: Logger, auth?: B
     // Service presence in front of the admin API: `$UB.API.SERVICE.*` is answered for service principals, not admins only.
     const presenceSeam = createServiceSeam(services.services);
     presence = startServicePresence({
-      node, backend: node.kvBackend(), logger, internalKeys: () => internalKeys, port: { ...presenceSeam.services, interest: () => nats.cluster.interest(), onInterest: (l) => nats.cluster.onInterest(l) },
+      node, backend: node.kvBackend(), logger, internalKeys: () => internalKeys, port: presenceSeam.services,
       ...(control?.principals !== undefined ? { source: control.principals } : {}),
     });
     controlPlane = startControlPlane({

@@ -163,7 +163,6 @@ export class KvApi {
   handlePublish(msg: LocalPublish): boolean {
     if (this.closed || this.refusing) return false;
     const s = msg.subject;
-    if (!s.startsWith(kvPrefix) && !s.startsWith(apiPrefix)) return this.otherPublish(s);
     const hidden = this.hiddenFor(msg.principal);
     if (s.startsWith(kvPrefix)) {
       const kv = parseKvSubject(s);
@@ -190,10 +189,6 @@ export class KvApi {
       this.run(this.onApi(req, msg.reply, msg.payload.slice(), hidden), msg.reply, req === undefined ? undefined : responseType(req.kind));
       return true;
     }
-    return false;
-  }
-
-  private otherPublish(s: string): boolean {
     if (s.startsWith(flowControlPrefix)) {
       this.consumers.onFlowControl(s);
       return true;
@@ -201,12 +196,20 @@ export class KvApi {
     return false;
   }
 
+  /** Per principal (one object per connection): handlePublish runs for every publish and must not allocate. */
+  private readonly hiddenByPrincipal = new WeakMap<Principal, (bucket: string) => boolean>();
+
   /** The buckets concealed from this principal (undefined: none). */
   private hiddenFor(principal: Principal | undefined): ((bucket: string) => boolean) | undefined {
     if (principal?.admin === true) return undefined;
     const visibleTo = this.options.visibleTo;
     if (visibleTo === undefined || principal === undefined) return this.adminOnly;
-    return (bucket) => this.adminOnly(bucket) && !visibleTo(bucket, principal);
+    let h = this.hiddenByPrincipal.get(principal);
+    if (h === undefined) {
+      h = (bucket) => this.adminOnly(bucket) && !visibleTo(bucket, principal);
+      this.hiddenByPrincipal.set(principal, h);
+    }
+    return h;
   }
 
   /** Subscription interest changes of the NATS server (wakes push consumers). */
