@@ -122,6 +122,8 @@ class Presence implements ServicePresence {
   /** `$SRV.INFO.<name>.<id>` interest held by this node's clients: key → subscription count. */
   private readonly held = new Map<string, number>();
   private readonly settling = new Map<string, NodeJS.Timeout>();
+  /** Keys whose INFO request or write is in flight (report() and a second call skip them). */
+  private readonly fetching = new Set<string>();
   private readonly infoWaiters = new Map<string, (payload: Uint8Array) => void>();
   private readonly inboxPrefix: string;
   private inboxSeq = 0;
@@ -349,10 +351,13 @@ class Presence implements ServicePresence {
     if (this.stopped) return;
     const mine: string[] = [];
     for (const key of this.held.keys()) {
-      if (this.settling.has(key)) continue;
+      if (this.settling.has(key) || this.fetching.has(key)) continue;
       const k = this.known.get(key);
       if (k === undefined) void this.fetchAndRegister(key);
       else if (k.value.node === this.o.node.serverName) mine.push(key);
+      // Recorded under another node: the instance reconnected, and one of the two connections is stale (the old
+      // node has not noticed yet). The newer write stands; taking it back would flap until the stale one closes.
+      // If that write is the stale one, nobody renews it: it expires and the next report writes it again here.
     }
     if (mine.length === 0) return;
     if (this.leader) {
@@ -423,8 +428,8 @@ class Presence implements ServicePresence {
   }
 
   private async fetchAndRegister(key: string): Promise<void> {
-    if (this.stopped || !this.held.has(key) || this.settling.has(key)) return;
-    this.settling.set(key, setTimeout(() => undefined, 0)); // marks "in flight" (report() and a second call skip it)
+    if (this.stopped || !this.held.has(key) || this.settling.has(key) || this.fetching.has(key)) return;
+    this.fetching.add(key);
     try {
       const [name, id] = key.split('.') as [string, string];
       const payload = await this.requestInfo(`$SRV.INFO.${name}.${id}`);
@@ -447,9 +452,7 @@ class Presence implements ServicePresence {
     } catch (err) {
       this.log.warn({ err, key }, 'service instance not registered yet; retried at the next report');
     } finally {
-      const t = this.settling.get(key);
-      if (t !== undefined) clearTimeout(t);
-      this.settling.delete(key);
+      this.fetching.delete(key);
     }
   }
 
