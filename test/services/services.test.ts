@@ -11,6 +11,7 @@ import { Svcm } from '@nats-io/services';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { startCluster, type LocalClusterHandle } from '../../src/index.js';
+import { parseUsersDocument } from '../../src/auth/principal_source.js';
 import { main } from '../../src/cli/index.js';
 import { runServiceWatch } from '../../src/cli/admin/service_watch.js';
 import { memoryOutput } from '../../src/cli/output.js';
@@ -57,6 +58,16 @@ async function follow(kv: KV): Promise<{ live: Set<string>; ops: { key: string; 
   })();
   return { live, ops, stop: () => w.stop() };
 }
+
+t.test('users file: a role\'s services and services_read grants are checked at load', async (t) => {
+  const doc = (role: Record<string, unknown>): unknown => ({ users: [], roles: { r: { publish: ['a'], ...role } } });
+  const ok = parseUsersDocument(doc({ services: ['orders', '*'], services_read: true }));
+  t.same([ok.roles.get('r')?.services, ok.roles.get('r')?.services_read], [['orders', '*'], true]);
+  t.equal(parseUsersDocument(doc({})).roles.get('r')?.services, undefined, 'absent: no grant');
+  t.throws(() => parseUsersDocument(doc({ services: ['a.b'] })), /\$\.roles\.r\.services: must be a list of service names/);
+  t.throws(() => parseUsersDocument(doc({ services: 'orders' })), /\$\.roles\.r\.services/);
+  t.throws(() => parseUsersDocument(doc({ services_read: 'yes' })), /\$\.roles\.r\.services_read: must be true or false/);
+});
 
 t.test('service presence on a 3-node cluster', async (t) => {
   let cluster: LocalClusterHandle | undefined = await startCluster({
