@@ -40,8 +40,8 @@ export async function getJson(url: string): Promise<{ status: number; body: Reco
 }
 
 /** The node runs from plain JavaScript bundled by esbuild, as it would from dist/. */
-function nodeCommand(): string[] {
-  return nodeEntryArgs('bin/membershipd.ts', 'membershipd_cluster.mjs', 'esbuild bundle failed; running the nodes under tsx');
+function nodeCommand(bundleName = 'membershipd_cluster.mjs'): string[] {
+  return nodeEntryArgs('bin/membershipd.ts', bundleName, 'esbuild bundle failed; running the nodes under tsx');
 }
 
 /** Starts node i of the cluster with its argv (first start or a restart with the same data). */
@@ -57,6 +57,11 @@ export interface StartOptions {
   readonly nodeFlags?: readonly string[];
   /** Extra `serve` flags for every node. */
   readonly serveFlags?: readonly string[];
+  /**
+   * File name of the esbuild bundle under node_modules/.cache (shared by every worktree using the same
+   * node_modules): a bench of its own name never runs a bundle another worktree's bench just wrote.
+   */
+  readonly bundleName?: string;
 }
 
 export async function startBenchCluster(root: string, o: StartOptions = {}): Promise<BenchCluster> {
@@ -68,7 +73,7 @@ export async function startBenchCluster(root: string, o: StartOptions = {}): Pro
   const ports = await freePorts(9);
   const [routePorts, natsPorts, httpPorts] = [ports.slice(0, 3), ports.slice(3, 6), ports.slice(6)];
   const routes = routePorts.map((p) => `127.0.0.1:${p}`).join(',');
-  const cmd = nodeCommand();
+  const cmd = nodeCommand(o.bundleName);
   const c: BenchCluster = { natsPorts, httpPorts, routePorts, dirs: [], idFiles: [], ca, caFile, stderr: ['', '', ''], children: [], argv: [] };
   for (let i = 0; i < 3; i++) {
     const pair = await writePemPair(root, `n${i}`, await issueCertificate(ca, { commonName: `n${i}`, usage: 'node' }));

@@ -50,6 +50,13 @@ export interface RoleRecord {
   readonly name: string;
   readonly permissions: PermissionSpec;
   readonly admin: boolean;
+  /**
+   * Service names this role may register in the `services` bucket (`$UB.API.SERVICE.*`, src/services); `*` is
+   * every name. Absent = none (admin roles may register any).
+   */
+  readonly services?: readonly string[];
+  /** May read the `services` bucket (`ub_services` through the KV API, e.g. a KV watch). */
+  readonly services_read?: boolean;
 }
 
 export const builtinAdminRole = 'admin';
@@ -209,7 +216,9 @@ export class SnapshotSource implements PrincipalSource {
 
 const nameRe = /^[\x21-\x7e]{1,128}$/;
 const userKeys = new Set(['name', 'password', 'token', 'nkey', 'roles', 'disabled']);
-const roleKeys = new Set(['publish', 'subscribe', 'allow_responses', 'admin']);
+const roleKeys = new Set(['publish', 'subscribe', 'allow_responses', 'admin', 'services', 'services_read']);
+/** A service name a role may register: the `services` bucket's name syntax, or `*` for every name. */
+const serviceGrantRe = /^(\*|[A-Za-z0-9_=-]{1,128})$/;
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -234,7 +243,15 @@ export function parseUsersDocument(doc: unknown): PrincipalSnapshot {
     if (spec.admin !== undefined && typeof spec.admin !== 'boolean') fail(`${path}.admin`, 'must be true or false');
     const permissions = spec as PermissionSpec;
     new CompiledRole(permissions, path); // validates every subject now, not at the first login
-    roles.push({ name, permissions, admin: spec.admin === true });
+    const services = spec.services;
+    if (services !== undefined && (!Array.isArray(services) || !services.every((x): x is string => typeof x === 'string' && serviceGrantRe.test(x)))) {
+      fail(`${path}.services`, 'must be a list of service names (1..128 of A-Z a-z 0-9 _ = -) or "*" for every name');
+    }
+    if (spec.services_read !== undefined && typeof spec.services_read !== 'boolean') fail(`${path}.services_read`, 'must be true or false');
+    roles.push({
+      name, permissions, admin: spec.admin === true, ...(services !== undefined ? { services: [...(services as string[])] } : {}),
+      ...(spec.services_read === true ? { services_read: true } : {}),
+    });
   }
   const usersDoc = doc.users ?? [];
   if (!Array.isArray(usersDoc)) return fail('$.users', 'must be a list of users');

@@ -6,7 +6,7 @@ import type { ServeConfig } from '../config/index.js';
 import { KvPrincipalSource } from '../control/index.js';
 import {
   createBusAuthenticator, IdentityFileError, loadOrCreateIdentity, openFileSource, UsersFileError,
-  type BusAuthenticator, type FileSource, type InternalIdentity,
+  type BusAuthenticator, type FileSource, type InternalIdentity, type PrincipalSource,
 } from '../auth/index.js';
 
 export interface BusAuth {
@@ -19,6 +19,8 @@ export interface BusAuth {
   readonly kvSource: KvPrincipalSource | undefined;
   /** Admin internal identities the authenticator accepts; the node adds its own (and registered nodes') later. */
   readonly internalKeys: string[];
+  /** Where users and roles come from (users file or --store kv); service presence reads roles' `services` grants. */
+  readonly principals?: PrincipalSource;
 }
 
 function asConfigError(flag: string, err: unknown): ConfigError {
@@ -69,5 +71,5 @@ export async function loadBusAuth(config: ServeConfig, logger: Logger): Promise<
     logger,
   });
   logger.info({ mode: config.busAuth, store: config.store, users_file: config.usersFile ?? null }, `bus auth ${config.busAuth}`);
-  return { authenticator, identity, reload, kvSource, internalKeys };
+  return { authenticator, identity, reload, kvSource, internalKeys, ...(principals !== undefined ? { principals } : {}) };
 }

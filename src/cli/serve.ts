@@ -11,14 +11,18 @@ import { createHttpServer, processMetricsText, startProcessMetrics, statusPageEn
 import { renderMetrics } from '../node/metrics.js';
 import { packageVersion } from './version.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
-import { createServiceSeam, redactControlValue, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
+import { controlBuckets, createServiceSeam, redactControlValue, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
 import { attachKvApi, redactedBackend, type KvApi, type KvServerPort } from '../kv/index.js';
+import type { PrincipalSource } from '../auth/index.js';
+import { startServicePresence, type ServicePresence } from '../services/index.js';
 
 /** What the control plane needs from bus auth (src/cli/bus_auth.ts) when the node runs --store kv. */
 export interface ControlWiring {
   readonly kvSource: KvPrincipalSource | undefined;
   /** The authenticator's admin keys; the node's identity is added here. */
   readonly internalKeys: string[];
+  /** Users and roles (roles' `services` grants for service presence); undefined with bus auth off. */
+  readonly principals?: PrincipalSource;
 }
 
 /** A listener could not be opened (port taken, address not local, no permission). */
@@ -40,6 +44,8 @@ export interface ServingNode {
   readonly urls: NodeUrls;
   /** The cluster node (Raft meta-group + routes) when cluster flags are given. */
   readonly cluster: ClusterNode | undefined;
+  /** Service presence (`services` bucket, `$UB.API.SERVICE.*`, `$SRV` services) when the node runs the Raft store. */
+  readonly services?: ServicePresence;
   /** Stop accepting, drain and close every client, close HTTP. Idempotent. */
   stop(): Promise<void>;
 }
@@ -132,6 +138,7 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
   let cluster: ClusterNode | undefined;
   let controlPlane: ControlPlane | undefined;
   let kvApi: (KvApi & { detach(): void }) | undefined;
+  let presence: ServicePresence | undefined;
   let ownUrls: { client?: string; http?: string } = {};
   if (wantsCluster(config)) {
     // One forwarder slot, two users: the admin API (src/control) in front, the cluster bus behind it. The node
@@ -150,8 +157,14 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
     const node = cluster;
     const internalKeys = control?.internalKeys ?? [];
     if (!internalKeys.includes(node.identity.publicKey)) internalKeys.push(node.identity.publicKey);
+    // Service presence in front of the admin API: `$UB.API.SERVICE.*` is answered for service principals, not admins only.
+    const presenceSeam = createServiceSeam(services.services);
+    presence = startServicePresence({
+      node, backend: node.kvBackend(), logger, internalKeys: () => internalKeys, port: presenceSeam.services,
+      ...(control?.principals !== undefined ? { source: control.principals } : {}),
+    });
     controlPlane = startControlPlane({
-      port: services.services, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
+      port: presenceSeam.routes, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
       ...(control?.kvSource !== undefined ? { source: control.kvSource } : {}),
       cluster: { node, posture: clusterPosture(config), version: packageVersion(), urls: () => ownUrls, trustedKeys: internalKeys },
     });
@@ -165,9 +178,11 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
       setForwarder: (f) => services.routes.setForwarder(f),
       deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
     };
+    const presenceNow = presence;
     kvApi = attachKvApi({ cluster: kvPort }, {
       backend: redactedBackend(node.kvBackend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
       clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
+      visibleTo: (bucket, principal) => bucket === controlBuckets.services && presenceNow.mayRead(principal),
     });
   }
   const startedAt = new Date();
@@ -220,6 +235,7 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
     await http.start();
   } catch (err) {
     kvApi?.detach();
+    presence?.stop();
     controlPlane?.stop();
     await cluster?.stop();
     await nats.close();
@@ -246,6 +262,7 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
         kvApi?.stopTaking();
         await nats.drainClients(drainQuietMs, drainRequestsMs + 1000, kvApi?.idle(drainRequestsMs));
         kvApi?.detach();
+        presence?.stop();
         controlPlane?.stop();
         await nats.close();
         await cluster?.stop();
@@ -260,7 +277,7 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
     nats_url: urls.nats, http_url: urls.http, ws_url: urls.ws ?? null,
     nats_port: nats.port, http_port: http.port, ws_port: nats.wsPort ?? null, tls: config.tls !== undefined,
   }, `membershipd serving: client ${urls.nats}, http ${urls.http}${urls.ws ? `, websocket ${urls.ws}` : ''}`);
-  return { nats, http, urls, cluster, stop };
+  return { nats, http, urls, cluster, ...(presence !== undefined ? { services: presence } : {}), stop };
 }
 
 /** How long a stopping node waits for the KV requests it already took to be answered. */

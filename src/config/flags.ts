@@ -5,7 +5,7 @@ export const commandNames = ['serve', 'dev', 'help', 'version'] as const;
 export type CommandName = (typeof commandNames)[number];
 
 /** Admin subcommands handled by src/cli/admin before this flag table is consulted (their own syntax). */
-export const adminCommandNames = ['user', 'role', 'audit', 'cluster', 'id', 'certs', 'snapshot'] as const;
+export const adminCommandNames = ['user', 'role', 'audit', 'cluster', 'service', 'id', 'certs', 'snapshot'] as const;
 
 export const flagGroups = {
   serve: 'Serve flags (membershipd [serve] ...)',

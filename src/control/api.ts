@@ -17,7 +17,7 @@ import { builtinAdminRole, hashPassword, isPasswordHash, isValidPublicKey, verif
 import type { KvBackend } from '../kv/backend.js';
 import { MembershipdError } from '../errors.js';
 import {
-  auditKey, controlBuckets, credentialKind, decodeValue, encodeValue, nameProblem, roleListProblem, rolePermissionProblem, schemaVersion,
+  auditKey, controlBuckets, credentialKind, decodeValue, encodeValue, nameProblem, roleListProblem, rolePermissionProblem, schemaVersion, serviceGrantProblem,
   validateAudit, validateNode, validateRole, validateUser, type AuditValue, type RoleRules, type RoleValue, type UserValue,
 } from './buckets.js';
 import { EnvelopeVerifier, replayMessage } from './envelope.js';
@@ -136,6 +136,7 @@ export function publicUser(u: UserValue): Record<string, unknown> {
 export function publicRole(r: RoleValue): Record<string, unknown> {
   return {
     name: r.name, publish: r.publish, subscribe: r.subscribe, allow_responses: r.allow_responses, admin: r.admin,
+    ...(r.services !== undefined ? { services: r.services } : {}), ...(r.services_read === true ? { services_read: true } : {}),
     created: new Date(r.created).toISOString(), updated: new Date(r.updated).toISOString(), by: r.by,
   };
 }
@@ -620,7 +621,7 @@ export class ControlApi {
     return { allow: allow ?? base?.allow ?? [], deny: deny ?? base?.deny ?? [] };
   }
 
-  private roleSpec(body: Record<string, unknown>, base?: RoleValue): Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses' | 'admin'> {
+  private roleSpec(body: Record<string, unknown>, base?: RoleValue): Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses' | 'admin' | 'services' | 'services_read'> {
     const spec = {
       publish: this.rules(body, 'pub_allow', 'pub_deny', base?.publish),
       subscribe: this.rules(body, 'sub_allow', 'sub_deny', base?.subscribe),
@@ -629,12 +630,18 @@ export class ControlApi {
     };
     const p = rolePermissionProblem(spec);
     if (p !== undefined) throw new AdminError('bad_request', p);
-    return spec;
+    // Service presence grants (src/services); absent when unused, so roles without them keep their exact shape.
+    const services = strList(body, 'services') ?? base?.services ?? [];
+    const sp = serviceGrantProblem(services);
+    if (sp !== undefined) throw new AdminError('bad_request', sp);
+    const servicesRead = bool(body, 'services_read') ?? base?.services_read ?? false;
+    return { ...spec, ...(services.length > 0 ? { services: [...new Set(services)] } : {}), ...(servicesRead ? { services_read: true } : {}) };
   }
 
-  private static sameRole(a: Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses' | 'admin'>, b: typeof a): boolean {
+  private static sameRole(a: Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses' | 'admin' | 'services' | 'services_read'>, b: typeof a): boolean {
     return sameSet(a.publish.allow, b.publish.allow) && sameSet(a.publish.deny, b.publish.deny) && sameSet(a.subscribe.allow, b.subscribe.allow)
-      && sameSet(a.subscribe.deny, b.subscribe.deny) && a.allow_responses === b.allow_responses && a.admin === b.admin;
+      && sameSet(a.subscribe.deny, b.subscribe.deny) && a.allow_responses === b.allow_responses && a.admin === b.admin
+      && sameSet(a.services ?? [], b.services ?? []) && (a.services_read ?? false) === (b.services_read ?? false);
   }
 
   private registerRoles(): void {

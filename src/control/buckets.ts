@@ -172,6 +172,16 @@ export interface RoleValue {
   readonly created: number;
   readonly updated: number;
   readonly by: string;
+  /** Service names the role may register (src/services); `*` = every name. Optional: older values have none. */
+  readonly services?: readonly string[];
+  /** May read the `services` bucket through the KV API. */
+  readonly services_read?: boolean;
+}
+
+/** A service name a role may register (the `services` bucket's name syntax) or `*`. */
+export function serviceGrantProblem(names: readonly string[]): string | undefined {
+  for (const n of names) if (!/^(\*|[A-Za-z0-9_=-]{1,128})$/.test(n)) return `service name ${JSON.stringify(n.slice(0, 140))} is not valid: 1..128 of A-Z a-z 0-9 _ = -, or * for every name`;
+  return undefined;
 }
 
 export function rolePermissions(r: Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses'>): PermissionSpec {
@@ -213,7 +223,12 @@ export function validateRole(v: unknown): RoleValue {
   if (pp !== undefined) throw new ControlSchemaError('role', pp);
   if (!isTime(v.created) || !isTime(v.updated)) throw new ControlSchemaError('role.created', 'created/updated must be ms timestamps');
   if (typeof v.by !== 'string') throw new ControlSchemaError('role.by', 'must be a string');
-  return { v: schemaVersion, name: v.name as string, publish, subscribe, allow_responses: v.allow_responses, admin: v.admin, created: v.created, updated: v.updated, by: v.by };
+  const services = v.services === undefined ? undefined : stringList(v.services, 'role.services', (x) => serviceGrantProblem([x]));
+  if (v.services_read !== undefined && typeof v.services_read !== 'boolean') throw new ControlSchemaError('role.services_read', 'must be true or false');
+  return {
+    v: schemaVersion, name: v.name as string, publish, subscribe, allow_responses: v.allow_responses, admin: v.admin, created: v.created, updated: v.updated, by: v.by,
+    ...(services !== undefined && services.length > 0 ? { services } : {}), ...(v.services_read === true ? { services_read: true } : {}),
+  };
 }
 
 // ---- nodes, services, config, audit -------------------------------------------------------------------
@@ -254,8 +269,24 @@ export interface ServiceValue {
   readonly instance: string;
   readonly endpoints: readonly string[];
   readonly metadata: Readonly<Record<string, string>>;
-  /** ms since the epoch; the entry is stale after it unless a heartbeat renews it. */
+  /**
+   * ms since the epoch: the lease's expiry when the entry was written. Keep-alives are not log entries (src/services):
+   * the leader extends leases in memory, so a live entry may be past this time; its `ttl_ms` is what counts.
+   */
   readonly lease_expires: number;
+  // Written by service presence (src/services); optional so that older values still validate.
+  /** 'lease': explicit registration kept alive by requests; 'connection': a `$SRV` service held by `node`. */
+  readonly kind?: 'lease' | 'connection';
+  /** Lease id (explicit registrations): what KEEPALIVE and DEREGISTER name. Never shown to other principals. */
+  readonly lease?: string;
+  readonly ttl_ms?: number;
+  /** Server name of the node that wrote it (connection-bound: the node holding the connection). */
+  readonly node?: string;
+  readonly version?: string;
+  readonly description?: string;
+  readonly registered?: number;
+  /** Principal that registered it. */
+  readonly by?: string;
 }
 
 export function validateService(v: unknown): ServiceValue {
@@ -273,7 +304,14 @@ export function validateService(v: unknown): ServiceValue {
     metadata[k] = s;
   }
   if (!isTime(v.lease_expires)) throw new ControlSchemaError('service.lease_expires', 'must be a ms timestamp');
-  return { v: schemaVersion, service: v.service as string, instance: v.instance as string, endpoints, metadata, lease_expires: v.lease_expires };
+  if (v.kind !== undefined && v.kind !== 'lease' && v.kind !== 'connection') throw new ControlSchemaError('service.kind', 'must be lease or connection');
+  for (const k of ['lease', 'node', 'version', 'description', 'by'] as const) {
+    if (v[k] !== undefined && typeof v[k] !== 'string') throw new ControlSchemaError(`service.${k}`, 'must be a string');
+  }
+  for (const k of ['ttl_ms', 'registered'] as const) if (v[k] !== undefined && !isTime(v[k])) throw new ControlSchemaError(`service.${k}`, 'must be a whole number of ms');
+  const opt: Record<string, unknown> = {};
+  for (const k of ['kind', 'lease', 'ttl_ms', 'node', 'version', 'description', 'registered', 'by'] as const) if (v[k] !== undefined) opt[k] = v[k];
+  return { v: schemaVersion, service: v.service as string, instance: v.instance as string, endpoints, metadata, lease_expires: v.lease_expires, ...opt };
 }
 
 export function serviceKey(service: string, instance: string): string {

@@ -85,6 +85,9 @@ export class KvPrincipalSource extends SnapshotSource {
     if (e.op !== 'PUT') return undefined;
     const r = decodeValue(e.value, validateRole, (why) => this.log?.error({ role: e.key, revision: e.revision, why }, 'roles bucket value fails its schema; it grants nothing'));
     if (r === undefined || r.name !== e.key) return undefined;
-    return { name: r.name, permissions: rolePermissions(r), admin: r.admin };
+    return {
+      name: r.name, permissions: rolePermissions(r), admin: r.admin,
+      ...(r.services !== undefined ? { services: r.services } : {}), ...(r.services_read === true ? { services_read: true } : {}),
+    };
   }
 }

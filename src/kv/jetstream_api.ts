@@ -11,6 +11,7 @@
 // control-plane buckets (`ub_*`) exist only for admin principals (LocalPublish.principal).
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
+import type { Principal } from '../auth/types.js';
 import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
 import { KvErrorCode, msgIdBytesMax } from '../../store/index.js';
 import type { InterestChange, LocalPublish, NatsClusterPort, RouteMessage } from '../nats/index.js';
@@ -48,6 +49,11 @@ export interface KvApiOptions {
    * none sees them (they hold credential hashes; the admin CLI reads them through `$UB.API`).
    */
   readonly adminOnly?: (bucket: string) => boolean;
+  /**
+   * A bucket `adminOnly` hides that this non-admin principal may still read (read-only), e.g. `ub_services` for a
+   * role granted `services_read` (src/services). Default: none.
+   */
+  readonly visibleTo?: (bucket: string, principal: Principal) => boolean;
   /** `linearizable` (default) runs backend.readBarrier() before every read; `stale` reads the applied state. */
   readonly reads?: 'linearizable' | 'stale';
   readonly limits?: Partial<ConsumerLimits>;
@@ -186,7 +192,7 @@ export class KvApi {
   handlePublish(msg: LocalPublish): boolean {
     if (this.closed || this.refusing) return false;
     const s = msg.subject;
-    const hidden = msg.principal?.admin === true ? undefined : this.adminOnly;
+    const hidden = this.hiddenFor(msg.principal);
     if (s.startsWith(kvPrefix)) {
       const kv = parseKvSubject(s);
       // No such bucket: no stream captures the subject, and the client gets no_responders as from nats-server.
@@ -217,6 +223,22 @@ export class KvApi {
       return true;
     }
     return false;
+  }
+
+  /** Per principal (one object per connection): handlePublish runs for every publish and must not allocate. */
+  private readonly hiddenByPrincipal = new WeakMap<Principal, (bucket: string) => boolean>();
+
+  /** The buckets concealed from this principal (undefined: none). */
+  private hiddenFor(principal: Principal | undefined): ((bucket: string) => boolean) | undefined {
+    if (principal?.admin === true) return undefined;
+    const visibleTo = this.options.visibleTo;
+    if (visibleTo === undefined || principal === undefined) return this.adminOnly;
+    let h = this.hiddenByPrincipal.get(principal);
+    if (h === undefined) {
+      h = (bucket) => this.adminOnly(bucket) && !visibleTo(bucket, principal);
+      this.hiddenByPrincipal.set(principal, h);
+    }
+    return h;
   }
 
   /** Subscription interest changes of the NATS server (wakes push consumers). */

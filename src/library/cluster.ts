@@ -43,7 +43,7 @@ export interface LibraryAuth {
   /** Users besides the generated admin (whose credentials are in `connectOptions`). */
   readonly users?: readonly LibraryUser[];
   /** Role name → permissions, as in the users file (src/auth/principal_source.ts). */
-  readonly roles?: Readonly<Record<string, PermissionSpec>>;
+  readonly roles?: Readonly<Record<string, PermissionSpec & { readonly admin?: boolean; readonly services?: readonly string[]; readonly services_read?: boolean }>>;
 }
 
 export interface StartNodeOptions {

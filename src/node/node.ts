@@ -199,6 +199,7 @@ export class ClusterNode {
   private readonly idToPeer = new Map<number, string>();
   private readonly peerToId = new Map<string, number>();
   private readonly listeners = new Set<RouteListener>();
+  private readonly extensionHandlers = new Map<string, (peerName: string, data: unknown[]) => void>();
   private readonly leaderListeners = new Set<(isLeader: boolean, leaderName: string | undefined) => void>();
   private tickTimer: NodeJS.Timeout | undefined;
   private loop: Promise<void> | undefined;
@@ -476,6 +477,13 @@ export class ClusterNode {
       for (const l of this.listeners) l.frame?.(peer, frame);
       return;
     }
+    // Node-to-node traffic of in-process services (service presence, src/services) rides raft frames tagged
+    // with a string: a node without the handler drops it in decodeNodeFrame with a warning, as any unknown tag.
+    const ext = Array.isArray(frame.data) && typeof frame.data[0] === 'string' ? this.extensionHandlers.get(frame.data[0]) : undefined;
+    if (ext !== undefined) {
+      ext(peer, frame.data as unknown[]);
+      return;
+    }
     const d = decodeNodeFrame(frame.data);
     if (typeof d === 'string') {
       this.log.warn({ peer, reason: d }, 'dropped a malformed raft frame');
@@ -690,6 +698,23 @@ export class ClusterNode {
       const b = c.bindings[String(id)];
       return { id, address, name: b?.name ?? c.names?.[String(id)], identity: b?.key };
     });
+  }
+
+  /**
+   * Handles raft frames whose data is `[tag, ...]` with a string `tag` (node-to-node messages of an in-process
+   * service; send them with sendRouteFrame(peer, { kind: 'raft', data: [tag, ...] })). Returns the removal.
+   */
+  onExtensionFrame(tag: string, handler: (peerName: string, data: unknown[]) => void): () => void {
+    if (this.extensionHandlers.has(tag)) throw new RangeError(`extension frame tag ${tag} already has a handler`);
+    this.extensionHandlers.set(tag, handler);
+    return () => void this.extensionHandlers.delete(tag);
+  }
+
+  /** The server name of the leader this node follows (itself when it leads); undefined while there is none. */
+  leaderName(): string | undefined {
+    const lead = this.raw?.basicStatus().lead ?? 0;
+    if (lead === 0) return undefined;
+    return lead === this.cluster?.id ? this.serverName : this.idToPeer.get(lead);
   }
 
   /** Sends a non-Raft frame to a peer (bus glue); false when the peer is not up. */

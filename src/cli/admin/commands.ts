@@ -20,7 +20,11 @@ interface Verb {
 }
 
 const credentialFlags = { 'password-stdin': 'switch', 'password-file': 'string', nkey: 'string' } as const;
-const roleFlags = { 'pub-allow': 'list', 'pub-deny': 'list', 'sub-allow': 'list', 'sub-deny': 'list', 'allow-responses': 'switch', admin: 'switch' } as const;
+const roleFlags = {
+  'pub-allow': 'list', 'pub-deny': 'list', 'sub-allow': 'list', 'sub-deny': 'list', 'allow-responses': 'switch', admin: 'switch',
+  // Service presence: names the role may register (repeatable, `*` = every name) and read access to ub_services.
+  service: 'list', 'services-read': 'switch',
+} as const;
 
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
@@ -85,7 +89,8 @@ function rules(r: unknown): string {
 function printRole(r: Record<string, unknown>, out: CliOutput): void {
   out.out(table([
     ['name', String(r.name)], ['publish', rules(r.publish)], ['subscribe', rules(r.subscribe)], ['allow_responses', String(r.allow_responses)],
-    ['admin', String(r.admin)], ...(r.builtin === true ? [['builtin', 'true']] : [['updated', String(r.updated)], ['by', String(r.by)]]),
+    ['admin', String(r.admin)], ...(r.services !== undefined ? [['services', list(r.services)]] : []), ...(r.services_read === true ? [['services_read', 'true']] : []),
+    ...(r.builtin === true ? [['builtin', 'true']] : [['updated', String(r.updated)], ['by', String(r.by)]]),
   ]));
 }
 
@@ -109,6 +114,11 @@ function roleBody(cmd: ParsedCommand, forUpdate: boolean): Record<string, unknow
   else if (cmd.switches.has('no-allow-responses') || !forUpdate) body.allow_responses = false;
   if (cmd.switches.has('admin')) body.admin = true;
   else if (cmd.switches.has('no-admin') || !forUpdate) body.admin = false;
+  const services = cmd.lists.get('service');
+  if (services !== undefined) body.services = services;
+  else if (forUpdate && cmd.switches.has('no-service')) body.services = [];
+  if (cmd.switches.has('services-read')) body.services_read = true;
+  else if (cmd.switches.has('no-services-read')) body.services_read = false;
   return body;
 }
 
@@ -149,7 +159,7 @@ export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>
     update: {
       spec: {
         positionals: ['NAME'],
-        flags: { ...connectionFlags, ...roleFlags, 'no-pub-allow': 'switch', 'no-pub-deny': 'switch', 'no-sub-allow': 'switch', 'no-sub-deny': 'switch', 'no-allow-responses': 'switch', 'no-admin': 'switch' },
+        flags: { ...connectionFlags, ...roleFlags, 'no-pub-allow': 'switch', 'no-pub-deny': 'switch', 'no-sub-allow': 'switch', 'no-sub-deny': 'switch', 'no-allow-responses': 'switch', 'no-admin': 'switch', 'no-service': 'switch', 'no-services-read': 'switch' },
       },
       body: async (cmd) => roleBody(cmd, true),
       print: resultLine('role'),
@@ -209,6 +219,19 @@ export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>
       print: (r, out) => out.out(`node: ${String(r.result)}${r.voters !== undefined ? ` (${String(r.voters)} voters left)` : ''}`),
     },
   },
+  service: {
+    ls: {
+      spec: { positionals: [], optional: ['NAME'], flags: connectionFlags },
+      apiVerb: 'LIST',
+      body: async (cmd) => (cmd.positionals[0] === undefined ? {} : { service: cmd.positionals[0] }),
+      print: (r, out) => printServices(r.instances as Record<string, unknown>[], out),
+    },
+    show: {
+      spec: { positionals: ['NAME.INSTANCE'], flags: connectionFlags },
+      body: async (cmd) => serviceKeyBody(cmd.positionals[0]!),
+      print: (r, out) => printService(r.instance as Record<string, unknown>, out),
+    },
+  },
   audit: {
     list: {
       spec: { positionals: [], flags: { ...connectionFlags, limit: 'string' } },
@@ -228,6 +251,27 @@ export const adminVerbs: Readonly<Record<string, Readonly<Record<string, Verb>>>
 
 const dash = (v: unknown): string => (v === null || v === undefined ? '-' : String(v));
 
+/** `orders.a1` → { service, instance } (the key of the `services` bucket). */
+export function serviceKeyBody(key: string): Record<string, string> {
+  const i = key.indexOf('.');
+  if (i <= 0 || i === key.length - 1) throw new UsageError(`${JSON.stringify(key)} is not NAME.INSTANCE (e.g. orders.a1; see "membershipd service ls")`);
+  return { service: key.slice(0, i), instance: key.slice(i + 1) };
+}
+
+export function printServices(instances: readonly Record<string, unknown>[], out: CliOutput): void {
+  out.out(table([['INSTANCE', 'KIND', 'NODE', 'VERSION', 'ENDPOINTS', 'REGISTERED'],
+    ...instances.map((x) => [String(x.key), dash(x.kind), dash(x.node), dash(x.version), list(x.endpoints), dash(x.registered)])]));
+}
+
+function printService(x: Record<string, unknown>, out: CliOutput): void {
+  const meta = Object.entries((x.metadata ?? {}) as Record<string, string>).map(([k, v]) => `${k}=${v}`);
+  out.out(table([
+    ['instance', String(x.key)], ['kind', dash(x.kind)], ['node', dash(x.node)], ['version', dash(x.version)], ['description', dash(x.description)],
+    ['endpoints', list(x.endpoints)], ['metadata', meta.length > 0 ? meta.join(',') : '-'], ['ttl_ms', dash(x.ttl_ms)],
+    ['registered', dash(x.registered)], ['by', dash(x.by)],
+  ]));
+}
+
 function printClusterStatus(s: Record<string, unknown>, out: CliOutput): void {
   const members = s.members as Record<string, unknown>[];
   out.out(`cluster ${String(s.cluster)}: leader ${dash(s.leader)}, term ${String(s.term)}, ${(s.voters as unknown[]).length} voters of ${String(s.kvReplicas)} (--kv-replicas), via ${String(s.via)}`);
@@ -235,7 +279,7 @@ function printClusterStatus(s: Record<string, unknown>, out: CliOutput): void {
     ...members.map((m) => [dash(m.name), String(m.role), dash(m.term), dash(m.leader), dash(m.commit), dash(m.applied), dash(m.lag), m.reachable === true ? 'yes' : 'no', String(m.address)])]));
 }
 
-function exitFor(code: string): number {
+export function exitFor(code: string): number {
   switch (code) {
     case 'bad_request': return adminExit.usage;
     case 'conflict': return adminExit.conflict;

@@ -6,6 +6,7 @@ import { adminExit, runApiCommand } from './commands.js';
 import { AdminCommandError } from './connection.js';
 import { runCerts, runId } from './local.js';
 import { runSnapshot } from './snapshot.js';
+import { runServiceWatch } from './service_watch.js';
 
 export { UsageError, parseAdminArgs, type CommandSpec, type ParsedCommand, type FlagKind } from './args.js';
 export { AdminCommandError, connectAdmin, connectionFlags, parseEnvFile, resolveConnection, defaultEnvFile, type AdminConnectionSettings } from './connection.js';
@@ -18,6 +19,7 @@ export const adminCommands: Record<string, AdminRunner> = {
   role: (argv, out, env) => runApiCommand('role', argv, out, env),
   audit: (argv, out, env) => runApiCommand('audit', argv, out, env),
   cluster: (argv, out, env) => runApiCommand('cluster', argv, out, env),
+  service: (argv, out, env) => (argv[0] === 'watch' ? runServiceWatch(argv.slice(1), out, env) : runApiCommand('service', argv, out, env)),
   id: (argv, out, env) => runId(argv, out, env),
   certs: (argv, out) => runCerts(argv, out),
   snapshot: (argv, out, env) => runSnapshot(argv, out, env),
