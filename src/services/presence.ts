@@ -645,7 +645,8 @@ class Presence implements ServicePresence {
       await this.o.backend.readBarrier();
       const instances = [...this.known.values()].filter((k) => mine(serviceKey(k.value.service, k.value.instance)))
         .map((k) => ({ op: 'PUT', revision: k.revision, ...publicService(k.value) }));
-      return { changes: instances, revision: this.o.backend.reader.appliedIndex };
+      // The bucket's own last revision (per-bucket stream sequence), which the next WATCH continues from.
+      return { changes: instances, revision: this.o.backend.reader.bucketInfo(controlBuckets.services)?.seq ?? 0 };
     }
     if (typeof after !== 'number' || !Number.isSafeInteger(after) || after < 0) throw new ServiceApiError('bad_request', '"after" must be the revision a previous WATCH reply returned');
     const read = (): Record<string, unknown>[] => this.o.backend.reader.changesSince(after, controlBuckets.services).filter((e) => mine(e.key)).map((e) => {

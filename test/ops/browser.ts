@@ -75,7 +75,9 @@ export async function launch(binary: string): Promise<Browser> {
       await exited;
       clearTimeout(killer);
     }
-    await rm(profile, { recursive: true, force: true });
+    // The helpers (zygote, renderer) may outlive the main process for a moment and still write the profile.
+    try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* the group is gone */ }
+    await rm(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
   };
   try {
     const browserWs = await devtoolsUrl(child);

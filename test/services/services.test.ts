@@ -10,7 +10,7 @@ import { Kvm, type KvEntry, type KV } from '@nats-io/kv';
 import { Svcm } from '@nats-io/services';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { startCluster, type LocalClusterHandle } from '../../src/index.js';
+import { startCluster, userInboxPrefix, type LocalClusterHandle } from '../../src/index.js';
 import { parseUsersDocument } from '../../src/auth/principal_source.js';
 import { main } from '../../src/cli/index.js';
 import { runServiceWatch } from '../../src/cli/admin/service_watch.js';
@@ -88,7 +88,9 @@ t.test('service presence on a 3-node cluster', async (t) => {
   });
   const { urls, connectOptions } = cluster;
   const conn = async (i: number, user?: { user: string; pass: string }): Promise<NatsConnection> => {
-    const nc = await connect({ servers: urls[i]!, ...connectOptions, ...(user ?? {}), reconnect: false });
+    // Another user replies to its own inbox (`_INBOX_<user>`), not to the admin's private prefix.
+    const inbox = user === undefined ? {} : { inboxPrefix: userInboxPrefix(user.user) };
+    const nc = await connect({ servers: urls[i]!, ...connectOptions, ...(user ?? {}), ...inbox, reconnect: false });
     open.push(nc);
     return nc;
   };
@@ -255,7 +257,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
     t.comment(`leave on unsubscribe: ${Date.now() - t0} ms until the watch saw the delete`);
 
     // A second instance on its own connection: closing the connection removes it.
-    const nc2 = await connect({ servers: urls[followers[0]!]!, ...connectOptions, user: 'svc', pass: 'svc-secret', reconnect: false });
+    const nc2 = await connect({ servers: urls[followers[0]!]!, ...connectOptions, user: 'svc', pass: 'svc-secret', inboxPrefix: userInboxPrefix('svc'), reconnect: false });
     const srv2 = await new Svcm(nc2 as never).add({ name: 'orders', version: '2.0.1' });
     const key2 = `orders.${srv2.info().id}`;
     await waitFor(`${key2} registered`, () => watch.live.has(key2));

@@ -2,11 +2,11 @@
 // `membershipd snapshot inspect FILE` (header, per-bucket counts, every checksum verified) and
 // `membershipd snapshot restore FILE --data-dir DIR …` (the data directory of one node of a new cluster). The image travels in
 // chunks, one request per chunk, because a whole image is larger than a NATS message may be (max_payload 1 MiB).
-import { closeSync, existsSync, fsyncSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { BackupError, KvStateMachine, RaftStorage, StoreError, decodeBackup, encodeKvCommand, type SnapshotHeader } from '../../../store/index.js';
-import { findSelfRoutes, normalizeRoutes } from '../../node/bootstrap.js';
+import { checkKvFormat, findSelfRoutes, normalizeRoutes } from '../../node/bootstrap.js';
 import { AppliedSessions, encodeNodeSnapshot } from '../../node/sessions.js';
 import { controlBuckets } from '../../control/buckets.js';
 import { signRequest } from '../../control/envelope.js';
@@ -202,6 +202,10 @@ async function restore(argv: readonly string[], out: CliOutput): Promise<number>
   const tmp = `${dataDir}.restore-${process.pid}`;
   rmSync(tmp, { recursive: true, force: true });
   try {
+    // The KV numbering marker first, on the still empty directory: without it the node refuses the log as
+    // one written before per-bucket revisions.
+    mkdirSync(tmp, { recursive: true });
+    checkKvFormat(tmp);
     const storage = await RaftStorage.open(join(tmp, 'raft'));
     try {
       await storage.applySnapshot({ meta: { index, term: 1, conf }, data: encodeNodeSnapshot(kv.snapshot(), new AppliedSessions()) });
