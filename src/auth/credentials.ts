@@ -86,10 +86,12 @@ export function parsePasswordHash(stored: string): ParsedPasswordHash {
 // multiplies an offline attacker's cost per guess by the work factor (scrypt N=2^15 is ~2^17 hash
 // evaluations, ~17 bits); it protects secrets with too little entropy to survive a fast hash, i.e. the ones
 // people choose. Against 256 random bits a fast hash still leaves ~2^255 guesses, out of reach whatever the
-// attacker's hardware, exactly as for tokens (sha256$ above). The format is made only by the node, for a
-// password it generated; a password a person or a script supplies is always scrypt-hashed, and the admin API
-// does not accept a `generated$` hash from a client (it could not prove the entropy). What it buys: a storm of
-// 500 distinct users costs 500 HMACs, not 50 s of scrypt CPU.
+// attacker's hardware, exactly as for tokens (sha256$ above). The format is made only by our code, for a
+// password it generated (`membershipd user add NAME --generate-password`: the CLI draws it, sends only the hash
+// and prints the password once); hashGeneratedPassword refuses any other shape, and a password a person or a
+// script supplies is always scrypt-hashed. The admin API takes a generated$ hash as it takes a scrypt one, from
+// an admin principal only, who could set any credential anyway. What it buys: a storm of 500 distinct users
+// costs 500 HMACs, not 50 s of scrypt CPU.
 
 const generatedPrefix = 'generated$';
 /** 32 random bytes, base64url, behind a marker that tells people (and secret scanners) what it is. */

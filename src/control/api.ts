@@ -446,7 +446,7 @@ export class ControlApi {
     }
     if (password !== undefined && (password.length === 0 || password.length > 1024)) throw new AdminError('bad_request', 'a password has 1..1024 characters');
     if (passwordHash !== undefined && !isPasswordHash(passwordHash)) {
-      throw new AdminError('bad_request', 'password_hash is not a scrypt hash (scrypt$N$r$p$salt$hash)');
+      throw new AdminError('bad_request', 'password_hash is not a scrypt hash (scrypt$N$r$p$salt$hash) or a generated$ hash of a node-generated password');
     }
     if (nkey !== undefined && !isValidPublicKey(nkey, ['user'])) throw new AdminError('bad_request', `nkey ${JSON.stringify(nkey.slice(0, 60))} is not an NKey user public key (56 characters starting with U)`);
     return password !== undefined ? { password } : passwordHash !== undefined ? { passwordHash } : { nkey: nkey! };

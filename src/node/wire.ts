@@ -112,9 +112,9 @@ export function decodeNodeFrame(data: unknown): Decoded | string {
     return { kind: 'statusReply', reqId, report: { id, name, state, term, lead, commit, applied, lastIndex, health } };
   }
   // 13 fields from nodes older than `recovering` (read as false: such a node never lost its disk knowingly).
-  if (data[0] !== wireTag.raft || (data.length !== 13 && data.length !== 14)) return `unknown tag ${String(data[0])}`;
+  if (data[0] !== wireTag.raft || (data.length !== 13 && data.length !== 14)) return `unknown tag ${describeField(data[0])}`;
   const [, type, from, to, term, logTerm, index, entries, commit, reject, rejectHint, context, snap, recovering = false] = data as unknown[];
-  if (typeof type !== 'string' || !types.has(type)) return `unknown message type ${String(type)}`;
+  if (typeof type !== 'string' || !types.has(type)) return `unknown message type ${describeField(type)}`;
   if (!isUint(from) || !isUint(to) || !isUint(term) || !isUint(logTerm) || !isUint(index) || !isUint(commit) || !isUint(rejectHint)) return 'malformed numbers';
   if (typeof reject !== 'boolean' || typeof recovering !== 'boolean' || !isBytes(context) || !Array.isArray(entries)) return 'malformed fields';
   const ents: Entry[] = [];
@@ -169,4 +169,14 @@ export function decodeEnvelope(data: Uint8Array): Envelope {
   if (data.length < envelopeHeader || data[0] !== envelopeVersion) return { origin: 0, boot: 0, seq: 0, command: data };
   const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
   return { origin: dv.getUint32(1), boot: dv.getUint32(5), seq: dv.getUint32(9), command: data.subarray(envelopeHeader) };
+}
+
+/**
+ * A decoded field for an error message. Not String(): a msgpack map can decode to an object whose `toString` is
+ * not a function, and String() of it throws (fast-check found one) where a refusal must be returned.
+ */
+function describeField(v: unknown): string {
+  if (typeof v === 'string') return JSON.stringify(v.slice(0, 40));
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null || v === undefined) return String(v);
+  return Array.isArray(v) ? 'an array' : typeof v;
 }

@@ -450,3 +450,55 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   t.match(r.err, /no leader|no quorum|no reply within/, r.err);
   t.equal(n4.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots')?.revision, slotsBefore?.revision, 'nothing changed');
 });
+
+t.test('user add --generate-password: only a generated$ hash crosses the bus, the password is printed once, and a storm of such users logs in', async (t) => {
+  const { nkeyAuthenticator } = await import('@nats-io/transport-node');
+  const { readFileSync } = await import('node:fs');
+  const { userInboxPrefix } = await import('../../src/index.js');
+  const argv = [
+    'serve', '--server-name', 'gen', '--bind', '127.0.0.1', '--nats-port', '0', '--http-port', '0',
+    '--data-dir', join(dir, 'gen'), '--internal-id-file', join(dir, 'gen.nk'), '--store', 'kv', '--bus-auth', 'enforce', '--log-level', 'silent',
+  ];
+  const cmd = parseCommandLine(argv);
+  if (cmd.kind !== 'serve') throw new Error('expected serve');
+  const auth = await loadBusAuth(cmd.config, silentLogger());
+  const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
+  nodes.push(n);
+  await until('the node\'s buckets', () => n.cluster!.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
+  const cli = async (...a: string[]): Promise<{ code: number; out: string; err: string }> => {
+    const o = memoryOutput();
+    const code = await main([...a, '--server', n.urls.nats, '--internal-id-file', join(dir, 'gen.nk')], o);
+    return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
+  };
+  // An admin connection listening to every admin request, as any `$UB.API.>` subscriber could.
+  const seed = new TextEncoder().encode(readFileSync(join(dir, 'gen.nk'), 'utf8').trim());
+  const snoop = await connect({ servers: n.urls.nats, authenticator: nkeyAuthenticator(seed), inboxPrefix: '_INBOX_snoop', reconnect: false });
+  clients.push(snoop);
+  const seen: string[] = [];
+  snoop.subscribe('$UB.API.>', { callback: (err, m) => { if (!err) seen.push(m.string()); } });
+  await snoop.flush();
+  const count = 60;
+  const passwords: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const r = await cli('user', 'add', `machine-${i}`, '--generate-password');
+    t.equal(r.code, 0, r.err);
+    const m = /password: (ubpw_[A-Za-z0-9_-]{43})/.exec(r.out);
+    if (m === null) return void t.fail(`no generated password printed: ${r.out}`);
+    passwords.push(m[1]!);
+  }
+  await snoop.flush();
+  t.notOk(seen.some((x) => passwords.some((p) => x.includes(p))), 'no generated password crossed the bus');
+  t.ok(seen.some((x) => x.includes('generated$')), 'the requests carried generated$ hashes');
+  const json = await cli('user', 'add', 'machine-json', '--generate-password', '--json');
+  t.match(JSON.parse(json.out) as Record<string, unknown>, { generated_password: /^ubpw_/ }, '--json carries it too');
+  t.equal((await cli('user', 'add', 'machine-x', '--generate-password', '--password-file', join(dir, 'pw-carol'))).code, 2, 'one credential only');
+  // All at once: one HMAC each, no scrypt.
+  const conns = await Promise.allSettled(passwords.map((p, i) => connect({
+    servers: n.urls.nats, user: `machine-${i}`, pass: p, inboxPrefix: userInboxPrefix(`machine-${i}`), reconnect: false, timeout: 20_000,
+  })));
+  const failures = conns.flatMap((c) => (c.status === 'rejected' ? [String(c.reason).slice(0, 120)] : []));
+  t.same(failures.slice(0, 3), [], `all ${count} generated-password users logged in at once`);
+  for (const c of conns) if (c.status === 'fulfilled') await c.value.close();
+  const wrong = await connect({ servers: n.urls.nats, user: 'machine-0', pass: passwords[1], reconnect: false }).then(() => 'in', (e: unknown) => String(e));
+  t.match(wrong, /Authorization Violation/i, 'another user\'s generated password is refused');
+});

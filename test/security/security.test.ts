@@ -427,3 +427,4 @@ t.test('6: the CLI sends a scrypt hash, never the password; the same spec stays 
   t.notMatch(all, /gina-password-1|another-password/, 'no request carried a cleartext password');
   t.match(all, /password_hash/, 'they carried scrypt hashes');
 });
+

@@ -2,7 +2,7 @@
 // the reply (a table, or JSON with --json) and map it to the exit code: 0 ok, 1 failed, 2 bad usage, 3 conflict.
 import { scrypt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { hashPassword, parsePasswordHash } from '../../auth/credentials.js';
+import { createGeneratedPassword, hashGeneratedPassword, hashPassword, parsePasswordHash } from '../../auth/credentials.js';
 import { signRequest } from '../../control/envelope.js';
 import type { CliOutput } from '../output.js';
 import { parseAdminArgs, UsageError, type CommandSpec, type ParsedCommand } from './args.js';
@@ -19,7 +19,13 @@ interface Verb {
   readonly print: (reply: Record<string, unknown>, out: CliOutput) => void;
 }
 
-const credentialFlags = { 'password-stdin': 'switch', 'password-file': 'string', nkey: 'string' } as const;
+const credentialFlags = { 'password-stdin': 'switch', 'password-file': 'string', 'generate-password': 'switch', nkey: 'string' } as const;
+
+/**
+ * The password `--generate-password` made for a command, printed once after the node accepted it. It never goes
+ * into the request: only its generated$ hash does (src/auth/credentials.ts says why a fast hash is safe for it).
+ */
+const generatedPasswords = new WeakMap<ParsedCommand, string>();
 const roleFlags = {
   'pub-allow': 'list', 'pub-deny': 'list', 'sub-allow': 'list', 'sub-deny': 'list', 'allow-responses': 'switch', admin: 'switch',
   // Service presence: names the role may register (repeatable, `*` = every name) and read access to ub_services.
@@ -43,13 +49,18 @@ function stripNewline(s: string): string {
 }
 
 async function credential(cmd: ParsedCommand, required: boolean): Promise<Record<string, string>> {
-  const given = ['password-stdin', 'password-file', 'nkey'].filter((f) => cmd.switches.has(f) || cmd.strings.has(f));
+  const given = ['password-stdin', 'password-file', 'generate-password', 'nkey'].filter((f) => cmd.switches.has(f) || cmd.strings.has(f));
   if (given.length > 1) throw new UsageError(`give one credential, not ${given.map((g) => `--${g}`).join(' and ')}`);
   if (given.length === 0) {
-    if (required) throw new UsageError('a credential is required: --password-stdin, --password-file FILE or --nkey PUBKEY');
+    if (required) throw new UsageError('a credential is required: --password-stdin, --password-file FILE, --generate-password or --nkey PUBKEY');
     return {};
   }
   if (cmd.strings.has('nkey')) return { nkey: cmd.strings.get('nkey')! };
+  if (cmd.switches.has('generate-password')) {
+    const password = createGeneratedPassword();
+    generatedPasswords.set(cmd, password);
+    return { password_hash: hashGeneratedPassword(password) };
+  }
   let text: string;
   if (cmd.switches.has('password-stdin')) {
     if (process.stdin.isTTY) throw new UsageError('--password-stdin: stdin is a terminal; pipe the password in (e.g. from a secret file or a password manager)');
@@ -352,7 +363,11 @@ export async function runApiCommand(area: string, argv: readonly string[], out: 
     out.err(`membershipd: ${usage}: ${error.message ?? 'failed'} (${error.code ?? 'error'})`);
     return exitFor(error.code ?? '');
   }
-  if (cmd.switches.has('json')) out.out(JSON.stringify(reply, null, 2));
-  else verb.print(reply, out);
+  const generated = generatedPasswords.get(cmd);
+  if (cmd.switches.has('json')) out.out(JSON.stringify(generated === undefined ? reply : { ...reply, generated_password: generated }, null, 2));
+  else {
+    verb.print(reply, out);
+    if (generated !== undefined) out.out(`password: ${generated}\n(generated for this user and shown only now: store it in the client's secret store)`);
+  }
   return adminExit.ok;
 }
