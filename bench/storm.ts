@@ -350,6 +350,9 @@ async function benchNatsServer(c: BenchCluster, mode: 'bcrypt' | 'plain'): Promi
     if (mode === 'plain') {
       const nk = await storm(STORM, child.pid!, () => ({ servers: url, tls, authenticator: nkeyAuthenticator(nkeyUser.getSeed()) }));
       console.log(show(`nats-server: ${STORM} clients of one NKey user`, nk));
+      // The spread storm's client load on one server: what this one bench process can open over TLS at once.
+      const spread = await storm(SPREAD, child.pid!, () => ({ servers: url, tls, user: 'storm', pass: password }));
+      console.log(show(`nats-server (plain): ${SPREAD} clients at once (membershipd's spread storm, on one server)`, spread));
     }
     let h: Hold | undefined;
     if (mode === 'plain') {

@@ -16,9 +16,17 @@ export class ScryptPoolError extends MembershipdError {
   }
 }
 
+// The worker lowers its own thread's CPU priority (nice +10; raising it needs no privilege) on Linux, where
+// /proc/thread-self names the thread: on a 2-core machine a storm of checks then takes the CPU the event loop
+// (Raft heartbeats, WAL, replies) leaves, instead of competing with it as an equal. Elsewhere it runs at the
+// process's priority.
 const workerSource = `
 const { parentPort } = require('node:worker_threads');
 const { scryptSync } = require('node:crypto');
+try {
+  const tid = Number(require('node:fs').readlinkSync('/proc/thread-self').split('/').pop());
+  if (Number.isInteger(tid) && tid > 0) require('node:os').setPriority(tid, Math.min(19, require('node:os').getPriority(tid) + 10));
+} catch {}
 parentPort.on('message', (job) => {
   try {
     const key = scryptSync(job.password, Buffer.from(job.salt), job.keylen, job.options);
