@@ -1322,7 +1322,25 @@ export class ClusterNode {
       reason: `no quorum: ${reachable} of ${voters.length} voters reachable${down.length ? ` (not connected: ${down.join(', ')})` : ''}`,
     });
     if (reachable < quorum) return noQuorum();
-    if (st.lead === 0) return { status: 'unavailable', reason: `no leader: election in progress (term ${st.term}, ${reachable} of ${voters.length} voters reachable)${this.bootstrapProblem ? `; ${this.bootstrapProblem}` : ''}` };
+    // Heard from, not connected: an open route proves nothing (a stopped process, or a peer whose route accepts
+    // bytes and never answers, keeps its socket open). Used where this node should be hearing from every voter:
+    // as leader (responses to its heartbeats) and during an election (votes).
+    const windowMs = this.electionTicks * this.tickMs;
+    const now = Date.now();
+    const silent = voters.filter((v) => v !== this.cluster!.id && now - (this.peerContact.get(v) ?? 0) > windowMs);
+    const silentText = (): string => silent.map((v) => {
+      const at = this.peerContact.get(v);
+      return `${this.peerName(v)} ${at === undefined ? 'never heard from' : `silent for ${now - at} ms`}`;
+    }).join(', ');
+    if (st.state === StateType.leader && voters.length - silent.length < quorum) {
+      // Check-quorum for health, within one election timeout: Raft's own check steps this leader down within
+      // two, and meanwhile it cannot commit while the majority may already have elected another leader.
+      return { status: 'unavailable', reason: `no quorum: this leader heard from ${voters.length - silent.length} of ${voters.length} voters within ${windowMs} ms (${silentText()}); it cannot commit, and the others may have elected a new leader` };
+    }
+    if (st.lead === 0) {
+      const heard = voters.length - silent.length;
+      return { status: 'unavailable', reason: `no leader: election in progress (term ${st.term}, heard from ${heard} of ${voters.length} voters within ${windowMs} ms${silent.length ? `; ${silentText()}` : ''})${this.bootstrapProblem ? `; ${this.bootstrapProblem}` : ''}` };
+    }
     if (st.state !== StateType.leader) {
       if (st.state !== StateType.follower) return { status: 'unavailable', reason: `no leader: this node is campaigning (${st.state}, term ${st.term})` };
       const leaderPeer = this.idToPeer.get(st.lead);

@@ -539,6 +539,38 @@ t.test('SIGSTOP/SIGCONT of the leader for 3 s while admin clients write', async 
   await assertAllPresent(t, c, [0, 1, 2], acked, 'after SIGSTOP/SIGCONT');
 });
 
+// Issue 16 item 6: a leader whose followers are stopped (SIGSTOP: their routes stay open, nothing answers) must
+// stop reporting healthy once it has not heard from a quorum, and say which peers went silent.
+t.test('SIGSTOP of both followers: the leader reports no quorum, naming the silent peers, and recovers after SIGCONT', async (t) => {
+  const c = coldCluster(t);
+  if (c === undefined) return;
+  await waitHealthy(c, [0, 1, 2], HEALTHY_DEADLINE_MS);
+  const leader = await leaderOf(c, [0, 1, 2]);
+  t.ok(leader >= 0, `a leader is known (n${leader})`);
+  const followers = [0, 1, 2].filter((i) => i !== leader);
+  const pids = followers.map((i) => c.nodes[i]!.child.pid!);
+  const stoppedAt = Date.now();
+  for (const pid of pids) process.kill(pid, 'SIGSTOP');
+  let reason = '';
+  let unhealthyMs = -1;
+  try {
+    for (let k = 0; k < 600 && Date.now() - stoppedAt < FAILOVER_DEADLINE_MS; k++) {
+      const h = await getJson(c, leader, '/healthz');
+      if (h.status === 503) { reason = String(h.body.reason ?? ''); unhealthyMs = Date.now() - stoppedAt; break; }
+      await sleep(25);
+    }
+  } finally {
+    for (const pid of pids) process.kill(pid, 'SIGCONT');
+  }
+  t.ok(unhealthyMs >= 0, `the leader reports unhealthy ${unhealthyMs} ms after its followers stopped (bound ${FAILOVER_DEADLINE_MS} ms)`);
+  // Health says it within one election timeout; Raft's own check-quorum steps the leader down within two, after
+  // which the reason is the election's, still counting voters heard from, not routes open.
+  t.match(reason, /no quorum: this leader heard from 1 of 3 voters|no leader: election in progress \(term \d+, heard from 1 of 3 voters/, `the reason says so: ${reason}`);
+  for (const i of followers) t.match(reason, new RegExp(`n${i} silent for \\d+ ms`), `and names n${i} as silent`);
+  const backMs = await waitHealthy(c, [0, 1, 2], HEALTHY_DEADLINE_MS);
+  t.comment(`leader unhealthy ${unhealthyMs} ms after SIGSTOP of both followers; all healthy ${backMs} ms after SIGCONT`);
+});
+
 // Issue 13: a rolling restart under load, as systemd does it (SIGTERM, wait for the exit, start again, wait for
 // /healthz 200 everywhere, next node). KV writers (nats.js, one connected to each node, reconnecting to the
 // others) put unique keys and retry only errors the standard client reports as retryable (timeout,
