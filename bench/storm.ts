@@ -21,7 +21,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect as netConnect, type Socket } from 'node:net';
-import { connect as tlsConnect } from 'node:tls';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import bcrypt from 'bcryptjs';
@@ -79,41 +79,50 @@ function show(what: string, s: Storm): string {
 
 // ---- raw holders for the 10k phase ------------------------------------------------------------------------
 
+/**
+ * A raw client socket to the node that reads INFO in plain text (nats-server 2.9's order), then upgrades to TLS
+ * and hands the TLS socket to `onSecure` once it is encrypted. Returns the TCP socket (destroy it to close both).
+ */
+function tlsAfterInfo(port: number, ca: string, localAddress: string | undefined, onSecure: (secure: TLSSocket) => void): Socket {
+  const tcp = netConnect({ host: '127.0.0.1', port, ...(localAddress !== undefined ? { localAddress } : {}) });
+  tcp.on('error', () => {});
+  let text = '';
+  const onInfo = (d: Buffer): void => {
+    text += d.toString();
+    if (!text.includes('\r\n')) return;
+    tcp.off('data', onInfo);
+    const secure = tlsConnect({ socket: tcp, ca, checkServerIdentity: () => undefined });
+    secure.on('error', () => {});
+    secure.once('secureConnect', () => onSecure(secure));
+  };
+  tcp.on('data', onInfo);
+  return tcp;
+}
+
 interface Holder { socket: Socket; ready: Promise<boolean>; received: number; closed: boolean }
 
-/** One raw NATS client over TLS: INFO, upgrade, CONNECT + SUB + PING; answers PINGs; counts MSG lines. */
+/** One raw NATS client over TLS: CONNECT + SUB + PING; answers PINGs; counts MSG lines. */
 function holder(port: number, ca: string, user: string, pass: string, subject: string): Holder {
-  const tcp = netConnect({ host: '127.0.0.1', port });
-  const h: Holder = { socket: tcp, ready: Promise.resolve(false), received: 0, closed: false };
-  h.ready = new Promise<boolean>((resolve) => {
-    let text = '';
-    const timer = setTimeout(() => resolve(false), 120_000);
-    tcp.on('error', () => {});
-    tcp.on('close', () => { h.closed = true; clearTimeout(timer); resolve(false); });
-    const onInfo = (d: Buffer): void => {
-      text += d.toString();
-      if (!text.includes('\r\n')) return;
-      tcp.off('data', onInfo);
-      const secure = tlsConnect({ socket: tcp, ca, checkServerIdentity: () => undefined });
-      secure.on('error', () => {});
-      let seen = '';
-      let up = false;
-      secure.on('data', (chunk: Buffer) => {
-        const s = chunk.toString('latin1');
-        if (!up) {
-          seen += s;
-          if (seen.includes('PONG\r\n')) { up = true; clearTimeout(timer); resolve(true); }
-          if (seen.includes('-ERR')) { clearTimeout(timer); resolve(false); }
-        }
-        if (s.includes('PING\r\n')) secure.write('PONG\r\n');
-        for (let i = s.indexOf('MSG '); i >= 0; i = s.indexOf('MSG ', i + 4)) h.received++;
-      });
-      secure.once('secureConnect', () => {
-        secure.write(`CONNECT ${JSON.stringify({ user, pass, verbose: false, pedantic: false, protocol: 1 })}\r\nSUB ${subject} 1\r\nPING\r\n`);
-      });
-    };
-    tcp.on('data', onInfo);
+  let settle: (ok: boolean) => void = () => undefined;
+  const ready = new Promise<boolean>((resolve) => { settle = resolve; });
+  const timer = setTimeout(() => settle(false), 120_000);
+  const socket = tlsAfterInfo(port, ca, undefined, (secure) => {
+    let seen = '';
+    let up = false;
+    secure.on('data', (chunk: Buffer) => {
+      const s = chunk.toString('latin1');
+      if (!up) {
+        seen += s;
+        if (seen.includes('PONG\r\n')) { up = true; clearTimeout(timer); settle(true); }
+        if (seen.includes('-ERR')) { clearTimeout(timer); settle(false); }
+      }
+      if (s.includes('PING\r\n')) secure.write('PONG\r\n');
+      for (let i = s.indexOf('MSG '); i >= 0; i = s.indexOf('MSG ', i + 4)) h.received++;
+    });
+    secure.write(`CONNECT ${JSON.stringify({ user, pass, verbose: false, pedantic: false, protocol: 1 })}\r\nSUB ${subject} 1\r\nPING\r\n`);
   });
+  const h: Holder = { socket, ready, received: 0, closed: false };
+  socket.on('close', () => { h.closed = true; clearTimeout(timer); settle(false); });
   return h;
 }
 
@@ -154,24 +163,15 @@ async function hold(n: number, port: number, pid: number, ca: string, user: stri
 
 /** A raw TLS login from a chosen loopback address with a wrong password; resolves when answered or closed. */
 function wrongLogin(port: number, ca: string, localAddress: string, user: string): { done: Promise<void>; socket: Socket } {
-  const tcp = netConnect({ host: '127.0.0.1', port, localAddress });
-  const done = new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, 120_000);
-    tcp.on('error', () => {});
-    tcp.on('close', () => { clearTimeout(timer); resolve(); });
-    let text = '';
-    const onInfo = (d: Buffer): void => {
-      text += d.toString();
-      if (!text.includes('\r\n')) return;
-      tcp.off('data', onInfo);
-      const secure = tlsConnect({ socket: tcp, ca, checkServerIdentity: () => undefined });
-      secure.on('error', () => {});
-      secure.on('data', (c: Buffer) => { if (c.toString().includes('-ERR')) { clearTimeout(timer); resolve(); } });
-      secure.once('secureConnect', () => secure.write(`CONNECT ${JSON.stringify({ user, pass: 'a-guess', verbose: false, pedantic: false })}\r\nPING\r\n`));
-    };
-    tcp.on('data', onInfo);
+  let settle: () => void = () => undefined;
+  const done = new Promise<void>((resolve) => { settle = resolve; });
+  const timer = setTimeout(() => settle(), 120_000);
+  const socket = tlsAfterInfo(port, ca, localAddress, (secure) => {
+    secure.on('data', (c: Buffer) => { if (c.toString().includes('-ERR')) { clearTimeout(timer); settle(); } });
+    secure.write(`CONNECT ${JSON.stringify({ user, pass: 'a-guess', verbose: false, pedantic: false })}\r\nPING\r\n`);
   });
-  return { done, socket: tcp };
+  socket.on('close', () => { clearTimeout(timer); settle(); });
+  return { done, socket };
 }
 
 const pct = (xs: number[], p: number): number => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))] ?? NaN;

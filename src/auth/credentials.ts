@@ -137,19 +137,6 @@ export async function verifyPassword(password: string, stored: string): Promise<
   return timingSafeEqual(candidate, hash);
 }
 
-// A user name that does not exist still costs one scrypt with the default parameters, so response time does
-// not tell an attacker which names exist.
-let dummyHash: Promise<string> | undefined;
-/** Starts computing the dummy hash ahead of time (the authenticator calls it at creation). */
-export function prepareBurnCheck(): void {
-  dummyHash ??= hashPassword('not-a-password');
-}
-export async function burnPasswordCheck(password: string): Promise<false> {
-  prepareBurnCheck();
-  await verifyPassword(password, await dummyHash!);
-  return false;
-}
-
 /**
  * Remembers passwords that recently verified, so a reconnect storm (every client of a restarted node at once)
  * costs one scrypt per user rather than one per connection, and stays within the auth timeout. Only

@@ -88,8 +88,6 @@ export class PasswordChecks {
   private running = 0;
   private readonly queueMax: number;
   private dummyHash: Promise<string> | undefined;
-  /** Counters for /varz and tests. */
-  readonly stats = { hashed: 0, cacheHits: 0, joined: 0, cancelled: 0, addressLimited: 0, userLimited: 0, busy: 0 };
 
   constructor(o: PasswordCheckOptions = {}) {
     this.pool = new ScryptPool(o.threads);
@@ -104,35 +102,21 @@ export class PasswordChecks {
     this.dummyHash ??= hashPassword('not-a-password', undefined);
   }
 
-  get pending(): number {
-    return this.waitingCount + this.running;
-  }
-
-  async close(): Promise<void> {
-    for (const flights of this.waiting.values()) for (const f of flights) this.finish(f, 'cancelled', false, false);
-    this.waiting.clear();
-    this.waitingCount = 0;
-    await this.pool.close();
-  }
-
   check(req: CheckRequest): Promise<CheckOutcome> {
     if (req.signal?.aborted) return Promise.resolve('cancelled');
     // The address limit comes before the cache: a throttled address must get the same refusal for a right
     // password as for a wrong one, or it could go on guessing at the speed of an HMAC and learn the answer.
     if (this.addresses.exhausted(req.address)) {
-      this.stats.addressLimited++;
       return Promise.resolve('address-limited');
     }
     // A cached success is not charged or queued. The user-name limit applies only past this point: it bounds
     // the hashing a name can attract (a name under attack must not lock out clients this node already knows).
     if (req.stored !== undefined && this.cache.has(req.user, req.stored, req.password)) {
-      this.stats.cacheHits++;
       return Promise.resolve('match');
     }
     if (req.stored !== undefined && isGeneratedPasswordHash(req.stored)) {
       // One HMAC: nothing to queue or share (credentials.ts says why this format is safe).
       if (this.users.exhausted(req.user)) {
-        this.stats.userLimited++;
         return Promise.resolve('user-limited');
       }
       if (verifyGeneratedPassword(req.password, req.stored)) return Promise.resolve('match');
@@ -142,14 +126,11 @@ export class PasswordChecks {
     }
     const key = `${req.user}\0${req.stored ?? ''}\0${this.cache.mac(req.user, req.password).toString('base64')}`;
     let flight = this.flights.get(key);
-    if (flight !== undefined) this.stats.joined++;
-    else {
+    if (flight === undefined) {
       if (this.users.exhausted(req.user)) {
-        this.stats.userLimited++;
         return Promise.resolve('user-limited');
       }
       if (this.waitingCount >= this.queueMax) {
-        this.stats.busy++;
         return Promise.resolve('busy');
       }
       flight = { key, req, live: 0, started: false, listeners: new Set() };
@@ -190,7 +171,6 @@ export class PasswordChecks {
     q.splice(i, 1);
     if (q.length === 0) this.waiting.delete(flight.req.address);
     this.waitingCount--;
-    this.stats.cancelled++;
     this.finish(flight, 'cancelled', false, false);
   }
 
@@ -218,8 +198,6 @@ export class PasswordChecks {
       this.waitingCount--;
       blocked = 0;
       if (step !== 'run') {
-        if (step === 'address-limited') this.stats.addressLimited++;
-        else this.stats.userLimited++;
         this.finish(flight, step, false, false);
         continue;
       }
@@ -253,7 +231,6 @@ export class PasswordChecks {
 
   private async run(flight: Flight): Promise<boolean> {
     const { stored, password } = flight.req;
-    this.stats.hashed++;
     if (stored === undefined) {
       // An unknown name costs one scrypt with the default parameters, so response time does not tell an
       // attacker which names exist.

@@ -75,15 +75,6 @@ export class ScryptPool {
     if (!Number.isInteger(size) || size < 1 || size > 64) throw new RangeError(`scrypt pool size must be 1..64, got ${size}`);
   }
 
-  /** Checks running plus waiting for a worker. */
-  get pending(): number {
-    return this.queue.length + this.slots.filter((s) => s.job !== null).length;
-  }
-
-  get threads(): number {
-    return this.slots.length;
-  }
-
   hash(password: string, salt: Uint8Array, params: ScryptParams, keylen: number): Promise<Buffer> {
     if (this.closed) return Promise.reject(new ScryptPoolError('the password-check pool is closed (the node is stopping)'));
     const maxmem = 256 * params.N * params.r + 1024 * 1024;

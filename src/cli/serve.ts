@@ -294,7 +294,7 @@ const handOffTimeoutMs = 3000;
  * transfer that does not complete (no caught-up voter reachable) leaves the stop to proceed as before.
  */
 async function handOffLeadership(cluster: ClusterNode, logger: Logger): Promise<void> {
-  if (cluster.raftz().state !== 'leader') return;
+  if (!cluster.isLeader) return;
   const t0 = Date.now();
   const done = new Promise<boolean>((resolve) => {
     const timer = setTimeout(() => { off(); resolve(false); }, handOffTimeoutMs);

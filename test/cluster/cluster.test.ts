@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
 import { NodeError, NodeErrorCode, startCluster, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
+import { trioNodeOptions } from './trio_options.js';
 import type { KvResult } from '../../store/index.js';
 import { MessageType, message, type Message } from '../../raft/index.js';
 import { decodeFrameBody, encodeFrameBody } from '../../transport/index.js';
@@ -52,22 +53,7 @@ interface Trio {
 }
 
 function options(trio: Trio, i: number): NodeOptions {
-  const routes = trio.ports.filter((_, j) => trio.style === 'all' || j !== i).map((p) => `127.0.0.1:${p}`);
-  return {
-    serverName: `node-${i}`,
-    clusterName: 'test-cluster',
-    dataDir: join(trio.dir, `node-${i}`),
-    identityFile: join(trio.dir, `id-${i}.nk`),
-    bind: '127.0.0.1',
-    clusterPort: trio.ports[i]!,
-    routes,
-    tls: { cert: leaves[i]!.cert, key: leaves[i]!.key, ca: ca.cert },
-    clusterUser: 'route',
-    clusterPassword: 'route-secret',
-    tickMs: 50,
-    requestTimeoutMs: 5000,
-    ...trio.extra,
-  };
+  return trioNodeOptions(trio, i, { ca, leaves }, { clusterName: 'test-cluster', requestTimeoutMs: 5000 });
 }
 
 async function newTrio(name: string, style: Style, extra: Partial<NodeOptions> = {}): Promise<Trio> {

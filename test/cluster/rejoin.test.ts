@@ -18,6 +18,7 @@ import { createCertificateAuthority, issueCertificate, type PemPair } from '../.
 import { createHttpServer, type HttpServer } from '../../src/http/index.js';
 import { silentLogger } from '../../src/log.js';
 import { NodeError, NodeErrorCode, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
+import { trioNodeOptions } from './trio_options.js';
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
 import { readClusterFile } from '../../src/node/bootstrap.js';
 import { freePort } from '../../src/free_port.js';
@@ -59,23 +60,7 @@ interface Trio {
 }
 
 function options(trio: Trio, i: number): NodeOptions {
-  const routes = trio.ports.filter((_, j) => trio.style === 'all' || j !== i).map((p) => `127.0.0.1:${p}`);
-  return {
-    serverName: `node-${i}`,
-    clusterName: 'rejoin-cluster',
-    dataDir: join(trio.dir, `node-${i}`),
-    // Outside the data dir, as the deploy layout keeps it: a replaced disk keeps the node's identity.
-    identityFile: join(trio.dir, `id-${i}.nk`),
-    bind: '127.0.0.1',
-    clusterPort: trio.ports[i]!,
-    routes,
-    tls: { cert: leaves[i]!.cert, key: leaves[i]!.key, ca: ca.cert },
-    clusterUser: 'route',
-    clusterPassword: 'route-secret',
-    tickMs: 50,
-    requestTimeoutMs: 10_000,
-    ...trio.extra,
-  };
+  return trioNodeOptions(trio, i, { ca, leaves }, { clusterName: 'rejoin-cluster', requestTimeoutMs: 10_000 });
 }
 
 async function newTrio(name: string, style: Trio['style'], extra: Partial<NodeOptions>): Promise<Trio> {
