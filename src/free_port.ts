@@ -5,11 +5,22 @@
 // `listen(0)` and to every outgoing connection on the machine come from that range, so a port taken from
 // it here was often grabbed by someone's connect() before the caller (often a child process) bound it.
 // Below the range only another explicit bind can collide, which the probe sees.
+//
+// The probe closes its socket at once, so the probe alone cannot tell a port that was handed out a moment
+// ago and is not bound yet (a child process boots for a second before it listens). Two draws would then
+// collide: a test that takes nine ports in a row did, once in a few hundred runs. So a port handed out is
+// claimed for `claimMs`: in this process by a map, and across processes (test files run side by side, a
+// bench next to a dev cluster) by a claim file created exclusively in the OS temp directory.
+import { mkdirSync, openSync, closeSync, statSync, utimesSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 const low = 20_000;
 const high = 32_768;
 const attempts = 200;
+const claimMs = 120_000;
+const claimedHere = new Map<number, number>();
 
 function tryListen(port: number, host: string): Promise<boolean> {
   return new Promise((resolve) => {
@@ -19,9 +30,33 @@ function tryListen(port: number, host: string): Promise<boolean> {
   });
 }
 
+// True when this process may hand the port out: nobody (here or in another process) claimed it within
+// claimMs. A claim file that cannot be written (read-only temp dir) degrades to the in-process claim.
+function claim(port: number, now: number): boolean {
+  const at = claimedHere.get(port);
+  if (at !== undefined && now - at < claimMs) return false;
+  try {
+    const dir = join(tmpdir(), 'membershipd-ports');
+    mkdirSync(dir, { recursive: true });
+    const file = join(dir, String(port));
+    try {
+      closeSync(openSync(file, 'wx'));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      if (now - statSync(file).mtimeMs < claimMs) return false;
+      utimesSync(file, now / 1000, now / 1000);
+    }
+  } catch {
+    // no shared claim possible: the in-process one still holds
+  }
+  claimedHere.set(port, now);
+  return true;
+}
+
 export async function freePort(host = '127.0.0.1'): Promise<number> {
   for (let k = 0; k < attempts; k++) {
     const port = low + Math.floor(Math.random() * (high - low));
+    if (!claim(port, Date.now())) continue;
     if (await tryListen(port, host)) return port;
   }
   throw new Error(`no free port on ${host} in ${low}-${high - 1} after ${attempts} tries`);
