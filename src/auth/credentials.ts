@@ -37,6 +37,9 @@ interface ParsedPasswordHash {
   readonly hash: Buffer;
 }
 
+/** Where a scrypt runs: libuv's pool by default; a node passes its ScryptPool (scrypt_pool.ts) to keep the WAL's pool free. */
+export type ScryptFunction = (password: string, salt: Buffer, params: ScryptParams, keylen: number) => Promise<Buffer>;
+
 function scryptAsync(password: string, salt: Buffer, params: ScryptParams, keylen: number): Promise<Buffer> {
   const maxmem = 256 * params.N * params.r + 1024 * 1024;
   return new Promise((resolve, reject) => {
@@ -51,11 +54,11 @@ function checkParams(params: ScryptParams): void {
   if (!Number.isInteger(p) || p < 1 || p > scryptPMax) throw new CredentialFormatError(`scrypt p must be in 1..${scryptPMax}, got ${p}`);
 }
 
-export async function hashPassword(password: string, params: ScryptParams = scryptDefaults): Promise<string> {
+export async function hashPassword(password: string, params: ScryptParams = scryptDefaults, scryptFn: ScryptFunction = scryptAsync): Promise<string> {
   if (password.length === 0) throw new CredentialFormatError('a password must not be empty');
   checkParams(params);
   const salt = randomBytes(saltBytes);
-  const hash = await scryptAsync(password, salt, params, hashBytes);
+  const hash = await scryptFn(password, salt, params, hashBytes);
   return `scrypt$${params.N}$${params.r}$${params.p}$${salt.toString('base64url')}$${hash.toString('base64url')}`;
 }
 
@@ -130,10 +133,10 @@ export function isPasswordHash(stored: string): boolean {
 }
 
 /** Constant-time in the hash comparison; the scrypt itself dominates and does not depend on the guess. */
-export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+export async function verifyPassword(password: string, stored: string, scryptFn: ScryptFunction = scryptAsync): Promise<boolean> {
   if (stored.startsWith(generatedPrefix)) return verifyGeneratedPassword(password, stored);
   const { params, salt, hash } = parsePasswordHash(stored);
-  const candidate = await scryptAsync(password, salt, params, hash.length);
+  const candidate = await scryptFn(password, salt, params, hash.length);
   return timingSafeEqual(candidate, hash);
 }
 

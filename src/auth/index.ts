@@ -56,6 +56,7 @@ export {
   tokenHashOf,
   verifyPassword,
   type RateLimitOptions,
+  type ScryptFunction,
   type ScryptParams,
 } from './credentials.js';
 export {

@@ -13,7 +13,8 @@ import type { Logger } from 'pino';
 import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand, NonceClaim } from '../../store/index.js';
 import { KvErrorCode } from '../../store/index.js';
 import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
-import { builtinAdminRole, hashPassword, isPasswordHash, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptParams } from '../auth/index.js';
+import { builtinAdminRole, hashPassword, isPasswordHash, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptFunction, type ScryptParams } from '../auth/index.js';
+import { ScryptPool } from '../auth/scrypt_pool.js';
 import type { KvBackend } from '../kv/backend.js';
 import { MembershipdError } from '../errors.js';
 import {
@@ -166,6 +167,14 @@ export class ControlApi {
   private readonly backend: KvBackend;
   private readonly logger: Logger;
   private readonly now: () => number;
+  /**
+   * A cleartext `password` in USER.ADD/UPDATE costs a scrypt (~0.1 s of CPU): on one worker thread at lowered
+   * priority (scrypt_pool.ts), not in libuv's pool, where this node's WAL writes and fsyncs wait behind it. A
+   * script adding users one request after another would otherwise slow every replicated write. The CLI sends
+   * a hash instead (USER.SALT), so the worker starts only for API callers that send a password, and exits idle.
+   */
+  private readonly scryptPool = new ScryptPool(1);
+  private readonly scryptFn: ScryptFunction = (password, salt, params, keylen) => this.scryptPool.hash(password, salt, params, keylen);
   private readonly localKeys: () => readonly string[];
   private closed = false;
   requests = 0;
@@ -264,6 +273,7 @@ export class ControlApi {
 
   close(): void {
     this.closed = true;
+    void this.scryptPool.close(); // terminates idle workers; nothing to wait for at detach
   }
 
   // ---- principals ----
@@ -459,13 +469,13 @@ export class ControlApi {
   private async sameCredential(u: UserValue, c: Credential): Promise<boolean> {
     if (c.nkey !== undefined) return u.nkey === c.nkey;
     if (c.passwordHash !== undefined) return u.password === c.passwordHash;
-    return u.password !== undefined && (await verifyPassword(c.password!, u.password));
+    return u.password !== undefined && (await verifyPassword(c.password!, u.password, this.scryptFn));
   }
 
   /** The stored form of a new credential. */
   private async storedCredential(c: Credential): Promise<{ password: string } | { nkey: string }> {
     if (c.nkey !== undefined) return { nkey: c.nkey };
-    return { password: c.passwordHash ?? (await hashPassword(c.password!, this.options.scrypt)) };
+    return { password: c.passwordHash ?? (await hashPassword(c.password!, this.options.scrypt, this.scryptFn)) };
   }
 
   /** What must hold when a user record applies: its roles exist, its nkey is nobody else's. */

@@ -256,6 +256,22 @@ t.test("a connection's CONNECT proof stands in for the envelope signature of the
   t.match(await api.request('$UB.API.USER.REMOVE', signRequest('$UB.API.USER.REMOVE', { name: 'ops-e2e' }, me)), { result: 'removed' });
 });
 
+t.test('a cleartext password through the API is hashed on the API\'s scrypt worker and authenticates a real client', async (t) => {
+  const me = { publicKey: identity.publicKey, sign: identity.sign };
+  const add = (password: string) => api.request('$UB.API.USER.ADD', signRequest('$UB.API.USER.ADD', { name: 'clear', password, roles: ['orders'] }, me));
+  t.match(await add('clear text secret'), { result: 'created' });
+  const stored = decodeValue(backend.reader.history(controlBuckets.users, 'clear').at(-1)!.value!, validateUser)!;
+  t.match(stored.password, /^scrypt\$\d+\$8\$1\$/, 'stored as an scrypt hash, never the password');
+  t.match(await add('clear text secret'), { result: 'unchanged' }, 'the same password again: verified against the stored hash (also on the worker)');
+  t.match(await add('another one'), { error: { code: 'conflict' } }, 'another password is a conflict');
+  const nc = await connect({ servers: url, user: 'clear', pass: 'clear text secret', reconnect: false });
+  clients.push(nc);
+  await nc.flush();
+  t.pass('a nats.js client authenticates with the password sent in clear to the API');
+  await nc.close();
+  t.match(await api.request('$UB.API.USER.REMOVE', signRequest('$UB.API.USER.REMOVE', { name: 'clear' }, me)), { result: 'removed' });
+});
+
 t.test('bad input: clear error, non-zero exit, nothing changed', async (t) => {
   const before = principalState();
   const cases: [string[], number, RegExp][] = [
