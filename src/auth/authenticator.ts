@@ -49,7 +49,9 @@ interface UserPerms {
 
 const kindOf: Record<Credential, PrincipalKind> = { anonymous: 'anonymous', password: 'user', token: 'token', nkey: 'nkey', internal: 'internal' };
 
-type Verified = { ok: true; principal: Principal } | { ok: false; reason: string };
+/** `fromSource`: refused for what the principal source says (unknown user, wrong password, disabled), which a
+ * follower that has not applied the latest `user add|update` may say wrongly for a moment. */
+type Verified = { ok: true; principal: Principal } | { ok: false; reason: string; fromSource?: true };
 
 export function createBusAuthenticator(options: BusAuthenticatorOptions): BusAuthenticator {
   return new Authenticator(options);
@@ -94,7 +96,13 @@ class Authenticator implements BusAuthenticator {
     if (this.mode === 'off') return { ok: true, principal: this.anonymous };
     let result: Verified;
     try {
+      // The version before the check: the change the client needs may apply while its password is checked.
+      const version = this.source?.version;
       result = await this.verify(request);
+      if (!result.ok && result.fromSource === true && this.source?.catchUp !== undefined) {
+        // Ask again only if the source changed since: a guess costs no second password check.
+        if ((await this.source.catchUp()) && this.source.version !== version && request.signal?.aborted !== true) result = await this.verify(request);
+      }
     } catch (err) {
       // A stored credential this source let through but that cannot be used (e.g. a malformed hash from a
       // replicated source): refuse this client, keep serving others.
@@ -158,8 +166,8 @@ class Authenticator implements BusAuthenticator {
       return { ok: true, principal: p };
     }
     const user = this.source!.userByNkey(nkey);
-    if (user === undefined) return { ok: false, reason: `unknown nkey ${nkey}` };
-    if (user.disabled) return { ok: false, reason: `user ${user.name} is disabled` };
+    if (user === undefined) return { ok: false, reason: `unknown nkey ${nkey}`, fromSource: true };
+    if (user.disabled) return { ok: false, reason: `user ${user.name} is disabled`, fromSource: true };
     return { ok: true, principal: this.userPrincipal(user, 'nkey', nkey, this.permsFor(user)) };
   }
 
@@ -169,9 +177,9 @@ class Authenticator implements BusAuthenticator {
     const user = hash === '' ? undefined : this.source!.userByTokenHash(hash);
     if (user === undefined || user.token === undefined || !tokenHashesEqual(user.token, hash)) {
       this.limiter.recordFailure(address);
-      return { ok: false, reason: 'unknown token' };
+      return { ok: false, reason: 'unknown token', fromSource: true };
     }
-    if (user.disabled) return { ok: false, reason: `user ${user.name} is disabled` };
+    if (user.disabled) return { ok: false, reason: `user ${user.name} is disabled`, fromSource: true };
     const stored = user.token;
     return { ok: true, principal: this.userPrincipal(user, 'token', stored, this.permsFor(user)) };
   }
@@ -181,12 +189,12 @@ class Authenticator implements BusAuthenticator {
     const userName = typeof name === 'string' ? name : '';
     const user = this.source!.userByName(userName);
     const outcome: CheckOutcome = await this.passwords.check({ address, user: userName, stored: user?.password, password, signal });
-    if (outcome !== 'match') return { ok: false, reason: refusalReason(outcome, name) };
+    if (outcome !== 'match') return { ok: false, reason: refusalReason(outcome, name), ...(outcome === 'mismatch' ? { fromSource: true as const } : {}) };
     // Re-read: the user may have changed while scrypt ran; the stored hash must still be the one we checked.
     const current = this.source!.userByName(user!.name);
     const stored = current?.password;
     if (current === undefined || stored === undefined || stored !== user!.password) return { ok: false, reason: `user ${user!.name} changed during authentication` };
-    if (current.disabled) return { ok: false, reason: `user ${current.name} is disabled` };
+    if (current.disabled) return { ok: false, reason: `user ${current.name} is disabled`, fromSource: true };
     return { ok: true, principal: this.userPrincipal(current, 'password', stored, this.permsFor(current)) };
   }
 

@@ -78,6 +78,12 @@ export interface PrincipalSource {
   readonly version: number;
   /** Called after a change has been applied; returns the unsubscribe function. */
   onChange(listener: (change: PrincipalChange) => void): () => void;
+  /**
+   * A replicated source: resolves true once this node has applied every change committed before the call (a
+   * ReadIndex barrier), false when that could not be had within a short bound (no leader). The authenticator
+   * asks it before refusing a client for what the source says, so `user add` then connect to a follower works.
+   */
+  catchUp?(): Promise<boolean>;
 }
 
 /**

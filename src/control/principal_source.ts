@@ -15,6 +15,7 @@ import { controlBuckets, decodeValue, rolePermissions, validateRole, validateUse
 
 export class KvPrincipalSource extends SnapshotSource {
   private unwatch: (() => void)[] = [];
+  private barrier: CoalescedBarrier | undefined;
   /** While attach() replays the buckets: the records seen, installed with one replace() at the end. */
   private replay: { users: Map<string, UserRecord>; roles: Map<string, RoleRecord> } | undefined;
 
@@ -23,8 +24,9 @@ export class KvPrincipalSource extends SnapshotSource {
   }
 
   /** Starts following the buckets of `backend` (replays what they hold, then every later write). */
-  attach(backend: Pick<KvBackend, 'watch' | 'onReset'>): void {
+  attach(backend: Pick<KvBackend, 'watch' | 'onReset'> & Partial<Pick<KvBackend, 'readBarrier'>>): void {
     this.detach();
+    this.barrier = backend.readBarrier !== undefined ? new CoalescedBarrier(() => backend.readBarrier!(), catchUpBoundMs) : undefined;
     // After a snapshot install the change feed has a gap: replay both buckets; replace() then notifies exactly
     // the users and roles that differ, so their connections are re-checked as for any other change.
     const offReset = backend.onReset?.(() => this.attach(backend));
@@ -37,6 +39,10 @@ export class KvPrincipalSource extends SnapshotSource {
       this.replay = undefined;
     }
     this.replace(new PrincipalSnapshot([...replay.users.values()], [...replay.roles.values()]));
+  }
+
+  catchUp(): Promise<boolean> {
+    return this.barrier?.wait() ?? Promise.resolve(false);
   }
 
   detach(): void {
@@ -89,5 +95,46 @@ export class KvPrincipalSource extends SnapshotSource {
       name: r.name, permissions: rolePermissions(r), admin: r.admin,
       ...(r.services !== undefined ? { services: r.services } : {}), ...(r.services_read === true ? { services_read: true } : {}),
     };
+  }
+}
+
+/**
+ * How long a refused client may wait for its node to catch up: a follower learns a commit within a heartbeat, so
+ * this only runs out without a leader, and then the refusal stands (as it would have without asking).
+ */
+const catchUpBoundMs = 1000;
+
+/**
+ * ReadIndex barriers shared by their callers: a caller that arrives while one is in flight waits for the next,
+ * which starts when the current one ends (a barrier must begin after the caller's question, or it could miss
+ * the write the caller is looking for). A storm of refused clients costs one barrier per round trip, not one
+ * per client.
+ */
+class CoalescedBarrier {
+  private running: Promise<boolean> | undefined;
+  private next: Promise<boolean> | undefined;
+
+  constructor(private readonly barrier: () => Promise<void>, private readonly boundMs: number) {}
+
+  wait(): Promise<boolean> {
+    if (this.running === undefined) return (this.running = this.start());
+    this.next ??= this.running.then(() => {
+      this.next = undefined;
+      return (this.running = this.start());
+    });
+    return this.next;
+  }
+
+  private start(): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const bounded = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), this.boundMs);
+      timer.unref();
+    });
+    const done = this.barrier().then(() => true, () => false);
+    return Promise.race([done, bounded]).finally(() => {
+      clearTimeout(timer);
+      this.running = undefined;
+    });
   }
 }

@@ -482,6 +482,41 @@ t.test('authenticator: credentials, modes, internal identity and revalidation', 
   t.notOk(lines.some((l) => /pw-alice|pw-root|guess0/.test(l)), 'no password is ever logged');
 });
 
+t.test('authenticator: a refusal for what a replicated source says waits for it to catch up, once', async (t) => {
+  // A follower's source that has not applied the latest user writes yet: catchUp() applies what is pending.
+  class LaggingSource extends MemorySource {
+    pending: UserRecord[] | undefined;
+    barriers = 0;
+    async catchUp(): Promise<boolean> {
+      this.barriers++;
+      if (this.pending !== undefined) this.set(this.pending, []);
+      this.pending = undefined;
+      return true;
+    }
+  }
+  const source = new LaggingSource();
+  const auth = createBusAuthenticator({ mode: 'enforce', source, logger: silentLogger(), rateLimit: { burst: 50 } });
+  const dave = { name: 'dave', password: await hashPassword('pw-dave', cheap), roles: [], disabled: false };
+  source.pending = [dave];
+  t.ok((await auth.authenticate(req({ user: 'dave', pass: 'pw-dave' }))).ok, 'a user the source had not applied yet authenticates after its catch-up');
+  t.equal(source.barriers, 1);
+  const guess = await auth.authenticate(req({ user: 'dave', pass: 'guess' }));
+  t.notOk(guess.ok, 'a wrong password is still refused');
+  t.equal(source.barriers, 2, 'it asked the source to catch up');
+  const kp = createKeyPair('user');
+  source.pending = [dave, { name: 'edge', nkey: kp.publicKey, roles: [], disabled: false }];
+  const nonce = 'bm9uY2Utbm9uY2U';
+  const sig = Buffer.from(kp.sign(enc.encode(nonce))).toString('base64url');
+  t.ok((await auth.authenticate(req({ nkey: kp.publicKey, sig }, nonce))).ok, 'an NKey user the source had not applied yet authenticates');
+  source.pending = [{ ...dave, disabled: true }];
+  t.ok((await auth.authenticate(req({ user: 'dave', pass: 'pw-dave' }))).ok, 'a disable the source has not applied yet does not stop a login: only refusals wait for a catch-up');
+  t.notOk((await auth.authenticate(req({ user: 'nobody', pass: 'x' }))).ok, 'an unknown user after catch-up: still refused');
+  const before = source.barriers;
+  t.notOk((await auth.authenticate(req({}))).ok, 'no credentials');
+  t.notOk((await auth.authenticate(req({ nkey: 'not-a-key', sig: 'x' }, nonce))).ok, 'a malformed key');
+  t.equal(source.barriers, before, 'refusals that do not depend on the source never wait for it');
+});
+
 t.test('authenticator: warn mode logs would-be refusals and violations and allows', async (t) => {
   const lines: string[] = [];
   const logger = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
