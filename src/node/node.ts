@@ -138,13 +138,18 @@ interface PendingWrite {
   reject(e: Error): void;
 }
 
+/**
+ * One ReadIndex request and every read that waits on it (etcd's linearizable read loop): reads that arrive while
+ * another request is in flight gather in the next one, sent when the in-flight one learns its index. So a node
+ * serving thousands of linearizable reads sends one ReadIndex per round trip to the leader, not one per read,
+ * and a read never joins a request sent before it arrived (that index could predate a write it must see).
+ */
 interface PendingRead {
   readonly key: number;
   readonly deadline: number;
   submittedAt: number;
   index: number;
-  resolve(): void;
-  reject(e: Error): void;
+  readonly waiters: { resolve(): void; reject(e: Error): void }[];
 }
 
 const waitingMax = 10_000;
@@ -208,6 +213,9 @@ export class ClusterNode {
   private seq = 0;
   private readonly writes = new Map<number, PendingWrite>();
   private readonly reads = new Map<number, PendingRead>();
+  /** The batch new reads join: not sent yet (a request is in flight, or no leader to send it to). */
+  private openRead: PendingRead | undefined;
+  private readersWaiting = 0;
   private lastLead = 0;
   private lastLeaderContact = 0;
   /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
@@ -865,6 +873,7 @@ export class ClusterNode {
       const r = this.reads.get(dv.getUint32(4));
       if (r && r.index === 0) r.index = Math.max(1, rs.index);
     }
+    if (rd.readStates.length > 0) this.sendOpenRead();
   }
 
   private restoreSnapshot(data: Uint8Array): void {
@@ -1022,11 +1031,20 @@ export class ClusterNode {
   async read(opts: ReadOptions = {}): Promise<KvStateMachine> {
     if (this.stopping || this.fatal) throw this.stoppedError();
     if (opts.stale) return this.stateMachine;
+    if (this.readersWaiting >= waitingMax) {
+      throw new NodeError(NodeErrorCode.overloaded, `${this.readersWaiting} linearizable reads are already waiting on ${this.serverName}; retry later, or read stale`, true);
+    }
     await new Promise<void>((resolve, reject) => {
-      const key = (this.seq = (this.seq + 1) >>> 0);
-      const r: PendingRead = { key, deadline: performance.now() + this.timeoutMs, submittedAt: 0, index: 0, resolve, reject };
-      this.reads.set(key, r);
-      this.submitRead(r);
+      let r = this.openRead;
+      if (r === undefined) {
+        const key = (this.seq = (this.seq + 1) >>> 0);
+        r = this.openRead = { key, deadline: performance.now() + this.timeoutMs, submittedAt: 0, index: 0, waiters: [] };
+        this.reads.set(key, r);
+      }
+      r.waiters.push({ resolve, reject });
+      this.readersWaiting++;
+      // After the current callback: every read it carries joins the same request.
+      if (r.waiters.length === 1) queueMicrotask(() => this.sendOpenRead());
     });
     return this.stateMachine;
   }
@@ -1061,6 +1079,22 @@ export class ClusterNode {
     };
   }
 
+  /** Sends the open batch unless a request is in flight (its answer sends it: see readStates). */
+  private sendOpenRead(): void {
+    const r = this.openRead;
+    if (r === undefined) return;
+    for (const other of this.reads.values()) if (other !== r && other.submittedAt !== 0 && other.index === 0) return;
+    this.submitRead(r);
+    if (r.submittedAt !== 0) this.openRead = undefined;
+  }
+
+  private settleRead(r: PendingRead, err?: Error): void {
+    this.reads.delete(r.key);
+    if (this.openRead === r) this.openRead = undefined;
+    this.readersWaiting -= r.waiters.length;
+    for (const w of r.waiters) if (err === undefined) w.resolve(); else w.reject(err);
+  }
+
   private submitRead(r: PendingRead): void {
     if (!this.raw || this.raw.basicStatus().lead === 0) return;
     const ctx = new Uint8Array(8);
@@ -1079,10 +1113,7 @@ export class ClusterNode {
   private serveReads(): void {
     const applied = this.stateMachine.appliedIndex;
     for (const r of this.reads.values()) {
-      if (r.index > 0 && applied >= r.index) {
-        this.reads.delete(r.key);
-        r.resolve();
-      }
+      if (r.index > 0 && applied >= r.index) this.settleRead(r);
     }
   }
 
@@ -1091,7 +1122,8 @@ export class ClusterNode {
     // is safe: reads are idempotent and a write's copies are applied once (sessions.ts).
     const now = performance.now();
     for (const w of this.writes.values()) if (!w.submitted || now - w.submittedAt > 1000) this.submitWrite(w);
-    for (const r of this.reads.values()) if (r.index === 0 && (r.submittedAt === 0 || now - r.submittedAt > 1000)) this.submitRead(r);
+    for (const r of this.reads.values()) if (r !== this.openRead && r.index === 0 && now - r.submittedAt > 1000) this.submitRead(r);
+    this.sendOpenRead();
   }
 
   private expire(): void {
@@ -1107,9 +1139,8 @@ export class ClusterNode {
     }
     for (const r of this.reads.values()) {
       if (now < r.deadline) continue;
-      this.reads.delete(r.key);
       const h = this.health();
-      r.reject(new NodeError(r.index === 0 ? NodeErrorCode.noLeader : NodeErrorCode.timeout, `linearizable read not served within ${this.timeoutMs} ms on ${this.serverName}${h.status === 'ok' ? '' : `: ${h.reason}`}; retry, or read stale`, true));
+      this.settleRead(r, new NodeError(r.index === 0 ? NodeErrorCode.noLeader : NodeErrorCode.timeout, `linearizable read not served within ${this.timeoutMs} ms on ${this.serverName}${h.status === 'ok' ? '' : `: ${h.reason}`}; retry, or read stale`, true));
     }
   }
 
@@ -1122,8 +1153,7 @@ export class ClusterNode {
   private failAll(e: Error): void {
     for (const w of this.writes.values()) w.reject(e);
     this.writes.clear();
-    for (const r of this.reads.values()) r.reject(e);
-    this.reads.clear();
+    for (const r of [...this.reads.values()]) this.settleRead(r, e);
   }
 
   /** Asks the leader to hand leadership to `id` (default: the most caught-up other voter). */
@@ -1457,7 +1487,7 @@ export class ClusterNode {
       slots: this.cluster.addresses.map((a, i) => ({ id: i + 1, address: a, name: this.peerName(i + 1) })),
       progress,
       pendingWrites: this.writes.size,
-      pendingReads: this.reads.size,
+      pendingReads: this.readersWaiting,
       leaderChanges: this.metrics.leaderChanges,
       proposalP50Ms: msOrNull(this.metrics.proposalSeconds.quantile(0.5)),
       proposalP99Ms: msOrNull(this.metrics.proposalSeconds.quantile(0.99)),

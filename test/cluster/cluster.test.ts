@@ -174,6 +174,34 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
     const sm = await n.read();
     t.equal(sm.keys('b').length, 30, `${n.serverName} has every write after a linearizable read`);
   }
+  // Linearizable reads on a follower gather behind one ReadIndex request per round trip to the leader.
+  const messagesOut = (n: ClusterNode): number => Number(/^membershipd_raft_messages_out_total (\d+)$/m.exec(n.metricsText())?.[1] ?? NaN);
+  const f = nodes[follower]!;
+  const before = messagesOut(f);
+  const burst = await Promise.allSettled(Array.from({ length: 2000 }, () => f.read()));
+  t.equal(burst.filter((r) => r.status === 'fulfilled').length, 2000, '2000 concurrent linearizable reads on a follower are all served');
+  const sent = messagesOut(f) - before;
+  t.ok(sent < 200, `they cost the follower ${sent} Raft messages (heartbeat answers included), not one ReadIndex each`);
+  // Every read that starts after a write was acknowledged sees it, wherever the write went through.
+  const seenBad: string[] = [];
+  const reads: Promise<void>[] = [];
+  for (let i = 0; i < 20; i++) {
+    // A new value for an existing key (the key count is checked later): the read must see this one.
+    const r = await write(nodes[i % 3]!, `k${i}`, 100 + i);
+    t.ok(r.ok, `k${i} = ${100 + i} acknowledged`);
+    acked.set(`k${i}`, 100 + i);
+    for (let j = 0; j < 5; j++) {
+      reads.push(f.read().then((sm) => { if (sm.get('b', `k${i}`)?.value[0] !== 100 + i) seenBad.push(`k${i}`); }));
+    }
+  }
+  await Promise.all(reads);
+  t.same(seenBad, [], '100 reads on the follower, each started after a write was acknowledged, all saw it');
+  // The wait is bounded: past 10,000 waiting reads a node refuses at once (retry, or read stale).
+  const flood = await Promise.allSettled(Array.from({ length: 10_001 }, () => f.read()));
+  const refused = flood.flatMap((r) => (r.status === 'rejected' ? [String((r.reason as Error).message)] : []));
+  t.equal(refused.length, 1, 'the 10,001st concurrent read is refused');
+  t.match(refused[0], /10000 linearizable reads are already waiting on .*retry later, or read stale/);
+
   const conflict = await nodes[follower]!.propose({ op: 'create', bucket: 'b', key: 'k1', value: Uint8Array.of(9), ts: 1 });
   t.match(conflict, { ok: false }, 'a create of an existing key is refused with the state machine\'s result');
 
