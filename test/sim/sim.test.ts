@@ -3,7 +3,7 @@
 // number of seeds ("teeth"). A failure prints the one command that replays it.
 import t from 'tap';
 import { PlantedBug } from '../../raft/index.js';
-import { reproCommand, runSim } from './sim.js';
+import { DriverBug, reproCommand, runSim } from './sim.js';
 import type { SimResult } from './sim.js';
 
 const seeds3 = Number(process.env.SIM_SEEDS_3 ?? 500);
@@ -11,21 +11,23 @@ const seeds5 = Number(process.env.SIM_SEEDS_5 ?? 100);
 /** A planted bug must be caught within this many seeds (3-node clusters, seeds 1, 2, ...). */
 const plantSeedsMax = 400;
 
-function sweep(nodes: 3 | 5, count: number): { failed: SimResult[]; maxRecover: number; ops: number; lost: number; rejoined: number } {
+function sweep(nodes: 3 | 5, count: number): { failed: SimResult[]; maxRecover: number; ops: number; lost: number; rejoined: number; production: number } {
   const failed: SimResult[] = [];
   let maxRecover = 0;
   let ops = 0;
   let lost = 0;
   let rejoined = 0;
+  let production = 0;
   for (let s = 1; s <= count; s++) {
     const r = runSim({ seed: s, nodes });
+    if (r.driver === 'production') production++;
     if (r.violations.length > 0 || !r.linearizable) failed.push(r);
     maxRecover = Math.max(maxRecover, r.ticksToRecover);
     ops += r.ops;
     lost += r.disksLost;
     rejoined += r.disksRecovered;
   }
-  return { failed, maxRecover, ops, lost, rejoined };
+  return { failed, maxRecover, ops, lost, rejoined, production };
 }
 
 for (const [nodes, count] of [
@@ -33,7 +35,9 @@ for (const [nodes, count] of [
   [5, seeds5],
 ] as const) {
   t.test(`${count} seeds on ${nodes} nodes: no invariant violated, every history linearizable, recovery bounded`, (t) => {
-    const { failed, maxRecover, ops, lost, rejoined } = sweep(nodes, count);
+    const { failed, maxRecover, ops, lost, rejoined, production } = sweep(nodes, count);
+    // Both ways of driving a Ready ran: the production driver's (node.ts: early sends, deferred commit-only hard states) and the textbook one.
+    t.ok(production > 0 && production < count, `${production} of ${count} seeds ran the production driver, the rest the textbook one`);
     for (const r of failed) t.fail(`seed ${r.seed}: ${r.violations.join('; ')}; reproduce: ${reproCommand(r.seed, nodes)}`);
     t.equal(failed.length, 0, 'no failing seed');
     t.ok(maxRecover >= 0, `max ticks to recover ${maxRecover}`);
@@ -52,12 +56,13 @@ t.test('one seed replays the same run', (t) => {
   t.end();
 });
 
-t.test('every planted bug is caught', (t) => {
-  for (const bug of Object.values(PlantedBug)) {
+t.test('every planted bug is caught (raft/ and the production driver)', (t) => {
+  const bugs = [...Object.values(PlantedBug).map((b) => ({ bug: b, opts: { plant: b } })), ...Object.values(DriverBug).map((b) => ({ bug: b, opts: { driverBug: b } }))];
+  for (const { bug, opts } of bugs) {
     let caughtAt = 0;
     let why = '';
     for (let s = 1; s <= plantSeedsMax && caughtAt === 0; s++) {
-      const r = runSim({ seed: s, nodes: 3, plant: bug });
+      const r = runSim({ seed: s, nodes: 3, ...opts });
       if (r.violations.length > 0) {
         caughtAt = s;
         why = r.violations[0]!;

@@ -5,15 +5,37 @@
 // changes, leadership transfers, snapshots with compaction, lost disks (a node restarts empty and must
 // abstain until it caught up), and clients of a tiny KV state machine.
 // Invariants are checked after every step; the client history is checked for linearizability at the end.
-import { ConfChangeType, MemoryStorage, RaftAssertionError, RaftError, RawNode, StateType, seededRng } from '../../raft/index.js';
-import type { Entry, Limits, Message, PlantedBug, Ready, Rng } from '../../raft/index.js';
+import { ConfChangeType, MemoryStorage, MessageType, RaftAssertionError, RaftError, RawNode, StateType, seededRng } from '../../raft/index.js';
+import type { Entry, HardState, Limits, Message, PlantedBug, Ready, Rng } from '../../raft/index.js';
 import { checkHistory } from './linearizability.js';
 import type { Op } from './linearizability.js';
+
+/**
+ * How a node drives its Ready batches. `textbook`: persist everything, then send, then apply (raft/raw_node.ts's
+ * contract). `production`: what src/node/node.ts does beyond it (handleReady): a leader sends its appends and
+ * heartbeats before its own write completes when the commit index they reveal is already durable (Raft thesis
+ * §10.2.1), and a hard state in which only the commit index moved is not written on its own but rides with the
+ * next synced write (etcd's MustSync rule), so a crash loses it.
+ */
+export type SimDriver = 'textbook' | 'production';
+
+/** Bugs planted in the production driver (test-only: raft/ knows nothing of them). */
+export const DriverBug = {
+  /** Every node sends everything before its write completes, votes and acknowledgements included. */
+  sendBeforePersist: 'driver-send-before-persist',
+  /** A hard state that changed the term or vote is deferred like a commit-only one (lost in a crash). */
+  voteDeferred: 'driver-vote-deferred',
+} as const;
+export type DriverBug = (typeof DriverBug)[keyof typeof DriverBug];
 
 export interface SimOptions {
   readonly seed: number;
   readonly nodes: 3 | 5;
   readonly plant?: PlantedBug;
+  /** Planted in the driver; implies `driver: 'production'`. */
+  readonly driverBug?: DriverBug;
+  /** Default: chosen by the seed (production three times in four). */
+  readonly driver?: SimDriver;
   /** Ticks of the fault phase (default chosen by the seed, 300..600). */
   readonly faultTicks?: number;
 }
@@ -21,6 +43,7 @@ export interface SimOptions {
 export interface SimResult {
   readonly seed: number;
   readonly nodes: number;
+  readonly driver: SimDriver;
   readonly violations: string[];
   readonly linearizable: boolean;
   /** Ticks from the end of the faults until a leader is up and every member has caught up (-1 if never). */
@@ -50,6 +73,8 @@ interface WriteCmd {
 
 interface Pending {
   readonly rd: Ready;
+  /** The Ready's messages that wait for its write (production driver: the rest left at once). */
+  readonly held: readonly Message[];
   readonly doneAt: number;
   /** A node that lost its disk finished recovering in this Ready (its pinned vote is in rd.hardState). */
   readonly recovered: boolean;
@@ -78,6 +103,10 @@ class SimNode {
   isLeader = false;
   durableCommit = 0;
   prevCommit = 0;
+  /** Buggify: this node crashes when its pending write would complete (it sent messages ahead of that write). */
+  crashBeforeWrite = false;
+  /** Production driver: a commit-only hard state waiting for the next synced write (gone in a crash). */
+  deferredHardState: HardState | null = null;
   readonly writes = new Map<string, ClientOp>();
   readonly reads = new Map<string, ClientOp>();
   readonly readsAwaitingApply: ClientOp[] = [];
@@ -137,6 +166,9 @@ export class Simulation {
   private readonly diskLossP: number;
   private disksLost = 0;
   private disksRecovered = 0;
+  readonly driver: SimDriver;
+  /** Draws of the production driver's buggify (crash between an early send and the write it ran ahead of). */
+  private readonly buggifyRng: Rng & { next(): number };
 
   constructor(readonly opts: SimOptions) {
     this.rng = seededRng(opts.seed * 2654435761 + opts.nodes);
@@ -158,6 +190,10 @@ export class Simulation {
     this.churnTo = this.churnFrom + 100 + r.int(200);
     this.diskRng = seededRng(opts.seed * 40503 + opts.nodes * 7 + 1);
     this.diskLossP = [0, 0.003, 0.01][this.diskRng.int(3)]!;
+    // Its own generator too, for the same reason.
+    const driverRng = seededRng(opts.seed * 69069 + opts.nodes * 13 + 5);
+    this.driver = opts.driverBug !== undefined ? 'production' : opts.driver ?? (driverRng.int(4) === 0 ? 'textbook' : 'production');
+    this.buggifyRng = driverRng;
     const peers = Array.from({ length: opts.nodes }, (_, i) => i + 1);
     for (const id of peers) {
       const n = new SimNode(id, peers);
@@ -173,6 +209,12 @@ export class Simulation {
   private start(n: SimNode): void {
     n.incarnation++;
     const snap = n.storage.snapshot();
+    const hs = n.storage.hardState();
+    if (this.driver === 'production' && hs.commit < snap.meta.index) {
+      // What store/raft_storage.ts does on load (adopt): a snapshot is committed state, so the commit index is at
+      // least its index, even when the commit-only hard state that followed its install was deferred and lost.
+      n.storage.setHardState({ ...hs, commit: snap.meta.index });
+    }
     n.applied = snap.meta.index;
     this.loadKV(n, snap.data);
     n.durableCommit = n.storage.hardState().commit;
@@ -203,6 +245,8 @@ export class Simulation {
     }
     n.pending = null;
     n.raw = null;
+    n.deferredHardState = null;
+    n.crashBeforeWrite = false;
     for (const op of [...n.writes.values(), ...n.reads.values(), ...n.readsAwaitingApply]) this.finishOp(op, false);
     n.writes.clear();
     n.reads.clear();
@@ -262,6 +306,7 @@ export class Simulation {
     return {
       seed: this.opts.seed,
       nodes: this.opts.nodes,
+      driver: this.driver,
       violations: this.violations,
       linearizable,
       ticksToRecover: recovered,
@@ -362,6 +407,12 @@ export class Simulation {
     for (let i = 0; i < 8 && n.raw && n.pausedUntil <= this.t; i++) {
       if (n.pending) {
         if (n.pending.doneAt > this.t) return;
+        if (n.crashBeforeWrite) {
+          n.crashBeforeWrite = false;
+          this.crash(n);
+          this.restartAt.set(n.id, this.t + 1 + this.buggifyRng.int(20));
+          return;
+        }
         this.complete(n);
         continue;
       }
@@ -369,8 +420,51 @@ export class Simulation {
       const rd = n.raw.ready();
       if (rd.softState) n.isLeader = rd.softState.state === StateType.leader;
       const recovered = n.recovering && !n.raw.basicStatus().recovering;
-      n.pending = { rd, doneAt: this.t + this.rng.int(this.diskDelayMax + 1), recovered };
+      const held = this.sendEarly(n, rd);
+      // Buggify (FoundationDB style): the production driver's one risky window is between what it sent early and
+      // the write that sending ran ahead of; crash there now and then, so the simulator visits it.
+      if (this.faulty && held.length < rd.messages.length && this.buggifyRng.int(40) === 0) n.crashBeforeWrite = true;
+      n.pending = { rd, held, doneAt: this.t + this.rng.int(this.diskDelayMax + 1), recovered };
     }
+  }
+
+  /** The production driver's early sends (node.ts handleReady); returns what waits for the write. */
+  private sendEarly(n: SimNode, rd: Ready): readonly Message[] {
+    if (this.driver === 'textbook' || rd.messages.length === 0) return rd.messages;
+    const bug = this.opts.driverBug;
+    if (bug === DriverBug.sendBeforePersist) {
+      this.sendAll(n, rd.messages);
+      return [];
+    }
+    if (n.raw!.basicStatus().state !== StateType.leader) return rd.messages;
+    const durable = n.storage.lastIndex();
+    const held: Message[] = [];
+    for (const m of rd.messages) {
+      // With one Ready in flight at a time, entries a commit index covers were written by an earlier Ready, so
+      // this test never holds a message back here; node.ts keeps it as the invariant that makes sending early safe.
+      const early = (m.type === MessageType.app || m.type === MessageType.heartbeat) && m.commit <= durable;
+      if (early) this.sendAll(n, [m]);
+      else held.push(m);
+    }
+    return held;
+  }
+
+  /** The hard state a completed Ready leaves on disk: node.ts's save rule for the production driver. */
+  private persistHardState(n: SimNode, rd: Ready): void {
+    let hs: HardState | null = rd.hardState;
+    if (this.driver === 'production') {
+      const mustSync = this.opts.driverBug === DriverBug.voteDeferred ? rd.entries.length > 0 : rd.mustSync || rd.entries.length > 0;
+      if (!mustSync) {
+        if (rd.hardState) n.deferredHardState = rd.hardState;
+        return;
+      }
+      hs = rd.hardState ?? n.deferredHardState;
+      n.deferredHardState = null;
+    }
+    if (!hs) return;
+    if (hs.commit < n.durableCommit) this.violation(`node ${n.id} persisted commit ${hs.commit} below ${n.durableCommit}`);
+    n.storage.setHardState(hs);
+    n.durableCommit = hs.commit;
   }
 
   private persistEntries(n: SimNode, ents: readonly Entry[]): void {
@@ -412,7 +506,7 @@ export class Simulation {
   }
 
   private complete(n: SimNode): void {
-    const { rd, recovered } = n.pending!;
+    const { rd, held, recovered } = n.pending!;
     n.pending = null;
     const raw = n.raw!;
     const st = n.storage;
@@ -424,11 +518,7 @@ export class Simulation {
       if (want !== undefined && want !== this.image(n)) this.violation(`node ${n.id} restored a snapshot at ${n.applied} that differs from the applied state`);
     }
     this.persistEntries(n, rd.entries);
-    if (rd.hardState) {
-      if (rd.hardState.commit < n.durableCommit) this.violation(`node ${n.id} persisted commit ${rd.hardState.commit} below ${n.durableCommit}`);
-      st.setHardState(rd.hardState);
-      n.durableCommit = rd.hardState.commit;
-    }
+    this.persistHardState(n, rd);
     if (recovered) {
       n.recovering = false;
       this.disksRecovered++;
@@ -441,7 +531,7 @@ export class Simulation {
       this.isolate(new Set([n.id]), 10 + this.rng.int(30));
     }
     if (n.isLeader) this.checkLeaderCompleteness(n);
-    this.sendAll(n, rd.messages);
+    this.sendAll(n, held);
     for (const e of rd.committedEntries) this.apply(n, e);
     for (const rs of rd.readStates) {
       const op = n.reads.get(dec.decode(rs.context));
