@@ -21,6 +21,7 @@ import {
   type AddedSlot, type ClusterFile, type SlotBinding,
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
+import { assessHealth, type SilentVoter } from './health.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
 import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
@@ -1340,48 +1341,36 @@ export class ClusterNode {
     }
     const st = this.raw.basicStatus();
     const conf = this.raw.confState();
-    if (this.removedSlots.has(this.cluster.id) && !conf.voters.includes(this.cluster.id) && !conf.learners.includes(this.cluster.id)) {
-      return { status: 'unavailable', reason: `removed from the cluster: slot ${this.cluster.id} is not a member (re-add it with "membershipd cluster add ${this.serverName} ${this.cluster.addresses[this.cluster.id - 1]}")` };
-    }
+    const self = this.cluster.id;
+    const removed = this.removedSlots.has(self) && !conf.voters.includes(self) && !conf.learners.includes(self);
     const voters = conf.voters.length > 0 ? conf.voters : Array.from({ length: this.voters }, (_, i) => i + 1);
-    const reachable = this.reachableVoters(voters);
-    const quorum = Math.floor(voters.length / 2) + 1;
-    const down = this.transport.peers().filter((p) => p.state !== 'up').map(describeDown);
-    const noQuorum = (): Health => ({
-      status: 'unavailable',
-      reason: `no quorum: ${reachable} of ${voters.length} voters reachable${down.length ? ` (not connected: ${down.join(', ')})` : ''}`,
-    });
-    if (reachable < quorum) return noQuorum();
-    // Heard from, not connected: an open route proves nothing (a stopped process, or a peer whose route accepts
-    // bytes and never answers, keeps its socket open). Used where this node should be hearing from every voter:
-    // as leader (responses to its heartbeats) and during an election (votes).
     const windowMs = this.electionTicks * this.tickMs;
     const now = Date.now();
-    const silent = voters.filter((v) => v !== this.cluster!.id && now - (this.peerContact.get(v) ?? 0) > windowMs);
-    const silentText = (): string => silent.map((v) => {
+    const silent: SilentVoter[] = [];
+    for (const v of voters) {
+      if (v === self) continue;
       const at = this.peerContact.get(v);
-      return `${this.peerName(v)} ${at === undefined ? 'never heard from' : `silent for ${now - at} ms`}`;
-    }).join(', ');
-    if (st.state === StateType.leader && voters.length - silent.length < quorum) {
-      // Check-quorum for health, within one election timeout: Raft's own check steps this leader down within
-      // two, and meanwhile it cannot commit while the majority may already have elected another leader.
-      return { status: 'unavailable', reason: `no quorum: this leader heard from ${voters.length - silent.length} of ${voters.length} voters within ${windowMs} ms (${silentText()}); it cannot commit, and the others may have elected a new leader` };
+      if (now - (at ?? 0) > windowMs) silent.push({ name: this.peerName(v), silentMs: at === undefined ? undefined : now - at });
     }
-    if (st.lead === 0) {
-      const heard = voters.length - silent.length;
-      return { status: 'unavailable', reason: `no leader: election in progress (term ${st.term}, heard from ${heard} of ${voters.length} voters within ${windowMs} ms${silent.length ? `; ${silentText()}` : ''})${this.bootstrapProblem ? `; ${this.bootstrapProblem}` : ''}` };
-    }
-    if (st.state !== StateType.leader) {
-      if (st.state !== StateType.follower) return { status: 'unavailable', reason: `no leader: this node is campaigning (${st.state}, term ${st.term})` };
-      const leaderPeer = this.idToPeer.get(st.lead);
-      if (leaderPeer === undefined || !this.transport.upPeers().includes(leaderPeer)) {
-        return { status: 'unavailable', reason: `leader ${this.peerName(st.lead)} is not connected (election pending)` };
-      }
-      const silentMs = Date.now() - this.lastLeaderContact;
-      if (silentMs > 2 * this.electionTicks * this.tickMs) return { status: 'unavailable', reason: `leader ${this.peerName(st.lead)} not heard from for ${silentMs} ms` };
-    }
-    if (this.stateMachine.appliedIndex < st.commit) return { status: 'unavailable', reason: `catching up: applied ${this.stateMachine.appliedIndex} of commit ${st.commit}` };
-    return this.catchingUp(st) ?? { status: 'ok' };
+    const leaderPeer = this.idToPeer.get(st.lead);
+    return assessHealth({
+      ...(removed ? { removed: { slot: self, serverName: this.serverName, address: this.cluster.addresses[self - 1] ?? '' } } : {}),
+      voters: voters.length,
+      reachable: this.reachableVoters(voters),
+      notConnected: this.transport.peers().filter((p) => p.state !== 'up').map(describeDown),
+      silent,
+      windowMs,
+      role: st.state,
+      term: st.term,
+      lead: st.lead,
+      leaderName: this.peerName(st.lead),
+      leaderConnected: leaderPeer !== undefined && this.transport.upPeers().includes(leaderPeer),
+      leaderSilentMs: now - this.lastLeaderContact,
+      commit: st.commit,
+      applied: this.stateMachine.appliedIndex,
+      ...(this.bootstrapProblem !== undefined ? { bootstrapProblem: this.bootstrapProblem } : {}),
+      catchingUp: () => this.catchingUp(st),
+    });
   }
 
   /**
