@@ -22,6 +22,7 @@ import {
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import { assessHealth, type SilentVoter } from './health.js';
+import { nextMembershipChange, promoteWindow } from './membership_policy.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
 import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
@@ -154,8 +155,6 @@ interface PendingRead {
 }
 
 const waitingMax = 10_000;
-/** A learner within this many entries of the commit index is caught up enough to become a voter (R raised). */
-const promoteWindow = 256;
 
 /** Structurally src/kv's KvBackend (kept here so src/node does not depend on the KV API module). */
 export interface RaftKvBackend {
@@ -929,66 +928,27 @@ export class ClusterNode {
       else if (!this.voterDownSince.has(v)) this.voterDownSince.set(v, now);
     }
     const dead = conf.voters.filter((v) => now - (this.voterDownSince.get(v) ?? now) >= this.voterGraceMs);
-    const members = [...conf.voters, ...conf.learners];
-    const propose = (type: ConfChangeType, nodeId: number, what: string): void => {
+    const decision = nextMembershipChange({
+      self: c.id, voters: conf.voters, learners: conf.learners, slots: c.addresses.length, replicas: this.voters,
+      removed: this.removedSlots, isUp, deadVoters: dead, progress: raw.status().progress, commit: st.commit,
+    });
+    if (decision === undefined) return;
+    if (decision.kind === 'handOff') {
       try {
-        raw.proposeConfChange({ type, nodeId });
-        this.log.warn({ id: nodeId, name: this.peerName(nodeId), voters: conf.voters, learners: conf.learners }, what);
-        this.schedule();
+        this.transferLeadership();
+        this.log.warn({ id: c.id }, decision.why);
       } catch (e) {
-        if (!(e instanceof RaftError)) throw e; // another change is pending: try again next round
+        if (!(e instanceof NodeError)) throw e;
+        this.log.error({ id: c.id }, `cannot remove this node: ${e.message}`);
       }
-    };
-    // An operator removed a member (`cluster remove`): the leader hands over first when it is the one removed.
-    const removed = members.find((id) => this.removedSlots.has(id));
-    if (removed !== undefined) {
-      if (removed === c.id) {
-        try {
-          this.transferLeadership();
-          this.log.warn({ id: removed }, 'this node was removed by an operator: handing leadership over first');
-        } catch (e) {
-          if (!(e instanceof NodeError)) throw e;
-          this.log.error({ id: removed }, `cannot remove this node: ${e.message}`);
-        }
-        return;
-      }
-      return propose(ConfChangeType.remove, removed, 'removing a member an operator removed');
+      return;
     }
-    if (conf.voters.length > this.voters && dead.length > 0) {
-      return propose(ConfChangeType.remove, dead[0]!, 'removing a dead voter replaced by a promoted learner');
-    }
-    if (conf.voters.length === this.voters && dead.length > 0) {
-      const progress = raw.status().progress;
-      let best: number | undefined;
-      let bestMatch = -1;
-      for (const l of conf.learners) {
-        const m = progress.get(l)?.match ?? 0;
-        // Caught up: within a small margin of the commit index (it keeps receiving appends).
-        if (isUp(l) && m + 16 >= st.commit && m > bestMatch) {
-          best = l;
-          bestMatch = m;
-        }
-      }
-      if (best !== undefined) return propose(ConfChangeType.promote, best, `voter ${this.peerName(dead[0]!)} unreachable for ${this.voterGraceMs} ms: promoting a caught-up learner`);
-    }
-    if (conf.voters.length > this.voters) {
-      // R was lowered: the least caught-up voter that does not lead leaves; it is re-added as a learner below.
-      const progress = raw.status().progress;
-      const drop = conf.voters.filter((v) => v !== c.id).sort((a, b) => (progress.get(a)?.match ?? 0) - (progress.get(b)?.match ?? 0))[0];
-      if (drop !== undefined) return propose(ConfChangeType.remove, drop, `${conf.voters.length} voters, R is ${this.voters}: a voter steps down to learner`);
-    }
-    if (conf.voters.length < this.voters) {
-      // Fewer voters than R (a member was removed, or R was raised): promote a connected, caught-up learner.
-      const progress = raw.status().progress;
-      // Caught up: replicating within a window of the commit index. Under a steady write load a healthy learner
-      // trails by what is in flight, so the margin is wider than the dead-voter replacement's (which must not wait).
-      const best = conf.learners.filter((l) => isUp(l) && progress.get(l)?.state === 'replicate' && (progress.get(l)?.match ?? 0) + promoteWindow >= st.commit)
-        .sort((a, b) => (progress.get(b)?.match ?? 0) - (progress.get(a)?.match ?? 0))[0];
-      if (best !== undefined) return propose(ConfChangeType.promote, best, `${conf.voters.length} of ${this.voters} voters: promoting a caught-up learner`);
-    }
-    for (let id = 1; id <= c.addresses.length; id++) {
-      if (conf.voters.includes(id) || conf.learners.includes(id) || this.removedSlots.has(id)) continue;
-      return propose(ConfChangeType.addLearner, id, 'adding a learner');
+    try {
+      raw.proposeConfChange({ type: decision.type, nodeId: decision.nodeId });
+      this.log.warn({ id: decision.nodeId, name: this.peerName(decision.nodeId), voters: conf.voters, learners: conf.learners, graceMs: this.voterGraceMs }, decision.why);
+      this.schedule();
+    } catch (e) {
+      if (!(e instanceof RaftError)) throw e; // another change is pending: try again next round
     }
   }
 
