@@ -30,6 +30,8 @@ export interface RouteTransportOptions {
   readonly postureDigest: string | Uint8Array;
   /** N of the Raft meta-group: every peer must agree on it. */
   readonly clusterSize: number;
+  /** Cluster incarnation ('' or absent: never recovered): peers with data must present the same (checkHello). */
+  readonly incarnation?: string;
   /**
    * Called once a peer has proven its identity key: return a reason (or false) to refuse it, e.g. when
    * the `nodes` bucket binds `name` to another key. Undefined or true accepts.
@@ -64,6 +66,8 @@ export interface PeerInfo {
   /** Redial attempts since the last established link. */
   readonly attempts: number;
   readonly lastError: { readonly code: string; readonly reason: string } | undefined;
+  /** The cluster incarnation the peer presented in its hello ('' when none); set for peers that are up. */
+  readonly incarnation?: string;
 }
 
 export interface RouteTransport {
@@ -128,6 +132,7 @@ class Transport implements RouteTransport {
     this.#config = {
       clusterName: options.clusterName, serverName: options.serverName, identity: options.identity,
       clusterSize: options.clusterSize, posture, user: options.user, password: options.password,
+      ...(options.incarnation ? { incarnation: options.incarnation } : {}),
     };
     if (options.identity.publicKey.length !== 32) throw new TypeError('identity.publicKey must be a raw 32-byte Ed25519 key');
     this.#ownKey = hex(options.identity.publicKey);
@@ -216,7 +221,7 @@ class Transport implements RouteTransport {
       out.push({
         name, state: 'up', address: link.address, direction: link.outbound ? 'outbound' : 'inbound',
         identity: hex(link.peer!.identity), rttMs: link.rttMs, counters: { ...link.counters },
-        route: target?.route.url, attempts: 0, lastError: undefined,
+        route: target?.route.url, attempts: 0, lastError: undefined, incarnation: link.peer!.incarnation ?? '',
       });
     }
     for (const target of this.#targets) {
