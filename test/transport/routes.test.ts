@@ -146,6 +146,31 @@ t.test('a mismatched cluster size', async (t) => {
     'route refused');
 });
 
+t.test('a node of another cluster incarnation (cluster recover --force-new-cluster) is refused, naming the remedy', async (t) => {
+  // n1 never recovered (''); the peer's data is of a recovery: n1 is the one left behind, and both logs say so.
+  await refusedPeer(t, { incarnation: `${Date.UTC(2026, 0, 1)}-0123456789abcdef` }, 'cluster_incarnation',
+    /cluster incarnation mismatch.*never recovered.*this node|cluster incarnation mismatch.*"n1" belongs to an earlier incarnation.*wipe its data directory.*cluster add/,
+    'route refused');
+});
+
+t.test('a joining node (cluster size 0) with no incarnation is accepted by a recovered cluster and learns its incarnation', async (t) => {
+  const incarnation = `${Date.UTC(2026, 0, 1)}-00000000000000ff`;
+  const recovered = makeTransport(fx, 'n5', { routes: [], clusterSize: 1, incarnation });
+  await recovered.start();
+  try {
+    const dialer = makeTransport(fx, 'n7', { routes: routeTo(recovered), clusterSize: 0 });
+    await dialer.start();
+    try {
+      await waitFor('n7 (joining) up with n5 (recovered)', () => recovered.upPeers().includes('n7'));
+      t.equal(dialer.peers().find((p) => p.name === 'n5')?.incarnation, incarnation, 'the joiner sees the incarnation it adopts');
+    } finally {
+      await dialer.close();
+    }
+  } finally {
+    await recovered.close();
+  }
+});
+
 t.test('a joining node (cluster size 0: --initial-cluster-state existing) is accepted; it learns N from its peers', async (t) => {
   const peer = makeTransport(fx, 'n3', { routes: routeTo(n1), clusterSize: 0 });
   await peer.start();
