@@ -7,170 +7,17 @@
 // of the old voters reachable, bad flags. Every child is killed by PID in teardown. Bounds are liveness bounds for a
 // loaded 2-core machine, not timings.
 import t from 'tap';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { createUser } from '@nats-io/nkeys';
-import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { signRequest } from '../../src/control/envelope.js';
 import { keyPairFromSeed } from '../../src/auth/index.js';
-import { freePort } from '../../src/free_port.js';
+import {
+  adminFlags, cli, client, getJson, HEALTHY_MS, kill9, newCluster, root, spawnNode, teardownHarness, waitFor, waitHealthy, type Cluster,
+} from './harness.js';
 
-const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-const root = mkdtempSync(join(tmpdir(), 'membershipd-recover-'));
-// Bundled as in cluster_faults.test.ts (a boot costs ~1 s instead of 2-4 s under tsx); FAULT_TSX=1 runs tsx.
-const bundleDir = join(repo, 'node_modules/.cache/membershipd-recover', `run-${process.pid}`);
-const entry = ((): string[] => {
-  if (process.env.FAULT_TSX !== '1') {
-    const r = spawnSync(join(repo, 'node_modules/.bin/esbuild'),
-      [join(repo, 'bin/membershipd.ts'), '--bundle', '--splitting', '--platform=node', '--format=esm', '--packages=external', '--out-extension:.js=.mjs', '--log-level=error', `--outdir=${bundleDir}`],
-      { stdio: ['ignore', 'ignore', 'inherit'], timeout: 60_000 });
-    if (r.status === 0) return [join(bundleDir, 'membershipd.mjs')];
-  }
-  return ['--import', 'tsx', join(repo, 'bin/membershipd.ts')];
-})();
-
-const HEALTHY_MS = 30_000;
-const live = new Set<ChildProcess>();
-const conns: NatsConnection[] = [];
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const bound = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
-
-function killPid(c: ChildProcess): void {
-  if (c.pid === undefined || c.exitCode !== null || c.signalCode !== null) return;
-  try {
-    process.kill(c.pid, 'SIGKILL');
-  } catch {
-    // already gone
-  }
-}
-t.teardown(async () => {
-  for (const nc of conns) await nc.close().catch(() => undefined);
-  for (const c of live) killPid(c);
-  rmSync(root, { recursive: true, force: true });
-  rmSync(bundleDir, { recursive: true, force: true });
-});
-
-interface Node { child: ChildProcess; stderr: string; exited: Promise<void> }
-interface Cluster {
-  readonly caFile: string;
-  readonly args: string[][];
-  readonly routePorts: number[];
-  readonly natsPorts: number[];
-  readonly httpPorts: number[];
-  readonly dataDirs: string[];
-  readonly idFiles: string[];
-  readonly nodes: (Node | undefined)[];
-}
-
-async function newCluster(): Promise<Cluster> {
-  const ca = await createCertificateAuthority('recover-ca');
-  const caFile = join(root, 'ca.pem');
-  writeFileSync(caFile, ca.cert);
-  const passFile = join(root, 'route.pass');
-  writeFileSync(passFile, 'route-secret\n', { mode: 0o600 });
-  const routePorts: number[] = [];
-  const natsPorts: number[] = [];
-  const httpPorts: number[] = [];
-  for (let i = 0; i < 3; i++) {
-    routePorts.push(await freePort());
-    natsPorts.push(await freePort());
-    httpPorts.push(await freePort());
-  }
-  const routes = routePorts.map((p) => `127.0.0.1:${p}`).join(',');
-  const dataDirs = [0, 1, 2].map((i) => join(root, `data-${i}`));
-  const idFiles = [0, 1, 2].map((i) => join(root, `id-${i}.nk`));
-  const args: string[][] = [];
-  for (let i = 0; i < 3; i++) {
-    const cert = await writePemPair(root, `n${i}`, await issueCertificate(ca, { commonName: `n${i}`, usage: 'node' }));
-    args.push([
-      'serve', '--bind', '127.0.0.1', '--bus-auth', 'enforce', '--http-port', String(httpPorts[i]), '--nats-port', String(natsPorts[i]),
-      '--tls-cert', cert.certFile, '--tls-key', cert.keyFile,
-      '--cluster-name', 'recover', '--server-name', `n${i}`, '--cluster-port', String(routePorts[i]), '--routes', routes,
-      '--cluster-user', 'route', '--cluster-pass-file', passFile,
-      '--route-tls-cert', cert.certFile, '--route-tls-key', cert.keyFile, '--route-tls-ca', caFile,
-      '--internal-id-file', idFiles[i]!, '--store', 'kv', '--kv-replicas', '3', '--data-dir', dataDirs[i]!, '--log-level', 'error',
-    ]);
-  }
-  return { caFile, args, routePorts, natsPorts, httpPorts, dataDirs, idFiles, nodes: [undefined, undefined, undefined] };
-}
-
-function spawnNode(c: Cluster, i: number, args: readonly string[] = c.args[i]!): Node {
-  const child = spawn(process.execPath, [...entry, ...args], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
-  live.add(child);
-  const n: Node = { child, stderr: '', exited: new Promise((r) => child.once('exit', () => { live.delete(child); r(); })) };
-  child.stderr!.on('data', (d: Buffer) => { n.stderr = (n.stderr + d.toString()).slice(-16_000); });
-  c.nodes[i] = n;
-  return n;
-}
-
-async function kill9(c: Cluster, i: number): Promise<void> {
-  const n = c.nodes[i];
-  if (!n) return;
-  killPid(n.child);
-  await Promise.race([n.exited, bound(10_000)]);
-  c.nodes[i] = undefined;
-}
-
-async function getJson(c: Cluster, i: number, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
-  try {
-    const res = await fetch(`http://127.0.0.1:${c.httpPorts[i]}${path}`, { signal: AbortSignal.timeout(1500) });
-    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
-  } catch (e) {
-    return { status: 0, body: { error: String(e) } };
-  }
-}
-
-async function waitFor(what: string, cond: () => Promise<boolean> | boolean, boundMs: number): Promise<void> {
-  const end = Date.now() + boundMs;
-  for (let k = 0; k < 10_000; k++) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`${what}: not within ${boundMs} ms`);
-    await sleep(50);
-  }
-}
-
-async function waitHealthy(c: Cluster, idx: readonly number[]): Promise<void> {
-  let last: unknown[] = [];
-  await waitFor('healthy', async () => {
-    const hs = await Promise.all(idx.map((i) => getJson(c, i, '/healthz')));
-    last = hs.map((h, k) => ({ node: idx[k], ...h }));
-    for (const i of idx) {
-      const n = c.nodes[i];
-      if (n && (n.child.exitCode !== null || n.child.signalCode !== null)) throw new Error(`n${i} exited: ${n.stderr}`);
-    }
-    return hs.every((h) => h.status === 200);
-  }, HEALTHY_MS).catch((e: unknown) => { throw new Error(`${String(e)}: ${JSON.stringify(last).slice(0, 2000)}`); });
-}
-
-/** The real CLI as a separate process; resolves with its exit code and output. */
-function cli(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((res) => {
-    const child = spawn(process.execPath, [...entry, ...args], { cwd: repo, stdio: ['ignore', 'pipe', 'pipe'] });
-    live.add(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
-    child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-    const guard = setTimeout(() => killPid(child), 60_000);
-    child.once('exit', (code) => { clearTimeout(guard); live.delete(child); res({ code, stdout, stderr }); });
-  });
-}
-
-const adminFlags = (c: Cluster, i: number): string[] => ['--server', `tls://127.0.0.1:${c.natsPorts[i]}`, '--tls-ca', c.caFile, '--internal-id-file', c.idFiles[i]!];
-
-async function client(c: Cluster, i: number): Promise<NatsConnection> {
-  const seed = readFileSync(c.idFiles[i]!, 'utf8').trim();
-  const nc = await connect({
-    servers: `tls://127.0.0.1:${c.natsPorts[i]}`, authenticator: nkeyAuthenticator(new TextEncoder().encode(seed)),
-    tls: { caFile: c.caFile }, reconnect: false, timeout: 5000, inboxPrefix: `_INBOX_recover_${i}`,
-  });
-  conns.push(nc);
-  return nc;
-}
+t.teardown(teardownHarness);
 
 async function addUser(c: Cluster, i: number, nc: NatsConnection, name: string): Promise<boolean> {
   const signer = keyPairFromSeed(readFileSync(c.idFiles[i]!, 'utf8').trim(), ['server', 'user']);
