@@ -153,6 +153,13 @@ t.test('quorum loss: kill -9 of two of three, cluster recover --force-new-cluste
     .catch((e: unknown) => { throw new Error(`${String(e)}: ${staleNode.stderr.slice(-3000)}`); });
   t.match(staleNode.stderr, /cluster incarnation mismatch.*this node belongs to an earlier incarnation.*wipe its data directory.*cluster add/,
     'the stale node is told it belongs to the old incarnation and what to do');
+  let staleReason = '';
+  await waitFor('the stale node\'s /healthz names the refusal', async () => {
+    const h = await getJson(c, stale, '/healthz');
+    staleReason = String(h.body.reason);
+    return h.status === 503 && /cluster incarnation mismatch/.test(staleReason);
+  }, HEALTHY_MS).catch(() => undefined);
+  t.match(staleReason, /cluster incarnation mismatch.*cluster add/, 'its /healthz (503) says the same');
   const z = await getJson(c, survivor, '/raftz');
   t.same((z.body.conf as { voters?: number[] }).voters, [1], 'the recovered node is still the only voter');
   t.same((z.body.slots as unknown[]).length, 1, 'and its slot table did not take the stale node in');
