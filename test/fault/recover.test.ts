@@ -170,8 +170,8 @@ t.test('quorum loss: kill -9 of two of three, cluster recover --force-new-cluste
   rmSync(c.dataDirs[stale]!, { recursive: true, force: true });
   r = await cli(['cluster', 'add', `n${stale}`, `nats-route://127.0.0.1:${c.routePorts[stale]}`, ...adminFlags(c, survivor)]);
   t.equal(r.code, 0, `cluster add n${stale} at its old address exits 0${r.code === 0 ? '' : `: ${r.stdout}${r.stderr}`}`);
-  const joinArgs = [...c.args[stale]!.map((a, k, all) => (all[k - 1] === '--routes' ? `127.0.0.1:${c.routePorts[survivor]}` : a)), '--initial-cluster-state', 'existing'];
-  spawnNode(c, stale, joinArgs);
+  const joinArgs = (i: number): string[] => [...c.args[i]!.map((a, k, all) => (all[k - 1] === '--routes' ? `127.0.0.1:${c.routePorts[survivor]}` : a)), '--initial-cluster-state', 'existing'];
+  spawnNode(c, stale, joinArgs(stale));
   await waitHealthy(c, [survivor, stale]);
   const nc2 = await client(c, stale);
   const kv3 = await new Kvm(jetstream(nc2, { timeout: 5000 })).open('orders');
@@ -179,8 +179,9 @@ t.test('quorum loss: kill -9 of two of three, cluster recover --force-new-cluste
   for (const [key, value] of [...acked, ['after.recover', 'yes'] as const]) if ((await kv3.get(key))?.string() !== value) missingThere.push(key);
   t.same(missingThere, [], `the added node has every key (${acked.size + 1})`);
   await kv3.put('after.join', 'replicated');
-  await waitFor('the write through the added node on the survivor', async () => (await kv2.get('after.join'))?.string() === 'replicated', HEALTHY_MS);
-  t.pass('a write through the added node is on the recovered one');
+  await waitFor('the write through the added node on the survivor', async () => (await kv2.get('after.join'))?.string() === 'replicated', HEALTHY_MS)
+    .catch(() => undefined);
+  t.equal((await kv2.get('after.join'))?.string(), 'replicated', 'a write through the added node is on the recovered one');
   const joined = JSON.parse(readFileSync(join(c.dataDirs[stale]!, 'cluster.json'), 'utf8')) as Record<string, unknown>;
   t.equal(joined.incarnation, recovered.incarnation, 'the added node adopted the recovered cluster\'s incarnation');
   let voters: unknown;
@@ -190,4 +191,28 @@ t.test('quorum loss: kill -9 of two of three, cluster recover --force-new-cluste
     return Array.isArray(voters) && voters.length === 2;
   }, HEALTHY_MS).catch(() => undefined);
   t.same(voters, [1, 2], 'the added node is a voter');
+
+  // The second lost node back too (issue 16: "add two fresh nodes"): three voters again, /healthz 200 everywhere.
+  const second = others[1]!;
+  rmSync(c.dataDirs[second]!, { recursive: true, force: true });
+  r = await cli(['cluster', 'add', `n${second}`, `nats-route://127.0.0.1:${c.routePorts[second]}`, ...adminFlags(c, stale)]);
+  t.equal(r.code, 0, `cluster add n${second} through the added node exits 0${r.code === 0 ? '' : `: ${r.stdout}${r.stderr}`}`);
+  spawnNode(c, second, joinArgs(second));
+  await waitHealthy(c, [0, 1, 2]);
+  const nc4 = await client(c, second);
+  const kv4 = await new Kvm(jetstream(nc4, { timeout: 5000 })).open('orders');
+  const missingOnSecond: string[] = [];
+  for (const [key, value] of [...acked, ['after.recover', 'yes'] as const, ['after.join', 'replicated'] as const]) {
+    if ((await kv4.get(key))?.string() !== value) missingOnSecond.push(key);
+  }
+  t.same(missingOnSecond, [], `the second added node has every key (${acked.size + 2})`);
+  t.same(await listUsers(c, second).then((u) => [...users, 'after-recover'].filter((n) => !u.has(n))), [], 'and every user');
+  await waitFor('three voters again', async () => {
+    const z = await getJson(c, survivor, '/raftz');
+    voters = (z.body.conf as { voters?: number[] }).voters;
+    return Array.isArray(voters) && voters.length === 3;
+  }, HEALTHY_MS).catch(() => undefined);
+  t.same(voters, [1, 2, 3], 'three voters, as before the loss');
+  const health = await Promise.all([0, 1, 2].map((i) => getJson(c, i, '/healthz')));
+  t.same(health.map((h) => h.status), [200, 200, 200], '/healthz 200 on every node');
 });
