@@ -75,6 +75,11 @@ export interface RouteTransport {
   start(): Promise<void>;
   /** Stops dialing, refuses every link with `shutdown`, and resolves when every socket is closed. */
   close(): Promise<void>;
+  /**
+   * What later handshakes present and require: a node that joined a recovered cluster has adopted its N and
+   * incarnation and must stop accepting peers as a joiner (N 0 skips the incarnation check). Links already up stay.
+   */
+  updateHandshake(update: { readonly clusterSize: number; readonly incarnation: string }): void;
   /** Bound address of the listener (valid after start()). */
   address(): { host: string; port: number };
   /** Queues a frame to a peer: false when the peer is not up, or a raft frame was dropped (queue full). */
@@ -114,7 +119,7 @@ class Transport implements RouteTransport {
   readonly #clock: Clock;
   readonly #random: () => number;
   readonly #log: Logger;
-  readonly #config: HandshakeConfig;
+  #config: HandshakeConfig;
   readonly #ownKey: string;
   readonly #targets: DialTarget[];
   readonly #links = new Set<Link>();
@@ -176,6 +181,11 @@ class Transport implements RouteTransport {
     const info = this.#server?.address() as AddressInfo | null | undefined;
     if (!info) throw new Error('route transport is not listening');
     return { host: info.address, port: info.port };
+  }
+
+  updateHandshake(update: { readonly clusterSize: number; readonly incarnation: string }): void {
+    // A new object: a link keeps the config it was created with.
+    this.#config = { ...this.#config, clusterSize: update.clusterSize, ...(update.incarnation !== '' ? { incarnation: update.incarnation } : {}) };
   }
 
   async close(): Promise<void> {

@@ -653,6 +653,9 @@ export class ClusterNode {
     this.voters = h.voters;
     this.n = h.addresses.length;
     writeClusterFile(this.opts.dataDir, this.cluster);
+    // In a recovered cluster, from now on present what a restart would: its N and incarnation. As a joiner (N 0) this
+    // node would let in a node of the old incarnation that dials its address (the old one of a lost member).
+    if (incarnation !== '') this.transport.updateHandshake({ clusterSize: h.initial, incarnation });
     this.bootstrapProblem = undefined;
     this.log.info({ id, address, from: peer, slots: this.n, voters: this.voters }, 'joined a running cluster: learned this node\'s slot from a peer');
     this.startOrAwaitVerdict();

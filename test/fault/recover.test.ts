@@ -192,8 +192,17 @@ t.test('quorum loss: kill -9 of two of three, cluster recover --force-new-cluste
   }, HEALTHY_MS).catch(() => undefined);
   t.same(voters, [1, 2], 'the added node is a voter');
 
-  // The second lost node back too (issue 16: "add two fresh nodes"): three voters again, /healthz 200 everywhere.
+  // The other old node started with its old data dials its old routes, among them the address the added node now
+  // serves: the added node (not restarted since it joined) refuses it too, as a restart would.
   const second = others[1]!;
+  const stale2 = spawnNode(c, second, c.args[second]!.map((a, k, all) => (all[k - 1] === '--log-level' ? 'warn' : a)));
+  // pino JSON escapes the quotes around the name.
+  const byAdded = new RegExp(`cluster incarnation mismatch: peer \\\\?"n${stale}\\\\?"`);
+  await waitFor('the added node refuses the other stale node', () => byAdded.test(stale2.stderr), HEALTHY_MS).catch(() => undefined);
+  t.ok(byAdded.test(stale2.stderr), `the stale n${second} is refused by the added n${stale} as well${byAdded.test(stale2.stderr) ? '' : `: ${stale2.stderr.slice(-3000)}`}`);
+  await kill9(c, second);
+
+  // The second lost node back too (issue 16: "add two fresh nodes"): three voters again, /healthz 200 everywhere.
   rmSync(c.dataDirs[second]!, { recursive: true, force: true });
   r = await cli(['cluster', 'add', `n${second}`, `nats-route://127.0.0.1:${c.routePorts[second]}`, ...adminFlags(c, stale)]);
   t.equal(r.code, 0, `cluster add n${second} through the added node exits 0${r.code === 0 ? '' : `: ${r.stdout}${r.stderr}`}`);
