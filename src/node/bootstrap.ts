@@ -104,6 +104,9 @@ export interface ClusterFile {
   readonly recovered?: RecoveryRecord;
 }
 
+/** An incarnation as the route hello carries it (transport/frame.ts checks the same). */
+export const incarnationPattern = /^[\x21-\x7e]{1,64}$/;
+
 /** What `cluster recover --force-new-cluster` did to this data directory (cluster.json `recovered`). */
 export interface RecoveryRecord {
   readonly incarnation: string;
@@ -186,6 +189,13 @@ export function readClusterFile(dataDir: string): ClusterFile | null {
   }
   if (v.version !== 1 || !Number.isInteger(v.id) || v.id < 1 || !Array.isArray(v.addresses) || typeof v.bindings !== 'object') {
     throw new NodeError(NodeErrorCode.config, `${path} does not hold a membershipd cluster file (version 1); wipe the data directory to rejoin by snapshot`, false);
+  }
+  // The incarnation goes into every route handshake: a damaged one must stop the node here, not be sent.
+  if (v.incarnation !== undefined && (typeof v.incarnation !== 'string' || !incarnationPattern.test(v.incarnation))) {
+    throw new NodeError(NodeErrorCode.config, `${path}: "incarnation" is not 1-64 printable characters (the file is damaged); restore it from raft.before-recovery-* or wipe the data directory and add the node back`, false);
+  }
+  if (v.recovered !== undefined && (typeof v.recovered !== 'object' || v.recovered === null || v.recovered.incarnation !== v.incarnation)) {
+    throw new NodeError(NodeErrorCode.config, `${path}: "recovered" does not describe this file's incarnation (the file is damaged); wipe the data directory and add the node back`, false);
   }
   return v;
 }

@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { applyConfChange, decodeConfChange, EntryType, type ConfState } from '../../raft/index.js';
 import { encodeKvCommand, KvStateMachine, lockDir, nodeFs, RaftStorage, StoreError, StoreErrorCode } from '../../store/index.js';
 import { MembershipdError } from '../errors.js';
-import { clusterFilePath, readClusterFile, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
+import { clusterFilePath, incarnationPattern, readClusterFile, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
 import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot } from './sessions.js';
 import { decodeEnvelope } from './wire.js';
 
@@ -133,7 +133,7 @@ export function rollForwardRecovery(dataDir: string): string | undefined {
   } catch (err) {
     throw new RecoverError(RecoverErrorCode.state, `${marker} is not the marker "cluster recover" writes (${(err as Error).message}); it is written atomically, so the disk is damaged: restore the data directory from a copy or recover another survivor`, { cause: err });
   }
-  if (!/^[\x21-\x7e]{1,64}$/.test(incarnation)) throw new RecoverError(RecoverErrorCode.state, `${marker} names no valid incarnation; recover another survivor`);
+  if (!incarnationPattern.test(incarnation)) throw new RecoverError(RecoverErrorCode.state, `${marker} names no valid incarnation; recover another survivor`);
   const raft = join(dataDir, 'raft');
   if (existsSync(join(dataDir, newRaftDir))) {
     if (existsSync(raft)) renameSync(raft, join(dataDir, `raft.before-recovery-${incarnation}`));

@@ -159,6 +159,23 @@ t.test('crash after the commit marker: the roll-forward finishes from any point,
   t.throws(() => rollForwardRecovery(d), { code: 'ERECOVER_STATE', message: /names no valid incarnation/ });
 });
 
+t.test('cluster.json with a damaged incarnation or recovery record stops the node before it is sent anywhere', async (t) => {
+  const dir = await survivor('damaged');
+  await forceNewCluster({ dataDir: dir, quorumLost: false, probe: nobody });
+  const good = readFileSync(join(dir, 'cluster.json'), 'utf8');
+  const write = (patch: Record<string, unknown>): void => writeFileSync(join(dir, 'cluster.json'), JSON.stringify({ ...JSON.parse(good), ...patch }));
+  for (const incarnation of [7, '', 'a b', 'x'.repeat(65), 'tab\there']) {
+    write({ incarnation });
+    t.throws(() => readClusterFile(dir), { code: 'ENODE_CONFIG', message: /"incarnation" is not 1-64 printable/ }, `incarnation ${JSON.stringify(incarnation)}`);
+  }
+  write({ recovered: 'yes' });
+  t.throws(() => readClusterFile(dir), { code: 'ENODE_CONFIG', message: /"recovered" does not describe/ });
+  write({ recovered: { ...JSON.parse(good).recovered, incarnation: '1-00' } });
+  t.throws(() => readClusterFile(dir), { code: 'ENODE_CONFIG', message: /"recovered" does not describe/ });
+  writeFileSync(join(dir, 'cluster.json'), good);
+  t.equal(readClusterFile(dir)!.incarnation, JSON.parse(good).incarnation, 'the intact file reads');
+});
+
 t.test('probeAddress: a listening socket answers, a closed port does not, a malformed address is no answer', async (t) => {
   const server = createServer((s) => s.destroy());
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
