@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { backoffDelayMs } from './backoff.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import type { HelloBody, RouteFrame } from './frame.js';
-import type { HandshakeConfig, Refusal, RefusalCode } from './handshake.js';
+import { checkHello, type HandshakeConfig, type Refusal, type RefusalCode } from './handshake.js';
 import type { RouteIdentity } from './identity.js';
 import { Link, type LinkClose, type LinkCounters } from './link.js';
 import { routeLimitsDefault, type RouteLimits } from './limits.js';
@@ -77,7 +77,8 @@ export interface RouteTransport {
   close(): Promise<void>;
   /**
    * What later handshakes present and require: a node that joined a recovered cluster has adopted its N and
-   * incarnation and must stop accepting peers as a joiner (N 0 skips the incarnation check). Links already up stay.
+   * incarnation and must stop accepting peers as a joiner (N 0 skips the incarnation check). Up links to peers of
+   * another incarnation are closed; the others stay.
    */
   updateHandshake(update: { readonly clusterSize: number; readonly incarnation: string }): void;
   /** Bound address of the listener (valid after start()). */
@@ -186,6 +187,12 @@ class Transport implements RouteTransport {
   updateHandshake(update: { readonly clusterSize: number; readonly incarnation: string }): void {
     // A new object: a link keeps the config it was created with.
     this.#config = { ...this.#config, clusterSize: update.clusterSize, ...(update.incarnation !== '' ? { incarnation: update.incarnation } : {}) };
+    // Links this node accepted as a joiner from peers of another incarnation (an old member dialing the address this
+    // node took over) would be refused now: close them, or their hellos and Raft traffic would still reach the node.
+    for (const link of [...this.#up.values()]) {
+      const refusal = link.peer === undefined ? undefined : checkHello(this.#config, link.peer);
+      if (refusal?.code === 'cluster_incarnation') link.close(refusal.code, refusal.reason);
+    }
   }
 
   async close(): Promise<void> {

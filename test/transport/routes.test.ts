@@ -171,6 +171,29 @@ t.test('a joining node (cluster size 0) with no incarnation is accepted by a rec
   }
 });
 
+t.test('updateHandshake after a join: a link from an old-incarnation peer is closed and its redial refused; a member\'s stays', async (t) => {
+  const incarnation = `${Date.UTC(2026, 0, 1)}-00000000000000aa`;
+  const joiner = makeTransport(fx, 'n5', { routes: [], clusterSize: 0 });
+  await joiner.start();
+  const member = makeTransport(fx, 'n6', { routes: routeTo(joiner), clusterSize: 1, incarnation });
+  const staleLog = captureLogger();
+  const stale = makeTransport(fx, 'n7', { routes: routeTo(joiner), clusterSize: 3, logger: staleLog.logger });
+  await member.start();
+  await stale.start();
+  try {
+    await waitFor('both linked to the joiner', () => joiner.upPeers().includes('n6') && joiner.upPeers().includes('n7'));
+    joiner.updateHandshake({ clusterSize: 1, incarnation });
+    await waitFor('the stale link closed', () => !joiner.upPeers().includes('n7'));
+    t.same(joiner.upPeers(), ['n6'], 'the member of the same incarnation stays linked');
+    const refused = await expectLog(staleLog.lines, 0, 'route refused', 'cluster_incarnation', /cluster incarnation mismatch/);
+    t.match(refused.reason, /wipe its data directory/, `the stale peer is told: ${String(refused.reason).slice(0, 120)}…`);
+  } finally {
+    await stale.close();
+    await member.close();
+    await joiner.close();
+  }
+});
+
 t.test('a joining node (cluster size 0: --initial-cluster-state existing) is accepted; it learns N from its peers', async (t) => {
   const peer = makeTransport(fx, 'n3', { routes: routeTo(n1), clusterSize: 0 });
   await peer.start();
