@@ -54,6 +54,12 @@ export interface HelloBody {
   readonly clusterSize: number;
   readonly posture: Uint8Array;
   readonly user: string;
+  /**
+   * Which incarnation of the cluster the sender's data belongs to: '' for a cluster as it formed, a new value each
+   * time `cluster recover --force-new-cluster` made a survivor a cluster of one (src/node/recover.ts). Sent as a
+   * tenth field only when set, so a hello between nodes of a never-recovered cluster is what older nodes read.
+   */
+  readonly incarnation?: string;
 }
 
 /** Everything that travels on a link, handshake and keep-alive included. */
@@ -71,7 +77,7 @@ function toArray(frame: WireFrame): unknown[] {
   switch (frame.kind) {
     case 'hello':
       return [frameKind.hello, frame.version, frame.cluster, frame.name, frame.identity, frame.nonce,
-        frame.clusterSize, frame.posture, frame.user];
+        frame.clusterSize, frame.posture, frame.user, ...(frame.incarnation ? [frame.incarnation] : [])];
     case 'auth': return [frameKind.auth, frame.signature, frame.passwordProof];
     case 'refuse': return [frameKind.refuse, frame.code, frame.reason];
     case 'ping': return [frameKind.ping, frame.seq];
@@ -255,6 +261,12 @@ function uint(v: unknown, field: string): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw malformed(`${field} is not an unsigned integer`);
   return v;
 }
+/** An incarnation is short printable text (recover.ts makes `<ms>-<16 hex>`); anything else is not one of ours. */
+function incarnation(v: unknown): string {
+  const s = str(v, 'incarnation');
+  if (!/^[\x21-\x7e]{1,64}$/.test(s)) throw malformed('incarnation is not 1-64 printable characters');
+  return s;
+}
 function arity(a: unknown[], n: number, kind: string): void {
   if (a.length !== n) throw malformed(`${kind} frame has ${a.length} fields, expected ${n}`);
 }
@@ -262,10 +274,10 @@ function arity(a: unknown[], n: number, kind: string): void {
 function fromArray(a: unknown[]): WireFrame {
   switch (a[0]) {
     case frameKind.hello:
-      arity(a, 9, 'hello');
+      if (a.length !== 10) arity(a, 9, 'hello');
       return { kind: 'hello', version: uint(a[1], 'version'), cluster: str(a[2], 'cluster'), name: str(a[3], 'name'),
         identity: bin(a[4], 'identity', 32), nonce: bin(a[5], 'nonce', 32), clusterSize: uint(a[6], 'cluster size'),
-        posture: bin(a[7], 'posture'), user: str(a[8], 'user') };
+        posture: bin(a[7], 'posture'), user: str(a[8], 'user'), ...(a.length === 10 ? { incarnation: incarnation(a[9]) } : {}) };
     case frameKind.auth:
       arity(a, 3, 'auth');
       return { kind: 'auth', signature: bin(a[1], 'signature', 64), passwordProof: bin(a[2], 'password proof', 32) };

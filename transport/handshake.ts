@@ -22,6 +22,7 @@ export const refusalCode = {
   version: 'version',
   clusterName: 'cluster_name',
   clusterSize: 'cluster_size',
+  incarnation: 'cluster_incarnation',
   posture: 'posture',
   user: 'auth_user',
   password: 'auth_password',
@@ -55,6 +56,8 @@ export interface HandshakeConfig {
   readonly posture: Uint8Array;
   readonly user: string;
   readonly password: string;
+  /** The cluster incarnation of this node's data ('' or absent: never recovered; see HelloBody.incarnation). */
+  readonly incarnation?: string;
 }
 
 const proofContext = Buffer.from('membershipd route identity proof v1\0');
@@ -64,7 +67,7 @@ export function createHello(config: HandshakeConfig, nonce: Uint8Array): HelloBo
   return {
     version: routeProtocolVersion, cluster: config.clusterName, name: config.serverName,
     identity: config.identity.publicKey, nonce, clusterSize: config.clusterSize, posture: config.posture,
-    user: config.user,
+    user: config.user, ...(config.incarnation ? { incarnation: config.incarnation } : {}),
   };
 }
 
@@ -90,6 +93,15 @@ export function checkHello(config: HandshakeConfig, peer: HelloBody): Refusal | 
   if (peer.cluster !== config.clusterName) {
     return { code: 'cluster_name', reason: `cluster name mismatch: peer "${peer.name}" is in "${peer.cluster}", this node in "${config.clusterName}"` };
   }
+  // A cluster recovered from a lost quorum (`cluster recover --force-new-cluster`) is a new incarnation: the nodes of
+  // the old one hold logs the new one never saw, and letting them in would let their entries or votes overwrite it.
+  // Checked before N (which usually differs too) so the refused node is told the remedy. A node joining (N 0) has no
+  // data yet: it adopts the incarnation of the cluster it joins.
+  const theirs = peer.incarnation ?? '';
+  const ours = config.incarnation ?? '';
+  if (theirs !== ours && peer.clusterSize !== 0 && config.clusterSize !== 0) {
+    return { code: 'cluster_incarnation', reason: incarnationMismatch(peer.name, theirs, ours) };
+  }
   // N is the slot count every node derived from --routes when the cluster formed: two nodes that disagree would
   // number the Raft ids differently, so they never talk. It stays fixed while `cluster add` appends slots (the
   // node layer compares the replicated slot tables in its own hello). 0 is a node joining a running cluster
@@ -106,6 +118,16 @@ export function checkHello(config: HandshakeConfig, peer: HelloBody): Refusal | 
     return { code: 'auth_user', reason: `route user mismatch with "${peer.name}"` };
   }
   return undefined;
+}
+
+/** Incarnations are `<ms since the epoch>-<random>`: the older (or absent) one is the node left behind by a recovery. */
+function incarnationMismatch(peerName: string, theirs: string, ours: string): string {
+  const at = (inc: string): number => (inc === '' ? 0 : Number(inc.split('-')[0]) || 0);
+  const when = (inc: string): string => (inc === '' ? 'never recovered' : `recovered ${new Date(at(inc)).toISOString()} (incarnation ${inc})`);
+  const stale = at(theirs) < at(ours) ? `"${peerName}"` : 'this node';
+  return `cluster incarnation mismatch: peer "${peerName}" holds data of the cluster ${when(theirs)}, this node ${when(ours)}; `
+    + `${stale} belongs to an earlier incarnation that "membershipd cluster recover --force-new-cluster" replaced and must not rejoin with its old log: `
+    + `stop it, wipe its data directory, run "membershipd cluster add NAME HOST:PORT" on the recovered cluster and start it with --initial-cluster-state existing (RUNBOOK "Quorum loss")`;
 }
 
 function proofMessage(binding: Uint8Array, verifierNonce: Uint8Array, signer: HelloBody): Buffer {

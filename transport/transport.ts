@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { backoffDelayMs } from './backoff.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import type { HelloBody, RouteFrame } from './frame.js';
-import type { HandshakeConfig, Refusal, RefusalCode } from './handshake.js';
+import { checkHello, type HandshakeConfig, type Refusal, type RefusalCode } from './handshake.js';
 import type { RouteIdentity } from './identity.js';
 import { Link, type LinkClose, type LinkCounters } from './link.js';
 import { routeLimitsDefault, type RouteLimits } from './limits.js';
@@ -30,6 +30,8 @@ export interface RouteTransportOptions {
   readonly postureDigest: string | Uint8Array;
   /** N of the Raft meta-group: every peer must agree on it. */
   readonly clusterSize: number;
+  /** Cluster incarnation ('' or absent: never recovered): peers with data must present the same (checkHello). */
+  readonly incarnation?: string;
   /**
    * Called once a peer has proven its identity key: return a reason (or false) to refuse it, e.g. when
    * the `nodes` bucket binds `name` to another key. Undefined or true accepts.
@@ -64,6 +66,8 @@ export interface PeerInfo {
   /** Redial attempts since the last established link. */
   readonly attempts: number;
   readonly lastError: { readonly code: string; readonly reason: string } | undefined;
+  /** The cluster incarnation the peer presented in its hello ('' when none); set for peers that are up. */
+  readonly incarnation?: string;
 }
 
 export interface RouteTransport {
@@ -71,6 +75,12 @@ export interface RouteTransport {
   start(): Promise<void>;
   /** Stops dialing, refuses every link with `shutdown`, and resolves when every socket is closed. */
   close(): Promise<void>;
+  /**
+   * What later handshakes present and require: a node that joined a recovered cluster has adopted its N and
+   * incarnation and must stop accepting peers as a joiner (N 0 skips the incarnation check). Up links to peers of
+   * another incarnation are closed; the others stay.
+   */
+  updateHandshake(update: { readonly clusterSize: number; readonly incarnation: string }): void;
   /** Bound address of the listener (valid after start()). */
   address(): { host: string; port: number };
   /** Queues a frame to a peer: false when the peer is not up, or a raft frame was dropped (queue full). */
@@ -110,7 +120,7 @@ class Transport implements RouteTransport {
   readonly #clock: Clock;
   readonly #random: () => number;
   readonly #log: Logger;
-  readonly #config: HandshakeConfig;
+  #config: HandshakeConfig;
   readonly #ownKey: string;
   readonly #targets: DialTarget[];
   readonly #links = new Set<Link>();
@@ -128,6 +138,7 @@ class Transport implements RouteTransport {
     this.#config = {
       clusterName: options.clusterName, serverName: options.serverName, identity: options.identity,
       clusterSize: options.clusterSize, posture, user: options.user, password: options.password,
+      ...(options.incarnation ? { incarnation: options.incarnation } : {}),
     };
     if (options.identity.publicKey.length !== 32) throw new TypeError('identity.publicKey must be a raw 32-byte Ed25519 key');
     this.#ownKey = hex(options.identity.publicKey);
@@ -173,6 +184,17 @@ class Transport implements RouteTransport {
     return { host: info.address, port: info.port };
   }
 
+  updateHandshake(update: { readonly clusterSize: number; readonly incarnation: string }): void {
+    // A new object: a link keeps the config it was created with.
+    this.#config = { ...this.#config, clusterSize: update.clusterSize, ...(update.incarnation !== '' ? { incarnation: update.incarnation } : {}) };
+    // Links this node accepted as a joiner from peers of another incarnation (an old member dialing the address this
+    // node took over) would be refused now: close them, or their hellos and Raft traffic would still reach the node.
+    for (const link of [...this.#up.values()]) {
+      const refusal = link.peer === undefined ? undefined : checkHello(this.#config, link.peer);
+      if (refusal?.code === 'cluster_incarnation') link.close(refusal.code, refusal.reason);
+    }
+  }
+
   async close(): Promise<void> {
     if (this.#state === 'closed' || this.#state === 'closing') return;
     const wasRunning = this.#state === 'running';
@@ -216,7 +238,7 @@ class Transport implements RouteTransport {
       out.push({
         name, state: 'up', address: link.address, direction: link.outbound ? 'outbound' : 'inbound',
         identity: hex(link.peer!.identity), rttMs: link.rttMs, counters: { ...link.counters },
-        route: target?.route.url, attempts: 0, lastError: undefined,
+        route: target?.route.url, attempts: 0, lastError: undefined, incarnation: link.peer!.incarnation ?? '',
       });
     }
     for (const target of this.#targets) {

@@ -33,6 +33,7 @@ export function helpText(): string {
     '  membershipd certs ca --out DIR                         a CA for mutual TLS (ca.pem, ca.key 0600)',
     '  membershipd certs node|client NAME --ca DIR --out DIR [--ip A]… [--dns N]…   node (server+client) or client certificates',
     '  membershipd cluster status|transfer-leader [NAME]|add NAME URL|remove NAME|kv-replicas R   the meta-group: members, leadership, voters',
+    '  membershipd cluster recover --force-new-cluster --data-dir DIR [--i-know-a-quorum-is-lost]   a stopped survivor of a lost quorum becomes a cluster of one (RUNBOOK "Quorum loss")',
   ];
   for (const group of Object.keys(flagGroups) as FlagGroup[]) {
     lines.push('', `${flagGroups[group]}:`);

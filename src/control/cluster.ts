@@ -15,7 +15,7 @@ import { parseRoute } from '../../transport/index.js';
 import type { KvBackend } from '../kv/backend.js';
 import type { ClusterNode, ClusterPosture } from '../node/index.js';
 import { AdminError, type AdminResult, type ControlApi } from './api.js';
-import { controlBuckets, decodeValue, encodeValue, schemaVersion, validateConfig, validateNode, type ConfigValue, type NodeValue } from './buckets.js';
+import { auditKey, controlBuckets, decodeValue, encodeValue, schemaVersion, validateAudit, validateConfig, validateNode, type AuditValue, type ConfigValue, type NodeValue } from './buckets.js';
 
 /** Keys of the `config` bucket written from the posture (postureDigest() covers the first three). */
 export const postureKeys = { busAuth: 'bus-auth', clientTls: 'client-tls', store: 'store', kvReplicas: 'kv-replicas' } as const;
@@ -176,6 +176,30 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
   };
   const same = (a: NodeValue, b: NodeValue): boolean => JSON.stringify(a) === JSON.stringify(b);
 
+  /**
+   * A node that `cluster recover --force-new-cluster` made a cluster of one records that in the audit bucket once it
+   * leads (the only node that can, then). The key is derived from the recovery's incarnation and written with
+   * `create`, so a crash between the commit and cluster.json's `audited` cannot record it twice.
+   */
+  const auditRecovery = async (ts: number): Promise<void> => {
+    const r = node.pendingRecoveryAudit();
+    if (r === undefined) return;
+    const value: AuditValue = {
+      v: schemaVersion, ts, who: `node:${node.serverName}`, what: 'cluster.recover', target: node.clusterName, result: 'ok',
+      detail: {
+        forceNewCluster: true, incarnation: r.incarnation, recoveredAt: r.at, keptIndex: r.index, knownCommit: r.commit,
+        previousSlot: r.previousSlot, previousVoters: [...r.previousVoters], reachableAtRecovery: [...r.reachable], quorumLostFlag: r.forced,
+      },
+    };
+    validateAudit(value);
+    const key = auditKey(r.at, `recover-${r.incarnation.slice(r.incarnation.indexOf('-') + 1)}`);
+    const res = await backend.propose({ op: 'create', bucket: controlBuckets.audit, key, value: encodeValue(value), ts });
+    if (res.ok || backend.reader.get(controlBuckets.audit, key) !== undefined) {
+      node.markRecoveryAudited();
+      log.warn({ key, incarnation: r.incarnation }, 'recorded "cluster recover --force-new-cluster" in the audit bucket');
+    }
+  };
+
   const syncOnce = async (): Promise<void> => {
     applyConfig();
     const conf = node.membership();
@@ -189,6 +213,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
         const v: ConfigValue = { v: schemaVersion, value, updated: ts, by: `node:${node.serverName}` };
         await backend.propose({ op: 'create', bucket: controlBuckets.config, key, value: encodeValue(v), ts });
       }
+      await auditRecovery(ts);
       const removed = new Set(removedSlots());
       for (const s of node.slots()) {
         if (s.name === undefined || s.identity === undefined) continue;

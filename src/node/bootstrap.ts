@@ -94,6 +94,35 @@ export interface ClusterFile {
    * yet: Raft runs with `recovering` (no vote, counts for no quorum) and no init entry. Cleared once caught up.
    */
   readonly recovering?: boolean;
+  /**
+   * The cluster incarnation: absent for a cluster as it formed; set by `cluster recover --force-new-cluster` (a new
+   * value each time) and adopted by every node that joins afterwards. The route handshake refuses a peer with data of
+   * another incarnation (transport/handshake.ts), so the old members cannot rejoin with their old logs.
+   */
+  readonly incarnation?: string;
+  /** Set by `cluster recover`; the leader records it in the audit bucket, then `audited` becomes true. */
+  readonly recovered?: RecoveryRecord;
+}
+
+/** An incarnation as the route hello carries it (transport/frame.ts checks the same). */
+export const incarnationPattern = /^[\x21-\x7e]{1,64}$/;
+
+/** What `cluster recover --force-new-cluster` did to this data directory (cluster.json `recovered`). */
+export interface RecoveryRecord {
+  readonly incarnation: string;
+  /** ms since the epoch. */
+  readonly at: number;
+  /** The Raft index the kept state is at (the last entry of the survivor's log). */
+  readonly index: number;
+  /** The commit index the survivor knew; entries after it were kept (see RUNBOOK "Quorum loss"). */
+  readonly commit: number;
+  readonly previousSlot: number;
+  /** The voters of the old configuration, by `name@address`. */
+  readonly previousVoters: readonly string[];
+  /** Old voters the probe found listening (only non-empty with --i-know-a-quorum-is-lost). */
+  readonly reachable: readonly string[];
+  readonly forced: boolean;
+  readonly audited?: boolean;
 }
 
 /** The handshake's cluster size of a persisted table (see ClusterFile.initial). */
@@ -160,6 +189,13 @@ export function readClusterFile(dataDir: string): ClusterFile | null {
   }
   if (v.version !== 1 || !Number.isInteger(v.id) || v.id < 1 || !Array.isArray(v.addresses) || typeof v.bindings !== 'object') {
     throw new NodeError(NodeErrorCode.config, `${path} does not hold a membershipd cluster file (version 1); wipe the data directory to rejoin by snapshot`, false);
+  }
+  // The incarnation goes into every route handshake: a damaged one must stop the node here, not be sent.
+  if (v.incarnation !== undefined && (typeof v.incarnation !== 'string' || !incarnationPattern.test(v.incarnation))) {
+    throw new NodeError(NodeErrorCode.config, `${path}: "incarnation" is not 1-64 printable characters (the file is damaged); restore it from raft.before-recovery-* or wipe the data directory and add the node back`, false);
+  }
+  if (v.recovered !== undefined && (typeof v.recovered !== 'object' || v.recovered === null || v.recovered.incarnation !== v.incarnation)) {
+    throw new NodeError(NodeErrorCode.config, `${path}: "recovered" does not describe this file's incarnation (the file is damaged); wipe the data directory and add the node back`, false);
   }
   return v;
 }

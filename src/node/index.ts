@@ -2,6 +2,7 @@
 export { ClusterNode, startNode, type ClusterStatus, type MemberStatus, type NodeOptions, type Health, type ReadOptions, type RouteListener, type RaftKvBackend } from './node.js';
 export { startCluster, type ClusterOptions, type LocalCluster } from './cluster.js';
 export { NodeError, NodeErrorCode } from './errors.js';
-export { clusterFilePath, readClusterFile, type ClusterFile, type SlotBinding } from './bootstrap.js';
+export { clusterFilePath, readClusterFile, type ClusterFile, type SlotBinding, type RecoveryRecord } from './bootstrap.js';
+export { forceNewCluster, probeAddress, RecoverError, RecoverErrorCode, probeTimeoutMsDefault, probeTimeoutMsMax, type RecoverOptions, type RecoverReport } from './recover.js';
 export { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, postureDigest, wantsCluster, type ClusterPosture } from './serve.js';
 export type { MemberReport } from './wire.js';

@@ -17,12 +17,14 @@ import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import type { NatsServerWithCluster } from '../nats/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
+  type RecoveryRecord,
   addressKey, appendSlots, checkKvFormat, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
   type AddedSlot, type ClusterFile, type SlotBinding,
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import { assessHealth, type SilentVoter } from './health.js';
 import { nextMembershipChange, promoteWindow } from './membership_policy.js';
+import { finishInterruptedRecovery } from './recover.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
 import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
@@ -279,6 +281,9 @@ export class ClusterNode {
       throw new NodeError(NodeErrorCode.config, `--routes lists this node under ${self.length} addresses (${self.join(', ')}); list each node once`, false);
     }
     this.ownRoutes = keys.filter((k) => !self.includes(k));
+    // A `cluster recover --force-new-cluster` that was committed but interrupted before its renames is finished first.
+    const rolledForward = await finishInterruptedRecovery(opts.dataDir);
+    if (rolledForward !== undefined) this.log.warn({ incarnation: rolledForward }, 'finished an interrupted "cluster recover --force-new-cluster"');
     const persisted = readClusterFile(opts.dataDir);
     if (persisted) {
       if (persisted.cluster !== opts.clusterName) {
@@ -291,6 +296,9 @@ export class ClusterNode {
       if (opts.join) this.log.info({ id: persisted.id }, '--initial-cluster-state existing ignored: this node already has its slot (cluster.json)');
       if (derivedN !== this.n && derivedN !== initialSize(persisted)) this.log.warn({ persisted: this.n, fromRoutes: derivedN }, 'cluster size from --routes differs from the persisted configuration; the persisted one is used (membership changes go through `cluster add/remove`)');
       for (const [id, b] of Object.entries(persisted.bindings)) this.bindPeer(Number(id), b.name);
+      if (persisted.recovered !== undefined && persisted.recovered.audited !== true) {
+        this.log.warn({ recovered: persisted.recovered }, 'starting as a cluster of one after "cluster recover --force-new-cluster"; add the other nodes back with "membershipd cluster add"');
+      }
     } else if (opts.join) {
       // Joining a running cluster: N, R and the slot come from the peers' replicated table (onHello → joinFrom).
       this.n = 0;
@@ -333,6 +341,7 @@ export class ClusterNode {
       postureDigest: opts.postureDigest ?? '',
       // The bootstrap N (fixed while slots are appended); 0 while joining (see checkHello in transport/handshake.ts).
       clusterSize: this.cluster ? initialSize(this.cluster) : opts.join ? 0 : this.n,
+      ...(this.cluster?.incarnation !== undefined ? { incarnation: this.cluster.incarnation } : {}),
       verifyPeer: (name, key) => this.verifyPeer(name, Buffer.from(key).toString('hex')),
       logger: opts.logger ?? silentLogger(),
       limits: { backoffMaxMs: 2000, ...opts.routeLimits },
@@ -642,13 +651,19 @@ export class ClusterNode {
     }
     const names: Record<string, string> = {};
     h.names.forEach((name, j) => { names[String(h.initial + j + 1)] = name; });
+    // A recovered cluster's incarnation (transport/handshake.ts): a joiner has no data of its own and adopts it, so
+    // after a restart it presents the cluster's and not the old members'.
+    const incarnation = this.transport.peers().find((p) => p.name === peer && p.state === 'up')?.incarnation ?? '';
     this.cluster = {
       version: 1, cluster: this.clusterName, server: this.serverName, id, addresses: [...h.addresses], voters: h.voters, bindings: {},
-      initial: h.initial, names, joined: true,
+      initial: h.initial, names, joined: true, ...(incarnation !== '' ? { incarnation } : {}),
     };
     this.voters = h.voters;
     this.n = h.addresses.length;
     writeClusterFile(this.opts.dataDir, this.cluster);
+    // In a recovered cluster, from now on present what a restart would: its N and incarnation. As a joiner (N 0) this
+    // node would let in a node of the old incarnation that dials its address (the old one of a lost member).
+    if (incarnation !== '') this.transport.updateHandshake({ clusterSize: h.initial, incarnation });
     this.bootstrapProblem = undefined;
     this.log.info({ id, address, from: peer, slots: this.n, voters: this.voters }, 'joined a running cluster: learned this node\'s slot from a peer');
     this.startOrAwaitVerdict();
@@ -679,6 +694,20 @@ export class ClusterNode {
     this.sendHelloToAll();
     const up = new Set(this.transport.upPeers());
     for (const [peer, h] of [...this.hellos]) if (up.has(peer) && h.id > c.addresses.length) this.onHello(peer, h);
+  }
+
+  /** The `cluster recover --force-new-cluster` this data directory went through, until its audit record is written. */
+  pendingRecoveryAudit(): RecoveryRecord | undefined {
+    const r = this.cluster?.recovered;
+    return r !== undefined && r.audited !== true ? r : undefined;
+  }
+
+  /** The audit record of the recovery is committed: persist that, so no later leader writes it again. */
+  markRecoveryAudited(): void {
+    const c = this.cluster;
+    if (c?.recovered === undefined || c.recovered.audited === true) return;
+    this.cluster = { ...c, recovered: { ...c.recovered, audited: true } };
+    writeClusterFile(this.opts.dataDir, this.cluster);
   }
 
   /** Registers a listener for non-Raft route frames and peer events; returns its removal. */

@@ -112,6 +112,18 @@ t.test('malformed and truncated input', async (t) => {
     { code: 'EFRAME_MALFORMED' }, 'wrong field type');
   const badHello = encodeFrame({ ...(sample[0] as Extract<WireFrame, { kind: 'hello' }>), identity: new Uint8Array(31) });
   t.throws(() => parseAll([badHello]), { code: 'EFRAME_MALFORMED', message: /identity is 31 bytes/ });
+  // The incarnation field (10th, only when set): round-trips; a non-string, empty, control-character or oversized one is
+  // refused; an 11-field hello too.
+  const hello = sample[0] as Extract<WireFrame, { kind: 'hello' }>;
+  const withInc = decodeFrameBody(encodeFrame({ ...hello, incarnation: '1796658100367-e189d08bdd59f1fa' }).subarray(4));
+  t.equal((withInc as { incarnation?: string }).incarnation, '1796658100367-e189d08bdd59f1fa', 'incarnation round-trips');
+  t.equal((decodeFrameBody(encodeFrame(hello).subarray(4)) as { incarnation?: string }).incarnation, undefined, 'absent stays absent (9 fields)');
+  const helloArray = (extra: unknown[]): Buffer => Buffer.from(new Packr({ useRecords: false }).pack([1, 1, 'c', 'n1', new Uint8Array(32), new Uint8Array(32), 3, Buffer.from('p'), 'route', ...extra]));
+  t.throws(() => decodeFrameBody(helloArray([7])), { code: 'EFRAME_MALFORMED', message: /incarnation is not a string/ });
+  t.throws(() => decodeFrameBody(helloArray([''])), { code: 'EFRAME_MALFORMED', message: /incarnation is not 1-64 printable/ });
+  t.throws(() => decodeFrameBody(helloArray(['a b'])), { code: 'EFRAME_MALFORMED', message: /incarnation is not 1-64 printable/ });
+  t.throws(() => decodeFrameBody(helloArray(['x'.repeat(65)])), { code: 'EFRAME_MALFORMED', message: /incarnation is not 1-64 printable/ });
+  t.throws(() => decodeFrameBody(helloArray(['a', 'b'])), { code: 'EFRAME_MALFORMED', message: /hello frame has 11 fields, expected 9/ });
   // Truncated: nothing is delivered and the partial frame waits for more bytes.
   const parser = new FrameParser();
   let n = 0;

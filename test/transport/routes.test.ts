@@ -146,6 +146,54 @@ t.test('a mismatched cluster size', async (t) => {
     'route refused');
 });
 
+t.test('a node of another cluster incarnation (cluster recover --force-new-cluster) is refused, naming the remedy', async (t) => {
+  // n1 never recovered (''); the peer's data is of a recovery: n1 is the one left behind, and both logs say so.
+  await refusedPeer(t, { incarnation: `${Date.UTC(2026, 0, 1)}-0123456789abcdef` }, 'cluster_incarnation',
+    /cluster incarnation mismatch.*never recovered.*this node|cluster incarnation mismatch.*"n1" belongs to an earlier incarnation.*wipe its data directory.*cluster add/,
+    'route refused');
+});
+
+t.test('a joining node (cluster size 0) with no incarnation is accepted by a recovered cluster and learns its incarnation', async (t) => {
+  const incarnation = `${Date.UTC(2026, 0, 1)}-00000000000000ff`;
+  const recovered = makeTransport(fx, 'n5', { routes: [], clusterSize: 1, incarnation });
+  await recovered.start();
+  try {
+    const dialer = makeTransport(fx, 'n7', { routes: routeTo(recovered), clusterSize: 0 });
+    await dialer.start();
+    try {
+      await waitFor('n7 (joining) up with n5 (recovered)', () => recovered.upPeers().includes('n7'));
+      t.equal(dialer.peers().find((p) => p.name === 'n5')?.incarnation, incarnation, 'the joiner sees the incarnation it adopts');
+    } finally {
+      await dialer.close();
+    }
+  } finally {
+    await recovered.close();
+  }
+});
+
+t.test('updateHandshake after a join: a link from an old-incarnation peer is closed and its redial refused; a member\'s stays', async (t) => {
+  const incarnation = `${Date.UTC(2026, 0, 1)}-00000000000000aa`;
+  const joiner = makeTransport(fx, 'n5', { routes: [], clusterSize: 0 });
+  await joiner.start();
+  const member = makeTransport(fx, 'n6', { routes: routeTo(joiner), clusterSize: 1, incarnation });
+  const staleLog = captureLogger();
+  const stale = makeTransport(fx, 'n7', { routes: routeTo(joiner), clusterSize: 3, logger: staleLog.logger });
+  await member.start();
+  await stale.start();
+  try {
+    await waitFor('both linked to the joiner', () => joiner.upPeers().includes('n6') && joiner.upPeers().includes('n7'));
+    joiner.updateHandshake({ clusterSize: 1, incarnation });
+    await waitFor('the stale link closed', () => !joiner.upPeers().includes('n7'));
+    t.same(joiner.upPeers(), ['n6'], 'the member of the same incarnation stays linked');
+    const refused = await expectLog(staleLog.lines, 0, 'route refused', 'cluster_incarnation', /cluster incarnation mismatch/);
+    t.match(refused.reason, /wipe its data directory/, `the stale peer is told: ${String(refused.reason).slice(0, 120)}…`);
+  } finally {
+    await stale.close();
+    await member.close();
+    await joiner.close();
+  }
+});
+
 t.test('a joining node (cluster size 0: --initial-cluster-state existing) is accepted; it learns N from its peers', async (t) => {
   const peer = makeTransport(fx, 'n3', { routes: routeTo(n1), clusterSize: 0 });
   await peer.start();

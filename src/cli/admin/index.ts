@@ -5,6 +5,7 @@ import { UsageError } from './args.js';
 import { adminExit, runApiCommand } from './commands.js';
 import { AdminCommandError } from './connection.js';
 import { runCerts, runId } from './local.js';
+import { runRecover } from './recover.js';
 import { runSnapshot } from './snapshot.js';
 import { runServiceWatch } from './service_watch.js';
 
@@ -18,7 +19,8 @@ export const adminCommands: Record<string, AdminRunner> = {
   user: (argv, out, env) => runApiCommand('user', argv, out, env),
   role: (argv, out, env) => runApiCommand('role', argv, out, env),
   audit: (argv, out, env) => runApiCommand('audit', argv, out, env),
-  cluster: (argv, out, env) => runApiCommand('cluster', argv, out, env),
+  // `cluster recover` works on a stopped node's data directory, not through a node's admin API.
+  cluster: (argv, out, env) => (argv[0] === 'recover' ? runRecover(argv.slice(1), out) : runApiCommand('cluster', argv, out, env)),
   service: (argv, out, env) => (argv[0] === 'watch' ? runServiceWatch(argv.slice(1), out, env) : runApiCommand('service', argv, out, env)),
   id: (argv, out, env) => runId(argv, out, env),
   certs: (argv, out) => runCerts(argv, out),
