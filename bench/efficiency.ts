@@ -14,9 +14,9 @@
 //
 // Env: BENCH_ROUNDS (default 2), BENCH_GO_MSGS (500000), BENCH_KV_PUTS (20000 per c64 phase), BENCH_SEQ_PUTS (1000),
 // BENCH_NODE_FLAGS (node flags for our three processes, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'),
-// BENCH_ONLY=membershipd (skip the reference: for profiling).
+// BENCH_ONLY=membershipd (skip the reference: for profiling), BENCH_PHASES (comma list of gopubsub, gokv, js).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -48,6 +48,9 @@ const PASSWORD = 'bench-password-0123456789';
 const BUCKET = 'eff';
 const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(/\s+/).filter((f) => f !== '');
 const onlyOurs = process.env.BENCH_ONLY === 'membershipd';
+/** Which workloads run (a profile of one workload: BENCH_PHASES=gopubsub); default all three. */
+const phases = new Set((process.env.BENCH_PHASES ?? 'gopubsub,gokv,js').split(','));
+for (const p of phases) if (!['gopubsub', 'gokv', 'js'].includes(p)) throw new Error(`BENCH_PHASES: unknown phase ${p} (want gopubsub, gokv, js)`);
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'membershipd-bench-eff-'));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -64,6 +67,23 @@ interface System {
   figures: Map<string, number[]>;
 }
 
+/**
+ * BENCH_PHASE_LOG=<file>: one JSON line per measured phase of membershipd (monotonic µs window, the clock V8's
+ * --cpu-prof timestamps use; ops; CPU seconds per process from /proc), for bench/profile_summary.ts.
+ */
+const phaseLog = process.env.BENCH_PHASE_LOG;
+async function phase<T extends { ops: number }>(s: System, name: string, run: () => Promise<T>): Promise<T> {
+  const cpu0 = s.children.map((ch) => cpuSeconds(ch.pid!));
+  const startUs = Number(process.hrtime.bigint() / 1000n);
+  const r = await run();
+  const endUs = Number(process.hrtime.bigint() / 1000n);
+  if (phaseLog !== undefined && s.kind === 'membershipd') {
+    const cpu = Object.fromEntries(s.children.map((ch, i) => [String(ch.pid), cpuSeconds(ch.pid!) - cpu0[i]!]));
+    appendFileSync(phaseLog, `${JSON.stringify({ phase: name, startUs, endUs, ops: r.ops, cpuSeconds: cpu, kvNodePid: s.children[s.kvNode]!.pid })}\n`);
+  }
+  return r;
+}
+
 function record(s: System, key: string, value: number): void {
   (s.figures.get(key) ?? s.figures.set(key, []).get(key)!).push(value);
 }
@@ -75,6 +95,9 @@ function peakRssMb(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
 }
+
+/** The Go client's RESULT fields, and the phase's operation count. */
+type GoResult = Record<string, number> & { ops: number };
 
 // ---- the Go client ----------------------------------------------------------------------------------------
 
@@ -192,7 +215,10 @@ async function prepareBucket(s: System, caFile: string): Promise<void> {
 
 async function goPubsub(s: System, bin: string, caFile: string): Promise<void> {
   const cpu0 = clusterCpu(s);
-  const r = await runGo(bin, ['pubsub', s.urls[s.kvNode]!, caFile, USER, PASSWORD, String(GO_MSGS), String(PAYLOAD)], 120_000);
+  const r = await phase(s, 'gopubsub', async () => {
+    const res = await runGo(bin, ['pubsub', s.urls[s.kvNode]!, caFile, USER, PASSWORD, String(GO_MSGS), String(PAYLOAD)], 120_000);
+    return { ...res, ops: res.received! } as GoResult;
+  });
   const cpuUs = ((clusterCpu(s) - cpu0) * 1e6) / Math.max(1, r.received!);
   if (r.received! < GO_MSGS) console.log(`  warning: ${s.kind} delivered ${r.received}/${GO_MSGS} Go messages within 30 s`);
   record(s, 'goPubsub', r.rate!);
@@ -202,7 +228,10 @@ async function goPubsub(s: System, bin: string, caFile: string): Promise<void> {
 
 async function goKvPut(s: System, bin: string, caFile: string, round: number): Promise<void> {
   const cpu0 = clusterCpu(s);
-  const r = await runGo(bin, ['kvput', s.urls[s.kvNode]!, caFile, USER, PASSWORD, BUCKET, String(KV_PUTS), String(IN_FLIGHT), String(VALUE), `go${round}`], 180_000);
+  const r = await phase(s, 'gokv', async () => {
+    const res = await runGo(bin, ['kvput', s.urls[s.kvNode]!, caFile, USER, PASSWORD, BUCKET, String(KV_PUTS), String(IN_FLIGHT), String(VALUE), `go${round}`], 180_000);
+    return { ...res, ops: res.puts! } as GoResult;
+  });
   const cpuUs = ((clusterCpu(s) - cpu0) * 1e6) / Math.max(1, r.puts!);
   if (r.failed! > 0) console.log(`  warning: ${s.kind}: ${r.failed} Go puts failed`);
   record(s, 'goKv', r.rate!);
@@ -217,14 +246,17 @@ async function jsKvPut(s: System, kv: KV, round: number): Promise<void> {
   const end = Date.now() + 120_000;
   const cpu0 = clusterCpu(s);
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
-    while (next < KV_PUTS && Date.now() < end) {
-      const i = next++;
-      const a = performance.now();
-      await kv.put(`js${round}.${i % 10_000}`, value);
-      lat.push(performance.now() - a);
-    }
-  }));
+  await phase(s, 'jskv', async () => {
+    await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
+      while (next < KV_PUTS && Date.now() < end) {
+        const i = next++;
+        const a = performance.now();
+        await kv.put(`js${round}.${i % 10_000}`, value);
+        lat.push(performance.now() - a);
+      }
+    }));
+    return { ops: lat.length };
+  });
   const secs = (performance.now() - t0) / 1000;
   const cpuUs = ((clusterCpu(s) - cpu0) * 1e6) / Math.max(1, lat.length);
   sortAscending(lat);
@@ -238,11 +270,14 @@ async function jsKvPut(s: System, kv: KV, round: number): Promise<void> {
     `p999 ${formatMs(quantile(lat, 0.999))} max ${formatMs(lat[lat.length - 1]!)} ms   server CPU ${cpuUs.toFixed(1)} µs/put`);
   const seq: number[] = [];
   const seqEnd = Date.now() + 60_000;
-  for (let i = 0; i < SEQ_PUTS && Date.now() < seqEnd; i++) {
-    const a = performance.now();
-    await kv.put(`seq${round}.${i % 1000}`, value);
-    seq.push(performance.now() - a);
-  }
+  await phase(s, 'jsseq', async () => {
+    for (let i = 0; i < SEQ_PUTS && Date.now() < seqEnd; i++) {
+      const a = performance.now();
+      await kv.put(`seq${round}.${i % 1000}`, value);
+      seq.push(performance.now() - a);
+    }
+    return { ops: seq.length };
+  });
   sortAscending(seq);
   record(s, 'seqP50', quantile(seq, 0.5));
   console.log(`    nats.js KV put sequential p50 ${formatMs(quantile(seq, 0.5))} ms p99 ${formatMs(quantile(seq, 0.99))} ms (${seq.length} puts)`);
@@ -252,10 +287,12 @@ async function jsKvPut(s: System, kv: KV, round: number): Promise<void> {
 async function warm(s: System, kv: KV, bin: string | null, caFile: string): Promise<void> {
   const value = new Uint8Array(VALUE);
   let next = 0;
-  await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
-    while (next < 3000) await kv.put(`warm.${next++}`, value);
-  }));
-  if (bin !== null) await runGo(bin, ['pubsub', s.urls[s.kvNode]!, caFile, USER, PASSWORD, '100000', String(PAYLOAD)], 60_000);
+  if (phases.has('gokv') || phases.has('js')) {
+    await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
+      while (next < 3000) await kv.put(`warm.${next++}`, value);
+    }));
+  }
+  if (bin !== null && phases.has('gopubsub')) await runGo(bin, ['pubsub', s.urls[s.kvNode]!, caFile, USER, PASSWORD, '100000', String(PAYLOAD)], 60_000);
 }
 
 // ---- main -------------------------------------------------------------------------------------------------
@@ -286,11 +323,9 @@ async function main(): Promise<void> {
     for (let round = 1; round <= ROUNDS; round++) {
       for (const s of systems) {
         console.log(`  round ${round} ${s.kind}`);
-        if (bin !== null) {
-          await goPubsub(s, bin, c.caFile);
-          await goKvPut(s, bin, c.caFile, round);
-        }
-        await jsKvPut(s, kvs.get(s)!.kv, round);
+        if (bin !== null && phases.has('gopubsub')) await goPubsub(s, bin, c.caFile);
+        if (bin !== null && phases.has('gokv')) await goKvPut(s, bin, c.caFile, round);
+        if (phases.has('js')) await jsKvPut(s, kvs.get(s)!.kv, round);
       }
     }
   } finally {
