@@ -196,7 +196,7 @@ export class KvApi {
     if (s.startsWith(kvPrefix)) {
       const kv = parseKvSubject(s);
       // No such bucket: no stream captures the subject, and the client gets no_responders as from nats-server.
-      if (kv === undefined || this.backend.reader.bucketInfo(kv.bucket) === undefined || hidden?.(kv.bucket) === true) return false;
+      if (kv === undefined || !this.backend.reader.hasBucket(kv.bucket) || hidden?.(kv.bucket) === true) return false;
       this.run(this.onKvPublish(kv.bucket, kv.key, msg.reply, msg.headers.slice(), msg.payload.slice()), msg.reply, 'PubAck');
       return true;
     }
@@ -207,7 +207,7 @@ export class KvApi {
       const concealed = named !== undefined && hidden?.(named) === true && req?.kind !== 'stream.create';
       if (req?.kind === 'direct.get') {
         // Direct gets are answered by the stream itself in nats-server: no stream, no responder.
-        if (named === undefined || this.backend.reader.bucketInfo(named) === undefined || concealed) return false;
+        if (named === undefined || !this.backend.reader.hasBucket(named) || concealed) return false;
       }
       if (msg.reply === undefined) return true;
       this.requests++;
@@ -622,7 +622,7 @@ export class KvApi {
 
   private consumerRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, perms?: Permissions): void {
     const bucket = bucketOfStream(req.stream);
-    if (bucket === undefined || this.backend.reader.bucketInfo(bucket) === undefined) return fail(jsErrors.streamNotFound());
+    if (bucket === undefined || !this.backend.reader.hasBucket(bucket)) return fail(jsErrors.streamNotFound());
     const server = this.options.serverName;
     switch (req.kind) {
       case 'consumer.create': {
