@@ -87,6 +87,44 @@ export interface LocalPublish {
   readonly principal?: Principal;
 }
 
+/**
+ * The LocalPublish handed to the forwarder for every local publish. Most publishes are neither a KV/JetStream
+ * request nor wanted by a peer, and the forwarders look at the subject only; the header and payload views are
+ * made when one is read (profiled: two subarrays and the object were 5 % of a node's CPU per message in Go
+ * client pub/sub). The fields are copied from the parser's PubArgs, which the next message reuses, so a view
+ * made after the call still shows this message: `data` is a socket read or a per-message copy, never reused.
+ * The reply is decoded at once because its bytes may sit in the parser's scratch buffer.
+ */
+class ForwardedPublish implements LocalPublish {
+  readonly subject: string;
+  readonly reply: string | undefined;
+  localQueues?: ReadonlyMap<string, number>;
+  remoteQueues?: Set<string>;
+  feedback?: PublishFeedback;
+  principal?: Principal;
+  private readonly data: Buffer;
+  private readonly dataStart: number;
+  private readonly headerEnd: number;
+  private readonly dataEnd: number;
+
+  constructor(p: PubArgs) {
+    this.subject = p.subject;
+    this.reply = p.replyStart >= 0 ? p.reply() : undefined;
+    this.data = p.data;
+    this.dataStart = p.dataStart;
+    this.headerEnd = p.dataStart + (p.headerBytes > 0 ? p.headerBytes : 0);
+    this.dataEnd = p.dataStart + p.size;
+  }
+
+  get headers(): Uint8Array {
+    return this.data.subarray(this.dataStart, this.headerEnd);
+  }
+
+  get payload(): Uint8Array {
+    return this.data.subarray(this.headerEnd, this.dataEnd);
+  }
+}
+
 export interface PublishFeedback {
   stallMs: number;
 }
@@ -320,13 +358,7 @@ export class ServerCore {
   }
 
   private forwardToRoutes(p: PubArgs, localQueues: Map<string, number> | undefined, remoteQueues: Set<string> | undefined, origin: Client): boolean {
-    const hdr = p.headerBytes > 0 ? p.headerBytes : 0;
-    const msg: { -readonly [K in keyof LocalPublish]: LocalPublish[K] } = {
-      subject: p.subject,
-      reply: p.reply(),
-      headers: p.data.subarray(p.dataStart, p.dataStart + hdr),
-      payload: p.data.subarray(p.dataStart + hdr, p.dataStart + p.size),
-    };
+    const msg = new ForwardedPublish(p);
     if (localQueues !== undefined) {
       msg.localQueues = localQueues;
       msg.remoteQueues = remoteQueues;
