@@ -65,6 +65,21 @@ interface System {
   kvNode: number;
   rssIdle: number[];
   figures: Map<string, number[]>;
+  /** membershipd: the KV leader's /metrics, for the batching figures of each phase. */
+  metricsUrl?: string;
+}
+
+/** The counters of our KV leader that say how well a write phase batched. */
+const batchingSeries = ['membershipd_wal_fsync_seconds_count', 'membershipd_raft_commit_index', 'membershipd_route_writes_total',
+  'membershipd_route_frames_out_total', 'membershipd_raft_messages_out_total'] as const;
+
+async function batchingCounters(url: string): Promise<number[]> {
+  try {
+    const text = await (await fetch(url, { signal: AbortSignal.timeout(5000) })).text();
+    return batchingSeries.map((name) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN));
+  } catch {
+    return batchingSeries.map(() => NaN);
+  }
 }
 
 /**
@@ -73,10 +88,17 @@ interface System {
  */
 const phaseLog = process.env.BENCH_PHASE_LOG;
 async function phase<T extends { ops: number }>(s: System, name: string, run: () => Promise<T>): Promise<T> {
+  const before = s.metricsUrl === undefined || name === 'gopubsub' ? undefined : await batchingCounters(s.metricsUrl);
   const cpu0 = s.children.map((ch) => cpuSeconds(ch.pid!));
   const startUs = Number(process.hrtime.bigint() / 1000n);
   const r = await run();
   const endUs = Number(process.hrtime.bigint() / 1000n);
+  if (before !== undefined) {
+    const d = (await batchingCounters(s.metricsUrl!)).map((v, i) => v - before[i]!);
+    const [fsyncs, entries, writes, frames, raftOut] = d as [number, number, number, number, number];
+    console.log(`      leader per put: ${(fsyncs / r.ops).toFixed(2)} fsyncs (${(entries / fsyncs).toFixed(1)} entries each), ` +
+      `${(writes / r.ops).toFixed(2)} route writes (${(frames / writes).toFixed(1)} frames each), ${(raftOut / r.ops).toFixed(2)} Raft messages sent`);
+  }
   if (phaseLog !== undefined && s.kind === 'membershipd') {
     const cpu = Object.fromEntries(s.children.map((ch, i) => [String(ch.pid), cpuSeconds(ch.pid!) - cpu0[i]!]));
     appendFileSync(phaseLog, `${JSON.stringify({ phase: name, startUs, endUs, ops: r.ops, cpuSeconds: cpu, kvNodePid: s.children[s.kvNode]!.pid })}\n`);
@@ -150,7 +172,7 @@ async function startOurs(): Promise<{ s: System; c: BenchCluster }> {
   }
   await admin.nc.close();
   const urls = c.natsPorts.map((p) => `tls://127.0.0.1:${p}`);
-  return { s: { kind: 'membershipd', children: c.children, urls, kvNode: leader, rssIdle: [], figures: new Map() }, c };
+  return { s: { kind: 'membershipd', children: c.children, urls, kvNode: leader, rssIdle: [], figures: new Map(), metricsUrl: `http://127.0.0.1:${c.httpPorts[leader]}/metrics` }, c };
 }
 
 async function startReference(c: BenchCluster): Promise<System> {
@@ -312,6 +334,7 @@ async function main(): Promise<void> {
   try {
     for (const s of systems) {
       await prepareBucket(s, c.caFile);
+      if (s.kind === 'membershipd') s.metricsUrl = `http://127.0.0.1:${c.httpPorts[s.kvNode]}/metrics`;
       await sleep(1000);
       s.rssIdle = s.children.map((ch) => rssMb(ch.pid!));
       console.log(`  ${s.kind.padEnd(11)} up; KV clients on n${s.kvNode} (leads KV_${BUCKET}); RSS idle ${s.rssIdle.map((m) => m.toFixed(1)).join(' / ')} MiB`);
