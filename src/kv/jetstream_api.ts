@@ -190,8 +190,10 @@ export class KvApi {
    * no_responders status). Views in `msg` are valid only during the call, so what is kept is copied.
    */
   handlePublish(msg: LocalPublish): boolean {
-    if (this.closed || this.refusing) return false;
     const s = msg.subject;
+    // Every subject the KV API serves starts with '$' ($KV., $JS.API., $JS.FC.): one comparison lets the bus's
+    // other messages pass (this runs for every local publish).
+    if (s.charCodeAt(0) !== 36 /* $ */ || this.closed || this.refusing) return false;
     const hidden = this.hiddenFor(msg.principal);
     if (s.startsWith(kvPrefix)) {
       const kv = parseKvSubject(s);
