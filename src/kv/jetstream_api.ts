@@ -367,10 +367,9 @@ export class KvApi {
 
   private async onKvPublish(bucket: string, key: string, reply: string | undefined, hdr: Uint8Array, payload: Uint8Array): Promise<void> {
     const stream = `${streamPrefix}${bucket}`;
-    const ack = (r: { seq: number } | JsApiError): void => {
-      if ('err_code' in r) this.errors++;
-      if (reply === undefined) return;
-      this.send(reply, 'err_code' in r ? { error: r, stream, seq: 0 } : { stream, seq: r.seq });
+    const ack = (r: JsApiError): void => {
+      this.errors++;
+      if (reply !== undefined) this.send(reply, { error: r, stream, seq: 0 });
     };
     if (this.view.readOnly(bucket)) return ack(jsErrors.streamSealed(bucket));
     const cmd = kvCommandOf(bucket, key, stream, hdr, payload, Date.now());
@@ -384,7 +383,16 @@ export class KvApi {
       return;
     }
     if (r.kind !== 'entry') return ack(jsErrors.streamGeneral(`unexpected ${r.kind} result`));
-    ack({ seq: r.entry.revision });
+    if (reply !== undefined) this.sendPubAck(reply, stream, r.entry.revision);
+  }
+
+  /**
+   * The PubAck of every successful put, the bytes JSON.stringify({ stream, seq }) gives (a stream name is
+   * [A-Za-z0-9_-] and a revision an integer: nothing to escape), without building and serialising an object.
+   */
+  private sendPubAck(reply: string, stream: string, seq: number): void {
+    if (this.closed) return;
+    this.port.deliverFromRoute({ subject: reply, payload: Buffer.from(`{"stream":"${stream}","seq":${seq}}`, 'latin1'), flushNow: true });
   }
 
   // ---- $JS.API ----------------------------------------------------------------------------------------------------

@@ -419,7 +419,9 @@ export class ServerCore {
 
   /** Points `p` at a routed message's bytes; valid while `msg` is, so delivery must copy synchronously. */
   private fillRouteArgs(p: PubArgs, msg: RouteMessage): void {
-    const subj = this.subjectBytes(msg.subject);
+    // A service's reply (flushNow) goes to a request's own inbox, seen once: caching its bytes would only push the
+    // subjects routed traffic repeats out of the cache (and clear it every 4,096 replies).
+    const subj = msg.flushNow === true ? Buffer.from(msg.subject) : this.subjectBytes(msg.subject);
     p.subject = msg.subject;
     p.subjectStart = 0;
     p.subjectEnd = subj.length;
