@@ -335,9 +335,13 @@ async function main(): Promise<void> {
     for (const s of systems) {
       await prepareBucket(s, c.caFile);
       if (s.kind === 'membershipd') s.metricsUrl = `http://127.0.0.1:${c.httpPorts[s.kvNode]}/metrics`;
-      await sleep(1000);
+      // Idle: what the processes cost with no client traffic (timers, Raft heartbeats, health checks).
+      const idle0 = s.children.map((ch) => cpuSeconds(ch.pid!));
+      await sleep(2000);
+      const idlePct = s.children.map((ch, i) => ((cpuSeconds(ch.pid!) - idle0[i]!) / 2) * 100);
       s.rssIdle = s.children.map((ch) => rssMb(ch.pid!));
-      console.log(`  ${s.kind.padEnd(11)} up; KV clients on n${s.kvNode} (leads KV_${BUCKET}); RSS idle ${s.rssIdle.map((m) => m.toFixed(1)).join(' / ')} MiB`);
+      console.log(`  ${s.kind.padEnd(11)} up; KV clients on n${s.kvNode} (leads KV_${BUCKET}); RSS idle ${s.rssIdle.map((m) => m.toFixed(1)).join(' / ')} MiB; ` +
+        `idle CPU ${idlePct.map((p) => p.toFixed(1)).join(' / ')} % of a core`);
       const nc = await connectTo(s, s.kvNode, c.caFile, 'bench-js');
       const kv = await new Kvm(jetstream(nc, { timeout: 30_000 })).open(BUCKET);
       kvs.set(s, { nc, kv });
