@@ -60,6 +60,25 @@ function stageOf(f: CallFrame): string | null {
   return f.url;
 }
 
+/** The stage of a KV put or a published message a module's (or native's) self time belongs to. */
+function groupOf(stage: string): string {
+  if (stage.startsWith('src/nats/parser')) return 'NATS protocol parse';
+  if (stage.startsWith('src/nats/sublist') || stage.startsWith('src/nats/subject')) return 'subject match (trie, syntax)';
+  if (stage.startsWith('src/nats/')) return 'NATS client/server (routing, MSG building, buffers)';
+  if (/^src\/(control|services|bus)\//.test(stage)) return 'forwarder chain (admin API, services, bus routes)';
+  if (stage.startsWith('src/kv/')) return 'JetStream KV API (subjects, headers, replies)';
+  if (stage.startsWith('src/node/')) return 'node driver (Ready loop, envelopes, sessions)';
+  if (stage.startsWith('raft/')) return 'Raft';
+  if (stage.startsWith('store/kv/')) return 'KV state machine (apply, command decode)';
+  if (stage.startsWith('store/')) return 'WAL and storage (records, CRC, entry encoding)';
+  if (stage.startsWith('transport/')) return 'route frames and links';
+  if (stage === 'dep msgpackr') return 'msgpack (msgpackr)';
+  if (stage === 'native writeBuffer' || stage === 'native writev' || stage === 'node net/streams' || stage === 'node tls/crypto') return 'socket I/O (TLS write, streams)';
+  if (stage === 'GC') return 'GC (main thread)';
+  if (stage === 'node timers/microtasks' || stage === 'native runMicrotasks') return 'timers, promises, microtasks';
+  return 'other (V8, natives, http, pino)';
+}
+
 function loadProfiles(): Map<string, CpuProfile[]> {
   const byPid = new Map<string, CpuProfile[]>();
   for (const name of readdirSync(dir!)) {
@@ -111,6 +130,11 @@ for (const ph of phases) {
     console.log(`  pid ${pid} (${role}): ${usPerOp.toFixed(2)} µs/op from /proc, ${total} busy samples in the window`);
     if (total === 0) continue;
     const share = (n: number): string => `${((n / total) * usPerOp).toFixed(2).padStart(7)} µs/op ${((100 * n) / total).toFixed(1).padStart(5)} %`;
+    const groups = new Map<string, number>();
+    for (const [stage, n] of stages) groups.set(groupOf(stage), (groups.get(groupOf(stage)) ?? 0) + n);
+    console.log('    by stage:');
+    for (const [g, n] of [...groups].sort((a, b) => b[1] - a[1])) console.log(`    ${share(n)}  ${g}`);
+    console.log('    by module:');
     for (const [stage, n] of [...stages].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`    ${share(n)}  ${stage}`);
     console.log('    top functions (self):');
     for (const [fn, n] of [...fns].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`    ${share(n)}  ${fn}`);
