@@ -6,7 +6,8 @@
 //   - Go client (nats.go, bench/efficiency_go) pub/sub 1→1 on one node, 128 B payloads: msgs/s, server CPU per message;
 //   - Go client KV put (R3 bucket) at 64 in flight: puts/s, server CPU per put;
 //   - nats.js KV put at 64 in flight: puts/s, p50/p99/p999;
-//   - nats.js KV put sequential: p50.
+//   - nats.js KV put sequential: p50;
+//   - nats.js KV get at 64 in flight: gets/s, server CPU per get.
 // The KV clients connect to the node that leads the bucket's stream (ours: the Raft leader). CPU is the sum of
 // /proc/<pid>/stat utime+stime over the three server processes; RSS from /proc/<pid>/status (VmRSS idle, after the
 // cluster formed; VmHWM, the kernel's high-water mark, at the end). membershipd's event-loop delay and GC pauses
@@ -14,7 +15,7 @@
 //
 // Env: BENCH_ROUNDS (default 2), BENCH_GO_MSGS (500000), BENCH_KV_PUTS (20000 per c64 phase), BENCH_SEQ_PUTS (1000),
 // BENCH_NODE_FLAGS (node flags for our three processes, e.g. '--cpu-prof --cpu-prof-dir=/tmp/prof'),
-// BENCH_ONLY=membershipd (skip the reference: for profiling), BENCH_PHASES (comma list of gopubsub, gokv, js).
+// BENCH_ONLY=membershipd (skip the reference: for profiling), BENCH_PHASES (comma list of gopubsub, gokv, js, jsget).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -49,8 +50,8 @@ const BUCKET = 'eff';
 const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? '').split(/\s+/).filter((f) => f !== '');
 const onlyOurs = process.env.BENCH_ONLY === 'membershipd';
 /** Which workloads run (a profile of one workload: BENCH_PHASES=gopubsub); default all three. */
-const phases = new Set((process.env.BENCH_PHASES ?? 'gopubsub,gokv,js').split(','));
-for (const p of phases) if (!['gopubsub', 'gokv', 'js'].includes(p)) throw new Error(`BENCH_PHASES: unknown phase ${p} (want gopubsub, gokv, js)`);
+const phases = new Set((process.env.BENCH_PHASES ?? 'gopubsub,gokv,js,jsget').split(','));
+for (const p of phases) if (!['gopubsub', 'gokv', 'js', 'jsget'].includes(p)) throw new Error(`BENCH_PHASES: unknown phase ${p} (want gopubsub, gokv, js, jsget)`);
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'membershipd-bench-eff-'));
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -261,6 +262,31 @@ async function goKvPut(s: System, bin: string, caFile: string, round: number): P
   console.log(`    Go KV put R3, ${IN_FLIGHT} in flight ${formatCount(r.rate!).padStart(7)} puts/s   server CPU ${cpuUs.toFixed(1)} µs/put (3 processes)`);
 }
 
+/** nats.js KV get at 64 in flight (a DIRECT.GET request each, keys the put phases wrote): gets/s and server CPU per get. */
+async function jsKvGet(s: System, kv: KV, round: number): Promise<void> {
+  let next = 0;
+  let found = 0;
+  const end = Date.now() + 60_000;
+  const t0 = performance.now();
+  const cpu0 = clusterCpu(s);
+  const r = await phase(s, 'jsget', async () => {
+    let ops = 0;
+    await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
+      while (next < KV_PUTS && Date.now() < end) {
+        const i = next++;
+        if ((await kv.get(`js${round}.${i % 10_000}`)) !== null) found++;
+        ops++;
+      }
+    }));
+    return { ops };
+  });
+  const rate = r.ops / ((performance.now() - t0) / 1000);
+  const cpuUs = ((clusterCpu(s) - cpu0) * 1e6) / Math.max(1, r.ops);
+  record(s, 'jsGet', rate);
+  record(s, 'jsGetCpu', cpuUs);
+  console.log(`    nats.js KV get, ${IN_FLIGHT} in flight ${formatCount(rate).padStart(7)} gets/s (${found} found)   server CPU ${cpuUs.toFixed(1)} µs/get`);
+}
+
 async function jsKvPut(s: System, kv: KV, round: number): Promise<void> {
   const value = new Uint8Array(VALUE).fill(118);
   const lat: number[] = [];
@@ -309,7 +335,7 @@ async function jsKvPut(s: System, kv: KV, round: number): Promise<void> {
 async function warm(s: System, kv: KV, bin: string | null, caFile: string): Promise<void> {
   const value = new Uint8Array(VALUE);
   let next = 0;
-  if (phases.has('gokv') || phases.has('js')) {
+  if (phases.has('gokv') || phases.has('js') || phases.has('jsget')) {
     await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
       while (next < 3000) await kv.put(`warm.${next++}`, value);
     }));
@@ -353,6 +379,7 @@ async function main(): Promise<void> {
         if (bin !== null && phases.has('gopubsub')) await goPubsub(s, bin, c.caFile);
         if (bin !== null && phases.has('gokv')) await goKvPut(s, bin, c.caFile, round);
         if (phases.has('js')) await jsKvPut(s, kvs.get(s)!.kv, round);
+        if (phases.has('jsget')) await jsKvGet(s, kvs.get(s)!.kv, round);
       }
     }
   } finally {
@@ -368,6 +395,7 @@ async function main(): Promise<void> {
     console.log(`  ${s.kind.padEnd(11)} median: Go pub/sub ${formatCount(med(s, 'goPubsub'))} msgs/s at ${med(s, 'goPubsubCpu').toFixed(2)} µs/msg; ` +
       `Go KV put c64 ${formatCount(med(s, 'goKv'))}/s at ${med(s, 'goKvCpu').toFixed(1)} µs/put; nats.js c64 ${formatCount(med(s, 'jsKv'))}/s ` +
       `(${med(s, 'jsKvCpu').toFixed(1)} µs/put) p50 ${formatMs(med(s, 'jsP50'))} p99 ${formatMs(med(s, 'jsP99'))} p999 ${formatMs(med(s, 'jsP999'))} ms; ` +
+      `nats.js get c64 ${formatCount(med(s, 'jsGet'))}/s (${med(s, 'jsGetCpu').toFixed(1)} µs/get); ` +
       `sequential p50 ${formatMs(med(s, 'seqP50'))} ms; RSS idle ${Math.max(...s.rssIdle).toFixed(1)} MiB, peak ${Math.max(...peaks).toFixed(1)} MiB (max over nodes)`);
   }
   if (loop !== undefined) {
@@ -378,7 +406,7 @@ async function main(): Promise<void> {
   rmSync(root, { recursive: true, force: true });
   const ref = systems[1];
   const ratio = (key: string): string => (ref === undefined ? 'NaN' : (med(ours, key) / med(ref, key)).toFixed(2));
-  console.log(`  ratios (membershipd / nats-server): nats.js c64 ${ratio('jsKv')}, p999 ${ratio('jsP999')}, sequential p50 ${ratio('seqP50')}, ` +
+  console.log(`  ratios (membershipd / nats-server): nats.js c64 ${ratio('jsKv')}, p999 ${ratio('jsP999')}, sequential p50 ${ratio('seqP50')}, get c64 ${ratio('jsGet')} (CPU per get ${ratio('jsGetCpu')}), ` +
     `RSS idle ${ratio('rssIdle')}, RSS peak ${ratio('rssPeak')}`);
   console.log(`total ${((Date.now() - started) / 1000).toFixed(1)} s`);
   console.log(`BENCH efficiency go_pubsub_ratio=${ratio('goPubsub')} pubsub_cpu_per_msg_ratio=${ratio('goPubsubCpu')} ` +

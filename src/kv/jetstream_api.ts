@@ -552,8 +552,12 @@ export class KvApi {
 
   private streamRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
     const bucket = bucketOfStream(req.stream);
-    const info = bucket === undefined ? undefined : this.streamInfo(bucket);
-    if (bucket === undefined || info === undefined) return fail(jsErrors.streamNotFound());
+    if (bucket === undefined || !this.backend.reader.hasBucket(bucket)) return fail(jsErrors.streamNotFound());
+    // The stream info (its state counts every key and entry) only for the requests that answer with it: a KV get
+    // (STREAM.MSG.GET) built it for nothing and spent 2 ms of the leader's CPU per get on a 10k-key bucket.
+    const withInfo = req.kind === 'stream.info' || req.kind === 'stream.update';
+    const info = withInfo ? this.streamInfo(bucket) : undefined;
+    if (withInfo && info === undefined) return fail(jsErrors.streamNotFound());
     switch (req.kind) {
       case 'stream.info':
         return ok({ total: 0, offset: 0, limit: 0, ...info });
@@ -562,7 +566,7 @@ export class KvApi {
         if ('err_code' in parsed) return fail(parsed);
         // An update to the very config the stream has is accepted (nats.go's KV create sends one when the
         // configs differ only in their discard policy); any real change is not supported.
-        if (JSON.stringify(parsed.stream) === JSON.stringify(info.config)) return ok(info);
+        if (JSON.stringify(parsed.stream) === JSON.stringify(info!.config)) return ok(info!);
         return fail(jsErrors.streamUpdate('changing a KV bucket configuration is not supported by membershipd; create a new bucket'));
       }
       case 'stream.msg.delete':
