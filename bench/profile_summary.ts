@@ -113,21 +113,34 @@ function count(profiles: CpuProfile[], startUs: number, endUs: number): { stages
   return { stages, fns, total };
 }
 
+/**
+ * PROFILE_SCALE="gopubsub=1.3,gokv=218": the unprofiled CPU per op (all three processes) of a bench run, per phase;
+ * every µs figure of that phase is scaled by it over the profiled run's own (the profiler costs CPU too).
+ */
+const scaleTo = new Map((process.env.PROFILE_SCALE ?? '').split(',').filter((x) => x.includes('=')).map((x) => {
+  const [k, v] = x.split('=') as [string, string];
+  return [k.trim(), Number(v)] as const;
+}));
+
 const profiles = loadProfiles();
 const phases = readFileSync(logFile, 'utf8').split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l) as PhaseRecord);
 for (const ph of phases) {
   const allCpu = Object.values(ph.cpuSeconds).reduce((a, b) => a + b, 0);
-  console.log(`\n== ${ph.phase}: ${ph.ops} ops in ${((ph.endUs - ph.startUs) / 1e6).toFixed(2)} s; CPU of the 3 processes ${((allCpu * 1e6) / ph.ops).toFixed(2)} µs/op (/proc)`);
+  const profiledUs = (allCpu * 1e6) / ph.ops;
+  const target = scaleTo.get(ph.phase);
+  const factor = target === undefined || !(target > 0) ? 1 : target / profiledUs;
+  console.log(`\n== ${ph.phase}: ${ph.ops} ops in ${((ph.endUs - ph.startUs) / 1e6).toFixed(2)} s; CPU of the 3 processes ${profiledUs.toFixed(2)} µs/op (/proc)` +
+    (factor === 1 ? '' : `; scaled to ${target} µs/op (PROFILE_SCALE)`));
   for (const [pid, cpu] of Object.entries(ph.cpuSeconds)) {
     const ps = profiles.get(pid);
-    const usPerOp = (cpu * 1e6) / ph.ops;
+    const usPerOp = ((cpu * 1e6) / ph.ops) * factor;
     const role = Number(pid) === ph.kvNodePid ? 'client node (KV leader)' : 'other node';
     if (ps === undefined) {
       console.log(`  pid ${pid} (${role}): ${usPerOp.toFixed(2)} µs/op, no profile`);
       continue;
     }
     const { stages, fns, total } = count(ps, ph.startUs, ph.endUs);
-    console.log(`  pid ${pid} (${role}): ${usPerOp.toFixed(2)} µs/op from /proc, ${total} busy samples in the window`);
+    console.log(`  pid ${pid} (${role}): ${usPerOp.toFixed(2)} µs/op${factor === 1 ? ' from /proc' : ' (scaled)'}, ${total} busy samples in the window`);
     if (total === 0) continue;
     const share = (n: number): string => `${((n / total) * usPerOp).toFixed(2).padStart(7)} µs/op ${((100 * n) / total).toFixed(1).padStart(5)} %`;
     const groups = new Map<string, number>();
