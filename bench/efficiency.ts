@@ -97,7 +97,7 @@ async function phase<T extends { ops: number }>(s: System, name: string, run: ()
   if (before !== undefined) {
     const d = (await batchingCounters(s.metricsUrl!)).map((v, i) => v - before[i]!);
     const [fsyncs, entries, writes, frames, raftOut] = d as [number, number, number, number, number];
-    console.log(`      leader per put: ${(fsyncs / r.ops).toFixed(2)} fsyncs (${(entries / fsyncs).toFixed(1)} entries each), ` +
+    console.log(`    ${name}: KV leader per op: ${(fsyncs / r.ops).toFixed(2)} fsyncs (${(entries / fsyncs).toFixed(1)} entries each), ` +
       `${(writes / r.ops).toFixed(2)} route writes (${(frames / writes).toFixed(1)} frames each), ${(raftOut / r.ops).toFixed(2)} Raft messages sent`);
   }
   if (phaseLog !== undefined && s.kind === 'membershipd') {
