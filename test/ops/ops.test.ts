@@ -122,6 +122,7 @@ const requiredSeries = [
   'nodejs_heap_size_used_bytes', 'nodejs_gc_duration_seconds',
   'membershipd_healthy', 'membershipd_raft_leader_changes_total', 'membershipd_wal_fsync_seconds',
   'membershipd_nats_slow_consumers_total', 'membershipd_nats_connections', 'membershipd_nats_auth_failures_total',
+  'membershipd_route_writes_total', 'membershipd_eventloop_delay_seconds', 'membershipd_eventloop_stalls_total',
 ] as const;
 
 /** Metric names in a PromQL expression (functions, keywords and label names are not followed by a selector). */
