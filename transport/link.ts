@@ -37,6 +37,8 @@ export interface LinkCounters {
   framesOut: number;
   bytesIn: number;
   bytesOut: number;
+  /** Socket writes (each a TLS record or more, and a syscall): frames per write is the batching a route achieved. */
+  writes: number;
   raftDropped: number;
 }
 
@@ -51,7 +53,7 @@ const quietCodes: ReadonlySet<string> = new Set<RefusalCode>(['self', 'duplicate
 export class Link {
   readonly outbound: boolean;
   readonly address: string;
-  readonly counters: LinkCounters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, raftDropped: 0 };
+  readonly counters: LinkCounters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, writes: 0, raftDropped: 0 };
   state: LinkState = 'tls';
   peer: HelloBody | undefined;
   rttMs: number | undefined;
@@ -313,6 +315,7 @@ export class Link {
       const control = this.#control.length === 1 ? this.#control[0]! : Buffer.concat(this.#control);
       this.#control = [];
       this.counters.bytesOut += control.length;
+      this.counters.writes++;
       if (!this.#socket.write(control)) this.#waitingDrain = true;
     }
     // Write about flushBytes at a time until the socket's buffer passes its high-water mark; the rest waits
@@ -331,6 +334,7 @@ export class Link {
       this.#queueBytes -= bytes;
       this.#queuedFrames -= frames;
       this.counters.bytesOut += bytes;
+      this.counters.writes++;
       if (!this.#socket.write(out)) this.#waitingDrain = true;
     }
     if (this.#head === this.#queue.length) {

@@ -104,7 +104,7 @@ interface DialTarget {
   lastError: Refusal | undefined;
 }
 
-const zeroCounters: LinkCounters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, raftDropped: 0 };
+const zeroCounters: LinkCounters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0, writes: 0, raftDropped: 0 };
 
 function hex(bytes: Uint8Array): string {
   return Buffer.from(bytes).toString('hex');

@@ -7,7 +7,7 @@ import type { ServeConfig } from '../config/index.js';
 import { createNatsServer } from '../nats/index.js';
 import type { NatsServer, NatsServerStats } from '../nats/api.js';
 import type { BusAuthenticator } from '../auth/index.js';
-import { createHttpServer, processMetricsText, startProcessMetrics, statusPageEndpoints, type HttpServer } from '../http/index.js';
+import { createHttpServer, processMetricsText, processVarz, startProcessMetrics, statusPageEndpoints, type HttpServer } from '../http/index.js';
 import { renderMetrics } from '../node/metrics.js';
 import { packageVersion } from './version.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
@@ -218,6 +218,8 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
         now: new Date().toISOString(),
         uptime_seconds: Math.floor((Date.now() - startedAt.getTime()) / 1000),
         ...varzStats(nats.stats()),
+        // Not nats-server fields: this process's event-loop delay and GC pauses since start (issue 14, tail latency).
+        ...processVarz(),
         ...(cluster ? { cluster: cluster.varz() } : {}),
       } }),
       // nats-server's /connz shape (reference §5.3): snake_case fields, one entry per client connection.

@@ -112,4 +112,4 @@ export function createHttpServer(options: HttpServerOptions): HttpServer {
 }
 
 export { statusPageEndpoints, statusPageCsp } from './status_page.js';
-export { processMetricsText, startProcessMetrics } from './process_metrics.js';
+export { processMetricsText, processVarz, startProcessMetrics, type EventLoopVarz, type GcVarz } from './process_metrics.js';

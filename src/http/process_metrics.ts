@@ -2,12 +2,19 @@
 // written here so that existing dashboards and alerts for Node services work on /metrics without a dependency.
 // They describe the process, not a node: several in-process nodes (src/library) share one collector.
 import { readdirSync } from 'node:fs';
-import { constants, monitorEventLoopDelay, PerformanceObserver, type IntervalHistogram, type PerformanceEntry } from 'node:perf_hooks';
+import { constants, createHistogram, monitorEventLoopDelay, PerformanceObserver, type IntervalHistogram, type PerformanceEntry, type RecordableHistogram } from 'node:perf_hooks';
 
 /** prom-client's GC buckets (seconds): a scavenge is well under 1 ms, a full mark-compact of a big heap seconds. */
 const gcBucketsSeconds = [0.001, 0.01, 0.1, 1, 2, 5] as const;
 /** monitorEventLoopDelay's sampling period; prom-client uses 10 ms too. */
 const eventLoopResolutionMs = 10;
+/**
+ * Buckets (seconds) of the cumulative event-loop delay histogram: from a busy loop's ordinary lag up to a stall that
+ * costs a Raft election (1-2 s).
+ */
+const loopBucketsSeconds = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2] as const;
+/** A delay (or GC pause) over this is a stall on the write path (issue 14: none over 20 ms in a benchmark run). */
+export const stallThresholdMs = 20;
 
 const gcKinds: Readonly<Record<number, string>> = {
   [constants.NODE_PERFORMANCE_GC_MAJOR]: 'major',
@@ -20,12 +27,104 @@ interface GcSeries {
   readonly counts: number[];
   count: number;
   sum: number;
+  maxSeconds: number;
+  /** Pauses longer than stallThresholdMs. */
+  over: number;
+}
+
+/** What /varz shows of the event loop since the process started (all delays in ms). */
+export interface EventLoopVarz {
+  readonly resolution_ms: number;
+  readonly samples: number;
+  readonly mean_ms: number;
+  readonly p50_ms: number;
+  readonly p99_ms: number;
+  readonly p999_ms: number;
+  readonly max_ms: number;
+  /** Samples whose delay exceeded stall_threshold_ms: each one is a turn of the loop that held everything up. */
+  readonly stalls_over_20ms: number;
+  readonly stall_threshold_ms: number;
+}
+
+/** What /varz shows of garbage collection since the process started. */
+export interface GcVarz {
+  readonly count: number;
+  readonly pause_total_ms: number;
+  readonly pause_max_ms: number;
+  readonly pauses_over_20ms: number;
+  readonly by_kind: Readonly<Record<string, { count: number; pause_total_ms: number; pause_max_ms: number }>>;
+}
+
+const ms3 = (ms: number): number => Math.round(ms * 1000) / 1000;
+
+/**
+ * The event-loop delay since start. monitorEventLoopDelay samples the time between two firings of a libuv timer of
+ * `resolution` ms; a sample minus the resolution is the delay. Every second (an unref'd timer) and before every read,
+ * the interval histogram's samples move into cumulative figures: its percentile map lists, at HDR resolution (under
+ * 1 % of the value), how many samples lie at or below each recorded value, and each group is recorded once per sample
+ * into a cumulative RecordableHistogram (percentiles and max for /varz) and counted into fixed buckets (the
+ * Prometheus histogram, the stall count). A second is about 100 samples, so a harvest is a few hundred operations.
+ * prom-client's per-scrape gauges keep their own instance, reset at each scrape as prom-client does.
+ */
+class LoopDelay {
+  private readonly interval: IntervalHistogram = monitorEventLoopDelay({ resolution: eventLoopResolutionMs });
+  private readonly total: RecordableHistogram = createHistogram();
+  /** Cumulative count of samples at or below loopBucketsSeconds[i]. */
+  readonly counts = loopBucketsSeconds.map(() => 0);
+  count = 0;
+  sumSeconds = 0;
+  stalls = 0;
+
+  constructor() {
+    this.interval.enable();
+    // Unref'd: measuring never keeps a process alive.
+    setInterval(() => this.harvest(), 1000).unref();
+  }
+
+  /** Moves the interval's samples into the cumulative figures. */
+  harvest(): void {
+    const h = this.interval;
+    const n = h.count;
+    if (n === 0) return;
+    const resolutionNs = eventLoopResolutionMs * 1e6;
+    let moved = 0;
+    for (const [pct, valueNs] of h.percentiles) {
+      const upTo = Math.min(n, Math.round((pct / 100) * n));
+      const delayNs = Math.max(1, valueNs - resolutionNs);
+      for (; moved < upTo; moved++) this.observe(delayNs);
+    }
+    const maxDelayNs = Math.max(1, h.max - resolutionNs);
+    for (; moved < n; moved++) this.observe(maxDelayNs);
+    h.reset();
+  }
+
+  private observe(delayNs: number): void {
+    this.total.record(delayNs);
+    const seconds = delayNs / 1e9;
+    this.count++;
+    this.sumSeconds += seconds;
+    for (let i = 0; i < loopBucketsSeconds.length; i++) if (seconds <= loopBucketsSeconds[i]!) this.counts[i]!++;
+    if (delayNs > stallThresholdMs * 1e6) this.stalls++;
+  }
+
+  varz(): EventLoopVarz {
+    this.harvest();
+    const t = this.total;
+    const has = t.count > 0;
+    const ms = (ns: number): number => (has ? ms3(ns / 1e6) : 0);
+    return {
+      resolution_ms: eventLoopResolutionMs, samples: t.count, mean_ms: ms(t.mean), p50_ms: ms(t.percentile(50)),
+      p99_ms: ms(t.percentile(99)), p999_ms: ms(t.percentile(99.9)), max_ms: ms(t.max),
+      stalls_over_20ms: this.stalls, stall_threshold_ms: stallThresholdMs,
+    };
+  }
 }
 
 class ProcessCollector {
   private readonly loop: IntervalHistogram = monitorEventLoopDelay({ resolution: eventLoopResolutionMs });
   private readonly gc = new Map<string, GcSeries>();
   private readonly observer: PerformanceObserver;
+  readonly delay = new LoopDelay();
 
   constructor() {
     this.loop.enable();
@@ -40,10 +139,12 @@ class ProcessCollector {
     const detail = (e as PerformanceEntry & { detail?: { kind?: number } }).detail;
     const kind = gcKinds[detail?.kind ?? -1] ?? 'unknown';
     let s = this.gc.get(kind);
-    if (s === undefined) this.gc.set(kind, (s = { counts: gcBucketsSeconds.map(() => 0), count: 0, sum: 0 }));
+    if (s === undefined) this.gc.set(kind, (s = { counts: gcBucketsSeconds.map(() => 0), count: 0, sum: 0, maxSeconds: 0, over: 0 }));
     const seconds = e.duration / 1000;
     s.count++;
     s.sum += seconds;
+    if (seconds > s.maxSeconds) s.maxSeconds = seconds;
+    if (e.duration > stallThresholdMs) s.over++;
     gcBucketsSeconds.forEach((b, i) => { if (seconds <= b) s.counts[i]!++; });
   }
 
@@ -81,7 +182,42 @@ class ProcessCollector {
       out.push(`nodejs_gc_duration_seconds_bucket{le="+Inf",kind="${kind}"} ${g.count}`,
         `nodejs_gc_duration_seconds_sum{kind="${kind}"} ${g.sum}`, `nodejs_gc_duration_seconds_count{kind="${kind}"} ${g.count}`);
     }
+    this.renderStalls(out);
     return `${out.join('\n')}\n`;
+  }
+
+  /** The cumulative event-loop delay histogram, stall and long-GC counters (membershipd's own, since start). */
+  private renderStalls(out: string[]): void {
+    const d = this.delay;
+    d.harvest();
+    const name = 'membershipd_eventloop_delay_seconds';
+    out.push(`# HELP ${name} Event-loop delay since start (monitorEventLoopDelay, ${eventLoopResolutionMs} ms resolution).`, `# TYPE ${name} histogram`);
+    loopBucketsSeconds.forEach((b, i) => out.push(`${name}_bucket{le="${b}"} ${d.counts[i]}`));
+    out.push(`${name}_bucket{le="+Inf"} ${d.count}`, `${name}_sum ${d.sumSeconds}`, `${name}_count ${d.count}`);
+    const counter = (n: string, help: string, value: number): void => {
+      out.push(`# HELP ${n} ${help}`, `# TYPE ${n} counter`, `${n} ${value}`);
+    };
+    counter('membershipd_eventloop_stalls_total', `Event-loop delay samples over ${stallThresholdMs} ms since start.`, d.stalls);
+    counter('membershipd_gc_long_pauses_total', `Garbage collection pauses over ${stallThresholdMs} ms since start.`,
+      [...this.gc.values()].reduce((sum, g) => sum + g.over, 0));
+    out.push('# HELP membershipd_gc_pause_max_seconds Longest garbage collection pause since start.', '# TYPE membershipd_gc_pause_max_seconds gauge',
+      `membershipd_gc_pause_max_seconds ${Math.max(0, ...[...this.gc.values()].map((g) => g.maxSeconds))}`);
+  }
+
+  gcVarz(): GcVarz {
+    const byKind: Record<string, { count: number; pause_total_ms: number; pause_max_ms: number }> = {};
+    let count = 0;
+    let total = 0;
+    let max = 0;
+    let over = 0;
+    for (const [kind, g] of this.gc) {
+      byKind[kind] = { count: g.count, pause_total_ms: ms3(g.sum * 1000), pause_max_ms: ms3(g.maxSeconds * 1000) };
+      count += g.count;
+      total += g.sum;
+      max = Math.max(max, g.maxSeconds);
+      over += g.over;
+    }
+    return { count, pause_total_ms: ms3(total * 1000), pause_max_ms: ms3(max * 1000), pauses_over_20ms: over, by_kind: byKind };
   }
 }
 
@@ -100,6 +236,12 @@ let collector: ProcessCollector | undefined;
 /** Starts measuring event-loop delay and GC (idempotent): called when the HTTP port opens, so the first scrape has data. */
 export function startProcessMetrics(): void {
   collector ??= new ProcessCollector();
+}
+
+/** Event-loop delay and GC pauses since the process started, for /varz. */
+export function processVarz(): { event_loop_delay: EventLoopVarz; gc: GcVarz } {
+  startProcessMetrics();
+  return { event_loop_delay: collector!.delay.varz(), gc: collector!.gcVarz() };
 }
 
 /** The process_* and nodejs_* series in Prometheus text format. */

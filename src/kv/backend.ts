@@ -10,7 +10,7 @@
 import { encodeKvCommand, type KvCommand, type KvEntry, type KvListener, type KvResult, type KvStateMachine } from '../../store/index.js';
 
 /** The read side of a node's KV state machine (applied state, synchronous). */
-export type KvReader = Pick<KvStateMachine, 'appliedIndex' | 'bucketNames' | 'bucketInfo' | 'get' | 'history' | 'changesSince' | 'oldestTs'>;
+export type KvReader = Pick<KvStateMachine, 'appliedIndex' | 'bucketNames' | 'hasBucket' | 'bucketInfo' | 'get' | 'history' | 'changesSince' | 'oldestTs'>;
 
 export interface KvBackend {
   /**
@@ -84,6 +84,7 @@ export function redactedBackend(backend: KvBackend, redact: KvRedactor): KvBacke
   const reader: KvReader = {
     get appliedIndex() { return r.appliedIndex; },
     bucketNames: () => r.bucketNames(),
+    hasBucket: (name) => r.hasBucket(name),
     bucketInfo: (name) => r.bucketInfo(name),
     get: (bucket, key) => {
       const e = r.get(bucket, key);

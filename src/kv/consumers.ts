@@ -501,7 +501,7 @@ export class ConsumerRegistry {
   private tick(): void {
     const now = Date.now();
     for (const c of [...this.byKey.values()]) {
-      if (this.reader.bucketInfo(c.spec.bucket) === undefined || c.tick(now)) this.delete(c);
+      if (!this.reader.hasBucket(c.spec.bucket) || c.tick(now)) this.delete(c);
     }
   }
 

@@ -190,13 +190,15 @@ export class KvApi {
    * no_responders status). Views in `msg` are valid only during the call, so what is kept is copied.
    */
   handlePublish(msg: LocalPublish): boolean {
-    if (this.closed || this.refusing) return false;
     const s = msg.subject;
+    // Every subject the KV API serves starts with '$' ($KV., $JS.API., $JS.FC.): one comparison lets the bus's
+    // other messages pass (this runs for every local publish).
+    if (s.charCodeAt(0) !== 36 /* $ */ || this.closed || this.refusing) return false;
     const hidden = this.hiddenFor(msg.principal);
     if (s.startsWith(kvPrefix)) {
       const kv = parseKvSubject(s);
       // No such bucket: no stream captures the subject, and the client gets no_responders as from nats-server.
-      if (kv === undefined || this.backend.reader.bucketInfo(kv.bucket) === undefined || hidden?.(kv.bucket) === true) return false;
+      if (kv === undefined || !this.backend.reader.hasBucket(kv.bucket) || hidden?.(kv.bucket) === true) return false;
       this.run(this.onKvPublish(kv.bucket, kv.key, msg.reply, msg.headers.slice(), msg.payload.slice()), msg.reply, 'PubAck');
       return true;
     }
@@ -207,7 +209,7 @@ export class KvApi {
       const concealed = named !== undefined && hidden?.(named) === true && req?.kind !== 'stream.create';
       if (req?.kind === 'direct.get') {
         // Direct gets are answered by the stream itself in nats-server: no stream, no responder.
-        if (named === undefined || this.backend.reader.bucketInfo(named) === undefined || concealed) return false;
+        if (named === undefined || !this.backend.reader.hasBucket(named) || concealed) return false;
       }
       if (msg.reply === undefined) return true;
       this.requests++;
@@ -365,10 +367,9 @@ export class KvApi {
 
   private async onKvPublish(bucket: string, key: string, reply: string | undefined, hdr: Uint8Array, payload: Uint8Array): Promise<void> {
     const stream = `${streamPrefix}${bucket}`;
-    const ack = (r: { seq: number } | JsApiError): void => {
-      if ('err_code' in r) this.errors++;
-      if (reply === undefined) return;
-      this.send(reply, 'err_code' in r ? { error: r, stream, seq: 0 } : { stream, seq: r.seq });
+    const ack = (r: JsApiError): void => {
+      this.errors++;
+      if (reply !== undefined) this.send(reply, { error: r, stream, seq: 0 });
     };
     if (this.view.readOnly(bucket)) return ack(jsErrors.streamSealed(bucket));
     const cmd = kvCommandOf(bucket, key, stream, hdr, payload, Date.now());
@@ -382,7 +383,16 @@ export class KvApi {
       return;
     }
     if (r.kind !== 'entry') return ack(jsErrors.streamGeneral(`unexpected ${r.kind} result`));
-    ack({ seq: r.entry.revision });
+    if (reply !== undefined) this.sendPubAck(reply, stream, r.entry.revision);
+  }
+
+  /**
+   * The PubAck of every successful put, the bytes JSON.stringify({ stream, seq }) gives (a stream name is
+   * [A-Za-z0-9_-] and a revision an integer: nothing to escape), without building and serialising an object.
+   */
+  private sendPubAck(reply: string, stream: string, seq: number): void {
+    if (this.closed) return;
+    this.port.deliverFromRoute({ subject: reply, payload: Buffer.from(`{"stream":"${stream}","seq":${seq}}`, 'latin1'), flushNow: true });
   }
 
   // ---- $JS.API ----------------------------------------------------------------------------------------------------
@@ -542,8 +552,12 @@ export class KvApi {
 
   private streamRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
     const bucket = bucketOfStream(req.stream);
-    const info = bucket === undefined ? undefined : this.streamInfo(bucket);
-    if (bucket === undefined || info === undefined) return fail(jsErrors.streamNotFound());
+    if (bucket === undefined || !this.backend.reader.hasBucket(bucket)) return fail(jsErrors.streamNotFound());
+    // The stream info (its state counts every key and entry) only for the requests that answer with it: a KV get
+    // (STREAM.MSG.GET) built it for nothing and spent 2 ms of the leader's CPU per get on a 10k-key bucket.
+    const withInfo = req.kind === 'stream.info' || req.kind === 'stream.update';
+    const info = withInfo ? this.streamInfo(bucket) : undefined;
+    if (withInfo && info === undefined) return fail(jsErrors.streamNotFound());
     switch (req.kind) {
       case 'stream.info':
         return ok({ total: 0, offset: 0, limit: 0, ...info });
@@ -552,7 +566,7 @@ export class KvApi {
         if ('err_code' in parsed) return fail(parsed);
         // An update to the very config the stream has is accepted (nats.go's KV create sends one when the
         // configs differ only in their discard policy); any real change is not supported.
-        if (JSON.stringify(parsed.stream) === JSON.stringify(info.config)) return ok(info);
+        if (JSON.stringify(parsed.stream) === JSON.stringify(info!.config)) return ok(info!);
         return fail(jsErrors.streamUpdate('changing a KV bucket configuration is not supported by membershipd; create a new bucket'));
       }
       case 'stream.msg.delete':
@@ -622,7 +636,7 @@ export class KvApi {
 
   private consumerRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, perms?: Permissions): void {
     const bucket = bucketOfStream(req.stream);
-    if (bucket === undefined || this.backend.reader.bucketInfo(bucket) === undefined) return fail(jsErrors.streamNotFound());
+    if (bucket === undefined || !this.backend.reader.hasBucket(bucket)) return fail(jsErrors.streamNotFound());
     const server = this.options.serverName;
     switch (req.kind) {
       case 'consumer.create': {

@@ -153,32 +153,14 @@ export class Sublist<T extends SublistItem> {
       this.hits++;
       return cached;
     }
-    const plain: T[] = [];
-    const acc: { queues: Map<string, T[]> | null } = { queues: null };
-    const collect = (n: Node<T>): void => {
-      for (const s of n.plain) plain.push(s);
-      if (n.queues !== null) {
-        for (const [name, members] of n.queues) {
-          const queues = (acc.queues ??= new Map());
-          const g = queues.get(name);
-          if (g === undefined) queues.set(name, members.slice());
-          else for (const m of members) g.push(m);
-        }
-      }
-    };
-    const tokens = subject.split('.');
-    const walk = (n: Node<T>, depth: number): void => {
-      if (depth === tokens.length) {
-        collect(n);
-        return;
-      }
-      if (n.fwc !== null) collect(n.fwc);
-      if (n.pwc !== null) walk(n.pwc, depth + 1);
-      const next = n.literal?.get(tokens[depth]!);
-      if (next !== undefined) walk(next, depth + 1);
-    };
-    walk(this.root, 0);
-    const q = acc.queues;
+    // The walk fills these two fields, reset per miss: no closures or accumulator object per match (a KV put
+    // misses three times, on its key subject, the remote-interest list and its unique reply inbox).
+    this.plain = [];
+    this.queues = null;
+    this.walk(this.root, subject.split('.'), 0);
+    const plain = this.plain;
+    // (TypeScript keeps the narrowing to null from before the walk.)
+    const q = this.queues as Map<string, T[]> | null;
     const result: MatchResult<T> =
       plain.length === 0 && q === null ? (emptyResult as MatchResult<T>) : { plain, queues: q === null ? [] : [...q.values()] };
     if (this.cache.size >= this.cacheEntriesMax) {
@@ -191,6 +173,31 @@ export class Sublist<T extends SublistItem> {
     }
     this.cache.set(subject, result);
     return result;
+  }
+
+  private plain: T[] = [];
+  private queues: Map<string, T[]> | null = null;
+
+  private walk(n: Node<T>, tokens: readonly string[], depth: number): void {
+    if (depth === tokens.length) {
+      this.collect(n);
+      return;
+    }
+    if (n.fwc !== null) this.collect(n.fwc);
+    if (n.pwc !== null) this.walk(n.pwc, tokens, depth + 1);
+    const next = n.literal?.get(tokens[depth]!);
+    if (next !== undefined) this.walk(next, tokens, depth + 1);
+  }
+
+  private collect(n: Node<T>): void {
+    for (const s of n.plain) this.plain.push(s);
+    if (n.queues === null) return;
+    for (const [name, members] of n.queues) {
+      const queues = (this.queues ??= new Map());
+      const g = queues.get(name);
+      if (g === undefined) queues.set(name, members.slice());
+      else for (const m of members) g.push(m);
+    }
   }
 
   private invalidate(pattern: string): void {

@@ -1503,7 +1503,9 @@ export class ClusterNode {
     let bytesOut = 0;
     let framesIn = 0;
     let framesOut = 0;
+    let writes = 0;
     for (const p of peers) {
+      writes += p.counters.writes;
       bytesIn += p.counters.bytesIn;
       bytesOut += p.counters.bytesOut;
       framesIn += p.counters.framesIn;
@@ -1535,6 +1537,7 @@ export class ClusterNode {
       ['membershipd_route_bytes_out_total', 'counter', 'Bytes sent on routes', bytesOut],
       ['membershipd_route_frames_in_total', 'counter', 'Frames received on routes', framesIn],
       ['membershipd_route_frames_out_total', 'counter', 'Frames sent on routes', framesOut],
+      ['membershipd_route_writes_total', 'counter', 'Socket writes on routes (frames out / writes = frames per write)', writes],
     ];
     if (st?.state === StateType.leader) {
       // One family after the other: a family's samples must be adjacent in the exposition format.

@@ -521,6 +521,14 @@ export class KvStateMachine {
     return [...this.buckets.keys()].sort();
   }
 
+  /**
+   * Whether the bucket exists: O(1), for the per-message checks of the KV API (every put and direct get asks);
+   * bucketInfo computes the first sequence over every key.
+   */
+  hasBucket(name: string): boolean {
+    return this.buckets.has(name);
+  }
+
   bucketInfo(name: string): BucketInfo | undefined {
     const b = this.buckets.get(name);
     if (!b) return undefined;

@@ -122,6 +122,7 @@ const requiredSeries = [
   'nodejs_heap_size_used_bytes', 'nodejs_gc_duration_seconds',
   'membershipd_healthy', 'membershipd_raft_leader_changes_total', 'membershipd_wal_fsync_seconds',
   'membershipd_nats_slow_consumers_total', 'membershipd_nats_connections', 'membershipd_nats_auth_failures_total',
+  'membershipd_route_writes_total', 'membershipd_eventloop_delay_seconds', 'membershipd_eventloop_stalls_total',
 ] as const;
 
 /** Metric names in a PromQL expression (functions, keywords and label names are not followed by a selector). */
@@ -171,6 +172,45 @@ t.test('/metrics of a real node parses as Prometheus text with the standard proc
   for (const want of ['MembershipdNoQuorum', 'MembershipdLeaderFlapping', 'MembershipdFsyncSlow', 'MembershipdApplyLag', 'MembershipdSlowConsumers', 'MembershipdAuthFailures']) {
     t.ok(exprs.some(([a]) => a === want), `alert ${want}`);
   }
+});
+
+t.test('event-loop stalls and GC pauses are counted in /varz and /metrics (issue 14 item 4)', async (t) => {
+  const http = cluster.nodes[2]!.urls.http;
+  const varz = async (): Promise<{ event_loop_delay: Record<string, number>; gc: { count: number; pause_total_ms: number; pause_max_ms: number; pauses_over_20ms: number; by_kind: Record<string, { count: number }> } }> =>
+    (await (await fetch(`${http}/varz`)).json()) as never;
+  const before = await varz();
+  t.equal(before.event_loop_delay.stall_threshold_ms, 20);
+  // A stall made on purpose: the nodes share this process's event loop, so 80 ms of synchronous work holds them all
+  // up, as a large synchronous loop on the write path would.
+  await new Promise((r) => setTimeout(r, 50));
+  const spinUntil = performance.now() + 80;
+  let spins = 0;
+  while (performance.now() < spinUntil) spins++;
+  t.ok(spins > 0);
+  // Garbage enough for scavenges.
+  let kept = 0;
+  for (let i = 0; i < 200; i++) kept += new Array<number>(50_000).fill(i).length;
+  t.ok(kept > 0);
+  const after = await waitFor('the stall in /varz', async () => {
+    const v = await varz();
+    return v.event_loop_delay.stalls_over_20ms > before.event_loop_delay.stalls_over_20ms && v.gc.count > before.gc.count ? v : undefined;
+  });
+  const loop = after.event_loop_delay;
+  t.ok(loop.max_ms >= 50, `the 80 ms stall shows as a delay of ${loop.max_ms} ms`);
+  t.ok(loop.samples > before.event_loop_delay.samples, 'samples accumulate since start');
+  t.ok(loop.p50_ms <= loop.p99_ms && loop.p99_ms <= loop.max_ms, 'p50 ≤ p99 ≤ max');
+  t.ok(after.gc.pause_total_ms > 0 && after.gc.pause_max_ms > 0, 'GC pause durations');
+  t.equal(Object.values(after.gc.by_kind).reduce((s, k) => s + k.count, 0), after.gc.count, 'pauses by kind add up');
+
+  const families = parsePrometheusText(await (await fetch(`${http}/metrics`)).text());
+  const delay = families.get('membershipd_eventloop_delay_seconds');
+  t.equal(delay?.type, 'histogram');
+  const bucket = (le: string): number => delay!.samples.find((s) => s.name.endsWith('_bucket') && s.labels.le === le)!.value;
+  t.ok(bucket('+Inf') - bucket('0.05') >= 1, 'the stall is in a bucket above 50 ms');
+  t.ok(bucket('0.02') < bucket('+Inf'), 'and above 20 ms');
+  t.ok(families.get('membershipd_eventloop_stalls_total')!.samples[0]!.value >= 1, 'stall counter');
+  t.equal(families.get('membershipd_gc_long_pauses_total')?.type, 'counter');
+  t.ok(families.get('membershipd_gc_pause_max_seconds')!.samples[0]!.value > 0, 'longest GC pause');
 });
 
 t.test('the Prometheus text parser of this test refuses what a scraper refuses', async (t) => {
