@@ -10,6 +10,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { hashPassword } from '../../src/auth/index.js';
 import { shellQuote } from '../../src/cli/dev.js';
+import { waitFor } from '../support/wait.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
@@ -40,15 +41,13 @@ function start(t: Test, args: string[], cwd = root): Run {
   return run;
 }
 
+/** Waits for `probe` to return a value; gives up at once when the child exits (its stderr in the message). */
 async function until<T>(what: string, run: Run, probe: () => T | undefined): Promise<T> {
-  const deadline = Date.now() + waitMs;
-  for (;;) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (run.child.exitCode !== null || run.child.signalCode !== null) throw new Error(`exited before ${what}: ${run.stderr}`);
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${run.stderr}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  return waitFor(probe, {
+    what: () => `${what} (stderr so far: ${run.stderr})`,
+    timeoutMs: waitMs,
+    giveUpIf: () => (run.child.exitCode !== null || run.child.signalCode !== null ? `the child exited: ${run.stderr}` : undefined),
+  }) as Promise<T>;
 }
 
 async function finish(run: Run): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
@@ -313,9 +312,5 @@ async function roundTripOn(nc: NatsConnection, subject: string): Promise<string>
 }
 
 async function untilTrue(what: string, cond: () => boolean): Promise<void> {
-  const deadline = Date.now() + waitMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  await waitFor(cond, { what, timeoutMs: waitMs });
 }

@@ -22,6 +22,7 @@ import { KvPrincipalSource } from '../../src/control/principal_source.js';
 import { controlBuckets, encodeValue, schemaVersion, validateUser, type UserValue } from '../../src/control/buckets.js';
 import { createKeyPair } from '../../src/auth/index.js';
 import { freePort } from '../../src/free_port.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
 t.comment(`CLUSTER_SEED=${seed} (rerun with this variable to replay the start orders and delays)`);
@@ -37,10 +38,6 @@ t.teardown(async () => {
 let ca: PemPair;
 const leaves: PemPair[] = [];
 
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 type Style = 'all' | 'others';
 
@@ -78,11 +75,10 @@ async function stop(trio: Trio, i: number): Promise<void> {
 /** Polls (bounded) until every given node reports ok; returns the elapsed ms, or throws with reasons. */
 async function waitHealthy(nodes: readonly ClusterNode[], boundMs = 15_000): Promise<number> {
   const t0 = Date.now();
-  for (let k = 0; k < boundMs / 25; k++) {
-    if (nodes.every((n) => n.health().status === 'ok')) return Date.now() - t0;
-    await sleep(25);
-  }
-  throw new Error(`not healthy within ${boundMs} ms: ${JSON.stringify(nodes.map((n) => [n.serverName, n.health()]))}`);
+  await waitFor(() => nodes.every((n) => n.health().status === 'ok'), {
+    what: () => `every node healthy: ${JSON.stringify(nodes.map((n) => [n.serverName, n.health()]))}`, timeoutMs: boundMs,
+  });
+  return Date.now() - t0;
 }
 
 function leaderOf(nodes: readonly (ClusterNode | undefined)[]): number {
@@ -124,18 +120,18 @@ t.test('bootstrap in every start order, both --routes styles; a lone node says w
     if (trial < 2) {
       // Longer than two maximal election timeouts (2 * 20 ticks * 50 ms): a lone node must not elect
       // itself. (In the others-only style it cannot even start Raft before meeting a peer.)
-      if (style === 'all') await sleep(2200);
+      if (style === 'all') await pause(2200, 'two maximal election timeouts alone: the absence of an election is the point');
       const h = first.health();
       t.equal(h.status, 'unavailable', `lone node (${style}) is unavailable`);
       t.match(h.status === 'unavailable' ? h.reason : '', /^no quorum: 1 of 3 voters reachable/, `lone node (${style}) reports the no-quorum reason`);
       t.not(first.raftz().state, 'leader', 'lone node never elects itself');
     }
-    await sleep(delays[0]!);
+    await pause(delays[0]!, 'the seeded start order and spacing under test');
     const second = await start(trio, order[1]!);
     const t2 = Date.now();
     await waitHealthy([first, second]);
     figures.push(Date.now() - t2);
-    await sleep(delays[1]!);
+    await pause(delays[1]!, 'the seeded start order and spacing under test');
     await start(trio, order[2]!);
     await waitHealthy(trio.nodes as ClusterNode[]);
     const ids = trio.nodes.map((n) => n!.id).sort();
@@ -260,7 +256,7 @@ t.test('--kv-replicas: learners beyond R, R > N refused, no leader → typed ret
   await start(trio, learnerIdx);
   await waitHealthy(trio.nodes as ClusterNode[]);
   const leader = trio.nodes[leaderOf(trio.nodes)]!;
-  for (let k = 0; k < 200 && !((leader.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3)); k++) await sleep(25);
+  await waitFor(() => (leader.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3), { what: 'slot 3 a learner in the leader\'s configuration', timeoutMs: 10_000 });
   t.same((leader.raftz() as { conf: unknown }).conf, { voters: [1, 2], learners: [3] }, 'the node beyond R was added as a learner');
   await trio.nodes[learnerIdx]!.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
   const sm = await trio.nodes[learnerIdx]!.read();
@@ -274,7 +270,7 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
   const nodes = trio.nodes as ClusterNode[];
   await waitHealthy(nodes);
   const conf = (): { voters: readonly number[]; learners: readonly number[] } => nodes[0]!.membership()!;
-  for (let k = 0; k < 200 && conf().learners.length < 2; k++) await sleep(25);
+  await waitFor(() => conf().learners.length >= 2, { what: () => `two learners (conf ${JSON.stringify(conf())})`, timeoutMs: 10_000 });
   t.same(conf(), { voters: [1], learners: [2, 3] }, 'R = 1: one voter, two learners');
   t.match(await nodes[2]!.propose({ op: 'bucket.create', bucket: 'live', config: {}, ts: 1 }), { ok: true });
   // Writes through a learner while R changes: every one is acknowledged (no downtime).
@@ -289,9 +285,12 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
     }
   })();
   for (const n of nodes) n.setKvReplicas(3);
-  for (let k = 0; k < 1200 && conf().voters.length < 3; k++) await sleep(25);
-  writing = false;
-  await writer;
+  try {
+    await waitFor(() => conf().voters.length >= 3, { what: () => `three voters (conf ${JSON.stringify(conf())})`, timeoutMs: 30_000 });
+  } finally {
+    writing = false;
+    await writer;
+  }
   t.same(conf().voters, [1, 2, 3], 'both learners promoted to voters');
   t.ok(acked > 0, `${acked} writes acknowledged during the change`);
   t.equal(failed, 0, 'no write failed during the change');
@@ -313,12 +312,11 @@ t.test('a node whose security posture differs is refused at the route handshake;
   running.add(odd);
   await waitHealthy([trio.nodes[0]!, trio.nodes[1]!]);
   let body: { status: string; reason?: string } = { status: '' };
-  for (let k = 0; k < 200; k++) {
+  await waitFor(async () => {
     const r = await nodeHttpEndpoints(odd)['/healthz']!();
     body = (r as { body: typeof body }).body;
-    if (/posture mismatch/.test(body.reason ?? '')) break;
-    await sleep(25);
-  }
+    return /posture mismatch/.test(body.reason ?? '');
+  }, { what: () => `a posture mismatch in the odd node's /healthz (last: ${JSON.stringify(body)})`, timeoutMs: 10_000 });
   t.equal(body.status, 'unavailable');
   t.match(body.reason, /security posture mismatch with "node-\d": digest bus-auth=enforce;client-tls=false;store=kv vs bus-auth=off;client-tls=false;store=kv/);
   for (let i = 0; i < 3; i++) await stop(trio, i);
@@ -339,12 +337,7 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
 
   const before = c.leader()!;
   before.transferLeadership();
-  let after: ClusterNode | undefined;
-  for (let k = 0; k < 200; k++) {
-    after = c.leader();
-    if (after && after !== before) break;
-    await sleep(25);
-  }
+  const after = await waitFor(() => { const l = c.leader(); return l !== before ? l : undefined; }, { what: `a leader other than ${before.serverName}`, timeoutMs: 10_000 });
   t.ok(after && after !== before, `leadership moved from ${before.serverName} to ${after?.serverName}`);
 
   // A fourth node whose --routes name an extra address derives N = 5: every peer refuses it, and its
@@ -357,12 +350,10 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
     clusterUser: 'route', clusterPassword: 'local-cluster', tickMs: 50,
   });
   running.add(stray);
-  let reason = '';
-  for (let k = 0; k < 200 && !/cluster size mismatch/.test(reason); k++) {
-    await sleep(25);
-    const h = stray.health();
-    reason = h.status === 'unavailable' ? h.reason : 'ok';
-  }
+  const healthReason = (n: ClusterNode): string => { const h = n.health(); return h.status === 'unavailable' ? h.reason : 'ok'; };
+  const reason = await waitFor(() => /cluster size mismatch/.test(healthReason(stray)) && healthReason(stray), {
+    what: () => `a cluster size mismatch in the stray node's health (now: ${healthReason(stray)})`, timeoutMs: 10_000,
+  });
   t.match(reason, /^no quorum: 1 of 5 voters reachable .*cluster size mismatch/, 'the stray node is refused and reports the mismatch');
   await c.waitHealthy();
   t.pass('the cluster stays healthy');
@@ -380,12 +371,9 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
     clusterUser: 'route', clusterPassword: 'local-cluster', tickMs: 50,
   });
   running.add(impostor);
-  let why = '';
-  for (let k = 0; k < 200 && !/is bound to slot/.test(why); k++) {
-    await sleep(25);
-    const h = impostor.health();
-    why = h.status === 'unavailable' ? h.reason : 'ok';
-  }
+  const why = await waitFor(() => /is bound to slot/.test(healthReason(impostor)) && healthReason(impostor), {
+    what: () => `a bound-slot refusal in the impostor's health (now: ${healthReason(impostor)})`, timeoutMs: 10_000,
+  });
   t.match(why, /"node-2" is bound to slot \d with identity key/, 'a different identity for a bound slot is refused, and the refused node says why');
   await impostor.stop();
   await c.stop();
@@ -396,7 +384,7 @@ t.test('a voter down past the grace period is replaced by a caught-up learner', 
   const c = await startCluster({ size: 4, kvReplicas: 3, tickMs: 50, dir: join(root, 'replace'), node: { voterGraceMs: 800 } });
   for (const n of c.nodes) running.add(n);
   const confOf = (): { voters: number[]; learners: number[] } => (c.leader()?.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
-  for (let k = 0; k < 200 && confOf().learners.length === 0; k++) await sleep(25);
+  await waitFor(() => confOf().learners.length > 0, { what: () => `a learner (conf ${JSON.stringify(confOf())})`, timeoutMs: 10_000 });
   t.same(confOf(), { voters: [1, 2, 3], learners: [4] }, 'slot 4 joined as a learner');
   const learner = c.nodes.find((n) => n.id === 4)!;
   t.match(await learner.propose({ op: 'bucket.create', bucket: 'r', config: {}, ts: 1 }), { ok: true }, 'a learner forwards writes');
@@ -404,11 +392,9 @@ t.test('a voter down past the grace period is replaced by a caught-up learner', 
   const victimId = victim.id!;
   await victim.stop();
   running.delete(victim);
-  let conf = confOf();
-  for (let k = 0; k < 400 && !(conf.voters.includes(4) && !conf.voters.includes(victimId)); k++) {
-    await sleep(25);
-    conf = confOf();
-  }
+  const conf = await waitFor(() => { const c2 = confOf(); return c2.voters.includes(4) && !c2.voters.includes(victimId) ? c2 : undefined; }, {
+    what: () => `slot 4 a voter and slot ${victimId} removed (conf ${JSON.stringify(confOf())})`, timeoutMs: 10_000,
+  });
   t.ok(conf.voters.includes(4) && !conf.voters.includes(victimId) && conf.voters.length === 3, `learner promoted, dead voter ${victimId} removed: ${JSON.stringify(conf)}`);
   const rest = c.nodes.filter((n) => n !== victim);
   for (const n of rest) await n.propose({ op: 'put', bucket: 'r', key: n.serverName, value: Uint8Array.of(1), ts: 1 });
@@ -435,7 +421,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   let joiner = await startNode(joinOptions);
   running.add(joiner);
   const reasonOf = (n: ClusterNode): string => { const h = n.health(); return h.status === 'ok' ? 'ok' : h.reason; };
-  for (let k = 0; k < 400 && !/has no slot for node-3/.test(reasonOf(joiner)); k++) await sleep(25);
+  await waitFor(() => /has no slot for node-3/.test(reasonOf(joiner)), { what: () => `the joiner's "no slot" reason (now: ${reasonOf(joiner)})`, timeoutMs: 10_000 });
   t.match(reasonOf(joiner), /joining cluster "test-cluster": the slot table of peer "node-\d" has no slot for node-3; run "membershipd cluster add node-3 <host>:\d+"/, 'a joiner not added yet says what to run');
   t.equal(joiner.id, undefined, 'it has no slot yet');
 
@@ -446,7 +432,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   // What the control plane does when every node applies the replicated added-slots key.
   for (const n of up()) n.setAddedSlots([{ name: 'node-3', address }]);
   for (const n of up()) t.same(n.slots().map((s) => s.id), [1, 2, 3, 4], `${n.serverName} knows slot 4`);
-  for (let k = 0; k < 600 && !(joiner.id === 4 && joiner.health().status === 'ok'); k++) await sleep(25);
+  await waitFor(() => joiner.id === 4 && joiner.health().status === 'ok', { what: () => `the joiner in slot 4 and healthy (id ${joiner.id}, ${reasonOf(joiner)})`, timeoutMs: 15_000 });
   t.equal(joiner.id, 4, 'the joiner learned slot 4 from its peers');
   t.equal(reasonOf(joiner), 'ok', 'the joiner is healthy');
   t.equal((await joiner.read()).keys('b').length, 40, 'it caught up with every write');
@@ -461,7 +447,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   await waitHealthy([...up(), joiner]);
   t.equal(lagger.slots().length, 3, 'the returning member\'s table has not grown yet (no control plane here to apply the key)');
   lagger.setAddedSlots([{ name: 'node-3', address }]);
-  for (let k = 0; k < 200 && lagger.slots()[3]?.identity === undefined; k++) await sleep(25);
+  await waitFor(() => lagger.slots()[3]?.identity !== undefined, { what: 'the returning member binding slot 4', timeoutMs: 10_000 });
   t.match(lagger.slots()[3], { id: 4, name: 'node-3', address }, 'it binds slot 4 to the joiner once its table has it');
   t.ok(lagger.slots()[3]?.identity, 'with the identity key the joiner proved');
   for (const n of members) t.equal(readClusterFile(join(trio.dir, n.serverName))?.addresses.length, 4, `${n.serverName} persisted 4 slots`);
@@ -470,7 +456,9 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   const victim = members.findIndex((n) => n.raftz().state !== 'leader');
   const victimId = members[victim]!.id!;
   for (const n of [...members, joiner]) n.setRemovedSlots([victimId]);
-  for (let k = 0; k < 600 && !(confOf().voters.includes(4) && !confOf().voters.includes(victimId)); k++) await sleep(25);
+  await waitFor(() => confOf().voters.includes(4) && !confOf().voters.includes(victimId), {
+    what: () => `the joiner a voter and slot ${victimId} removed (conf ${JSON.stringify(confOf())})`, timeoutMs: 15_000,
+  });
   t.same(confOf(), { voters: [1, 2, 3, 4].filter((id) => id !== victimId), learners: [] }, 'the joiner was promoted to voter, the removed member left');
   await stop(trio, victim);
 

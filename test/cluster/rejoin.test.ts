@@ -22,6 +22,7 @@ import { trioNodeOptions } from './trio_options.js';
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
 import { readClusterFile } from '../../src/node/bootstrap.js';
 import { freePort } from '../../src/free_port.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const keysLarge = Number(process.env.REJOIN_KEYS ?? 100_000);
 t.comment(`REJOIN_KEYS=${keysLarge}`);
@@ -41,10 +42,6 @@ t.before(async () => {
   ca = await createCertificateAuthority('rejoin-test-ca');
   for (let i = 0; i < 3; i++) leaves.push(await issueCertificate(ca, { commonName: `node-${i}` }));
 });
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 interface Member {
   node: ClusterNode | undefined;
@@ -95,16 +92,11 @@ function nodes(trio: Trio): ClusterNode[] {
   return trio.members.map((m) => m.node).filter((n): n is ClusterNode => n !== undefined);
 }
 
-async function waitFor(what: string, cond: () => boolean, boundMs: number): Promise<void> {
-  for (let k = 0; k < boundMs / 25; k++) {
-    if (cond()) return;
-    await sleep(25);
-  }
-  throw new Error(`${what}: not within ${boundMs} ms`);
-}
-
 async function waitHealthy(trio: Trio, boundMs = 30_000): Promise<void> {
-  await waitFor(`healthy: ${JSON.stringify(nodes(trio).map((n) => [n.serverName, n.health()]))}`, () => nodes(trio).length === 3 && nodes(trio).every((n) => n.health().status === 'ok'), boundMs);
+  // The description is evaluated at the timeout: it shows each node's health then, not when the wait began.
+  await waitFor(() => nodes(trio).length === 3 && nodes(trio).every((n) => n.health().status === 'ok'), {
+    what: () => `three healthy nodes: ${JSON.stringify(nodes(trio).map((n) => [n.serverName, n.health()]))}`, timeoutMs: boundMs,
+  });
 }
 
 function leaderIndex(trio: Trio): number {
@@ -147,7 +139,7 @@ function writeLoad(pick: () => ClusterNode | undefined): { acked: Set<string>; s
       const n = pick();
       const key = `load-${w}-${seq++}`;
       if (!n) {
-        await sleep(20);
+        await pause(20, 'a client retrying while no node is up');
         continue;
       }
       try {
@@ -156,7 +148,7 @@ function writeLoad(pick: () => ClusterNode | undefined): { acked: Set<string>; s
       } catch (e) {
         // An election (retryable) or the node being stopped under it: a client retries elsewhere with another key.
         if (!(e instanceof NodeError) || !(e.retryable || e.code === NodeErrorCode.stopped)) throw e;
-        await sleep(20);
+        await pause(20, 'a client\'s back-off before its retry');
       }
     }
   };
@@ -219,7 +211,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
       leaderSide = Math.max(leaderSide, Math.floor((100 * pr.snapshotTransfer.ackedBytes) / pr.snapshotTransfer.totalBytes));
       t.ok(pr.snapshotTransfer.ackedBytes <= pr.snapshotTransfer.totalBytes, 'the leader\'s snapshot progress is within the snapshot');
     }
-    await sleep(100);
+    await pause(100, 'the polling interval: each poll asserts what the node says on its way back');
   }
   const ms = Date.now() - t0;
   loop.disable();

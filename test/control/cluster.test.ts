@@ -16,6 +16,7 @@ import { silentLogger } from '../../src/log.js';
 import { nodeOptionsFromServeConfig, postureDigest } from '../../src/node/index.js';
 import type { ServeConfig } from '../../src/config/index.js';
 import { freePort } from '../../src/free_port.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const dir = t.testdir({ 'pw-carol': 'tr0ub4dor\n', 'route.pass': 'route-secret\n' });
 const nodes: ServingNode[] = [];
@@ -26,11 +27,7 @@ let sharedFlags: string[] = [];
 
 
 async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  await waitFor(cond, { what, timeoutMs: ms });
 }
 
 t.teardown(async () => {
@@ -390,7 +387,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   for (let k = 0; k < 100 && got === undefined; k++) {
     onOld.publish('grow.x', 'across');
     await onOld.flush();
-    await new Promise((res) => setTimeout(res, 50));
+    await pause(50, 'between re-publishes: the subscription may not have reached the founder yet (no ack to wait for)');
   }
   if (got === undefined) sub.unsubscribe();
   await done;

@@ -15,6 +15,7 @@ import { parseUsersDocument } from '../../src/auth/principal_source.js';
 import { main } from '../../src/cli/index.js';
 import { runServiceWatch } from '../../src/cli/admin/service_watch.js';
 import { memoryOutput } from '../../src/cli/output.js';
+import { pause, waitFor as waitUntil } from '../support/wait.js';
 
 const svcRole = {
   publish: ['$UB.API.SERVICE.>', 'orders.>'],
@@ -30,11 +31,7 @@ const readerRole = {
 };
 
 async function waitFor(what: string, cond: () => boolean | Promise<boolean>, boundMs = 20_000): Promise<void> {
-  const end = Date.now() + boundMs;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await waitUntil(cond, { what, timeoutMs: boundMs, intervalMs: 20 });
 }
 
 async function api(nc: NatsConnection, verb: string, body: unknown): Promise<Record<string, unknown>> {
