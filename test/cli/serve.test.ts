@@ -3,7 +3,7 @@
 // printed example and admin commands are run exactly as printed (and its users survive a restart).
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -106,8 +106,12 @@ t.test('help, version, and a bad flag exits 2 with one line on stderr naming it'
 });
 
 t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', async (t) => {
-  const run = start(t, ['--nats-port', '0', '--http-port=0', '--ws-port', '0', '--server-name', 'cli-test']);
+  const portsFile = join(t.testdir(), 'cli-test.ports');
+  const run = start(t, ['--nats-port', '0', '--http-port=0', '--ws-port', '0', '--server-name', 'cli-test', '--ports-file', portsFile]);
   const { natsPort, httpPort, natsUrl } = await serving(run);
+  // --ports-file: what a supervisor that passed port 0 reads instead of probing (as nats-server's --ports_file_dir).
+  const ports = JSON.parse(readFileSync(portsFile, 'utf8')) as Record<string, unknown>;
+  t.match(ports, { pid: run.child.pid, nats: natsPort, http: httpPort, ws: Number, cluster: null }, 'the ports file names the bound ports');
   t.equal(natsUrl, `nats://127.0.0.1:${natsPort}`);
   const wsPort = logLines(run).find((l) => l.msg.startsWith('membershipd serving'))?.ws_port as number;
   t.ok(wsPort > 0 && wsPort !== natsPort, 'the WebSocket port is listening on its own port');
@@ -142,6 +146,7 @@ t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', as
   t.ok(msgs.some((m) => m.startsWith('signal received')), 'logs the signal');
   t.equal(msgs.at(-1), 'stopped', 'the last log line says it stopped');
   await t.rejects(fetch(`http://127.0.0.1:${httpPort}/livez`), 'the HTTP port is closed');
+  t.notOk(existsSync(portsFile), 'the ports file is removed at stop (its ports are closed)');
 });
 
 t.test('serve with TLS and --bus-auth enforce: CA-verified clients, credentials checked, SIGHUP reloads users', async (t) => {

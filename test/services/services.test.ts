@@ -120,7 +120,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
       t.equal(k.result, 'updated', JSON.stringify(k));
       lastAck = Date.now();
       kept++;
-      await new Promise((res) => setTimeout(res, 500));
+      await pause(500, 'the keep-alive cadence under test (four per TTL)');
     }
     t.ok(watch.live.has('orders.a1'), `still registered after ${kept} keep-alives over three TTLs`);
     t.notOk(watch.ops.some((o) => o.key === 'orders.a1' && o.op !== 'PUT'), 'never deleted while kept alive');
@@ -294,7 +294,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
       for (let i = 0; i < 200 && !stopKeeping; i++) {
         const k: Record<string, unknown> = await api(svcA, 'KEEPALIVE', { lease: reg.lease }).catch(() => ({ error: { code: 'timeout' } }));
         if (k.result !== 'updated') failed++;
-        await new Promise((res) => setTimeout(res, 400));
+        await pause(400, 'the keep-alive cadence under test (five per TTL)');
       }
     })();
     const old = leaderIndex();
@@ -312,7 +312,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
     await waitFor('the dead node\'s instance to leave', () => !watch.live.has(deadKey), 30_000);
     t.comment(`the dead node's instance left ${Date.now() - t0} ms after its node stopped (connection-bound TTL 10000 ms)`);
     // Past three TTLs of the leased entry and the connection-bound TTL after the election.
-    await new Promise((res) => setTimeout(res, Math.max(0, t0 + 11_000 - Date.now())));
+    await pause(Math.max(0, t0 + 11_000 - Date.now()), 'an absence over a window: no deletion past three TTLs and the connection-bound TTL');
     stopKeeping = true;
     await keeper;
     t.notOk(watch.ops.some((o) => (o.key === 'orders.f1' || o.key === autoKey) && o.op !== 'PUT' && o.at >= t0), 'no live instance left during or after the failover');
