@@ -113,7 +113,7 @@ function varzStats(s: NatsServerStats): Record<string, number> {
 }
 
 /** Raft timing of the cluster node; only in-process embedders set it (src/library: faster elections in tests). */
-export type NodeTuning = Pick<NodeOptions, 'tickMs' | 'electionTicks' | 'heartbeatTicks'>;
+export type NodeTuning = Pick<NodeOptions, 'tickMs' | 'electionTicks' | 'heartbeatTicks' | 'clusterListener'>;
 
 export async function startServing(config: ServeConfig, logger: Logger, busAuth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning): Promise<ServingNode> {
   const authCounts = { refused: 0 };
