@@ -10,7 +10,8 @@ import { join } from 'node:path';
 import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
 import { NodeError, NodeErrorCode, startCluster, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
-import { trioNodeOptions } from './trio_options.js';
+import { closeHandedListener, heldListener, trioNodeOptions } from '../support/cluster.js';
+import { holdPorts, releaseUnused, type HeldPort } from '../support/ports.js';
 import type { KvResult } from '../../store/index.js';
 import { MessageType, message, type Message } from '../../raft/index.js';
 import { decodeFrameBody, encodeFrameBody } from '../../transport/index.js';
@@ -44,6 +45,7 @@ type Style = 'all' | 'others';
 interface Trio {
   readonly dir: string;
   readonly ports: number[];
+  readonly held: HeldPort[];
   readonly style: Style;
   readonly nodes: (ClusterNode | undefined)[];
   readonly extra: Partial<NodeOptions>;
@@ -53,13 +55,28 @@ function options(trio: Trio, i: number): NodeOptions {
   return trioNodeOptions(trio, i, { ca, leaves }, { clusterName: 'test-cluster', requestTimeoutMs: 5000 });
 }
 
+const heldPorts: HeldPort[] = [];
+t.teardown(() => releaseUnused(heldPorts));
+
 async function newTrio(name: string, style: Style, extra: Partial<NodeOptions> = {}): Promise<Trio> {
-  const ports = [await freePort(), await freePort(), await freePort()];
-  return { dir: join(root, name), ports, style, nodes: [undefined, undefined, undefined], extra };
+  const held = await holdPorts(3);
+  heldPorts.push(...held);
+  return { dir: join(root, name), ports: held.map((h) => h.port), held, style, nodes: [undefined, undefined, undefined], extra };
+}
+
+/** Starts node i; its first start takes over the route socket held since newTrio (bind, don't probe). */
+async function startWith(trio: Trio, i: number, extra: Partial<NodeOptions> = {}): Promise<ClusterNode> {
+  const handed = heldListener(trio, i);
+  try {
+    return await startNode({ ...options(trio, i), ...handed, ...extra });
+  } catch (err) {
+    closeHandedListener(handed);
+    throw err;
+  }
 }
 
 async function start(trio: Trio, i: number): Promise<ClusterNode> {
-  const n = await startNode(options(trio, i));
+  const n = await startWith(trio, i);
   trio.nodes[i] = n;
   running.add(n);
   return n;
@@ -307,7 +324,7 @@ t.test('a node whose security posture differs is refused at the route handshake;
   const trio = await newTrio('posture', 'all', { postureDigest: 'bus-auth=enforce;client-tls=false;store=kv' });
   await start(trio, 0);
   await start(trio, 1);
-  const odd = await startNode({ ...options(trio, 2), postureDigest: 'bus-auth=off;client-tls=false;store=kv' });
+  const odd = await startWith(trio, 2, { postureDigest: 'bus-auth=off;client-tls=false;store=kv' });
   trio.nodes[2] = odd;
   running.add(odd);
   await waitHealthy([trio.nodes[0]!, trio.nodes[1]!]);
@@ -344,11 +361,15 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
   // health says why.
   const ports = c.nodes.map((n) => n.routeAddress().port);
   const leaf = await issueCertificate(c.ca, { commonName: 'stray' });
+  const [strayPort] = await holdPorts(1);
+  heldPorts.push(strayPort!);
   const stray = await startNode({
-    serverName: 'stray', clusterName: 'local', dataDir: join(root, 'stray'), bind: '127.0.0.1', clusterPort: await freePort(),
+    serverName: 'stray', clusterName: 'local', dataDir: join(root, 'stray'), bind: '127.0.0.1', clusterPort: strayPort!.port, clusterListener: strayPort!.server,
+    // The fifth address is one nobody listens on (a probed free port, on purpose): only the count matters.
     routes: [...ports, await freePort()].map((p) => `127.0.0.1:${p}`), tls: { cert: leaf.cert, key: leaf.key, ca: c.ca.cert },
     clusterUser: 'route', clusterPassword: 'local-cluster', tickMs: 50,
   });
+  strayPort!.taken = true;
   running.add(stray);
   const healthReason = (n: ClusterNode): string => { const h = n.health(); return h.status === 'unavailable' ? h.reason : 'ok'; };
   const reason = await waitFor(() => /cluster size mismatch/.test(healthReason(stray)) && healthReason(stray), {
@@ -412,13 +433,16 @@ t.test('a new address joins a running cluster: the table grows on every node, th
 
   // The joining node (--initial-cluster-state existing) dials the members; before `cluster add` it waits and says why.
   const leaf = await issueCertificate(ca, { commonName: 'node-3' });
-  const joinPort = await freePort();
+  const [joinHeld] = await holdPorts(1);
+  heldPorts.push(joinHeld!);
+  const joinPort = joinHeld!.port;
   const address = `127.0.0.1:${joinPort}`;
   const joinOptions: NodeOptions = {
     ...options(trio, 0), serverName: 'node-3', dataDir: join(trio.dir, 'node-3'), identityFile: join(trio.dir, 'id-3.nk'),
     clusterPort: joinPort, routes: trio.ports.map((p) => `127.0.0.1:${p}`), tls: { cert: leaf.cert, key: leaf.key, ca: ca.cert }, join: true,
   };
-  let joiner = await startNode(joinOptions);
+  let joiner = await startNode({ ...joinOptions, clusterListener: joinHeld!.server });
+  joinHeld!.taken = true;
   running.add(joiner);
   const reasonOf = (n: ClusterNode): string => { const h = n.health(); return h.status === 'ok' ? 'ok' : h.reason; };
   await waitFor(() => /has no slot for node-3/.test(reasonOf(joiner)), { what: () => `the joiner's "no slot" reason (now: ${reasonOf(joiner)})`, timeoutMs: 10_000 });

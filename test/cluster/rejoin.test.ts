@@ -18,10 +18,10 @@ import { createCertificateAuthority, issueCertificate, type PemPair } from '../.
 import { createHttpServer, type HttpServer } from '../../src/http/index.js';
 import { silentLogger } from '../../src/log.js';
 import { NodeError, NodeErrorCode, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
-import { trioNodeOptions } from './trio_options.js';
+import { closeHandedListener, heldListener, trioNodeOptions } from '../support/cluster.js';
+import { holdPorts, releaseUnused, type HeldPort } from '../support/ports.js';
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
 import { readClusterFile } from '../../src/node/bootstrap.js';
-import { freePort } from '../../src/free_port.js';
 import { pause, waitFor } from '../support/wait.js';
 
 const keysLarge = Number(process.env.REJOIN_KEYS ?? 100_000);
@@ -51,6 +51,7 @@ interface Member {
 interface Trio {
   readonly dir: string;
   readonly ports: number[];
+  readonly held: HeldPort[];
   readonly style: 'all' | 'others';
   readonly members: Member[];
   readonly extra: Partial<NodeOptions>;
@@ -60,13 +61,19 @@ function options(trio: Trio, i: number): NodeOptions {
   return trioNodeOptions(trio, i, { ca, leaves }, { clusterName: 'rejoin-cluster', requestTimeoutMs: 10_000 });
 }
 
+const heldPorts: HeldPort[] = [];
+t.teardown(() => releaseUnused(heldPorts));
+
 async function newTrio(name: string, style: Trio['style'], extra: Partial<NodeOptions>): Promise<Trio> {
-  const ports = [await freePort(), await freePort(), await freePort()];
-  return { dir: join(root, name), ports, style, members: [0, 1, 2].map(() => ({ node: undefined, http: undefined })), extra };
+  const held = await holdPorts(3);
+  heldPorts.push(...held);
+  return { dir: join(root, name), ports: held.map((h) => h.port), held, style, members: [0, 1, 2].map(() => ({ node: undefined, http: undefined })), extra };
 }
 
 async function start(trio: Trio, i: number): Promise<ClusterNode> {
-  const node = await startNode(options(trio, i));
+  // The first start of node i takes over the route socket held since newTrio (bind, don't probe).
+  const handed = heldListener(trio, i);
+  const node = await startNode({ ...options(trio, i), ...handed }).catch((err: unknown) => { closeHandedListener(handed); throw err; });
   running.add(node);
   const http = createHttpServer({ host: '127.0.0.1', port: 0, logger: silentLogger(), endpoints: nodeHttpEndpoints(node) });
   await http.start();
