@@ -8,8 +8,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRng } from '../../raft/index.js';
-import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
+import { issueCertificate, type PemPair } from '../../src/certs/index.js';
 import { NodeError, NodeErrorCode, startCluster, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
+import { makePki } from '../support/certs.js';
 import { closeHandedListener, heldListener, trioNodeOptions } from '../support/cluster.js';
 import { holdPorts, releaseUnused, type HeldPort } from '../support/ports.js';
 import type { KvResult } from '../../store/index.js';
@@ -116,8 +117,9 @@ async function write(n: ClusterNode, key: string, value: number): Promise<KvResu
 const permutations = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
 
 t.before(async () => {
-  ca = await createCertificateAuthority('cluster-test-ca');
-  for (let i = 0; i < 3; i++) leaves.push(await issueCertificate(ca, { commonName: `node-${i}` }));
+  const pki = await makePki('cluster-test-ca', ['node-0', 'node-1', 'node-2']);
+  ca = pki.ca;
+  leaves.push(...pki.leaves);
 });
 
 t.test('bootstrap in every start order, both --routes styles; a lone node says why', async (t) => {

@@ -14,10 +14,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
+import type { PemPair } from '../../src/certs/index.js';
 import { createHttpServer, type HttpServer } from '../../src/http/index.js';
 import { silentLogger } from '../../src/log.js';
 import { NodeError, NodeErrorCode, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
+import { makePki } from '../support/certs.js';
 import { closeHandedListener, heldListener, trioNodeOptions } from '../support/cluster.js';
 import { holdPorts, releaseUnused, type HeldPort } from '../support/ports.js';
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
@@ -39,8 +40,9 @@ t.teardown(async () => {
 let ca: PemPair;
 const leaves: PemPair[] = [];
 t.before(async () => {
-  ca = await createCertificateAuthority('rejoin-test-ca');
-  for (let i = 0; i < 3; i++) leaves.push(await issueCertificate(ca, { commonName: `node-${i}` }));
+  const pki = await makePki('rejoin-test-ca', ['node-0', 'node-1', 'node-2']);
+  ca = pki.ca;
+  leaves.push(...pki.leaves);
 });
 
 interface Member {
