@@ -1,6 +1,13 @@
 // A port that was free on loopback a moment ago. A caller must bind it soon and handle EADDRINUSE:
 // another process may take it in between (the kernel only guarantees freedom for a port bound as 0).
 //
+// Bind, don't probe (CONVENTIONS.md §16): a listener in this process binds port 0 and reports its port
+// (startCluster, the library: src/node/listeners.ts); a child process is given port 0 and reports its ports
+// (serve --ports-file). What is left here needs a port *number* that outlives one listen: `membershipd dev`
+// persists its route ports and binds them again on the next run, tests restart a node on its port
+// (test/support/ports.ts holds the socket in between starts), and multi-process tests name every node's route
+// port in every node's --routes before any node runs.
+//
 // The port is drawn below the kernel's ephemeral range (Linux default 32768-60999): ports handed out by
 // `listen(0)` and to every outgoing connection on the machine come from that range, so a port taken from
 // it here was often grabbed by someone's connect() before the caller (often a child process) bound it.

@@ -1,6 +1,6 @@
 // The route transport: a TLS listener, a dialer per --routes entry, and the policy over links: one link
 // per peer (deterministic tie-break), self-route detection, redial with backoff, peer-up/-down events.
-import type { AddressInfo, Socket } from 'node:net';
+import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import type { Server, TLSSocket } from 'node:tls';
 import type { Logger } from 'pino';
 import { backoffDelayMs } from './backoff.js';
@@ -19,6 +19,12 @@ export interface RouteTransportOptions {
   /** Listen address of the cluster port; port 0 picks an ephemeral port (see `address()`). */
   readonly host: string;
   readonly port: number;
+  /**
+   * A TCP server already listening (typically on port 0) whose socket the route listener takes over instead of
+   * binding host:port: the caller learns the port before any node's --routes is written, without probing for a
+   * free one (CONVENTIONS.md §16). The socket closes with the transport; `port` must be its port.
+   */
+  readonly listener?: NetServer;
   /** Peers to dial: a `--routes` string or parsed addresses. May include this node itself. */
   readonly routes: string | readonly RouteAddress[];
   readonly tls: RouteTlsOptions;
@@ -167,7 +173,14 @@ class Transport implements RouteTransport {
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(this.#options.port, this.#options.host, () => { server.off('error', reject); resolve(); });
+      const listening = (): void => { server.off('error', reject); resolve(); };
+      const pre = this.#options.listener;
+      if (pre === undefined) server.listen(this.#options.port, this.#options.host, listening);
+      // Node's listen(handle): the TLS server accepts on the bound socket of `pre`.
+      else if (!pre.listening) reject(new Error('the route listener handed over is not listening (closed already, or never bound)'));
+      else if ((pre.address() as AddressInfo).port !== this.#options.port) {
+        reject(new Error(`the route listener handed over listens on port ${(pre.address() as AddressInfo).port}, not the cluster port ${this.#options.port}`));
+      } else server.listen(pre, listening);
     });
     server.on('error', (error) => this.#log.error({ err: error }, 'route listener error'));
     this.#state = 'running';

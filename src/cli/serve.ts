@@ -10,6 +10,7 @@ import type { BusAuthenticator } from '../auth/index.js';
 import { createHttpServer, processMetricsText, processVarz, startProcessMetrics, statusPageEndpoints, type HttpServer } from '../http/index.js';
 import { renderMetrics } from '../node/metrics.js';
 import { packageVersion } from './version.js';
+import { removePortsFile, writePortsFile } from './ports_file.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, startNode, wantsCluster, type ClusterNode, type NodeOptions } from '../node/index.js';
 import { controlBuckets, createServiceSeam, redactControlValue, singleNodeOptions, startControlPlane, wantsSingleNodeKv, type ControlPlane, type KvPrincipalSource } from '../control/index.js';
 import { attachKvApi, redactedBackend, type KvApi, type KvServerPort } from '../kv/index.js';
@@ -112,7 +113,7 @@ function varzStats(s: NatsServerStats): Record<string, number> {
 }
 
 /** Raft timing of the cluster node; only in-process embedders set it (src/library: faster elections in tests). */
-export type NodeTuning = Pick<NodeOptions, 'tickMs' | 'electionTicks' | 'heartbeatTicks'>;
+export type NodeTuning = Pick<NodeOptions, 'tickMs' | 'electionTicks' | 'heartbeatTicks' | 'clusterListener'>;
 
 export async function startServing(config: ServeConfig, logger: Logger, busAuth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning): Promise<ServingNode> {
   const authCounts = { refused: 0 };
@@ -270,6 +271,7 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
         await cluster?.stop();
       } finally {
         await http.close();
+        if (config.portsFile !== undefined) removePortsFile(config.portsFile);
       }
     })();
     return stopping;
@@ -279,6 +281,15 @@ export async function startServing(config: ServeConfig, logger: Logger, busAuth?
     nats_url: urls.nats, http_url: urls.http, ws_url: urls.ws ?? null,
     nats_port: nats.port, http_port: http.port, ws_port: nats.wsPort ?? null, tls: config.tls !== undefined,
   }, `membershipd serving: client ${urls.nats}, http ${urls.http}${urls.ws ? `, websocket ${urls.ws}` : ''}`);
+  if (config.portsFile !== undefined) {
+    const ports = { pid: process.pid, nats: nats.port, http: http.port, ws: nats.wsPort ?? null, cluster: cluster?.routeAddress().port ?? null };
+    try {
+      writePortsFile(config.portsFile, ports);
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+  }
   return { nats, http, urls, cluster, ...(presence !== undefined ? { services: presence } : {}), stop };
 }
 

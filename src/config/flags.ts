@@ -40,6 +40,7 @@ export const flagSpecs: readonly FlagSpec[] = [
   { name: 'ws-port', group: 'serve', commands: serveOnly, value: 'PORT', defaultText: 'off', help: 'NATS over WebSocket on this port (0 = any free port)' },
   { name: 'max-subscriptions', group: 'serve', commands: serveOnly, value: 'N', defaultText: '10000', help: 'subscriptions one client connection may hold (nats-server max_subscriptions; 0 = unlimited)' },
   { name: 'log-level', group: 'serve', commands: both, value: 'LEVEL', defaultText: 'info (dev: warn)', help: 'fatal|error|warn|info|debug|trace|silent' },
+  { name: 'ports-file', group: 'serve', commands: serveOnly, value: 'FILE', help: 'once listening, write the bound ports here as JSON (for port 0; removed at stop)' },
   { name: 'data-dir', group: 'serve', commands: serveOnly, value: 'DIR', defaultText: './data', help: 'directory for the WAL and snapshots' },
   { name: 'cluster-name', group: 'cluster', commands: serveOnly, value: 'NAME', help: 'name every node of the cluster shares' },
   { name: 'cluster-port', group: 'cluster', commands: serveOnly, value: 'PORT', help: 'route port (TLS) for the other nodes' },

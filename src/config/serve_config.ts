@@ -61,6 +61,8 @@ export interface ServeConfig {
   readonly usersFile: string | undefined;
   readonly internalIdFile: string | undefined;
   readonly kvReplicas: number | undefined;
+  /** --ports-file: where the bound ports are written once listening (src/cli/ports_file.ts). */
+  readonly portsFile?: string;
   /** Flag names given on the command line, in order: the CLI refuses the ones this build cannot honour. */
   readonly given: readonly string[];
 }
@@ -107,6 +109,26 @@ function creatableFile(flag: string, path: string): string {
   let isDir = false;
   try { isDir = statSync(dir).isDirectory(); } catch { isDir = false; }
   if (!isDir) fail(flag, `${quote(path)} does not exist and its directory ${quote(dir)} does not exist either`);
+  return path;
+}
+
+/** Bytes a path flag may have: Linux's PATH_MAX. */
+const pathBytesMax = 4096;
+
+/** A file the node replaces whole (written elsewhere, renamed over it): absent or a regular file, in an existing directory. */
+function replaceableFile(flag: string, path: string): string {
+  if (Buffer.byteLength(path) > pathBytesMax) fail(flag, `is ${Buffer.byteLength(path)} bytes long, more than ${pathBytesMax}; give a shorter path`);
+  if (path.includes('\0')) fail(flag, 'contains a NUL byte; give a file path');
+  try {
+    if (!statSync(path).isFile()) fail(flag, `${quote(path)} exists but is not a regular file`);
+    return path;
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+  }
+  const dir = dirname(resolve(path));
+  let isDir = false;
+  try { isDir = statSync(dir).isDirectory(); } catch { isDir = false; }
+  if (!isDir) fail(flag, `${quote(path)} cannot be created: its directory ${quote(dir)} does not exist`);
   return path;
 }
 
@@ -188,9 +210,11 @@ export function resolveServeConfig(args: ParsedArgs): ServeConfig {
   const kvReplicas = f.has('kv-replicas') ? parseIntInRange('kv-replicas', f.get('kv-replicas')!, 1, kvReplicasMax) : undefined;
   if (kvReplicas !== undefined && store !== 'kv') fail('kv-replicas', 'applies only to --store kv');
   const internalIdFile = f.has('internal-id-file') ? creatableFile('internal-id-file', f.get('internal-id-file')!) : undefined;
+  const portsFile = f.has('ports-file') ? replaceableFile('ports-file', f.get('ports-file')!) : undefined;
   return {
     bind, natsPort, httpPort, serverName, tls, wsPort, logLevel, dataDir, cluster, busAuth, store, usersFile,
     internalIdFile, kvReplicas, given: [...f.keys()], ...(maxSubscriptions !== undefined ? { maxSubscriptions } : {}),
+    ...(portsFile !== undefined ? { portsFile } : {}),
   };
 }
 

@@ -285,6 +285,9 @@ export class KvApi {
         .then((res) => {
           if ('err_code' in res || !res.ok) this.logger.warn({ bucket, res }, 'KV expiry proposal was not applied; retried on the next pass');
         })
+        // propose() turns its own failures into a result; this covers a throw in the handler above, which left
+        // unhandled would end the process (Node's unhandled-rejection default). The next pass retries.
+        .catch((err: unknown) => this.logger.warn({ bucket, err }, 'KV expiry proposal failed; retried on the next pass'))
         .finally(() => this.expiring.delete(bucket));
     }
   }

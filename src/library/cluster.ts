@@ -13,9 +13,8 @@ import { createCertificateAuthority, issueCertificate, type PemPair } from '../c
 import { builtinAdminRole, hashPassword, userInboxPrefix, type PermissionSpec } from '../auth/index.js';
 import type { ServeConfig } from '../config/index.js';
 import { loadBusAuth } from '../cli/bus_auth.js';
-import { ListenError, startServing, type NodeTuning, type NodeUrls, type ServingNode } from '../cli/serve.js';
-import type { ClusterNode, Health } from '../node/index.js';
-import { freePort } from '../free_port.js';
+import { startServing, type NodeTuning, type NodeUrls, type ServingNode } from '../cli/serve.js';
+import { bindListeners, closeListeners, type ClusterNode, type Health } from '../node/index.js';
 
 export const LibraryErrorCode = {
   /** The options are wrong (node count, user names, roles). */
@@ -135,8 +134,6 @@ const defaultTickMs = 50;
  * guessing, and every connection verifies a password — tests connect a lot.
  */
 const libraryScrypt = { N: 1 << 10, r: 8, p: 1 } as const;
-/** Attempts with fresh route ports: they are picked free, then bound a moment later by the node, so another process can take one in between. */
-const portAttempts = 3;
 
 
 function checkOptions(o: StartClusterOptions): number {
@@ -220,33 +217,33 @@ async function startOne(config: ServeConfig, tuning: NodeTuning): Promise<Servin
   return startServing(config, logger, auth.authenticator, auth, tuning);
 }
 
-function isPortTaken(err: unknown): boolean {
-  if (err instanceof ListenError) return (err.cause as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
-  return (err as NodeJS.ErrnoException | undefined)?.code === 'EADDRINUSE';
-}
-
+/**
+ * Route ports are bound first (port 0) and handed to the nodes, whose --routes must name them all before any
+ * starts; client and HTTP ports are 0 too. Nothing is probed, so no other process can take a port in between.
+ */
 async function startAll(dir: string, n: number, p: Prepared, o: StartClusterOptions): Promise<ServingNode[]> {
-  for (let attempt = 1; ; attempt++) {
-    const routePorts: number[] = [];
-    while (routePorts.length < n) {
-      const port = await freePort();
-      if (!routePorts.includes(port)) routePorts.push(port);
-    }
-    // A fresh data dir per attempt: a node persists its peers' addresses on first start.
-    await rm(join(dir, 'data'), { recursive: true, force: true });
-    if (o.beforeStart !== undefined) {
-      const configs = Array.from({ length: n }, (_, i) => nodeConfig(dir, i, p, routePorts, o));
+  const listeners = await bindListeners(n);
+  const routePorts = listeners.map((l) => l.port);
+  if (o.beforeStart !== undefined) {
+    const configs = Array.from({ length: n }, (_, i) => nodeConfig(dir, i, p, routePorts, o));
+    try {
       await o.beforeStart(configs.map((c) => ({
         name: c.serverName, dataDir: c.dataDir, clusterName: c.cluster.name!, clusterPort: c.cluster.port!, routes: routePorts.map((port) => `127.0.0.1:${port}`),
       })));
+    } catch (err) {
+      closeListeners(listeners);
+      throw err;
     }
-    const results = await Promise.allSettled(Array.from({ length: n }, (_, i) => startOne(nodeConfig(dir, i, p, routePorts, o), { tickMs: o.tickMs ?? defaultTickMs })));
-    const started = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-    const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
-    if (failed.length === 0) return started;
-    await Promise.allSettled(started.map((s) => s.stop()));
-    if (attempt >= portAttempts || !failed.every(isPortTaken)) throw failed[0];
   }
+  const results = await Promise.allSettled(Array.from({ length: n }, (_, i) => startOne(nodeConfig(dir, i, p, routePorts, o), {
+    tickMs: o.tickMs ?? defaultTickMs, clusterListener: listeners[i]!.server,
+  })));
+  const started = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+  if (failed.length === 0) return started;
+  await Promise.allSettled(started.map((s) => s.stop()));
+  closeListeners(listeners);
+  throw failed[0];
 }
 
 async function waitHealthy(nodes: readonly LibraryNode[], timeoutMs: number): Promise<void> {

@@ -8,7 +8,7 @@ import { createCertificateAuthority, issueCertificate, type PemPair } from '../c
 import type { Logger } from '../log.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import { startNode, type ClusterNode, type NodeOptions } from './node.js';
-import { freePort } from '../free_port.js';
+import { bindListeners, closeListeners } from './listeners.js';
 
 export interface ClusterOptions {
   /** Number of nodes (default 3). */
@@ -53,8 +53,8 @@ export async function startCluster(options: ClusterOptions = {}): Promise<LocalC
   const size = options.size ?? 3;
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'membershipd-cluster-'));
   const ca = await createCertificateAuthority(`${options.clusterName ?? 'local'}-ca`);
-  const ports: number[] = [];
-  for (let i = 0; i < size; i++) ports.push(await freePort());
+  const listeners = await bindListeners(size);
+  const ports = listeners.map((l) => l.port);
   const routes = ports.map((p) => `127.0.0.1:${p}`);
   const nodes: ClusterNode[] = [];
   const stop = async (): Promise<void> => {
@@ -69,6 +69,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<LocalC
         dataDir: join(dir, `node-${i}`),
         bind: '127.0.0.1',
         clusterPort: ports[i]!,
+        clusterListener: listeners[i]!.server,
         routes: size > 1 ? routes : [],
         tls: { cert: leaf.cert, key: leaf.key, ca: ca.cert },
         clusterUser: 'route',
@@ -82,6 +83,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<LocalC
     await waitHealthy(nodes, options.healthyTimeoutMs ?? 15_000);
   } catch (e) {
     await stop();
+    closeListeners(listeners);
     throw e;
   }
   return {

@@ -1,6 +1,7 @@
 // Public surface of src/node: one membershipd cluster node (Raft meta-group + routes + KV state machine).
 export { ClusterNode, startNode, type ClusterStatus, type MemberStatus, type NodeOptions, type Health, type ReadOptions, type RouteListener, type RaftKvBackend } from './node.js';
 export { startCluster, type ClusterOptions, type LocalCluster } from './cluster.js';
+export { bindListeners, closeListeners, type BoundListener } from './listeners.js';
 export { NodeError, NodeErrorCode } from './errors.js';
 export { clusterFilePath, readClusterFile, type ClusterFile, type SlotBinding, type RecoveryRecord } from './bootstrap.js';
 export { forceNewCluster, probeAddress, RecoverError, RecoverErrorCode, probeTimeoutMsDefault, probeTimeoutMsMax, type RecoverOptions, type RecoverReport } from './recover.js';

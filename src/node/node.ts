@@ -3,6 +3,7 @@
 // applied to the KV state machine, messages carried over the mutual-TLS routes. No module state: any
 // number of nodes run in one process (tests), or one per process (production).
 import { randomInt } from 'node:crypto';
+import type { Server as NetServer } from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -43,6 +44,8 @@ export interface NodeOptions {
   /** Listen address of the cluster port (--bind); default 0.0.0.0. */
   readonly bind?: string;
   readonly clusterPort: number;
+  /** A TCP server already listening on `clusterPort` that the route listener takes over (bind, don't probe; see transport/). */
+  readonly clusterListener?: NetServer;
   /** --routes: all nodes (self included) or only the others; empty: a cluster of one. */
   readonly routes?: string | readonly string[];
   readonly tls: RouteTlsOptions;
@@ -330,6 +333,7 @@ export class ClusterNode {
       serverName: opts.serverName,
       host: bind,
       port: opts.clusterPort,
+      ...(opts.clusterListener !== undefined ? { listener: opts.clusterListener } : {}),
       // Our own --routes entry is not dialed: the transport would only learn it is us after a TLS and
       // identity handshake with ourselves (70-150 ms of a booting node's CPU). An address findSelfRoutes
       // cannot recognise (NAT, a name resolving elsewhere) is still caught by that handshake.

@@ -5,6 +5,7 @@ import t from 'tap';
 import fc from 'fast-check';
 import { compilePermissions, CompiledRole, PermissionSpecError, unionPermissions, type PermissionSpec } from '../../src/auth/permissions.js';
 import { subjectMatches } from '../../src/nats/subject.js';
+import { pause } from '../support/wait.js';
 
 t.test('publish: allow, deny, deny wins, wildcards', async (t) => {
   const p = compilePermissions({ publish: { allow: ['foo.>', 'bar.*', 'baz'], deny: ['foo.secret', 'foo.*.hidden'] } });
@@ -142,7 +143,7 @@ t.test('checks do not allocate: a million checks trigger no young-generation GC'
     for (const e of list.getEntries()) if (((e as unknown as { detail?: { kind?: number } }).detail)?.kind === constants.NODE_PERFORMANCE_GC_MINOR) scavenges++;
   });
   obs.observe({ entryTypes: ['gc'] });
-  await new Promise((r) => setTimeout(r, 50)); // let any pending GC report arrive before counting
+  await pause(50, 'GC entries are delivered asynchronously: reports of earlier scavenges arrive before the count is reset');
   scavenges = 0;
   // One synchronous loop: nothing but the checks runs, so any scavenge is theirs. A slice or split per check
   // (24+ bytes) would be 24 MB or more, beyond the young generation's 16 MB maximum.
@@ -150,7 +151,7 @@ t.test('checks do not allocate: a million checks trigger no young-generation GC'
     ok += p.canPublish(subjects[i % 1000]!) ? 1 : 0;
     ok += p.canSubscribe(subjects[i % 1000]!, i % 2 === 0 ? undefined : 'queue1') ? 1 : 0;
   }
-  await new Promise((r) => setTimeout(r, 50));
+  await pause(50, 'GC entries are delivered asynchronously: a scavenge during the loop is reported before the count is read');
   obs.disconnect();
   t.ok(ok > 0);
   t.equal(scavenges, 0, 'no minor GC during 1M checks');

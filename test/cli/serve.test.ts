@@ -3,13 +3,14 @@
 // printed example and admin commands are run exactly as printed (and its users survive a restart).
 import t, { type Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { hashPassword } from '../../src/auth/index.js';
 import { shellQuote } from '../../src/cli/dev.js';
+import { waitFor } from '../support/wait.js';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
@@ -40,15 +41,13 @@ function start(t: Test, args: string[], cwd = root): Run {
   return run;
 }
 
+/** Waits for `probe` to return a value; gives up at once when the child exits (its stderr in the message). */
 async function until<T>(what: string, run: Run, probe: () => T | undefined): Promise<T> {
-  const deadline = Date.now() + waitMs;
-  for (;;) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (run.child.exitCode !== null || run.child.signalCode !== null) throw new Error(`exited before ${what}: ${run.stderr}`);
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${run.stderr}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  return waitFor(probe, {
+    what: () => `${what} (stderr so far: ${run.stderr})`,
+    timeoutMs: waitMs,
+    giveUpIf: () => (run.child.exitCode !== null || run.child.signalCode !== null ? `the child exited: ${run.stderr}` : undefined),
+  }) as Promise<T>;
 }
 
 async function finish(run: Run): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
@@ -107,8 +106,12 @@ t.test('help, version, and a bad flag exits 2 with one line on stderr naming it'
 });
 
 t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', async (t) => {
-  const run = start(t, ['--nats-port', '0', '--http-port=0', '--ws-port', '0', '--server-name', 'cli-test']);
+  const portsFile = join(t.testdir(), 'cli-test.ports');
+  const run = start(t, ['--nats-port', '0', '--http-port=0', '--ws-port', '0', '--server-name', 'cli-test', '--ports-file', portsFile]);
   const { natsPort, httpPort, natsUrl } = await serving(run);
+  // --ports-file: what a supervisor that passed port 0 reads instead of probing (as nats-server's --ports_file_dir).
+  const ports = JSON.parse(readFileSync(portsFile, 'utf8')) as Record<string, unknown>;
+  t.match(ports, { pid: run.child.pid, nats: natsPort, http: httpPort, ws: Number, cluster: null }, 'the ports file names the bound ports');
   t.equal(natsUrl, `nats://127.0.0.1:${natsPort}`);
   const wsPort = logLines(run).find((l) => l.msg.startsWith('membershipd serving'))?.ws_port as number;
   t.ok(wsPort > 0 && wsPort !== natsPort, 'the WebSocket port is listening on its own port');
@@ -143,6 +146,7 @@ t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', as
   t.ok(msgs.some((m) => m.startsWith('signal received')), 'logs the signal');
   t.equal(msgs.at(-1), 'stopped', 'the last log line says it stopped');
   await t.rejects(fetch(`http://127.0.0.1:${httpPort}/livez`), 'the HTTP port is closed');
+  t.notOk(existsSync(portsFile), 'the ports file is removed at stop (its ports are closed)');
 });
 
 t.test('serve with TLS and --bus-auth enforce: CA-verified clients, credentials checked, SIGHUP reloads users', async (t) => {
@@ -313,9 +317,5 @@ async function roundTripOn(nc: NatsConnection, subject: string): Promise<string>
 }
 
 async function untilTrue(what: string, cond: () => boolean): Promise<void> {
-  const deadline = Date.now() + waitMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  await waitFor(cond, { what, timeoutMs: waitMs });
 }

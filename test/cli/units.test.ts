@@ -156,6 +156,11 @@ t.test('values: every flag rejects what it cannot use, naming itself', async (t)
   await failsWith(t, ['dev', '--dir', fx.cert], 'dir', /not a directory/);
   await failsWith(t, ['--internal-id-file', '/nonexistent-dir-xyz/id.seed'], 'internal-id-file', /its directory .* does not exist/);
   await failsWith(t, ['--internal-id-file', fx.dir], 'internal-id-file', /not a regular file/);
+  await failsWith(t, ['--ports-file', ''], 'ports-file', /has an empty value \(expected FILE\)/);
+  await failsWith(t, ['--ports-file', `/tmp/${'p'.repeat(5000)}`], 'ports-file', /5005 bytes long, more than 4096/);
+  await failsWith(t, ['--ports-file', 'a\0b'], 'ports-file', /NUL byte/);
+  await failsWith(t, ['--ports-file', fx.dir], 'ports-file', /not a regular file/);
+  await failsWith(t, ['--ports-file', '/nonexistent-dir-xyz/n.ports'], 'ports-file', /its directory .* does not exist/);
 });
 
 t.test('files: TLS pairs are readable PEM and belong together', async (t) => {
@@ -344,7 +349,9 @@ t.test('property: random argv yields a command or a one-line ConfigError, never 
 
   // Valid flag sets parse to the same config whichever value form and order is used.
   const validArgs = fc.record({
-    'nats-port': fc.integer({ min: 1, max: 9999 }).map(String),
+    // Below 8222, the default --http-port: a drawn 8222 without --http-port is a (correct) port clash, which made
+    // this property fail about one run in ten (seed 1362334025).
+    'nats-port': fc.integer({ min: 1, max: 8221 }).map(String),
     'http-port': fc.integer({ min: 10000, max: 65535 }).map(String),
     'server-name': fc.stringMatching(/^[a-z0-9][a-z0-9._-]{0,20}$/),
     'log-level': fc.constantFrom('fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'),

@@ -8,9 +8,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { seededRng } from '../../raft/index.js';
-import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
+import { issueCertificate, type PemPair } from '../../src/certs/index.js';
 import { NodeError, NodeErrorCode, startCluster, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
-import { trioNodeOptions } from './trio_options.js';
+import { makePki } from '../support/certs.js';
+import { closeHandedListener, heldListener, trioNodeOptions } from '../support/cluster.js';
+import { holdPorts, releaseUnused, type HeldPort } from '../support/ports.js';
 import type { KvResult } from '../../store/index.js';
 import { MessageType, message, type Message } from '../../raft/index.js';
 import { decodeFrameBody, encodeFrameBody } from '../../transport/index.js';
@@ -22,6 +24,7 @@ import { KvPrincipalSource } from '../../src/control/principal_source.js';
 import { controlBuckets, encodeValue, schemaVersion, validateUser, type UserValue } from '../../src/control/buckets.js';
 import { createKeyPair } from '../../src/auth/index.js';
 import { freePort } from '../../src/free_port.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
 t.comment(`CLUSTER_SEED=${seed} (rerun with this variable to replay the start orders and delays)`);
@@ -38,15 +41,12 @@ let ca: PemPair;
 const leaves: PemPair[] = [];
 
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 type Style = 'all' | 'others';
 
 interface Trio {
   readonly dir: string;
   readonly ports: number[];
+  readonly held: HeldPort[];
   readonly style: Style;
   readonly nodes: (ClusterNode | undefined)[];
   readonly extra: Partial<NodeOptions>;
@@ -56,13 +56,28 @@ function options(trio: Trio, i: number): NodeOptions {
   return trioNodeOptions(trio, i, { ca, leaves }, { clusterName: 'test-cluster', requestTimeoutMs: 5000 });
 }
 
+const heldPorts: HeldPort[] = [];
+t.teardown(() => releaseUnused(heldPorts));
+
 async function newTrio(name: string, style: Style, extra: Partial<NodeOptions> = {}): Promise<Trio> {
-  const ports = [await freePort(), await freePort(), await freePort()];
-  return { dir: join(root, name), ports, style, nodes: [undefined, undefined, undefined], extra };
+  const held = await holdPorts(3);
+  heldPorts.push(...held);
+  return { dir: join(root, name), ports: held.map((h) => h.port), held, style, nodes: [undefined, undefined, undefined], extra };
+}
+
+/** Starts node i; its first start takes over the route socket held since newTrio (bind, don't probe). */
+async function startWith(trio: Trio, i: number, extra: Partial<NodeOptions> = {}): Promise<ClusterNode> {
+  const handed = heldListener(trio, i);
+  try {
+    return await startNode({ ...options(trio, i), ...handed, ...extra });
+  } catch (err) {
+    closeHandedListener(handed);
+    throw err;
+  }
 }
 
 async function start(trio: Trio, i: number): Promise<ClusterNode> {
-  const n = await startNode(options(trio, i));
+  const n = await startWith(trio, i);
   trio.nodes[i] = n;
   running.add(n);
   return n;
@@ -78,11 +93,10 @@ async function stop(trio: Trio, i: number): Promise<void> {
 /** Polls (bounded) until every given node reports ok; returns the elapsed ms, or throws with reasons. */
 async function waitHealthy(nodes: readonly ClusterNode[], boundMs = 15_000): Promise<number> {
   const t0 = Date.now();
-  for (let k = 0; k < boundMs / 25; k++) {
-    if (nodes.every((n) => n.health().status === 'ok')) return Date.now() - t0;
-    await sleep(25);
-  }
-  throw new Error(`not healthy within ${boundMs} ms: ${JSON.stringify(nodes.map((n) => [n.serverName, n.health()]))}`);
+  await waitFor(() => nodes.every((n) => n.health().status === 'ok'), {
+    what: () => `every node healthy: ${JSON.stringify(nodes.map((n) => [n.serverName, n.health()]))}`, timeoutMs: boundMs,
+  });
+  return Date.now() - t0;
 }
 
 function leaderOf(nodes: readonly (ClusterNode | undefined)[]): number {
@@ -103,8 +117,9 @@ async function write(n: ClusterNode, key: string, value: number): Promise<KvResu
 const permutations = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
 
 t.before(async () => {
-  ca = await createCertificateAuthority('cluster-test-ca');
-  for (let i = 0; i < 3; i++) leaves.push(await issueCertificate(ca, { commonName: `node-${i}` }));
+  const pki = await makePki('cluster-test-ca', ['node-0', 'node-1', 'node-2']);
+  ca = pki.ca;
+  leaves.push(...pki.leaves);
 });
 
 t.test('bootstrap in every start order, both --routes styles; a lone node says why', async (t) => {
@@ -124,18 +139,18 @@ t.test('bootstrap in every start order, both --routes styles; a lone node says w
     if (trial < 2) {
       // Longer than two maximal election timeouts (2 * 20 ticks * 50 ms): a lone node must not elect
       // itself. (In the others-only style it cannot even start Raft before meeting a peer.)
-      if (style === 'all') await sleep(2200);
+      if (style === 'all') await pause(2200, 'two maximal election timeouts alone: the absence of an election is the point');
       const h = first.health();
       t.equal(h.status, 'unavailable', `lone node (${style}) is unavailable`);
       t.match(h.status === 'unavailable' ? h.reason : '', /^no quorum: 1 of 3 voters reachable/, `lone node (${style}) reports the no-quorum reason`);
       t.not(first.raftz().state, 'leader', 'lone node never elects itself');
     }
-    await sleep(delays[0]!);
+    await pause(delays[0]!, 'the seeded start order and spacing under test');
     const second = await start(trio, order[1]!);
     const t2 = Date.now();
     await waitHealthy([first, second]);
     figures.push(Date.now() - t2);
-    await sleep(delays[1]!);
+    await pause(delays[1]!, 'the seeded start order and spacing under test');
     await start(trio, order[2]!);
     await waitHealthy(trio.nodes as ClusterNode[]);
     const ids = trio.nodes.map((n) => n!.id).sort();
@@ -288,7 +303,7 @@ t.test('--kv-replicas: learners beyond R, R > N refused, no leader → typed ret
   await start(trio, learnerIdx);
   await waitHealthy(trio.nodes as ClusterNode[]);
   const leader = trio.nodes[leaderOf(trio.nodes)]!;
-  for (let k = 0; k < 200 && !((leader.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3)); k++) await sleep(25);
+  await waitFor(() => (leader.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3), { what: 'slot 3 a learner in the leader\'s configuration', timeoutMs: 10_000 });
   t.same((leader.raftz() as { conf: unknown }).conf, { voters: [1, 2], learners: [3] }, 'the node beyond R was added as a learner');
   await trio.nodes[learnerIdx]!.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
   const sm = await trio.nodes[learnerIdx]!.read();
@@ -302,7 +317,7 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
   const nodes = trio.nodes as ClusterNode[];
   await waitHealthy(nodes);
   const conf = (): { voters: readonly number[]; learners: readonly number[] } => nodes[0]!.membership()!;
-  for (let k = 0; k < 200 && conf().learners.length < 2; k++) await sleep(25);
+  await waitFor(() => conf().learners.length >= 2, { what: () => `two learners (conf ${JSON.stringify(conf())})`, timeoutMs: 10_000 });
   t.same(conf(), { voters: [1], learners: [2, 3] }, 'R = 1: one voter, two learners');
   t.match(await nodes[2]!.propose({ op: 'bucket.create', bucket: 'live', config: {}, ts: 1 }), { ok: true });
   // Writes through a learner while R changes: every one is acknowledged (no downtime).
@@ -317,9 +332,12 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
     }
   })();
   for (const n of nodes) n.setKvReplicas(3);
-  for (let k = 0; k < 1200 && conf().voters.length < 3; k++) await sleep(25);
-  writing = false;
-  await writer;
+  try {
+    await waitFor(() => conf().voters.length >= 3, { what: () => `three voters (conf ${JSON.stringify(conf())})`, timeoutMs: 30_000 });
+  } finally {
+    writing = false;
+    await writer;
+  }
   t.same(conf().voters, [1, 2, 3], 'both learners promoted to voters');
   t.ok(acked > 0, `${acked} writes acknowledged during the change`);
   t.equal(failed, 0, 'no write failed during the change');
@@ -336,17 +354,16 @@ t.test('a node whose security posture differs is refused at the route handshake;
   const trio = await newTrio('posture', 'all', { postureDigest: 'bus-auth=enforce;client-tls=false;store=kv' });
   await start(trio, 0);
   await start(trio, 1);
-  const odd = await startNode({ ...options(trio, 2), postureDigest: 'bus-auth=off;client-tls=false;store=kv' });
+  const odd = await startWith(trio, 2, { postureDigest: 'bus-auth=off;client-tls=false;store=kv' });
   trio.nodes[2] = odd;
   running.add(odd);
   await waitHealthy([trio.nodes[0]!, trio.nodes[1]!]);
   let body: { status: string; reason?: string } = { status: '' };
-  for (let k = 0; k < 200; k++) {
+  await waitFor(async () => {
     const r = await nodeHttpEndpoints(odd)['/healthz']!();
     body = (r as { body: typeof body }).body;
-    if (/posture mismatch/.test(body.reason ?? '')) break;
-    await sleep(25);
-  }
+    return /posture mismatch/.test(body.reason ?? '');
+  }, { what: () => `a posture mismatch in the odd node's /healthz (last: ${JSON.stringify(body)})`, timeoutMs: 10_000 });
   t.equal(body.status, 'unavailable');
   t.match(body.reason, /security posture mismatch with "node-\d": digest bus-auth=enforce;client-tls=false;store=kv vs bus-auth=off;client-tls=false;store=kv/);
   for (let i = 0; i < 3; i++) await stop(trio, i);
@@ -367,30 +384,27 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
 
   const before = c.leader()!;
   before.transferLeadership();
-  let after: ClusterNode | undefined;
-  for (let k = 0; k < 200; k++) {
-    after = c.leader();
-    if (after && after !== before) break;
-    await sleep(25);
-  }
+  const after = await waitFor(() => { const l = c.leader(); return l !== before ? l : undefined; }, { what: `a leader other than ${before.serverName}`, timeoutMs: 10_000 });
   t.ok(after && after !== before, `leadership moved from ${before.serverName} to ${after?.serverName}`);
 
   // A fourth node whose --routes name an extra address derives N = 5: every peer refuses it, and its
   // health says why.
   const ports = c.nodes.map((n) => n.routeAddress().port);
   const leaf = await issueCertificate(c.ca, { commonName: 'stray' });
+  const [strayPort] = await holdPorts(1);
+  heldPorts.push(strayPort!);
   const stray = await startNode({
-    serverName: 'stray', clusterName: 'local', dataDir: join(root, 'stray'), bind: '127.0.0.1', clusterPort: await freePort(),
+    serverName: 'stray', clusterName: 'local', dataDir: join(root, 'stray'), bind: '127.0.0.1', clusterPort: strayPort!.port, clusterListener: strayPort!.server,
+    // The fifth address is one nobody listens on (a probed free port, on purpose): only the count matters.
     routes: [...ports, await freePort()].map((p) => `127.0.0.1:${p}`), tls: { cert: leaf.cert, key: leaf.key, ca: c.ca.cert },
     clusterUser: 'route', clusterPassword: 'local-cluster', tickMs: 50,
   });
+  strayPort!.taken = true;
   running.add(stray);
-  let reason = '';
-  for (let k = 0; k < 200 && !/cluster size mismatch/.test(reason); k++) {
-    await sleep(25);
-    const h = stray.health();
-    reason = h.status === 'unavailable' ? h.reason : 'ok';
-  }
+  const healthReason = (n: ClusterNode): string => { const h = n.health(); return h.status === 'unavailable' ? h.reason : 'ok'; };
+  const reason = await waitFor(() => /cluster size mismatch/.test(healthReason(stray)) && healthReason(stray), {
+    what: () => `a cluster size mismatch in the stray node's health (now: ${healthReason(stray)})`, timeoutMs: 10_000,
+  });
   t.match(reason, /^no quorum: 1 of 5 voters reachable .*cluster size mismatch/, 'the stray node is refused and reports the mismatch');
   await c.waitHealthy();
   t.pass('the cluster stays healthy');
@@ -408,12 +422,9 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
     clusterUser: 'route', clusterPassword: 'local-cluster', tickMs: 50,
   });
   running.add(impostor);
-  let why = '';
-  for (let k = 0; k < 200 && !/is bound to slot/.test(why); k++) {
-    await sleep(25);
-    const h = impostor.health();
-    why = h.status === 'unavailable' ? h.reason : 'ok';
-  }
+  const why = await waitFor(() => /is bound to slot/.test(healthReason(impostor)) && healthReason(impostor), {
+    what: () => `a bound-slot refusal in the impostor's health (now: ${healthReason(impostor)})`, timeoutMs: 10_000,
+  });
   t.match(why, /"node-2" is bound to slot \d with identity key/, 'a different identity for a bound slot is refused, and the refused node says why');
   await impostor.stop();
   await c.stop();
@@ -424,7 +435,7 @@ t.test('a voter down past the grace period is replaced by a caught-up learner', 
   const c = await startCluster({ size: 4, kvReplicas: 3, tickMs: 50, dir: join(root, 'replace'), node: { voterGraceMs: 800 } });
   for (const n of c.nodes) running.add(n);
   const confOf = (): { voters: number[]; learners: number[] } => (c.leader()?.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
-  for (let k = 0; k < 200 && confOf().learners.length === 0; k++) await sleep(25);
+  await waitFor(() => confOf().learners.length > 0, { what: () => `a learner (conf ${JSON.stringify(confOf())})`, timeoutMs: 10_000 });
   t.same(confOf(), { voters: [1, 2, 3], learners: [4] }, 'slot 4 joined as a learner');
   const learner = c.nodes.find((n) => n.id === 4)!;
   t.match(await learner.propose({ op: 'bucket.create', bucket: 'r', config: {}, ts: 1 }), { ok: true }, 'a learner forwards writes');
@@ -432,11 +443,9 @@ t.test('a voter down past the grace period is replaced by a caught-up learner', 
   const victimId = victim.id!;
   await victim.stop();
   running.delete(victim);
-  let conf = confOf();
-  for (let k = 0; k < 400 && !(conf.voters.includes(4) && !conf.voters.includes(victimId)); k++) {
-    await sleep(25);
-    conf = confOf();
-  }
+  const conf = await waitFor(() => { const c2 = confOf(); return c2.voters.includes(4) && !c2.voters.includes(victimId) ? c2 : undefined; }, {
+    what: () => `slot 4 a voter and slot ${victimId} removed (conf ${JSON.stringify(confOf())})`, timeoutMs: 10_000,
+  });
   t.ok(conf.voters.includes(4) && !conf.voters.includes(victimId) && conf.voters.length === 3, `learner promoted, dead voter ${victimId} removed: ${JSON.stringify(conf)}`);
   const rest = c.nodes.filter((n) => n !== victim);
   for (const n of rest) await n.propose({ op: 'put', bucket: 'r', key: n.serverName, value: Uint8Array.of(1), ts: 1 });
@@ -454,16 +463,19 @@ t.test('a new address joins a running cluster: the table grows on every node, th
 
   // The joining node (--initial-cluster-state existing) dials the members; before `cluster add` it waits and says why.
   const leaf = await issueCertificate(ca, { commonName: 'node-3' });
-  const joinPort = await freePort();
+  const [joinHeld] = await holdPorts(1);
+  heldPorts.push(joinHeld!);
+  const joinPort = joinHeld!.port;
   const address = `127.0.0.1:${joinPort}`;
   const joinOptions: NodeOptions = {
     ...options(trio, 0), serverName: 'node-3', dataDir: join(trio.dir, 'node-3'), identityFile: join(trio.dir, 'id-3.nk'),
     clusterPort: joinPort, routes: trio.ports.map((p) => `127.0.0.1:${p}`), tls: { cert: leaf.cert, key: leaf.key, ca: ca.cert }, join: true,
   };
-  let joiner = await startNode(joinOptions);
+  let joiner = await startNode({ ...joinOptions, clusterListener: joinHeld!.server });
+  joinHeld!.taken = true;
   running.add(joiner);
   const reasonOf = (n: ClusterNode): string => { const h = n.health(); return h.status === 'ok' ? 'ok' : h.reason; };
-  for (let k = 0; k < 400 && !/has no slot for node-3/.test(reasonOf(joiner)); k++) await sleep(25);
+  await waitFor(() => /has no slot for node-3/.test(reasonOf(joiner)), { what: () => `the joiner's "no slot" reason (now: ${reasonOf(joiner)})`, timeoutMs: 10_000 });
   t.match(reasonOf(joiner), /joining cluster "test-cluster": the slot table of peer "node-\d" has no slot for node-3; run "membershipd cluster add node-3 <host>:\d+"/, 'a joiner not added yet says what to run');
   t.equal(joiner.id, undefined, 'it has no slot yet');
 
@@ -474,7 +486,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   // What the control plane does when every node applies the replicated added-slots key.
   for (const n of up()) n.setAddedSlots([{ name: 'node-3', address }]);
   for (const n of up()) t.same(n.slots().map((s) => s.id), [1, 2, 3, 4], `${n.serverName} knows slot 4`);
-  for (let k = 0; k < 600 && !(joiner.id === 4 && joiner.health().status === 'ok'); k++) await sleep(25);
+  await waitFor(() => joiner.id === 4 && joiner.health().status === 'ok', { what: () => `the joiner in slot 4 and healthy (id ${joiner.id}, ${reasonOf(joiner)})`, timeoutMs: 15_000 });
   t.equal(joiner.id, 4, 'the joiner learned slot 4 from its peers');
   t.equal(reasonOf(joiner), 'ok', 'the joiner is healthy');
   t.equal((await joiner.read()).keys('b').length, 40, 'it caught up with every write');
@@ -489,7 +501,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   await waitHealthy([...up(), joiner]);
   t.equal(lagger.slots().length, 3, 'the returning member\'s table has not grown yet (no control plane here to apply the key)');
   lagger.setAddedSlots([{ name: 'node-3', address }]);
-  for (let k = 0; k < 200 && lagger.slots()[3]?.identity === undefined; k++) await sleep(25);
+  await waitFor(() => lagger.slots()[3]?.identity !== undefined, { what: 'the returning member binding slot 4', timeoutMs: 10_000 });
   t.match(lagger.slots()[3], { id: 4, name: 'node-3', address }, 'it binds slot 4 to the joiner once its table has it');
   t.ok(lagger.slots()[3]?.identity, 'with the identity key the joiner proved');
   for (const n of members) t.equal(readClusterFile(join(trio.dir, n.serverName))?.addresses.length, 4, `${n.serverName} persisted 4 slots`);
@@ -498,7 +510,9 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   const victim = members.findIndex((n) => n.raftz().state !== 'leader');
   const victimId = members[victim]!.id!;
   for (const n of [...members, joiner]) n.setRemovedSlots([victimId]);
-  for (let k = 0; k < 600 && !(confOf().voters.includes(4) && !confOf().voters.includes(victimId)); k++) await sleep(25);
+  await waitFor(() => confOf().voters.includes(4) && !confOf().voters.includes(victimId), {
+    what: () => `the joiner a voter and slot ${victimId} removed (conf ${JSON.stringify(confOf())})`, timeoutMs: 15_000,
+  });
   t.same(confOf(), { voters: [1, 2, 3, 4].filter((id) => id !== victimId), learners: [] }, 'the joiner was promoted to voter, the removed member left');
   await stop(trio, victim);
 

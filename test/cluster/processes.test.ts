@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { freePort } from '../../src/free_port.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
 t.comment(`CLUSTER_SEED=${seed}`);
@@ -25,11 +26,12 @@ t.teardown(() => {
   rmSync(root, { recursive: true, force: true });
 });
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 interface Proc {
   child: ChildProcess;
+  /** URLs the child reports once its listeners are bound (it was given port 0). */
   http: string;
+  nats: string;
   nextId: number;
   readonly waiting: Map<number, (v: Record<string, unknown>) => void>;
 }
@@ -44,11 +46,12 @@ function spawnNode(i: number): Promise<Proc> {
   child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
   return new Promise((resolve, reject) => {
     const guard = setTimeout(() => reject(new Error(`node ${i} did not start within 30 s: ${stderr}`)), 30_000);
-    const p: Proc = { child, http: '', nextId: 1, waiting: new Map() };
+    const p: Proc = { child, http: '', nats: '', nextId: 1, waiting: new Map() };
     child.on('message', (m: Record<string, unknown>) => {
       if (m.ready) {
         clearTimeout(guard);
         p.http = String(m.http);
+        p.nats = String(m.nats);
         procs[i] = p;
         resolve(p);
         return;
@@ -88,13 +91,12 @@ async function getJson(p: Proc, path: string): Promise<{ status: number; body: R
 async function waitHealthy(ps: readonly Proc[], boundMs = 20_000): Promise<number> {
   const t0 = Date.now();
   let last: unknown[] = [];
-  for (let k = 0; k < boundMs / 50; k++) {
+  await waitFor(async () => {
     const hs = await Promise.all(ps.map((p) => getJson(p, '/healthz')));
-    if (hs.every((h) => h.status === 200)) return Date.now() - t0;
     last = hs.map((h) => h.body);
-    await sleep(50);
-  }
-  throw new Error(`not healthy within ${boundMs} ms: ${JSON.stringify(last)}`);
+    return hs.every((h) => h.status === 200);
+  }, { what: () => `every process healthy (last /healthz bodies: ${JSON.stringify(last)})`, timeoutMs: boundMs, intervalMs: 50 });
+  return Date.now() - t0;
 }
 
 async function leaderIndex(): Promise<number> {
@@ -111,12 +113,14 @@ t.test('separate processes: cold start in a random order, kill -9 of the leader,
   writeFileSync(caFile, ca.cert);
   const passFile = join(root, 'route.pass');
   writeFileSync(passFile, 'route-secret\n', { mode: 0o600 });
+  // Route ports are the one thing probed: every node's --routes names every port before any node runs, and the slot
+  // table is derived from them (src/node/bootstrap.ts). Client and HTTP ports are bound (0) and reported by the child.
   const clusterPorts = [await freePort(), await freePort(), await freePort()];
   const routes = clusterPorts.map((p) => `127.0.0.1:${p}`).join(',');
   for (let i = 0; i < 3; i++) {
     const { certFile, keyFile } = await writePemPair(root, `node-${i}`, await issueCertificate(ca, { commonName: `node-${i}` }));
     args.push([
-      '--server-name', `node-${i}`, '--bind', '127.0.0.1', '--nats-port', String(await freePort()), '--http-port', String(await freePort()),
+      '--server-name', `node-${i}`, '--bind', '127.0.0.1', '--nats-port', '0', '--http-port', '0',
       '--cluster-name', 'procs', '--cluster-port', String(clusterPorts[i]), '--routes', routes,
       '--cluster-user', 'route', '--cluster-pass-file', passFile,
       '--route-tls-cert', certFile, '--route-tls-key', keyFile, '--route-tls-ca', caFile,
@@ -135,11 +139,11 @@ t.test('separate processes: cold start in a random order, kill -9 of the leader,
   const lone = await getJson(first, '/healthz');
   t.equal(lone.status, 503, 'a lone node answers /healthz 503');
   t.match(String(lone.body.reason), /^no quorum: 1 of 3 voters reachable/, 'and says why');
-  await sleep(delays[0]!);
+  await pause(delays[0]!, 'the seeded start order and spacing under test');
   const second = await spawnNode(order[1]!);
   const healthyMs = await waitHealthy([first, second]);
   t.comment(`healthy ${healthyMs} ms after the second process reported ready`);
-  await sleep(delays[1]!);
+  await pause(delays[1]!, 'the seeded start order and spacing under test');
   await spawnNode(order[2]!);
   await waitHealthy(procs as Proc[]);
   const metrics = await fetch(`${procs[0]!.http}/metrics`).then((r) => r.text());
@@ -167,23 +171,22 @@ t.test('separate processes: cold start in a random order, kill -9 of the leader,
       else throw new Error(`non-retryable write failure: ${JSON.stringify(r)}`);
     }
   })();
-  await sleep(200);
+  await waitFor(() => acked.size >= 20, { what: () => `the writer under way (${acked.size - 15} of 5 writes acknowledged)`, intervalMs: 10 });
   const killedAt = Date.now();
   procs[leader]!.child.kill('SIGKILL');
   procs[leader] = undefined;
   // A new leader among the survivors, and both healthy (bounded poll).
-  let newLeader = -1;
-  for (let k = 0; k < 400 && newLeader < 0; k++) {
-    await sleep(25);
-    newLeader = await leaderIndex();
-  }
+  const { newLeader } = await waitFor(async () => { const l = await leaderIndex(); return l >= 0 ? { newLeader: l } : undefined; }, { what: 'a leader among the survivors' });
   await waitHealthy(survivors);
   const failoverMs = Date.now() - killedAt;
   t.ok(newLeader >= 0 && newLeader !== leader, 'a new leader was elected among the survivors');
   const before = acked.size;
-  for (let k = 0; k < 200 && acked.size < before + 10; k++) await sleep(25);
-  stopWriter = true;
-  await writer;
+  try {
+    await waitFor(() => acked.size >= before + 10, { what: () => `10 more writes acknowledged after the failover (${acked.size - before} so far)` });
+  } finally {
+    stopWriter = true;
+    await writer;
+  }
   t.comment(`new leader and healthy survivors ${failoverMs} ms after kill -9 of the leader; ${failed} writes failed retryably meanwhile, ${acked.size - 15} acknowledged during the run`);
   for (const p of survivors) {
     const r = await ask(p, { op: 'read' });
@@ -220,7 +223,7 @@ t.test('separate processes: cold start in a random order, kill -9 of the leader,
     }
     t.equal(h.status, 503, 'a wiped node is 503 until it has caught up');
     reasons.add(String(h.body.reason).replace(/\d+/g, 'N').replace(/\(not connected.*$/, ''));
-    await sleep(100);
+    await pause(100, 'the issue\'s polling interval: each 503 on the way is asserted');
   }
   t.ok(healthy, `the wiped node became healthy; reasons seen meanwhile: ${[...reasons].join(' | ')}`);
   const rz = (await getJson(reborn, '/raftz')).body;
@@ -228,10 +231,11 @@ t.test('separate processes: cold start in a random order, kill -9 of the leader,
   t.match(await fetch(`${reborn.http}/metrics`).then((r) => r.text()), /membershipd_raft_recoveries_total 1\b/, 'and counts one recovery');
 
   // The admin CLI as its own process, as an operator runs it on a node: `cluster status` (table and JSON).
-  const natsPort = args[leader]![args[leader]!.indexOf('--nats-port') + 1]!;
+  // The client URL the restarted node reported (it listens on a port it was given as 0).
+  const natsUrl = procs[leader]!.nats;
   const cli = (...argv: string[]): Promise<{ code: number; out: string; err: string }> => new Promise((resolve) => {
     const c = execFile(process.execPath, ['--import', 'tsx', join(here, '../../bin/membershipd.ts'), ...argv,
-      '--server', `nats://127.0.0.1:${natsPort}`, '--internal-id-file', join(root, `id-${leader}.nk`)],
+      '--server', natsUrl, '--internal-id-file', join(root, `id-${leader}.nk`)],
     { timeout: 30_000 }, (err, stdout, stderr) => resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, out: stdout, err: stderr }));
     children.add(c);
   });

@@ -14,14 +14,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { createCertificateAuthority, issueCertificate, type PemPair } from '../../src/certs/index.js';
+import type { PemPair } from '../../src/certs/index.js';
 import { createHttpServer, type HttpServer } from '../../src/http/index.js';
 import { silentLogger } from '../../src/log.js';
 import { NodeError, NodeErrorCode, startNode, type ClusterNode, type NodeOptions } from '../../src/node/index.js';
-import { trioNodeOptions } from './trio_options.js';
+import { makePki } from '../support/certs.js';
+import { closeHandedListener, heldListener, trioNodeOptions } from '../support/cluster.js';
+import { holdPorts, releaseUnused, type HeldPort } from '../support/ports.js';
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
 import { readClusterFile } from '../../src/node/bootstrap.js';
-import { freePort } from '../../src/free_port.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const keysLarge = Number(process.env.REJOIN_KEYS ?? 100_000);
 t.comment(`REJOIN_KEYS=${keysLarge}`);
@@ -38,13 +40,10 @@ t.teardown(async () => {
 let ca: PemPair;
 const leaves: PemPair[] = [];
 t.before(async () => {
-  ca = await createCertificateAuthority('rejoin-test-ca');
-  for (let i = 0; i < 3; i++) leaves.push(await issueCertificate(ca, { commonName: `node-${i}` }));
+  const pki = await makePki('rejoin-test-ca', ['node-0', 'node-1', 'node-2']);
+  ca = pki.ca;
+  leaves.push(...pki.leaves);
 });
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 interface Member {
   node: ClusterNode | undefined;
@@ -54,6 +53,7 @@ interface Member {
 interface Trio {
   readonly dir: string;
   readonly ports: number[];
+  readonly held: HeldPort[];
   readonly style: 'all' | 'others';
   readonly members: Member[];
   readonly extra: Partial<NodeOptions>;
@@ -63,13 +63,19 @@ function options(trio: Trio, i: number): NodeOptions {
   return trioNodeOptions(trio, i, { ca, leaves }, { clusterName: 'rejoin-cluster', requestTimeoutMs: 10_000 });
 }
 
+const heldPorts: HeldPort[] = [];
+t.teardown(() => releaseUnused(heldPorts));
+
 async function newTrio(name: string, style: Trio['style'], extra: Partial<NodeOptions>): Promise<Trio> {
-  const ports = [await freePort(), await freePort(), await freePort()];
-  return { dir: join(root, name), ports, style, members: [0, 1, 2].map(() => ({ node: undefined, http: undefined })), extra };
+  const held = await holdPorts(3);
+  heldPorts.push(...held);
+  return { dir: join(root, name), ports: held.map((h) => h.port), held, style, members: [0, 1, 2].map(() => ({ node: undefined, http: undefined })), extra };
 }
 
 async function start(trio: Trio, i: number): Promise<ClusterNode> {
-  const node = await startNode(options(trio, i));
+  // The first start of node i takes over the route socket held since newTrio (bind, don't probe).
+  const handed = heldListener(trio, i);
+  const node = await startNode({ ...options(trio, i), ...handed }).catch((err: unknown) => { closeHandedListener(handed); throw err; });
   running.add(node);
   const http = createHttpServer({ host: '127.0.0.1', port: 0, logger: silentLogger(), endpoints: nodeHttpEndpoints(node) });
   await http.start();
@@ -95,16 +101,11 @@ function nodes(trio: Trio): ClusterNode[] {
   return trio.members.map((m) => m.node).filter((n): n is ClusterNode => n !== undefined);
 }
 
-async function waitFor(what: string, cond: () => boolean, boundMs: number): Promise<void> {
-  for (let k = 0; k < boundMs / 25; k++) {
-    if (cond()) return;
-    await sleep(25);
-  }
-  throw new Error(`${what}: not within ${boundMs} ms`);
-}
-
 async function waitHealthy(trio: Trio, boundMs = 30_000): Promise<void> {
-  await waitFor(`healthy: ${JSON.stringify(nodes(trio).map((n) => [n.serverName, n.health()]))}`, () => nodes(trio).length === 3 && nodes(trio).every((n) => n.health().status === 'ok'), boundMs);
+  // The description is evaluated at the timeout: it shows each node's health then, not when the wait began.
+  await waitFor(() => nodes(trio).length === 3 && nodes(trio).every((n) => n.health().status === 'ok'), {
+    what: () => `three healthy nodes: ${JSON.stringify(nodes(trio).map((n) => [n.serverName, n.health()]))}`, timeoutMs: boundMs,
+  });
 }
 
 function leaderIndex(trio: Trio): number {
@@ -147,7 +148,7 @@ function writeLoad(pick: () => ClusterNode | undefined): { acked: Set<string>; s
       const n = pick();
       const key = `load-${w}-${seq++}`;
       if (!n) {
-        await sleep(20);
+        await pause(20, 'a client retrying while no node is up');
         continue;
       }
       try {
@@ -156,7 +157,7 @@ function writeLoad(pick: () => ClusterNode | undefined): { acked: Set<string>; s
       } catch (e) {
         // An election (retryable) or the node being stopped under it: a client retries elsewhere with another key.
         if (!(e instanceof NodeError) || !(e.retryable || e.code === NodeErrorCode.stopped)) throw e;
-        await sleep(20);
+        await pause(20, 'a client\'s back-off before its retry');
       }
     }
   };
@@ -219,7 +220,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
       leaderSide = Math.max(leaderSide, Math.floor((100 * pr.snapshotTransfer.ackedBytes) / pr.snapshotTransfer.totalBytes));
       t.ok(pr.snapshotTransfer.ackedBytes <= pr.snapshotTransfer.totalBytes, 'the leader\'s snapshot progress is within the snapshot');
     }
-    await sleep(100);
+    await pause(100, 'the polling interval: each poll asserts what the node says on its way back');
   }
   const ms = Date.now() - t0;
   loop.disable();

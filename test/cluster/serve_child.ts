@@ -18,7 +18,8 @@ const logger = createLogger(command.config.logLevel, { server_name: command.conf
 const served = await startServing(command.config, logger);
 const node = served.cluster;
 if (!node) throw new Error('serve_child: no cluster flags given');
-process.send!({ ready: true, http: served.urls.http });
+// The bound ports, as the listeners report them: the test passes --nats-port 0 --http-port 0 (bind, don't probe).
+process.send!({ ready: true, http: served.urls.http, nats: served.urls.nats });
 
 process.on('message', (m: Request) => {
   const reply = (body: Record<string, unknown>): void => void process.send!({ id: m.id, ...body });

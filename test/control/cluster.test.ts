@@ -16,6 +16,8 @@ import { silentLogger } from '../../src/log.js';
 import { nodeOptionsFromServeConfig, postureDigest } from '../../src/node/index.js';
 import type { ServeConfig } from '../../src/config/index.js';
 import { freePort } from '../../src/free_port.js';
+import { pause, waitFor } from '../support/wait.js';
+import { holdPorts, releaseUnused, takeListener } from '../support/ports.js';
 
 const dir = t.testdir({ 'pw-carol': 'tr0ub4dor\n', 'route.pass': 'route-secret\n' });
 const nodes: ServingNode[] = [];
@@ -26,11 +28,7 @@ let sharedFlags: string[] = [];
 
 
 async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  await waitFor(cond, { what, timeoutMs: ms });
 }
 
 t.teardown(async () => {
@@ -44,7 +42,10 @@ t.before(async () => {
   const { certFile, keyFile } = await writePemPair(dir, 'route', leaf);
   const caFile = join(dir, 'ca.pem');
   writeFileSync(caFile, ca.cert);
-  const clusterPorts = [await freePort(), await freePort(), await freePort()];
+  // Held (bound) until each node's first start takes its socket over: bind, don't probe (test/support/ports.ts).
+  const held = await holdPorts(3);
+  t.teardown(() => releaseUnused(held));
+  const clusterPorts = held.map((h) => h.port);
   const routes = clusterPorts.map((p) => `127.0.0.1:${p}`).join(',');
   sharedFlags = ['--cluster-user', 'route', '--cluster-pass-file', join(dir, 'route.pass'), '--route-tls-cert', certFile, '--route-tls-key', keyFile, '--route-tls-ca', caFile];
   await Promise.all(clusterPorts.map(async (port, i) => {
@@ -60,7 +61,7 @@ t.before(async () => {
     parsedConfigs[i] = cmd.config;
     const logger = silentLogger();
     const auth = await loadBusAuth(cmd.config, logger);
-    nodes[i] = await startServing(cmd.config, logger, auth.authenticator, auth);
+    nodes[i] = await startServing(cmd.config, logger, auth.authenticator, auth, { clusterListener: takeListener(held[i]) });
   }));
   await until('a healthy cluster with its control buckets', () => nodes.every((n) => n.cluster!.health().status === 'ok'
     && Object.values(controlBuckets).every((b) => n.cluster!.kvBackend().reader.bucketInfo(b) !== undefined)));
@@ -448,7 +449,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   for (let k = 0; k < 100 && got === undefined; k++) {
     onOld.publish('grow.x', 'across');
     await onOld.flush();
-    await new Promise((res) => setTimeout(res, 50));
+    await pause(50, 'between re-publishes: the subscription may not have reached the founder yet (no ack to wait for)');
   }
   if (got === undefined) sub.unsubscribe();
   await done;

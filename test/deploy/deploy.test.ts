@@ -22,6 +22,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { freePort } from '../../src/free_port.js';
+import { after, pause } from '../support/wait.js';
 
 // DEPLOY_TEST_REPO runs the test against another checkout (its unit, script and sources).
 const repo = process.env.DEPLOY_TEST_REPO ?? resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -61,7 +62,6 @@ t.teardown(async () => {
 
 /** Marks the rest of a test as skipped, with the reason in the output (tap's t.skip needs a test body). */
 const skipRest = (t: Test, why: string): void => void t.test(why, { skip: why }, () => {});
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 
 /** systemd EnvironmentFile= syntax (the subset deploy-cluster.sh writes: comments, KEY=VALUE, optional quotes). */
@@ -260,7 +260,7 @@ async function waitHealthy(t: Test, nodes: readonly string[], timeoutMs: number)
         last.set(n, String((e as Error).message));
       }
     }
-    await sleep(250);
+    await pause(250, 'polling every node\'s /healthz; the loop above bounds it by the deadline');
   }
   t.same(exited, [], 'no node exited during start-up');
   const why = nodes.filter((n) => !healthy.has(n)).map((n) => `${n}: ${last.get(n)}\n${(children.get(n) as Node).log()}`);
@@ -284,7 +284,7 @@ async function connectAs(i: number, pass: string, retryMs = 15_000): Promise<Nat
       return nc;
     } catch (e) {
       if (Date.now() > deadline) throw e;
-      await sleep(250);
+      await pause(250, 'a client\'s retry while the node comes up (bounded by the deadline above)');
     }
   }
 }
@@ -360,9 +360,9 @@ t.test('a user added through node 1 works through node 3 within its role', async
   for (let i = 0; i < 100 && received === undefined; i++) {
     pub1.publish('app.greeting', 'hello from node 1');
     await pub1.flush();
-    await sleep(100);
+    await pause(100, 'between re-publishes: interest may not have reached node 1 yet (no ack to wait for)');
   }
-  t.equal(await Promise.race([got, sleep(5000).then(() => 'timeout')]), 'hello from node 1', 'alice on node 3 receives alice\'s publish on node 1');
+  t.equal(await Promise.race([got, after(5000, 'timeout')]), 'hello from node 1', 'alice on node 3 receives alice\'s publish on node 1');
 
   const denied = sub3.subscribe('other.secret');
   const deniedResult = await Promise.race([
@@ -374,7 +374,7 @@ t.test('a user added through node 1 works through node 3 within its role', async
         return `error: ${(e as Error).message}`;
       }
     })(),
-    sleep(10_000).then(() => 'no answer'),
+    after(10_000, 'no answer'),
   ]);
   t.match(deniedResult, /permission/i, `a subscription outside the role is refused (${deniedResult})`);
 });
@@ -489,7 +489,7 @@ t.test('stop the nodes with SIGTERM (systemd\'s KillSignal) and they exit 0', as
     c.once('exit', (code, sig) => res(`${n}: ${code ?? sig}`));
   }));
   stopAll();
-  const result = await Promise.race([Promise.all(exits), sleep(30_000).then(() => ['timeout'])]);
+  const result = await Promise.race([Promise.all(exits), after(30_000, ['timeout'])]);
   t.comment(`exits: ${result.join(', ')} (test wall time ${((Date.now() - started) / 1000).toFixed(1)} s)`);
   if (exited.length > 0) return skipRest(t, 'a node had already exited (see above)');
   t.same(result, [...children.keys()].map((n) => `${n}: 0`), 'each node exits 0 on SIGTERM within 30 s (TimeoutStopSec)');

@@ -17,7 +17,6 @@
 import t, { type Test } from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, openSync, writeSync, readSync, closeSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,6 +26,8 @@ import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { signRequest } from '../../src/control/envelope.js';
 import { keyPairFromSeed } from '../../src/auth/index.js';
+import { freePort } from '../../src/free_port.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const seed = Number(process.env.FAULT_SEED ?? Date.now() % 1_000_000);
 // One trial's schedule (start order, delays, whether the lone node is checked) comes from its own seed, so a
@@ -121,28 +122,11 @@ t.teardown(async () => {
   rmSync(bundleDir, { recursive: true, force: true });
 });
 
-/**
- * A free port below the kernel's ephemeral range (32768+): ports handed out by `listen(0)` and by outgoing
- * connections of the other tests on this machine come from that range, so a port chosen here is not taken
- * by someone else between this probe and the child's listen (which a `listen(0)` probe would risk).
- */
-async function freePort(): Promise<number> {
-  for (let k = 0; k < 100; k++) {
-    const port = 20_000 + Math.floor(Math.random() * 12_000);
-    const ok = await new Promise<boolean>((res) => {
-      const s = createServer();
-      s.once('error', () => res(false));
-      s.listen(port, '127.0.0.1', () => s.close(() => res(true)));
-    });
-    if (ok && !taken.has(port)) {
-      taken.add(port);
-      return port;
-    }
-  }
-  throw new Error('no free port in 20000..31999 after 100 tries');
-}
-const taken = new Set<number>();
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+// Port numbers, probed (src/free_port.ts: below the ephemeral range, claimed across processes), not port 0: a
+// node restarted by these tests must come back on the same ports, since its peers' --routes and the clients'
+// reconnect lists (rolling restart) name them. The duplicate probe this file had did not claim what it handed out.
+/** The polls here measure (failover, boot, health): their interval is part of the figure, so it is a pause. */
+const sleep = (ms: number): Promise<void> => pause(ms, 'the polling interval of a measured wait');
 /** A bound for Promise.race that does not keep the process alive once the race is decided. */
 const bound = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
 
@@ -307,9 +291,9 @@ function startWriters(c: Cluster, idx: readonly number[], prefix: string, acked:
   };
 }
 
+/** Waits for `n` acknowledged writes, at most `boundMs`, and goes on either way: a caller that needs them asserts the count. */
 async function untilAcked(acked: Set<string>, n: number, boundMs: number): Promise<void> {
-  const end = Date.now() + boundMs;
-  while (acked.size < n && Date.now() < end) await sleep(50);
+  await waitFor(() => acked.size >= n, { what: `${n} acknowledged writes`, timeoutMs: boundMs, intervalMs: 50 }).catch(() => undefined);
 }
 
 async function assertAllPresent(t: Test, c: Cluster, idx: readonly number[], acked: Set<string>, what: string): Promise<void> {
@@ -677,9 +661,9 @@ t.test('rolling restart with SIGTERM under KV writes and pub/sub: no failed or l
   t.ok(received > 0, 'pub/sub across nodes carried messages through the restarts');
 });
 
+/** As untilAcked; the caller asserts the count. */
 async function untilAckedMap(acked: Map<string, string>, n: number, boundMs: number): Promise<void> {
-  const end = Date.now() + boundMs;
-  while (acked.size < n && Date.now() < end) await sleep(50);
+  await waitFor(() => acked.size >= n, { what: `${n} acknowledged puts`, timeoutMs: boundMs, intervalMs: 50 }).catch(() => undefined);
 }
 
 t.test('a replaced disk (issue 20): a follower whose data dir is deleted rejoins while admin clients write', async (t) => {

@@ -26,6 +26,7 @@ import { freePort } from '../../src/free_port.js';
 import { checkKvFormat } from '../../src/node/bootstrap.js';
 import { NodeErrorCode } from '../../src/node/index.js';
 import { pack } from '../../store/codec.js';
+import { pause, waitFor as waitUntil } from '../support/wait.js';
 
 
 const enc = new TextEncoder();
@@ -182,12 +183,7 @@ t.test('revisions are per bucket: two buckets written in turn each count 1, 2, 3
 
 /** Polls `cond` until it holds, at most `boundMs` (a condition, never a timing assertion). */
 async function waitFor(what: string, cond: () => Promise<boolean>, boundMs = 20_000): Promise<void> {
-  const end = Date.now() + boundMs;
-  for (let i = 0; i < 10_000; i++) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`${what}: not within ${boundMs} ms`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  await waitUntil(cond, { what, timeoutMs: boundMs });
 }
 
 t.test('bucket TTL (max_age): entries expire by a replicated proposal; the sequence goes on (issue 18.5)', async (t) => {
@@ -324,8 +320,7 @@ t.test('push consumer on the wire: ack subjects, heartbeats, info, delete, error
   });
   t.equal(ci.num_pending, 1);
   t.match(ci.name, /^[A-Za-z0-9]{8}$/);
-  const deadline = Date.now() + 5000;
-  while ((msgs.length < 1 || statuses.length < 1) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  await waitUntil(() => msgs.length >= 1 && statuses.length >= 1, { what: () => `a message and a status on the push consumer (${msgs.length}, ${statuses.length})`, timeoutMs: 10_000 });
   t.equal(msgs[0]?.subject, '$KV.raw.x');
   t.equal(dec.decode(msgs[0]?.data), 'hello');
   const ack = msgs[0]!.reply!.split('.');
@@ -358,12 +353,9 @@ t.test('push consumer on the wire: ack subjects, heartbeats, info, delete, error
   });
   // A consumer nobody subscribes to is reaped after its inactive_threshold.
   const lonely = await jsm.consumers.add('KV_raw', { deliver_subject: '_INBOX.nobody', ack_policy: AckPolicy.None, inactive_threshold: 200_000_000 });
-  const until = Date.now() + 5000;
-  let reaped = false;
-  while (!reaped && Date.now() < until) {
-    await new Promise((r) => setTimeout(r, 50));
-    reaped = await jsm.consumers.info('KV_raw', lonely.name).then(() => false, () => true);
-  }
+  const reaped = await waitUntil(() => jsm.consumers.info('KV_raw', lonely.name).then(() => false, () => true), {
+    what: 'the inactive consumer reaped', timeoutMs: 10_000, intervalMs: 50,
+  });
   t.ok(reaped, 'inactive consumer reaped');
 });
 
@@ -594,8 +586,7 @@ const goPackage = '/usr/share/gocode/src/github.com/nats-io/nats.go';
  */
 async function goDifferential(t: Test, refUrl: string, ourUrl: string): Promise<void> {
   if (spawnSync('go', ['version']).status !== 0 || !existsSync(goPackage)) {
-    t.comment('SKIP Go differential: needs `go` and nats.go (apt-get install -y golang-go golang-github-nats-io-go-nats-dev)');
-    t.pass('skipped: no Go toolchain or nats.go');
+    t.skip('Go differential: needs `go` and nats.go (apt-get install -y golang-go golang-github-nats-io-go-nats-dev)', () => {});
     return;
   }
   const out = mkdtempSync(join(tmpdir(), 'gokv-'));
@@ -635,8 +626,7 @@ function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ cod
 
 t.test('differential: the same KV session against nats-server 2.9 (when installed) observes the same', async (t) => {
   if (spawnSync('nats-server', ['--version']).status !== 0) {
-    t.comment('SKIP nats-server is not installed (Debian package nats-server); differential check skipped');
-    t.pass('skipped: no nats-server');
+    t.skip('nats-server is not installed (Debian package nats-server): the differential check needs it', () => {});
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), 'kv-diff-'));
@@ -645,13 +635,11 @@ t.test('differential: the same KV session against nats-server 2.9 (when installe
     child.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
   });
-  let natsPort = 0;
-  const until = Date.now() + 15_000;
-  while (natsPort === 0 && Date.now() < until) {
-    await new Promise((r) => setTimeout(r, 50));
+  // nats-server bound port 0 (-p -1) and reports it in its ports file (--ports_file_dir).
+  const natsPort = await waitUntil(() => {
     const f = readdirSync(dir).find((n) => n.endsWith('.ports'));
-    if (f !== undefined) natsPort = Number(/:(\d+)"/.exec(readFileSync(join(dir, f), 'utf8'))?.[1] ?? 0);
-  }
+    return f === undefined ? 0 : Number(/:(\d+)"/.exec(readFileSync(join(dir, f), 'utf8'))?.[1] ?? 0);
+  }, { what: `nats-server's ports file in ${dir}`, timeoutMs: 15_000, intervalMs: 50 });
   t.not(natsPort, 0, 'nats-server started');
   const ref = await connect({ servers: `127.0.0.1:${natsPort}`, timeout: 20_000 });
   t.teardown(() => ref.close());
@@ -802,11 +790,9 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
     const auth = await loadBusAuth(cmd.config, silentLogger());
     nodes[i] = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
   }));
-  const end = Date.now() + 30_000;
-  while (!nodes.every((n) => n.cluster?.health().status === 'ok')) {
-    if (Date.now() > end) throw new Error('cluster not healthy within 30 s');
-    await new Promise((r) => setTimeout(r, 25));
-  }
+  await waitUntil(() => nodes.every((n) => n.cluster?.health().status === 'ok'), {
+    what: () => `a healthy cluster: ${JSON.stringify(nodes.map((n) => n.cluster?.health()))}`, timeoutMs: 30_000,
+  });
   const [ncA, ncB] = [nodes[0]!, nodes[1]!].map((n) => connect({ servers: n.urls.nats, timeout: 20_000 }));
   conns.push(await ncA!, await ncB!);
   const [a, b] = conns as [NatsConnection, NatsConnection];
@@ -868,7 +854,7 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
   for (let i = 0; i < 200 && got.length === 0; i++) {
     a.publish('wcx.*', 'x');
     await a.flush();
-    await new Promise((r) => setTimeout(r, 50));
+    await pause(50, 'between re-publishes: interest may not have reached node A yet (no ack to wait for)');
   }
   sub.unsubscribe();
   t.equal(got[0], 'wcx.*', 'a publish to wcx.* on A reached the wcx.> subscriber on B');

@@ -12,6 +12,7 @@ import { createBusAuthenticator, createGeneratedPassword, hashGeneratedPassword,
 import { createCertificateAuthority, issueCertificate } from '../../src/certs/index.js';
 import { silentLogger } from '../../src/log.js';
 import { startCluster } from '../../src/index.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const storm = Number(process.env.STORM_CLIENTS ?? 500);
 
@@ -253,7 +254,7 @@ t.test('a subscriber process stopped with SIGSTOP is cut as a slow consumer; the
     if (i % 100 === 99) await pub.flush();
   }
   await pub.flush();
-  for (let k = 0; k < 400 && received < total; k++) await new Promise((r) => setTimeout(r, 25));
+  await waitFor(() => received >= total, { what: () => `the running subscriber to receive ${total} messages (${received} so far)` });
   const ms = Date.now() - t0;
   t.equal(server.stats().slowConsumers, 1, 'the stopped subscriber was cut as a slow consumer');
   t.notOk(server.connections().some((c) => c.subscriptions > 0 && c.outMsgs < received && c.pendingBytes > 0), 'no connection is left holding a pending backlog');
@@ -285,7 +286,7 @@ t.test('TLS handshakes that fail, stall or are abandoned give their slot back', 
     broken.push(s);
   })));
   // Past the TLS timeout every broken handshake has ended one way or another.
-  await new Promise((r) => setTimeout(r, 1500));
+  await pause(1500, 'past the TLS handshake timeout: the point is a client arriving after the broken handshakes ended');
   const t0 = Date.now();
   const nc = await connect({ servers: `tls://127.0.0.1:${server.port}`, tls: { ca: ca.cert }, reconnect: false, timeout: 5000 });
   t.comment(`a TLS client after 60 broken handshakes connected in ${Date.now() - t0} ms`);

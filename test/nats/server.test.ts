@@ -6,6 +6,7 @@ import { createNatsServer, type NatsServerWithCluster, type InterestChange } fro
 import type { NatsLimits } from '../../src/nats/api.js';
 import type { AuthOutcome, AuthRequest, BusAuthenticator, Permissions, Principal } from '../../src/auth/types.js';
 import { silentLogger } from '../../src/log.js';
+import { pause, waitFor } from '../support/wait.js';
 
 const waitMs = 5000;
 
@@ -187,8 +188,12 @@ t.test('queue groups: each message to exactly one member, plain subscribers get 
   const pub = await client(t, s);
   for (let i = 0; i < 60; i++) pub.send(`PUB work 2\r\n${String(i).padStart(2, '0')}\r\n`);
   await pub.sync();
-  await new Promise((r) => setTimeout(r, 200));
-  const counts = await Promise.all(members.map(async (m) => ((await m.sync()).match(/MSG work 7 2/g) ?? []).length));
+  // Each member's PING is answered after the messages queued to it: sync until the 60 have arrived somewhere.
+  const counts = members.map(() => 0);
+  await waitFor(async () => {
+    for (const [i, m] of members.entries()) counts[i]! += ((await m.sync()).match(/MSG work 7 2/g) ?? []).length;
+    return counts.reduce((a, b) => a + b, 0) >= 60;
+  }, { what: () => `60 queue-group messages delivered (${counts.join(',')} so far)`, timeoutMs: 10_000 });
   t.equal(counts.reduce((a, b) => a + b, 0), 60, 'every message to one member');
   t.ok(counts.filter((n) => n > 0).length >= 2, `spread over members: ${counts.join(',')}`);
   t.equal(((await plain.sync()).match(/MSG work 1 2/g) ?? []).length, 60);
@@ -331,7 +336,8 @@ t.test('server PINGs; unanswered PINGs end in Stale Connection', async (t) => {
   await stale.expect('PING\r\n');
   await stale.expect('PING\r\n');
   await expectErrClose(stale, 'Stale Connection');
-  await new Promise((r) => setTimeout(r, 300));
+  // Past the point where an unanswering client is cut (pingMax 2): three PINGs answered, still connected.
+  await waitFor(() => alive.pongsSent >= 3 || alive.closed, { what: () => `three server PINGs answered (${alive.pongsSent} so far)`, timeoutMs: 10_000 });
   t.notOk(alive.closed, 'a client that answers stays connected');
   t.ok(alive.pongsSent >= 3, `answered ${alive.pongsSent} server PINGs`);
 });
@@ -440,7 +446,7 @@ t.test('auth: INFO, ops before CONNECT, timeout, bad credentials, async ordering
   t.equal(req.clientName, 'c4');
   t.equal(req.remoteAddress, '127.0.0.1');
   t.equal(req.tls, false);
-  await new Promise((r) => setTimeout(r, 400));
+  await pause(400, 'an absence: longer than the auth timeout, which must not fire after a successful CONNECT');
   t.notOk(c4.closed, 'no auth timeout after a successful CONNECT');
 });
 

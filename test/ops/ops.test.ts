@@ -18,24 +18,14 @@ import { memoryOutput } from '../../src/cli/output.js';
 import { decodeBackup, KvStateMachine } from '../../store/index.js';
 import { findChromium, launch } from './browser.js';
 import { parsePrometheusText } from './prometheus.js';
+import { waitFor as waitUntil } from '../support/wait.js';
 
 const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const screenshotPath = join(repoRoot, 'docs', 'status-page.png');
 
 async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, boundMs = 20_000): Promise<T> {
-  const deadline = Date.now() + boundMs;
-  let last: unknown;
-  for (let i = 0; i < 10_000; i++) {
-    try {
-      const v = await probe();
-      if (v !== undefined) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > deadline) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out after ${boundMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+  // A throw (the server not listening yet) counts as "not yet" and is named if the wait times out.
+  return waitUntil(probe, { what, timeoutMs: boundMs, intervalMs: 100 }) as Promise<T>;
 }
 
 let cluster: LocalClusterHandle;

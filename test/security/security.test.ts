@@ -18,6 +18,7 @@ import { readIdentity } from '../../src/auth/index.js';
 import { createCertificateAuthority, issueCertificate } from '../../src/certs/index.js';
 import { captureLogger, makeFixtures, makeTransport } from '../transport/helpers.js';
 import { encodeKvCommand, KvErrorCode, KvStateMachine, nonceRetentionMs, type KvCommand } from '../../store/index.js';
+import { waitFor as waitUntil } from '../support/wait.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -88,11 +89,7 @@ function errorsOf(nc: NatsConnection): string[] {
 }
 
 async function waitFor(what: string, cond: () => boolean | Promise<boolean>, boundMs = waitMs): Promise<void> {
-  const deadline = Date.now() + boundMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
+  await waitUntil(cond, { what, timeoutMs: boundMs, intervalMs: 10 });
 }
 
 // ---- finding 4: a reply subject could write a reserved subject -------------------------------------------

@@ -15,6 +15,7 @@ import { parseUsersDocument } from '../../src/auth/principal_source.js';
 import { main } from '../../src/cli/index.js';
 import { runServiceWatch } from '../../src/cli/admin/service_watch.js';
 import { memoryOutput } from '../../src/cli/output.js';
+import { pause, waitFor as waitUntil } from '../support/wait.js';
 
 const svcRole = {
   publish: ['$UB.API.SERVICE.>', 'orders.>'],
@@ -30,11 +31,7 @@ const readerRole = {
 };
 
 async function waitFor(what: string, cond: () => boolean | Promise<boolean>, boundMs = 20_000): Promise<void> {
-  const end = Date.now() + boundMs;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await waitUntil(cond, { what, timeoutMs: boundMs, intervalMs: 20 });
 }
 
 async function api(nc: NatsConnection, verb: string, body: unknown): Promise<Record<string, unknown>> {
@@ -123,7 +120,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
       t.equal(k.result, 'updated', JSON.stringify(k));
       lastAck = Date.now();
       kept++;
-      await new Promise((res) => setTimeout(res, 500));
+      await pause(500, 'the keep-alive cadence under test (four per TTL)');
     }
     t.ok(watch.live.has('orders.a1'), `still registered after ${kept} keep-alives over three TTLs`);
     t.notOk(watch.ops.some((o) => o.key === 'orders.a1' && o.op !== 'PUT'), 'never deleted while kept alive');
@@ -297,7 +294,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
       for (let i = 0; i < 200 && !stopKeeping; i++) {
         const k: Record<string, unknown> = await api(svcA, 'KEEPALIVE', { lease: reg.lease }).catch(() => ({ error: { code: 'timeout' } }));
         if (k.result !== 'updated') failed++;
-        await new Promise((res) => setTimeout(res, 400));
+        await pause(400, 'the keep-alive cadence under test (five per TTL)');
       }
     })();
     const old = leaderIndex();
@@ -315,7 +312,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
     await waitFor('the dead node\'s instance to leave', () => !watch.live.has(deadKey), 30_000);
     t.comment(`the dead node's instance left ${Date.now() - t0} ms after its node stopped (connection-bound TTL 10000 ms)`);
     // Past three TTLs of the leased entry and the connection-bound TTL after the election.
-    await new Promise((res) => setTimeout(res, Math.max(0, t0 + 11_000 - Date.now())));
+    await pause(Math.max(0, t0 + 11_000 - Date.now()), 'an absence over a window: no deletion past three TTLs and the connection-bound TTL');
     stopKeeping = true;
     await keeper;
     t.notOk(watch.ops.some((o) => (o.key === 'orders.f1' || o.key === autoKey) && o.op !== 'PUT' && o.at >= t0), 'no live instance left during or after the failover');

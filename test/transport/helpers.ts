@@ -6,6 +6,7 @@ import { createCertificateAuthority, issueCertificate, type PemPair } from '../.
 import {
   createRouteTransport, type RouteIdentity, type RouteTransport, type RouteTransportOptions,
 } from '../../transport/index.js';
+import { waitFor as waitUntil } from '../support/wait.js';
 
 export interface Fixtures {
   ca: PemPair;
@@ -56,11 +57,7 @@ export function captureLogger(): { logger: Logger; lines: LogLine[] } {
 }
 
 export async function waitFor(what: string, predicate: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+  await waitUntil(predicate, { what, timeoutMs, intervalMs: 10 });
 }
 
 export type TransportOverrides = Partial<RouteTransportOptions>;

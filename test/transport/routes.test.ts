@@ -225,6 +225,31 @@ t.test('the genuine n2 is accepted by the same node', async (t) => {
   await waitFor('n1 sees n2 gone', () => n1.upPeers().length === 0 && n1.linkCount() === 0);
 });
 
+t.test('a listener bound before start (port 0) is taken over: its port is known before any --routes is written', async (t) => {
+  const { bindListeners } = await import('../../src/node/index.js');
+  const [pre, other] = await bindListeners(2);
+  const peer = makeTransport(fx, 'n2', { identity: n2Identity, port: pre!.port, listener: pre!.server });
+  await peer.start();
+  t.equal(peer.address().port, pre!.port, 'the route listener listens on the handed-over socket');
+  // n1 dials the port that was known before the peer started (nothing probed, nothing released in between).
+  const dialer = makeTransport(fx, 'n3', { routes: `127.0.0.1:${pre!.port}` });
+  await dialer.start();
+  await waitFor('n3 and n2 linked through the handed-over port', () => dialer.upPeers().includes('n2') && peer.upPeers().includes('n3'));
+  t.same([dialer.upPeers(), peer.upPeers()], [['n2'], ['n3']], 'the handed-over listener accepts routes');
+  await dialer.close();
+  await peer.close();
+  await t.rejects(new Promise<void>((resolve, reject) => {
+    const probe = netConnect({ host: '127.0.0.1', port: pre!.port }, () => { probe.destroy(); resolve(); });
+    probe.once('error', reject);
+  }), { code: 'ECONNREFUSED' }, 'closing the transport closes the handed-over socket');
+
+  const wrongPort = makeTransport(fx, 'n2', { identity: n2Identity, port: pre!.port, listener: other!.server });
+  await t.rejects(wrongPort.start(), /listens on port \d+, not the cluster port/, 'a listener on another port than the cluster port is refused');
+  other!.server.close();
+  const closed = makeTransport(fx, 'n2', { identity: n2Identity, port: other!.port, listener: other!.server });
+  await t.rejects(closed.start(), /not listening \(closed already, or never bound\)/, 'a closed listener is refused');
+});
+
 t.test('plain TCP garbage before the TLS handshake', async (t) => {
   const from = node.lines.length;
   const socket = netConnect({ host: '127.0.0.1', port: n1.address().port });

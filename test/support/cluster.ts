@@ -3,10 +3,13 @@
 import { join } from 'node:path';
 import type { PemPair } from '../../src/certs/index.js';
 import type { NodeOptions } from '../../src/node/index.js';
+import { takeListener, type HeldPort } from './ports.js';
 
 export interface TrioLayout {
   readonly dir: string;
   readonly ports: readonly number[];
+  /** The route ports held since the trio was laid out (./ports.ts): node i's first start takes its socket over. */
+  readonly held?: readonly HeldPort[];
   readonly style: 'all' | 'others';
   readonly extra: Partial<NodeOptions>;
 }
@@ -29,4 +32,18 @@ export function trioNodeOptions(trio: TrioLayout, i: number, pki: { ca: PemPair;
     requestTimeoutMs: fixed.requestTimeoutMs,
     ...trio.extra,
   };
+}
+
+/**
+ * Node i's held route socket, for its first start only (spread into the options given to startNode); later starts
+ * (restarts) bind the port themselves. A start that fails must close it: `closeHeld`.
+ */
+export function heldListener(trio: TrioLayout, i: number): Pick<NodeOptions, 'clusterListener'> {
+  const listener = takeListener(trio.held?.[i]);
+  return listener === undefined ? {} : { clusterListener: listener };
+}
+
+/** After a start that failed: closes the socket it was handed (the node may not have taken it over). */
+export function closeHandedListener(options: Pick<NodeOptions, 'clusterListener'>): void {
+  if (options.clusterListener?.listening === true) options.clusterListener.close();
 }
