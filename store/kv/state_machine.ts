@@ -14,6 +14,7 @@ import { StoreError, StoreErrorCode } from '../errors.js';
 import {
   type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand, type NonceClaim, nonceLimits, nonceRetentionMs,
 } from './command.js';
+import { EntryTable, type EntryOp } from './entry_table.js';
 
 export const KvErrorCode = {
   badCommand: 'EKV_BAD_COMMAND',
@@ -137,8 +138,8 @@ interface Bucket {
   seq: number;
   bytes: number;
   values: number;
-  /** Per key, retained entries oldest first. */
-  readonly keys: Map<string, KvEntry[]>;
+  /** Per key, retained entries (packed: see entry_table.ts). */
+  readonly keys: EntryTable;
   /** Nats-Msg-Id → the revision and time of its write, oldest first (Map keeps insertion order). */
   readonly msgIds: Map<string, { readonly revision: number; readonly ts: number }>;
 }
@@ -153,7 +154,24 @@ export function storedBytes(bucket: string, key: string, hdrBytes: number, value
   return 22 + subject + valueBytes + 8 + (hdrBytes > 0 ? 4 + hdrBytes : 0);
 }
 
-const entryBytes = (e: { bucket: string; key: string; hdrBytes: number; value: Uint8Array }): number => storedBytes(e.bucket, e.key, e.hdrBytes, e.value.length);
+/** A retained entry's place: its key and its row in the bucket's table. */
+interface Row {
+  readonly key: string;
+  readonly row: number;
+}
+
+const opPut: EntryOp = 0;
+
+/** Stored bytes of a row (storedBytes of its bucket, key, header and value). */
+function rowBytes(b: Bucket, key: string, row: number): number {
+  return storedBytes(b.name, key, b.keys.hdrBytes(row), b.keys.valueBytes(row));
+}
+
+/** A row as the KvEntry readers see; its value views the table's slab (never rewritten). */
+function entryAt(b: Bucket, key: string, row: number): KvEntry {
+  const t = b.keys;
+  return { bucket: b.name, key, op: OPS[t.op(row)]!, value: t.value(row), revision: t.rev(row), index: t.index(row), ts: t.ts(row), hdrBytes: t.hdrBytes(row) };
+}
 
 const refuse = (code: KvErrorCode, message: string, revision?: number, key?: string): KvResult & { ok: false } => ({
   ok: false, code, message, ...(revision === undefined ? {} : { revision }), ...(key === undefined ? {} : { key }),
@@ -358,8 +376,8 @@ export class KvStateMachine {
     if (cmd.expectLastSeq !== undefined && cmd.expectLastSeq !== b.seq) {
       return refuse(KvErrorCode.wrongLastSequence, `bucket ${b.name} is at revision ${b.seq}, not ${cmd.expectLastSeq}`, b.seq);
     }
-    const hist = b.keys.get(cmd.key);
-    const latest = hist?.[hist.length - 1];
+    const hist = b.keys.chain(cmd.key);
+    const latest = hist.length === 0 ? undefined : entryAt(b, cmd.key, hist[hist.length - 1]!);
     if (cmd.op === 'create' && latest && latest.op === 'PUT') return refuse(KvErrorCode.keyExists, `key ${cmd.key} exists at revision ${latest.revision}`, latest.revision, cmd.key);
     if ((cmd.op === 'update' || cmd.op === 'delete' || cmd.op === 'purge') && cmd.revision !== undefined && (latest?.revision ?? 0) !== cmd.revision) {
       return refuse(KvErrorCode.wrongRevision, `key ${cmd.key} is at revision ${latest?.revision ?? 0}, not ${cmd.revision}`, latest?.revision ?? 0, cmd.key);
@@ -370,11 +388,11 @@ export class KvStateMachine {
     if (value.length > b.config.valueBytesMax) {
       return refuse(KvErrorCode.valueTooLarge, `value of ${value.length} bytes exceeds the bucket's ${b.config.valueBytesMax}`);
     }
-    const len = hist?.length ?? 0;
+    const len = hist.length;
     // What stays after this write: a purge drops the whole history; otherwise the oldest beyond depth.
     const dropCount = op === 'PURGE' ? len : Math.max(0, len + 1 - b.config.history);
     let dropped = 0;
-    for (let k = 0; k < dropCount; k++) dropped += entryBytes(hist![k]!);
+    for (let k = 0; k < dropCount; k++) dropped += rowBytes(b, cmd.key, hist[k]!);
     const hdrBytes = cmd.hdrBytes ?? 0;
     const size = storedBytes(b.name, cmd.key, hdrBytes, value.length);
     if (b.bytes - dropped + size > b.config.bytesMax) {
@@ -390,9 +408,9 @@ export class KvStateMachine {
     let idx = perBucket.get(field);
     if (!idx) {
       idx = new Map();
-      for (const [k, h] of this.buckets.get(bucket)?.keys ?? []) {
-        const e = h[h.length - 1]!;
-        const f = e.op === 'PUT' ? fieldOf(e.value, field) : undefined;
+      const t = this.buckets.get(bucket)?.keys;
+      for (const [k, row] of t?.heads() ?? []) {
+        const f = t!.op(row) === opPut ? fieldOf(t!.value(row), field) : undefined;
         if (f !== undefined) addTo(idx, f, k);
       }
       perBucket.set(field, idx);
@@ -426,27 +444,26 @@ export class KvStateMachine {
       return { ok: true, kind: 'bucket.create', bucket: name, created: false, config };
     }
     if (this.buckets.size >= this.limits.bucketsMax) return refuse(KvErrorCode.tooManyBuckets, `at most ${this.limits.bucketsMax} buckets`);
-    this.buckets.set(name, { name, config, stream: copyBytes(stream), created: ts, seq: 0, bytes: 0, values: 0, keys: new Map(), msgIds: new Map() });
+    this.buckets.set(name, { name, config, stream: copyBytes(stream), created: ts, seq: 0, bytes: 0, values: 0, keys: new EntryTable(), msgIds: new Map() });
     return { ok: true, kind: 'bucket.create', bucket: name, created: true, config };
   }
 
   private commitWrite(index: number, w: PlannedWrite): KvEntry {
     const { b, key } = w;
-    const hist = b.keys.get(key) ?? [];
-    const before = hist[hist.length - 1];
-    const entry: KvEntry = { bucket: b.name, key, op: w.op, value: w.value, revision: b.seq + 1, index, ts: w.ts, hdrBytes: w.hdrBytes };
-    hist.splice(0, w.dropCount);
-    hist.push(entry);
-    b.keys.set(key, hist);
+    const head = b.keys.latest(key);
+    const indexes = this.fieldIndex.get(b.name);
+    const before = head < 0 || indexes === undefined ? undefined : entryAt(b, key, head);
+    const row = b.keys.append(key, { op: OPS.indexOf(w.op) as EntryOp, value: w.value, revision: b.seq + 1, index, ts: w.ts, hdrBytes: w.hdrBytes }, w.dropCount);
+    // The entry handed to listeners and the caller views the stored value (slab bytes are never rewritten).
+    const entry = entryAt(b, key, row);
     b.seq++;
-    b.bytes += entryBytes(entry) - w.dropped;
+    b.bytes += storedBytes(b.name, key, w.hdrBytes, w.value.length) - w.dropped;
     b.values += 1 - w.dropCount;
     if (w.msgId !== undefined) {
       b.msgIds.delete(w.msgId);
       b.msgIds.set(w.msgId, { revision: entry.revision, ts: w.ts });
       if (b.msgIds.size > this.limits.msgIdsMax) b.msgIds.delete(b.msgIds.keys().next().value!);
     }
-    const indexes = this.fieldIndex.get(b.name);
     if (indexes) {
       for (const [field, idx] of indexes) {
         const old = before?.op === 'PUT' ? fieldOf(before.value, field) : undefined;
@@ -479,11 +496,12 @@ export class KvStateMachine {
     if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(bucket)} does not exist`);
     if ((keep ?? 0) > 0 && (seq ?? 0) > 0) return refuse(KvErrorCode.badPurge, 'a purge takes seq or keep, not both');
     const pattern = subject === undefined || subject === '' || subject === '>' ? undefined : subject.split('.');
-    const matching: KvEntry[] = [];
-    for (const [k, h] of b.keys) if (pattern === undefined || keyMatches(pattern, k)) for (const e of h) matching.push(e);
-    matching.sort((x, y) => x.revision - y.revision);
+    const t = b.keys;
+    const matching: Row[] = [];
+    for (const k of t.keys()) if (pattern === undefined || keyMatches(pattern, k)) for (const row of t.chain(k)) matching.push({ key: k, row });
+    matching.sort((x, y) => t.rev(x.row) - t.rev(y.row));
     let drop = matching;
-    if ((seq ?? 0) > 0) drop = matching.filter((e) => e.revision < seq!);
+    if ((seq ?? 0) > 0) drop = matching.filter((e) => t.rev(e.row) < seq!);
     else if ((keep ?? 0) > 0) drop = matching.slice(0, Math.max(0, matching.length - keep!));
     return { ok: true, kind: 'purge', bucket, purged: this.drop(b, drop) };
   }
@@ -492,24 +510,23 @@ export class KvStateMachine {
   private expire(bucket: string, before: number): KvResult {
     const b = this.buckets.get(bucket);
     if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(bucket)} does not exist`);
-    const old: KvEntry[] = [];
-    if (b.config.maxAgeMs > 0) for (const h of b.keys.values()) for (const e of h) if (e.ts <= before) old.push(e);
+    const t = b.keys;
+    const old: Row[] = [];
+    if (b.config.maxAgeMs > 0) for (const k of t.keys()) for (const row of t.chain(k)) if (t.ts(row) <= before) old.push({ key: k, row });
     return { ok: true, kind: 'purge', bucket, purged: this.drop(b, old) };
   }
 
-  private drop(b: Bucket, entries: readonly KvEntry[]): number {
+  private drop(b: Bucket, entries: readonly Row[]): number {
     if (entries.length === 0) return 0;
-    const gone = new Set(entries);
-    for (const [k, h] of b.keys) {
-      const kept = h.filter((e) => !gone.has(e));
-      if (kept.length === h.length) continue;
-      if (kept.length === 0) b.keys.delete(k);
-      else b.keys.set(k, kept);
-    }
+    const gone = new Set<number>();
+    const keys = new Set<string>();
     for (const e of entries) {
-      b.bytes -= entryBytes(e);
+      b.bytes -= rowBytes(b, e.key, e.row);
       b.values--;
+      gone.add(e.row);
+      keys.add(e.key);
     }
+    for (const k of keys) b.keys.removeWhere(k, (row) => gone.has(row));
     // The field index is derived: rebuilt on its next use rather than patched key by key.
     this.fieldIndex.delete(b.name);
     return entries.length;
@@ -525,7 +542,11 @@ export class KvStateMachine {
     const b = this.buckets.get(name);
     if (!b) return undefined;
     let first = Number.POSITIVE_INFINITY;
-    for (const h of b.keys.values()) if (h[0]!.revision < first) first = h[0]!.revision;
+    // The oldest row of each key holds its lowest revision.
+    for (const k of b.keys.keys()) {
+      const oldest = b.keys.chain(k)[0]!;
+      if (b.keys.rev(oldest) < first) first = b.keys.rev(oldest);
+    }
     const firstSeq = Number.isFinite(first) ? first : b.seq === 0 ? 0 : b.seq + 1;
     return { name, config: b.config, stream: b.stream, created: b.created, seq: b.seq, firstSeq, values: b.values, bytes: b.bytes };
   }
@@ -533,19 +554,22 @@ export class KvStateMachine {
   /** The earliest `ts` among a bucket's retained entries (undefined: none), for the leader's TTL timer. */
   oldestTs(bucket: string): number | undefined {
     let oldest: number | undefined;
-    for (const h of this.buckets.get(bucket)?.keys.values() ?? []) for (const e of h) if (oldest === undefined || e.ts < oldest) oldest = e.ts;
+    const t = this.buckets.get(bucket)?.keys;
+    for (const k of t?.keys() ?? []) for (const row of t!.chain(k)) if (oldest === undefined || t!.ts(row) < oldest) oldest = t!.ts(row);
     return oldest;
   }
 
   /** The key's latest entry, markers included (undefined when it has none). */
   get(bucket: string, key: string): KvEntry | undefined {
-    const h = this.buckets.get(bucket)?.keys.get(key);
-    return h?.[h.length - 1];
+    const b = this.buckets.get(bucket);
+    const row = b?.keys.latest(key) ?? -1;
+    return row < 0 ? undefined : entryAt(b!, key, row);
   }
 
   /** Retained entries of a key, oldest first. */
   history(bucket: string, key: string): KvEntry[] {
-    return [...(this.buckets.get(bucket)?.keys.get(key) ?? [])];
+    const b = this.buckets.get(bucket);
+    return b === undefined ? [] : b.keys.chain(key).map((row) => entryAt(b, key, row));
   }
 
   /** Keys whose latest entry is a PUT, sorted. */
@@ -553,7 +577,7 @@ export class KvStateMachine {
     const b = this.buckets.get(bucket);
     if (!b) return [];
     const out: string[] = [];
-    for (const [k, h] of b.keys) if (h[h.length - 1]!.op === 'PUT') out.push(k);
+    for (const [k, row] of b.keys.heads()) if (b.keys.op(row) === opPut) out.push(k);
     return out.sort();
   }
 
@@ -565,10 +589,11 @@ export class KvStateMachine {
   changesSince(after: number, bucket?: string, limit = Number.POSITIVE_INFINITY): KvEntry[] {
     const out: KvEntry[] = [];
     if (bucket !== undefined) {
-      for (const h of this.buckets.get(bucket)?.keys.values() ?? []) for (const e of h) if (e.revision > after) out.push(e);
+      const b = this.buckets.get(bucket);
+      if (b !== undefined) for (const k of b.keys.keys()) for (const row of b.keys.chain(k)) if (b.keys.rev(row) > after) out.push(entryAt(b, k, row));
       out.sort((a, z) => a.revision - z.revision);
     } else {
-      for (const b of this.buckets.values()) for (const h of b.keys.values()) for (const e of h) if (e.index > after) out.push(e);
+      for (const b of this.buckets.values()) for (const k of b.keys.keys()) for (const row of b.keys.chain(k)) if (b.keys.index(row) > after) out.push(entryAt(b, k, row));
       out.sort((a, z) => a.index - z.index || (a.bucket < z.bucket ? -1 : a.bucket > z.bucket ? 1 : 0));
     }
     return out.length > limit ? out.slice(0, limit) : out;
@@ -586,7 +611,8 @@ export class KvStateMachine {
   snapshot(): Uint8Array {
     const buckets = this.bucketNames().map((name) => {
       const b = this.buckets.get(name)!;
-      const keys = [...b.keys.keys()].sort().map((k) => [k, b.keys.get(k)!.map((e) => [OPS.indexOf(e.op), e.value, e.revision, e.index, e.ts, e.hdrBytes])]);
+      const t = b.keys;
+      const keys = [...t.keys()].sort().map((k) => [k, t.chain(k).map((row) => [t.op(row), t.value(row), t.rev(row), t.index(row), t.ts(row), t.hdrBytes(row)])]);
       const c = b.config;
       const ids = [...b.msgIds].map(([id, v]) => [id, v.revision, v.ts]);
       return [name, [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax, c.maxAgeMs, c.duplicateWindowMs], b.created, b.seq, keys, b.stream, ids];
@@ -650,19 +676,18 @@ function restoreBucket(raw: unknown): Bucket | string {
   if (!(stream instanceof Uint8Array) || !Array.isArray(ids)) return 'bucket';
   const [history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs] = cfg as number[];
   const config: BucketConfig = { history: history!, valueBytesMax: valueBytesMax!, bytesMax: bytesMax!, keyBytesMax: keyBytesMax!, maxAgeMs: maxAgeMs!, duplicateWindowMs: duplicateWindowMs! };
-  const b: Bucket = { name, config, stream: copyBytes(stream), created, seq, bytes: 0, values: 0, keys: new Map(), msgIds: new Map() };
+  const b: Bucket = { name, config, stream: copyBytes(stream), created, seq, bytes: 0, values: 0, keys: new EntryTable(), msgIds: new Map() };
   for (const kr of keys as unknown[]) {
     if (!Array.isArray(kr) || kr.length !== 2 || typeof kr[0] !== 'string' || !Array.isArray(kr[1]) || kr[1].length === 0) return 'key';
     const key = kr[0];
-    const hist: KvEntry[] = [];
+    if (b.keys.latest(key) >= 0) return 'key listed twice';
     for (const er of kr[1] as unknown[]) {
       if (!Array.isArray(er) || er.length !== 6 || !isUint(er[0]) || er[0] > 2 || !(er[1] instanceof Uint8Array) || !isUint(er[2]) || !isUint(er[3]) || !isUint(er[4]) || !isUint(er[5])) return 'entry';
-      const e: KvEntry = { bucket: name, key, op: OPS[er[0]]!, value: copyBytes(er[1]), revision: er[2], index: er[3], ts: er[4], hdrBytes: er[5] };
-      hist.push(e);
-      b.bytes += entryBytes(e);
+      // Oldest first, as written: each is appended as the key's newest (the table copies the value into a slab).
+      b.keys.append(key, { op: er[0] as EntryOp, value: er[1], revision: er[2], index: er[3], ts: er[4], hdrBytes: er[5] }, 0);
+      b.bytes += storedBytes(name, key, er[5], er[1].length);
       b.values++;
     }
-    b.keys.set(key, hist);
   }
   for (const ir of ids as unknown[]) {
     if (!Array.isArray(ir) || ir.length !== 3 || typeof ir[0] !== 'string' || !isUint(ir[1]) || !isUint(ir[2])) return 'msg id';
