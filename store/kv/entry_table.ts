@@ -58,6 +58,12 @@ export class EntryTable {
   private current = -1;
   /** Rows of each slab are found by a scan: set when a non-current slab falls below half live. */
   private sparse = new Set<number>();
+  /**
+   * The lowest revision retained, or undefined when not known (the row holding it was removed). Recomputed on
+   * demand: the KV API asks for it (bucketInfo) on every publish, and a scan per put made a fill quadratic; it
+   * changes only when the row holding it goes, which a fill of new keys never does.
+   */
+  private lowestRev: number | undefined = Number.POSITIVE_INFINITY;
 
   /** Keys with at least one retained entry. */
   get size(): number {
@@ -79,6 +85,21 @@ export class EntryTable {
     const out: number[] = [];
     for (let r = this.latest(key); r !== noRow; r = this.prev[r]!) out.push(r);
     return out.reverse();
+  }
+
+  /** The lowest revision of any retained entry (+Infinity when none). */
+  lowestRevision(): number {
+    if (this.lowestRev === undefined) {
+      let low = Number.POSITIVE_INFINITY;
+      // A key's oldest row holds its lowest revision: revisions grow along a chain.
+      for (const head of this.newest.values()) {
+        let r = head;
+        while (this.prev[r]! !== noRow) r = this.prev[r]!;
+        if (this.revision[r]! < low) low = this.revision[r]!;
+      }
+      this.lowestRev = low;
+    }
+    return this.lowestRev;
   }
 
   keys(): IterableIterator<string> {
@@ -134,6 +155,7 @@ export class EntryTable {
     this.opCol[row] = e.op;
     this.prev[row] = head;
     this.storeValue(row, e.value);
+    if (this.lowestRev !== undefined && e.revision < this.lowestRev) this.lowestRev = e.revision;
     this.newest.set(key, row);
     this.compactSparse();
     return row;
@@ -180,6 +202,7 @@ export class EntryTable {
   }
 
   private freeRow(row: number): void {
+    if (this.revision[row] === this.lowestRev) this.lowestRev = undefined;
     const len = this.length[row]!;
     if (len > 0) this.release(this.slabOf[row]!, len);
     this.length[row] = 0;

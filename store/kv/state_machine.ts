@@ -541,12 +541,7 @@ export class KvStateMachine {
   bucketInfo(name: string): BucketInfo | undefined {
     const b = this.buckets.get(name);
     if (!b) return undefined;
-    let first = Number.POSITIVE_INFINITY;
-    // The oldest row of each key holds its lowest revision.
-    for (const k of b.keys.keys()) {
-      const oldest = b.keys.chain(k)[0]!;
-      if (b.keys.rev(oldest) < first) first = b.keys.rev(oldest);
-    }
+    const first = b.keys.lowestRevision();
     const firstSeq = Number.isFinite(first) ? first : b.seq === 0 ? 0 : b.seq + 1;
     return { name, config: b.config, stream: b.stream, created: b.created, seq: b.seq, firstSeq, values: b.values, bytes: b.bytes };
   }

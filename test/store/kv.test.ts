@@ -522,6 +522,8 @@ t.test('entry table: chains, values and slab compaction match a plain model; han
         }
       }
       if (table.size !== model.size) return false;
+      const lowest = Math.min(...[...model.values()].map((c) => c[0]!.rev));
+      if (table.lowestRevision() !== lowest) return false;
       let live = 0;
       for (const c of model.values()) for (const e of c) live += e.value.length;
       // Compaction keeps slabs within twice the live values, plus the slab being filled and the one being left.
