@@ -26,6 +26,7 @@ export {
   type BucketConfig,
   type BucketInfo,
 } from './kv/state_machine.js';
+export { quotaRefusal, quotaBytesOf, quotaExemptPrefix } from './kv/quota.js';
 export {
   encodeBackup, decodeBackup, BackupError, BackupErrorCode, backupMagic, backupBlockBytes,
   type SnapshotHeader, type SnapshotHeaderInput, type BackupBucketCount,

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type BasicStatus, type HardState, type Message, type Ready } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
-import { encodeKvCommand } from '../../store/index.js';
+import { encodeKvCommand, quotaRefusal } from '../../store/index.js';
 import {
   createRouteTransport, parseRoutes, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
 } from '../../transport/index.js';
@@ -57,6 +57,8 @@ export interface NodeOptions {
   readonly voterGraceMs?: number;
   /** Applied entries between local snapshots (log compaction); default 10000. */
   readonly snapshotEntries?: number;
+  /** --max-kv-bytes: a write that would take the KV data past it is refused (store/kv/quota.ts); default unlimited. */
+  readonly maxKvBytes?: number;
   readonly logger?: Logger;
   readonly routeLimits?: Partial<RouteLimits>;
   /** A NATS server to join to the cluster-wide bus over this node's routes (attached before routes start). */
@@ -178,6 +180,8 @@ export class ClusterNode {
     snapshotsInstalled: 0,
     /** Times this node caught up after losing its data. */
     recoveries: 0,
+    /** KV writes refused by --max-kv-bytes. */
+    quotaRefusals: 0,
   };
 
   private readonly opts: NodeOptions;
@@ -986,6 +990,13 @@ export class ClusterNode {
 
   /** Replicates a KV command; resolves with its result once applied on this node. */
   propose(cmd: KvCommand): Promise<KvResult> {
+    if (this.opts.maxKvBytes !== undefined) {
+      const refused = quotaRefusal(cmd, this.stateMachine.totalBytes(), this.opts.maxKvBytes);
+      if (refused !== undefined) {
+        this.metrics.quotaRefusals++;
+        return Promise.resolve(refused);
+      }
+    }
     return this.proposeBytes(encodeKvCommand(cmd));
   }
 
@@ -1521,6 +1532,9 @@ export class ClusterNode {
       ['membershipd_raft_proposals_failed_total', 'counter', 'Writes that failed with a timeout or no leader', m.proposalsFailed],
       ['membershipd_raft_pending_writes', 'gauge', 'Writes waiting to be applied', this.writes.size],
       ['membershipd_raft_snapshots_total', 'counter', 'Snapshots taken locally', m.snapshotsTaken],
+      ['membershipd_kv_bytes', 'gauge', 'KV data held, as --max-kv-bytes counts it (stored bytes of every bucket)', this.stateMachine.totalBytes()],
+      ['membershipd_kv_quota_bytes', 'gauge', '--max-kv-bytes (0: unlimited)', this.opts.maxKvBytes ?? 0],
+      ['membershipd_kv_quota_refusals_total', 'counter', 'KV writes refused because they would pass --max-kv-bytes', m.quotaRefusals],
       ['membershipd_healthy', 'gauge', '1 when /healthz answers ok', this.health().status === 'ok' ? 1 : 0],
       ['membershipd_route_connections', 'gauge', 'Route links open in any state', this.transport.linkCount()],
       ['membershipd_route_bytes_in_total', 'counter', 'Bytes received on routes', bytesIn],

@@ -43,6 +43,8 @@ export const KvErrorCode = {
   nonceExpired: 'EKV_NONCE_EXPIRED',
   /** nonceLimits.claimsMax live claims: no room for another until older ones expire. */
   noncesFull: 'EKV_NONCES_FULL',
+  /** The node's --max-kv-bytes would be passed (refused by the proposing node, never by apply: see quota.ts). */
+  quotaExceeded: 'EKV_QUOTA_EXCEEDED',
 } as const;
 export type KvErrorCode = (typeof KvErrorCode)[keyof typeof KvErrorCode];
 
@@ -533,6 +535,13 @@ export class KvStateMachine {
   }
 
   // ---- reads -------------------------------------------------------------------------------
+
+  /** Stored bytes of every bucket (BucketInfo.bytes summed): what --max-kv-bytes counts. */
+  totalBytes(): number {
+    let n = 0;
+    for (const b of this.buckets.values()) n += b.bytes;
+    return n;
+  }
 
   bucketNames(): string[] {
     return [...this.buckets.keys()].sort();
