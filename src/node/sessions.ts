@@ -3,6 +3,7 @@
 // seq) twice; only the first copy is applied. The table is part of the replicated state: it changes
 // only in apply and travels in the snapshot, so every node skips exactly the same entries.
 import { Packr } from 'msgpackr';
+import { packOwned } from '../../store/index.js';
 
 /** Seqs below a session's highest applied seq minus this are treated as already applied. */
 export const sessionWindow = 65_536;
@@ -59,7 +60,7 @@ export class AppliedSessions {
 
 /** Snapshot data of a node: the KV image plus the session table. */
 export function encodeNodeSnapshot(kvImage: Uint8Array, sessions: AppliedSessions): Uint8Array {
-  return packr.pack([1, kvImage, sessions.encode()]);
+  return packOwned(packr, [1, kvImage, sessions.encode()]);
 }
 
 export function decodeNodeSnapshot(data: Uint8Array): { kvImage: Uint8Array; sessions: unknown } {

@@ -15,6 +15,7 @@ import {
   type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand, type NonceClaim, nonceLimits, nonceRetentionMs,
 } from './command.js';
 import { EntryTable, type EntryOp } from './entry_table.js';
+import { MsgpackWriter } from './msgpack_writer.js';
 
 export const KvErrorCode = {
   badCommand: 'EKV_BAD_COMMAND',
@@ -611,20 +612,34 @@ export class KvStateMachine {
 
   // ---- snapshot ----------------------------------------------------------------------------
 
-  /** The whole state as deterministic bytes (sorted buckets and keys, fixed field order). */
+  /**
+   * The whole state as deterministic bytes (sorted buckets and keys, fixed field order): msgpack
+   * `[version, applied, buckets, nonces?]`, written straight from the entry tables (msgpack_writer.ts).
+   */
   snapshot(): Uint8Array {
-    const buckets = this.bucketNames().map((name) => {
-      const b = this.buckets.get(name)!;
-      const t = b.keys;
-      const keys = [...t.keys()].sort().map((k) => [k, t.chain(k).map((row) => [t.op(row), t.value(row), t.rev(row), t.index(row), t.ts(row), t.hdrBytes(row)])]);
-      const c = b.config;
-      const ids = [...b.msgIds].map(([id, v]) => [id, v.revision, v.ts]);
-      return [name, [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax, c.maxAgeMs, c.duplicateWindowMs], b.created, b.seq, keys, b.stream, ids];
-    });
-    if (this.nonces.size === 0 && this.nonceClock === 0) return pack([SNAPSHOT_VERSION, this.applied, buckets]);
+    const withNonces = this.nonces.size > 0 || this.nonceClock > 0;
+    let estimate = 1024;
+    for (const b of this.buckets.values()) estimate += b.bytes + 16 * b.values;
+    const w = new MsgpackWriter(estimate);
     // Version 3 adds the nonce record; a state without one keeps writing version 2.
-    const claims = [...this.nonces.entries()].sort((a, z) => (a[0] < z[0] ? -1 : a[0] > z[0] ? 1 : 0));
-    return pack([SNAPSHOT_VERSION_NONCES, this.applied, buckets, [this.nonceClock, claims]]);
+    w.array(withNonces ? 4 : 3);
+    w.uint(withNonces ? SNAPSHOT_VERSION_NONCES : SNAPSHOT_VERSION);
+    w.uint(this.applied);
+    const names = this.bucketNames();
+    w.array(names.length);
+    for (const name of names) writeBucket(w, this.buckets.get(name)!);
+    if (withNonces) {
+      const claims = [...this.nonces.entries()].sort((a, z) => (a[0] < z[0] ? -1 : a[0] > z[0] ? 1 : 0));
+      w.array(2);
+      w.uint(this.nonceClock);
+      w.array(claims.length);
+      for (const [id, at] of claims) {
+        w.array(2);
+        w.str(id);
+        w.uint(at);
+      }
+    }
+    return w.finish();
   }
 
   /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
@@ -669,6 +684,43 @@ export class KvStateMachine {
     for (const [id, at] of nonces) this.recordClaim({ id, at });
     this.nonceClock = nonceClock;
     this.applied = v[1];
+  }
+}
+
+/** `[name, config, created, seq, keys, stream, msgIds]`; keys sorted, each `[key, [[op, value, rev, index, ts, hdr] …]]`. */
+function writeBucket(w: MsgpackWriter, b: Bucket): void {
+  const c = b.config;
+  const t = b.keys;
+  w.array(7);
+  w.str(b.name);
+  w.array(6);
+  for (const n of [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax, c.maxAgeMs, c.duplicateWindowMs]) w.uint(n);
+  w.uint(b.created);
+  w.uint(b.seq);
+  const keys = [...t.keys()].sort();
+  w.array(keys.length);
+  for (const k of keys) {
+    const rows = t.chain(k);
+    w.array(2);
+    w.str(k);
+    w.array(rows.length);
+    for (const row of rows) {
+      w.array(6);
+      w.uint(t.op(row));
+      w.bin(t.value(row));
+      w.uint(t.rev(row));
+      w.uint(t.index(row));
+      w.uint(t.ts(row));
+      w.uint(t.hdrBytes(row));
+    }
+  }
+  w.bin(b.stream);
+  w.array(b.msgIds.size);
+  for (const [id, v] of b.msgIds) {
+    w.array(3);
+    w.str(id);
+    w.uint(v.revision);
+    w.uint(v.ts);
   }
 }
 
