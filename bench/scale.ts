@@ -179,7 +179,16 @@ async function benchNats(raw: number): Promise<number> {
   const n: NatsJsCluster = await startNatsJsCluster(join(root, 'nats'));
   try {
     const nc = await connect({ servers: n.urls, timeout: 20_000, maxReconnectAttempts: -1 });
-    const kv = await new Kvm(jetstream(nc, { timeout: 20_000 })).create('scale', { replicas: 3, history: 1, max_bytes: -1 });
+    // The JetStream meta group elects its leader a few seconds after the ports open: retry the create until then.
+    let kv: KV | undefined;
+    for (let attempt = 0; kv === undefined; attempt++) {
+      try {
+        kv = await new Kvm(jetstream(nc, { timeout: 5000 })).create('scale', { replicas: 3, history: 1, max_bytes: -1 });
+      } catch (e) {
+        if (attempt >= 30) throw new Error(`nats-server KV create: ${String(e)}`);
+        await sleep(1000);
+      }
+    }
     const putsPerS = await fill(kv, 0, KEYS);
     await sleep(2000);
     const rss = n.children.map((ch) => rssMb(ch.pid!));

@@ -19,6 +19,8 @@ export interface StoreFs {
   fstatSize(fd: number): Promise<number>;
   close(fd: number): Promise<void>;
   readFile(path: string): Promise<Buffer>;
+  /** Synchronous read of a whole file: only for the rare read that a synchronous caller needs (a snapshot to send). */
+  readFileSync(path: string): Buffer;
   /** Names in a directory; [] when it does not exist. */
   readdir(path: string): Promise<string[]>;
   mkdir(path: string): Promise<void>;
@@ -42,6 +44,7 @@ export const nodeFs: StoreFs = {
   fstatSize: (fd) => cb<fs.Stats>((d) => fs.fstat(fd, d)).then((s) => s.size),
   close: (fd) => cb<void>((d) => fs.close(fd, d)),
   readFile: (path) => cb<Buffer>((d) => fs.readFile(path, d)),
+  readFileSync: (path) => fs.readFileSync(path),
   readdir: (path) =>
     cb<string[]>((d) => fs.readdir(path, d)).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return [];

@@ -143,6 +143,19 @@ export class EntryTable {
     return this.slabs[this.slabOf[row]!]!.bytes.subarray(off, off + len);
   }
 
+  /** Writes the row's value as msgpack bin without making a view of it (a snapshot writes a million of them). */
+  writeValue(row: number, w: { binRange(bytes: Uint8Array, start: number, end: number): void }): void {
+    const len = this.length[row]!;
+    if (len === 0) return w.binRange(empty, 0, 0);
+    const off = this.offset[row]!;
+    w.binRange(this.slabs[this.slabOf[row]!]!.bytes, off, off + len);
+  }
+
+  /** The older row of the same key, or -1. */
+  older(row: number): number {
+    return this.prev[row]!;
+  }
+
   /** Appends a newest entry to `key` after dropping its `dropOldest` oldest ones; returns the new row. */
   append(key: string, e: EntryRow, dropOldest: number): number {
     let head = this.latest(key);

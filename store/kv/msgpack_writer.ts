@@ -6,6 +6,7 @@
 import { assert } from '../assert.js';
 
 const textEncoder = new TextEncoder();
+const copyLoopBytesMax = 1024;
 
 export class MsgpackWriter {
   private buf: Uint8Array;
@@ -92,7 +93,12 @@ export class MsgpackWriter {
   }
 
   bin(bytes: Uint8Array): void {
-    const n = bytes.length;
+    this.binRange(bytes, 0, bytes.length);
+  }
+
+  /** bytes[start, end) as one bin value. */
+  binRange(bytes: Uint8Array, start: number, end: number): void {
+    const n = end - start;
     this.room(5 + n);
     if (n < 0x100) {
       this.buf[this.at] = 0xc4;
@@ -107,7 +113,12 @@ export class MsgpackWriter {
       this.view.setUint32(this.at + 1, n);
       this.at += 5;
     }
-    this.buf.set(bytes, this.at);
+    if (n === bytes.length) this.buf.set(bytes, this.at);
+    else if (n <= copyLoopBytesMax) {
+      // A loop beats making a view to set() from, for the small values a KV holds.
+      const out = this.buf;
+      for (let i = 0, o = this.at; i < n; i++) out[o + i] = bytes[start + i]!;
+    } else this.buf.set(bytes.subarray(start, end), this.at);
     this.at += n;
   }
 }

@@ -15,6 +15,7 @@ import {
   type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand, type NonceClaim, nonceLimits, nonceRetentionMs,
 } from './command.js';
 import { EntryTable, type EntryOp } from './entry_table.js';
+import { ImageFormatError, MsgpackReader } from './msgpack_reader.js';
 import { MsgpackWriter } from './msgpack_writer.js';
 
 export const KvErrorCode = {
@@ -644,37 +645,64 @@ export class KvStateMachine {
 
   /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
   restore(image: Uint8Array): void {
+    const steps = this.restoreSteps(image);
+    while (!steps.next().done);
+  }
+
+  /**
+   * restore(), giving the event loop a turn every `sliceMs` of work (a follower installing a large snapshot keeps
+   * answering its routes and health checks). The state is replaced in one step at the end; until then readers
+   * see the old one, and a bad image leaves it untouched.
+   */
+  async restoreYielding(image: Uint8Array, sliceMs = 10): Promise<void> {
+    const steps = this.restoreSteps(image);
+    let sliceEnd = performance.now() + sliceMs;
+    while (!steps.next().done) {
+      if (performance.now() < sliceEnd) continue;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      sliceEnd = performance.now() + sliceMs;
+    }
+  }
+
+  /** Reads the image straight into new entry tables (msgpack_reader.ts), pausing (yield) every few hundred keys. */
+  private *restoreSteps(image: Uint8Array): Generator<void, void, void> {
     const bad = (why: string): never => {
       throw new StoreError(StoreErrorCode.corrupt, `KV snapshot image is invalid: ${why}; the node cannot start from it`);
     };
-    let v: unknown;
-    try {
-      v = unpack(image);
-    } catch (err) {
-      return bad(String(err));
-    }
-    if (Array.isArray(v) && v[0] === 1) {
-      throw new StoreError(StoreErrorCode.formatVersion, 'KV snapshot image has format 1 (KV revisions numbered by the Raft index); this membershipd numbers them per bucket and cannot convert it: see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md');
-    }
-    const plain = Array.isArray(v) && v.length === 3 && v[0] === SNAPSHOT_VERSION;
-    const withNonces = Array.isArray(v) && v.length === 4 && v[0] === SNAPSHOT_VERSION_NONCES;
-    if (!Array.isArray(v) || (!plain && !withNonces) || !isUint(v[1]) || !Array.isArray(v[2])) return bad('header');
+    const r = new MsgpackReader(image);
+    const buckets = new Map<string, Bucket>();
     const nonces = new Map<string, number>();
     let nonceClock = 0;
-    if (withNonces) {
-      const rec = v[3] as unknown;
-      if (!Array.isArray(rec) || rec.length !== 2 || !isUint(rec[0]) || !Array.isArray(rec[1])) return bad('nonce record');
-      nonceClock = rec[0];
-      for (const c of rec[1] as unknown[]) {
-        if (!Array.isArray(c) || c.length !== 2 || typeof c[0] !== 'string' || !isUint(c[1])) return bad('nonce claim');
-        nonces.set(c[0], c[1]);
+    let applied = 0;
+    try {
+      const fields = r.array();
+      const version = r.uint();
+      if (version === 1) {
+        throw new StoreError(StoreErrorCode.formatVersion, 'KV snapshot image has format 1 (KV revisions numbered by the Raft index); this membershipd numbers them per bucket and cannot convert it: see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md');
       }
-    }
-    const buckets = new Map<string, Bucket>();
-    for (const raw of v[2] as unknown[]) {
-      const b = restoreBucket(raw);
-      if (typeof b === 'string') return bad(b);
-      buckets.set(b.name, b);
+      const plain = fields === 3 && version === SNAPSHOT_VERSION;
+      const withNonces = fields === 4 && version === SNAPSHOT_VERSION_NONCES;
+      if (!plain && !withNonces) return bad('header');
+      applied = r.uint();
+      for (let n = r.array(); n > 0; n--) {
+        const b = yield* readBucket(r);
+        if (typeof b === 'string') return bad(b);
+        if (buckets.has(b.name)) return bad('bucket listed twice');
+        buckets.set(b.name, b);
+      }
+      if (withNonces) {
+        if (r.array() !== 2) return bad('nonce record');
+        nonceClock = r.uint();
+        for (let n = r.array(); n > 0; n--) {
+          if (r.array() !== 2) return bad('nonce claim');
+          const id = r.str();
+          nonces.set(id, r.uint());
+        }
+      }
+      if (!r.done) return bad(`${image.length - r.offset} bytes after the image`);
+    } catch (err) {
+      if (err instanceof ImageFormatError) return bad(err.message);
+      throw err;
     }
     this.buckets.clear();
     this.fieldIndex.clear();
@@ -683,7 +711,7 @@ export class KvStateMachine {
     this.oldestClaim = Number.POSITIVE_INFINITY;
     for (const [id, at] of nonces) this.recordClaim({ id, at });
     this.nonceClock = nonceClock;
-    this.applied = v[1];
+    this.applied = applied;
   }
 }
 
@@ -699,20 +727,28 @@ function writeBucket(w: MsgpackWriter, b: Bucket): void {
   w.uint(b.seq);
   const keys = [...t.keys()].sort();
   w.array(keys.length);
+  const writeRow = (row: number): void => {
+    w.array(6);
+    w.uint(t.op(row));
+    t.writeValue(row, w);
+    w.uint(t.rev(row));
+    w.uint(t.index(row));
+    w.uint(t.ts(row));
+    w.uint(t.hdrBytes(row));
+  };
   for (const k of keys) {
-    const rows = t.chain(k);
     w.array(2);
     w.str(k);
-    w.array(rows.length);
-    for (const row of rows) {
-      w.array(6);
-      w.uint(t.op(row));
-      w.bin(t.value(row));
-      w.uint(t.rev(row));
-      w.uint(t.index(row));
-      w.uint(t.ts(row));
-      w.uint(t.hdrBytes(row));
+    const head = t.latest(k);
+    // Most keys hold one entry (history 1): no array of rows for them.
+    if (t.older(head) < 0) {
+      w.array(1);
+      writeRow(head);
+      continue;
     }
+    const rows = t.chain(k);
+    w.array(rows.length);
+    for (const row of rows) writeRow(row);
   }
   w.bin(b.stream);
   w.array(b.msgIds.size);
@@ -724,32 +760,51 @@ function writeBucket(w: MsgpackWriter, b: Bucket): void {
   }
 }
 
-/** One bucket of a snapshot image, or what is wrong with it. */
-function restoreBucket(raw: unknown): Bucket | string {
-  if (!Array.isArray(raw) || raw.length !== 7) return 'bucket';
-  const [name, cfg, created, seq, keys, stream, ids] = raw as unknown[];
-  if (typeof name !== 'string' || !Array.isArray(cfg) || cfg.length !== 6 || !cfg.every(isUint) || !isUint(created) || !isUint(seq) || !Array.isArray(keys)) return 'bucket';
-  if (!(stream instanceof Uint8Array) || !Array.isArray(ids)) return 'bucket';
-  const [history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs] = cfg as number[];
-  const config: BucketConfig = { history: history!, valueBytesMax: valueBytesMax!, bytesMax: bytesMax!, keyBytesMax: keyBytesMax!, maxAgeMs: maxAgeMs!, duplicateWindowMs: duplicateWindowMs! };
-  const b: Bucket = { name, config, stream: copyBytes(stream), created, seq, bytes: 0, values: 0, keys: new EntryTable(), msgIds: new Map() };
-  for (const kr of keys as unknown[]) {
-    if (!Array.isArray(kr) || kr.length !== 2 || typeof kr[0] !== 'string' || !Array.isArray(kr[1]) || kr[1].length === 0) return 'key';
-    const key = kr[0];
-    if (b.keys.latest(key) >= 0) return 'key listed twice';
-    for (const er of kr[1] as unknown[]) {
-      if (!Array.isArray(er) || er.length !== 6 || !isUint(er[0]) || er[0] > 2 || !(er[1] instanceof Uint8Array) || !isUint(er[2]) || !isUint(er[3]) || !isUint(er[4]) || !isUint(er[5])) return 'entry';
+/** Keys read between two pauses of a yielding restore. */
+const restoreKeysPerStep = 256;
+
+/** One bucket of a snapshot image (see writeBucket), or what is wrong with it; pauses every few hundred keys. */
+function* readBucket(r: MsgpackReader): Generator<void, Bucket | string, void> {
+  if (r.array() !== 7) return 'bucket';
+  const name = r.str();
+  if (r.array() !== 6) return 'bucket config';
+  const [history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs] = [r.uint(), r.uint(), r.uint(), r.uint(), r.uint(), r.uint()];
+  const config: BucketConfig = { history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs };
+  const created = r.uint();
+  const seq = r.uint();
+  const keys = new EntryTable();
+  let bytes = 0;
+  let values = 0;
+  for (let n = r.array(), k = 0; k < n; k++) {
+    if (k % restoreKeysPerStep === restoreKeysPerStep - 1) yield;
+    if (r.array() !== 2) return 'key';
+    const key = r.str();
+    if (keys.latest(key) >= 0) return 'key listed twice';
+    const depth = r.array();
+    if (depth === 0) return 'key without entries';
+    for (let e = 0; e < depth; e++) {
+      if (r.array() !== 6) return 'entry';
+      const op = r.uint();
+      if (op > 2) return 'entry op';
+      const value = r.bin();
+      const revision = r.uint();
+      const index = r.uint();
+      const ts = r.uint();
+      const hdrBytes = r.uint();
       // Oldest first, as written: each is appended as the key's newest (the table copies the value into a slab).
-      b.keys.append(key, { op: er[0] as EntryOp, value: er[1], revision: er[2], index: er[3], ts: er[4], hdrBytes: er[5] }, 0);
-      b.bytes += storedBytes(name, key, er[5], er[1].length);
-      b.values++;
+      keys.append(key, { op: op as EntryOp, value, revision, index, ts, hdrBytes }, 0);
+      bytes += storedBytes(name, key, hdrBytes, value.length);
+      values++;
     }
   }
-  for (const ir of ids as unknown[]) {
-    if (!Array.isArray(ir) || ir.length !== 3 || typeof ir[0] !== 'string' || !isUint(ir[1]) || !isUint(ir[2])) return 'msg id';
-    b.msgIds.set(ir[0], { revision: ir[1], ts: ir[2] });
+  const stream = copyBytes(r.bin());
+  const msgIds = new Map<string, { readonly revision: number; readonly ts: number }>();
+  for (let n = r.array(); n > 0; n--) {
+    if (r.array() !== 3) return 'msg id';
+    const id = r.str();
+    msgIds.set(id, { revision: r.uint(), ts: r.uint() });
   }
-  return b;
+  return { name, config, stream, created, seq, bytes, values, keys, msgIds };
 }
 
 /** A KV key against a key pattern split on '.', with NATS wildcards ('*' one token, '>' the rest). */
