@@ -135,10 +135,11 @@ async function benchMembershipd(raw: number): Promise<Figures> {
   const rssMib = c.children.map((ch) => rssMb(ch.pid!));
   const heap = await Promise.all(c.httpPorts.map((p) => metric(p, 'nodejs_heap_size_used_bytes')));
   const ext = await Promise.all(c.httpPorts.map((p) => metric(p, 'nodejs_external_memory_bytes')));
+  const heapTotal = await Promise.all(c.httpPorts.map((p) => metric(p, 'nodejs_heap_size_total_bytes')));
   const disk = c.dirs.map(dirBytes);
   console.log(`  membershipd: ${KEYS} keys of ${VALUE_BYTES} B at ${IN_FLIGHT} in flight: ${putsPerS.toFixed(0)} puts/s; raw data ${mib(raw)} MiB`);
   for (let i = 0; i < 3; i++) {
-    console.log(`    n${i}${i === leader ? ' (leader)' : ''}: RSS ${base[i]!.toFixed(0)} -> ${rssMib[i]!.toFixed(0)} MiB (${(((rssMib[i]! - base[i]!) * 1048576) / KEYS).toFixed(0)} B/key), heap used ${mib(heap[i]!)} MiB, external ${mib(ext[i]!)} MiB, data dir ${mib(disk[i]!)} MiB`);
+    console.log(`    n${i}${i === leader ? ' (leader)' : ''}: RSS ${base[i]!.toFixed(0)} -> ${rssMib[i]!.toFixed(0)} MiB (${(((rssMib[i]! - base[i]!) * 1048576) / KEYS).toFixed(0)} B/key), heap used ${mib(heap[i]!)} of ${mib(heapTotal[i]!)} MiB, external ${mib(ext[i]!)} MiB, data dir ${mib(disk[i]!)} MiB`);
   }
   const rssPerData = Math.max(...rssMib) / (raw / 1048576);
 
