@@ -87,11 +87,15 @@ export async function writeAll(f: StoreFs, fd: number, buf: Uint8Array, position
 }
 
 /** Atomic durable replace: tmp file, write, fsync, rename over `path`, fsync the directory. */
-export async function writeFileDurable(f: StoreFs, path: string, data: Uint8Array): Promise<void> {
+export async function writeFileDurable(f: StoreFs, path: string, data: Uint8Array | readonly Uint8Array[]): Promise<void> {
   const tmp = `${path}.tmp`;
   const fd = await f.open(tmp, 'w');
   try {
-    await writeAll(f, fd, data, 0);
+    let at = 0;
+    for (const part of data instanceof Uint8Array ? [data] : data) {
+      await writeAll(f, fd, part, at);
+      at += part.length;
+    }
     await f.fsync(fd);
   } finally {
     await f.close(fd);

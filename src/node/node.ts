@@ -22,7 +22,7 @@ import {
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
-import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot } from './sessions.js';
+import { AppliedSessions, decodeNodeSnapshot, writeNodeSnapshot } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
 import {
   decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport, type SlotHello,
@@ -913,7 +913,7 @@ export class ClusterNode {
       await this.storage.save({ hardState: this.deferredHardState });
       this.deferredHardState = undefined;
     }
-    await this.storage.createSnapshot(applied, this.raw!.confState(), encodeNodeSnapshot(this.stateMachine.snapshot(), this.sessions));
+    await this.storage.createSnapshot(applied, this.raw!.confState(), writeNodeSnapshot(this.stateMachine, this.sessions));
     this.metrics.snapshotsTaken++;
     this.logBytesSinceSnapshot = 0;
     this.log.info({ index: applied }, 'snapshot taken; log compacted');

@@ -92,6 +92,43 @@ export class MsgpackWriter {
     this.at += need + written;
   }
 
+  /** Starts a bin32 value whose bytes the caller writes next (its length is set by endBin32); returns its mark. */
+  beginBin32(): number {
+    this.room(5);
+    this.buf[this.at] = 0xc6;
+    this.at += 5;
+    return this.at;
+  }
+
+  endBin32(mark: number): void {
+    this.view.setUint32(mark - 4, this.at - mark);
+  }
+
+  /** Bytes that are already msgpack, appended as they are. */
+  raw(bytes: Uint8Array): void {
+    this.room(bytes.length);
+    this.buf.set(bytes, this.at);
+    this.at += bytes.length;
+  }
+
+  /** The header of a bin value of `length` bytes, its bytes to follow elsewhere. */
+  binHeader(length: number): void {
+    this.room(5);
+    if (length < 0x100) {
+      this.buf[this.at] = 0xc4;
+      this.buf[this.at + 1] = length;
+      this.at += 2;
+    } else if (length < 0x10000) {
+      this.buf[this.at] = 0xc5;
+      this.view.setUint16(this.at + 1, length);
+      this.at += 3;
+    } else {
+      this.buf[this.at] = 0xc6;
+      this.view.setUint32(this.at + 1, length);
+      this.at += 5;
+    }
+  }
+
   bin(bytes: Uint8Array): void {
     this.binRange(bytes, 0, bytes.length);
   }
@@ -99,20 +136,8 @@ export class MsgpackWriter {
   /** bytes[start, end) as one bin value. */
   binRange(bytes: Uint8Array, start: number, end: number): void {
     const n = end - start;
-    this.room(5 + n);
-    if (n < 0x100) {
-      this.buf[this.at] = 0xc4;
-      this.buf[this.at + 1] = n;
-      this.at += 2;
-    } else if (n < 0x10000) {
-      this.buf[this.at] = 0xc5;
-      this.view.setUint16(this.at + 1, n);
-      this.at += 3;
-    } else {
-      this.buf[this.at] = 0xc6;
-      this.view.setUint32(this.at + 1, n);
-      this.at += 5;
-    }
+    this.binHeader(n);
+    this.room(n);
     if (n === bytes.length) this.buf.set(bytes, this.at);
     else if (n <= copyLoopBytesMax) {
       // A loop beats making a view to set() from, for the small values a KV holds.

@@ -618,10 +618,21 @@ export class KvStateMachine {
    * `[version, applied, buckets, nonces?]`, written straight from the entry tables (msgpack_writer.ts).
    */
   snapshot(): Uint8Array {
-    const withNonces = this.nonces.size > 0 || this.nonceClock > 0;
+    const w = new MsgpackWriter(this.snapshotBytesEstimate());
+    this.snapshotInto(w);
+    return w.finish();
+  }
+
+  /** About the size of snapshot(), from the stored-bytes accounting (a writer's first buffer). */
+  snapshotBytesEstimate(): number {
     let estimate = 1024;
     for (const b of this.buckets.values()) estimate += b.bytes + 16 * b.values;
-    const w = new MsgpackWriter(estimate);
+    return estimate;
+  }
+
+  /** snapshot(), written into `w` (a caller that wraps the image writes around it without copying it). */
+  snapshotInto(w: MsgpackWriter): void {
+    const withNonces = this.nonces.size > 0 || this.nonceClock > 0;
     // Version 3 adds the nonce record; a state without one keeps writing version 2.
     w.array(withNonces ? 4 : 3);
     w.uint(withNonces ? SNAPSHOT_VERSION_NONCES : SNAPSHOT_VERSION);
@@ -640,7 +651,6 @@ export class KvStateMachine {
         w.uint(at);
       }
     }
-    return w.finish();
   }
 
   /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
