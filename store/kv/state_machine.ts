@@ -14,7 +14,7 @@ import { StoreError, StoreErrorCode } from '../errors.js';
 import {
   type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand, type NonceClaim, nonceLimits, nonceRetentionMs,
 } from './command.js';
-import { EntryTable, type EntryOp } from './entry_table.js';
+import { EntryTable, type EntryOp, type FrozenEntries } from './entry_table.js';
 import { ImageFormatError, MsgpackReader } from './msgpack_reader.js';
 import { MsgpackWriter } from './msgpack_writer.js';
 
@@ -632,25 +632,26 @@ export class KvStateMachine {
 
   /** snapshot(), written into `w` (a caller that wraps the image writes around it without copying it). */
   snapshotInto(w: MsgpackWriter): void {
+    const steps = this.beginSnapshot().write(w);
+    while (!steps.next().done);
+  }
+
+  /**
+   * The state as it is now, to be written as a snapshot image over several turns of the event loop while entries
+   * are applied (KvImageBuild.write pauses every few hundred keys). Takes a sort of each bucket's keys and a copy of
+   * its row columns (EntryTable.freeze), never of the values.
+   */
+  beginSnapshot(): KvImageBuild {
     const withNonces = this.nonces.size > 0 || this.nonceClock > 0;
-    // Version 3 adds the nonce record; a state without one keeps writing version 2.
-    w.array(withNonces ? 4 : 3);
-    w.uint(withNonces ? SNAPSHOT_VERSION_NONCES : SNAPSHOT_VERSION);
-    w.uint(this.applied);
-    const names = this.bucketNames();
-    w.array(names.length);
-    for (const name of names) writeBucket(w, this.buckets.get(name)!);
-    if (withNonces) {
-      const claims = [...this.nonces.entries()].sort((a, z) => (a[0] < z[0] ? -1 : a[0] > z[0] ? 1 : 0));
-      w.array(2);
-      w.uint(this.nonceClock);
-      w.array(claims.length);
-      for (const [id, at] of claims) {
-        w.array(2);
-        w.str(id);
-        w.uint(at);
-      }
-    }
+    const buckets = this.bucketNames().map((name) => {
+      const b = this.buckets.get(name)!;
+      return {
+        name, config: b.config, created: b.created, seq: b.seq, stream: b.stream, entries: b.keys.freeze(), bytes: b.bytes, values: b.values,
+        msgIds: [...b.msgIds].map(([id, v]) => [id, v.revision, v.ts] as const),
+      };
+    });
+    const claims = withNonces ? [...this.nonces.entries()].sort((a, z) => (a[0] < z[0] ? -1 : a[0] > z[0] ? 1 : 0)) : undefined;
+    return new KvImageBuild(this.applied, buckets, claims === undefined ? undefined : { clock: this.nonceClock, claims });
   }
 
   /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
@@ -725,18 +726,70 @@ export class KvStateMachine {
   }
 }
 
-/** `[name, config, created, seq, keys, stream, msgIds]`; keys sorted, each `[key, [[op, value, rev, index, ts, hdr] …]]`. */
-function writeBucket(w: MsgpackWriter, b: Bucket): void {
+interface FrozenBucket {
+  readonly name: string;
+  readonly config: BucketConfig;
+  readonly created: number;
+  readonly seq: number;
+  readonly stream: Uint8Array;
+  readonly entries: FrozenEntries;
+  /** Stored bytes and entries at the freeze (the size estimate). */
+  readonly bytes: number;
+  readonly values: number;
+  readonly msgIds: readonly (readonly [string, number, number])[];
+}
+
+/** Keys written between two pauses of a snapshot write. */
+const writeKeysPerStep = 256;
+
+/**
+ * KvStateMachine.beginSnapshot(): the image `[version, applied, buckets, nonces?]`, each bucket
+ * `[name, config, created, seq, keys, stream, msgIds]` with keys sorted, each `[key, [[op, value, rev, index, ts, hdr] …]]`.
+ */
+export class KvImageBuild {
+  constructor(
+    readonly applied: number,
+    private readonly buckets: readonly FrozenBucket[],
+    private readonly nonces: { readonly clock: number; readonly claims: readonly (readonly [string, number])[] } | undefined,
+  ) {}
+
+  /** About the size of the image, from the values' bytes (a writer's first buffer). */
+  get bytesEstimate(): number {
+    let n = 1024;
+    for (const b of this.buckets) n += b.bytes + 16 * b.values;
+    return n;
+  }
+
+  /** Writes the image into `w`, pausing (yield) every `keysPerStep` keys. */
+  *write(w: MsgpackWriter, keysPerStep = writeKeysPerStep): Generator<void, void, void> {
+    // Version 3 adds the nonce record; a state without one keeps writing version 2.
+    w.array(this.nonces === undefined ? 3 : 4);
+    w.uint(this.nonces === undefined ? SNAPSHOT_VERSION : SNAPSHOT_VERSION_NONCES);
+    w.uint(this.applied);
+    w.array(this.buckets.length);
+    for (const b of this.buckets) yield* writeBucket(w, b, keysPerStep);
+    if (this.nonces !== undefined) {
+      w.array(2);
+      w.uint(this.nonces.clock);
+      w.array(this.nonces.claims.length);
+      for (const [id, at] of this.nonces.claims) {
+        w.array(2);
+        w.str(id);
+        w.uint(at);
+      }
+    }
+  }
+}
+
+function* writeBucket(w: MsgpackWriter, b: FrozenBucket, keysPerStep: number): Generator<void, void, void> {
   const c = b.config;
-  const t = b.keys;
+  const t = b.entries;
   w.array(7);
   w.str(b.name);
   w.array(6);
   for (const n of [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax, c.maxAgeMs, c.duplicateWindowMs]) w.uint(n);
   w.uint(b.created);
   w.uint(b.seq);
-  const keys = [...t.keys()].sort();
-  w.array(keys.length);
   const writeRow = (row: number): void => {
     w.array(6);
     w.uint(t.op(row));
@@ -746,27 +799,29 @@ function writeBucket(w: MsgpackWriter, b: Bucket): void {
     w.uint(t.ts(row));
     w.uint(t.hdrBytes(row));
   };
-  for (const k of keys) {
+  w.array(t.keys.length);
+  for (let i = 0; i < t.keys.length; i++) {
+    if (i % keysPerStep === keysPerStep - 1) yield;
     w.array(2);
-    w.str(k);
-    const head = t.latest(k);
+    w.str(t.keys[i]!);
+    const head = t.heads[i]!;
     // Most keys hold one entry (history 1): no array of rows for them.
     if (t.older(head) < 0) {
       w.array(1);
       writeRow(head);
       continue;
     }
-    const rows = t.chain(k);
+    const rows = t.chain(i);
     w.array(rows.length);
     for (const row of rows) writeRow(row);
   }
   w.bin(b.stream);
-  w.array(b.msgIds.size);
-  for (const [id, v] of b.msgIds) {
+  w.array(b.msgIds.length);
+  for (const [id, revision, ts] of b.msgIds) {
     w.array(3);
     w.str(id);
-    w.uint(v.revision);
-    w.uint(v.ts);
+    w.uint(revision);
+    w.uint(ts);
   }
 }
 
