@@ -405,14 +405,21 @@ export class RaftStorage {
    * snapshot, drops entries up to it from memory, and removes WAL segments the oldest retained
    * snapshot wholly covers (so a damaged newest snapshot can still fall back to the older one).
    */
-  createSnapshot(index: number, conf: ConfState, data: Uint8Array): Promise<Snapshot> {
-    return this.serial(async () => {
+  async createSnapshot(index: number, conf: ConfState, data: Uint8Array): Promise<Snapshot> {
+    const check = (): void => {
       const base = this.snap.meta.index;
       if (index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is not newer than the current one at ${base}`);
       if (index > this.hs.commit) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is beyond the commit index ${this.hs.commit}`);
-      const snap: Snapshot = { meta: { index, term: this.term(index), conf }, data };
-      const path = await this.snapshots.save(snap);
-      this.log = this.log.slice(index - base);
+    };
+    check();
+    const snap: Snapshot = { meta: { index, term: this.term(index), conf }, data };
+    // The file is written outside the serial chain: WAL batches go on meanwhile (a large image takes seconds to
+    // write and fsync). A durable snapshot at a committed index is valid on its own, whatever the WAL holds;
+    // recovery takes the newest one the WAL continues.
+    const path = await this.snapshots.save(snap);
+    return this.serial(async () => {
+      check(); // a snapshot from the leader may have been installed meanwhile
+      this.log = this.log.slice(index - this.snap.meta.index);
       this.snap = this.keptOnDisk(snap, path);
       await this.compact();
       return snap;

@@ -6,9 +6,9 @@ import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type BasicStatus, type HardState, type Message, type Ready } from '../../raft/index.js';
+import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type BasicStatus, type ConfState, type HardState, type Message, type Ready } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
-import { encodeKvCommand, quotaRefusal } from '../../store/index.js';
+import { encodeKvCommand, MsgpackWriter, quotaRefusal } from '../../store/index.js';
 import {
   createRouteTransport, parseRoutes, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
 } from '../../transport/index.js';
@@ -22,7 +22,7 @@ import {
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
-import { AppliedSessions, decodeNodeSnapshot, writeNodeSnapshot } from './sessions.js';
+import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
 import {
   decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport, type SlotHello,
@@ -34,6 +34,8 @@ import {
  * about a quarter of the state.
  */
 export const snapshotLogFraction = 4;
+/** A local snapshot is written in slices of this many ms of work, with a turn of the event loop between them. */
+const snapshotSliceMs = 10;
 
 export interface NodeOptions {
   /** Server name (unique in the cluster; routes and the `nodes` bucket know a node by it). */
@@ -198,6 +200,8 @@ export class ClusterNode {
   private readonly heartbeatTicks: number;
   private readonly timeoutMs: number;
   private readonly snapshotEntries: number;
+  /** A local snapshot being written (writeSnapshot); stop() waits for it. */
+  private snapshotting: Promise<void> | undefined;
   /** Bytes of the entries applied since the last snapshot (taken or installed): see maybeSnapshot. */
   private logBytesSinceSnapshot = 0;
   private readonly boot = randomInt(1, 0xffffffff);
@@ -901,6 +905,7 @@ export class ClusterNode {
   }
 
   private async maybeSnapshot(): Promise<void> {
+    if (this.snapshotting !== undefined) return;
     const applied = this.stateMachine.appliedIndex;
     if (applied - this.storage.snapshot().meta.index < this.snapshotEntries) return;
     // A snapshot rewrites the whole state: with 1M keys, one every 10,000 writes rewrote 300 MB per 3 MB written
@@ -913,10 +918,40 @@ export class ClusterNode {
       await this.storage.save({ hardState: this.deferredHardState });
       this.deferredHardState = undefined;
     }
-    await this.storage.createSnapshot(applied, this.raw!.confState(), writeNodeSnapshot(this.stateMachine, this.sessions));
-    this.metrics.snapshotsTaken++;
+    // Frozen now (a sort of the keys and a copy of the row columns), written over the next turns of the event loop
+    // while the Ready loop goes on: a large image takes seconds, longer than an election timeout.
+    const image = beginNodeSnapshot(this.stateMachine, this.sessions);
+    const conf = this.raw!.confState();
     this.logBytesSinceSnapshot = 0;
-    this.log.info({ index: applied }, 'snapshot taken; log compacted');
+    this.snapshotting = this.writeSnapshot(applied, conf, image).finally(() => {
+      this.snapshotting = undefined;
+    });
+  }
+
+  /** Writes a begun snapshot in slices of snapshotSliceMs, then hands it to the store (file written outside the WAL's turn). */
+  private async writeSnapshot(index: number, conf: ConfState, image: NodeImageBuild): Promise<void> {
+    const t0 = performance.now();
+    try {
+      const w = new MsgpackWriter(image.bytesEstimate);
+      const steps = image.write(w);
+      let sliceEnd = performance.now() + snapshotSliceMs;
+      while (!steps.next().done) {
+        if (performance.now() < sliceEnd) continue;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this.stopping) return;
+        sliceEnd = performance.now() + snapshotSliceMs;
+      }
+      await this.storage.createSnapshot(index, conf, w.finish());
+    } catch (err) {
+      // A snapshot from the leader installed meanwhile makes this one pointless, not wrong.
+      if (this.storage.snapshot().meta.index >= index) return;
+      this.fatal = err as Error;
+      this.log.fatal({ err }, 'snapshot failed; raft loop stopped');
+      this.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${(err as Error).message}`, false));
+      return;
+    }
+    this.metrics.snapshotsTaken++;
+    this.log.info({ index, ms: Math.round(performance.now() - t0) }, 'snapshot taken; log compacted');
   }
 
   /**
@@ -1583,6 +1618,7 @@ export class ClusterNode {
     clearInterval(this.tickTimer);
     this.failAll(this.stoppedError());
     await this.loop;
+    await this.snapshotting;
     if (this.deferredHardState && !this.fatal) {
       // A clean stop leaves the latest commit index on disk, so a restart re-applies up to it at once.
       await this.storage.save({ hardState: this.deferredHardState }).catch((err: unknown) => this.log.warn({ err }, 'could not save the commit index at stop'));

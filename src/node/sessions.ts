@@ -63,6 +63,28 @@ export function encodeNodeSnapshot(kvImage: Uint8Array, sessions: AppliedSession
   return packOwned(packr, [1, kvImage, sessions.encode()]);
 }
 
+/** A node snapshot begun now (KvStateMachine.beginSnapshot and the session table), written over time by `write`. */
+export interface NodeImageBuild {
+  readonly bytesEstimate: number;
+  write(w: MsgpackWriter): Generator<void, void, void>;
+}
+
+export function beginNodeSnapshot(stateMachine: KvStateMachine, sessions: AppliedSessions): NodeImageBuild {
+  const image = stateMachine.beginSnapshot();
+  const table = packOwned(packr, sessions.encode());
+  return {
+    bytesEstimate: image.bytesEstimate + table.length + 16,
+    *write(w: MsgpackWriter) {
+      w.array(3);
+      w.uint(1);
+      const mark = w.beginBin32();
+      yield* image.write(w);
+      w.endBin32(mark);
+      w.raw(table);
+    },
+  };
+}
+
 /** encodeNodeSnapshot(stateMachine.snapshot(), sessions), with the image written in place (no copy of it). */
 export function writeNodeSnapshot(stateMachine: KvStateMachine, sessions: AppliedSessions): Uint8Array {
   const w = new MsgpackWriter(stateMachine.snapshotBytesEstimate() + 64 * 1024);
