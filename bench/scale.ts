@@ -116,7 +116,7 @@ interface Figures { rssMib: number[]; rssPerData: number; restartMs: number; rej
 
 async function kvClient(url: string, caFile: string, user?: { user: string; pass: string }): Promise<{ nc: NatsConnection; kv: KV }> {
   const nc = await connect({ servers: url, tls: { caFile }, ...(user ?? {}), timeout: 20_000, maxReconnectAttempts: -1, reconnectTimeWait: 200 });
-  const kv = await new Kvm(jetstream(nc, { timeout: 20_000 })).create('scale', { replicas: 3, history: 1, max_bytes: -1 });
+  const kv = await new Kvm(jetstream(nc, { timeout: 20_000 })).create('scale', { replicas: 3, history: 1, max_bytes: 2 ** 40 });
   return { nc, kv };
 }
 
@@ -184,7 +184,7 @@ async function benchNats(raw: number): Promise<number> {
     let kv: KV | undefined;
     for (let attempt = 0; kv === undefined; attempt++) {
       try {
-        kv = await new Kvm(jetstream(nc, { timeout: 5000 })).create('scale', { replicas: 3, history: 1, max_bytes: -1 });
+        kv = await new Kvm(jetstream(nc, { timeout: 5000 })).create('scale', { replicas: 3, history: 1, max_bytes: 2 ** 40 });
       } catch (e) {
         if (attempt >= 30) throw new Error(`nats-server KV create: ${String(e)}`);
         await sleep(1000);
