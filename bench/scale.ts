@@ -184,7 +184,8 @@ async function benchNats(raw: number): Promise<number> {
     let kv: KV | undefined;
     for (let attempt = 0; kv === undefined; attempt++) {
       try {
-        kv = await new Kvm(jetstream(nc, { timeout: 5000 })).create('scale', { replicas: 3, history: 1, max_bytes: 2 ** 40 });
+        // -1: unlimited in nats-server (a limit past the disk's free space is refused: "insufficient storage").
+        kv = await new Kvm(jetstream(nc, { timeout: 5000 })).create('scale', { replicas: 3, history: 1, max_bytes: -1 });
       } catch (e) {
         if (attempt >= 30) throw new Error(`nats-server KV create: ${String(e)}`);
         await sleep(1000);
