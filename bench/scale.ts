@@ -137,9 +137,15 @@ async function benchMembershipd(raw: number): Promise<Figures> {
   const ext = await Promise.all(c.httpPorts.map((p) => metric(p, 'nodejs_external_memory_bytes')));
   const heapTotal = await Promise.all(c.httpPorts.map((p) => metric(p, 'nodejs_heap_size_total_bytes')));
   const disk = c.dirs.map(dirBytes);
+  // Entries held in memory since each node's last snapshot (the log half of a node's memory).
+  const logs = await Promise.all(c.httpPorts.map(async (p) => {
+    const z = (await getJson(`http://127.0.0.1:${p}/raftz`)).body;
+    return Number(z.lastIndex) - Number(z.snapshotIndex);
+  }));
+  const snaps = await Promise.all(c.httpPorts.map((p) => metric(p, 'membershipd_raft_snapshots_total')));
   console.log(`  membershipd: ${KEYS} keys of ${VALUE_BYTES} B at ${IN_FLIGHT} in flight: ${putsPerS.toFixed(0)} puts/s; raw data ${mib(raw)} MiB`);
   for (let i = 0; i < 3; i++) {
-    console.log(`    n${i}${i === leader ? ' (leader)' : ''}: RSS ${base[i]!.toFixed(0)} -> ${rssMib[i]!.toFixed(0)} MiB (${(((rssMib[i]! - base[i]!) * 1048576) / KEYS).toFixed(0)} B/key), heap used ${mib(heap[i]!)} of ${mib(heapTotal[i]!)} MiB, external ${mib(ext[i]!)} MiB, data dir ${mib(disk[i]!)} MiB`);
+    console.log(`    n${i}${i === leader ? ' (leader)' : ''}: RSS ${base[i]!.toFixed(0)} -> ${rssMib[i]!.toFixed(0)} MiB (${(((rssMib[i]! - base[i]!) * 1048576) / KEYS).toFixed(0)} B/key), heap used ${mib(heap[i]!)} of ${mib(heapTotal[i]!)} MiB, external ${mib(ext[i]!)} MiB, data dir ${mib(disk[i]!)} MiB, ${logs[i]} log entries since its last snapshot (${snaps[i]} taken)`);
   }
   const rssPerData = Math.max(...rssMib) / (raw / 1048576);
 
