@@ -111,10 +111,29 @@ interface PartialSnapshot {
   readonly from: number;
   readonly term: number;
   readonly snap: Snapshot['meta'];
+  /** The data so far: one buffer of the announced size when the sender said it (no second copy at the end). */
+  whole: Uint8Array | null;
+  /** Otherwise (an older sender, or a size past snapshotPreallocBytesMax): the chunks, joined at the end. */
   readonly chunks: Uint8Array[];
   received: number;
   /** The sender's size of the whole data (0: not said). */
   readonly total: number;
+}
+
+/** Largest announced snapshot size received into one preallocated buffer (the size comes from the wire). */
+const snapshotPreallocBytesMax = 2 ** 31;
+
+/** The received data as one array: the preallocated buffer when it was filled exactly, else the parts joined. */
+function joinSnapshotData(p: PartialSnapshot): Uint8Array {
+  // Fewer bytes than announced: the data is what arrived (the sender said `done`).
+  if (p.whole !== null) return p.received === p.whole.length ? p.whole : p.whole.slice(0, p.received);
+  const data = new Uint8Array(p.received);
+  let at = 0;
+  for (const ch of p.chunks) {
+    data.set(ch, at);
+    at += ch.length;
+  }
+  return data;
 }
 
 export class Raft {
@@ -916,20 +935,23 @@ export class Raft {
         this.send({ type: MessageType.snapResp, to: m.from, index: c.meta.index, rejectHint: 0 });
         return;
       }
-      p = this.partialSnap = { from: m.from, term: m.term, snap: c.meta, chunks: [], received: 0, total: c.total };
+      const whole = c.total > 0 && c.total <= snapshotPreallocBytesMax ? new Uint8Array(c.total) : null;
+      p = this.partialSnap = { from: m.from, term: m.term, snap: c.meta, whole, chunks: [], received: 0, total: c.total };
     }
     if (c.offset === p.received) {
-      // Copy: a transport may hand us a view into a buffer it reuses.
-      p.chunks.push(c.data.slice());
+      // Copied either way: a transport may hand us a view into a buffer it reuses.
+      if (p.whole !== null && p.received + c.data.length <= p.whole.length) {
+        p.whole.set(c.data, p.received);
+      } else {
+        // More than announced: what the buffer holds becomes the first part, and parts are joined at the end.
+        if (p.whole !== null) p.chunks.push(p.whole.subarray(0, p.received));
+        p.whole = null;
+        p.chunks.push(c.data.slice());
+      }
       p.received += c.data.length;
       if (c.done) {
         this.partialSnap = null;
-        const data = new Uint8Array(p.received);
-        let at = 0;
-        for (const ch of p.chunks) {
-          data.set(ch, at);
-          at += ch.length;
-        }
+        const data = joinSnapshotData(p);
         const restored = this.restore({ meta: c.meta, data });
         const index = restored ? log.lastIndex() : log.committed;
         this.send({ type: MessageType.appResp, to: m.from, index });

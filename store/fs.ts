@@ -19,6 +19,8 @@ export interface StoreFs {
   fstatSize(fd: number): Promise<number>;
   close(fd: number): Promise<void>;
   readFile(path: string): Promise<Buffer>;
+  /** Synchronous read of a whole file: only for the rare read that a synchronous caller needs (a snapshot to send). */
+  readFileSync(path: string): Buffer;
   /** Names in a directory; [] when it does not exist. */
   readdir(path: string): Promise<string[]>;
   mkdir(path: string): Promise<void>;
@@ -42,6 +44,7 @@ export const nodeFs: StoreFs = {
   fstatSize: (fd) => cb<fs.Stats>((d) => fs.fstat(fd, d)).then((s) => s.size),
   close: (fd) => cb<void>((d) => fs.close(fd, d)),
   readFile: (path) => cb<Buffer>((d) => fs.readFile(path, d)),
+  readFileSync: (path) => fs.readFileSync(path),
   readdir: (path) =>
     cb<string[]>((d) => fs.readdir(path, d)).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return [];
@@ -84,11 +87,15 @@ export async function writeAll(f: StoreFs, fd: number, buf: Uint8Array, position
 }
 
 /** Atomic durable replace: tmp file, write, fsync, rename over `path`, fsync the directory. */
-export async function writeFileDurable(f: StoreFs, path: string, data: Uint8Array): Promise<void> {
+export async function writeFileDurable(f: StoreFs, path: string, data: Uint8Array | readonly Uint8Array[]): Promise<void> {
   const tmp = `${path}.tmp`;
   const fd = await f.open(tmp, 'w');
   try {
-    await writeAll(f, fd, data, 0);
+    let at = 0;
+    for (const part of data instanceof Uint8Array ? [data] : data) {
+      await writeAll(f, fd, part, at);
+      at += part.length;
+    }
     await f.fsync(fd);
   } finally {
     await f.close(fd);

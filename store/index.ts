@@ -6,6 +6,8 @@ export { nodeFs } from './fs.js';
 export type { StoreLogger } from './logger.js';
 export { FORMAT_VERSION } from './format.js';
 export { lockDir, LOCK_FILE } from './lock.js';
+export { packOwned } from './codec.js';
+export { MsgpackWriter } from './kv/msgpack_writer.js';
 export { crc32c } from './crc32c.js';
 export { RaftStorage, type RaftStorageOptions, type RecoveryReport, type RangeErrors } from './raft_storage.js';
 export { Wal, type WalOptions, type WalSegmentInfo, type WalSyncMode } from './wal/wal.js';
@@ -27,6 +29,7 @@ export {
   type BucketConfig,
   type BucketInfo,
 } from './kv/state_machine.js';
+export { quotaRefusal, quotaBytesOf, quotaExemptPrefix } from './kv/quota.js';
 export {
   encodeBackup, decodeBackup, BackupError, BackupErrorCode, backupMagic, backupBlockBytes,
   type SnapshotHeader, type SnapshotHeaderInput, type BackupBucketCount,

@@ -19,7 +19,7 @@ import { lockDir } from './lock.js';
 import { nodeFs, type StoreFs } from './fs.js';
 import { decodeHardState, encodeHardState } from './hard_state.js';
 import { nullLogger, type StoreLogger } from './logger.js';
-import { SnapshotFiles } from './snapshot.js';
+import { decodeSnapshotFile, SnapshotFiles } from './snapshot.js';
 import type { RecordInput } from './wal/record.js';
 import { CORRUPTION_REMEDY, type TailRepair } from './wal/recovery.js';
 import { segmentName } from './wal/segment.js';
@@ -62,6 +62,9 @@ export interface RecoveryReport {
   readonly lastIndex: number;
   readonly hardState: HardState;
 }
+
+/** A snapshot image read back for a transfer stays in memory this long after its last read. */
+const snapshotHeldMs = 30_000;
 
 const emptyConf: ConfState = { voters: [], learners: [] };
 const emptySnapshot: Snapshot = { meta: { index: 0, term: 0, conf: emptyConf }, data: new Uint8Array(0) };
@@ -142,6 +145,7 @@ export class RaftStorage {
   private readonly snapshots: SnapshotFiles;
   private wal!: Wal;
   private snap: Snapshot = emptySnapshot;
+  private snapBytes = 0;
   /** Entries after snap.meta.index, contiguous. */
   private log: Entry[] = [];
   private hs: HardState = emptyHardState;
@@ -241,7 +245,7 @@ export class RaftStorage {
     }
     if (chosen) {
       const m = chosen.snapshot.meta;
-      this.snap = chosen.snapshot;
+      this.snap = this.keptOnDisk(chosen.snapshot, chosen.path);
       const t = r.termAt(m.index);
       this.log = t === undefined || t === m.term ? r.entries.filter((e) => e.index > m.index) : [];
       if (t === undefined && this.log.length > 0 && this.log[0]!.index !== m.index + 1) this.log = [];
@@ -315,6 +319,49 @@ export class RaftStorage {
     return out;
   }
 
+  /**
+   * `s`, saved at `path`, as the snapshot this store hands out: its metadata in memory, its data read back from the
+   * file when someone reads `data` (Raft, to send it to a follower that is behind the log) and kept only while
+   * someone holds it. Holding the image for ever cost as much memory as the state itself (issue 20 item 4).
+   */
+  private keptOnDisk(s: Snapshot, path: string): Snapshot {
+    const fs = this.fs;
+    let held = new WeakRef(s.data);
+    // Raft reads `data` once per chunk it sends: the image stays in memory while chunks go out, and is released
+    // a while after the last read (the WeakRef then lets the GC take it once no transfer holds it).
+    let strong: Uint8Array | undefined;
+    let release: NodeJS.Timeout | undefined;
+    this.snapBytes = s.data.length;
+    return {
+      meta: s.meta,
+      get data(): Uint8Array {
+        let data = held.deref();
+        if (data === undefined) {
+          const decoded = decodeSnapshotFile(fs.readFileSync(path), path);
+          if (typeof decoded === 'string') throw new CorruptionError(path, 0, `snapshot file damaged since it was written: ${decoded}`, CORRUPTION_REMEDY);
+          data = decoded.data;
+          held = new WeakRef(data);
+        }
+        strong = data;
+        if (release === undefined) {
+          release = setTimeout(() => {
+            strong = undefined;
+            release = undefined;
+          }, snapshotHeldMs);
+          release.unref();
+        } else {
+          release.refresh();
+        }
+        return strong;
+      },
+    };
+  }
+
+  /** Bytes of the newest snapshot's data (0 when none), without reading it. */
+  snapshotBytes(): number {
+    return this.snap.meta.index === 0 ? 0 : this.snapBytes;
+  }
+
   /** The newest snapshot (index 0 when none). */
   snapshot(): Snapshot {
     return this.snap;
@@ -358,15 +405,22 @@ export class RaftStorage {
    * snapshot, drops entries up to it from memory, and removes WAL segments the oldest retained
    * snapshot wholly covers (so a damaged newest snapshot can still fall back to the older one).
    */
-  createSnapshot(index: number, conf: ConfState, data: Uint8Array): Promise<Snapshot> {
-    return this.serial(async () => {
+  async createSnapshot(index: number, conf: ConfState, data: Uint8Array): Promise<Snapshot> {
+    const check = (): void => {
       const base = this.snap.meta.index;
       if (index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is not newer than the current one at ${base}`);
       if (index > this.hs.commit) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is beyond the commit index ${this.hs.commit}`);
-      const snap: Snapshot = { meta: { index, term: this.term(index), conf }, data };
-      await this.snapshots.save(snap);
-      this.log = this.log.slice(index - base);
-      this.snap = snap;
+    };
+    check();
+    const snap: Snapshot = { meta: { index, term: this.term(index), conf }, data };
+    // The file is written outside the serial chain: WAL batches go on meanwhile (a large image takes seconds to
+    // write and fsync). A durable snapshot at a committed index is valid on its own, whatever the WAL holds;
+    // recovery takes the newest one the WAL continues.
+    const path = await this.snapshots.save(snap);
+    return this.serial(async () => {
+      check(); // a snapshot from the leader may have been installed meanwhile
+      this.log = this.log.slice(index - this.snap.meta.index);
+      this.snap = this.keptOnDisk(snap, path);
       await this.compact();
       return snap;
     });
@@ -380,11 +434,11 @@ export class RaftStorage {
     return this.serial(async () => {
       const base = this.snap.meta.index;
       if (snap.meta.index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${snap.meta.index} is not newer than the current one at ${base}`);
-      await this.snapshots.save(snap);
+      const path = await this.snapshots.save(snap);
       await this.wal.append([{ type: RecordType.installMarker, body: pack([snap.meta.index, snap.meta.term]) }]);
       const keep = snap.meta.index <= this.lastIndex() && this.term(snap.meta.index) === snap.meta.term;
       this.log = keep ? this.log.slice(snap.meta.index - base) : [];
-      this.snap = snap;
+      this.snap = this.keptOnDisk(snap, path);
       if (this.hs.commit < snap.meta.index) this.hs = { ...this.hs, commit: snap.meta.index };
       if (!keep) {
         // Everything before the marker is void: start a fresh segment (its preamble carries the hard

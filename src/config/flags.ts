@@ -56,6 +56,7 @@ export const flagSpecs: readonly FlagSpec[] = [
   { name: 'users-file', group: 'auth', commands: serveOnly, value: 'FILE', help: 'users and roles for --store file; SIGHUP reloads it' },
   { name: 'internal-id-file', group: 'auth', commands: serveOnly, value: 'FILE', help: 'this node\'s NKey seed, created on first start' },
   { name: 'kv-replicas', group: 'auth', commands: serveOnly, value: 'N', help: 'Raft voters for --store kv' },
+  { name: 'max-kv-bytes', group: 'auth', commands: serveOnly, value: 'BYTES', defaultText: 'unlimited', help: 'KV data this node accepts (256MiB, 1G …): a write past it is refused, deletes and purges still work (etcd --quota-backend-bytes)' },
   { name: 'nodes', group: 'dev', commands: ['dev'], value: 'N', defaultText: '3', help: 'how many nodes the local cluster runs (1-7)' },
   { name: 'dir', group: 'dev', commands: ['dev'], value: 'DIR', defaultText: './.dev-cluster', help: 'where dev certificates are generated and kept' },
 ];

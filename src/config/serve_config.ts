@@ -8,7 +8,7 @@ import { logLevels, type LogLevel } from '../log.js';
 import type { BusAuthMode } from '../auth/types.js';
 import type { ParsedArgs } from './argv.js';
 import {
-  loadCertAndKey, parseCertificates, parseEnum, parseHost, parseIntInRange, parseName, parsePort, parseRoutes,
+  loadCertAndKey, parseByteSize, parseCertificates, parseEnum, parseHost, parseIntInRange, parseName, parsePort, parseRoutes,
   quote, readFlagFile, type PemFiles, type RouteTarget,
 } from './validate.js';
 
@@ -29,6 +29,9 @@ export const defaults = {
 } as const;
 /** Raft voters: DESIGN.md runs 3 or 5; anything above a handful is a typo. */
 export const kvReplicasMax = 15;
+/** --max-kv-bytes bounds: below 1 MiB the control-plane buckets alone would fill it; 16 TiB is beyond any memory. */
+export const maxKvBytesMin = 1024 * 1024;
+export const maxKvBytesMax = 16 * 1024 ** 4;
 /** `membershipd dev --nodes`: default and bound (each node costs a Node.js event loop's share of the machine). */
 export const defaultDevNodes = 3;
 export const devNodesMax = 7;
@@ -63,6 +66,8 @@ export interface ServeConfig {
   readonly kvReplicas: number | undefined;
   /** --ports-file: where the bound ports are written once listening (src/cli/ports_file.ts). */
   readonly portsFile?: string;
+  /** --max-kv-bytes: KV bytes (stored-size accounting) past which a write is refused; undefined = unlimited. */
+  readonly maxKvBytes?: number;
   /** Flag names given on the command line, in order: the CLI refuses the ones this build cannot honour. */
   readonly given: readonly string[];
 }
@@ -209,12 +214,15 @@ export function resolveServeConfig(args: ParsedArgs): ServeConfig {
   }
   const kvReplicas = f.has('kv-replicas') ? parseIntInRange('kv-replicas', f.get('kv-replicas')!, 1, kvReplicasMax) : undefined;
   if (kvReplicas !== undefined && store !== 'kv') fail('kv-replicas', 'applies only to --store kv');
+  const maxKvBytes = f.has('max-kv-bytes') ? parseByteSize('max-kv-bytes', f.get('max-kv-bytes')!, maxKvBytesMin, maxKvBytesMax) : undefined;
+  if (maxKvBytes !== undefined && store !== 'kv' && cluster.port === undefined) fail('max-kv-bytes', 'applies only to a node serving the KV API (--store kv or a cluster node)');
   const internalIdFile = f.has('internal-id-file') ? creatableFile('internal-id-file', f.get('internal-id-file')!) : undefined;
   const portsFile = f.has('ports-file') ? replaceableFile('ports-file', f.get('ports-file')!) : undefined;
   return {
     bind, natsPort, httpPort, serverName, tls, wsPort, logLevel, dataDir, cluster, busAuth, store, usersFile,
     internalIdFile, kvReplicas, given: [...f.keys()], ...(maxSubscriptions !== undefined ? { maxSubscriptions } : {}),
     ...(portsFile !== undefined ? { portsFile } : {}),
+    ...(maxKvBytes !== undefined ? { maxKvBytes } : {}),
   };
 }
 

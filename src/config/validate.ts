@@ -39,6 +39,20 @@ export function parseIntInRange(flag: string, raw: string, min: number, max: num
   return n;
 }
 
+/** Units a byte size may carry: powers of 1024 (KiB = K = KB here, as etcd's and nats-server's sizes do). */
+const byteUnits: Readonly<Record<string, number>> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1024 ** 2, mb: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tb: 1024 ** 4, tib: 1024 ** 4 };
+
+/** A byte size: digits with an optional unit (`268435456`, `256MiB`, `1g`), from `min` to `max` bytes. */
+export function parseByteSize(flag: string, raw: string, min: number, max: number): number {
+  const what = `a size in bytes from ${min} to ${max} (digits, optionally with K, M, G or T: 256MiB, 1G)`;
+  const m = /^([0-9]{1,13})\s?([A-Za-z]{0,3})$/.exec(raw);
+  const unit = m === null ? undefined : byteUnits[m[2]!.toLowerCase()];
+  if (m === null || unit === undefined) fail(flag, `${quote(raw)} is not ${what}`);
+  const n = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(n) || n < min || n > max) fail(flag, `${quote(raw)} is not ${what}`);
+  return n;
+}
+
 export function parseEnum<T extends string>(flag: string, raw: string, values: readonly T[]): T {
   if (!(values as readonly string[]).includes(raw)) fail(flag, `${quote(raw)} is not one of ${values.join('|')}`);
   return raw as T;

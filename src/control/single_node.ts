@@ -35,6 +35,7 @@ export async function singleNodeOptions(config: ServeConfig, logger?: Logger): P
     clusterUser: 'single',
     clusterPassword: randomBytes(24).toString('base64url'),
     postureDigest: postureDigest(clusterPosture(config)),
+    ...(config.maxKvBytes !== undefined ? { maxKvBytes: config.maxKvBytes } : {}),
     ...(logger !== undefined ? { logger } : {}),
   };
 }

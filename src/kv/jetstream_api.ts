@@ -98,6 +98,8 @@ export function resultError(r: Extract<KvResult, { ok: false }>): JsApiError {
       return jsErrors.messageTooLarge();
     case KvErrorCode.bucketFull:
       return jsErrors.storeFailed('maximum bytes exceeded');
+    case KvErrorCode.quotaExceeded:
+      return jsErrors.storeFailed(r.message);
     case KvErrorCode.bucketNotFound:
       return jsErrors.streamNotFound();
     case KvErrorCode.bucketExists:

@@ -7,9 +7,9 @@ import type { Server as NetServer } from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type BasicStatus, type HardState, type Message, type Ready } from '../../raft/index.js';
+import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type BasicStatus, type ConfState, type HardState, type Message, type Ready } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
-import { encodeKvCommand } from '../../store/index.js';
+import { encodeKvCommand, MsgpackWriter, quotaRefusal } from '../../store/index.js';
 import {
   createRouteTransport, parseRoutes, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
 } from '../../transport/index.js';
@@ -27,11 +27,20 @@ import { assessHealth, type SilentVoter } from './health.js';
 import { nextMembershipChange, promoteWindow } from './membership_policy.js';
 import { finishInterruptedRecovery } from './recover.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
-import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot } from './sessions.js';
+import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
 import {
   decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport, type SlotHello,
 } from './wire.js';
+
+/**
+ * A local snapshot waits until the log since the last one holds at least 1/snapshotLogFraction of its size in bytes
+ * (as well as NodeOptions.snapshotEntries entries). The log kept in memory and replayed at restart is then at most
+ * about a quarter of the state.
+ */
+export const snapshotLogFraction = 4;
+/** A local snapshot is written in slices of this many ms of work, with a turn of the event loop between them. */
+const snapshotSliceMs = 10;
 
 export interface NodeOptions {
   /** Server name (unique in the cluster; routes and the `nodes` bucket know a node by it). */
@@ -64,6 +73,8 @@ export interface NodeOptions {
   readonly voterGraceMs?: number;
   /** Applied entries between local snapshots (log compaction); default 10000. */
   readonly snapshotEntries?: number;
+  /** --max-kv-bytes: a write that would take the KV data past it is refused (store/kv/quota.ts); default unlimited. */
+  readonly maxKvBytes?: number;
   readonly logger?: Logger;
   readonly routeLimits?: Partial<RouteLimits>;
   /** A NATS server to join to the cluster-wide bus over this node's routes (attached before routes start). */
@@ -188,6 +199,8 @@ export class ClusterNode {
     snapshotsInstalled: 0,
     /** Times this node caught up after losing its data. */
     recoveries: 0,
+    /** KV writes refused by --max-kv-bytes. */
+    quotaRefusals: 0,
   };
 
   private readonly opts: NodeOptions;
@@ -197,6 +210,10 @@ export class ClusterNode {
   private readonly heartbeatTicks: number;
   private readonly timeoutMs: number;
   private readonly snapshotEntries: number;
+  /** A local snapshot being written (writeSnapshot); stop() waits for it. */
+  private snapshotting: Promise<void> | undefined;
+  /** Bytes of the entries applied since the last snapshot (taken or installed): see maybeSnapshot. */
+  private logBytesSinceSnapshot = 0;
   private readonly boot = randomInt(1, 0xffffffff);
   private storage!: RaftStorage;
   private transport!: RouteTransport;
@@ -832,7 +849,11 @@ export class ClusterNode {
     }
     if (rd.snapshot) {
       await this.storage.applySnapshot(rd.snapshot);
-      this.restoreSnapshot(rd.snapshot.data);
+      // Yielding: a large image takes seconds to read, and the process keeps answering its routes and health.
+      const { kvImage, sessions } = decodeNodeSnapshot(rd.snapshot.data);
+      await this.stateMachine.restoreYielding(kvImage);
+      this.sessions.restore(sessions);
+      this.logBytesSinceSnapshot = 0;
       this.metrics.snapshotsInstalled++;
       this.log.info({ index: rd.snapshot.meta.index }, 'installed a snapshot from the leader');
       // A copy: a listener may re-subscribe itself (KvPrincipalSource re-attaches).
@@ -889,6 +910,7 @@ export class ClusterNode {
         this.stateMachine.apply(e.index, new Uint8Array(0)); // a re-submitted copy: applied once already
         continue;
       }
+      this.logBytesSinceSnapshot += e.data.length;
       const result = this.stateMachine.apply(e.index, env.command);
       if (env.origin === this.cluster!.id && env.boot === this.boot) {
         const w = this.writes.get(env.seq);
@@ -925,17 +947,53 @@ export class ClusterNode {
   }
 
   private async maybeSnapshot(): Promise<void> {
+    if (this.snapshotting !== undefined) return;
     const applied = this.stateMachine.appliedIndex;
     if (applied - this.storage.snapshot().meta.index < this.snapshotEntries) return;
+    // A snapshot rewrites the whole state: with 1M keys, one every 10,000 writes rewrote 300 MB per 3 MB written
+    // (and stalled the process each time). Waiting until the log since the last one holds a fraction of its size
+    // bounds that to snapshotLogFraction bytes of snapshot per byte of log, whatever the size of the state.
+    if (this.logBytesSinceSnapshot * snapshotLogFraction < this.storage.snapshotBytes()) return;
     // The store refuses a snapshot beyond the commit index it holds; a deferred commit-only hard state
     // (handleReady) may be what covers `applied`, so it is written first.
     if (this.deferredHardState) {
       await this.storage.save({ hardState: this.deferredHardState });
       this.deferredHardState = undefined;
     }
-    await this.storage.createSnapshot(applied, this.raw!.confState(), encodeNodeSnapshot(this.stateMachine.snapshot(), this.sessions));
+    // Frozen now (a sort of the keys and a copy of the row columns), written over the next turns of the event loop
+    // while the Ready loop goes on: a large image takes seconds, longer than an election timeout.
+    const image = beginNodeSnapshot(this.stateMachine, this.sessions);
+    const conf = this.raw!.confState();
+    this.logBytesSinceSnapshot = 0;
+    this.snapshotting = this.writeSnapshot(applied, conf, image).finally(() => {
+      this.snapshotting = undefined;
+    });
+  }
+
+  /** Writes a begun snapshot in slices of snapshotSliceMs, then hands it to the store (file written outside the WAL's turn). */
+  private async writeSnapshot(index: number, conf: ConfState, image: NodeImageBuild): Promise<void> {
+    const t0 = performance.now();
+    try {
+      const w = new MsgpackWriter(image.bytesEstimate);
+      const steps = image.write(w);
+      let sliceEnd = performance.now() + snapshotSliceMs;
+      while (!steps.next().done) {
+        if (performance.now() < sliceEnd) continue;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this.stopping) return;
+        sliceEnd = performance.now() + snapshotSliceMs;
+      }
+      await this.storage.createSnapshot(index, conf, w.finish());
+    } catch (err) {
+      // A snapshot from the leader installed meanwhile makes this one pointless, not wrong.
+      if (this.storage.snapshot().meta.index >= index) return;
+      this.fatal = err as Error;
+      this.log.fatal({ err }, 'snapshot failed; raft loop stopped');
+      this.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${(err as Error).message}`, false));
+      return;
+    }
     this.metrics.snapshotsTaken++;
-    this.log.info({ index: applied }, 'snapshot taken; log compacted');
+    this.log.info({ index, ms: Math.round(performance.now() - t0) }, 'snapshot taken; log compacted');
   }
 
   /**
@@ -989,6 +1047,13 @@ export class ClusterNode {
 
   /** Replicates a KV command; resolves with its result once applied on this node. */
   propose(cmd: KvCommand): Promise<KvResult> {
+    if (this.opts.maxKvBytes !== undefined) {
+      const refused = quotaRefusal(cmd, this.stateMachine.totalBytes(), this.opts.maxKvBytes);
+      if (refused !== undefined) {
+        this.metrics.quotaRefusals++;
+        return Promise.resolve(refused);
+      }
+    }
     return this.proposeBytes(encodeKvCommand(cmd));
   }
 
@@ -1535,6 +1600,9 @@ export class ClusterNode {
       ['membershipd_raft_proposals_failed_total', 'counter', 'Writes that failed with a timeout or no leader', m.proposalsFailed],
       ['membershipd_raft_pending_writes', 'gauge', 'Writes waiting to be applied', this.writes.size],
       ['membershipd_raft_snapshots_total', 'counter', 'Snapshots taken locally', m.snapshotsTaken],
+      ['membershipd_kv_bytes', 'gauge', 'KV data held, as --max-kv-bytes counts it (stored bytes of every bucket)', this.stateMachine.totalBytes()],
+      ['membershipd_kv_quota_bytes', 'gauge', '--max-kv-bytes (0: unlimited)', this.opts.maxKvBytes ?? 0],
+      ['membershipd_kv_quota_refusals_total', 'counter', 'KV writes refused because they would pass --max-kv-bytes', m.quotaRefusals],
       ['membershipd_healthy', 'gauge', '1 when /healthz answers ok', this.health().status === 'ok' ? 1 : 0],
       ['membershipd_route_connections', 'gauge', 'Route links open in any state', this.transport.linkCount()],
       ['membershipd_route_bytes_in_total', 'counter', 'Bytes received on routes', bytesIn],
@@ -1565,6 +1633,7 @@ export class ClusterNode {
     clearInterval(this.tickTimer);
     this.failAll(this.stoppedError());
     await this.loop;
+    await this.snapshotting;
     if (this.deferredHardState && !this.fatal) {
       // A clean stop leaves the latest commit index on disk, so a restart re-applies up to it at once.
       await this.storage.save({ hardState: this.deferredHardState }).catch((err: unknown) => this.log.warn({ err }, 'could not save the commit index at stop'));

@@ -72,6 +72,7 @@ export function nodeOptionsFromServeConfig(config: ServeConfig, logger: Logger):
     clusterPassword: password,
     postureDigest: postureDigest(clusterPosture(config)),
     ...(config.kvReplicas !== undefined ? { kvReplicas: config.kvReplicas } : {}),
+    ...(config.maxKvBytes !== undefined ? { maxKvBytes: config.maxKvBytes } : {}),
     ...(c.initialState === 'existing' ? { join: true } : {}),
     logger,
   };

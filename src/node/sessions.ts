@@ -3,6 +3,7 @@
 // seq) twice; only the first copy is applied. The table is part of the replicated state: it changes
 // only in apply and travels in the snapshot, so every node skips exactly the same entries.
 import { Packr } from 'msgpackr';
+import { MsgpackWriter, packOwned, type KvStateMachine } from '../../store/index.js';
 
 /** Seqs below a session's highest applied seq minus this are treated as already applied. */
 export const sessionWindow = 65_536;
@@ -59,7 +60,41 @@ export class AppliedSessions {
 
 /** Snapshot data of a node: the KV image plus the session table. */
 export function encodeNodeSnapshot(kvImage: Uint8Array, sessions: AppliedSessions): Uint8Array {
-  return packr.pack([1, kvImage, sessions.encode()]);
+  return packOwned(packr, [1, kvImage, sessions.encode()]);
+}
+
+/** A node snapshot begun now (KvStateMachine.beginSnapshot and the session table), written over time by `write`. */
+export interface NodeImageBuild {
+  readonly bytesEstimate: number;
+  write(w: MsgpackWriter): Generator<void, void, void>;
+}
+
+export function beginNodeSnapshot(stateMachine: KvStateMachine, sessions: AppliedSessions): NodeImageBuild {
+  const image = stateMachine.beginSnapshot();
+  const table = packOwned(packr, sessions.encode());
+  return {
+    bytesEstimate: image.bytesEstimate + table.length + 16,
+    *write(w: MsgpackWriter) {
+      w.array(3);
+      w.uint(1);
+      const mark = w.beginBin32();
+      yield* image.write(w);
+      w.endBin32(mark);
+      w.raw(table);
+    },
+  };
+}
+
+/** encodeNodeSnapshot(stateMachine.snapshot(), sessions), with the image written in place (no copy of it). */
+export function writeNodeSnapshot(stateMachine: KvStateMachine, sessions: AppliedSessions): Uint8Array {
+  const w = new MsgpackWriter(stateMachine.snapshotBytesEstimate() + 64 * 1024);
+  w.array(3);
+  w.uint(1);
+  const mark = w.beginBin32();
+  stateMachine.snapshotInto(w);
+  w.endBin32(mark);
+  w.raw(packOwned(packr, sessions.encode()));
+  return w.finish();
 }
 
 export function decodeNodeSnapshot(data: Uint8Array): { kvImage: Uint8Array; sessions: unknown } {

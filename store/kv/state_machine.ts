@@ -14,6 +14,9 @@ import { StoreError, StoreErrorCode } from '../errors.js';
 import {
   type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand, type NonceClaim, nonceLimits, nonceRetentionMs,
 } from './command.js';
+import { EntryTable, type EntryOp, type FrozenEntries } from './entry_table.js';
+import { ImageFormatError, MsgpackReader } from './msgpack_reader.js';
+import { MsgpackWriter } from './msgpack_writer.js';
 
 export const KvErrorCode = {
   badCommand: 'EKV_BAD_COMMAND',
@@ -42,6 +45,8 @@ export const KvErrorCode = {
   nonceExpired: 'EKV_NONCE_EXPIRED',
   /** nonceLimits.claimsMax live claims: no room for another until older ones expire. */
   noncesFull: 'EKV_NONCES_FULL',
+  /** The node's --max-kv-bytes would be passed (refused by the proposing node, never by apply: see quota.ts). */
+  quotaExceeded: 'EKV_QUOTA_EXCEEDED',
 } as const;
 export type KvErrorCode = (typeof KvErrorCode)[keyof typeof KvErrorCode];
 
@@ -137,8 +142,8 @@ interface Bucket {
   seq: number;
   bytes: number;
   values: number;
-  /** Per key, retained entries oldest first. */
-  readonly keys: Map<string, KvEntry[]>;
+  /** Per key, retained entries (packed: see entry_table.ts). */
+  readonly keys: EntryTable;
   /** Nats-Msg-Id → the revision and time of its write, oldest first (Map keeps insertion order). */
   readonly msgIds: Map<string, { readonly revision: number; readonly ts: number }>;
 }
@@ -153,7 +158,24 @@ export function storedBytes(bucket: string, key: string, hdrBytes: number, value
   return 22 + subject + valueBytes + 8 + (hdrBytes > 0 ? 4 + hdrBytes : 0);
 }
 
-const entryBytes = (e: { bucket: string; key: string; hdrBytes: number; value: Uint8Array }): number => storedBytes(e.bucket, e.key, e.hdrBytes, e.value.length);
+/** A retained entry's place: its key and its row in the bucket's table. */
+interface Row {
+  readonly key: string;
+  readonly row: number;
+}
+
+const opPut: EntryOp = 0;
+
+/** Stored bytes of a row (storedBytes of its bucket, key, header and value). */
+function rowBytes(b: Bucket, key: string, row: number): number {
+  return storedBytes(b.name, key, b.keys.hdrBytes(row), b.keys.valueBytes(row));
+}
+
+/** A row as the KvEntry readers see; its value views the table's slab (never rewritten). */
+function entryAt(b: Bucket, key: string, row: number): KvEntry {
+  const t = b.keys;
+  return { bucket: b.name, key, op: OPS[t.op(row)]!, value: t.value(row), revision: t.rev(row), index: t.index(row), ts: t.ts(row), hdrBytes: t.hdrBytes(row) };
+}
 
 const refuse = (code: KvErrorCode, message: string, revision?: number, key?: string): KvResult & { ok: false } => ({
   ok: false, code, message, ...(revision === undefined ? {} : { revision }), ...(key === undefined ? {} : { key }),
@@ -358,8 +380,8 @@ export class KvStateMachine {
     if (cmd.expectLastSeq !== undefined && cmd.expectLastSeq !== b.seq) {
       return refuse(KvErrorCode.wrongLastSequence, `bucket ${b.name} is at revision ${b.seq}, not ${cmd.expectLastSeq}`, b.seq);
     }
-    const hist = b.keys.get(cmd.key);
-    const latest = hist?.[hist.length - 1];
+    const hist = b.keys.chain(cmd.key);
+    const latest = hist.length === 0 ? undefined : entryAt(b, cmd.key, hist[hist.length - 1]!);
     if (cmd.op === 'create' && latest && latest.op === 'PUT') return refuse(KvErrorCode.keyExists, `key ${cmd.key} exists at revision ${latest.revision}`, latest.revision, cmd.key);
     if ((cmd.op === 'update' || cmd.op === 'delete' || cmd.op === 'purge') && cmd.revision !== undefined && (latest?.revision ?? 0) !== cmd.revision) {
       return refuse(KvErrorCode.wrongRevision, `key ${cmd.key} is at revision ${latest?.revision ?? 0}, not ${cmd.revision}`, latest?.revision ?? 0, cmd.key);
@@ -370,11 +392,11 @@ export class KvStateMachine {
     if (value.length > b.config.valueBytesMax) {
       return refuse(KvErrorCode.valueTooLarge, `value of ${value.length} bytes exceeds the bucket's ${b.config.valueBytesMax}`);
     }
-    const len = hist?.length ?? 0;
+    const len = hist.length;
     // What stays after this write: a purge drops the whole history; otherwise the oldest beyond depth.
     const dropCount = op === 'PURGE' ? len : Math.max(0, len + 1 - b.config.history);
     let dropped = 0;
-    for (let k = 0; k < dropCount; k++) dropped += entryBytes(hist![k]!);
+    for (let k = 0; k < dropCount; k++) dropped += rowBytes(b, cmd.key, hist[k]!);
     const hdrBytes = cmd.hdrBytes ?? 0;
     const size = storedBytes(b.name, cmd.key, hdrBytes, value.length);
     if (b.bytes - dropped + size > b.config.bytesMax) {
@@ -390,9 +412,9 @@ export class KvStateMachine {
     let idx = perBucket.get(field);
     if (!idx) {
       idx = new Map();
-      for (const [k, h] of this.buckets.get(bucket)?.keys ?? []) {
-        const e = h[h.length - 1]!;
-        const f = e.op === 'PUT' ? fieldOf(e.value, field) : undefined;
+      const t = this.buckets.get(bucket)?.keys;
+      for (const [k, row] of t?.heads() ?? []) {
+        const f = t!.op(row) === opPut ? fieldOf(t!.value(row), field) : undefined;
         if (f !== undefined) addTo(idx, f, k);
       }
       perBucket.set(field, idx);
@@ -426,27 +448,26 @@ export class KvStateMachine {
       return { ok: true, kind: 'bucket.create', bucket: name, created: false, config };
     }
     if (this.buckets.size >= this.limits.bucketsMax) return refuse(KvErrorCode.tooManyBuckets, `at most ${this.limits.bucketsMax} buckets`);
-    this.buckets.set(name, { name, config, stream: copyBytes(stream), created: ts, seq: 0, bytes: 0, values: 0, keys: new Map(), msgIds: new Map() });
+    this.buckets.set(name, { name, config, stream: copyBytes(stream), created: ts, seq: 0, bytes: 0, values: 0, keys: new EntryTable(), msgIds: new Map() });
     return { ok: true, kind: 'bucket.create', bucket: name, created: true, config };
   }
 
   private commitWrite(index: number, w: PlannedWrite): KvEntry {
     const { b, key } = w;
-    const hist = b.keys.get(key) ?? [];
-    const before = hist[hist.length - 1];
-    const entry: KvEntry = { bucket: b.name, key, op: w.op, value: w.value, revision: b.seq + 1, index, ts: w.ts, hdrBytes: w.hdrBytes };
-    hist.splice(0, w.dropCount);
-    hist.push(entry);
-    b.keys.set(key, hist);
+    const head = b.keys.latest(key);
+    const indexes = this.fieldIndex.get(b.name);
+    const before = head < 0 || indexes === undefined ? undefined : entryAt(b, key, head);
+    const row = b.keys.append(key, { op: OPS.indexOf(w.op) as EntryOp, value: w.value, revision: b.seq + 1, index, ts: w.ts, hdrBytes: w.hdrBytes }, w.dropCount);
+    // The entry handed to listeners and the caller views the stored value (slab bytes are never rewritten).
+    const entry = entryAt(b, key, row);
     b.seq++;
-    b.bytes += entryBytes(entry) - w.dropped;
+    b.bytes += storedBytes(b.name, key, w.hdrBytes, w.value.length) - w.dropped;
     b.values += 1 - w.dropCount;
     if (w.msgId !== undefined) {
       b.msgIds.delete(w.msgId);
       b.msgIds.set(w.msgId, { revision: entry.revision, ts: w.ts });
       if (b.msgIds.size > this.limits.msgIdsMax) b.msgIds.delete(b.msgIds.keys().next().value!);
     }
-    const indexes = this.fieldIndex.get(b.name);
     if (indexes) {
       for (const [field, idx] of indexes) {
         const old = before?.op === 'PUT' ? fieldOf(before.value, field) : undefined;
@@ -479,11 +500,12 @@ export class KvStateMachine {
     if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(bucket)} does not exist`);
     if ((keep ?? 0) > 0 && (seq ?? 0) > 0) return refuse(KvErrorCode.badPurge, 'a purge takes seq or keep, not both');
     const pattern = subject === undefined || subject === '' || subject === '>' ? undefined : subject.split('.');
-    const matching: KvEntry[] = [];
-    for (const [k, h] of b.keys) if (pattern === undefined || keyMatches(pattern, k)) for (const e of h) matching.push(e);
-    matching.sort((x, y) => x.revision - y.revision);
+    const t = b.keys;
+    const matching: Row[] = [];
+    for (const k of t.keys()) if (pattern === undefined || keyMatches(pattern, k)) for (const row of t.chain(k)) matching.push({ key: k, row });
+    matching.sort((x, y) => t.rev(x.row) - t.rev(y.row));
     let drop = matching;
-    if ((seq ?? 0) > 0) drop = matching.filter((e) => e.revision < seq!);
+    if ((seq ?? 0) > 0) drop = matching.filter((e) => t.rev(e.row) < seq!);
     else if ((keep ?? 0) > 0) drop = matching.slice(0, Math.max(0, matching.length - keep!));
     return { ok: true, kind: 'purge', bucket, purged: this.drop(b, drop) };
   }
@@ -492,30 +514,36 @@ export class KvStateMachine {
   private expire(bucket: string, before: number): KvResult {
     const b = this.buckets.get(bucket);
     if (!b) return refuse(KvErrorCode.bucketNotFound, `bucket ${JSON.stringify(bucket)} does not exist`);
-    const old: KvEntry[] = [];
-    if (b.config.maxAgeMs > 0) for (const h of b.keys.values()) for (const e of h) if (e.ts <= before) old.push(e);
+    const t = b.keys;
+    const old: Row[] = [];
+    if (b.config.maxAgeMs > 0) for (const k of t.keys()) for (const row of t.chain(k)) if (t.ts(row) <= before) old.push({ key: k, row });
     return { ok: true, kind: 'purge', bucket, purged: this.drop(b, old) };
   }
 
-  private drop(b: Bucket, entries: readonly KvEntry[]): number {
+  private drop(b: Bucket, entries: readonly Row[]): number {
     if (entries.length === 0) return 0;
-    const gone = new Set(entries);
-    for (const [k, h] of b.keys) {
-      const kept = h.filter((e) => !gone.has(e));
-      if (kept.length === h.length) continue;
-      if (kept.length === 0) b.keys.delete(k);
-      else b.keys.set(k, kept);
-    }
+    const gone = new Set<number>();
+    const keys = new Set<string>();
     for (const e of entries) {
-      b.bytes -= entryBytes(e);
+      b.bytes -= rowBytes(b, e.key, e.row);
       b.values--;
+      gone.add(e.row);
+      keys.add(e.key);
     }
+    for (const k of keys) b.keys.removeWhere(k, (row) => gone.has(row));
     // The field index is derived: rebuilt on its next use rather than patched key by key.
     this.fieldIndex.delete(b.name);
     return entries.length;
   }
 
   // ---- reads -------------------------------------------------------------------------------
+
+  /** Stored bytes of every bucket (BucketInfo.bytes summed): what --max-kv-bytes counts. */
+  totalBytes(): number {
+    let n = 0;
+    for (const b of this.buckets.values()) n += b.bytes;
+    return n;
+  }
 
   bucketNames(): string[] {
     return [...this.buckets.keys()].sort();
@@ -532,8 +560,7 @@ export class KvStateMachine {
   bucketInfo(name: string): BucketInfo | undefined {
     const b = this.buckets.get(name);
     if (!b) return undefined;
-    let first = Number.POSITIVE_INFINITY;
-    for (const h of b.keys.values()) if (h[0]!.revision < first) first = h[0]!.revision;
+    const first = b.keys.lowestRevision();
     const firstSeq = Number.isFinite(first) ? first : b.seq === 0 ? 0 : b.seq + 1;
     return { name, config: b.config, stream: b.stream, created: b.created, seq: b.seq, firstSeq, values: b.values, bytes: b.bytes };
   }
@@ -541,19 +568,22 @@ export class KvStateMachine {
   /** The earliest `ts` among a bucket's retained entries (undefined: none), for the leader's TTL timer. */
   oldestTs(bucket: string): number | undefined {
     let oldest: number | undefined;
-    for (const h of this.buckets.get(bucket)?.keys.values() ?? []) for (const e of h) if (oldest === undefined || e.ts < oldest) oldest = e.ts;
+    const t = this.buckets.get(bucket)?.keys;
+    for (const k of t?.keys() ?? []) for (const row of t!.chain(k)) if (oldest === undefined || t!.ts(row) < oldest) oldest = t!.ts(row);
     return oldest;
   }
 
   /** The key's latest entry, markers included (undefined when it has none). */
   get(bucket: string, key: string): KvEntry | undefined {
-    const h = this.buckets.get(bucket)?.keys.get(key);
-    return h?.[h.length - 1];
+    const b = this.buckets.get(bucket);
+    const row = b?.keys.latest(key) ?? -1;
+    return row < 0 ? undefined : entryAt(b!, key, row);
   }
 
   /** Retained entries of a key, oldest first. */
   history(bucket: string, key: string): KvEntry[] {
-    return [...(this.buckets.get(bucket)?.keys.get(key) ?? [])];
+    const b = this.buckets.get(bucket);
+    return b === undefined ? [] : b.keys.chain(key).map((row) => entryAt(b, key, row));
   }
 
   /** Keys whose latest entry is a PUT, sorted. */
@@ -561,7 +591,7 @@ export class KvStateMachine {
     const b = this.buckets.get(bucket);
     if (!b) return [];
     const out: string[] = [];
-    for (const [k, h] of b.keys) if (h[h.length - 1]!.op === 'PUT') out.push(k);
+    for (const [k, row] of b.keys.heads()) if (b.keys.op(row) === opPut) out.push(k);
     return out.sort();
   }
 
@@ -573,10 +603,11 @@ export class KvStateMachine {
   changesSince(after: number, bucket?: string, limit = Number.POSITIVE_INFINITY): KvEntry[] {
     const out: KvEntry[] = [];
     if (bucket !== undefined) {
-      for (const h of this.buckets.get(bucket)?.keys.values() ?? []) for (const e of h) if (e.revision > after) out.push(e);
+      const b = this.buckets.get(bucket);
+      if (b !== undefined) for (const k of b.keys.keys()) for (const row of b.keys.chain(k)) if (b.keys.rev(row) > after) out.push(entryAt(b, k, row));
       out.sort((a, z) => a.revision - z.revision);
     } else {
-      for (const b of this.buckets.values()) for (const h of b.keys.values()) for (const e of h) if (e.index > after) out.push(e);
+      for (const b of this.buckets.values()) for (const k of b.keys.keys()) for (const row of b.keys.chain(k)) if (b.keys.index(row) > after) out.push(entryAt(b, k, row));
       out.sort((a, z) => a.index - z.index || (a.bucket < z.bucket ? -1 : a.bucket > z.bucket ? 1 : 0));
     }
     return out.length > limit ? out.slice(0, limit) : out;
@@ -590,54 +621,107 @@ export class KvStateMachine {
 
   // ---- snapshot ----------------------------------------------------------------------------
 
-  /** The whole state as deterministic bytes (sorted buckets and keys, fixed field order). */
+  /**
+   * The whole state as deterministic bytes (sorted buckets and keys, fixed field order): msgpack
+   * `[version, applied, buckets, nonces?]`, written straight from the entry tables (msgpack_writer.ts).
+   */
   snapshot(): Uint8Array {
+    const w = new MsgpackWriter(this.snapshotBytesEstimate());
+    this.snapshotInto(w);
+    return w.finish();
+  }
+
+  /** About the size of snapshot(), from the stored-bytes accounting (a writer's first buffer). */
+  snapshotBytesEstimate(): number {
+    let estimate = 1024;
+    for (const b of this.buckets.values()) estimate += b.bytes + 16 * b.values;
+    return estimate;
+  }
+
+  /** snapshot(), written into `w` (a caller that wraps the image writes around it without copying it). */
+  snapshotInto(w: MsgpackWriter): void {
+    const steps = this.beginSnapshot().write(w);
+    while (!steps.next().done);
+  }
+
+  /**
+   * The state as it is now, to be written as a snapshot image over several turns of the event loop while entries
+   * are applied (KvImageBuild.write pauses every few hundred keys). Takes a sort of each bucket's keys and a copy of
+   * its row columns (EntryTable.freeze), never of the values.
+   */
+  beginSnapshot(): KvImageBuild {
+    const withNonces = this.nonces.size > 0 || this.nonceClock > 0;
     const buckets = this.bucketNames().map((name) => {
       const b = this.buckets.get(name)!;
-      const keys = [...b.keys.keys()].sort().map((k) => [k, b.keys.get(k)!.map((e) => [OPS.indexOf(e.op), e.value, e.revision, e.index, e.ts, e.hdrBytes])]);
-      const c = b.config;
-      const ids = [...b.msgIds].map(([id, v]) => [id, v.revision, v.ts]);
-      return [name, [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax, c.maxAgeMs, c.duplicateWindowMs], b.created, b.seq, keys, b.stream, ids];
+      return {
+        name, config: b.config, created: b.created, seq: b.seq, stream: b.stream, entries: b.keys.freeze(), bytes: b.bytes, values: b.values,
+        msgIds: [...b.msgIds].map(([id, v]) => [id, v.revision, v.ts] as const),
+      };
     });
-    if (this.nonces.size === 0 && this.nonceClock === 0) return pack([SNAPSHOT_VERSION, this.applied, buckets]);
-    // Version 3 adds the nonce record; a state without one keeps writing version 2.
-    const claims = [...this.nonces.entries()].sort((a, z) => (a[0] < z[0] ? -1 : a[0] > z[0] ? 1 : 0));
-    return pack([SNAPSHOT_VERSION_NONCES, this.applied, buckets, [this.nonceClock, claims]]);
+    const claims = withNonces ? [...this.nonces.entries()].sort((a, z) => (a[0] < z[0] ? -1 : a[0] > z[0] ? 1 : 0)) : undefined;
+    return new KvImageBuild(this.applied, buckets, claims === undefined ? undefined : { clock: this.nonceClock, claims });
   }
 
   /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
   restore(image: Uint8Array): void {
+    const steps = this.restoreSteps(image);
+    while (!steps.next().done);
+  }
+
+  /**
+   * restore(), giving the event loop a turn every `sliceMs` of work (a follower installing a large snapshot keeps
+   * answering its routes and health checks). The state is replaced in one step at the end; until then readers
+   * see the old one, and a bad image leaves it untouched.
+   */
+  async restoreYielding(image: Uint8Array, sliceMs = 10): Promise<void> {
+    const steps = this.restoreSteps(image);
+    let sliceEnd = performance.now() + sliceMs;
+    while (!steps.next().done) {
+      if (performance.now() < sliceEnd) continue;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      sliceEnd = performance.now() + sliceMs;
+    }
+  }
+
+  /** Reads the image straight into new entry tables (msgpack_reader.ts), pausing (yield) every few hundred keys. */
+  private *restoreSteps(image: Uint8Array): Generator<void, void, void> {
     const bad = (why: string): never => {
       throw new StoreError(StoreErrorCode.corrupt, `KV snapshot image is invalid: ${why}; the node cannot start from it`);
     };
-    let v: unknown;
-    try {
-      v = unpack(image);
-    } catch (err) {
-      return bad(String(err));
-    }
-    if (Array.isArray(v) && v[0] === 1) {
-      throw new StoreError(StoreErrorCode.formatVersion, 'KV snapshot image has format 1 (KV revisions numbered by the Raft index); this membershipd numbers them per bucket and cannot convert it: see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md');
-    }
-    const plain = Array.isArray(v) && v.length === 3 && v[0] === SNAPSHOT_VERSION;
-    const withNonces = Array.isArray(v) && v.length === 4 && v[0] === SNAPSHOT_VERSION_NONCES;
-    if (!Array.isArray(v) || (!plain && !withNonces) || !isUint(v[1]) || !Array.isArray(v[2])) return bad('header');
+    const r = new MsgpackReader(image);
+    const buckets = new Map<string, Bucket>();
     const nonces = new Map<string, number>();
     let nonceClock = 0;
-    if (withNonces) {
-      const rec = v[3] as unknown;
-      if (!Array.isArray(rec) || rec.length !== 2 || !isUint(rec[0]) || !Array.isArray(rec[1])) return bad('nonce record');
-      nonceClock = rec[0];
-      for (const c of rec[1] as unknown[]) {
-        if (!Array.isArray(c) || c.length !== 2 || typeof c[0] !== 'string' || !isUint(c[1])) return bad('nonce claim');
-        nonces.set(c[0], c[1]);
+    let applied = 0;
+    try {
+      const fields = r.array();
+      const version = r.uint();
+      if (version === 1) {
+        throw new StoreError(StoreErrorCode.formatVersion, 'KV snapshot image has format 1 (KV revisions numbered by the Raft index); this membershipd numbers them per bucket and cannot convert it: see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md');
       }
-    }
-    const buckets = new Map<string, Bucket>();
-    for (const raw of v[2] as unknown[]) {
-      const b = restoreBucket(raw);
-      if (typeof b === 'string') return bad(b);
-      buckets.set(b.name, b);
+      const plain = fields === 3 && version === SNAPSHOT_VERSION;
+      const withNonces = fields === 4 && version === SNAPSHOT_VERSION_NONCES;
+      if (!plain && !withNonces) return bad('header');
+      applied = r.uint();
+      for (let n = r.array(); n > 0; n--) {
+        const b = yield* readBucket(r);
+        if (typeof b === 'string') return bad(b);
+        if (buckets.has(b.name)) return bad('bucket listed twice');
+        buckets.set(b.name, b);
+      }
+      if (withNonces) {
+        if (r.array() !== 2) return bad('nonce record');
+        nonceClock = r.uint();
+        for (let n = r.array(); n > 0; n--) {
+          if (r.array() !== 2) return bad('nonce claim');
+          const id = r.str();
+          nonces.set(id, r.uint());
+        }
+      }
+      if (!r.done) return bad(`${image.length - r.offset} bytes after the image`);
+    } catch (err) {
+      if (err instanceof ImageFormatError) return bad(err.message);
+      throw err;
     }
     this.buckets.clear();
     this.fieldIndex.clear();
@@ -646,37 +730,154 @@ export class KvStateMachine {
     this.oldestClaim = Number.POSITIVE_INFINITY;
     for (const [id, at] of nonces) this.recordClaim({ id, at });
     this.nonceClock = nonceClock;
-    this.applied = v[1];
+    this.applied = applied;
   }
 }
 
-/** One bucket of a snapshot image, or what is wrong with it. */
-function restoreBucket(raw: unknown): Bucket | string {
-  if (!Array.isArray(raw) || raw.length !== 7) return 'bucket';
-  const [name, cfg, created, seq, keys, stream, ids] = raw as unknown[];
-  if (typeof name !== 'string' || !Array.isArray(cfg) || cfg.length !== 6 || !cfg.every(isUint) || !isUint(created) || !isUint(seq) || !Array.isArray(keys)) return 'bucket';
-  if (!(stream instanceof Uint8Array) || !Array.isArray(ids)) return 'bucket';
-  const [history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs] = cfg as number[];
-  const config: BucketConfig = { history: history!, valueBytesMax: valueBytesMax!, bytesMax: bytesMax!, keyBytesMax: keyBytesMax!, maxAgeMs: maxAgeMs!, duplicateWindowMs: duplicateWindowMs! };
-  const b: Bucket = { name, config, stream: copyBytes(stream), created, seq, bytes: 0, values: 0, keys: new Map(), msgIds: new Map() };
-  for (const kr of keys as unknown[]) {
-    if (!Array.isArray(kr) || kr.length !== 2 || typeof kr[0] !== 'string' || !Array.isArray(kr[1]) || kr[1].length === 0) return 'key';
-    const key = kr[0];
-    const hist: KvEntry[] = [];
-    for (const er of kr[1] as unknown[]) {
-      if (!Array.isArray(er) || er.length !== 6 || !isUint(er[0]) || er[0] > 2 || !(er[1] instanceof Uint8Array) || !isUint(er[2]) || !isUint(er[3]) || !isUint(er[4]) || !isUint(er[5])) return 'entry';
-      const e: KvEntry = { bucket: name, key, op: OPS[er[0]]!, value: copyBytes(er[1]), revision: er[2], index: er[3], ts: er[4], hdrBytes: er[5] };
-      hist.push(e);
-      b.bytes += entryBytes(e);
-      b.values++;
+interface FrozenBucket {
+  readonly name: string;
+  readonly config: BucketConfig;
+  readonly created: number;
+  readonly seq: number;
+  readonly stream: Uint8Array;
+  readonly entries: FrozenEntries;
+  /** Stored bytes and entries at the freeze (the size estimate). */
+  readonly bytes: number;
+  readonly values: number;
+  readonly msgIds: readonly (readonly [string, number, number])[];
+}
+
+/** Keys written between two pauses of a snapshot write. */
+const writeKeysPerStep = 256;
+
+/**
+ * KvStateMachine.beginSnapshot(): the image `[version, applied, buckets, nonces?]`, each bucket
+ * `[name, config, created, seq, keys, stream, msgIds]` with keys sorted, each `[key, [[op, value, rev, index, ts, hdr] …]]`.
+ */
+export class KvImageBuild {
+  constructor(
+    readonly applied: number,
+    private readonly buckets: readonly FrozenBucket[],
+    private readonly nonces: { readonly clock: number; readonly claims: readonly (readonly [string, number])[] } | undefined,
+  ) {}
+
+  /** About the size of the image, from the values' bytes (a writer's first buffer). */
+  get bytesEstimate(): number {
+    let n = 1024;
+    for (const b of this.buckets) n += b.bytes + 16 * b.values;
+    return n;
+  }
+
+  /** Writes the image into `w`, pausing (yield) every `keysPerStep` keys. */
+  *write(w: MsgpackWriter, keysPerStep = writeKeysPerStep): Generator<void, void, void> {
+    // Version 3 adds the nonce record; a state without one keeps writing version 2.
+    w.array(this.nonces === undefined ? 3 : 4);
+    w.uint(this.nonces === undefined ? SNAPSHOT_VERSION : SNAPSHOT_VERSION_NONCES);
+    w.uint(this.applied);
+    w.array(this.buckets.length);
+    for (const b of this.buckets) yield* writeBucket(w, b, keysPerStep);
+    if (this.nonces !== undefined) {
+      w.array(2);
+      w.uint(this.nonces.clock);
+      w.array(this.nonces.claims.length);
+      for (const [id, at] of this.nonces.claims) {
+        w.array(2);
+        w.str(id);
+        w.uint(at);
+      }
     }
-    b.keys.set(key, hist);
   }
-  for (const ir of ids as unknown[]) {
-    if (!Array.isArray(ir) || ir.length !== 3 || typeof ir[0] !== 'string' || !isUint(ir[1]) || !isUint(ir[2])) return 'msg id';
-    b.msgIds.set(ir[0], { revision: ir[1], ts: ir[2] });
+}
+
+function* writeBucket(w: MsgpackWriter, b: FrozenBucket, keysPerStep: number): Generator<void, void, void> {
+  const c = b.config;
+  const t = b.entries;
+  w.array(7);
+  w.str(b.name);
+  w.array(6);
+  for (const n of [c.history, c.valueBytesMax, c.bytesMax, c.keyBytesMax, c.maxAgeMs, c.duplicateWindowMs]) w.uint(n);
+  w.uint(b.created);
+  w.uint(b.seq);
+  const writeRow = (row: number): void => {
+    w.array(6);
+    w.uint(t.op(row));
+    t.writeValue(row, w);
+    w.uint(t.rev(row));
+    w.uint(t.index(row));
+    w.uint(t.ts(row));
+    w.uint(t.hdrBytes(row));
+  };
+  w.array(t.keys.length);
+  for (let i = 0; i < t.keys.length; i++) {
+    if (i % keysPerStep === keysPerStep - 1) yield;
+    w.array(2);
+    w.str(t.keys[i]!);
+    const head = t.heads[i]!;
+    // Most keys hold one entry (history 1): no array of rows for them.
+    if (t.older(head) < 0) {
+      w.array(1);
+      writeRow(head);
+      continue;
+    }
+    const rows = t.chain(i);
+    w.array(rows.length);
+    for (const row of rows) writeRow(row);
   }
-  return b;
+  w.bin(b.stream);
+  w.array(b.msgIds.length);
+  for (const [id, revision, ts] of b.msgIds) {
+    w.array(3);
+    w.str(id);
+    w.uint(revision);
+    w.uint(ts);
+  }
+}
+
+/** Keys read between two pauses of a yielding restore. */
+const restoreKeysPerStep = 256;
+
+/** One bucket of a snapshot image (see writeBucket), or what is wrong with it; pauses every few hundred keys. */
+function* readBucket(r: MsgpackReader): Generator<void, Bucket | string, void> {
+  if (r.array() !== 7) return 'bucket';
+  const name = r.str();
+  if (r.array() !== 6) return 'bucket config';
+  const [history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs] = [r.uint(), r.uint(), r.uint(), r.uint(), r.uint(), r.uint()];
+  const config: BucketConfig = { history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs };
+  const created = r.uint();
+  const seq = r.uint();
+  const keys = new EntryTable();
+  let bytes = 0;
+  let values = 0;
+  for (let n = r.array(), k = 0; k < n; k++) {
+    if (k % restoreKeysPerStep === restoreKeysPerStep - 1) yield;
+    if (r.array() !== 2) return 'key';
+    const key = r.str();
+    if (keys.latest(key) >= 0) return 'key listed twice';
+    const depth = r.array();
+    if (depth === 0) return 'key without entries';
+    for (let e = 0; e < depth; e++) {
+      if (r.array() !== 6) return 'entry';
+      const op = r.uint();
+      if (op > 2) return 'entry op';
+      const value = r.bin();
+      const revision = r.uint();
+      const index = r.uint();
+      const ts = r.uint();
+      const hdrBytes = r.uint();
+      // Oldest first, as written: each is appended as the key's newest (the table copies the value into a slab).
+      keys.append(key, { op: op as EntryOp, value, revision, index, ts, hdrBytes }, 0);
+      bytes += storedBytes(name, key, hdrBytes, value.length);
+      values++;
+    }
+  }
+  const stream = copyBytes(r.bin());
+  const msgIds = new Map<string, { readonly revision: number; readonly ts: number }>();
+  for (let n = r.array(); n > 0; n--) {
+    if (r.array() !== 3) return 'msg id';
+    const id = r.str();
+    msgIds.set(id, { revision: r.uint(), ts: r.uint() });
+  }
+  return { name, config, stream, created, seq, bytes, values, keys, msgIds };
 }
 
 /** A KV key against a key pattern split on '.', with NATS wildcards ('*' one token, '>' the rest). */

@@ -7,6 +7,8 @@ import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'no
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { hashPassword } from '../../src/auth/index.js';
 import { shellQuote } from '../../src/cli/dev.js';
@@ -147,6 +149,41 @@ t.test('serve: pub/sub with a real client, HTTP, SIGTERM drains and exits 0', as
   t.equal(msgs.at(-1), 'stopped', 'the last log line says it stopped');
   await t.rejects(fetch(`http://127.0.0.1:${httpPort}/livez`), 'the HTTP port is closed');
   t.notOk(existsSync(portsFile), 'the ports file is removed at stop (its ports are closed)');
+});
+
+t.test('serve --store kv --max-kv-bytes: a put past the quota is refused naming the flag and the remedy; deletes still work', async (t) => {
+  const run = start(t, ['--store', 'kv', '--data-dir', t.testdir(), '--max-kv-bytes', '1MiB', '--nats-port', '0', '--http-port', '0', '--server-name', 'quota-test']);
+  const { natsPort, httpPort } = await serving(run);
+  const nc = await connect({ servers: `127.0.0.1:${natsPort}`, reconnect: false, timeout: 20_000 });
+  t.teardown(() => nc.close().catch(() => undefined));
+  const kv = await new Kvm(jetstream(nc, { timeout: 20_000 })).create('quota', { history: 1 });
+  const value = new Uint8Array(16 * 1024).fill(0x71);
+  let stored = 0;
+  let refusal: Error | undefined;
+  // 1 MiB holds about 60 values of 16 KiB (the control-plane buckets hold a little too); 200 bounds the loop.
+  for (let i = 0; i < 200 && refusal === undefined; i++) {
+    try {
+      await kv.put(`k.${i}`, value);
+      stored++;
+    } catch (e) {
+      refusal = e as Error;
+    }
+  }
+  t.ok(stored > 40 && stored < 64, `puts were accepted up to the quota (${stored} of 16 KiB)`);
+  t.ok(refusal !== undefined, 'a put past the quota is refused');
+  t.match(refusal?.message, /KV storage quota reached: .* past --max-kv-bytes 1048576; delete or purge keys .*larger --max-kv-bytes/, `the error names the flag and the remedy: ${refusal?.message}`);
+  t.equal(await kv.get(`k.${stored}`), null, 'the refused value was not stored');
+  // Deletes and purges pass on a full node, and free room for a put.
+  await kv.delete('k.0');
+  await kv.purge('k.1');
+  await kv.put('after-delete', value);
+  t.equal((await kv.get('after-delete'))?.value.length, value.length, 'a put fits again once keys were deleted');
+  const metrics = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+  t.match(metrics, /^membershipd_kv_quota_refusals_total [1-9]\d*$/m, '/metrics counts the refusals');
+  t.match(metrics, /^membershipd_kv_quota_bytes 1048576$/m, '/metrics shows the quota');
+  await nc.close();
+  process.kill(run.child.pid!, 'SIGTERM');
+  t.same(await finish(run), { code: 0, signal: null });
 });
 
 t.test('serve with TLS and --bus-auth enforce: CA-verified clients, credentials checked, SIGHUP reloads users', async (t) => {

@@ -151,6 +151,12 @@ t.test('values: every flag rejects what it cannot use, naming itself', async (t)
   await failsWith(t, ['--store', 'sql'], 'store', /not one of file\|kv/);
   for (const bad of ['0', '-1', '16', 'three']) await failsWith(t, ['--store', 'kv', '--kv-replicas', bad], 'kv-replicas', /integer from 1 to 15/);
   await failsWith(t, ['--kv-replicas', '3'], 'kv-replicas', /only to --store kv/);
+  // --max-kv-bytes: malformed, out of range (below 1 MiB, past 16 TiB, past 2^53 with a unit), and oversized input.
+  await failsWith(t, ['--store', 'kv', '--max-kv-bytes', ''], 'max-kv-bytes', /has an empty value \(expected BYTES\)/);
+  for (const bad of ['abc', '-1', '1.5G', '1e9', '0x100000', ' 1G', '1 GG', '256XB', '1048575', '17T', '99999999999999T', '9'.repeat(40), 'G']) {
+    await failsWith(t, ['--store', 'kv', '--max-kv-bytes', bad], 'max-kv-bytes', /is not a size in bytes from 1048576 to 17592186044416/);
+  }
+  await failsWith(t, ['--max-kv-bytes', '1G'], 'max-kv-bytes', /only to a node serving the KV API/);
   await failsWith(t, ['--store', 'kv', '--users-file', fx.users], 'users-file', /only to --store file/);
   await failsWith(t, ['--data-dir', fx.cert], 'data-dir', /not a directory/);
   await failsWith(t, ['dev', '--dir', fx.cert], 'dir', /not a directory/);
@@ -225,6 +231,9 @@ t.test('accepted values are typed; defaults apply', async (t) => {
   const c = serve(['--bind', '::', '--nats-port=0', '--http-port', '0', '--ws-port', '0', '--server-name', 'node-1.a_b', '--log-level', 'trace']);
   t.same([c.bind, c.natsPort, c.httpPort, c.wsPort, c.serverName, c.logLevel], ['::', 0, 0, 0, 'node-1.a_b', 'trace']);
   t.equal(refuseUnavailable(serve(['--bus-auth', 'off', '--store', 'file'])), undefined, 'what this build does is accepted');
+  t.equal(d.maxKvBytes, undefined, 'no KV quota unless asked');
+  const sizes = ['1048576', '256MiB', '256M', '256mb', '1G', '1 GiB', '2t', '16TiB'].map((v) => serve(['--store', 'kv', '--max-kv-bytes', v]).maxKvBytes);
+  t.same(sizes, [1048576, 256 * 1024 ** 2, 256 * 1024 ** 2, 256 * 1024 ** 2, 1024 ** 3, 1024 ** 3, 2 * 1024 ** 4, 16 * 1024 ** 4], '--max-kv-bytes takes bytes or K/M/G/T (powers of 1024)');
   const dev = parseCommandLine(['dev']);
   t.same(dev, { kind: 'dev', config: { dir: './.dev-cluster', nodes: 3, natsPort: 4222, httpPort: 8222, logLevel: 'warn' } });
   t.equal((parseCommandLine(['dev', '--nodes', '5']) as { config: { nodes: number } }).config.nodes, 5, 'dev --nodes N');

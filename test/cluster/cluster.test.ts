@@ -18,7 +18,8 @@ import { MessageType, message, type Message } from '../../raft/index.js';
 import { decodeFrameBody, encodeFrameBody } from '../../transport/index.js';
 import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest } from '../../src/node/wire.js';
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
-import { AppliedSessions } from '../../src/node/sessions.js';
+import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot, writeNodeSnapshot } from '../../src/node/sessions.js';
+import { encodeKvCommand, KvStateMachine } from '../../store/index.js';
 import { appendSlots, learnAddresses, readClusterFile, tablesAgree, type ClusterFile } from '../../src/node/bootstrap.js';
 import { KvPrincipalSource } from '../../src/control/principal_source.js';
 import { controlBuckets, encodeValue, schemaVersion, validateUser, type UserValue } from '../../src/control/buckets.js';
@@ -655,6 +656,18 @@ t.test('wire, envelope, sessions, slot derivation: seeded properties and malform
       seen.add(key);
       return a.admit(o, boot, q, i + 1) === fresh && b.admit(o, boot, q, i + 1) === fresh;
     });
+  }), runs);
+
+  // A node snapshot written in place (the KV image is not copied into a wrapper) reads back as the wrapped one.
+  fc.assert(fc.property(fc.array(fc.tuple(fc.constantFrom('a', 'b.c', 'd'), fc.uint8Array({ maxLength: 300 })), { maxLength: 40 }), fc.nat(20), (puts, admitted) => {
+    const sm = new KvStateMachine();
+    sm.apply(1, encodeKvCommand({ op: 'bucket.create', bucket: 'b', config: { history: 3 }, ts: 1 }));
+    puts.forEach(([key, value], i) => sm.apply(i + 2, encodeKvCommand({ op: 'put', bucket: 'b', key, value, ts: i })));
+    const sessions = new AppliedSessions();
+    for (let q = 1; q <= admitted; q++) sessions.admit(1, 1, q, q);
+    const inPlace = decodeNodeSnapshot(writeNodeSnapshot(sm, sessions));
+    const wrapped = decodeNodeSnapshot(encodeNodeSnapshot(sm.snapshot(), sessions));
+    return Buffer.compare(Buffer.from(inPlace.kvImage), Buffer.from(wrapped.kvImage)) === 0 && JSON.stringify(inPlace.sessions) === JSON.stringify(wrapped.sessions);
   }), runs);
 
   // Slot derivation: whatever the address set and whichever node, the others-only style and the

@@ -244,8 +244,10 @@ t.test('a wiped follower with small state rejoins; 503 until it has the data, 20
   t.ok(f.polls > 0);
   t.ok(trio.members[victim]!.node!.metrics.snapshotsInstalled > 0, 'it was sent a snapshot (the leader\'s log was compacted)');
   const lead = trio.members[leaderIndex(trio)]!.node!;
-  const pr = (lead.raftz() as { progress: Record<string, { match: number; recovering: boolean }> }).progress[`node-${victim}`]!;
-  t.equal(pr.recovering, false, 'the leader counts it again');
+  const progressOf = () => (lead.raftz() as { progress: Record<string, { match: number; recovering: boolean }> }).progress[`node-${victim}`]!;
+  // The leader learns it from the node's next response (a heartbeat away from the node's own "caught up").
+  await waitFor(() => !progressOf().recovering, { what: 'the leader counts the rejoined node again', timeoutMs: 10_000 });
+  t.equal(progressOf().recovering, false, 'the leader counts it again');
   // A write after the rejoin reaches it like any member.
   await lead.propose({ op: 'put', bucket: 'b', key: 'after', value: Uint8Array.of(1), ts: 1 });
   const sm = await trio.members[victim]!.node!.read();
