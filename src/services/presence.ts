@@ -745,7 +745,7 @@ interface InfoResponse {
   readonly description?: string;
 }
 
-/** The micro protocol's INFO response (`io.nats.micro.v1.info_response`), cut to the bucket's limits. */
+/** The micro protocol's INFO response (`io.nats.micro.v1.info_response`, or the experimental one), cut to the bucket's limits. */
 function parseInfo(payload: Uint8Array): InfoResponse | undefined {
   let d: unknown;
   try {
@@ -755,8 +755,11 @@ function parseInfo(payload: Uint8Array): InfoResponse | undefined {
   }
   if (typeof d !== 'object' || d === null) return undefined;
   const i = d as Record<string, unknown>;
-  if (i.type !== 'io.nats.micro.v1.info_response') return undefined;
-  const endpoints = (Array.isArray(i.endpoints) ? i.endpoints : [])
+  // nats.go's experimental micro (≤ 1.22, what Debian ships) answers without `type`, with one endpoint as `subject`.
+  const experimental = i.type === undefined && typeof i.name === 'string' && typeof i.id === 'string' && typeof i.subject === 'string';
+  if (i.type !== 'io.nats.micro.v1.info_response' && !experimental) return undefined;
+  const listed: unknown[] = experimental ? [{ subject: i.subject }] : Array.isArray(i.endpoints) ? i.endpoints : [];
+  const endpoints = listed
     .map((e: unknown) => (typeof e === 'object' && e !== null ? (e as Record<string, unknown>).subject : undefined))
     .filter((s): s is string => typeof s === 'string' && isValidSubject(s) && Buffer.byteLength(s) <= serviceLimits.endpointBytesMax)
     .slice(0, serviceLimits.endpointsMax);

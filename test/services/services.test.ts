@@ -8,7 +8,11 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KvEntry, type KV } from '@nats-io/kv';
 import { Svcm } from '@nats-io/services';
-import { join } from 'node:path';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { startCluster, userInboxPrefix, type LocalClusterHandle } from '../../src/index.js';
 import { parseUsersDocument } from '../../src/auth/principal_source.js';
@@ -17,6 +21,7 @@ import { runServiceWatch } from '../../src/cli/admin/service_watch.js';
 import { memoryOutput } from '../../src/cli/output.js';
 import { pause, waitFor as waitUntil } from '../support/wait.js';
 
+const here = dirname(fileURLToPath(import.meta.url));
 const svcRole = {
   publish: ['$UB.API.SERVICE.>', 'orders.>'],
   subscribe: ['_INBOX.>', '$SRV.>', 'orders.>'],
@@ -262,6 +267,46 @@ t.test('service presence on a 3-node cluster', async (t) => {
     await nc2.close();
     await waitFor(`${key2} removed after close`, () => !watch.live.has(key2), 10_000);
     t.comment(`leave on connection close: ${Date.now() - t0} ms until the watch saw the delete`);
+  });
+
+  await t.test('a nats.go micro instance (Debian\'s nats.go, built offline) is registered by its node and removed when it goes', async (t) => {
+    const goPackage = '/usr/share/gocode/src/github.com/nats-io/nats.go/micro';
+    if (spawnSync('go', ['version']).status !== 0 || !existsSync(goPackage)) {
+      t.skip('nats.go micro: needs `go` and nats.go (apt-get install -y golang-go golang-github-nats-io-go-nats-dev)', () => {});
+      return;
+    }
+    const out = mkdtempSync(join(tmpdir(), 'gomicro-'));
+    t.teardown(() => rmSync(out, { recursive: true, force: true }));
+    // GOPATH mode, offline: the Debian package's sources are the only dependency (as test/kv/gokv).
+    const env = { ...process.env, GOPATH: '/usr/share/gocode', GO111MODULE: 'off', GOFLAGS: '-mod=vendor', GOPROXY: 'off', GOCACHE: join(tmpdir(), 'membershipd-gocache') };
+    const bin = join(out, 'gomicro');
+    const built = spawnSync('go', ['build', '-o', bin, join(here, 'gomicro', 'main.go')], { env, encoding: 'utf8', timeout: 120_000 });
+    t.equal(built.status, 0, `go build test/services/gomicro (${String(built.stderr).trim().slice(0, 300)})`);
+    if (built.status !== 0) return;
+    const child = spawn(bin, [urls[followers[0]!]!, 'svc', 'svc-secret', join(cluster!.dir, 'ca.pem'), userInboxPrefix('svc')], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const killer = setTimeout(() => child.kill('SIGKILL'), 60_000); // bounded: stopped by its PID whatever happens
+    t.teardown(() => { clearTimeout(killer); child.kill('SIGKILL'); });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => { stdout += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); });
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    await waitFor('the Go instance printed its id', () => /^ID \S+$/m.test(stdout) || child.exitCode !== null);
+    const id = /^ID (\S+)$/m.exec(stdout)?.[1];
+    if (id === undefined) return void t.fail(`gomicro did not start: ${stderr.trim()}`);
+    const key = `orders.${id}`;
+    await waitFor(`${key} registered`, () => watch.live.has(key));
+    const shown = (await api(admin, 'SHOW', { service: 'orders', instance: id })).instance as Record<string, unknown>;
+    t.same(shown.endpoints, ['orders.go.create'], 'its endpoint comes from the experimental micro INFO (one `subject`)');
+    t.equal(shown.version, '4.0.0');
+    t.equal(shown.description, 'order intake in Go');
+    t.equal(shown.kind, 'connection');
+    t.equal(shown.node, cluster!.nodes[followers[0]!]!.name);
+    const reply = await admin.request('orders.go.create', 'x', { timeout: 5000 });
+    t.equal(reply.string(), 'ok', 'the Go instance serves its endpoint through the node');
+    child.stdin.end(); // it stops the service and closes its connection
+    t.equal(await exited, 0, `gomicro exited cleanly ${stderr.trim()}`);
+    await waitFor(`${key} removed after the Go process closed its connection`, () => !watch.live.has(key), 10_000);
   });
 
   await t.test('a principal granted services_read watches ub_services with @nats-io/kv; others do not see it', async (t) => {
