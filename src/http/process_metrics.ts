@@ -6,7 +6,7 @@ import { constants, createHistogram, monitorEventLoopDelay, PerformanceObserver,
 
 /** prom-client's GC buckets (seconds): a scavenge is well under 1 ms, a full mark-compact of a big heap seconds. */
 const gcBucketsSeconds = [0.001, 0.01, 0.1, 1, 2, 5] as const;
-/** monitorEventLoopDelay's sampling period; prom-client uses 10 ms too. */
+/** The event-loop delay sampling period (monitorEventLoopDelay's for the nodejs_* gauges, LoopDelay's timer); prom-client uses 10 ms too. */
 const eventLoopResolutionMs = 10;
 /**
  * Buckets (seconds) of the cumulative event-loop delay histogram: from a busy loop's ordinary lag up to a stall that
@@ -58,44 +58,29 @@ export interface GcVarz {
 const ms3 = (ms: number): number => Math.round(ms * 1000) / 1000;
 
 /**
- * The event-loop delay since start. monitorEventLoopDelay samples the time between two firings of a libuv timer of
- * `resolution` ms; a sample minus the resolution is the delay. Every second (an unref'd timer) and before every read,
- * the interval histogram's samples move into cumulative figures: its percentile map lists, at HDR resolution (under
- * 1 % of the value), how many samples lie at or below each recorded value, and each group is recorded once per sample
- * into a cumulative RecordableHistogram (percentiles and max for /varz) and counted into fixed buckets (the
- * Prometheus histogram, the stall count). A second is about 100 samples, so a harvest is a few hundred operations.
- * prom-client's per-scrape gauges keep their own instance, reset at each scrape as prom-client does.
+ * The event-loop delay since start, sampled by a timer of our own: every `resolution` ms (unref'd) the time since the
+ * previous firing, less the resolution, is the delay, recorded into a cumulative histogram (percentiles and max for
+ * /varz), fixed buckets (the Prometheus histogram) and the stall count. Not monitorEventLoopDelay's histogram: reading
+ * it since the last read needs reset(), and reset() also forgets the time of its last sample, so a stall that
+ * follows a read is never recorded — exactly when a test (or an operator's scrape) looks for one. ~100 cheap
+ * callbacks a second.
  */
 class LoopDelay {
-  private readonly interval: IntervalHistogram = monitorEventLoopDelay({ resolution: eventLoopResolutionMs });
   private readonly total: RecordableHistogram = createHistogram();
   /** Cumulative count of samples at or below loopBucketsSeconds[i]. */
   readonly counts = loopBucketsSeconds.map(() => 0);
   count = 0;
   sumSeconds = 0;
   stalls = 0;
+  private last = performance.now();
 
   constructor() {
-    this.interval.enable();
     // Unref'd: measuring never keeps a process alive.
-    setInterval(() => this.harvest(), 1000).unref();
-  }
-
-  /** Moves the interval's samples into the cumulative figures. */
-  harvest(): void {
-    const h = this.interval;
-    const n = h.count;
-    if (n === 0) return;
-    const resolutionNs = eventLoopResolutionMs * 1e6;
-    let moved = 0;
-    for (const [pct, valueNs] of h.percentiles) {
-      const upTo = Math.min(n, Math.round((pct / 100) * n));
-      const delayNs = Math.max(1, valueNs - resolutionNs);
-      for (; moved < upTo; moved++) this.observe(delayNs);
-    }
-    const maxDelayNs = Math.max(1, h.max - resolutionNs);
-    for (; moved < n; moved++) this.observe(maxDelayNs);
-    h.reset();
+    setInterval(() => {
+      const now = performance.now();
+      this.observe(Math.max(1, Math.round((now - this.last - eventLoopResolutionMs) * 1e6)));
+      this.last = now;
+    }, eventLoopResolutionMs).unref();
   }
 
   private observe(delayNs: number): void {
@@ -108,7 +93,6 @@ class LoopDelay {
   }
 
   varz(): EventLoopVarz {
-    this.harvest();
     const t = this.total;
     const has = t.count > 0;
     const ms = (ns: number): number => (has ? ms3(ns / 1e6) : 0);
@@ -189,9 +173,8 @@ class ProcessCollector {
   /** The cumulative event-loop delay histogram, stall and long-GC counters (membershipd's own, since start). */
   private renderStalls(out: string[]): void {
     const d = this.delay;
-    d.harvest();
     const name = 'membershipd_eventloop_delay_seconds';
-    out.push(`# HELP ${name} Event-loop delay since start (monitorEventLoopDelay, ${eventLoopResolutionMs} ms resolution).`, `# TYPE ${name} histogram`);
+    out.push(`# HELP ${name} Event-loop delay since start (a timer every ${eventLoopResolutionMs} ms).`, `# TYPE ${name} histogram`);
     loopBucketsSeconds.forEach((b, i) => out.push(`${name}_bucket{le="${b}"} ${d.counts[i]}`));
     out.push(`${name}_bucket{le="+Inf"} ${d.count}`, `${name}_sum ${d.sumSeconds}`, `${name}_count ${d.count}`);
     const counter = (n: string, help: string, value: number): void => {
