@@ -9,7 +9,7 @@
 // bounds are liveness bounds for a loaded 2-core machine. Every child is killed by PID in teardown.
 import t from 'tap';
 import type { NatsConnection } from '@nats-io/transport-node';
-import type { KvEntry } from '@nats-io/kv';
+import { followKeys, type FollowedKeys } from '../support/kv_watch.js';
 import { client, getJson, HEALTHY_MS, kill9, newCluster, sleep, spawnNode, teardownHarness, waitFor, waitHealthy, type Cluster } from './harness.js';
 
 t.teardown(teardownHarness);
@@ -20,23 +20,11 @@ const connectionTtlMs = 10_000;
 const reportMs = 2000;
 const leaseTtlS = 10;
 
-interface Watch { readonly live: Set<string>; readonly ops: { key: string; op: string; at: number }[]; stop(): void }
 
-async function watchServices(nc: NatsConnection): Promise<Watch> {
+async function watchServices(nc: NatsConnection): Promise<FollowedKeys> {
   const { jetstream } = await import('@nats-io/jetstream');
   const { Kvm } = await import('@nats-io/kv');
-  const kv = await new Kvm(jetstream(nc, { timeout: 5000 })).open('ub_services');
-  const live = new Set<string>();
-  const ops: { key: string; op: string; at: number }[] = [];
-  const w = await kv.watch();
-  void (async () => {
-    for await (const e of w as AsyncIterable<KvEntry>) {
-      ops.push({ key: e.key, op: e.operation, at: Date.now() });
-      if (e.operation === 'PUT') live.add(e.key);
-      else live.delete(e.key);
-    }
-  })();
-  return { live, ops, stop: () => w.stop() };
+  return followKeys(await new Kvm(jetstream(nc, { timeout: 5000 })).open('ub_services'));
 }
 
 async function leaderOf(c: Cluster, idx: readonly number[]): Promise<number> {
@@ -145,7 +133,7 @@ t.test(`kill -9 of the leader with ${instances} live instances: not one falsely 
 });
 
 /** One instance on node `holder`, watched from the leader; resolves once the watcher sees it. */
-async function oneInstance(c: Cluster, holder: number, name: string): Promise<{ key: string; watcher: Watch }> {
+async function oneInstance(c: Cluster, holder: number, name: string): Promise<{ key: string; watcher: FollowedKeys }> {
   const leader = await leaderOf(c, [0, 1, 2]);
   const watcher = await watchServices(await client(c, leader));
   const g = await startInstances(c, holder, name, 1, 1);
@@ -154,7 +142,7 @@ async function oneInstance(c: Cluster, holder: number, name: string): Promise<{ 
   return { key, watcher };
 }
 
-const leaveOf = (w: Watch, key: string, after: number): number | undefined => w.ops.find((o) => o.key === key && o.op !== 'PUT' && o.at >= after)?.at;
+const leaveOf = (w: FollowedKeys, key: string, after: number): number | undefined => w.ops.find((o) => o.key === key && o.op !== 'PUT' && o.at >= after)?.at;
 
 t.test('kill -9 of the node holding an instance\'s connection: it leaves after the TTL, not before', async (t) => {
   const c = cluster!;

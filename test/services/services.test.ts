@@ -6,7 +6,7 @@
 import t from 'tap';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { jetstream } from '@nats-io/jetstream';
-import { Kvm, type KvEntry, type KV } from '@nats-io/kv';
+import { Kvm } from '@nats-io/kv';
 import { Svcm } from '@nats-io/services';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -19,6 +19,7 @@ import { parseUsersDocument } from '../../src/auth/principal_source.js';
 import { main } from '../../src/cli/index.js';
 import { runServiceWatch } from '../../src/cli/admin/service_watch.js';
 import { memoryOutput } from '../../src/cli/output.js';
+import { followKeys } from '../support/kv_watch.js';
 import { pause, waitFor as waitUntil } from '../support/wait.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -46,20 +47,6 @@ async function api(nc: NatsConnection, verb: string, body: unknown): Promise<Rec
 
 const errCode = (r: Record<string, unknown>): string | undefined => (r.error as { code?: string } | undefined)?.code;
 
-/** Follows ub_services with the standard KV watch: the live keys and every operation seen, with its time. */
-async function follow(kv: KV): Promise<{ live: Set<string>; ops: { key: string; op: string; at: number }[]; stop(): void }> {
-  const live = new Set<string>();
-  const ops: { key: string; op: string; at: number }[] = [];
-  const w = await kv.watch();
-  void (async () => {
-    for await (const e of w as AsyncIterable<KvEntry>) {
-      ops.push({ key: e.key, op: e.operation, at: Date.now() });
-      if (e.operation === 'PUT') live.add(e.key);
-      else live.delete(e.key);
-    }
-  })();
-  return { live, ops, stop: () => w.stop() };
-}
 
 t.test('users file: a role\'s services and services_read grants are checked at load', async (t) => {
   const doc = (role: Record<string, unknown>): unknown => ({ users: [], roles: { r: { publish: ['a'], ...role } } });
@@ -104,7 +91,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
 
   const admin = await conn(followers[0]!);
   const kv = await new Kvm(jetstream(admin, { timeout: 10_000 })).open('ub_services');
-  const watch = await follow(kv);
+  const watch = await followKeys(kv);
   t.teardown(() => watch.stop());
 
   await t.test('explicit registration: lease, keep-alives relayed to the leader, expiry after the TTL', async (t) => {
@@ -312,7 +299,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
   await t.test('a principal granted services_read watches ub_services with @nats-io/kv; others do not see it', async (t) => {
     const reader = await conn(followers[0]!, { user: 'reader', pass: 'reader-secret' });
     const rkv = await new Kvm(jetstream(reader, { timeout: 10_000 })).open('ub_services');
-    const rw = await follow(rkv);
+    const rw = await followKeys(rkv);
     t.teardown(() => rw.stop());
     const svc = await conn(followers[1]!, { user: 'svc', pass: 'svc-secret' });
     const r = await api(svc, 'REGISTER', { service: 'orders', instance: 'w1', ttl: 30 });
