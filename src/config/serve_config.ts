@@ -100,6 +100,14 @@ function pair(flags: ReadonlyMap<string, string>, certFlag: string, keyFlag: str
   return loadCertAndKey(certFlag, cert, keyFlag, key);
 }
 
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 /** A file the node creates on first start: if it exists it must be a readable file, else its directory must exist. */
 function creatableFile(flag: string, path: string): string {
   try {
@@ -111,9 +119,7 @@ function creatableFile(flag: string, path: string): string {
     if (err instanceof ConfigError) throw err;
   }
   const dir = dirname(resolve(path));
-  let isDir = false;
-  try { isDir = statSync(dir).isDirectory(); } catch { isDir = false; }
-  if (!isDir) fail(flag, `${quote(path)} does not exist and its directory ${quote(dir)} does not exist either`);
+  if (!isDirectory(dir)) fail(flag, `${quote(path)} does not exist and its directory ${quote(dir)} does not exist either`);
   return path;
 }
 
@@ -131,9 +137,7 @@ function replaceableFile(flag: string, path: string): string {
     if (err instanceof ConfigError) throw err;
   }
   const dir = dirname(resolve(path));
-  let isDir = false;
-  try { isDir = statSync(dir).isDirectory(); } catch { isDir = false; }
-  if (!isDir) fail(flag, `${quote(path)} cannot be created: its directory ${quote(dir)} does not exist`);
+  if (!isDirectory(dir)) fail(flag, `${quote(path)} cannot be created: its directory ${quote(dir)} does not exist`);
   return path;
 }
 

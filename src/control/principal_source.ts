@@ -15,7 +15,7 @@ import { controlBuckets, decodeValue, rolePermissions, validateRole, validateUse
 
 export class KvPrincipalSource extends SnapshotSource {
   private unwatch: (() => void)[] = [];
-  private barrier: CoalescedBarrier | undefined;
+  private barrier: (() => Promise<boolean>) | undefined;
   /** While attach() replays the buckets: the records seen, installed with one replace() at the end. */
   private replay: { users: Map<string, UserRecord>; roles: Map<string, RoleRecord> } | undefined;
 
@@ -26,7 +26,7 @@ export class KvPrincipalSource extends SnapshotSource {
   /** Starts following the buckets of `backend` (replays what they hold, then every later write). */
   attach(backend: Pick<KvBackend, 'watch' | 'onReset'> & Partial<Pick<KvBackend, 'readBarrier'>>): void {
     this.detach();
-    this.barrier = backend.readBarrier !== undefined ? new CoalescedBarrier(() => backend.readBarrier!(), catchUpBoundMs) : undefined;
+    this.barrier = backend.readBarrier !== undefined ? boundedBarrier(() => backend.readBarrier!(), catchUpBoundMs) : undefined;
     // After a snapshot install the change feed has a gap: replay both buckets; replace() then notifies exactly
     // the users and roles that differ, so their connections are re-checked as for any other change.
     const offReset = backend.onReset?.(() => this.attach(backend));
@@ -42,7 +42,7 @@ export class KvPrincipalSource extends SnapshotSource {
   }
 
   catchUp(): Promise<boolean> {
-    return this.barrier?.wait() ?? Promise.resolve(false);
+    return this.barrier?.() ?? Promise.resolve(false);
   }
 
   detach(): void {
@@ -105,36 +105,16 @@ export class KvPrincipalSource extends SnapshotSource {
 const catchUpBoundMs = 1000;
 
 /**
- * ReadIndex barriers shared by their callers: a caller that arrives while one is in flight waits for the next,
- * which starts when the current one ends (a barrier must begin after the caller's question, or it could miss
- * the write the caller is looking for). A storm of refused clients costs one barrier per round trip, not one
- * per client.
+ * A ReadIndex barrier bounded in time. Refused clients arriving together share ReadIndex requests already: the node
+ * gathers concurrent reads behind one request per round trip (node.ts read()).
  */
-class CoalescedBarrier {
-  private running: Promise<boolean> | undefined;
-  private next: Promise<boolean> | undefined;
-
-  constructor(private readonly barrier: () => Promise<void>, private readonly boundMs: number) {}
-
-  wait(): Promise<boolean> {
-    if (this.running === undefined) return (this.running = this.start());
-    this.next ??= this.running.then(() => {
-      this.next = undefined;
-      return (this.running = this.start());
-    });
-    return this.next;
-  }
-
-  private start(): Promise<boolean> {
+function boundedBarrier(barrier: () => Promise<void>, boundMs: number): () => Promise<boolean> {
+  return () => {
     let timer: NodeJS.Timeout | undefined;
     const bounded = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), this.boundMs);
+      timer = setTimeout(() => resolve(false), boundMs);
       timer.unref();
     });
-    const done = this.barrier().then(() => true, () => false);
-    return Promise.race([done, bounded]).finally(() => {
-      clearTimeout(timer);
-      this.running = undefined;
-    });
-  }
+    return Promise.race([barrier().then(() => true, () => false), bounded]).finally(() => clearTimeout(timer));
+  };
 }
