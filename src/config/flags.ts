@@ -44,6 +44,7 @@ export const flagSpecs: readonly FlagSpec[] = [
   { name: 'data-dir', group: 'serve', commands: serveOnly, value: 'DIR', defaultText: './data', help: 'directory for the WAL and snapshots' },
   { name: 'cluster-name', group: 'cluster', commands: serveOnly, value: 'NAME', help: 'name every node of the cluster shares' },
   { name: 'cluster-port', group: 'cluster', commands: serveOnly, value: 'PORT', help: 'route port (TLS) for the other nodes' },
+  { name: 'cluster-fd', group: 'cluster', commands: serveOnly, value: 'FD', help: 'take the route listener from this inherited, already-listening socket (a supervisor or test harness bound --cluster-port) instead of binding it' },
   { name: 'routes', group: 'cluster', commands: serveOnly, value: 'LIST', help: 'comma-separated host:port or nats-route://host:port, no user info' },
   { name: 'initial-cluster-state', group: 'cluster', commands: serveOnly, value: 'STATE', defaultText: 'new', help: 'new|existing: existing joins a running cluster after `membershipd cluster add NAME URL` (slot learned from the peers)' },
   { name: 'cluster-user', group: 'cluster', commands: serveOnly, value: 'USER', help: 'route user name' },

@@ -45,6 +45,8 @@ export interface ClusterConfig {
   readonly routeTls: (PemFiles & { readonly caFile: string; readonly ca: string }) | undefined;
   /** --initial-cluster-state: `existing` joins a running cluster (src/node NodeOptions.join); absent = new. */
   readonly initialState?: 'new' | 'existing';
+  /** --cluster-fd: an inherited socket already listening on --cluster-port (src/node/listeners.ts inheritedListener). */
+  readonly listenFd?: number;
 }
 
 export interface ServeConfig {
@@ -154,6 +156,7 @@ function parseCluster(f: ReadonlyMap<string, string>): ClusterConfig {
   const name = f.has('cluster-name') ? parseName('cluster-name', f.get('cluster-name')!) : undefined;
   const port = f.has('cluster-port') ? parsePort('cluster-port', f.get('cluster-port')!, { allowZero: true }) : undefined;
   const routes = f.has('routes') ? parseRoutes('routes', f.get('routes')!) : [];
+  const listenFd = parseListenFd(f, port);
   const user = f.has('cluster-user') ? parseName('cluster-user', f.get('cluster-user')!) : undefined;
   const passFile = f.get('cluster-pass-file');
   if (passFile !== undefined) readFlagFile('cluster-pass-file', passFile);
@@ -172,7 +175,22 @@ function parseCluster(f: ReadonlyMap<string, string>): ClusterConfig {
   }
   const initialState = f.has('initial-cluster-state') ? parseEnum('initial-cluster-state', f.get('initial-cluster-state')!, ['new', 'existing'] as const) : undefined;
   if (initialState === 'existing' && routes.length === 0) fail('initial-cluster-state', 'existing needs --routes: the running nodes this node dials to learn its slot');
-  return { name, port, routes, user, passFile, routeTls, ...(initialState !== undefined ? { initialState } : {}) };
+  return { name, port, routes, user, passFile, routeTls, ...(initialState !== undefined ? { initialState } : {}), ...(listenFd !== undefined ? { listenFd } : {}) };
+}
+
+/**
+ * --cluster-fd: every node's --routes names every route port before any node starts, so a harness or supervisor that
+ * binds the ports itself (never a probe another process can win) hands each node its socket. The port stays named by
+ * --cluster-port: the slot table is derived from it, and the node checks the socket listens there.
+ */
+function parseListenFd(f: ReadonlyMap<string, string>, port: number | undefined): number | undefined {
+  const raw = f.get('cluster-fd');
+  if (raw === undefined) return undefined;
+  const fd = parseIntInRange('cluster-fd', raw, 0, 65_535);
+  if (fd <= 2) fail('cluster-fd', `${fd} is ${['stdin', 'stdout', 'stderr'][fd]}, not an inherited socket: pass the descriptor the listening socket was given (3 or above)`);
+  if (port === undefined) requiredWith('cluster-port', 'cluster-fd', ' (the port the inherited socket listens on, as --routes names it)');
+  if (port === 0) fail('cluster-port', '0 cannot be used with --cluster-fd: name the port the inherited socket listens on, as --routes names it');
+  return fd;
 }
 
 function defaultServerName(): string {

@@ -6,6 +6,7 @@ import { ConfigError } from '../errors.js';
 import type { HttpEndpoint } from '../http/index.js';
 import type { Logger } from '../log.js';
 import type { ClusterNode, NodeOptions } from './node.js';
+import { inheritedListener } from './listeners.js';
 
 /** Flags that turn a node into a cluster member. */
 export const clusterFlagNames = [
@@ -74,6 +75,7 @@ export function nodeOptionsFromServeConfig(config: ServeConfig, logger: Logger):
     ...(config.kvReplicas !== undefined ? { kvReplicas: config.kvReplicas } : {}),
     ...(config.maxKvBytes !== undefined ? { maxKvBytes: config.maxKvBytes } : {}),
     ...(c.initialState === 'existing' ? { join: true } : {}),
+    ...(c.listenFd !== undefined ? { clusterListener: inheritedListener(c.listenFd, c.port) } : {}),
     logger,
   };
 }

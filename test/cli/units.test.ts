@@ -138,6 +138,10 @@ t.test('values: every flag rejects what it cannot use, naming itself', async (t)
   await failsWith(t, ['--nats-port', '4222', '--http-port', '4222'], 'http-port', /already used by --nats-port/);
   await failsWith(t, ['--ws-port', '8222'], 'ws-port', /already used by --http-port/);
   await failsWith(t, ['--cluster-port', '4222'], 'cluster-port', /already used by --nats-port/);
+  for (const bad of ['x', '-1', '3.5', '65536', ' 3']) await failsWith(t, ['--cluster-port', '6222', '--cluster-fd', bad], 'cluster-fd', /is not an integer from 0 to 65535/);
+  for (const std of ['0', '1', '2']) await failsWith(t, ['--cluster-port', '6222', '--cluster-fd', std], 'cluster-fd', /is std(in|out|err), not an inherited socket/);
+  await failsWith(t, ['--cluster-fd', '3'], 'cluster-port', /--cluster-port is required with --cluster-fd/);
+  await failsWith(t, ['--cluster-port', '0', '--cluster-fd', '3'], 'cluster-port', /0 cannot be used with --cluster-fd/);
   await failsWith(t, ['dev', '--nats-port', '1', '--http-port', '1'], 'http-port', /already used/);
   for (const bad of ['not a host', '300.1.1.1', '-lead', 'a..b', 'x'.repeat(64), 'example.com.']) {
     await failsWith(t, ['--bind', bad], 'bind', /not an IP address or host name/);

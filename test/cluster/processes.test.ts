@@ -12,7 +12,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
-import { freePort } from '../../src/free_port.js';
+import { holdPorts, releaseUnused, spawnOnHeldPort, type HeldPort } from '../support/ports.js';
 import { pause, waitFor } from '../support/wait.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);
@@ -21,7 +21,9 @@ const rng = seededRng(seed);
 const here = dirname(fileURLToPath(import.meta.url));
 const root = mkdtempSync(join(tmpdir(), 'membershipd-procs-'));
 const children = new Set<ChildProcess>();
+const routeHeld: HeldPort[] = [];
 t.teardown(() => {
+  releaseUnused(routeHeld);
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   rmSync(root, { recursive: true, force: true });
 });
@@ -40,7 +42,10 @@ const args: string[][] = [];
 const procs: (Proc | undefined)[] = [undefined, undefined, undefined];
 
 function spawnNode(i: number): Promise<Proc> {
-  const child = fork(join(here, 'serve_child.ts'), ['serve', ...args[i]!], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+  // First start: the route port bound by this process arrives at stdio[4] (3 is the IPC channel); a restart binds it.
+  const child = spawnOnHeldPort(routeHeld[i], (fd) => (fd === undefined
+    ? fork(join(here, 'serve_child.ts'), ['serve', ...args[i]!], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'pipe', 'ipc'] })
+    : fork(join(here, 'serve_child.ts'), ['serve', ...args[i]!, '--cluster-fd', '4'], { execArgv: ['--import', 'tsx'], stdio: ['ignore', 'ignore', 'pipe', 'ipc', fd] })));
   children.add(child);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString()).slice(-4000); });
@@ -113,9 +118,11 @@ t.test('separate processes: cold start in a random order, kill -9 of the leader,
   writeFileSync(caFile, ca.cert);
   const passFile = join(root, 'route.pass');
   writeFileSync(passFile, 'route-secret\n', { mode: 0o600 });
-  // Route ports are the one thing probed: every node's --routes names every port before any node runs, and the slot
-  // table is derived from them (src/node/bootstrap.ts). Client and HTTP ports are bound (0) and reported by the child.
-  const clusterPorts = [await freePort(), await freePort(), await freePort()];
+  // Every node's --routes names every route port before any node runs (the slot table is derived from them,
+  // src/node/bootstrap.ts): they are bound here and each child takes its socket over (--cluster-fd). Client and HTTP
+  // ports are bound (0) by the child and reported to this process.
+  routeHeld.push(...await holdPorts(3));
+  const clusterPorts = routeHeld.map((h) => h.port);
   const routes = clusterPorts.map((p) => `127.0.0.1:${p}`).join(',');
   for (let i = 0; i < 3; i++) {
     const { certFile, keyFile } = await writePemPair(root, `node-${i}`, await issueCertificate(ca, { commonName: `node-${i}` }));

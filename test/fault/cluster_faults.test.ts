@@ -27,6 +27,9 @@ import { createCertificateAuthority, issueCertificate, writePemPair } from '../.
 import { signRequest } from '../../src/control/envelope.js';
 import { keyPairFromSeed } from '../../src/auth/index.js';
 import { freePort } from '../../src/free_port.js';
+import { holdPorts, releaseUnused, spawnOnHeldPort, type HeldPort } from '../support/ports.js';
+
+const heldRoutePorts: HeldPort[] = [];
 import { pause, waitFor } from '../support/wait.js';
 
 const seed = Number(process.env.FAULT_SEED ?? Date.now() % 1_000_000);
@@ -116,6 +119,7 @@ function killPid(c: ChildProcess): void {
   }
 }
 t.teardown(async () => {
+  releaseUnused(heldRoutePorts);
   for (const a of admins) await a.close().catch(() => undefined);
   for (const c of live) killPid(c);
   rmSync(root, { recursive: true, force: true });
@@ -138,13 +142,18 @@ interface Cluster {
   readonly args: string[][];
   readonly natsPorts: number[];
   readonly httpPorts: number[];
+  readonly routeHeld: HeldPort[];
   readonly nodes: (Node | undefined)[];
 }
 
 async function newCluster(name: string): Promise<Cluster> {
   const dir = join(root, name);
   mkdirSync(dir, { recursive: true });
-  const routePorts = [await freePort(), await freePort(), await freePort()];
+  // Route ports bound here and passed to each child's first start (--cluster-fd); client and HTTP ports are claimed
+  // (src/free_port.ts), as the tests reach a restarted node on the same ones.
+  const routeHeld = await holdPorts(3);
+  heldRoutePorts.push(...routeHeld);
+  const routePorts = routeHeld.map((h) => h.port);
   const natsPorts = [await freePort(), await freePort(), await freePort()];
   const httpPorts = [await freePort(), await freePort(), await freePort()];
   const routes = routePorts.map((p) => `127.0.0.1:${p}`).join(',');
@@ -157,11 +166,13 @@ async function newCluster(name: string): Promise<Cluster> {
     '--internal-id-file', join(dir, `id-${i}.nk`), '--store', 'kv', '--kv-replicas', '3',
     '--data-dir', join(dir, `data-${i}`), '--log-level', 'error',
   ]);
-  return { dir, args, natsPorts, httpPorts, nodes: [undefined, undefined, undefined] };
+  return { dir, args, routeHeld, natsPorts, httpPorts, nodes: [undefined, undefined, undefined] };
 }
 
 function spawnNode(c: Cluster, i: number): Node {
-  const child = spawn(process.execPath, [...entry, ...c.args[i]!], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawnOnHeldPort(c.routeHeld[i], (fd) => (fd === undefined
+    ? spawn(process.execPath, [...entry, ...c.args[i]!], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] })
+    : spawn(process.execPath, [...entry, ...c.args[i]!, '--cluster-fd', '3'], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe', fd] })));
   live.add(child);
   const n: Node = { i, child, stderr: '', exited: new Promise((r) => child.once('exit', (code, signal) => { live.delete(child); r({ code, signal }); })) };
   child.stderr!.on('data', (d: Buffer) => { n.stderr = (n.stderr + d.toString()).slice(-8000); });

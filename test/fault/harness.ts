@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { freePort } from '../../src/free_port.js';
+import { holdPorts, releaseUnused, spawnOnHeldPort, type HeldPort } from '../support/ports.js';
 
 export const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const root = mkdtempSync(join(tmpdir(), 'membershipd-fault-harness-'));
@@ -28,6 +29,7 @@ const entry = ((): string[] => {
 export const HEALTHY_MS = 30_000;
 export const live = new Set<ChildProcess>();
 export const conns: NatsConnection[] = [];
+const heldRoutePorts: HeldPort[] = [];
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 export const bound = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms).unref());
 
@@ -41,6 +43,7 @@ export function killPid(c: ChildProcess): void {
 }
 /** Closes every client, kills every child by PID, removes the temp and bundle dirs. */
 export async function teardownHarness(): Promise<void> {
+  releaseUnused(heldRoutePorts);
   for (const nc of conns) await nc.close().catch(() => undefined);
   for (const c of live) killPid(c);
   rmSync(root, { recursive: true, force: true });
@@ -52,6 +55,8 @@ export interface Cluster {
   readonly caFile: string;
   readonly args: string[][];
   readonly routePorts: number[];
+  /** Bound by this process and handed to each node's first start (--cluster-fd); restarts bind the port themselves. */
+  readonly routeHeld: HeldPort[];
   readonly natsPorts: number[];
   readonly httpPorts: number[];
   readonly dataDirs: string[];
@@ -65,11 +70,14 @@ export async function newCluster(): Promise<Cluster> {
   writeFileSync(caFile, ca.cert);
   const passFile = join(root, 'route.pass');
   writeFileSync(passFile, 'route-secret\n', { mode: 0o600 });
-  const routePorts: number[] = [];
+  // Route ports are bound here and passed to each child (every node's --routes names all of them before any node
+  // starts). Client and HTTP ports are claimed (src/free_port.ts): the tests reach a restarted node on the same ones.
+  const routeHeld = await holdPorts(3);
+  heldRoutePorts.push(...routeHeld);
+  const routePorts = routeHeld.map((h) => h.port);
   const natsPorts: number[] = [];
   const httpPorts: number[] = [];
   for (let i = 0; i < 3; i++) {
-    routePorts.push(await freePort());
     natsPorts.push(await freePort());
     httpPorts.push(await freePort());
   }
@@ -88,11 +96,13 @@ export async function newCluster(): Promise<Cluster> {
       '--internal-id-file', idFiles[i]!, '--store', 'kv', '--kv-replicas', '3', '--data-dir', dataDirs[i]!, '--log-level', 'error',
     ]);
   }
-  return { caFile, args, routePorts, natsPorts, httpPorts, dataDirs, idFiles, nodes: [undefined, undefined, undefined] };
+  return { caFile, args, routePorts, routeHeld, natsPorts, httpPorts, dataDirs, idFiles, nodes: [undefined, undefined, undefined] };
 }
 
 export function spawnNode(c: Cluster, i: number, args: readonly string[] = c.args[i]!): Node {
-  const child = spawn(process.execPath, [...entry, ...args], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawnOnHeldPort(c.routeHeld[i], (fd) => (fd === undefined
+    ? spawn(process.execPath, [...entry, ...args], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] })
+    : spawn(process.execPath, [...entry, ...args, '--cluster-fd', '3'], { cwd: repo, stdio: ['ignore', 'ignore', 'pipe', fd] })));
   live.add(child);
   const n: Node = { child, stderr: '', exited: new Promise((r) => child.once('exit', () => { live.delete(child); r(); })) };
   child.stderr!.on('data', (d: Buffer) => { n.stderr = (n.stderr + d.toString()).slice(-16_000); });

@@ -22,7 +22,7 @@ import { parseCommandLine } from '../../src/config/index.js';
 import { startServing, type ServingNode } from '../../src/cli/serve.js';
 import { loadBusAuth } from '../../src/cli/bus_auth.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
-import { freePort } from '../../src/free_port.js';
+import { holdPorts, releaseUnused, takeListener } from '../support/ports.js';
 import { checkKvFormat } from '../../src/node/bootstrap.js';
 import { NodeErrorCode } from '../../src/node/index.js';
 import { pack } from '../../store/codec.js';
@@ -770,8 +770,9 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
   const { certFile, keyFile } = await writePemPair(dir, 'route', leaf);
   const caFile = join(dir, 'ca.pem');
   writeFileSync(caFile, ca.cert);
-  const clusterPorts: number[] = [];
-  for (let i = 0; i < 3; i++) clusterPorts.push(await freePort());
+  const held = await holdPorts(3);
+  t.teardown(() => releaseUnused(held));
+  const clusterPorts = held.map((h) => h.port);
   const routes = clusterPorts.map((p) => `127.0.0.1:${p}`).join(',');
   const nodes: ServingNode[] = [];
   const conns: NatsConnection[] = [];
@@ -788,7 +789,7 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
     ]);
     if (cmd.kind !== 'serve') throw new Error(`expected serve, got ${cmd.kind}`);
     const auth = await loadBusAuth(cmd.config, silentLogger());
-    nodes[i] = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
+    nodes[i] = await startServing(cmd.config, silentLogger(), auth.authenticator, auth, { clusterListener: takeListener(held[i]) });
   }));
   await waitUntil(() => nodes.every((n) => n.cluster?.health().status === 'ok'), {
     what: () => `a healthy cluster: ${JSON.stringify(nodes.map((n) => n.cluster?.health()))}`, timeoutMs: 30_000,

@@ -19,7 +19,10 @@ export interface HeldPort {
 const drawsMax = 50;
 
 async function tryHold(port: number, host: string): Promise<Server | undefined> {
-  const server = createServer();
+  // Until a node takes the socket over, a connection to it is reset at once, as a node not yet started refuses one:
+  // accepted and left open, it would hang a peer's dial until its TLS handshake timed out. (A taken-over socket's
+  // connections go to the node's own server: listen(handle) moves the accept callback there.)
+  const server = createServer((socket) => socket.destroy());
   return new Promise((resolve) => {
     server.once('error', () => resolve(undefined));
     server.listen({ port, host, exclusive: true }, () => resolve(server));
@@ -54,4 +57,31 @@ export function takeListener(held: HeldPort | undefined): Server | undefined {
  */
 export function releaseUnused(held: readonly HeldPort[]): void {
   for (const h of held) if (!h.taken && h.server.listening) h.server.close();
+}
+
+/**
+ * The descriptor of a held port's socket for a child process: spawn with it at stdio[3] and `--cluster-fd 3`
+ * (src/node/listeners.ts inheritedListener). Node keeps a listening server's descriptor on its handle.
+ */
+function descriptorOf(held: HeldPort): number {
+  const fd = (held.server as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) throw new Error(`port ${held.port}: the held server has no descriptor to pass (closed already?)`);
+  return fd;
+}
+
+/**
+ * Spawns a child that takes a held route port over (`spawnChild(fd)` puts `fd` at stdio[3] and passes
+ * `--cluster-fd 3`), then closes the parent's copy, so the child alone accepts on the port. Closed synchronously
+ * after the spawn: the parent never runs an accept for it in between. undefined when the port was taken already:
+ * a restarted child binds --cluster-port itself, as a restarted node does.
+ */
+export function spawnOnHeldPort<T>(held: HeldPort | undefined, spawnChild: (fd: number | undefined) => T): T {
+  if (held === undefined || held.taken) return spawnChild(undefined);
+  const fd = descriptorOf(held);
+  try {
+    return spawnChild(fd);
+  } finally {
+    held.taken = true;
+    held.server.close();
+  }
 }

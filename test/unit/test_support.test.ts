@@ -2,11 +2,15 @@
 // and waitFor's contract (the value it returns, its bound in checks, what its failure says).
 import t from 'tap';
 import { existsSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { spawn } from 'node:child_process';
+import { connect, createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, dirname, resolve } from 'node:path';
 import { freePort } from '../../src/free_port.js';
-import { holdPorts, releaseUnused, takeListener } from '../support/ports.js';
+import { holdPorts, releaseUnused, spawnOnHeldPort, takeListener } from '../support/ports.js';
+
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 import { WaitAbandonedError, WaitTimeoutError, waitFor } from '../support/wait.js';
 
 function bindOnce(port: number): Promise<string> {
@@ -89,4 +93,51 @@ t.test('waitFor gives up at once when giveUpIf has a reason', async (t) => {
   t.ok(err instanceof WaitAbandonedError);
   t.match(err, { code: 'ETEST_WAIT_ABANDONED', message: 'gave up waiting for the start line: the child exited with code 2' });
   t.equal(calls, 0, 'the condition is not evaluated once waiting is pointless');
+});
+
+t.test('a child takes a held route port over by descriptor (--cluster-fd); a wrong descriptor is a ConfigError', async (t) => {
+  const [held] = await holdPorts(1);
+  t.teardown(() => releaseUnused([held!]));
+  const script = [
+    "import { inheritedListener } from './src/node/listeners.ts';",
+    'const port = Number(process.argv[1]);',
+    'for (const fd of [99, 0]) { try { inheritedListener(fd, port); } catch (e) { console.log(e.flag + ": " + e.message); } }',
+    "try { inheritedListener(5, port + 1); } catch (e) { console.log(e.flag + ': ' + e.message); }",
+    "const s = inheritedListener(3, port); s.on('connection', (c) => c.end('child ' + s.address().port));",
+    "process.on('message', () => { s.close(); process.disconnect(); });",
+    "console.log('listening');",
+  ].join('\n');
+  const child = spawnOnHeldPort(held, (fd) => spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, String(held!.port)],
+    { cwd: repo, stdio: ['ignore', 'pipe', 'inherit', fd ?? 'ignore', 'ipc', fd ?? 'ignore'] })); // 5: a copy, closed by the refusal
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  t.equal(held!.taken, true, 'the port is marked taken once handed to a child');
+  t.equal(held!.server.listening, false, 'the parent closed its copy at once, so only the child accepts');
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  await waitFor(() => out.includes('listening'), { what: () => `the child to listen: ${out}`, timeoutMs: 20_000 });
+  t.match(out, /cluster-fd: --cluster-fd: descriptor 99 is not open in this process \(EBADF\)/, 'a closed descriptor names the flag and the cause');
+  t.match(out, /cluster-fd: --cluster-fd: descriptor 0 is not a socket/, 'a descriptor that is not a socket is refused');
+  t.match(out, new RegExp(`descriptor 5 listens on port ${held!.port}, but --cluster-port is ${held!.port + 1}`), 'a socket on another port is refused');
+  const reply = await new Promise<string>((resolve, reject) => {
+    const c = connect(held!.port, '127.0.0.1');
+    let got = '';
+    c.on('data', (d) => { got += d.toString(); });
+    c.on('end', () => resolve(got));
+    c.on('error', reject);
+  });
+  t.equal(reply, `child ${held!.port}`, 'a connection to the port reaches the child');
+  child.send('stop');
+  await new Promise((r) => child.once('exit', r));
+  t.equal(spawnOnHeldPort(held, (fd) => fd), undefined, 'a port already taken is not handed again (a restart binds it itself)');
+});
+
+t.test('a held port resets connections until a node takes it over', async (t) => {
+  const [held] = await holdPorts(1);
+  t.teardown(() => releaseUnused([held!]));
+  const outcome = await new Promise<string>((resolve) => {
+    const c = connect(held!.port, '127.0.0.1');
+    c.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+    c.on('close', () => resolve('closed'));
+  });
+  t.match(outcome, /^(closed|ECONNRESET)$/, 'the connection is closed at once, not left hanging');
 });
