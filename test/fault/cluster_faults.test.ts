@@ -441,7 +441,9 @@ t.test(`cold start: ${trials} trial(s) in random orders with random delays`, asy
       lastOk = false;
       continue;
     }
-    lastOk = f.twoMs <= COLD_START_DEADLINE_MS;
+    // The trial's cluster came up healthy: the fault subtests can use it, however long it took (the timing is judged
+    // above, and not at all when other processes held the CPUs; a slow start must not fail the faults too).
+    lastOk = true;
     if (f.twoMs > COLD_START_REQUIRED_MS) {
       misses.push(trial);
       t.comment(`trial ${trial} missed issue 7's ${COLD_START_REQUIRED_MS} ms; reproduce: ${reproduce}`);
