@@ -23,11 +23,15 @@ import {
   type AddedSlot, type ClusterFile, type SlotBinding,
 } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
-import { assessHealth, type SilentVoter } from './health.js';
+import type { Health } from './health.js';
 import { nextMembershipChange, promoteWindow } from './membership_policy.js';
 import { finishInterruptedRecovery } from './recover.js';
-import { Histogram, renderMetrics, type Sample } from './metrics.js';
 import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
+import { PendingRequests, stoppedError } from './requests.js';
+import {
+  CatchUp, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, peerName, raftz, routez, selfReport, varz,
+  type ClusterStatus, type JsClusterInfo, type NodeMetrics, type NodeStatusView,
+} from './status.js';
 import { raftStorageView } from './storage_adapter.js';
 import {
   decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport, type SlotHello,
@@ -87,51 +91,8 @@ export interface NodeOptions {
   readonly join?: boolean;
 }
 
-export type Health = { readonly status: 'ok' } | { readonly status: 'unavailable'; readonly reason: string };
-
-/** One row of `cluster status`: the member's own report (when it answered) and its place in the configuration. */
-export interface MemberStatus {
-  readonly id: number;
-  readonly name: string | null;
-  readonly address: string;
-  /** leader | follower | candidate | learner | voter (a voter that did not answer) | removed */
-  readonly role: string;
-  readonly term: number | null;
-  readonly leader: string | null;
-  readonly commit: number | null;
-  readonly applied: number | null;
-  /** The leader's commit index minus this member's applied index (null when either is unknown). */
-  readonly lag: number | null;
-  readonly reachable: boolean;
-  readonly health: string | null;
-}
-
-/** A replica in STREAM.INFO `cluster.replicas` (nats-server PeerInfo). */
-export interface JsReplicaInfo {
-  readonly name: string;
-  readonly current: boolean;
-  readonly offline?: boolean;
-  readonly active: number;
-  readonly lag?: number;
-}
-
-export interface JsClusterInfo {
-  readonly name: string;
-  readonly leader?: string;
-  readonly replicas?: readonly JsReplicaInfo[];
-}
-
-export interface ClusterStatus {
-  readonly cluster: string;
-  /** The node that answered. */
-  readonly via: string;
-  readonly leader: string | null;
-  readonly term: number;
-  readonly kvReplicas: number;
-  readonly voters: readonly number[];
-  readonly learners: readonly number[];
-  readonly members: readonly MemberStatus[];
-}
+export type { Health } from './health.js';
+export type { ClusterStatus, JsClusterInfo, JsReplicaInfo, MemberStatus } from './status.js';
 
 /** Listeners for route traffic that is not Raft (the bus glue registers here). */
 export interface RouteListener {
@@ -144,33 +105,6 @@ export interface ReadOptions {
   /** Serve from local state without a ReadIndex round (may lag the leader). */
   readonly stale?: boolean;
 }
-
-interface PendingWrite {
-  readonly seq: number;
-  readonly command: Uint8Array;
-  readonly started: number;
-  readonly deadline: number;
-  submitted: boolean;
-  submittedAt: number;
-  resolve(r: KvResult): void;
-  reject(e: Error): void;
-}
-
-/**
- * One ReadIndex request and every read that waits on it (etcd's linearizable read loop): reads that arrive while
- * another request is in flight gather in the next one, sent when the in-flight one learns its index. So a node
- * serving thousands of linearizable reads sends one ReadIndex per round trip to the leader, not one per read,
- * and a read never joins a request sent before it arrived (that index could predate a write it must see).
- */
-interface PendingRead {
-  readonly key: number;
-  readonly deadline: number;
-  submittedAt: number;
-  index: number;
-  readonly waiters: { resolve(): void; reject(e: Error): void }[];
-}
-
-const waitingMax = 10_000;
 
 /** Structurally src/kv's KvBackend (kept here so src/node does not depend on the KV API module). */
 export interface RaftKvBackend {
@@ -187,21 +121,7 @@ export class ClusterNode {
   readonly identity: InternalIdentity;
   readonly stateMachine = new KvStateMachine();
   private readonly sessions = new AppliedSessions();
-  readonly metrics = {
-    proposalSeconds: new Histogram(),
-    persistSeconds: new Histogram(),
-    leaderChanges: 0,
-    raftMessagesIn: 0,
-    raftMessagesOut: 0,
-    raftMessagesDropped: 0,
-    proposalsFailed: 0,
-    snapshotsTaken: 0,
-    snapshotsInstalled: 0,
-    /** Times this node caught up after losing its data. */
-    recoveries: 0,
-    /** KV writes refused by --max-kv-bytes. */
-    quotaRefusals: 0,
-  };
+  readonly metrics: NodeMetrics = newNodeMetrics();
 
   private readonly opts: NodeOptions;
   private readonly log: Logger;
@@ -232,18 +152,14 @@ export class ClusterNode {
   private loop: Promise<void> | undefined;
   private stopping = false;
   private fatal: Error | undefined;
-  private seq = 0;
-  private readonly writes = new Map<number, PendingWrite>();
-  private readonly reads = new Map<number, PendingRead>();
-  /** The batch new reads join: not sent yet (a request is in flight, or no leader to send it to). */
-  private openRead: PendingRead | undefined;
-  private readersWaiting = 0;
+  /** Waiting writes and linearizable reads (requests.ts); the Ready driver reports what Raft said of them. */
+  private readonly requests: PendingRequests<KvResult>;
+  /** Request ids of `cluster status` questions to peers (statusWaiters). */
+  private statusSeq = 0;
   private lastLead = 0;
   private lastLeaderContact = 0;
   /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
   private readonly peerContact = new Map<number, number>();
-  /** The leader health last saw, and since when (how long its heartbeats have said nothing of its commit). */
-  private leaderSeen = { lead: 0, since: 0 };
   private ticks = 0;
   /** A commit-only hard state not yet written (see handleReady); saved with the next synced batch or at stop. */
   private deferredHardState: HardState | undefined;
@@ -253,7 +169,7 @@ export class ClusterNode {
   /** The slot is known but the store is empty: a peer's hello tells a new node from one that lost its data. */
   private verdictPending = false;
   /** Applied the leader's own commit index once since start: until then health says "catching up". */
-  private caughtUp = false;
+  private readonly catchUp = new CatchUp((lead) => this.log.warn({ lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit'));
   private readonly startedAt = Date.now();
   private readonly voterGraceMs: number;
   private readonly voterDownSince = new Map<number, number>();
@@ -281,6 +197,17 @@ export class ClusterNode {
     this.timeoutMs = opts.requestTimeoutMs ?? 5000;
     this.snapshotEntries = opts.snapshotEntries ?? 10_000;
     this.voterGraceMs = opts.voterGraceMs ?? 30_000;
+    this.requests = new PendingRequests<KvResult>({
+      serverName: opts.serverName,
+      boot: this.boot,
+      timeoutMs: this.timeoutMs,
+      now: () => performance.now(),
+      propose: (seq, command) => this.proposeToRaft(seq, command),
+      readIndex: (context) => this.askReadIndex(context),
+      health: () => this.health(),
+      stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
+      metrics: this.metrics,
+    });
   }
 
   /** Opens the data dir (recovery), derives the slot, starts routes and the tick timer. */
@@ -835,7 +762,7 @@ export class ClusterNode {
         this.log.info({ lead, state: rd.softState.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
         this.lastLead = lead;
         this.lastLeaderContact = Date.now();
-        if (lead !== 0) for (const w of this.writes.values()) w.submittedAt = 0;
+        if (lead !== 0) this.requests.leaderChanged();
         const isLeader = rd.softState.state === StateType.leader;
         const name = lead === 0 ? undefined : this.peerName(lead);
         for (const l of this.leaderListeners) {
@@ -912,23 +839,9 @@ export class ClusterNode {
       }
       this.logBytesSinceSnapshot += e.data.length;
       const result = this.stateMachine.apply(e.index, env.command);
-      if (env.origin === this.cluster!.id && env.boot === this.boot) {
-        const w = this.writes.get(env.seq);
-        if (w) {
-          this.writes.delete(env.seq);
-          this.metrics.proposalSeconds.observe((performance.now() - w.started) / 1000);
-          w.resolve(result);
-        }
-      }
+      if (env.origin === this.cluster!.id && env.boot === this.boot) this.requests.writeApplied(env.seq, result);
     }
-    for (const rs of rd.readStates) {
-      if (rs.context.length !== 8) continue;
-      const dv = new DataView(rs.context.buffer, rs.context.byteOffset, 8);
-      if (dv.getUint32(0) !== this.boot) continue;
-      const r = this.reads.get(dv.getUint32(4));
-      if (r && r.index === 0) r.index = Math.max(1, rs.index);
-    }
-    if (rd.readStates.length > 0) this.sendOpenRead();
+    this.requests.readIndexesArrived(rd.readStates);
   }
 
   private restoreSnapshot(data: Uint8Array): void {
@@ -1058,29 +971,33 @@ export class ClusterNode {
   }
 
   proposeBytes(command: Uint8Array): Promise<KvResult> {
-    if (this.stopping || this.fatal) return Promise.reject(this.stoppedError());
-    if (this.writes.size >= waitingMax) {
-      return Promise.reject(new NodeError(NodeErrorCode.overloaded, `${this.writes.size} writes are already waiting on ${this.serverName}; retry later`, true));
-    }
-    return new Promise<KvResult>((resolve, reject) => {
-      const seq = (this.seq = (this.seq + 1) >>> 0);
-      const now = performance.now();
-      const w: PendingWrite = { seq, command, started: now, deadline: now + this.timeoutMs, submitted: false, submittedAt: 0, resolve, reject };
-      this.writes.set(seq, w);
-      this.submitWrite(w);
-    });
+    return this.requests.submitWrite(command);
   }
 
-  private submitWrite(w: PendingWrite): void {
-    if (!this.raw || !this.cluster || this.raw.basicStatus().lead === 0) return;
+  /** Hands a waiting write to Raft in this node's session envelope; false without a leader or when Raft refuses. */
+  private proposeToRaft(seq: number, command: Uint8Array): boolean {
+    if (!this.raw || !this.cluster || this.raw.basicStatus().lead === 0) return false;
     try {
-      this.raw.propose(encodeEnvelope(this.cluster.id, this.boot, w.seq, w.command));
-      w.submitted = true;
-      w.submittedAt = performance.now();
-      this.schedule();
+      this.raw.propose(encodeEnvelope(this.cluster.id, this.boot, seq, command));
     } catch (e) {
       if (!(e instanceof RaftError)) throw e;
+      return false;
     }
+    this.schedule();
+    return true;
+  }
+
+  /** Asks Raft for a read index (a waiting read batch's context); false without a leader or when Raft refuses. */
+  private askReadIndex(context: Uint8Array): boolean {
+    if (!this.raw || this.raw.basicStatus().lead === 0) return false;
+    try {
+      this.raw.readIndex(context);
+    } catch (e) {
+      if (!(e instanceof RaftError)) throw e;
+      return false;
+    }
+    this.schedule();
+    return true;
   }
 
   /**
@@ -1088,23 +1005,9 @@ export class ClusterNode {
    * (ReadIndex, Raft thesis §6.4), then returns it. With `stale`, returns at once.
    */
   async read(opts: ReadOptions = {}): Promise<KvStateMachine> {
-    if (this.stopping || this.fatal) throw this.stoppedError();
+    if (this.stopping || this.fatal) throw stoppedError(this.serverName, this.fatal);
     if (opts.stale) return this.stateMachine;
-    if (this.readersWaiting >= waitingMax) {
-      throw new NodeError(NodeErrorCode.overloaded, `${this.readersWaiting} linearizable reads are already waiting on ${this.serverName}; retry later, or read stale`, true);
-    }
-    await new Promise<void>((resolve, reject) => {
-      let r = this.openRead;
-      if (r === undefined) {
-        const key = (this.seq = (this.seq + 1) >>> 0);
-        r = this.openRead = { key, deadline: performance.now() + this.timeoutMs, submittedAt: 0, index: 0, waiters: [] };
-        this.reads.set(key, r);
-      }
-      r.waiters.push({ resolve, reject });
-      this.readersWaiting++;
-      // After the current callback: every read it carries joins the same request.
-      if (r.waiters.length === 1) queueMicrotask(() => this.sendOpenRead());
-    });
+    await this.requests.submitRead();
     return this.stateMachine;
   }
 
@@ -1138,81 +1041,21 @@ export class ClusterNode {
     };
   }
 
-  /** Sends the open batch unless a request is in flight (its answer sends it: see readStates). */
-  private sendOpenRead(): void {
-    const r = this.openRead;
-    if (r === undefined) return;
-    for (const other of this.reads.values()) if (other !== r && other.submittedAt !== 0 && other.index === 0) return;
-    this.submitRead(r);
-    if (r.submittedAt !== 0) this.openRead = undefined;
-  }
-
-  private settleRead(r: PendingRead, err?: Error): void {
-    this.reads.delete(r.key);
-    if (this.openRead === r) this.openRead = undefined;
-    this.readersWaiting -= r.waiters.length;
-    for (const w of r.waiters) if (err === undefined) w.resolve(); else w.reject(err);
-  }
-
-  private submitRead(r: PendingRead): void {
-    if (!this.raw || this.raw.basicStatus().lead === 0) return;
-    const ctx = new Uint8Array(8);
-    const dv = new DataView(ctx.buffer);
-    dv.setUint32(0, this.boot);
-    dv.setUint32(4, r.key);
-    try {
-      this.raw.readIndex(ctx);
-      r.submittedAt = performance.now();
-      this.schedule();
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e;
-    }
-  }
-
+  // The Ready driver's and the tick's hooks into the pending requests (requests.ts).
   private serveReads(): void {
-    const applied = this.stateMachine.appliedIndex;
-    for (const r of this.reads.values()) {
-      if (r.index > 0 && applied >= r.index) this.settleRead(r);
-    }
+    this.requests.serveReads(this.stateMachine.appliedIndex);
   }
 
   private retryWaiting(): void {
-    // A forwarded proposal (or a ReadIndex request) may be lost with a route or a leader; asking again
-    // is safe: reads are idempotent and a write's copies are applied once (sessions.ts).
-    const now = performance.now();
-    for (const w of this.writes.values()) if (!w.submitted || now - w.submittedAt > 1000) this.submitWrite(w);
-    for (const r of this.reads.values()) if (r !== this.openRead && r.index === 0 && now - r.submittedAt > 1000) this.submitRead(r);
-    this.sendOpenRead();
+    this.requests.retryWaiting();
   }
 
   private expire(): void {
-    const now = performance.now();
-    for (const w of this.writes.values()) {
-      if (now < w.deadline) continue;
-      this.writes.delete(w.seq);
-      this.metrics.proposalsFailed++;
-      const h = this.health();
-      w.reject(w.submitted
-        ? new NodeError(NodeErrorCode.timeout, `write not applied within ${this.timeoutMs} ms on ${this.serverName} (outcome unknown: it may still commit; retry if the command is idempotent)${h.status === 'ok' ? '' : `: ${h.reason}`}`, true)
-        : new NodeError(NodeErrorCode.noLeader, `no leader within ${this.timeoutMs} ms on ${this.serverName}: ${h.status === 'ok' ? 'election in progress' : h.reason}; retry`, true));
-    }
-    for (const r of this.reads.values()) {
-      if (now < r.deadline) continue;
-      const h = this.health();
-      this.settleRead(r, new NodeError(r.index === 0 ? NodeErrorCode.noLeader : NodeErrorCode.timeout, `linearizable read not served within ${this.timeoutMs} ms on ${this.serverName}${h.status === 'ok' ? '' : `: ${h.reason}`}; retry, or read stale`, true));
-    }
-  }
-
-  private stoppedError(): NodeError {
-    return this.fatal
-      ? new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${this.fatal.message}`, false)
-      : new NodeError(NodeErrorCode.stopped, `node ${this.serverName} is stopping`, false);
+    this.requests.expire();
   }
 
   private failAll(e: Error): void {
-    for (const w of this.writes.values()) w.reject(e);
-    this.writes.clear();
-    for (const r of [...this.reads.values()]) this.settleRead(r, e);
+    this.requests.failAll(e);
   }
 
   /** Asks the leader to hand leadership to `id` (default: the most caught-up other voter). */
@@ -1291,11 +1134,7 @@ export class ClusterNode {
 
   /** This node's own view (indexes, state, health) as `cluster status` shows it. */
   selfReport(): MemberReport {
-    const h = this.health();
-    const base = { id: this.cluster?.id ?? 0, name: this.serverName, health: h.status === 'ok' ? 'ok' : h.reason };
-    if (!this.raw) return { ...base, state: 'bootstrapping', term: 0, lead: 0, commit: 0, applied: this.stateMachine.appliedIndex, lastIndex: 0 };
-    const st = this.raw.basicStatus();
-    return { ...base, state: st.state, term: st.term, lead: st.lead, commit: st.commit, applied: this.stateMachine.appliedIndex, lastIndex: this.raw.status().lastIndex };
+    return selfReport(this.statusView());
   }
 
   /**
@@ -1309,7 +1148,7 @@ export class ClusterNode {
     if (self.id !== 0) reports.set(self.id, self);
     const asked: Promise<void>[] = [];
     for (const peer of this.transport.upPeers()) {
-      const reqId = (this.seq = (this.seq + 1) >>> 0);
+      const reqId = (this.statusSeq = (this.statusSeq + 1) >>> 0);
       asked.push(new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           this.statusWaiters.delete(reqId);
@@ -1329,27 +1168,7 @@ export class ClusterNode {
       }));
     }
     await Promise.all(asked);
-    const conf = this.membership() ?? { voters: [], learners: [] };
-    const leaderReport = [...reports.values()].find((r) => r.state === StateType.leader);
-    const leaderCommit = leaderReport?.commit ?? Math.max(0, ...[...reports.values()].map((r) => r.commit));
-    const members: MemberStatus[] = (this.cluster?.addresses ?? []).map((address, i) => {
-      const id = i + 1;
-      const r = reports.get(id);
-      const learner = conf.learners.includes(id);
-      const voter = conf.voters.includes(id);
-      const role = !voter && !learner ? 'removed' : learner ? 'learner' : r === undefined ? 'voter' : r.state === 'preCandidate' ? 'candidate' : r.state;
-      return {
-        id, name: id === this.cluster?.id ? this.serverName : (this.cluster?.bindings[String(id)]?.name ?? this.cluster?.names?.[String(id)] ?? null), address, role,
-        term: r?.term ?? null, leader: r === undefined || r.lead === 0 ? null : this.peerName(r.lead),
-        commit: r?.commit ?? null, applied: r?.applied ?? null, lag: r === undefined ? null : Math.max(0, leaderCommit - r.applied),
-        reachable: r !== undefined, health: r?.health ?? null,
-      };
-    });
-    const st = this.raw?.basicStatus();
-    return {
-      cluster: this.clusterName, via: this.serverName, leader: leaderReport ? leaderReport.name : (st && st.lead !== 0 ? this.peerName(st.lead) : null),
-      term: leaderReport?.term ?? st?.term ?? 0, kvReplicas: this.voters, voters: conf.voters, learners: conf.learners, members,
-    };
+    return clusterStatusFrom(this.statusView(), reports);
   }
 
   // ---- observability ---------------------------------------------------------------------------
@@ -1364,266 +1183,63 @@ export class ClusterNode {
     return this.transport.address();
   }
 
-  private reachableVoters(voters: readonly number[]): number {
-    const up = new Set(this.transport.upPeers());
-    let n = 0;
-    for (const v of voters) if (v === this.cluster?.id || up.has(this.idToPeer.get(v) ?? '\0')) n++;
-    return n;
-  }
-
   /**
    * Whether this node's state machine is current: it applied the leader's own commit index since it started and
    * is not recovering lost data. Until then, what it reads locally (stale) is no basis for a write.
    */
   isCurrent(): boolean {
     const st = this.raw?.basicStatus();
-    return st !== undefined && this.catchingUp(st) === undefined;
+    return st !== undefined && this.catchUp.check(st, this.stateMachine.appliedIndex, Date.now(), this.electionTicks * this.tickMs) === undefined;
   }
 
   health(): Health {
-    if (this.fatal) return { status: 'unavailable', reason: `replication stopped: ${this.fatal.message}` };
-    if (this.refusal !== undefined) return { status: 'unavailable', reason: this.refusal };
-    if (this.stopping) return { status: 'unavailable', reason: 'node is stopping' };
-    if (!this.raw || !this.cluster) {
-      const up = this.transport?.upPeers().length ?? 0;
-      const down = this.transport?.peers().filter((p) => p.state !== 'up').map(describeDown) ?? [];
-      return {
-        status: 'unavailable',
-        reason: this.bootstrapProblem ?? (this.verdictPending
-          ? `no quorum: ${up + 1} of ${this.voters} voters reachable (this node's store is empty: a peer with a slot table tells whether it is new or lost its data${down.length ? `; not connected: ${down.join(', ')}` : ''})`
-          : undefined) ?? (this.opts.join
-          ? `joining cluster "${this.clusterName}": waiting for a peer's slot table (${up} peer(s) connected; not connected: ${down.join(', ')})`
-          : undefined) ??
-          `no quorum: ${up + 1} of ${this.voters} voters reachable (this node learns its slot from the first peer it meets; not connected: ${down.join(', ')})`,
-      };
-    }
-    const st = this.raw.basicStatus();
-    const conf = this.raw.confState();
-    const self = this.cluster.id;
-    const removed = this.removedSlots.has(self) && !conf.voters.includes(self) && !conf.learners.includes(self);
-    const voters = conf.voters.length > 0 ? conf.voters : Array.from({ length: this.voters }, (_, i) => i + 1);
-    const windowMs = this.electionTicks * this.tickMs;
-    const now = Date.now();
-    const silent: SilentVoter[] = [];
-    for (const v of voters) {
-      if (v === self) continue;
-      const at = this.peerContact.get(v);
-      if (now - (at ?? 0) > windowMs) silent.push({ name: this.peerName(v), silentMs: at === undefined ? undefined : now - at });
-    }
-    const leaderPeer = this.idToPeer.get(st.lead);
-    return assessHealth({
-      ...(removed ? { removed: { slot: self, serverName: this.serverName, address: this.cluster.addresses[self - 1] ?? '' } } : {}),
-      voters: voters.length,
-      reachable: this.reachableVoters(voters),
-      notConnected: this.transport.peers().filter((p) => p.state !== 'up').map(describeDown),
-      silent,
-      windowMs,
-      role: st.state,
-      term: st.term,
-      lead: st.lead,
-      leaderName: this.peerName(st.lead),
-      leaderConnected: leaderPeer !== undefined && this.transport.upPeers().includes(leaderPeer),
-      leaderSilentMs: now - this.lastLeaderContact,
-      commit: st.commit,
-      applied: this.stateMachine.appliedIndex,
-      ...(this.bootstrapProblem !== undefined ? { bootstrapProblem: this.bootstrapProblem } : {}),
-      catchingUp: () => this.catchingUp(st),
-    });
+    return nodeHealth(this.statusView(), this.catchUp);
   }
 
-  /**
-   * Until this node has applied the leader's own commit index once since it started (and, after losing its data,
-   * until Raft ends its recovery), it is not current: its own commit index is clamped to what it holds, so "applied
-   * all I know committed" means nothing for a node that knows little. Heartbeats carry the leader's index.
-   */
-  private catchingUp(st: BasicStatus): Health | undefined {
-    const applied = this.stateMachine.appliedIndex;
-    if (!st.recovering && (this.caughtUp || (st.leaderCommit > 0 && applied >= st.leaderCommit))) {
-      this.caughtUp = true;
-      return undefined;
-    }
-    // A leader of an older version never says its commit index: after two election timeouts of silence on it,
-    // "applied all this node knows committed" (checked by the caller) is the best there is, as before.
-    // Timed from when health first sees this leader (Raft's state, not the Ready loop's, which may lag behind it).
-    if (st.lead !== this.leaderSeen.lead) this.leaderSeen = { lead: st.lead, since: Date.now() };
-    if (!st.recovering && st.leaderCommit === 0 && st.lead !== 0 && Date.now() - this.leaderSeen.since > 2 * this.electionTicks * this.tickMs) {
-      this.caughtUp = true;
-      this.log.warn({ lead: st.lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit');
-      return undefined;
-    }
-    const of = st.leaderCommit > 0 ? `the leader's commit ${st.leaderCommit}` : 'the leader\'s commit (not known yet)';
-    const snap = st.snapshotBytes > 0 ? ` (snapshot ${Math.floor((100 * st.snapshotReceived) / st.snapshotBytes)}% received)` : '';
-    const lost = st.recovering ? '; this node lost its data and votes again once caught up' : '';
-    return { status: 'unavailable', reason: `catching up: applied ${applied} of ${of}${snap}${lost}` };
-  }
-
-  /**
-   * STREAM.INFO `cluster` as nats-server reports a replicated stream: the cluster name, the Raft leader's server
-   * name, and the other voters as replicas with `current`, `active` (ns since this node last heard from them) and
-   * `lag` (entries behind). The leader knows every voter's progress; a follower knows its own and reports the
-   * others from its routes only (`offline` when the route is down, `active` from the last Raft message, which
-   * followers seldom exchange). Undefined with a single voter: nats-server omits `cluster` for an R1 stream on a
-   * single server.
-   */
+  /** STREAM.INFO `cluster` (status.ts jsClusterInfo); undefined with a single voter. */
   jsClusterInfo(): JsClusterInfo | undefined {
-    const raw = this.raw;
-    if (!raw) return undefined;
-    const conf = raw.confState();
-    if (conf.voters.length <= 1) return undefined;
-    const st = raw.status();
-    const lead = st.softState.lead;
-    if (lead === 0) return { name: this.clusterName };
-    const now = Date.now();
-    const activeNs = (id: number): number => {
-      const at = this.peerContact.get(id);
-      return at === undefined ? 0 : Math.max(0, now - at) * 1_000_000;
-    };
-    const recent = 2 * this.electionTicks * this.tickMs;
-    const up = new Set(this.transport.upPeers());
-    const replicas: JsReplicaInfo[] = [];
-    for (const id of conf.voters) {
-      if (id === lead) continue;
-      const name = this.peerName(id);
-      if (id === st.id) {
-        const lag = Math.max(0, st.hardState.commit - this.stateMachine.appliedIndex);
-        replicas.push({ name, current: lag === 0 && now - this.lastLeaderContact <= recent, active: 0, ...(lag > 0 ? { lag } : {}) });
-        continue;
-      }
-      const online = up.has(this.idToPeer.get(id) ?? '');
-      const p = st.softState.state === StateType.leader ? st.progress.get(id) : undefined;
-      const lag = p === undefined ? 0 : Math.max(0, st.lastIndex - p.match);
-      const current = online && (p === undefined || (lag === 0 && now - (this.peerContact.get(id) ?? 0) <= recent));
-      replicas.push({ name, current, ...(online ? {} : { offline: true }), active: activeNs(id), ...(lag > 0 ? { lag } : {}) });
-    }
-    return { name: this.clusterName, leader: this.peerName(lead), replicas };
+    return jsClusterInfo(this.statusView());
   }
 
   private peerName(id: number): string {
-    return id === this.cluster?.id ? this.serverName : (this.idToPeer.get(id) ?? `slot ${id}`);
+    return peerName({ cluster: this.cluster, serverName: this.serverName, idToPeer: this.idToPeer }, id);
   }
 
   raftz(): Record<string, unknown> {
-    const raw = this.raw;
-    const base = { server: this.serverName, cluster: this.clusterName, identity: this.identity.publicKey, health: this.health() };
-    if (!raw || !this.cluster) return { ...base, id: null, state: 'bootstrapping', n: this.n, voters: this.voters };
-    const st = raw.status();
-    const basic = raw.basicStatus();
-    const progress: Record<string, unknown> = {};
-    for (const [id, p] of st.progress) {
-      progress[this.peerName(id)] = {
-        id, match: p.match, next: p.next, state: p.state, learner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering,
-        ...(p.snapshotBytes > 0 ? { snapshotTransfer: { ackedBytes: p.snapshotAcked, totalBytes: p.snapshotBytes } } : {}),
-      };
-    }
-    return {
-      ...base,
-      id: st.id,
-      state: st.softState.state,
-      term: st.hardState.term,
-      vote: st.hardState.vote,
-      leader: st.softState.lead === 0 ? null : { id: st.softState.lead, name: this.peerName(st.softState.lead) },
-      commit: st.hardState.commit,
-      applied: this.stateMachine.appliedIndex,
-      leaderCommit: basic.leaderCommit,
-      recovering: basic.recovering,
-      snapshotTransfer: basic.snapshotBytes > 0 ? { receivedBytes: basic.snapshotReceived, totalBytes: basic.snapshotBytes } : null,
-      lastIndex: st.lastIndex,
-      firstIndex: this.storage.firstIndex(),
-      snapshotIndex: this.storage.snapshot().meta.index,
-      conf: st.conf,
-      slots: this.cluster.addresses.map((a, i) => ({ id: i + 1, address: a, name: this.peerName(i + 1) })),
-      progress,
-      pendingWrites: this.writes.size,
-      pendingReads: this.readersWaiting,
-      leaderChanges: this.metrics.leaderChanges,
-      proposalP50Ms: msOrNull(this.metrics.proposalSeconds.quantile(0.5)),
-      proposalP99Ms: msOrNull(this.metrics.proposalSeconds.quantile(0.99)),
-      persistP50Ms: msOrNull(this.metrics.persistSeconds.quantile(0.5)),
-      walSegments: this.storage.walSegments().length,
-    };
+    return raftz(this.statusView());
   }
 
   routez(): Record<string, unknown> {
-    const peers = this.transport.peers().map((p) => ({ ...p, raftId: p.name === undefined ? null : (this.peerToId.get(p.name) ?? null) }));
-    return { server: this.serverName, cluster: this.clusterName, listen: this.transport.address(), numRoutes: this.transport.upPeers().length, routes: peers };
+    return routez(this.statusView());
   }
 
   varz(): Record<string, unknown> {
-    const mem = process.memoryUsage();
-    return {
-      server: this.serverName,
-      cluster: this.clusterName,
-      identity: this.identity.publicKey,
-      raftId: this.cluster?.id ?? null,
-      clusterSize: this.n,
-      voters: this.voters,
-      uptimeMs: Date.now() - this.startedAt,
-      mem: mem.rss,
-      routes: this.transport.upPeers().length,
-      routeLinks: this.transport.linkCount(),
-      health: this.health(),
-    };
+    return varz(this.statusView());
   }
 
   metricsText(): string {
-    const st = this.raw?.basicStatus();
-    const peers = this.transport.peers();
-    let bytesIn = 0;
-    let bytesOut = 0;
-    let framesIn = 0;
-    let framesOut = 0;
-    let writes = 0;
-    for (const p of peers) {
-      writes += p.counters.writes;
-      bytesIn += p.counters.bytesIn;
-      bytesOut += p.counters.bytesOut;
-      framesIn += p.counters.framesIn;
-      framesOut += p.counters.framesOut;
-    }
-    const m = this.metrics;
-    const samples: Sample[] = [
-      ['membershipd_raft_term', 'gauge', 'Current Raft term', st?.term ?? 0],
-      ['membershipd_raft_leader', 'gauge', '1 when this node is the Raft leader', st?.state === StateType.leader ? 1 : 0],
-      ['membershipd_raft_has_leader', 'gauge', '1 when a leader is known', st && st.lead !== 0 ? 1 : 0],
-      ['membershipd_raft_leader_changes_total', 'counter', 'Leader changes seen by this node', m.leaderChanges],
-      ['membershipd_raft_commit_index', 'gauge', 'Raft commit index', st?.commit ?? 0],
-      ['membershipd_raft_applied_index', 'gauge', 'Index applied to the KV state machine', this.stateMachine.appliedIndex],
-      ['membershipd_raft_leader_commit_index', 'gauge', 'The leader\'s own commit index as its heartbeats tell it (0: not known)', st?.leaderCommit ?? 0],
-      ['membershipd_raft_recovering', 'gauge', '1 while this node, having lost its data, catches up without a vote', st?.recovering ? 1 : 0],
-      ['membershipd_raft_recoveries_total', 'counter', 'Times this node caught up after losing its data', m.recoveries],
-      ['membershipd_raft_snapshot_received_bytes', 'gauge', 'Bytes received of the snapshot being streamed to this node', st?.snapshotReceived ?? 0],
-      ['membershipd_raft_snapshot_total_bytes', 'gauge', 'Size of the snapshot being streamed to this node (0: none)', st?.snapshotBytes ?? 0],
-      ['membershipd_raft_snapshots_installed_total', 'counter', 'Snapshots received from the leader and installed', m.snapshotsInstalled],
-      ['membershipd_raft_messages_in_total', 'counter', 'Raft messages received', m.raftMessagesIn],
-      ['membershipd_raft_messages_out_total', 'counter', 'Raft messages sent', m.raftMessagesOut],
-      ['membershipd_raft_messages_dropped_total', 'counter', 'Raft messages dropped (peer down, unknown slot, queue full)', m.raftMessagesDropped],
-      ['membershipd_raft_proposals_failed_total', 'counter', 'Writes that failed with a timeout or no leader', m.proposalsFailed],
-      ['membershipd_raft_pending_writes', 'gauge', 'Writes waiting to be applied', this.writes.size],
-      ['membershipd_raft_snapshots_total', 'counter', 'Snapshots taken locally', m.snapshotsTaken],
-      ['membershipd_kv_bytes', 'gauge', 'KV data held, as --max-kv-bytes counts it (stored bytes of every bucket)', this.stateMachine.totalBytes()],
-      ['membershipd_kv_quota_bytes', 'gauge', '--max-kv-bytes (0: unlimited)', this.opts.maxKvBytes ?? 0],
-      ['membershipd_kv_quota_refusals_total', 'counter', 'KV writes refused because they would pass --max-kv-bytes', m.quotaRefusals],
-      ['membershipd_healthy', 'gauge', '1 when /healthz answers ok', this.health().status === 'ok' ? 1 : 0],
-      ['membershipd_route_connections', 'gauge', 'Route links open in any state', this.transport.linkCount()],
-      ['membershipd_route_bytes_in_total', 'counter', 'Bytes received on routes', bytesIn],
-      ['membershipd_route_bytes_out_total', 'counter', 'Bytes sent on routes', bytesOut],
-      ['membershipd_route_frames_in_total', 'counter', 'Frames received on routes', framesIn],
-      ['membershipd_route_frames_out_total', 'counter', 'Frames sent on routes', framesOut],
-      ['membershipd_route_writes_total', 'counter', 'Socket writes on routes (frames out / writes = frames per write)', writes],
-    ];
-    if (st?.state === StateType.leader) {
-      // One family after the other: a family's samples must be adjacent in the exposition format.
-      const streams = [...this.raw!.status().progress].filter(([, p]) => p.snapshotBytes > 0);
-      for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_acked_bytes', 'gauge', 'Leader: bytes of the snapshot being streamed that the follower acknowledged', p.snapshotAcked, { peer: this.peerName(id) }]);
-      for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_sending_bytes', 'gauge', 'Leader: size of the snapshot being streamed to the follower', p.snapshotBytes, { peer: this.peerName(id) }]);
-    }
-    for (const p of peers) {
-      samples.push(['membershipd_route_up', 'gauge', 'Route state per peer (1 up)', p.state === 'up' ? 1 : 0, { peer: p.name ?? p.route ?? p.address }]);
-    }
-    return renderMetrics(samples, [
-      ['membershipd_raft_proposal_seconds', 'Time from a write being proposed on this node to its apply here', m.proposalSeconds],
-      ['membershipd_wal_fsync_seconds', 'Time to make one Ready batch durable (WAL append + fdatasync)', m.persistSeconds],
-    ]);
+    return metricsText(this.statusView());
+  }
+
+  /** What status.ts reads of this node, now (Raft, transport and maps by reference). */
+  private statusView(): NodeStatusView {
+    return {
+      serverName: this.serverName, clusterName: this.clusterName, identityKey: this.identity.publicKey, cluster: this.cluster,
+      clusterSize: this.n, kvReplicas: this.voters, raft: this.raw, applied: this.stateMachine.appliedIndex,
+      kvBytes: this.stateMachine.totalBytes(), maxKvBytes: this.opts.maxKvBytes, transport: this.transport,
+      idToPeer: this.idToPeer, peerToId: this.peerToId, peerContact: this.peerContact, lastLeaderContact: this.lastLeaderContact,
+      electionWindowMs: this.electionTicks * this.tickMs, now: Date.now(), startedAt: this.startedAt,
+      storage: {
+        firstIndex: () => this.storage.firstIndex(),
+        snapshotIndex: () => this.storage.snapshot().meta.index,
+        walSegments: () => this.storage.walSegments().length,
+      },
+      metrics: this.metrics, pendingWrites: this.requests.writesWaiting, pendingReads: this.requests.readersWaiting,
+      fatal: this.fatal, refusal: this.refusal, stopping: this.stopping, bootstrapProblem: this.bootstrapProblem,
+      verdictPending: this.verdictPending, joining: this.opts.join === true, removedSlots: this.removedSlots,
+      rss: () => process.memoryUsage().rss,
+      health: () => this.health(),
+    };
   }
 
   /** Stops timers, fails waiting requests, closes routes and the store. Idempotent. */
@@ -1631,7 +1247,7 @@ export class ClusterNode {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.tickTimer);
-    this.failAll(this.stoppedError());
+    this.failAll(stoppedError(this.serverName, this.fatal));
     await this.loop;
     await this.snapshotting;
     if (this.deferredHardState && !this.fatal) {
@@ -1643,16 +1259,6 @@ export class ClusterNode {
     await this.storage.close();
     this.log.info('node stopped');
   }
-}
-
-/** A route that is not up, with the refusal or dial error that keeps it down (what to fix). */
-function describeDown(p: PeerInfo): string {
-  const where = p.name ?? p.route ?? p.address;
-  return p.lastError && p.lastError.code !== 'connect' ? `${where}: ${p.lastError.reason}` : where;
-}
-
-function msOrNull(s: number | null): number | null {
-  return s === null ? null : Math.round(s * 100_000) / 100;
 }
 
 /** Starts a cluster node (see NodeOptions). */
