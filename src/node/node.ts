@@ -7,34 +7,30 @@ import type { Server as NetServer } from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type BasicStatus, type ConfState, type HardState, type Message, type Ready } from '../../raft/index.js';
+import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, type ConfState, type HardState, type Message, type Ready } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
 import { encodeKvCommand, MsgpackWriter, quotaRefusal } from '../../store/index.js';
 import {
-  createRouteTransport, parseRoutes, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
+  createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
 } from '../../transport/index.js';
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
 import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import type { NatsServerWithCluster } from '../nats/index.js';
 import { silentLogger, type Logger } from '../log.js';
-import {
-  type RecoveryRecord,
-  addressKey, appendSlots, checkKvFormat, findSelfRoutes, initialSize, learnAddresses, normalizeRoutes, readClusterFile, tablesAgree, writeClusterFile,
-  type AddedSlot, type ClusterFile, type SlotBinding,
-} from './bootstrap.js';
+import { checkKvFormat, type AddedSlot, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import type { Health } from './health.js';
 import { nextMembershipChange, promoteWindow } from './membership_policy.js';
-import { finishInterruptedRecovery } from './recover.js';
 import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
 import { PendingRequests, stoppedError } from './requests.js';
 import {
   CatchUp, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, peerName, raftz, routez, selfReport, varz,
   type ClusterStatus, type JsClusterInfo, type NodeMetrics, type NodeStatusView,
 } from './status.js';
+import { SlotBindings } from './slot_binding.js';
 import { raftStorageView } from './storage_adapter.js';
 import {
-  decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport, type SlotHello,
+  decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport,
 } from './wire.js';
 
 /**
@@ -138,13 +134,8 @@ export class ClusterNode {
   private storage!: RaftStorage;
   private transport!: RouteTransport;
   private raw: RawNode | undefined;
-  private cluster: ClusterFile | undefined;
-  /** Own route keys (normalized), self-route excluded. */
-  private ownRoutes: string[] = [];
-  private n = 1;
-  private voters = 1;
-  private readonly idToPeer = new Map<number, string>();
-  private readonly peerToId = new Map<string, number>();
+  /** The slot table and who holds each slot (slot_binding.ts). */
+  private readonly binding: SlotBindings;
   private readonly listeners = new Set<RouteListener>();
   private readonly extensionHandlers = new Map<string, (peerName: string, data: unknown[]) => void>();
   private readonly leaderListeners = new Set<(isLeader: boolean, leaderName: string | undefined) => void>();
@@ -165,9 +156,6 @@ export class ClusterNode {
   private deferredHardState: HardState | undefined;
   /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
   private readonly resetListeners = new Set<() => void>();
-  private bootstrapProblem: string | undefined;
-  /** The slot is known but the store is empty: a peer's hello tells a new node from one that lost its data. */
-  private verdictPending = false;
   /** Applied the leader's own commit index once since start: until then health says "catching up". */
   private readonly catchUp = new CatchUp((lead) => this.log.warn({ lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit'));
   private readonly startedAt = Date.now();
@@ -178,10 +166,6 @@ export class ClusterNode {
   /** Set by the control plane when this node's posture differs from the cluster's (`config` bucket). */
   private refusal: string | undefined;
   private readonly statusWaiters = new Map<number, (r: MemberReport) => void>();
-  /** Each up peer's last hello: re-read when the slot table grows (a peer may claim a slot this node had not applied yet). */
-  private readonly hellos = new Map<string, SlotHello>();
-  /** Why the replicated list of added slots could not be applied (logged once). */
-  private tableProblem: string | undefined;
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -208,6 +192,35 @@ export class ClusterNode {
       stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
       metrics: this.metrics,
     });
+    this.binding = new SlotBindings({
+      serverName: opts.serverName, clusterName: opts.clusterName, clusterPort: opts.clusterPort, dataDir: opts.dataDir,
+      join: opts.join === true, kvReplicas: opts.kvReplicas, log: this.log,
+      storeEmpty: () => this.storage.lastIndex() === 0 && this.storage.snapshot().meta.index === 0,
+      startRaft: () => this.startRaft(),
+      raft: () => this.raw,
+      schedule: () => this.schedule(),
+    });
+  }
+
+  // What slot_binding.ts holds, read where node.ts read its own fields before the split.
+  private get cluster(): ClusterFile | undefined {
+    return this.binding.file;
+  }
+
+  private get idToPeer(): ReadonlyMap<number, string> {
+    return this.binding.idToPeer;
+  }
+
+  private get peerToId(): ReadonlyMap<string, number> {
+    return this.binding.peerToId;
+  }
+
+  private get n(): number {
+    return this.binding.size;
+  }
+
+  private get voters(): number {
+    return this.binding.voters;
   }
 
   /** Opens the data dir (recovery), derives the slot, starts routes and the tick timer. */
@@ -222,50 +235,7 @@ export class ClusterNode {
   private async init(): Promise<void> {
     const opts = this.opts;
     const bind = opts.bind ?? '0.0.0.0';
-    const { list, keys } = normalizeRoutes(opts.routes ?? []);
-    const self = await findSelfRoutes(list, bind, opts.clusterPort);
-    if (self.length > 1) {
-      throw new NodeError(NodeErrorCode.config, `--routes lists this node under ${self.length} addresses (${self.join(', ')}); list each node once`, false);
-    }
-    this.ownRoutes = keys.filter((k) => !self.includes(k));
-    // A `cluster recover --force-new-cluster` that was committed but interrupted before its renames is finished first.
-    const rolledForward = await finishInterruptedRecovery(opts.dataDir);
-    if (rolledForward !== undefined) this.log.warn({ incarnation: rolledForward }, 'finished an interrupted "cluster recover --force-new-cluster"');
-    const persisted = readClusterFile(opts.dataDir);
-    if (persisted) {
-      if (persisted.cluster !== opts.clusterName) {
-        throw new NodeError(NodeErrorCode.config, `data dir ${opts.dataDir} belongs to cluster "${persisted.cluster}", not "${opts.clusterName}"; use another --data-dir or wipe it to join this cluster`, false);
-      }
-      this.cluster = persisted;
-      this.n = persisted.addresses.length;
-      this.voters = persisted.voters;
-      const derivedN = this.ownRoutes.length + 1;
-      if (opts.join) this.log.info({ id: persisted.id }, '--initial-cluster-state existing ignored: this node already has its slot (cluster.json)');
-      if (derivedN !== this.n && derivedN !== initialSize(persisted)) this.log.warn({ persisted: this.n, fromRoutes: derivedN }, 'cluster size from --routes differs from the persisted configuration; the persisted one is used (membership changes go through `cluster add/remove`)');
-      for (const [id, b] of Object.entries(persisted.bindings)) this.bindPeer(Number(id), b.name);
-      if (persisted.recovered !== undefined && persisted.recovered.audited !== true) {
-        this.log.warn({ recovered: persisted.recovered }, 'starting as a cluster of one after "cluster recover --force-new-cluster"; add the other nodes back with "membershipd cluster add"');
-      }
-    } else if (opts.join) {
-      // Joining a running cluster: N, R and the slot come from the peers' replicated table (onHello → joinFrom).
-      this.n = 0;
-      this.voters = opts.kvReplicas ?? 0;
-    } else {
-      this.n = this.ownRoutes.length + 1;
-      this.voters = opts.kvReplicas ?? this.n;
-      if (this.voters > this.n) {
-        throw new NodeError(NodeErrorCode.config, `--kv-replicas ${this.voters} is greater than the cluster size ${this.n} (${this.ownRoutes.length} other node(s) in --routes plus this one); use --kv-replicas ${this.n} or add routes`, false);
-      }
-      if (self.length === 1 || this.n === 1) {
-        const addresses = this.n === 1 ? ['self'] : [...keys].sort();
-        this.cluster = { version: 1, cluster: opts.clusterName, server: opts.serverName, id: this.n === 1 ? 1 : addresses.indexOf(self[0]!) + 1, addresses, voters: this.voters, bindings: {}, initial: addresses.length };
-        writeClusterFile(opts.dataDir, this.cluster);
-      }
-    }
-    if (opts.kvReplicas !== undefined && this.voters !== 0 && opts.kvReplicas !== this.voters) {
-      this.log.warn({ persisted: this.voters, flag: opts.kvReplicas }, '--kv-replicas differs from the persisted voter count; the persisted value is used (change R on the running cluster with `membershipd cluster kv-replicas R`)');
-    }
-    if (this.voters === 1) this.log.warn({ voters: 1 }, '--kv-replicas 1: the replicated store has a single voter, a single point of failure (dev only)');
+    const routes = await this.binding.configure(opts.routes ?? [], bind);
 
     checkKvFormat(opts.dataDir);
     this.storage = await RaftStorage.open(join(opts.dataDir, 'raft'), { logger: this.log });
@@ -278,19 +248,14 @@ export class ClusterNode {
       host: bind,
       port: opts.clusterPort,
       ...(opts.clusterListener !== undefined ? { listener: opts.clusterListener } : {}),
-      // Our own --routes entry is not dialed: the transport would only learn it is us after a TLS and
-      // identity handshake with ourselves (70-150 ms of a booting node's CPU). An address findSelfRoutes
-      // cannot recognise (NAT, a name resolving elsewhere) is still caught by that handshake.
-      routes: this.dialList(list.filter((r) => !self.includes(addressKey(r)))),
+      routes,
       tls: opts.tls,
       identity: { publicKey: this.identity.publicKeyBytes, sign: (d) => this.identity.sign(d) },
       user: opts.clusterUser,
       password: opts.clusterPassword,
       postureDigest: opts.postureDigest ?? '',
-      // The bootstrap N (fixed while slots are appended); 0 while joining (see checkHello in transport/handshake.ts).
-      clusterSize: this.cluster ? initialSize(this.cluster) : opts.join ? 0 : this.n,
-      ...(this.cluster?.incarnation !== undefined ? { incarnation: this.cluster.incarnation } : {}),
-      verifyPeer: (name, key) => this.verifyPeer(name, Buffer.from(key).toString('hex')),
+      ...this.binding.handshake(),
+      verifyPeer: (name, key) => this.binding.verifyPeer(name, Buffer.from(key).toString('hex')),
       logger: opts.logger ?? silentLogger(),
       limits: { backoffMaxMs: 2000, ...opts.routeLimits },
       onPeerUp: (p) => this.onPeerUp(p),
@@ -306,52 +271,16 @@ export class ClusterNode {
         frame: (peer, frame) => { bus.handleFrame(peer, frame); },
       });
     }
-    if (this.cluster) this.startOrAwaitVerdict();
+    this.binding.attach(this.transport);
     await this.transport.start();
     this.tickTimer = setInterval(() => this.onTick(), this.tickMs);
     this.log.info({ id: this.cluster?.id, n: this.n, voters: this.voters, route: this.transport.address() }, this.cluster ? 'node started' : 'node started; waiting for a peer to learn this node\'s slot');
   }
 
-  /**
-   * A store with nothing in it is either a new node or one whose data directory was wiped (a replaced disk). The two
-   * look alike here and must not be confused: a wiped voter has forgotten its term, its vote and the entries it
-   * acknowledged, so it must not vote or count for a quorum until it has caught up (README.md, "A wiped node").
-   * Its peers remember its identity bound to its slot: the first hello from a peer that has a slot table decides.
-   */
-  private startOrAwaitVerdict(): void {
-    const c = this.cluster!;
-    const empty = this.storage.lastIndex() === 0 && this.storage.snapshot().meta.index === 0;
-    if (c.recovering === true || !empty || c.addresses.length <= 1) {
-      this.startRaft();
-      return;
-    }
-    this.verdictPending = true;
-    this.log.info({ id: c.id }, 'empty store: waiting for a peer\'s hello to tell whether this node is new or lost its data');
-    // A peer that learns its own slot from us (routes listing only the others) needs our table first.
-    this.sendHelloToAll();
-  }
-
-  private verdictFrom(peer: string, h: SlotHello): void {
-    if (!this.verdictPending || h.id === 0 || h.addresses === null) return; // a peer without a table cannot know
-    const c = this.cluster!;
-    this.verdictPending = false;
-    if (h.bound.includes(c.id)) {
-      // The peer checked our identity key against the one bound to this slot in the route handshake.
-      this.cluster = { ...c, recovering: true };
-      writeClusterFile(this.opts.dataDir, this.cluster);
-      this.log.warn({ id: c.id, from: peer }, 'this node lost its data: its store is empty but its peers know its slot; it rejoins without a vote and counts for no quorum until it has caught up');
-    }
-    this.startRaft();
-  }
-
   /** Raft says the lost data is made good, in a Ready now durable: persist that the node is an ordinary member again. */
   private markRecovered(): void {
-    const c = this.cluster!;
-    const { recovering: _, ...rest } = c;
-    this.cluster = rest;
-    writeClusterFile(this.opts.dataDir, this.cluster);
+    this.binding.markRecovered(this.stateMachine.appliedIndex);
     this.metrics.recoveries++;
-    this.log.info({ id: c.id, applied: this.stateMachine.appliedIndex }, 'caught up after losing its data: votes and counts for quorums again');
   }
 
   private startRaft(): void {
@@ -376,64 +305,19 @@ export class ClusterNode {
       recovering,
     });
     this.log.info({ id: c.id, addresses: c.addresses, voters: peers, recovering }, 'raft started');
-    this.sendHelloToAll();
+    this.binding.sendHelloToAll();
     this.schedule();
   }
 
   // ---- routes ----------------------------------------------------------------------------------
 
-  private hello(): SlotHello {
-    const c = this.cluster;
-    if (!c) return { id: 0, routes: this.ownRoutes, addresses: null, voters: this.opts.join ? 0 : this.voters, initial: 0, names: [], bound: [] };
-    const initial = initialSize(c);
-    const names = c.addresses.slice(initial).map((_, k) => c.names?.[String(initial + k + 1)] ?? '');
-    return { id: c.id, routes: this.ownRoutes, addresses: c.addresses, voters: this.voters, initial, names, bound: Object.keys(c.bindings).map(Number) };
-  }
-
-  /**
-   * Whom the transport dials: --routes, plus (after a restart) every slot address of the persisted table that
-   * --routes does not list (slots appended by `cluster add`), so a restarted member redials the added nodes too.
-   */
-  private dialList(routes: ReturnType<typeof normalizeRoutes>['list']): ReturnType<typeof normalizeRoutes>['list'] {
-    const c = this.cluster;
-    if (!c) return routes;
-    const have = new Set(normalizeRoutes(routes.map((r) => r.url)).keys);
-    const extra = c.addresses.filter((a, i) => i + 1 !== c.id && a !== 'self' && !have.has(a));
-    if (extra.length === 0) return routes;
-    try {
-      return [...routes, ...parseRoutes(extra)];
-    } catch (e) {
-      this.log.error({ extra, err: (e as Error).message }, 'a persisted slot address does not parse as a route; not dialed');
-      return routes;
-    }
-  }
-
-  private sendHelloToAll(): void {
-    for (const p of this.transport?.upPeers() ?? []) this.transport.send(p, { kind: 'raft', data: encodeHello(this.hello()) });
-  }
-
-  private verifyPeer(name: string, keyHex: string): string | true {
-    for (const [id, b] of Object.entries(this.cluster?.bindings ?? {})) {
-      if (b.name === name && b.key !== keyHex) return `"${name}" is bound to slot ${id} with identity key ${b.key.slice(0, 16)}…, this peer presents ${keyHex.slice(0, 16)}…`;
-      if (b.key === keyHex && b.name !== name) return `identity key ${keyHex.slice(0, 16)}… is bound to "${b.name}" (slot ${id}), this peer calls itself "${name}"`;
-    }
-    return true;
-  }
-
-  private bindPeer(id: number, name: string): void {
-    const old = this.idToPeer.get(id);
-    if (old !== undefined && old !== name) this.peerToId.delete(old);
-    this.idToPeer.set(id, name);
-    this.peerToId.set(name, id);
-  }
-
   private onPeerUp(p: PeerInfo): void {
-    if (p.name !== undefined) this.transport.send(p.name, { kind: 'raft', data: encodeHello(this.hello()) });
+    this.binding.peerUp(p);
     for (const l of this.listeners) l.up?.(p);
   }
 
   private onPeerDown(p: PeerInfo, c: LinkClose): void {
-    if (p.name !== undefined) this.hellos.delete(p.name);
+    this.binding.peerDown(p);
     for (const l of this.listeners) l.down?.(p, c);
   }
 
@@ -454,7 +338,7 @@ export class ClusterNode {
       this.log.warn({ peer, reason: d }, 'dropped a malformed raft frame');
       return;
     }
-    if (d.kind === 'hello') return this.onHello(peer, d.hello);
+    if (d.kind === 'hello') return this.binding.onHello(peer, d.hello);
     if (d.kind === 'statusRequest') {
       this.transport.send(peer, { kind: 'raft', data: encodeStatusReply(d.reqId, this.selfReport()) });
       return;
@@ -482,180 +366,22 @@ export class ClusterNode {
     this.schedule();
   }
 
-  private onHello(peer: string, h: SlotHello): void {
-    const info = this.transport.peers().find((p) => p.name === peer && p.state === 'up');
-    if (!info?.identity) return;
-    this.hellos.set(peer, h);
-    if (!this.cluster && this.opts.join) {
-      this.joinFrom(peer, h);
-      if (!this.cluster) return;
-    }
-    // 0: a node joining a running cluster, which adopts R from its peers (it has no flag value to compare).
-    if (h.voters !== this.voters && h.voters !== 0) {
-      this.log.error({ peer, theirs: h.voters, ours: this.voters }, 'peer disagrees on the number of voters (--kv-replicas); its raft traffic is ignored until the flags agree');
-      this.bootstrapProblem = `peer "${peer}" has --kv-replicas ${h.voters}, this node ${this.voters}`;
-      return;
-    }
-    if (!this.cluster) {
-      // Only the bootstrap part of the peer's table (slots appended by `cluster add` come through the log).
-      const theirs = h.addresses && h.initial > 0 ? h.addresses.slice(0, h.initial) : h.addresses;
-      const learned = theirs ? learnAddresses(this.ownRoutes, theirs, this.n) : learnAddresses(this.ownRoutes, h.routes, this.n);
-      if (typeof learned === 'string') {
-        this.bootstrapProblem = `cannot derive this node's slot from peer "${peer}": ${learned}`;
-        this.log.error({ peer }, this.bootstrapProblem);
-        return;
-      }
-      this.cluster = {
-        version: 1, cluster: this.clusterName, server: this.serverName, id: learned.addresses.indexOf(learned.self) + 1,
-        addresses: learned.addresses, voters: this.voters, bindings: {}, initial: learned.addresses.length,
-      };
-      writeClusterFile(this.opts.dataDir, this.cluster);
-      this.bootstrapProblem = undefined;
-      this.log.info({ id: this.cluster.id, self: learned.self, from: peer }, 'learned this node\'s slot from a peer');
-      this.startOrAwaitVerdict();
-    }
-    this.verdictFrom(peer, h);
-    const c = this.cluster;
-    // Slots are only ever appended (`cluster add`, replicated through the log), so two correct tables agree on every
-    // slot both know; the shorter one has not applied the latest add yet.
-    if (h.addresses && !tablesAgree(h.addresses, c.addresses)) {
-      this.bootstrapProblem = `peer "${peer}" derives the node addresses [${h.addresses.join(', ')}], this node [${c.addresses.join(', ')}]: --routes disagree`;
-      this.log.error({ peer }, this.bootstrapProblem);
-      return;
-    }
-    if (h.id === 0) return;
-    if (h.id === c.id) {
-      this.log.error({ peer, id: h.id }, 'peer claims this node\'s slot; ignored');
-      return;
-    }
-    if (h.id > c.addresses.length) {
-      // A slot this node has not applied yet (a `cluster add` still in its log): bound when the table grows.
-      this.log.debug({ peer, id: h.id, slots: c.addresses.length }, 'peer claims a slot beyond this node\'s table; bound once the table grows');
-      return;
-    }
-    const bound: SlotBinding | undefined = c.bindings[String(h.id)];
-    if (bound && bound.key !== info.identity) {
-      this.bootstrapProblem = `slot ${h.id} is bound to "${bound.name}" (key ${bound.key.slice(0, 16)}…) but "${peer}" (key ${info.identity.slice(0, 16)}…) claims it`;
-      this.log.error({ peer }, this.bootstrapProblem);
-      return;
-    }
-    const reserved = c.names?.[String(h.id)];
-    if (reserved !== undefined && reserved !== peer) {
-      this.log.error({ peer, id: h.id, reserved }, 'peer claims a slot `cluster add` gave another name; ignored');
-      return;
-    }
-    if (!bound) {
-      this.cluster = { ...c, bindings: { ...c.bindings, [String(h.id)]: { name: peer, key: info.identity } } };
-      writeClusterFile(this.opts.dataDir, this.cluster);
-    }
-    this.bindPeer(h.id, peer);
-    this.campaignOnQuorum();
-  }
-
   /**
-   * A voter that knows no leader and has just met enough voters for a quorum campaigns now instead of
-   * waiting out its randomized election timeout (1-2 s): a cold start or a restarted majority elects in
-   * one round trip. Only the lowest slot among the reachable voters does so, so two nodes meeting at
-   * once do not split the vote. It is a pre-vote (thesis §9.6): peers that hear from a leader ignore it
-   * (leader lease), so a node joining a running cluster cannot disrupt it.
-   */
-  private campaignOnQuorum(): void {
-    const raw = this.raw;
-    const c = this.cluster;
-    if (!raw || !c) return;
-    const st = raw.basicStatus();
-    if (st.lead !== 0 || (st.state !== StateType.follower && st.state !== StateType.preCandidate)) return;
-    const voters = raw.confState().voters;
-    if (!voters.includes(c.id)) return;
-    const up = new Set(this.transport.upPeers());
-    const reachable = voters.filter((v) => v === c.id || up.has(this.idToPeer.get(v) ?? '\0'));
-    if (reachable.length < Math.floor(voters.length / 2) + 1 || Math.min(...reachable) !== c.id) return;
-    this.log.info({ id: c.id, reachable }, 'quorum reachable and no leader known: campaigning now');
-    raw.campaign();
-    this.schedule();
-  }
-
-  /**
-   * Joining a running cluster: this node's slot is the one `cluster add` appended under its server name in the
-   * peer's replicated table. Until a peer's table lists it, the node waits (health says what to run).
-   */
-  private joinFrom(peer: string, h: SlotHello): void {
-    if (h.addresses === null || h.initial === 0) return; // a peer that is itself still joining (or an older node)
-    const k = h.names.indexOf(this.serverName);
-    if (k < 0) {
-      this.bootstrapProblem = `joining cluster "${this.clusterName}": the slot table of peer "${peer}" has no slot for ${this.serverName}; `
-        + `run "membershipd cluster add ${this.serverName} <host>:${this.opts.clusterPort}" on a running node`;
-      this.log.warn({ peer }, this.bootstrapProblem);
-      return;
-    }
-    const id = h.initial + k + 1;
-    const address = h.addresses[id - 1]!;
-    const port = Number(address.slice(address.lastIndexOf(':') + 1));
-    if (port !== this.opts.clusterPort && this.opts.clusterPort !== 0) {
-      this.bootstrapProblem = `joining cluster "${this.clusterName}": slot ${id} was added for ${this.serverName} at ${address}, but this node's --cluster-port is ${this.opts.clusterPort}; `
-        + `remove it ("membershipd cluster remove ${this.serverName}") and add the right address, or fix --cluster-port`;
-      this.log.error({ peer }, this.bootstrapProblem);
-      return;
-    }
-    const names: Record<string, string> = {};
-    h.names.forEach((name, j) => { names[String(h.initial + j + 1)] = name; });
-    // A recovered cluster's incarnation (transport/handshake.ts): a joiner has no data of its own and adopts it, so
-    // after a restart it presents the cluster's and not the old members'.
-    const incarnation = this.transport.peers().find((p) => p.name === peer && p.state === 'up')?.incarnation ?? '';
-    this.cluster = {
-      version: 1, cluster: this.clusterName, server: this.serverName, id, addresses: [...h.addresses], voters: h.voters, bindings: {},
-      initial: h.initial, names, joined: true, ...(incarnation !== '' ? { incarnation } : {}),
-    };
-    this.voters = h.voters;
-    this.n = h.addresses.length;
-    writeClusterFile(this.opts.dataDir, this.cluster);
-    // In a recovered cluster, from now on present what a restart would: its N and incarnation. As a joiner (N 0) this
-    // node would let in a node of the old incarnation that dials its address (the old one of a lost member).
-    if (incarnation !== '') this.transport.updateHandshake({ clusterSize: h.initial, incarnation });
-    this.bootstrapProblem = undefined;
-    this.log.info({ id, address, from: peer, slots: this.n, voters: this.voters }, 'joined a running cluster: learned this node\'s slot from a peer');
-    this.startOrAwaitVerdict();
-  }
-
-  /**
-   * The slots `cluster add` appended, in order (replicated by the control plane's `config` bucket, so every member
-   * applies the same list at the same log position): the table grows by the new entries, persisted in
-   * cluster.json; existing slots are never renumbered. The leader then adds each new slot as a learner.
+   * The slots `cluster add` appended, in order (replicated by the control plane's `config` bucket): see
+   * SlotBindings.setAddedSlots.
    */
   setAddedSlots(added: readonly AddedSlot[]): void {
-    const c = this.cluster;
-    if (!c) return;
-    const next = appendSlots(c, added);
-    if (typeof next === 'string') {
-      // The control plane re-applies the list every second: log a contradiction once, not every round.
-      if (next !== this.tableProblem) this.log.error({ added }, `replicated slot list ignored: ${next}`);
-      this.tableProblem = next;
-      return;
-    }
-    this.tableProblem = undefined;
-    if (next === c) return;
-    this.cluster = next;
-    this.n = next.addresses.length;
-    writeClusterFile(this.opts.dataDir, next);
-    this.log.warn({ slots: next.addresses.length, added: next.addresses.slice(c.addresses.length) }, 'slot table grew (cluster add)');
-    // Joiners waiting for their slot learn it from this hello; peers' hellos held back for an unknown slot bind now.
-    this.sendHelloToAll();
-    const up = new Set(this.transport.upPeers());
-    for (const [peer, h] of [...this.hellos]) if (up.has(peer) && h.id > c.addresses.length) this.onHello(peer, h);
+    this.binding.setAddedSlots(added);
   }
 
   /** The `cluster recover --force-new-cluster` this data directory went through, until its audit record is written. */
   pendingRecoveryAudit(): RecoveryRecord | undefined {
-    const r = this.cluster?.recovered;
-    return r !== undefined && r.audited !== true ? r : undefined;
+    return this.binding.pendingRecoveryAudit();
   }
 
   /** The audit record of the recovery is committed: persist that, so no later leader writes it again. */
   markRecoveryAudited(): void {
-    const c = this.cluster;
-    if (c?.recovered === undefined || c.recovered.audited === true) return;
-    this.cluster = { ...c, recovered: { ...c.recovered, audited: true } };
-    writeClusterFile(this.opts.dataDir, this.cluster);
+    this.binding.markRecoveryAudited();
   }
 
   /** Registers a listener for non-Raft route frames and peer events; returns its removal. */
@@ -675,14 +401,7 @@ export class ClusterNode {
 
   /** The slots of the cluster: Raft id, address, and the server name + identity key bound to it (if met). */
   slots(): { id: number; address: string; name: string | undefined; identity: string | undefined }[] {
-    const c = this.cluster;
-    if (!c) return [];
-    return c.addresses.map((address, i) => {
-      const id = i + 1;
-      if (id === c.id) return { id, address, name: this.serverName, identity: Buffer.from(this.identity.publicKeyBytes).toString('hex') };
-      const b = c.bindings[String(id)];
-      return { id, address, name: b?.name ?? c.names?.[String(id)], identity: b?.key };
-    });
+    return this.binding.slots(Buffer.from(this.identity.publicKeyBytes).toString('hex'));
   }
 
   /**
@@ -1100,19 +819,7 @@ export class ClusterNode {
    * as a learner. Throws a config error for R outside 1..N.
    */
   setKvReplicas(r: number): void {
-    if (!Number.isSafeInteger(r) || r < 1 || r > this.n) {
-      throw new NodeError(NodeErrorCode.config, `--kv-replicas ${r}: must be 1..${this.n} (the cluster size)`, false);
-    }
-    if (r === this.voters) return;
-    this.log.warn({ from: this.voters, to: r }, 'number of voters (--kv-replicas) changed on the running cluster');
-    this.voters = r;
-    if (this.cluster) {
-      this.cluster = { ...this.cluster, voters: r };
-      writeClusterFile(this.opts.dataDir, this.cluster);
-    }
-    if (this.bootstrapProblem?.includes('--kv-replicas')) this.bootstrapProblem = undefined;
-    if (r === 1) this.log.warn({ voters: 1 }, '--kv-replicas 1: the replicated store has a single voter, a single point of failure (dev only)');
-    this.sendHelloToAll();
+    this.binding.setKvReplicas(r);
   }
 
   /**
@@ -1235,8 +942,8 @@ export class ClusterNode {
         walSegments: () => this.storage.walSegments().length,
       },
       metrics: this.metrics, pendingWrites: this.requests.writesWaiting, pendingReads: this.requests.readersWaiting,
-      fatal: this.fatal, refusal: this.refusal, stopping: this.stopping, bootstrapProblem: this.bootstrapProblem,
-      verdictPending: this.verdictPending, joining: this.opts.join === true, removedSlots: this.removedSlots,
+      fatal: this.fatal, refusal: this.refusal, stopping: this.stopping, bootstrapProblem: this.binding.problem,
+      verdictPending: this.binding.awaitingVerdict, joining: this.opts.join === true, removedSlots: this.removedSlots,
       rss: () => process.memoryUsage().rss,
       health: () => this.health(),
     };
