@@ -5,7 +5,7 @@
 import { MembershipdError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ServeConfig } from '../config/index.js';
-import { createNatsServer } from '../nats/index.js';
+import { createNatsServer, type NatsServerWithCluster } from '../nats/index.js';
 import type { NatsServer, NatsServerStats } from '../nats/api.js';
 import type { BusAuthenticator, PrincipalSource } from '../auth/index.js';
 import { createHttpServer, processMetricsText, processVarz, startProcessMetrics, statusPageEndpoints, type HttpServer } from '../http/index.js';
@@ -118,7 +118,9 @@ export type NodeTuning = Pick<NodeOptions, 'tickMs' | 'electionTicks' | 'heartbe
  * ListenError, after everything already started is stopped again. The process around it (start line, ports
  * file, signals, exit codes) is the CLI's (src/cli/serve.ts); src/library calls this directly.
  */
-export async function composeNode(config: ServeConfig, logger: Logger, busAuth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning): Promise<ServingNode> {
+export async function composeNode(
+  config: ServeConfig, logger: Logger, busAuth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning,
+): Promise<ServingNode> {
   const authCounts = { refused: 0 };
   const auth = busAuth === undefined ? undefined : countingRefusals(busAuth, authCounts);
   const nats = createNatsServer({
@@ -139,56 +141,12 @@ export async function composeNode(config: ServeConfig, logger: Logger, busAuth?:
     throw listenError(config.wsPort !== undefined ? '--nats-port or --ws-port' : '--nats-port', config.bind, config.natsPort, err);
   }
   // Cluster flags (src/node): the Raft meta-group and the routes, with the bus joined to this NATS server.
-  let cluster: ClusterNode | undefined;
-  let controlPlane: ControlPlane | undefined;
-  let kvApi: (KvApi & { detach(): void }) | undefined;
-  let presence: ServicePresence | undefined;
   let ownUrls: { client?: string; http?: string } = {};
-  if (wantsCluster(config)) {
-    // One forwarder slot, two users: the admin API (src/control) in front, the cluster bus behind it. The node
-    // reads only `cluster` of the server it is given.
-    const seam = createServiceSeam(nats.cluster);
-    // The services' front slot split again: the admin API first, then the JetStream-compatible KV API.
-    const services = createServiceSeam(seam.services);
-    const routed = Object.assign(Object.create(nats) as typeof nats, { cluster: seam.routes });
-    try {
-      const options = wantsSingleNodeKv(config) ? await singleNodeOptions(config, logger) : nodeOptionsFromServeConfig(config, logger);
-      cluster = await startNode({ ...options, ...tuning, nats: routed });
-    } catch (err) {
-      await nats.close();
-      throw err;
-    }
-    const node = cluster;
-    const internalKeys = control?.internalKeys ?? [];
-    if (!internalKeys.includes(node.identity.publicKey)) internalKeys.push(node.identity.publicKey);
-    // Service presence in front of the admin API: `$UB.API.SERVICE.*` is answered for service principals, not admins only.
-    const presenceSeam = createServiceSeam(services.services);
-    presence = startServicePresence({
-      node, backend: node.kvBackend(), logger, internalKeys: () => internalKeys, port: presenceSeam.services,
-      ...(control?.principals !== undefined ? { source: control.principals } : {}),
-    });
-    controlPlane = startControlPlane({
-      port: presenceSeam.routes, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
-      ...(control?.kvSource !== undefined ? { source: control.kvSource } : {}),
-      cluster: { node, posture: clusterPosture(config), version: packageVersion(), urls: () => ownUrls, trustedKeys: internalKeys },
-    });
-    // KV buckets for @nats-io/kv (and nats.go/nats.c KV) on the same replicated store as the control plane: a
-    // client on any node reads its own writes there and sees every node's writes (linearizable reads). Without
-    // the Raft store (`--store file` and no cluster flags) there is no KV API: nothing would persist or replicate.
-    const kvPort: KvServerPort = {
-      interest: () => services.routes.interest(),
-      onInterest: (l) => services.routes.onInterest(l),
-      deliverFromRoute: (m) => services.routes.deliverFromRoute(m),
-      setForwarder: (f) => services.routes.setForwarder(f),
-      deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
-    };
-    const presenceNow = presence;
-    kvApi = attachKvApi({ cluster: kvPort }, {
-      backend: redactedBackend(node.kvBackend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
-      clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
-      visibleTo: (bucket, principal) => bucket === controlBuckets.services && presenceNow.mayRead(principal),
-    });
-  }
+  const parts = wantsCluster(config) ? await startClusterParts(config, logger, nats, control, tuning, () => ownUrls) : undefined;
+  const cluster = parts?.node;
+  const presence = parts?.presence;
+  const controlPlane = parts?.controlPlane;
+  const kvApi = parts?.kvApi;
   const startedAt = new Date();
   startProcessMetrics();
   const http = createHttpServer({
@@ -279,6 +237,67 @@ export async function composeNode(config: ServeConfig, logger: Logger, busAuth?:
     return stopping;
   };
   return { nats, http, urls, cluster, ...(presence !== undefined ? { services: presence } : {}), stop };
+}
+
+/** What a node with cluster flags runs besides its NATS server; each is stopped by the node's stop(). */
+interface ClusterParts {
+  readonly node: ClusterNode;
+  readonly presence: ServicePresence;
+  readonly controlPlane: ControlPlane;
+  readonly kvApi: KvApi & { detach(): void };
+}
+
+/**
+ * The cluster node on its routes, with the bus joined to `nats`, then service presence, the control plane and the
+ * KV API on the node's replicated store. A node that cannot start closes `nats` before the error goes up.
+ */
+async function startClusterParts(
+  config: ServeConfig, logger: Logger, nats: NatsServerWithCluster, control: ControlWiring | undefined, tuning: NodeTuning | undefined,
+  ownUrls: () => { client?: string; http?: string },
+): Promise<ClusterParts> {
+  // One forwarder slot, two users: the admin API (src/control) in front, the cluster bus behind it. The node
+  // reads only `cluster` of the server it is given.
+  const seam = createServiceSeam(nats.cluster);
+  // The services' front slot split again: the admin API first, then the JetStream-compatible KV API.
+  const services = createServiceSeam(seam.services);
+  const routed = Object.assign(Object.create(nats) as typeof nats, { cluster: seam.routes });
+  let node: ClusterNode;
+  try {
+    const options = wantsSingleNodeKv(config) ? await singleNodeOptions(config, logger) : nodeOptionsFromServeConfig(config, logger);
+    node = await startNode({ ...options, ...tuning, nats: routed });
+  } catch (err) {
+    await nats.close();
+    throw err;
+  }
+  const internalKeys = control?.internalKeys ?? [];
+  if (!internalKeys.includes(node.identity.publicKey)) internalKeys.push(node.identity.publicKey);
+  // Service presence in front of the admin API: `$UB.API.SERVICE.*` is answered for service principals, not admins only.
+  const presenceSeam = createServiceSeam(services.services);
+  const presence = startServicePresence({
+    node, backend: node.kvBackend(), logger, internalKeys: () => internalKeys, port: presenceSeam.services,
+    ...(control?.principals !== undefined ? { source: control.principals } : {}),
+  });
+  const controlPlane = startControlPlane({
+    port: presenceSeam.routes, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
+    ...(control?.kvSource !== undefined ? { source: control.kvSource } : {}),
+    cluster: { node, posture: clusterPosture(config), version: packageVersion(), urls: ownUrls, trustedKeys: internalKeys },
+  });
+  // KV buckets for @nats-io/kv (and nats.go/nats.c KV) on the same replicated store as the control plane: a
+  // client on any node reads its own writes there and sees every node's writes (linearizable reads). Without
+  // the Raft store (`--store file` and no cluster flags) there is no KV API: nothing would persist or replicate.
+  const kvPort: KvServerPort = {
+    interest: () => services.routes.interest(),
+    onInterest: (l) => services.routes.onInterest(l),
+    deliverFromRoute: (m) => services.routes.deliverFromRoute(m),
+    setForwarder: (f) => services.routes.setForwarder(f),
+    deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
+  };
+  const kvApi = attachKvApi({ cluster: kvPort }, {
+    backend: redactedBackend(node.kvBackend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
+    clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
+    visibleTo: (bucket, principal) => bucket === controlBuckets.services && presence.mayRead(principal),
+  });
+  return { node, presence, controlPlane, kvApi };
 }
 
 /** How long a stopping node waits for the KV requests it already took to be answered. */

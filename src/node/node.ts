@@ -2,8 +2,10 @@
 // store/ (hard state and entries durable before that batch's messages leave), committed entries
 // applied to the KV state machine, messages carried over the mutual-TLS routes. No module state: any
 // number of nodes run in one process (tests), or one per process (production).
+// ClusterNode composes the parts split out of it (issue 17): slot binding and bootstrap (slot_binding.ts), pending
+// requests (requests.ts), status and health (status.ts, health.ts), membership decisions (membership_policy.ts).
+// What stays here: the Ready loop, frame routing, Raft's start, and the public API, mostly one-line delegates.
 import { randomInt } from 'node:crypto';
-import type { Server as NetServer } from 'node:net';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -11,20 +13,20 @@ import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
 import { encodeKvCommand, MsgpackWriter, quotaRefusal } from '../../store/index.js';
 import {
-  createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
+  createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteTransport,
 } from '../../transport/index.js';
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
 import { createClusterBus, type ClusterBus } from '../bus/index.js';
-import type { NatsServerWithCluster } from '../nats/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import { checkKvFormat, type AddedSlot, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import type { Health } from './health.js';
 import { nextMembershipChange, promoteWindow } from './membership_policy.js';
+import type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
 import { PendingRequests, stoppedError } from './requests.js';
 import {
-  CatchUp, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, peerName, raftz, routez, selfReport, varz,
+  CatchUp, StatusQueries, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, peerName, raftz, routez, selfReport, varz,
   type ClusterStatus, type JsClusterInfo, type NodeMetrics, type NodeStatusView,
 } from './status.js';
 import { SlotBindings } from './slot_binding.js';
@@ -42,74 +44,9 @@ export const snapshotLogFraction = 4;
 /** A local snapshot is written in slices of this many ms of work, with a turn of the event loop between them. */
 const snapshotSliceMs = 10;
 
-export interface NodeOptions {
-  /** Server name (unique in the cluster; routes and the `nodes` bucket know a node by it). */
-  readonly serverName: string;
-  readonly clusterName: string;
-  /** Raft log, snapshots and cluster.json live here (created when absent). */
-  readonly dataDir: string;
-  /** The node's NKey seed file (--internal-id-file); default <dataDir>/identity.nk. Created on first start. */
-  readonly identityFile?: string;
-  /** Listen address of the cluster port (--bind); default 0.0.0.0. */
-  readonly bind?: string;
-  readonly clusterPort: number;
-  /** A TCP server already listening on `clusterPort` that the route listener takes over (bind, don't probe; see transport/). */
-  readonly clusterListener?: NetServer;
-  /** --routes: all nodes (self included) or only the others; empty: a cluster of one. */
-  readonly routes?: string | readonly string[];
-  readonly tls: RouteTlsOptions;
-  readonly clusterUser: string;
-  readonly clusterPassword: string;
-  /** Every node must present the same digest (bus-auth mode, store kind, …). */
-  readonly postureDigest?: string;
-  /** --kv-replicas: number of voters (default: every node). */
-  readonly kvReplicas?: number;
-  readonly tickMs?: number;
-  readonly electionTicks?: number;
-  readonly heartbeatTicks?: number;
-  /** How long a write or linearizable read may wait for a leader and its apply (default 5000). */
-  readonly requestTimeoutMs?: number;
-  /** A voter unreachable this long is replaced by a caught-up learner (default 30000). */
-  readonly voterGraceMs?: number;
-  /** Applied entries between local snapshots (log compaction); default 10000. */
-  readonly snapshotEntries?: number;
-  /** --max-kv-bytes: a write that would take the KV data past it is refused (store/kv/quota.ts); default unlimited. */
-  readonly maxKvBytes?: number;
-  readonly logger?: Logger;
-  readonly routeLimits?: Partial<RouteLimits>;
-  /** A NATS server to join to the cluster-wide bus over this node's routes (attached before routes start). */
-  readonly nats?: NatsServerWithCluster;
-  /**
-   * Join a running cluster (--initial-cluster-state existing, as etcd's): derive nothing from --routes (they only
-   * say whom to dial); learn this node's slot from the slot table its peers replicate, where `cluster add NAME URL`
-   * put it under this node's server name; no bootstrap entry. Ignored once <dataDir>/cluster.json exists.
-   */
-  readonly join?: boolean;
-}
-
+export type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 export type { Health } from './health.js';
 export type { ClusterStatus, JsClusterInfo, JsReplicaInfo, MemberStatus } from './status.js';
-
-/** Listeners for route traffic that is not Raft (the bus glue registers here). */
-export interface RouteListener {
-  readonly frame?: (peerName: string, frame: RouteFrame) => void;
-  readonly up?: (peer: PeerInfo) => void;
-  readonly down?: (peer: PeerInfo, close: LinkClose) => void;
-}
-
-export interface ReadOptions {
-  /** Serve from local state without a ReadIndex round (may lag the leader). */
-  readonly stale?: boolean;
-}
-
-/** Structurally src/kv's KvBackend (kept here so src/node does not depend on the KV API module). */
-export interface RaftKvBackend {
-  propose(command: KvCommand): Promise<KvResult>;
-  readBarrier(): Promise<void>;
-  readonly reader: KvStateMachine;
-  watch(bucket: string, afterRevision: number, listener: KvListener): () => void;
-  onReset(listener: () => void): () => void;
-}
 
 export class ClusterNode {
   readonly serverName: string;
@@ -145,8 +82,6 @@ export class ClusterNode {
   private fatal: Error | undefined;
   /** Waiting writes and linearizable reads (requests.ts); the Ready driver reports what Raft said of them. */
   private readonly requests: PendingRequests<KvResult>;
-  /** Request ids of `cluster status` questions to peers (statusWaiters). */
-  private statusSeq = 0;
   private lastLead = 0;
   private lastLeaderContact = 0;
   /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
@@ -165,7 +100,8 @@ export class ClusterNode {
   private removedSlots: ReadonlySet<number> = new Set();
   /** Set by the control plane when this node's posture differs from the cluster's (`config` bucket). */
   private refusal: string | undefined;
-  private readonly statusWaiters = new Map<number, (r: MemberReport) => void>();
+  /** `cluster status` questions this node asked its peers. */
+  private readonly statusQueries = new StatusQueries((peer, reqId) => this.transport.send(peer, { kind: 'raft', data: encodeStatusRequest(reqId) }));
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -344,7 +280,7 @@ export class ClusterNode {
       return;
     }
     if (d.kind === 'statusReply') {
-      this.statusWaiters.get(d.reqId)?.(d.report);
+      this.statusQueries.answered(d.reqId, d.report);
       return;
     }
     const m = d.message;
@@ -850,31 +786,9 @@ export class ClusterNode {
    * commit index as the leader reports it (or the highest commit seen when no leader answered).
    */
   async clusterStatus(timeoutMs = 1500): Promise<ClusterStatus> {
-    const reports = new Map<number, MemberReport>();
     const self = this.selfReport();
-    if (self.id !== 0) reports.set(self.id, self);
-    const asked: Promise<void>[] = [];
-    for (const peer of this.transport.upPeers()) {
-      const reqId = (this.statusSeq = (this.statusSeq + 1) >>> 0);
-      asked.push(new Promise<void>((resolve) => {
-        const timer = setTimeout(() => {
-          this.statusWaiters.delete(reqId);
-          resolve();
-        }, timeoutMs);
-        this.statusWaiters.set(reqId, (r) => {
-          clearTimeout(timer);
-          this.statusWaiters.delete(reqId);
-          if (r.id !== 0 && this.peerToId.get(peer) === r.id) reports.set(r.id, r);
-          resolve();
-        });
-        if (!this.transport.send(peer, { kind: 'raft', data: encodeStatusRequest(reqId) })) {
-          clearTimeout(timer);
-          this.statusWaiters.delete(reqId);
-          resolve();
-        }
-      }));
-    }
-    await Promise.all(asked);
+    const reports = new Map<number, MemberReport>(self.id !== 0 ? [[self.id, self]] : []);
+    await this.statusQueries.ask(this.transport.upPeers(), this.peerToId, timeoutMs, reports);
     return clusterStatusFrom(this.statusView(), reports);
   }
 

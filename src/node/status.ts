@@ -1,7 +1,9 @@
 // What a node says about itself: /raftz, /routez, /varz, /metrics, /healthz, `cluster status` and STREAM.INFO's
 // `cluster`, as functions of a NodeStatusView (issue 17: observability is tested without a cluster). The node
 // builds the view from its live parts (node.ts statusView); nothing here changes the node, except CatchUp, which
-// remembers the first time the node was caught up.
+// remembers the first time the node was caught up, and StatusQueries, the questions asked of peers. Over 500 lines
+// on purpose: every view of the node's state reads the same NodeStatusView through the same helpers (peerName,
+// describeDown), and about a third of it is the /metrics series table.
 import { StateType, type BasicStatus, type ConfState, type Status } from '../../raft/index.js';
 import type { PeerInfo, RouteTransport } from '../../transport/index.js';
 import type { ClusterFile } from './bootstrap.js';
@@ -332,6 +334,60 @@ export function jsClusterInfo(v: NodeStatusView): JsClusterInfo | undefined {
     replicas.push({ name, current, ...(online ? {} : { offline: true }), active, ...(lag > 0 ? { lag } : {}) });
   }
   return { name: v.clusterName, leader: peerName(v, lead), replicas };
+}
+
+/**
+ * `cluster status` questions to peers over the routes (a statusRequest frame each; the peer answers with its
+ * selfReport). A question gets a request id; a reply is matched to it, and a peer that does not answer within the
+ * bound is left out (unreachable in the table).
+ */
+export class StatusQueries {
+  private seq = 0;
+  private readonly waiting = new Map<number, (r: MemberReport) => void>();
+  /** Sends the question `reqId` to `peer`; false when its route is not up. */
+  private readonly send: (peer: string, reqId: number) => boolean;
+
+  constructor(send: (peer: string, reqId: number) => boolean) {
+    this.send = send;
+  }
+
+  /**
+   * Asks each of `peers`; resolves once each answered or `timeoutMs` passed, with the reports added to `into` by
+   * slot. A report is kept only from the peer bound to the slot it claims (`peerToId`).
+   */
+  async ask(
+    peers: readonly string[], peerToId: ReadonlyMap<string, number>, timeoutMs: number, into: Map<number, MemberReport>,
+  ): Promise<Map<number, MemberReport>> {
+    await Promise.all(peers.map((peer) => new Promise<void>((resolve) => {
+      const reqId = (this.seq = (this.seq + 1) >>> 0);
+      const timer = setTimeout(() => {
+        this.waiting.delete(reqId);
+        resolve();
+      }, timeoutMs);
+      this.waiting.set(reqId, (r) => {
+        clearTimeout(timer);
+        this.waiting.delete(reqId);
+        if (r.id !== 0 && peerToId.get(peer) === r.id) into.set(r.id, r);
+        resolve();
+      });
+      if (!this.send(peer, reqId)) {
+        clearTimeout(timer);
+        this.waiting.delete(reqId);
+        resolve();
+      }
+    })));
+    return into;
+  }
+
+  /** A peer's answer to question `reqId` (ignored when the question timed out or was never asked). */
+  answered(reqId: number, report: MemberReport): void {
+    this.waiting.get(reqId)?.(report);
+  }
+
+  /** Questions still waiting for an answer. */
+  get pending(): number {
+    return this.waiting.size;
+  }
 }
 
 // ---- monitoring endpoints --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import { ProgressState, StateType, type BasicStatus, type ProgressStatus, type S
 import type { PeerInfo } from '../../transport/index.js';
 import type { ClusterFile } from '../../src/node/bootstrap.js';
 import {
-  CatchUp, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, raftz, routez, selfReport,
+  CatchUp, StatusQueries, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, raftz, routez, selfReport,
   type NodeStatusView, type RaftStatusSource,
 } from '../../src/node/status.js';
 import type { MemberReport } from '../../src/node/wire.js';
@@ -144,4 +144,23 @@ t.test('endpoints: /raftz while bootstrapping and running, /routez slots, /metri
   t.match(text, /^membershipd_route_bytes_in_total 20$/m, 'route counters summed over peers');
   t.match(text, /^membershipd_raft_snapshot_acked_bytes\{peer="n2"\} 5$/m);
   t.match(text, /^membershipd_route_up\{peer="n3"\} 1$/m);
+});
+
+t.test('cluster status questions: a reply counts only from the peer bound to the slot it claims; silence and a down route end the wait', async (t) => {
+  const asked: [string, number][] = [];
+  const queries = new StatusQueries((peer, reqId) => {
+    if (peer === 'n4') return false;
+    asked.push([peer, reqId]);
+    return true;
+  });
+  const report = (id: number): MemberReport => ({ id, name: `n${id}`, state: 'follower', term: 4, lead: 1, commit: 9, applied: 9, lastIndex: 9, health: 'ok' });
+  const into = new Map<number, MemberReport>([[1, report(1)]]);
+  const done = queries.ask(['n2', 'n3', 'n4', 'n5'], new Map([['n2', 2], ['n3', 3], ['n5', 5]]), 50, into);
+  t.same(asked.map(([p]) => p), ['n2', 'n3', 'n5'], 'n4\'s route is down: not waited for');
+  queries.answered(asked[0]![1], report(2));
+  queries.answered(asked[1]![1], report(5));
+  queries.answered(999, report(3));
+  const reports = await done;
+  t.same([...reports.keys()], [1, 2], 'n3 claimed slot 5 and is ignored; n5 never answered within the bound');
+  t.equal(queries.pending, 0, 'nothing left waiting');
 });
