@@ -21,7 +21,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { checkKvFormat, type AddedSlot, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import type { Health } from './health.js';
-import { nextMembershipChange, promoteWindow } from './membership_policy.js';
+import { nextMembershipChange, promoteWindow, VoterDownWatch } from './membership_policy.js';
 import type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
 import { PendingRequests, stoppedError } from './requests.js';
@@ -95,7 +95,8 @@ export class ClusterNode {
   private readonly catchUp = new CatchUp((lead) => this.log.warn({ lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit'));
   private readonly startedAt = Date.now();
   private readonly voterGraceMs: number;
-  private readonly voterDownSince = new Map<number, number>();
+  /** Voters whose route is down, and since when (the leader replaces one down past voterGraceMs). */
+  private readonly voterDown: VoterDownWatch;
   /** Slots an operator removed (`cluster remove`, replicated by the control plane): never re-added as learners. */
   private removedSlots: ReadonlySet<number> = new Set();
   /** Set by the control plane when this node's posture differs from the cluster's (`config` bucket). */
@@ -117,6 +118,7 @@ export class ClusterNode {
     this.timeoutMs = opts.requestTimeoutMs ?? 5000;
     this.snapshotEntries = opts.snapshotEntries ?? 10_000;
     this.voterGraceMs = opts.voterGraceMs ?? 30_000;
+    this.voterDown = new VoterDownWatch(this.voterGraceMs);
     this.requests = new PendingRequests<KvResult>({
       serverName: opts.serverName,
       boot: this.boot,
@@ -581,12 +583,7 @@ export class ClusterNode {
     const conf = raw.confState();
     const up = new Set(this.transport.upPeers());
     const isUp = (id: number): boolean => id === c.id || up.has(this.idToPeer.get(id) ?? '\0');
-    const now = Date.now();
-    for (const v of conf.voters) {
-      if (isUp(v)) this.voterDownSince.delete(v);
-      else if (!this.voterDownSince.has(v)) this.voterDownSince.set(v, now);
-    }
-    const dead = conf.voters.filter((v) => now - (this.voterDownSince.get(v) ?? now) >= this.voterGraceMs);
+    const dead = this.voterDown.dead(conf.voters, isUp, Date.now());
     const decision = nextMembershipChange({
       self: c.id, voters: conf.voters, learners: conf.learners, slots: c.addresses.length, replicas: this.voters,
       removed: this.removedSlots, isUp, deadVoters: dead, progress: raw.status().progress, commit: st.commit,
