@@ -16,27 +16,38 @@ export { loadBusAuth, ListenError, type ControlWiring, type NodeTuning, type Nod
 export const shutdownTimeoutMs = 30_000;
 
 /**
- * Starts a node (composeNode), logs the start line with the addresses it got, and writes the ports file when
- * --ports-file asks for one (removed again when the node stops; a parent process reads the ports from it).
+ * Starts a node (composeNode), writes the ports file when --ports-file asks for one (removed again when the node
+ * stops), then logs the start line with the addresses it got.
  */
-export async function startServing(config: ServeConfig, logger: Logger, busAuth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning): Promise<ServingNode> {
-  const node = await composeNode(config, logger, busAuth, control, tuning);
-  const { nats, http, urls, cluster } = node;
+export async function startServing(
+  config: ServeConfig, logger: Logger, busAuth?: BusAuthenticator, control?: ControlWiring, tuning?: NodeTuning,
+): Promise<ServingNode> {
+  let node = await composeNode(config, logger, busAuth, control, tuning);
+  // The ports file before the start line: a supervisor (or test) that sees the line may read the file at once.
+  if (config.portsFile !== undefined) node = await withPortsFile(node, config.portsFile);
+  const { nats, http, urls } = node;
   logger.info({
     server_id: nats.serverId, version: packageVersion(),
     nats_url: urls.nats, http_url: urls.http, ws_url: urls.ws ?? null,
     nats_port: nats.port, http_port: http.port, ws_port: nats.wsPort ?? null, tls: config.tls !== undefined,
   }, `membershipd serving: client ${urls.nats}, http ${urls.http}${urls.ws ? `, websocket ${urls.ws}` : ''}`);
-  const portsFile = config.portsFile;
-  if (portsFile === undefined) return node;
+  return node;
+}
+
+/**
+ * Writes the bound ports to `portsFile` (a parent process passed port 0 and reads them there, as nats-server's
+ * --ports_file_dir) and returns the node whose stop() also removes the file. If the file cannot be written, the
+ * node is stopped and the error goes up.
+ */
+async function withPortsFile(node: ServingNode, portsFile: string): Promise<ServingNode> {
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= node.stop().finally(() => removePortsFile(portsFile));
     return stopping;
   };
-  const ports = { pid: process.pid, nats: nats.port, http: http.port, ws: nats.wsPort ?? null, cluster: cluster?.routeAddress().port ?? null };
+  const { nats, http, cluster } = node;
   try {
-    writePortsFile(portsFile, ports);
+    writePortsFile(portsFile, { pid: process.pid, nats: nats.port, http: http.port, ws: nats.wsPort ?? null, cluster: cluster?.routeAddress().port ?? null });
   } catch (err) {
     await stop();
     throw err;

@@ -148,7 +148,9 @@ export class SlotBindings {
     }
     if (self.length === 1 || this.size === 1) {
       const addresses = this.size === 1 ? ['self'] : [...keys].sort();
-      this.file = { version: 1, cluster: opts.clusterName, server: opts.serverName, id: this.size === 1 ? 1 : addresses.indexOf(self[0]!) + 1, addresses, voters: this.voters, bindings: {}, initial: addresses.length };
+      const id = this.size === 1 ? 1 : addresses.indexOf(self[0]!) + 1;
+      const initial = addresses.length;
+      this.file = { version: 1, cluster: opts.clusterName, server: opts.serverName, id, addresses, voters: this.voters, bindings: {}, initial };
       writeClusterFile(opts.dataDir, this.file);
     }
   }

@@ -27,7 +27,9 @@ const progress = (match: number): ProgressStatus => ({
 
 /** A fixed Raft: this node (slot 1) in `state`, following `lead`, with the leader's progress when it leads. */
 function raft(state: StateType, lead: number, over: Partial<BasicStatus> = {}, prog: ReadonlyMap<number, ProgressStatus> = new Map()): RaftStatusSource {
-  const basic: BasicStatus = { id: 1, term: 4, vote: lead, commit: 10, lead, state, applied: 10, recovering: false, leaderCommit: 10, snapshotReceived: 0, snapshotBytes: 0, ...over };
+  const basic: BasicStatus = {
+    id: 1, term: 4, vote: lead, commit: 10, lead, state, applied: 10, recovering: false, leaderCommit: 10, snapshotReceived: 0, snapshotBytes: 0, ...over,
+  };
   const conf = { voters: [1, 2, 3], learners: [] };
   const status: Status = {
     id: 1, hardState: { term: basic.term, vote: basic.vote, commit: basic.commit }, softState: { lead, state }, applied: basic.applied,
@@ -138,7 +140,8 @@ t.test('endpoints: /raftz while bootstrapping and running, /routez slots, /metri
   t.match(raftz(view({ pendingWrites: 2, pendingReads: 5 })), { id: 1, state: StateType.follower, leader: { id: 2, name: 'n2' }, commit: 10, lastIndex: 12, pendingWrites: 2, pendingReads: 5, walSegments: 1 });
   t.same((routez(view()).routes as { raftId: number | null }[]).map((r) => r.raftId), [2, 3]);
   t.match(selfReport(view()), { id: 1, name: 'n1', state: StateType.follower, lead: 2, lastIndex: 12, health: 'ok' });
-  const text = metricsText(view({ raft: raft(StateType.leader, 1, {}, new Map([[2, { ...progress(1), snapshotAcked: 5, snapshotBytes: 50 }]])), maxKvBytes: 4096 }));
+  const streaming = new Map([[2, { ...progress(1), snapshotAcked: 5, snapshotBytes: 50 }]]);
+  const text = metricsText(view({ raft: raft(StateType.leader, 1, {}, streaming), maxKvBytes: 4096 }));
   t.match(text, /^membershipd_raft_leader 1$/m);
   t.match(text, /^membershipd_kv_quota_bytes 4096$/m);
   t.match(text, /^membershipd_route_bytes_in_total 20$/m, 'route counters summed over peers');
