@@ -245,8 +245,7 @@ export async function ensureDevCertificates(dir: string, devNodes: number = defa
   }
   perDir.set(abs, { routes: files.routes, clients: files.clients, ca: files.ca });
   const peers: ServingNode[] = [];
-  const { startServing } = await import('./serve.js');
-  const { loadBusAuth } = await import('./bus_auth.js');
+  const { startServing, loadBusAuth } = await import('./serve.js');
   try {
     for (let i = 1; i < devNodes; i++) {
       const config = nodeConfig(abs, i, { node: files.clients[i]!, route: files.routes[i]!, caFile: files.ca.certFile, ca: files.ca.cert }, files.cluster, { nats: 0, http: 0 }, 'warn');

@@ -1,6 +1,6 @@
 // `membershipd --help`: generated from the flag table (src/config/flags.ts) so it lists exactly what the parser accepts.
 import { flagGroups, flagSpecs, type FlagGroup } from '../config/index.js';
-import { packageVersion } from './version.js';
+import { packageVersion } from '../version.js';
 
 const flagColumn = 28;
 

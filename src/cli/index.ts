@@ -6,12 +6,12 @@ import { createLogger, type Logger } from '../log.js';
 import { adminCommandNames, parseCommandLine, type ServeConfig } from '../config/index.js';
 import { processOutput, type CliOutput } from './output.js';
 import { helpText } from './help.js';
-import { packageVersion } from './version.js';
+import { packageVersion } from '../version.js';
 import { refuseUnavailable } from './features.js';
 import type { ServingNode } from './serve.js';
 
 export { helpText } from './help.js';
-export { packageVersion } from './version.js';
+export { packageVersion } from '../version.js';
 export { processOutput, memoryOutput, type CliOutput } from './output.js';
 export { refuseUnavailable } from './features.js';
 export type { ServingNode, NodeUrls, ListenError, Lifecycle } from './serve.js';
@@ -41,9 +41,8 @@ async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?:
   installCrashHandlers(logger);
   certificateWarnings(config, logger);
   // Loaded only when a node starts: help, version and flag errors stay fast and never load the server.
-  const { startServing, handleSignals } = await import('./serve.js');
+  const { startServing, handleSignals, loadBusAuth } = await import('./serve.js');
   const lifecycle = handleSignals(logger);
-  const { loadBusAuth } = await import('./bus_auth.js');
   // A users or identity file problem is a ConfigError: main() reports it in one line and exits 2.
   const auth = await loadBusAuth(config, logger);
   lifecycle.setReload(auth.reload);

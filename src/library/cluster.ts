@@ -1,7 +1,7 @@
 // startCluster/startNode: N full membershipd nodes in this process on loopback. Everything they need is made in
 // one temp directory (CA and node certificates, route password, users file, internal identities, data dirs)
-// and removed again by stop(). The nodes run the `serve` path itself (startServing + loadBusAuth), so what a
-// test suite exercises here is what production runs.
+// and removed again by stop(). Each node is composed as `membershipd serve` composes it (src/node composeNode and
+// loadBusAuth), so what a test suite exercises here is what production runs.
 import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -12,9 +12,9 @@ import { createLogger, silentLogger, type LogLevel, type Logger } from '../log.j
 import { createCertificateAuthority, issueCertificate, type PemPair } from '../certs/index.js';
 import { builtinAdminRole, hashPassword, userInboxPrefix, type PermissionSpec } from '../auth/index.js';
 import type { ServeConfig } from '../config/index.js';
-import { loadBusAuth } from '../cli/bus_auth.js';
-import { startServing, type NodeTuning, type NodeUrls, type ServingNode } from '../cli/serve.js';
-import { bindListeners, closeListeners, type ClusterNode, type Health } from '../node/index.js';
+import {
+  bindListeners, closeListeners, composeNode, loadBusAuth, type ClusterNode, type Health, type NodeTuning, type NodeUrls, type ServingNode,
+} from '../node/index.js';
 
 export const LibraryErrorCode = {
   /** The options are wrong (node count, user names, roles). */
@@ -214,7 +214,7 @@ function nodeConfig(dir: string, i: number, p: Prepared, routePorts: readonly nu
 async function startOne(config: ServeConfig, tuning: NodeTuning): Promise<ServingNode> {
   const logger: Logger = config.logLevel === 'silent' ? silentLogger() : createLogger(config.logLevel, { server_name: config.serverName });
   const auth = await loadBusAuth(config, logger);
-  return startServing(config, logger, auth.authenticator, auth, tuning);
+  return composeNode(config, logger, auth.authenticator, auth, tuning);
 }
 
 /**

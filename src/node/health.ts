@@ -2,7 +2,8 @@
 // tested without TLS clusters and polling). The node gathers a HealthView (node.ts health()); the order of the
 // checks below is the order in which an operator should look: membership, quorum, leadership, data.
 import type { StateType } from '../../raft/index.js';
-import type { Health } from './node.js';
+
+export type Health = { readonly status: 'ok' } | { readonly status: 'unavailable'; readonly reason: string };
 
 export interface SilentVoter {
   readonly name: string;
@@ -37,7 +38,7 @@ export interface HealthView {
   /** Why the bootstrap is stuck, if it is (e.g. conflicting slot tables). */
   readonly bootstrapProblem?: string;
   /**
-   * Whether this node is still catching up with the leader's own commit index (node.ts catchingUp): asked last, and
+   * Whether this node is still catching up with the leader's own commit index (status.ts CatchUp): asked last, and
    * only when every other check passed, because the node remembers the first time it is caught up.
    */
   readonly catchingUp: () => Health | undefined;

@@ -7,3 +7,6 @@ export { clusterFilePath, readClusterFile, type ClusterFile, type SlotBinding, t
 export { forceNewCluster, probeAddress, RecoverError, RecoverErrorCode, probeTimeoutMsDefault, probeTimeoutMsMax, type RecoverOptions, type RecoverReport } from './recover.js';
 export { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, postureDigest, wantsCluster, type ClusterPosture } from './serve.js';
 export type { MemberReport } from './wire.js';
+// The composition root: what `membershipd serve` and src/library start (compose.ts), and bus auth from the flags.
+export { composeNode, ListenError, type ControlWiring, type NodeTuning, type NodeUrls, type ServingNode } from './compose.js';
+export { loadBusAuth, type BusAuth } from './bus_auth.js';

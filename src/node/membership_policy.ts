@@ -80,3 +80,26 @@ export function nextMembershipChange(v: MembershipView): MembershipDecision | un
   }
   return undefined;
 }
+
+/**
+ * When each voter's route went down, as the leader saw it round after round: a voter down for at least the grace
+ * period (--voter-grace, NodeOptions.voterGraceMs) is dead, and nextMembershipChange replaces it. A voter seen up
+ * again starts afresh: a flapping route never adds up to the grace period.
+ */
+export class VoterDownWatch {
+  private readonly since = new Map<number, number>();
+  private readonly graceMs: number;
+
+  constructor(graceMs: number) {
+    this.graceMs = graceMs;
+  }
+
+  /** Records which `voters` are up at `now`; returns those down for at least the grace period, in their order. */
+  dead(voters: readonly number[], isUp: (id: number) => boolean, now: number): number[] {
+    for (const v of voters) {
+      if (isUp(v)) this.since.delete(v);
+      else if (!this.since.has(v)) this.since.set(v, now);
+    }
+    return voters.filter((v) => now - (this.since.get(v) ?? now) >= this.graceMs);
+  }
+}

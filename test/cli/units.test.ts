@@ -12,7 +12,7 @@ import { parseCommandLine, parseArgv, flagSpecs, type Command, type ServeConfig 
 import { refuseUnavailable } from '../../src/cli/features.js';
 import { helpText } from '../../src/cli/help.js';
 import { main, memoryOutput } from '../../src/cli/index.js';
-import { loadBusAuth } from '../../src/cli/bus_auth.js';
+import { loadBusAuth } from '../../src/node/index.js';
 import { silentLogger } from '../../src/log.js';
 import { createHttpServer } from '../../src/http/index.js';
 import { request as httpRequest, Agent } from 'node:http';

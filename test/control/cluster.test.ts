@@ -8,7 +8,7 @@ import { writeFileSync } from 'node:fs';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { parseCommandLine } from '../../src/config/index.js';
 import { startServing, type ServingNode } from '../../src/cli/serve.js';
-import { loadBusAuth } from '../../src/cli/bus_auth.js';
+import { loadBusAuth } from '../../src/node/index.js';
 import { main, memoryOutput } from '../../src/cli/index.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { controlBuckets, decodeValue, encodeValue, validateConfig, validateNode } from '../../src/control/index.js';

@@ -20,7 +20,7 @@ import { createBusAuthenticator, createToken, hashToken, MemorySource } from '..
 import { writeFileSync } from 'node:fs';
 import { parseCommandLine } from '../../src/config/index.js';
 import { startServing, type ServingNode } from '../../src/cli/serve.js';
-import { loadBusAuth } from '../../src/cli/bus_auth.js';
+import { loadBusAuth } from '../../src/node/index.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { holdPorts, releaseUnused, takeListener } from '../support/ports.js';
 import { checkKvFormat } from '../../src/node/bootstrap.js';

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { ConfChangeType } from '../../raft/index.js';
 import { assessHealth, type HealthView } from '../../src/node/health.js';
-import { nextMembershipChange, promoteWindow, type MemberProgress, type MembershipView } from '../../src/node/membership_policy.js';
+import { nextMembershipChange, promoteWindow, VoterDownWatch, type MemberProgress, type MembershipView } from '../../src/node/membership_policy.js';
 
 const healthy: HealthView = {
   voters: 3, reachable: 3, notConnected: [], silent: [], windowMs: 1000, role: 'follower', term: 4, lead: 2,
@@ -90,4 +90,18 @@ t.test('membership: R lowered steps the least caught-up follower down; R raised 
   const far = 1000 - promoteWindow - 1;
   t.match(next({ ...raised, progress: new Map([...base.progress, [4, replicating(far)], [5, replicating(1000 - promoteWindow)]]) }), { kind: 'change', type: ConfChangeType.promote, nodeId: 5 }, `within ${promoteWindow} entries of the commit`);
   t.equal(next({ ...raised, progress: new Map([...base.progress, [4, { match: 1000, state: 'probe' }], [5, replicating(far)]]) }), undefined, 'a probing or far-behind learner waits');
+});
+
+t.test('membership: a voter is dead once its route has been down for the whole grace period, counted afresh after it comes back', async (t) => {
+  const watch = new VoterDownWatch(30_000);
+  const down = new Set([3]);
+  const isUp = (id: number): boolean => !down.has(id);
+  t.same(watch.dead([1, 2, 3], isUp, 1_000), [], 'just went down');
+  t.same(watch.dead([1, 2, 3], isUp, 30_999), []);
+  t.same(watch.dead([1, 2, 3], isUp, 31_000), [3], 'down for the grace period');
+  down.delete(3);
+  t.same(watch.dead([1, 2, 3], isUp, 32_000), [], 'back up');
+  down.add(3);
+  t.same(watch.dead([1, 2, 3], isUp, 33_000), [], 'down again: the grace period starts over');
+  t.same(watch.dead([1, 2, 3], isUp, 63_000), [3]);
 });

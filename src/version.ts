@@ -1,5 +1,6 @@
-// The package version, read from package.json: two directories up from src/cli under tsx, three from
-// dist/src/cli after a build, so walk up instead of hard-coding the depth.
+// The package version, read from package.json: two directories up from src/ under tsx, three from dist/src after
+// a build, so walk up instead of hard-coding the depth. Here, not in src/cli: the node's composition (src/node
+// compose.ts) reports it too, and src/node never imports the CLI.
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';

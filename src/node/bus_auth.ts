@@ -1,4 +1,5 @@
-// Wires --bus-auth, --store file --users-file and --internal-id-file to src/auth. Every file problem found at
+// Wires --bus-auth, --store file --users-file and --internal-id-file to src/auth (part of composing a node: the CLI
+// and src/library both call it, so it lives in src/node). Every file problem found at
 // start is a ConfigError naming its flag (exit 2, one line); a broken users file on SIGHUP keeps the old users.
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../log.js';
