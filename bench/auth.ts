@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createPrivateKey, sign as cryptoSign } from 'node:crypto';
 import { connect, nkeyAuthenticator, type Authenticator, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
-import { freePort } from '../src/free_port.js';
+import { freePort } from '../test/support/free_port.js';
 import { hasBinary, spawnChild, stopChild } from './support/children.js';
 import { publishInSlices } from './support/nats_load.js';
 import { waitForPort } from './support/ports.js';

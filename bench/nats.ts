@@ -5,7 +5,7 @@
 import type { ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { connect } from '@nats-io/transport-node';
-import { freePort } from '../src/free_port.js';
+import { freePort } from '../test/support/free_port.js';
 import { hasBinary, nodeEntryArgs, spawnChild, stopChild } from './support/children.js';
 import { publishInSlices } from './support/nats_load.js';
 import { waitForPort } from './support/ports.js';

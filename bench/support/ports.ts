@@ -1,10 +1,10 @@
 // Loopback ports for benchmark children: chosen before the child binds them, then waited for.
 import net from 'node:net';
 import type { ChildProcess } from 'node:child_process';
-import { freePort } from '../../src/free_port.js';
+import { freePort } from '../../test/support/free_port.js';
 
 /**
- * `count` distinct free ports (src/free_port.ts: below the ephemeral range, so no other test's connect()
+ * `count` distinct free ports (test/support/free_port.ts: below the ephemeral range, so no other test's connect()
  * takes one before the child binds it). Distinct because every probe closes its listener at once: two
  * calls before the children bind could otherwise return the same port.
  */

@@ -14,7 +14,7 @@
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { X509Certificate } from 'node:crypto';
-import { createServer } from 'node:net';
+import { createServer, type Server } from 'node:net';
 import { dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { existsSync, readFileSync } from 'node:fs';
@@ -25,7 +25,7 @@ import { controlBuckets } from '../control/index.js';
 import { createLogger } from '../log.js';
 import { memoryOutput } from './output.js';
 import type { ServingNode } from './serve.js';
-import { freePort } from '../free_port.js';
+import { bindListeners } from '../node/listeners.js';
 
 export const devNodeName = 'n1';
 export const devClusterName = 'dev';
@@ -56,6 +56,8 @@ export interface DevCertificates {
 
 export interface DevCluster {
   readonly dir: string;
+  /** n1's route port, bound by ensureDevCertificates: the caller hands it to n1 (NodeTuning.clusterListener). */
+  readonly routeListener: Server;
   /** Route ports of n1..nN on 127.0.0.1, the same on every run of this --dir (kept in route-ports.json). */
   readonly routePorts: readonly number[];
   /** True when data/ (the replicated users, roles and KV buckets) is kept from an earlier run. */
@@ -130,12 +132,12 @@ function keptRoutePorts(file: string, nodes: number): { ports: number[] | undefi
   }
 }
 
-/** Whether 127.0.0.1:port can be listened on now (a kept route port another process may have taken). */
-function portFree(port: number): Promise<boolean> {
+/** Listens on 127.0.0.1:port (a kept route port); undefined when another process holds it. */
+function bindRoutePort(port: number): Promise<Server | undefined> {
   return new Promise((done) => {
-    const probe = createServer();
-    probe.once('error', () => done(false));
-    probe.listen(port, '127.0.0.1', () => probe.close(() => done(true)));
+    const server = createServer();
+    server.once('error', () => done(undefined));
+    server.listen({ port, host: '127.0.0.1', exclusive: true }, () => done(server));
   });
 }
 
@@ -144,7 +146,7 @@ const clientTlsBase = (i: number): string => (i === 0 ? devNodeName : `n${i + 1}
 const seedFile = (dir: string, i: number): string => join(dir, `n${i + 1}.seed`);
 
 /** The serve configuration of dev node `i` (0 = n1). */
-function nodeConfig(dir: string, i: number, certs: { node: PemFiles; route: PemFiles; caFile: string; ca: string }, c: Omit<DevCluster, 'peers'>,
+function nodeConfig(dir: string, i: number, certs: { node: PemFiles; route: PemFiles; caFile: string; ca: string }, c: Omit<DevCluster, 'peers' | 'routeListener'>,
   ports: { nats: number; http: number }, logLevel: ServeConfig['logLevel']): ServeConfig {
   return {
     bind: '127.0.0.1',
@@ -181,7 +183,8 @@ const perDir = new Map<string, { routes: PemFiles[]; clients: PemFiles[]; ca: Pe
  */
 export async function ensureDevCertificates(dir: string, devNodes: number = defaultDevNodes): Promise<DevCertificates> {
   const abs = resolve(dir);
-  let files: { ca: PemFiles; clients: PemFiles[]; routes: PemFiles[]; created: boolean; cluster: Omit<DevCluster, 'peers'> };
+  let files: { ca: PemFiles; clients: PemFiles[]; routes: PemFiles[]; created: boolean; cluster: Omit<DevCluster, 'peers' | 'routeListener'> };
+  const routeListeners: Server[] = [];
   try {
     await mkdir(abs, { recursive: true, mode: 0o700 });
     let created = false;
@@ -215,19 +218,24 @@ export async function ensureDevCertificates(dir: string, devNodes: number = defa
     const hadData = existsSync(dataDir);
     let routePorts: number[];
     let dataKept = false;
+    // Every node's route port is bound here and its socket handed to the node (NodeOptions.clusterListener), never
+    // probed and released: every node's --routes names all of them before any node starts.
     if (kept.ports !== undefined && hadData) {
       for (const [i, p] of kept.ports.entries()) {
-        if (!(await portFree(p))) {
+        const server = await bindRoutePort(p);
+        if (server === undefined) {
           throw new ConfigError(`--dir: the route port 127.0.0.1:${p} of n${i + 1} (kept in ${portsFile}: the cluster's data in ${dataDir} names its peers by these ports) is in use. `
             + `Is another membershipd dev running on ${abs}? Stop it, or remove ${dataDir} and ${portsFile} to start a fresh cluster (users and roles are lost)`, 'dir');
         }
+        routeListeners.push(server);
       }
       routePorts = kept.ports;
       dataKept = true;
     } else {
       await rm(dataDir, { recursive: true, force: true });
-      routePorts = [];
-      for (let i = 0; i < devNodes; i++) routePorts.push(await freePort());
+      const bound = await bindListeners(devNodes);
+      routeListeners.push(...bound.map((b) => b.server));
+      routePorts = bound.map((b) => b.port);
       await writeFile(portsFile, `${JSON.stringify({ routePorts })}\n`, { mode: 0o600 });
     }
     const dataReset = hadData && !dataKept ? (kept.why ?? 'the earlier data/ had no route-ports.json: an older dev that kept users in users.json') : undefined;
@@ -239,6 +247,7 @@ export async function ensureDevCertificates(dir: string, devNodes: number = defa
       },
     };
   } catch (err) {
+    for (const l of routeListeners) l.close();
     if (err instanceof ConfigError) throw err;
     const code = (err as NodeJS.ErrnoException | undefined)?.code ?? (err instanceof Error ? err.message : String(err));
     throw new ConfigError(`--dir: cannot create dev certificates in ${JSON.stringify(abs)} (${code})`, 'dir', { cause: err });
@@ -251,13 +260,16 @@ export async function ensureDevCertificates(dir: string, devNodes: number = defa
       const config = nodeConfig(abs, i, { node: files.clients[i]!, route: files.routes[i]!, caFile: files.ca.certFile, ca: files.ca.cert }, files.cluster, { nats: 0, http: 0 }, 'warn');
       const logger = createLogger(config.logLevel, { server_name: config.serverName });
       const auth = await loadBusAuth(config, logger);
-      peers.push(await startServing(config, logger, auth.authenticator, auth));
+      peers.push(await startServing(config, logger, auth.authenticator, auth, { clusterListener: routeListeners[i]! }));
     }
   } catch (err) {
     await Promise.allSettled(peers.map((p) => p.stop()));
+    // Those no node took over (a node that stopped closed its own already).
+    for (const l of routeListeners.slice(peers.length + 1)) l.close();
+    routeListeners[0]!.close();
     throw err;
   }
-  return { caFile: files.ca.certFile, node: files.clients[0]!, created: files.created, cluster: { ...files.cluster, peers } };
+  return { caFile: files.ca.certFile, node: files.clients[0]!, created: files.created, cluster: { ...files.cluster, peers, routeListener: routeListeners[0]! } };
 }
 
 export function devServeConfig(config: DevConfig, certs: DevCertificates): ServeConfig {

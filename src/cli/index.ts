@@ -8,7 +8,7 @@ import { processOutput, type CliOutput } from './output.js';
 import { helpText } from './help.js';
 import { packageVersion } from '../version.js';
 import { refuseUnavailable } from './features.js';
-import type { ServingNode } from './serve.js';
+import type { NodeTuning, ServingNode } from './serve.js';
 
 export { helpText } from './help.js';
 export { packageVersion } from '../version.js';
@@ -37,7 +37,9 @@ function installCrashHandlers(logger: Logger): void {
   });
 }
 
-async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?: (node: ServingNode) => void | Promise<void>): Promise<number> {
+async function serveUntilSignal(
+  config: ServeConfig, logger: Logger, onStarted?: (node: ServingNode) => void | Promise<void>, tuning?: NodeTuning,
+): Promise<number> {
   installCrashHandlers(logger);
   certificateWarnings(config, logger);
   // Loaded only when a node starts: help, version and flag errors stay fast and never load the server.
@@ -48,7 +50,7 @@ async function serveUntilSignal(config: ServeConfig, logger: Logger, onStarted?:
   lifecycle.setReload(auth.reload);
   let node: ServingNode;
   try {
-    node = await startServing(config, logger, auth.authenticator, auth);
+    node = await startServing(config, logger, auth.authenticator, auth, tuning);
   } catch (err) {
     // A configuration problem found while starting (e.g. a cluster flag missing its partner) is still exit 2.
     if (err instanceof ConfigError) throw err;
@@ -98,7 +100,7 @@ export async function main(argv: readonly string[], output: CliOutput = processO
         return await serveUntilSignal(config, logger, async (node) => {
           const banner = await devReady(node, certs);
           if (banner !== undefined) output.out(banner);
-        });
+        }, { clusterListener: certs.cluster.routeListener });
       }
     }
   } catch (err) {

@@ -24,7 +24,7 @@ import { appendSlots, learnAddresses, readClusterFile, tablesAgree, type Cluster
 import { KvPrincipalSource } from '../../src/control/principal_source.js';
 import { controlBuckets, encodeValue, schemaVersion, validateUser, type UserValue } from '../../src/control/buckets.js';
 import { createKeyPair } from '../../src/auth/index.js';
-import { freePort } from '../../src/free_port.js';
+import { freePort } from '../support/free_port.js';
 import { pause, waitFor } from '../support/wait.js';
 
 const seed = Number(process.env.CLUSTER_SEED ?? Date.now() % 1_000_000);

@@ -15,7 +15,7 @@ import { controlBuckets, decodeValue, encodeValue, validateConfig, validateNode 
 import { silentLogger } from '../../src/log.js';
 import { nodeOptionsFromServeConfig, postureDigest } from '../../src/node/index.js';
 import type { ServeConfig } from '../../src/config/index.js';
-import { freePort } from '../../src/free_port.js';
+import { freePort } from '../support/free_port.js';
 import { pause, waitFor } from '../support/wait.js';
 import { holdPorts, releaseUnused, takeListener } from '../support/ports.js';
 

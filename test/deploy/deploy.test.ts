@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { freePort } from '../../src/free_port.js';
+import { freePort } from '../support/free_port.js';
 import { after, pause } from '../support/wait.js';
 
 // DEPLOY_TEST_REPO runs the test against another checkout (its unit, script and sources).

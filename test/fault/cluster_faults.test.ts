@@ -26,7 +26,7 @@ import { seededRng } from '../../raft/index.js';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
 import { signRequest } from '../../src/control/envelope.js';
 import { keyPairFromSeed } from '../../src/auth/index.js';
-import { freePort } from '../../src/free_port.js';
+import { freePort } from '../support/free_port.js';
 import { holdPorts, releaseUnused, spawnOnHeldPort, type HeldPort } from '../support/ports.js';
 
 const heldRoutePorts: HeldPort[] = [];
@@ -126,7 +126,7 @@ t.teardown(async () => {
   rmSync(bundleDir, { recursive: true, force: true });
 });
 
-// Port numbers, probed (src/free_port.ts: below the ephemeral range, claimed across processes), not port 0: a
+// Port numbers, probed (test/support/free_port.ts: below the ephemeral range, claimed across processes), not port 0: a
 // node restarted by these tests must come back on the same ports, since its peers' --routes and the clients'
 // reconnect lists (rolling restart) name them. The duplicate probe this file had did not claim what it handed out.
 /** The polls here measure (failover, boot, health): their interval is part of the figure, so it is a pause. */
@@ -150,7 +150,7 @@ async function newCluster(name: string): Promise<Cluster> {
   const dir = join(root, name);
   mkdirSync(dir, { recursive: true });
   // Route ports bound here and passed to each child's first start (--cluster-fd); client and HTTP ports are claimed
-  // (src/free_port.ts), as the tests reach a restarted node on the same ones.
+  // (test/support/free_port.ts), as the tests reach a restarted node on the same ones.
   const routeHeld = await holdPorts(3);
   heldRoutePorts.push(...routeHeld);
   const routePorts = routeHeld.map((h) => h.port);

@@ -9,7 +9,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, nkeyAuthenticator, type NatsConnection } from '@nats-io/transport-node';
 import { createCertificateAuthority, issueCertificate, writePemPair } from '../../src/certs/index.js';
-import { freePort } from '../../src/free_port.js';
+import { freePort } from '../support/free_port.js';
 import { holdPorts, releaseUnused, spawnOnHeldPort, type HeldPort } from '../support/ports.js';
 
 export const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -71,7 +71,7 @@ export async function newCluster(): Promise<Cluster> {
   const passFile = join(root, 'route.pass');
   writeFileSync(passFile, 'route-secret\n', { mode: 0o600 });
   // Route ports are bound here and passed to each child (every node's --routes names all of them before any node
-  // starts). Client and HTTP ports are claimed (src/free_port.ts): the tests reach a restarted node on the same ones.
+  // starts). Client and HTTP ports are claimed (test/support/free_port.ts): the tests reach a restarted node on the same ones.
   const routeHeld = await holdPorts(3);
   heldRoutePorts.push(...routeHeld);
   const routePorts = routeHeld.map((h) => h.port);

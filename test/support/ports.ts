@@ -4,9 +4,9 @@
 // Why not plain port 0 (src/node/listeners.ts, which startCluster and the library use): these tests stop a node
 // and start it again on the same port (its peers and its data name it by address). A port from the ephemeral
 // range, released for that moment, can be handed to any outgoing connect() on the machine. So the port is drawn
-// below that range and claimed across processes by src/free_port.ts, then bound here and held.
+// below that range and claimed across processes by test/support/free_port.ts, then bound here and held.
 import { createServer, type Server } from 'node:net';
-import { freePort } from '../../src/free_port.js';
+import { freePort } from './free_port.js';
 
 export interface HeldPort {
   readonly port: number;

@@ -7,7 +7,7 @@ import { connect, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
-import { freePort } from '../../src/free_port.js';
+import { freePort } from '../support/free_port.js';
 import { holdPorts, releaseUnused, spawnOnHeldPort, takeListener } from '../support/ports.js';
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
