@@ -16,18 +16,18 @@ const plantSeedsMax = 400;
  * Recorded rather than searched for on every run: 12 bugs × up to 400 seeds would be most of this file's time.
  */
 const caughtBy: Record<PlantedBug | DriverBug, number> = {
-  'commit-old-term': 0,
-  'vote-no-uptodate': 0,
-  'vote-twice': 0,
-  'read-index-no-quorum': 0,
-  'commit-without-majority': 0,
-  'vote-not-persisted': 0,
-  'recovering-votes': 0,
-  'driver-vote-sent-before-persist': 0,
-  'driver-apply-before-durable': 0,
-  'driver-vote-change-deferred': 0,
-  'driver-snapshot-over-newer': 0,
-  'driver-truncate-committed': 0,
+  'commit-old-term': 125,
+  'vote-no-uptodate': 6,
+  'vote-twice': 3,
+  'read-index-no-quorum': 104,
+  'commit-without-majority': 1,
+  'vote-not-persisted': 42,
+  'recovering-votes': 9,
+  'driver-vote-sent-before-persist': 75,
+  'driver-apply-before-durable': 1,
+  'driver-vote-change-deferred': 47,
+  'driver-snapshot-over-newer': 5,
+  'driver-truncate-committed': 2,
 };
 
 interface Sweep {

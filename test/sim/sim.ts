@@ -179,8 +179,6 @@ class Incarnation {
   /** yieldTurn() callers (a snapshot being written), let go at the next tick. */
   turns: (() => void)[] = [];
   sentSinceSave = false;
-  /** The highest commit index a message of this process (as leader) has carried. */
-  commitSent = 0;
   clockMs = 0;
   lastApplied = 0;
   driver!: ReadyDriver<KvAnswer>;
@@ -354,7 +352,10 @@ export class Simulation {
         softState: (ss) => this.onSoftState(n, inc, ss),
         applied: (e, w) => this.onApplied(n, inc, e, w),
         readStates: (states) => this.onReadStates(inc, states),
-        advanced: () => this.serveReads(inc),
+        advanced: () => {
+          this.serveReads(inc);
+          this.noteLeaderCommit(n, inc);
+        },
         snapshotInstalled: (index) => this.onSnapshotInstalled(n, inc, index),
         recoveringOnDisk: () => n.recovering,
         recovered: () => {
@@ -507,12 +508,6 @@ export class Simulation {
       return;
     }
     inc.sentSinceSave = true;
-    if (m.commit > inc.commitSent && inc.raw.basicStatus().state === StateType.leader) {
-      inc.commitSent = m.commit;
-      // Buggify: cut a leader off right after it advanced its commit index, before the messages that tell it leave
-      // (with the isolation after an election, the raw material of the paper's Figure 8).
-      if (this.inChurn() && this.rng.int(4) === 0) this.isolate(new Set([n.id]), 10 + this.rng.int(30));
-    }
     if (this.faulty && this.rng.next() < this.dropP) return;
     const copies = this.faulty && this.rng.next() < this.dupP ? 2 : 1;
     // A paused process sends nothing until it wakes.
@@ -541,8 +536,15 @@ export class Simulation {
         else this.queue.set(at, [m]);
         continue;
       }
+      const before = n.raw.basicStatus();
       n.raw.step(m);
       this.checkNode(n);
+      const after = n.raw.basicStatus();
+      if (after.state === StateType.leader && after.commit > before.commit && this.inChurn() && this.rng.int(4) === 0) {
+        // Buggify: cut a leader off right after it advanced its commit index, before the messages that tell it leave
+        // (with the isolation after an election, the raw material of the paper's Figure 8).
+        this.isolate(new Set([n.id]), 10 + this.rng.int(30));
+      }
     }
   }
 
@@ -599,12 +601,14 @@ export class Simulation {
       await drain();
     }
     if (this.halted) throw new Violation(this.violations[0] ?? 'violation');
-    for (const n of this.live()) {
-      const s = n.raw!.basicStatus();
-      if (s.state !== StateType.leader) continue;
-      this.recordLeaderCommit(n, s.term, Math.min(s.commit, n.storage.lastIndex()));
-      this.checkLeaderCompleteness(n);
-    }
+    for (const n of this.live()) if (n.raw!.basicStatus().state === StateType.leader) this.checkLeaderCompleteness(n);
+  }
+
+  /** What a leader holds committed (as far as it is durable here), recorded for the leader-completeness check. */
+  private noteLeaderCommit(n: SimNode, inc: Incarnation): void {
+    if (inc.dead) return;
+    const s = inc.raw.basicStatus();
+    if (s.state === StateType.leader) this.recordLeaderCommit(n, s.term, Math.min(s.commit, n.storage.lastIndex()));
   }
 
   /** Completes every write now due; true when any completed (the drivers have work). */
@@ -724,8 +728,12 @@ export class Simulation {
   private onSoftState(n: SimNode, inc: Incarnation, ss: SoftState): void {
     if (inc.dead) return;
     if (this.inChurn() && ss.state === StateType.leader && this.rng.int(3) === 0) {
-      // Buggify: cut a leader off right after its election, before this batch's messages leave.
-      this.isolate(new Set([n.id]), 10 + this.rng.int(30));
+      // Buggify: cut a leader off right after its election, before this batch's messages leave; now and then with
+      // one follower, which then holds the orphan no-op of a higher term (the raw material of the paper's Figure 8).
+      const side = new Set([n.id]);
+      const others = [...this.nodes.keys()].filter((id) => id !== n.id);
+      if (this.rng.int(2) === 0) side.add(others[this.rng.int(others.length)]!);
+      this.isolate(side, 10 + this.rng.int(30));
     }
   }
 
