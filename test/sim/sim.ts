@@ -57,6 +57,9 @@ export interface SimResult {
   readonly midReadyCrashes: number;
   /** Re-submitted copies of a write the driver's session table skipped. */
   readonly duplicatesSkipped: number;
+  /** Compare-and-sets answered: took effect, refused (the value differed). */
+  readonly casApplied: number;
+  readonly casRefused: number;
 }
 
 const electionTicks = 10;
@@ -73,14 +76,17 @@ const enc = new TextEncoder();
 const dec = new TextDecoder();
 const logger = silentLogger();
 
-/** A client write, as the command inside a proposal envelope. */
+/** A client write or compare-and-set, as the command inside a proposal envelope. */
 interface WriteCmd {
   k: string;
   v: string;
+  /** CAS: the value `k` must hold (null: absent) for the write to take effect. */
+  x?: string | null;
 }
 
-/** What the simulated state machine answers for a write: the value it replaced. */
+/** What the simulated state machine answers: whether the write took effect (a CAS may not), and the value before. */
 interface KvAnswer {
+  readonly ok: boolean;
   readonly prev: string | null;
 }
 
@@ -91,8 +97,8 @@ interface SimImage {
 }
 
 interface ClientOp {
-  op: Op & { value: string | null; ret: number };
-  readonly kind: 'read' | 'write';
+  op: Op & { value: string | null; ret: number; ok?: boolean };
+  readonly kind: 'read' | 'write' | 'cas';
   readonly node: number;
   readonly deadline: number;
   readonly ctx: string;
@@ -115,11 +121,12 @@ class SimKv implements DriverStateMachine<KvAnswer> {
 
   apply(index: number, command: Uint8Array): KvAnswer {
     this.applied = index;
-    if (command.length === 0) return { prev: null };
+    if (command.length === 0) return { ok: true, prev: null };
     const w = JSON.parse(dec.decode(command)) as WriteCmd;
     const prev = this.kv.get(w.k) ?? null;
+    if (w.x !== undefined && w.x !== prev) return { ok: false, prev };
     this.kv.set(w.k, w.v);
-    return { prev };
+    return { ok: true, prev };
   }
 
   restore(image: Uint8Array): void {
@@ -224,6 +231,8 @@ interface Client {
   nextAt: number;
   /** The node this client talks to until it fails it (clients cache the leader they found). */
   node: number;
+  /** The last value this client saw of each key (what its next CAS of the key expects). */
+  readonly seen: Map<string, string | null>;
 }
 
 /** Lets every microtask run: the drivers schedule themselves with microtasks and wait only on this file's promises. */
@@ -270,6 +279,8 @@ export class Simulation {
   private readonly snapshotEntries: number;
   private midReadyCrashes = 0;
   private duplicatesSkipped = 0;
+  private casApplied = 0;
+  private casRefused = 0;
   /** Counters every driver of this run adds to. */
   private readonly metrics: DriverMetrics = { persistSeconds: { observe: () => undefined }, snapshotsTaken: 0, snapshotsInstalled: 0 };
   /** A violation seen inside a driver callback (which must not throw): the main loop stops at the next step. */
@@ -305,7 +316,7 @@ export class Simulation {
       this.start(n);
     }
     this.nextId = opts.nodes + 1;
-    this.clients = [1, 2, 3, 4].map((id) => ({ id, seq: 0, busy: null, nextAt: r.int(20), node: 1 + r.int(opts.nodes) }));
+    this.clients = [1, 2, 3, 4].map((id) => ({ id, seq: 0, busy: null, nextAt: r.int(20), node: 1 + r.int(opts.nodes), seen: new Map<string, string | null>() }));
   }
 
   // ---- node lifecycle ----
@@ -454,6 +465,8 @@ export class Simulation {
       snapshotsInstalled: this.metrics.snapshotsInstalled,
       midReadyCrashes: this.midReadyCrashes,
       duplicatesSkipped: this.duplicatesSkipped,
+      casApplied: this.casApplied,
+      casRefused: this.casRefused,
     };
   }
 
@@ -756,7 +769,7 @@ export class Simulation {
       const op = inc.writes.get(write.envelope.seq);
       if (op) {
         inc.writes.delete(write.envelope.seq);
-        this.finishOp(op, true);
+        this.finishOp(op, true, write.result);
       }
     }
     const img = inc.sm.image();
@@ -864,12 +877,15 @@ export class Simulation {
       c.node = n.id;
     }
     const key = only?.key ?? keys[this.rng.int(keys.length)]!;
-    const kind = only || this.rng.int(2) === 0 ? 'read' : 'write';
+    const roll = this.rng.int(4);
+    const kind = only || roll < 2 ? 'read' : roll === 2 ? 'write' : 'cas';
     const seq = ++c.seq;
     const ctx = `${c.id}:${seq}`;
-    const value = kind === 'write' ? `${c.id}.${seq}` : null;
+    const value = kind === 'read' ? null : `${c.id}.${seq}`;
+    // A CAS expects what this client last saw of the key (a read-modify-write), so it succeeds often enough.
+    const expect = kind === 'cas' ? (c.seen.get(key) ?? null) : undefined;
     const op: ClientOp = {
-      op: { client: c.id, kind, key, value, call: this.t, ret: Infinity },
+      op: { client: c.id, kind, key, value, call: this.t, ret: Infinity, ...(expect !== undefined ? { expect } : {}) },
       kind,
       node: n.id,
       deadline: this.t + opTimeoutTicks,
@@ -881,10 +897,11 @@ export class Simulation {
     const inc = n.inc!;
     // The node's request path: a write travels in a proposal envelope naming this process (origin, boot) and the
     // request (seq), which the driver's session table uses to apply a re-submitted copy once.
-    const proposalSeq = kind === 'write' ? ++inc.seq : 0;
+    const proposalSeq = kind === 'read' ? 0 : ++inc.seq;
     try {
-      if (kind === 'write') {
-        op.envelope = encodeEnvelope(n.id, inc.boot, proposalSeq, enc.encode(JSON.stringify({ k: key, v: value! } satisfies WriteCmd)));
+      if (kind !== 'read') {
+        const cmd: WriteCmd = { k: key, v: value!, ...(expect !== undefined ? { x: expect } : {}) };
+        op.envelope = encodeEnvelope(n.id, inc.boot, proposalSeq, enc.encode(JSON.stringify(cmd)));
         op.inc = inc;
         n.raw!.propose(op.envelope);
       } else n.raw!.readIndex(enc.encode(ctx));
@@ -897,8 +914,8 @@ export class Simulation {
     this.checkNode(n);
     c.busy = op;
     this.history.push(op);
-    if (kind === 'write') inc.writes.set(proposalSeq, op);
-    else inc.reads.set(ctx, op);
+    if (kind === 'read') inc.reads.set(ctx, op);
+    else inc.writes.set(proposalSeq, op);
   }
 
   /**
@@ -930,13 +947,26 @@ export class Simulation {
     this.finishOp(op, false);
   }
 
-  /** ok: the response arrived now. Otherwise the outcome is unknown: a write may still take effect. */
-  private finishOp(op: ClientOp, ok: boolean): void {
+  /**
+   * ok: the response arrived now (a write's or CAS's `answer` with it). Otherwise the outcome is unknown: a write
+   * may still take effect.
+   */
+  private finishOp(op: ClientOp, ok: boolean, answer?: KvAnswer): void {
     if (op.done) return;
     op.done = true;
-    if (ok) op.op.ret = this.t;
-    else if (op.kind === 'read') op.op.ret = -1; // dropped from the history: it returned nothing
     const c = this.clients.find((x) => x.id === op.op.client)!;
+    if (ok) {
+      op.op.ret = this.t;
+      if (op.kind === 'cas') {
+        op.op.ok = answer?.ok ?? false;
+        if (op.op.ok) this.casApplied++;
+        else this.casRefused++;
+      }
+      // What the client now knows the key holds (the value the next CAS of this client expects).
+      if (op.kind === 'read') c.seen.set(op.op.key, op.op.value);
+      else if (answer?.ok) c.seen.set(op.op.key, op.op.value);
+      else if (answer) c.seen.set(op.op.key, answer.prev);
+    } else if (op.kind === 'read') op.op.ret = -1; // dropped from the history: it returned nothing
     if (c.busy === op) {
       c.busy = null;
       c.nextAt = this.t + 1 + this.rng.int(6);
