@@ -6,7 +6,7 @@ import t from 'tap';
 import { MemoryStorage, MessageType, RawNode, StateType, message, seededRng, type Entry, type HardState, type Message } from '../../raft/index.js';
 import { KvStateMachine } from '../../store/index.js';
 import { silentLogger } from '../../src/log.js';
-import { ReadyDriver, type DriverStorage } from '../../src/node/ready_driver.js';
+import { DriverBug, ReadyDriver, type DriverStorage } from '../../src/node/ready_driver.js';
 import type { KvResult } from '../../store/index.js';
 
 interface HeldSave {
@@ -55,7 +55,7 @@ class HeldStorage implements DriverStorage {
 /** Lets every microtask (the driver's loop) run. */
 const drain = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
 
-function harness(id: number): { raw: RawNode; storage: HeldStorage; sent: Message[]; sm: KvStateMachine; driver: ReadyDriver<KvResult>; fatal: Error[] } {
+function harness(id: number, plantedBug?: DriverBug): { raw: RawNode; storage: HeldStorage; sent: Message[]; sm: KvStateMachine; driver: ReadyDriver<KvResult>; fatal: Error[] } {
   const storage = new HeldStorage();
   const raw = new RawNode({ id, storage: storage.mem, rng: seededRng(id), peers: [1, 2, 3], electionTicks: 10, heartbeatTicks: 1, preVote: false });
   const sent: Message[] = [];
@@ -70,6 +70,7 @@ function harness(id: number): { raw: RawNode; storage: HeldStorage; sent: Messag
     metrics: { persistSeconds: { observe: () => undefined }, snapshotsTaken: 0, snapshotsInstalled: 0 },
     logger: silentLogger(),
     snapshotEntries: 1_000_000,
+    ...(plantedBug !== undefined ? { plantedBug } : {}),
     events: {
       softState: () => undefined,
       applied: () => undefined,
@@ -161,4 +162,22 @@ t.test('etcd MustSync: a hard state in which only the commit index moved is not 
   await stopped;
   t.equal(h.storage.mem.hardState().commit, last, 'stop() wrote the deferred commit index');
   t.same(h.fatal, [], 'no fatal error');
+});
+
+// The rules above can fail: with the driver's planted bugs, what they assert does not hold.
+t.test('teeth: with the bug planted, the vote answer leaves before its write and an entry is applied before its batch is durable', async (t) => {
+  const voter = harness(2, DriverBug.voteSentBeforePersist);
+  voter.driver.schedule();
+  await completeAll(voter.storage);
+  voter.raw.step(message({ type: MessageType.vote, from: 1, to: 2, term: 2, index: 3, logTerm: 1 }));
+  voter.driver.schedule();
+  await drain();
+  t.equal(voter.storage.held.length, 1, 'the vote is being written');
+  t.equal(voter.sent.filter((m) => m.type === MessageType.voteResp).length, 1, 'and its answer already left');
+
+  const follower = harness(2, DriverBug.applyBeforeDurable);
+  follower.driver.schedule();
+  await drain();
+  t.ok(follower.storage.held.length === 1 && follower.storage.lastIndex() === 0, 'the bootstrap batch is being written, nothing durable yet');
+  t.ok(follower.sm.appliedIndex > 0, `yet the state machine applied through ${follower.sm.appliedIndex}`);
 });
