@@ -46,7 +46,10 @@ interface Sweep {
 }
 
 async function sweep(nodes: 3 | 5, count: number): Promise<Sweep> {
-  const w: Sweep = { failed: [], maxRecover: 0, unrecovered: 0, ops: 0, lost: 0, rejoined: 0, snapshotsTaken: 0, snapshotsInstalled: 0, midReadyCrashes: 0, duplicatesSkipped: 0, casApplied: 0, casRefused: 0 };
+  const w: Sweep = {
+    failed: [], maxRecover: 0, unrecovered: 0, ops: 0, lost: 0, rejoined: 0,
+    snapshotsTaken: 0, snapshotsInstalled: 0, midReadyCrashes: 0, duplicatesSkipped: 0, casApplied: 0, casRefused: 0,
+  };
   for (let s = 1; s <= count; s++) {
     const r = await runSim({ seed: s, nodes });
     if (r.violations.length > 0 || !r.linearizable) w.failed.push(r);
@@ -94,7 +97,10 @@ t.test('one seed replays the same run', async (t) => {
 });
 
 t.test('every planted bug is caught by its recorded seed (raft/ and the Ready driver)', async (t) => {
-  const bugs = [...Object.values(PlantedBug).map((b) => ({ bug: b, opts: { plant: b } })), ...Object.values(DriverBug).map((b) => ({ bug: b, opts: { driverBug: b } }))];
+  const bugs = [
+    ...Object.values(PlantedBug).map((b) => ({ bug: b, opts: { plant: b } })),
+    ...Object.values(DriverBug).map((b) => ({ bug: b, opts: { driverBug: b } })),
+  ];
   t.equal(Object.keys(caughtBy).length, bugs.length, 'every planted bug has a recorded seed');
   for (const { bug, opts } of bugs) {
     const seed = caughtBy[bug];

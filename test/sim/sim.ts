@@ -316,7 +316,9 @@ export class Simulation {
       this.start(n);
     }
     this.nextId = opts.nodes + 1;
-    this.clients = [1, 2, 3, 4].map((id) => ({ id, seq: 0, busy: null, nextAt: r.int(20), node: 1 + r.int(opts.nodes), seen: new Map<string, string | null>() }));
+    this.clients = [1, 2, 3, 4].map((id) => ({
+      id, seq: 0, busy: null, nextAt: r.int(20), node: 1 + r.int(opts.nodes), seen: new Map<string, string | null>(),
+    }));
   }
 
   // ---- node lifecycle ----

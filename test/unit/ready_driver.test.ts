@@ -55,7 +55,16 @@ class HeldStorage implements DriverStorage {
 /** Lets every microtask (the driver's loop) run. */
 const drain = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve));
 
-function harness(id: number, plantedBug?: DriverBug): { raw: RawNode; storage: HeldStorage; sent: Message[]; sm: KvStateMachine; driver: ReadyDriver<KvResult>; fatal: Error[] } {
+interface Harness {
+  raw: RawNode;
+  storage: HeldStorage;
+  sent: Message[];
+  sm: KvStateMachine;
+  driver: ReadyDriver<KvResult>;
+  fatal: Error[];
+}
+
+function harness(id: number, plantedBug?: DriverBug): Harness {
   const storage = new HeldStorage();
   const raw = new RawNode({ id, storage: storage.mem, rng: seededRng(id), peers: [1, 2, 3], electionTicks: 10, heartbeatTicks: 1, preVote: false });
   const sent: Message[] = [];
@@ -97,7 +106,7 @@ async function completeAll(storage: HeldStorage): Promise<void> {
 }
 
 /** Node 1 campaigns and wins with node 2's vote (its bootstrap batch durable first). */
-async function electNode1(h: ReturnType<typeof harness>): Promise<void> {
+async function electNode1(h: Harness): Promise<void> {
   h.driver.schedule();
   await completeAll(h.storage);
   h.raw.campaign();
