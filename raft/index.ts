@@ -1,7 +1,7 @@
 // The public surface of raft/: a pure, deterministic Raft state machine. See README.md.
 export { RawNode } from './raw_node.js';
 export type { Ready, SoftState, Status, BasicStatus, ProgressStatus, RawNodeConfig } from './raw_node.js';
-export { StateType, PlantedBug, defaultLimits } from './raft.js';
+export { StateType, defaultLimits } from './raft.js';
 export type { Limits, RaftConfig } from './raft.js';
 export { MessageType, message, emptyBytes } from './messages.js';
 export type { Message, SnapshotChunk } from './messages.js';

@@ -2,18 +2,19 @@
 // store/ (hard state and entries durable before that batch's messages leave), committed entries
 // applied to the KV state machine, messages carried over the mutual-TLS routes. No module state: any
 // number of nodes run in one process (tests), or one per process (production).
-// ClusterNode composes the parts split out of it (issue 17): slot binding and bootstrap (slot_binding.ts), pending
-// requests (requests.ts), status and health (status.ts, health.ts), membership decisions (membership_policy.ts).
-// What stays here: the Ready loop, frame routing, Raft's start, and the public API, mostly one-line delegates.
-// Over 500 lines until the Ready loop (onTick … writeSnapshot, about 200 lines) leaves for its own driver module,
-// which the simulator is to run (issue 17 item 2); the public API's delegates are most of the rest.
+// ClusterNode composes the parts split out of it (issue 17): the Ready loop (ready_driver.ts, which test/sim runs),
+// slot binding and bootstrap (slot_binding.ts), pending requests (requests.ts), status and health (status.ts,
+// health.ts), membership decisions (membership_policy.ts). What stays here: Raft's start, the tick, frame routing,
+// carrying out membership changes, and the public API. Over 500 lines: the public API's one-line delegates (about
+// 60 members the NATS side, the control plane and the HTTP pages use) are most of it; carrying out membership
+// changes (manageMembership) and route-frame routing are the next candidates to leave.
 import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, type ConfState, type HardState, type Message, type Ready } from '../../raft/index.js';
+import { RaftError, RawNode, StateType, seededRng, type Message, type ReadState, type SoftState } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
-import { encodeKvCommand, MsgpackWriter, quotaRefusal } from '../../store/index.js';
+import { encodeKvCommand, quotaRefusal } from '../../store/index.js';
 import {
   createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteTransport,
 } from '../../transport/index.js';
@@ -25,7 +26,7 @@ import { NodeError, NodeErrorCode } from './errors.js';
 import type { Health } from './health.js';
 import { nextMembershipChange, promoteWindow, VoterDownWatch } from './membership_policy.js';
 import type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
-import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
+import { ReadyDriver, type AppliedWrite } from './ready_driver.js';
 import { PendingRequests, stoppedError } from './requests.js';
 import {
   CatchUp, StatusQueries, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, peerName, raftz, routez, selfReport, varz,
@@ -37,14 +38,7 @@ import {
   decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport,
 } from './wire.js';
 
-/**
- * A local snapshot waits until the log since the last one holds at least 1/snapshotLogFraction of its size in bytes
- * (as well as NodeOptions.snapshotEntries entries). The log kept in memory and replayed at restart is then at most
- * about a quarter of the state.
- */
-export const snapshotLogFraction = 4;
-/** A local snapshot is written in slices of this many ms of work, with a turn of the event loop between them. */
-const snapshotSliceMs = 10;
+export { snapshotLogFraction } from './ready_driver.js';
 
 export type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 export type { Health } from './health.js';
@@ -55,7 +49,6 @@ export class ClusterNode {
   readonly clusterName: string;
   readonly identity: InternalIdentity;
   readonly stateMachine = new KvStateMachine();
-  private readonly sessions = new AppliedSessions();
   readonly metrics: NodeMetrics = newNodeMetrics();
 
   private readonly opts: NodeOptions;
@@ -65,21 +58,18 @@ export class ClusterNode {
   private readonly heartbeatTicks: number;
   private readonly timeoutMs: number;
   private readonly snapshotEntries: number;
-  /** A local snapshot being written (writeSnapshot); stop() waits for it. */
-  private snapshotting: Promise<void> | undefined;
-  /** Bytes of the entries applied since the last snapshot (taken or installed): see maybeSnapshot. */
-  private logBytesSinceSnapshot = 0;
   private readonly boot = randomInt(1, 0xffffffff);
   private storage!: RaftStorage;
   private transport!: RouteTransport;
   private raw: RawNode | undefined;
   /** The slot table and who holds each slot (slot_binding.ts). */
   private readonly binding: SlotBindings;
+  /** Persists, sends and applies raw's Ready batches (ready_driver.ts); created with raw. */
+  private driver: ReadyDriver<KvResult> | undefined;
   private readonly listeners = new Set<RouteListener>();
   private readonly extensionHandlers = new Map<string, (peerName: string, data: unknown[]) => void>();
   private readonly leaderListeners = new Set<(isLeader: boolean, leaderName: string | undefined) => void>();
   private tickTimer: NodeJS.Timeout | undefined;
-  private loop: Promise<void> | undefined;
   private stopping = false;
   private fatal: Error | undefined;
   /** Waiting writes and linearizable reads (requests.ts); the Ready driver reports what Raft said of them. */
@@ -89,8 +79,6 @@ export class ClusterNode {
   /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
   private readonly peerContact = new Map<number, number>();
   private ticks = 0;
-  /** A commit-only hard state not yet written (see handleReady); saved with the next synced batch or at stop. */
-  private deferredHardState: HardState | undefined;
   /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
   private readonly resetListeners = new Set<() => void>();
   /** Applied the leader's own commit index once since start: until then health says "catching up". */
@@ -225,8 +213,6 @@ export class ClusterNode {
 
   private startRaft(): void {
     const c = this.cluster!;
-    const snap = this.storage.snapshot();
-    if (snap.meta.index > 0) this.restoreSnapshot(snap.data);
     const peers: number[] = [];
     // A node that joined a running cluster has no bootstrap entry: the leader sends it the log (or a snapshot), whose
     // configuration changes tell it the members. Bootstrapping [1..R] here could differ from the cluster's index 1.
@@ -244,6 +230,8 @@ export class ClusterNode {
       checkQuorum: true,
       recovering,
     });
+    this.driver = this.createDriver(this.raw);
+    this.driver.restoreStoredSnapshot();
     this.log.info({ id: c.id, addresses: c.addresses, voters: peers, recovering }, 'raft started');
     this.binding.sendHelloToAll();
     this.schedule();
@@ -381,132 +369,75 @@ export class ClusterNode {
   }
 
   private schedule(): void {
-    if (this.loop || this.stopping || !this.raw || this.fatal) return;
-    // A microtask, not setImmediate: the loop starts as soon as the current callback (a socket read holding
-    // any number of frames, a parsed batch of client requests, a tick) has stepped everything it carries, so
-    // batching is kept, without waiting for the event loop's check phase on every hop of a write.
-    this.loop = Promise.resolve().then(() => this.runLoop()).finally(() => {
-      this.loop = undefined;
-      if (this.raw?.hasReady()) this.schedule();
+    if (this.stopping || this.fatal) return;
+    this.driver?.schedule();
+  }
+
+  /** The Ready driver over this node's store, routes and KV state machine (ready_driver.ts). */
+  private createDriver(raw: RawNode): ReadyDriver<KvResult> {
+    return new ReadyDriver<KvResult>({
+      raw,
+      storage: this.storage,
+      sink: { send: (m) => this.sendMessage(m) },
+      stateMachine: this.stateMachine,
+      clock: { now: () => performance.now(), yieldTurn: () => new Promise<void>((resolve) => setImmediate(resolve)) },
+      metrics: this.metrics,
+      logger: this.log,
+      snapshotEntries: this.snapshotEntries,
+      events: {
+        softState: (ss) => this.onSoftState(ss),
+        applied: (_entry, write) => { if (write) this.onWriteApplied(write); },
+        readStates: (states) => this.onReadStates(states),
+        advanced: () => this.serveReads(),
+        snapshotInstalled: () => this.notifyReset(),
+        recoveringOnDisk: () => this.cluster?.recovering === true,
+        recovered: () => this.markRecovered(),
+        fatal: (err) => {
+          this.fatal = err;
+          this.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${err.message}`, false));
+        },
+      },
     });
   }
 
-  private async runLoop(): Promise<void> {
-    const raw = this.raw!;
-    try {
-      while (!this.stopping && raw.hasReady()) {
-        const rd = raw.ready();
-        // Read with the Ready: if recovery ended, the vote it pinned is in rd.hardState, durable once handled.
-        const recovered = this.cluster?.recovering === true && !raw.basicStatus().recovering;
-        await this.handleReady(rd);
-        if (recovered) this.markRecovered();
-        raw.advance();
-        this.serveReads();
-        await this.maybeSnapshot();
+  private onSoftState(ss: SoftState): void {
+    const lead = ss.lead;
+    if (lead === this.lastLead) return;
+    if (lead !== 0) this.metrics.leaderChanges++;
+    this.log.info({ lead, state: ss.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
+    this.lastLead = lead;
+    this.lastLeaderContact = Date.now();
+    if (lead !== 0) this.requests.leaderChanged();
+    const isLeader = ss.state === StateType.leader;
+    const name = lead === 0 ? undefined : this.peerName(lead);
+    for (const l of this.leaderListeners) {
+      try {
+        l(isLeader, name);
+      } catch (e) {
+        this.log.error({ err: e }, 'leader listener threw');
       }
-    } catch (e) {
-      // A disk error or a broken invariant: stop driving Raft (never send what is not durable) and
-      // say so in health; the operator restarts after fixing the cause.
-      this.fatal = e as Error;
-      this.log.fatal({ err: e }, 'raft loop stopped');
-      this.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${(e as Error).message}`, false));
     }
   }
 
-  private async handleReady(rd: Ready): Promise<void> {
-    if (rd.softState) {
-      const lead = rd.softState.lead;
-      if (lead !== this.lastLead) {
-        if (lead !== 0) this.metrics.leaderChanges++;
-        this.log.info({ lead, state: rd.softState.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
-        this.lastLead = lead;
-        this.lastLeaderContact = Date.now();
-        if (lead !== 0) this.requests.leaderChanged();
-        const isLeader = rd.softState.state === StateType.leader;
-        const name = lead === 0 ? undefined : this.peerName(lead);
-        for (const l of this.leaderListeners) {
-          try {
-            l(isLeader, name);
-          } catch (e) {
-            this.log.error({ err: e }, 'leader listener threw');
-          }
-        }
-      }
-    }
-    if (rd.snapshot) {
-      await this.storage.applySnapshot(rd.snapshot);
-      // Yielding: a large image takes seconds to read, and the process keeps answering its routes and health.
-      const { kvImage, sessions } = decodeNodeSnapshot(rd.snapshot.data);
-      await this.stateMachine.restoreYielding(kvImage);
-      this.sessions.restore(sessions);
-      this.logBytesSinceSnapshot = 0;
-      this.metrics.snapshotsInstalled++;
-      this.log.info({ index: rd.snapshot.meta.index }, 'installed a snapshot from the leader');
-      // A copy: a listener may re-subscribe itself (KvPrincipalSource re-attaches).
-      for (const l of [...this.resetListeners]) {
-        try {
-          l();
-        } catch (err) {
-          this.log.error({ err }, 'snapshot-install listener threw');
-        }
-      }
-    }
-    // Raft thesis §10.2.1: a leader may send AppendEntries while its own write is in flight, so its
-    // fsync and the followers' overlap instead of adding up. Safe because (1) the leader counts itself
-    // towards a commit only through this loop, which applies nothing before the save below resolves,
-    // and (2) a message leaves early only if the commit index it reveals is already durable here, so no
-    // follower or learner can apply an entry this leader could still lose in a crash. Votes, responses
-    // and everything a follower sends wait for the save, as the Ready contract requires.
-    let late: readonly Message[] = rd.messages;
-    if (rd.messages.length > 0 && this.raw!.basicStatus().state === StateType.leader) {
-      const durable = this.storage.lastIndex();
-      const held: Message[] = [];
-      for (const m of rd.messages) {
-        if ((m.type === MessageType.app || m.type === MessageType.heartbeat) && m.commit <= durable) this.sendMessage(m);
-        else held.push(m);
-      }
-      late = held;
-    }
-    if (rd.mustSync || rd.entries.length > 0) {
-      const t0 = performance.now();
-      await this.storage.save({ hardState: rd.hardState ?? this.deferredHardState, entries: rd.entries });
-      this.deferredHardState = undefined;
-      this.metrics.persistSeconds.observe((performance.now() - t0) / 1000);
-    } else if (rd.hardState) {
-      // Only the commit index moved: it need not be durable (a restarted node relearns it from the
-      // leader, as etcd's MustSync rule has it), so it rides along with the next synced write
-      // instead of costing an fdatasync of its own on every node for every commit.
-      this.deferredHardState = rd.hardState;
-    }
-    for (const m of late) this.sendMessage(m);
-    for (const e of rd.committedEntries) {
-      if (e.index <= this.stateMachine.appliedIndex) continue;
-      if (e.type === EntryType.confChange) {
-        this.stateMachine.apply(e.index, new Uint8Array(0));
-        try {
-          const cc = decodeConfChange(e.data);
-          this.log.info({ index: e.index, type: cc.type, nodeId: cc.nodeId, voters: cc.voters }, 'configuration change applied');
-        } catch {
-          /* raft/ treats an undecodable change as a no-op on every node */
-        }
-        continue;
-      }
-      const env = decodeEnvelope(e.data);
-      if (!this.sessions.admit(env.origin, env.boot, env.seq, e.index)) {
-        this.stateMachine.apply(e.index, new Uint8Array(0)); // a re-submitted copy: applied once already
-        continue;
-      }
-      this.logBytesSinceSnapshot += e.data.length;
-      const result = this.stateMachine.apply(e.index, env.command);
-      if (env.origin === this.cluster!.id && env.boot === this.boot) this.requests.writeApplied(env.seq, result);
-    }
-    this.requests.readIndexesArrived(rd.readStates);
+  /** A write applied: resolve it if this node (this boot) proposed it. */
+  private onWriteApplied({ envelope: env, result }: AppliedWrite<KvResult>): void {
+    if (env.origin === this.cluster!.id && env.boot === this.boot) this.requests.writeApplied(env.seq, result);
   }
 
-  private restoreSnapshot(data: Uint8Array): void {
-    const { kvImage, sessions } = decodeNodeSnapshot(data);
-    this.stateMachine.restore(kvImage);
-    this.sessions.restore(sessions);
+  private onReadStates(states: readonly ReadState[]): void {
+    this.requests.readIndexesArrived(states);
+  }
+
+  /** After a snapshot from the leader replaced the state machine (KvBackend.onReset). */
+  private notifyReset(): void {
+    // A copy: a listener may re-subscribe itself (KvPrincipalSource re-attaches).
+    for (const l of [...this.resetListeners]) {
+      try {
+        l();
+      } catch (err) {
+        this.log.error({ err }, 'snapshot-install listener threw');
+      }
+    }
   }
 
   private sendMessage(m: Message): void {
@@ -516,56 +447,6 @@ export class ClusterNode {
       return;
     }
     this.metrics.raftMessagesOut++;
-  }
-
-  private async maybeSnapshot(): Promise<void> {
-    if (this.snapshotting !== undefined) return;
-    const applied = this.stateMachine.appliedIndex;
-    if (applied - this.storage.snapshot().meta.index < this.snapshotEntries) return;
-    // A snapshot rewrites the whole state: with 1M keys, one every 10,000 writes rewrote 300 MB per 3 MB written
-    // (and stalled the process each time). Waiting until the log since the last one holds a fraction of its size
-    // bounds that to snapshotLogFraction bytes of snapshot per byte of log, whatever the size of the state.
-    if (this.logBytesSinceSnapshot * snapshotLogFraction < this.storage.snapshotBytes()) return;
-    // The store refuses a snapshot beyond the commit index it holds; a deferred commit-only hard state
-    // (handleReady) may be what covers `applied`, so it is written first.
-    if (this.deferredHardState) {
-      await this.storage.save({ hardState: this.deferredHardState });
-      this.deferredHardState = undefined;
-    }
-    // Frozen now (a sort of the keys and a copy of the row columns), written over the next turns of the event loop
-    // while the Ready loop goes on: a large image takes seconds, longer than an election timeout.
-    const image = beginNodeSnapshot(this.stateMachine, this.sessions);
-    const conf = this.raw!.confState();
-    this.logBytesSinceSnapshot = 0;
-    this.snapshotting = this.writeSnapshot(applied, conf, image).finally(() => {
-      this.snapshotting = undefined;
-    });
-  }
-
-  /** Writes a begun snapshot in slices of snapshotSliceMs, then hands it to the store (file written outside the WAL's turn). */
-  private async writeSnapshot(index: number, conf: ConfState, image: NodeImageBuild): Promise<void> {
-    const t0 = performance.now();
-    try {
-      const w = new MsgpackWriter(image.bytesEstimate);
-      const steps = image.write(w);
-      let sliceEnd = performance.now() + snapshotSliceMs;
-      while (!steps.next().done) {
-        if (performance.now() < sliceEnd) continue;
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        if (this.stopping) return;
-        sliceEnd = performance.now() + snapshotSliceMs;
-      }
-      await this.storage.createSnapshot(index, conf, w.finish());
-    } catch (err) {
-      // A snapshot from the leader installed meanwhile makes this one pointless, not wrong.
-      if (this.storage.snapshot().meta.index >= index) return;
-      this.fatal = err as Error;
-      this.log.fatal({ err }, 'snapshot failed; raft loop stopped');
-      this.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${(err as Error).message}`, false));
-      return;
-    }
-    this.metrics.snapshotsTaken++;
-    this.log.info({ index, ms: Math.round(performance.now() - t0) }, 'snapshot taken; log compacted');
   }
 
   /**
@@ -868,12 +749,7 @@ export class ClusterNode {
     this.stopping = true;
     clearInterval(this.tickTimer);
     this.failAll(stoppedError(this.serverName, this.fatal));
-    await this.loop;
-    await this.snapshotting;
-    if (this.deferredHardState && !this.fatal) {
-      // A clean stop leaves the latest commit index on disk, so a restart re-applies up to it at once.
-      await this.storage.save({ hardState: this.deferredHardState }).catch((err: unknown) => this.log.warn({ err }, 'could not save the commit index at stop'));
-    }
+    await this.driver?.stop();
     this.bus?.close();
     await this.transport.close();
     await this.storage.close();

@@ -69,7 +69,12 @@ export interface NodeImageBuild {
   write(w: MsgpackWriter): Generator<void, void, void>;
 }
 
-export function beginNodeSnapshot(stateMachine: KvStateMachine, sessions: AppliedSessions): NodeImageBuild {
+/** What beginNodeSnapshot needs of a state machine (KvStateMachine; the simulator's has its own image). */
+export interface SnapshotSource {
+  beginSnapshot(): { readonly bytesEstimate: number; write(w: MsgpackWriter): Generator<void, void, void> };
+}
+
+export function beginNodeSnapshot(stateMachine: SnapshotSource, sessions: AppliedSessions): NodeImageBuild {
   const image = stateMachine.beginSnapshot();
   const table = packOwned(packr, sessions.encode());
   return {

@@ -2,7 +2,8 @@
 // so (tick this node, deliver these messages, cut this link), and every Ready is persisted to the
 // node's MemoryStorage before its messages are queued, as the contract requires.
 import { MemoryStorage, RawNode, StateType, describeReady, seededRng } from '../../raft/index.js';
-import type { Limits, Message, PlantedBug, RawNodeConfig } from '../../raft/index.js';
+import type { Limits, Message, RawNodeConfig } from '../../raft/index.js';
+import type { PlantedBug } from '../../raft/testing.js';
 
 export interface TestNode {
   raw: RawNode;

@@ -3,13 +3,13 @@
 // slow, obvious references (CONVENTIONS §6, §8). Seeds of property tests are fixed and printed.
 import t from 'tap';
 import fc from 'fast-check';
+import { PlantedBug } from '../../raft/testing.js';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import {
   ConfChangeType,
   MemoryStorage,
   MessageType,
-  PlantedBug,
   ProgressState,
   RaftAssertionError,
   RaftError,

@@ -1,26 +1,25 @@
-// `npm run sim -- --seeds N [--nodes 3|5] [--seed S] [--plant BUG] [--driver textbook|production]`; `--plant list`
-// prints the bugs (raft/'s and the production driver's). Without --driver each seed picks the driver itself.
+// `npm run sim -- --seeds N [--nodes 3|5] [--seed S] [--plant BUG]`; `--plant list` prints the bugs (raft/'s and
+// the node's Ready driver's). Every seed runs the node's own Ready driver (src/node/ready_driver.ts).
 // Runs seeds S..S+N-1, prints one line per failing seed with the command that replays it, and ends with
 // `SIM seeds=<N> violations=<V> linearizable=<N-failed>/<N> max_ticks_to_recover=<T>`.
 // Exit code: 0 when no seed failed, 1 otherwise, 2 on a usage error.
-import { PlantedBug } from '../../raft/index.js';
-import { DriverBug, reproCommand, runSim, type SimDriver } from './sim.js';
+import { PlantedBug } from '../../raft/testing.js';
+import { DriverBug, reproCommand, runSim } from './sim.js';
 
 const allBugs: string[] = [...Object.values(PlantedBug), ...Object.values(DriverBug)];
 
 function usage(msg: string): never {
-  process.stderr.write(`sim: ${msg}\nusage: npm run sim -- --seeds N [--nodes 3|5] [--seed S] [--plant BUG|list] [--driver textbook|production] [--verbose]\n`);
+  process.stderr.write(`sim: ${msg}\nusage: npm run sim -- --seeds N [--nodes 3|5] [--seed S] [--plant BUG|list] [--verbose]\n`);
   process.exit(2);
 }
 
-interface SimArgs { seeds: number; nodes: 3 | 5; seed: number; plant?: PlantedBug | DriverBug; driver?: SimDriver; list: boolean; verbose: boolean }
+interface SimArgs { seeds: number; nodes: 3 | 5; seed: number; plant?: PlantedBug | DriverBug; list: boolean; verbose: boolean }
 
 function parseArgs(argv: string[]): SimArgs {
   let seeds = 100;
   let nodes: 3 | 5 = 3;
   let seed = 1;
   let plant: PlantedBug | DriverBug | undefined;
-  let driver: SimDriver | undefined;
   let list = false;
   let verbose = false;
   const int = (flag: string, v: string | undefined, min: number): number => {
@@ -49,12 +48,6 @@ function parseArgs(argv: string[]): SimArgs {
         else usage(`--plant needs one of: list, ${allBugs.join(', ')}; got ${v ?? 'nothing'}`);
         break;
       }
-      case '--driver': {
-        const v = argv[++i];
-        if (v !== 'textbook' && v !== 'production') usage(`--driver needs textbook or production, got ${v ?? 'nothing'}`);
-        driver = v;
-        break;
-      }
       case '--verbose':
         verbose = true;
         break;
@@ -62,7 +55,7 @@ function parseArgs(argv: string[]): SimArgs {
         usage(`unknown argument ${a}`);
     }
   }
-  return { seeds, nodes, seed, ...(plant ? { plant } : {}), ...(driver ? { driver } : {}), list, verbose };
+  return { seeds, nodes, seed, ...(plant ? { plant } : {}), list, verbose };
 }
 
 function plantOption(bug: PlantedBug | DriverBug | undefined): { plant?: PlantedBug; driverBug?: DriverBug } {
@@ -80,15 +73,15 @@ let failedLin = 0;
 let maxRecover = 0;
 let firstFailing = -1;
 for (let s = args.seed; s < args.seed + args.seeds; s++) {
-  const r = runSim({ seed: s, nodes: args.nodes, ...plantOption(args.plant), ...(args.driver ? { driver: args.driver } : {}) });
+  const r = await runSim({ seed: s, nodes: args.nodes, ...plantOption(args.plant) });
   if (!r.linearizable) failedLin++;
   maxRecover = Math.max(maxRecover, r.ticksToRecover);
   if (r.violations.length > 0) {
     violations++;
     if (firstFailing < 0) firstFailing = s;
-    process.stdout.write(`seed ${s} FAILED (${r.driver} driver): ${r.violations.join('; ')}\n  reproduce: ${reproCommand(s, args.nodes, args.plant)}\n`);
+    process.stdout.write(`seed ${s} FAILED: ${r.violations.join('; ')}\n  reproduce: ${reproCommand(s, args.nodes, args.plant)}\n`);
   } else if (args.verbose) {
-    process.stdout.write(`seed ${s} ok driver=${r.driver} ops=${r.ops} ticks=${r.ticks} recover=${r.ticksToRecover}\n`);
+    process.stdout.write(`seed ${s} ok ops=${r.ops} ticks=${r.ticks} recover=${r.ticksToRecover} snapshots=${r.snapshotsTaken}/${r.snapshotsInstalled} mid_ready_crashes=${r.midReadyCrashes} duplicates_skipped=${r.duplicatesSkipped} cas=${r.casApplied}/${r.casRefused} disks_lost=${r.disksLost}\n`);
   }
   const done = s - args.seed + 1;
   if (args.seeds >= 2000 && done % 1000 === 0) process.stderr.write(`sim: ${done}/${args.seeds} seeds, ${violations} failing\n`);

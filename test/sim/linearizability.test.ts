@@ -8,6 +8,8 @@ import type { Op } from './linearizability.js';
 const fcSeed = Number(process.env.FC_SEED ?? 20261127);
 const w = (client: number, value: string, call: number, ret: number, key = 'k'): Op => ({ client, kind: 'write', key, value, call, ret });
 const r = (client: number, value: string | null, call: number, ret: number, key = 'k'): Op => ({ client, kind: 'read', key, value, call, ret });
+/** A compare-and-set of `expect` to `value`; `ok` is its answer (ignored when it never answered). */
+const cas = (client: number, expect: string | null, value: string, ok: boolean, call: number, ret: number): Op => ({ client, kind: 'cas', key: 'k', value, expect, ok, call, ret });
 
 t.test('known linearizable histories', (t) => {
   const ok: Array<[string, Op[]]> = [
@@ -21,6 +23,10 @@ t.test('known linearizable histories', (t) => {
     ['a write with unknown outcome that never took effect', [w(1, 'a', 0, Infinity), r(2, null, 5, 6)]],
     ['a read that never returned constrains nothing', [w(1, 'a', 0, 1), r(2, 'zzz', 2, Infinity)]],
     ['operations touching at one instant are concurrent', [w(1, 'a', 0, 5), r(2, null, 5, 6)]],
+    ['a CAS that matched took effect', [w(1, 'a', 0, 1), cas(2, 'a', 'b', true, 2, 3), r(3, 'b', 4, 5)]],
+    ['a CAS that did not match left the value', [w(1, 'a', 0, 1), cas(2, 'x', 'b', false, 2, 3), r(3, 'a', 4, 5)]],
+    ['a CAS concurrent with the write it expects may come after it', [w(1, 'a', 0, 10), cas(2, 'a', 'b', true, 1, 2), r(3, 'b', 11, 12)]],
+    ['a CAS with unknown outcome whose comparison held took effect', [w(1, 'a', 0, 1), cas(2, 'a', 'b', false, 2, Infinity), r(3, 'b', 4, 5)]],
   ];
   for (const [name, h] of ok) t.ok(checkRegister(h).ok, name);
   t.end();
@@ -34,6 +40,9 @@ t.test('known non-linearizable histories', (t) => {
     ['reads see two concurrent writes in both orders', [w(1, 'a', 0, 10), w(2, 'b', 0, 10), r(3, 'a', 11, 12), r(3, 'b', 13, 14), r(4, 'a', 15, 16)]],
     ['a lost acknowledged write', [w(1, 'a', 0, 1), r(2, null, 2, 3)]],
     ['a value reappears after being overwritten', [w(1, 'a', 0, 1), r(2, 'a', 2, 3), w(1, 'b', 4, 5), r(2, 'b', 6, 7), r(3, 'a', 8, 9)]],
+    ['a CAS answered success although the value differed', [w(1, 'a', 0, 1), cas(2, 'x', 'b', true, 2, 3)]],
+    ['a CAS answered failure although the value matched', [w(1, 'a', 0, 1), cas(2, 'a', 'b', false, 2, 3)]],
+    ['a successful CAS whose write is then lost', [w(1, 'a', 0, 1), cas(2, 'a', 'b', true, 2, 3), r(3, 'a', 4, 5)]],
   ];
   for (const [name, h] of bad) {
     const res = checkRegister(h);

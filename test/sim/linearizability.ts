@@ -1,14 +1,18 @@
-// Linearizability checker for a history of register operations, partitioned per key (a history is
+// Linearizability checker for a history of register operations (read, write, compare-and-set), partitioned per key (a history is
 // linearizable iff each key's sub-history is: linearizability is local, Herlihy & Wing 1990).
 // Per key: the Wing & Gong search with Lowe's memoization of (linearized set, state) pairs
 // ("Testing for linearizability", Lowe 2017), as in porcupine and Knossos.
 
 export interface Op {
   readonly client: number;
-  readonly kind: 'read' | 'write';
+  readonly kind: 'read' | 'write' | 'cas';
   readonly key: string;
-  /** For a write, the value written; for a read, the value returned (null = absent). */
+  /** For a write or a CAS, the value written; for a read, the value returned (null = absent). */
   readonly value: string | null;
+  /** CAS: the value the register must hold for the write to take effect (null = absent). */
+  readonly expect?: string | null;
+  /** CAS: whether it took effect, as its response said (unknown when `ret` is Infinity). */
+  readonly ok?: boolean;
   /** Simulated time of the invocation. */
   readonly call: number;
   /** Simulated time of the response; Infinity when the outcome is unknown (timeout, crash). */
@@ -69,10 +73,21 @@ function unlift(n: Node): void {
   if (n.next) n.next.prev = n;
 }
 
+/**
+ * Whether `o` can take effect on a register holding `state`: a write always; a read when it returned `state`; a CAS
+ * when its answer agrees with the comparison (one without an answer always can: it is a write that happened or not
+ * by the same comparison, so its effect follows from `state`).
+ */
+function isLegal(o: Op, state: string | null): boolean {
+  if (o.kind === 'write') return true;
+  if (o.kind === 'read') return o.value === state;
+  return o.ret === Infinity || (state === o.expect) === o.ok;
+}
+
 /** One key's history against a register starting at `init`. */
 export function checkRegister(ops: readonly Op[], init: string | null = null, stepsMax = 2_000_000): CheckResult {
-  // A read whose answer never came back constrains nothing; drop it.
-  const hist = ops.filter((o) => o.kind === 'write' || o.ret !== Infinity);
+  // A read whose answer never came back constrains nothing; drop it. A CAS without an answer may have taken effect.
+  const hist = ops.filter((o) => o.kind !== 'read' || o.ret !== Infinity);
   const head = buildList(hist);
   const words = Math.ceil(hist.length / 32) || 1;
   const linearized = new Uint32Array(words);
@@ -86,9 +101,9 @@ export function checkRegister(ops: readonly Op[], init: string | null = null, st
     if (entry === null) return { ok: false, exhausted: false, steps }; // defensive: no call left to try
     if (entry.isCall) {
       const o = hist[entry.op]!;
-      const legal = o.kind === 'write' || o.value === state;
+      const legal = isLegal(o, state);
       if (legal) {
-        const next = o.kind === 'write' ? o.value : state;
+        const next = o.kind === 'write' || (o.kind === 'cas' && state === o.expect) ? o.value : state;
         linearized[entry.op >>> 5]! |= 1 << (entry.op & 31);
         const key = `${linearized.join(',')}|${next === null ? '\u0000' : next}`;
         if (!cache.has(key)) {

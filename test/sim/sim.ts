@@ -1,41 +1,39 @@
 // Deterministic cluster simulator (TigerBeetle VOPR / etcd-io/raft test network style): one seed
-// drives a 3- or 5-node cluster of raft/ RawNodes over a simulated network that drops, duplicates,
-// reorders and delays messages and partitions nodes (symmetrically or one way), simulated disks whose
-// writes complete after a delay and are torn by crashes, restarts from what was persisted, membership
-// changes, leadership transfers, snapshots with compaction, lost disks (a node restarts empty and must
-// abstain until it caught up), and clients of a tiny KV state machine.
+// drives a 3- or 5-node cluster of raft/ RawNodes, each driven by the node's own Ready driver
+// (src/node/ready_driver.ts, the code the product ships: early leader sends, deferred commit-only hard
+// states, session de-duplication, local snapshots and installs), over a simulated network that drops,
+// duplicates, reorders and delays messages and partitions nodes (symmetrically or one way), simulated
+// disks whose writes complete after a delay and are torn by crashes (a crash can fall between any two
+// steps of a Ready: before a write completes, between two sends, between two applies), restarts from
+// what was persisted, membership changes, leadership transfers, lost disks (a node restarts empty and
+// must abstain until it caught up), and clients whose writes travel as the node's proposal envelopes
+// (origin, boot, seq; re-submitted like the node's) and whose reads are ReadIndex reads.
 // Invariants are checked after every step; the client history is checked for linearizability at the end.
-import { ConfChangeType, MemoryStorage, MessageType, RaftAssertionError, RaftError, RawNode, StateType, seededRng } from '../../raft/index.js';
-import type { Entry, HardState, Limits, Message, PlantedBug, Ready, Rng } from '../../raft/index.js';
+//
+// Determinism with an async driver: the driver awaits only its storage and its clock's yieldTurn, both of which
+// this file implements with promises it resolves at simulated times; after each step it drains the microtask
+// queue (one setImmediate turn, see drain()), so the driver runs exactly as far as the simulated world allows.
+import { ConfChangeType, EntryType, MemoryStorage, RaftAssertionError, RaftError, RawNode, StateType, seededRng } from '../../raft/index.js';
+import type { ConfState, Entry, HardState, Limits, Message, ReadState, Rng, Snapshot, SoftState } from '../../raft/index.js';
+import type { PlantedBug } from '../../raft/testing.js';
+import { StoreError, StoreErrorCode, type MsgpackWriter } from '../../store/index.js';
+import { silentLogger } from '../../src/log.js';
+import { DriverBug, ReadyDriver, snapshotSliceMs } from '../../src/node/ready_driver.js';
+import type { AppliedWrite, DriverImageBuild, DriverMetrics, DriverStateMachine, DriverStorage } from '../../src/node/ready_driver.js';
+import { decodeNodeSnapshot } from '../../src/node/sessions.js';
+import { encodeEnvelope } from '../../src/node/wire.js';
 import { checkHistory } from './linearizability.js';
 import type { Op } from './linearizability.js';
 
-/**
- * How a node drives its Ready batches. `textbook`: persist everything, then send, then apply (raft/raw_node.ts's
- * contract). `production`: what src/node/node.ts does beyond it (handleReady): a leader sends its appends and
- * heartbeats before its own write completes when the commit index they reveal is already durable (Raft thesis
- * §10.2.1), and a hard state in which only the commit index moved is not written on its own but rides with the
- * next synced write (etcd's MustSync rule), so a crash loses it.
- */
-export type SimDriver = 'textbook' | 'production';
-
-/** Bugs planted in the production driver (test-only: raft/ knows nothing of them). */
-export const DriverBug = {
-  /** Every node sends everything before its write completes, votes and acknowledgements included. */
-  sendBeforePersist: 'driver-send-before-persist',
-  /** A hard state that changed the term or vote is deferred like a commit-only one (lost in a crash). */
-  voteDeferred: 'driver-vote-deferred',
-} as const;
-export type DriverBug = (typeof DriverBug)[keyof typeof DriverBug];
+export { DriverBug };
 
 export interface SimOptions {
   readonly seed: number;
   readonly nodes: 3 | 5;
+  /** A bug planted in raft/ (raft/testing.ts). */
   readonly plant?: PlantedBug;
-  /** Planted in the driver; implies `driver: 'production'`. */
+  /** A bug planted in the node's Ready driver (src/node/ready_driver.ts DriverBug). */
   readonly driverBug?: DriverBug;
-  /** Default: chosen by the seed (production three times in four). */
-  readonly driver?: SimDriver;
   /** Ticks of the fault phase (default chosen by the seed, 300..600). */
   readonly faultTicks?: number;
 }
@@ -43,7 +41,6 @@ export interface SimOptions {
 export interface SimResult {
   readonly seed: number;
   readonly nodes: number;
-  readonly driver: SimDriver;
   readonly violations: string[];
   readonly linearizable: boolean;
   /** Ticks from the end of the faults until a leader is up and every member has caught up (-1 if never). */
@@ -53,6 +50,16 @@ export interface SimResult {
   /** Disks lost, and lost-disk nodes that caught up and voted again. */
   readonly disksLost: number;
   readonly disksRecovered: number;
+  /** The driver's local snapshots and installs of the leader's (its snapshot paths ran). */
+  readonly snapshotsTaken: number;
+  readonly snapshotsInstalled: number;
+  /** Crashes the simulator put inside a Ready (a write that never completed after messages left, a send, an apply). */
+  readonly midReadyCrashes: number;
+  /** Re-submitted copies of a write the driver's session table skipped. */
+  readonly duplicatesSkipped: number;
+  /** Compare-and-sets answered: took effect, refused (the value differed). */
+  readonly casApplied: number;
+  readonly casRefused: number;
 }
 
 const electionTicks = 10;
@@ -60,56 +67,146 @@ const heartbeatTicks = 2;
 /** After the faults heal, a leader must be elected and every member caught up within this many ticks. */
 export const recoverTicksMax = 400;
 const opTimeoutTicks = 30;
+/** A write not applied this many ticks after its proposal is proposed again (the node re-submits after 1 s). */
+const resubmitTicks = 10;
+/** Rounds of "complete the writes now due, let the drivers run" per tick (each round at least one write completes). */
+const settleRoundsMax = 64;
 const keys = ['a', 'b', 'c'];
 const enc = new TextEncoder();
 const dec = new TextDecoder();
+const logger = silentLogger();
 
+/** A client write or compare-and-set, as the command inside a proposal envelope. */
 interface WriteCmd {
-  c: number;
-  s: number;
   k: string;
   v: string;
+  /** CAS: the value `k` must hold (null: absent) for the write to take effect. */
+  x?: string | null;
 }
 
-interface Pending {
-  readonly rd: Ready;
-  /** The Ready's messages that wait for its write (production driver: the rest left at once). */
-  readonly held: readonly Message[];
-  readonly doneAt: number;
-  /** A node that lost its disk finished recovering in this Ready (its pinned vote is in rd.hardState). */
-  readonly recovered: boolean;
+/** What the simulated state machine answers: whether the write took effect (a CAS may not), and the value before. */
+interface KvAnswer {
+  readonly ok: boolean;
+  readonly prev: string | null;
+}
+
+/** The simulated state machine's snapshot image. */
+interface SimImage {
+  applied: number;
+  kv: [string, string][];
 }
 
 interface ClientOp {
-  op: Op & { value: string | null; ret: number };
-  readonly kind: 'read' | 'write';
+  op: Op & { value: string | null; ret: number; ok?: boolean };
+  readonly kind: 'read' | 'write' | 'cas';
   readonly node: number;
   readonly deadline: number;
   readonly ctx: string;
   readIndex: number;
   done: boolean;
+  /** Writes: the proposal envelope (re-submitted as is), when last proposed, and the incarnation that proposed it. */
+  envelope?: Uint8Array;
+  proposedAt: number;
+  inc?: Incarnation;
+}
+
+/** A tiny KV register map behind the driver's state-machine seam (store/'s KvStateMachine in the node). */
+class SimKv implements DriverStateMachine<KvAnswer> {
+  kv = new Map<string, string>();
+  private applied = 0;
+
+  get appliedIndex(): number {
+    return this.applied;
+  }
+
+  apply(index: number, command: Uint8Array): KvAnswer {
+    this.applied = index;
+    if (command.length === 0) return { ok: true, prev: null };
+    const w = JSON.parse(dec.decode(command)) as WriteCmd;
+    const prev = this.kv.get(w.k) ?? null;
+    if (w.x !== undefined && w.x !== prev) return { ok: false, prev };
+    this.kv.set(w.k, w.v);
+    return { ok: true, prev };
+  }
+
+  restore(image: Uint8Array): void {
+    const img = JSON.parse(dec.decode(image)) as SimImage;
+    this.kv = new Map(img.kv);
+    this.applied = img.applied;
+  }
+
+  restoreYielding(image: Uint8Array): Promise<void> {
+    this.restore(image);
+    return Promise.resolve();
+  }
+
+  beginSnapshot(): DriverImageBuild {
+    const bytes = enc.encode(JSON.stringify({ applied: this.applied, kv: this.sortedKv() } satisfies SimImage));
+    const steps = this.kv.size;
+    return {
+      bytesEstimate: bytes.length + 16,
+      *write(w: MsgpackWriter) {
+        // A pause per key, as KvImageBuild pauses every few hundred: the driver's writer yields between slices.
+        for (let i = 0; i < steps; i++) yield;
+        w.raw(bytes);
+      },
+    };
+  }
+
+  sortedKv(): [string, string][] {
+    return [...this.kv].sort(([a], [b]) => (a < b ? -1 : 1));
+  }
+
+  image(): string {
+    return JSON.stringify(this.sortedKv());
+  }
+}
+
+/** A disk write in flight: completes (or is torn by a crash) at `doneAt`. */
+interface PendingIo {
+  readonly doneAt: number;
+  /** Entries of a save (what a crash may leave a prefix of). */
+  readonly entries: readonly Entry[];
+  /** Buggify: the process dies when this write would complete (messages left ahead of it). */
+  readonly crash: boolean;
+  run(): void;
+  resolve(): void;
+  reject(e: Error): void;
+}
+
+/** One run of a node's process, from start to crash: its Raft, driver, state machine and requests. */
+class Incarnation {
+  dead = false;
+  seq = 0;
+  /** Writes by proposal seq; reads by ReadIndex context. */
+  readonly writes = new Map<number, ClientOp>();
+  readonly reads = new Map<string, ClientOp>();
+  readonly readsAwaitingApply: ClientOp[] = [];
+  readonly io: PendingIo[] = [];
+  /** yieldTurn() callers (a snapshot being written), let go at the next tick. */
+  turns: (() => void)[] = [];
+  sentSinceSave = false;
+  clockMs = 0;
+  lastApplied = 0;
+  driver!: ReadyDriver<KvAnswer>;
+  constructor(
+    readonly raw: RawNode,
+    readonly sm: SimKv,
+    readonly boot: number,
+  ) {}
 }
 
 class SimNode {
   raw: RawNode | null = null;
+  inc: Incarnation | null = null;
+  /** The disk: what survives a crash (not a lost disk). */
   storage = new MemoryStorage();
   /** Lost its disk and has not caught up yet: what the node wiring persists beside the log (cluster.json). */
   recovering = false;
-  kv = new Map<string, string>();
-  sessions = new Map<number, number>();
-  applied = 0;
-  pending: Pending | null = null;
   incarnation = 0;
-  isLeader = false;
+  /** The commit index on disk: no write may lower it, and no entry at or below it may be overwritten. */
   durableCommit = 0;
   prevCommit = 0;
-  /** Buggify: this node crashes when its pending write would complete (it sent messages ahead of that write). */
-  crashBeforeWrite = false;
-  /** Production driver: a commit-only hard state waiting for the next synced write (gone in a crash). */
-  deferredHardState: HardState | null = null;
-  readonly writes = new Map<string, ClientOp>();
-  readonly reads = new Map<string, ClientOp>();
-  readonly readsAwaitingApply: ClientOp[] = [];
   checkedLeaderTerm = 0;
   /** A stopped-the-world pause (GC, swap): no ticks, no messages, no disk until then. */
   pausedUntil = 0;
@@ -119,6 +216,10 @@ class SimNode {
     readonly id: number,
     readonly peers: readonly number[],
   ) {}
+
+  get applied(): number {
+    return this.inc?.sm.appliedIndex ?? 0;
+  }
 }
 
 class Violation extends Error {}
@@ -130,6 +231,13 @@ interface Client {
   nextAt: number;
   /** The node this client talks to until it fails it (clients cache the leader they found). */
   node: number;
+  /** The last value this client saw of each key (what its next CAS of the key expects). */
+  readonly seen: Map<string, string | null>;
+}
+
+/** Lets every microtask run: the drivers schedule themselves with microtasks and wait only on this file's promises. */
+function drain(): Promise<void> {
+  return new Promise<void>((resolve) => setImmediate(resolve));
 }
 
 export class Simulation {
@@ -166,9 +274,17 @@ export class Simulation {
   private readonly diskLossP: number;
   private disksLost = 0;
   private disksRecovered = 0;
-  readonly driver: SimDriver;
-  /** Draws of the production driver's buggify (crash between an early send and the write it ran ahead of). */
+  /** Draws of the crashes inside a Ready (buggify), and the driver's snapshot interval. */
   private readonly buggifyRng: Rng & { next(): number };
+  private readonly snapshotEntries: number;
+  private midReadyCrashes = 0;
+  private duplicatesSkipped = 0;
+  private casApplied = 0;
+  private casRefused = 0;
+  /** Counters every driver of this run adds to. */
+  private readonly metrics: DriverMetrics = { persistSeconds: { observe: () => undefined }, snapshotsTaken: 0, snapshotsInstalled: 0 };
+  /** A violation seen inside a driver callback (which must not throw): the main loop stops at the next step. */
+  private halted = false;
 
   constructor(readonly opts: SimOptions) {
     this.rng = seededRng(opts.seed * 2654435761 + opts.nodes);
@@ -191,9 +307,8 @@ export class Simulation {
     this.diskRng = seededRng(opts.seed * 40503 + opts.nodes * 7 + 1);
     this.diskLossP = [0, 0.003, 0.01][this.diskRng.int(3)]!;
     // Its own generator too, for the same reason.
-    const driverRng = seededRng(opts.seed * 69069 + opts.nodes * 13 + 5);
-    this.driver = opts.driverBug !== undefined ? 'production' : opts.driver ?? (driverRng.int(4) === 0 ? 'textbook' : 'production');
-    this.buggifyRng = driverRng;
+    this.buggifyRng = seededRng(opts.seed * 69069 + opts.nodes * 13 + 5);
+    this.snapshotEntries = [4, 8, 16, 32][this.buggifyRng.int(4)]!;
     const peers = Array.from({ length: opts.nodes }, (_, i) => i + 1);
     for (const id of peers) {
       const n = new SimNode(id, peers);
@@ -201,7 +316,9 @@ export class Simulation {
       this.start(n);
     }
     this.nextId = opts.nodes + 1;
-    this.clients = [1, 2, 3, 4].map((id) => ({ id, seq: 0, busy: null, nextAt: r.int(20), node: 1 + r.int(opts.nodes) }));
+    this.clients = [1, 2, 3, 4].map((id) => ({
+      id, seq: 0, busy: null, nextAt: r.int(20), node: 1 + r.int(opts.nodes), seen: new Map<string, string | null>(),
+    }));
   }
 
   // ---- node lifecycle ----
@@ -210,18 +327,15 @@ export class Simulation {
     n.incarnation++;
     const snap = n.storage.snapshot();
     const hs = n.storage.hardState();
-    if (this.driver === 'production' && hs.commit < snap.meta.index) {
+    if (hs.commit < snap.meta.index) {
       // What store/raft_storage.ts does on load (adopt): a snapshot is committed state, so the commit index is at
       // least its index, even when the commit-only hard state that followed its install was deferred and lost.
       n.storage.setHardState({ ...hs, commit: snap.meta.index });
     }
-    n.applied = snap.meta.index;
-    this.loadKV(n, snap.data);
     n.durableCommit = n.storage.hardState().commit;
     n.prevCommit = n.durableCommit;
-    n.isLeader = false;
     n.tickRate = [1, 1, 0.9, 0.7][this.rng.int(4)]!;
-    n.raw = new RawNode({
+    const raw = new RawNode({
       id: n.id,
       storage: n.storage,
       rng: seededRng(this.opts.seed * 7919 + n.id * 104729 + n.incarnation),
@@ -233,44 +347,78 @@ export class Simulation {
       limits: this.limits,
       ...(this.opts.plant ? { plantedBug: this.opts.plant } : {}),
     });
+    const inc = new Incarnation(raw, new SimKv(), n.incarnation);
+    inc.driver = new ReadyDriver<KvAnswer>({
+      raw,
+      storage: this.disk(n, inc),
+      sink: { send: (m) => this.sendFrom(n, inc, m) },
+      stateMachine: inc.sm,
+      clock: {
+        // Every reading is a slice later: the snapshot writer yields between all its steps, to the next tick.
+        now: () => (inc.clockMs += snapshotSliceMs),
+        yieldTurn: () => new Promise<void>((resolve) => inc.turns.push(resolve)),
+      },
+      metrics: this.metrics,
+      logger,
+      snapshotEntries: this.snapshotEntries,
+      events: {
+        softState: (ss) => this.onSoftState(n, inc, ss),
+        applied: (e, w) => this.onApplied(n, inc, e, w),
+        readStates: (states) => this.onReadStates(inc, states),
+        advanced: () => {
+          this.serveReads(inc);
+          this.noteLeaderCommit(n, inc);
+        },
+        snapshotInstalled: (index) => this.onSnapshotInstalled(n, inc, index),
+        recoveringOnDisk: () => n.recovering,
+        recovered: () => {
+          if (inc.dead) return;
+          n.recovering = false;
+          this.disksRecovered++;
+        },
+        fatal: (err) => {
+          if (inc.dead) return;
+          this.flag(err instanceof RaftAssertionError ? `raft assertion at t=${this.t}: ${err.message}` : `node ${n.id}'s Ready driver stopped: ${err.message} (t=${this.t})`);
+        },
+      },
+      ...(this.opts.driverBug ? { plantedBug: this.opts.driverBug } : {}),
+    });
+    inc.driver.restoreStoredSnapshot();
+    inc.lastApplied = inc.sm.appliedIndex;
+    n.raw = raw;
+    n.inc = inc;
   }
 
   private crash(n: SimNode): void {
-    if (!n.raw) return;
-    const p = n.pending;
-    if (p && !p.rd.snapshot && p.rd.entries.length > 0 && this.rng.int(2) === 0) {
+    const inc = n.inc;
+    if (!n.raw || !inc) return;
+    const p = inc.io[0];
+    if (p && p.entries.length > 0 && this.rng.int(2) === 0) {
       // A torn write: a prefix of the batch's entries reached the disk, the hard state did not.
-      const k = this.rng.int(p.rd.entries.length + 1);
-      this.persistEntries(n, p.rd.entries.slice(0, k));
+      const k = this.rng.int(p.entries.length + 1);
+      this.persistEntries(n, p.entries.slice(0, k));
     }
-    n.pending = null;
+    inc.dead = true;
+    inc.io.length = 0;
+    inc.turns = [];
     n.raw = null;
-    n.deferredHardState = null;
-    n.crashBeforeWrite = false;
-    for (const op of [...n.writes.values(), ...n.reads.values(), ...n.readsAwaitingApply]) this.finishOp(op, false);
-    n.writes.clear();
-    n.reads.clear();
-    n.readsAwaitingApply.length = 0;
+    n.inc = null;
+    for (const op of [...inc.writes.values(), ...inc.reads.values(), ...inc.readsAwaitingApply]) this.finishOp(op, false);
+    inc.writes.clear();
+    inc.reads.clear();
+    inc.readsAwaitingApply.length = 0;
   }
 
-  private loadKV(n: SimNode, data: Uint8Array): void {
-    n.kv = new Map();
-    n.sessions = new Map();
-    if (data.length === 0) return;
-    const img = JSON.parse(dec.decode(data)) as { kv: [string, string][]; s: [number, number][] };
-    n.kv = new Map(img.kv);
-    n.sessions = new Map(img.s);
-  }
-
-  private image(n: SimNode): string {
-    const kv = [...n.kv].sort(([a], [b]) => (a < b ? -1 : 1));
-    const s = [...n.sessions].sort(([a], [b]) => a - b);
-    return JSON.stringify({ kv, s });
+  /** Buggify: the process dies in the middle of a Ready; it restarts a little later. */
+  private crashMidReady(n: SimNode): void {
+    this.midReadyCrashes++;
+    this.crash(n);
+    this.restartAt.set(n.id, this.t + 1 + this.buggifyRng.int(20));
   }
 
   // ---- the main loop ----
 
-  run(): SimResult {
+  async run(): Promise<SimResult> {
     let recovered = -1;
     const end = this.faultTicks + recoverTicksMax;
     try {
@@ -281,7 +429,7 @@ export class Simulation {
         if (this.faulty) this.injectFaults();
         else this.restartDue();
         this.clientsStep(this.faulty);
-        this.driveAll();
+        await this.settle();
         if (!this.faulty && recovered < 0 && this.recoveredNow()) {
           recovered = this.t - this.faultTicks;
           this.startFinalReads();
@@ -296,6 +444,8 @@ export class Simulation {
         this.violations.push(`raft assertion at t=${this.t}: ${e.message}`);
       } else throw e;
     }
+    // The run is over: every driver still waiting on a write stays waiting (its promises are never settled).
+    for (const n of this.nodes.values()) if (n.inc) n.inc.dead = true;
     let linearizable = true;
     if (this.violations.length === 0 || this.history.length > 0) {
       const ops = this.history.filter((o) => o.op.ret !== -1).map((o) => o.op);
@@ -306,7 +456,6 @@ export class Simulation {
     return {
       seed: this.opts.seed,
       nodes: this.opts.nodes,
-      driver: this.driver,
       violations: this.violations,
       linearizable,
       ticksToRecover: recovered,
@@ -314,6 +463,12 @@ export class Simulation {
       ticks: this.t,
       disksLost: this.disksLost,
       disksRecovered: this.disksRecovered,
+      snapshotsTaken: this.metrics.snapshotsTaken,
+      snapshotsInstalled: this.metrics.snapshotsInstalled,
+      midReadyCrashes: this.midReadyCrashes,
+      duplicatesSkipped: this.duplicatesSkipped,
+      casApplied: this.casApplied,
+      casRefused: this.casRefused,
     };
   }
 
@@ -332,6 +487,13 @@ export class Simulation {
   private violation(msg: string): never {
     this.violations.push(`${msg} (t=${this.t})`);
     throw new Violation(msg);
+  }
+
+  /** A violation found inside a driver callback, which must not throw: recorded, and the run stops after this step. */
+  private flag(msg: string): void {
+    if (this.halted) return;
+    this.halted = true;
+    this.violations.push(msg.includes('(t=') ? msg : `${msg} (t=${this.t})`);
   }
 
   private live(): SimNode[] {
@@ -353,18 +515,24 @@ export class Simulation {
 
   // ---- network ----
 
-  private sendAll(from: SimNode, msgs: readonly Message[]): void {
-    for (const m of msgs) {
-      if (this.faulty && this.rng.next() < this.dropP) continue;
-      const copies = this.faulty && this.rng.next() < this.dupP ? 2 : 1;
-      for (let i = 0; i < copies; i++) {
-        const at = this.t + 1 + this.rng.int(this.delayMax);
-        const q = this.queue.get(at);
-        if (q) q.push(m);
-        else this.queue.set(at, [m]);
-      }
+  /** The driver's message sink: the message enters the simulated network (or the process dies first). */
+  private sendFrom(n: SimNode, inc: Incarnation, m: Message): void {
+    if (inc.dead) return;
+    if (this.faulty && this.buggifyRng.int(3000) === 0) {
+      this.crashMidReady(n); // between two sends: the ones before left, this one and the rest do not
+      return;
     }
-    void from;
+    inc.sentSinceSave = true;
+    if (this.faulty && this.rng.next() < this.dropP) return;
+    const copies = this.faulty && this.rng.next() < this.dupP ? 2 : 1;
+    // A paused process sends nothing until it wakes.
+    const from = Math.max(this.t, n.pausedUntil);
+    for (let i = 0; i < copies; i++) {
+      const at = from + 1 + this.rng.int(this.delayMax);
+      const q = this.queue.get(at);
+      if (q) q.push(m);
+      else this.queue.set(at, [m]);
+    }
   }
 
   private deliver(): void {
@@ -383,8 +551,15 @@ export class Simulation {
         else this.queue.set(at, [m]);
         continue;
       }
+      const before = n.raw.basicStatus();
       n.raw.step(m);
       this.checkNode(n);
+      const after = n.raw.basicStatus();
+      if (after.state === StateType.leader && after.commit > before.commit && this.inChurn() && this.rng.int(4) === 0) {
+        // Buggify: cut a leader off right after it advanced its commit index, before the messages that tell it leave
+        // (with the isolation after an election, the raw material of the paper's Figure 8).
+        this.isolate(new Set([n.id]), 10 + this.rng.int(30));
+      }
     }
   }
 
@@ -397,74 +572,132 @@ export class Simulation {
     }
   }
 
-  // ---- disks and the Ready loop ----
+  // ---- disks: the driver's storage seam ----
 
-  private driveAll(): void {
-    for (const n of this.nodes.values()) this.drive(n);
+  /** The driver's storage: reads see what is durable; a write is durable when the simulator completes it. */
+  private disk(n: SimNode, inc: Incarnation): DriverStorage {
+    return {
+      save: (update) => {
+        // Buggify (FoundationDB style): the risky window of the driver is between messages that left ahead of a write
+        // and that write (a leader's early appends; a planted bug's early votes): die there now and then.
+        const crash = this.faulty && inc.sentSinceSave && this.buggifyRng.int(60) === 0;
+        inc.sentSinceSave = false;
+        return this.io(inc, update.entries ?? [], crash, () => this.persist(n, update));
+      },
+      applySnapshot: (snap) => this.io(inc, [], false, () => this.installOnDisk(n, snap)),
+      createSnapshot: (index, conf, data) => this.io(inc, [], false, () => this.snapshotOnDisk(n, index, conf, data)),
+      lastIndex: () => n.storage.lastIndex(),
+      snapshot: () => n.storage.snapshot(),
+      snapshotBytes: () => n.storage.snapshot().data.length,
+    };
   }
 
-  private drive(n: SimNode): void {
-    for (let i = 0; i < 8 && n.raw && n.pausedUntil <= this.t; i++) {
-      if (n.pending) {
-        if (n.pending.doneAt > this.t) return;
-        if (n.crashBeforeWrite) {
-          n.crashBeforeWrite = false;
-          this.crash(n);
-          this.restartAt.set(n.id, this.t + 1 + this.buggifyRng.int(20));
-          return;
+  /** Queues a write; store/ runs its writes one after the other, and so do these. */
+  private io(inc: Incarnation, entries: readonly Entry[], crash: boolean, run: () => void): Promise<void> {
+    if (inc.dead) return new Promise<void>(() => undefined); // a dead process's write never completes
+    const last = inc.io[inc.io.length - 1];
+    const doneAt = Math.max(last?.doneAt ?? 0, this.t + this.rng.int(this.diskDelayMax + 1));
+    return new Promise<void>((resolve, reject) => inc.io.push({ doneAt, entries, crash, run, resolve, reject }));
+  }
+
+  /** Lets the drivers run until each waits on a write not due yet (or a violation stops the run). */
+  private async settle(): Promise<void> {
+    for (const n of this.nodes.values()) {
+      const inc = n.inc;
+      if (!inc || n.pausedUntil > this.t) continue;
+      const turns = inc.turns;
+      inc.turns = [];
+      for (const go of turns) go();
+      inc.driver.schedule();
+    }
+    await drain();
+    for (let round = 0; round < settleRoundsMax && !this.halted; round++) {
+      if (!this.completeDueIo()) break;
+      await drain();
+    }
+    if (this.halted) throw new Violation(this.violations[0] ?? 'violation');
+    for (const n of this.live()) if (n.raw!.basicStatus().state === StateType.leader) this.checkLeaderCompleteness(n);
+  }
+
+  /** What a leader holds committed (as far as it is durable here), recorded for the leader-completeness check. */
+  private noteLeaderCommit(n: SimNode, inc: Incarnation): void {
+    if (inc.dead) return;
+    const s = inc.raw.basicStatus();
+    if (s.state === StateType.leader) this.recordLeaderCommit(n, s.term, Math.min(s.commit, n.storage.lastIndex()));
+  }
+
+  /** Completes every write now due; true when any completed (the drivers have work). */
+  private completeDueIo(): boolean {
+    let any = false;
+    for (const n of this.nodes.values()) {
+      const inc = n.inc;
+      if (!inc || n.pausedUntil > this.t) continue;
+      while (!inc.dead && inc.io.length > 0 && inc.io[0]!.doneAt <= this.t) {
+        const op = inc.io[0]!;
+        any = true;
+        if (op.crash) {
+          this.crashMidReady(n); // tears op (crash looks at inc.io[0])
+          break;
         }
-        this.complete(n);
-        continue;
+        inc.io.shift();
+        try {
+          op.run();
+        } catch (e) {
+          if (!(e instanceof StoreError)) throw e;
+          op.reject(e);
+          continue;
+        }
+        op.resolve();
       }
-      if (!n.raw.hasReady()) return;
-      const rd = n.raw.ready();
-      if (rd.softState) n.isLeader = rd.softState.state === StateType.leader;
-      const recovered = n.recovering && !n.raw.basicStatus().recovering;
-      const held = this.sendEarly(n, rd);
-      // Buggify (FoundationDB style): the production driver's one risky window is between what it sent early and
-      // the write that sending ran ahead of; crash there now and then, so the simulator visits it.
-      if (this.faulty && held.length < rd.messages.length && this.buggifyRng.int(40) === 0) n.crashBeforeWrite = true;
-      n.pending = { rd, held, doneAt: this.t + this.rng.int(this.diskDelayMax + 1), recovered };
     }
+    return any;
   }
 
-  /** The production driver's early sends (node.ts handleReady); returns what waits for the write. */
-  private sendEarly(n: SimNode, rd: Ready): readonly Message[] {
-    if (this.driver === 'textbook' || rd.messages.length === 0) return rd.messages;
-    const bug = this.opts.driverBug;
-    if (bug === DriverBug.sendBeforePersist) {
-      this.sendAll(n, rd.messages);
-      return [];
+  /** A save completes: entries (replacing a conflicting suffix), then the hard state. */
+  private persist(n: SimNode, update: { readonly hardState?: HardState; readonly entries?: readonly Entry[] }): void {
+    const st = n.storage;
+    const entries = (update.entries ?? []).filter((e) => e.index > st.snapshot().meta.index);
+    if (entries.length > 0 && entries[0]!.index > st.lastIndex() + 1) {
+      throw new StoreError(StoreErrorCode.badRequest, `entry ${entries[0]!.index} would leave a gap after ${st.lastIndex()}`);
     }
-    if (n.raw!.basicStatus().state !== StateType.leader) return rd.messages;
-    const durable = n.storage.lastIndex();
-    const held: Message[] = [];
-    for (const m of rd.messages) {
-      // With one Ready in flight at a time, entries a commit index covers were written by an earlier Ready, so
-      // this test never holds a message back here; node.ts keeps it as the invariant that makes sending early safe.
-      const early = (m.type === MessageType.app || m.type === MessageType.heartbeat) && m.commit <= durable;
-      if (early) this.sendAll(n, [m]);
-      else held.push(m);
-    }
-    return held;
-  }
-
-  /** The hard state a completed Ready leaves on disk: node.ts's save rule for the production driver. */
-  private persistHardState(n: SimNode, rd: Ready): void {
-    let hs: HardState | null = rd.hardState;
-    if (this.driver === 'production') {
-      const mustSync = this.opts.driverBug === DriverBug.voteDeferred ? rd.entries.length > 0 : rd.mustSync || rd.entries.length > 0;
-      if (!mustSync) {
-        if (rd.hardState) n.deferredHardState = rd.hardState;
-        return;
-      }
-      hs = rd.hardState ?? n.deferredHardState;
-      n.deferredHardState = null;
-    }
+    this.persistEntries(n, entries);
+    const hs = update.hardState;
     if (!hs) return;
     if (hs.commit < n.durableCommit) this.violation(`node ${n.id} persisted commit ${hs.commit} below ${n.durableCommit}`);
-    n.storage.setHardState(hs);
+    st.setHardState(hs);
     n.durableCommit = hs.commit;
+  }
+
+  /** A snapshot from the leader reaches the disk, with store/'s rule: the log after it is kept only where it matches. */
+  private installOnDisk(n: SimNode, snap: Snapshot): void {
+    const st = n.storage;
+    const base = st.snapshot().meta.index;
+    const at = snap.meta.index;
+    if (at <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${at} is not newer than the current one at ${base}`);
+    const keep = at <= st.lastIndex() && st.term(at) === snap.meta.term;
+    if (keep) {
+      st.createSnapshot(at, snap.meta.conf, snap.data);
+      st.compact(at);
+    } else st.applySnapshot(snap);
+    const hs = st.hardState();
+    if (hs.commit < at) st.setHardState({ ...hs, commit: at });
+    n.durableCommit = Math.max(n.durableCommit, at);
+  }
+
+  /** A local snapshot reaches the disk (store/'s checks), and the log up to it is compacted. */
+  private snapshotOnDisk(n: SimNode, index: number, conf: ConfState, data: Uint8Array): void {
+    const st = n.storage;
+    const base = st.snapshot().meta.index;
+    if (index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is not newer than the current one at ${base}`);
+    if (index > st.hardState().commit) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is beyond the commit index ${st.hardState().commit}`);
+    if (index > st.lastIndex()) throw new StoreError(StoreErrorCode.unavailable, `snapshot at ${index} is beyond the last index ${st.lastIndex()}`);
+    // The image must be the state after applying exactly `index`: the log up to it is about to go.
+    const img = JSON.parse(dec.decode(decodeNodeSnapshot(data).kvImage)) as SimImage;
+    if (img.applied !== index) this.violation(`node ${n.id} took a snapshot at ${index} whose image is the state applied through ${img.applied}`);
+    const want = this.stateAt.get(index);
+    if (want !== undefined && want !== JSON.stringify(img.kv)) this.violation(`node ${n.id} took a snapshot at ${index} that differs from the state applied there`);
+    st.createSnapshot(index, conf, data);
+    st.compact(index);
   }
 
   private persistEntries(n: SimNode, ents: readonly Entry[]): void {
@@ -475,7 +708,7 @@ export class Simulation {
     // Only what it knows: an entry committed by a quorum it was not part of can still be overwritten by a
     // stale leader it follows (5 nodes: n3 commits 7@8 with n2 and n5 in term 13 while n4, leader of term
     // 12, replaces n1's copy of 7@8). That is safe, as the quorum still holds it and leader completeness
-    // (checked at every election) proves no later leader lacks it; seed 4917 of 5 nodes does exactly this.
+    // (checked at every election) proves no later leader lacks it.
     // What it knows is what it persisted: the batch that replaces a stale entry carries the commit index
     // that covers its replacement, so the in-memory commit is already past it.
     const known = n.durableCommit;
@@ -505,92 +738,78 @@ export class Simulation {
     }
   }
 
-  private complete(n: SimNode): void {
-    const { rd, held, recovered } = n.pending!;
-    n.pending = null;
-    const raw = n.raw!;
-    const st = n.storage;
-    if (rd.snapshot) {
-      st.applySnapshot(rd.snapshot);
-      this.loadKV(n, rd.snapshot.data);
-      n.applied = rd.snapshot.meta.index;
-      const want = this.stateAt.get(n.applied);
-      if (want !== undefined && want !== this.image(n)) this.violation(`node ${n.id} restored a snapshot at ${n.applied} that differs from the applied state`);
+  // ---- the driver's events ----
+
+  private onSoftState(n: SimNode, inc: Incarnation, ss: SoftState): void {
+    if (inc.dead) return;
+    if (this.inChurn() && ss.state === StateType.leader && this.rng.int(3) === 0) {
+      // Buggify: cut a leader off right after its election, before this batch's messages leave; now and then with
+      // one follower, which then holds the orphan no-op of a higher term (the raw material of the paper's Figure 8).
+      const side = new Set([n.id]);
+      const others = [...this.nodes.keys()].filter((id) => id !== n.id);
+      if (this.rng.int(2) === 0) side.add(others[this.rng.int(others.length)]!);
+      this.isolate(side, 10 + this.rng.int(30));
     }
-    this.persistEntries(n, rd.entries);
-    this.persistHardState(n, rd);
-    if (recovered) {
-      n.recovering = false;
-      this.disksRecovered++;
-    }
-    const commitMoved = n.isLeader && rd.hardState !== null && rd.hardState.commit > n.prevCommit;
-    if (n.isLeader && rd.hardState) this.recordLeaderCommit(n, rd.hardState.term, rd.hardState.commit);
-    if (this.inChurn() && ((rd.softState?.state === StateType.leader && this.rng.int(3) === 0) || (commitMoved && this.rng.int(4) === 0))) {
-      // Buggify (FoundationDB style): cut a leader off at the worst moments, right after its election
-      // or right after it advanced its commit index, before this batch's messages leave.
-      this.isolate(new Set([n.id]), 10 + this.rng.int(30));
-    }
-    if (n.isLeader) this.checkLeaderCompleteness(n);
-    this.sendAll(n, held);
-    for (const e of rd.committedEntries) this.apply(n, e);
-    for (const rs of rd.readStates) {
-      const op = n.reads.get(dec.decode(rs.context));
-      if (!op) continue;
-      n.reads.delete(op.ctx);
-      op.readIndex = rs.index;
-      n.readsAwaitingApply.push(op);
-    }
-    this.serveReads(n);
-    raw.advance();
-    this.checkNode(n);
-    this.maybeSnapshot(n);
   }
 
-  private apply(n: SimNode, e: Entry): void {
-    if (e.index !== n.applied + 1) this.violation(`node ${n.id} applies ${e.index} after ${n.applied}`);
+  private onApplied(n: SimNode, inc: Incarnation, e: Entry, write: AppliedWrite<KvAnswer> | undefined): void {
+    if (inc.dead) return;
+    if (e.index !== inc.lastApplied + 1) return this.flag(`node ${n.id} applies ${e.index} after ${inc.lastApplied}`);
+    inc.lastApplied = e.index;
+    // Raft thesis §10.2.1's argument for the leader's early sends rests on this: nothing is applied before it is
+    // durable here (so a leader counts itself towards a commit only with what it would still hold after a crash).
+    const st = n.storage;
+    if (e.index > st.snapshot().meta.index && (e.index > st.lastIndex() || st.term(e.index) !== e.term)) {
+      return this.flag(`node ${n.id} applied entry ${e.index} (term ${e.term}) before it was durable (durable log ends at ${st.lastIndex()})`);
+    }
     const prior = this.appliedAt.get(e.index);
     if (prior) {
-      if (prior.term !== e.term || !sameBytes(prior.data, e.data)) this.violation(`state machine safety: node ${n.id} applies a different entry at ${e.index} (term ${e.term} vs ${prior.term})`);
+      if (prior.term !== e.term || !sameBytes(prior.data, e.data)) return this.flag(`state machine safety: node ${n.id} applies a different entry at ${e.index} (term ${e.term} vs ${prior.term})`);
     } else this.appliedAt.set(e.index, e);
-    n.applied = e.index;
-    if (e.type === 0 && e.data.length > 0) {
-      const w = JSON.parse(dec.decode(e.data)) as WriteCmd;
-      // Client sessions (Raft thesis §6.3): a duplicated or late proposal applies at most once.
-      if ((n.sessions.get(w.c) ?? 0) < w.s) {
-        n.sessions.set(w.c, w.s);
-        n.kv.set(w.k, w.v);
-        const op = n.writes.get(`${w.c}:${w.s}`);
-        if (op) {
-          n.writes.delete(op.ctx);
-          this.finishOp(op, true);
-        }
+    if (write === undefined && e.type === EntryType.normal && e.data.length > 0) this.duplicatesSkipped++; // a re-submitted copy
+    if (write && write.envelope.origin === n.id && write.envelope.boot === inc.boot) {
+      const op = inc.writes.get(write.envelope.seq);
+      if (op) {
+        inc.writes.delete(write.envelope.seq);
+        this.finishOp(op, true, write.result);
       }
     }
-    const img = this.image(n);
+    const img = inc.sm.image();
     const want = this.stateAt.get(e.index);
     if (want === undefined) this.stateAt.set(e.index, img);
-    else if (want !== img) this.violation(`node ${n.id} state after ${e.index} differs from another node's`);
+    else if (want !== img) return this.flag(`node ${n.id} state after ${e.index} differs from another node's`);
+    if (this.faulty && this.buggifyRng.int(3000) === 0) this.crashMidReady(n); // between two applies
   }
 
-  private serveReads(n: SimNode): void {
-    for (let i = 0; i < n.readsAwaitingApply.length; ) {
-      const op = n.readsAwaitingApply[i]!;
-      if (op.readIndex <= n.applied) {
-        n.readsAwaitingApply.splice(i, 1);
-        op.op.value = n.kv.get(op.op.key) ?? null;
+  private onSnapshotInstalled(n: SimNode, inc: Incarnation, index: number): void {
+    if (inc.dead) return;
+    inc.lastApplied = inc.sm.appliedIndex;
+    if (inc.lastApplied !== index) return this.flag(`node ${n.id} installed a snapshot at ${index} whose image is the state applied through ${inc.lastApplied}`);
+    const want = this.stateAt.get(index);
+    if (want !== undefined && want !== inc.sm.image()) this.flag(`node ${n.id} restored a snapshot at ${index} that differs from the applied state`);
+  }
+
+  private onReadStates(inc: Incarnation, states: readonly ReadState[]): void {
+    if (inc.dead) return;
+    for (const rs of states) {
+      const op = inc.reads.get(dec.decode(rs.context));
+      if (!op) continue;
+      inc.reads.delete(op.ctx);
+      op.readIndex = rs.index;
+      inc.readsAwaitingApply.push(op);
+    }
+  }
+
+  private serveReads(inc: Incarnation): void {
+    if (inc.dead) return;
+    for (let i = 0; i < inc.readsAwaitingApply.length; ) {
+      const op = inc.readsAwaitingApply[i]!;
+      if (op.readIndex <= inc.sm.appliedIndex) {
+        inc.readsAwaitingApply.splice(i, 1);
+        op.op.value = inc.sm.kv.get(op.op.key) ?? null;
         this.finishOp(op, true);
       } else i++;
     }
-  }
-
-  private maybeSnapshot(n: SimNode): void {
-    if (!n.raw || this.rng.int(60) !== 0) return;
-    const st = n.storage;
-    if (n.applied <= st.snapshot().meta.index) return;
-    // Pad the image so that InstallSnapshot needs several chunks.
-    const img = JSON.stringify({ ...JSON.parse(this.image(n)), pad: 'x'.repeat(this.rng.int(200)) });
-    st.createSnapshot(n.applied, n.raw.confState(), enc.encode(img));
-    st.compact(Math.max(st.firstIndex() - 1, n.applied - this.rng.int(8)));
   }
 
   // ---- invariants ----
@@ -633,6 +852,7 @@ export class Simulation {
       const op = c.busy;
       if (op) {
         if (this.t >= op.deadline) this.timeout(op);
+        else if (op.envelope && this.t - op.proposedAt >= resubmitTicks) this.resubmit(op);
         continue;
       }
       if (!startNew || this.t < c.nextAt) continue;
@@ -659,22 +879,34 @@ export class Simulation {
       c.node = n.id;
     }
     const key = only?.key ?? keys[this.rng.int(keys.length)]!;
-    const kind = only || this.rng.int(2) === 0 ? 'read' : 'write';
+    const roll = this.rng.int(4);
+    const kind = only || roll < 2 ? 'read' : roll === 2 ? 'write' : 'cas';
     const seq = ++c.seq;
     const ctx = `${c.id}:${seq}`;
-    const value = kind === 'write' ? `${c.id}.${seq}` : null;
+    const value = kind === 'read' ? null : `${c.id}.${seq}`;
+    // A CAS expects what this client last saw of the key (a read-modify-write), so it succeeds often enough.
+    const expect = kind === 'cas' ? (c.seen.get(key) ?? null) : undefined;
     const op: ClientOp = {
-      op: { client: c.id, kind, key, value, call: this.t, ret: Infinity },
+      op: { client: c.id, kind, key, value, call: this.t, ret: Infinity, ...(expect !== undefined ? { expect } : {}) },
       kind,
       node: n.id,
       deadline: this.t + opTimeoutTicks,
       ctx,
       readIndex: 0,
       done: false,
+      proposedAt: this.t,
     };
+    const inc = n.inc!;
+    // The node's request path: a write travels in a proposal envelope naming this process (origin, boot) and the
+    // request (seq), which the driver's session table uses to apply a re-submitted copy once.
+    const proposalSeq = kind === 'read' ? 0 : ++inc.seq;
     try {
-      if (kind === 'write') n.raw!.propose(enc.encode(JSON.stringify({ c: c.id, s: seq, k: key, v: value! } satisfies WriteCmd)));
-      else n.raw!.readIndex(enc.encode(ctx));
+      if (kind !== 'read') {
+        const cmd: WriteCmd = { k: key, v: value!, ...(expect !== undefined ? { x: expect } : {}) };
+        op.envelope = encodeEnvelope(n.id, inc.boot, proposalSeq, enc.encode(JSON.stringify(cmd)));
+        op.inc = inc;
+        n.raw!.propose(op.envelope);
+      } else n.raw!.readIndex(enc.encode(ctx));
     } catch (e) {
       if (!(e instanceof RaftError)) throw e;
       c.nextAt = this.t + 3; // refused at once: it never happened
@@ -684,28 +916,59 @@ export class Simulation {
     this.checkNode(n);
     c.busy = op;
     this.history.push(op);
-    if (kind === 'write') n.writes.set(ctx, op);
-    else n.reads.set(ctx, op);
+    if (kind === 'read') inc.reads.set(ctx, op);
+    else inc.writes.set(proposalSeq, op);
+  }
+
+  /**
+   * The node re-submits a write it has not seen applied (node.ts retryWaiting: the forwarded proposal may be lost
+   * with a route or a leader); the log may then hold two copies, and the driver applies the first only.
+   */
+  private resubmit(op: ClientOp): void {
+    const inc = op.inc;
+    op.proposedAt = this.t;
+    if (!inc || inc.dead || this.nodes.get(op.node)!.pausedUntil > this.t) return;
+    try {
+      inc.raw.propose(op.envelope!);
+    } catch (e) {
+      if (!(e instanceof RaftError)) throw e; // no leader now: the next round tries again
+    }
   }
 
   private timeout(op: ClientOp): void {
     const n = this.nodes.get(op.node)!;
     const c = this.clients.find((x) => x.id === op.op.client)!;
     c.node = this.leader()?.id ?? c.node;
-    n.writes.delete(op.ctx);
-    n.reads.delete(op.ctx);
-    const i = n.readsAwaitingApply.indexOf(op);
-    if (i >= 0) n.readsAwaitingApply.splice(i, 1);
+    const inc = n.inc;
+    if (inc) {
+      for (const [seq, w] of inc.writes) if (w === op) inc.writes.delete(seq);
+      inc.reads.delete(op.ctx);
+      const i = inc.readsAwaitingApply.indexOf(op);
+      if (i >= 0) inc.readsAwaitingApply.splice(i, 1);
+    }
     this.finishOp(op, false);
   }
 
-  /** ok: the response arrived now. Otherwise the outcome is unknown: a write may still take effect. */
-  private finishOp(op: ClientOp, ok: boolean): void {
+  /**
+   * ok: the response arrived now (a write's or CAS's `answer` with it). Otherwise the outcome is unknown: a write
+   * may still take effect.
+   */
+  private finishOp(op: ClientOp, ok: boolean, answer?: KvAnswer): void {
     if (op.done) return;
     op.done = true;
-    if (ok) op.op.ret = this.t;
-    else if (op.kind === 'read') op.op.ret = -1; // dropped from the history: it returned nothing
     const c = this.clients.find((x) => x.id === op.op.client)!;
+    if (ok) {
+      op.op.ret = this.t;
+      if (op.kind === 'cas') {
+        op.op.ok = answer?.ok ?? false;
+        if (op.op.ok) this.casApplied++;
+        else this.casRefused++;
+      }
+      // What the client now knows the key holds (the value the next CAS of this client expects).
+      if (op.kind === 'read') c.seen.set(op.op.key, op.op.value);
+      else if (answer?.ok) c.seen.set(op.op.key, op.op.value);
+      else if (answer) c.seen.set(op.op.key, answer.prev);
+    } else if (op.kind === 'read') op.op.ret = -1; // dropped from the history: it returned nothing
     if (c.busy === op) {
       c.busy = null;
       c.nextAt = this.t + 1 + this.rng.int(6);
@@ -928,7 +1191,7 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-export function runSim(opts: SimOptions): SimResult {
+export function runSim(opts: SimOptions): Promise<SimResult> {
   return new Simulation(opts).run();
 }
 
