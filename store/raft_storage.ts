@@ -10,7 +10,7 @@
 //                                                 log holds `index` with `term`, every entry before
 //                                                 it is void (Raft paper §7, InstallSnapshot step 6-7)
 import { join } from 'node:path';
-import { type ConfState, type Entry, EntryType, type HardState, type Snapshot, emptyHardState } from '../raft/types.js';
+import { type ConfState, type Entry, EntryType, type HardState, type Snapshot, type SnapshotMetadata, emptyHardState } from '../raft/types.js';
 import { assert } from './assert.js';
 import { copyBytes, isUint, pack, unpack } from './codec.js';
 import { CorruptionError, StoreError, StoreErrorCode } from './errors.js';
@@ -151,6 +151,13 @@ export class RaftStorage {
   private hs: HardState = emptyHardState;
   private segMax = new Map<number, number>();
   private chain: Promise<unknown> = Promise.resolve();
+  /**
+   * The records that start every WAL segment. A field, not an arrow written in recover(): the WAL keeps this closure
+   * for its whole life, and one made in recover() shared that function's scope, which holds the replayed log. That
+   * kept every entry read at startup (the whole WAL of a restarted node; the first snapshot's worth of entries of a
+   * new one, as the store's log array starts as the replay's) alive until the process exited (issue 20 item 4).
+   */
+  private readonly walPreamble = (): RecordInput[] => [{ type: RecordType.hardState, body: encodeHardState(this.hs) }];
   private report!: RecoveryReport;
   private unlock: () => Promise<void> = async () => undefined;
 
@@ -188,7 +195,7 @@ export class RaftStorage {
     const replay = new ReplayLog();
     this.wal = await Wal.open(
       walDir,
-      { fs: this.fs, logger: this.logger, segmentBytes: this.segmentBytes, preamble: () => [{ type: RecordType.hardState, body: encodeHardState(this.hs) }] },
+      { fs: this.fs, logger: this.logger, segmentBytes: this.segmentBytes, preamble: this.walPreamble },
       (type, body, seq, offset) => {
         const where = join(walDir, segmentName(seq));
         let problem: string | null = null;
@@ -325,19 +332,24 @@ export class RaftStorage {
    * someone holds it. Holding the image for ever cost as much memory as the state itself (issue 20 item 4).
    */
   private keptOnDisk(s: Snapshot, path: string): Snapshot {
+    return this.onDisk(s.meta, s.data.length, path, s.data);
+  }
+
+  /** keptOnDisk for a snapshot whose image is known only by its size (read back from `path` when needed). */
+  private onDisk(meta: SnapshotMetadata, bytes: number, path: string, data?: Uint8Array): Snapshot {
     const fs = this.fs;
-    let held = new WeakRef(s.data);
+    let held: WeakRef<Uint8Array> | undefined = data === undefined ? undefined : new WeakRef(data);
     // Raft reads `data` once per chunk it sends: the image stays in memory while chunks go out, and is released
     // a while after the last read (the WeakRef then lets the GC take it once no transfer holds it).
     let strong: Uint8Array | undefined;
     let release: NodeJS.Timeout | undefined;
-    this.snapBytes = s.data.length;
+    this.snapBytes = bytes;
     return {
-      meta: s.meta,
+      meta,
       get data(): Uint8Array {
-        let data = held.deref();
+        let data = held?.deref();
         if (data === undefined) {
-          const decoded = decodeSnapshotFile(fs.readFileSync(path), path);
+          const decoded = decodeSnapshotFile(fs.readFileSync(path), path, true);
           if (typeof decoded === 'string') throw new CorruptionError(path, 0, `snapshot file damaged since it was written: ${decoded}`, CORRUPTION_REMEDY);
           data = decoded.data;
           held = new WeakRef(data);
@@ -405,22 +417,28 @@ export class RaftStorage {
    * snapshot, drops entries up to it from memory, and removes WAL segments the oldest retained
    * snapshot wholly covers (so a damaged newest snapshot can still fall back to the older one).
    */
-  async createSnapshot(index: number, conf: ConfState, data: Uint8Array): Promise<Snapshot> {
+  async createSnapshot(index: number, conf: ConfState, data: Uint8Array | readonly Uint8Array[]): Promise<Snapshot> {
     const check = (): void => {
       const base = this.snap.meta.index;
       if (index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is not newer than the current one at ${base}`);
       if (index > this.hs.commit) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is beyond the commit index ${this.hs.commit}`);
     };
     check();
-    const snap: Snapshot = { meta: { index, term: this.term(index), conf }, data };
+    const meta = { index, term: this.term(index), conf };
+    const parts = data instanceof Uint8Array ? [data] : data;
+    let bytes = 0;
+    for (const p of parts) bytes += p.length;
     // The file is written outside the serial chain: WAL batches go on meanwhile (a large image takes seconds to
     // write and fsync). A durable snapshot at a committed index is valid on its own, whatever the WAL holds;
     // recovery takes the newest one the WAL continues.
-    const path = await this.snapshots.save(snap);
+    const path = await this.snapshots.saveParts(meta, parts);
+    // Only the file is kept: the image the caller built is garbage once written (it is read back from the file
+    // when a follower needs it). Neither the store nor the promise this returns holds it (issue 20 item 4).
+    const snap = this.onDisk(meta, bytes, path);
     return this.serial(async () => {
       check(); // a snapshot from the leader may have been installed meanwhile
       this.log = this.log.slice(index - this.snap.meta.index);
-      this.snap = this.keptOnDisk(snap, path);
+      this.snap = snap;
       await this.compact();
       return snap;
     });

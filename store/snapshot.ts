@@ -3,7 +3,7 @@
 // leaves either the old set or the new file complete; a file that fails its CRC is renamed
 // *.broken (kept for inspection) and the next newest valid one is used.
 import { dirname, join } from 'node:path';
-import type { ConfState, Snapshot } from '../raft/types.js';
+import type { ConfState, Snapshot, SnapshotMetadata } from '../raft/types.js';
 import { copyBytes, isUint, pack, unpack } from './codec.js';
 import { FormatVersionError } from './errors.js';
 import { FORMAT_VERSION } from './format.js';
@@ -30,31 +30,40 @@ export function encodeSnapshotFile(s: Snapshot): Buffer {
  * body and then into a record. The CRC runs over both parts.
  */
 export function encodeSnapshotFileParts(s: Snapshot): Uint8Array[] {
-  const w = new MsgpackWriter(64 + 5 * (s.meta.conf.voters.length + s.meta.conf.learners.length));
+  return encodeSnapshotFileFrom(s.meta, [s.data]);
+}
+
+/** encodeSnapshotFileParts for an image given as chunks (MsgpackWriter.finishParts): written as they are. */
+export function encodeSnapshotFileFrom(meta: SnapshotMetadata, data: readonly Uint8Array[]): Uint8Array[] {
+  let dataBytes = 0;
+  for (const d of data) dataBytes += d.length;
+  const w = new MsgpackWriter(64 + 5 * (meta.conf.voters.length + meta.conf.learners.length));
   w.array(6);
-  for (const n of [FORMAT_VERSION, s.meta.index, s.meta.term]) w.uint(n);
-  for (const ids of [s.meta.conf.voters, s.meta.conf.learners]) {
+  for (const n of [FORMAT_VERSION, meta.index, meta.term]) w.uint(n);
+  for (const ids of [meta.conf.voters, meta.conf.learners]) {
     w.array(ids.length);
     for (const id of ids) w.uint(id);
   }
-  w.binHeader(s.data.length);
+  w.binHeader(dataBytes);
   const bodyHead = w.finish();
   const head = new Uint8Array(RECORD_HEADER_BYTES + bodyHead.length);
   const dv = new DataView(head.buffer);
-  dv.setUint32(0, bodyHead.length + s.data.length, true);
+  dv.setUint32(0, bodyHead.length + dataBytes, true);
   head[8] = SNAPSHOT_TYPE;
   head.set(bodyHead, RECORD_HEADER_BYTES);
   // As wal/record.ts checks it: the length field, then the type and the body.
-  const crc = crc32c(s.data, crc32c(head, crc32c(head, 0, 0, 4), 8, head.length));
+  let crc = crc32c(head, crc32c(head, 0, 0, 4), 8, head.length);
+  for (const d of data) crc = crc32c(d, crc);
   dv.setUint32(4, crc, true);
-  return [head, s.data];
+  return [head, ...data];
 }
 
 /**
  * Decodes a whole snapshot file; returns the reason when it is not one valid snapshot record.
- * Throws FormatVersionError for a valid file of a newer format (never set aside as damage).
+ * Throws FormatVersionError for a valid file of a newer format (never set aside as damage). `owned`: `buf` was read
+ * for this call and nothing else refers to it, so the image may be a view of it instead of a copy.
  */
-export function decodeSnapshotFile(buf: Uint8Array, path = 'snapshot'): Snapshot | string {
+export function decodeSnapshotFile(buf: Uint8Array, path = 'snapshot', owned = false): Snapshot | string {
   let newer = 0;
   const dec = new RecordDecoder(buf.length);
   let out: Snapshot | string = 'no record';
@@ -91,7 +100,8 @@ export function decodeSnapshotFile(buf: Uint8Array, path = 'snapshot'): Snapshot
       return;
     }
     const conf: ConfState = { voters, learners };
-    out = { meta: { index, term, conf }, data: copyBytes(data) };
+    // A file read for this call is owned: its image is kept as a view (no second copy of tens of MB).
+    out = { meta: { index, term, conf }, data: owned ? data : copyBytes(data) };
   });
   if (failure) return `${failure.reason} at offset ${failure.offset}`;
   if (newer > 0) throw new FormatVersionError(path, newer, FORMAT_VERSION);
@@ -128,7 +138,7 @@ export class SnapshotFiles {
   async *valid(): AsyncGenerator<StoredSnapshot> {
     for (const name of await this.names()) {
       const path = join(this.dir, name);
-      const decoded = decodeSnapshotFile(await this.fs.readFile(path), path);
+      const decoded = decodeSnapshotFile(await this.fs.readFile(path), path, true);
       const m = NAME.exec(name)!;
       if (typeof decoded !== 'string' && (decoded.meta.index !== Number(m[1]) || decoded.meta.term !== Number(m[2]))) {
         this.logger.warn({ file: path }, 'snapshot: contents do not match the file name; ignored');
@@ -145,10 +155,15 @@ export class SnapshotFiles {
   }
 
   async save(s: Snapshot): Promise<string> {
+    return this.saveParts(s.meta, [s.data]);
+  }
+
+  /** save() of an image given as chunks, written as they are (never joined into one buffer). */
+  async saveParts(meta: SnapshotMetadata, data: readonly Uint8Array[]): Promise<string> {
     await this.fs.mkdir(this.dir);
     await syncDir(this.fs, dirname(this.dir));
-    const path = join(this.dir, snapshotName(s.meta.index, s.meta.term));
-    await writeFileDurable(this.fs, path, encodeSnapshotFileParts(s));
+    const path = join(this.dir, snapshotName(meta.index, meta.term));
+    await writeFileDurable(this.fs, path, encodeSnapshotFileFrom(meta, data));
     return path;
   }
 
