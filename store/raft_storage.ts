@@ -69,11 +69,46 @@ const snapshotHeldMs = 30_000;
 const emptyConf: ConfState = { voters: [], learners: [] };
 const emptySnapshot: Snapshot = { meta: { index: 0, term: 0, conf: emptyConf }, data: new Uint8Array(0) };
 
+/** Bytes of one chunk of the in-memory log's entry data (LogArena). */
+const logChunkBytes = 256 << 10;
+
+/**
+ * Where the in-memory log keeps its entries' data: copied into shared append-only chunks, each entry's data a view of
+ * one. An entry whose data had a buffer of its own cost that buffer's bookkeeping besides its bytes (an ArrayBuffer,
+ * a backing store, a malloc header: ~250 B on a ~300-byte KV put); the log since a snapshot holds up to a quarter of
+ * the state's bytes (snapshotLogFraction), so that was most of a large node's log memory (issue 20 item 4). The log
+ * is dropped front first, so a chunk is freed (by the GC) once the log and every message have let go of its entries.
+ * Data over a quarter of a chunk keeps a buffer of its own (copied only when it is a view of a larger buffer, which
+ * it would otherwise keep alive).
+ */
+class LogArena {
+  private chunk = new Uint8Array(0);
+  private used = 0;
+
+  keep(e: Entry): Entry {
+    const len = e.data.length;
+    if (len === 0) return e;
+    let data: Uint8Array;
+    if (len > logChunkBytes >> 2) {
+      data = e.data.byteLength === e.data.buffer.byteLength ? e.data : copyBytes(e.data);
+    } else {
+      if (this.used + len > this.chunk.length) {
+        this.chunk = new Uint8Array(logChunkBytes);
+        this.used = 0;
+      }
+      this.chunk.set(e.data, this.used);
+      data = this.chunk.subarray(this.used, this.used + len);
+      this.used += len;
+    }
+    return { term: e.term, index: e.index, type: e.type, data };
+  }
+}
+
 function encodeEntry(e: Entry): RecordInput {
   return { type: RecordType.entry, body: pack([e.term, e.index, e.type, e.data]) };
 }
 
-function decodeEntry(body: Uint8Array): Entry | null {
+function decodeEntry(body: Uint8Array, arena: LogArena): Entry | null {
   let v: unknown;
   try {
     v = unpack(body);
@@ -84,7 +119,7 @@ function decodeEntry(body: Uint8Array): Entry | null {
   const [term, index, type, data] = v as unknown[];
   if (!isUint(term) || !isUint(index) || index < 1 || (type !== EntryType.normal && type !== EntryType.confChange)) return null;
   if (!(data instanceof Uint8Array)) return null;
-  return { term, index, type, data: copyBytes(data) };
+  return arena.keep({ term, index, type, data }); // a copy: `data` views the WAL's read buffer
 }
 
 /** The log as replayed from the WAL before a snapshot is chosen. */
@@ -146,8 +181,9 @@ export class RaftStorage {
   private wal!: Wal;
   private snap: Snapshot = emptySnapshot;
   private snapBytes = 0;
-  /** Entries after snap.meta.index, contiguous. */
+  /** Entries after snap.meta.index, contiguous; their data in `arena`. */
   private log: Entry[] = [];
+  private readonly arena = new LogArena();
   private hs: HardState = emptyHardState;
   private segMax = new Map<number, number>();
   private chain: Promise<unknown> = Promise.resolve();
@@ -200,7 +236,7 @@ export class RaftStorage {
         const where = join(walDir, segmentName(seq));
         let problem: string | null = null;
         if (type === RecordType.entry) {
-          const e = decodeEntry(body);
+          const e = decodeEntry(body, this.arena);
           problem = e ? replay.addEntry(e, seq) : 'undecodable entry record';
         } else if (type === RecordType.hardState) {
           const hs = decodeHardState(body);
@@ -405,7 +441,7 @@ export class RaftStorage {
       const seq = await this.wal.append(records);
       if (entries.length > 0) {
         this.log.length = entries[0]!.index - base - 1;
-        for (const e of entries) this.log.push(e);
+        for (const e of entries) this.log.push(this.arena.keep(e));
         this.segMax.set(seq, Math.max(this.segMax.get(seq) ?? 0, entries[entries.length - 1]!.index));
       }
       if (update.hardState) this.hs = update.hardState;
