@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RaftError, RawNode, StateType, MessageType, decodeConfChange, seededRng, EntryType, ConfChangeType, type BasicStatus, type ConfState, type HardState, type Message, type Ready } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
-import { encodeKvCommand, imageChunkBytes, MsgpackWriter, quotaRefusal } from '../../store/index.js';
+import { encodeKvCommand, quotaRefusal } from '../../store/index.js';
 import {
   createRouteTransport, parseRoutes, type LinkClose, type PeerInfo, type RouteFrame, type RouteLimits, type RouteTlsOptions, type RouteTransport,
 } from '../../transport/index.js';
@@ -974,16 +974,9 @@ export class ClusterNode {
   private async writeSnapshot(index: number, conf: ConfState, image: NodeImageBuild): Promise<void> {
     const t0 = performance.now();
     try {
-      const w = new MsgpackWriter(image.bytesEstimate, imageChunkBytes); // chunks, not one doubled buffer: msgpack_writer.ts
-      const steps = image.write(w);
-      let sliceEnd = performance.now() + snapshotSliceMs;
-      while (!steps.next().done) {
-        if (performance.now() < sliceEnd) continue;
-        await new Promise<void>((resolve) => setImmediate(resolve));
-        if (this.stopping) return;
-        sliceEnd = performance.now() + snapshotSliceMs;
-      }
-      await this.storage.createSnapshot(index, conf, w.finishParts());
+      // Streamed to the file as it is written, never whole in memory (RaftStorage.createSnapshotStreamed).
+      const done = await this.storage.createSnapshotStreamed(index, conf, (w) => image.write(w), { sliceMs: snapshotSliceMs, stopped: () => this.stopping });
+      if (done === null) return;
     } catch (err) {
       // A snapshot from the leader installed meanwhile makes this one pointless, not wrong.
       if (this.storage.snapshot().meta.index >= index) return;

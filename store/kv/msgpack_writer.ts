@@ -15,6 +15,8 @@ const copyLoopBytesMax = 1024;
 
 /** Chunk size for a snapshot image: the size of a value slab (entry_table.ts), so freed chunks and slabs reuse each other's memory. */
 export const imageChunkBytes = 1 << 20;
+/** Chunks kept for reuse when a sink gives them back: the sink writes a few at a time. */
+const spareChunksMax = 4;
 
 export class MsgpackWriter {
   private buf: Uint8Array;
@@ -26,14 +28,23 @@ export class MsgpackWriter {
   /** Bytes in `parts`: the offset of `buf` in the whole output. */
   private flushed = 0;
   private readonly chunkBytes: number;
+  private readonly sink: ((chunk: Uint8Array) => void) | undefined;
+  /** Chunk buffers the sink is done with (recycle), reused for the next chunks. */
+  private readonly spare: Uint8Array[] = [];
+  /** endBin32 lengths that fall in a chunk already handed to the sink: [offset in the output, length]. */
+  readonly latePatches: [number, number][] = [];
 
   /**
    * `initialBytes`: the first buffer (an estimate of the output). `chunkBytes` (default: none): the most one buffer
    * grows to; past it, a new chunk is started (a single value larger than a chunk gets a chunk of its own size).
+   * `sink`: each filled chunk is handed to it instead of kept (a file written while the image is produced); it gives
+   * the buffer back with recycle() once written. A bin32 length whose chunk has gone is left in latePatches.
    */
-  constructor(initialBytes: number, chunkBytes = Number.POSITIVE_INFINITY) {
+  constructor(initialBytes: number, chunkBytes = Number.POSITIVE_INFINITY, sink?: (chunk: Uint8Array) => void) {
     assert(chunkBytes >= 1024, `msgpack writer chunk of ${chunkBytes} bytes`);
+    assert(sink === undefined || Number.isFinite(chunkBytes), 'a msgpack writer with a sink writes chunks');
     this.chunkBytes = chunkBytes;
+    this.sink = sink;
     this.buf = new Uint8Array(Math.max(1024, Math.min(initialBytes, chunkBytes)));
     this.view = new DataView(this.buf.buffer);
   }
@@ -55,9 +66,17 @@ export class MsgpackWriter {
     return out;
   }
 
-  /** The bytes written so far, as the writer's chunks in order (views: the writer must not be used after). */
+  /**
+   * The bytes written so far, as the writer's chunks in order (views: the writer must not be used after). With a
+   * sink: only the last chunk, which the sink has not been given.
+   */
   finishParts(): Uint8Array[] {
     return [...this.parts, this.buf.subarray(0, this.at)];
+  }
+
+  /** A chunk's buffer the sink has written and no longer needs. */
+  recycle(chunk: Uint8Array): void {
+    if (chunk.buffer.byteLength === this.chunkBytes && this.spare.length < spareChunksMax) this.spare.push(new Uint8Array(chunk.buffer));
   }
 
   private room(n: number): void {
@@ -66,10 +85,14 @@ export class MsgpackWriter {
     while (size < this.at + n) size *= 2;
     if (size > this.chunkBytes) {
       // Close this chunk where it ends and go on in a new one: nothing already written moves.
-      this.parts.push(this.buf.subarray(0, this.at));
-      this.partStarts.push(this.flushed);
+      if (this.sink === undefined) {
+        this.parts.push(this.buf.subarray(0, this.at));
+        this.partStarts.push(this.flushed);
+      } else {
+        this.sink(this.buf.subarray(0, this.at));
+      }
       this.flushed += this.at;
-      this.buf = new Uint8Array(Math.max(this.chunkBytes, n));
+      this.buf = n <= this.chunkBytes ? (this.spare.pop() ?? new Uint8Array(this.chunkBytes)) : new Uint8Array(n);
       this.view = new DataView(this.buf.buffer);
       this.at = 0;
       return;
@@ -155,6 +178,10 @@ export class MsgpackWriter {
     const lengthAt = mark - 4;
     if (lengthAt >= this.flushed) {
       this.view.setUint32(lengthAt - this.flushed, bytes);
+      return;
+    }
+    if (this.sink !== undefined) {
+      this.latePatches.push([lengthAt, bytes]);
       return;
     }
     let k = this.parts.length - 1;
