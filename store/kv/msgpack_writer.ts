@@ -56,6 +56,7 @@ export class MsgpackWriter {
 
   /** The bytes written so far as one array (a view of the writer's buffer, or a join of its chunks). */
   finish(): Uint8Array {
+    assert(this.sink === undefined, 'a writer with a sink has handed its chunks out: finishParts() holds only the last');
     if (this.parts.length === 0) return this.buf.subarray(0, this.at);
     const out = new Uint8Array(this.length);
     let o = 0;
