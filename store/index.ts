@@ -7,7 +7,7 @@ export type { StoreLogger } from './logger.js';
 export { FORMAT_VERSION } from './format.js';
 export { lockDir, LOCK_FILE } from './lock.js';
 export { packOwned } from './codec.js';
-export { imageChunkBytes, MsgpackWriter } from './kv/msgpack_writer.js';
+export { MsgpackWriter } from './kv/msgpack_writer.js';
 export { crc32c } from './crc32c.js';
 export { RaftStorage, type RaftStorageOptions, type RecoveryReport, type RangeErrors } from './raft_storage.js';
 export { Wal, type WalOptions, type WalSegmentInfo, type WalSyncMode } from './wal/wal.js';
