@@ -46,7 +46,11 @@ function nodeCommand(bundleName = 'membershipd_cluster.mjs'): string[] {
 
 /** Starts node i of the cluster with its argv (first start or a restart with the same data). */
 export function spawnNode(c: BenchCluster, i: number): ChildProcess {
-  const child = spawnChild(process.execPath, c.argv[i]!, { cwd: repo, stdio: ['ignore', 'ignore', 'pipe'] });
+  // The unit's malloc setting (deploy/cluster/membershipd-cluster.service): RSS as deployed. MALLOC_MMAP_THRESHOLD_=default
+  // measures glibc's own behaviour.
+  const env: NodeJS.ProcessEnv = { ...process.env, MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072' };
+  if (env.MALLOC_MMAP_THRESHOLD_ === 'default') delete env.MALLOC_MMAP_THRESHOLD_;
+  const child = spawnChild(process.execPath, c.argv[i]!, { cwd: repo, env, stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr!.on('data', (d: Buffer) => { c.stderr[i] = (c.stderr[i] + d.toString()).slice(-4000); });
   c.children[i] = child;
   return child;

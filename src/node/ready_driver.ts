@@ -16,7 +16,7 @@
 // through a seam the simulator controls). So a seed replays exactly, and the code under test is line for line
 // the code the node runs; a step-wise rewrite would have been a second copy of the logic to keep in step.
 import { EntryType, MessageType, StateType, decodeConfChange, type ConfState, type Entry, type HardState, type Message, type RawNode, type ReadState, type Ready, type Snapshot, type SoftState } from '../../raft/index.js';
-import { MsgpackWriter } from '../../store/index.js';
+import { MsgpackWriter, type SnapshotWriteOptions } from '../../store/index.js';
 import type { Logger } from '../log.js';
 import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
 import { decodeEnvelope, type Envelope } from './wire.js';
@@ -37,7 +37,9 @@ export interface DriverStorage {
   /** Installs a snapshot from the leader (the log after it is kept only where it matches). */
   applySnapshot(snap: Snapshot): Promise<void>;
   /** Records a local snapshot at an applied (so committed and durable) index and compacts the log up to it. */
-  createSnapshot(index: number, conf: ConfState, data: Uint8Array): Promise<unknown>;
+  createSnapshotStreamed(
+    index: number, conf: ConfState, write: (w: MsgpackWriter) => Generator<void, void, void>, opts: SnapshotWriteOptions,
+  ): Promise<unknown>;
   /** The last durable log index. */
   lastIndex(): number;
   snapshot(): Snapshot;
@@ -376,16 +378,11 @@ export class ReadyDriver<Result> {
     const clock = this.o.clock;
     const t0 = clock.now();
     try {
-      const w = new MsgpackWriter(image.bytesEstimate);
-      const steps = image.write(w);
-      let sliceEnd = clock.now() + snapshotSliceMs;
-      while (!steps.next().done) {
-        if (clock.now() < sliceEnd) continue;
-        await clock.yieldTurn();
-        if (this.stopping) return;
-        sliceEnd = clock.now() + snapshotSliceMs;
-      }
-      await this.storage.createSnapshot(index, conf, w.finish());
+      // Streamed to the file as it is written, never whole in memory (RaftStorage.createSnapshotStreamed); null: stopped.
+      const done = await this.storage.createSnapshotStreamed(index, conf, (w) => image.write(w), {
+        sliceMs: snapshotSliceMs, stopped: () => this.stopping, now: () => clock.now(), yieldTurn: () => clock.yieldTurn(),
+      });
+      if (done === null) return;
     } catch (err) {
       // A snapshot from the leader installed meanwhile makes this one pointless, not wrong.
       if (this.storage.snapshot().meta.index >= index) return;

@@ -26,6 +26,11 @@ export interface EntryRow {
 
 /** Bytes of one value slab; a value over a quarter of it gets a slab of its own size. */
 export const slabBytes = 1 << 20;
+/**
+ * A table's first slab; each next one is twice the last, up to slabBytes. Every bucket used to start with a whole
+ * slab: the control plane's few small buckets (ub_*) held 5 MiB of an idle node's 7 MiB of buffers (issue 14).
+ */
+export const slabFirstBytes = 4 << 10;
 const ownSlabFrom = slabBytes >> 2;
 const rowsInitial = 64;
 const noRow = -1;
@@ -265,7 +270,8 @@ export class EntryTable {
     if (cur !== undefined && cur.bytes.length - cur.used >= len) return this.current;
     // The slab we leave may already be sparse (values overwritten while it filled).
     if (cur !== undefined && cur.live * 2 < cur.used) this.sparse.add(this.current);
-    this.current = this.newSlab(slabBytes);
+    const grown = cur === undefined ? slabFirstBytes : Math.min(slabBytes, cur.bytes.length * 2);
+    this.current = this.newSlab(Math.max(grown, len));
     return this.current;
   }
 

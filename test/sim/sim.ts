@@ -16,7 +16,7 @@
 import { ConfChangeType, EntryType, MemoryStorage, RaftAssertionError, RaftError, RawNode, StateType, seededRng } from '../../raft/index.js';
 import type { ConfState, Entry, HardState, Limits, Message, ReadState, Rng, Snapshot, SoftState } from '../../raft/index.js';
 import type { PlantedBug } from '../../raft/testing.js';
-import { StoreError, StoreErrorCode, type MsgpackWriter } from '../../store/index.js';
+import { StoreError, StoreErrorCode, MsgpackWriter } from '../../store/index.js';
 import { silentLogger } from '../../src/log.js';
 import { DriverBug, ReadyDriver, snapshotSliceMs } from '../../src/node/ready_driver.js';
 import type { AppliedWrite, DriverImageBuild, DriverMetrics, DriverStateMachine, DriverStorage } from '../../src/node/ready_driver.js';
@@ -585,7 +585,23 @@ export class Simulation {
         return this.io(inc, update.entries ?? [], crash, () => this.persist(n, update));
       },
       applySnapshot: (snap) => this.io(inc, [], false, () => this.installOnDisk(n, snap)),
-      createSnapshot: (index, conf, data) => this.io(inc, [], false, () => this.snapshotOnDisk(n, index, conf, data)),
+      // The image is built in memory here (store/ streams it to its file), paced by the driver's clock as store/ paces it.
+      createSnapshotStreamed: async (index, conf, write, opts) => {
+        const now = opts.now ?? ((): number => this.t);
+        const w = new MsgpackWriter(1024);
+        const steps = write(w);
+        let sliceEnd = now() + opts.sliceMs;
+        for (let k = 0; !steps.next().done; k++) {
+          if (k > 1_000_000) throw new Error('snapshot image: more than 1,000,000 steps');
+          if (now() < sliceEnd) continue;
+          if (opts.yieldTurn) await opts.yieldTurn();
+          if (opts.stopped()) return null;
+          sliceEnd = now() + opts.sliceMs;
+        }
+        const data = w.finish();
+        await this.io(inc, [], false, () => this.snapshotOnDisk(n, index, conf, data));
+        return true;
+      },
       lastIndex: () => n.storage.lastIndex(),
       snapshot: () => n.storage.snapshot(),
       snapshotBytes: () => n.storage.snapshot().data.length,

@@ -569,3 +569,41 @@ t.test('a snapshot written over time equals the state when it began, whatever is
   }), { seed: SEED, numRuns: 100 });
   t.equal(runs, 100, 'every image written over time equals the one taken at its start');
 });
+
+t.test('a snapshot image written in chunks has the bytes of one written in a single buffer', async (t) => {
+  // Chunks of 1 KiB (the smallest allowed) so that values and bin32 headers fall across chunk boundaries, and values
+  // over a chunk (up to 3 KiB) get chunks of their own.
+  const { MsgpackWriter } = await import('../../store/kv/msgpack_writer.js');
+  const item = fc.oneof(
+    fc.record({ kind: fc.constant('uint' as const), n: fc.oneof(fc.nat(300), fc.maxSafeNat()) }),
+    fc.record({ kind: fc.constant('str' as const), s: fc.string({ maxLength: 300 }) }),
+    fc.record({ kind: fc.constant('bin' as const), size: fc.oneof(fc.nat(100), fc.integer({ min: 900, max: 3000 })) }),
+    fc.record({ kind: fc.constant('nested' as const), size: fc.nat(2500) }),
+  );
+  let runs = 0;
+  fc.assert(fc.property(fc.array(item, { maxLength: 60 }), (items) => {
+    const write = (w: InstanceType<typeof MsgpackWriter>): void => {
+      w.array(items.length);
+      items.forEach((it, i) => {
+        if (it.kind === 'uint') w.uint(it.n);
+        else if (it.kind === 'str') w.str(it.s);
+        else if (it.kind === 'bin') w.bin(new Uint8Array(it.size).fill(i & 0xff));
+        else {
+          const mark = w.beginBin32();
+          w.raw(new Uint8Array(it.size).fill(0xc0));
+          w.endBin32(mark);
+        }
+      });
+    };
+    const single = new MsgpackWriter(16);
+    write(single);
+    const chunked = new MsgpackWriter(16, 1024);
+    write(chunked);
+    const parts = chunked.finishParts();
+    runs++;
+    return chunked.length === single.length && Buffer.compare(Buffer.concat(parts), Buffer.from(single.finish())) === 0
+      && Buffer.compare(Buffer.from(chunked.finish()), Buffer.from(single.finish())) === 0
+      && parts.every((p, i) => i === parts.length - 1 || p.length <= 3100);
+  }), { seed: SEED, numRuns: 200 });
+  t.equal(runs, 200, 'every chunked image equals the single-buffer one');
+});

@@ -38,7 +38,7 @@ class HeldStorage implements DriverStorage {
   applySnapshot(): Promise<void> {
     return Promise.reject(new Error('no snapshot in these tests'));
   }
-  createSnapshot(): Promise<unknown> {
+  createSnapshotStreamed(): Promise<unknown> {
     return Promise.reject(new Error('no snapshot in these tests'));
   }
   lastIndex(): number {
