@@ -20,6 +20,7 @@ import { nodeFs, type StoreFs } from './fs.js';
 import { decodeHardState, encodeHardState } from './hard_state.js';
 import { nullLogger, type StoreLogger } from './logger.js';
 import { decodeSnapshotFile, SnapshotFiles } from './snapshot.js';
+import { IncomingSnapshotFile, isSnapshotRef, readSnapshotImage, receivedSnapshotName, SnapshotFileReader } from './snapshot_transfer.js';
 import type { RecordInput } from './wal/record.js';
 import { CORRUPTION_REMEDY, type TailRepair } from './wal/recovery.js';
 import { segmentName } from './wal/segment.js';
@@ -146,6 +147,8 @@ export class RaftStorage {
   private wal!: Wal;
   private snap: Snapshot = emptySnapshot;
   private snapBytes = 0;
+  /** The file of `snap` ('' when none). */
+  private snapPath = '';
   /** Entries after snap.meta.index, contiguous. */
   private log: Entry[] = [];
   private hs: HardState = emptyHardState;
@@ -324,18 +327,20 @@ export class RaftStorage {
    * file when someone reads `data` (Raft, to send it to a follower that is behind the log) and kept only while
    * someone holds it. Holding the image for ever cost as much memory as the state itself (issue 20 item 4).
    */
-  private keptOnDisk(s: Snapshot, path: string): Snapshot {
+  private keptOnDisk(s: Snapshot, path: string, imageBytes = s.data.length, inMemory = true): Snapshot {
     const fs = this.fs;
-    let held = new WeakRef(s.data);
+    // Not in memory (a streamed snapshot, adopted as its file): the first read of `data` loads it.
+    let held: WeakRef<Uint8Array> | undefined = inMemory ? new WeakRef(s.data) : undefined;
     // Raft reads `data` once per chunk it sends: the image stays in memory while chunks go out, and is released
     // a while after the last read (the WeakRef then lets the GC take it once no transfer holds it).
     let strong: Uint8Array | undefined;
     let release: NodeJS.Timeout | undefined;
-    this.snapBytes = s.data.length;
+    this.snapBytes = imageBytes;
+    this.snapPath = path;
     return {
       meta: s.meta,
       get data(): Uint8Array {
-        let data = held.deref();
+        let data = held?.deref();
         if (data === undefined) {
           const decoded = decodeSnapshotFile(fs.readFileSync(path), path);
           if (typeof decoded === 'string') throw new CorruptionError(path, 0, `snapshot file damaged since it was written: ${decoded}`, CORRUPTION_REMEDY);
@@ -365,6 +370,32 @@ export class RaftStorage {
   /** The newest snapshot (index 0 when none). */
   snapshot(): Snapshot {
     return this.snap;
+  }
+
+  /**
+   * The newest snapshot's image, read asynchronously (the event loop keeps running) as a view of the file's bytes:
+   * what a node restores its state machine from after installing a snapshot streamed to it.
+   */
+  readSnapshotData(): Promise<Uint8Array> {
+    if (this.snap.meta.index === 0) return Promise.resolve(new Uint8Array(0));
+    return readSnapshotImage(this.fs, this.snapPath);
+  }
+
+  /**
+   * Opens the file of the snapshot at index/term for a transfer to a follower (read in pieces). Throws
+   * ESTORE_COMPACTED when that snapshot is no longer the newest: Raft then sends the newer one.
+   */
+  async openSnapshotFile(index: number, term: number): Promise<SnapshotFileReader> {
+    const m = this.snap.meta;
+    if (m.index !== index || m.term !== term || index === 0) {
+      throw new StoreError(StoreErrorCode.compacted, `snapshot ${index}/${term} is not the newest one (${m.index}/${m.term}); a newer one will be sent`);
+    }
+    return SnapshotFileReader.open(this.fs, this.snapPath);
+  }
+
+  /** Starts receiving the file of the leader's snapshot at index/term, `total` bytes (see IncomingSnapshotFile). */
+  beginSnapshotReceive(index: number, term: number, total: number, transfer: number): Promise<IncomingSnapshotFile> {
+    return IncomingSnapshotFile.create(this.fs, this.snapshots.dir, index, term, total, transfer);
   }
 
   private serial<T>(op: () => Promise<T>): Promise<T> {
@@ -434,11 +465,14 @@ export class RaftStorage {
     return this.serial(async () => {
       const base = this.snap.meta.index;
       if (snap.meta.index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${snap.meta.index} is not newer than the current one at ${base}`);
-      const path = await this.snapshots.save(snap);
+      // A streamed snapshot arrives as its file, complete and checked (IncomingSnapshotFile.finish): Raft holds only a
+      // reference, and the file is renamed into place rather than written again.
+      const streamed = isSnapshotRef(snap.data);
+      const path = streamed ? await this.snapshots.adopt(join(this.snapshots.dir, receivedSnapshotName(snap.meta.index, snap.meta.term)), snap.meta) : await this.snapshots.save(snap);
       await this.wal.append([{ type: RecordType.installMarker, body: pack([snap.meta.index, snap.meta.term]) }]);
       const keep = snap.meta.index <= this.lastIndex() && this.term(snap.meta.index) === snap.meta.term;
       this.log = keep ? this.log.slice(snap.meta.index - base) : [];
-      this.snap = this.keptOnDisk(snap, path);
+      this.snap = streamed ? this.keptOnDisk(snap, path, await this.snapshots.imageBytes(path), false) : this.keptOnDisk(snap, path);
       if (this.hs.commit < snap.meta.index) this.hs = { ...this.hs, commit: snap.meta.index };
       if (!keep) {
         // Everything before the marker is void: start a fresh segment (its preamble carries the hard

@@ -29,6 +29,7 @@ import { finishInterruptedRecovery } from './recover.js';
 import { Histogram, renderMetrics, type Sample } from './metrics.js';
 import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
 import { raftStorageView } from './storage_adapter.js';
+import { SnapshotStream, snapshotStreamSamples } from './snapshot_stream.js';
 import {
   decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport, type SlotHello,
 } from './wire.js';
@@ -217,6 +218,8 @@ export class ClusterNode {
   private readonly boot = randomInt(1, 0xffffffff);
   private storage!: RaftStorage;
   private transport!: RouteTransport;
+  /** Snapshots to and from peers, streamed as their files beside Raft (snapshot_stream.ts). */
+  private snapshotStream!: SnapshotStream;
   private raw: RawNode | undefined;
   private cluster: ClusterFile | undefined;
   /** Own route keys (normalized), self-route excluded. */
@@ -370,6 +373,9 @@ export class ClusterNode {
       onPeerDown: (p, c) => this.onPeerDown(p, c),
       onFrame: (name, f) => this.onFrame(name, f),
     });
+    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.onFrame(p, { kind: 'raft', data }), log: this.log });
+    this.addRouteListener({ down: (p) => { if (p.name !== undefined) stream.peerDown(p.name); }, frame: (p, f) => { stream.onFrame(p, f); } });
+    this.onLeaderChange((isLeader) => { if (!isLeader) stream.leaderLost(); });
     if (opts.nats) {
       const bus = createClusterBus({ nats: opts.nats.cluster, routes: this.transport, logger: opts.logger ?? silentLogger() });
       this.bus = bus;
@@ -849,8 +855,9 @@ export class ClusterNode {
     }
     if (rd.snapshot) {
       await this.storage.applySnapshot(rd.snapshot);
-      // Yielding: a large image takes seconds to read, and the process keeps answering its routes and health.
-      const { kvImage, sessions } = decodeNodeSnapshot(rd.snapshot.data);
+      // Yielding: a large image takes seconds to read, and the process keeps answering its routes and health. Raft's
+      // snapshot data is only a reference to the file streamed here: the image is read from it without blocking.
+      const { kvImage, sessions } = decodeNodeSnapshot(await this.storage.readSnapshotData());
       await this.stateMachine.restoreYielding(kvImage);
       this.sessions.restore(sessions);
       this.logBytesSinceSnapshot = 0;
@@ -939,6 +946,7 @@ export class ClusterNode {
 
   private sendMessage(m: Message): void {
     const peer = this.idToPeer.get(m.to);
+    if (peer !== undefined && m.type === MessageType.snap) return this.snapshotStream.offer(peer, m);
     if (peer === undefined || !this.transport.send(peer, { kind: 'raft', data: encodeMessage(m) })) {
       this.metrics.raftMessagesDropped++;
       return;
@@ -1452,7 +1460,8 @@ export class ClusterNode {
       return undefined;
     }
     const of = st.leaderCommit > 0 ? `the leader's commit ${st.leaderCommit}` : 'the leader\'s commit (not known yet)';
-    const snap = st.snapshotBytes > 0 ? ` (snapshot ${Math.floor((100 * st.snapshotReceived) / st.snapshotBytes)}% received)` : '';
+    const rx = this.snapshotStream.receiving();
+    const snap = rx.total > 0 ? ` (snapshot ${Math.floor((100 * rx.received) / rx.total)}% received)` : '';
     const lost = st.recovering ? '; this node lost its data and votes again once caught up' : '';
     return { status: 'unavailable', reason: `catching up: applied ${applied} of ${of}${snap}${lost}` };
   }
@@ -1512,7 +1521,7 @@ export class ClusterNode {
     for (const [id, p] of st.progress) {
       progress[this.peerName(id)] = {
         id, match: p.match, next: p.next, state: p.state, learner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering,
-        ...(p.snapshotBytes > 0 ? { snapshotTransfer: { ackedBytes: p.snapshotAcked, totalBytes: p.snapshotBytes } } : {}),
+        ...(this.snapshotStream.sending(this.peerName(id)) ? { snapshotTransfer: this.snapshotStream.sending(this.peerName(id)) } : {}),
       };
     }
     return {
@@ -1526,7 +1535,7 @@ export class ClusterNode {
       applied: this.stateMachine.appliedIndex,
       leaderCommit: basic.leaderCommit,
       recovering: basic.recovering,
-      snapshotTransfer: basic.snapshotBytes > 0 ? { receivedBytes: basic.snapshotReceived, totalBytes: basic.snapshotBytes } : null,
+      snapshotTransfer: this.snapshotStream.receiving().total > 0 ? { receivedBytes: this.snapshotStream.receiving().received, totalBytes: this.snapshotStream.receiving().total } : null,
       lastIndex: st.lastIndex,
       firstIndex: this.storage.firstIndex(),
       snapshotIndex: this.storage.snapshot().meta.index,
@@ -1591,8 +1600,9 @@ export class ClusterNode {
       ['membershipd_raft_leader_commit_index', 'gauge', 'The leader\'s own commit index as its heartbeats tell it (0: not known)', st?.leaderCommit ?? 0],
       ['membershipd_raft_recovering', 'gauge', '1 while this node, having lost its data, catches up without a vote', st?.recovering ? 1 : 0],
       ['membershipd_raft_recoveries_total', 'counter', 'Times this node caught up after losing its data', m.recoveries],
-      ['membershipd_raft_snapshot_received_bytes', 'gauge', 'Bytes received of the snapshot being streamed to this node', st?.snapshotReceived ?? 0],
-      ['membershipd_raft_snapshot_total_bytes', 'gauge', 'Size of the snapshot being streamed to this node (0: none)', st?.snapshotBytes ?? 0],
+      ['membershipd_raft_snapshot_received_bytes', 'gauge', 'Bytes received of the snapshot being streamed to this node', this.snapshotStream.receiving().received],
+      ['membershipd_raft_snapshot_total_bytes', 'gauge', 'Size of the snapshot being streamed to this node (0: none)', this.snapshotStream.receiving().total],
+      ...snapshotStreamSamples(this.snapshotStream.counters),
       ['membershipd_raft_snapshots_installed_total', 'counter', 'Snapshots received from the leader and installed', m.snapshotsInstalled],
       ['membershipd_raft_messages_in_total', 'counter', 'Raft messages received', m.raftMessagesIn],
       ['membershipd_raft_messages_out_total', 'counter', 'Raft messages sent', m.raftMessagesOut],
@@ -1613,9 +1623,9 @@ export class ClusterNode {
     ];
     if (st?.state === StateType.leader) {
       // One family after the other: a family's samples must be adjacent in the exposition format.
-      const streams = [...this.raw!.status().progress].filter(([, p]) => p.snapshotBytes > 0);
-      for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_acked_bytes', 'gauge', 'Leader: bytes of the snapshot being streamed that the follower acknowledged', p.snapshotAcked, { peer: this.peerName(id) }]);
-      for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_sending_bytes', 'gauge', 'Leader: size of the snapshot being streamed to the follower', p.snapshotBytes, { peer: this.peerName(id) }]);
+      const streams = [...this.raw!.status().progress.keys()].map((id) => [this.peerName(id), this.snapshotStream.sending(this.peerName(id))] as const);
+      for (const [peer, tx] of streams) if (tx) samples.push(['membershipd_raft_snapshot_acked_bytes', 'gauge', 'Leader: bytes of the snapshot being streamed that the follower acknowledged', tx.ackedBytes, { peer }]);
+      for (const [peer, tx] of streams) if (tx) samples.push(['membershipd_raft_snapshot_sending_bytes', 'gauge', 'Leader: size of the snapshot being streamed to the follower', tx.totalBytes, { peer }]);
     }
     for (const p of peers) {
       samples.push(['membershipd_route_up', 'gauge', 'Route state per peer (1 up)', p.state === 'up' ? 1 : 0, { peer: p.name ?? p.route ?? p.address }]);
@@ -1639,6 +1649,7 @@ export class ClusterNode {
       await this.storage.save({ hardState: this.deferredHardState }).catch((err: unknown) => this.log.warn({ err }, 'could not save the commit index at stop'));
     }
     this.bus?.close();
+    await this.snapshotStream?.close();
     await this.transport.close();
     await this.storage.close();
     this.log.info('node stopped');
