@@ -181,7 +181,8 @@ async function benchMembershipd(raw: number): Promise<Figures> {
     // The window V8's profile timestamps share (monotonic µs), and each node's CPU in it (/proc), per profile_summary.
     const endUs = Number(process.hrtime.bigint() / 1000n);
     const cpu = Object.fromEntries(c.children.map((ch, i) => [String(ch.pid), cpuSeconds(ch.pid!) - cpuBefore[i]!]));
-    appendFileSync(join(profDir, 'phases.jsonl'), `${JSON.stringify({ phase: 'rejoin', startUs, endUs, ops: during.lat.length, cpuSeconds: cpu, kvNodePid: c.children[leader]!.pid })}\n`);
+    const phase = { phase: 'rejoin', startUs, endUs, ops: during.lat.length, cpuSeconds: cpu, kvNodePid: c.children[leader]!.pid };
+    appendFileSync(join(profDir, 'phases.jsonl'), `${JSON.stringify(phase)}\n`);
   }
   await during.stop();
   const rejoinMbS = raw / 1048576 / (rejoinMs / 1000);

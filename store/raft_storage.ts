@@ -468,7 +468,8 @@ export class RaftStorage {
       // A streamed snapshot arrives as its file, complete and checked (IncomingSnapshotFile.finish): Raft holds only a
       // reference, and the file is renamed into place rather than written again.
       const streamed = isSnapshotRef(snap.data);
-      const path = streamed ? await this.snapshots.adopt(join(this.snapshots.dir, receivedSnapshotName(snap.meta.index, snap.meta.term)), snap.meta) : await this.snapshots.save(snap);
+      const received = join(this.snapshots.dir, receivedSnapshotName(snap.meta.index, snap.meta.term));
+      const path = streamed ? await this.snapshots.adopt(received, snap.meta) : await this.snapshots.save(snap);
       await this.wal.append([{ type: RecordType.installMarker, body: pack([snap.meta.index, snap.meta.term]) }]);
       const keep = snap.meta.index <= this.lastIndex() && this.term(snap.meta.index) === snap.meta.term;
       this.log = keep ? this.log.slice(snap.meta.index - base) : [];

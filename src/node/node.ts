@@ -1535,7 +1535,7 @@ export class ClusterNode {
       applied: this.stateMachine.appliedIndex,
       leaderCommit: basic.leaderCommit,
       recovering: basic.recovering,
-      snapshotTransfer: this.snapshotStream.receiving().total > 0 ? { receivedBytes: this.snapshotStream.receiving().received, totalBytes: this.snapshotStream.receiving().total } : null,
+      snapshotTransfer: ((rx) => (rx.total > 0 ? { receivedBytes: rx.received, totalBytes: rx.total } : null))(this.snapshotStream.receiving()),
       lastIndex: st.lastIndex,
       firstIndex: this.storage.firstIndex(),
       snapshotIndex: this.storage.snapshot().meta.index,
