@@ -271,7 +271,7 @@ export class SnapshotStream {
     if (f.total !== i.total) throw new Error(`chunk says the snapshot is ${f.total} bytes, the transfer began with ${i.total}`);
     if (crc32c(f.data) !== f.crc) throw new Error(`chunk at ${f.offset} fails its checksum`);
     const file = await i.file;
-    await file.write(f.offset, f.data);
+    await file.write(f.offset, f.data, f.crc);
     i.received = file.bytesReceived;
     this.counters.chunksReceived++;
     this.counters.bytesReceived += f.data.length;

@@ -7,7 +7,9 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EntryType, MessageType, type Message } from '../../raft/index.js';
-import { RaftStorage, snapshotRefData } from '../../store/index.js';
+import { RaftStorage, crc32c, snapshotRefData } from '../../store/index.js';
+import { crc32cCombine } from '../../store/crc32c.js';
+import fc from 'fast-check';
 import { FrameParser, encodeFrame, type RouteFrame } from '../../transport/index.js';
 import { SnapshotStream } from '../../src/node/snapshot_stream.js';
 import { decodeNodeFrame } from '../../src/node/wire.js';
@@ -173,4 +175,36 @@ t.test('a corrupted chunk is refused by its checksum; the transfer is abandoned 
   await waitFor(() => p.delivered.length === 1, { what: 'the restarted transfer delivered' });
   t.same(Buffer.from(await install(follower, p.delivered[0]!)), Buffer.from(image), 'the image installed is intact');
   await Promise.all([p.net.close(), lead.close(), follower.close()]);
+});
+
+t.test('damage the chunk checksums cannot see (a chunk whose CRC matches its wrong bytes) is refused by the file\'s record CRC', async (t) => {
+  const { st: lead, image } = await leaderStore('rec-a', 20, 3, 1_500_000, 6);
+  const follower = await RaftStorage.open(join(root, 'rec-b'));
+  let chunks = 0;
+  let damage = true;
+  const p = pair(lead, follower, (f) => {
+    if (f.kind !== 'snap_chunk' || ++chunks !== 5 || !damage) return f;
+    damage = false;
+    const data = Buffer.from(f.data);
+    data[7] ^= 0x80;
+    return { ...f, data, crc: crc32c(data) };
+  });
+  p.a.offer('b', snapMessage(1, 3, 20));
+  await waitFor(() => p.b.counters.chunksRefused === 1 && p.a.sending('b') === undefined, { what: 'the whole file refused at its end' });
+  t.equal(p.delivered.length, 0, 'nothing delivered to Raft');
+  await waitFor(() => recvFiles('rec-b').length === 0, { what: 'the refused file removed' });
+  p.a.offer('b', snapMessage(1, 3, 20));
+  await waitFor(() => p.delivered.length === 1, { what: 'the restarted transfer delivered' });
+  t.same(Buffer.from(await install(follower, p.delivered[0]!)), Buffer.from(image), 'the image installed is intact');
+  await Promise.all([p.net.close(), lead.close(), follower.close()]);
+});
+
+t.test('property: crc32cCombine(crc(a), crc(b), |b|) is crc(a || b), the receiver\'s one-pass file CRC', async (t) => {
+  fc.assert(fc.property(fc.uint8Array({ maxLength: 3000 }), fc.uint8Array({ maxLength: 3000 }), (a, b) => {
+    const joined = new Uint8Array(a.length + b.length);
+    joined.set(a);
+    joined.set(b, a.length);
+    return crc32cCombine(crc32c(a), crc32c(b), b.length) === crc32c(joined);
+  }), { numRuns: 300 });
+  t.pass('property held');
 });
