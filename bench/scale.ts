@@ -170,6 +170,13 @@ async function benchMembershipd(raw: number): Promise<Figures> {
   const other = (leader + 2) % 3;
   await stopChild(c.children[other]!, 10_000);
   rmSync(c.dirs[other]!, { recursive: true, force: true });
+  // Event-loop stalls (> 20 ms, the node's own sampler in /varz) of the leader over the rejoin: what a transfer costs
+  // the node every write goes through.
+  const stallsOf = async (i: number): Promise<{ stalls: number; maxMs: number }> => {
+    const d = (await getJson(`http://127.0.0.1:${c.httpPorts[i]}/varz`)).body.event_loop_delay as { stalls_over_20ms?: number; max_ms?: number } | undefined;
+    return { stalls: d?.stalls_over_20ms ?? NaN, maxMs: d?.max_ms ?? NaN };
+  };
+  const leaderStallsBefore = await stallsOf(leader);
   const during = sequentialWriter(kv, 'during');
   const startUs = Number(process.hrtime.bigint() / 1000n);
   const cpuBefore = c.children.map((ch, i) => (i === other ? 0 : cpuSeconds(ch.pid!)));
@@ -177,6 +184,7 @@ async function benchMembershipd(raw: number): Promise<Figures> {
   spawnNode(c, other);
   await waitHealthy(c, [other], 900_000);
   const rejoinMs = Date.now() - t0;
+  const [leaderStallsAfter, rejoinedStalls] = [await stallsOf(leader), await stallsOf(other)];
   if (profDir !== undefined) {
     // The window V8's profile timestamps share (monotonic µs), and each node's CPU in it (/proc), per profile_summary.
     const endUs = Number(process.hrtime.bigint() / 1000n);
@@ -190,6 +198,7 @@ async function benchMembershipd(raw: number): Promise<Figures> {
   const rejoinP99 = p99(during.lat);
   console.log(`  rejoin (wiped data dir): n${other} healthy after ${rejoinMs} ms = ${rejoinMbS.toFixed(1)} MB/s of raw data; data dir ${mib(dirBytes(c.dirs[other]!))} MiB; RSS ${rssMb(c.children[other]!.pid!).toFixed(0)} MiB`);
   console.log(`    sequential write p99: quiet ${fmt(quietP99)} ms (${quietW.lat.length} puts), during the rejoin ${fmt(rejoinP99)} ms (${during.lat.length} puts)`);
+  console.log(`    event-loop stalls over 20 ms during the rejoin: leader ${leaderStallsAfter.stalls - leaderStallsBefore.stalls} (its longest since start ${fmt(leaderStallsAfter.maxMs)} ms); rejoined node ${rejoinedStalls.stalls} since its start (longest ${fmt(rejoinedStalls.maxMs)} ms)`);
   await nc.close();
   await Promise.all(c.children.map((ch) => stopChild(ch, 10_000)));
   return { rssMib, rssPerData, restartMs, rejoinMs, rejoinMbS, quietP99, rejoinP99, putsPerS };
