@@ -373,7 +373,8 @@ export class ClusterNode {
       onPeerDown: (p, c) => this.onPeerDown(p, c),
       onFrame: (name, f) => this.onFrame(name, f),
     });
-    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.onFrame(p, { kind: 'raft', data }), log: this.log });
+    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.onFrame(p, { kind: 'raft', data }), log: this.log,
+      reportFailure: (m) => { this.raw?.reportSnapshotFailure(m.to); this.schedule(); } });
     this.addRouteListener({ down: (p) => { if (p.name !== undefined) stream.peerDown(p.name); }, frame: (p, f) => { stream.onFrame(p, f); } });
     this.onLeaderChange((isLeader) => { if (!isLeader) stream.leaderLost(); });
     if (opts.nats) {

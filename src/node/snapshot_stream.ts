@@ -32,6 +32,11 @@ export interface SnapshotStreamOptions {
   readonly send: (peer: string, frame: RouteFrame) => boolean;
   /** Steps the Raft message a complete transfer carries, as if `peer` had sent it in a raft frame. */
   readonly deliver: (peer: string, messageData: unknown) => void;
+  /**
+   * Leader: the transfer of MsgSnap `m` was abandoned (etcd's ReportSnapshot failure): Raft probes the follower again
+   * and offers the then-newest snapshot, so a transfer never restarts with a snapshot the store no longer keeps.
+   */
+  readonly reportFailure?: (m: Message) => void;
   readonly log: Logger;
   /** Bytes read, sent and written as one chunk (at most transport's snapChunkBytesMax). */
   readonly chunkBytes?: number;
@@ -51,6 +56,7 @@ interface Outgoing {
   readonly index: number;
   readonly term: number;
   readonly message: unknown;
+  readonly raftMessage: Message;
   reader: FileReader | undefined;
   total: number;
   sent: number;
@@ -112,9 +118,10 @@ export class SnapshotStream {
     if (cur !== undefined && cur.index === meta.index && cur.term === meta.term) return;
     const done = this.delivered.get(peer);
     if (done !== undefined && done.index === meta.index && done.term === meta.term && Date.now() - done.at < this.idleMs) return;
-    if (cur !== undefined) this.abandonOutgoing(cur, `a newer snapshot (${meta.index}) replaces it`);
+    // Not reported to Raft: Raft itself sent the newer one, and its progress is already that transfer's.
+    if (cur !== undefined) this.abandonOutgoing(cur, `a newer snapshot (${meta.index}) replaces it`, false);
     const o: Outgoing = {
-      peer, transfer: randomInt(1, 2 ** 47), index: meta.index, term: meta.term, message: encodeMessage(m),
+      peer, transfer: randomInt(1, 2 ** 47), index: meta.index, term: meta.term, message: encodeMessage(m), raftMessage: m,
       reader: undefined, total: 0, sent: 0, acked: 0, pumping: false, ended: false, idle: undefined,
     };
     this.outgoing.set(peer, o);
@@ -219,11 +226,12 @@ export class SnapshotStream {
     o.idle.unref();
   }
 
-  private abandonOutgoing(o: Outgoing, why: string): void {
+  private abandonOutgoing(o: Outgoing, why: string, report = true): void {
     if (o.ended) return;
     this.counters.transfersAbandoned++;
     this.opts.log.info({ peer: o.peer, index: o.index, acked: o.acked, total: o.total, why }, 'snapshot transfer abandoned; Raft\'s resend starts a new one');
     this.endOutgoing(o);
+    if (report) this.opts.reportFailure?.(o.raftMessage);
   }
 
   private endOutgoing(o: Outgoing): void {

@@ -47,6 +47,8 @@ function network(filter: (f: RouteFrame, from: string, to: string) => RouteFrame
   const nodes = new Map<string, SnapshotStream>();
   const cutLinks = new Set<string>();
   const delivered: Message[] = [];
+  /** MsgSnaps whose transfer the sender reported failed to Raft (RawNode.reportSnapshotFailure). */
+  const failures: Message[] = [];
   const key = (x: string, y: string): string => [x, y].sort().join('-');
   const send = (from: string, to: string, f: RouteFrame): boolean => {
     if (cutLinks.has(key(from, to))) return false;
@@ -62,6 +64,7 @@ function network(filter: (f: RouteFrame, from: string, to: string) => RouteFrame
     const s = new SnapshotStream({
       storage, log: silentLogger(), chunkBytes: 64 << 10, windowBytes: 256 << 10,
       send: (peer, f) => send(name, peer, f),
+      reportFailure: (m) => failures.push(m),
       deliver: (_peer, data) => {
         const d = decodeNodeFrame(data);
         if (typeof d !== 'string' && d.kind === 'raft') delivered.push(d.message);
@@ -71,7 +74,7 @@ function network(filter: (f: RouteFrame, from: string, to: string) => RouteFrame
     return s;
   };
   return {
-    add, delivered,
+    add, delivered, failures,
     cut: (x: string, y: string): void => { cutLinks.add(key(x, y)); },
     mend: (x: string, y: string): void => { cutLinks.delete(key(x, y)); },
     close: () => Promise.all([...nodes.values()].map((n) => n.close())),
@@ -99,6 +102,7 @@ t.test('a whole transfer: the follower gets the file, Raft gets the message, the
   p.a.offer('b', snapMessage(1, 3, 20)); // Raft's resend while the transfer runs: not a second transfer
   await waitFor(() => p.delivered.length === 1, { what: 'the snapshot message delivered' });
   t.equal(p.a.counters.transfersStarted, 1, 'one transfer for the two offers');
+  t.equal(p.net.failures.length, 0, 'no failure reported');
   t.equal(p.delivered[0]!.snapshot!.meta.index, 20, 'the delivered message is the snapshot message');
   await waitFor(() => p.a.sending('b') === undefined, { what: 'the sender sees the last acknowledgement' });
   t.equal(p.a.counters.transfersCompleted, 1);
@@ -125,6 +129,7 @@ t.test('a link broken mid-transfer abandons it on both sides; the next offer sta
   t.equal(p.b.receiving().total, 0, 'the follower holds no transfer');
   t.equal(p.a.sending('b'), undefined, 'the leader holds no transfer');
   t.equal(p.delivered.length, 0, 'nothing delivered to Raft');
+  t.equal(p.net.failures.length, 1, 'the leader reported the failure to Raft once (it probes again)');
   p.net.mend('a', 'b');
   p.a.offer('b', snapMessage(1, 3, 20));
   await waitFor(() => p.delivered.length === 1, { what: 'the restarted transfer delivered' });
@@ -207,4 +212,20 @@ t.test('property: crc32cCombine(crc(a), crc(b), |b|) is crc(a || b), the receive
     return crc32cCombine(crc32c(a), crc32c(b), b.length) === crc32c(joined);
   }), { numRuns: 300 });
   t.pass('property held');
+});
+
+t.test('a transfer of a snapshot the leader no longer keeps as its newest fails to start and is reported to Raft', async (t) => {
+  const { st: lead } = await leaderStore('stale-a', 20, 3, 200_000, 7);
+  const follower = await RaftStorage.open(join(root, 'stale-b'));
+  const p = pair(lead, follower);
+  await lead.save({ entries: [21, 22].map((index) => ({ term: 3, index, type: EntryType.normal, data: Buffer.from([1]) })), hardState: { term: 3, vote: 1, commit: 22 } });
+  await lead.createSnapshot(22, conf, new Uint8Array(1000));
+  p.a.offer('b', snapMessage(1, 3, 20));
+  await waitFor(() => p.net.failures.length === 1, { what: 'the failure reported' });
+  t.equal(p.net.failures[0]!.snapshot!.meta.index, 20, 'the report names the MsgSnap Raft sent, so Raft probes and sends its newest');
+  t.equal(p.a.sending('b'), undefined);
+  p.a.offer('b', snapMessage(1, 3, 22));
+  await waitFor(() => p.delivered.length === 1, { what: 'the newest snapshot delivered' });
+  t.equal(p.delivered[0]!.snapshot!.meta.index, 22);
+  await Promise.all([p.net.close(), lead.close(), follower.close()]);
 });
