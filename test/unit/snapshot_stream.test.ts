@@ -218,7 +218,8 @@ t.test('a transfer of a snapshot the leader no longer keeps as its newest fails 
   const { st: lead } = await leaderStore('stale-a', 20, 3, 200_000, 7);
   const follower = await RaftStorage.open(join(root, 'stale-b'));
   const p = pair(lead, follower);
-  await lead.save({ entries: [21, 22].map((index) => ({ term: 3, index, type: EntryType.normal, data: Buffer.from([1]) })), hardState: { term: 3, vote: 1, commit: 22 } });
+  const entries = [21, 22].map((index) => ({ term: 3, index, type: EntryType.normal, data: Buffer.from([1]) }));
+  await lead.save({ entries, hardState: { term: 3, vote: 1, commit: 22 } });
   await lead.createSnapshot(22, conf, new Uint8Array(1000));
   p.a.offer('b', snapMessage(1, 3, 20));
   await waitFor(() => p.net.failures.length === 1, { what: 'the failure reported' });
