@@ -7,7 +7,7 @@
 // Raft itself never holds the image any more: what it carries as a snapshot's `data` is a reference
 // (snapshotRefData), a few bytes that say "the file of this snapshot's index and term".
 import { join } from 'node:path';
-import { crc32c, crc32cCombine } from './crc32c.js';
+import { crc32c } from './crc32c.js';
 import { CorruptionError, StoreError, StoreErrorCode } from './errors.js';
 import { type StoreFs, syncDir, writeAll } from './fs.js';
 import { MsgpackReader } from './kv/msgpack_reader.js';
@@ -101,25 +101,18 @@ export class IncomingSnapshotFile {
     return this.received;
   }
 
-  /**
-   * Appends the piece at `offset` (which must be the bytes received so far: the sender sends in order). `dataCrc`, the
-   * piece's crc32c when the caller already checked it, extends the file's CRC without a second pass over the piece.
-   */
-  async write(offset: number, data: Uint8Array, dataCrc?: number): Promise<void> {
+  /** Appends the piece at `offset` (which must be the bytes received so far: the sender sends in order). */
+  async write(offset: number, data: Uint8Array): Promise<void> {
     if (this.closed) throw new StoreError(StoreErrorCode.badRequest, `snapshot transfer into ${this.path} already ended`);
     if (offset !== this.received || offset + data.length > this.total) {
       throw new StoreError(StoreErrorCode.badRequest, `snapshot piece at ${offset} (+${data.length}) does not follow the ${this.received} bytes received of ${this.total}`);
     }
     // The record header's bytes 4..8 hold the CRC itself: kept aside, and left out of the running CRC.
     for (let i = offset; i < Math.min(RECORD_HEADER_BYTES, offset + data.length); i++) this.head[i] = data[i - offset]!;
-    if (offset >= 8 && dataCrc !== undefined) {
-      this.crc = crc32cCombine(this.crc, dataCrc, data.length);
-    } else {
-      const crcGap0 = Math.max(0, 4 - offset);
-      const crcGap1 = Math.max(0, Math.min(data.length, 8 - offset));
-      if (crcGap0 > 0) this.crc = crc32c(data, this.crc, 0, Math.min(crcGap0, data.length));
-      this.crc = crc32c(data, this.crc, Math.max(crcGap0, crcGap1), data.length);
-    }
+    const crcGap0 = Math.max(0, 4 - offset);
+    const crcGap1 = Math.max(0, Math.min(data.length, 8 - offset));
+    if (crcGap0 > 0) this.crc = crc32c(data, this.crc, 0, Math.min(crcGap0, data.length));
+    this.crc = crc32c(data, this.crc, Math.max(crcGap0, crcGap1), data.length);
     await writeAll(this.fs, this.fd, data, offset);
     this.received += data.length;
   }

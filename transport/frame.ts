@@ -54,7 +54,7 @@ export type RouteFrame =
     }
   /**
    * A piece of a snapshot file streamed beside Raft (etcd's snapshot stream): bytes [offset, offset+data.length) of a
-   * file of `total` bytes, `crc` its crc32c. `message` is the Raft message the transfer delivers once complete (opaque
+   * file of `total` bytes, `crc` their CRC-32 (zlib's). `message` is the Raft message the transfer delivers once complete (opaque
    * to the transport, like a raft frame's data); `transfer` tells one transfer from a restarted one.
    */
   | {

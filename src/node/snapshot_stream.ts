@@ -5,7 +5,7 @@
 //
 // Leader: the driver hands every outgoing MsgSnap to offer(). A transfer to that peer of the same snapshot already
 // running (Raft resends its MsgSnap every two heartbeat answers) is left alone; otherwise one starts, reading the
-// file in chunkBytes pieces. Follower: chunks are checked (crc32c each) and written to a temporary file in store/;
+// file in chunkBytes pieces. Follower: chunks are checked (a CRC-32 each) and written to a temporary file in store/;
 // when the last is in and the file's record CRC checks, the MsgSnap is delivered to Raft as if it had arrived in a
 // raft frame, and the driver's Ready handling adopts the file (RaftStorage.applySnapshot) and restores from it.
 //
@@ -13,8 +13,9 @@
 // removed); nothing resumes it in place: Raft's own probe/resend offers the MsgSnap again and a new transfer starts
 // from offset 0. Restarting costs the bytes already sent, but needs no state that survives a link or a leader.
 import { randomInt } from 'node:crypto';
+import { crc32 } from 'node:zlib';
 import { MessageType, type Message } from '../../raft/index.js';
-import { crc32c, type RaftStorage } from '../../store/index.js';
+import type { RaftStorage } from '../../store/index.js';
 import type { RouteFrame } from '../../transport/index.js';
 import type { Logger } from '../log.js';
 import type { Sample } from './metrics.js';
@@ -185,7 +186,9 @@ export class SnapshotStream {
         const offset = o.sent;
         const data = await o.reader.read(offset, this.chunkBytes);
         if (o.ended) return;
-        const frame: SnapChunkFrame = { kind: 'snap_chunk', transfer: o.transfer, offset, total: o.total, crc: crc32c(data), data, message: o.message };
+        // zlib's CRC-32, not the store's crc32c: native, ~6x faster than the JS crc32c, and this runs on the leader's
+        // event loop, which every write goes through (the file's own record CRC is still checked end to end).
+        const frame: SnapChunkFrame = { kind: 'snap_chunk', transfer: o.transfer, offset, total: o.total, crc: crc32(data), data, message: o.message };
         if (!this.opts.send(o.peer, frame)) return this.abandonOutgoing(o, 'the peer is not connected');
         o.sent += data.length;
         this.counters.chunksSent++;
@@ -277,9 +280,9 @@ export class SnapshotStream {
   private async writeChunk(i: Incoming, f: SnapChunkFrame): Promise<void> {
     if (i.ended) return;
     if (f.total !== i.total) throw new Error(`chunk says the snapshot is ${f.total} bytes, the transfer began with ${i.total}`);
-    if (crc32c(f.data) !== f.crc) throw new Error(`chunk at ${f.offset} fails its checksum`);
+    if (crc32(f.data) !== f.crc) throw new Error(`chunk at ${f.offset} fails its checksum`);
     const file = await i.file;
-    await file.write(f.offset, f.data, f.crc);
+    await file.write(f.offset, f.data);
     i.received = file.bytesReceived;
     this.counters.chunksReceived++;
     this.counters.bytesReceived += f.data.length;
