@@ -172,9 +172,11 @@ async function benchMembershipd(raw: number): Promise<Figures> {
   rmSync(c.dirs[other]!, { recursive: true, force: true });
   // Event-loop stalls (> 20 ms, the node's own sampler in /varz) of the leader over the rejoin: what a transfer costs
   // the node every write goes through.
-  const stallsOf = async (i: number): Promise<{ stalls: number; maxMs: number }> => {
-    const d = (await getJson(`http://127.0.0.1:${c.httpPorts[i]}/varz`)).body.event_loop_delay as { stalls_over_20ms?: number; max_ms?: number } | undefined;
-    return { stalls: d?.stalls_over_20ms ?? NaN, maxMs: d?.max_ms ?? NaN };
+  const stallsOf = async (i: number): Promise<{ stalls: number; maxMs: number; gcPauses: number }> => {
+    const body = (await getJson(`http://127.0.0.1:${c.httpPorts[i]}/varz`)).body;
+    const d = body.event_loop_delay as { stalls_over_20ms?: number; max_ms?: number } | undefined;
+    const gc = body.gc as { pauses_over_20ms?: number } | undefined;
+    return { stalls: d?.stalls_over_20ms ?? NaN, maxMs: d?.max_ms ?? NaN, gcPauses: gc?.pauses_over_20ms ?? NaN };
   };
   const leaderStallsBefore = await stallsOf(leader);
   const during = sequentialWriter(kv, 'during');
@@ -198,7 +200,7 @@ async function benchMembershipd(raw: number): Promise<Figures> {
   const rejoinP99 = p99(during.lat);
   console.log(`  rejoin (wiped data dir): n${other} healthy after ${rejoinMs} ms = ${rejoinMbS.toFixed(1)} MB/s of raw data; data dir ${mib(dirBytes(c.dirs[other]!))} MiB; RSS ${rssMb(c.children[other]!.pid!).toFixed(0)} MiB`);
   console.log(`    sequential write p99: quiet ${fmt(quietP99)} ms (${quietW.lat.length} puts), during the rejoin ${fmt(rejoinP99)} ms (${during.lat.length} puts)`);
-  console.log(`    event-loop stalls over 20 ms during the rejoin: leader ${leaderStallsAfter.stalls - leaderStallsBefore.stalls} (its longest since start ${fmt(leaderStallsAfter.maxMs)} ms); rejoined node ${rejoinedStalls.stalls} since its start (longest ${fmt(rejoinedStalls.maxMs)} ms)`);
+  console.log(`    event-loop stalls over 20 ms during the rejoin: leader ${leaderStallsAfter.stalls - leaderStallsBefore.stalls} (GC pauses over 20 ms ${leaderStallsAfter.gcPauses - leaderStallsBefore.gcPauses}; its longest stall since start ${fmt(leaderStallsAfter.maxMs)} ms); rejoined node ${rejoinedStalls.stalls} since its start (longest ${fmt(rejoinedStalls.maxMs)} ms)`);
   await nc.close();
   await Promise.all(c.children.map((ch) => stopChild(ch, 10_000)));
   return { rssMib, rssPerData, restartMs, rejoinMs, rejoinMbS, quietP99, rejoinP99, putsPerS };

@@ -45,10 +45,13 @@ export class SnapshotFileReader {
     }
   }
 
-  /** Bytes [offset, offset+length) in a buffer of their own (it travels to the socket's queue). */
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    const n = Math.min(length, this.bytes - offset);
-    const buf = Buffer.allocUnsafe(n);
+  /**
+   * Bytes [offset, offset+length), in `into` when given (a buffer the caller reuses once it has copied them out: one
+   * allocation per transfer rather than per chunk), else in a buffer of their own.
+   */
+  async read(offset: number, length: number, into?: Buffer): Promise<Uint8Array> {
+    const n = Math.min(length, this.bytes - offset, into?.length ?? Infinity);
+    const buf = into === undefined ? Buffer.allocUnsafe(n) : into.subarray(0, n);
     let done = 0;
     // Bounded: each read returns at least one byte or the file shrank (a short file is damage).
     while (done < n) {

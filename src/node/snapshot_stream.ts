@@ -59,6 +59,8 @@ interface Outgoing {
   readonly message: unknown;
   readonly raftMessage: Message;
   reader: FileReader | undefined;
+  /** One chunk's worth, reused: send() copies a chunk into its frame before the next read. */
+  readBuffer: Buffer | undefined;
   total: number;
   sent: number;
   acked: number;
@@ -122,8 +124,9 @@ export class SnapshotStream {
     // Not reported to Raft: Raft itself sent the newer one, and its progress is already that transfer's.
     if (cur !== undefined) this.abandonOutgoing(cur, `a newer snapshot (${meta.index}) replaces it`, false);
     const o: Outgoing = {
-      peer, transfer: randomInt(1, 2 ** 47), index: meta.index, term: meta.term, message: encodeMessage(m), raftMessage: m,
-      reader: undefined, total: 0, sent: 0, acked: 0, pumping: false, ended: false, idle: undefined,
+      // The id stays within a u32, which the transport's plain frame encoder writes without msgpackr.
+      peer, transfer: randomInt(1, 2 ** 32), index: meta.index, term: meta.term, message: encodeMessage(m), raftMessage: m,
+      reader: undefined, readBuffer: undefined, total: 0, sent: 0, acked: 0, pumping: false, ended: false, idle: undefined,
     };
     this.outgoing.set(peer, o);
     this.counters.transfersStarted++;
@@ -184,7 +187,7 @@ export class SnapshotStream {
       // Bounded by the window: at most windowBytes / chunkBytes iterations per call.
       while (!o.ended && o.sent < o.total && o.sent - o.acked < this.windowBytes) {
         const offset = o.sent;
-        const data = await o.reader.read(offset, this.chunkBytes);
+        const data = await o.reader.read(offset, this.chunkBytes, (o.readBuffer ??= Buffer.allocUnsafe(this.chunkBytes)));
         if (o.ended) return;
         // zlib's CRC-32, not the store's crc32c: native, ~6x faster than the JS crc32c, and this runs on the leader's
         // event loop, which every write goes through (the file's own record CRC is still checked end to end).

@@ -170,6 +170,12 @@ t.test('snapshot chunk and ack frames: malformed, truncated and oversized ones a
   t.throws(() => decodeFrameBody(Buffer.from(pk.pack([14, 1, 0, 10, 5, new Uint8Array(10)]))), { code: 'EFRAME_MALFORMED', message: /snap_chunk frame has 6 fields, expected 7/ });
   t.throws(() => decodeFrameBody(Buffer.from(pk.pack([15, 1, 0]))), { code: 'EFRAME_MALFORMED', message: /snap_ack frame has 3 fields, expected 4/ });
   t.throws(() => decodeFrameBody(Buffer.from(pk.pack([15, 1, 0, 7]))), { code: 'EFRAME_MALFORMED', message: /refused is not a string/ });
+  // The hand-written encoder writes what msgpackr writes (plain msgpack either way); a transfer id past a u32 falls back to it.
+  for (const transfer of [77, 2 ** 40]) {
+    const f = { kind: 'snap_chunk' as const, transfer, offset: 70_000, total: 2 ** 31, crc: 0xfffffffe, data: Buffer.alloc(70_000, 3), message: [0, 'snap', [1, 2]] };
+    t.equal(Buffer.compare(encodeFrame(f).subarray(4), Buffer.from(pk.pack([14, f.transfer, f.offset, f.total, f.crc, f.data, f.message]))), 0, `snap_chunk bytes as msgpackr's (transfer ${transfer})`);
+  }
+  t.equal(Buffer.compare(encodeFrame({ kind: 'snap_ack', transfer: 9, received: 1 << 20, refused: 'x' }).subarray(4), Buffer.from(pk.pack([15, 9, 1 << 20, 'x']))), 0, 'snap_ack bytes as msgpackr\'s');
   // Truncated: every proper prefix of a chunk frame waits for more bytes and delivers nothing.
   const whole = encodeFrame(sample.find((f) => f.kind === 'snap_chunk')!);
   for (let cut = 1; cut < whole.length; cut += 97) {
