@@ -11,10 +11,12 @@
 // then the same fill, memory, data dir and restart for nats-server R3 (its JetStream KV, 3 processes, same client),
 // after ours is stopped, so the two never share the CPUs.
 // Env: BENCH_KEYS (default 1,000,000), BENCH_VALUE_BYTES (256), BENCH_DIR (parent of the data dirs), BENCH_NATS=0
-// (skip nats-server). Last line:
+// (skip nats-server), BENCH_PROF_DIR=<dir> (the nodes run with --cpu-prof into it, and <dir>/phases.jsonl gets the
+// rejoin's window for `tsx bench/profile_summary.ts <dir> <dir>/phases.jsonl node_modules/.cache/membershipd-bench/
+// membershipd_scale.mjs`: where the leader's and the rejoining node's time goes). Last line:
 // BENCH scale keys=<n> rss_mib=<..> rss_per_data=<..> restart_ms=<..> rejoin_ms=<..> rejoin_mb_s=<..>
 //   write_p99_during_rejoin_ms=<..> nats_rss_mib=<..>
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
@@ -22,7 +24,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
 import { killChildren, stopChild } from './support/children.js';
 import { adminConnection, adminRequest, findLeader, getJson, spawnNode, startBenchCluster, waitHealthy, type BenchCluster } from './support/cluster.js';
-import { rssMb } from './support/process_usage.js';
+import { cpuSeconds, rssMb } from './support/process_usage.js';
 import { loadAverage } from './support/probes.js';
 import { formatMs as fmt, quantile, sortAscending } from './support/stats.js';
 import { startNatsJsCluster, type NatsJsCluster } from './support/nats_cluster.js';
@@ -121,7 +123,9 @@ async function kvClient(url: string, caFile: string, user?: { user: string; pass
 }
 
 async function benchMembershipd(raw: number): Promise<Figures> {
-  const c: BenchCluster = await startBenchCluster(root, { bundleName: 'membershipd_scale.mjs' });
+  const profDir = process.env.BENCH_PROF_DIR;
+  const nodeFlags = profDir === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', profDir];
+  const c: BenchCluster = await startBenchCluster(root, { bundleName: 'membershipd_scale.mjs', nodeFlags });
   const leader = await findLeader(c);
   if (leader < 0) throw new Error('no leader');
   const admin = await adminConnection(c, leader);
@@ -166,17 +170,37 @@ async function benchMembershipd(raw: number): Promise<Figures> {
   const other = (leader + 2) % 3;
   await stopChild(c.children[other]!, 10_000);
   rmSync(c.dirs[other]!, { recursive: true, force: true });
+  // Event-loop stalls (> 20 ms, the node's own sampler in /varz) of the leader over the rejoin: what a transfer costs
+  // the node every write goes through.
+  const stallsOf = async (i: number): Promise<{ stalls: number; maxMs: number; gcPauses: number }> => {
+    const body = (await getJson(`http://127.0.0.1:${c.httpPorts[i]}/varz`)).body;
+    const d = body.event_loop_delay as { stalls_over_20ms?: number; max_ms?: number } | undefined;
+    const gc = body.gc as { pauses_over_20ms?: number } | undefined;
+    return { stalls: d?.stalls_over_20ms ?? NaN, maxMs: d?.max_ms ?? NaN, gcPauses: gc?.pauses_over_20ms ?? NaN };
+  };
+  const leaderStallsBefore = await stallsOf(leader);
   const during = sequentialWriter(kv, 'during');
+  const startUs = Number(process.hrtime.bigint() / 1000n);
+  const cpuBefore = c.children.map((ch, i) => (i === other ? 0 : cpuSeconds(ch.pid!)));
   t0 = Date.now();
   spawnNode(c, other);
   await waitHealthy(c, [other], 900_000);
   const rejoinMs = Date.now() - t0;
+  const [leaderStallsAfter, rejoinedStalls] = [await stallsOf(leader), await stallsOf(other)];
+  if (profDir !== undefined) {
+    // The window V8's profile timestamps share (monotonic µs), and each node's CPU in it (/proc), per profile_summary.
+    const endUs = Number(process.hrtime.bigint() / 1000n);
+    const cpu = Object.fromEntries(c.children.map((ch, i) => [String(ch.pid), cpuSeconds(ch.pid!) - cpuBefore[i]!]));
+    const phase = { phase: 'rejoin', startUs, endUs, ops: during.lat.length, cpuSeconds: cpu, kvNodePid: c.children[leader]!.pid };
+    appendFileSync(join(profDir, 'phases.jsonl'), `${JSON.stringify(phase)}\n`);
+  }
   await during.stop();
   const rejoinMbS = raw / 1048576 / (rejoinMs / 1000);
   const quietP99 = p99(quietW.lat);
   const rejoinP99 = p99(during.lat);
   console.log(`  rejoin (wiped data dir): n${other} healthy after ${rejoinMs} ms = ${rejoinMbS.toFixed(1)} MB/s of raw data; data dir ${mib(dirBytes(c.dirs[other]!))} MiB; RSS ${rssMb(c.children[other]!.pid!).toFixed(0)} MiB`);
   console.log(`    sequential write p99: quiet ${fmt(quietP99)} ms (${quietW.lat.length} puts), during the rejoin ${fmt(rejoinP99)} ms (${during.lat.length} puts)`);
+  console.log(`    event-loop stalls over 20 ms during the rejoin: leader ${leaderStallsAfter.stalls - leaderStallsBefore.stalls} (GC pauses over 20 ms ${leaderStallsAfter.gcPauses - leaderStallsBefore.gcPauses}; its longest stall since start ${fmt(leaderStallsAfter.maxMs)} ms); rejoined node ${rejoinedStalls.stalls} since its start (longest ${fmt(rejoinedStalls.maxMs)} ms)`);
   await nc.close();
   await Promise.all(c.children.map((ch) => stopChild(ch, 10_000)));
   return { rssMib, rssPerData, restartMs, rejoinMs, rejoinMbS, quietP99, rejoinP99, putsPerS };

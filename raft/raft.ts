@@ -961,6 +961,14 @@ export class Raft {
     this.send({ type: MessageType.snapResp, to: m.from, index: c.meta.index, rejectHint: p.received });
   }
 
+  /** RawNode.reportSnapshotFailure: the pending snapshot is forgotten first, so probing starts at match + 1 (etcd). */
+  reportSnapshotFailure(id: number): void {
+    const pr = this.prs.get(id);
+    if (this.state !== StateType.leader || pr === undefined || pr.state !== ProgressState.snapshot) return;
+    pr.snapshot = null;
+    pr.becomeProbe();
+  }
+
   /** Bytes received of the snapshot being streamed to this node, and its size (0, 0 when none is). */
   snapshotTransfer(): { received: number; total: number } {
     const p = this.partialSnap;

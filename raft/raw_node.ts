@@ -142,6 +142,16 @@ export class RawNode {
     this.raft.step(message({ type: MessageType.readIndex, from: this.raft.id, context }));
   }
 
+  /**
+   * The snapshot being sent to `id` outside Raft (a stream beside it) failed: etcd's ReportSnapshot(SnapshotFailure).
+   * The leader probes the follower again from its match, and sends the then-newest snapshot when the log no longer
+   * reaches it; without this a failed stream would be offered again with the snapshot it started with, which a newer
+   * local snapshot may have replaced. No-op unless this node leads and `id` is in the snapshot state.
+   */
+  reportSnapshotFailure(id: number): void {
+    this.raft.reportSnapshotFailure(id);
+  }
+
   /** Asks the leader to hand leadership to `transferee` (forwarded if this node is a follower). */
   transferLeadership(transferee: number): void {
     this.raft.step(message({ type: MessageType.transferLeader, from: this.raft.id, index: transferee }));

@@ -46,3 +46,4 @@ export function crc32c(buf: Uint8Array, crc = 0, start = 0, end = buf.length): n
   for (; i < end; i++) c = (c >>> 8) ^ T0[(c ^ buf[i]!) & 0xff]!;
   return ~c >>> 0;
 }
+

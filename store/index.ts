@@ -9,6 +9,7 @@ export { lockDir, LOCK_FILE } from './lock.js';
 export { packOwned } from './codec.js';
 export { MsgpackWriter } from './kv/msgpack_writer.js';
 export { crc32c } from './crc32c.js';
+export { snapshotRefData, isSnapshotRef, IncomingSnapshotFile, SnapshotFileReader } from './snapshot_transfer.js';
 export { RaftStorage, type RaftStorageOptions, type RecoveryReport, type RangeErrors, type SnapshotWriteOptions } from './raft_storage.js';
 export { Wal, type WalOptions, type WalSegmentInfo, type WalSyncMode } from './wal/wal.js';
 export { RecordDecoder, encodeRecords, type RecordInput, type DecodeFailure } from './wal/record.js';

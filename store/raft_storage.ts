@@ -21,6 +21,7 @@ import { decodeHardState, encodeHardState } from './hard_state.js';
 import { nullLogger, type StoreLogger } from './logger.js';
 import { imageChunkBytes, MsgpackWriter } from './kv/msgpack_writer.js';
 import { decodeSnapshotFile, SnapshotFiles } from './snapshot.js';
+import { IncomingSnapshotFile, isSnapshotRef, readSnapshotImage, receivedSnapshotName, SnapshotFileReader } from './snapshot_transfer.js';
 import type { RecordInput } from './wal/record.js';
 import { CORRUPTION_REMEDY, type TailRepair } from './wal/recovery.js';
 import { segmentName } from './wal/segment.js';
@@ -192,6 +193,8 @@ export class RaftStorage {
   private wal!: Wal;
   private snap: Snapshot = emptySnapshot;
   private snapBytes = 0;
+  /** The file of `snap` ('' when none). */
+  private snapPath = '';
   /** Entries after snap.meta.index, contiguous; their data in `arena`. */
   private log: Entry[] = [];
   private readonly arena = new LogArena();
@@ -378,8 +381,9 @@ export class RaftStorage {
    * file when someone reads `data` (Raft, to send it to a follower that is behind the log) and kept only while
    * someone holds it. Holding the image for ever cost as much memory as the state itself (issue 20 item 4).
    */
-  private keptOnDisk(s: Snapshot, path: string): Snapshot {
-    return this.onDisk(s.meta, s.data.length, path, s.data);
+  private keptOnDisk(s: Snapshot, path: string, imageBytes = s.data.length, inMemory = true): Snapshot {
+    // Not in memory (a streamed snapshot, adopted as its file): the first read of `data` loads it.
+    return this.onDisk(s.meta, imageBytes, path, inMemory ? s.data : undefined);
   }
 
   /** keptOnDisk for a snapshot whose image is known only by its size (read back from `path` when needed). */
@@ -391,6 +395,7 @@ export class RaftStorage {
     let strong: Uint8Array | undefined;
     let release: NodeJS.Timeout | undefined;
     this.snapBytes = bytes;
+    this.snapPath = path;
     return {
       meta,
       get data(): Uint8Array {
@@ -424,6 +429,32 @@ export class RaftStorage {
   /** The newest snapshot (index 0 when none). */
   snapshot(): Snapshot {
     return this.snap;
+  }
+
+  /**
+   * The newest snapshot's image, read asynchronously (the event loop keeps running) as a view of the file's bytes:
+   * what a node restores its state machine from after installing a snapshot streamed to it.
+   */
+  readSnapshotData(): Promise<Uint8Array> {
+    if (this.snap.meta.index === 0) return Promise.resolve(new Uint8Array(0));
+    return readSnapshotImage(this.fs, this.snapPath);
+  }
+
+  /**
+   * Opens the file of the snapshot at index/term for a transfer to a follower (read in pieces). Throws
+   * ESTORE_COMPACTED when that snapshot is no longer the newest: Raft then sends the newer one.
+   */
+  async openSnapshotFile(index: number, term: number): Promise<SnapshotFileReader> {
+    const m = this.snap.meta;
+    if (m.index !== index || m.term !== term || index === 0) {
+      throw new StoreError(StoreErrorCode.compacted, `snapshot ${index}/${term} is not the newest one (${m.index}/${m.term}); a newer one will be sent`);
+    }
+    return SnapshotFileReader.open(this.fs, this.snapPath);
+  }
+
+  /** Starts receiving the file of the leader's snapshot at index/term, `total` bytes (see IncomingSnapshotFile). */
+  beginSnapshotReceive(index: number, term: number, total: number, transfer: number): Promise<IncomingSnapshotFile> {
+    return IncomingSnapshotFile.create(this.fs, this.snapshots.dir, index, term, total, transfer);
   }
 
   private serial<T>(op: () => Promise<T>): Promise<T> {
@@ -553,11 +584,15 @@ export class RaftStorage {
     return this.serial(async () => {
       const base = this.snap.meta.index;
       if (snap.meta.index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${snap.meta.index} is not newer than the current one at ${base}`);
-      const path = await this.snapshots.save(snap);
+      // A streamed snapshot arrives as its file, complete and checked (IncomingSnapshotFile.finish): Raft holds only a
+      // reference, and the file is renamed into place rather than written again.
+      const streamed = isSnapshotRef(snap.data);
+      const received = join(this.snapshots.dir, receivedSnapshotName(snap.meta.index, snap.meta.term));
+      const path = streamed ? await this.snapshots.adopt(received, snap.meta) : await this.snapshots.save(snap);
       await this.wal.append([{ type: RecordType.installMarker, body: pack([snap.meta.index, snap.meta.term]) }]);
       const keep = snap.meta.index <= this.lastIndex() && this.term(snap.meta.index) === snap.meta.term;
       this.log = keep ? this.log.slice(snap.meta.index - base) : [];
-      this.snap = this.keptOnDisk(snap, path);
+      this.snap = streamed ? this.keptOnDisk(snap, path, await this.snapshots.imageBytes(path), false) : this.keptOnDisk(snap, path);
       if (this.hs.commit < snap.meta.index) this.hs = { ...this.hs, commit: snap.meta.index };
       if (!keep) {
         // Everything before the marker is void: start a fresh segment (its preamble carries the hard

@@ -5,7 +5,7 @@
 import { dirname, join } from 'node:path';
 import type { ConfState, Snapshot, SnapshotMetadata } from '../raft/types.js';
 import { copyBytes, isUint, pack, unpack } from './codec.js';
-import { FormatVersionError } from './errors.js';
+import { FormatVersionError, StoreError, StoreErrorCode } from './errors.js';
 import { FORMAT_VERSION } from './format.js';
 import { type StoreFs, syncDir, writeAll, writeFileDurable } from './fs.js';
 import type { StoreLogger } from './logger.js';
@@ -293,11 +293,40 @@ export class SnapshotFiles {
     return path;
   }
 
+  /**
+   * Moves a received snapshot file (checked by IncomingSnapshotFile.finish) to its place as the snapshot `meta` names.
+   * Throws ESTORE_BAD_REQUEST when it is not there: Raft was handed a reference to a file never received.
+   */
+  async adopt(received: string, meta: Snapshot['meta']): Promise<string> {
+    if (!(await this.fs.exists(received))) {
+      throw new StoreError(StoreErrorCode.badRequest, `snapshot ${meta.index}/${meta.term} was to be installed from ${received}, which was never received`);
+    }
+    const path = join(this.dir, snapshotName(meta.index, meta.term));
+    await this.fs.rename(received, path);
+    await syncDir(this.fs, this.dir);
+    return path;
+  }
+
+  /** Bytes of a snapshot file's record body: its image and the few bytes of metadata before it (for size heuristics). */
+  async imageBytes(path: string): Promise<number> {
+    const fd = await this.fs.open(path, 'r');
+    try {
+      const head = new Uint8Array(RECORD_HEADER_BYTES);
+      await this.fs.read(fd, head, 0, head.length, 0);
+      return new DataView(head.buffer).getUint32(0, true);
+    } finally {
+      await this.fs.close(fd);
+    }
+  }
+
   /** Keeps the `retain` newest snapshot files; removes older ones and stray temporaries. Returns the kept indexes. */
   async prune(retain: number): Promise<number[]> {
     const all = await this.fs.readdir(this.dir);
     const snaps = all.filter((n) => NAME.test(n)).sort().reverse();
-    const drop = [...snaps.slice(retain), ...all.filter((n) => n.endsWith('.tmp'))];
+    // A received file left unused (its transfer was overtaken by a newer snapshot) is dropped with the old ones.
+    const newest = snaps.length > 0 ? Number(NAME.exec(snaps[0]!)![1]) : 0;
+    const stale = all.filter((n) => n.endsWith('.snap.recvd') && Number(n.slice(0, 16)) <= newest);
+    const drop = [...snaps.slice(retain), ...all.filter((n) => n.endsWith('.tmp')), ...stale];
     for (const n of drop) await this.fs.unlink(join(this.dir, n));
     if (drop.length > 0) await syncDir(this.fs, this.dir);
     return snaps.slice(0, retain).map((n) => Number(NAME.exec(n)![1]));

@@ -41,7 +41,7 @@ export type { RouteTransport, RouteTransportOptions, PeerInfo, PeerState } from 
 export { parseRoute, parseRoutes } from './routes.js';
 export type { RouteAddress } from './routes.js';
 export type { RouteFrame, WireFrame, HelloBody } from './frame.js';
-export { FrameParser, encodeFrame, encodeFrameBody, decodeFrameBody, frameKind, frameHeaderBytes, frameBytesMaxDefault } from './frame.js';
+export { FrameParser, encodeFrame, encodeFrameBody, decodeFrameBody, frameKind, frameHeaderBytes, frameBytesMaxDefault, snapChunkBytesMax, snapTotalBytesMax } from './frame.js';
 export { TransportError, RouteAddressError, FrameError } from './errors.js';
 export { verifyEd25519 } from './identity.js';
 export type { RouteIdentity } from './identity.js';

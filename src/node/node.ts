@@ -12,7 +12,7 @@ import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RaftError, RawNode, StateType, seededRng, type Message, type ReadState, type SoftState } from '../../raft/index.js';
+import { MessageType, RaftError, RawNode, StateType, seededRng, type Message, type ReadState, type SoftState } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
 import { encodeKvCommand, quotaRefusal } from '../../store/index.js';
 import {
@@ -34,6 +34,7 @@ import {
 } from './status.js';
 import { SlotBindings } from './slot_binding.js';
 import { raftStorageView } from './storage_adapter.js';
+import { SnapshotStream } from './snapshot_stream.js';
 import {
   decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport,
 } from './wire.js';
@@ -61,6 +62,8 @@ export class ClusterNode {
   private readonly boot = randomInt(1, 0xffffffff);
   private storage!: RaftStorage;
   private transport!: RouteTransport;
+  /** Snapshots to and from peers, streamed as their files beside Raft (snapshot_stream.ts). */
+  private snapshotStream!: SnapshotStream;
   private raw: RawNode | undefined;
   /** The slot table and who holds each slot (slot_binding.ts). */
   private readonly binding: SlotBindings;
@@ -190,6 +193,10 @@ export class ClusterNode {
       onPeerDown: (p, c) => this.onPeerDown(p, c),
       onFrame: (name, f) => this.onFrame(name, f),
     });
+    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.onFrame(p, { kind: 'raft', data }), log: this.log,
+      reportFailure: (m) => { this.raw?.reportSnapshotFailure(m.to); this.schedule(); } });
+    this.addRouteListener({ down: (p) => { if (p.name !== undefined) stream.peerDown(p.name); }, frame: (p, f) => { stream.onFrame(p, f); } });
+    this.onLeaderChange((isLeader) => { if (!isLeader) stream.leaderLost(); });
     if (opts.nats) {
       const bus = createClusterBus({ nats: opts.nats.cluster, routes: this.transport, logger: opts.logger ?? silentLogger() });
       this.bus = bus;
@@ -442,6 +449,7 @@ export class ClusterNode {
 
   private sendMessage(m: Message): void {
     const peer = this.idToPeer.get(m.to);
+    if (peer !== undefined && m.type === MessageType.snap) return this.snapshotStream.offer(peer, m);
     if (peer === undefined || !this.transport.send(peer, { kind: 'raft', data: encodeMessage(m) })) {
       this.metrics.raftMessagesDropped++;
       return;
@@ -690,7 +698,7 @@ export class ClusterNode {
    */
   isCurrent(): boolean {
     const st = this.raw?.basicStatus();
-    return st !== undefined && this.catchUp.check(st, this.stateMachine.appliedIndex, Date.now(), this.electionTicks * this.tickMs) === undefined;
+    return st !== undefined && this.catchUp.check(st, this.stateMachine.appliedIndex, Date.now(), this.electionTicks * this.tickMs, this.snapshotStream.receiving()) === undefined;
   }
 
   health(): Health {
@@ -735,7 +743,7 @@ export class ClusterNode {
         snapshotIndex: () => this.storage.snapshot().meta.index,
         walSegments: () => this.storage.walSegments().length,
       },
-      metrics: this.metrics, pendingWrites: this.requests.writesWaiting, pendingReads: this.requests.readersWaiting,
+      metrics: this.metrics, pendingWrites: this.requests.writesWaiting, pendingReads: this.requests.readersWaiting, snapshotStream: this.snapshotStream,
       fatal: this.fatal, refusal: this.refusal, stopping: this.stopping, bootstrapProblem: this.binding.problem,
       verdictPending: this.binding.awaitingVerdict, joining: this.opts.join === true, removedSlots: this.removedSlots,
       rss: () => process.memoryUsage().rss,
@@ -751,6 +759,7 @@ export class ClusterNode {
     this.failAll(stoppedError(this.serverName, this.fatal));
     await this.driver?.stop();
     this.bus?.close();
+    await this.snapshotStream?.close();
     await this.transport.close();
     await this.storage.close();
     this.log.info('node stopped');

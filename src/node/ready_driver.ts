@@ -40,6 +40,8 @@ export interface DriverStorage {
   createSnapshotStreamed(
     index: number, conf: ConfState, write: (w: MsgpackWriter) => Generator<void, void, void>, opts: SnapshotWriteOptions,
   ): Promise<unknown>;
+  /** The image of the snapshot installed last, read from where the store keeps it (a streamed file, or memory). */
+  readSnapshotData(): Promise<Uint8Array>;
   /** The last durable log index. */
   lastIndex(): number;
   snapshot(): Snapshot;
@@ -249,8 +251,9 @@ export class ReadyDriver<Result> {
 
   private async installSnapshot(snap: Snapshot): Promise<void> {
     await this.storage.applySnapshot(snap);
-    // Yielding: a large image takes seconds to read, and the process keeps answering its routes and health.
-    const { kvImage, sessions } = decodeNodeSnapshot(snap.data);
+    // Yielding: a large image takes seconds to read, and the process keeps answering its routes and health. Raft's
+    // snapshot data may be only a reference to the file streamed beside it (snapshot_stream.ts): read from the store.
+    const { kvImage, sessions } = decodeNodeSnapshot(await this.storage.readSnapshotData());
     await this.o.stateMachine.restoreYielding(kvImage);
     this.sessions.restore(sessions);
     this.logBytesSinceSnapshot = 0;

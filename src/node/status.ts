@@ -4,6 +4,7 @@
 // remembers the first time the node was caught up, and StatusQueries, the questions asked of peers. Over 500 lines
 // on purpose: every view of the node's state reads the same NodeStatusView through the same helpers (peerName,
 // describeDown), and about a third of it is the /metrics series table.
+import { snapshotStreamSamples, type SnapshotStream } from './snapshot_stream.js';
 import { StateType, type BasicStatus, type ConfState, type Status } from '../../raft/index.js';
 import type { PeerInfo, RouteTransport } from '../../transport/index.js';
 import type { ClusterFile } from './bootstrap.js';
@@ -139,6 +140,8 @@ export interface NodeStatusView extends NodeConditions {
   readonly metrics: NodeMetrics;
   readonly pendingWrites: number;
   readonly pendingReads: number;
+  /** Snapshots streamed to and from peers (snapshot_stream.ts): progress for health, /raftz and /metrics. */
+  readonly snapshotStream: Pick<SnapshotStream, 'receiving' | 'sending' | 'counters'>;
   /** The process's resident set size in bytes (/varz `mem`). */
   rss(): number;
   /** The node's health (nodeHealth with its CatchUp): a function, as it is not needed by every endpoint. */
@@ -179,7 +182,8 @@ export class CatchUp {
   }
 
   /** Undefined once caught up (then always); otherwise the "catching up" health. */
-  check(st: BasicStatus, applied: number, now: number, electionWindowMs: number): Health | undefined {
+  /** `snapshot`: bytes received of the snapshot streamed to this node (snapshot_stream.ts), total 0 when none. */
+  check(st: BasicStatus, applied: number, now: number, electionWindowMs: number, snapshot = { received: 0, total: 0 }): Health | undefined {
     if (!st.recovering && (this.caughtUp || (st.leaderCommit > 0 && applied >= st.leaderCommit))) {
       this.caughtUp = true;
       return undefined;
@@ -194,7 +198,7 @@ export class CatchUp {
       return undefined;
     }
     const of = st.leaderCommit > 0 ? `the leader's commit ${st.leaderCommit}` : 'the leader\'s commit (not known yet)';
-    const snap = st.snapshotBytes > 0 ? ` (snapshot ${Math.floor((100 * st.snapshotReceived) / st.snapshotBytes)}% received)` : '';
+    const snap = snapshot.total > 0 ? ` (snapshot ${Math.floor((100 * snapshot.received) / snapshot.total)}% received)` : '';
     const lost = st.recovering ? '; this node lost its data and votes again once caught up' : '';
     return { status: 'unavailable', reason: `catching up: applied ${applied} of ${of}${snap}${lost}` };
   }
@@ -251,7 +255,7 @@ export function nodeHealth(v: NodeStatusView, catchUp: CatchUp): Health {
     commit: st.commit,
     applied: v.applied,
     ...(v.bootstrapProblem !== undefined ? { bootstrapProblem: v.bootstrapProblem } : {}),
-    catchingUp: () => catchUp.check(st, v.applied, v.now, v.electionWindowMs),
+    catchingUp: () => catchUp.check(st, v.applied, v.now, v.electionWindowMs, v.snapshotStream.receiving()),
   });
 }
 
@@ -402,7 +406,7 @@ export function raftz(v: NodeStatusView): Record<string, unknown> {
   for (const [id, p] of st.progress) {
     progress[peerName(v, id)] = {
       id, match: p.match, next: p.next, state: p.state, learner: p.isLearner, recentActive: p.recentActive, recovering: p.recovering,
-      ...(p.snapshotBytes > 0 ? { snapshotTransfer: { ackedBytes: p.snapshotAcked, totalBytes: p.snapshotBytes } } : {}),
+      ...((tx) => (tx ? { snapshotTransfer: tx } : {}))(v.snapshotStream.sending(peerName(v, id))),
     };
   }
   const m = v.metrics;
@@ -417,7 +421,7 @@ export function raftz(v: NodeStatusView): Record<string, unknown> {
     applied: v.applied,
     leaderCommit: basic.leaderCommit,
     recovering: basic.recovering,
-    snapshotTransfer: basic.snapshotBytes > 0 ? { receivedBytes: basic.snapshotReceived, totalBytes: basic.snapshotBytes } : null,
+    snapshotTransfer: ((rx) => (rx.total > 0 ? { receivedBytes: rx.received, totalBytes: rx.total } : null))(v.snapshotStream.receiving()),
     lastIndex: st.lastIndex,
     firstIndex: v.storage.firstIndex(),
     snapshotIndex: v.storage.snapshotIndex(),
@@ -486,8 +490,9 @@ export function metricsText(v: NodeStatusView): string {
     ['membershipd_raft_leader_commit_index', 'gauge', 'The leader\'s own commit index as its heartbeats tell it (0: not known)', st?.leaderCommit ?? 0],
     ['membershipd_raft_recovering', 'gauge', '1 while this node, having lost its data, catches up without a vote', st?.recovering ? 1 : 0],
     ['membershipd_raft_recoveries_total', 'counter', 'Times this node caught up after losing its data', m.recoveries],
-    ['membershipd_raft_snapshot_received_bytes', 'gauge', 'Bytes received of the snapshot being streamed to this node', st?.snapshotReceived ?? 0],
-    ['membershipd_raft_snapshot_total_bytes', 'gauge', 'Size of the snapshot being streamed to this node (0: none)', st?.snapshotBytes ?? 0],
+    ['membershipd_raft_snapshot_received_bytes', 'gauge', 'Bytes received of the snapshot being streamed to this node', v.snapshotStream.receiving().received],
+    ['membershipd_raft_snapshot_total_bytes', 'gauge', 'Size of the snapshot being streamed to this node (0: none)', v.snapshotStream.receiving().total],
+    ...snapshotStreamSamples(v.snapshotStream.counters),
     ['membershipd_raft_snapshots_installed_total', 'counter', 'Snapshots received from the leader and installed', m.snapshotsInstalled],
     ['membershipd_raft_messages_in_total', 'counter', 'Raft messages received', m.raftMessagesIn],
     ['membershipd_raft_messages_out_total', 'counter', 'Raft messages sent', m.raftMessagesOut],
@@ -508,9 +513,9 @@ export function metricsText(v: NodeStatusView): string {
   ];
   if (st?.state === StateType.leader) {
     // One family after the other: a family's samples must be adjacent in the exposition format.
-    const streams = [...v.raft!.status().progress].filter(([, p]) => p.snapshotBytes > 0);
-    for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_acked_bytes', 'gauge', 'Leader: bytes of the snapshot being streamed that the follower acknowledged', p.snapshotAcked, { peer: peerName(v, id) }]);
-    for (const [id, p] of streams) samples.push(['membershipd_raft_snapshot_sending_bytes', 'gauge', 'Leader: size of the snapshot being streamed to the follower', p.snapshotBytes, { peer: peerName(v, id) }]);
+    const streams = [...v.raft!.status().progress.keys()].map((id) => [peerName(v, id), v.snapshotStream.sending(peerName(v, id))] as const);
+    for (const [peer, tx] of streams) if (tx) samples.push(['membershipd_raft_snapshot_acked_bytes', 'gauge', 'Leader: bytes of the snapshot being streamed that the follower acknowledged', tx.ackedBytes, { peer }]);
+    for (const [peer, tx] of streams) if (tx) samples.push(['membershipd_raft_snapshot_sending_bytes', 'gauge', 'Leader: size of the snapshot being streamed to the follower', tx.totalBytes, { peer }]);
   }
   for (const p of peers) {
     samples.push(['membershipd_route_up', 'gauge', 'Route state per peer (1 up)', p.state === 'up' ? 1 : 0, { peer: p.name ?? p.route ?? p.address }]);

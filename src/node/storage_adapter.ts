@@ -2,7 +2,7 @@
 // snapshot instead) and "unavailable". This adapter translates at the seam so raft/ stays pure.
 import { RaftError, RaftErrorCode, type InitialState, type Storage } from '../../raft/index.js';
 import type { Entry, Snapshot } from '../../raft/index.js';
-import { StoreError, StoreErrorCode, type RaftStorage } from '../../store/index.js';
+import { snapshotRefData, StoreError, StoreErrorCode, type RaftStorage } from '../../store/index.js';
 
 function translate<T>(fn: () => T): T {
   try {
@@ -15,12 +15,22 @@ function translate<T>(fn: () => T): T {
 }
 
 export function raftStorageView(s: RaftStorage): Storage {
+  // Raft is handed a reference to the snapshot's file, never its image: a MsgSnap then carries a few bytes, and the
+  // file itself is streamed beside Raft (src/node/snapshot_stream.ts). Reading `data` read the whole file back
+  // synchronously on the leader's event loop (hundreds of ms at 1M keys), once per transfer.
+  let ref: Snapshot | undefined;
+  const snapshot = (): Snapshot => {
+    const snap = s.snapshot();
+    if (snap.meta.index === 0) return snap;
+    if (ref?.meta !== snap.meta) ref = { meta: snap.meta, data: snapshotRefData };
+    return ref;
+  };
   return {
     initialState: (): InitialState => s.initialState(),
     entries: (lo: number, hi: number, bytesMax: number): Entry[] => translate(() => s.entries(lo, hi, bytesMax)),
     term: (i: number): number => translate(() => s.term(i)),
     firstIndex: (): number => s.firstIndex(),
     lastIndex: (): number => s.lastIndex(),
-    snapshot: (): Snapshot => s.snapshot(),
+    snapshot,
   };
 }

@@ -192,11 +192,17 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
   let maxPercent = -1;
   let leaderSide = -1;
   const reasons = new Set<string>();
+  // When each stage was first seen (ms since the wipe): where a rejoin's time goes, in the comment below.
+  const stages: Record<string, number> = { started: Date.now() - t0 };
+  const seen = (stage: string, now: boolean): void => { if (now && stages[stage] === undefined) stages[stage] = Date.now() - t0; };
   for (;;) {
     if (Date.now() - t0 > boundMs) throw new Error(`node-${i} not healthy ${boundMs} ms after its wipe: ${JSON.stringify(node.health())}`);
     const [h, r, z] = await Promise.all([getJson(port, '/healthz'), getJson(port, '/readyz'), getJson(port, '/raftz')]);
     polls++;
     const have = node.stateMachine.keys('b').length;
+    const rx = (z.body.snapshotTransfer ?? null) as { receivedBytes: number; totalBytes: number } | null;
+    seen('receiving', rx !== null && rx.receivedBytes > 0);
+    seen('installed', node.metrics.snapshotsInstalled > 0);
     if (h.status === 200) {
       t.equal(have >= mustHave, true, `node-${i} answers 200 only once it holds the ${mustHave} keys written before its wipe (has ${have})`);
       t.same(h.body, { status: 'ok' });
@@ -225,6 +231,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
   const ms = Date.now() - t0;
   loop.disable();
   const stallMs = Math.round(loop.max / 1e6);
+  t.comment(`node-${i} stages (ms after the wipe, first seen by a 100 ms poll): ${JSON.stringify(stages)}, healthy ${ms}`);
   t.comment(`node-${i} rejoined in ${ms} ms (longest event-loop stall ${stallMs} ms; ${polls} polls, ${catchingUp} saying "catching up", snapshot progress seen up to ${maxPercent}% on the node, ${leaderSide}% on the leader); reasons seen: ${[...reasons].join(' | ')}`);
   t.equal(node.metrics.recoveries, 1, 'it went through recovery: it knew it had lost its data');
   t.equal(readClusterFile(join(trio.dir, `node-${i}`))?.recovering, undefined, 'and persisted that it is a full member again');
@@ -243,6 +250,8 @@ t.test('a wiped follower with small state rejoins; 503 until it has the data, 20
   const f = await wipeAndRejoin(t, trio, victim, 500, 60_000);
   t.ok(f.polls > 0);
   t.ok(trio.members[victim]!.node!.metrics.snapshotsInstalled > 0, 'it was sent a snapshot (the leader\'s log was compacted)');
+  const streamed = /^membershipd_snapshot_stream_received_bytes_total (\d+)$/m.exec(trio.members[victim]!.node!.metricsText());
+  t.ok(Number(streamed?.[1]) > 0, `the snapshot came as its file, streamed in chunks over the TLS route (${streamed?.[1]} bytes)`);
   const lead = trio.members[leaderIndex(trio)]!.node!;
   const progressOf = () => (lead.raftz() as { progress: Record<string, { match: number; recovering: boolean }> }).progress[`node-${victim}`]!;
   // The leader learns it from the node's next response (a heartbeat away from the node's own "caught up").

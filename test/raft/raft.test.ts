@@ -477,6 +477,39 @@ t.test('a voter that lost its disk abstains until it holds the leader\'s commit 
   t.end();
 });
 
+t.test('reportSnapshotFailure (etcd ReportSnapshot failure): the leader probes from match + 1 and sends its then-newest snapshot', (t) => {
+  const net = new Network([1, 2, 3]);
+  net.elect(1);
+  for (let i = 0; i < 10; i++) net.propose(1, `w${i}`);
+  const leader = net.node(1);
+  leader.storage.createSnapshot(leader.applied, net.raw(1).confState(), enc.encode('first'));
+  leader.storage.compact(leader.applied);
+  net.wipe(3);
+  // The snapshot message is lost (a stream beside Raft that broke): the follower stays in the snapshot state.
+  const dropSnaps = (): void => {
+    for (const id of [1, 2, 3]) net.raw(id).tick();
+    net.deliver(50, (m) => m.type !== MessageType.snap);
+    net.queue = net.queue.filter((m) => m.type !== MessageType.snap);
+  };
+  for (let i = 0; i < 10 && net.raw(1).status().progress.get(3)!.state !== 'snapshot'; i++) dropSnaps();
+  const pr = (): { state: string; next: number; match: number } => net.raw(1).status().progress.get(3)!;
+  t.equal(pr().state, 'snapshot', 'the leader is sending a snapshot to the wiped node');
+  // Meanwhile the leader takes a newer snapshot: a resend of the first one would name a file no longer newest.
+  for (let i = 0; i < 5; i++) net.propose(1, `x${i}`);
+  leader.storage.createSnapshot(leader.applied, net.raw(1).confState(), enc.encode('second'));
+  leader.storage.compact(leader.applied);
+  net.raw(2).reportSnapshotFailure(3);
+  t.equal(pr().state, 'snapshot', 'a follower\'s report changes nothing');
+  net.raw(1).reportSnapshotFailure(3);
+  t.equal(pr().state, 'probe', 'the leader probes again');
+  t.equal(pr().next, pr().match + 1, 'from match + 1, not past the snapshot that never arrived');
+  for (let i = 0; i < 10 && net.node(3).storage.snapshot().meta.index === 0; i++) net.tickAll();
+  t.equal(net.node(3).storage.snapshot().meta.index, leader.storage.snapshot().meta.index, 'the newest snapshot was sent and installed');
+  net.raw(1).reportSnapshotFailure(3);
+  t.not(pr().state, 'probe', 'a report outside the snapshot state is ignored');
+  t.end();
+});
+
 t.test('a node that lost its disk counts for no quorum until a commit made without it reaches it', (t) => {
   const net = new Network([1, 2, 3]);
   net.elect(1);

@@ -602,6 +602,7 @@ export class Simulation {
         await this.io(inc, [], false, () => this.snapshotOnDisk(n, index, conf, data));
         return true;
       },
+      readSnapshotData: () => Promise.resolve(n.storage.snapshot().data),
       lastIndex: () => n.storage.lastIndex(),
       snapshot: () => n.storage.snapshot(),
       snapshotBytes: () => n.storage.snapshot().data.length,

@@ -7,7 +7,7 @@ import { generateKeyPairSync, sign as nodeSign } from 'node:crypto';
 import { isDeepStrictEqual } from 'node:util';
 import {
   FrameParser, FrameError, RouteAddressError, backoffDelayMs, decodeFrameBody, encodeFrame, parseRoute, parseRoutes,
-  verifyEd25519, type WireFrame,
+  verifyEd25519, snapChunkBytesMax, snapTotalBytesMax, type WireFrame,
 } from '../../transport/index.js';
 
 const seed = Number(process.env.FC_SEED ?? Date.now() % 2 ** 31);
@@ -27,6 +27,9 @@ const sample: WireFrame[] = [
   { kind: 'interest_remove', subject: 'work', queue: 'workers' },
   { kind: 'bus', subject: 'a.b', payload: Buffer.alloc(0) },
   { kind: 'bus', subject: 'a.b', reply: '_INBOX.1', headers: Buffer.from('NATS/1.0\r\n\r\n'), payload: Buffer.alloc(300, 0x61), queues: ['q1', 'q2'] },
+  { kind: 'snap_chunk', transfer: 77, offset: 1024, total: 4096, crc: 0xdeadbeef, data: Buffer.alloc(700, 0x5a), message: [0, 'snap', 1, 2] },
+  { kind: 'snap_ack', transfer: 77, received: 1724, refused: '' },
+  { kind: 'snap_ack', transfer: 78, received: 0, refused: 'chunk at 0 fails its checksum' },
 ];
 
 function parseAll(chunks: Uint8Array[], max?: number): WireFrame[] {
@@ -143,7 +146,45 @@ const frameArb: fc.Arbitrary<WireFrame> = fc.oneof(
   fc.record({ kind: fc.constant('bus' as const), subject: fc.string({ minLength: 1 }), payload: fc.uint8Array({ maxLength: 700 }) },
     { requiredKeys: ['kind', 'subject', 'payload'] }),
   fc.record({ kind: fc.constant('refuse' as const), code: fc.string(), reason: fc.string() }),
+  fc.record({
+    transfer: fc.nat(), offset: fc.nat({ max: 1 << 30 }), crc: fc.nat({ max: 0xffffffff }), data: fc.uint8Array({ maxLength: 700 }), spare: fc.nat(),
+    message: fc.oneof(fc.constant(null), fc.array(fc.nat({ max: 1000 }), { maxLength: 5 })),
+  })
+    .map(({ transfer, offset, crc, data, spare, message }): WireFrame => ({ kind: 'snap_chunk', transfer, offset, total: offset + data.length + spare, crc, data, message })),
+  fc.record({ kind: fc.constant('snap_ack' as const), transfer: fc.nat(), received: fc.nat(), refused: fc.string({ maxLength: 40 }) }),
 );
+
+t.test('snapshot chunk and ack frames: malformed, truncated and oversized ones are refused', async (t) => {
+  const pk = new Packr({ useRecords: false });
+  const chunk = (fields: Partial<Record<'transfer' | 'offset' | 'total' | 'crc' | 'data' | 'message', unknown>>): Buffer =>
+    Buffer.from(pk.pack([14, fields.transfer ?? 1, fields.offset ?? 0, fields.total ?? 10, fields.crc ?? 5, 'data' in fields ? fields.data : new Uint8Array(10), fields.message ?? null]));
+  t.same(norm([decodeFrameBody(chunk({}))]), norm([{ kind: 'snap_chunk', transfer: 1, offset: 0, total: 10, crc: 5, data: new Uint8Array(10), message: null }]), 'a well-formed chunk decodes');
+  t.throws(() => decodeFrameBody(chunk({ data: 'text' })), { code: 'EFRAME_MALFORMED', message: /data is not binary/ });
+  t.throws(() => decodeFrameBody(chunk({ offset: -1 })), { code: 'EFRAME_MALFORMED', message: /offset is not an unsigned integer/ });
+  t.throws(() => decodeFrameBody(chunk({ crc: 2 ** 32 })), { code: 'EFRAME_MALFORMED', message: /crc is not a u32/ });
+  t.throws(() => decodeFrameBody(chunk({ offset: 5 })), { code: 'EFRAME_MALFORMED', message: /passes the end of a 10-byte snapshot/ });
+  t.throws(() => decodeFrameBody(chunk({ total: snapTotalBytesMax + 1 })), { code: 'EFRAME_MALFORMED', message: /exceeds the limit/ });
+  const big = new Uint8Array(snapChunkBytesMax + 1);
+  t.throws(() => decodeFrameBody(chunk({ data: big, total: big.length })), { code: 'EFRAME_MALFORMED', message: /snapshot chunk of \d+ bytes exceeds the limit/ }, 'a chunk over snapChunkBytesMax');
+  t.doesNotThrow(() => decodeFrameBody(chunk({ data: big.subarray(1), total: big.length })), 'a chunk of exactly snapChunkBytesMax');
+  t.throws(() => decodeFrameBody(Buffer.from(pk.pack([14, 1, 0, 10, 5, new Uint8Array(10)]))), { code: 'EFRAME_MALFORMED', message: /snap_chunk frame has 6 fields, expected 7/ });
+  t.throws(() => decodeFrameBody(Buffer.from(pk.pack([15, 1, 0]))), { code: 'EFRAME_MALFORMED', message: /snap_ack frame has 3 fields, expected 4/ });
+  t.throws(() => decodeFrameBody(Buffer.from(pk.pack([15, 1, 0, 7]))), { code: 'EFRAME_MALFORMED', message: /refused is not a string/ });
+  // The hand-written encoder writes what msgpackr writes (plain msgpack either way); a transfer id past a u32 falls back to it.
+  for (const transfer of [77, 2 ** 40]) {
+    const f = { kind: 'snap_chunk' as const, transfer, offset: 70_000, total: 2 ** 31, crc: 0xfffffffe, data: Buffer.alloc(70_000, 3), message: [0, 'snap', [1, 2]] };
+    t.equal(Buffer.compare(encodeFrame(f).subarray(4), Buffer.from(pk.pack([14, f.transfer, f.offset, f.total, f.crc, f.data, f.message]))), 0, `snap_chunk bytes as msgpackr's (transfer ${transfer})`);
+  }
+  t.equal(Buffer.compare(encodeFrame({ kind: 'snap_ack', transfer: 9, received: 1 << 20, refused: 'x' }).subarray(4), Buffer.from(pk.pack([15, 9, 1 << 20, 'x']))), 0, 'snap_ack bytes as msgpackr\'s');
+  // Truncated: every proper prefix of a chunk frame waits for more bytes and delivers nothing.
+  const whole = encodeFrame(sample.find((f) => f.kind === 'snap_chunk')!);
+  for (let cut = 1; cut < whole.length; cut += 97) {
+    const parser = new FrameParser();
+    let n = 0;
+    parser.push(whole.subarray(0, cut), () => n++);
+    t.equal(n, 0, `nothing delivered from ${cut} of ${whole.length} bytes`);
+  }
+});
 
 t.test('property: any frames, any split into chunks, same frames out', async (t) => {
   fc.assert(fc.property(fc.array(frameArb, { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 20 }), (frames, cuts) => {

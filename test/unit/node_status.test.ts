@@ -47,6 +47,10 @@ function view(over: Partial<NodeStatusView> = {}): NodeStatusView {
     lastLeaderContact: now - 10, electionWindowMs: 1000, now, startedAt: now - 5000,
     storage: { firstIndex: () => 1, snapshotIndex: () => 0, walSegments: () => 1 },
     metrics: newNodeMetrics(), pendingWrites: 0, pendingReads: 0,
+    snapshotStream: {
+      receiving: () => ({ received: 0, total: 0 }), sending: () => undefined,
+      counters: { transfersStarted: 0, transfersCompleted: 0, transfersAbandoned: 0, chunksSent: 0, bytesSent: 0, chunksReceived: 0, bytesReceived: 0, chunksRefused: 0 },
+    },
     fatal: undefined, refusal: undefined, stopping: false, bootstrapProblem: undefined, verdictPending: false, joining: false, removedSlots: new Set(),
     rss: () => 1, health: () => ({ status: 'ok' }),
     ...over,

@@ -38,6 +38,9 @@ class HeldStorage implements DriverStorage {
   applySnapshot(): Promise<void> {
     return Promise.reject(new Error('no snapshot in these tests'));
   }
+  readSnapshotData(): Promise<Uint8Array> {
+    return Promise.resolve(this.mem.snapshot().data);
+  }
   createSnapshotStreamed(): Promise<unknown> {
     return Promise.reject(new Error('no snapshot in these tests'));
   }
