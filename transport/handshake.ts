@@ -13,7 +13,9 @@ import { verifyEd25519, type RouteIdentity } from './identity.js';
 
 // 2: KV revisions are per-bucket sequences. A node of version 1 applies the same log entries with other CAS
 // semantics, so the two must not share a Raft group (a rolling upgrade is refused; see deploy/cluster/RUNBOOK.md).
-export const routeProtocolVersion = 2;
+// 3: a snapshot travels as its file in snap_chunk/snap_ack frames, and Raft's snapshot message carries only a
+// reference to it (src/node/snapshot_stream.ts). A node of version 2 would install the reference as an image.
+export const routeProtocolVersion = 3;
 export const channelBindingLabel = 'EXPORTER-membershipd-route-v1';
 export const channelBindingBytes = 32;
 

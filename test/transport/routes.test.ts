@@ -310,7 +310,7 @@ t.test('a hello with another protocol version', async (t) => {
     kind: 'hello', version: 99, cluster: 'test-cluster', name: 'n2', identity: n2Identity.publicKey,
     nonce: randomBytes(32), clusterSize: 3, posture: Buffer.from('posture-v1'), user: 'route',
   }));
-  await expectLog(node.lines, from, 'route refused', 'version', /route protocol version 99 from "n2", this node speaks 2/);
+  await expectLog(node.lines, from, 'route refused', 'version', /route protocol version 99 from "n2", this node speaks 3/);
   t.match(frames.find((f) => f.kind === 'refuse'), { code: 'version' });
 });
 

@@ -98,7 +98,10 @@ t.test('catch-up: not current until the leader\'s commit is applied once; then i
   const catchUp = new CatchUp(() => t.fail('not a legacy leader'));
   t.equal(reason(view({ applied: 10, raft: raft(StateType.follower, 2, { commit: 10, leaderCommit: 90 }) }), catchUp), 'catching up: applied 10 of the leader\'s commit 90');
   t.equal(
-    reason(view({ applied: 10, raft: raft(StateType.follower, 2, { leaderCommit: 90, recovering: true, snapshotBytes: 200, snapshotReceived: 50 }) }), catchUp),
+    reason(view({
+      applied: 10, raft: raft(StateType.follower, 2, { leaderCommit: 90, recovering: true }),
+      snapshotStream: { receiving: () => ({ received: 50, total: 200 }), sending: () => undefined, counters: { transfersStarted: 0, transfersCompleted: 0, transfersAbandoned: 0, chunksSent: 0, bytesSent: 0, chunksReceived: 0, bytesReceived: 0, chunksRefused: 0 } },
+    }), catchUp),
     'catching up: applied 10 of the leader\'s commit 90 (snapshot 25% received); this node lost its data and votes again once caught up',
   );
   t.equal(reason(view({ applied: 90, raft: raft(StateType.follower, 2, { commit: 90, leaderCommit: 90 }) }), catchUp), 'ok');
@@ -144,8 +147,11 @@ t.test('endpoints: /raftz while bootstrapping and running, /routez slots, /metri
   t.match(raftz(view({ pendingWrites: 2, pendingReads: 5 })), { id: 1, state: StateType.follower, leader: { id: 2, name: 'n2' }, commit: 10, lastIndex: 12, pendingWrites: 2, pendingReads: 5, walSegments: 1 });
   t.same((routez(view()).routes as { raftId: number | null }[]).map((r) => r.raftId), [2, 3]);
   t.match(selfReport(view()), { id: 1, name: 'n1', state: StateType.follower, lead: 2, lastIndex: 12, health: 'ok' });
-  const streaming = new Map([[2, { ...progress(1), snapshotAcked: 5, snapshotBytes: 50 }]]);
-  const text = metricsText(view({ raft: raft(StateType.leader, 1, {}, streaming), maxKvBytes: 4096 }));
+  const streaming = new Map([[2, progress(1)]]);
+  const text = metricsText(view({
+    raft: raft(StateType.leader, 1, {}, streaming), maxKvBytes: 4096,
+    snapshotStream: { receiving: () => ({ received: 0, total: 0 }), sending: (peer) => (peer === 'n2' ? { ackedBytes: 5, totalBytes: 50 } : undefined), counters: { transfersStarted: 0, transfersCompleted: 0, transfersAbandoned: 0, chunksSent: 0, bytesSent: 0, chunksReceived: 0, bytesReceived: 0, chunksRefused: 0 } },
+  }));
   t.match(text, /^membershipd_raft_leader 1$/m);
   t.match(text, /^membershipd_kv_quota_bytes 4096$/m);
   t.match(text, /^membershipd_route_bytes_in_total 20$/m, 'route counters summed over peers');
