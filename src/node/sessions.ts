@@ -173,3 +173,33 @@ export function decodeNodeSnapshot(data: Uint8Array): { kvImage: Uint8Array; ses
   if (!Array.isArray(v) || v[0] !== 1 || !(v[1] instanceof Uint8Array)) throw new Error('snapshot data is not a membershipd node snapshot (version 1)');
   return { kvImage: v[1], sessions: v[2] };
 }
+
+/**
+ * When a node may begin a local snapshot. Snapshot work slows the node taking it, and a write commits with the leader
+ * and one follower; every node crossed the snapshot threshold at the same applied index, so both followers (and the
+ * leader) were slow at once and every write waited: bursts of the whole window of 64 puts at 100-180 ms
+ * (bench/tail_probe.ts, PERFORMANCE.md "Tail latency"). The applied index is a clock the nodes share, so they take
+ * turns on it without a message: each cycle of `entries` indexes is cut into one turn per slot, and a node whose
+ * thresholds are met waits for its own turn (at most one cycle, so the log it keeps in memory until then is at most
+ * twice the threshold). A turn that one Ready batch stepped over still counts: the check covers every index applied
+ * since the last call.
+ */
+export class SnapshotTurns {
+  private lastApplied = -1;
+
+  /** True when an index of this slot's turn was applied since the last call (slot 1-based, of `slots`). */
+  passed(applied: number, slot: number, slots: number, entries: number): boolean {
+    const from = this.lastApplied < 0 || this.lastApplied >= applied ? applied : this.lastApplied + 1;
+    this.lastApplied = applied;
+    if (slots <= 1) return true;
+    const turn = Math.max(1, Math.floor(entries / slots));
+    const cycle = turn * slots;
+    if (applied - from + 1 >= cycle) return true;
+    const lo = ((slot - 1) % slots) * turn;
+    const hi = lo + turn - 1;
+    const a = from % cycle;
+    const b = applied % cycle;
+    // [a, b] on the cycle, or [a, cycle) and [0, b] when it wraps, against the turn [lo, hi].
+    return a <= b ? a <= hi && b >= lo : a <= hi || b >= lo;
+  }
+}
