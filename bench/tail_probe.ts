@@ -42,6 +42,12 @@ async function main(): Promise<void> {
   await admin.nc.close();
   const nc = await connect({ servers: `tls://127.0.0.1:${c.natsPorts[leader]}`, tls: { caFile: c.caFile }, user: USER, pass: PASSWORD, timeout: 20_000, maxReconnectAttempts: 0 });
   const kv = await new Kvm(jetstream(nc, { timeout: 30_000 })).create('tail', { replicas: 3, history: 1 });
+  // Unmeasured, as bench:efficiency does: JIT tiering, connections, the bucket's first entries.
+  const warmValue = new Uint8Array(128);
+  let warmed = 0;
+  await Promise.all(Array.from({ length: IN_FLIGHT }, async () => {
+    while (warmed < 3000) await kv.put(`warm.${warmed++}`, warmValue);
+  }));
   const samples: Sample[] = [];
   let sampling = true;
   const sampler = (async () => {
@@ -119,6 +125,10 @@ async function main(): Promise<void> {
   const last = [0, 1, 2].map((node) => samples.filter((s) => s.node === node).pop());
   for (const [node, s] of last.entries()) {
     if (s) console.log(`n${node}${node === leader ? '*' : ' '} over the run: stalls>20ms ${s.stalls}, loop max ${s.loopMax} ms; GC ${s.gcCount} pauses ${s.gcTotal} ms, longest ${s.gcMax} ms; leader changes ${s.leaderChanges}`);
+  }
+  for (let node = 0; node < 3; node++) {
+    const v = (await getJson(`http://127.0.0.1:${c.httpPorts[node]}/varz`)).body;
+    console.log(`n${node}${node === leader ? '*' : ' '} GC by kind ${JSON.stringify((v.gc as { by_kind?: unknown } | undefined)?.by_kind)}`);
   }
   await nc.close();
   await Promise.all(c.children.map((ch) => stopChild(ch, 10_000)));
