@@ -93,7 +93,13 @@ async function main(): Promise<void> {
   const bursts: { from: number; to: number; n: number; worst: number }[] = [];
   for (const p of slow) {
     const b = bursts[bursts.length - 1];
-    if (b && p.start - b.to < 200) { b.to = Math.max(b.to, p.start); b.n++; b.worst = Math.max(b.worst, p.ms); } else bursts.push({ from: p.start, to: p.start, n: 1, worst: p.ms });
+    if (b && p.start - b.to < 200) {
+      b.to = Math.max(b.to, p.start);
+      b.n++;
+      b.worst = Math.max(b.worst, p.ms);
+    } else {
+      bursts.push({ from: p.start, to: p.start, n: 1, worst: p.ms });
+    }
   }
   bursts.sort((a, b) => b.worst - a.worst);
   const { readFileSync } = await import('node:fs');
