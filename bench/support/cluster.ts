@@ -66,6 +66,8 @@ export interface StartOptions {
    * node_modules): a bench of its own name never runs a bundle another worktree's bench just wrote.
    */
   readonly bundleName?: string;
+  /** The nodes' --log-level (default error: a bench reads figures, not logs). */
+  readonly logLevel?: 'error' | 'warn' | 'info' | 'debug';
 }
 
 export async function startBenchCluster(root: string, o: StartOptions = {}): Promise<BenchCluster> {
@@ -91,7 +93,7 @@ export async function startBenchCluster(root: string, o: StartOptions = {}): Pro
       '--cluster-name', 'bench', '--server-name', `n${i}`, '--cluster-port', String(routePorts[i]), '--routes', routes,
       '--cluster-user', 'route', '--cluster-pass-file', passFile,
       '--route-tls-cert', pair.certFile, '--route-tls-key', pair.keyFile, '--route-tls-ca', caFile,
-      '--internal-id-file', c.idFiles[i]!, '--store', 'kv', '--kv-replicas', '3', '--data-dir', dataDir, '--log-level', 'error',
+      '--internal-id-file', c.idFiles[i]!, '--store', 'kv', '--kv-replicas', '3', '--data-dir', dataDir, '--log-level', o.logLevel ?? 'error',
       ...(o.serveFlags ?? []),
     ]);
     spawnNode(c, i);

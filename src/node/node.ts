@@ -391,6 +391,7 @@ export class ClusterNode {
       metrics: this.metrics,
       logger: this.log,
       snapshotEntries: this.snapshotEntries,
+      snapshotTurn: () => ({ slot: this.cluster?.id ?? 1, slots: this.n }),
       events: {
         softState: (ss) => this.onSoftState(ss),
         applied: (_entry, write) => { if (write) this.onWriteApplied(write); },

@@ -18,7 +18,7 @@
 import { EntryType, MessageType, StateType, decodeConfChange, type ConfState, type Entry, type HardState, type Message, type RawNode, type ReadState, type Ready, type Snapshot, type SoftState } from '../../raft/index.js';
 import { MsgpackWriter, type SnapshotWriteOptions } from '../../store/index.js';
 import type { Logger } from '../log.js';
-import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, type NodeImageBuild } from './sessions.js';
+import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, SnapshotTurns, type NodeImageBuild } from './sessions.js';
 import { decodeEnvelope, type Envelope } from './wire.js';
 
 /**
@@ -140,6 +140,8 @@ export interface ReadyDriverOptions<Result> {
   readonly logger: Logger;
   /** Applied entries between local snapshots (log compaction). */
   readonly snapshotEntries: number;
+  /** This node's slot and the slot count, for taking turns at local snapshots (SnapshotTurns); absent: no turns. */
+  readonly snapshotTurn?: () => { readonly slot: number; readonly slots: number };
   /** Test-only (test/sim): a known bug switched on. */
   readonly plantedBug?: DriverBug;
 }
@@ -156,6 +158,7 @@ export class ReadyDriver<Result> {
   private readonly bug: DriverBug | undefined;
   /** Exactly-once apply of re-submitted proposals: replicated state, travels in the snapshot (sessions.ts). */
   private readonly sessions = new AppliedSessions();
+  private readonly snapshotTurns = new SnapshotTurns();
   private loop: Promise<void> | undefined;
   private stopping = false;
   private fatalError: Error | undefined;
@@ -333,13 +336,18 @@ export class ReadyDriver<Result> {
   }
 
   private async maybeSnapshot(): Promise<void> {
-    if (this.snapshotting !== undefined) return;
     let applied = this.o.stateMachine.appliedIndex;
+    // Nodes take turns (SnapshotTurns): all at once slowed the leader and both followers, so every write. Asked on
+    // every batch, so that the turn is judged over the indexes applied since the last batch, not since the last snapshot.
+    const turn = this.o.snapshotTurn?.();
+    const myTurn = turn === undefined || this.snapshotTurns.passed(applied, turn.slot, turn.slots, this.o.snapshotEntries);
+    if (this.snapshotting !== undefined) return;
     if (applied - this.storage.snapshot().meta.index < this.o.snapshotEntries) return;
     // A snapshot rewrites the whole state: with 1M keys, one every 10,000 writes rewrote 300 MB per 3 MB written
     // (and stalled the process each time). Waiting until the log since the last one holds a fraction of its size
     // bounds that to snapshotLogFraction bytes of snapshot per byte of log, whatever the size of the state.
     if (this.logBytesSinceSnapshot * snapshotLogFraction < this.storage.snapshotBytes()) return;
+    if (!myTurn) return;
     if (this.bug === DriverBug.truncateCommitted) {
       const st = this.raw.basicStatus();
       const commit = Math.min(st.commit, this.storage.lastIndex());

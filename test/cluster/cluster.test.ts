@@ -18,7 +18,7 @@ import { MessageType, message, type Message } from '../../raft/index.js';
 import { decodeFrameBody, encodeFrameBody } from '../../transport/index.js';
 import { decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeHello, encodeMessage, encodeStatusReply, encodeStatusRequest } from '../../src/node/wire.js';
 import { nodeHttpEndpoints } from '../../src/node/serve.js';
-import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot, writeNodeSnapshot } from '../../src/node/sessions.js';
+import { AppliedSessions, decodeNodeSnapshot, encodeNodeSnapshot, sessionWindow, SnapshotTurns, writeNodeSnapshot } from '../../src/node/sessions.js';
 import { encodeKvCommand, KvStateMachine } from '../../store/index.js';
 import { appendSlots, learnAddresses, readClusterFile, tablesAgree, type ClusterFile } from '../../src/node/bootstrap.js';
 import { KvPrincipalSource } from '../../src/control/principal_source.js';
@@ -657,6 +657,47 @@ t.test('wire, envelope, sessions, slot derivation: seeded properties and malform
       return a.admit(o, boot, q, i + 1) === fresh && b.admit(o, boot, q, i + 1) === fresh;
     });
   }), runs);
+
+  // Past the window: seqs that left it are refused by the window rule alone, so a snapshot keeps only the window
+  // (dropped in slices as the window moves, out-of-order retries included), and a table restored from it admits
+  // exactly what the original does.
+  const long = new AppliedSessions();
+  const top = sessionWindow + 5000;
+  for (let q = 1; q <= top - 100; q++) long.admit(1, 1, q, q);
+  for (let q = top; q > top - 100; q--) long.admit(1, 1, q, 2 * top - q); // a retried stretch, applied in reverse
+  const frozen = long.freeze();
+  t.equal(frozen[0]!.seen.length, sessionWindow, 'the frozen table holds the window\'s seqs only');
+  t.ok(frozen[0]!.seen.every((q, i) => i === 0 || q > frozen[0]!.seen[i - 1]!), 'ascending, retries included');
+  const restored = new AppliedSessions();
+  restored.restore(viaWire(long.encode()));
+  const probes = [1, top - sessionWindow, top - sessionWindow + 1, top - 50, top, top + 1, top + 2, top + 1];
+  t.same(probes.map((q, i) => restored.admit(1, 1, q, 2 * top + i)), probes.map((q, i) => long.admit(1, 1, q, 2 * top + i)), 'the restored table admits what the original does');
+  t.same(probes.map((q, i) => long.admit(1, 1, q, 3 * top + i)), probes.map(() => false), 'all of them are duplicates now');
+
+  // Snapshot turns: nodes fed the same applied indexes in batches of any size never have a turn at the same index,
+  // and each gets one turn in every cycle of `entries` indexes, whichever batches step over it.
+  const stepsArb = fc.array(fc.integer({ min: 0, max: 40 }), { minLength: 1, maxLength: 300 });
+  fc.assert(fc.property(fc.integer({ min: 1, max: 7 }), fc.integer({ min: 1, max: 200 }), stepsArb, (slots, entries, steps) => {
+    const turns = Array.from({ length: slots }, () => new SnapshotTurns());
+    turns.forEach((tu, i) => tu.passed(0, i + 1, slots, entries)); // a node counts from its first look
+    const cycle = Math.max(1, Math.floor(entries / slots)) * slots;
+    const since = new Array<number>(slots).fill(0);
+    let applied = 0;
+    return steps.every((step) => {
+      applied += step;
+      const mine = turns.map((tu, i) => tu.passed(applied, i + 1, slots, entries));
+      // With one step at a time (step 1) at most one slot's turn holds; a batch may pass several turns.
+      if (step === 1 && slots > 1 && mine.filter(Boolean).length > 1) return false;
+      return mine.every((m, i) => {
+        since[i] = m ? 0 : since[i]! + step;
+        return since[i]! < cycle; // a turn in every cycle of applied indexes
+      });
+    });
+  }), runs);
+  const one = new SnapshotTurns();
+  t.same([0, 5, 6, 11, 12, 17, 18].map((i) => one.passed(i, 2, 3, 20)), [false, false, true, true, false, false, false],
+    'slot 2 of 3 at 20 entries: indexes 6-11 of every 18');
+  t.ok(new SnapshotTurns().passed(7, 1, 1, 20), 'a single node needs no turn');
 
   // A node snapshot written in place (the KV image is not copied into a wrapper) reads back as the wrapped one.
   fc.assert(fc.property(fc.array(fc.tuple(fc.constantFrom('a', 'b.c', 'd'), fc.uint8Array({ maxLength: 300 })), { maxLength: 40 }), fc.nat(20), (puts, admitted) => {
