@@ -490,17 +490,20 @@ export class RaftStorage {
     });
   }
 
+  /** A local snapshot must be newer than the current one and within the commit index (checked again at its end). */
+  private checkLocalSnapshot(index: number): void {
+    const base = this.snap.meta.index;
+    if (index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is not newer than the current one at ${base}`);
+    if (index > this.hs.commit) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is beyond the commit index ${this.hs.commit}`);
+  }
+
   /**
    * Local compaction: records the state machine's image at `index` (applied, so committed) as a
    * snapshot, drops entries up to it from memory, and removes WAL segments the oldest retained
    * snapshot wholly covers (so a damaged newest snapshot can still fall back to the older one).
    */
   async createSnapshot(index: number, conf: ConfState, data: Uint8Array | readonly Uint8Array[]): Promise<Snapshot> {
-    const check = (): void => {
-      const base = this.snap.meta.index;
-      if (index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is not newer than the current one at ${base}`);
-      if (index > this.hs.commit) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is beyond the commit index ${this.hs.commit}`);
-    };
+    const check = (): void => this.checkLocalSnapshot(index);
     check();
     const meta = { index, term: this.term(index), conf };
     const parts = data instanceof Uint8Array ? [data] : data;
@@ -537,11 +540,7 @@ export class RaftStorage {
   ): Promise<Snapshot | null> {
     const now = opts.now ?? ((): number => performance.now());
     const yieldTurn = opts.yieldTurn ?? ((): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve)));
-    const check = (): void => {
-      const base = this.snap.meta.index;
-      if (index <= base) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is not newer than the current one at ${base}`);
-      if (index > this.hs.commit) throw new StoreError(StoreErrorCode.badRequest, `snapshot at ${index} is beyond the commit index ${this.hs.commit}`);
-    };
+    const check = (): void => this.checkLocalSnapshot(index);
     check();
     const meta = { index, term: this.term(index), conf };
     const file = await this.snapshots.begin(meta);

@@ -33,10 +33,8 @@ export function encodeSnapshotFileParts(s: Snapshot): Uint8Array[] {
   return encodeSnapshotFileFrom(s.meta, [s.data]);
 }
 
-/** encodeSnapshotFileParts for an image given as chunks (MsgpackWriter.finishParts): written as they are. */
-export function encodeSnapshotFileFrom(meta: SnapshotMetadata, data: readonly Uint8Array[]): Uint8Array[] {
-  let dataBytes = 0;
-  for (const d of data) dataBytes += d.length;
+/** The record body up to the image: [format, index, term, voters, learners, (the image's bin header follows)]. */
+function snapshotBodyHead(meta: SnapshotMetadata): MsgpackWriter {
   const w = new MsgpackWriter(64 + 5 * (meta.conf.voters.length + meta.conf.learners.length));
   w.array(6);
   for (const n of [FORMAT_VERSION, meta.index, meta.term]) w.uint(n);
@@ -44,6 +42,14 @@ export function encodeSnapshotFileFrom(meta: SnapshotMetadata, data: readonly Ui
     w.array(ids.length);
     for (const id of ids) w.uint(id);
   }
+  return w;
+}
+
+/** encodeSnapshotFileParts for an image given as chunks (MsgpackWriter.finishParts): written as they are. */
+export function encodeSnapshotFileFrom(meta: SnapshotMetadata, data: readonly Uint8Array[]): Uint8Array[] {
+  let dataBytes = 0;
+  for (const d of data) dataBytes += d.length;
+  const w = snapshotBodyHead(meta);
   w.binHeader(dataBytes);
   const bodyHead = w.finish();
   const head = new Uint8Array(RECORD_HEADER_BYTES + bodyHead.length);
@@ -89,13 +95,7 @@ export class SnapshotFileWriter {
     await fs.mkdir(dir);
     await syncDir(fs, dirname(dir));
     const path = join(dir, snapshotName(meta.index, meta.term));
-    const w = new MsgpackWriter(64 + 5 * (meta.conf.voters.length + meta.conf.learners.length));
-    w.array(6);
-    for (const n of [FORMAT_VERSION, meta.index, meta.term]) w.uint(n);
-    for (const ids of [meta.conf.voters, meta.conf.learners]) {
-      w.array(ids.length);
-      for (const id of ids) w.uint(id);
-    }
+    const w = snapshotBodyHead(meta);
     w.beginBin32(); // the image's length, patched by finish()
     const bodyHead = w.finish();
     const head = new Uint8Array(RECORD_HEADER_BYTES + bodyHead.length);
