@@ -33,7 +33,9 @@ function start(t: Test, args: string[], cwd = root): Run {
   });
   const run: Run = {
     child, stdout: '', stderr: '',
-    exited: new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal }))),
+    // 'close', not 'exit': 'exit' can come before the last of the child's stderr has been read (a one-line usage
+    // error was seen missing once in 5 clean-clone runs); 'close' comes after its pipes are drained.
+    exited: new Promise((resolve) => child.once('close', (code, signal) => resolve({ code, signal }))),
   };
   child.stdout!.setEncoding('utf8').on('data', (d: string) => { run.stdout += d; });
   child.stderr!.setEncoding('utf8').on('data', (d: string) => { run.stderr += d; });
