@@ -105,7 +105,7 @@ t.test('a child takes a held route port over by descriptor (--cluster-fd); a wro
     "try { inheritedListener(5, port + 1); } catch (e) { console.log(e.flag + ': ' + e.message); }",
     "const s = inheritedListener(3, port); s.on('connection', (c) => c.end('child ' + s.address().port));",
     "process.on('message', () => { s.close(); process.disconnect(); });",
-    "console.log('listening');",
+    "console.log('child ready');",
   ].join('\n');
   const child = spawnOnHeldPort(held, (fd) => spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, String(held!.port)],
     { cwd: repo, stdio: ['ignore', 'pipe', 'inherit', fd ?? 'ignore', 'ipc', fd ?? 'ignore'] })); // 5: a copy, closed by the refusal
@@ -114,7 +114,8 @@ t.test('a child takes a held route port over by descriptor (--cluster-fd); a wro
   t.equal(held!.server.listening, false, 'the parent closed its copy at once, so only the child accepts');
   let out = '';
   child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
-  await waitFor(() => out.includes('listening'), { what: () => `the child to listen: ${out}`, timeoutMs: 20_000 });
+  // A line of its own, printed last: the refusals above also contain the word "listening".
+  await waitFor(() => out.includes('child ready'), { what: () => `the child to listen: ${out}`, timeoutMs: 20_000 });
   t.match(out, /cluster-fd: --cluster-fd: descriptor 99 is not open in this process \(EBADF\)/, 'a closed descriptor names the flag and the cause');
   t.match(out, /cluster-fd: --cluster-fd: descriptor 0 is not a socket/, 'a descriptor that is not a socket is refused');
   t.match(out, new RegExp(`descriptor 5 listens on port ${held!.port}, but --cluster-port is ${held!.port + 1}`), 'a socket on another port is refused');
