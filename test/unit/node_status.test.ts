@@ -14,7 +14,7 @@ import type { MemberReport } from '../../src/node/wire.js';
 
 const now = 1_000_000;
 const cluster: ClusterFile = {
-  version: 1, cluster: 'c', server: 'n1', id: 1, addresses: ['10.0.0.1:7001', '10.0.0.2:7001', '10.0.0.3:7001'], voters: 3,
+  version: 1, cluster: 'c', server: 'n1', id: 1, addresses: ['127.0.0.1:7001', '127.0.0.2:7001', '127.0.0.3:7001'], voters: 3,
   bindings: { 2: { name: 'n2', key: 'aa' }, 3: { name: 'n3', key: 'bb' } }, initial: 3,
 };
 const counters = { bytesIn: 10, bytesOut: 20, framesIn: 1, framesOut: 2, writes: 1, raftDropped: 0 };
@@ -91,7 +91,7 @@ t.test('health with Raft: reachability, silence and the leader\'s route come fro
   );
   t.equal(reason(view({ lastLeaderContact: now - 2001 })), 'leader n2 not heard from for 2001 ms');
   const conf = { voters: [2, 3], learners: [] };
-  t.match(reason(view({ removedSlots: new Set([1]), raft: { ...raft(StateType.follower, 2), confState: () => conf } })), /^removed from the cluster: slot 1 .*cluster add n1 10\.0\.0\.1:7001/);
+  t.match(reason(view({ removedSlots: new Set([1]), raft: { ...raft(StateType.follower, 2), confState: () => conf } })), /^removed from the cluster: slot 1 .*cluster add n1 127\.0\.0\.1:7001/);
 });
 
 t.test('catch-up: not current until the leader\'s commit is applied once; then it stays current', async (t) => {
