@@ -490,6 +490,17 @@ export class RaftStorage {
     });
   }
 
+  /** Makes a written local snapshot the current one, in the serial chain: drops the log up to it and compacts. */
+  private adoptLocalSnapshot(index: number, snap: Snapshot): Promise<Snapshot> {
+    return this.serial(async () => {
+      this.checkLocalSnapshot(index); // a snapshot from the leader may have been installed meanwhile
+      this.log = this.log.slice(index - this.snap.meta.index);
+      this.snap = snap;
+      await this.compact();
+      return snap;
+    });
+  }
+
   /** A local snapshot must be newer than the current one and within the commit index (checked again at its end). */
   private checkLocalSnapshot(index: number): void {
     const base = this.snap.meta.index;
@@ -503,8 +514,7 @@ export class RaftStorage {
    * snapshot wholly covers (so a damaged newest snapshot can still fall back to the older one).
    */
   async createSnapshot(index: number, conf: ConfState, data: Uint8Array | readonly Uint8Array[]): Promise<Snapshot> {
-    const check = (): void => this.checkLocalSnapshot(index);
-    check();
+    this.checkLocalSnapshot(index);
     const meta = { index, term: this.term(index), conf };
     const parts = data instanceof Uint8Array ? [data] : data;
     let bytes = 0;
@@ -516,13 +526,7 @@ export class RaftStorage {
     // Only the file is kept: the image the caller built is garbage once written (it is read back from the file
     // when a follower needs it). Neither the store nor the promise this returns holds it (issue 20 item 4).
     const snap = this.onDisk(meta, bytes, path);
-    return this.serial(async () => {
-      check(); // a snapshot from the leader may have been installed meanwhile
-      this.log = this.log.slice(index - this.snap.meta.index);
-      this.snap = snap;
-      await this.compact();
-      return snap;
-    });
+    return this.adoptLocalSnapshot(index, snap);
   }
 
   /**
@@ -540,8 +544,7 @@ export class RaftStorage {
   ): Promise<Snapshot | null> {
     const now = opts.now ?? ((): number => performance.now());
     const yieldTurn = opts.yieldTurn ?? ((): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve)));
-    const check = (): void => this.checkLocalSnapshot(index);
-    check();
+    this.checkLocalSnapshot(index);
     const meta = { index, term: this.term(index), conf };
     const file = await this.snapshots.begin(meta);
     let bytes: number;
@@ -566,13 +569,7 @@ export class RaftStorage {
       throw err;
     }
     const snap = this.onDisk(meta, bytes, file.path);
-    return this.serial(async () => {
-      check(); // a snapshot from the leader may have been installed meanwhile
-      this.log = this.log.slice(index - this.snap.meta.index);
-      this.snap = snap;
-      await this.compact();
-      return snap;
-    });
+    return this.adoptLocalSnapshot(index, snap);
   }
 
   /**
