@@ -139,7 +139,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
   const applyConfig = (): void => {
     // The table first: a removed-slots entry may name an added slot.
     node.setAddedSlots(addedSlots());
-    node.setRemovedSlots(removedSlots());
+    node.membership.setRemovedSlots(removedSlots());
     checkPosture();
   };
   const unwatch = backend.watch(controlBuckets.config, 0, () => applyConfig());
@@ -202,7 +202,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
 
   const syncOnce = async (): Promise<void> => {
     applyConfig();
-    const conf = node.membership();
+    const conf = node.membership.current();
     if (conf === undefined || node.id === undefined) return;
     const roleOf = (id: number): 'voter' | 'learner' | undefined => conf.voters.includes(id) ? 'voter' : conf.learners.includes(id) ? 'learner' : undefined;
     const ts = Date.now();
@@ -310,7 +310,7 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
     applyConfig();
   };
   const members = (): { voters: readonly number[]; learners: readonly number[] } => {
-    const m = node.membership();
+    const m = node.membership.current();
     if (m === undefined) throw new AdminError('unavailable', `node ${node.serverName} has not joined the cluster yet (${JSON.stringify(node.health())}); retry`);
     return m;
   };
@@ -340,7 +340,7 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
         if (best === undefined) throw new AdminError('unavailable', 'no other reachable voter to hand leadership to');
         target = best.id;
       }
-      node.transferLeadership(target);
+      node.membership.transferLeadership(target);
       const moved = await until(() => node.selfReport().lead === target, 5000);
       if (!moved) throw new AdminError('unavailable', `leadership did not move to ${node.slots()[target - 1]?.name ?? `slot ${target}`} within 5 s (is it caught up and reachable?); retry`);
       return { result: 'updated' as AdminResult, leader: node.slots()[target - 1]?.name ?? `slot ${target}` };
@@ -365,8 +365,8 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
       if (!res.ok) throw new AdminError('conflict', `another change of kv-replicas raced this one (${res.message}); retry`);
       applyConfig();
       // One configuration change per leader round (about a second each): bounded wait for the voter count.
-      const done = await until(() => node.membership()?.voters.length === r, 5000 + 3000 * Math.abs(r - m.voters.length));
-      if (!done) throw new AdminError('unavailable', `kv-replicas is ${r} but the cluster has ${node.membership()?.voters.length ?? '?'} voters so far (learners are promoted only when connected and caught up); check "membershipd cluster status"`);
+      const done = await until(() => node.membership.current()?.voters.length === r, 5000 + 3000 * Math.abs(r - m.voters.length));
+      if (!done) throw new AdminError('unavailable', `kv-replicas is ${r} but the cluster has ${node.membership.current()?.voters.length ?? '?'} voters so far (learners are promoted only when connected and caught up); check "membershipd cluster status"`);
       return { result: 'updated' as AdminResult, voters: r };
     });
   });
@@ -383,11 +383,11 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
       if (m.voters.includes(slot.id) && m.voters.length === 1) throw new AdminError('bad_request', `${name} is the only voter; removing it would leave the cluster without a quorum`);
       await setRemoved([...removed, slot.id], ctx.who);
       const done = await until(() => {
-        const now = node.membership();
+        const now = node.membership.current();
         return now !== undefined && !now.voters.includes(slot.id) && !now.learners.includes(slot.id);
       }, 10_000);
       if (!done) throw new AdminError('unavailable', `${name} is marked removed but the leader has not applied the configuration change within 10 s; it will — check "membershipd cluster status"`);
-      return { result: 'removed' as AdminResult, voters: node.membership()!.voters.length };
+      return { result: 'removed' as AdminResult, voters: node.membership.current()!.voters.length };
     });
   });
 
@@ -410,15 +410,15 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
       if (removed.includes(slot.id)) await setRemoved(removed.filter((id) => id !== slot.id), ctx.who);
       // The leader adds it as a learner; it is promoted once caught up while there are fewer voters than R.
       const added = await until(() => {
-        const now = node.membership();
+        const now = node.membership.current();
         return now !== undefined && (now.voters.includes(slot.id) || now.learners.includes(slot.id));
       }, 10_000);
       if (!added) throw new AdminError('unavailable', `${name} is no longer marked removed but the leader has not added it within 10 s (is it running and connected?); check "membershipd cluster status"`);
       await until(() => {
-        const now = node.membership()!;
+        const now = node.membership.current()!;
         return now.voters.includes(slot.id) || now.voters.length >= node.kvReplicas;
       }, 10_000);
-      const now = node.membership()!;
+      const now = node.membership.current()!;
       return { result: 'created' as AdminResult, role: now.voters.includes(slot.id) ? 'voter' : 'learner' };
     });
   });
@@ -471,7 +471,7 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
     const slot = node.slots().find((s) => s.address === address);
     if (slot === undefined) throw new AdminError('unavailable', `${address} was recorded but this node's slot table did not grow (see its log); check "membershipd cluster status"`);
     const added = await until(() => {
-      const now = node.membership();
+      const now = node.membership.current();
       return now !== undefined && (now.voters.includes(slot.id) || now.learners.includes(slot.id));
     }, 10_000);
     if (!added) throw new AdminError('unavailable', `${name} has slot ${slot.id} but the leader has not added it as a learner within 10 s; it will — check "membershipd cluster status"`);

@@ -54,7 +54,7 @@ export function registerSnapshotApi(api: ControlApi, node: ClusterNode, logger: 
       return { name, keys: sm.keys(name).length, values: b.values, bytes: b.bytes };
     });
     const raft = node.raftz();
-    const conf = node.membership() ?? { voters: [], learners: [] };
+    const conf = node.membership.current() ?? { voters: [], learners: [] };
     const file = encodeBackup({
       cluster: node.clusterName, index, term: typeof raft['term'] === 'number' ? raft['term'] : 0, time: new Date().toISOString(),
       via: node.serverName, membershipdVersion: version,

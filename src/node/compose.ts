@@ -326,7 +326,7 @@ async function handOffLeadership(cluster: ClusterNode, logger: Logger): Promise<
     });
   });
   try {
-    cluster.transferLeadership();
+    cluster.membership.transferLeadership();
   } catch (err) {
     logger.warn({ err }, 'stopping leader could not hand leadership over; the others will elect after the election timeout');
     return;

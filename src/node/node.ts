@@ -24,7 +24,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { checkKvFormat, type AddedSlot, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import type { Health } from './health.js';
-import { nextMembershipChange, promoteWindow, VoterDownWatch } from './membership_policy.js';
+import { MembershipExecutor, type MembershipControl } from './membership_executor.js';
 import type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 import { ReadyDriver, type AppliedWrite } from './ready_driver.js';
 import { PendingRequests, stoppedError } from './requests.js';
@@ -87,11 +87,10 @@ export class ClusterNode {
   /** Applied the leader's own commit index once since start: until then health says "catching up". */
   private readonly catchUp = new CatchUp((lead) => this.log.warn({ lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit'));
   private readonly startedAt = Date.now();
-  private readonly voterGraceMs: number;
-  /** Voters whose route is down, and since when (the leader replaces one down past voterGraceMs). */
-  private readonly voterDown: VoterDownWatch;
-  /** Slots an operator removed (`cluster remove`, replicated by the control plane): never re-added as learners. */
-  private removedSlots: ReadonlySet<number> = new Set();
+  /** Carries out membership changes on the leader, each tick round (membership_executor.ts). */
+  private readonly executor: MembershipExecutor;
+  /** The configuration, the operator's removed slots, leadership transfers (the executor's public side). */
+  readonly membership: MembershipControl;
   /** Set by the control plane when this node's posture differs from the cluster's (`config` bucket). */
   private refusal: string | undefined;
   /** `cluster status` questions this node asked its peers. */
@@ -110,8 +109,12 @@ export class ClusterNode {
     this.heartbeatTicks = opts.heartbeatTicks ?? 1;
     this.timeoutMs = opts.requestTimeoutMs ?? 5000;
     this.snapshotEntries = opts.snapshotEntries ?? 10_000;
-    this.voterGraceMs = opts.voterGraceMs ?? 30_000;
-    this.voterDown = new VoterDownWatch(this.voterGraceMs);
+    this.membership = this.executor = new MembershipExecutor({
+      raft: () => this.raw,
+      slots: () => (this.cluster ? { self: this.cluster.id, count: this.cluster.addresses.length } : undefined),
+      replicas: () => this.voters, upPeers: () => this.transport.upPeers(), peerOf: (id) => this.idToPeer.get(id),
+      peerName: (id) => this.peerName(id), schedule: () => this.schedule(), voterGraceMs: opts.voterGraceMs ?? 30_000, now: () => Date.now(), log: this.log,
+    });
     this.requests = new PendingRequests<KvResult>({
       serverName: opts.serverName,
       boot: this.boot,
@@ -369,7 +372,7 @@ export class ClusterNode {
     if (this.raw) {
       this.raw.tick();
       this.retryWaiting();
-      if (this.ticks % 10 === 0) this.manageMembership();
+      if (this.ticks % 10 === 0) this.executor.round();
       this.schedule();
     }
     this.expire();
@@ -456,48 +459,6 @@ export class ClusterNode {
       return;
     }
     this.metrics.raftMessagesOut++;
-  }
-
-  /**
-   * The leader keeps the voter count at R (--kv-replicas), one conf change at a time:
-   * - every slot that is not a member is added as a learner (slots beyond R at bootstrap; a replaced
-   *   voter when it comes back);
-   * - a voter whose route has been down longer than voterGraceMs is replaced by a caught-up, connected
-   *   learner: promote first (R+1 voters), then remove the dead one, so the count never drops below R.
-   */
-  private manageMembership(): void {
-    const raw = this.raw!;
-    const st = raw.basicStatus();
-    const c = this.cluster;
-    // Not while far behind its own commit index (the configuration read below would be stale); a small gap is
-    // normal under a steady write load and must not starve membership changes (raft refuses a second pending one).
-    if (st.state !== StateType.leader || !c || st.applied + promoteWindow < st.commit) return;
-    const conf = raw.confState();
-    const up = new Set(this.transport.upPeers());
-    const isUp = (id: number): boolean => id === c.id || up.has(this.idToPeer.get(id) ?? '\0');
-    const dead = this.voterDown.dead(conf.voters, isUp, Date.now());
-    const decision = nextMembershipChange({
-      self: c.id, voters: conf.voters, learners: conf.learners, slots: c.addresses.length, replicas: this.voters,
-      removed: this.removedSlots, isUp, deadVoters: dead, progress: raw.status().progress, commit: st.commit,
-    });
-    if (decision === undefined) return;
-    if (decision.kind === 'handOff') {
-      try {
-        this.transferLeadership();
-        this.log.warn({ id: c.id }, decision.why);
-      } catch (e) {
-        if (!(e instanceof NodeError)) throw e;
-        this.log.error({ id: c.id }, `cannot remove this node: ${e.message}`);
-      }
-      return;
-    }
-    try {
-      raw.proposeConfChange({ type: decision.type, nodeId: decision.nodeId });
-      this.log.warn({ id: decision.nodeId, name: this.peerName(decision.nodeId), voters: conf.voters, learners: conf.learners, graceMs: this.voterGraceMs }, decision.why);
-      this.schedule();
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e; // another change is pending: try again next round
-    }
   }
 
   // ---- writes and reads ------------------------------------------------------------------------
@@ -602,29 +563,7 @@ export class ClusterNode {
     this.requests.failAll(e);
   }
 
-  /** Asks the leader to hand leadership to `id` (default: the most caught-up other voter). */
-  transferLeadership(id?: number): void {
-    const raw = this.raw;
-    if (!raw) throw new NodeError(NodeErrorCode.noLeader, 'raft has not started on this node yet', true);
-    let target = id;
-    if (target === undefined) {
-      const st = raw.status();
-      let best = -1;
-      for (const [pid, p] of st.progress) if (pid !== st.id && !p.isLearner && p.match > best) { best = p.match; target = pid; }
-      if (target === undefined) throw new NodeError(NodeErrorCode.noLeader, 'this node is not the leader, or has no other voter to transfer to', false);
-    }
-    raw.transferLeadership(target);
-    this.schedule();
-  }
-
   // ---- membership (cluster add/remove/status) -------------------------------------------------------
-
-  /** The current Raft configuration (voters and learners by slot), undefined before Raft starts. */
-  membership(): { voters: readonly number[]; learners: readonly number[] } | undefined {
-    if (!this.raw) return undefined;
-    const conf = this.raw.confState();
-    return { voters: [...conf.voters], learners: [...conf.learners] };
-  }
 
   /** Whether this node leads the meta-group now (leader-only duties such as KV expiry proposals). */
   get isLeader(): boolean {
@@ -645,14 +584,6 @@ export class ClusterNode {
    */
   setKvReplicas(r: number): void {
     this.binding.setKvReplicas(r);
-  }
-
-  /**
-   * The slots an operator removed (replicated through the control plane's `config` bucket, so whichever node
-   * leads sees the same set): the leader removes them from the configuration and never re-adds them.
-   */
-  setRemovedSlots(ids: Iterable<number>): void {
-    this.removedSlots = new Set(ids);
   }
 
   /** Refuses service with a reason (`/healthz` says it) until called with undefined. */
@@ -746,7 +677,7 @@ export class ClusterNode {
       },
       metrics: this.metrics, pendingWrites: this.requests.writesWaiting, pendingReads: this.requests.readersWaiting, snapshotStream: this.snapshotStream,
       fatal: this.fatal, refusal: this.refusal, stopping: this.stopping, bootstrapProblem: this.binding.problem,
-      verdictPending: this.binding.awaitingVerdict, joining: this.opts.join === true, removedSlots: this.removedSlots,
+      verdictPending: this.binding.awaitingVerdict, joining: this.opts.join === true, removedSlots: this.membership.removedSlots,
       rss: () => process.memoryUsage().rss,
       health: () => this.health(),
     };

@@ -317,7 +317,7 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
   for (let i = 0; i < 3; i++) await start(trio, i);
   const nodes = trio.nodes as ClusterNode[];
   await waitHealthy(nodes);
-  const conf = (): { voters: readonly number[]; learners: readonly number[] } => nodes[0]!.membership()!;
+  const conf = (): { voters: readonly number[]; learners: readonly number[] } => nodes[0]!.membership.current()!;
   await waitFor(() => conf().learners.length >= 2, { what: () => `two learners (conf ${JSON.stringify(conf())})`, timeoutMs: 10_000 });
   t.same(conf(), { voters: [1], learners: [2, 3] }, 'R = 1: one voter, two learners');
   t.match(await nodes[2]!.propose({ op: 'bucket.create', bucket: 'live', config: {}, ts: 1 }), { ok: true });
@@ -384,7 +384,7 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
   t.equal(b.reader.get('w', 'x')?.revision, put.ok && put.kind === 'entry' ? put.entry.revision : -1, 'same revision (the bucket sequence, assigned at apply) on every node');
 
   const before = c.leader()!;
-  before.transferLeadership();
+  before.membership.transferLeadership();
   const after = await waitFor(() => { const l = c.leader(); return l !== before ? l : undefined; }, { what: `a leader other than ${before.serverName}`, timeoutMs: 10_000 });
   t.ok(after && after !== before, `leadership moved from ${before.serverName} to ${after?.serverName}`);
 
@@ -510,7 +510,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   // An operator removes a member: 2 voters < R, so the caught-up joiner is promoted.
   const victim = members.findIndex((n) => n.raftz().state !== 'leader');
   const victimId = members[victim]!.id!;
-  for (const n of [...members, joiner]) n.setRemovedSlots([victimId]);
+  for (const n of [...members, joiner]) n.membership.setRemovedSlots([victimId]);
   await waitFor(() => confOf().voters.includes(4) && !confOf().voters.includes(victimId), {
     what: () => `the joiner a voter and slot ${victimId} removed (conf ${JSON.stringify(confOf())})`, timeoutMs: 15_000,
   });
@@ -528,7 +528,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   const member = trio.nodes.findIndex((n) => n !== undefined && n.raftz().state !== 'leader');
   await stop(trio, member);
   const back = await start(trio, member);
-  back.setRemovedSlots([victimId]);
+  back.membership.setRemovedSlots([victimId]);
   await waitHealthy([...trio.nodes.filter((n): n is ClusterNode => n !== undefined), joiner]);
   t.equal(back.slots().length, 4, 'the restarted member kept the grown table');
   t.ok(back.routez().routes && (back.routez().routes as { route?: string }[]).some((r) => r.route === `nats-route://${address}`), 'and dials the added node');

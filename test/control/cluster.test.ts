@@ -326,7 +326,7 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.equal(r.code, 0, r.err);
   t.equal(r.out, 'kv-replicas: updated, 2 voters');
   await until('every node adopted R = 2; the stepped-down voter back as a learner', () => nodes.slice(0, 3).every((n) => n.cluster!.kvReplicas === 2)
-    && nodes[via]!.cluster!.membership()!.learners.length === 1);
+    && nodes[via]!.cluster!.membership.current()!.learners.length === 1);
   r = await cli(victim, 'cluster', 'status', '--json');
   const two = (JSON.parse(r.out) as { status: { kvReplicas: number; voters: number[]; learners: number[] } }).status;
   t.same([two.kvReplicas, two.voters.length, two.learners.length], [2, 2, 1], 'two voters and a learner');
@@ -374,7 +374,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   const via = [0, 1, 2].find((i) => i !== leaderIdx())!;
   const victim = [0, 1, 2].find((i) => i !== leaderIdx() && i !== via)!;
   const third = [0, 1, 2].find((i) => i !== via && i !== victim)!;
-  const conf = (): { voters: readonly number[]; learners: readonly number[] } => founders[via]!.cluster!.membership()!;
+  const conf = (): { voters: readonly number[]; learners: readonly number[] } => founders[via]!.cluster!.membership.current()!;
   const addedSlots = (): { value: unknown; revision: number } | undefined => {
     const e = founders[via]!.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots');
     return e?.op === 'PUT' ? { value: decodeValue(e.value, validateConfig)?.value, revision: e.revision } : undefined;
