@@ -12,18 +12,17 @@ import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { MessageType, RaftError, RawNode, StateType, seededRng, type Message, type ReadState, type SoftState } from '../../raft/index.js';
+import { RaftError, RawNode, StateType, seededRng, type ReadState, type SoftState } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
 import { encodeKvCommand, quotaRefusal } from '../../store/index.js';
-import {
-  createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteTransport,
-} from '../../transport/index.js';
+import { createRouteTransport, type RouteFrame, type RouteTransport } from '../../transport/index.js';
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
 import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import { silentLogger, type Logger } from '../log.js';
 import { checkKvFormat, type AddedSlot, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
 import type { Health } from './health.js';
+import { FrameRouter } from './frame_router.js';
 import { MembershipExecutor, type MembershipControl } from './membership_executor.js';
 import type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 import { ReadyDriver, type AppliedWrite } from './ready_driver.js';
@@ -35,9 +34,7 @@ import {
 import { SlotBindings } from './slot_binding.js';
 import { raftStorageView } from './storage_adapter.js';
 import { SnapshotStream } from './snapshot_stream.js';
-import {
-  decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport,
-} from './wire.js';
+import { encodeEnvelope, encodeStatusRequest, type MemberReport } from './wire.js';
 
 export { snapshotLogFraction } from './ready_driver.js';
 
@@ -69,8 +66,6 @@ export class ClusterNode {
   private readonly binding: SlotBindings;
   /** Persists, sends and applies raw's Ready batches (ready_driver.ts); created with raw. */
   private driver: ReadyDriver<KvResult> | undefined;
-  private readonly listeners = new Set<RouteListener>();
-  private readonly extensionHandlers = new Map<string, (peerName: string, data: unknown[]) => void>();
   private readonly leaderListeners = new Set<(isLeader: boolean, leaderName: string | undefined) => void>();
   private tickTimer: NodeJS.Timeout | undefined;
   private stopping = false;
@@ -78,9 +73,8 @@ export class ClusterNode {
   /** Waiting writes and linearizable reads (requests.ts); the Ready driver reports what Raft said of them. */
   private readonly requests: PendingRequests<KvResult>;
   private lastLead = 0;
-  private lastLeaderContact = 0;
-  /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
-  private readonly peerContact = new Map<number, number>();
+  /** Frames in from the routes, Raft's messages out (frame_router.ts). */
+  private readonly router: FrameRouter;
   private ticks = 0;
   /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
   private readonly resetListeners = new Set<() => void>();
@@ -125,6 +119,12 @@ export class ClusterNode {
       health: () => this.health(),
       stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
       metrics: this.metrics,
+    });
+    this.router = new FrameRouter({
+      raft: () => this.raw, slotOf: (peer) => this.peerToId.get(peer), peerOf: (id) => this.idToPeer.get(id), send: (p, f) => this.transport.send(p, f),
+      bindings: { peerUp: (p) => this.binding.peerUp(p), peerDown: (p) => this.binding.peerDown(p), onHello: (p, h) => this.binding.onHello(p, h) },
+      selfReport: () => this.selfReport(), statusAnswered: (reqId, report) => this.statusQueries.answered(reqId, report),
+      offerSnapshot: (p, m) => this.snapshotStream.offer(p, m), metrics: this.metrics, schedule: () => this.schedule(), now: () => Date.now(), log: this.log,
     });
     this.binding = new SlotBindings({
       serverName: opts.serverName, clusterName: opts.clusterName, clusterPort: opts.clusterPort, dataDir: opts.dataDir,
@@ -192,11 +192,11 @@ export class ClusterNode {
       verifyPeer: (name, key) => this.binding.verifyPeer(name, Buffer.from(key).toString('hex')),
       logger: opts.logger ?? silentLogger(),
       limits: { backoffMaxMs: 2000, ...opts.routeLimits },
-      onPeerUp: (p) => this.onPeerUp(p),
-      onPeerDown: (p, c) => this.onPeerDown(p, c),
-      onFrame: (name, f) => this.onFrame(name, f),
+      onPeerUp: (p) => this.router.peerUp(p),
+      onPeerDown: (p, c) => this.router.peerDown(p, c),
+      onFrame: (name, f) => this.router.frame(name, f),
     });
-    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.onFrame(p, { kind: 'raft', data }), log: this.log,
+    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.router.frame(p, { kind: 'raft', data }), log: this.log,
       reportFailure: (m) => { this.raw?.reportSnapshotFailure(m.to); this.schedule(); } });
     this.addRouteListener({ down: (p) => { if (p.name !== undefined) stream.peerDown(p.name); }, frame: (p, f) => { stream.onFrame(p, f); } });
     this.onLeaderChange((isLeader) => { if (!isLeader) stream.leaderLost(); });
@@ -249,61 +249,6 @@ export class ClusterNode {
 
   // ---- routes ----------------------------------------------------------------------------------
 
-  private onPeerUp(p: PeerInfo): void {
-    this.binding.peerUp(p);
-    for (const l of this.listeners) l.up?.(p);
-  }
-
-  private onPeerDown(p: PeerInfo, c: LinkClose): void {
-    this.binding.peerDown(p);
-    for (const l of this.listeners) l.down?.(p, c);
-  }
-
-  private onFrame(peer: string, frame: RouteFrame): void {
-    if (frame.kind !== 'raft') {
-      for (const l of this.listeners) l.frame?.(peer, frame);
-      return;
-    }
-    // Node-to-node traffic of in-process services (service presence, src/services) rides raft frames tagged
-    // with a string: a node without the handler drops it in decodeNodeFrame with a warning, as any unknown tag.
-    const ext = Array.isArray(frame.data) && typeof frame.data[0] === 'string' ? this.extensionHandlers.get(frame.data[0]) : undefined;
-    if (ext !== undefined) {
-      ext(peer, frame.data as unknown[]);
-      return;
-    }
-    const d = decodeNodeFrame(frame.data);
-    if (typeof d === 'string') {
-      this.log.warn({ peer, reason: d }, 'dropped a malformed raft frame');
-      return;
-    }
-    if (d.kind === 'hello') return this.binding.onHello(peer, d.hello);
-    if (d.kind === 'statusRequest') {
-      this.transport.send(peer, { kind: 'raft', data: encodeStatusReply(d.reqId, this.selfReport()) });
-      return;
-    }
-    if (d.kind === 'statusReply') {
-      this.statusQueries.answered(d.reqId, d.report);
-      return;
-    }
-    const m = d.message;
-    if (this.peerToId.get(peer) !== m.from || this.raw === undefined) {
-      this.metrics.raftMessagesDropped++;
-      return;
-    }
-    this.metrics.raftMessagesIn++;
-    this.peerContact.set(m.from, Date.now());
-    if (m.from === this.raw.basicStatus().lead || m.type === 'app' || m.type === 'heartbeat' || m.type === 'snap') this.lastLeaderContact = Date.now();
-    try {
-      this.raw.step(m);
-    } catch (e) {
-      // A forwarded proposal this node cannot take (no leader, transfer running): the proposer times
-      // out and reports a retryable error; nothing else is lost.
-      if (!(e instanceof RaftError)) throw e;
-      this.log.debug({ peer, type: m.type, err: e.message }, 'raft refused a message');
-    }
-    this.schedule();
-  }
-
   /**
    * The slots `cluster add` appended, in order (replicated by the control plane's `config` bucket): see
    * SlotBindings.setAddedSlots.
@@ -324,8 +269,7 @@ export class ClusterNode {
 
   /** Registers a listener for non-Raft route frames and peer events; returns its removal. */
   addRouteListener(l: RouteListener): () => void {
-    this.listeners.add(l);
-    return () => this.listeners.delete(l);
+    return this.router.addRouteListener(l);
   }
 
   /**
@@ -342,14 +286,9 @@ export class ClusterNode {
     return this.binding.slots(Buffer.from(this.identity.publicKeyBytes).toString('hex'));
   }
 
-  /**
-   * Handles raft frames whose data is `[tag, ...]` with a string `tag` (node-to-node messages of an in-process
-   * service; send them with sendRouteFrame(peer, { kind: 'raft', data: [tag, ...] })). Returns the removal.
-   */
+  /** Handles raft frames `[tag, ...]` of an in-process service (frame_router.ts onExtensionFrame). Returns the removal. */
   onExtensionFrame(tag: string, handler: (peerName: string, data: unknown[]) => void): () => void {
-    if (this.extensionHandlers.has(tag)) throw new RangeError(`extension frame tag ${tag} already has a handler`);
-    this.extensionHandlers.set(tag, handler);
-    return () => void this.extensionHandlers.delete(tag);
+    return this.router.onExtensionFrame(tag, handler);
   }
 
   /** The server name of the leader this node follows (itself when it leads); undefined while there is none. */
@@ -388,7 +327,7 @@ export class ClusterNode {
     return new ReadyDriver<KvResult>({
       raw,
       storage: this.storage,
-      sink: { send: (m) => this.sendMessage(m) },
+      sink: { send: (m) => this.router.sendMessage(m) },
       stateMachine: this.stateMachine,
       clock: { now: () => performance.now(), yieldTurn: () => new Promise<void>((resolve) => setImmediate(resolve)) },
       metrics: this.metrics,
@@ -417,7 +356,7 @@ export class ClusterNode {
     if (lead !== 0) this.metrics.leaderChanges++;
     this.log.info({ lead, state: ss.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
     this.lastLead = lead;
-    this.lastLeaderContact = Date.now();
+    this.router.leaderChanged();
     if (lead !== 0) this.requests.leaderChanged();
     const isLeader = ss.state === StateType.leader;
     const name = lead === 0 ? undefined : this.peerName(lead);
@@ -449,16 +388,6 @@ export class ClusterNode {
         this.log.error({ err }, 'snapshot-install listener threw');
       }
     }
-  }
-
-  private sendMessage(m: Message): void {
-    const peer = this.idToPeer.get(m.to);
-    if (peer !== undefined && m.type === MessageType.snap) return this.snapshotStream.offer(peer, m);
-    if (peer === undefined || !this.transport.send(peer, { kind: 'raft', data: encodeMessage(m) })) {
-      this.metrics.raftMessagesDropped++;
-      return;
-    }
-    this.metrics.raftMessagesOut++;
   }
 
   // ---- writes and reads ------------------------------------------------------------------------
@@ -668,7 +597,7 @@ export class ClusterNode {
       serverName: this.serverName, clusterName: this.clusterName, identityKey: this.identity.publicKey, cluster: this.cluster,
       clusterSize: this.n, kvReplicas: this.voters, raft: this.raw, applied: this.stateMachine.appliedIndex,
       kvBytes: this.stateMachine.totalBytes(), maxKvBytes: this.opts.maxKvBytes, transport: this.transport,
-      idToPeer: this.idToPeer, peerToId: this.peerToId, peerContact: this.peerContact, lastLeaderContact: this.lastLeaderContact,
+      idToPeer: this.idToPeer, peerToId: this.peerToId, peerContact: this.router.peerContact, lastLeaderContact: this.router.lastLeaderContact,
       electionWindowMs: this.electionTicks * this.tickMs, now: Date.now(), startedAt: this.startedAt,
       storage: {
         firstIndex: () => this.storage.firstIndex(),
