@@ -158,7 +158,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
   };
   const unwatchNodes = backend.watch(controlBuckets.nodes, 0, () => syncTrusted());
 
-  const isLeader = (): boolean => node.selfReport().state === 'leader';
+  const isLeader = (): boolean => node.status.selfReport().state === 'leader';
   function nodeRecord(name: string): { value: NodeValue; revision: number } | undefined {
     const e = backend.reader.get(controlBuckets.nodes, name);
     if (e === undefined || e.op !== 'PUT') return undefined;
@@ -233,7 +233,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
     }
     // Every node: its own client/HTTP URLs and version (only it knows them). Not while catching up: the local
     // view is stale (a node that lost its data would propose creating a record that exists, and wait on it).
-    if (!node.isCurrent()) return;
+    if (!node.status.isCurrent()) return;
     const mine = nodeRecord(node.serverName);
     const role = roleOf(node.id);
     if (role === undefined) return;
@@ -311,12 +311,12 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
   };
   const members = (): { voters: readonly number[]; learners: readonly number[] } => {
     const m = node.membership.current();
-    if (m === undefined) throw new AdminError('unavailable', `node ${node.serverName} has not joined the cluster yet (${JSON.stringify(node.health())}); retry`);
+    if (m === undefined) throw new AdminError('unavailable', `node ${node.serverName} has not joined the cluster yet (${JSON.stringify(node.status.health())}); retry`);
     return m;
   };
 
   api.register('CLUSTER', 'STATUS', async () => {
-    const s = await node.clusterStatus();
+    const s = await node.status.clusterStatus();
     const removed = new Set(removedSlots());
     return { status: { ...s, removed: s.members.filter((m) => removed.has(m.id)).map((m) => m.name ?? `slot ${m.id}`) } };
   });
@@ -326,7 +326,7 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
     return api.audited(ctx, 'cluster.transfer', name ?? '*', async () => {
       await backend.readBarrier();
       const m = members();
-      const lead = node.selfReport().lead;
+      const lead = node.status.selfReport().lead;
       if (lead === 0) throw new AdminError('unavailable', 'no leader at the moment (election in progress); retry');
       let target: number;
       if (name !== undefined) {
@@ -335,13 +335,13 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
         if (target === lead) return { result: 'unchanged' as AdminResult, leader: name };
       } else {
         // The most caught-up reachable voter other than the leader, from every member's own report.
-        const st = await node.clusterStatus();
+        const st = await node.status.clusterStatus();
         const best = st.members.filter((x) => x.reachable && x.id !== lead && m.voters.includes(x.id)).sort((a, b) => (b.applied ?? 0) - (a.applied ?? 0))[0];
         if (best === undefined) throw new AdminError('unavailable', 'no other reachable voter to hand leadership to');
         target = best.id;
       }
       node.membership.transferLeadership(target);
-      const moved = await until(() => node.selfReport().lead === target, 5000);
+      const moved = await until(() => node.status.selfReport().lead === target, 5000);
       if (!moved) throw new AdminError('unavailable', `leadership did not move to ${node.slots()[target - 1]?.name ?? `slot ${target}`} within 5 s (is it caught up and reachable?); retry`);
       return { result: 'updated' as AdminResult, leader: node.slots()[target - 1]?.name ?? `slot ${target}` };
     });

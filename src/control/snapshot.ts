@@ -53,7 +53,7 @@ export function registerSnapshotApi(api: ControlApi, node: ClusterNode, logger: 
       const b = sm.bucketInfo(name)!;
       return { name, keys: sm.keys(name).length, values: b.values, bytes: b.bytes };
     });
-    const raft = node.raftz();
+    const raft = node.status.raftz();
     const conf = node.membership.current() ?? { voters: [], learners: [] };
     const file = encodeBackup({
       cluster: node.clusterName, index, term: typeof raft['term'] === 'number' ? raft['term'] : 0, time: new Date().toISOString(),

@@ -165,7 +165,7 @@ export async function composeNode(
       // After the node's endpoints: its Raft series, then the bus and the process (prom-client's names).
       '/metrics': () => ({
         status: 200, contentType: prometheusText,
-        body: (cluster ? cluster.metricsText() : '') + natsMetricsText(nats.stats(), authCounts.refused) + processMetricsText(),
+        body: (cluster ? cluster.status.metricsText() : '') + natsMetricsText(nats.stats(), authCounts.refused) + processMetricsText(),
       }),
       '/varz': () => ({ status: 200, body: {
         server_id: nats.serverId,
@@ -182,7 +182,7 @@ export async function composeNode(
         ...varzStats(nats.stats()),
         // Not nats-server fields: this process's event-loop delay and GC pauses since start (issue 14, tail latency).
         ...processVarz(),
-        ...(cluster ? { cluster: cluster.varz() } : {}),
+        ...(cluster ? { cluster: cluster.status.varz() } : {}),
       } }),
       // nats-server's /connz shape (reference §5.3): snake_case fields, one entry per client connection.
       '/connz': () => {
@@ -294,7 +294,7 @@ async function startClusterParts(
   };
   const kvApi = attachKvApi({ cluster: kvPort }, {
     backend: redactedBackend(node.kvBackend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
-    clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
+    clusterInfo: () => node.status.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
     visibleTo: (bucket, principal) => bucket === controlBuckets.services && presence.mayRead(principal),
   });
   return { node, presence, controlPlane, kvApi };

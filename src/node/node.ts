@@ -27,14 +27,12 @@ import { MembershipExecutor, type MembershipControl } from './membership_executo
 import type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 import { ReadyDriver, type AppliedWrite } from './ready_driver.js';
 import { PendingRequests, stoppedError } from './requests.js';
-import {
-  CatchUp, StatusQueries, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, peerName, raftz, routez, selfReport, varz,
-  type ClusterStatus, type JsClusterInfo, type NodeMetrics, type NodeStatusView,
-} from './status.js';
+import { newNodeMetrics, peerName, type NodeMetrics, type NodeStatusView } from './status.js';
+import { StatusReports, type NodeStatus } from './status_reports.js';
 import { SlotBindings } from './slot_binding.js';
 import { raftStorageView } from './storage_adapter.js';
 import { SnapshotStream } from './snapshot_stream.js';
-import { encodeEnvelope, encodeStatusRequest, type MemberReport } from './wire.js';
+import { encodeEnvelope } from './wire.js';
 
 export { snapshotLogFraction } from './ready_driver.js';
 
@@ -78,8 +76,6 @@ export class ClusterNode {
   private ticks = 0;
   /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
   private readonly resetListeners = new Set<() => void>();
-  /** Applied the leader's own commit index once since start: until then health says "catching up". */
-  private readonly catchUp = new CatchUp((lead) => this.log.warn({ lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit'));
   private readonly startedAt = Date.now();
   /** Carries out membership changes on the leader, each tick round (membership_executor.ts). */
   private readonly executor: MembershipExecutor;
@@ -87,8 +83,9 @@ export class ClusterNode {
   readonly membership: MembershipControl;
   /** Set by the control plane when this node's posture differs from the cluster's (`config` bucket). */
   private refusal: string | undefined;
-  /** `cluster status` questions this node asked its peers. */
-  private readonly statusQueries = new StatusQueries((peer, reqId) => this.transport.send(peer, { kind: 'raft', data: encodeStatusRequest(reqId) }));
+  /** What the node reports about itself: /raftz, /healthz, `cluster status`... (status_reports.ts). */
+  readonly status: NodeStatus;
+  private readonly reports: StatusReports;
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -116,14 +113,15 @@ export class ClusterNode {
       now: () => performance.now(),
       propose: (seq, command) => this.proposeToRaft(seq, command),
       readIndex: (context) => this.askReadIndex(context),
-      health: () => this.health(),
+      health: () => this.reports.health(),
       stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
       metrics: this.metrics,
     });
+    this.status = this.reports = new StatusReports(() => this.statusView(), (p, f) => this.transport.send(p, f), this.log);
     this.router = new FrameRouter({
       raft: () => this.raw, slotOf: (peer) => this.peerToId.get(peer), peerOf: (id) => this.idToPeer.get(id), send: (p, f) => this.transport.send(p, f),
       bindings: { peerUp: (p) => this.binding.peerUp(p), peerDown: (p) => this.binding.peerDown(p), onHello: (p, h) => this.binding.onHello(p, h) },
-      selfReport: () => this.selfReport(), statusAnswered: (reqId, report) => this.statusQueries.answered(reqId, report),
+      selfReport: () => this.reports.selfReport(), statusAnswered: (reqId, report) => this.reports.answered(reqId, report),
       offerSnapshot: (p, m) => this.snapshotStream.offer(p, m), metrics: this.metrics, schedule: () => this.schedule(), now: () => Date.now(), log: this.log,
     });
     this.binding = new SlotBindings({
@@ -524,23 +522,6 @@ export class ClusterNode {
     this.refusal = reason;
   }
 
-  /** This node's own view (indexes, state, health) as `cluster status` shows it. */
-  selfReport(): MemberReport {
-    return selfReport(this.statusView());
-  }
-
-  /**
-   * Every slot with its role and indexes: this node's view plus each connected peer's own report (asked over
-   * the route; a peer that does not answer within `timeoutMs` is unreachable). Lag is against the leader's
-   * commit index as the leader reports it (or the highest commit seen when no leader answered).
-   */
-  async clusterStatus(timeoutMs = 1500): Promise<ClusterStatus> {
-    const self = this.selfReport();
-    const reports = new Map<number, MemberReport>(self.id !== 0 ? [[self.id, self]] : []);
-    await this.statusQueries.ask(this.transport.upPeers(), this.peerToId, timeoutMs, reports);
-    return clusterStatusFrom(this.statusView(), reports);
-  }
-
   // ---- observability ---------------------------------------------------------------------------
 
   /** The Raft id (slot) of this node, undefined while it is still learning it. */
@@ -553,46 +534,12 @@ export class ClusterNode {
     return this.transport.address();
   }
 
-  /**
-   * Whether this node's state machine is current: it applied the leader's own commit index since it started and
-   * is not recovering lost data. Until then, what it reads locally (stale) is no basis for a write.
-   */
-  isCurrent(): boolean {
-    const st = this.raw?.basicStatus();
-    return st !== undefined && this.catchUp.check(st, this.stateMachine.appliedIndex, Date.now(), this.electionTicks * this.tickMs, this.snapshotStream.receiving()) === undefined;
-  }
-
-  health(): Health {
-    return nodeHealth(this.statusView(), this.catchUp);
-  }
-
-  /** STREAM.INFO `cluster` (status.ts jsClusterInfo); undefined with a single voter. */
-  jsClusterInfo(): JsClusterInfo | undefined {
-    return jsClusterInfo(this.statusView());
-  }
-
   private peerName(id: number): string {
     return peerName({ cluster: this.cluster, serverName: this.serverName, idToPeer: this.idToPeer }, id);
   }
 
-  raftz(): Record<string, unknown> {
-    return raftz(this.statusView());
-  }
-
-  routez(): Record<string, unknown> {
-    return routez(this.statusView());
-  }
-
-  varz(): Record<string, unknown> {
-    return varz(this.statusView());
-  }
-
-  metricsText(): string {
-    return metricsText(this.statusView());
-  }
-
   /** What status.ts reads of this node, now (Raft, transport and maps by reference). */
-  private statusView(): NodeStatusView {
+  private statusView(): Omit<NodeStatusView, 'health'> {
     return {
       serverName: this.serverName, clusterName: this.clusterName, identityKey: this.identity.publicKey, cluster: this.cluster,
       clusterSize: this.n, kvReplicas: this.voters, raft: this.raw, applied: this.stateMachine.appliedIndex,
@@ -608,7 +555,6 @@ export class ClusterNode {
       fatal: this.fatal, refusal: this.refusal, stopping: this.stopping, bootstrapProblem: this.binding.problem,
       verdictPending: this.binding.awaitingVerdict, joining: this.opts.join === true, removedSlots: this.membership.removedSlots,
       rss: () => process.memoryUsage().rss,
-      health: () => this.health(),
     };
   }
 

@@ -94,14 +94,14 @@ async function stop(trio: Trio, i: number): Promise<void> {
 /** Polls (bounded) until every given node reports ok; returns the elapsed ms, or throws with reasons. */
 async function waitHealthy(nodes: readonly ClusterNode[], boundMs = 15_000): Promise<number> {
   const t0 = Date.now();
-  await waitFor(() => nodes.every((n) => n.health().status === 'ok'), {
-    what: () => `every node healthy: ${JSON.stringify(nodes.map((n) => [n.serverName, n.health()]))}`, timeoutMs: boundMs,
+  await waitFor(() => nodes.every((n) => n.status.health().status === 'ok'), {
+    what: () => `every node healthy: ${JSON.stringify(nodes.map((n) => [n.serverName, n.status.health()]))}`, timeoutMs: boundMs,
   });
   return Date.now() - t0;
 }
 
 function leaderOf(nodes: readonly (ClusterNode | undefined)[]): number {
-  return nodes.findIndex((n) => n !== undefined && n.raftz().state === 'leader');
+  return nodes.findIndex((n) => n !== undefined && n.status.raftz().state === 'leader');
 }
 
 /** A write retried on retryable errors (elections), as a client would; bounded. */
@@ -134,17 +134,17 @@ t.test('bootstrap in every start order, both --routes styles; a lone node says w
     const first = await start(trio, order[0]!);
     if (style === 'all') {
       // Its own --routes entry is recognised up front and never dialed (no handshake with itself).
-      const rz = first.routez() as { listen: { port: number }; routes: { route?: string }[] };
+      const rz = first.status.routez() as { listen: { port: number }; routes: { route?: string }[] };
       t.same(rz.routes.map((r) => r.route?.endsWith(`:${rz.listen.port}`)), [false, false], `${first.serverName} dials the two others only`);
     }
     if (trial < 2) {
       // Longer than two maximal election timeouts (2 * 20 ticks * 50 ms): a lone node must not elect
       // itself. (In the others-only style it cannot even start Raft before meeting a peer.)
       if (style === 'all') await pause(2200, 'two maximal election timeouts alone: the absence of an election is the point');
-      const h = first.health();
+      const h = first.status.health();
       t.equal(h.status, 'unavailable', `lone node (${style}) is unavailable`);
       t.match(h.status === 'unavailable' ? h.reason : '', /^no quorum: 1 of 3 voters reachable/, `lone node (${style}) reports the no-quorum reason`);
-      t.not(first.raftz().state, 'leader', 'lone node never elects itself');
+      t.not(first.status.raftz().state, 'leader', 'lone node never elects itself');
     }
     await pause(delays[0]!, 'the seeded start order and spacing under test');
     const second = await start(trio, order[1]!);
@@ -191,7 +191,7 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
     t.equal(sm.keys('b').length, 30, `${n.serverName} has every write after a linearizable read`);
   }
   // Linearizable reads on a follower gather behind one ReadIndex request per round trip to the leader.
-  const messagesOut = (n: ClusterNode): number => Number(/^membershipd_raft_messages_out_total (\d+)$/m.exec(n.metricsText())?.[1] ?? NaN);
+  const messagesOut = (n: ClusterNode): number => Number(/^membershipd_raft_messages_out_total (\d+)$/m.exec(n.status.metricsText())?.[1] ?? NaN);
   const f = nodes[follower]!;
   const before = messagesOut(f);
   const burst = await Promise.allSettled(Array.from({ length: 2000 }, () => f.read()));
@@ -251,10 +251,10 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
   t.equal(back.id, oldLeaderId, 'restarted with its persisted slot');
   const smBack = await back.read();
   t.equal(smBack.keys('b').length, 60, 'the restarted node caught up with every write');
-  t.ok(((trio.nodes[newLeader]!.raftz() as { snapshotIndex: number }).snapshotIndex) > 0, 'the leader compacted its log');
+  t.ok(((trio.nodes[newLeader]!.status.raftz() as { snapshotIndex: number }).snapshotIndex) > 0, 'the leader compacted its log');
 
   // A wiped follower (same identity file, empty data dir) rejoins by snapshot.
-  const wiped = trio.nodes.findIndex((n) => n !== undefined && n.raftz().state !== 'leader');
+  const wiped = trio.nodes.findIndex((n) => n !== undefined && n.status.raftz().state !== 'leader');
   await stop(trio, wiped);
   rmSync(join(trio.dir, `node-${wiped}`), { recursive: true, force: true });
   const writer = trio.nodes[(wiped + 1) % 3]!;
@@ -281,7 +281,7 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
   t.same(userNames.map((n) => source.userByName(n)?.name), userNames, 'the principal source knows the users the snapshot brought');
   t.same([...changed].sort(), userNames, 'and announced them as changed (so connections are re-checked)');
   source.detach();
-  t.match(fresh.metricsText(), /membershipd_raft_applied_index \d+/, 'metrics are exported');
+  t.match(fresh.status.metricsText(), /membershipd_raft_applied_index \d+/, 'metrics are exported');
 
   for (let i = 0; i < 3; i++) await stop(trio, i);
   // Stopped: requests fail at once with a typed, non-retryable error.
@@ -304,8 +304,8 @@ t.test('--kv-replicas: learners beyond R, R > N refused, no leader → typed ret
   await start(trio, learnerIdx);
   await waitHealthy(trio.nodes as ClusterNode[]);
   const leader = trio.nodes[leaderOf(trio.nodes)]!;
-  await waitFor(() => (leader.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3), { what: 'slot 3 a learner in the leader\'s configuration', timeoutMs: 10_000 });
-  t.same((leader.raftz() as { conf: unknown }).conf, { voters: [1, 2], learners: [3] }, 'the node beyond R was added as a learner');
+  await waitFor(() => (leader.status.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3), { what: 'slot 3 a learner in the leader\'s configuration', timeoutMs: 10_000 });
+  t.same((leader.status.raftz() as { conf: unknown }).conf, { voters: [1, 2], learners: [3] }, 'the node beyond R was added as a learner');
   await trio.nodes[learnerIdx]!.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
   const sm = await trio.nodes[learnerIdx]!.read();
   t.ok(sm.bucketInfo('b'), 'a learner writes (forwarded) and reads linearizably');
@@ -402,7 +402,7 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
   });
   strayPort!.taken = true;
   running.add(stray);
-  const healthReason = (n: ClusterNode): string => { const h = n.health(); return h.status === 'unavailable' ? h.reason : 'ok'; };
+  const healthReason = (n: ClusterNode): string => { const h = n.status.health(); return h.status === 'unavailable' ? h.reason : 'ok'; };
   const reason = await waitFor(() => /cluster size mismatch/.test(healthReason(stray)) && healthReason(stray), {
     what: () => `a cluster size mismatch in the stray node's health (now: ${healthReason(stray)})`, timeoutMs: 10_000,
   });
@@ -435,12 +435,12 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
 t.test('a voter down past the grace period is replaced by a caught-up learner', async (t) => {
   const c = await startCluster({ size: 4, kvReplicas: 3, tickMs: 50, dir: join(root, 'replace'), node: { voterGraceMs: 800 } });
   for (const n of c.nodes) running.add(n);
-  const confOf = (): { voters: number[]; learners: number[] } => (c.leader()?.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
+  const confOf = (): { voters: number[]; learners: number[] } => (c.leader()?.status.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
   await waitFor(() => confOf().learners.length > 0, { what: () => `a learner (conf ${JSON.stringify(confOf())})`, timeoutMs: 10_000 });
   t.same(confOf(), { voters: [1, 2, 3], learners: [4] }, 'slot 4 joined as a learner');
   const learner = c.nodes.find((n) => n.id === 4)!;
   t.match(await learner.propose({ op: 'bucket.create', bucket: 'r', config: {}, ts: 1 }), { ok: true }, 'a learner forwards writes');
-  const victim = c.nodes.find((n) => n.id !== 4 && n.raftz().state !== 'leader')!;
+  const victim = c.nodes.find((n) => n.id !== 4 && n.status.raftz().state !== 'leader')!;
   const victimId = victim.id!;
   await victim.stop();
   running.delete(victim);
@@ -475,24 +475,24 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   let joiner = await startNode({ ...joinOptions, clusterListener: joinHeld!.server });
   joinHeld!.taken = true;
   running.add(joiner);
-  const reasonOf = (n: ClusterNode): string => { const h = n.health(); return h.status === 'ok' ? 'ok' : h.reason; };
+  const reasonOf = (n: ClusterNode): string => { const h = n.status.health(); return h.status === 'ok' ? 'ok' : h.reason; };
   await waitFor(() => /has no slot for node-3/.test(reasonOf(joiner)), { what: () => `the joiner's "no slot" reason (now: ${reasonOf(joiner)})`, timeoutMs: 10_000 });
   t.match(reasonOf(joiner), /joining cluster "test-cluster": the slot table of peer "node-\d" has no slot for node-3; run "membershipd cluster add node-3 <host>:\d+"/, 'a joiner not added yet says what to run');
   t.equal(joiner.id, undefined, 'it has no slot yet');
 
   // One member is down during the add (it applies it later, from the log).
-  const lag = members.findIndex((n) => n.raftz().state !== 'leader');
+  const lag = members.findIndex((n) => n.status.raftz().state !== 'leader');
   await stop(trio, lag);
   const up = (): ClusterNode[] => trio.nodes.filter((n): n is ClusterNode => n !== undefined);
   // What the control plane does when every node applies the replicated added-slots key.
   for (const n of up()) n.setAddedSlots([{ name: 'node-3', address }]);
   for (const n of up()) t.same(n.slots().map((s) => s.id), [1, 2, 3, 4], `${n.serverName} knows slot 4`);
-  await waitFor(() => joiner.id === 4 && joiner.health().status === 'ok', { what: () => `the joiner in slot 4 and healthy (id ${joiner.id}, ${reasonOf(joiner)})`, timeoutMs: 15_000 });
+  await waitFor(() => joiner.id === 4 && joiner.status.health().status === 'ok', { what: () => `the joiner in slot 4 and healthy (id ${joiner.id}, ${reasonOf(joiner)})`, timeoutMs: 15_000 });
   t.equal(joiner.id, 4, 'the joiner learned slot 4 from its peers');
   t.equal(reasonOf(joiner), 'ok', 'the joiner is healthy');
   t.equal((await joiner.read()).keys('b').length, 40, 'it caught up with every write');
   t.ok(joiner.metrics.snapshotsInstalled > 0, 'by snapshot (the leader\'s log was compacted)');
-  const confOf = (): { voters: number[]; learners: number[] } => (members[leaderOf(members)]?.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
+  const confOf = (): { voters: number[]; learners: number[] } => (members[leaderOf(members)]?.status.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
   t.same(confOf(), { voters: [1, 2, 3], learners: [4] }, 'it is a learner: R = 3 voters already');
   t.match(readClusterFile(joinOptions.dataDir), { id: 4, initial: 3, joined: true, names: { 4: 'node-3' } }, 'its cluster.json holds the slot');
 
@@ -508,7 +508,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   for (const n of members) t.equal(readClusterFile(join(trio.dir, n.serverName))?.addresses.length, 4, `${n.serverName} persisted 4 slots`);
 
   // An operator removes a member: 2 voters < R, so the caught-up joiner is promoted.
-  const victim = members.findIndex((n) => n.raftz().state !== 'leader');
+  const victim = members.findIndex((n) => n.status.raftz().state !== 'leader');
   const victimId = members[victim]!.id!;
   for (const n of [...members, joiner]) n.membership.setRemovedSlots([victimId]);
   await waitFor(() => confOf().voters.includes(4) && !confOf().voters.includes(victimId), {
@@ -525,13 +525,13 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   const rest = trio.nodes.filter((n): n is ClusterNode => n !== undefined);
   await waitHealthy([...rest, joiner]);
   t.equal(joiner.id, 4, 'the restarted joiner kept slot 4');
-  const member = trio.nodes.findIndex((n) => n !== undefined && n.raftz().state !== 'leader');
+  const member = trio.nodes.findIndex((n) => n !== undefined && n.status.raftz().state !== 'leader');
   await stop(trio, member);
   const back = await start(trio, member);
   back.membership.setRemovedSlots([victimId]);
   await waitHealthy([...trio.nodes.filter((n): n is ClusterNode => n !== undefined), joiner]);
   t.equal(back.slots().length, 4, 'the restarted member kept the grown table');
-  t.ok(back.routez().routes && (back.routez().routes as { route?: string }[]).some((r) => r.route === `nats-route://${address}`), 'and dials the added node');
+  t.ok(back.status.routez().routes && (back.status.routez().routes as { route?: string }[]).some((r) => r.route === `nats-route://${address}`), 'and dials the added node');
   t.match(await write(joiner, 'from-joiner', 7), { ok: true }, 'a write through the added node commits');
   for (const n of trio.nodes.filter((x): x is ClusterNode => x !== undefined)) t.equal((await n.read()).get('b', 'from-joiner')?.value[0], 7, `${n.serverName} has it`);
   await joiner.stop();

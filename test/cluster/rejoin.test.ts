@@ -103,13 +103,13 @@ function nodes(trio: Trio): ClusterNode[] {
 
 async function waitHealthy(trio: Trio, boundMs = 30_000): Promise<void> {
   // The description is evaluated at the timeout: it shows each node's health then, not when the wait began.
-  await waitFor(() => nodes(trio).length === 3 && nodes(trio).every((n) => n.health().status === 'ok'), {
-    what: () => `three healthy nodes: ${JSON.stringify(nodes(trio).map((n) => [n.serverName, n.health()]))}`, timeoutMs: boundMs,
+  await waitFor(() => nodes(trio).length === 3 && nodes(trio).every((n) => n.status.health().status === 'ok'), {
+    what: () => `three healthy nodes: ${JSON.stringify(nodes(trio).map((n) => [n.serverName, n.status.health()]))}`, timeoutMs: boundMs,
   });
 }
 
 function leaderIndex(trio: Trio): number {
-  return trio.members.findIndex((m) => m.node?.raftz().state === 'leader');
+  return trio.members.findIndex((m) => m.node?.status.raftz().state === 'leader');
 }
 
 async function getJson(port: number, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -196,7 +196,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
   const stages: Record<string, number> = { started: Date.now() - t0 };
   const seen = (stage: string, now: boolean): void => { if (now && stages[stage] === undefined) stages[stage] = Date.now() - t0; };
   for (;;) {
-    if (Date.now() - t0 > boundMs) throw new Error(`node-${i} not healthy ${boundMs} ms after its wipe: ${JSON.stringify(node.health())}`);
+    if (Date.now() - t0 > boundMs) throw new Error(`node-${i} not healthy ${boundMs} ms after its wipe: ${JSON.stringify(node.status.health())}`);
     const [h, r, z] = await Promise.all([getJson(port, '/healthz'), getJson(port, '/readyz'), getJson(port, '/raftz')]);
     polls++;
     const have = node.stateMachine.keys('b').length;
@@ -221,7 +221,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
     if (z.body.state === 'follower' && z.body.recovering === true) t.equal(z.body.vote === 0 || z.body.vote === z.body.leader, true);
     // The leader's side of the stream: what the follower acknowledged of the snapshot, in /raftz.
     const lead = trio.members[leaderIndex(trio)]?.node;
-    const pr = (lead?.raftz() as { progress?: Record<string, { snapshotTransfer?: { ackedBytes: number; totalBytes: number } }> } | undefined)?.progress?.[`node-${i}`];
+    const pr = (lead?.status.raftz() as { progress?: Record<string, { snapshotTransfer?: { ackedBytes: number; totalBytes: number } }> } | undefined)?.progress?.[`node-${i}`];
     if (pr?.snapshotTransfer) {
       leaderSide = Math.max(leaderSide, Math.floor((100 * pr.snapshotTransfer.ackedBytes) / pr.snapshotTransfer.totalBytes));
       t.ok(pr.snapshotTransfer.ackedBytes <= pr.snapshotTransfer.totalBytes, 'the leader\'s snapshot progress is within the snapshot');
@@ -235,7 +235,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
   t.comment(`node-${i} rejoined in ${ms} ms (longest event-loop stall ${stallMs} ms; ${polls} polls, ${catchingUp} saying "catching up", snapshot progress seen up to ${maxPercent}% on the node, ${leaderSide}% on the leader); reasons seen: ${[...reasons].join(' | ')}`);
   t.equal(node.metrics.recoveries, 1, 'it went through recovery: it knew it had lost its data');
   t.equal(readClusterFile(join(trio.dir, `node-${i}`))?.recovering, undefined, 'and persisted that it is a full member again');
-  t.equal((node.raftz() as { recovering: boolean }).recovering, false, '/raftz no longer says recovering');
+  t.equal((node.status.raftz() as { recovering: boolean }).recovering, false, '/raftz no longer says recovering');
   return { ms, polls, catchingUp, maxPercent, stallMs };
 }
 
@@ -250,10 +250,10 @@ t.test('a wiped follower with small state rejoins; 503 until it has the data, 20
   const f = await wipeAndRejoin(t, trio, victim, 500, 60_000);
   t.ok(f.polls > 0);
   t.ok(trio.members[victim]!.node!.metrics.snapshotsInstalled > 0, 'it was sent a snapshot (the leader\'s log was compacted)');
-  const streamed = /^membershipd_snapshot_stream_received_bytes_total (\d+)$/m.exec(trio.members[victim]!.node!.metricsText());
+  const streamed = /^membershipd_snapshot_stream_received_bytes_total (\d+)$/m.exec(trio.members[victim]!.node!.status.metricsText());
   t.ok(Number(streamed?.[1]) > 0, `the snapshot came as its file, streamed in chunks over the TLS route (${streamed?.[1]} bytes)`);
   const lead = trio.members[leaderIndex(trio)]!.node!;
-  const progressOf = () => (lead.raftz() as { progress: Record<string, { match: number; recovering: boolean }> }).progress[`node-${victim}`]!;
+  const progressOf = () => (lead.status.raftz() as { progress: Record<string, { match: number; recovering: boolean }> }).progress[`node-${victim}`]!;
   // The leader learns it from the node's next response (a heartbeat away from the node's own "caught up").
   await waitFor(() => !progressOf().recovering, { what: 'the leader counts the rejoined node again', timeoutMs: 10_000 });
   t.equal(progressOf().recovering, false, 'the leader counts it again');

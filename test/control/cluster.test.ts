@@ -63,7 +63,7 @@ t.before(async () => {
     const auth = await loadBusAuth(cmd.config, logger);
     nodes[i] = await startServing(cmd.config, logger, auth.authenticator, auth, { clusterListener: takeListener(held[i]) });
   }));
-  await until('a healthy cluster with its control buckets', () => nodes.every((n) => n.cluster!.health().status === 'ok'
+  await until('a healthy cluster with its control buckets', () => nodes.every((n) => n.cluster!.status.health().status === 'ok'
     && Object.values(controlBuckets).every((b) => n.cluster!.kvBackend().reader.bucketInfo(b) !== undefined)));
 });
 
@@ -74,7 +74,7 @@ async function cli(node: number, ...argv: string[]): Promise<{ code: number; out
 }
 
 t.test('user add through a follower; the user connects through another node; remove disconnects it there', async (t) => {
-  const leaderName = (nodes[0]!.cluster!.raftz().leader as { name?: string } | null)?.name;
+  const leaderName = (nodes[0]!.cluster!.status.raftz().leader as { name?: string } | null)?.name;
   const follower = [0, 1, 2].find((i) => `n${i}` !== leaderName)!;
   t.ok(leaderName !== undefined && `n${follower}` !== leaderName, `n${follower} is a follower (leader ${String(leaderName)})`);
   const other = [0, 1, 2].find((i) => i !== follower)!;
@@ -150,7 +150,7 @@ async function openRaw(url: string): Promise<{ connectAs(user: string, pass: str
 }
 
 t.test('user add acknowledged, then connect at once to a follower: the follower catches up before refusing', async (t) => {
-  const leaderName = (nodes[0]!.cluster!.raftz().leader as { name?: string } | null)?.name;
+  const leaderName = (nodes[0]!.cluster!.status.raftz().leader as { name?: string } | null)?.name;
   const leader = [0, 1, 2].find((i) => `n${i}` === leaderName)!;
   const followers = [0, 1, 2].filter((i) => i !== leader);
   let behind = 0;
@@ -187,7 +187,7 @@ t.test('serve --store kv without cluster flags: a cluster of one, durable across
     const auth = await loadBusAuth(cmd.config, silentLogger());
     const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
     nodes.push(n);
-    await until('the lone node\'s buckets', () => n.cluster!.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
+    await until('the lone node\'s buckets', () => n.cluster!.status.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
     return n;
   };
   const solo = async (n: ServingNode, ...a: string[]): Promise<{ code: number; out: string; err: string }> => {
@@ -249,17 +249,17 @@ t.test('nodes and config buckets: identities, URLs, roles and the posture; a dif
     t.ok(r.ok);
   };
   await put('file');
-  await until('every node refused', () => nodes.slice(0, 3).every((n) => n.cluster!.health().status !== 'ok'));
+  await until('every node refused', () => nodes.slice(0, 3).every((n) => n.cluster!.status.health().status !== 'ok'));
   const res = await fetch(`${nodes[2]!.urls.http}/healthz`);
   t.equal(res.status, 503);
   t.match(((await res.json()) as { reason: string }).reason, /posture differs.*store is file in the cluster, kv on this node/);
   const ts = Date.now();
   t.ok((await b.propose({ op: 'put', bucket: controlBuckets.config, key: 'store', value: prev.op === 'PUT' ? prev.value : new Uint8Array(), ts })).ok);
-  await until('healthy again', () => nodes.slice(0, 3).every((n) => n.cluster!.health().status === 'ok'));
+  await until('healthy again', () => nodes.slice(0, 3).every((n) => n.cluster!.status.health().status === 'ok'));
 });
 
 t.test('cluster status, transfer-leader, remove and add through the CLI', async (t) => {
-  const leaderIdx = (): number => [0, 1, 2].find((i) => nodes[i]!.cluster!.selfReport().state === 'leader') ?? -1;
+  const leaderIdx = (): number => [0, 1, 2].find((i) => nodes[i]!.cluster!.status.selfReport().state === 'leader') ?? -1;
   await until('a leader', () => leaderIdx() >= 0);
   const follower = [0, 1, 2].find((i) => i !== leaderIdx())!;
   let r = await cli(follower, 'cluster', 'status');
@@ -290,8 +290,8 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.equal(r.out, 'node: removed (2 voters left)');
   r = await cli(via, 'cluster', 'remove', `n${victim}`);
   t.equal(r.out, 'node: unchanged', 'removing again is unchanged');
-  await until('the removed node knows', () => nodes[victim]!.cluster!.health().status !== 'ok');
-  t.match((nodes[victim]!.cluster!.health() as { reason: string }).reason, /removed from the cluster.*cluster add/);
+  await until('the removed node knows', () => nodes[victim]!.cluster!.status.health().status !== 'ok');
+  t.match((nodes[victim]!.cluster!.status.health() as { reason: string }).reason, /removed from the cluster.*cluster add/);
   r = await cli(via, 'role', 'add', 'during-removal');
   t.equal(r.code, 0, 'writes commit with two voters');
   r = await cli(via, 'cluster', 'status', '--json');
@@ -315,7 +315,7 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   r = await cli(via, 'cluster', 'add', `n${victim}`, `nats-route://${address}`);
   t.equal(r.code, 0, r.err);
   t.equal(r.out, 'node: created, voter');
-  await until('the re-added node healthy and caught up', () => nodes[victim]!.cluster!.health().status === 'ok'
+  await until('the re-added node healthy and caught up', () => nodes[victim]!.cluster!.status.health().status === 'ok'
     && nodes[victim]!.cluster!.kvBackend().reader.get(controlBuckets.roles, 'during-removal')?.op === 'PUT');
   await until('its record back as a voter', () => {
     const e = nodes[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, `n${victim}`);
@@ -339,7 +339,7 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.match(r.err, /greater than the cluster size 3/);
   r = await cli(via, 'cluster', 'kv-replicas', 'x');
   t.equal(r.code, 2);
-  await until('healthy with R = 3', () => nodes.slice(0, 3).every((n) => n.cluster!.health().status === 'ok' && n.cluster!.kvReplicas === 3));
+  await until('healthy with R = 3', () => nodes.slice(0, 3).every((n) => n.cluster!.status.health().status === 'ok' && n.cluster!.kvReplicas === 3));
 
   r = await cli(via, 'audit', 'list', '--json');
   const audit = (JSON.parse(r.out) as { audit: { what: string; target: string; result: string }[] }).audit;
@@ -369,8 +369,8 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
     return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
   };
   const founders = nodes.slice(0, 3);
-  const leaderIdx = (): number => [0, 1, 2].find((i) => founders[i]!.cluster!.selfReport().state === 'leader') ?? -1;
-  await until('a healthy leader', () => leaderIdx() >= 0 && founders.every((n) => n.cluster!.health().status === 'ok'));
+  const leaderIdx = (): number => [0, 1, 2].find((i) => founders[i]!.cluster!.status.selfReport().state === 'leader') ?? -1;
+  await until('a healthy leader', () => leaderIdx() >= 0 && founders.every((n) => n.cluster!.status.health().status === 'ok'));
   const via = [0, 1, 2].find((i) => i !== leaderIdx())!;
   const victim = [0, 1, 2].find((i) => i !== leaderIdx() && i !== via)!;
   const third = [0, 1, 2].find((i) => i !== via && i !== victim)!;
@@ -424,7 +424,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   // The new node starts with the printed flags: it learns slot 4, catches up and is promoted (2 voters < R = 3).
   const n3 = await serve('n3', p3, routes, ['--initial-cluster-state', 'existing']);
   grown.push(n3);
-  await until('n3 healthy and promoted', () => n3.cluster!.health().status === 'ok' && conf().voters.includes(4), 30_000);
+  await until('n3 healthy and promoted', () => n3.cluster!.status.health().status === 'ok' && conf().voters.includes(4), 30_000);
   t.equal(n3.cluster!.id, 4, 'n3 has slot 4');
   t.same([...conf().voters].sort(), [1, 2, 3, 4].filter((id) => id !== founders[victim]!.cluster!.id).sort(), 'three voters again: n3 replaced the removed node');
   await until('n3 recorded as a voter in the nodes bucket', () => {
@@ -464,7 +464,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   t.ok(routes4.split(',').includes(`127.0.0.1:${p3}`), 'n3 is among the routes printed for n4');
   const n4 = await serve('n4', p4, routes4, ['--initial-cluster-state', 'existing']);
   grown.push(n4);
-  await until('n4 healthy and caught up', () => n4.cluster!.health().status === 'ok' && n4.cluster!.kvBackend().reader.get(controlBuckets.users, 'erin')?.op === 'PUT', 30_000);
+  await until('n4 healthy and caught up', () => n4.cluster!.status.health().status === 'ok' && n4.cluster!.kvBackend().reader.get(controlBuckets.users, 'erin')?.op === 'PUT', 30_000);
   r = await cliAt(n4, 'id-n4.nk', 'cluster', 'status', '--json');
   t.equal(r.code, 0, r.err);
   const st = (JSON.parse(r.out) as { status: { members: { id: number; name: string; role: string; reachable: boolean }[]; voters: number[]; learners: number[] } }).status;
@@ -479,7 +479,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   await n3.stop();
   const n3b = await serve('n3', p3, routes, ['--initial-cluster-state', 'existing']);
   grown.push(n3b);
-  await until('n3 back', () => n3b.cluster!.health().status === 'ok', 30_000);
+  await until('n3 back', () => n3b.cluster!.status.health().status === 'ok', 30_000);
   t.equal(n3b.cluster!.id, 4, 'the restarted added node kept slot 4');
   const founder = founders[via]!;
   await founder.stop();
@@ -496,7 +496,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
     nodes.push(n);
     return n;
   })();
-  await until('the founder back with five slots', () => again.cluster!.health().status === 'ok' && again.cluster!.slots().length === 5, 30_000);
+  await until('the founder back with five slots', () => again.cluster!.status.health().status === 'ok' && again.cluster!.slots().length === 5, 30_000);
   t.equal(again.cluster!.id, founder.cluster!.id, 'the founder kept its slot');
   r = await cliAt(n4, 'id-n4.nk', 'user', 'add', 'erin', '--password-file', join(dir, 'pw-carol'), '--role', 'grow');
   t.equal(r.out, 'user erin: unchanged', 'the added learner answers admin requests (forwarded reads and writes)');
@@ -523,7 +523,7 @@ t.test('user add --generate-password: only a generated$ hash crosses the bus, th
   const auth = await loadBusAuth(cmd.config, silentLogger());
   const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
   nodes.push(n);
-  await until('the node\'s buckets', () => n.cluster!.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
+  await until('the node\'s buckets', () => n.cluster!.status.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
   const cli = async (...a: string[]): Promise<{ code: number; out: string; err: string }> => {
     const o = memoryOutput();
     const code = await main([...a, '--server', n.urls.nats, '--internal-id-file', join(dir, 'gen.nk')], o);
