@@ -347,7 +347,7 @@ function notReady(node: ServingNode): string | undefined {
   if (c === undefined) return `${node.nats.serverName}: no cluster node`;
   const h = c.status.health();
   if (h.status !== 'ok') return `${node.nats.serverName}: ${h.reason}`;
-  const reader = c.kvBackend().reader;
+  const reader = c.kv.reader;
   const missing = Object.values(controlBuckets).filter((b) => reader.bucketInfo(b) === undefined);
   return missing.length === 0 ? undefined : `${node.nats.serverName}: control buckets not created yet (${missing.join(', ')})`;
 }

@@ -274,11 +274,11 @@ async function startClusterParts(
   // Service presence in front of the admin API: `$UB.API.SERVICE.*` is answered for service principals, not admins only.
   const presenceSeam = createServiceSeam(services.services);
   const presence = startServicePresence({
-    node, backend: node.kvBackend(), logger, internalKeys: () => internalKeys, port: presenceSeam.services,
+    node, backend: node.kv.backend(), logger, internalKeys: () => internalKeys, port: presenceSeam.services,
     ...(control?.principals !== undefined ? { source: control.principals } : {}),
   });
   const controlPlane = startControlPlane({
-    port: presenceSeam.routes, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
+    port: presenceSeam.routes, backend: node.kv.backend(), logger, internalKeys: () => internalKeys,
     ...(control?.kvSource !== undefined ? { source: control.kvSource } : {}),
     cluster: { node, posture: clusterPosture(config), version: packageVersion(), urls: ownUrls, trustedKeys: internalKeys },
   });
@@ -293,7 +293,7 @@ async function startClusterParts(
     deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
   };
   const kvApi = attachKvApi({ cluster: kvPort }, {
-    backend: redactedBackend(node.kvBackend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
+    backend: redactedBackend(node.kv.backend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
     clusterInfo: () => node.status.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
     visibleTo: (bucket, principal) => bucket === controlBuckets.services && presence.mayRead(principal),
   });

@@ -12,9 +12,8 @@ import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RaftError, RawNode, StateType, seededRng, type ReadState, type SoftState } from '../../raft/index.js';
-import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
-import { encodeKvCommand, quotaRefusal } from '../../store/index.js';
+import { RawNode, StateType, seededRng, type SoftState } from '../../raft/index.js';
+import { KvStateMachine, RaftStorage, type KvResult } from '../../store/index.js';
 import { createRouteTransport, type RouteFrame, type RouteTransport } from '../../transport/index.js';
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
 import { createClusterBus, type ClusterBus } from '../bus/index.js';
@@ -24,15 +23,15 @@ import { NodeError, NodeErrorCode } from './errors.js';
 import type { Health } from './health.js';
 import { FrameRouter } from './frame_router.js';
 import { MembershipExecutor, type MembershipControl } from './membership_executor.js';
-import type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
-import { ReadyDriver, type AppliedWrite } from './ready_driver.js';
-import { PendingRequests, stoppedError } from './requests.js';
+import type { NodeOptions, RouteListener } from './node_options.js';
+import { ReadyDriver } from './ready_driver.js';
+import { ReplicatedKv, type NodeKv } from './replicated_kv.js';
+import { stoppedError } from './requests.js';
 import { newNodeMetrics, peerName, type NodeMetrics, type NodeStatusView } from './status.js';
 import { StatusReports, type NodeStatus } from './status_reports.js';
 import { SlotBindings } from './slot_binding.js';
 import { raftStorageView } from './storage_adapter.js';
 import { SnapshotStream } from './snapshot_stream.js';
-import { encodeEnvelope } from './wire.js';
 
 export { snapshotLogFraction } from './ready_driver.js';
 
@@ -52,9 +51,7 @@ export class ClusterNode {
   private readonly tickMs: number;
   private readonly electionTicks: number;
   private readonly heartbeatTicks: number;
-  private readonly timeoutMs: number;
   private readonly snapshotEntries: number;
-  private readonly boot = randomInt(1, 0xffffffff);
   private storage!: RaftStorage;
   private transport!: RouteTransport;
   /** Snapshots to and from peers, streamed as their files beside Raft (snapshot_stream.ts). */
@@ -68,14 +65,14 @@ export class ClusterNode {
   private tickTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private fatal: Error | undefined;
-  /** Waiting writes and linearizable reads (requests.ts); the Ready driver reports what Raft said of them. */
-  private readonly requests: PendingRequests<KvResult>;
+  /** The KV through Raft: writes, linearizable reads, watches, the KvBackend of src/kv (replicated_kv.ts). */
+  readonly kv: NodeKv;
+  /** The same, with the hooks the Ready driver and the tick report to. */
+  private readonly replicated: ReplicatedKv;
   private lastLead = 0;
   /** Frames in from the routes, Raft's messages out (frame_router.ts). */
   private readonly router: FrameRouter;
   private ticks = 0;
-  /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
-  private readonly resetListeners = new Set<() => void>();
   private readonly startedAt = Date.now();
   /** Carries out membership changes on the leader, each tick round (membership_executor.ts). */
   private readonly executor: MembershipExecutor;
@@ -98,7 +95,6 @@ export class ClusterNode {
     this.tickMs = opts.tickMs ?? 100;
     this.electionTicks = opts.electionTicks ?? 10;
     this.heartbeatTicks = opts.heartbeatTicks ?? 1;
-    this.timeoutMs = opts.requestTimeoutMs ?? 5000;
     this.snapshotEntries = opts.snapshotEntries ?? 10_000;
     this.membership = this.executor = new MembershipExecutor({
       raft: () => this.raw,
@@ -106,16 +102,11 @@ export class ClusterNode {
       replicas: () => this.voters, upPeers: () => this.transport.upPeers(), peerOf: (id) => this.idToPeer.get(id),
       peerName: (id) => this.peerName(id), schedule: () => this.schedule(), voterGraceMs: opts.voterGraceMs ?? 30_000, now: () => Date.now(), log: this.log,
     });
-    this.requests = new PendingRequests<KvResult>({
-      serverName: opts.serverName,
-      boot: this.boot,
-      timeoutMs: this.timeoutMs,
-      now: () => performance.now(),
-      propose: (seq, command) => this.proposeToRaft(seq, command),
-      readIndex: (context) => this.askReadIndex(context),
-      health: () => this.reports.health(),
-      stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
-      metrics: this.metrics,
+    this.kv = this.replicated = new ReplicatedKv({
+      serverName: opts.serverName, boot: randomInt(1, 0xffffffff), timeoutMs: opts.requestTimeoutMs ?? 5000, maxKvBytes: opts.maxKvBytes,
+      stateMachine: this.stateMachine, metrics: this.metrics, raft: () => this.raw, slot: () => this.cluster?.id, schedule: () => this.schedule(),
+      health: () => this.reports.health(), stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
+      now: () => performance.now(), log: this.log,
     });
     this.status = this.reports = new StatusReports(() => this.statusView(), (p, f) => this.transport.send(p, f), this.log);
     this.router = new FrameRouter({
@@ -308,11 +299,11 @@ export class ClusterNode {
     this.ticks++;
     if (this.raw) {
       this.raw.tick();
-      this.retryWaiting();
+      this.replicated.retryWaiting();
       if (this.ticks % 10 === 0) this.executor.round();
       this.schedule();
     }
-    this.expire();
+    this.replicated.expire();
   }
 
   private schedule(): void {
@@ -334,15 +325,15 @@ export class ClusterNode {
       snapshotTurn: () => ({ slot: this.cluster?.id ?? 1, slots: this.n }),
       events: {
         softState: (ss) => this.onSoftState(ss),
-        applied: (_entry, write) => { if (write) this.onWriteApplied(write); },
-        readStates: (states) => this.onReadStates(states),
-        advanced: () => this.serveReads(),
-        snapshotInstalled: () => this.notifyReset(),
+        applied: (_entry, write) => { if (write) this.replicated.writeApplied(write); },
+        readStates: (states) => this.replicated.readStates(states),
+        advanced: () => this.replicated.applied(),
+        snapshotInstalled: () => this.replicated.snapshotInstalled(),
         recoveringOnDisk: () => this.cluster?.recovering === true,
         recovered: () => this.markRecovered(),
         fatal: (err) => {
           this.fatal = err;
-          this.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${err.message}`, false));
+          this.replicated.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${err.message}`, false));
         },
       },
     });
@@ -355,7 +346,7 @@ export class ClusterNode {
     this.log.info({ lead, state: ss.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
     this.lastLead = lead;
     this.router.leaderChanged();
-    if (lead !== 0) this.requests.leaderChanged();
+    if (lead !== 0) this.replicated.leaderChanged();
     const isLeader = ss.state === StateType.leader;
     const name = lead === 0 ? undefined : this.peerName(lead);
     for (const l of this.leaderListeners) {
@@ -365,129 +356,6 @@ export class ClusterNode {
         this.log.error({ err: e }, 'leader listener threw');
       }
     }
-  }
-
-  /** A write applied: resolve it if this node (this boot) proposed it. */
-  private onWriteApplied({ envelope: env, result }: AppliedWrite<KvResult>): void {
-    if (env.origin === this.cluster!.id && env.boot === this.boot) this.requests.writeApplied(env.seq, result);
-  }
-
-  private onReadStates(states: readonly ReadState[]): void {
-    this.requests.readIndexesArrived(states);
-  }
-
-  /** After a snapshot from the leader replaced the state machine (KvBackend.onReset). */
-  private notifyReset(): void {
-    // A copy: a listener may re-subscribe itself (KvPrincipalSource re-attaches).
-    for (const l of [...this.resetListeners]) {
-      try {
-        l();
-      } catch (err) {
-        this.log.error({ err }, 'snapshot-install listener threw');
-      }
-    }
-  }
-
-  // ---- writes and reads ------------------------------------------------------------------------
-
-  /** Replicates a KV command; resolves with its result once applied on this node. */
-  propose(cmd: KvCommand): Promise<KvResult> {
-    if (this.opts.maxKvBytes !== undefined) {
-      const refused = quotaRefusal(cmd, this.stateMachine.totalBytes(), this.opts.maxKvBytes);
-      if (refused !== undefined) {
-        this.metrics.quotaRefusals++;
-        return Promise.resolve(refused);
-      }
-    }
-    return this.proposeBytes(encodeKvCommand(cmd));
-  }
-
-  proposeBytes(command: Uint8Array): Promise<KvResult> {
-    return this.requests.submitWrite(command);
-  }
-
-  /** Hands a waiting write to Raft in this node's session envelope; false without a leader or when Raft refuses. */
-  private proposeToRaft(seq: number, command: Uint8Array): boolean {
-    if (!this.raw || !this.cluster || this.raw.basicStatus().lead === 0) return false;
-    try {
-      this.raw.propose(encodeEnvelope(this.cluster.id, this.boot, seq, command));
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e;
-      return false;
-    }
-    this.schedule();
-    return true;
-  }
-
-  /** Asks Raft for a read index (a waiting read batch's context); false without a leader or when Raft refuses. */
-  private askReadIndex(context: Uint8Array): boolean {
-    if (!this.raw || this.raw.basicStatus().lead === 0) return false;
-    try {
-      this.raw.readIndex(context);
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e;
-      return false;
-    }
-    this.schedule();
-    return true;
-  }
-
-  /**
-   * Waits until this node's state machine reflects every write committed before the call
-   * (ReadIndex, Raft thesis §6.4), then returns it. With `stale`, returns at once.
-   */
-  async read(opts: ReadOptions = {}): Promise<KvStateMachine> {
-    if (this.stopping || this.fatal) throw stoppedError(this.serverName, this.fatal);
-    if (opts.stale) return this.stateMachine;
-    await this.requests.submitRead();
-    return this.stateMachine;
-  }
-
-  /** Resolves once the state machine reflects every write committed before the call (ReadIndex). */
-  async readBarrier(): Promise<void> {
-    await this.read();
-  }
-
-  /**
-   * The bucket's retained entries after `afterRevision`, then every entry applied later, until the
-   * returned function is called. Entries absorbed by installing a snapshot are not replayed.
-   */
-  watch(bucket: string, afterRevision: number, listener: KvListener): () => void {
-    for (const e of this.stateMachine.changesSince(afterRevision, bucket)) listener(e);
-    return this.stateMachine.subscribe((e: KvEntry) => {
-      if (e.bucket === bucket) listener(e);
-    });
-  }
-
-  /** The Raft-backed KvBackend of src/kv (propose / readBarrier / reader / watch). */
-  kvBackend(): RaftKvBackend {
-    return {
-      propose: (c) => this.propose(c),
-      readBarrier: () => this.readBarrier(),
-      reader: this.stateMachine,
-      watch: (b, r, l) => this.watch(b, r, l),
-      onReset: (l) => {
-        this.resetListeners.add(l);
-        return () => this.resetListeners.delete(l);
-      },
-    };
-  }
-
-  // The Ready driver's and the tick's hooks into the pending requests (requests.ts).
-  private serveReads(): void {
-    this.requests.serveReads(this.stateMachine.appliedIndex);
-  }
-
-  private retryWaiting(): void {
-    this.requests.retryWaiting();
-  }
-
-  private expire(): void {
-    this.requests.expire();
-  }
-
-  private failAll(e: Error): void {
-    this.requests.failAll(e);
   }
 
   // ---- membership (cluster add/remove/status) -------------------------------------------------------
@@ -551,7 +419,7 @@ export class ClusterNode {
         snapshotIndex: () => this.storage.snapshot().meta.index,
         walSegments: () => this.storage.walSegments().length,
       },
-      metrics: this.metrics, pendingWrites: this.requests.writesWaiting, pendingReads: this.requests.readersWaiting, snapshotStream: this.snapshotStream,
+      metrics: this.metrics, pendingWrites: this.replicated.writesWaiting, pendingReads: this.replicated.readersWaiting, snapshotStream: this.snapshotStream,
       fatal: this.fatal, refusal: this.refusal, stopping: this.stopping, bootstrapProblem: this.binding.problem,
       verdictPending: this.binding.awaitingVerdict, joining: this.opts.join === true, removedSlots: this.membership.removedSlots,
       rss: () => process.memoryUsage().rss,
@@ -563,7 +431,7 @@ export class ClusterNode {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.tickTimer);
-    this.failAll(stoppedError(this.serverName, this.fatal));
+    this.replicated.failAll(stoppedError(this.serverName, this.fatal));
     await this.driver?.stop();
     this.bus?.close();
     await this.snapshotStream?.close();

@@ -126,7 +126,7 @@ async function fill(n: ClusterNode, prefix: string, count: number, inflight = 20
       const k = next++;
       for (let attempt = 0; ; attempt++) {
         try {
-          const r = await n.propose({ op: 'put', bucket: 'b', key: `${prefix}${k}`, value, ts: 1 });
+          const r = await n.kv.propose({ op: 'put', bucket: 'b', key: `${prefix}${k}`, value, ts: 1 });
           if (!r.ok) throw new Error(`put ${prefix}${k} refused: ${JSON.stringify(r)}`);
           break;
         } catch (e) {
@@ -152,7 +152,7 @@ function writeLoad(pick: () => ClusterNode | undefined): { acked: Set<string>; s
         continue;
       }
       try {
-        const r = await n.propose({ op: 'put', bucket: 'b', key, value: Uint8Array.of(1), ts: 1 });
+        const r = await n.kv.propose({ op: 'put', bucket: 'b', key, value: Uint8Array.of(1), ts: 1 });
         if (r.ok) acked.add(key);
       } catch (e) {
         // An election (retryable) or the node being stopped under it: a client retries elsewhere with another key.
@@ -244,7 +244,7 @@ t.test('a wiped follower with small state rejoins; 503 until it has the data, 20
   await Promise.all([0, 1, 2].map((i) => start(trio, i)));
   await waitHealthy(trio);
   const writer = trio.members[leaderIndex(trio)]!.node!;
-  await writer.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
+  await writer.kv.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
   await fill(writer, 'k', 500, 32);
   const victim = (leaderIndex(trio) + 1) % 3;
   const f = await wipeAndRejoin(t, trio, victim, 500, 60_000);
@@ -258,8 +258,8 @@ t.test('a wiped follower with small state rejoins; 503 until it has the data, 20
   await waitFor(() => !progressOf().recovering, { what: 'the leader counts the rejoined node again', timeoutMs: 10_000 });
   t.equal(progressOf().recovering, false, 'the leader counts it again');
   // A write after the rejoin reaches it like any member.
-  await lead.propose({ op: 'put', bucket: 'b', key: 'after', value: Uint8Array.of(1), ts: 1 });
-  const sm = await trio.members[victim]!.node!.read();
+  await lead.kv.propose({ op: 'put', bucket: 'b', key: 'after', value: Uint8Array.of(1), ts: 1 });
+  const sm = await trio.members[victim]!.node!.kv.read();
   t.equal(sm.keys('b').length, 501, 'a linearizable read on the rejoined node sees every key');
   for (let i = 0; i < 3; i++) await stop(trio, i);
 });
@@ -269,7 +269,7 @@ t.test(`${keysLarge} keys under write load: a wiped voter rejoins, then the node
   await Promise.all([0, 1, 2].map((i) => start(trio, i)));
   await waitHealthy(trio);
   const writer = (): ClusterNode | undefined => trio.members[leaderIndex(trio)]?.node;
-  await writer()!.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
+  await writer()!.kv.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
   const t0 = Date.now();
   await fill(writer()!, 'k', keysLarge);
   t.comment(`wrote ${keysLarge} keys in ${Date.now() - t0} ms`);
@@ -289,7 +289,7 @@ t.test(`${keysLarge} keys under write load: a wiped voter rejoins, then the node
 
   // Every acknowledged write is on every node, after a linearizable read on each.
   for (const n of nodes(trio)) {
-    const sm = await n.read();
+    const sm = await n.kv.read();
     let missing = 0;
     for (const k of load.acked) if (sm.get('b', k) === undefined) missing++;
     t.equal(missing, 0, `${n.serverName} holds every acknowledged write of the load`);

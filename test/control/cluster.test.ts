@@ -64,7 +64,7 @@ t.before(async () => {
     nodes[i] = await startServing(cmd.config, logger, auth.authenticator, auth, { clusterListener: takeListener(held[i]) });
   }));
   await until('a healthy cluster with its control buckets', () => nodes.every((n) => n.cluster!.status.health().status === 'ok'
-    && Object.values(controlBuckets).every((b) => n.cluster!.kvBackend().reader.bucketInfo(b) !== undefined)));
+    && Object.values(controlBuckets).every((b) => n.cluster!.kv.reader.bucketInfo(b) !== undefined)));
 });
 
 async function cli(node: number, ...argv: string[]): Promise<{ code: number; out: string; err: string }> {
@@ -91,7 +91,7 @@ t.test('user add through a follower; the user connects through another node; rem
   t.equal(r.code, 3, 'a different spec through another node is a conflict');
 
   // Every node applied the write; the user connects through a node it was not added on.
-  await until('carol on every node', () => nodes.every((n) => n.cluster!.kvBackend().reader.get(controlBuckets.users, 'carol')?.op === 'PUT'));
+  await until('carol on every node', () => nodes.every((n) => n.cluster!.kv.reader.get(controlBuckets.users, 'carol')?.op === 'PUT'));
   const carol = await connect({ servers: nodes[other]!.urls.nats, user: 'carol', pass: 'tr0ub4dor', reconnect: false });
   clients.push(carol);
   const sub = carol.subscribe('metrics.cpu', { max: 1 });
@@ -165,7 +165,7 @@ t.test('user add acknowledged, then connect at once to a follower: the follower 
     const password = /password: (ubpw_[A-Za-z0-9_-]{43})/.exec(r.out)?.[1];
     if (password === undefined) return void t.fail(`no generated password printed: ${r.out}`);
     // Whether this follower had applied the add when the CONNECT went out (it learns the commit a heartbeat later).
-    if (nodes[f]!.cluster!.kvBackend().reader.get(controlBuckets.users, name)?.op !== 'PUT') behind++;
+    if (nodes[f]!.cluster!.kv.reader.get(controlBuckets.users, name)?.op !== 'PUT') behind++;
     t.equal(await raw.connectAs(name, password), 'PONG', `${name} connects to follower n${f} at once`);
     t.match(await wrongRaw.connectAs(name, `${password.slice(0, -1)}x`), /Authorization Violation/, `a wrong password for ${name} is still refused`);
     raw.close();
@@ -187,7 +187,7 @@ t.test('serve --store kv without cluster flags: a cluster of one, durable across
     const auth = await loadBusAuth(cmd.config, silentLogger());
     const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
     nodes.push(n);
-    await until('the lone node\'s buckets', () => n.cluster!.status.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
+    await until('the lone node\'s buckets', () => n.cluster!.status.health().status === 'ok' && n.cluster!.kv.reader.bucketInfo(controlBuckets.users) !== undefined);
     return n;
   };
   const solo = async (n: ServingNode, ...a: string[]): Promise<{ code: number; out: string; err: string }> => {
@@ -214,7 +214,7 @@ t.test('serve --store kv without cluster flags: a cluster of one, durable across
 });
 
 t.test('nodes and config buckets: identities, URLs, roles and the posture; a differing posture refuses the node with the reason', async (t) => {
-  const reader = (i: number) => nodes[i]!.cluster!.kvBackend().reader;
+  const reader = (i: number) => nodes[i]!.cluster!.kv.reader;
   const record = (i: number, name: string): Record<string, unknown> | undefined => {
     const e = reader(i).get(controlBuckets.nodes, name);
     return e?.op === 'PUT' ? (decodeValue(e.value, validateNode) as Record<string, unknown> | undefined) : undefined;
@@ -241,7 +241,7 @@ t.test('nodes and config buckets: identities, URLs, roles and the posture; a dif
   t.equal(digest, nodeOptionsFromServeConfig(parsedConfigs[0]!, silentLogger()).postureDigest, 'the route handshake digest is made of the config bucket values');
 
   // The cluster's posture changes under the nodes (as if they had been started with other flags): each refuses.
-  const b = nodes[0]!.cluster!.kvBackend();
+  const b = nodes[0]!.cluster!.kv.backend();
   const prev = b.reader.get(controlBuckets.config, 'store')!;
   const put = async (value: string): Promise<void> => {
     const ts = Date.now();
@@ -296,7 +296,7 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.equal(r.code, 0, 'writes commit with two voters');
   r = await cli(via, 'cluster', 'status', '--json');
   t.equal((JSON.parse(r.out) as { status: { members: { name: string; role: string }[] } }).status.members.find((m) => m.name === `n${victim}`)?.role, 'removed');
-  await until('its nodes record deleted', () => nodes[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, `n${victim}`)?.op !== 'PUT');
+  await until('its nodes record deleted', () => nodes[via]!.cluster!.kv.reader.get(controlBuckets.nodes, `n${victim}`)?.op !== 'PUT');
 
   // Bad input: an address outside the slot list, a name bound elsewhere, an unknown node.
   r = await cli(via, 'cluster', 'add', 'n9', 'nats-route://127.0.0.1');
@@ -316,9 +316,9 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.equal(r.code, 0, r.err);
   t.equal(r.out, 'node: created, voter');
   await until('the re-added node healthy and caught up', () => nodes[victim]!.cluster!.status.health().status === 'ok'
-    && nodes[victim]!.cluster!.kvBackend().reader.get(controlBuckets.roles, 'during-removal')?.op === 'PUT');
+    && nodes[victim]!.cluster!.kv.reader.get(controlBuckets.roles, 'during-removal')?.op === 'PUT');
   await until('its record back as a voter', () => {
-    const e = nodes[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, `n${victim}`);
+    const e = nodes[via]!.cluster!.kv.reader.get(controlBuckets.nodes, `n${victim}`);
     return e?.op === 'PUT' && decodeValue(e.value, validateNode)?.role === 'voter';
   });
   // R lowered and raised on the running cluster: 3 → 2 (a voter steps down to learner) → 3.
@@ -376,7 +376,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   const third = [0, 1, 2].find((i) => i !== via && i !== victim)!;
   const conf = (): { voters: readonly number[]; learners: readonly number[] } => founders[via]!.cluster!.membership.current()!;
   const addedSlots = (): { value: unknown; revision: number } | undefined => {
-    const e = founders[via]!.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots');
+    const e = founders[via]!.cluster!.kv.reader.get(controlBuckets.config, 'added-slots');
     return e?.op === 'PUT' ? { value: decodeValue(e.value, validateConfig)?.value, revision: e.revision } : undefined;
   };
 
@@ -428,7 +428,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   t.equal(n3.cluster!.id, 4, 'n3 has slot 4');
   t.same([...conf().voters].sort(), [1, 2, 3, 4].filter((id) => id !== founders[victim]!.cluster!.id).sort(), 'three voters again: n3 replaced the removed node');
   await until('n3 recorded as a voter in the nodes bucket', () => {
-    const e = founders[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, 'n3');
+    const e = founders[via]!.cluster!.kv.reader.get(controlBuckets.nodes, 'n3');
     return e?.op === 'PUT' && decodeValue(e.value, validateNode)?.role === 'voter';
   });
 
@@ -438,7 +438,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   r = await cliAt(n3, 'id-n3.nk', 'user', 'add', 'erin', '--password-file', join(dir, 'pw-carol'), '--role', 'grow');
   t.equal(r.code, 0, r.err);
   t.equal(r.out, 'user erin: created');
-  await until('erin on every member', () => [founders[via]!, founders[leaderIdx()]!, n3].every((n) => n.cluster!.kvBackend().reader.get(controlBuckets.users, 'erin')?.op === 'PUT'));
+  await until('erin on every member', () => [founders[via]!, founders[leaderIdx()]!, n3].every((n) => n.cluster!.kv.reader.get(controlBuckets.users, 'erin')?.op === 'PUT'));
   const onNew = await connect({ servers: n3.urls.nats, user: 'erin', pass: 'tr0ub4dor', reconnect: false });
   const onOld = await connect({ servers: founders[via]!.urls.nats, user: 'erin', pass: 'tr0ub4dor', reconnect: false });
   clients.push(onNew, onOld);
@@ -464,7 +464,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   t.ok(routes4.split(',').includes(`127.0.0.1:${p3}`), 'n3 is among the routes printed for n4');
   const n4 = await serve('n4', p4, routes4, ['--initial-cluster-state', 'existing']);
   grown.push(n4);
-  await until('n4 healthy and caught up', () => n4.cluster!.status.health().status === 'ok' && n4.cluster!.kvBackend().reader.get(controlBuckets.users, 'erin')?.op === 'PUT', 30_000);
+  await until('n4 healthy and caught up', () => n4.cluster!.status.health().status === 'ok' && n4.cluster!.kv.reader.get(controlBuckets.users, 'erin')?.op === 'PUT', 30_000);
   r = await cliAt(n4, 'id-n4.nk', 'cluster', 'status', '--json');
   t.equal(r.code, 0, r.err);
   const st = (JSON.parse(r.out) as { status: { members: { id: number; name: string; role: string; reachable: boolean }[]; voters: number[]; learners: number[] } }).status;
@@ -502,12 +502,12 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   t.equal(r.out, 'user erin: unchanged', 'the added learner answers admin requests (forwarded reads and writes)');
 
   // Without a leader (two of the three voters stopped) an add fails with a clear error and exit 1, and changes nothing.
-  const slotsBefore = n4.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots');
+  const slotsBefore = n4.cluster!.kv.reader.get(controlBuckets.config, 'added-slots');
   await Promise.all([again.stop(), founders[third]!.stop()]);
   r = await cliAt(n4, 'id-n4.nk', 'cluster', 'add', 'n5', '127.0.0.1:6');
   t.equal(r.code, 1, 'no leader → exit 1');
   t.match(r.err, /no leader|no quorum|no reply within/, r.err);
-  t.equal(n4.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots')?.revision, slotsBefore?.revision, 'nothing changed');
+  t.equal(n4.cluster!.kv.reader.get(controlBuckets.config, 'added-slots')?.revision, slotsBefore?.revision, 'nothing changed');
 });
 
 t.test('user add --generate-password: only a generated$ hash crosses the bus, the password is printed once, and a storm of such users logs in', async (t) => {
@@ -523,7 +523,7 @@ t.test('user add --generate-password: only a generated$ hash crosses the bus, th
   const auth = await loadBusAuth(cmd.config, silentLogger());
   const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
   nodes.push(n);
-  await until('the node\'s buckets', () => n.cluster!.status.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
+  await until('the node\'s buckets', () => n.cluster!.status.health().status === 'ok' && n.cluster!.kv.reader.bucketInfo(controlBuckets.users) !== undefined);
   const cli = async (...a: string[]): Promise<{ code: number; out: string; err: string }> => {
     const o = memoryOutput();
     const code = await main([...a, '--server', n.urls.nats, '--internal-id-file', join(dir, 'gen.nk')], o);
