@@ -12,7 +12,7 @@ import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { RawNode, StateType, seededRng, type SoftState } from '../../raft/index.js';
+import { RawNode, seededRng } from '../../raft/index.js';
 import { KvStateMachine, RaftStorage, type KvResult } from '../../store/index.js';
 import { createRouteTransport, type RouteFrame, type RouteTransport } from '../../transport/index.js';
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
@@ -22,6 +22,7 @@ import { checkKvFormat, type AddedSlot, type ClusterFile, type RecoveryRecord } 
 import { NodeError, NodeErrorCode } from './errors.js';
 import type { Health } from './health.js';
 import { FrameRouter } from './frame_router.js';
+import { Leadership, type LeaderListener } from './leadership.js';
 import { MembershipExecutor, type MembershipControl } from './membership_executor.js';
 import type { NodeOptions, RouteListener } from './node_options.js';
 import { ReadyDriver } from './ready_driver.js';
@@ -61,7 +62,8 @@ export class ClusterNode {
   private readonly binding: SlotBindings;
   /** Persists, sends and applies raw's Ready batches (ready_driver.ts); created with raw. */
   private driver: ReadyDriver<KvResult> | undefined;
-  private readonly leaderListeners = new Set<(isLeader: boolean, leaderName: string | undefined) => void>();
+  /** Who leads: leader changes told to the node's parts and listeners (leadership.ts). */
+  private readonly leadership: Leadership;
   private tickTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private fatal: Error | undefined;
@@ -69,7 +71,6 @@ export class ClusterNode {
   readonly kv: NodeKv;
   /** The same, with the hooks the Ready driver and the tick report to. */
   private readonly replicated: ReplicatedKv;
-  private lastLead = 0;
   /** Frames in from the routes, Raft's messages out (frame_router.ts). */
   private readonly router: FrameRouter;
   private ticks = 0;
@@ -114,6 +115,14 @@ export class ClusterNode {
       bindings: { peerUp: (p) => this.binding.peerUp(p), peerDown: (p) => this.binding.peerDown(p), onHello: (p, h) => this.binding.onHello(p, h) },
       selfReport: () => this.reports.selfReport(), statusAnswered: (reqId, report) => this.reports.answered(reqId, report),
       offerSnapshot: (p, m) => this.snapshotStream.offer(p, m), metrics: this.metrics, schedule: () => this.schedule(), now: () => Date.now(), log: this.log,
+    });
+    this.leadership = new Leadership({
+      serverName: opts.serverName, raft: () => this.raw, slot: () => this.cluster?.id, peerOf: (id) => this.idToPeer.get(id),
+      peerName: (id) => this.peerName(id), metrics: this.metrics, log: this.log,
+      changed: (lead) => {
+        this.router.leaderChanged();
+        if (lead !== 0) this.replicated.leaderChanged();
+      },
     });
     this.binding = new SlotBindings({
       serverName: opts.serverName, clusterName: opts.clusterName, clusterPort: opts.clusterPort, dataDir: opts.dataDir,
@@ -265,9 +274,8 @@ export class ClusterNode {
    * Called on every leader change with whether this node leads now (e.g. the first leader creates the
    * control buckets and records the slots in `nodes`). Returns the removal.
    */
-  onLeaderChange(l: (isLeader: boolean, leaderName: string | undefined) => void): () => void {
-    this.leaderListeners.add(l);
-    return () => this.leaderListeners.delete(l);
+  onLeaderChange(l: LeaderListener): () => void {
+    return this.leadership.onLeaderChange(l);
   }
 
   /** The slots of the cluster: Raft id, address, and the server name + identity key bound to it (if met). */
@@ -282,9 +290,7 @@ export class ClusterNode {
 
   /** The server name of the leader this node follows (itself when it leads); undefined while there is none. */
   leaderName(): string | undefined {
-    const lead = this.raw?.basicStatus().lead ?? 0;
-    if (lead === 0) return undefined;
-    return lead === this.cluster?.id ? this.serverName : this.idToPeer.get(lead);
+    return this.leadership.leaderName();
   }
 
   /** Sends a non-Raft frame to a peer (bus glue); false when the peer is not up. */
@@ -324,7 +330,7 @@ export class ClusterNode {
       snapshotEntries: this.snapshotEntries,
       snapshotTurn: () => ({ slot: this.cluster?.id ?? 1, slots: this.n }),
       events: {
-        softState: (ss) => this.onSoftState(ss),
+        softState: (ss) => this.leadership.softState(ss),
         applied: (_entry, write) => { if (write) this.replicated.writeApplied(write); },
         readStates: (states) => this.replicated.readStates(states),
         advanced: () => this.replicated.applied(),
@@ -339,30 +345,11 @@ export class ClusterNode {
     });
   }
 
-  private onSoftState(ss: SoftState): void {
-    const lead = ss.lead;
-    if (lead === this.lastLead) return;
-    if (lead !== 0) this.metrics.leaderChanges++;
-    this.log.info({ lead, state: ss.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
-    this.lastLead = lead;
-    this.router.leaderChanged();
-    if (lead !== 0) this.replicated.leaderChanged();
-    const isLeader = ss.state === StateType.leader;
-    const name = lead === 0 ? undefined : this.peerName(lead);
-    for (const l of this.leaderListeners) {
-      try {
-        l(isLeader, name);
-      } catch (e) {
-        this.log.error({ err: e }, 'leader listener threw');
-      }
-    }
-  }
-
   // ---- membership (cluster add/remove/status) -------------------------------------------------------
 
   /** Whether this node leads the meta-group now (leader-only duties such as KV expiry proposals). */
   get isLeader(): boolean {
-    return this.raw !== undefined && this.raw.basicStatus().state === StateType.leader;
+    return this.leadership.isLeader;
   }
 
   /** The number of voters the leader keeps (--kv-replicas as persisted). */
