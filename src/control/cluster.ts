@@ -23,7 +23,7 @@ export const removedSlotsKey = 'removed-slots';
 /**
  * Slots appended by `cluster add NAME URL` for an address outside the bootstrap table, in order:
  * `name=host:port,name=host:port`. Append-only (slot ids are never renumbered); every node grows its slot table
- * from it (ClusterNode.setAddedSlots) when it applies the write, so the log orders it before the leader's
+ * from it (ClusterNode.slotTable.setAddedSlots) when it applies the write, so the log orders it before the leader's
  * learner conf change for the new slot.
  */
 export const addedSlotsKey = 'added-slots';
@@ -120,7 +120,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
     const r = configValue(postureKeys.kvReplicas)?.value.value;
     if (typeof r === 'number' && r !== node.kvReplicas) {
       try {
-        node.setKvReplicas(r);
+        node.slotTable.setKvReplicas(r);
       } catch (err) {
         diffs.push(`kv-replicas ${r} cannot apply here: ${(err as Error).message}`);
       }
@@ -138,7 +138,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
   };
   const applyConfig = (): void => {
     // The table first: a removed-slots entry may name an added slot.
-    node.setAddedSlots(addedSlots());
+    node.slotTable.setAddedSlots(addedSlots());
     node.membership.setRemovedSlots(removedSlots());
     checkPosture();
   };
@@ -182,7 +182,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
    * `create`, so a crash between the commit and cluster.json's `audited` cannot record it twice.
    */
   const auditRecovery = async (ts: number): Promise<void> => {
-    const r = node.pendingRecoveryAudit();
+    const r = node.slotTable.pendingRecoveryAudit();
     if (r === undefined) return;
     const value: AuditValue = {
       v: schemaVersion, ts, who: `node:${node.serverName}`, what: 'cluster.recover', target: node.clusterName, result: 'ok',
@@ -195,7 +195,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
     const key = auditKey(r.at, `recover-${r.incarnation.slice(r.incarnation.indexOf('-') + 1)}`);
     const res = await backend.propose({ op: 'create', bucket: controlBuckets.audit, key, value: encodeValue(value), ts });
     if (res.ok || backend.reader.get(controlBuckets.audit, key) !== undefined) {
-      node.markRecoveryAudited();
+      node.slotTable.markRecoveryAudited();
       log.warn({ key, incarnation: r.incarnation }, 'recorded "cluster recover --force-new-cluster" in the audit bucket');
     }
   };

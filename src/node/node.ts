@@ -1,13 +1,17 @@
-// A cluster node: the Raft core driven by a real tick timer, its Ready batches persisted through
-// store/ (hard state and entries durable before that batch's messages leave), committed entries
-// applied to the KV state machine, messages carried over the mutual-TLS routes. No module state: any
-// number of nodes run in one process (tests), or one per process (production).
-// ClusterNode composes the parts split out of it (issue 17): the Ready loop (ready_driver.ts, which test/sim runs),
-// slot binding and bootstrap (slot_binding.ts), pending requests (requests.ts), status and health (status.ts,
-// health.ts), membership decisions (membership_policy.ts). What stays here: Raft's start, the tick, frame routing,
-// carrying out membership changes, and the public API. Over 500 lines: the public API's one-line delegates (about
-// 60 members the NATS side, the control plane and the HTTP pages use) are most of it; carrying out membership
-// changes (manageMembership) and route-frame routing are the next candidates to leave.
+// A cluster node (ClusterNode): one member of the Raft meta-group with its store, its routes and its KV state
+// machine. No module state: any number of nodes run in one process (tests), or one per process (production).
+// This file is the composition (issue 17): it opens the store and the routes, starts Raft once the slot is known,
+// ticks it, and wires the parts, each a module with a unit test of its own:
+//   ready_driver.ts         the Ready loop (persist, then send, then apply), which test/sim drives
+//   slot_binding.ts         the slot table, hellos and peer bindings; ClusterNode.slotTable for the control plane
+//   frame_router.ts         frames in from the routes, Raft's messages out
+//   replicated_kv.ts        writes in this node's session envelope, ReadIndex reads, watches: ClusterNode.kv
+//   leadership.ts           who leads, and the leader-change listeners
+//   membership_executor.ts  the leader's membership rounds, as membership_policy.ts decides: ClusterNode.membership
+//   status_reports.ts       /raftz, /healthz, `cluster status`... (status.ts, health.ts): ClusterNode.status
+//   snapshot_stream.ts      snapshots streamed to and from peers as files beside Raft
+// The members left on ClusterNode are what callers need of the node itself: the service-presence surface
+// (onLeaderChange, leaderName, onExtensionFrame, sendRouteFrame), route listeners, slots, the refusal, stop.
 import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,9 +22,8 @@ import { createRouteTransport, type RouteFrame, type RouteTransport } from '../.
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
 import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import { silentLogger, type Logger } from '../log.js';
-import { checkKvFormat, type AddedSlot, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
+import { checkKvFormat } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
-import type { Health } from './health.js';
 import { FrameRouter } from './frame_router.js';
 import { Leadership, type LeaderListener } from './leadership.js';
 import { MembershipExecutor, type MembershipControl } from './membership_executor.js';
@@ -30,7 +33,7 @@ import { ReplicatedKv, type NodeKv } from './replicated_kv.js';
 import { stoppedError } from './requests.js';
 import { newNodeMetrics, peerName, type NodeMetrics, type NodeStatusView } from './status.js';
 import { StatusReports, type NodeStatus } from './status_reports.js';
-import { SlotBindings } from './slot_binding.js';
+import { SlotBindings, type SlotTable } from './slot_binding.js';
 import { raftStorageView } from './storage_adapter.js';
 import { SnapshotStream } from './snapshot_stream.js';
 
@@ -60,6 +63,8 @@ export class ClusterNode {
   private raw: RawNode | undefined;
   /** The slot table and who holds each slot (slot_binding.ts). */
   private readonly binding: SlotBindings;
+  /** What the control plane changes in the slot table: R, the appended slots, the recovery audit (slot_binding.ts). */
+  readonly slotTable: SlotTable;
   /** Persists, sends and applies raw's Ready batches (ready_driver.ts); created with raw. */
   private driver: ReadyDriver<KvResult> | undefined;
   /** Who leads: leader changes told to the node's parts and listeners (leadership.ts). */
@@ -99,32 +104,33 @@ export class ClusterNode {
     this.snapshotEntries = opts.snapshotEntries ?? 10_000;
     this.membership = this.executor = new MembershipExecutor({
       raft: () => this.raw,
-      slots: () => (this.cluster ? { self: this.cluster.id, count: this.cluster.addresses.length } : undefined),
-      replicas: () => this.voters, upPeers: () => this.transport.upPeers(), peerOf: (id) => this.idToPeer.get(id),
+      slots: () => (this.binding.file ? { self: this.binding.file.id, count: this.binding.file.addresses.length } : undefined),
+      replicas: () => this.binding.voters, upPeers: () => this.transport.upPeers(), peerOf: (id) => this.binding.idToPeer.get(id),
       peerName: (id) => this.peerName(id), schedule: () => this.schedule(), voterGraceMs: opts.voterGraceMs ?? 30_000, now: () => Date.now(), log: this.log,
     });
     this.kv = this.replicated = new ReplicatedKv({
       serverName: opts.serverName, boot: randomInt(1, 0xffffffff), timeoutMs: opts.requestTimeoutMs ?? 5000, maxKvBytes: opts.maxKvBytes,
-      stateMachine: this.stateMachine, metrics: this.metrics, raft: () => this.raw, slot: () => this.cluster?.id, schedule: () => this.schedule(),
+      stateMachine: this.stateMachine, metrics: this.metrics, raft: () => this.raw, slot: () => this.binding.file?.id, schedule: () => this.schedule(),
       health: () => this.reports.health(), stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
       now: () => performance.now(), log: this.log,
     });
     this.status = this.reports = new StatusReports(() => this.statusView(), (p, f) => this.transport.send(p, f), this.log);
     this.router = new FrameRouter({
-      raft: () => this.raw, slotOf: (peer) => this.peerToId.get(peer), peerOf: (id) => this.idToPeer.get(id), send: (p, f) => this.transport.send(p, f),
+      raft: () => this.raw, slotOf: (peer) => this.binding.peerToId.get(peer), peerOf: (id) => this.binding.idToPeer.get(id),
+      send: (p, f) => this.transport.send(p, f),
       bindings: { peerUp: (p) => this.binding.peerUp(p), peerDown: (p) => this.binding.peerDown(p), onHello: (p, h) => this.binding.onHello(p, h) },
       selfReport: () => this.reports.selfReport(), statusAnswered: (reqId, report) => this.reports.answered(reqId, report),
       offerSnapshot: (p, m) => this.snapshotStream.offer(p, m), metrics: this.metrics, schedule: () => this.schedule(), now: () => Date.now(), log: this.log,
     });
     this.leadership = new Leadership({
-      serverName: opts.serverName, raft: () => this.raw, slot: () => this.cluster?.id, peerOf: (id) => this.idToPeer.get(id),
+      serverName: opts.serverName, raft: () => this.raw, slot: () => this.binding.file?.id, peerOf: (id) => this.binding.idToPeer.get(id),
       peerName: (id) => this.peerName(id), metrics: this.metrics, log: this.log,
       changed: (lead) => {
         this.router.leaderChanged();
         if (lead !== 0) this.replicated.leaderChanged();
       },
     });
-    this.binding = new SlotBindings({
+    this.slotTable = this.binding = new SlotBindings({
       serverName: opts.serverName, clusterName: opts.clusterName, clusterPort: opts.clusterPort, dataDir: opts.dataDir,
       join: opts.join === true, kvReplicas: opts.kvReplicas, log: this.log,
       storeEmpty: () => this.storage.lastIndex() === 0 && this.storage.snapshot().meta.index === 0,
@@ -132,27 +138,6 @@ export class ClusterNode {
       raft: () => this.raw,
       schedule: () => this.schedule(),
     });
-  }
-
-  // What slot_binding.ts holds, read where node.ts read its own fields before the split.
-  private get cluster(): ClusterFile | undefined {
-    return this.binding.file;
-  }
-
-  private get idToPeer(): ReadonlyMap<number, string> {
-    return this.binding.idToPeer;
-  }
-
-  private get peerToId(): ReadonlyMap<string, number> {
-    return this.binding.peerToId;
-  }
-
-  private get n(): number {
-    return this.binding.size;
-  }
-
-  private get voters(): number {
-    return this.binding.voters;
   }
 
   /** Opens the data dir (recovery), derives the slot, starts routes and the tick timer. */
@@ -210,7 +195,7 @@ export class ClusterNode {
     this.binding.attach(this.transport);
     await this.transport.start();
     this.tickTimer = setInterval(() => this.onTick(), this.tickMs);
-    this.log.info({ id: this.cluster?.id, n: this.n, voters: this.voters, route: this.transport.address() }, this.cluster ? 'node started' : 'node started; waiting for a peer to learn this node\'s slot');
+    this.log.info({ id: this.binding.file?.id, n: this.binding.size, voters: this.binding.voters, route: this.transport.address() }, this.binding.file ? 'node started' : 'node started; waiting for a peer to learn this node\'s slot');
   }
 
   /** Raft says the lost data is made good, in a Ready now durable: persist that the node is an ordinary member again. */
@@ -220,7 +205,7 @@ export class ClusterNode {
   }
 
   private startRaft(): void {
-    const c = this.cluster!;
+    const c = this.binding.file!;
     const peers: number[] = [];
     // A node that joined a running cluster has no bootstrap entry: the leader sends it the log (or a snapshot), whose
     // configuration changes tell it the members. Bootstrapping [1..R] here could differ from the cluster's index 1.
@@ -245,25 +230,7 @@ export class ClusterNode {
     this.schedule();
   }
 
-  // ---- routes ----------------------------------------------------------------------------------
-
-  /**
-   * The slots `cluster add` appended, in order (replicated by the control plane's `config` bucket): see
-   * SlotBindings.setAddedSlots.
-   */
-  setAddedSlots(added: readonly AddedSlot[]): void {
-    this.binding.setAddedSlots(added);
-  }
-
-  /** The `cluster recover --force-new-cluster` this data directory went through, until its audit record is written. */
-  pendingRecoveryAudit(): RecoveryRecord | undefined {
-    return this.binding.pendingRecoveryAudit();
-  }
-
-  /** The audit record of the recovery is committed: persist that, so no later leader writes it again. */
-  markRecoveryAudited(): void {
-    this.binding.markRecoveryAudited();
-  }
+  // ---- what callers use of the node itself (service presence, the bus, the control plane) ------
 
   /** Registers a listener for non-Raft route frames and peer events; returns its removal. */
   addRouteListener(l: RouteListener): () => void {
@@ -298,7 +265,7 @@ export class ClusterNode {
     return this.transport.send(peerName, frame);
   }
 
-  // ---- the Ready loop --------------------------------------------------------------------------
+  // ---- the tick and the Ready loop ------------------------------------------------------------
 
   private onTick(): void {
     if (this.stopping || this.fatal) return;
@@ -328,14 +295,14 @@ export class ClusterNode {
       metrics: this.metrics,
       logger: this.log,
       snapshotEntries: this.snapshotEntries,
-      snapshotTurn: () => ({ slot: this.cluster?.id ?? 1, slots: this.n }),
+      snapshotTurn: () => ({ slot: this.binding.file?.id ?? 1, slots: this.binding.size }),
       events: {
         softState: (ss) => this.leadership.softState(ss),
         applied: (_entry, write) => { if (write) this.replicated.writeApplied(write); },
         readStates: (states) => this.replicated.readStates(states),
         advanced: () => this.replicated.applied(),
         snapshotInstalled: () => this.replicated.snapshotInstalled(),
-        recoveringOnDisk: () => this.cluster?.recovering === true,
+        recoveringOnDisk: () => this.binding.file?.recovering === true,
         recovered: () => this.markRecovered(),
         fatal: (err) => {
           this.fatal = err;
@@ -345,7 +312,7 @@ export class ClusterNode {
     });
   }
 
-  // ---- membership (cluster add/remove/status) -------------------------------------------------------
+  // ---- leadership, R and the refusal (the KV TTL, the control plane) -----------------------------
 
   /** Whether this node leads the meta-group now (leader-only duties such as KV expiry proposals). */
   get isLeader(): boolean {
@@ -354,18 +321,7 @@ export class ClusterNode {
 
   /** The number of voters the leader keeps (--kv-replicas as persisted). */
   get kvReplicas(): number {
-    return this.voters;
-  }
-
-  /**
-   * Changes R on a running cluster (every node gets the same value from the control plane's `config` bucket):
-   * persisted in cluster.json (a restart keeps it, whatever its --kv-replicas flag says), announced in the hello,
-   * and the leader converges one configuration change at a time: caught-up learners are promoted while there
-   * are fewer voters than R; above R, the least caught-up voter that does not lead is removed and comes back
-   * as a learner. Throws a config error for R outside 1..N.
-   */
-  setKvReplicas(r: number): void {
-    this.binding.setKvReplicas(r);
+    return this.binding.voters;
   }
 
   /** Refuses service with a reason (`/healthz` says it) until called with undefined. */
@@ -377,11 +333,11 @@ export class ClusterNode {
     this.refusal = reason;
   }
 
-  // ---- observability ---------------------------------------------------------------------------
+  // ---- identity and the status view -------------------------------------------------------------
 
   /** The Raft id (slot) of this node, undefined while it is still learning it. */
   get id(): number | undefined {
-    return this.cluster?.id;
+    return this.binding.file?.id;
   }
 
   /** Bound address of the cluster port. */
@@ -390,16 +346,16 @@ export class ClusterNode {
   }
 
   private peerName(id: number): string {
-    return peerName({ cluster: this.cluster, serverName: this.serverName, idToPeer: this.idToPeer }, id);
+    return peerName({ cluster: this.binding.file, serverName: this.serverName, idToPeer: this.binding.idToPeer }, id);
   }
 
   /** What status.ts reads of this node, now (Raft, transport and maps by reference). */
   private statusView(): Omit<NodeStatusView, 'health'> {
     return {
-      serverName: this.serverName, clusterName: this.clusterName, identityKey: this.identity.publicKey, cluster: this.cluster,
-      clusterSize: this.n, kvReplicas: this.voters, raft: this.raw, applied: this.stateMachine.appliedIndex,
+      serverName: this.serverName, clusterName: this.clusterName, identityKey: this.identity.publicKey, cluster: this.binding.file,
+      clusterSize: this.binding.size, kvReplicas: this.binding.voters, raft: this.raw, applied: this.stateMachine.appliedIndex,
       kvBytes: this.stateMachine.totalBytes(), maxKvBytes: this.opts.maxKvBytes, transport: this.transport,
-      idToPeer: this.idToPeer, peerToId: this.peerToId, peerContact: this.router.peerContact, lastLeaderContact: this.router.lastLeaderContact,
+      idToPeer: this.binding.idToPeer, peerToId: this.binding.peerToId, peerContact: this.router.peerContact, lastLeaderContact: this.router.lastLeaderContact,
       electionWindowMs: this.electionTicks * this.tickMs, now: Date.now(), startedAt: this.startedAt,
       storage: {
         firstIndex: () => this.storage.firstIndex(),

@@ -332,7 +332,7 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
       else failed++;
     }
   })();
-  for (const n of nodes) n.setKvReplicas(3);
+  for (const n of nodes) n.slotTable.setKvReplicas(3);
   try {
     await waitFor(() => conf().voters.length >= 3, { what: () => `three voters (conf ${JSON.stringify(conf())})`, timeoutMs: 30_000 });
   } finally {
@@ -342,7 +342,7 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
   t.same(conf().voters, [1, 2, 3], 'both learners promoted to voters');
   t.ok(acked > 0, `${acked} writes acknowledged during the change`);
   t.equal(failed, 0, 'no write failed during the change');
-  t.throws(() => nodes[0]!.setKvReplicas(4), { code: NodeErrorCode.config }, 'R > N refused');
+  t.throws(() => nodes[0]!.slotTable.setKvReplicas(4), { code: NodeErrorCode.config }, 'R > N refused');
   // The new R is persisted: a restart with the old flag keeps 3 voters (the persisted value wins, with a warning).
   await stop(trio, 1);
   const again = await start(trio, 1);
@@ -485,7 +485,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   await stop(trio, lag);
   const up = (): ClusterNode[] => trio.nodes.filter((n): n is ClusterNode => n !== undefined);
   // What the control plane does when every node applies the replicated added-slots key.
-  for (const n of up()) n.setAddedSlots([{ name: 'node-3', address }]);
+  for (const n of up()) n.slotTable.setAddedSlots([{ name: 'node-3', address }]);
   for (const n of up()) t.same(n.slots().map((s) => s.id), [1, 2, 3, 4], `${n.serverName} knows slot 4`);
   await waitFor(() => joiner.id === 4 && joiner.status.health().status === 'ok', { what: () => `the joiner in slot 4 and healthy (id ${joiner.id}, ${reasonOf(joiner)})`, timeoutMs: 15_000 });
   t.equal(joiner.id, 4, 'the joiner learned slot 4 from its peers');
@@ -501,7 +501,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   const lagger = await start(trio, lag);
   await waitHealthy([...up(), joiner]);
   t.equal(lagger.slots().length, 3, 'the returning member\'s table has not grown yet (no control plane here to apply the key)');
-  lagger.setAddedSlots([{ name: 'node-3', address }]);
+  lagger.slotTable.setAddedSlots([{ name: 'node-3', address }]);
   await waitFor(() => lagger.slots()[3]?.identity !== undefined, { what: 'the returning member binding slot 4', timeoutMs: 10_000 });
   t.match(lagger.slots()[3], { id: 4, name: 'node-3', address }, 'it binds slot 4 to the joiner once its table has it');
   t.ok(lagger.slots()[3]?.identity, 'with the identity key the joiner proved');
