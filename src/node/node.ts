@@ -42,6 +42,11 @@ export { snapshotLogFraction } from './ready_driver.js';
 export type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 export type { Health } from './health.js';
 export type { ClusterStatus, JsClusterInfo, JsReplicaInfo, MemberStatus } from './status.js';
+export type { NodeKv } from './replicated_kv.js';
+export type { NodeStatus } from './status_reports.js';
+export type { Membership, MembershipControl } from './membership_executor.js';
+export type { SlotTable } from './slot_binding.js';
+export type { LeaderListener } from './leadership.js';
 
 export class ClusterNode {
   readonly serverName: string;
