@@ -345,9 +345,9 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 function notReady(node: ServingNode): string | undefined {
   const c = node.cluster;
   if (c === undefined) return `${node.nats.serverName}: no cluster node`;
-  const h = c.health();
+  const h = c.status.health();
   if (h.status !== 'ok') return `${node.nats.serverName}: ${h.reason}`;
-  const reader = c.kvBackend().reader;
+  const reader = c.kv.reader;
   const missing = Object.values(controlBuckets).filter((b) => reader.bucketInfo(b) === undefined);
   return missing.length === 0 ? undefined : `${node.nats.serverName}: control buckets not created yet (${missing.join(', ')})`;
 }

@@ -23,7 +23,7 @@ export const removedSlotsKey = 'removed-slots';
 /**
  * Slots appended by `cluster add NAME URL` for an address outside the bootstrap table, in order:
  * `name=host:port,name=host:port`. Append-only (slot ids are never renumbered); every node grows its slot table
- * from it (ClusterNode.setAddedSlots) when it applies the write, so the log orders it before the leader's
+ * from it (ClusterNode.slotTable.setAddedSlots) when it applies the write, so the log orders it before the leader's
  * learner conf change for the new slot.
  */
 export const addedSlotsKey = 'added-slots';
@@ -120,7 +120,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
     const r = configValue(postureKeys.kvReplicas)?.value.value;
     if (typeof r === 'number' && r !== node.kvReplicas) {
       try {
-        node.setKvReplicas(r);
+        node.slotTable.setKvReplicas(r);
       } catch (err) {
         diffs.push(`kv-replicas ${r} cannot apply here: ${(err as Error).message}`);
       }
@@ -138,8 +138,8 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
   };
   const applyConfig = (): void => {
     // The table first: a removed-slots entry may name an added slot.
-    node.setAddedSlots(addedSlots());
-    node.setRemovedSlots(removedSlots());
+    node.slotTable.setAddedSlots(addedSlots());
+    node.membership.setRemovedSlots(removedSlots());
     checkPosture();
   };
   const unwatch = backend.watch(controlBuckets.config, 0, () => applyConfig());
@@ -158,7 +158,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
   };
   const unwatchNodes = backend.watch(controlBuckets.nodes, 0, () => syncTrusted());
 
-  const isLeader = (): boolean => node.selfReport().state === 'leader';
+  const isLeader = (): boolean => node.status.selfReport().state === 'leader';
   function nodeRecord(name: string): { value: NodeValue; revision: number } | undefined {
     const e = backend.reader.get(controlBuckets.nodes, name);
     if (e === undefined || e.op !== 'PUT') return undefined;
@@ -182,7 +182,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
    * `create`, so a crash between the commit and cluster.json's `audited` cannot record it twice.
    */
   const auditRecovery = async (ts: number): Promise<void> => {
-    const r = node.pendingRecoveryAudit();
+    const r = node.slotTable.pendingRecoveryAudit();
     if (r === undefined) return;
     const value: AuditValue = {
       v: schemaVersion, ts, who: `node:${node.serverName}`, what: 'cluster.recover', target: node.clusterName, result: 'ok',
@@ -195,14 +195,14 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
     const key = auditKey(r.at, `recover-${r.incarnation.slice(r.incarnation.indexOf('-') + 1)}`);
     const res = await backend.propose({ op: 'create', bucket: controlBuckets.audit, key, value: encodeValue(value), ts });
     if (res.ok || backend.reader.get(controlBuckets.audit, key) !== undefined) {
-      node.markRecoveryAudited();
+      node.slotTable.markRecoveryAudited();
       log.warn({ key, incarnation: r.incarnation }, 'recorded "cluster recover --force-new-cluster" in the audit bucket');
     }
   };
 
   const syncOnce = async (): Promise<void> => {
     applyConfig();
-    const conf = node.membership();
+    const conf = node.membership.current();
     if (conf === undefined || node.id === undefined) return;
     const roleOf = (id: number): 'voter' | 'learner' | undefined => conf.voters.includes(id) ? 'voter' : conf.learners.includes(id) ? 'learner' : undefined;
     const ts = Date.now();
@@ -233,7 +233,7 @@ export function attachClusterControl(o: ClusterControlOptions): ClusterControl {
     }
     // Every node: its own client/HTTP URLs and version (only it knows them). Not while catching up: the local
     // view is stale (a node that lost its data would propose creating a record that exists, and wait on it).
-    if (!node.isCurrent()) return;
+    if (!node.status.isCurrent()) return;
     const mine = nodeRecord(node.serverName);
     const role = roleOf(node.id);
     if (role === undefined) return;
@@ -310,13 +310,13 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
     applyConfig();
   };
   const members = (): { voters: readonly number[]; learners: readonly number[] } => {
-    const m = node.membership();
-    if (m === undefined) throw new AdminError('unavailable', `node ${node.serverName} has not joined the cluster yet (${JSON.stringify(node.health())}); retry`);
+    const m = node.membership.current();
+    if (m === undefined) throw new AdminError('unavailable', `node ${node.serverName} has not joined the cluster yet (${JSON.stringify(node.status.health())}); retry`);
     return m;
   };
 
   api.register('CLUSTER', 'STATUS', async () => {
-    const s = await node.clusterStatus();
+    const s = await node.status.clusterStatus();
     const removed = new Set(removedSlots());
     return { status: { ...s, removed: s.members.filter((m) => removed.has(m.id)).map((m) => m.name ?? `slot ${m.id}`) } };
   });
@@ -326,7 +326,7 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
     return api.audited(ctx, 'cluster.transfer', name ?? '*', async () => {
       await backend.readBarrier();
       const m = members();
-      const lead = node.selfReport().lead;
+      const lead = node.status.selfReport().lead;
       if (lead === 0) throw new AdminError('unavailable', 'no leader at the moment (election in progress); retry');
       let target: number;
       if (name !== undefined) {
@@ -335,13 +335,13 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
         if (target === lead) return { result: 'unchanged' as AdminResult, leader: name };
       } else {
         // The most caught-up reachable voter other than the leader, from every member's own report.
-        const st = await node.clusterStatus();
+        const st = await node.status.clusterStatus();
         const best = st.members.filter((x) => x.reachable && x.id !== lead && m.voters.includes(x.id)).sort((a, b) => (b.applied ?? 0) - (a.applied ?? 0))[0];
         if (best === undefined) throw new AdminError('unavailable', 'no other reachable voter to hand leadership to');
         target = best.id;
       }
-      node.transferLeadership(target);
-      const moved = await until(() => node.selfReport().lead === target, 5000);
+      node.membership.transferLeadership(target);
+      const moved = await until(() => node.status.selfReport().lead === target, 5000);
       if (!moved) throw new AdminError('unavailable', `leadership did not move to ${node.slots()[target - 1]?.name ?? `slot ${target}`} within 5 s (is it caught up and reachable?); retry`);
       return { result: 'updated' as AdminResult, leader: node.slots()[target - 1]?.name ?? `slot ${target}` };
     });
@@ -365,8 +365,8 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
       if (!res.ok) throw new AdminError('conflict', `another change of kv-replicas raced this one (${res.message}); retry`);
       applyConfig();
       // One configuration change per leader round (about a second each): bounded wait for the voter count.
-      const done = await until(() => node.membership()?.voters.length === r, 5000 + 3000 * Math.abs(r - m.voters.length));
-      if (!done) throw new AdminError('unavailable', `kv-replicas is ${r} but the cluster has ${node.membership()?.voters.length ?? '?'} voters so far (learners are promoted only when connected and caught up); check "membershipd cluster status"`);
+      const done = await until(() => node.membership.current()?.voters.length === r, 5000 + 3000 * Math.abs(r - m.voters.length));
+      if (!done) throw new AdminError('unavailable', `kv-replicas is ${r} but the cluster has ${node.membership.current()?.voters.length ?? '?'} voters so far (learners are promoted only when connected and caught up); check "membershipd cluster status"`);
       return { result: 'updated' as AdminResult, voters: r };
     });
   });
@@ -383,11 +383,11 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
       if (m.voters.includes(slot.id) && m.voters.length === 1) throw new AdminError('bad_request', `${name} is the only voter; removing it would leave the cluster without a quorum`);
       await setRemoved([...removed, slot.id], ctx.who);
       const done = await until(() => {
-        const now = node.membership();
+        const now = node.membership.current();
         return now !== undefined && !now.voters.includes(slot.id) && !now.learners.includes(slot.id);
       }, 10_000);
       if (!done) throw new AdminError('unavailable', `${name} is marked removed but the leader has not applied the configuration change within 10 s; it will — check "membershipd cluster status"`);
-      return { result: 'removed' as AdminResult, voters: node.membership()!.voters.length };
+      return { result: 'removed' as AdminResult, voters: node.membership.current()!.voters.length };
     });
   });
 
@@ -410,15 +410,15 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
       if (removed.includes(slot.id)) await setRemoved(removed.filter((id) => id !== slot.id), ctx.who);
       // The leader adds it as a learner; it is promoted once caught up while there are fewer voters than R.
       const added = await until(() => {
-        const now = node.membership();
+        const now = node.membership.current();
         return now !== undefined && (now.voters.includes(slot.id) || now.learners.includes(slot.id));
       }, 10_000);
       if (!added) throw new AdminError('unavailable', `${name} is no longer marked removed but the leader has not added it within 10 s (is it running and connected?); check "membershipd cluster status"`);
       await until(() => {
-        const now = node.membership()!;
+        const now = node.membership.current()!;
         return now.voters.includes(slot.id) || now.voters.length >= node.kvReplicas;
       }, 10_000);
-      const now = node.membership()!;
+      const now = node.membership.current()!;
       return { result: 'created' as AdminResult, role: now.voters.includes(slot.id) ? 'voter' : 'learner' };
     });
   });
@@ -471,7 +471,7 @@ function registerClusterApi(o: ClusterControlOptions, removedSlots: () => number
     const slot = node.slots().find((s) => s.address === address);
     if (slot === undefined) throw new AdminError('unavailable', `${address} was recorded but this node's slot table did not grow (see its log); check "membershipd cluster status"`);
     const added = await until(() => {
-      const now = node.membership();
+      const now = node.membership.current();
       return now !== undefined && (now.voters.includes(slot.id) || now.learners.includes(slot.id));
     }, 10_000);
     if (!added) throw new AdminError('unavailable', `${name} has slot ${slot.id} but the leader has not added it as a learner within 10 s; it will — check "membershipd cluster status"`);

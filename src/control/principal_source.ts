@@ -106,7 +106,7 @@ const catchUpBoundMs = 1000;
 
 /**
  * A ReadIndex barrier bounded in time. Refused clients arriving together share ReadIndex requests already: the node
- * gathers concurrent reads behind one request per round trip (node.ts read()).
+ * gathers concurrent reads behind one request per round trip (replicated_kv.ts read()).
  */
 function boundedBarrier(barrier: () => Promise<void>, boundMs: number): () => Promise<boolean> {
   return () => {

@@ -39,9 +39,9 @@ export function registerSnapshotApi(api: ControlApi, node: ClusterNode, logger: 
   const unSave = api.register('SNAPSHOT', 'SAVE', async (_body, ctx) => {
     sweep();
     if (images.size >= imagesMax) throw new AdminError('unavailable', `${images.size} snapshots are being fetched from ${node.serverName} already; retry in a minute`);
-    let sm: Awaited<ReturnType<ClusterNode['read']>>;
+    let sm: Awaited<ReturnType<ClusterNode['kv']['read']>>;
     try {
-      sm = await node.read();
+      sm = await node.kv.read();
     } catch (err) {
       // Without a quorum there is no linearizable point to take the image at; a stale one would not be a backup.
       throw new AdminError('unavailable', `${node.serverName} cannot confirm the latest committed state (${err instanceof Error ? err.message : String(err)}); check /healthz for a quorum and run snapshot save again`);
@@ -53,8 +53,8 @@ export function registerSnapshotApi(api: ControlApi, node: ClusterNode, logger: 
       const b = sm.bucketInfo(name)!;
       return { name, keys: sm.keys(name).length, values: b.values, bytes: b.bytes };
     });
-    const raft = node.raftz();
-    const conf = node.membership() ?? { voters: [], learners: [] };
+    const raft = node.status.raftz();
+    const conf = node.membership.current() ?? { voters: [], learners: [] };
     const file = encodeBackup({
       cluster: node.clusterName, index, term: typeof raft['term'] === 'number' ? raft['term'] : 0, time: new Date().toISOString(),
       via: node.serverName, membershipdVersion: version,

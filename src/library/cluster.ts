@@ -286,7 +286,7 @@ export async function startCluster(options: StartClusterOptions = {}): Promise<L
     const nodes: LibraryNode[] = serving.map((s, i) => {
       const cluster = s.cluster;
       if (cluster === undefined) throw new Error(`node n${i + 1} started without its cluster node`);
-      return { name: `n${i + 1}`, urls: s.urls, cluster, serving: s, health: () => cluster.health() };
+      return { name: `n${i + 1}`, urls: s.urls, cluster, serving: s, health: () => cluster.status.health() };
     });
     const connectOptions: ConnectOptions = {
       ...(options.tls === false ? {} : { tls: { ca: prepared.ca.cert } }),

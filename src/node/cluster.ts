@@ -41,10 +41,10 @@ export interface LocalCluster {
 async function waitHealthy(nodes: readonly ClusterNode[], timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (Date.now() < deadline) {
-    if (nodes.every((n) => n.health().status === 'ok')) return;
+    if (nodes.every((n) => n.status.health().status === 'ok')) return;
     await new Promise((r) => setTimeout(r, 25));
   }
-  const why = nodes.map((n) => `${n.serverName}: ${JSON.stringify(n.health())}`).join('; ');
+  const why = nodes.map((n) => `${n.serverName}: ${JSON.stringify(n.status.health())}`).join('; ');
   throw new NodeError(NodeErrorCode.noLeader, `cluster not healthy within ${timeoutMs} ms: ${why}`, true);
 }
 
@@ -90,7 +90,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<LocalC
     dir,
     nodes,
     ca: { cert: ca.cert, key: ca.key },
-    leader: () => nodes.find((n) => n.raftz().state === 'leader'),
+    leader: () => nodes.find((n) => n.status.raftz().state === 'leader'),
     waitHealthy: (ms = 15_000) => waitHealthy(nodes, ms),
     stop,
   };

@@ -165,7 +165,7 @@ export async function composeNode(
       // After the node's endpoints: its Raft series, then the bus and the process (prom-client's names).
       '/metrics': () => ({
         status: 200, contentType: prometheusText,
-        body: (cluster ? cluster.metricsText() : '') + natsMetricsText(nats.stats(), authCounts.refused) + processMetricsText(),
+        body: (cluster ? cluster.status.metricsText() : '') + natsMetricsText(nats.stats(), authCounts.refused) + processMetricsText(),
       }),
       '/varz': () => ({ status: 200, body: {
         server_id: nats.serverId,
@@ -182,7 +182,7 @@ export async function composeNode(
         ...varzStats(nats.stats()),
         // Not nats-server fields: this process's event-loop delay and GC pauses since start (issue 14, tail latency).
         ...processVarz(),
-        ...(cluster ? { cluster: cluster.varz() } : {}),
+        ...(cluster ? { cluster: cluster.status.varz() } : {}),
       } }),
       // nats-server's /connz shape (reference §5.3): snake_case fields, one entry per client connection.
       '/connz': () => {
@@ -274,11 +274,11 @@ async function startClusterParts(
   // Service presence in front of the admin API: `$UB.API.SERVICE.*` is answered for service principals, not admins only.
   const presenceSeam = createServiceSeam(services.services);
   const presence = startServicePresence({
-    node, backend: node.kvBackend(), logger, internalKeys: () => internalKeys, port: presenceSeam.services,
+    node, backend: node.kv.backend(), logger, internalKeys: () => internalKeys, port: presenceSeam.services,
     ...(control?.principals !== undefined ? { source: control.principals } : {}),
   });
   const controlPlane = startControlPlane({
-    port: presenceSeam.routes, backend: node.kvBackend(), logger, internalKeys: () => internalKeys,
+    port: presenceSeam.routes, backend: node.kv.backend(), logger, internalKeys: () => internalKeys,
     ...(control?.kvSource !== undefined ? { source: control.kvSource } : {}),
     cluster: { node, posture: clusterPosture(config), version: packageVersion(), urls: ownUrls, trustedKeys: internalKeys },
   });
@@ -293,8 +293,8 @@ async function startClusterParts(
     deliverAs: (s, m) => nats.cluster.deliverAs!(s, m),
   };
   const kvApi = attachKvApi({ cluster: kvPort }, {
-    backend: redactedBackend(node.kvBackend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
-    clusterInfo: () => node.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
+    backend: redactedBackend(node.kv.backend(), redactControlValue), logger, serverName: nats.serverName, replicas: node.kvReplicas,
+    clusterInfo: () => node.status.jsClusterInfo(), ttl: { isLeader: () => node.isLeader },
     visibleTo: (bucket, principal) => bucket === controlBuckets.services && presence.mayRead(principal),
   });
   return { node, presence, controlPlane, kvApi };
@@ -326,7 +326,7 @@ async function handOffLeadership(cluster: ClusterNode, logger: Logger): Promise<
     });
   });
   try {
-    cluster.transferLeadership();
+    cluster.membership.transferLeadership();
   } catch (err) {
     logger.warn({ err }, 'stopping leader could not hand leadership over; the others will elect after the election timeout');
     return;

@@ -1,5 +1,5 @@
 // What `/healthz` says of a node that runs Raft, as a pure function of what the node sees (issue 17: health is
-// tested without TLS clusters and polling). The node gathers a HealthView (node.ts health()); the order of the
+// tested without TLS clusters and polling). The node gathers a HealthView (node.ts statusView, status_reports.ts health()); the order of the
 // checks below is the order in which an operator should look: membership, quorum, leadership, data.
 import type { StateType } from '../../raft/index.js';
 

@@ -1,5 +1,7 @@
 // Public surface of src/node: one membershipd cluster node (Raft meta-group + routes + KV state machine).
-export { ClusterNode, startNode, type ClusterStatus, type MemberStatus, type NodeOptions, type Health, type ReadOptions, type RouteListener, type RaftKvBackend } from './node.js';
+export { ClusterNode, startNode, type ClusterStatus, type MemberStatus, type NodeOptions, type Health, type ReadOptions, type RouteListener, type RaftKvBackend,
+  type NodeKv, type NodeStatus, type Membership, type MembershipControl, type SlotTable, type LeaderListener,
+} from './node.js';
 export { startCluster, type ClusterOptions, type LocalCluster } from './cluster.js';
 export { bindListeners, closeListeners, type BoundListener } from './listeners.js';
 export { NodeError, NodeErrorCode } from './errors.js';

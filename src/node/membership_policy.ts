@@ -1,5 +1,5 @@
 // Which configuration change the leader makes next to keep R voters (--kv-replicas), as a pure function of what
-// it sees (issue 17: membership policy tested without clusters). The leader (node.ts manageMembership) gathers
+// it sees (issue 17: membership policy tested without clusters). The leader (membership_executor.ts round) gathers
 // the view, proposes the change, and asks again on its next round: one change at a time, as Raft requires.
 //
 // - An operator's `cluster remove` comes first (a leader removed by the operator hands leadership over instead).

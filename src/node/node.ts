@@ -1,49 +1,52 @@
-// A cluster node: the Raft core driven by a real tick timer, its Ready batches persisted through
-// store/ (hard state and entries durable before that batch's messages leave), committed entries
-// applied to the KV state machine, messages carried over the mutual-TLS routes. No module state: any
-// number of nodes run in one process (tests), or one per process (production).
-// ClusterNode composes the parts split out of it (issue 17): the Ready loop (ready_driver.ts, which test/sim runs),
-// slot binding and bootstrap (slot_binding.ts), pending requests (requests.ts), status and health (status.ts,
-// health.ts), membership decisions (membership_policy.ts). What stays here: Raft's start, the tick, frame routing,
-// carrying out membership changes, and the public API. Over 500 lines: the public API's one-line delegates (about
-// 60 members the NATS side, the control plane and the HTTP pages use) are most of it; carrying out membership
-// changes (manageMembership) and route-frame routing are the next candidates to leave.
+// A cluster node (ClusterNode): one member of the Raft meta-group with its store, its routes and its KV state
+// machine. No module state: any number of nodes run in one process (tests), or one per process (production).
+// This file is the composition (issue 17): it opens the store and the routes, starts Raft once the slot is known,
+// ticks it, and wires the parts, each a module with a unit test of its own:
+//   ready_driver.ts         the Ready loop (persist, then send, then apply), which test/sim drives
+//   slot_binding.ts         the slot table, hellos and peer bindings; ClusterNode.slotTable for the control plane
+//   frame_router.ts         frames in from the routes, Raft's messages out
+//   replicated_kv.ts        writes in this node's session envelope, ReadIndex reads, watches: ClusterNode.kv
+//   leadership.ts           who leads, and the leader-change listeners
+//   membership_executor.ts  the leader's membership rounds, as membership_policy.ts decides: ClusterNode.membership
+//   status_reports.ts       /raftz, /healthz, `cluster status`... (status.ts, health.ts): ClusterNode.status
+//   snapshot_stream.ts      snapshots streamed to and from peers as files beside Raft
+// The members left on ClusterNode are what callers need of the node itself: the service-presence surface
+// (onLeaderChange, leaderName, onExtensionFrame, sendRouteFrame), route listeners, slots, the refusal, stop.
 import { randomInt } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { MessageType, RaftError, RawNode, StateType, seededRng, type Message, type ReadState, type SoftState } from '../../raft/index.js';
-import { KvStateMachine, RaftStorage, type KvCommand, type KvEntry, type KvListener, type KvResult } from '../../store/index.js';
-import { encodeKvCommand, quotaRefusal } from '../../store/index.js';
-import {
-  createRouteTransport, type LinkClose, type PeerInfo, type RouteFrame, type RouteTransport,
-} from '../../transport/index.js';
+import { RawNode, seededRng } from '../../raft/index.js';
+import { KvStateMachine, RaftStorage, type KvResult } from '../../store/index.js';
+import { createRouteTransport, type RouteFrame, type RouteTransport } from '../../transport/index.js';
 import { loadOrCreateIdentity, type InternalIdentity } from '../auth/index.js';
 import { createClusterBus, type ClusterBus } from '../bus/index.js';
 import { silentLogger, type Logger } from '../log.js';
-import { checkKvFormat, type AddedSlot, type ClusterFile, type RecoveryRecord } from './bootstrap.js';
+import { checkKvFormat } from './bootstrap.js';
 import { NodeError, NodeErrorCode } from './errors.js';
-import type { Health } from './health.js';
-import { nextMembershipChange, promoteWindow, VoterDownWatch } from './membership_policy.js';
-import type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
-import { ReadyDriver, type AppliedWrite } from './ready_driver.js';
-import { PendingRequests, stoppedError } from './requests.js';
-import {
-  CatchUp, StatusQueries, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, peerName, raftz, routez, selfReport, varz,
-  type ClusterStatus, type JsClusterInfo, type NodeMetrics, type NodeStatusView,
-} from './status.js';
-import { SlotBindings } from './slot_binding.js';
+import { FrameRouter } from './frame_router.js';
+import { Leadership, type LeaderListener } from './leadership.js';
+import { MembershipExecutor, type MembershipControl } from './membership_executor.js';
+import type { NodeOptions, RouteListener } from './node_options.js';
+import { ReadyDriver } from './ready_driver.js';
+import { ReplicatedKv, type NodeKv } from './replicated_kv.js';
+import { stoppedError } from './requests.js';
+import { newNodeMetrics, peerName, type NodeMetrics, type NodeStatusView } from './status.js';
+import { StatusReports, type NodeStatus } from './status_reports.js';
+import { SlotBindings, type SlotTable } from './slot_binding.js';
 import { raftStorageView } from './storage_adapter.js';
 import { SnapshotStream } from './snapshot_stream.js';
-import {
-  decodeEnvelope, decodeNodeFrame, encodeEnvelope, encodeMessage, encodeStatusReply, encodeStatusRequest, type MemberReport,
-} from './wire.js';
 
 export { snapshotLogFraction } from './ready_driver.js';
 
 export type { NodeOptions, RaftKvBackend, ReadOptions, RouteListener } from './node_options.js';
 export type { Health } from './health.js';
 export type { ClusterStatus, JsClusterInfo, JsReplicaInfo, MemberStatus } from './status.js';
+export type { NodeKv } from './replicated_kv.js';
+export type { NodeStatus } from './status_reports.js';
+export type { Membership, MembershipControl } from './membership_executor.js';
+export type { SlotTable } from './slot_binding.js';
+export type { LeaderListener } from './leadership.js';
 
 export class ClusterNode {
   readonly serverName: string;
@@ -57,9 +60,7 @@ export class ClusterNode {
   private readonly tickMs: number;
   private readonly electionTicks: number;
   private readonly heartbeatTicks: number;
-  private readonly timeoutMs: number;
   private readonly snapshotEntries: number;
-  private readonly boot = randomInt(1, 0xffffffff);
   private storage!: RaftStorage;
   private transport!: RouteTransport;
   /** Snapshots to and from peers, streamed as their files beside Raft (snapshot_stream.ts). */
@@ -67,35 +68,32 @@ export class ClusterNode {
   private raw: RawNode | undefined;
   /** The slot table and who holds each slot (slot_binding.ts). */
   private readonly binding: SlotBindings;
+  /** What the control plane changes in the slot table: R, the appended slots, the recovery audit (slot_binding.ts). */
+  readonly slotTable: SlotTable;
   /** Persists, sends and applies raw's Ready batches (ready_driver.ts); created with raw. */
   private driver: ReadyDriver<KvResult> | undefined;
-  private readonly listeners = new Set<RouteListener>();
-  private readonly extensionHandlers = new Map<string, (peerName: string, data: unknown[]) => void>();
-  private readonly leaderListeners = new Set<(isLeader: boolean, leaderName: string | undefined) => void>();
+  /** Who leads: leader changes told to the node's parts and listeners (leadership.ts). */
+  private readonly leadership: Leadership;
   private tickTimer: NodeJS.Timeout | undefined;
   private stopping = false;
   private fatal: Error | undefined;
-  /** Waiting writes and linearizable reads (requests.ts); the Ready driver reports what Raft said of them. */
-  private readonly requests: PendingRequests<KvResult>;
-  private lastLead = 0;
-  private lastLeaderContact = 0;
-  /** Raft id → Date.now() of the last Raft message from that peer (JetStream's replica `active`). */
-  private readonly peerContact = new Map<number, number>();
+  /** The KV through Raft: writes, linearizable reads, watches, the KvBackend of src/kv (replicated_kv.ts). */
+  readonly kv: NodeKv;
+  /** The same, with the hooks the Ready driver and the tick report to. */
+  private readonly replicated: ReplicatedKv;
+  /** Frames in from the routes, Raft's messages out (frame_router.ts). */
+  private readonly router: FrameRouter;
   private ticks = 0;
-  /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
-  private readonly resetListeners = new Set<() => void>();
-  /** Applied the leader's own commit index once since start: until then health says "catching up". */
-  private readonly catchUp = new CatchUp((lead) => this.log.warn({ lead }, 'the leader\'s heartbeats carry no commit index (an older version?): healthy once applied reaches this node\'s own commit'));
   private readonly startedAt = Date.now();
-  private readonly voterGraceMs: number;
-  /** Voters whose route is down, and since when (the leader replaces one down past voterGraceMs). */
-  private readonly voterDown: VoterDownWatch;
-  /** Slots an operator removed (`cluster remove`, replicated by the control plane): never re-added as learners. */
-  private removedSlots: ReadonlySet<number> = new Set();
+  /** Carries out membership changes on the leader, each tick round (membership_executor.ts). */
+  private readonly executor: MembershipExecutor;
+  /** The configuration, the operator's removed slots, leadership transfers (the executor's public side). */
+  readonly membership: MembershipControl;
   /** Set by the control plane when this node's posture differs from the cluster's (`config` bucket). */
   private refusal: string | undefined;
-  /** `cluster status` questions this node asked its peers. */
-  private readonly statusQueries = new StatusQueries((peer, reqId) => this.transport.send(peer, { kind: 'raft', data: encodeStatusRequest(reqId) }));
+  /** What the node reports about itself: /raftz, /healthz, `cluster status`... (status_reports.ts). */
+  readonly status: NodeStatus;
+  private readonly reports: StatusReports;
   /** The cluster-wide bus, when a NATS server was given. */
   bus: ClusterBus | undefined;
 
@@ -108,22 +106,36 @@ export class ClusterNode {
     this.tickMs = opts.tickMs ?? 100;
     this.electionTicks = opts.electionTicks ?? 10;
     this.heartbeatTicks = opts.heartbeatTicks ?? 1;
-    this.timeoutMs = opts.requestTimeoutMs ?? 5000;
     this.snapshotEntries = opts.snapshotEntries ?? 10_000;
-    this.voterGraceMs = opts.voterGraceMs ?? 30_000;
-    this.voterDown = new VoterDownWatch(this.voterGraceMs);
-    this.requests = new PendingRequests<KvResult>({
-      serverName: opts.serverName,
-      boot: this.boot,
-      timeoutMs: this.timeoutMs,
-      now: () => performance.now(),
-      propose: (seq, command) => this.proposeToRaft(seq, command),
-      readIndex: (context) => this.askReadIndex(context),
-      health: () => this.health(),
-      stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
-      metrics: this.metrics,
+    this.membership = this.executor = new MembershipExecutor({
+      raft: () => this.raw,
+      slots: () => (this.binding.file ? { self: this.binding.file.id, count: this.binding.file.addresses.length } : undefined),
+      replicas: () => this.binding.voters, upPeers: () => this.transport.upPeers(), peerOf: (id) => this.binding.idToPeer.get(id),
+      peerName: (id) => this.peerName(id), schedule: () => this.schedule(), voterGraceMs: opts.voterGraceMs ?? 30_000, now: () => Date.now(), log: this.log,
     });
-    this.binding = new SlotBindings({
+    this.kv = this.replicated = new ReplicatedKv({
+      serverName: opts.serverName, boot: randomInt(1, 0xffffffff), timeoutMs: opts.requestTimeoutMs ?? 5000, maxKvBytes: opts.maxKvBytes,
+      stateMachine: this.stateMachine, metrics: this.metrics, raft: () => this.raw, slot: () => this.binding.file?.id, schedule: () => this.schedule(),
+      health: () => this.reports.health(), stopped: () => (this.stopping || this.fatal ? stoppedError(this.serverName, this.fatal) : undefined),
+      now: () => performance.now(), log: this.log,
+    });
+    this.status = this.reports = new StatusReports(() => this.statusView(), (p, f) => this.transport.send(p, f), this.log);
+    this.router = new FrameRouter({
+      raft: () => this.raw, slotOf: (peer) => this.binding.peerToId.get(peer), peerOf: (id) => this.binding.idToPeer.get(id),
+      send: (p, f) => this.transport.send(p, f),
+      bindings: { peerUp: (p) => this.binding.peerUp(p), peerDown: (p) => this.binding.peerDown(p), onHello: (p, h) => this.binding.onHello(p, h) },
+      selfReport: () => this.reports.selfReport(), statusAnswered: (reqId, report) => this.reports.answered(reqId, report),
+      offerSnapshot: (p, m) => this.snapshotStream.offer(p, m), metrics: this.metrics, schedule: () => this.schedule(), now: () => Date.now(), log: this.log,
+    });
+    this.leadership = new Leadership({
+      serverName: opts.serverName, raft: () => this.raw, slot: () => this.binding.file?.id, peerOf: (id) => this.binding.idToPeer.get(id),
+      peerName: (id) => this.peerName(id), metrics: this.metrics, log: this.log,
+      changed: (lead) => {
+        this.router.leaderChanged();
+        if (lead !== 0) this.replicated.leaderChanged();
+      },
+    });
+    this.slotTable = this.binding = new SlotBindings({
       serverName: opts.serverName, clusterName: opts.clusterName, clusterPort: opts.clusterPort, dataDir: opts.dataDir,
       join: opts.join === true, kvReplicas: opts.kvReplicas, log: this.log,
       storeEmpty: () => this.storage.lastIndex() === 0 && this.storage.snapshot().meta.index === 0,
@@ -131,27 +143,6 @@ export class ClusterNode {
       raft: () => this.raw,
       schedule: () => this.schedule(),
     });
-  }
-
-  // What slot_binding.ts holds, read where node.ts read its own fields before the split.
-  private get cluster(): ClusterFile | undefined {
-    return this.binding.file;
-  }
-
-  private get idToPeer(): ReadonlyMap<number, string> {
-    return this.binding.idToPeer;
-  }
-
-  private get peerToId(): ReadonlyMap<string, number> {
-    return this.binding.peerToId;
-  }
-
-  private get n(): number {
-    return this.binding.size;
-  }
-
-  private get voters(): number {
-    return this.binding.voters;
   }
 
   /** Opens the data dir (recovery), derives the slot, starts routes and the tick timer. */
@@ -189,11 +180,11 @@ export class ClusterNode {
       verifyPeer: (name, key) => this.binding.verifyPeer(name, Buffer.from(key).toString('hex')),
       logger: opts.logger ?? silentLogger(),
       limits: { backoffMaxMs: 2000, ...opts.routeLimits },
-      onPeerUp: (p) => this.onPeerUp(p),
-      onPeerDown: (p, c) => this.onPeerDown(p, c),
-      onFrame: (name, f) => this.onFrame(name, f),
+      onPeerUp: (p) => this.router.peerUp(p),
+      onPeerDown: (p, c) => this.router.peerDown(p, c),
+      onFrame: (name, f) => this.router.frame(name, f),
     });
-    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.onFrame(p, { kind: 'raft', data }), log: this.log,
+    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.router.frame(p, { kind: 'raft', data }), log: this.log,
       reportFailure: (m) => { this.raw?.reportSnapshotFailure(m.to); this.schedule(); } });
     this.addRouteListener({ down: (p) => { if (p.name !== undefined) stream.peerDown(p.name); }, frame: (p, f) => { stream.onFrame(p, f); } });
     this.onLeaderChange((isLeader) => { if (!isLeader) stream.leaderLost(); });
@@ -209,7 +200,7 @@ export class ClusterNode {
     this.binding.attach(this.transport);
     await this.transport.start();
     this.tickTimer = setInterval(() => this.onTick(), this.tickMs);
-    this.log.info({ id: this.cluster?.id, n: this.n, voters: this.voters, route: this.transport.address() }, this.cluster ? 'node started' : 'node started; waiting for a peer to learn this node\'s slot');
+    this.log.info({ id: this.binding.file?.id, n: this.binding.size, voters: this.binding.voters, route: this.transport.address() }, this.binding.file ? 'node started' : 'node started; waiting for a peer to learn this node\'s slot');
   }
 
   /** Raft says the lost data is made good, in a Ready now durable: persist that the node is an ordinary member again. */
@@ -219,7 +210,7 @@ export class ClusterNode {
   }
 
   private startRaft(): void {
-    const c = this.cluster!;
+    const c = this.binding.file!;
     const peers: number[] = [];
     // A node that joined a running cluster has no bootstrap entry: the leader sends it the log (or a snapshot), whose
     // configuration changes tell it the members. Bootstrapping [1..R] here could differ from the cluster's index 1.
@@ -244,94 +235,19 @@ export class ClusterNode {
     this.schedule();
   }
 
-  // ---- routes ----------------------------------------------------------------------------------
-
-  private onPeerUp(p: PeerInfo): void {
-    this.binding.peerUp(p);
-    for (const l of this.listeners) l.up?.(p);
-  }
-
-  private onPeerDown(p: PeerInfo, c: LinkClose): void {
-    this.binding.peerDown(p);
-    for (const l of this.listeners) l.down?.(p, c);
-  }
-
-  private onFrame(peer: string, frame: RouteFrame): void {
-    if (frame.kind !== 'raft') {
-      for (const l of this.listeners) l.frame?.(peer, frame);
-      return;
-    }
-    // Node-to-node traffic of in-process services (service presence, src/services) rides raft frames tagged
-    // with a string: a node without the handler drops it in decodeNodeFrame with a warning, as any unknown tag.
-    const ext = Array.isArray(frame.data) && typeof frame.data[0] === 'string' ? this.extensionHandlers.get(frame.data[0]) : undefined;
-    if (ext !== undefined) {
-      ext(peer, frame.data as unknown[]);
-      return;
-    }
-    const d = decodeNodeFrame(frame.data);
-    if (typeof d === 'string') {
-      this.log.warn({ peer, reason: d }, 'dropped a malformed raft frame');
-      return;
-    }
-    if (d.kind === 'hello') return this.binding.onHello(peer, d.hello);
-    if (d.kind === 'statusRequest') {
-      this.transport.send(peer, { kind: 'raft', data: encodeStatusReply(d.reqId, this.selfReport()) });
-      return;
-    }
-    if (d.kind === 'statusReply') {
-      this.statusQueries.answered(d.reqId, d.report);
-      return;
-    }
-    const m = d.message;
-    if (this.peerToId.get(peer) !== m.from || this.raw === undefined) {
-      this.metrics.raftMessagesDropped++;
-      return;
-    }
-    this.metrics.raftMessagesIn++;
-    this.peerContact.set(m.from, Date.now());
-    if (m.from === this.raw.basicStatus().lead || m.type === 'app' || m.type === 'heartbeat' || m.type === 'snap') this.lastLeaderContact = Date.now();
-    try {
-      this.raw.step(m);
-    } catch (e) {
-      // A forwarded proposal this node cannot take (no leader, transfer running): the proposer times
-      // out and reports a retryable error; nothing else is lost.
-      if (!(e instanceof RaftError)) throw e;
-      this.log.debug({ peer, type: m.type, err: e.message }, 'raft refused a message');
-    }
-    this.schedule();
-  }
-
-  /**
-   * The slots `cluster add` appended, in order (replicated by the control plane's `config` bucket): see
-   * SlotBindings.setAddedSlots.
-   */
-  setAddedSlots(added: readonly AddedSlot[]): void {
-    this.binding.setAddedSlots(added);
-  }
-
-  /** The `cluster recover --force-new-cluster` this data directory went through, until its audit record is written. */
-  pendingRecoveryAudit(): RecoveryRecord | undefined {
-    return this.binding.pendingRecoveryAudit();
-  }
-
-  /** The audit record of the recovery is committed: persist that, so no later leader writes it again. */
-  markRecoveryAudited(): void {
-    this.binding.markRecoveryAudited();
-  }
+  // ---- what callers use of the node itself (service presence, the bus, the control plane) ------
 
   /** Registers a listener for non-Raft route frames and peer events; returns its removal. */
   addRouteListener(l: RouteListener): () => void {
-    this.listeners.add(l);
-    return () => this.listeners.delete(l);
+    return this.router.addRouteListener(l);
   }
 
   /**
    * Called on every leader change with whether this node leads now (e.g. the first leader creates the
    * control buckets and records the slots in `nodes`). Returns the removal.
    */
-  onLeaderChange(l: (isLeader: boolean, leaderName: string | undefined) => void): () => void {
-    this.leaderListeners.add(l);
-    return () => this.leaderListeners.delete(l);
+  onLeaderChange(l: LeaderListener): () => void {
+    return this.leadership.onLeaderChange(l);
   }
 
   /** The slots of the cluster: Raft id, address, and the server name + identity key bound to it (if met). */
@@ -339,21 +255,14 @@ export class ClusterNode {
     return this.binding.slots(Buffer.from(this.identity.publicKeyBytes).toString('hex'));
   }
 
-  /**
-   * Handles raft frames whose data is `[tag, ...]` with a string `tag` (node-to-node messages of an in-process
-   * service; send them with sendRouteFrame(peer, { kind: 'raft', data: [tag, ...] })). Returns the removal.
-   */
+  /** Handles raft frames `[tag, ...]` of an in-process service (frame_router.ts onExtensionFrame). Returns the removal. */
   onExtensionFrame(tag: string, handler: (peerName: string, data: unknown[]) => void): () => void {
-    if (this.extensionHandlers.has(tag)) throw new RangeError(`extension frame tag ${tag} already has a handler`);
-    this.extensionHandlers.set(tag, handler);
-    return () => void this.extensionHandlers.delete(tag);
+    return this.router.onExtensionFrame(tag, handler);
   }
 
   /** The server name of the leader this node follows (itself when it leads); undefined while there is none. */
   leaderName(): string | undefined {
-    const lead = this.raw?.basicStatus().lead ?? 0;
-    if (lead === 0) return undefined;
-    return lead === this.cluster?.id ? this.serverName : this.idToPeer.get(lead);
+    return this.leadership.leaderName();
   }
 
   /** Sends a non-Raft frame to a peer (bus glue); false when the peer is not up. */
@@ -361,18 +270,18 @@ export class ClusterNode {
     return this.transport.send(peerName, frame);
   }
 
-  // ---- the Ready loop --------------------------------------------------------------------------
+  // ---- the tick and the Ready loop ------------------------------------------------------------
 
   private onTick(): void {
     if (this.stopping || this.fatal) return;
     this.ticks++;
     if (this.raw) {
       this.raw.tick();
-      this.retryWaiting();
-      if (this.ticks % 10 === 0) this.manageMembership();
+      this.replicated.retryWaiting();
+      if (this.ticks % 10 === 0) this.executor.round();
       this.schedule();
     }
-    this.expire();
+    this.replicated.expire();
   }
 
   private schedule(): void {
@@ -385,274 +294,39 @@ export class ClusterNode {
     return new ReadyDriver<KvResult>({
       raw,
       storage: this.storage,
-      sink: { send: (m) => this.sendMessage(m) },
+      sink: { send: (m) => this.router.sendMessage(m) },
       stateMachine: this.stateMachine,
       clock: { now: () => performance.now(), yieldTurn: () => new Promise<void>((resolve) => setImmediate(resolve)) },
       metrics: this.metrics,
       logger: this.log,
       snapshotEntries: this.snapshotEntries,
-      snapshotTurn: () => ({ slot: this.cluster?.id ?? 1, slots: this.n }),
+      snapshotTurn: () => ({ slot: this.binding.file?.id ?? 1, slots: this.binding.size }),
       events: {
-        softState: (ss) => this.onSoftState(ss),
-        applied: (_entry, write) => { if (write) this.onWriteApplied(write); },
-        readStates: (states) => this.onReadStates(states),
-        advanced: () => this.serveReads(),
-        snapshotInstalled: () => this.notifyReset(),
-        recoveringOnDisk: () => this.cluster?.recovering === true,
+        softState: (ss) => this.leadership.softState(ss),
+        applied: (_entry, write) => { if (write) this.replicated.writeApplied(write); },
+        readStates: (states) => this.replicated.readStates(states),
+        advanced: () => this.replicated.applied(),
+        snapshotInstalled: () => this.replicated.snapshotInstalled(),
+        recoveringOnDisk: () => this.binding.file?.recovering === true,
         recovered: () => this.markRecovered(),
         fatal: (err) => {
           this.fatal = err;
-          this.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${err.message}`, false));
+          this.replicated.failAll(new NodeError(NodeErrorCode.stopped, `node ${this.serverName} stopped replicating: ${err.message}`, false));
         },
       },
     });
   }
 
-  private onSoftState(ss: SoftState): void {
-    const lead = ss.lead;
-    if (lead === this.lastLead) return;
-    if (lead !== 0) this.metrics.leaderChanges++;
-    this.log.info({ lead, state: ss.state, term: this.raw!.basicStatus().term }, lead === 0 ? 'leader lost' : 'leader elected');
-    this.lastLead = lead;
-    this.lastLeaderContact = Date.now();
-    if (lead !== 0) this.requests.leaderChanged();
-    const isLeader = ss.state === StateType.leader;
-    const name = lead === 0 ? undefined : this.peerName(lead);
-    for (const l of this.leaderListeners) {
-      try {
-        l(isLeader, name);
-      } catch (e) {
-        this.log.error({ err: e }, 'leader listener threw');
-      }
-    }
-  }
-
-  /** A write applied: resolve it if this node (this boot) proposed it. */
-  private onWriteApplied({ envelope: env, result }: AppliedWrite<KvResult>): void {
-    if (env.origin === this.cluster!.id && env.boot === this.boot) this.requests.writeApplied(env.seq, result);
-  }
-
-  private onReadStates(states: readonly ReadState[]): void {
-    this.requests.readIndexesArrived(states);
-  }
-
-  /** After a snapshot from the leader replaced the state machine (KvBackend.onReset). */
-  private notifyReset(): void {
-    // A copy: a listener may re-subscribe itself (KvPrincipalSource re-attaches).
-    for (const l of [...this.resetListeners]) {
-      try {
-        l();
-      } catch (err) {
-        this.log.error({ err }, 'snapshot-install listener threw');
-      }
-    }
-  }
-
-  private sendMessage(m: Message): void {
-    const peer = this.idToPeer.get(m.to);
-    if (peer !== undefined && m.type === MessageType.snap) return this.snapshotStream.offer(peer, m);
-    if (peer === undefined || !this.transport.send(peer, { kind: 'raft', data: encodeMessage(m) })) {
-      this.metrics.raftMessagesDropped++;
-      return;
-    }
-    this.metrics.raftMessagesOut++;
-  }
-
-  /**
-   * The leader keeps the voter count at R (--kv-replicas), one conf change at a time:
-   * - every slot that is not a member is added as a learner (slots beyond R at bootstrap; a replaced
-   *   voter when it comes back);
-   * - a voter whose route has been down longer than voterGraceMs is replaced by a caught-up, connected
-   *   learner: promote first (R+1 voters), then remove the dead one, so the count never drops below R.
-   */
-  private manageMembership(): void {
-    const raw = this.raw!;
-    const st = raw.basicStatus();
-    const c = this.cluster;
-    // Not while far behind its own commit index (the configuration read below would be stale); a small gap is
-    // normal under a steady write load and must not starve membership changes (raft refuses a second pending one).
-    if (st.state !== StateType.leader || !c || st.applied + promoteWindow < st.commit) return;
-    const conf = raw.confState();
-    const up = new Set(this.transport.upPeers());
-    const isUp = (id: number): boolean => id === c.id || up.has(this.idToPeer.get(id) ?? '\0');
-    const dead = this.voterDown.dead(conf.voters, isUp, Date.now());
-    const decision = nextMembershipChange({
-      self: c.id, voters: conf.voters, learners: conf.learners, slots: c.addresses.length, replicas: this.voters,
-      removed: this.removedSlots, isUp, deadVoters: dead, progress: raw.status().progress, commit: st.commit,
-    });
-    if (decision === undefined) return;
-    if (decision.kind === 'handOff') {
-      try {
-        this.transferLeadership();
-        this.log.warn({ id: c.id }, decision.why);
-      } catch (e) {
-        if (!(e instanceof NodeError)) throw e;
-        this.log.error({ id: c.id }, `cannot remove this node: ${e.message}`);
-      }
-      return;
-    }
-    try {
-      raw.proposeConfChange({ type: decision.type, nodeId: decision.nodeId });
-      this.log.warn({ id: decision.nodeId, name: this.peerName(decision.nodeId), voters: conf.voters, learners: conf.learners, graceMs: this.voterGraceMs }, decision.why);
-      this.schedule();
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e; // another change is pending: try again next round
-    }
-  }
-
-  // ---- writes and reads ------------------------------------------------------------------------
-
-  /** Replicates a KV command; resolves with its result once applied on this node. */
-  propose(cmd: KvCommand): Promise<KvResult> {
-    if (this.opts.maxKvBytes !== undefined) {
-      const refused = quotaRefusal(cmd, this.stateMachine.totalBytes(), this.opts.maxKvBytes);
-      if (refused !== undefined) {
-        this.metrics.quotaRefusals++;
-        return Promise.resolve(refused);
-      }
-    }
-    return this.proposeBytes(encodeKvCommand(cmd));
-  }
-
-  proposeBytes(command: Uint8Array): Promise<KvResult> {
-    return this.requests.submitWrite(command);
-  }
-
-  /** Hands a waiting write to Raft in this node's session envelope; false without a leader or when Raft refuses. */
-  private proposeToRaft(seq: number, command: Uint8Array): boolean {
-    if (!this.raw || !this.cluster || this.raw.basicStatus().lead === 0) return false;
-    try {
-      this.raw.propose(encodeEnvelope(this.cluster.id, this.boot, seq, command));
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e;
-      return false;
-    }
-    this.schedule();
-    return true;
-  }
-
-  /** Asks Raft for a read index (a waiting read batch's context); false without a leader or when Raft refuses. */
-  private askReadIndex(context: Uint8Array): boolean {
-    if (!this.raw || this.raw.basicStatus().lead === 0) return false;
-    try {
-      this.raw.readIndex(context);
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e;
-      return false;
-    }
-    this.schedule();
-    return true;
-  }
-
-  /**
-   * Waits until this node's state machine reflects every write committed before the call
-   * (ReadIndex, Raft thesis §6.4), then returns it. With `stale`, returns at once.
-   */
-  async read(opts: ReadOptions = {}): Promise<KvStateMachine> {
-    if (this.stopping || this.fatal) throw stoppedError(this.serverName, this.fatal);
-    if (opts.stale) return this.stateMachine;
-    await this.requests.submitRead();
-    return this.stateMachine;
-  }
-
-  /** Resolves once the state machine reflects every write committed before the call (ReadIndex). */
-  async readBarrier(): Promise<void> {
-    await this.read();
-  }
-
-  /**
-   * The bucket's retained entries after `afterRevision`, then every entry applied later, until the
-   * returned function is called. Entries absorbed by installing a snapshot are not replayed.
-   */
-  watch(bucket: string, afterRevision: number, listener: KvListener): () => void {
-    for (const e of this.stateMachine.changesSince(afterRevision, bucket)) listener(e);
-    return this.stateMachine.subscribe((e: KvEntry) => {
-      if (e.bucket === bucket) listener(e);
-    });
-  }
-
-  /** The Raft-backed KvBackend of src/kv (propose / readBarrier / reader / watch). */
-  kvBackend(): RaftKvBackend {
-    return {
-      propose: (c) => this.propose(c),
-      readBarrier: () => this.readBarrier(),
-      reader: this.stateMachine,
-      watch: (b, r, l) => this.watch(b, r, l),
-      onReset: (l) => {
-        this.resetListeners.add(l);
-        return () => this.resetListeners.delete(l);
-      },
-    };
-  }
-
-  // The Ready driver's and the tick's hooks into the pending requests (requests.ts).
-  private serveReads(): void {
-    this.requests.serveReads(this.stateMachine.appliedIndex);
-  }
-
-  private retryWaiting(): void {
-    this.requests.retryWaiting();
-  }
-
-  private expire(): void {
-    this.requests.expire();
-  }
-
-  private failAll(e: Error): void {
-    this.requests.failAll(e);
-  }
-
-  /** Asks the leader to hand leadership to `id` (default: the most caught-up other voter). */
-  transferLeadership(id?: number): void {
-    const raw = this.raw;
-    if (!raw) throw new NodeError(NodeErrorCode.noLeader, 'raft has not started on this node yet', true);
-    let target = id;
-    if (target === undefined) {
-      const st = raw.status();
-      let best = -1;
-      for (const [pid, p] of st.progress) if (pid !== st.id && !p.isLearner && p.match > best) { best = p.match; target = pid; }
-      if (target === undefined) throw new NodeError(NodeErrorCode.noLeader, 'this node is not the leader, or has no other voter to transfer to', false);
-    }
-    raw.transferLeadership(target);
-    this.schedule();
-  }
-
-  // ---- membership (cluster add/remove/status) -------------------------------------------------------
-
-  /** The current Raft configuration (voters and learners by slot), undefined before Raft starts. */
-  membership(): { voters: readonly number[]; learners: readonly number[] } | undefined {
-    if (!this.raw) return undefined;
-    const conf = this.raw.confState();
-    return { voters: [...conf.voters], learners: [...conf.learners] };
-  }
+  // ---- leadership, R and the refusal (the KV TTL, the control plane) -----------------------------
 
   /** Whether this node leads the meta-group now (leader-only duties such as KV expiry proposals). */
   get isLeader(): boolean {
-    return this.raw !== undefined && this.raw.basicStatus().state === StateType.leader;
+    return this.leadership.isLeader;
   }
 
   /** The number of voters the leader keeps (--kv-replicas as persisted). */
   get kvReplicas(): number {
-    return this.voters;
-  }
-
-  /**
-   * Changes R on a running cluster (every node gets the same value from the control plane's `config` bucket):
-   * persisted in cluster.json (a restart keeps it, whatever its --kv-replicas flag says), announced in the hello,
-   * and the leader converges one configuration change at a time: caught-up learners are promoted while there
-   * are fewer voters than R; above R, the least caught-up voter that does not lead is removed and comes back
-   * as a learner. Throws a config error for R outside 1..N.
-   */
-  setKvReplicas(r: number): void {
-    this.binding.setKvReplicas(r);
-  }
-
-  /**
-   * The slots an operator removed (replicated through the control plane's `config` bucket, so whichever node
-   * leads sees the same set): the leader removes them from the configuration and never re-adds them.
-   */
-  setRemovedSlots(ids: Iterable<number>): void {
-    this.removedSlots = new Set(ids);
+    return this.binding.voters;
   }
 
   /** Refuses service with a reason (`/healthz` says it) until called with undefined. */
@@ -664,28 +338,11 @@ export class ClusterNode {
     this.refusal = reason;
   }
 
-  /** This node's own view (indexes, state, health) as `cluster status` shows it. */
-  selfReport(): MemberReport {
-    return selfReport(this.statusView());
-  }
-
-  /**
-   * Every slot with its role and indexes: this node's view plus each connected peer's own report (asked over
-   * the route; a peer that does not answer within `timeoutMs` is unreachable). Lag is against the leader's
-   * commit index as the leader reports it (or the highest commit seen when no leader answered).
-   */
-  async clusterStatus(timeoutMs = 1500): Promise<ClusterStatus> {
-    const self = this.selfReport();
-    const reports = new Map<number, MemberReport>(self.id !== 0 ? [[self.id, self]] : []);
-    await this.statusQueries.ask(this.transport.upPeers(), this.peerToId, timeoutMs, reports);
-    return clusterStatusFrom(this.statusView(), reports);
-  }
-
-  // ---- observability ---------------------------------------------------------------------------
+  // ---- identity and the status view -------------------------------------------------------------
 
   /** The Raft id (slot) of this node, undefined while it is still learning it. */
   get id(): number | undefined {
-    return this.cluster?.id;
+    return this.binding.file?.id;
   }
 
   /** Bound address of the cluster port. */
@@ -693,62 +350,27 @@ export class ClusterNode {
     return this.transport.address();
   }
 
-  /**
-   * Whether this node's state machine is current: it applied the leader's own commit index since it started and
-   * is not recovering lost data. Until then, what it reads locally (stale) is no basis for a write.
-   */
-  isCurrent(): boolean {
-    const st = this.raw?.basicStatus();
-    return st !== undefined && this.catchUp.check(st, this.stateMachine.appliedIndex, Date.now(), this.electionTicks * this.tickMs, this.snapshotStream.receiving()) === undefined;
-  }
-
-  health(): Health {
-    return nodeHealth(this.statusView(), this.catchUp);
-  }
-
-  /** STREAM.INFO `cluster` (status.ts jsClusterInfo); undefined with a single voter. */
-  jsClusterInfo(): JsClusterInfo | undefined {
-    return jsClusterInfo(this.statusView());
-  }
-
   private peerName(id: number): string {
-    return peerName({ cluster: this.cluster, serverName: this.serverName, idToPeer: this.idToPeer }, id);
-  }
-
-  raftz(): Record<string, unknown> {
-    return raftz(this.statusView());
-  }
-
-  routez(): Record<string, unknown> {
-    return routez(this.statusView());
-  }
-
-  varz(): Record<string, unknown> {
-    return varz(this.statusView());
-  }
-
-  metricsText(): string {
-    return metricsText(this.statusView());
+    return peerName({ cluster: this.binding.file, serverName: this.serverName, idToPeer: this.binding.idToPeer }, id);
   }
 
   /** What status.ts reads of this node, now (Raft, transport and maps by reference). */
-  private statusView(): NodeStatusView {
+  private statusView(): Omit<NodeStatusView, 'health'> {
     return {
-      serverName: this.serverName, clusterName: this.clusterName, identityKey: this.identity.publicKey, cluster: this.cluster,
-      clusterSize: this.n, kvReplicas: this.voters, raft: this.raw, applied: this.stateMachine.appliedIndex,
+      serverName: this.serverName, clusterName: this.clusterName, identityKey: this.identity.publicKey, cluster: this.binding.file,
+      clusterSize: this.binding.size, kvReplicas: this.binding.voters, raft: this.raw, applied: this.stateMachine.appliedIndex,
       kvBytes: this.stateMachine.totalBytes(), maxKvBytes: this.opts.maxKvBytes, transport: this.transport,
-      idToPeer: this.idToPeer, peerToId: this.peerToId, peerContact: this.peerContact, lastLeaderContact: this.lastLeaderContact,
+      idToPeer: this.binding.idToPeer, peerToId: this.binding.peerToId, peerContact: this.router.peerContact, lastLeaderContact: this.router.lastLeaderContact,
       electionWindowMs: this.electionTicks * this.tickMs, now: Date.now(), startedAt: this.startedAt,
       storage: {
         firstIndex: () => this.storage.firstIndex(),
         snapshotIndex: () => this.storage.snapshot().meta.index,
         walSegments: () => this.storage.walSegments().length,
       },
-      metrics: this.metrics, pendingWrites: this.requests.writesWaiting, pendingReads: this.requests.readersWaiting, snapshotStream: this.snapshotStream,
+      metrics: this.metrics, pendingWrites: this.replicated.writesWaiting, pendingReads: this.replicated.readersWaiting, snapshotStream: this.snapshotStream,
       fatal: this.fatal, refusal: this.refusal, stopping: this.stopping, bootstrapProblem: this.binding.problem,
-      verdictPending: this.binding.awaitingVerdict, joining: this.opts.join === true, removedSlots: this.removedSlots,
+      verdictPending: this.binding.awaitingVerdict, joining: this.opts.join === true, removedSlots: this.membership.removedSlots,
       rss: () => process.memoryUsage().rss,
-      health: () => this.health(),
     };
   }
 
@@ -757,7 +379,7 @@ export class ClusterNode {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.tickTimer);
-    this.failAll(stoppedError(this.serverName, this.fatal));
+    this.replicated.failAll(stoppedError(this.serverName, this.fatal));
     await this.driver?.stop();
     this.bus?.close();
     await this.snapshotStream?.close();

@@ -92,7 +92,7 @@ export interface BucketSummary {
 
 /** Every KV bucket as this node has applied it (a stale read: the page polls it, it must not load the leader). */
 export function bucketSummaries(node: ClusterNode): BucketSummary[] {
-  const sm = node.kvBackend().reader;
+  const sm = node.kv.reader;
   return sm.bucketNames().flatMap((name) => {
     const b = sm.bucketInfo(name);
     return b === undefined ? [] : [{ name, keys: sm.keys(name).length, values: b.values, bytes: b.bytes, seq: b.seq, history: b.config.history }];
@@ -102,17 +102,17 @@ export function bucketSummaries(node: ClusterNode): BucketSummary[] {
 /** /healthz, /readyz (200 ok or 503 with the reason), /raftz, /routez, /clusterz, /kvz, /metrics for src/http. */
 export function nodeHttpEndpoints(node: ClusterNode): Record<string, HttpEndpoint> {
   const health: HttpEndpoint = () => {
-    const h = node.health();
+    const h = node.status.health();
     return { status: h.status === 'ok' ? 200 : 503, body: h };
   };
   return {
     '/healthz': health,
     '/readyz': health,
-    '/raftz': () => ({ status: 200, body: node.raftz() }),
-    '/routez': () => ({ status: 200, body: node.routez() }),
+    '/raftz': () => ({ status: 200, body: node.status.raftz() }),
+    '/routez': () => ({ status: 200, body: node.status.routez() }),
     // `cluster status` over HTTP (each peer's own report, asked over its route), for the status page.
-    '/clusterz': async () => ({ status: 200, body: await node.clusterStatus(1000) }),
-    '/kvz': () => ({ status: 200, body: { server: node.serverName, applied: node.kvBackend().reader.appliedIndex, buckets: bucketSummaries(node) } }),
-    '/metrics': () => ({ status: 200, body: node.metricsText(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
+    '/clusterz': async () => ({ status: 200, body: await node.status.clusterStatus(1000) }),
+    '/kvz': () => ({ status: 200, body: { server: node.serverName, applied: node.kv.reader.appliedIndex, buckets: bucketSummaries(node) } }),
+    '/metrics': () => ({ status: 200, body: node.status.metricsText(), contentType: 'text/plain; version=0.0.4; charset=utf-8' }),
   };
 }

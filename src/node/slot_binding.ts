@@ -47,6 +47,9 @@ export interface SlotBindingOptions {
   readonly schedule: () => void;
 }
 
+/** The slot table's side for the control plane and tests (ClusterNode.slotTable); the rest stays the node's. */
+export type SlotTable = Pick<SlotBindings, 'setKvReplicas' | 'setAddedSlots' | 'pendingRecoveryAudit' | 'markRecoveryAudited'>;
+
 export class SlotBindings {
   private readonly opts: SlotBindingOptions;
   private readonly log: Logger;

@@ -94,21 +94,21 @@ async function stop(trio: Trio, i: number): Promise<void> {
 /** Polls (bounded) until every given node reports ok; returns the elapsed ms, or throws with reasons. */
 async function waitHealthy(nodes: readonly ClusterNode[], boundMs = 15_000): Promise<number> {
   const t0 = Date.now();
-  await waitFor(() => nodes.every((n) => n.health().status === 'ok'), {
-    what: () => `every node healthy: ${JSON.stringify(nodes.map((n) => [n.serverName, n.health()]))}`, timeoutMs: boundMs,
+  await waitFor(() => nodes.every((n) => n.status.health().status === 'ok'), {
+    what: () => `every node healthy: ${JSON.stringify(nodes.map((n) => [n.serverName, n.status.health()]))}`, timeoutMs: boundMs,
   });
   return Date.now() - t0;
 }
 
 function leaderOf(nodes: readonly (ClusterNode | undefined)[]): number {
-  return nodes.findIndex((n) => n !== undefined && n.raftz().state === 'leader');
+  return nodes.findIndex((n) => n !== undefined && n.status.raftz().state === 'leader');
 }
 
 /** A write retried on retryable errors (elections), as a client would; bounded. */
 async function write(n: ClusterNode, key: string, value: number): Promise<KvResult> {
   for (let attempt = 0; ; attempt++) {
     try {
-      return await n.propose({ op: 'put', bucket: 'b', key, value: Uint8Array.of(value), ts: 1 });
+      return await n.kv.propose({ op: 'put', bucket: 'b', key, value: Uint8Array.of(value), ts: 1 });
     } catch (e) {
       if (!(e instanceof NodeError) || !e.retryable || attempt >= 3) throw e;
     }
@@ -134,17 +134,17 @@ t.test('bootstrap in every start order, both --routes styles; a lone node says w
     const first = await start(trio, order[0]!);
     if (style === 'all') {
       // Its own --routes entry is recognised up front and never dialed (no handshake with itself).
-      const rz = first.routez() as { listen: { port: number }; routes: { route?: string }[] };
+      const rz = first.status.routez() as { listen: { port: number }; routes: { route?: string }[] };
       t.same(rz.routes.map((r) => r.route?.endsWith(`:${rz.listen.port}`)), [false, false], `${first.serverName} dials the two others only`);
     }
     if (trial < 2) {
       // Longer than two maximal election timeouts (2 * 20 ticks * 50 ms): a lone node must not elect
       // itself. (In the others-only style it cannot even start Raft before meeting a peer.)
       if (style === 'all') await pause(2200, 'two maximal election timeouts alone: the absence of an election is the point');
-      const h = first.health();
+      const h = first.status.health();
       t.equal(h.status, 'unavailable', `lone node (${style}) is unavailable`);
       t.match(h.status === 'unavailable' ? h.reason : '', /^no quorum: 1 of 3 voters reachable/, `lone node (${style}) reports the no-quorum reason`);
-      t.not(first.raftz().state, 'leader', 'lone node never elects itself');
+      t.not(first.status.raftz().state, 'leader', 'lone node never elects itself');
     }
     await pause(delays[0]!, 'the seeded start order and spacing under test');
     const second = await start(trio, order[1]!);
@@ -156,7 +156,7 @@ t.test('bootstrap in every start order, both --routes styles; a lone node says w
     await waitHealthy(trio.nodes as ClusterNode[]);
     const ids = trio.nodes.map((n) => n!.id).sort();
     t.same(ids, [1, 2, 3], 'every node derived a distinct slot');
-    const r = await trio.nodes[order[2]!]!.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
+    const r = await trio.nodes[order[2]!]!.kv.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
     t.ok(r.ok, 'a write through the last node started commits');
     await Promise.all([0, 1, 2].map((i) => stop(trio, i)));
   }
@@ -172,7 +172,7 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
   const leader = leaderOf(nodes);
   t.ok(leader >= 0, 'a leader exists');
   const follower = (leader + 1) % 3;
-  const created = await nodes[follower]!.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
+  const created = await nodes[follower]!.kv.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
   t.match(created, { ok: true, kind: 'bucket.create', created: true }, 'a follower forwards a write to the leader and gets its result');
 
   const acked = new Map<string, number>();
@@ -187,14 +187,14 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
   t.comment(`sequential write latency through any node: p50 ${lat[15]!.toFixed(1)} ms, max ${lat[29]!.toFixed(1)} ms (fsync on, loaded machine)`);
   t.equal(acked.size, 30, 'every write was applied');
   for (const n of nodes) {
-    const sm = await n.read();
+    const sm = await n.kv.read();
     t.equal(sm.keys('b').length, 30, `${n.serverName} has every write after a linearizable read`);
   }
   // Linearizable reads on a follower gather behind one ReadIndex request per round trip to the leader.
-  const messagesOut = (n: ClusterNode): number => Number(/^membershipd_raft_messages_out_total (\d+)$/m.exec(n.metricsText())?.[1] ?? NaN);
+  const messagesOut = (n: ClusterNode): number => Number(/^membershipd_raft_messages_out_total (\d+)$/m.exec(n.status.metricsText())?.[1] ?? NaN);
   const f = nodes[follower]!;
   const before = messagesOut(f);
-  const burst = await Promise.allSettled(Array.from({ length: 2000 }, () => f.read()));
+  const burst = await Promise.allSettled(Array.from({ length: 2000 }, () => f.kv.read()));
   t.equal(burst.filter((r) => r.status === 'fulfilled').length, 2000, '2000 concurrent linearizable reads on a follower are all served');
   const sent = messagesOut(f) - before;
   t.ok(sent < 200, `they cost the follower ${sent} Raft messages (heartbeat answers included), not one ReadIndex each`);
@@ -207,18 +207,18 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
     t.ok(r.ok, `k${i} = ${100 + i} acknowledged`);
     acked.set(`k${i}`, 100 + i);
     for (let j = 0; j < 5; j++) {
-      reads.push(f.read().then((sm) => { if (sm.get('b', `k${i}`)?.value[0] !== 100 + i) seenBad.push(`k${i}`); }));
+      reads.push(f.kv.read().then((sm) => { if (sm.get('b', `k${i}`)?.value[0] !== 100 + i) seenBad.push(`k${i}`); }));
     }
   }
   await Promise.all(reads);
   t.same(seenBad, [], '100 reads on the follower, each started after a write was acknowledged, all saw it');
   // The wait is bounded: past 10,000 waiting reads a node refuses at once (retry, or read stale).
-  const flood = await Promise.allSettled(Array.from({ length: 10_001 }, () => f.read()));
+  const flood = await Promise.allSettled(Array.from({ length: 10_001 }, () => f.kv.read()));
   const refused = flood.flatMap((r) => (r.status === 'rejected' ? [String((r.reason as Error).message)] : []));
   t.equal(refused.length, 1, 'the 10,001st concurrent read is refused');
   t.match(refused[0], /10000 linearizable reads are already waiting on .*retry later, or read stale/);
 
-  const conflict = await nodes[follower]!.propose({ op: 'create', bucket: 'b', key: 'k1', value: Uint8Array.of(9), ts: 1 });
+  const conflict = await nodes[follower]!.kv.propose({ op: 'create', bucket: 'b', key: 'k1', value: Uint8Array.of(9), ts: 1 });
   t.match(conflict, { ok: false }, 'a create of an existing key is refused with the state machine\'s result');
 
   // Stop the leader: the other two elect a new one and every acknowledged write survives.
@@ -234,7 +234,7 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
     if (r.ok) acked.set(`k${i}`, i);
   }
   for (const n of rest) {
-    const sm = await n.read();
+    const sm = await n.kv.read();
     for (const [k, v] of acked) {
       if (sm.get('b', k)?.value[0] !== v) {
         t.fail(`${n.serverName} lost acknowledged write ${k}`);
@@ -249,43 +249,43 @@ t.test('writes through any node, leader loss, restart from the data dir, rejoin 
   const back = await start(trio, leader);
   await waitHealthy(trio.nodes as ClusterNode[]);
   t.equal(back.id, oldLeaderId, 'restarted with its persisted slot');
-  const smBack = await back.read();
+  const smBack = await back.kv.read();
   t.equal(smBack.keys('b').length, 60, 'the restarted node caught up with every write');
-  t.ok(((trio.nodes[newLeader]!.raftz() as { snapshotIndex: number }).snapshotIndex) > 0, 'the leader compacted its log');
+  t.ok(((trio.nodes[newLeader]!.status.raftz() as { snapshotIndex: number }).snapshotIndex) > 0, 'the leader compacted its log');
 
   // A wiped follower (same identity file, empty data dir) rejoins by snapshot.
-  const wiped = trio.nodes.findIndex((n) => n !== undefined && n.raftz().state !== 'leader');
+  const wiped = trio.nodes.findIndex((n) => n !== undefined && n.status.raftz().state !== 'leader');
   await stop(trio, wiped);
   rmSync(join(trio.dir, `node-${wiped}`), { recursive: true, force: true });
   const writer = trio.nodes[(wiped + 1) % 3]!;
   // Users written while it is away, then enough writes that the leader compacts them into a snapshot.
-  await writer.propose({ op: 'bucket.create', bucket: controlBuckets.users, config: {}, ts: 1 });
+  await writer.kv.propose({ op: 'bucket.create', bucket: controlBuckets.users, config: {}, ts: 1 });
   const userNames = ['ann', 'ben', 'cat'];
   for (const name of userNames) {
     const u: UserValue = { v: schemaVersion, name, nkey: createKeyPair('user').publicKey, roles: [], disabled: false, created: 1, updated: 1, by: 'test' };
     validateUser(u);
-    t.match(await writer.propose({ op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(u), ts: 1 }), { ok: true });
+    t.match(await writer.kv.propose({ op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(u), ts: 1 }), { ok: true });
   }
   for (let i = 60; i < 90; i++) await write(writer, `k${i}`, i);
   const fresh = await start(trio, wiped);
   // What `serve --store kv` attaches at start, while the node is still empty: it follows the change feed,
   // which carries none of the writes a snapshot install absorbs (KvBackend.onReset makes it re-read).
   const source = new KvPrincipalSource();
-  source.attach(fresh.kvBackend());
+  source.attach(fresh.kv.backend());
   const changed: string[] = [];
   source.onChange((c) => changed.push(...(c.users === 'all' ? ['all'] : c.users)));
   await waitHealthy(trio.nodes as ClusterNode[]);
-  const smFresh = await fresh.read();
+  const smFresh = await fresh.kv.read();
   t.equal(smFresh.keys('b').length, 90, 'the wiped node rejoined with every write');
   t.ok(fresh.metrics.snapshotsInstalled > 0, 'it was sent a snapshot (the leader\'s log was compacted)');
   t.same(userNames.map((n) => source.userByName(n)?.name), userNames, 'the principal source knows the users the snapshot brought');
   t.same([...changed].sort(), userNames, 'and announced them as changed (so connections are re-checked)');
   source.detach();
-  t.match(fresh.metricsText(), /membershipd_raft_applied_index \d+/, 'metrics are exported');
+  t.match(fresh.status.metricsText(), /membershipd_raft_applied_index \d+/, 'metrics are exported');
 
   for (let i = 0; i < 3; i++) await stop(trio, i);
   // Stopped: requests fail at once with a typed, non-retryable error.
-  await t.rejects(fresh.propose({ op: 'put', bucket: 'b', key: 'x', value: Uint8Array.of(1), ts: 1 }), { code: NodeErrorCode.stopped });
+  await t.rejects(fresh.kv.propose({ op: 'put', bucket: 'b', key: 'x', value: Uint8Array.of(1), ts: 1 }), { code: NodeErrorCode.stopped });
 });
 
 t.test('--kv-replicas: learners beyond R, R > N refused, no leader → typed retryable error', async (t) => {
@@ -297,17 +297,17 @@ t.test('--kv-replicas: learners beyond R, R > N refused, no leader → typed ret
   const sorted = [...trio.ports].map((p, i) => [`127.0.0.1:${p}`, i] as const).sort((a, b) => (a[0] < b[0] ? -1 : 1));
   const learnerIdx = sorted[2]![1];
   const lone = await start(trio, sorted[0]![1]);
-  const err = await lone.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 }).then(() => null, (e: unknown) => e);
+  const err = await lone.kv.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 }).then(() => null, (e: unknown) => e);
   t.ok(err instanceof NodeError && err.code === NodeErrorCode.noLeader && err.retryable, 'a write without a leader fails with a retryable no-leader error');
   t.match((err as Error).message, /no quorum: 1 of 2 voters reachable/, 'the error carries the health reason');
   await start(trio, sorted[1]![1]);
   await start(trio, learnerIdx);
   await waitHealthy(trio.nodes as ClusterNode[]);
   const leader = trio.nodes[leaderOf(trio.nodes)]!;
-  await waitFor(() => (leader.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3), { what: 'slot 3 a learner in the leader\'s configuration', timeoutMs: 10_000 });
-  t.same((leader.raftz() as { conf: unknown }).conf, { voters: [1, 2], learners: [3] }, 'the node beyond R was added as a learner');
-  await trio.nodes[learnerIdx]!.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
-  const sm = await trio.nodes[learnerIdx]!.read();
+  await waitFor(() => (leader.status.raftz() as { conf: { learners: number[] } }).conf.learners.includes(3), { what: 'slot 3 a learner in the leader\'s configuration', timeoutMs: 10_000 });
+  t.same((leader.status.raftz() as { conf: unknown }).conf, { voters: [1, 2], learners: [3] }, 'the node beyond R was added as a learner');
+  await trio.nodes[learnerIdx]!.kv.propose({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 });
+  const sm = await trio.nodes[learnerIdx]!.kv.read();
   t.ok(sm.bucketInfo('b'), 'a learner writes (forwarded) and reads linearizably');
   for (let i = 0; i < 3; i++) await stop(trio, i);
 });
@@ -317,22 +317,22 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
   for (let i = 0; i < 3; i++) await start(trio, i);
   const nodes = trio.nodes as ClusterNode[];
   await waitHealthy(nodes);
-  const conf = (): { voters: readonly number[]; learners: readonly number[] } => nodes[0]!.membership()!;
+  const conf = (): { voters: readonly number[]; learners: readonly number[] } => nodes[0]!.membership.current()!;
   await waitFor(() => conf().learners.length >= 2, { what: () => `two learners (conf ${JSON.stringify(conf())})`, timeoutMs: 10_000 });
   t.same(conf(), { voters: [1], learners: [2, 3] }, 'R = 1: one voter, two learners');
-  t.match(await nodes[2]!.propose({ op: 'bucket.create', bucket: 'live', config: {}, ts: 1 }), { ok: true });
+  t.match(await nodes[2]!.kv.propose({ op: 'bucket.create', bucket: 'live', config: {}, ts: 1 }), { ok: true });
   // Writes through a learner while R changes: every one is acknowledged (no downtime).
   let acked = 0;
   let failed = 0;
   let writing = true;
   const writer = (async () => {
     for (let k = 0; k < 5000 && writing; k++) {
-      const r = await nodes[2]!.propose({ op: 'put', bucket: 'live', key: `k${k}`, value: Uint8Array.of(k & 0xff), ts: 1 }).catch(() => null);
+      const r = await nodes[2]!.kv.propose({ op: 'put', bucket: 'live', key: `k${k}`, value: Uint8Array.of(k & 0xff), ts: 1 }).catch(() => null);
       if (r?.ok) acked++;
       else failed++;
     }
   })();
-  for (const n of nodes) n.setKvReplicas(3);
+  for (const n of nodes) n.slotTable.setKvReplicas(3);
   try {
     await waitFor(() => conf().voters.length >= 3, { what: () => `three voters (conf ${JSON.stringify(conf())})`, timeoutMs: 30_000 });
   } finally {
@@ -342,7 +342,7 @@ t.test('--kv-replicas 1 → 3 on the running cluster: writes keep committing, le
   t.same(conf().voters, [1, 2, 3], 'both learners promoted to voters');
   t.ok(acked > 0, `${acked} writes acknowledged during the change`);
   t.equal(failed, 0, 'no write failed during the change');
-  t.throws(() => nodes[0]!.setKvReplicas(4), { code: NodeErrorCode.config }, 'R > N refused');
+  t.throws(() => nodes[0]!.slotTable.setKvReplicas(4), { code: NodeErrorCode.config }, 'R > N refused');
   // The new R is persisted: a restart with the old flag keeps 3 voters (the persisted value wins, with a warning).
   await stop(trio, 1);
   const again = await start(trio, 1);
@@ -373,7 +373,7 @@ t.test('a node whose security posture differs is refused at the route handshake;
 t.test('startCluster, the KvBackend seam, leadership transfer, a node whose routes disagree', async (t) => {
   const c = await startCluster({ size: 3, tickMs: 50, dir: join(root, 'library') });
   for (const n of c.nodes) running.add(n);
-  const [a, b] = [c.nodes[0]!.kvBackend(), c.nodes[2]!.kvBackend()];
+  const [a, b] = [c.nodes[0]!.kv.backend(), c.nodes[2]!.kv.backend()];
   t.match(await a.propose({ op: 'bucket.create', bucket: 'w', config: {}, ts: 1 }), { ok: true });
   const seen: string[] = [];
   const unwatch = b.watch('w', b.reader.bucketInfo('w')?.seq ?? 0, (e) => seen.push(e.key));
@@ -384,7 +384,7 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
   t.equal(b.reader.get('w', 'x')?.revision, put.ok && put.kind === 'entry' ? put.entry.revision : -1, 'same revision (the bucket sequence, assigned at apply) on every node');
 
   const before = c.leader()!;
-  before.transferLeadership();
+  before.membership.transferLeadership();
   const after = await waitFor(() => { const l = c.leader(); return l !== before ? l : undefined; }, { what: `a leader other than ${before.serverName}`, timeoutMs: 10_000 });
   t.ok(after && after !== before, `leadership moved from ${before.serverName} to ${after?.serverName}`);
 
@@ -402,7 +402,7 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
   });
   strayPort!.taken = true;
   running.add(stray);
-  const healthReason = (n: ClusterNode): string => { const h = n.health(); return h.status === 'unavailable' ? h.reason : 'ok'; };
+  const healthReason = (n: ClusterNode): string => { const h = n.status.health(); return h.status === 'unavailable' ? h.reason : 'ok'; };
   const reason = await waitFor(() => /cluster size mismatch/.test(healthReason(stray)) && healthReason(stray), {
     what: () => `a cluster size mismatch in the stray node's health (now: ${healthReason(stray)})`, timeoutMs: 10_000,
   });
@@ -435,12 +435,12 @@ t.test('startCluster, the KvBackend seam, leadership transfer, a node whose rout
 t.test('a voter down past the grace period is replaced by a caught-up learner', async (t) => {
   const c = await startCluster({ size: 4, kvReplicas: 3, tickMs: 50, dir: join(root, 'replace'), node: { voterGraceMs: 800 } });
   for (const n of c.nodes) running.add(n);
-  const confOf = (): { voters: number[]; learners: number[] } => (c.leader()?.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
+  const confOf = (): { voters: number[]; learners: number[] } => (c.leader()?.status.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
   await waitFor(() => confOf().learners.length > 0, { what: () => `a learner (conf ${JSON.stringify(confOf())})`, timeoutMs: 10_000 });
   t.same(confOf(), { voters: [1, 2, 3], learners: [4] }, 'slot 4 joined as a learner');
   const learner = c.nodes.find((n) => n.id === 4)!;
-  t.match(await learner.propose({ op: 'bucket.create', bucket: 'r', config: {}, ts: 1 }), { ok: true }, 'a learner forwards writes');
-  const victim = c.nodes.find((n) => n.id !== 4 && n.raftz().state !== 'leader')!;
+  t.match(await learner.kv.propose({ op: 'bucket.create', bucket: 'r', config: {}, ts: 1 }), { ok: true }, 'a learner forwards writes');
+  const victim = c.nodes.find((n) => n.id !== 4 && n.status.raftz().state !== 'leader')!;
   const victimId = victim.id!;
   await victim.stop();
   running.delete(victim);
@@ -449,7 +449,7 @@ t.test('a voter down past the grace period is replaced by a caught-up learner', 
   });
   t.ok(conf.voters.includes(4) && !conf.voters.includes(victimId) && conf.voters.length === 3, `learner promoted, dead voter ${victimId} removed: ${JSON.stringify(conf)}`);
   const rest = c.nodes.filter((n) => n !== victim);
-  for (const n of rest) await n.propose({ op: 'put', bucket: 'r', key: n.serverName, value: Uint8Array.of(1), ts: 1 });
+  for (const n of rest) await n.kv.propose({ op: 'put', bucket: 'r', key: n.serverName, value: Uint8Array.of(1), ts: 1 });
   await Promise.all(rest.map((n) => n.stop()));
   for (const n of rest) running.delete(n);
 });
@@ -459,7 +459,7 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   await Promise.all([0, 1, 2].map((i) => start(trio, i)));
   await waitHealthy(trio.nodes as ClusterNode[]);
   const members = trio.nodes as ClusterNode[];
-  await members[0]!.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
+  await members[0]!.kv.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
   for (let i = 0; i < 40; i++) await write(members[i % 3]!, `k${i}`, i);
 
   // The joining node (--initial-cluster-state existing) dials the members; before `cluster add` it waits and says why.
@@ -475,24 +475,24 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   let joiner = await startNode({ ...joinOptions, clusterListener: joinHeld!.server });
   joinHeld!.taken = true;
   running.add(joiner);
-  const reasonOf = (n: ClusterNode): string => { const h = n.health(); return h.status === 'ok' ? 'ok' : h.reason; };
+  const reasonOf = (n: ClusterNode): string => { const h = n.status.health(); return h.status === 'ok' ? 'ok' : h.reason; };
   await waitFor(() => /has no slot for node-3/.test(reasonOf(joiner)), { what: () => `the joiner's "no slot" reason (now: ${reasonOf(joiner)})`, timeoutMs: 10_000 });
   t.match(reasonOf(joiner), /joining cluster "test-cluster": the slot table of peer "node-\d" has no slot for node-3; run "membershipd cluster add node-3 <host>:\d+"/, 'a joiner not added yet says what to run');
   t.equal(joiner.id, undefined, 'it has no slot yet');
 
   // One member is down during the add (it applies it later, from the log).
-  const lag = members.findIndex((n) => n.raftz().state !== 'leader');
+  const lag = members.findIndex((n) => n.status.raftz().state !== 'leader');
   await stop(trio, lag);
   const up = (): ClusterNode[] => trio.nodes.filter((n): n is ClusterNode => n !== undefined);
   // What the control plane does when every node applies the replicated added-slots key.
-  for (const n of up()) n.setAddedSlots([{ name: 'node-3', address }]);
+  for (const n of up()) n.slotTable.setAddedSlots([{ name: 'node-3', address }]);
   for (const n of up()) t.same(n.slots().map((s) => s.id), [1, 2, 3, 4], `${n.serverName} knows slot 4`);
-  await waitFor(() => joiner.id === 4 && joiner.health().status === 'ok', { what: () => `the joiner in slot 4 and healthy (id ${joiner.id}, ${reasonOf(joiner)})`, timeoutMs: 15_000 });
+  await waitFor(() => joiner.id === 4 && joiner.status.health().status === 'ok', { what: () => `the joiner in slot 4 and healthy (id ${joiner.id}, ${reasonOf(joiner)})`, timeoutMs: 15_000 });
   t.equal(joiner.id, 4, 'the joiner learned slot 4 from its peers');
   t.equal(reasonOf(joiner), 'ok', 'the joiner is healthy');
-  t.equal((await joiner.read()).keys('b').length, 40, 'it caught up with every write');
+  t.equal((await joiner.kv.read()).keys('b').length, 40, 'it caught up with every write');
   t.ok(joiner.metrics.snapshotsInstalled > 0, 'by snapshot (the leader\'s log was compacted)');
-  const confOf = (): { voters: number[]; learners: number[] } => (members[leaderOf(members)]?.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
+  const confOf = (): { voters: number[]; learners: number[] } => (members[leaderOf(members)]?.status.raftz() as { conf: { voters: number[]; learners: number[] } } | undefined)?.conf ?? { voters: [], learners: [] };
   t.same(confOf(), { voters: [1, 2, 3], learners: [4] }, 'it is a learner: R = 3 voters already');
   t.match(readClusterFile(joinOptions.dataDir), { id: 4, initial: 3, joined: true, names: { 4: 'node-3' } }, 'its cluster.json holds the slot');
 
@@ -501,16 +501,16 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   const lagger = await start(trio, lag);
   await waitHealthy([...up(), joiner]);
   t.equal(lagger.slots().length, 3, 'the returning member\'s table has not grown yet (no control plane here to apply the key)');
-  lagger.setAddedSlots([{ name: 'node-3', address }]);
+  lagger.slotTable.setAddedSlots([{ name: 'node-3', address }]);
   await waitFor(() => lagger.slots()[3]?.identity !== undefined, { what: 'the returning member binding slot 4', timeoutMs: 10_000 });
   t.match(lagger.slots()[3], { id: 4, name: 'node-3', address }, 'it binds slot 4 to the joiner once its table has it');
   t.ok(lagger.slots()[3]?.identity, 'with the identity key the joiner proved');
   for (const n of members) t.equal(readClusterFile(join(trio.dir, n.serverName))?.addresses.length, 4, `${n.serverName} persisted 4 slots`);
 
   // An operator removes a member: 2 voters < R, so the caught-up joiner is promoted.
-  const victim = members.findIndex((n) => n.raftz().state !== 'leader');
+  const victim = members.findIndex((n) => n.status.raftz().state !== 'leader');
   const victimId = members[victim]!.id!;
-  for (const n of [...members, joiner]) n.setRemovedSlots([victimId]);
+  for (const n of [...members, joiner]) n.membership.setRemovedSlots([victimId]);
   await waitFor(() => confOf().voters.includes(4) && !confOf().voters.includes(victimId), {
     what: () => `the joiner a voter and slot ${victimId} removed (conf ${JSON.stringify(confOf())})`, timeoutMs: 15_000,
   });
@@ -525,15 +525,15 @@ t.test('a new address joins a running cluster: the table grows on every node, th
   const rest = trio.nodes.filter((n): n is ClusterNode => n !== undefined);
   await waitHealthy([...rest, joiner]);
   t.equal(joiner.id, 4, 'the restarted joiner kept slot 4');
-  const member = trio.nodes.findIndex((n) => n !== undefined && n.raftz().state !== 'leader');
+  const member = trio.nodes.findIndex((n) => n !== undefined && n.status.raftz().state !== 'leader');
   await stop(trio, member);
   const back = await start(trio, member);
-  back.setRemovedSlots([victimId]);
+  back.membership.setRemovedSlots([victimId]);
   await waitHealthy([...trio.nodes.filter((n): n is ClusterNode => n !== undefined), joiner]);
   t.equal(back.slots().length, 4, 'the restarted member kept the grown table');
-  t.ok(back.routez().routes && (back.routez().routes as { route?: string }[]).some((r) => r.route === `nats-route://${address}`), 'and dials the added node');
+  t.ok(back.status.routez().routes && (back.status.routez().routes as { route?: string }[]).some((r) => r.route === `nats-route://${address}`), 'and dials the added node');
   t.match(await write(joiner, 'from-joiner', 7), { ok: true }, 'a write through the added node commits');
-  for (const n of trio.nodes.filter((x): x is ClusterNode => x !== undefined)) t.equal((await n.read()).get('b', 'from-joiner')?.value[0], 7, `${n.serverName} has it`);
+  for (const n of trio.nodes.filter((x): x is ClusterNode => x !== undefined)) t.equal((await n.kv.read()).get('b', 'from-joiner')?.value[0], 7, `${n.serverName} has it`);
   await joiner.stop();
   running.delete(joiner);
   for (let i = 0; i < 3; i++) if (trio.nodes[i] !== undefined) await stop(trio, i);

@@ -103,13 +103,13 @@ function nodes(trio: Trio): ClusterNode[] {
 
 async function waitHealthy(trio: Trio, boundMs = 30_000): Promise<void> {
   // The description is evaluated at the timeout: it shows each node's health then, not when the wait began.
-  await waitFor(() => nodes(trio).length === 3 && nodes(trio).every((n) => n.health().status === 'ok'), {
-    what: () => `three healthy nodes: ${JSON.stringify(nodes(trio).map((n) => [n.serverName, n.health()]))}`, timeoutMs: boundMs,
+  await waitFor(() => nodes(trio).length === 3 && nodes(trio).every((n) => n.status.health().status === 'ok'), {
+    what: () => `three healthy nodes: ${JSON.stringify(nodes(trio).map((n) => [n.serverName, n.status.health()]))}`, timeoutMs: boundMs,
   });
 }
 
 function leaderIndex(trio: Trio): number {
-  return trio.members.findIndex((m) => m.node?.raftz().state === 'leader');
+  return trio.members.findIndex((m) => m.node?.status.raftz().state === 'leader');
 }
 
 async function getJson(port: number, path: string): Promise<{ status: number; body: Record<string, unknown> }> {
@@ -126,7 +126,7 @@ async function fill(n: ClusterNode, prefix: string, count: number, inflight = 20
       const k = next++;
       for (let attempt = 0; ; attempt++) {
         try {
-          const r = await n.propose({ op: 'put', bucket: 'b', key: `${prefix}${k}`, value, ts: 1 });
+          const r = await n.kv.propose({ op: 'put', bucket: 'b', key: `${prefix}${k}`, value, ts: 1 });
           if (!r.ok) throw new Error(`put ${prefix}${k} refused: ${JSON.stringify(r)}`);
           break;
         } catch (e) {
@@ -152,7 +152,7 @@ function writeLoad(pick: () => ClusterNode | undefined): { acked: Set<string>; s
         continue;
       }
       try {
-        const r = await n.propose({ op: 'put', bucket: 'b', key, value: Uint8Array.of(1), ts: 1 });
+        const r = await n.kv.propose({ op: 'put', bucket: 'b', key, value: Uint8Array.of(1), ts: 1 });
         if (r.ok) acked.add(key);
       } catch (e) {
         // An election (retryable) or the node being stopped under it: a client retries elsewhere with another key.
@@ -196,7 +196,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
   const stages: Record<string, number> = { started: Date.now() - t0 };
   const seen = (stage: string, now: boolean): void => { if (now && stages[stage] === undefined) stages[stage] = Date.now() - t0; };
   for (;;) {
-    if (Date.now() - t0 > boundMs) throw new Error(`node-${i} not healthy ${boundMs} ms after its wipe: ${JSON.stringify(node.health())}`);
+    if (Date.now() - t0 > boundMs) throw new Error(`node-${i} not healthy ${boundMs} ms after its wipe: ${JSON.stringify(node.status.health())}`);
     const [h, r, z] = await Promise.all([getJson(port, '/healthz'), getJson(port, '/readyz'), getJson(port, '/raftz')]);
     polls++;
     const have = node.stateMachine.keys('b').length;
@@ -221,7 +221,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
     if (z.body.state === 'follower' && z.body.recovering === true) t.equal(z.body.vote === 0 || z.body.vote === z.body.leader, true);
     // The leader's side of the stream: what the follower acknowledged of the snapshot, in /raftz.
     const lead = trio.members[leaderIndex(trio)]?.node;
-    const pr = (lead?.raftz() as { progress?: Record<string, { snapshotTransfer?: { ackedBytes: number; totalBytes: number } }> } | undefined)?.progress?.[`node-${i}`];
+    const pr = (lead?.status.raftz() as { progress?: Record<string, { snapshotTransfer?: { ackedBytes: number; totalBytes: number } }> } | undefined)?.progress?.[`node-${i}`];
     if (pr?.snapshotTransfer) {
       leaderSide = Math.max(leaderSide, Math.floor((100 * pr.snapshotTransfer.ackedBytes) / pr.snapshotTransfer.totalBytes));
       t.ok(pr.snapshotTransfer.ackedBytes <= pr.snapshotTransfer.totalBytes, 'the leader\'s snapshot progress is within the snapshot');
@@ -235,7 +235,7 @@ async function wipeAndRejoin(t: Test, trio: Trio, i: number, mustHave: number, b
   t.comment(`node-${i} rejoined in ${ms} ms (longest event-loop stall ${stallMs} ms; ${polls} polls, ${catchingUp} saying "catching up", snapshot progress seen up to ${maxPercent}% on the node, ${leaderSide}% on the leader); reasons seen: ${[...reasons].join(' | ')}`);
   t.equal(node.metrics.recoveries, 1, 'it went through recovery: it knew it had lost its data');
   t.equal(readClusterFile(join(trio.dir, `node-${i}`))?.recovering, undefined, 'and persisted that it is a full member again');
-  t.equal((node.raftz() as { recovering: boolean }).recovering, false, '/raftz no longer says recovering');
+  t.equal((node.status.raftz() as { recovering: boolean }).recovering, false, '/raftz no longer says recovering');
   return { ms, polls, catchingUp, maxPercent, stallMs };
 }
 
@@ -244,22 +244,22 @@ t.test('a wiped follower with small state rejoins; 503 until it has the data, 20
   await Promise.all([0, 1, 2].map((i) => start(trio, i)));
   await waitHealthy(trio);
   const writer = trio.members[leaderIndex(trio)]!.node!;
-  await writer.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
+  await writer.kv.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
   await fill(writer, 'k', 500, 32);
   const victim = (leaderIndex(trio) + 1) % 3;
   const f = await wipeAndRejoin(t, trio, victim, 500, 60_000);
   t.ok(f.polls > 0);
   t.ok(trio.members[victim]!.node!.metrics.snapshotsInstalled > 0, 'it was sent a snapshot (the leader\'s log was compacted)');
-  const streamed = /^membershipd_snapshot_stream_received_bytes_total (\d+)$/m.exec(trio.members[victim]!.node!.metricsText());
+  const streamed = /^membershipd_snapshot_stream_received_bytes_total (\d+)$/m.exec(trio.members[victim]!.node!.status.metricsText());
   t.ok(Number(streamed?.[1]) > 0, `the snapshot came as its file, streamed in chunks over the TLS route (${streamed?.[1]} bytes)`);
   const lead = trio.members[leaderIndex(trio)]!.node!;
-  const progressOf = () => (lead.raftz() as { progress: Record<string, { match: number; recovering: boolean }> }).progress[`node-${victim}`]!;
+  const progressOf = () => (lead.status.raftz() as { progress: Record<string, { match: number; recovering: boolean }> }).progress[`node-${victim}`]!;
   // The leader learns it from the node's next response (a heartbeat away from the node's own "caught up").
   await waitFor(() => !progressOf().recovering, { what: 'the leader counts the rejoined node again', timeoutMs: 10_000 });
   t.equal(progressOf().recovering, false, 'the leader counts it again');
   // A write after the rejoin reaches it like any member.
-  await lead.propose({ op: 'put', bucket: 'b', key: 'after', value: Uint8Array.of(1), ts: 1 });
-  const sm = await trio.members[victim]!.node!.read();
+  await lead.kv.propose({ op: 'put', bucket: 'b', key: 'after', value: Uint8Array.of(1), ts: 1 });
+  const sm = await trio.members[victim]!.node!.kv.read();
   t.equal(sm.keys('b').length, 501, 'a linearizable read on the rejoined node sees every key');
   for (let i = 0; i < 3; i++) await stop(trio, i);
 });
@@ -269,7 +269,7 @@ t.test(`${keysLarge} keys under write load: a wiped voter rejoins, then the node
   await Promise.all([0, 1, 2].map((i) => start(trio, i)));
   await waitHealthy(trio);
   const writer = (): ClusterNode | undefined => trio.members[leaderIndex(trio)]?.node;
-  await writer()!.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
+  await writer()!.kv.propose({ op: 'bucket.create', bucket: 'b', config: { history: 1 }, ts: 1 });
   const t0 = Date.now();
   await fill(writer()!, 'k', keysLarge);
   t.comment(`wrote ${keysLarge} keys in ${Date.now() - t0} ms`);
@@ -289,7 +289,7 @@ t.test(`${keysLarge} keys under write load: a wiped voter rejoins, then the node
 
   // Every acknowledged write is on every node, after a linearizable read on each.
   for (const n of nodes(trio)) {
-    const sm = await n.read();
+    const sm = await n.kv.read();
     let missing = 0;
     for (const k of load.acked) if (sm.get('b', k) === undefined) missing++;
     t.equal(missing, 0, `${n.serverName} holds every acknowledged write of the load`);

@@ -27,12 +27,12 @@ process.on('message', (m: Request) => {
     const cmd = m.op === 'put'
       ? { op: 'put' as const, bucket: 'b', key: m.key, value: Uint8Array.of(m.value), ts: 1 }
       : { op: 'bucket.create' as const, bucket: 'b', config: {}, ts: 1 };
-    node.propose(cmd).then(
+    node.kv.propose(cmd).then(
       (r) => reply({ ok: r.ok }),
       (e: unknown) => reply({ ok: false, code: (e as NodeError).code, retryable: e instanceof NodeError && e.retryable, message: String((e as Error).message) }),
     );
   } else {
-    node.read().then(
+    node.kv.read().then(
       (sm) => {
         const values: Record<string, number> = {};
         if (sm.bucketInfo('b')) for (const k of sm.keys('b')) values[k] = sm.get('b', k)!.value[0]!;

@@ -63,8 +63,8 @@ t.before(async () => {
     const auth = await loadBusAuth(cmd.config, logger);
     nodes[i] = await startServing(cmd.config, logger, auth.authenticator, auth, { clusterListener: takeListener(held[i]) });
   }));
-  await until('a healthy cluster with its control buckets', () => nodes.every((n) => n.cluster!.health().status === 'ok'
-    && Object.values(controlBuckets).every((b) => n.cluster!.kvBackend().reader.bucketInfo(b) !== undefined)));
+  await until('a healthy cluster with its control buckets', () => nodes.every((n) => n.cluster!.status.health().status === 'ok'
+    && Object.values(controlBuckets).every((b) => n.cluster!.kv.reader.bucketInfo(b) !== undefined)));
 });
 
 async function cli(node: number, ...argv: string[]): Promise<{ code: number; out: string; err: string }> {
@@ -74,7 +74,7 @@ async function cli(node: number, ...argv: string[]): Promise<{ code: number; out
 }
 
 t.test('user add through a follower; the user connects through another node; remove disconnects it there', async (t) => {
-  const leaderName = (nodes[0]!.cluster!.raftz().leader as { name?: string } | null)?.name;
+  const leaderName = (nodes[0]!.cluster!.status.raftz().leader as { name?: string } | null)?.name;
   const follower = [0, 1, 2].find((i) => `n${i}` !== leaderName)!;
   t.ok(leaderName !== undefined && `n${follower}` !== leaderName, `n${follower} is a follower (leader ${String(leaderName)})`);
   const other = [0, 1, 2].find((i) => i !== follower)!;
@@ -91,7 +91,7 @@ t.test('user add through a follower; the user connects through another node; rem
   t.equal(r.code, 3, 'a different spec through another node is a conflict');
 
   // Every node applied the write; the user connects through a node it was not added on.
-  await until('carol on every node', () => nodes.every((n) => n.cluster!.kvBackend().reader.get(controlBuckets.users, 'carol')?.op === 'PUT'));
+  await until('carol on every node', () => nodes.every((n) => n.cluster!.kv.reader.get(controlBuckets.users, 'carol')?.op === 'PUT'));
   const carol = await connect({ servers: nodes[other]!.urls.nats, user: 'carol', pass: 'tr0ub4dor', reconnect: false });
   clients.push(carol);
   const sub = carol.subscribe('metrics.cpu', { max: 1 });
@@ -150,7 +150,7 @@ async function openRaw(url: string): Promise<{ connectAs(user: string, pass: str
 }
 
 t.test('user add acknowledged, then connect at once to a follower: the follower catches up before refusing', async (t) => {
-  const leaderName = (nodes[0]!.cluster!.raftz().leader as { name?: string } | null)?.name;
+  const leaderName = (nodes[0]!.cluster!.status.raftz().leader as { name?: string } | null)?.name;
   const leader = [0, 1, 2].find((i) => `n${i}` === leaderName)!;
   const followers = [0, 1, 2].filter((i) => i !== leader);
   let behind = 0;
@@ -165,7 +165,7 @@ t.test('user add acknowledged, then connect at once to a follower: the follower 
     const password = /password: (ubpw_[A-Za-z0-9_-]{43})/.exec(r.out)?.[1];
     if (password === undefined) return void t.fail(`no generated password printed: ${r.out}`);
     // Whether this follower had applied the add when the CONNECT went out (it learns the commit a heartbeat later).
-    if (nodes[f]!.cluster!.kvBackend().reader.get(controlBuckets.users, name)?.op !== 'PUT') behind++;
+    if (nodes[f]!.cluster!.kv.reader.get(controlBuckets.users, name)?.op !== 'PUT') behind++;
     t.equal(await raw.connectAs(name, password), 'PONG', `${name} connects to follower n${f} at once`);
     t.match(await wrongRaw.connectAs(name, `${password.slice(0, -1)}x`), /Authorization Violation/, `a wrong password for ${name} is still refused`);
     raw.close();
@@ -187,7 +187,7 @@ t.test('serve --store kv without cluster flags: a cluster of one, durable across
     const auth = await loadBusAuth(cmd.config, silentLogger());
     const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
     nodes.push(n);
-    await until('the lone node\'s buckets', () => n.cluster!.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
+    await until('the lone node\'s buckets', () => n.cluster!.status.health().status === 'ok' && n.cluster!.kv.reader.bucketInfo(controlBuckets.users) !== undefined);
     return n;
   };
   const solo = async (n: ServingNode, ...a: string[]): Promise<{ code: number; out: string; err: string }> => {
@@ -214,7 +214,7 @@ t.test('serve --store kv without cluster flags: a cluster of one, durable across
 });
 
 t.test('nodes and config buckets: identities, URLs, roles and the posture; a differing posture refuses the node with the reason', async (t) => {
-  const reader = (i: number) => nodes[i]!.cluster!.kvBackend().reader;
+  const reader = (i: number) => nodes[i]!.cluster!.kv.reader;
   const record = (i: number, name: string): Record<string, unknown> | undefined => {
     const e = reader(i).get(controlBuckets.nodes, name);
     return e?.op === 'PUT' ? (decodeValue(e.value, validateNode) as Record<string, unknown> | undefined) : undefined;
@@ -241,7 +241,7 @@ t.test('nodes and config buckets: identities, URLs, roles and the posture; a dif
   t.equal(digest, nodeOptionsFromServeConfig(parsedConfigs[0]!, silentLogger()).postureDigest, 'the route handshake digest is made of the config bucket values');
 
   // The cluster's posture changes under the nodes (as if they had been started with other flags): each refuses.
-  const b = nodes[0]!.cluster!.kvBackend();
+  const b = nodes[0]!.cluster!.kv.backend();
   const prev = b.reader.get(controlBuckets.config, 'store')!;
   const put = async (value: string): Promise<void> => {
     const ts = Date.now();
@@ -249,17 +249,17 @@ t.test('nodes and config buckets: identities, URLs, roles and the posture; a dif
     t.ok(r.ok);
   };
   await put('file');
-  await until('every node refused', () => nodes.slice(0, 3).every((n) => n.cluster!.health().status !== 'ok'));
+  await until('every node refused', () => nodes.slice(0, 3).every((n) => n.cluster!.status.health().status !== 'ok'));
   const res = await fetch(`${nodes[2]!.urls.http}/healthz`);
   t.equal(res.status, 503);
   t.match(((await res.json()) as { reason: string }).reason, /posture differs.*store is file in the cluster, kv on this node/);
   const ts = Date.now();
   t.ok((await b.propose({ op: 'put', bucket: controlBuckets.config, key: 'store', value: prev.op === 'PUT' ? prev.value : new Uint8Array(), ts })).ok);
-  await until('healthy again', () => nodes.slice(0, 3).every((n) => n.cluster!.health().status === 'ok'));
+  await until('healthy again', () => nodes.slice(0, 3).every((n) => n.cluster!.status.health().status === 'ok'));
 });
 
 t.test('cluster status, transfer-leader, remove and add through the CLI', async (t) => {
-  const leaderIdx = (): number => [0, 1, 2].find((i) => nodes[i]!.cluster!.selfReport().state === 'leader') ?? -1;
+  const leaderIdx = (): number => [0, 1, 2].find((i) => nodes[i]!.cluster!.status.selfReport().state === 'leader') ?? -1;
   await until('a leader', () => leaderIdx() >= 0);
   const follower = [0, 1, 2].find((i) => i !== leaderIdx())!;
   let r = await cli(follower, 'cluster', 'status');
@@ -290,13 +290,13 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.equal(r.out, 'node: removed (2 voters left)');
   r = await cli(via, 'cluster', 'remove', `n${victim}`);
   t.equal(r.out, 'node: unchanged', 'removing again is unchanged');
-  await until('the removed node knows', () => nodes[victim]!.cluster!.health().status !== 'ok');
-  t.match((nodes[victim]!.cluster!.health() as { reason: string }).reason, /removed from the cluster.*cluster add/);
+  await until('the removed node knows', () => nodes[victim]!.cluster!.status.health().status !== 'ok');
+  t.match((nodes[victim]!.cluster!.status.health() as { reason: string }).reason, /removed from the cluster.*cluster add/);
   r = await cli(via, 'role', 'add', 'during-removal');
   t.equal(r.code, 0, 'writes commit with two voters');
   r = await cli(via, 'cluster', 'status', '--json');
   t.equal((JSON.parse(r.out) as { status: { members: { name: string; role: string }[] } }).status.members.find((m) => m.name === `n${victim}`)?.role, 'removed');
-  await until('its nodes record deleted', () => nodes[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, `n${victim}`)?.op !== 'PUT');
+  await until('its nodes record deleted', () => nodes[via]!.cluster!.kv.reader.get(controlBuckets.nodes, `n${victim}`)?.op !== 'PUT');
 
   // Bad input: an address outside the slot list, a name bound elsewhere, an unknown node.
   r = await cli(via, 'cluster', 'add', 'n9', 'nats-route://127.0.0.1');
@@ -315,10 +315,10 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   r = await cli(via, 'cluster', 'add', `n${victim}`, `nats-route://${address}`);
   t.equal(r.code, 0, r.err);
   t.equal(r.out, 'node: created, voter');
-  await until('the re-added node healthy and caught up', () => nodes[victim]!.cluster!.health().status === 'ok'
-    && nodes[victim]!.cluster!.kvBackend().reader.get(controlBuckets.roles, 'during-removal')?.op === 'PUT');
+  await until('the re-added node healthy and caught up', () => nodes[victim]!.cluster!.status.health().status === 'ok'
+    && nodes[victim]!.cluster!.kv.reader.get(controlBuckets.roles, 'during-removal')?.op === 'PUT');
   await until('its record back as a voter', () => {
-    const e = nodes[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, `n${victim}`);
+    const e = nodes[via]!.cluster!.kv.reader.get(controlBuckets.nodes, `n${victim}`);
     return e?.op === 'PUT' && decodeValue(e.value, validateNode)?.role === 'voter';
   });
   // R lowered and raised on the running cluster: 3 → 2 (a voter steps down to learner) → 3.
@@ -326,7 +326,7 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.equal(r.code, 0, r.err);
   t.equal(r.out, 'kv-replicas: updated, 2 voters');
   await until('every node adopted R = 2; the stepped-down voter back as a learner', () => nodes.slice(0, 3).every((n) => n.cluster!.kvReplicas === 2)
-    && nodes[via]!.cluster!.membership()!.learners.length === 1);
+    && nodes[via]!.cluster!.membership.current()!.learners.length === 1);
   r = await cli(victim, 'cluster', 'status', '--json');
   const two = (JSON.parse(r.out) as { status: { kvReplicas: number; voters: number[]; learners: number[] } }).status;
   t.same([two.kvReplicas, two.voters.length, two.learners.length], [2, 2, 1], 'two voters and a learner');
@@ -339,7 +339,7 @@ t.test('cluster status, transfer-leader, remove and add through the CLI', async 
   t.match(r.err, /greater than the cluster size 3/);
   r = await cli(via, 'cluster', 'kv-replicas', 'x');
   t.equal(r.code, 2);
-  await until('healthy with R = 3', () => nodes.slice(0, 3).every((n) => n.cluster!.health().status === 'ok' && n.cluster!.kvReplicas === 3));
+  await until('healthy with R = 3', () => nodes.slice(0, 3).every((n) => n.cluster!.status.health().status === 'ok' && n.cluster!.kvReplicas === 3));
 
   r = await cli(via, 'audit', 'list', '--json');
   const audit = (JSON.parse(r.out) as { audit: { what: string; target: string; result: string }[] }).audit;
@@ -369,14 +369,14 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
     return { code, out: o.stdout.join('\n'), err: o.stderr.join('\n') };
   };
   const founders = nodes.slice(0, 3);
-  const leaderIdx = (): number => [0, 1, 2].find((i) => founders[i]!.cluster!.selfReport().state === 'leader') ?? -1;
-  await until('a healthy leader', () => leaderIdx() >= 0 && founders.every((n) => n.cluster!.health().status === 'ok'));
+  const leaderIdx = (): number => [0, 1, 2].find((i) => founders[i]!.cluster!.status.selfReport().state === 'leader') ?? -1;
+  await until('a healthy leader', () => leaderIdx() >= 0 && founders.every((n) => n.cluster!.status.health().status === 'ok'));
   const via = [0, 1, 2].find((i) => i !== leaderIdx())!;
   const victim = [0, 1, 2].find((i) => i !== leaderIdx() && i !== via)!;
   const third = [0, 1, 2].find((i) => i !== via && i !== victim)!;
-  const conf = (): { voters: readonly number[]; learners: readonly number[] } => founders[via]!.cluster!.membership()!;
+  const conf = (): { voters: readonly number[]; learners: readonly number[] } => founders[via]!.cluster!.membership.current()!;
   const addedSlots = (): { value: unknown; revision: number } | undefined => {
-    const e = founders[via]!.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots');
+    const e = founders[via]!.cluster!.kv.reader.get(controlBuckets.config, 'added-slots');
     return e?.op === 'PUT' ? { value: decodeValue(e.value, validateConfig)?.value, revision: e.revision } : undefined;
   };
 
@@ -424,11 +424,11 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   // The new node starts with the printed flags: it learns slot 4, catches up and is promoted (2 voters < R = 3).
   const n3 = await serve('n3', p3, routes, ['--initial-cluster-state', 'existing']);
   grown.push(n3);
-  await until('n3 healthy and promoted', () => n3.cluster!.health().status === 'ok' && conf().voters.includes(4), 30_000);
+  await until('n3 healthy and promoted', () => n3.cluster!.status.health().status === 'ok' && conf().voters.includes(4), 30_000);
   t.equal(n3.cluster!.id, 4, 'n3 has slot 4');
   t.same([...conf().voters].sort(), [1, 2, 3, 4].filter((id) => id !== founders[victim]!.cluster!.id).sort(), 'three voters again: n3 replaced the removed node');
   await until('n3 recorded as a voter in the nodes bucket', () => {
-    const e = founders[via]!.cluster!.kvBackend().reader.get(controlBuckets.nodes, 'n3');
+    const e = founders[via]!.cluster!.kv.reader.get(controlBuckets.nodes, 'n3');
     return e?.op === 'PUT' && decodeValue(e.value, validateNode)?.role === 'voter';
   });
 
@@ -438,7 +438,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   r = await cliAt(n3, 'id-n3.nk', 'user', 'add', 'erin', '--password-file', join(dir, 'pw-carol'), '--role', 'grow');
   t.equal(r.code, 0, r.err);
   t.equal(r.out, 'user erin: created');
-  await until('erin on every member', () => [founders[via]!, founders[leaderIdx()]!, n3].every((n) => n.cluster!.kvBackend().reader.get(controlBuckets.users, 'erin')?.op === 'PUT'));
+  await until('erin on every member', () => [founders[via]!, founders[leaderIdx()]!, n3].every((n) => n.cluster!.kv.reader.get(controlBuckets.users, 'erin')?.op === 'PUT'));
   const onNew = await connect({ servers: n3.urls.nats, user: 'erin', pass: 'tr0ub4dor', reconnect: false });
   const onOld = await connect({ servers: founders[via]!.urls.nats, user: 'erin', pass: 'tr0ub4dor', reconnect: false });
   clients.push(onNew, onOld);
@@ -464,7 +464,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   t.ok(routes4.split(',').includes(`127.0.0.1:${p3}`), 'n3 is among the routes printed for n4');
   const n4 = await serve('n4', p4, routes4, ['--initial-cluster-state', 'existing']);
   grown.push(n4);
-  await until('n4 healthy and caught up', () => n4.cluster!.health().status === 'ok' && n4.cluster!.kvBackend().reader.get(controlBuckets.users, 'erin')?.op === 'PUT', 30_000);
+  await until('n4 healthy and caught up', () => n4.cluster!.status.health().status === 'ok' && n4.cluster!.kv.reader.get(controlBuckets.users, 'erin')?.op === 'PUT', 30_000);
   r = await cliAt(n4, 'id-n4.nk', 'cluster', 'status', '--json');
   t.equal(r.code, 0, r.err);
   const st = (JSON.parse(r.out) as { status: { members: { id: number; name: string; role: string; reachable: boolean }[]; voters: number[]; learners: number[] } }).status;
@@ -479,7 +479,7 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
   await n3.stop();
   const n3b = await serve('n3', p3, routes, ['--initial-cluster-state', 'existing']);
   grown.push(n3b);
-  await until('n3 back', () => n3b.cluster!.health().status === 'ok', 30_000);
+  await until('n3 back', () => n3b.cluster!.status.health().status === 'ok', 30_000);
   t.equal(n3b.cluster!.id, 4, 'the restarted added node kept slot 4');
   const founder = founders[via]!;
   await founder.stop();
@@ -496,18 +496,18 @@ t.test('cluster add of a new address through the CLI: remove + add a fresh node,
     nodes.push(n);
     return n;
   })();
-  await until('the founder back with five slots', () => again.cluster!.health().status === 'ok' && again.cluster!.slots().length === 5, 30_000);
+  await until('the founder back with five slots', () => again.cluster!.status.health().status === 'ok' && again.cluster!.slots().length === 5, 30_000);
   t.equal(again.cluster!.id, founder.cluster!.id, 'the founder kept its slot');
   r = await cliAt(n4, 'id-n4.nk', 'user', 'add', 'erin', '--password-file', join(dir, 'pw-carol'), '--role', 'grow');
   t.equal(r.out, 'user erin: unchanged', 'the added learner answers admin requests (forwarded reads and writes)');
 
   // Without a leader (two of the three voters stopped) an add fails with a clear error and exit 1, and changes nothing.
-  const slotsBefore = n4.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots');
+  const slotsBefore = n4.cluster!.kv.reader.get(controlBuckets.config, 'added-slots');
   await Promise.all([again.stop(), founders[third]!.stop()]);
   r = await cliAt(n4, 'id-n4.nk', 'cluster', 'add', 'n5', '127.0.0.1:6');
   t.equal(r.code, 1, 'no leader → exit 1');
   t.match(r.err, /no leader|no quorum|no reply within/, r.err);
-  t.equal(n4.cluster!.kvBackend().reader.get(controlBuckets.config, 'added-slots')?.revision, slotsBefore?.revision, 'nothing changed');
+  t.equal(n4.cluster!.kv.reader.get(controlBuckets.config, 'added-slots')?.revision, slotsBefore?.revision, 'nothing changed');
 });
 
 t.test('user add --generate-password: only a generated$ hash crosses the bus, the password is printed once, and a storm of such users logs in', async (t) => {
@@ -523,7 +523,7 @@ t.test('user add --generate-password: only a generated$ hash crosses the bus, th
   const auth = await loadBusAuth(cmd.config, silentLogger());
   const n = await startServing(cmd.config, silentLogger(), auth.authenticator, auth);
   nodes.push(n);
-  await until('the node\'s buckets', () => n.cluster!.health().status === 'ok' && n.cluster!.kvBackend().reader.bucketInfo(controlBuckets.users) !== undefined);
+  await until('the node\'s buckets', () => n.cluster!.status.health().status === 'ok' && n.cluster!.kv.reader.bucketInfo(controlBuckets.users) !== undefined);
   const cli = async (...a: string[]): Promise<{ code: number; out: string; err: string }> => {
     const o = memoryOutput();
     const code = await main([...a, '--server', n.urls.nats, '--internal-id-file', join(dir, 'gen.nk')], o);

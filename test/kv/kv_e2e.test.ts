@@ -791,8 +791,8 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
     const auth = await loadBusAuth(cmd.config, silentLogger());
     nodes[i] = await startServing(cmd.config, silentLogger(), auth.authenticator, auth, { clusterListener: takeListener(held[i]) });
   }));
-  await waitUntil(() => nodes.every((n) => n.cluster?.health().status === 'ok'), {
-    what: () => `a healthy cluster: ${JSON.stringify(nodes.map((n) => n.cluster?.health()))}`, timeoutMs: 30_000,
+  await waitUntil(() => nodes.every((n) => n.cluster?.status.health().status === 'ok'), {
+    what: () => `a healthy cluster: ${JSON.stringify(nodes.map((n) => n.cluster?.status.health()))}`, timeoutMs: 30_000,
   });
   const [ncA, ncB] = [nodes[0]!, nodes[1]!].map((n) => connect({ servers: n.urls.nats, timeout: 20_000 }));
   conns.push(await ncA!, await ncB!);
@@ -825,7 +825,7 @@ t.test('3-node cluster through `serve`: put on node A, get / watch / keys / hist
   t.same((await collect(await kvB.history({ key: 'k' }))).map((e) => `${e.operation}:${e.string()}`), ['PUT:v1', 'PUT:v2', 'DEL:'], 'history on B');
   // STREAM.INFO `cluster` (issue 18.7): the cluster name, the Raft leader's server name whichever node answers, the
   // other voters as replicas; account info counts only what this client may see (18.6).
-  const raftLeader = (nodes[0]!.cluster!.raftz().leader as { name: string } | null)?.name;
+  const raftLeader = (nodes[0]!.cluster!.status.raftz().leader as { name: string } | null)?.name;
   for (const c of [a, b]) {
     const si = await (await jetstreamManager(c, { timeout: 20_000 })).streams.info('KV_shared');
     t.equal(si.cluster?.name, 'kvc', 'cluster name');

@@ -184,10 +184,10 @@ t.test('a hostile storm of wrong passwords at the leader: no election, writes go
   // writes and fsyncs: a KV write took 3 s, another user's login timed out and the cluster changed leader.
   const cluster = await startCluster({ nodes: 3, auth: { users: [{ name: 'app', password: 'app-password', roles: ['admin'] }] } });
   t.teardown(() => cluster.stop());
-  const leaderIndex = cluster.nodes.findIndex((n) => n.cluster.raftz().state === 'leader');
+  const leaderIndex = cluster.nodes.findIndex((n) => n.cluster.status.raftz().state === 'leader');
   t.ok(leaderIndex >= 0, 'a leader');
   const leader = cluster.nodes[leaderIndex]!;
-  const term0 = Number(leader.cluster.raftz().term);
+  const term0 = Number(leader.cluster.status.raftz().term);
   const port = Number(new URL(leader.urls.nats).port);
   const nc = await connect({ servers: leader.urls.nats, ...cluster.connectOptions, user: 'app', pass: 'app-password', reconnect: false });
   t.teardown(() => nc.close());
@@ -227,8 +227,8 @@ t.test('a hostile storm of wrong passwords at the leader: no election, writes go
   const q = (xs: number[], p: number): string => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * p))]!.toFixed(1);
   t.comment(`legit login ${legitMs} ms into the storm; KV put p50/p99 quiet ${q(quiet, 0.5)}/${q(quiet, 0.99)} ms, during the storm ${q(during, 0.5)}/${q(during, 0.99)} ms`);
   t.equal(failedWrites, 0, 'every KV write during the storm succeeded');
-  t.equal(Number(leader.cluster.raftz().term), term0, 'no election: the term did not change');
-  t.equal(leader.cluster.raftz().state, 'leader', 'the leader kept its role');
+  t.equal(Number(leader.cluster.status.raftz().term), term0, 'no election: the term did not change');
+  t.equal(leader.cluster.status.raftz().state, 'leader', 'the leader kept its role');
 });
 
 t.test('a subscriber process stopped with SIGSTOP is cut as a slow consumer; the others keep receiving', async (t) => {

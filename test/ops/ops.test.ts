@@ -88,7 +88,7 @@ t.test('status page: a 3-node cluster in headless Chromium, updated after a lead
   // Leader change: the page follows it without being reloaded.
   const from = cluster.nodes.find((n) => n.name === leader)!;
   const to = cluster.nodes.find((n) => n.name !== leader)!;
-  from.cluster.transferLeadership(to.cluster.id);
+  from.cluster.membership.transferLeadership(to.cluster.id);
   const after = await waitFor(`the page to show ${to.name} as leader`, async () => {
     const r = await rows();
     return r.length === 3 && r.find((x) => x.role === 'leader')?.node === to.name && r.every((x) => x.cells[7] === 'ok') ? r : undefined;

@@ -85,7 +85,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
   };
   const stoppedNodes = new Set<number>();
   // A stopped Raft node keeps reporting its last state: only running nodes count.
-  const leaderIndex = (): number => cluster!.nodes.findIndex((n, i) => !stoppedNodes.has(i) && n.cluster.raftz().state === 'leader');
+  const leaderIndex = (): number => cluster!.nodes.findIndex((n, i) => !stoppedNodes.has(i) && n.cluster.status.raftz().state === 'leader');
   await waitFor('a leader', () => leaderIndex() >= 0);
   const followers = [0, 1, 2].filter((i) => i !== leaderIndex());
 

@@ -938,7 +938,7 @@ export class Simulation {
   }
 
   /**
-   * The node re-submits a write it has not seen applied (node.ts retryWaiting: the forwarded proposal may be lost
+   * The node re-submits a write it has not seen applied (replicated_kv.ts retryWaiting: the forwarded proposal may be lost
    * with a route or a leader); the log may then hold two copies, and the driver applies the first only.
    */
   private resubmit(op: ClientOp): void {

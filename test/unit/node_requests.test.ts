@@ -1,6 +1,6 @@
 // The node's pending requests (src/node/requests.ts) without a cluster: a hand-moved clock, and Raft's propose and
 // readIndex replaced by recorders whose answer the test chooses. The real clusters (test/cluster, test/kv) check
-// that node.ts feeds it what Raft says.
+// that replicated_kv.ts feeds it what Raft says.
 import t from 'tap';
 import { NodeErrorCode, type NodeError } from '../../src/node/errors.js';
 import { Histogram } from '../../src/node/metrics.js';

@@ -1,4 +1,5 @@
-// What a node says about itself (src/node/status.ts) as functions of a view, without a cluster: the health a
+// What a node says about itself (src/node/status.ts; status_reports.ts reads the node afresh per call) as functions
+// of a view, without a cluster: the health a
 // bootstrapping or stopped node gives, the view assessHealth gets from Raft and the routes, the catch-up latch,
 // `cluster status` rows, STREAM.INFO's `cluster`, and the monitoring endpoints. The real clusters (test/cluster,
 // test/ops) check that node.ts builds the view from what it sees.
@@ -10,7 +11,9 @@ import {
   CatchUp, StatusQueries, clusterStatusFrom, jsClusterInfo, metricsText, newNodeMetrics, nodeHealth, raftz, routez, selfReport,
   type NodeStatusView, type RaftStatusSource,
 } from '../../src/node/status.js';
-import type { MemberReport } from '../../src/node/wire.js';
+import { StatusReports } from '../../src/node/status_reports.js';
+import { decodeNodeFrame, type MemberReport } from '../../src/node/wire.js';
+import { silentLogger } from '../../src/log.js';
 
 const now = 1_000_000;
 const cluster: ClusterFile = {
@@ -176,4 +179,32 @@ t.test('cluster status questions: a reply counts only from the peer bound to the
   const reports = await done;
   t.same([...reports.keys()], [1, 2], 'n3 claimed slot 5 and is ignored; n5 never answered within the bound');
   t.equal(queries.pending, 0, 'nothing left waiting');
+});
+
+t.test('StatusReports (ClusterNode.status): each report reads the node afresh, with the health the reports compute', async (t) => {
+  let node = view({ applied: 10, raft: raft(StateType.follower, 2, { commit: 10, leaderCommit: 90 }) });
+  const questions: string[] = [];
+  const reports: StatusReports = new StatusReports(() => node, (peer, frame) => {
+    const d = decodeNodeFrame(frame.data);
+    if (typeof d === 'string' || d.kind !== 'statusRequest') return false;
+    questions.push(peer);
+    // n2 answers at once; n3's route is down.
+    const leader: MemberReport = { id: 2, name: 'n2', state: StateType.leader, term: 4, lead: 2, commit: 90, applied: 90, lastIndex: 90, health: 'ok' };
+    if (peer === 'n2') reports.answered(d.reqId, leader);
+    return peer === 'n2';
+  }, silentLogger());
+  t.equal(reports.isCurrent(), false, 'applied 10 of the leader\'s 90');
+  t.match(reports.health(), { status: 'unavailable', reason: 'catching up: applied 10 of the leader\'s commit 90' });
+  t.match(reports.raftz(), { health: { status: 'unavailable' } }, '/raftz shows the reports\' health, not the source\'s');
+  t.match(reports.selfReport(), { id: 1, health: 'catching up: applied 10 of the leader\'s commit 90' });
+
+  node = view({ applied: 90, raft: raft(StateType.follower, 2, { commit: 90, leaderCommit: 90 }) });
+  t.equal(reports.isCurrent(), true, 'the next call sees the node as it is now');
+  node = view({ applied: 90, raft: raft(StateType.follower, 2, { commit: 90, leaderCommit: 400 }) });
+  t.equal(reports.isCurrent(), true, 'and the catch-up latch holds across calls');
+
+  const s = await reports.clusterStatus(50);
+  t.same(questions, ['n2', 'n3'], 'every peer up is asked');
+  t.same(s.members.map((m) => [m.name, m.role, m.reachable]), [['n1', 'follower', true], ['n2', 'leader', true], ['n3', 'voter', false]]);
+  t.equal(s.leader, 'n2');
 });
