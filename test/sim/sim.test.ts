@@ -16,18 +16,18 @@ const plantSeedsMax = 400;
  * Recorded rather than searched for on every run: 12 bugs × up to 400 seeds would be most of this file's time.
  */
 const caughtBy: Record<PlantedBug | DriverBug, number> = {
-  'commit-old-term': 125,
-  'vote-no-uptodate': 6,
-  'vote-twice': 3,
-  'read-index-no-quorum': 104,
-  'commit-without-majority': 1,
-  'vote-not-persisted': 42,
-  'recovering-votes': 9,
-  'driver-vote-sent-before-persist': 75,
+  'commit-old-term': 344,
+  'vote-no-uptodate': 3,
+  'vote-twice': 4,
+  'read-index-no-quorum': 86,
+  'commit-without-majority': 4,
+  'vote-not-persisted': 8,
+  'recovering-votes': 18,
+  'driver-vote-sent-before-persist': 39,
   'driver-apply-before-durable': 1,
-  'driver-vote-change-deferred': 47,
+  'driver-vote-change-deferred': 5,
   'driver-snapshot-over-newer': 5,
-  'driver-truncate-committed': 2,
+  'driver-truncate-committed': 14,
 };
 
 interface Sweep {
