@@ -911,7 +911,11 @@ export class Raft {
       // quiet cluster it would never send an append for us to reject. Say what we have instead.
       this.send({ type: MessageType.appResp, to: m.from, index: m.commit, reject: true, rejectHint: last, logTerm: this.raftLog.lastTerm() });
     }
-    this.raftLog.commitTo(Math.min(m.commit, last));
+    // Recovering, the commit comes only with appends, whose (index, term) check proves our log matches the leader's
+    // up to it. A heartbeat's commit is clamped to the match the leader remembers, which may be from before we lost
+    // our disk (even once it knows we did, until a rejection resets it), and what we now hold at those indexes may
+    // be another leader's: a stale leader of an older term can have sent us entries the cluster never committed.
+    if (!this.recovering) this.raftLog.commitTo(Math.min(m.commit, last));
     // Recovering, only a leader that knows we lost our disk chose its index for that (ownCommitFor); the first
     // heartbeats after our restart come from one that still holds our old progress.
     if (m.index > this.leaderCommit && (!this.recovering || m.recovering)) this.leaderCommit = m.index;
