@@ -68,6 +68,8 @@ export interface SimResult {
   /** Compare-and-sets answered: took effect, refused (the value differed). */
   readonly casApplied: number;
   readonly casRefused: number;
+  /** Linearizable reads the request path answered (their read index applied on the node asked). */
+  readonly readsServed: number;
 }
 
 const electionTicks = 10;
@@ -259,6 +261,7 @@ export class Simulation {
   private duplicatesSkipped = 0;
   private casApplied = 0;
   private casRefused = 0;
+  private readsServed = 0;
   /** Counters every driver of this run adds to. */
   private readonly metrics: DriverMetrics = { persistSeconds: { observe: () => undefined }, snapshotsTaken: 0, snapshotsInstalled: 0 };
   /** Counters every node's PendingRequests of this run adds to. */
@@ -512,6 +515,7 @@ export class Simulation {
       duplicatesSkipped: this.duplicatesSkipped,
       casApplied: this.casApplied,
       casRefused: this.casRefused,
+      readsServed: this.readsServed,
     };
   }
 
@@ -1016,6 +1020,7 @@ export class Simulation {
       op.op.ret = this.t;
       const e = answer.read?.op === 'PUT' ? answer.read : undefined;
       op.op.value = e ? dec.decode(e.value) : null;
+      this.readsServed++;
       c.seen.set(key, { value: op.op.value, revision: e?.revision ?? 0 });
     } else {
       const r = answer.write;
