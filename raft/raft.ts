@@ -178,6 +178,11 @@ export class Raft {
   leaderCommit = 0;
   /** Recovering: the first commit index a leader that knew it revealed; the node is caught up once its log commits it. */
   private recoverTarget = 0;
+  /**
+   * The last index an append of the current leader proved our log to match (its (index, term) check passed), since
+   * the last reset: the most a heartbeat's commit may cover while we recover (see handleHeartbeat).
+   */
+  private matchedThrough = 0;
 
   constructor(cfg: RaftConfig) {
     assert(Number.isInteger(cfg.id) && cfg.id > 0, `node id ${cfg.id} must be a positive integer`);
@@ -246,6 +251,7 @@ export class Raft {
     }
     this.lead = 0;
     this.leaderCommit = 0;
+    this.matchedThrough = 0;
     this.electionElapsed = 0;
     this.heartbeatElapsed = 0;
     this.randomizedElectionTimeout = this.electionTicks + this.rng.int(this.electionTicks);
@@ -896,6 +902,8 @@ export class Raft {
     }
     const lastNew = log.maybeAppend(m.index, m.logTerm, m.commit, m.entries);
     if (lastNew >= 0) {
+      // One leader per term, and it never rewrites its own log: what matched it stays matched until the next reset.
+      this.matchedThrough = Math.max(this.matchedThrough, lastNew);
       this.send({ type: MessageType.appResp, to: m.from, index: lastNew });
       return;
     }
@@ -911,7 +919,11 @@ export class Raft {
       // quiet cluster it would never send an append for us to reject. Say what we have instead.
       this.send({ type: MessageType.appResp, to: m.from, index: m.commit, reject: true, rejectHint: last, logTerm: this.raftLog.lastTerm() });
     }
-    this.raftLog.commitTo(Math.min(m.commit, last));
+    // Recovering, a heartbeat's commit counts only as far as an append of this leader proved our log matches its
+    // own. The commit is clamped to the match the leader remembers, which may be from before we lost our disk (even
+    // once it knows we did, until a rejection resets it), and what we now hold at those indexes may be another
+    // leader's: a stale leader of an older term can have sent us entries the cluster never committed.
+    this.raftLog.commitTo(Math.min(m.commit, last, this.recovering ? this.matchedThrough : last));
     // Recovering, only a leader that knows we lost our disk chose its index for that (ownCommitFor); the first
     // heartbeats after our restart come from one that still holds our old progress.
     if (m.index > this.leaderCommit && (!this.recovering || m.recovering)) this.leaderCommit = m.index;

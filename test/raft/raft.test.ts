@@ -8,6 +8,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import {
   ConfChangeType,
+  EntryType,
   MemoryStorage,
   MessageType,
   ProgressState,
@@ -530,6 +531,34 @@ t.test('a node that lost its disk counts for no quorum until a commit made witho
   for (let i = 0; i < 40 && (net.leader() === 0 || net.raw(3).basicStatus().recovering); i++) net.tickAll();
   t.not(net.leader(), 0, 'a leader is elected by 1 and 2');
   t.equal(net.raw(3).basicStatus().recovering, false, 'then the wiped node catches up and recovers');
+  t.end();
+});
+
+t.test('a node that lost its disk takes a heartbeat\'s commit only as far as an append proved its log matches the leader\'s', (t) => {
+  // What the wiped node holds after a stale leader of term 3 sent it entries up to 3 (3@3 never committed; the
+  // cluster committed 3@4 meanwhile). The leader of term 4 still remembers match 3 from before the wipe, so its
+  // heartbeat's commit (clamped to that match) covers index 3: found by test/sim seed 387 (3 nodes).
+  const storage = new MemoryStorage();
+  storage.append([1, 2, 3].map((i) => ({ term: i === 3 ? 3 : 1, index: i, type: EntryType.normal, data: new Uint8Array([i]) })));
+  storage.setHardState({ term: 3, vote: 0, commit: 2 });
+  const raw = new RawNode({ id: 3, storage, rng: seededRng(3), peers: [], recovering: true, electionTicks: 10, heartbeatTicks: 1 });
+  for (const commit of [3, 5]) {
+    raw.step(message({ type: MessageType.heartbeat, from: 2, to: 3, term: 4, commit, index: 0 }));
+    t.equal(raw.basicStatus().commit, 2, `a heartbeat with commit ${commit} commits nothing (3@3 is not the leader's entry 3)`);
+  }
+  const rd = raw.ready();
+  t.same(rd.committedEntries.map((e) => e.index), [1, 2]);
+  t.ok(rd.messages.some((m) => m.type === MessageType.appResp && m.reject && m.rejectHint === 3), 'beyond its log, it says what it holds');
+  storage.append(rd.entries);
+  if (rd.hardState) storage.setHardState(rd.hardState);
+  raw.advance();
+  const entry = { term: 4, index: 3, type: EntryType.normal, data: new Uint8Array([4]) };
+  raw.step(message({ type: MessageType.app, from: 2, to: 3, term: 4, index: 2, logTerm: 1, entries: [entry], commit: 2 }));
+  t.equal(raw.basicStatus().commit, 2, 'an append that matches at 2@1 replaces 3@3 with 3@4');
+  // The append that would carry the commit is lost (a quiet cluster sends no other): the heartbeat's commit now
+  // covers only entries this leader's append proved, so it is taken.
+  raw.step(message({ type: MessageType.heartbeat, from: 2, to: 3, term: 4, commit: 3, index: 0 }));
+  t.equal(raw.basicStatus().commit, 3, 'then a heartbeat with commit 3 commits 3@4');
   t.end();
 });
 

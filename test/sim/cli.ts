@@ -81,7 +81,7 @@ for (let s = args.seed; s < args.seed + args.seeds; s++) {
     if (firstFailing < 0) firstFailing = s;
     process.stdout.write(`seed ${s} FAILED: ${r.violations.join('; ')}\n  reproduce: ${reproCommand(s, args.nodes, args.plant)}\n`);
   } else if (args.verbose) {
-    process.stdout.write(`seed ${s} ok ops=${r.ops} ticks=${r.ticks} recover=${r.ticksToRecover} snapshots=${r.snapshotsTaken}/${r.snapshotsInstalled} mid_ready_crashes=${r.midReadyCrashes} duplicates_skipped=${r.duplicatesSkipped} cas=${r.casApplied}/${r.casRefused} disks_lost=${r.disksLost}\n`);
+    process.stdout.write(`seed ${s} ok ops=${r.ops} ticks=${r.ticks} recover=${r.ticksToRecover} snapshots=${r.snapshotsTaken}/${r.snapshotsInstalled} mid_ready_crashes=${r.midReadyCrashes} duplicates_skipped=${r.duplicatesSkipped} cas=${r.casApplied}/${r.casRefused} reads_served=${r.readsServed} disks_lost=${r.disksLost}\n`);
   }
   const done = s - args.seed + 1;
   if (args.seeds >= 2000 && done % 1000 === 0) process.stderr.write(`sim: ${done}/${args.seeds} seeds, ${violations} failing\n`);
