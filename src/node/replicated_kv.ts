@@ -4,19 +4,18 @@
 // module hands them to Raft and takes back what the Ready driver reports (a write applied, read indexes, a
 // snapshot installed). Raft and the node's state are injected, so test/unit/node_requests.test.ts drives it with
 // a scripted Raft.
-import { RaftError, type RawNode, type ReadState } from '../../raft/index.js';
+import type { ReadState } from '../../raft/index.js';
 import { encodeKvCommand, quotaRefusal, type KvCommand, type KvEntry, type KvListener, type KvResult, type KvStateMachine } from '../../store/index.js';
 import type { Logger } from '../log.js';
 import type { NodeError } from './errors.js';
 import type { Health } from './health.js';
 import type { RaftKvBackend, ReadOptions } from './node_options.js';
 import type { AppliedWrite } from './ready_driver.js';
-import { PendingRequests } from './requests.js';
+import { RequestPath, type RequestRaft } from './request_path.js';
 import type { NodeMetrics } from './status.js';
-import { encodeEnvelope } from './wire.js';
 
 /** What the KV uses of Raft. */
-export type KvRaft = Pick<RawNode, 'basicStatus' | 'propose' | 'readIndex'>;
+export type KvRaft = RequestRaft;
 
 export interface ReplicatedKvOptions {
   readonly serverName: string;
@@ -48,17 +47,16 @@ export type NodeKv = Pick<ReplicatedKv, 'propose' | 'proposeBytes' | 'read' | 'r
 
 export class ReplicatedKv implements RaftKvBackend {
   private readonly o: ReplicatedKvOptions;
-  /** Waiting writes and linearizable reads (requests.ts). */
-  private readonly requests: PendingRequests<KvResult>;
+  /** Waiting writes and linearizable reads (requests.ts), wired to Raft as test/sim wires its nodes' (request_path.ts). */
+  private readonly path: RequestPath<KvResult>;
   /** Called after a snapshot from the leader replaced the state machine (KvBackend.onReset). */
   private readonly resetListeners = new Set<() => void>();
 
   constructor(o: ReplicatedKvOptions) {
     this.o = o;
-    this.requests = new PendingRequests<KvResult>({
+    this.path = new RequestPath<KvResult>({
       serverName: o.serverName, boot: o.boot, timeoutMs: o.timeoutMs, now: o.now,
-      propose: (seq, command) => this.proposeToRaft(seq, command),
-      readIndex: (context) => this.askReadIndex(context),
+      raw: o.raft, origin: o.slot, schedule: o.schedule, appliedIndex: () => o.stateMachine.appliedIndex,
       health: o.health, stopped: o.stopped, metrics: o.metrics,
     });
   }
@@ -70,11 +68,11 @@ export class ReplicatedKv implements RaftKvBackend {
 
   /** Writes and readers waiting now (/raftz). */
   get writesWaiting(): number {
-    return this.requests.writesWaiting;
+    return this.path.requests.writesWaiting;
   }
 
   get readersWaiting(): number {
-    return this.requests.readersWaiting;
+    return this.path.requests.readersWaiting;
   }
 
   /** Replicates a KV command; resolves with its result once applied on this node. A write past the quota is refused. */
@@ -91,7 +89,7 @@ export class ReplicatedKv implements RaftKvBackend {
 
   /** Replicates an encoded KV command (no quota check). */
   proposeBytes(command: Uint8Array): Promise<KvResult> {
-    return this.requests.submitWrite(command);
+    return this.path.requests.submitWrite(command);
   }
 
   /**
@@ -102,7 +100,7 @@ export class ReplicatedKv implements RaftKvBackend {
     const stopped = this.o.stopped();
     if (stopped) throw stopped;
     if (opts.stale) return this.o.stateMachine;
-    await this.requests.submitRead();
+    await this.path.requests.submitRead();
     return this.o.stateMachine;
   }
 
@@ -142,36 +140,36 @@ export class ReplicatedKv implements RaftKvBackend {
   // ---- what the node's Ready driver and tick report ----
 
   /** A write applied: resolve it if this node (this boot) proposed it. */
-  writeApplied({ envelope: env, result }: AppliedWrite<KvResult>): void {
-    if (env.origin === this.o.slot() && env.boot === this.o.boot) this.requests.writeApplied(env.seq, result);
+  writeApplied(write: AppliedWrite<KvResult>): void {
+    this.path.applied(write);
   }
 
   readStates(states: readonly ReadState[]): void {
-    this.requests.readIndexesArrived(states);
+    this.path.readStates(states);
   }
 
   /** A Ready batch was applied: serve the reads whose index is now applied. */
   applied(): void {
-    this.requests.serveReads(this.o.stateMachine.appliedIndex);
+    this.path.advanced();
   }
 
   /** A new leader: writes waiting on the old one are proposed again (requests.ts). */
   leaderChanged(): void {
-    this.requests.leaderChanged();
+    this.path.requests.leaderChanged();
   }
 
   /** A tick with Raft running: hand waiting requests to Raft again. */
   retryWaiting(): void {
-    this.requests.retryWaiting();
+    this.path.requests.retryWaiting();
   }
 
   /** A tick: fail the requests past their deadline. */
   expire(): void {
-    this.requests.expire();
+    this.path.requests.expire();
   }
 
   failAll(e: Error): void {
-    this.requests.failAll(e);
+    this.path.requests.failAll(e);
   }
 
   /** After a snapshot from the leader replaced the state machine (KvBackend.onReset). */
@@ -184,34 +182,5 @@ export class ReplicatedKv implements RaftKvBackend {
         this.o.log.error({ err }, 'snapshot-install listener threw');
       }
     }
-  }
-
-  /** Hands a waiting write to Raft in this node's session envelope; false without a leader or when Raft refuses. */
-  private proposeToRaft(seq: number, command: Uint8Array): boolean {
-    const raw = this.o.raft();
-    const slot = this.o.slot();
-    if (!raw || slot === undefined || raw.basicStatus().lead === 0) return false;
-    try {
-      raw.propose(encodeEnvelope(slot, this.o.boot, seq, command));
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e;
-      return false;
-    }
-    this.o.schedule();
-    return true;
-  }
-
-  /** Asks Raft for a read index (a waiting read batch's context); false without a leader or when Raft refuses. */
-  private askReadIndex(context: Uint8Array): boolean {
-    const raw = this.o.raft();
-    if (!raw || raw.basicStatus().lead === 0) return false;
-    try {
-      raw.readIndex(context);
-    } catch (e) {
-      if (!(e instanceof RaftError)) throw e;
-      return false;
-    }
-    this.o.schedule();
-    return true;
   }
 }

@@ -8,9 +8,12 @@ import { PendingRequests, type PendingRequestsOptions } from './requests.js';
 import type { AppliedWrite } from './ready_driver.js';
 import { encodeEnvelope } from './wire.js';
 
+/** What the request path uses of Raft. */
+export type RequestRaft = Pick<RawNode, 'basicStatus' | 'propose' | 'readIndex'>;
+
 export interface RequestPathOptions extends Omit<PendingRequestsOptions, 'propose' | 'readIndex'> {
   /** The node's Raft; undefined before it starts (requests then wait, and are retried on the next tick). */
-  readonly raw: () => RawNode | undefined;
+  readonly raw: () => RequestRaft | undefined;
   /** This node's Raft id, the envelope's origin; undefined while the node does not know its slot yet. */
   readonly origin: () => number | undefined;
   /** Runs the Ready driver soon: a proposal or a read index request leaves Raft as part of a Ready. */

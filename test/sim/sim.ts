@@ -338,7 +338,7 @@ export class Simulation {
     });
     const inc = new Incarnation(raw, new KvStateMachine(), n.incarnation);
     const serverName = `n${n.id}`;
-    // The node's wiring (node.ts): its PendingRequests propose in the session envelope (origin = Raft id, boot)
+    // The node's wiring (replicated_kv.ts, through request_path.ts): its PendingRequests propose in the session envelope (origin = Raft id, boot)
     // and ask for read indexes through Raft; the driver's events settle them. Only the clock is the simulator's.
     inc.path = new RequestPath<KvResult>({
       serverName,
@@ -969,7 +969,7 @@ export class Simulation {
     inc.ops.add(op);
     const requests = inc.path.requests;
     if (kind === 'read') {
-      // The node's linearizable read (node.ts read()): once the read index is applied, the state machine is read.
+      // The node's linearizable read (replicated_kv.ts read()): once the read index is applied, the state machine is read.
       requests.submitRead().then(
         () => this.finishOp(op, { read: inc.sm.get(bucket, key) }),
         (e: unknown) => this.timedOut(op, e),
