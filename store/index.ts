@@ -29,6 +29,7 @@ export {
   type KvListener,
   type BucketConfig,
   type BucketInfo,
+  type StagedKvRestore,
 } from './kv/state_machine.js';
 export { quotaRefusal, quotaBytesOf, quotaExemptPrefix } from './kv/quota.js';
 export {
