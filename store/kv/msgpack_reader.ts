@@ -145,6 +145,27 @@ export class MsgpackReader {
     return s;
   }
 
+  /** Only the header of binary bytes: their length; the cursor is left at their first byte. */
+  binLength(): number {
+    const t = this.byte();
+    let n: number;
+    if (t === 0xc4) n = this.byte();
+    else if (t === 0xc5) {
+      this.need(2);
+      n = this.view.getUint16(this.at);
+      this.at += 2;
+    } else if (t === 0xc6) {
+      this.need(4);
+      n = this.view.getUint32(this.at);
+      this.at += 4;
+    } else {
+      this.at--;
+      return this.fail('expected binary bytes');
+    }
+    if (this.at + n > this.bytes.length) this.fail(`truncated (${n} bytes of binary announced)`);
+    return n;
+  }
+
   /** Binary bytes (bin8/16/32), as a view of the input. */
   bin(): Uint8Array {
     const t = this.byte();
