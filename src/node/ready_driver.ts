@@ -280,7 +280,7 @@ export class ReadyDriver<Result> {
     }
     this.logBytesSinceSnapshot = 0;
     this.o.metrics.snapshotsInstalled++;
-    this.log.info({ index: snap.meta.index }, 'installed a snapshot from the leader');
+    this.log.info({ index: snap.meta.index, parsed_while_received: staged !== undefined }, 'installed a snapshot from the leader');
     this.o.events.snapshotInstalled(snap.meta.index);
   }
 
