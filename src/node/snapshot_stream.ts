@@ -165,6 +165,11 @@ export class SnapshotStream {
     return o === undefined || o.total === 0 ? undefined : { ackedBytes: o.acked, totalBytes: o.total };
   }
 
+  /** Follower: installs served by a parse done while the snapshot was received, and stagings dropped (staged_restore.ts). */
+  get stagingCounts(): { readonly installed: number; readonly dropped: number } {
+    return this.staging.counts;
+  }
+
   /** Follower: bytes written of the snapshot being received, and its size (0, 0: none). */
   receiving(): { received: number; total: number } {
     const i = this.incoming;
@@ -327,8 +332,12 @@ export class SnapshotStream {
 }
 
 /** /metrics samples of the stream's counters (appended to the node's; types as src/node/metrics.ts renders them). */
-export function snapshotStreamSamples(c: SnapshotStreamCounters): Sample[] {
+export function snapshotStreamSamples(c: SnapshotStreamCounters, staged?: { readonly installed: number; readonly dropped: number }): Sample[] {
   return [
+    ...(staged === undefined ? [] : [
+      ['membershipd_snapshot_stream_staged_installs_total', 'counter', 'Snapshots from the leader installed from a parse done while they were received', staged.installed] as const,
+      ['membershipd_snapshot_stream_stagings_dropped_total', 'counter', 'Snapshots whose parse while received was dropped (the install read the file)', staged.dropped] as const,
+    ]),
     ['membershipd_snapshot_stream_transfers_started_total', 'counter', 'Snapshot transfers this node started sending', c.transfersStarted],
     ['membershipd_snapshot_stream_transfers_completed_total', 'counter', 'Snapshot transfers a follower received whole', c.transfersCompleted],
     ['membershipd_snapshot_stream_transfers_abandoned_total', 'counter', 'Snapshot transfers abandoned (link down, leader change, refused chunk, silent peer), either side', c.transfersAbandoned],
