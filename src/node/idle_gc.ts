@@ -133,8 +133,8 @@ export class IdleCollector {
     this.stats.lastPauseSeconds = pauseMs / 1000;
     this.stats.pauseSecondsTotal += pauseMs / 1000;
     this.stats.freedBytesTotal += Math.max(0, before - after);
-    this.log.debug({ pause_ms: Math.round(pauseMs * 10) / 10, freed_mib: Math.round((before - after) / 104857.6) / 10, live_mib: Math.round(after / 104857.6) / 10 },
-      'idle: ran a full GC');
+    const mib = (bytes: number): number => Math.round(bytes / 104857.6) / 10;
+    this.log.debug({ pause_ms: Math.round(pauseMs * 10) / 10, freed_mib: mib(before - after), live_mib: mib(after) }, 'idle: ran a full GC');
     return true;
   }
 

@@ -121,7 +121,8 @@ t.test('a node snapshot is parsed while it is received: the staged state is the 
   for (let k = 0; k < 6000; k++) sm.apply(++i, encodeKvCommand({ op: 'put', bucket: 'b', key: `k.${k % 5000}`, value: Buffer.alloc(200, k), ts: 10 + k }));
   const data = writeNodeSnapshot(sm, new AppliedSessions());
   const lead = await RaftStorage.open(join(root, 'staged-a'));
-  await lead.save({ hardState: { term: 3, vote: 1, commit: i }, entries: Array.from({ length: i }, (_, k) => ({ term: 3, index: k + 1, type: EntryType.normal, data: Buffer.from([k & 0xff]) })) });
+  const entries = Array.from({ length: i }, (_, k) => ({ term: 3, index: k + 1, type: EntryType.normal, data: Buffer.from([k & 0xff]) }));
+  await lead.save({ hardState: { term: 3, vote: 1, commit: i }, entries });
   await lead.createSnapshot(i, conf, data);
   const follower = await RaftStorage.open(join(root, 'staged-b'));
   const staging = new SnapshotStaging();
