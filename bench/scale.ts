@@ -147,9 +147,12 @@ async function benchMembershipd(raw: number): Promise<Figures> {
     return Number(z.lastIndex) - Number(z.snapshotIndex);
   }));
   const snaps = await Promise.all(c.httpPorts.map((p) => metric(p, 'membershipd_raft_snapshots_total')));
+  // The idle collector (src/node/idle_gc.ts, --idle-gc): full GCs run once the fill went quiet, and their pauses.
+  const idleGcs = await Promise.all(c.httpPorts.map((p) => metric(p, 'membershipd_idle_gc_total')));
+  const idlePause = await Promise.all(c.httpPorts.map((p) => metric(p, 'membershipd_idle_gc_last_pause_seconds')));
   console.log(`  membershipd: ${KEYS} keys of ${VALUE_BYTES} B at ${IN_FLIGHT} in flight: ${putsPerS.toFixed(0)} puts/s; raw data ${mib(raw)} MiB`);
   for (let i = 0; i < 3; i++) {
-    console.log(`    n${i}${i === leader ? ' (leader)' : ''}: RSS ${base[i]!.toFixed(0)} -> ${rssMib[i]!.toFixed(0)} MiB (${(((rssMib[i]! - base[i]!) * 1048576) / KEYS).toFixed(0)} B/key), heap used ${mib(heap[i]!)} of ${mib(heapTotal[i]!)} MiB, external ${mib(ext[i]!)} MiB, data dir ${mib(disk[i]!)} MiB, ${logs[i]} log entries since its last snapshot (${snaps[i]} taken)`);
+    console.log(`    n${i}${i === leader ? ' (leader)' : ''}: RSS ${base[i]!.toFixed(0)} -> ${rssMib[i]!.toFixed(0)} MiB (${(((rssMib[i]! - base[i]!) * 1048576) / KEYS).toFixed(0)} B/key), heap used ${mib(heap[i]!)} of ${mib(heapTotal[i]!)} MiB, external ${mib(ext[i]!)} MiB, data dir ${mib(disk[i]!)} MiB, ${logs[i]} log entries since its last snapshot (${snaps[i]} taken); idle GCs ${idleGcs[i]} (last pause ${(idlePause[i]! * 1000).toFixed(1)} ms)`);
   }
   const rssPerData = Math.max(...rssMib) / (raw / 1048576);
 

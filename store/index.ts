@@ -8,8 +8,9 @@ export { FORMAT_VERSION } from './format.js';
 export { lockDir, LOCK_FILE } from './lock.js';
 export { packOwned } from './codec.js';
 export { MsgpackWriter } from './kv/msgpack_writer.js';
+export { MsgpackReader, MoreBytesNeeded, ImageFormatError } from './kv/msgpack_reader.js';
 export { crc32c } from './crc32c.js';
-export { snapshotRefData, isSnapshotRef, IncomingSnapshotFile, SnapshotFileReader } from './snapshot_transfer.js';
+export { snapshotRefData, isSnapshotRef, snapshotFileDataRange, IncomingSnapshotFile, SnapshotFileReader } from './snapshot_transfer.js';
 export { RaftStorage, type RaftStorageOptions, type RecoveryReport, type RangeErrors, type SnapshotWriteOptions } from './raft_storage.js';
 export { Wal, type WalOptions, type WalSegmentInfo, type WalSyncMode } from './wal/wal.js';
 export { RecordDecoder, encodeRecords, type RecordInput, type DecodeFailure } from './wal/record.js';
@@ -29,6 +30,7 @@ export {
   type KvListener,
   type BucketConfig,
   type BucketInfo,
+  type StagedKvRestore,
 } from './kv/state_machine.js';
 export { quotaRefusal, quotaBytesOf, quotaExemptPrefix } from './kv/quota.js';
 export {

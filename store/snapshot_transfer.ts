@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { crc32c } from './crc32c.js';
 import { CorruptionError, StoreError, StoreErrorCode } from './errors.js';
 import { type StoreFs, syncDir, writeAll } from './fs.js';
-import { MsgpackReader } from './kv/msgpack_reader.js';
+import { ImageFormatError, MoreBytesNeeded, MsgpackReader } from './kv/msgpack_reader.js';
 import { snapshotName, SNAPSHOT_TYPE } from './snapshot.js';
 import { RECORD_HEADER_BYTES } from './wal/record.js';
 
@@ -29,6 +29,30 @@ export function isSnapshotRef(data: Uint8Array): boolean {
 /** Name of a complete, verified received snapshot file waiting for Raft to install it. */
 export function receivedSnapshotName(index: number, term: number): string {
   return `${snapshotName(index, term)}.recvd`;
+}
+
+/**
+ * Where Raft's snapshot data (the node's image) lies in the bytes of a snapshot file of which the first `available`
+ * have arrived: [start, end), or undefined while its header is not all here. For a follower parsing the image as it
+ * is received (src/node/staged_restore.ts); the file's record CRC is still checked whole by IncomingSnapshotFile.
+ * Throws ImageFormatError when the bytes are not a snapshot record.
+ */
+export function snapshotFileDataRange(file: Uint8Array, available: number): { start: number; end: number } | undefined {
+  if (available < RECORD_HEADER_BYTES) return undefined;
+  if (file[8] !== SNAPSHOT_TYPE) throw new ImageFormatError(`record type ${file[8]} is not a snapshot`);
+  const r = new MsgpackReader(file.subarray(RECORD_HEADER_BYTES));
+  r.setLimit(available - RECORD_HEADER_BYTES);
+  try {
+    if (r.array() !== 6) throw new ImageFormatError('snapshot record is not [format, index, term, voters, learners, data]');
+    for (let k = 0; k < 3; k++) r.uint(); // format, index, term
+    for (let k = 0; k < 2; k++) for (let n = r.array(); n > 0; n--) r.uint(); // voters, learners
+    const bytes = r.binLength();
+    const start = RECORD_HEADER_BYTES + r.offset;
+    return { start, end: start + bytes };
+  } catch (err) {
+    if (err instanceof MoreBytesNeeded) return undefined;
+    throw err;
+  }
 }
 
 /** The leader's side: one snapshot file open for reading, in pieces (never the whole file in memory). */

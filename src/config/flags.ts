@@ -39,6 +39,7 @@ export const flagSpecs: readonly FlagSpec[] = [
   { name: 'tls-key', group: 'serve', commands: serveOnly, value: 'FILE', help: 'PEM private key for --tls-cert' },
   { name: 'ws-port', group: 'serve', commands: serveOnly, value: 'PORT', defaultText: 'off', help: 'NATS over WebSocket on this port (0 = any free port)' },
   { name: 'max-subscriptions', group: 'serve', commands: serveOnly, value: 'N', defaultText: '10000', help: 'subscriptions one client connection may hold (nats-server max_subscriptions; 0 = unlimited)' },
+  { name: 'idle-gc', group: 'serve', commands: serveOnly, value: 'MS', defaultText: '1000', help: 'run one full GC once writes have been quiet this long after 32 MiB of churn, so a quiet node returns its garbage (0 = off)' },
   { name: 'log-level', group: 'serve', commands: both, value: 'LEVEL', defaultText: 'info (dev: warn)', help: 'fatal|error|warn|info|debug|trace|silent' },
   { name: 'ports-file', group: 'serve', commands: serveOnly, value: 'FILE', help: 'once listening, write the bound ports here as JSON (for port 0; removed at stop)' },
   { name: 'data-dir', group: 'serve', commands: serveOnly, value: 'DIR', defaultText: './data', help: 'directory for the WAL and snapshots' },

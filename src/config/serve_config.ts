@@ -32,6 +32,8 @@ export const kvReplicasMax = 15;
 /** --max-kv-bytes bounds: below 1 MiB the control-plane buckets alone would fill it; 16 TiB is beyond any memory. */
 export const maxKvBytesMin = 1024 * 1024;
 export const maxKvBytesMax = 16 * 1024 ** 4;
+/** --idle-gc upper bound: an hour; a longer quiet window would never see its garbage while the node runs. */
+export const idleGcMsMax = 3_600_000;
 /** `membershipd dev --nodes`: default and bound (each node costs a Node.js event loop's share of the machine). */
 export const defaultDevNodes = 3;
 export const devNodesMax = 7;
@@ -70,6 +72,8 @@ export interface ServeConfig {
   readonly portsFile?: string;
   /** --max-kv-bytes: KV bytes (stored-size accounting) past which a write is refused; undefined = unlimited. */
   readonly maxKvBytes?: number;
+  /** --idle-gc: quiet ms before an idle full GC (src/node/idle_gc.ts); 0 = off; undefined = the default. */
+  readonly idleGcMs?: number;
   /** Flag names given on the command line, in order: the CLI refuses the ones this build cannot honour. */
   readonly given: readonly string[];
 }
@@ -238,6 +242,7 @@ export function resolveServeConfig(args: ParsedArgs): ServeConfig {
   if (kvReplicas !== undefined && store !== 'kv') fail('kv-replicas', 'applies only to --store kv');
   const maxKvBytes = f.has('max-kv-bytes') ? parseByteSize('max-kv-bytes', f.get('max-kv-bytes')!, maxKvBytesMin, maxKvBytesMax) : undefined;
   if (maxKvBytes !== undefined && store !== 'kv' && cluster.port === undefined) fail('max-kv-bytes', 'applies only to a node serving the KV API (--store kv or a cluster node)');
+  const idleGcMs = f.has('idle-gc') ? parseIntInRange('idle-gc', f.get('idle-gc')!, 0, idleGcMsMax) : undefined;
   const internalIdFile = f.has('internal-id-file') ? creatableFile('internal-id-file', f.get('internal-id-file')!) : undefined;
   const portsFile = f.has('ports-file') ? replaceableFile('ports-file', f.get('ports-file')!) : undefined;
   return {
@@ -245,6 +250,7 @@ export function resolveServeConfig(args: ParsedArgs): ServeConfig {
     internalIdFile, kvReplicas, given: [...f.keys()], ...(maxSubscriptions !== undefined ? { maxSubscriptions } : {}),
     ...(portsFile !== undefined ? { portsFile } : {}),
     ...(maxKvBytes !== undefined ? { maxKvBytes } : {}),
+    ...(idleGcMs !== undefined ? { idleGcMs } : {}),
   };
 }
 

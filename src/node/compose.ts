@@ -13,6 +13,7 @@ import { controlBuckets, createServiceSeam, redactControlValue, singleNodeOption
 import { attachKvApi, redactedBackend, type KvApi, type KvServerPort } from '../kv/index.js';
 import { startServicePresence, type ServicePresence } from '../services/index.js';
 import { packageVersion } from '../version.js';
+import { defaultIdleGcQuietMs, IdleCollector } from './idle_gc.js';
 import { renderMetrics } from './metrics.js';
 import { startNode, type ClusterNode, type NodeOptions } from './node.js';
 import { clusterPosture, nodeHttpEndpoints, nodeOptionsFromServeConfig, wantsCluster } from './serve.js';
@@ -149,6 +150,14 @@ export async function composeNode(
   const kvApi = parts?.kvApi;
   const startedAt = new Date();
   startProcessMetrics();
+  // The idle collector (idle_gc.ts) watches the write path: client messages in, and on a cluster node the applied
+  // Raft index (a follower applies writes no client sent it). Heartbeats and HTTP polls move neither.
+  const idleGcMs = config.idleGcMs ?? defaultIdleGcQuietMs;
+  const idleGc = idleGcMs === 0 ? undefined : new IdleCollector({
+    quietMs: idleGcMs, logger,
+    activity: () => nats.stats().inMsgs + (cluster?.stateMachine.appliedIndex ?? 0),
+  });
+  idleGc?.start();
   const http = createHttpServer({
     host: config.bind,
     port: config.httpPort,
@@ -165,7 +174,8 @@ export async function composeNode(
       // After the node's endpoints: its Raft series, then the bus and the process (prom-client's names).
       '/metrics': () => ({
         status: 200, contentType: prometheusText,
-        body: (cluster ? cluster.status.metricsText() : '') + natsMetricsText(nats.stats(), authCounts.refused) + processMetricsText(),
+        body: (cluster ? cluster.status.metricsText() : '') + natsMetricsText(nats.stats(), authCounts.refused) + (idleGc?.metricsText() ?? '')
+          + processMetricsText(),
       }),
       '/varz': () => ({ status: 200, body: {
         server_id: nats.serverId,
@@ -198,6 +208,7 @@ export async function composeNode(
   try {
     await http.start();
   } catch (err) {
+    idleGc?.stop();
     kvApi?.detach();
     presence?.stop();
     controlPlane?.stop();
@@ -216,6 +227,7 @@ export async function composeNode(
   let stopping: Promise<void> | undefined;
   const stop = (): Promise<void> => {
     stopping ??= (async () => {
+      idleGc?.stop();
       http.setState('stopping');
       try {
         if (cluster !== undefined) await handOffLeadership(cluster, logger);

@@ -18,6 +18,7 @@
 import { EntryType, MessageType, StateType, decodeConfChange, type ConfState, type Entry, type HardState, type Message, type RawNode, type ReadState, type Ready, type Snapshot, type SoftState } from '../../raft/index.js';
 import { MsgpackWriter, type SnapshotWriteOptions } from '../../store/index.js';
 import type { Logger } from '../log.js';
+import { stagingFor, type SnapshotStaging, type StagingTarget } from './staged_restore.js';
 import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, SnapshotTurns, type NodeImageBuild } from './sessions.js';
 import { decodeEnvelope, type Envelope } from './wire.js';
 
@@ -142,6 +143,8 @@ export interface ReadyDriverOptions<Result> {
   readonly snapshotEntries: number;
   /** This node's slot and the slot count, for taking turns at local snapshots (SnapshotTurns); absent: no turns. */
   readonly snapshotTurn?: () => { readonly slot: number; readonly slots: number };
+  /** Snapshots parsed while they were received (staged_restore.ts); default the storage's. */
+  readonly staging?: SnapshotStaging;
   /** Test-only (test/sim): a known bug switched on. */
   readonly plantedBug?: DriverBug;
 }
@@ -159,6 +162,8 @@ export class ReadyDriver<Result> {
   /** Exactly-once apply of re-submitted proposals: replicated state, travels in the snapshot (sessions.ts). */
   private readonly sessions = new AppliedSessions();
   private readonly snapshotTurns = new SnapshotTurns();
+  /** Set when the state machine can take staged snapshots (KvStateMachine). */
+  private readonly staging: SnapshotStaging | undefined;
   private loop: Promise<void> | undefined;
   private stopping = false;
   private fatalError: Error | undefined;
@@ -175,6 +180,12 @@ export class ReadyDriver<Result> {
     this.storage = options.storage;
     this.log = options.logger;
     this.bug = options.plantedBug;
+    // Only a state machine that can restore from an arriving image gets staged snapshots (the simulator's cannot).
+    const sm = options.stateMachine as Partial<StagingTarget>;
+    if (typeof sm.stagedRestore === 'function') {
+      this.staging = options.staging ?? stagingFor(options.storage, options.logger);
+      this.staging.target = sm as StagingTarget;
+    }
   }
 
   /** Why the loop stopped for good, if it did. */
@@ -256,12 +267,20 @@ export class ReadyDriver<Result> {
     await this.storage.applySnapshot(snap);
     // Yielding: a large image takes seconds to read, and the process keeps answering its routes and health. Raft's
     // snapshot data may be only a reference to the file streamed beside it (snapshot_stream.ts): read from the store.
-    const { kvImage, sessions } = decodeNodeSnapshot(await this.storage.readSnapshotData());
-    await this.o.stateMachine.restoreYielding(kvImage);
-    this.sessions.restore(sessions);
+    // A snapshot streamed to this node was parsed as it arrived (staged_restore.ts): its state is swapped in. Any
+    // other (a different snapshot, a staging dropped) is read from its file, as it always was.
+    const staged = this.staging?.take(snap.meta.index, snap.meta.term);
+    if (staged !== undefined) {
+      staged.install();
+      this.sessions.restore(staged.sessions);
+    } else {
+      const { kvImage, sessions } = decodeNodeSnapshot(await this.storage.readSnapshotData());
+      await this.o.stateMachine.restoreYielding(kvImage);
+      this.sessions.restore(sessions);
+    }
     this.logBytesSinceSnapshot = 0;
     this.o.metrics.snapshotsInstalled++;
-    this.log.info({ index: snap.meta.index }, 'installed a snapshot from the leader');
+    this.log.info({ index: snap.meta.index, parsed_while_received: staged !== undefined }, 'installed a snapshot from the leader');
     this.o.events.snapshotInstalled(snap.meta.index);
   }
 

@@ -173,6 +173,11 @@ export function writeNodeSnapshot(stateMachine: KvStateMachine, sessions: Applie
   return w.finish();
 }
 
+/** The session table of a node snapshot, from the bytes after its KV image (a staged restore: staged_restore.ts). */
+export function decodeNodeSessions(afterImage: Uint8Array): unknown {
+  return packr.unpack(afterImage) as unknown;
+}
+
 export function decodeNodeSnapshot(data: Uint8Array): { kvImage: Uint8Array; sessions: unknown } {
   const v = packr.unpack(data) as unknown;
   if (!Array.isArray(v) || v[0] !== 1 || !(v[1] instanceof Uint8Array)) throw new Error('snapshot data is not a membershipd node snapshot (version 1)');

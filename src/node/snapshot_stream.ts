@@ -19,6 +19,7 @@ import type { RaftStorage } from '../../store/index.js';
 import type { RouteFrame } from '../../transport/index.js';
 import type { Logger } from '../log.js';
 import type { Sample } from './metrics.js';
+import { stagingFor, type SnapshotStaging } from './staged_restore.js';
 import { decodeNodeFrame, encodeMessage } from './wire.js';
 
 type SnapChunkFrame = Extract<RouteFrame, { kind: 'snap_chunk' }>;
@@ -45,6 +46,8 @@ export interface SnapshotStreamOptions {
   readonly windowBytes?: number;
   /** A transfer whose peer acknowledged nothing for this long is abandoned (and restarted by Raft's resend). */
   readonly idleMs?: number;
+  /** Follower: where received pieces are parsed as they arrive (staged_restore.ts); default the storage's. */
+  readonly staging?: SnapshotStaging;
 }
 
 export const snapshotChunkBytesDefault = 1 << 20;
@@ -105,9 +108,11 @@ export class SnapshotStream {
   /** Per peer, the snapshot last delivered complete: Raft's resends of it while the follower installs are not new transfers. */
   private readonly delivered = new Map<string, { index: number; term: number; at: number }>();
   private incoming: Incoming | undefined;
+  private readonly staging: SnapshotStaging;
 
   constructor(opts: SnapshotStreamOptions) {
     this.opts = opts;
+    this.staging = opts.staging ?? stagingFor(opts.storage, opts.log);
     this.chunkBytes = Math.max(1024, opts.chunkBytes ?? snapshotChunkBytesDefault);
     this.windowBytes = Math.max(this.chunkBytes, opts.windowBytes ?? snapshotWindowBytesDefault);
     this.idleMs = opts.idleMs ?? snapshotIdleMsDefault;
@@ -158,6 +163,11 @@ export class SnapshotStream {
   sending(peer: string): { ackedBytes: number; totalBytes: number } | undefined {
     const o = this.outgoing.get(peer);
     return o === undefined || o.total === 0 ? undefined : { ackedBytes: o.acked, totalBytes: o.total };
+  }
+
+  /** Follower: installs served by a parse done while the snapshot was received, and stagings dropped (staged_restore.ts). */
+  get stagingCounts(): { readonly installed: number; readonly dropped: number } {
+    return this.staging.counts;
   }
 
   /** Follower: bytes written of the snapshot being received, and its size (0, 0: none). */
@@ -271,6 +281,7 @@ export class SnapshotStream {
         peer, transfer: f.transfer, message: f.message, total: f.total, received: 0, ended: false,
         file: this.opts.storage.beginSnapshotReceive(meta.index, meta.term, f.total, f.transfer), chain: Promise.resolve(),
       };
+      this.staging.begin(f.transfer, meta.index, meta.term, f.total);
     }
     const t = i;
     t.chain = t.chain.then(() => this.writeChunk(t, f)).catch((err: unknown) => {
@@ -285,7 +296,10 @@ export class SnapshotStream {
     if (f.total !== i.total) throw new Error(`chunk says the snapshot is ${f.total} bytes, the transfer began with ${i.total}`);
     if (crc32(f.data) !== f.crc) throw new Error(`chunk at ${f.offset} fails its checksum`);
     const file = await i.file;
-    await file.write(f.offset, f.data);
+    // The piece is parsed into the staged state (staged_restore.ts) while the write runs in libuv's pool.
+    const writing = file.write(f.offset, f.data);
+    this.staging.add(i.transfer, f.offset, f.data);
+    await writing;
     i.received = file.bytesReceived;
     this.counters.chunksReceived++;
     this.counters.bytesReceived += f.data.length;
@@ -309,6 +323,7 @@ export class SnapshotStream {
     if (this.incoming === i) this.incoming = undefined;
     this.counters.transfersAbandoned++;
     this.opts.log.info({ peer: i.peer, received: i.received, total: i.total, why }, 'snapshot transfer abandoned; its file is removed');
+    this.staging.drop(i.transfer, why);
     i.chain = i.chain.then(async () => {
       const file = await i.file;
       await file.abandon();
@@ -317,8 +332,12 @@ export class SnapshotStream {
 }
 
 /** /metrics samples of the stream's counters (appended to the node's; types as src/node/metrics.ts renders them). */
-export function snapshotStreamSamples(c: SnapshotStreamCounters): Sample[] {
+export function snapshotStreamSamples(c: SnapshotStreamCounters, staged?: { readonly installed: number; readonly dropped: number }): Sample[] {
   return [
+    ...(staged === undefined ? [] : [
+      ['membershipd_snapshot_stream_staged_installs_total', 'counter', 'Snapshots from the leader installed from a parse done while they were received', staged.installed] as const,
+      ['membershipd_snapshot_stream_stagings_dropped_total', 'counter', 'Snapshots whose parse while received was dropped (the install read the file)', staged.dropped] as const,
+    ]),
     ['membershipd_snapshot_stream_transfers_started_total', 'counter', 'Snapshot transfers this node started sending', c.transfersStarted],
     ['membershipd_snapshot_stream_transfers_completed_total', 'counter', 'Snapshot transfers a follower received whole', c.transfersCompleted],
     ['membershipd_snapshot_stream_transfers_abandoned_total', 'counter', 'Snapshot transfers abandoned (link down, leader change, refused chunk, silent peer), either side', c.transfersAbandoned],

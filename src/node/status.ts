@@ -141,7 +141,7 @@ export interface NodeStatusView extends NodeConditions {
   readonly pendingWrites: number;
   readonly pendingReads: number;
   /** Snapshots streamed to and from peers (snapshot_stream.ts): progress for health, /raftz and /metrics. */
-  readonly snapshotStream: Pick<SnapshotStream, 'receiving' | 'sending' | 'counters'>;
+  readonly snapshotStream: Pick<SnapshotStream, 'receiving' | 'sending' | 'counters'> & Partial<Pick<SnapshotStream, 'stagingCounts'>>;
   /** The process's resident set size in bytes (/varz `mem`). */
   rss(): number;
   /** The node's health (nodeHealth with its CatchUp): a function, as it is not needed by every endpoint. */
@@ -492,7 +492,7 @@ export function metricsText(v: NodeStatusView): string {
     ['membershipd_raft_recoveries_total', 'counter', 'Times this node caught up after losing its data', m.recoveries],
     ['membershipd_raft_snapshot_received_bytes', 'gauge', 'Bytes received of the snapshot being streamed to this node', v.snapshotStream.receiving().received],
     ['membershipd_raft_snapshot_total_bytes', 'gauge', 'Size of the snapshot being streamed to this node (0: none)', v.snapshotStream.receiving().total],
-    ...snapshotStreamSamples(v.snapshotStream.counters),
+    ...snapshotStreamSamples(v.snapshotStream.counters, v.snapshotStream.stagingCounts),
     ['membershipd_raft_snapshots_installed_total', 'counter', 'Snapshots received from the leader and installed', m.snapshotsInstalled],
     ['membershipd_raft_messages_in_total', 'counter', 'Raft messages received', m.raftMessagesIn],
     ['membershipd_raft_messages_out_total', 'counter', 'Raft messages sent', m.raftMessagesOut],

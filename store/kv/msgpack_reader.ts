@@ -8,14 +8,39 @@ export class ImageFormatError extends Error {
   readonly code = 'EIMAGE_FORMAT';
 }
 
+/**
+ * A read went past the bytes available so far (setLimit) but not past the image's end: the image is still arriving
+ * (a follower parsing the leader's snapshot while it is received). The caller rewinds (seek) to where the unit it
+ * was reading began and reads it again once more bytes are in. One instance, thrown without a fresh stack: it is
+ * control flow, raised once per arriving chunk.
+ */
+export class MoreBytesNeeded extends Error {
+  readonly code = 'EIMAGE_MORE';
+}
+const moreBytesNeeded = new MoreBytesNeeded('the image is not all here yet');
+
 const textDecoder = new TextDecoder('utf-8', { fatal: true });
 
 export class MsgpackReader {
   private readonly view: DataView;
   private at = 0;
+  /** Bytes of the input that may be read now; the whole input unless setLimit lowered it. */
+  private limit: number;
 
   constructor(private readonly bytes: Uint8Array) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.limit = bytes.length;
+  }
+
+  /** Only the first `available` bytes are there yet: a read past them throws MoreBytesNeeded. */
+  setLimit(available: number): void {
+    this.limit = Math.max(0, Math.min(available, this.bytes.length));
+  }
+
+  /** Moves the cursor back to an offset read before (after MoreBytesNeeded). */
+  seek(offset: number): void {
+    if (offset < 0 || offset > this.limit) throw new RangeError(`seek to ${offset} outside the ${this.limit} bytes available`);
+    this.at = offset;
   }
 
   get offset(): number {
@@ -31,7 +56,9 @@ export class MsgpackReader {
   }
 
   private need(n: number): void {
-    if (this.at + n > this.bytes.length) this.fail(`truncated (${n} bytes needed)`);
+    if (this.at + n <= this.limit) return;
+    if (this.at + n <= this.bytes.length) throw moreBytesNeeded;
+    this.fail(`truncated (${n} bytes needed)`);
   }
 
   private byte(): number {
@@ -116,6 +143,27 @@ export class MsgpackReader {
     }
     this.at += n;
     return s;
+  }
+
+  /** Only the header of binary bytes: their length; the cursor is left at their first byte. */
+  binLength(): number {
+    const t = this.byte();
+    let n: number;
+    if (t === 0xc4) n = this.byte();
+    else if (t === 0xc5) {
+      this.need(2);
+      n = this.view.getUint16(this.at);
+      this.at += 2;
+    } else if (t === 0xc6) {
+      this.need(4);
+      n = this.view.getUint32(this.at);
+      this.at += 4;
+    } else {
+      this.at--;
+      return this.fail('expected binary bytes');
+    }
+    if (this.at + n > this.bytes.length) this.fail(`truncated (${n} bytes of binary announced)`);
+    return n;
   }
 
   /** Binary bytes (bin8/16/32), as a view of the input. */

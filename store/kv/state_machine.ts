@@ -14,8 +14,8 @@ import { StoreError, StoreErrorCode } from '../errors.js';
 import {
   type BucketConfigInput, decodeKvCommand, type KvCommand, type KvGuard, type KvWriteCommand, type NonceClaim, nonceLimits, nonceRetentionMs,
 } from './command.js';
-import { EntryTable, type EntryOp, type FrozenEntries } from './entry_table.js';
-import { ImageFormatError, MsgpackReader } from './msgpack_reader.js';
+import { EntryTable, type EntryOp, type EntryRow, type FrozenEntries } from './entry_table.js';
+import { ImageFormatError, MoreBytesNeeded, MsgpackReader } from './msgpack_reader.js';
 import { MsgpackWriter } from './msgpack_writer.js';
 
 export const KvErrorCode = {
@@ -664,8 +664,10 @@ export class KvStateMachine {
 
   /** Replaces the whole state with a snapshot image; throws ESTORE_CORRUPT when it is not one. */
   restore(image: Uint8Array): void {
-    const steps = this.restoreSteps(image);
-    while (!steps.next().done);
+    const parse = parseImage(image, new MsgpackReader(image));
+    let step = parse.next();
+    while (!step.done) step = parse.next();
+    this.adopt(step.value);
   }
 
   /**
@@ -674,63 +676,148 @@ export class KvStateMachine {
    * see the old one, and a bad image leaves it untouched.
    */
   async restoreYielding(image: Uint8Array, sliceMs = 10): Promise<void> {
-    const steps = this.restoreSteps(image);
+    const parse = parseImage(image, new MsgpackReader(image));
     let sliceEnd = performance.now() + sliceMs;
-    while (!steps.next().done) {
-      if (performance.now() < sliceEnd) continue;
-      await new Promise<void>((resolve) => setImmediate(resolve));
-      sliceEnd = performance.now() + sliceMs;
+    let step = parse.next();
+    while (!step.done) {
+      if (performance.now() >= sliceEnd) {
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        sliceEnd = performance.now() + sliceMs;
+      }
+      step = parse.next();
     }
+    this.adopt(step.value);
   }
 
-  /** Reads the image straight into new entry tables (msgpack_reader.ts), pausing (yield) every few hundred keys. */
-  private *restoreSteps(image: Uint8Array): Generator<void, void, void> {
-    const bad = (why: string): never => {
-      throw new StoreError(StoreErrorCode.corrupt, `KV snapshot image is invalid: ${why}; the node cannot start from it`);
-    };
+  /**
+   * A restore from an image that is still arriving (issue 20 item 3: a rejoining follower parses the leader's
+   * snapshot while it is received instead of after): `image` is the buffer the bytes land in, whole-sized from the
+   * start; advance(available) reads what its first `available` bytes hold, and install() replaces the state once
+   * all of it was read. Until install() this state machine is untouched, and a bad image throws ESTORE_CORRUPT
+   * from advance() as restore() would.
+   */
+  stagedRestore(image: Uint8Array): StagedKvRestore {
     const r = new MsgpackReader(image);
-    const buckets = new Map<string, Bucket>();
-    const nonces = new Map<string, number>();
-    let nonceClock = 0;
-    let applied = 0;
-    try {
-      const fields = r.array();
-      const version = r.uint();
-      if (version === 1) {
-        throw new StoreError(StoreErrorCode.formatVersion, 'KV snapshot image has format 1 (KV revisions numbered by the Raft index); this membershipd numbers them per bucket and cannot convert it: see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md');
-      }
-      const plain = fields === 3 && version === SNAPSHOT_VERSION;
-      const withNonces = fields === 4 && version === SNAPSHOT_VERSION_NONCES;
-      if (!plain && !withNonces) return bad('header');
-      applied = r.uint();
-      for (let n = r.array(); n > 0; n--) {
-        const b = yield* readBucket(r);
-        if (typeof b === 'string') return bad(b);
-        if (buckets.has(b.name)) return bad('bucket listed twice');
-        buckets.set(b.name, b);
-      }
-      if (withNonces) {
-        if (r.array() !== 2) return bad('nonce record');
-        nonceClock = r.uint();
-        for (let n = r.array(); n > 0; n--) {
-          if (r.array() !== 2) return bad('nonce claim');
-          const id = r.str();
-          nonces.set(id, r.uint());
+    r.setLimit(0);
+    const parse = parseImage(image, r);
+    let result: ParsedImage | undefined;
+    return {
+      advance: (available: number): boolean => {
+        if (result !== undefined) return true;
+        r.setLimit(available);
+        // Bounded: every step reads bytes or yields 'more', and the bytes are bounded by `available`.
+        for (;;) {
+          const step = parse.next();
+          if (step.done) {
+            result = step.value;
+            return true;
+          }
+          if (step.value === 'more') return false;
         }
-      }
-      if (!r.done) return bad(`${image.length - r.offset} bytes after the image`);
-    } catch (err) {
-      if (err instanceof ImageFormatError) return bad(err.message);
-      throw err;
-    }
+      },
+      install: (): void => {
+        if (result === undefined) throw new StoreError(StoreErrorCode.badRequest, 'a staged snapshot restore was installed before its image was read whole');
+        this.adopt(result);
+      },
+    };
+  }
+
+  /** The parsed image becomes the state (the last step of every restore). */
+  private adopt(p: ParsedImage): void {
     this.buckets.clear();
     this.fieldIndex.clear();
-    for (const [k, b] of buckets) this.buckets.set(k, b);
+    for (const [k, b] of p.buckets) this.buckets.set(k, b);
     this.nonces.clear();
     this.oldestClaim = Number.POSITIVE_INFINITY;
-    for (const [id, at] of nonces) this.recordClaim({ id, at });
-    this.nonceClock = nonceClock;
-    this.applied = applied;
+    for (const [id, at] of p.nonces) this.recordClaim({ id, at });
+    this.nonceClock = p.nonceClock;
+    this.applied = p.applied;
+  }
+}
+
+/** A restore fed by an arriving image (KvStateMachine.stagedRestore). */
+export interface StagedKvRestore {
+  /** Reads what the first `available` bytes of the image hold; true once the whole image was read. */
+  advance(available: number): boolean;
+  /** Replaces the state machine's state with the image read (after advance returned true). */
+  install(): void;
+}
+
+/** A snapshot image read into new tables, not yet the state. */
+interface ParsedImage {
+  readonly buckets: Map<string, Bucket>;
+  readonly nonces: Map<string, number>;
+  readonly nonceClock: number;
+  readonly applied: number;
+}
+
+/**
+ * What a restore's parse yields: undefined, a pause between keys (a yielding restore lets the event loop run);
+ * 'more', the bytes available so far are read (a staged restore waits for the next piece, at the start of the unit
+ * it could not finish: MsgpackReader.seek).
+ */
+type RestoreStep = undefined | 'more';
+
+/** `read()` from the reader's offset, read again from there after each MoreBytesNeeded until the bytes are in. */
+function* whole<T>(r: MsgpackReader, read: () => T): Generator<RestoreStep, T, void> {
+  const start = r.offset;
+  for (;;) {
+    try {
+      return read();
+    } catch (err) {
+      if (!(err instanceof MoreBytesNeeded)) throw err;
+      r.seek(start);
+      yield 'more';
+    }
+  }
+}
+
+/** Reads the image straight into new entry tables (msgpack_reader.ts), pausing (yield) every few hundred keys. */
+function* parseImage(image: Uint8Array, r: MsgpackReader): Generator<RestoreStep, ParsedImage, void> {
+  const bad = (why: string): never => {
+    throw new StoreError(StoreErrorCode.corrupt, `KV snapshot image is invalid: ${why}; the node cannot start from it`);
+  };
+  const buckets = new Map<string, Bucket>();
+  const nonces = new Map<string, number>();
+  let nonceClock = 0;
+  try {
+    const head = yield* whole(r, () => ({ fields: r.array(), version: r.uint(), applied: r.uint(), buckets: r.array() }));
+    if (head.version === 1) {
+      throw new StoreError(StoreErrorCode.formatVersion, 'KV snapshot image has format 1 (KV revisions numbered by the Raft index); this membershipd numbers them per bucket and cannot convert it: see "Upgrading to per-bucket KV revisions" in deploy/cluster/RUNBOOK.md');
+    }
+    const plain = head.fields === 3 && head.version === SNAPSHOT_VERSION;
+    const withNonces = head.fields === 4 && head.version === SNAPSHOT_VERSION_NONCES;
+    if (!plain && !withNonces) return bad('header');
+    for (let n = head.buckets; n > 0; n--) {
+      const b = yield* readBucket(r);
+      if (typeof b === 'string') return bad(b);
+      if (buckets.has(b.name)) return bad('bucket listed twice');
+      buckets.set(b.name, b);
+    }
+    if (withNonces) {
+      const record = yield* whole(r, () => {
+        if (r.array() !== 2) return 'nonce record';
+        const clock = r.uint();
+        const claims: [string, number][] = [];
+        for (let n = r.array(); n > 0; n--) {
+          if (r.array() !== 2) return 'nonce claim';
+          const id = r.str();
+          claims.push([id, r.uint()]);
+        }
+        return { clock, claims };
+      });
+      if (typeof record === 'string') return bad(record);
+      nonceClock = record.clock;
+      for (const [id, at] of record.claims) nonces.set(id, at);
+    }
+    if (!r.done) return bad(`${image.length - r.offset} bytes after the image`);
+    return { buckets, nonces, nonceClock, applied: head.applied };
+  } catch (err) {
+    if (err instanceof ImageFormatError) return bad(err.message);
+    throw err;
+  } finally {
+    // The last key's rows are views of the image: a module-level array must not keep hundreds of MB alive.
+    keyRows.length = 0;
   }
 }
 
@@ -836,48 +923,86 @@ function* writeBucket(w: MsgpackWriter, b: FrozenBucket, keysPerStep: number): G
 /** Keys read between two pauses of a yielding restore. */
 const restoreKeysPerStep = 256;
 
+/** One key's entries as read (oldest first), before any is put in a table: a key cut by MoreBytesNeeded is read again. */
+const keyRows: EntryRow[] = [];
+
+/** One key of a bucket image: its name (its entries in keyRows), or what is wrong with it as `[why]`. */
+function readKey(r: MsgpackReader): string | [string] {
+  keyRows.length = 0;
+  if (r.array() !== 2) return ['key'];
+  const key = r.str();
+  const depth = r.array();
+  if (depth === 0) return ['key without entries'];
+  for (let e = 0; e < depth; e++) {
+    if (r.array() !== 6) return ['entry'];
+    const op = r.uint();
+    if (op > 2) return ['entry op'];
+    const value = r.bin();
+    const revision = r.uint();
+    const index = r.uint();
+    const ts = r.uint();
+    const hdrBytes = r.uint();
+    keyRows.push({ op: op as EntryOp, value, revision, index, ts, hdrBytes });
+  }
+  return key;
+}
+
 /** One bucket of a snapshot image (see writeBucket), or what is wrong with it; pauses every few hundred keys. */
-function* readBucket(r: MsgpackReader): Generator<void, Bucket | string, void> {
-  if (r.array() !== 7) return 'bucket';
-  const name = r.str();
-  if (r.array() !== 6) return 'bucket config';
-  const [history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs] = [r.uint(), r.uint(), r.uint(), r.uint(), r.uint(), r.uint()];
-  const config: BucketConfig = { history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs };
-  const created = r.uint();
-  const seq = r.uint();
+function* readBucket(r: MsgpackReader): Generator<RestoreStep, Bucket | string, void> {
+  const head = yield* whole(r, () => {
+    if (r.array() !== 7) return 'bucket';
+    const name = r.str();
+    if (r.array() !== 6) return 'bucket config';
+    const [history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs] = [r.uint(), r.uint(), r.uint(), r.uint(), r.uint(), r.uint()];
+    const config: BucketConfig = { history, valueBytesMax, bytesMax, keyBytesMax, maxAgeMs, duplicateWindowMs };
+    return { name, config, created: r.uint(), seq: r.uint(), keys: r.array() };
+  });
+  if (typeof head === 'string') return head;
+  const name = head.name;
   const keys = new EntryTable();
   let bytes = 0;
   let values = 0;
-  for (let n = r.array(), k = 0; k < n; k++) {
+  for (let k = 0; k < head.keys; k++) {
     if (k % restoreKeysPerStep === restoreKeysPerStep - 1) yield;
-    if (r.array() !== 2) return 'key';
-    const key = r.str();
-    if (keys.latest(key) >= 0) return 'key listed twice';
-    const depth = r.array();
-    if (depth === 0) return 'key without entries';
-    for (let e = 0; e < depth; e++) {
-      if (r.array() !== 6) return 'entry';
-      const op = r.uint();
-      if (op > 2) return 'entry op';
-      const value = r.bin();
-      const revision = r.uint();
-      const index = r.uint();
-      const ts = r.uint();
-      const hdrBytes = r.uint();
-      // Oldest first, as written: each is appended as the key's newest (the table copies the value into a slab).
-      keys.append(key, { op: op as EntryOp, value, revision, index, ts, hdrBytes }, 0);
-      bytes += storedBytes(name, key, hdrBytes, value.length);
+    const start = r.offset;
+    let key: string | [string];
+    // Inline rather than whole(): a closure per key cost a few % of a million-key restore.
+    for (;;) {
+      try {
+        key = readKey(r);
+        break;
+      } catch (err) {
+        if (!(err instanceof MoreBytesNeeded)) throw err;
+        r.seek(start);
+        yield 'more';
+      }
+    }
+    if (typeof key !== 'string') return key[0];
+    // Oldest first, as written: each is appended as the key's newest (the table copies the value into a slab).
+    for (let e = 0; e < keyRows.length; e++) {
+      const row = keyRows[e]!;
+      if (e === 0) {
+        if (keys.appendNewKey(key, row) < 0) return 'key listed twice';
+      } else {
+        keys.append(key, row, 0);
+      }
+      bytes += storedBytes(name, key, row.hdrBytes, row.value.length);
       values++;
     }
   }
-  const stream = copyBytes(r.bin());
-  const msgIds = new Map<string, { readonly revision: number; readonly ts: number }>();
-  for (let n = r.array(); n > 0; n--) {
-    if (r.array() !== 3) return 'msg id';
-    const id = r.str();
-    msgIds.set(id, { revision: r.uint(), ts: r.uint() });
-  }
-  return { name, config, stream, created, seq, bytes, values, keys, msgIds };
+  const tail = yield* whole(r, () => {
+    const stream = r.bin();
+    const msgIds = new Map<string, { readonly revision: number; readonly ts: number }>();
+    for (let n = r.array(); n > 0; n--) {
+      if (r.array() !== 3) return 'msg id';
+      const id = r.str();
+      msgIds.set(id, { revision: r.uint(), ts: r.uint() });
+    }
+    return { stream, msgIds };
+  });
+  if (typeof tail === 'string') return tail;
+  keyRows.length = 0;
+  return { name, config: head.config, stream: copyBytes(tail.stream), created: head.created, seq: head.seq, bytes, values, keys, msgIds: tail.msgIds };
 }
 
 /** A KV key against a key pattern split on '.', with NATS wildcards ('*' one token, '>' the rest). */

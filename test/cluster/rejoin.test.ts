@@ -250,6 +250,7 @@ t.test('a wiped follower with small state rejoins; 503 until it has the data, 20
   const f = await wipeAndRejoin(t, trio, victim, 500, 60_000);
   t.ok(f.polls > 0);
   t.ok(trio.members[victim]!.node!.metrics.snapshotsInstalled > 0, 'it was sent a snapshot (the leader\'s log was compacted)');
+  t.match(trio.members[victim]!.node!.status.metricsText(), /^membershipd_snapshot_stream_staged_installs_total [1-9]/m, 'installed from the parse done while it was received (staged_restore.ts)');
   const streamed = /^membershipd_snapshot_stream_received_bytes_total (\d+)$/m.exec(trio.members[victim]!.node!.status.metricsText());
   t.ok(Number(streamed?.[1]) > 0, `the snapshot came as its file, streamed in chunks over the TLS route (${streamed?.[1]} bytes)`);
   const lead = trio.members[leaderIndex(trio)]!.node!;

@@ -8,9 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EntryType, MessageType, type Message } from '../../raft/index.js';
 import { crc32 } from 'node:zlib';
-import { RaftStorage, snapshotRefData } from '../../store/index.js';
+import { encodeKvCommand, KvStateMachine, RaftStorage, snapshotRefData } from '../../store/index.js';
 import { FrameParser, encodeFrame, type RouteFrame } from '../../transport/index.js';
 import { SnapshotStream } from '../../src/node/snapshot_stream.js';
+import { SnapshotStaging } from '../../src/node/staged_restore.js';
+import { AppliedSessions, decodeNodeSnapshot, writeNodeSnapshot } from '../../src/node/sessions.js';
 import { decodeNodeFrame } from '../../src/node/wire.js';
 import { silentLogger } from '../../src/log.js';
 import { waitFor } from '../support/wait.js';
@@ -59,9 +61,9 @@ function network(filter: (f: RouteFrame, from: string, to: string) => RouteFrame
     });
     return true;
   };
-  const add = (name: string, storage: RaftStorage): SnapshotStream => {
+  const add = (name: string, storage: RaftStorage, staging = new SnapshotStaging()): SnapshotStream => {
     const s = new SnapshotStream({
-      storage, log: silentLogger(), chunkBytes: 64 << 10, windowBytes: 256 << 10,
+      storage, log: silentLogger(), chunkBytes: 64 << 10, windowBytes: 256 << 10, staging,
       send: (peer, f) => send(name, peer, f),
       reportFailure: (m) => failures.push(m),
       deliver: (_peer, data) => {
@@ -80,9 +82,9 @@ function network(filter: (f: RouteFrame, from: string, to: string) => RouteFrame
   };
 }
 
-function pair(sender: RaftStorage, receiver: RaftStorage, filter?: (f: RouteFrame, from: string, to: string) => RouteFrame | null) {
+function pair(sender: RaftStorage, receiver: RaftStorage, filter?: (f: RouteFrame, from: string, to: string) => RouteFrame | null, staging?: SnapshotStaging) {
   const net = network(filter);
-  return { net, a: net.add('a', sender), b: net.add('b', receiver), delivered: net.delivered };
+  return { net, a: net.add('a', sender), b: net.add('b', receiver, staging), delivered: net.delivered };
 }
 
 const recvFiles = (dir: string): string[] => readdirSync(join(root, dir, 'snap')).filter((n) => n.includes('.recv'));
@@ -110,6 +112,45 @@ t.test('a whole transfer: the follower gets the file, Raft gets the message, the
   t.same(recvFiles('whole-b'), [], 'no receive file left once adopted');
   t.equal(follower.snapshot().meta.index, 20);
   await Promise.all([p.net.close(), lead.close(), follower.close()]);
+});
+
+t.test('a node snapshot is parsed while it is received: the staged state is the leader\'s, installed without reading the file', async (t) => {
+  const sm = new KvStateMachine();
+  let i = 0;
+  sm.apply(++i, encodeKvCommand({ op: 'bucket.create', bucket: 'b', config: { history: 2 }, ts: 1 }));
+  for (let k = 0; k < 6000; k++) sm.apply(++i, encodeKvCommand({ op: 'put', bucket: 'b', key: `k.${k % 5000}`, value: Buffer.alloc(200, k), ts: 10 + k }));
+  const data = writeNodeSnapshot(sm, new AppliedSessions());
+  const lead = await RaftStorage.open(join(root, 'staged-a'));
+  const entries = Array.from({ length: i }, (_, k) => ({ term: 3, index: k + 1, type: EntryType.normal, data: Buffer.from([k & 0xff]) }));
+  await lead.save({ hardState: { term: 3, vote: 1, commit: i }, entries });
+  await lead.createSnapshot(i, conf, data);
+  const follower = await RaftStorage.open(join(root, 'staged-b'));
+  const staging = new SnapshotStaging();
+  const target = new KvStateMachine();
+  staging.target = target;
+  const p = pair(lead, follower, undefined, staging);
+  p.a.offer('b', snapMessage(1, 3, i));
+  await waitFor(() => p.delivered.length === 1, { what: 'the snapshot message delivered' });
+  t.ok(p.b.counters.chunksReceived > 10, `received in ${p.b.counters.chunksReceived} chunks, parsed as they came`);
+  t.equal(staging.take(i, 3 + 1), undefined, 'a different snapshot (term) is not the staged one: the install reads the file');
+  t.equal(staging.take(i, 3), undefined, 'and the staging was taken by that install');
+  // Again, and this time Raft installs the staged snapshot itself.
+  const again = await RaftStorage.open(join(root, 'staged-c'));
+  const staging2 = new SnapshotStaging();
+  const target2 = new KvStateMachine();
+  staging2.target = target2;
+  const q = pair(lead, again, undefined, staging2);
+  q.a.offer('b', snapMessage(1, 3, i));
+  await waitFor(() => q.delivered.length === 1, { what: 'the snapshot message delivered' });
+  const staged = staging2.take(i, 3);
+  t.ok(staged !== undefined, 'the staged parse is complete when the message is delivered');
+  t.equal(target2.appliedIndex, 0, 'nothing installed before the install');
+  staged!.install();
+  t.same(Buffer.from(target2.snapshot()), Buffer.from(sm.snapshot()), 'the staged state is the leader\'s');
+  t.same(staged!.sessions, decodeNodeSnapshot(data).sessions, 'with the session table of the snapshot');
+  t.equal(staging2.counts.installed, 1);
+  t.equal(target.appliedIndex, 0, 'the first follower\'s state machine was never touched');
+  await Promise.all([p.net.close(), q.net.close(), lead.close(), follower.close(), again.close()]);
 });
 
 t.test('a link broken mid-transfer abandons it on both sides; the next offer starts again and completes', async (t) => {
