@@ -18,7 +18,8 @@ import type { InterestChange, LocalPublish, NatsClusterPort, RouteMessage } from
 import type { Permissions } from '../auth/index.js';
 import { subjectMatches } from '../nats/index.js';
 import type { KvBackend } from './backend.js';
-import { ConsumerRegistry, defaultConsumerLimits, entryHeaderFields, parseConsumerCreate, type ConsumerLimits } from './consumers.js';
+import { defaultConsumerLimits, parseConsumerCreate, type ConsumerLimits } from './consumer_spec.js';
+import { ConsumerRegistry, entryHeaderFields } from './consumers.js';
 import { jsErrors, type JsApiError } from './errors.js';
 import { bucketOverlaps, parseStreamCreate, streamConfig, streamState, type StreamLimits, type StreamView } from './streams.js';
 import {
