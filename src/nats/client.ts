@@ -8,7 +8,7 @@ import { Parser, type ParseFailure, type ParserHandler, type PubArgs } from './p
 import {
   encodedErrors, errLine, publishViolationText, replyViolationText, subscribeViolationText, type ProtocolErrorName,
 } from './protocol_errors.js';
-import type { ServerCore } from './server.js';
+import type { ServerCore } from './server_core.js';
 import { hasWildcard, isValidPublishSubject, isValidSubject } from './subject.js';
 import { matchLiteral, type SublistItem } from './sublist.js';
 import type { ClientTransport } from './transport.js';
