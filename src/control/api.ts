@@ -8,27 +8,28 @@
 // existing spec is a conflict pointing to `user update`; updates and removes are compare-and-set on the revision
 // read, so two concurrent admins never overwrite each other silently. Every request that passed the admin check
 // and names a target is recorded in the audit bucket with its result.
+//
+// This file is the request path (envelope, admin check, dispatch, errors), the nonce claims and the audit trail;
+// the verbs on the users and roles buckets are in user_verbs.ts and role_verbs.ts, request types in admin_request.ts.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { KvCommand, KvEntry, KvGuard, KvResult, KvWriteCommand, NonceClaim } from '../../store/index.js';
 import { KvErrorCode } from '../../store/index.js';
 import type { LocalPublish, NatsClusterPort } from '../nats/index.js';
-import { builtinAdminRole, hashPassword, isPasswordHash, isValidPublicKey, verifyPassword, type PrincipalSource, type ScryptFunction, type ScryptParams } from '../auth/index.js';
+import { builtinAdminRole, type PrincipalSource, type ScryptFunction, type ScryptParams } from '../auth/index.js';
 import { ScryptPool } from '../auth/scrypt_pool.js';
 import type { KvBackend } from '../kv/backend.js';
 import { MembershipdError } from '../errors.js';
 import {
-  auditKey, controlBuckets, credentialKind, decodeValue, encodeValue, nameProblem, roleListProblem, rolePermissionProblem, schemaVersion, serviceGrantProblem,
-  validateAudit, validateNode, validateRole, validateUser, type AuditValue, type RoleRules, type RoleValue, type UserValue,
+  AdminError, AdminErrorCode, type AdminContext, type AdminHandler, type AdminReply, type AdminResult, type VerbContext,
+} from './admin_request.js';
+import {
+  auditKey, controlBuckets, decodeValue, encodeValue, schemaVersion, validateAudit, validateNode, validateRole, validateUser,
+  type AuditValue, type RoleValue, type UserValue,
 } from './buckets.js';
 import { EnvelopeVerifier, replayMessage } from './envelope.js';
-
-/** A user's credential as an admin request gives it. */
-interface Credential {
-  readonly password?: string;
-  readonly passwordHash?: string;
-  readonly nkey?: string;
-}
+import { registerRoleVerbs } from './role_verbs.js';
+import { registerUserVerbs } from './user_verbs.js';
 
 export const apiPrefix = '$UB.API.';
 
@@ -44,42 +45,6 @@ export function isSharedInbox(reply: string): boolean {
 const sharedInboxMessage = 'admin requests must carry a private reply inbox, not the shared _INBOX. prefix that any role granting '
   + 'subscribe _INBOX.> can read: use the membershipd CLI (a random per-connection prefix) or connect with inboxPrefix set';
 
-export const AdminErrorCode = {
-  badRequest: 'bad_request',
-  forbidden: 'forbidden',
-  notFound: 'not_found',
-  conflict: 'conflict',
-  inUse: 'in_use',
-  unavailable: 'unavailable',
-  internal: 'internal',
-} as const;
-export type AdminErrorCode = (typeof AdminErrorCode)[keyof typeof AdminErrorCode];
-
-/** A refusal a handler throws; becomes `{ error: { code, message } }`. */
-export class AdminError extends MembershipdError {
-  constructor(code: AdminErrorCode, message: string) {
-    super(code, message);
-  }
-}
-
-export type AdminResult = 'created' | 'unchanged' | 'updated' | 'removed';
-export type AdminReply = ({ readonly result?: AdminResult } & Record<string, unknown>) | { readonly error: { readonly code: string; readonly message: string } };
-
-export interface AdminContext {
-  /** Principal for audit: `internal:N…` or the admin user's name. */
-  readonly who: string;
-  readonly subject: string;
-  /**
-   * The request's nonce claim (envelope.ts). It goes into the first replicated command the request makes (the
-   * change itself, or its audit record), or into a claim of its own before the handler runs; `consumed` once
-   * the state machine has recorded it. A replay of the request is refused by that command on every node.
-   */
-  readonly replay?: { readonly claim: NonceClaim; consumed: boolean };
-}
-
-/** A handler gets the parsed JSON body; it returns the reply or throws AdminError. */
-export type AdminHandler = (body: Record<string, unknown>, ctx: AdminContext) => Promise<Record<string, unknown>>;
-
 export interface ControlApiOptions {
   readonly backend: KvBackend;
   readonly logger: Logger;
@@ -93,58 +58,6 @@ export interface ControlApiOptions {
 }
 
 const enc = new TextEncoder();
-
-function str(body: Record<string, unknown>, field: string, required: true): string;
-function str(body: Record<string, unknown>, field: string, required: false): string | undefined;
-function str(body: Record<string, unknown>, field: string, required: boolean): string | undefined {
-  const v = body[field];
-  if (v === undefined) {
-    if (required) throw new AdminError('bad_request', `"${field}" is required`);
-    return undefined;
-  }
-  if (typeof v !== 'string') throw new AdminError('bad_request', `"${field}" must be a string`);
-  return v;
-}
-
-function strList(body: Record<string, unknown>, field: string): string[] | undefined {
-  const v = body[field];
-  if (v === undefined) return undefined;
-  if (!Array.isArray(v) || !v.every((s): s is string => typeof s === 'string')) throw new AdminError('bad_request', `"${field}" must be a list of strings`);
-  return v;
-}
-
-function bool(body: Record<string, unknown>, field: string): boolean | undefined {
-  const v = body[field];
-  if (v === undefined) return undefined;
-  if (typeof v !== 'boolean') throw new AdminError('bad_request', `"${field}" must be true or false`);
-  return v;
-}
-
-function sameSet(a: readonly string[], b: readonly string[]): boolean {
-  const x = [...new Set(a)].sort();
-  const y = [...new Set(b)].sort();
-  return x.length === y.length && x.every((s, i) => s === y[i]);
-}
-
-/** The user as shown to admins: never a hash. */
-export function publicUser(u: UserValue): Record<string, unknown> {
-  return {
-    name: u.name, credential: credentialKind(u), ...(u.nkey !== undefined ? { nkey: u.nkey } : {}),
-    roles: u.roles, disabled: u.disabled, created: new Date(u.created).toISOString(), updated: new Date(u.updated).toISOString(), by: u.by,
-  };
-}
-
-export function publicRole(r: RoleValue): Record<string, unknown> {
-  return {
-    name: r.name, publish: r.publish, subscribe: r.subscribe, allow_responses: r.allow_responses, admin: r.admin,
-    ...(r.services !== undefined ? { services: r.services } : {}), ...(r.services_read === true ? { services_read: true } : {}),
-    created: new Date(r.created).toISOString(), updated: new Date(r.updated).toISOString(), by: r.by,
-  };
-}
-
-const builtinAdminView = {
-  name: builtinAdminRole, publish: { allow: ['>'], deny: [] }, subscribe: { allow: ['>'], deny: [] }, allow_responses: true, admin: true, builtin: true,
-};
 
 export class ControlApi {
   /** Replies whose audit record went out in the same txn as the change. */
@@ -187,8 +100,20 @@ export class ControlApi {
     this.verifier = new EnvelopeVerifier(this.now);
     const k = options.internalKeys;
     this.localKeys = typeof k === 'function' ? k : () => k;
-    this.registerUsers();
-    this.registerRoles();
+    const verbs: VerbContext = {
+      backend: this.backend,
+      now: this.now,
+      register: (area, verb, handler) => this.register(area, verb, handler),
+      audited: (ctx, what, target, fn, detail) => this.audited(ctx, what, target, fn, detail),
+      proposeAudited: (ctx, what, target, result, detail, write, guards) => this.proposeAudited(ctx, what, target, result, detail, write, guards),
+      recorded: (reply) => this.recorded(reply),
+      keysOf: (bucket) => this.keysOf(bucket),
+      user: (name) => this.user(name),
+      role: (name) => this.role(name),
+    };
+    registerUserVerbs(verbs, { scrypt: options.scrypt, scryptFn: this.scryptFn });
+    registerRoleVerbs(verbs);
+    this.registerAudit();
   }
 
   /**
@@ -421,318 +346,7 @@ export class ControlApi {
     return { value, revision: e.revision };
   }
 
-  private checkRolesExist(roles: readonly string[]): void {
-    const p = roleListProblem(roles);
-    if (p !== undefined) throw new AdminError('bad_request', p);
-    for (const r of roles) {
-      if (r !== builtinAdminRole && this.role(r) === undefined) {
-        throw new AdminError('not_found', `role ${r} does not exist; create it first with "membershipd role add ${r} …"`);
-      }
-    }
-  }
-
-  // ---- users ----
-
-  private userName(body: Record<string, unknown>): string {
-    const name = str(body, 'name', true);
-    const p = nameProblem('user', name);
-    if (p !== undefined) throw new AdminError('bad_request', p);
-    return name;
-  }
-
-  /**
-   * The credential of a user add/update: `password_hash` (a scrypt hash: what the membershipd CLI sends, so the
-   * password itself never crosses the bus, where any `$UB.API.>` subscriber would read it), `password` (cleartext,
-   * still accepted from other API clients) or `nkey`.
-   */
-  private credentialOf(body: Record<string, unknown>, required: boolean): Credential | undefined {
-    const password = str(body, 'password', false);
-    const passwordHash = str(body, 'password_hash', false);
-    const nkey = str(body, 'nkey', false);
-    if ([password, passwordHash, nkey].filter((x) => x !== undefined).length > 1) throw new AdminError('bad_request', 'give one credential: a password, a password hash or an nkey');
-    if (password === undefined && passwordHash === undefined && nkey === undefined) {
-      if (required) throw new AdminError('bad_request', 'a credential is required: --password-stdin, --password-file or --nkey');
-      return undefined;
-    }
-    if (password !== undefined && (password.length === 0 || password.length > 1024)) throw new AdminError('bad_request', 'a password has 1..1024 characters');
-    if (passwordHash !== undefined && !isPasswordHash(passwordHash)) {
-      throw new AdminError('bad_request', 'password_hash is not a scrypt hash (scrypt$N$r$p$salt$hash) or a generated$ hash of a node-generated password');
-    }
-    if (nkey !== undefined && !isValidPublicKey(nkey, ['user'])) throw new AdminError('bad_request', `nkey ${JSON.stringify(nkey.slice(0, 60))} is not an NKey user public key (56 characters starting with U)`);
-    return password !== undefined ? { password } : passwordHash !== undefined ? { passwordHash } : { nkey: nkey! };
-  }
-
-  /**
-   * Does the stored user have exactly this credential? A cleartext password is verified against the stored hash;
-   * a hash equals the stored one only when made with the stored salt (USER.SALT hands it to the CLI for that).
-   */
-  private async sameCredential(u: UserValue, c: Credential): Promise<boolean> {
-    if (c.nkey !== undefined) return u.nkey === c.nkey;
-    if (c.passwordHash !== undefined) return u.password === c.passwordHash;
-    return u.password !== undefined && (await verifyPassword(c.password!, u.password, this.scryptFn));
-  }
-
-  /** The stored form of a new credential. */
-  private async storedCredential(c: Credential): Promise<{ password: string } | { nkey: string }> {
-    if (c.nkey !== undefined) return { nkey: c.nkey };
-    return { password: c.passwordHash ?? (await hashPassword(c.password!, this.options.scrypt, this.scryptFn)) };
-  }
-
-  /** What must hold when a user record applies: its roles exist, its nkey is nobody else's. */
-  private userGuards(u: UserValue, name: string): KvGuard[] {
-    const guards: KvGuard[] = u.roles.filter((r) => r !== builtinAdminRole).map((r) => ({ bucket: controlBuckets.roles, key: r, present: true }));
-    if (u.nkey !== undefined) guards.push({ bucket: controlBuckets.users, field: 'nkey', equals: u.nkey, except: name });
-    return guards;
-  }
-
-  /** Maps a failed userGuards() guard to the operator's error. */
-  private throwGuardFailure(r: KvResult, nkey: string | undefined): void {
-    if (r.ok) return;
-    if (r.code === KvErrorCode.keyNotFound) throw new AdminError('not_found', `role ${r.key} does not exist; create it first with "membershipd role add ${r.key} …"`);
-    if (r.code === KvErrorCode.valueTaken) throw new AdminError('conflict', `nkey ${nkey} already belongs to user ${r.key}`);
-  }
-
-  private registerUsers(): void {
-    this.register('USER', 'ADD', async (body, ctx) => {
-      const name = this.userName(body);
-      const roles = strList(body, 'roles') ?? [];
-      const detail = { roles, credential: body.nkey !== undefined ? 'nkey' : 'password' };
-      // (`password_hash` is recorded as 'password': the audit names the kind of credential, never its value.)
-      return this.audited(ctx, 'user.add', name, async () => {
-        const cred = this.credentialOf(body, true)!;
-        const problem = roleListProblem(roles);
-        if (problem !== undefined) throw new AdminError('bad_request', problem);
-        const compare = async (existing: UserValue): Promise<{ result: 'unchanged'; user: Record<string, unknown> }> => {
-          if (!existing.disabled && sameSet(existing.roles, roles) && (await this.sameCredential(existing, cred))) return { result: 'unchanged', user: publicUser(existing) };
-          throw new AdminError('conflict', `user ${name} already exists with a different specification; add never overwrites: use "membershipd user update ${name} …" to change it`);
-        };
-        // No ReadIndex round before the write: the txn's guards decide at apply time (roles exist,
-        // the name and the nkey are free). Only a name this node already knows is answered from a
-        // linearizable read, since `unchanged` must compare against the current record.
-        if (this.user(name) !== undefined) {
-          await this.backend.readBarrier();
-          const existing = this.user(name);
-          if (existing !== undefined) return compare(existing.value);
-        }
-        const ts = this.now();
-        const value: UserValue = {
-          v: schemaVersion, name,
-          ...(await this.storedCredential(cred)),
-          roles: [...new Set(roles)], disabled: false, created: ts, updated: ts, by: ctx.who,
-        };
-        validateUser(value);
-        const r = await this.proposeAudited(ctx, 'user.add', name, 'created', detail,
-          { op: 'create', bucket: controlBuckets.users, key: name, value: encodeValue(value), ts }, this.userGuards(value, name));
-        if (r.ok) return this.recorded({ result: 'created' as const, user: publicUser(value) });
-        if (r.code === KvErrorCode.keyExists && r.key === name) {
-          // The name was taken (by a concurrent add, or before this node heard of it); this node has
-          // applied that entry by now, so its record is the one to compare with.
-          const now = this.user(name);
-          if (now !== undefined) return compare(now.value);
-        }
-        this.throwGuardFailure(r, cred.nkey);
-        throw new AdminError('unavailable', `user ${name} was not written: ${r.message}`);
-      }, detail);
-    });
-
-    // The salt and scrypt parameters of a user's stored password (not secret: a salt only makes each hash unique),
-    // so that the CLI hashes a password the way the stored one was and `user add` of the same spec stays
-    // `unchanged` without the password ever leaving the CLI. `{}` when the user has no password.
-    this.register('USER', 'SALT', async (body) => {
-      const name = this.userName(body);
-      await this.backend.readBarrier();
-      const cur = this.user(name);
-      const stored = cur?.value.password;
-      if (stored === undefined) return {};
-      return { salt: stored.slice(0, stored.lastIndexOf('$')) };
-    });
-
-    this.register('USER', 'UPDATE', async (body, ctx) => {
-      const name = this.userName(body);
-      const roles = strList(body, 'roles');
-      const disabled = bool(body, 'disabled');
-      const detail = { ...(roles !== undefined ? { roles } : {}), ...(disabled !== undefined ? { disabled } : {}), ...(body.password !== undefined || body.password_hash !== undefined ? { credential: 'password' } : body.nkey !== undefined ? { credential: 'nkey' } : {}) };
-      return this.audited(ctx, 'user.update', name, async () => {
-        const cred = this.credentialOf(body, false);
-        if (cred === undefined && roles === undefined && disabled === undefined) {
-          throw new AdminError('bad_request', 'nothing to update: give a new credential, --role (replaces the roles), --no-roles, --disable or --enable');
-        }
-        await this.backend.readBarrier();
-        if (roles !== undefined) this.checkRolesExist(roles);
-        for (let attempt = 0; attempt < 5; attempt++) {
-          const cur = this.user(name);
-          if (cur === undefined) throw new AdminError('not_found', `user ${name} does not exist; create it with "membershipd user add ${name} …"`);
-          const u = cur.value;
-          const sameCred = cred === undefined || (await this.sameCredential(u, cred));
-          const nextRoles = roles === undefined ? u.roles : [...new Set(roles)];
-          const nextDisabled = disabled ?? u.disabled;
-          if (sameCred && sameSet(nextRoles, u.roles) && nextDisabled === u.disabled) return { result: 'unchanged', user: publicUser(u) };
-          const ts = this.now();
-          const { password: _p, nkey: _n, token: _t, ...rest } = u;
-          const credPart = sameCred
-            ? (u.password !== undefined ? { password: u.password } : u.nkey !== undefined ? { nkey: u.nkey } : { token: u.token! })
-            : await this.storedCredential(cred!);
-          const value: UserValue = { ...rest, ...credPart, roles: nextRoles, disabled: nextDisabled, updated: ts, by: ctx.who };
-          validateUser(value);
-          const guards = this.userGuards(value, name);
-          const r = await this.proposeAudited(ctx, 'user.update', name, 'updated', detail,
-            { op: 'update', bucket: controlBuckets.users, key: name, value: encodeValue(value), revision: cur.revision, ts }, guards);
-          if (r.ok) return this.recorded({ result: 'updated' as const, user: publicUser(value) });
-          this.throwGuardFailure(r, cred?.nkey);
-          if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `user ${name} was not updated: ${r.message}`);
-        }
-        throw new AdminError('conflict', `user ${name} kept changing while it was being updated; retry`);
-      }, detail);
-    });
-
-    this.register('USER', 'REMOVE', async (body, ctx) => {
-      const name = this.userName(body);
-      return this.audited(ctx, 'user.remove', name, async () => {
-        await this.backend.readBarrier();
-        for (let attempt = 0; attempt < 5; attempt++) {
-          const cur = this.user(name);
-          if (cur === undefined) throw new AdminError('not_found', `user ${name} does not exist`);
-          const r = await this.proposeAudited(ctx, 'user.remove', name, 'removed', undefined, { op: 'delete', bucket: controlBuckets.users, key: name, revision: cur.revision, ts: this.now() }, []);
-          if (r.ok) return this.recorded({ result: 'removed' as const, user: publicUser(cur.value) });
-          if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `user ${name} was not removed: ${r.message}`);
-        }
-        throw new AdminError('conflict', `user ${name} kept changing while it was being removed; retry`);
-      });
-    });
-
-    this.register('USER', 'LIST', async (body) => {
-      if (body.stale !== true) await this.backend.readBarrier();
-      const users = this.keysOf(controlBuckets.users).map((n) => this.user(n)).filter((u) => u !== undefined).map((u) => publicUser(u.value));
-      return { users };
-    });
-
-    this.register('USER', 'SHOW', async (body) => {
-      const name = this.userName(body);
-      if (body.stale !== true) await this.backend.readBarrier();
-      const u = this.user(name);
-      if (u === undefined) throw new AdminError('not_found', `user ${name} does not exist`);
-      return { user: publicUser(u.value) };
-    });
-  }
-
-  // ---- roles ----
-
-  private roleName(body: Record<string, unknown>, forWrite: boolean): string {
-    const name = str(body, 'name', true);
-    const p = nameProblem('role', name);
-    if (p !== undefined) throw new AdminError('bad_request', p);
-    if (forWrite && name === builtinAdminRole) throw new AdminError('bad_request', `role "${builtinAdminRole}" is built in (it grants everything) and cannot be changed`);
-    return name;
-  }
-
-  private rules(body: Record<string, unknown>, allowField: string, denyField: string, base?: RoleRules): RoleRules {
-    const allow = strList(body, allowField);
-    const deny = strList(body, denyField);
-    return { allow: allow ?? base?.allow ?? [], deny: deny ?? base?.deny ?? [] };
-  }
-
-  private roleSpec(body: Record<string, unknown>, base?: RoleValue): Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses' | 'admin' | 'services' | 'services_read'> {
-    const spec = {
-      publish: this.rules(body, 'pub_allow', 'pub_deny', base?.publish),
-      subscribe: this.rules(body, 'sub_allow', 'sub_deny', base?.subscribe),
-      allow_responses: bool(body, 'allow_responses') ?? base?.allow_responses ?? false,
-      admin: bool(body, 'admin') ?? base?.admin ?? false,
-    };
-    const p = rolePermissionProblem(spec);
-    if (p !== undefined) throw new AdminError('bad_request', p);
-    // Service presence grants (src/services); absent when unused, so roles without them keep their exact shape.
-    const services = strList(body, 'services') ?? base?.services ?? [];
-    const sp = serviceGrantProblem(services);
-    if (sp !== undefined) throw new AdminError('bad_request', sp);
-    const servicesRead = bool(body, 'services_read') ?? base?.services_read ?? false;
-    return { ...spec, ...(services.length > 0 ? { services: [...new Set(services)] } : {}), ...(servicesRead ? { services_read: true } : {}) };
-  }
-
-  private static sameRole(a: Pick<RoleValue, 'publish' | 'subscribe' | 'allow_responses' | 'admin' | 'services' | 'services_read'>, b: typeof a): boolean {
-    return sameSet(a.publish.allow, b.publish.allow) && sameSet(a.publish.deny, b.publish.deny) && sameSet(a.subscribe.allow, b.subscribe.allow)
-      && sameSet(a.subscribe.deny, b.subscribe.deny) && a.allow_responses === b.allow_responses && a.admin === b.admin
-      && sameSet(a.services ?? [], b.services ?? []) && (a.services_read ?? false) === (b.services_read ?? false);
-  }
-
-  private registerRoles(): void {
-    this.register('ROLE', 'ADD', async (body, ctx) => {
-      const name = this.roleName(body, true);
-      return this.audited(ctx, 'role.add', name, async () => {
-        const spec = this.roleSpec(body);
-        await this.backend.readBarrier();
-        const compare = (existing: RoleValue): { result: 'unchanged'; role: Record<string, unknown> } => {
-          if (ControlApi.sameRole(existing, spec)) return { result: 'unchanged', role: publicRole(existing) };
-          throw new AdminError('conflict', `role ${name} already exists with different permissions; add never overwrites: use "membershipd role update ${name} …" to change it`);
-        };
-        const existing = this.role(name);
-        if (existing !== undefined) return compare(existing.value);
-        const ts = this.now();
-        const value: RoleValue = { v: schemaVersion, name, ...spec, created: ts, updated: ts, by: ctx.who };
-        validateRole(value);
-        const r = await this.proposeAudited(ctx, 'role.add', name, 'created', { ...body }, { op: 'create', bucket: controlBuckets.roles, key: name, value: encodeValue(value), ts }, []);
-        if (r.ok) return this.recorded({ result: 'created' as const, role: publicRole(value) });
-        if (r.code === KvErrorCode.keyExists) {
-          const now = this.role(name);
-          if (now !== undefined) return compare(now.value);
-        }
-        throw new AdminError('unavailable', `role ${name} was not written: ${r.message}`);
-      }, { ...body });
-    });
-
-    this.register('ROLE', 'UPDATE', async (body, ctx) => {
-      const name = this.roleName(body, true);
-      return this.audited(ctx, 'role.update', name, async () => {
-        await this.backend.readBarrier();
-        for (let attempt = 0; attempt < 5; attempt++) {
-          const cur = this.role(name);
-          if (cur === undefined) throw new AdminError('not_found', `role ${name} does not exist; create it with "membershipd role add ${name} …"`);
-          const spec = this.roleSpec(body, cur.value);
-          if (ControlApi.sameRole(cur.value, spec)) return { result: 'unchanged', role: publicRole(cur.value) };
-          const ts = this.now();
-          const value: RoleValue = { ...cur.value, ...spec, updated: ts, by: ctx.who };
-          validateRole(value);
-          const r = await this.proposeAudited(ctx, 'role.update', name, 'updated', { ...body },
-            { op: 'update', bucket: controlBuckets.roles, key: name, value: encodeValue(value), revision: cur.revision, ts }, []);
-          if (r.ok) return this.recorded({ result: 'updated' as const, role: publicRole(value) });
-          if (r.code !== KvErrorCode.wrongRevision) throw new AdminError('unavailable', `role ${name} was not updated: ${r.message}`);
-        }
-        throw new AdminError('conflict', `role ${name} kept changing while it was being updated; retry`);
-      }, { ...body });
-    });
-
-    this.register('ROLE', 'REMOVE', async (body, ctx) => {
-      const name = this.roleName(body, true);
-      return this.audited(ctx, 'role.remove', name, async () => {
-        await this.backend.readBarrier();
-        const cur = this.role(name);
-        if (cur === undefined) throw new AdminError('not_found', `role ${name} does not exist`);
-        // Removing a role in use would silently strip permissions from its users; make it explicit.
-        const users = this.keysOf(controlBuckets.users).filter((n) => this.user(n)?.value.roles.includes(name));
-        if (users.length > 0) {
-          throw new AdminError('in_use', `role ${name} is still given to ${users.length} user(s) (${users.slice(0, 10).join(', ')}); take it from them with "membershipd user update NAME --role …" first`);
-        }
-        const r = await this.proposeAudited(ctx, 'role.remove', name, 'removed', undefined, { op: 'delete', bucket: controlBuckets.roles, key: name, revision: cur.revision, ts: this.now() }, []);
-        if (r.ok) return this.recorded({ result: 'removed' as const, role: publicRole(cur.value) });
-        if (r.code === KvErrorCode.wrongRevision) throw new AdminError('conflict', `role ${name} changed while it was being removed; retry`);
-        throw new AdminError('unavailable', `role ${name} was not removed: ${r.message}`);
-      });
-    });
-
-    this.register('ROLE', 'LIST', async (body) => {
-      if (body.stale !== true) await this.backend.readBarrier();
-      const roles = this.keysOf(controlBuckets.roles).map((n) => this.role(n)).filter((r) => r !== undefined).map((r) => publicRole(r.value));
-      return { roles: [builtinAdminView, ...roles] };
-    });
-
-    this.register('ROLE', 'SHOW', async (body) => {
-      const name = this.roleName(body, false);
-      if (name === builtinAdminRole) return { role: builtinAdminView };
-      if (body.stale !== true) await this.backend.readBarrier();
-      const r = this.role(name);
-      if (r === undefined) throw new AdminError('not_found', `role ${name} does not exist`);
-      return { role: publicRole(r.value) };
-    });
-
+  private registerAudit(): void {
     this.register('AUDIT', 'LIST', async (body) => {
       if (body.stale !== true) await this.backend.readBarrier();
       const limit = typeof body.limit === 'number' && Number.isSafeInteger(body.limit) && body.limit > 0 ? Math.min(body.limit, 10_000) : 100;

@@ -14,7 +14,8 @@ import { encodePublicKey } from '../auth/index.js';
 import { parseRoute } from '../../transport/index.js';
 import type { KvBackend } from '../kv/backend.js';
 import type { ClusterNode, ClusterPosture } from '../node/index.js';
-import { AdminError, type AdminResult, type ControlApi } from './api.js';
+import { AdminError, type AdminResult } from './admin_request.js';
+import type { ControlApi } from './api.js';
 import { auditKey, controlBuckets, decodeValue, encodeValue, schemaVersion, validateAudit, validateConfig, validateNode, type AuditValue, type ConfigValue, type NodeValue } from './buckets.js';
 
 /** Keys of the `config` bucket written from the posture (postureDigest() covers the first three). */

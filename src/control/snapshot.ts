@@ -9,7 +9,8 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { encodeBackup, type BackupBucketCount } from '../../store/index.js';
 import type { ClusterNode } from '../node/index.js';
-import { AdminError, type ControlApi } from './api.js';
+import { AdminError } from './admin_request.js';
+import type { ControlApi } from './api.js';
 
 /** Raw bytes per chunk: base64 in a JSON reply makes 512 KiB about 700 KB, under the 1 MiB max_payload. */
 export const snapshotChunkBytes = 512 * 1024;

@@ -9,21 +9,28 @@
 // nats-server's push delivery does); without it consumer creation is refused with a JetStream error that says so.
 // Only principals whose permissions allow publishing to `$JS.API.>` / `$KV.>` ever reach this code, and the
 // control-plane buckets (`ub_*`) exist only for admin principals (LocalPublish.principal).
-import { randomBytes } from 'node:crypto';
+//
+// This file is the dispatcher and the KV publish path; the stream requests are in stream_requests.ts, the consumer
+// requests in consumer_requests.ts, message gets in message_get.ts and a publish's headers in publish_command.ts.
 import type { Logger } from 'pino';
 import type { Principal } from '../auth/types.js';
-import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
-import { KvErrorCode, msgIdBytesMax } from '../../store/index.js';
+import type { KvCommand, KvResult } from '../../store/index.js';
 import type { InterestChange, LocalPublish, NatsClusterPort, RouteMessage } from '../nats/index.js';
 import type { Permissions } from '../auth/index.js';
 import { subjectMatches } from '../nats/index.js';
+import type { ApiContext, Fail, Ok, StreamClusterInfo } from './api_context.js';
 import type { KvBackend } from './backend.js';
-import { ConsumerRegistry, defaultConsumerLimits, entryHeaderFields, parseConsumerCreate, type ConsumerLimits } from './consumers.js';
+import { consumerRequest } from './consumer_requests.js';
+import { defaultConsumerLimits, type ConsumerLimits } from './consumer_spec.js';
+import { ConsumerRegistry, entryHeaderFields } from './consumers.js';
 import { jsErrors, type JsApiError } from './errors.js';
-import { bucketOverlaps, parseStreamCreate, streamConfig, streamState, type StreamLimits, type StreamView } from './streams.js';
+import { findMessage, parseGetQuery, type Query } from './message_get.js';
+import { kvCommandOf, resultError } from './publish_command.js';
+import type { StreamView } from './streams.js';
+import { accountInfo, streamCreate, streamDelete, streamList, streamPurge, streamRequest } from './stream_requests.js';
 import {
-  apiPrefix, bucketOfStream, encodeHeaders, flowControlPrefix, hasWildcard, headerValue, kvPrefix, parseApiSubject, parseHeaders,
-  parseKvSubject, parseSeq, responseType, rfc3339, streamPrefix, type ApiRequest,
+  apiPrefix, bucketOfStream, encodeHeaders, flowControlPrefix, kvPrefix, parseApiSubject, parseKvSubject, responseType, rfc3339,
+  streamPrefix, type ApiRequest,
 } from './wire.js';
 
 export interface KvApiOptions {
@@ -80,76 +87,19 @@ export interface KvApiStats {
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const purgeResponseType = responseType('stream.purge');
-const pageStreamNames = 1024;
-const pageStreamList = 256;
 
 const notFoundHeaders = encodeHeaders([], { code: 404, description: 'Message Not Found' });
 const badRequestHeaders = (d: string) => encodeHeaders([], { code: 408, description: d });
 const unavailableHeaders = encodeHeaders([], { code: 503, description: 'JetStream system temporarily unavailable' });
 
-/** Maps a state machine refusal onto the JetStream error a client expects. */
-export function resultError(r: Extract<KvResult, { ok: false }>): JsApiError {
-  switch (r.code) {
-    case KvErrorCode.wrongRevision:
-    case KvErrorCode.wrongLastSequence:
-    case KvErrorCode.keyExists:
-      return jsErrors.wrongLastSequence(r.revision ?? 0);
-    case KvErrorCode.valueTooLarge:
-      return jsErrors.messageTooLarge();
-    case KvErrorCode.bucketFull:
-      return jsErrors.storeFailed('maximum bytes exceeded');
-    case KvErrorCode.quotaExceeded:
-      return jsErrors.storeFailed(r.message);
-    case KvErrorCode.bucketNotFound:
-      return jsErrors.streamNotFound();
-    case KvErrorCode.bucketExists:
-      return jsErrors.streamNameExists();
-    case KvErrorCode.tooManyBuckets:
-      return jsErrors.maxStreams();
-    case KvErrorCode.badBucketName:
-    case KvErrorCode.badConfig:
-      return jsErrors.streamInvalidConfig(r.message);
-    default:
-      return jsErrors.badRequest(r.message);
-  }
-}
-
-type Query = { seq?: number; last_by_subj?: string; next_by_subj?: string };
-
-/** Validates a MSG.GET / DIRECT.GET body. */
-export function parseGetQuery(body: unknown): Query | string {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) return 'Bad Request';
-  const o = body as Record<string, unknown>;
-  const q: Query = {};
-  if (o.seq !== undefined) {
-    if (typeof o.seq !== 'number' || !Number.isSafeInteger(o.seq) || o.seq < 0) return 'Bad Request';
-    q.seq = o.seq;
-  }
-  for (const k of ['last_by_subj', 'next_by_subj'] as const) {
-    if (o[k] === undefined) continue;
-    if (typeof o[k] !== 'string' || o[k] === '') return 'Bad Request';
-    q[k] = o[k];
-  }
-  if (q.last_by_subj !== undefined && (q.next_by_subj !== undefined || q.seq !== undefined)) return 'Bad Request';
-  if (q.last_by_subj === undefined && q.next_by_subj === undefined && (q.seq === undefined || q.seq === 0)) return 'Empty Request';
-  return q;
-}
-
-/** STREAM.INFO `cluster` as nats-server's ClusterInfo / PeerInfo JSON. */
-export interface StreamClusterInfo {
-  readonly name: string;
-  readonly leader?: string;
-  readonly replicas?: readonly { readonly name: string; readonly current: boolean; readonly offline?: boolean; readonly active: number; readonly lag?: number }[];
-}
-
 export class KvApi {
   private readonly backend: KvBackend;
-  private readonly streamLimits: StreamLimits;
   private readonly logger: Logger;
   private readonly view: StreamView;
   private readonly consumers: ConsumerRegistry;
+  /** What the $JS.API handlers (stream_requests.ts, consumer_requests.ts) read of this API. */
+  private readonly ctx: ApiContext;
   private readonly linearizable: boolean;
-  private readonly pushDelivery: boolean;
   private readonly adminOnly: (bucket: string) => boolean;
   private requests = 0;
   private errors = 0;
@@ -169,7 +119,6 @@ export class KvApi {
     this.linearizable = (options.reads ?? 'linearizable') === 'linearizable';
     const readOnly = options.readOnly ?? ((b: string) => b.startsWith('ub_'));
     this.view = { replicas: options.replicas ?? 1, readOnly };
-    this.streamLimits = { replicasMax: options.replicas ?? 1, ttl: options.ttl !== undefined };
     if (options.ttl !== undefined) {
       const ttl = options.ttl;
       this.expiryTimer = setInterval(() => {
@@ -178,13 +127,22 @@ export class KvApi {
       this.expiryTimer.unref();
     }
     this.adminOnly = options.adminOnly ?? ((b: string) => b.startsWith('ub_'));
-    this.pushDelivery = port.deliverAs !== undefined;
     const deliverAs = port.deliverAs;
     const deliveryPort = {
       deliverAs: deliverAs === undefined ? () => 0 : (s: string, m: RouteMessage) => deliverAs(s, m),
       hasInterest: (s: string) => port.interest().some((i) => subjectMatches(i.subject, s)),
     };
     this.consumers = new ConsumerRegistry(options.backend, deliveryPort, { ...defaultConsumerLimits, ...options.limits });
+    this.ctx = {
+      backend: options.backend,
+      view: this.view,
+      streamLimits: { replicasMax: options.replicas ?? 1, ttl: options.ttl !== undefined },
+      consumers: this.consumers,
+      serverName: options.serverName,
+      pushDelivery: deliverAs !== undefined,
+      clusterInfo: options.clusterInfo,
+      propose: (cmd) => this.propose(cmd),
+    };
   }
 
   /**
@@ -418,11 +376,11 @@ export class KvApi {
     const fail = (e: JsApiError) => this.fail(reply, type, e);
     switch (req.kind) {
       case 'stream.create':
-        return this.streamCreate(req.stream, body, ok, fail);
+        return streamCreate(this.ctx, req.stream, body, ok, fail);
       case 'stream.delete':
-        return this.streamDelete(req.stream, ok, fail);
+        return streamDelete(this.ctx, req.stream, ok, fail);
       case 'stream.purge':
-        return this.streamPurge(req.stream, body, ok, fail);
+        return streamPurge(this.ctx, req.stream, body, ok, fail);
       case 'direct.get':
         return this.directGet(reply, req.stream, req.subject, body);
       case 'consumer.durable.create':
@@ -433,187 +391,28 @@ export class KvApi {
     }
   }
 
-  private read(req: ApiRequest, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, hidden?: (bucket: string) => boolean, perms?: Permissions): void {
+  private read(req: ApiRequest, body: unknown, ok: Ok, fail: Fail, hidden?: (bucket: string) => boolean, perms?: Permissions): void {
     switch (req.kind) {
       case 'info':
-        return ok(this.accountInfo(hidden));
+        return ok(accountInfo(this.ctx, { total: this.requests, errors: this.errors }, hidden));
       case 'stream.names':
       case 'stream.list':
-        return this.streamList(req.kind === 'stream.names', body, ok, fail, hidden);
+        return streamList(this.ctx, req.kind === 'stream.names', body, ok, fail, hidden);
       case 'consumer.create':
       case 'consumer.info':
       case 'consumer.delete':
       case 'consumer.names':
       case 'consumer.list':
-        return this.consumerRequest(req, body, ok, fail, perms);
+        return consumerRequest(this.ctx, req, body, ok, fail, perms);
       case 'stream.update':
       case 'stream.info':
       case 'stream.purge':
       case 'stream.msg.get':
       case 'stream.msg.delete':
-        return this.streamRequest(req, body, ok, fail);
+        return streamRequest(this.ctx, req, body, ok, fail);
       default:
         return fail(jsErrors.badRequest());
     }
-  }
-
-  /** Counts only what the caller may see: a hidden bucket (and its consumers) must not show even as a number. */
-  private accountInfo(hidden?: (bucket: string) => boolean): Record<string, unknown> {
-    const r = this.backend.reader;
-    let storage = 0;
-    const names = r.bucketNames().filter((n) => hidden?.(n) !== true);
-    for (const n of names) storage += r.bucketInfo(n)?.bytes ?? 0;
-    let consumers = 0;
-    for (const n of names) consumers += this.consumers.countFor(n);
-    return {
-      memory: 0, storage, streams: names.length, consumers,
-      limits: {
-        max_memory: -1, max_storage: -1, max_streams: -1, max_consumers: -1, max_ack_pending: -1,
-        memory_max_stream_bytes: -1, storage_max_stream_bytes: -1, max_bytes_required: false,
-      },
-      api: { total: this.requests, errors: this.errors },
-    };
-  }
-
-  private streamInfo(bucket: string): Record<string, unknown> | undefined {
-    const info = this.backend.reader.bucketInfo(bucket);
-    if (info === undefined) return undefined;
-    const cluster = this.options.clusterInfo?.();
-    return {
-      config: streamConfig(bucket, info, this.view),
-      created: rfc3339(info.created),
-      state: streamState(this.backend.reader, info, this.consumers.countFor(bucket)),
-      // nats-server omits `cluster` for a stream on a single server.
-      ...(cluster === undefined ? {} : { cluster }),
-    };
-  }
-
-  /**
-   * STREAM.PURGE as nats-server 2.9 answers it: `filter` (a subject of the stream), `seq` (purge below it) or
-   * `keep` (keep the newest N matching), replicated as one entry so every node drops the same entries.
-   */
-  private async streamPurge(stream: string, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
-    const bucket = bucketOfStream(stream);
-    const info = bucket === undefined ? undefined : this.backend.reader.bucketInfo(bucket);
-    if (bucket === undefined || info === undefined) return fail(jsErrors.streamNotFound());
-    if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
-    if (streamConfig(bucket, info, this.view).deny_purge === true) return fail(jsErrors.streamPurge('stream purge not permitted'));
-    const o = (typeof body === 'object' && body !== null && !Array.isArray(body) ? body : {}) as Record<string, unknown>;
-    const uint = (v: unknown): v is number | undefined => v === undefined || (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0);
-    if (!uint(o.seq) || !uint(o.keep) || (o.filter !== undefined && typeof o.filter !== 'string')) return fail(jsErrors.badRequest());
-    if ((o.seq ?? 0) > 0 && (o.keep ?? 0) > 0) return fail(jsErrors.badRequest());
-    let subject: string | undefined;
-    if (typeof o.filter === 'string' && o.filter !== '') {
-      const prefix = `${kvPrefix}${bucket}.`;
-      if (!o.filter.startsWith(prefix) || o.filter.length === prefix.length) return fail(jsErrors.badRequest('filter must be a subject of the stream ($KV.<bucket>.<key pattern>)'));
-      subject = o.filter.slice(prefix.length);
-    }
-    const cmd: KvCommand = {
-      op: 'bucket.purge', bucket, ts: Date.now(),
-      ...(subject === undefined ? {} : { subject }), ...(o.seq ? { seq: o.seq } : {}), ...(o.keep ? { keep: o.keep } : {}),
-    };
-    const r = await this.propose(cmd);
-    if ('err_code' in r) return fail(r);
-    if (!r.ok) return fail(resultError(r));
-    if (r.kind !== 'purge') return fail(jsErrors.streamGeneral(`unexpected ${r.kind} result`));
-    ok({ success: true, purged: r.purged });
-  }
-
-  private async streamCreate(stream: string, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
-    const parsed = parseStreamCreate(stream, body ?? {}, this.streamLimits);
-    if ('err_code' in parsed) return fail(parsed);
-    if (this.view.readOnly(parsed.bucket)) return fail(jsErrors.streamSealed(parsed.bucket));
-    const r = await this.propose({ op: 'bucket.create', bucket: parsed.bucket, config: parsed.config, ts: Date.now() });
-    if ('err_code' in r) return fail(r);
-    if (!r.ok) return fail(resultError(r));
-    const info = this.streamInfo(parsed.bucket);
-    if (info === undefined || r.kind !== 'bucket.create') return fail(jsErrors.streamNotFound());
-    ok(r.created ? { ...info, did_create: true } : info);
-  }
-
-  private async streamDelete(stream: string, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): Promise<void> {
-    const bucket = bucketOfStream(stream);
-    if (bucket === undefined) return fail(jsErrors.streamNotFound());
-    if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
-    const r = await this.propose({ op: 'bucket.delete', bucket, ts: Date.now() });
-    if ('err_code' in r) return fail(r);
-    if (!r.ok) return fail(resultError(r));
-    this.consumers.deleteBucket(bucket);
-    ok({ success: true });
-  }
-
-  private streamList(namesOnly: boolean, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, hidden?: (bucket: string) => boolean): void {
-    const o = (typeof body === 'object' && body !== null && !Array.isArray(body) ? body : {}) as Record<string, unknown>;
-    const offset = typeof o.offset === 'number' && Number.isSafeInteger(o.offset) && o.offset > 0 ? o.offset : 0;
-    if (o.subject !== undefined && typeof o.subject !== 'string') return fail(jsErrors.badRequest('subject must be a string'));
-    const filter = o.subject as string | undefined;
-    const buckets = this.backend.reader.bucketNames()
-      .filter((b) => (filter === undefined || filter === '' || bucketOverlaps(b, filter)) && hidden?.(b) !== true);
-    const limit = namesOnly ? pageStreamNames : pageStreamList;
-    const page = buckets.slice(offset, offset + limit);
-    const streams = namesOnly ? page.map((b) => `${streamPrefix}${b}`) : page.map((b) => this.streamInfo(b)).filter((x) => x !== undefined);
-    ok({ total: buckets.length, offset, limit, streams });
-  }
-
-  private streamRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void): void {
-    const bucket = bucketOfStream(req.stream);
-    if (bucket === undefined || !this.backend.reader.hasBucket(bucket)) return fail(jsErrors.streamNotFound());
-    // The stream info (its state counts every key and entry) only for the requests that answer with it: a KV get
-    // (STREAM.MSG.GET) built it for nothing and spent 2 ms of the leader's CPU per get on a 10k-key bucket.
-    const withInfo = req.kind === 'stream.info' || req.kind === 'stream.update';
-    const info = withInfo ? this.streamInfo(bucket) : undefined;
-    if (withInfo && info === undefined) return fail(jsErrors.streamNotFound());
-    switch (req.kind) {
-      case 'stream.info':
-        return ok({ total: 0, offset: 0, limit: 0, ...info });
-      case 'stream.update': {
-        const parsed = parseStreamCreate(req.stream, body ?? {}, this.streamLimits);
-        if ('err_code' in parsed) return fail(parsed);
-        // An update to the very config the stream has is accepted (nats.go's KV create sends one when the
-        // configs differ only in their discard policy); any real change is not supported.
-        if (JSON.stringify(parsed.stream) === JSON.stringify(info!.config)) return ok(info!);
-        return fail(jsErrors.streamUpdate('changing a KV bucket configuration is not supported by membershipd; create a new bucket'));
-      }
-      case 'stream.msg.delete':
-        if (this.view.readOnly(bucket)) return fail(jsErrors.streamSealed(bucket));
-        return fail(jsErrors.messageDeleteFailed('message delete not permitted (deny_delete); delete or purge the key instead'));
-      case 'stream.msg.get': {
-        const q = parseGetQuery(body ?? {});
-        if (typeof q === 'string') return fail(jsErrors.badRequest());
-        const e = this.findMessage(bucket, q);
-        if (e === undefined) return fail(jsErrors.noMessageFound());
-        const hdrs = entryHeaderFields(e);
-        const message: Record<string, unknown> = { subject: `${kvPrefix}${bucket}.${e.key}`, seq: e.revision };
-        if (hdrs.length > 0) message.hdrs = Buffer.from(encodeHeaders(hdrs)).toString('base64');
-        if (e.value.length > 0) message.data = Buffer.from(e.value).toString('base64');
-        message.time = rfc3339(e.ts);
-        return ok({ message });
-      }
-      default:
-        return fail(jsErrors.badRequest());
-    }
-  }
-
-  /** The entry a get query names, from the bucket's retained entries. */
-  private findMessage(bucket: string, q: Query): KvEntry | undefined {
-    const r = this.backend.reader;
-    const subjectOf = (e: KvEntry) => `${kvPrefix}${bucket}.${e.key}`;
-    if (q.last_by_subj !== undefined) {
-      const s = q.last_by_subj;
-      if (!hasWildcard(s)) {
-        const kv = parseKvSubject(s);
-        return kv === undefined || kv.bucket !== bucket ? undefined : r.get(bucket, kv.key);
-      }
-      const all = r.changesSince(0, bucket).filter((e) => subjectMatches(s, subjectOf(e)));
-      return all[all.length - 1];
-    }
-    const from = Math.max(0, (q.seq ?? 1) - 1);
-    if (q.next_by_subj !== undefined) {
-      const s = q.next_by_subj;
-      return r.changesSince(from, bucket).find((e) => subjectMatches(s, subjectOf(e)));
-    }
-    const e = r.changesSince(from, bucket, 1)[0];
-    return e !== undefined && e.revision === q.seq ? e : undefined;
   }
 
   private directReply(reply: string, headers: Uint8Array, payload: Uint8Array = new Uint8Array(0)): void {
@@ -627,7 +426,7 @@ export class KvApi {
     else q = body === undefined ? 'Empty Request' : parseGetQuery(body);
     if (typeof q === 'string') return this.directReply(reply, badRequestHeaders(q));
     if (!(await this.barrier(() => this.directReply(reply, unavailableHeaders)))) return;
-    const e = bucket === undefined ? undefined : this.findMessage(bucket, q);
+    const e = bucket === undefined ? undefined : findMessage(this.backend.reader, bucket, q);
     if (e === undefined) return this.directReply(reply, notFoundHeaders);
     const headers = encodeHeaders([
       ...entryHeaderFields(e),
@@ -639,102 +438,6 @@ export class KvApi {
     this.directReply(reply, headers, e.value);
   }
 
-  private consumerRequest(req: Extract<ApiRequest, { stream: string }>, body: unknown, ok: (o: Record<string, unknown>) => void, fail: (e: JsApiError) => void, perms?: Permissions): void {
-    const bucket = bucketOfStream(req.stream);
-    if (bucket === undefined || !this.backend.reader.hasBucket(bucket)) return fail(jsErrors.streamNotFound());
-    const server = this.options.serverName;
-    switch (req.kind) {
-      case 'consumer.create': {
-        if (!this.pushDelivery) {
-          return fail(jsErrors.consumerCreate('push consumers (KV watch/keys/history) need the NATS server\'s deliverAs seam, which this build lacks'));
-        }
-        const spec = parseConsumerCreate(req.stream, bucket, body, req.name, req.filter, newConsumerName, this.consumers.limits);
-        if ('err_code' in spec) return fail(spec);
-        // The consumer publishes into its deliver subject on its creator's behalf, so the creator must be allowed to
-        // publish there: otherwise a KV user could have the server push bucket entries onto any subject (another
-        // application's command subject, another user's inbox). A user's own inbox (`_INBOX_<user>.>`) is
-        // publishable to its owner; the shared `_INBOX.` is not unless a role grants it.
-        if (perms !== undefined && !perms.canPublish(spec.deliverSubject)) {
-          return fail(jsErrors.consumerCreate(`deliver subject ${spec.deliverSubject} is not one you may publish to; connect with your private inbox prefix (_INBOX_<user>) or get a publish grant for it`));
-        }
-        const c = this.consumers.create(spec);
-        if ('err_code' in c) return fail(c);
-        return ok(c.info(server));
-      }
-      case 'consumer.info':
-      case 'consumer.delete': {
-        const c = this.consumers.get(req.stream, req.name);
-        if (c === undefined) return fail(jsErrors.consumerNotFound());
-        if (req.kind === 'consumer.info') return ok(c.info(server));
-        this.consumers.delete(c);
-        return ok({ success: true });
-      }
-      case 'consumer.names':
-      case 'consumer.list': {
-        const o = (typeof body === 'object' && body !== null ? body : {}) as Record<string, unknown>;
-        const offset = typeof o.offset === 'number' && Number.isSafeInteger(o.offset) && o.offset > 0 ? o.offset : 0;
-        const all = this.consumers.list(req.stream);
-        const limit = req.kind === 'consumer.names' ? pageStreamNames : pageStreamList;
-        const page = all.slice(offset, offset + limit);
-        const consumers = req.kind === 'consumer.names' ? page.map((c) => c.spec.name) : page.map((c) => c.info(server));
-        return ok({ total: all.length, offset, limit, consumers });
-      }
-      default:
-        return fail(jsErrors.badRequest());
-    }
-  }
-}
-
-function newConsumerName(): string {
-  // nats-server names ephemerals with 8 random characters.
-  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
-  const bytes = randomBytes(8);
-  let s = '';
-  for (const b of bytes) s += alphabet[b % alphabet.length];
-  return s;
-}
-
-/**
- * The KV command a publish to `$KV.<bucket>.<key>` asks for, from its headers (reference §4.4): KV-Operation
- * DEL/PURGE markers, Nats-Expected-Last-Subject-Sequence as update-if-revision (0: the key has no entry at all,
- * markers count, as in JetStream), Nats-Expected-Last-Sequence on the bucket's last revision, Nats-Msg-Id with the
- * bucket's duplicate window, Nats-Rollup only as KV's purge. All of them are checked by the state machine at apply
- * time. Headers whose guarantee membershipd cannot give are refused rather than ignored.
- */
-export function kvCommandOf(bucket: string, key: string, stream: string, hdr: Uint8Array, payload: Uint8Array, ts: number): KvCommand | JsApiError {
-  const h = parseHeaders(hdr);
-  if (typeof h === 'string') return jsErrors.badRequest(h);
-  const expectedStream = headerValue(h, 'Nats-Expected-Stream');
-  if (expectedStream !== undefined && expectedStream !== stream) return jsErrors.streamNotMatch();
-  if (headerValue(h, 'Nats-Expected-Last-Msg-Id') !== undefined) {
-    return jsErrors.badRequest('header Nats-Expected-Last-Msg-Id is not supported by membershipd KV buckets');
-  }
-  if (headerValue(h, 'Nats-TTL') !== undefined) return jsErrors.messageTtlDisabled();
-  const op = headerValue(h, 'KV-Operation') ?? 'PUT';
-  if (op !== 'PUT' && op !== 'DEL' && op !== 'PURGE') return jsErrors.badRequest(`unknown KV-Operation ${JSON.stringify(op.slice(0, 32))}`);
-  const rollup = headerValue(h, 'Nats-Rollup');
-  if (rollup !== undefined && !(rollup === 'sub' && op === 'PURGE')) {
-    return jsErrors.badRequest('Nats-Rollup is supported only as "sub" together with KV-Operation: PURGE');
-  }
-  const seqHeader = (name: string): number | undefined | JsApiError => {
-    const text = headerValue(h, name);
-    if (text === undefined) return undefined;
-    return parseSeq(text) ?? jsErrors.badRequest(`${name} must be a decimal sequence`);
-  };
-  const expected = seqHeader('Nats-Expected-Last-Subject-Sequence');
-  const expectLastSeq = seqHeader('Nats-Expected-Last-Sequence');
-  if (typeof expected === 'object') return expected;
-  if (typeof expectLastSeq === 'object') return expectLastSeq;
-  const msgId = headerValue(h, 'Nats-Msg-Id');
-  if (msgId !== undefined && (msgId === '' || msgId.length > msgIdBytesMax)) return jsErrors.badRequest(`Nats-Msg-Id must be 1..${msgIdBytesMax} characters`);
-  // hdrBytes: nats-server stores the header block as published and counts it in the stream's bytes.
-  const extras = { hdrBytes: hdr.length, ...(msgId === undefined ? {} : { msgId }), ...(expectLastSeq === undefined ? {} : { expectLastSeq }) };
-  if (op === 'PUT') {
-    const value = payload;
-    return expected === undefined ? { op: 'put', bucket, key, value, ts, ...extras } : { op: 'update', bucket, key, value, revision: expected, ts, ...extras };
-  }
-  const o = op === 'DEL' ? 'delete' : 'purge';
-  return expected === undefined ? { op: o, bucket, key, ts, ...extras } : { op: o, bucket, key, ts, revision: expected, ...extras };
 }
 
 export function createKvApi(port: KvApiPort, options: KvApiOptions): KvApi {

@@ -1,6 +1,9 @@
 // One client connection: the protocol state after the parser (CONNECT options, auth, subscriptions, pings) and
 // the outbound buffer. Outbound bytes are appended to one buffer and written once per event-loop turn
 // (ServerCore.scheduleFlush), so a burst of deliveries costs one socket write per client.
+// Over 500 lines on purpose: it is one class, one connection's state, and its hot path (onPub -> deliver -> reserve
+// -> afterAppend, pause and stall) reads and writes the same private fields as CONNECT, auth and permissions do;
+// splitting it would expose those fields or add a call per message (nats-server likewise keeps client.go whole).
 import type { AuthOutcome, Permissions, Principal } from '../auth/types.js';
 import { allowAll } from '../auth/types.js';
 import { isResponseGrantable } from '../auth/permissions.js';
@@ -8,7 +11,7 @@ import { Parser, type ParseFailure, type ParserHandler, type PubArgs } from './p
 import {
   encodedErrors, errLine, publishViolationText, replyViolationText, subscribeViolationText, type ProtocolErrorName,
 } from './protocol_errors.js';
-import type { ServerCore } from './server.js';
+import type { ServerCore } from './server_core.js';
 import { hasWildcard, isValidPublishSubject, isValidSubject } from './subject.js';
 import { matchLiteral, type SublistItem } from './sublist.js';
 import type { ClientTransport } from './transport.js';

@@ -11,42 +11,24 @@
 // only the leader expires. A new leader gives every entry a full TTL before expiring any (etcd's Promote), so a
 // failover never drops a live instance; an instance whose node died leaves one TTL after the last renewal the leader
 // saw. A node cut off from the majority cannot renew: its instances expire, and it writes them again when it can.
+//
+// This file is the table of live instances, its expiry and the leader relay, and the connection-bound ties; the
+// SERVICE verbs are in service_api.ts, what a request may carry in service_fields.ts.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import type { KvEntry, KvResult } from '../../store/index.js';
+import type { KvEntry } from '../../store/index.js';
 import type { Principal, PrincipalSource } from '../auth/index.js';
-import { builtinAdminRole } from '../auth/index.js';
 import type { KvBackend } from '../kv/backend.js';
 import type { LocalPublish, NatsClusterPort, InterestChange } from '../nats/index.js';
-import { isValidSubject } from '../nats/index.js';
 import {
-  controlBuckets, decodeValue, encodeValue, EnvelopeVerifier, schemaVersion, serviceKey, validateService, type ServiceValue,
+  controlBuckets, decodeValue, encodeValue, schemaVersion, serviceKey, validateService, type ServiceValue,
 } from '../control/index.js';
-import { MembershipdError } from '../errors.js';
+import { serviceApiPrefix, ServiceRequests, type Known } from './service_api.js';
+import { nameRe, parseInfo, ServiceApiError } from './service_fields.js';
 
-export const serviceApiPrefix = '$UB.API.SERVICE.';
 /** Route-frame tag of the leader relay (src/node onExtensionFrame). */
 const frameTag = 'svc';
 const frameOp = { renew: 1, renewReply: 2 } as const;
-
-/** Limits on what a registration may carry: the entry is replicated to every node and held by every watcher. */
-export const serviceLimits = {
-  ttlSecondsMin: 1,
-  ttlSecondsMax: 3600,
-  endpointsMax: 64,
-  endpointBytesMax: 256,
-  metadataKeysMax: 32,
-  metadataKeyBytesMax: 128,
-  metadataValueBytesMax: 1024,
-  textBytesMax: 1024,
-} as const;
-
-/** A refusal of a SERVICE request; becomes `{ error: { code, message } }` like the admin API's. */
-export class ServiceApiError extends MembershipdError {
-  constructor(code: 'bad_request' | 'forbidden' | 'not_found' | 'conflict' | 'unavailable', message: string) {
-    super(code, message);
-  }
-}
 
 /** What presence needs from the cluster node (src/node ClusterNode). */
 export interface PresenceNode {
@@ -87,19 +69,10 @@ export interface ServicePresence {
   stop(): void;
 }
 
-type Reply = Record<string, unknown>;
 const enc = new TextEncoder();
-const dec = new TextDecoder();
-const nameRe = /^[A-Za-z0-9_=-]{1,128}$/;
-const leaseRe = /^[0-9a-f]{32}$/;
 const relayTimeoutMs = 3000;
 const infoTimeoutMs = 2000;
 const sweepMs = 100;
-
-interface Known {
-  readonly value: ServiceValue;
-  readonly revision: number;
-}
 
 export function startServicePresence(o: ServicePresenceOptions): ServicePresence {
   return new Presence(o);
@@ -111,7 +84,8 @@ class Presence implements ServicePresence {
   private readonly now: () => number;
   private readonly connTtlMs: number;
   private readonly settleMs: number;
-  private readonly verifier: EnvelopeVerifier;
+  /** The SERVICE verbs (service_api.ts), reading this table. */
+  private readonly api: ServiceRequests;
   /** Every live entry this node applied, and the lease index over them. */
   private readonly known = new Map<string, Known>();
   private readonly byLease = new Map<string, string>();
@@ -141,7 +115,12 @@ class Presence implements ServicePresence {
     this.now = o.now ?? Date.now;
     this.connTtlMs = o.connectionTtlMs ?? 10_000;
     this.settleMs = o.settleMs ?? 100;
-    this.verifier = new EnvelopeVerifier(this.now);
+    this.api = new ServiceRequests(o, this.log, this.now, {
+      known: this.known,
+      byLease: this.byLease,
+      keepAlive: (lease) => this.keepAlive(lease),
+      onChange: (listener) => this.onChange(listener),
+    });
     this.inboxPrefix = `_INBOX.ubsrv-${randomBytes(6).toString('hex')}.`;
     o.port.setForwarder((m) => this.onPublish(m));
     this.unhooks.push(() => o.port.setForwarder(undefined));
@@ -469,205 +448,10 @@ class Presence implements ServicePresence {
     if (m.reply === undefined || this.stopped) return true;
     const reply = m.reply;
     const payload = m.payload.slice();
-    void this.request(s.slice(serviceApiPrefix.length), payload, m.principal).then((r) => {
+    void this.api.request(s.slice(serviceApiPrefix.length), payload, m.principal).then((r) => {
       if (!this.stopped) this.o.port.deliverFromRoute({ subject: reply, payload: enc.encode(JSON.stringify(r)), flushNow: true });
     });
     return true;
-  }
-
-  /** One request end to end; never rejects. */
-  async request(verb: string, payload: Uint8Array, principal: Principal | undefined): Promise<Reply> {
-    try {
-      const { body, caller } = this.parse(`${serviceApiPrefix}${verb}`, payload, principal);
-      switch (verb) {
-        case 'REGISTER': return await this.register(body, caller);
-        case 'KEEPALIVE': return await this.keepAliveRequest(body);
-        case 'DEREGISTER': return await this.deregister(body, caller);
-        case 'LIST': return await this.list(body);
-        case 'SHOW': return await this.show(body);
-        case 'WATCH': return await this.watchRequest(body);
-        default: throw new ServiceApiError('not_found', `no service API ${serviceApiPrefix}${verb} (known: REGISTER, KEEPALIVE, DEREGISTER, LIST, SHOW, WATCH)`);
-      }
-    } catch (err) {
-      if (err instanceof ServiceApiError) return { error: { code: err.code, message: err.message } };
-      this.log.error({ err, verb }, 'service request failed');
-      return { error: { code: 'unavailable', message: `the change could not be committed: ${err instanceof Error ? err.message : String(err)}; retry` } };
-    }
-  }
-
-  /**
-   * Who asks: a signed envelope (as the admin API's, e.g. from the membershipd CLI) names its key; a plain JSON body
-   * is the connection's authenticated principal (a service connects with its own user and password or NKey).
-   */
-  private parse(subject: string, payload: Uint8Array, principal: Principal | undefined): { body: Record<string, unknown>; caller: Caller } {
-    let doc: unknown;
-    try {
-      doc = JSON.parse(dec.decode(payload));
-    } catch {
-      throw new ServiceApiError('bad_request', 'the request is not JSON: send a JSON object such as {"service":"orders","instance":"a1","ttl":10}');
-    }
-    if (typeof doc !== 'object' || doc === null || Array.isArray(doc)) throw new ServiceApiError('bad_request', 'the request body must be a JSON object');
-    const d = doc as Record<string, unknown>;
-    if (typeof d.auth === 'object' && typeof d.body === 'string') {
-      const v = this.verifier.verify(subject, payload, principal?.nkey);
-      if (!v.ok) throw new ServiceApiError(v.code, v.message);
-      if (typeof v.body !== 'object' || v.body === null || Array.isArray(v.body)) throw new ServiceApiError('bad_request', 'the request body must be a JSON object');
-      return { body: v.body as Record<string, unknown>, caller: this.callerOfKey(v.key, v.role) };
-    }
-    return { body: d, caller: this.callerOf(principal) };
-  }
-
-  private callerOfKey(key: string, role: 'server' | 'user'): Caller {
-    if (role === 'server') {
-      if (this.o.internalKeys().includes(key)) return { name: `internal:${key}`, admin: true, services: [] };
-      throw new ServiceApiError('forbidden', `key ${key} is not this cluster's internal identity`);
-    }
-    const u = this.o.source?.userByNkey(key);
-    if (u === undefined || u.disabled) throw new ServiceApiError('forbidden', `no enabled user has NKey ${key}`);
-    return this.callerOfUser(u.name, u.roles);
-  }
-
-  private callerOf(p: Principal | undefined): Caller {
-    // Bus auth off: nobody is authenticated and every subject is open, so is presence (as `$SRV` itself is).
-    if (p === undefined) return { name: 'anonymous', admin: true, services: [] };
-    if (p.admin) return { name: p.name, admin: true, services: [] };
-    const u = p.kind === 'nkey' && p.nkey !== undefined ? this.o.source?.userByNkey(p.nkey) : this.o.source?.userByName(p.name);
-    if (u === undefined || u.disabled) return { name: p.name, admin: false, services: [] };
-    return this.callerOfUser(u.name, u.roles);
-  }
-
-  private callerOfUser(name: string, roles: readonly string[]): Caller {
-    const services: string[] = [];
-    let admin = false;
-    for (const r of roles) {
-      if (r === builtinAdminRole) admin = true; // the built-in role is not in the source
-      const rec = this.o.source?.role(r);
-      if (rec?.admin === true) admin = true;
-      services.push(...(rec?.services ?? []));
-    }
-    return { name, admin, services };
-  }
-
-  private mayRegister(c: Caller, service: string): void {
-    if (c.admin || c.services.includes('*') || c.services.includes(service)) return;
-    throw new ServiceApiError('forbidden', `${c.name} may not register service ${service}: none of its roles lists it in "services" (${c.services.length > 0 ? `it may register ${c.services.join(', ')}` : 'it may register none'}); ask an admin to add it to a role's "services"`);
-  }
-
-  private async register(body: Record<string, unknown>, caller: Caller): Promise<Reply> {
-    const service = nameField(body, 'service');
-    const instance = nameField(body, 'instance');
-    const ttl = body.ttl;
-    if (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl < serviceLimits.ttlSecondsMin || ttl > serviceLimits.ttlSecondsMax) {
-      throw new ServiceApiError('bad_request', `"ttl" must be a whole number of seconds from ${serviceLimits.ttlSecondsMin} to ${serviceLimits.ttlSecondsMax}, got ${JSON.stringify(ttl)}`);
-    }
-    const endpoints = endpointsField(body.endpoints);
-    const metadata = metadataField(body.metadata);
-    const version = textField(body, 'version');
-    const description = textField(body, 'description');
-    this.mayRegister(caller, service);
-    const key = serviceKey(service, instance);
-    const cur = this.known.get(key);
-    if (cur?.value.kind === 'connection') {
-      throw new ServiceApiError('conflict', `${key} is a connection-bound instance held by node ${cur.value.node ?? '?'} (a standard NATS service); choose another instance name`);
-    }
-    const now = this.now();
-    const lease = randomBytes(16).toString('hex');
-    const value: ServiceValue = {
-      v: schemaVersion, service, instance, endpoints, metadata, lease_expires: now + ttl * 1000,
-      kind: 'lease', lease, ttl_ms: ttl * 1000, node: this.o.node.serverName, registered: now, by: caller.name,
-      ...(version !== undefined ? { version } : {}), ...(description !== undefined ? { description } : {}),
-    };
-    validateService(value);
-    // Registering again (an instance restarted) replaces the entry and its lease: the old lease id stops working.
-    const r: KvResult = await this.o.backend.propose({ op: 'put', bucket: controlBuckets.services, key, value: encodeValue(value), ts: now });
-    if (!r.ok) throw new ServiceApiError('unavailable', `${key} was not registered: ${r.message}; retry`);
-    this.log.info({ key, ttl, by: caller.name }, 'service instance registered');
-    return { result: cur === undefined ? 'created' : 'updated', key, lease, ttl };
-  }
-
-  private leaseField(body: Record<string, unknown>): string {
-    const lease = body.lease;
-    if (typeof lease !== 'string' || !leaseRe.test(lease)) throw new ServiceApiError('bad_request', '"lease" must be the lease id REGISTER returned (32 hex digits)');
-    return lease;
-  }
-
-  private async keepAliveRequest(body: Record<string, unknown>): Promise<Reply> {
-    const lease = this.leaseField(body);
-    const ms = await this.keepAlive(lease);
-    if (ms === undefined) throw new ServiceApiError('not_found', `lease ${lease} is not live (it expired or was deregistered); register the instance again`);
-    return { result: 'updated', lease, ttl: ms / 1000 };
-  }
-
-  private async deregister(body: Record<string, unknown>, caller: Caller): Promise<Reply> {
-    let key: string;
-    if (body.lease !== undefined) {
-      const lease = this.leaseField(body);
-      await this.o.backend.readBarrier();
-      const k = this.byLease.get(lease);
-      if (k === undefined) throw new ServiceApiError('not_found', `lease ${lease} is not live (it expired or was deregistered already)`);
-      key = k;
-    } else {
-      const service = nameField(body, 'service');
-      key = serviceKey(service, nameField(body, 'instance'));
-      // Without the lease, only a principal that may register the service may remove it.
-      this.mayRegister(caller, service);
-      await this.o.backend.readBarrier();
-    }
-    const k = this.known.get(key);
-    if (k === undefined) throw new ServiceApiError('not_found', `service instance ${key} is not registered`);
-    const r = await this.o.backend.propose({ op: 'delete', bucket: controlBuckets.services, key, revision: k.revision, ts: this.now() });
-    if (!r.ok) throw new ServiceApiError('conflict', `${key} changed while it was being removed (${r.message}); retry`);
-    this.log.info({ key, by: caller.name }, 'service instance deregistered');
-    return { result: 'removed', key };
-  }
-
-  private async list(body: Record<string, unknown>): Promise<Reply> {
-    const service = body.service === undefined ? undefined : nameField(body, 'service');
-    if (body.stale !== true) await this.o.backend.readBarrier();
-    const instances = [...this.known.values()].map((k) => k.value).filter((v) => service === undefined || v.service === service)
-      .sort((a, b) => (a.service === b.service ? a.instance.localeCompare(b.instance) : a.service.localeCompare(b.service))).map(publicService);
-    return { instances };
-  }
-
-  /**
-   * A long poll over the bucket's change feed (for the CLI, which has no KV client): without `after`, the live
-   * instances and the revision they are as of; with it, the joins (PUT) and leaves (DEL) applied after that
-   * revision, waiting up to `wait_ms` for the first. A key changed twice in between shows its latest operation,
-   * as a KV watch does after a reconnect.
-   */
-  private async watchRequest(body: Record<string, unknown>): Promise<Reply> {
-    const service = body.service === undefined ? undefined : nameField(body, 'service');
-    const after = body.after;
-    const waitMs = body.wait_ms === undefined ? 10_000 : body.wait_ms;
-    if (typeof waitMs !== 'number' || !Number.isInteger(waitMs) || waitMs < 0 || waitMs > 30_000) throw new ServiceApiError('bad_request', '"wait_ms" must be a whole number of ms from 0 to 30000');
-    const mine = (key: string): boolean => service === undefined || key.startsWith(`${service}.`);
-    if (after === undefined) {
-      await this.o.backend.readBarrier();
-      const instances = [...this.known.values()].filter((k) => mine(serviceKey(k.value.service, k.value.instance)))
-        .map((k) => ({ op: 'PUT', revision: k.revision, ...publicService(k.value) }));
-      // The bucket's own last revision (per-bucket stream sequence), which the next WATCH continues from.
-      return { changes: instances, revision: this.o.backend.reader.bucketInfo(controlBuckets.services)?.seq ?? 0 };
-    }
-    if (typeof after !== 'number' || !Number.isSafeInteger(after) || after < 0) throw new ServiceApiError('bad_request', '"after" must be the revision a previous WATCH reply returned');
-    const read = (): Record<string, unknown>[] => this.o.backend.reader.changesSince(after, controlBuckets.services).filter((e) => mine(e.key)).map((e) => {
-      const v = e.op === 'PUT' ? decodeValue(e.value, validateService) : undefined;
-      return { op: e.op === 'PUT' ? 'PUT' : 'DEL', key: e.key, revision: e.revision, ...(v !== undefined ? publicService(v) : {}) };
-    });
-    let changes = read();
-    if (changes.length === 0 && waitMs > 0) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, waitMs);
-        function done(): void {
-          clearTimeout(timer);
-          off();
-          resolve();
-        }
-        const off = this.onChange(done);
-      });
-      changes = read();
-    }
-    const revision = changes.reduce((m, c) => Math.max(m, c.revision as number), after);
-    return { changes, revision };
   }
 
   private readonly changeWaiters = new Set<() => void>();
@@ -676,99 +460,4 @@ class Presence implements ServicePresence {
     this.changeWaiters.add(l);
     return () => void this.changeWaiters.delete(l);
   }
-
-  private async show(body: Record<string, unknown>): Promise<Reply> {
-    const key = serviceKey(nameField(body, 'service'), nameField(body, 'instance'));
-    if (body.stale !== true) await this.o.backend.readBarrier();
-    const k = this.known.get(key);
-    if (k === undefined) throw new ServiceApiError('not_found', `service instance ${key} is not registered`);
-    return { instance: publicService(k.value) };
-  }
-}
-
-interface Caller {
-  readonly name: string;
-  readonly admin: boolean;
-  readonly services: readonly string[];
-}
-
-/** The entry as shown: never the lease id (it is the capability to keep the instance alive or remove it). */
-export function publicService(v: ServiceValue): Record<string, unknown> {
-  const { lease: _lease, v: _v, ...rest } = v;
-  return { ...rest, key: serviceKey(v.service, v.instance), lease_expires: new Date(v.lease_expires).toISOString(), ...(v.registered !== undefined ? { registered: new Date(v.registered).toISOString() } : {}) };
-}
-
-function nameField(body: Record<string, unknown>, field: string): string {
-  const v = body[field];
-  if (typeof v !== 'string' || !nameRe.test(v)) {
-    throw new ServiceApiError('bad_request', `"${field}" must be 1..128 of A-Z a-z 0-9 _ = - (it is a token of the key <service>.<instance>), got ${JSON.stringify(typeof v === 'string' ? v.slice(0, 140) : v)}`);
-  }
-  return v;
-}
-
-function textField(body: Record<string, unknown>, field: string): string | undefined {
-  const v = body[field];
-  if (v === undefined) return undefined;
-  if (typeof v !== 'string' || Buffer.byteLength(v) > serviceLimits.textBytesMax) throw new ServiceApiError('bad_request', `"${field}" must be a string of at most ${serviceLimits.textBytesMax} bytes`);
-  return v;
-}
-
-function endpointsField(v: unknown): string[] {
-  if (v === undefined) return [];
-  if (!Array.isArray(v)) throw new ServiceApiError('bad_request', '"endpoints" must be a list of subjects');
-  if (v.length > serviceLimits.endpointsMax) throw new ServiceApiError('bad_request', `"endpoints" has ${v.length} entries; at most ${serviceLimits.endpointsMax}`);
-  return v.map((s, i) => {
-    if (typeof s !== 'string' || !isValidSubject(s)) throw new ServiceApiError('bad_request', `"endpoints"[${i}] must be a NATS subject, got ${JSON.stringify(typeof s === 'string' ? s.slice(0, 80) : s)}`);
-    if (Buffer.byteLength(s) > serviceLimits.endpointBytesMax) throw new ServiceApiError('bad_request', `"endpoints"[${i}] is ${Buffer.byteLength(s)} bytes; at most ${serviceLimits.endpointBytesMax}`);
-    return s;
-  });
-}
-
-function metadataField(v: unknown): Record<string, string> {
-  if (v === undefined) return {};
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new ServiceApiError('bad_request', '"metadata" must be an object of string values');
-  const entries = Object.entries(v as Record<string, unknown>);
-  if (entries.length > serviceLimits.metadataKeysMax) throw new ServiceApiError('bad_request', `"metadata" has ${entries.length} keys; at most ${serviceLimits.metadataKeysMax}`);
-  const out: Record<string, string> = {};
-  for (const [k, s] of entries) {
-    if (k.length === 0 || Buffer.byteLength(k) > serviceLimits.metadataKeyBytesMax) throw new ServiceApiError('bad_request', `"metadata" keys have 1..${serviceLimits.metadataKeyBytesMax} bytes`);
-    if (typeof s !== 'string' || Buffer.byteLength(s) > serviceLimits.metadataValueBytesMax) throw new ServiceApiError('bad_request', `"metadata".${k} must be a string of at most ${serviceLimits.metadataValueBytesMax} bytes`);
-    out[k] = s;
-  }
-  return out;
-}
-
-interface InfoResponse {
-  readonly endpoints: string[];
-  readonly metadata: Record<string, string>;
-  readonly version?: string;
-  readonly description?: string;
-}
-
-/** The micro protocol's INFO response (`io.nats.micro.v1.info_response`, or the experimental one), cut to the bucket's limits. */
-function parseInfo(payload: Uint8Array): InfoResponse | undefined {
-  let d: unknown;
-  try {
-    d = JSON.parse(dec.decode(payload));
-  } catch {
-    return undefined;
-  }
-  if (typeof d !== 'object' || d === null) return undefined;
-  const i = d as Record<string, unknown>;
-  // nats.go's experimental micro (≤ 1.22, what Debian ships) answers without `type`, with one endpoint as `subject`.
-  const experimental = i.type === undefined && typeof i.name === 'string' && typeof i.id === 'string' && typeof i.subject === 'string';
-  if (i.type !== 'io.nats.micro.v1.info_response' && !experimental) return undefined;
-  const listed: unknown[] = experimental ? [{ subject: i.subject }] : Array.isArray(i.endpoints) ? i.endpoints : [];
-  const endpoints = listed
-    .map((e: unknown) => (typeof e === 'object' && e !== null ? (e as Record<string, unknown>).subject : undefined))
-    .filter((s): s is string => typeof s === 'string' && isValidSubject(s) && Buffer.byteLength(s) <= serviceLimits.endpointBytesMax)
-    .slice(0, serviceLimits.endpointsMax);
-  const metadata: Record<string, string> = {};
-  if (typeof i.metadata === 'object' && i.metadata !== null) {
-    for (const [k, v] of Object.entries(i.metadata as Record<string, unknown>).slice(0, serviceLimits.metadataKeysMax)) {
-      if (typeof v === 'string' && k.length > 0 && k.length <= serviceLimits.metadataKeyBytesMax) metadata[k] = v.slice(0, serviceLimits.metadataValueBytesMax);
-    }
-  }
-  const text = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v.slice(0, serviceLimits.textBytesMax) : undefined);
-  return { endpoints, metadata, ...(text(i.version) !== undefined ? { version: text(i.version)! } : {}), ...(text(i.description) !== undefined ? { description: text(i.description)! } : {}) };
 }

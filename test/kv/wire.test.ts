@@ -8,9 +8,10 @@ import fc from 'fast-check';
 import { KvStateMachine, type KvEntry } from '../../store/index.js';
 import type { RouteMessage } from '../../src/nats/index.js';
 import { createLocalKvBackend, kvCommandOf, parseApiSubject, parseHeaders, encodeHeaders, parseKvSubject } from '../../src/kv/index.js';
-import { parseGetQuery } from '../../src/kv/jetstream_api.js';
+import { parseGetQuery } from '../../src/kv/message_get.js';
 import { parseStreamCreate, bucketOverlaps } from '../../src/kv/streams.js';
-import { ConsumerRegistry, defaultConsumerLimits, parseConsumerCreate, type ConsumerSpec, type DeliveryPort } from '../../src/kv/consumers.js';
+import { defaultConsumerLimits, parseConsumerCreate, type ConsumerSpec } from '../../src/kv/consumer_spec.js';
+import { ConsumerRegistry, type DeliveryPort } from '../../src/kv/consumers.js';
 import { ackSubject, bucketOfStream, headerBlockBytesMax, headerValue, parseSeq, rfc3339, type ParsedHeaders } from '../../src/kv/wire.js';
 
 const enc = new TextEncoder();
