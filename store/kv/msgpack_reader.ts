@@ -168,22 +168,7 @@ export class MsgpackReader {
 
   /** Binary bytes (bin8/16/32), as a view of the input. */
   bin(): Uint8Array {
-    const t = this.byte();
-    let n: number;
-    if (t === 0xc4) n = this.byte();
-    else if (t === 0xc5) {
-      this.need(2);
-      n = this.view.getUint16(this.at);
-      this.at += 2;
-    } else if (t === 0xc6) {
-      this.need(4);
-      n = this.view.getUint32(this.at);
-      this.at += 4;
-    } else {
-      this.at--;
-      return this.fail('expected binary bytes');
-    }
-    this.need(n);
+    const n = this.binLength();
     this.at += n;
     return this.bytes.subarray(this.at - n, this.at);
   }

@@ -8,6 +8,7 @@ import { KvStateMachine } from '../../store/index.js';
 import { silentLogger } from '../../src/log.js';
 import { DriverBug, ReadyDriver, type DriverStorage } from '../../src/node/ready_driver.js';
 import type { KvResult } from '../../store/index.js';
+import { MemoryDriverStorage } from '../support/driver_storage.js';
 
 interface HeldSave {
   readonly hardState: HardState | undefined;
@@ -16,42 +17,22 @@ interface HeldSave {
 }
 
 /** A MemoryStorage whose saves wait for complete(): what is durable is what the test completed. */
-class HeldStorage implements DriverStorage {
-  readonly mem = new MemoryStorage();
+class HeldStorage extends MemoryDriverStorage {
   readonly held: HeldSave[] = [];
   saves = 0;
 
-  save(update: { readonly hardState?: HardState; readonly entries?: readonly Entry[] }): Promise<void> {
+  override save(update: { readonly hardState?: HardState; readonly entries?: readonly Entry[] }): Promise<void> {
     this.saves++;
     return new Promise<void>((resolve) => {
       this.held.push({
         hardState: update.hardState,
         entries: update.entries ?? [],
         complete: () => {
-          this.mem.append(update.entries ?? []);
-          if (update.hardState) this.mem.setHardState(update.hardState);
+          this.persist(update);
           resolve();
         },
       });
     });
-  }
-  applySnapshot(): Promise<void> {
-    return Promise.reject(new Error('no snapshot in these tests'));
-  }
-  readSnapshotData(): Promise<Uint8Array> {
-    return Promise.resolve(this.mem.snapshot().data);
-  }
-  createSnapshotStreamed(): Promise<unknown> {
-    return Promise.reject(new Error('no snapshot in these tests'));
-  }
-  lastIndex(): number {
-    return this.mem.lastIndex();
-  }
-  snapshot(): ReturnType<MemoryStorage['snapshot']> {
-    return this.mem.snapshot();
-  }
-  snapshotBytes(): number {
-    return 0;
   }
 }
 

@@ -9,37 +9,13 @@ import { Histogram } from '../../src/node/metrics.js';
 import { ReadyDriver, type DriverStorage } from '../../src/node/ready_driver.js';
 import { RequestPath } from '../../src/node/request_path.js';
 import { decodeEnvelope, encodeEnvelope } from '../../src/node/wire.js';
+import { MemoryDriverStorage } from '../support/driver_storage.js';
 
 const origin = 1;
 const boot = 0x5eed;
 
-/** A MemoryStorage whose writes are durable at once (what is under test is the wiring, not the disk's order). */
-class InstantStorage implements DriverStorage {
-  readonly mem = new MemoryStorage();
-  save(update: { readonly hardState?: HardState; readonly entries?: readonly Entry[] }): Promise<void> {
-    this.mem.append(update.entries ?? []);
-    if (update.hardState) this.mem.setHardState(update.hardState);
-    return Promise.resolve();
-  }
-  applySnapshot(): Promise<void> {
-    return Promise.reject(new Error('no snapshot in these tests'));
-  }
-  readSnapshotData(): Promise<Uint8Array> {
-    return Promise.resolve(this.mem.snapshot().data);
-  }
-  createSnapshotStreamed(): Promise<unknown> {
-    return Promise.reject(new Error('no snapshot in these tests'));
-  }
-  lastIndex(): number {
-    return this.mem.lastIndex();
-  }
-  snapshot(): ReturnType<MemoryStorage['snapshot']> {
-    return this.mem.snapshot();
-  }
-  snapshotBytes(): number {
-    return 0;
-  }
-}
+/** Writes durable at once: what is under test is the wiring, not the disk's order. */
+class InstantStorage extends MemoryDriverStorage {}
 
 interface Harness {
   readonly raw: RawNode;
