@@ -73,13 +73,19 @@ let failedLin = 0;
 let maxRecover = 0;
 let firstFailing = -1;
 for (let s = args.seed; s < args.seed + args.seeds; s++) {
-  const r = await runSim({ seed: s, nodes: args.nodes, ...plantOption(args.plant) });
+  const r = await runSim({ seed: s, nodes: args.nodes, ...plantOption(args.plant), ...(args.verbose ? { trace: true } : {}) });
   if (!r.linearizable) failedLin++;
   maxRecover = Math.max(maxRecover, r.ticksToRecover);
   if (r.violations.length > 0) {
     violations++;
     if (firstFailing < 0) firstFailing = s;
     process.stdout.write(`seed ${s} FAILED: ${r.violations.join('; ')}\n  reproduce: ${reproCommand(s, args.nodes, args.plant)}\n`);
+    // --verbose: the run's trace, without the lines about the keys whose history is not the failing one.
+    const key = /history of key (\S+) /.exec(r.violations.join('; '))?.[1];
+    for (const line of r.trace ?? []) {
+      const k = / key=(\S+) /.exec(line)?.[1];
+      if (key === undefined || k === undefined || k === key) process.stdout.write(`  ${line}\n`);
+    }
   } else if (args.verbose) {
     process.stdout.write(`seed ${s} ok ops=${r.ops} ticks=${r.ticks} recover=${r.ticksToRecover} snapshots=${r.snapshotsTaken}/${r.snapshotsInstalled} mid_ready_crashes=${r.midReadyCrashes} duplicates_skipped=${r.duplicatesSkipped} cas=${r.casApplied}/${r.casRefused} reads_served=${r.readsServed} disks_lost=${r.disksLost}\n`);
   }

@@ -20,7 +20,7 @@
 import { ConfChangeType, EntryType, MemoryStorage, RaftAssertionError, RaftError, RawNode, StateType, seededRng } from '../../raft/index.js';
 import type { ConfState, Entry, HardState, Limits, Message, ReadState, Rng, Snapshot, SoftState } from '../../raft/index.js';
 import type { PlantedBug } from '../../raft/testing.js';
-import { KvErrorCode, KvStateMachine, StoreError, StoreErrorCode, MsgpackWriter, encodeKvCommand } from '../../store/index.js';
+import { KvErrorCode, KvStateMachine, StoreError, StoreErrorCode, MsgpackWriter, decodeKvCommand, encodeKvCommand } from '../../store/index.js';
 import type { KvCommand, KvEntry, KvResult } from '../../store/index.js';
 import { silentLogger } from '../../src/log.js';
 import { DriverBug, ReadyDriver, snapshotSliceMs } from '../../src/node/ready_driver.js';
@@ -30,6 +30,7 @@ import { Histogram } from '../../src/node/metrics.js';
 import { RequestPath } from '../../src/node/request_path.js';
 import { stoppedError } from '../../src/node/requests.js';
 import { NodeError, NodeErrorCode } from '../../src/node/errors.js';
+import { decodeEnvelope } from '../../src/node/wire.js';
 import { checkHistory } from './linearizability.js';
 import type { Op } from './linearizability.js';
 
@@ -44,6 +45,8 @@ export interface SimOptions {
   readonly driverBug?: DriverBug;
   /** Ticks of the fault phase (default chosen by the seed, 300..600). */
   readonly faultTicks?: number;
+  /** Records a trace of the run (client ops, applied writes, leaders, faults) in SimResult.trace; off by default. */
+  readonly trace?: boolean;
 }
 
 export interface SimResult {
@@ -70,6 +73,8 @@ export interface SimResult {
   readonly casRefused: number;
   /** Linearizable reads the request path answered (their read index applied on the node asked). */
   readonly readsServed: number;
+  /** With SimOptions.trace: one line per event, `t=<tick>` first; a line about one key carries ` key=<k> `. */
+  readonly trace?: readonly string[];
 }
 
 const electionTicks = 10;
@@ -274,9 +279,12 @@ export class Simulation {
   private bucketCreator: Incarnation | undefined;
   /** A violation seen inside a driver callback (which must not throw): the main loop stops at the next step. */
   private halted = false;
+  /** SimOptions.trace's lines; undefined when tracing is off (the default: a sweep records nothing). */
+  private readonly traceLines: string[] | undefined;
 
   constructor(readonly opts: SimOptions) {
     this.rng = seededRng(opts.seed * 2654435761 + opts.nodes);
+    this.traceLines = opts.trace ? [] : undefined;
     const r = this.rng;
     const pick = <T>(xs: readonly T[]): T => xs[r.int(xs.length)]!;
     this.limits = {
@@ -370,6 +378,7 @@ export class Simulation {
         softState: (ss) => this.onSoftState(n, inc, ss),
         applied: (e, w) => this.onApplied(n, inc, e, w),
         readStates: (states) => {
+          this.note(() => `n${n.id} boot ${inc.boot} read indexes ${states.map((s) => s.index).join(',')} (applied ${inc.sm.appliedIndex})`);
           if (!inc.dead) inc.path.readStates(states);
         },
         advanced: () => {
@@ -396,6 +405,7 @@ export class Simulation {
     inc.lastApplied = inc.sm.appliedIndex;
     n.raw = raw;
     n.inc = inc;
+    this.note(() => `start n${n.id} boot ${inc.boot}${n.recovering ? ' recovering (lost disk)' : ''} applied ${inc.lastApplied} commit ${n.durableCommit} last ${n.storage.lastIndex()}`);
   }
 
   private crash(n: SimNode): void {
@@ -412,6 +422,7 @@ export class Simulation {
     inc.turns = [];
     n.raw = null;
     n.inc = null;
+    this.note(() => `crash n${n.id} boot ${inc.boot} (applied ${inc.sm.appliedIndex}, durable last ${n.storage.lastIndex()})`);
     // The connection to the client dies with the process: what it waited for is unknown (a write may still commit).
     for (const op of inc.ops) this.finishOp(op, undefined);
     inc.ops.clear();
@@ -516,6 +527,7 @@ export class Simulation {
       casApplied: this.casApplied,
       casRefused: this.casRefused,
       readsServed: this.readsServed,
+      ...(this.traceLines ? { trace: this.traceLines } : {}),
     };
   }
 
@@ -529,6 +541,11 @@ export class Simulation {
         return `n${n.id}:${s.softState.state} t${s.hardState.term} lead${s.softState.lead} commit${s.hardState.commit} applied${n.applied} last${s.lastIndex} v[${s.conf.voters}] l[${s.conf.learners}]${pr ? ` pr[${pr}]` : ''}`;
       })
       .join(' | ');
+  }
+
+  /** A trace line (SimOptions.trace); `what` is built only when tracing, and draws nothing from the generators. */
+  private note(what: () => string): void {
+    this.traceLines?.push(`t=${this.t} ${what()}`);
   }
 
   private violation(msg: string): never {
@@ -813,6 +830,7 @@ export class Simulation {
 
   private onSoftState(n: SimNode, inc: Incarnation, ss: SoftState): void {
     if (inc.dead) return;
+    this.note(() => `n${n.id} boot ${inc.boot}: ${ss.state} lead ${ss.lead} term ${inc.raw.basicStatus().term}`);
     inc.path.softState(ss);
     if (this.inChurn() && ss.state === StateType.leader && this.rng.int(3) === 0) {
       // Buggify: cut a leader off right after its election, before this batch's messages leave; now and then with
@@ -840,6 +858,16 @@ export class Simulation {
     } else this.appliedAt.set(e.index, e);
     if (write === undefined && e.type === EntryType.normal && e.data.length > 0) this.duplicatesSkipped++; // a re-submitted copy
     if (write?.result.ok && write.result.kind === 'entry') this.tookEffect.add(dec.decode(write.result.entry.value));
+    this.note(() => {
+      if (e.type !== EntryType.normal) return `n${n.id} applies ${e.index}@${e.term} conf change`;
+      if (e.data.length === 0) return `n${n.id} applies ${e.index}@${e.term} empty`;
+      const env = decodeEnvelope(e.data);
+      const cmd = decodeKvCommand(env.command);
+      const key = typeof cmd === 'string' || !('key' in cmd) ? '-' : cmd.key;
+      const value = typeof cmd !== 'string' && 'value' in cmd && cmd.value instanceof Uint8Array ? dec.decode(cmd.value) : '';
+      const r = write === undefined ? 'skipped (a copy)' : write.result.ok ? write.result.kind : `refused ${write.result.code}`;
+      return `n${n.id} applies ${e.index}@${e.term} key=${key} ${typeof cmd === 'string' ? cmd : cmd.op} ${value} from n${env.origin} boot ${env.boot} seq ${env.seq}: ${r}`;
+    });
     // Resolves the write's promise if this process proposed it; the client hears of it a microtask later.
     inc.path.applied(write);
     const img = imageOf(inc.sm);
@@ -967,6 +995,7 @@ export class Simulation {
     c.busy = op;
     this.history.push(op);
     inc.ops.add(op);
+    this.note(() => `invoke key=${key} c${c.id} ${kind}${value !== null ? ` ${value}` : ''}${expect !== undefined ? ` expect ${expect ?? 'absent'} (rev ${seen?.revision ?? 0})` : ''} on n${n.id} boot ${inc.boot} (${n.raw!.basicStatus().state === StateType.leader ? 'leader' : `lead ${n.raw!.basicStatus().lead}`}, applied ${inc.sm.appliedIndex})`);
     const requests = inc.path.requests;
     if (kind === 'read') {
       // The node's linearizable read (replicated_kv.ts read()): once the read index is applied, the state machine is read.
@@ -997,6 +1026,7 @@ export class Simulation {
     if (op.done) return;
     const c = this.clients.find((x) => x.id === op.op.client)!;
     c.node = this.leader()?.id ?? c.node;
+    this.note(() => `reject key=${op.op.key} c${c.id} ${op.kind} ${op.op.value ?? ''}: ${err instanceof NodeError ? err.code : err === undefined ? 'client deadline' : String(err)}`);
     this.finishOp(op, undefined);
     // A write the node never handed to Raft (no leader until its deadline: PendingRequests answers noLeader only
     // then) is not in any log: it leaves the history, as a write Raft refused at once did. Were that answer ever
@@ -1041,6 +1071,12 @@ export class Simulation {
         this.flag(`client ${c.id}'s ${op.kind} of ${key} on node ${op.node} was answered ${r.ok ? r.kind : `${r.code}: ${r.message}`}`);
       }
     }
+    this.note(() => {
+      const o = op.op;
+      const what = answer === undefined ? 'no answer' : 'read' in answer ? `read ${o.value ?? 'absent'} (applied ${op.inc.sm.appliedIndex})`
+        : answer.write.ok ? `${answer.write.kind}${answer.write.kind === 'entry' ? ` rev ${answer.write.entry.revision}` : ''}` : `refused ${answer.write.code}`;
+      return `return key=${key} c${c.id} ${op.kind}${op.kind !== 'read' ? ` ${o.value}` : ''} on n${op.node} boot ${op.inc.boot}: ${what} (called t=${o.call})`;
+    });
     if (c.busy === op) {
       c.busy = null;
       c.nextAt = this.t + 1 + this.rng.int(6);
@@ -1103,14 +1139,21 @@ export class Simulation {
       const lead = this.leader();
       const live = this.live();
       const n = lead && r.int(4) !== 0 ? lead : live[r.int(live.length)];
-      if (n) n.pausedUntil = this.t + 5 + r.int(60);
+      if (n) {
+        n.pausedUntil = this.t + 5 + r.int(60);
+        this.note(() => `pause n${n.id} until ${n.pausedUntil}`);
+      }
     }
     this.maybeLoseDisk();
     if (p(0.006)) this.membershipChange();
     if (p(0.006)) {
       const lead = this.leader();
       const voters = lead?.raw!.confState().voters ?? [];
-      if (lead && voters.length > 1) lead.raw!.transferLeadership(voters[r.int(voters.length)]!);
+      if (lead && voters.length > 1) {
+        const to = voters[r.int(voters.length)]!;
+        this.note(() => `transfer leadership n${lead.id} -> n${to}`);
+        lead.raw!.transferLeadership(to);
+      }
     }
   }
 
@@ -1135,6 +1178,7 @@ export class Simulation {
     for (const q of this.queue.values()) for (let i = q.length - 1; i >= 0; i--) if (q[i]!.from === n.id) q.splice(i, 1);
     n.storage = new MemoryStorage();
     n.recovering = true;
+    this.note(() => `disk lost n${n.id}`);
     n.checkedLeaderTerm = 0;
     this.disksLost++;
     this.restartAt.set(n.id, this.t + 1 + r.int(10));
@@ -1166,6 +1210,7 @@ export class Simulation {
       // Asymmetric: some directed links fail.
       for (const a of ids) for (const b of ids) if (a !== b && r.int(4) === 0) this.blocked.add(`${a}>${b}`);
     }
+    this.note(() => `partition until ${this.partitionUntil}: blocked ${[...this.blocked].join(' ')}`);
   }
 
   private inChurn(): boolean {
@@ -1177,6 +1222,7 @@ export class Simulation {
     this.blocked.clear();
     this.partitionUntil = this.t + ticks;
     for (const a of ids) for (const b of ids) if (side.has(a) !== side.has(b)) this.blocked.add(`${a}>${b}`);
+    this.note(() => `isolate {${[...side].join(',')}} until ${this.partitionUntil}`);
   }
 
   /** Cut the leader off (alone, or with one follower) for a short while: the Figure 8 recipe. */
@@ -1191,6 +1237,7 @@ export class Simulation {
     this.blocked.clear();
     this.partitionUntil = this.t + 10 + r.int(50);
     for (const a of ids) for (const b of ids) if (side.has(a) !== side.has(b)) this.blocked.add(`${a}>${b}`);
+    this.note(() => `isolate leader n${lead.id} with {${[...side].join(',')}} until ${this.partitionUntil}`);
     // A slow clock on the cut-off leader keeps it leading (check-quorum late) while others elect.
     if (r.int(2) === 0) lead.tickRate = 0.5;
   }
@@ -1225,6 +1272,7 @@ export class Simulation {
   }
 
   private heal(): void {
+    this.note(() => 'heal');
     this.faulty = false;
     for (const n of this.nodes.values()) n.pausedUntil = Math.min(n.pausedUntil, this.t);
     this.blocked.clear();
