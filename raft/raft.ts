@@ -630,7 +630,7 @@ export class Raft {
   }
 
   private bcastHeartbeat(): void {
-    const ctx = this.readOnly.lastPendingContext() ?? emptyBytes;
+    const ctx = this.readOnly.lastPendingRound() ?? emptyBytes;
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
       // The commit sent is at most the follower's match: it may not have the entries beyond it.
@@ -770,12 +770,13 @@ export class Raft {
       this.respondToReadIndex(m.from, m.context, this.raftLog.committed);
       return;
     }
-    this.readOnly.addRequest(this.raftLog.committed, m.from, m.context);
-    this.readOnly.recvAck(this.id, m.context);
+    // The heartbeats carry the round's name, not the caller's context (read_only.ts: a resent request reuses it).
+    const round = this.readOnly.addRequest(this.raftLog.committed, m.from, m.context);
+    this.readOnly.recvAck(this.id, round);
     for (const [id, pr] of this.prs) {
       if (id === this.id) continue;
       const commit = Math.min(pr.match, this.raftLog.committed);
-      this.send({ type: MessageType.heartbeat, to: id, commit, context: m.context, index: this.ownCommitFor(pr), recovering: pr.recovering });
+      this.send({ type: MessageType.heartbeat, to: id, commit, context: round, index: this.ownCommitFor(pr), recovering: pr.recovering });
     }
   }
 

@@ -135,8 +135,9 @@ export class RawNode {
   }
 
   /**
-   * Asks for a linearizable read; `context` identifies the request (unique per caller). The answer
-   * arrives as a ReadState in a later Ready. Throws when no leader is known.
+   * Asks for a linearizable read; `context` identifies the request (unique per caller: the leader tells callers
+   * apart, and a resent request may reuse it; read_only.ts). The answer arrives as a ReadState in a later Ready.
+   * Throws when no leader is known.
    */
   readIndex(context: Uint8Array): void {
     this.raft.step(message({ type: MessageType.readIndex, from: this.raft.id, context }));

@@ -319,6 +319,56 @@ t.test('ReadIndex: answered after a heartbeat round, on the leader and through a
   t.end();
 });
 
+t.test('ReadIndex: an ack to a heartbeat sent before a read was asked for never confirms it, though a resent request reuses its context (thesis §6.4 step 2; sim seed 3584)', (t) => {
+  // A follower resends a ReadIndex request with the context it used (requests.ts retryWaiting). The acks of the
+  // first round, late on the network (the leader was paused), used to count for the resent one: the leader told
+  // rounds apart by the caller's context, and an ack of a round confirms every round queued before it, so a read
+  // asked for meanwhile was answered with no heartbeat sent after it ever acknowledged. In the simulator that leader
+  // had been replaced by then, and the read missed three writes of the new one.
+  const net = new Network([1, 2, 3]);
+  net.elect(1);
+  net.propose(1, 'k=v');
+  const reads: Array<[number, string]> = [];
+  /** Persists every Ready; returns its messages. */
+  const collect = (): Message[] => {
+    const out: Message[] = [];
+    for (const [id, n] of net.nodes) {
+      if (!n.raw.hasReady()) continue;
+      const rd = n.raw.ready();
+      n.storage.append(rd.entries);
+      if (rd.hardState) n.storage.setHardState(rd.hardState);
+      out.push(...rd.messages);
+      for (const rs of rd.readStates) reads.push([id, new TextDecoder().decode(rs.context)]);
+      n.raw.advance();
+    }
+    return out;
+  };
+  const stepAll = (ms: readonly Message[]): void => {
+    for (const m of ms) net.raw(m.to).step(m);
+  };
+  collect();
+  net.raw(3).readIndex(enc.encode('r'));
+  stepAll(collect()); // the request reaches the leader
+  stepAll(collect().filter((m) => m.type === MessageType.heartbeat)); // its round's heartbeats
+  const acks = collect().filter((m) => m.type === MessageType.heartbeatResp && m.context.length > 0);
+  const late = acks.filter((m) => m.from === 3);
+  t.equal(late.length, 1, "follower 3's ack of the first round");
+  stepAll(acks.filter((m) => m.from === 2)); // follower 2's ack completes the round
+  stepAll(collect()); // the answer reaches follower 3
+  collect();
+  t.same(reads, [[3, 'r']], 'the first round answered');
+  reads.length = 0;
+  net.raw(1).readIndex(enc.encode('mine'));
+  collect(); // its heartbeats are lost
+  net.raw(3).readIndex(enc.encode('r')); // follower 3 resends, with the same context
+  stepAll(collect());
+  collect(); // that round's heartbeats are lost too
+  stepAll(late); // the first round's late ack
+  collect();
+  t.same(reads, [], 'no read is answered by an ack of a heartbeat sent before it was asked for');
+  t.end();
+});
+
 t.test('ReadIndex on a new leader waits until an entry of its term commits', (t) => {
   const net = new Network([1, 2, 3]);
   net.flush();
