@@ -18,7 +18,7 @@ const plantSeedsMax = 400;
 const caughtBy: Record<PlantedBug | DriverBug, number> = {
   'commit-old-term': 344,
   'vote-no-uptodate': 3,
-  'vote-twice': 4,
+  'vote-twice': 7,
   'read-index-no-quorum': 86,
   'commit-without-majority': 4,
   'vote-not-persisted': 8,
