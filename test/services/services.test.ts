@@ -96,7 +96,10 @@ t.test('service presence on a 3-node cluster', async (t) => {
 
   await t.test('explicit registration: lease, keep-alives relayed to the leader, expiry after the TTL', async (t) => {
     const svc = await conn(followers[1]!, { user: 'svc', pass: 'svc-secret' });
-    const r = await api(svc, 'REGISTER', { service: 'orders', instance: 'a1', ttl: 2, endpoints: ['orders.create', 'orders.get.*'], metadata: { zone: 'z1' }, version: '1.2.3' });
+    // TTL 4 s: the keep-alives below must outlast a stall of this in-process cluster (a relayed keep-alive once took
+    // over 3 s to be confirmed at a load average of 10, and a 2 s lease expired while it was being kept alive).
+    const ttlMs = 4000;
+    const r = await api(svc, 'REGISTER', { service: 'orders', instance: 'a1', ttl: ttlMs / 1000, endpoints: ['orders.create', 'orders.get.*'], metadata: { zone: 'z1' }, version: '1.2.3' });
     t.equal(r.result, 'created', JSON.stringify(r));
     t.match(r.lease, /^[0-9a-f]{32}$/);
     await waitFor('orders.a1 in the watch', () => watch.live.has('orders.a1'));
@@ -104,7 +107,7 @@ t.test('service presence on a 3-node cluster', async (t) => {
     t.same((shown.instance as Record<string, unknown>).endpoints, ['orders.create', 'orders.get.*']);
     t.equal((shown.instance as Record<string, unknown>).lease, undefined, 'the lease id is never shown');
     // Keep-alives through a follower (relayed to the leader) for three TTLs: the entry stays.
-    const until = Date.now() + 6000;
+    const until = Date.now() + 3 * ttlMs;
     let lastAck = 0;
     let kept = 0;
     while (Date.now() < until) {
@@ -112,13 +115,13 @@ t.test('service presence on a 3-node cluster', async (t) => {
       t.equal(k.result, 'updated', JSON.stringify(k));
       lastAck = Date.now();
       kept++;
-      await pause(500, 'the keep-alive cadence under test (four per TTL)');
+      await pause(ttlMs / 4, 'the keep-alive cadence under test (four per TTL)');
     }
     t.ok(watch.live.has('orders.a1'), `still registered after ${kept} keep-alives over three TTLs`);
     t.notOk(watch.ops.some((o) => o.key === 'orders.a1' && o.op !== 'PUT'), 'never deleted while kept alive');
     await waitFor('orders.a1 to expire', () => !watch.live.has('orders.a1'));
     const del = watch.ops.find((o) => o.key === 'orders.a1' && o.op !== 'PUT')!;
-    t.comment(`expiry: deleted ${del.at - lastAck} ms after the last acknowledged keep-alive (TTL 2000 ms)`);
+    t.comment(`expiry: deleted ${del.at - lastAck} ms after the last acknowledged keep-alive (TTL ${ttlMs} ms)`);
     const k = await api(svc, 'KEEPALIVE', { lease: r.lease });
     t.equal(errCode(k), 'not_found', 'a keep-alive of an expired lease says so');
 
