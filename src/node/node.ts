@@ -36,6 +36,7 @@ import { StatusReports, type NodeStatus } from './status_reports.js';
 import { SlotBindings, type SlotTable } from './slot_binding.js';
 import { raftStorageView } from './storage_adapter.js';
 import { SnapshotStream } from './snapshot_stream.js';
+import { SnapshotStaging } from './staged_restore.js';
 
 export { snapshotLogFraction } from './ready_driver.js';
 
@@ -65,6 +66,8 @@ export class ClusterNode {
   private transport!: RouteTransport;
   /** Snapshots to and from peers, streamed as their files beside Raft (snapshot_stream.ts). */
   private snapshotStream!: SnapshotStream;
+  /** The snapshot parsed while it is received: filled by the stream, taken by the driver's install (staged_restore.ts). */
+  private readonly staging: SnapshotStaging;
   private raw: RawNode | undefined;
   /** The slot table and who holds each slot (slot_binding.ts). */
   private readonly binding: SlotBindings;
@@ -103,6 +106,7 @@ export class ClusterNode {
     this.clusterName = opts.clusterName;
     this.identity = identity;
     this.log = (opts.logger ?? silentLogger()).child({ component: 'node', server: opts.serverName });
+    this.staging = new SnapshotStaging(this.log);
     this.tickMs = opts.tickMs ?? 100;
     this.electionTicks = opts.electionTicks ?? 10;
     this.heartbeatTicks = opts.heartbeatTicks ?? 1;
@@ -184,7 +188,7 @@ export class ClusterNode {
       onPeerDown: (p, c) => this.router.peerDown(p, c),
       onFrame: (name, f) => this.router.frame(name, f),
     });
-    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.router.frame(p, { kind: 'raft', data }), log: this.log,
+    const stream = this.snapshotStream = new SnapshotStream({ storage: this.storage, staging: this.staging, send: (p, f) => this.transport.send(p, f), deliver: (p, data) => this.router.frame(p, { kind: 'raft', data }), log: this.log,
       reportFailure: (m) => { this.raw?.reportSnapshotFailure(m.to); this.schedule(); } });
     this.addRouteListener({ down: (p) => { if (p.name !== undefined) stream.peerDown(p.name); }, frame: (p, f) => { stream.onFrame(p, f); } });
     this.onLeaderChange((isLeader) => { if (!isLeader) stream.leaderLost(); });
@@ -294,6 +298,7 @@ export class ClusterNode {
     return new ReadyDriver<KvResult>({
       raw,
       storage: this.storage,
+      staging: this.staging,
       sink: { send: (m) => this.router.sendMessage(m) },
       stateMachine: this.stateMachine,
       clock: { now: () => performance.now(), yieldTurn: () => new Promise<void>((resolve) => setImmediate(resolve)) },

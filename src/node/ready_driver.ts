@@ -18,7 +18,7 @@
 import { EntryType, MessageType, StateType, decodeConfChange, type ConfState, type Entry, type HardState, type Message, type RawNode, type ReadState, type Ready, type Snapshot, type SoftState } from '../../raft/index.js';
 import { MsgpackWriter, type SnapshotWriteOptions } from '../../store/index.js';
 import type { Logger } from '../log.js';
-import { stagingFor, type SnapshotStaging, type StagingTarget } from './staged_restore.js';
+import { SnapshotStaging, type StagingTarget } from './staged_restore.js';
 import { AppliedSessions, beginNodeSnapshot, decodeNodeSnapshot, SnapshotTurns, type NodeImageBuild } from './sessions.js';
 import { decodeEnvelope, type Envelope } from './wire.js';
 
@@ -183,7 +183,7 @@ export class ReadyDriver<Result> {
     // Only a state machine that can restore from an arriving image gets staged snapshots (the simulator's cannot).
     const sm = options.stateMachine as Partial<StagingTarget>;
     if (typeof sm.stagedRestore === 'function') {
-      this.staging = options.staging ?? stagingFor(options.storage, options.logger);
+      this.staging = options.staging ?? new SnapshotStaging(options.logger);
       this.staging.target = sm as StagingTarget;
     }
   }

@@ -19,7 +19,7 @@ import type { RaftStorage } from '../../store/index.js';
 import type { RouteFrame } from '../../transport/index.js';
 import type { Logger } from '../log.js';
 import type { Sample } from './metrics.js';
-import { stagingFor, type SnapshotStaging } from './staged_restore.js';
+import { SnapshotStaging } from './staged_restore.js';
 import { decodeNodeFrame, encodeMessage } from './wire.js';
 
 type SnapChunkFrame = Extract<RouteFrame, { kind: 'snap_chunk' }>;
@@ -112,7 +112,7 @@ export class SnapshotStream {
 
   constructor(opts: SnapshotStreamOptions) {
     this.opts = opts;
-    this.staging = opts.staging ?? stagingFor(opts.storage, opts.log);
+    this.staging = opts.staging ?? new SnapshotStaging(opts.log);
     this.chunkBytes = Math.max(1024, opts.chunkBytes ?? snapshotChunkBytesDefault);
     this.windowBytes = Math.max(this.chunkBytes, opts.windowBytes ?? snapshotWindowBytesDefault);
     this.idleMs = opts.idleMs ?? snapshotIdleMsDefault;

@@ -12,8 +12,7 @@
 // used to read the whole file into one buffer as well, so the peak is the same; it only starts earlier.
 //
 // Wiring: SnapshotStream (which sees the pieces) and ReadyDriver (which installs) are both built by node.ts, which
-// another change is splitting; until it passes them one SnapshotStaging explicitly (the `staging` option of each),
-// both find it through the RaftStorage they share (stagingFor).
+// makes one SnapshotStaging per node and passes it to both (the `staging` option of each).
 import { ImageFormatError, MoreBytesNeeded, snapshotFileDataRange, type StagedKvRestore } from '../../store/index.js';
 import type { Logger } from '../log.js';
 import { decodeNodeSessions } from './sessions.js';
@@ -136,16 +135,4 @@ export class SnapshotStaging {
     if (done !== undefined) this.counts.installed++;
     return done;
   }
-}
-
-const byStorage = new WeakMap<object, SnapshotStaging>();
-
-/** The staging of the node whose RaftStorage is `storage` (see Wiring above). */
-export function stagingFor(storage: object, log?: Logger): SnapshotStaging {
-  let s = byStorage.get(storage);
-  if (s === undefined) {
-    s = new SnapshotStaging(log);
-    byStorage.set(storage, s);
-  }
-  return s;
 }
