@@ -280,11 +280,14 @@ t.test('model-based: the state machine matches the reference model, across snaps
     }),
     { seed: SEED, numRuns: 120 },
   );
-  t.ok(restores > 20, `${restores} snapshot/restore round trips`);
-  t.ok(stagedRestores > 5, `${stagedRestores} of them staged (the image fed in pieces)`);
-  t.ok(refusals > 100, `${refusals} refused commands compared`);
-  t.ok(writes > 800, `${writes} successful writes compared`);
-  t.ok(txns > 60, `${txns} applied txns compared`);
+  // The seed changes every run, so these floors say "the generator still reaches this path", not "this seed was
+  // typical": each is about half the smallest count seen over 300 seeds (restores 300, staged 134, refusals 2558,
+  // writes 735, txns 61). The old floor of 800 writes failed 3% of seeds.
+  t.ok(restores > 150, `${restores} snapshot/restore round trips`);
+  t.ok(stagedRestores > 60, `${stagedRestores} of them staged (the image fed in pieces)`);
+  t.ok(refusals > 1200, `${refusals} refused commands compared`);
+  t.ok(writes > 350, `${writes} successful writes compared`);
+  t.ok(txns > 30, `${txns} applied txns compared`);
 });
 
 t.test('a staged restore reads only what has arrived, installs nothing before the whole image, and refuses a bad one', async (t) => {
@@ -422,7 +425,7 @@ t.test('fuzz: any entry bytes apply to a result or a typed refusal, never a thro
     }),
     { seed: SEED, numRuns: 300 },
   );
-  t.ok(refused > 500, `${refused} refusals, all typed`);
+  t.ok(refused > 800, `${refused} refusals, all typed`); // half the fewest over 300 seeds (1618)
 });
 
 t.test('change feed: read since a revision, then subscribe for new entries', async (t) => {
@@ -524,8 +527,9 @@ t.test('determinism with Msg-Id, expectations, purges and expiries: replicas and
     }),
     { seed: SEED, numRuns: 150 },
   );
-  t.ok(purged > 30, `${purged} entries purged or expired`);
-  t.ok(duplicates > 5, `${duplicates} duplicate Msg-Ids`);
+  // Half the fewest over 300 seeds (purged 269, duplicates 53): the seed changes every run.
+  t.ok(purged > 130, `${purged} entries purged or expired`);
+  t.ok(duplicates > 25, `${duplicates} duplicate Msg-Ids`);
 });
 
 t.test('entry table: chains, values and slab compaction match a plain model; handed-out values never change', async (t) => {
