@@ -300,6 +300,9 @@ export class SnapshotStream {
     const writing = file.write(f.offset, f.data);
     this.staging.add(i.transfer, f.offset, f.data);
     await writing;
+    // Replaced while its piece was being written (a newer snapshot's transfer began): it must not reach Raft, or the
+    // install of this older snapshot takes the newer transfer's staging and both read their files (rejoin.test.ts).
+    if (i.ended) return;
     i.received = file.bytesReceived;
     this.counters.chunksReceived++;
     this.counters.bytesReceived += f.data.length;

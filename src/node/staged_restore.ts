@@ -126,9 +126,13 @@ export class SnapshotStaging {
     this.log?.debug({ transfer, why }, 'snapshot staging dropped; the install reads the file');
   }
 
-  /** At install of snapshot index/term: the staged state if it is that snapshot, read whole; it is taken either way. */
+  /**
+   * At install of snapshot index/term: the staged state if it is that snapshot, read whole. A staging of this or an
+   * older snapshot is taken either way; one of a newer snapshot is kept for its own install.
+   */
   take(index: number, term: number): StagedInstall | undefined {
     const c = this.current;
+    if (c !== undefined && c.index > index) return undefined;
     this.current = undefined;
     if (c === undefined || c.index !== index || c.term !== term) return undefined;
     const done = c.complete();

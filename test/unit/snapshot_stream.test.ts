@@ -260,3 +260,88 @@ t.test('a transfer of a snapshot the leader no longer keeps as its newest fails 
   t.equal(p.delivered[0]!.snapshot!.meta.index, 22);
   await Promise.all([p.net.close(), lead.close(), follower.close()]);
 });
+
+t.test('a transfer replaced while its last piece is being written is not delivered; the newer one installs staged', async (t) => {
+  // What a clean-clone run of rejoin.test.ts met: the leader snapshotted again while its first (one-chunk) transfer
+  // was being written on the follower. The old transfer, replaced, was still delivered to Raft; its install took the
+  // newer transfer's staging, and both snapshots were read back from their files.
+  const nodeSnapshot = async (name: string, index: number, puts: number): Promise<{ st: RaftStorage; sm: KvStateMachine }> => {
+    const sm = new KvStateMachine();
+    sm.apply(1, encodeKvCommand({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 }));
+    for (let k = 0; k < puts; k++) sm.apply(2 + k, encodeKvCommand({ op: 'put', bucket: 'b', key: `k.${k}`, value: Buffer.alloc(50, k), ts: 10 + k }));
+    const st = await RaftStorage.open(join(root, name));
+    const entries = Array.from({ length: index }, (_, k) => ({ term: 3, index: k + 1, type: EntryType.normal, data: Buffer.from([k & 0xff]) }));
+    await st.save({ hardState: { term: 3, vote: 1, commit: index }, entries });
+    await st.createSnapshot(index, conf, writeNodeSnapshot(sm, new AppliedSessions()));
+    return { st, sm };
+  };
+  const older = await nodeSnapshot('replaced-a', 20, 19);
+  const newer = await nodeSnapshot('replaced-c', 25, 24);
+  const follower = await RaftStorage.open(join(root, 'replaced-b'));
+  // The follower's write of the older transfer's piece is held until the newer transfer has replaced it, and the
+  // newer transfer's file is not begun (which clears partial files) until the older one's write has returned.
+  const gate = (): { held: Promise<void>; release: () => void } => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    return { held, release };
+  };
+  const olderWrite = gate();
+  const newerBegin = gate();
+  let writesHeld = 0;
+  let writesDone = 0;
+  const gated = {
+    openSnapshotFile: follower.openSnapshotFile.bind(follower),
+    beginSnapshotReceive: async (...args: Parameters<RaftStorage['beginSnapshotReceive']>) => {
+      if (args[0] !== 20) {
+        await newerBegin.held;
+        return follower.beginSnapshotReceive(...args);
+      }
+      const file = await follower.beginSnapshotReceive(...args);
+      const write = file.write.bind(file);
+      file.write = async (offset, data) => {
+        writesHeld++;
+        await olderWrite.held;
+        await write(offset, data);
+        writesDone++;
+      };
+      return file;
+    },
+  } as unknown as RaftStorage;
+  const staging = new SnapshotStaging();
+  const target = new KvStateMachine();
+  staging.target = target;
+  const net = network();
+  const a = net.add('a', older.st);
+  const b = net.add('b', gated, staging);
+  const c = net.add('c', newer.st);
+  a.offer('b', snapMessage(1, 3, 20));
+  await waitFor(() => writesHeld === 1, { what: 'the older transfer\'s piece being written' });
+  c.offer('b', snapMessage(3, 3, 25));
+  await waitFor(() => b.counters.transfersAbandoned === 1, { what: 'the newer transfer replacing the older' });
+  olderWrite.release();
+  // The older transfer's partial file goes either way: removed as abandoned, or (the bug) renamed as complete.
+  const olderPartial = (): string[] => recvFiles('replaced-b').filter((n) => n.startsWith('0000000000000020-') && n.endsWith('.recv'));
+  await waitFor(() => writesDone === 1 && olderPartial().length === 0, { what: () => `the older transfer ended (${olderPartial().join()})` });
+  newerBegin.release();
+  await waitFor(() => net.delivered.some((m) => m.snapshot!.meta.index === 25), { what: 'the newer snapshot delivered' });
+  t.same(net.delivered.map((m) => m.snapshot!.meta.index), [25], 'only the newer snapshot reached Raft');
+  const staged = staging.take(25, 3);
+  t.ok(staged !== undefined, 'and its staged parse is there for the install');
+  staged!.install();
+  t.same(Buffer.from(target.snapshot()), Buffer.from(newer.sm.snapshot()), 'the staged state is the newer snapshot\'s');
+  t.equal(staging.counts.dropped, 1, 'the older transfer\'s staging was dropped');
+  await Promise.all([net.close(), older.st.close(), newer.st.close(), follower.close()]);
+});
+
+t.test('an install of an older snapshot leaves the staging of a newer one in place', async (t) => {
+  const staging = new SnapshotStaging();
+  staging.target = new KvStateMachine();
+  staging.begin(7, 30, 4, 100);
+  t.equal(staging.take(20, 4), undefined, 'nothing staged for snapshot 20');
+  staging.drop(7, 'the transfer of snapshot 30 was abandoned after all');
+  t.equal(staging.counts.dropped, 1, 'snapshot 30\'s staging was still there after the install of 20');
+  staging.begin(8, 30, 4, 100);
+  t.equal(staging.take(30, 5), undefined, 'an install of the same index (another term) is not it');
+  staging.drop(8, 'too late');
+  t.equal(staging.counts.dropped, 1, 'and takes it: nothing left to drop');
+});
