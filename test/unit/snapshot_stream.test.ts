@@ -23,13 +23,18 @@ const conf = { voters: [1, 2, 3], learners: [] };
 
 /** A store holding a snapshot at `index` (term `term`) of an image of `bytes` pseudo-random bytes. */
 async function leaderStore(name: string, index: number, term: number, bytes: number, fill: number): Promise<{ st: RaftStorage; image: Uint8Array }> {
+  const image = new Uint8Array(bytes);
+  for (let i = 0; i < bytes; i++) image[i] = (i * 131 + fill) & 0xff;
+  return { st: await storeWithSnapshot(name, index, term, image), image };
+}
+
+/** A store whose log runs to `index` (term `term`) and whose snapshot at `index` holds `data`. */
+async function storeWithSnapshot(name: string, index: number, term: number, data: Uint8Array): Promise<RaftStorage> {
   const st = await RaftStorage.open(join(root, name));
   const entries = Array.from({ length: index }, (_, k) => ({ term, index: k + 1, type: EntryType.normal, data: Buffer.from([k & 0xff]) }));
   await st.save({ hardState: { term, vote: 1, commit: index }, entries });
-  const image = new Uint8Array(bytes);
-  for (let i = 0; i < bytes; i++) image[i] = (i * 131 + fill) & 0xff;
-  await st.createSnapshot(index, conf, image);
-  return { st, image };
+  await st.createSnapshot(index, conf, data);
+  return st;
 }
 
 function snapMessage(from: number, term: number, index: number): Message {
@@ -120,10 +125,7 @@ t.test('a node snapshot is parsed while it is received: the staged state is the 
   sm.apply(++i, encodeKvCommand({ op: 'bucket.create', bucket: 'b', config: { history: 2 }, ts: 1 }));
   for (let k = 0; k < 6000; k++) sm.apply(++i, encodeKvCommand({ op: 'put', bucket: 'b', key: `k.${k % 5000}`, value: Buffer.alloc(200, k), ts: 10 + k }));
   const data = writeNodeSnapshot(sm, new AppliedSessions());
-  const lead = await RaftStorage.open(join(root, 'staged-a'));
-  const entries = Array.from({ length: i }, (_, k) => ({ term: 3, index: k + 1, type: EntryType.normal, data: Buffer.from([k & 0xff]) }));
-  await lead.save({ hardState: { term: 3, vote: 1, commit: i }, entries });
-  await lead.createSnapshot(i, conf, data);
+  const lead = await storeWithSnapshot('staged-a', i, 3, data);
   const follower = await RaftStorage.open(join(root, 'staged-b'));
   const staging = new SnapshotStaging();
   const target = new KvStateMachine();
@@ -269,11 +271,7 @@ t.test('a transfer replaced while its last piece is being written is not deliver
     const sm = new KvStateMachine();
     sm.apply(1, encodeKvCommand({ op: 'bucket.create', bucket: 'b', config: {}, ts: 1 }));
     for (let k = 0; k < puts; k++) sm.apply(2 + k, encodeKvCommand({ op: 'put', bucket: 'b', key: `k.${k}`, value: Buffer.alloc(50, k), ts: 10 + k }));
-    const st = await RaftStorage.open(join(root, name));
-    const entries = Array.from({ length: index }, (_, k) => ({ term: 3, index: k + 1, type: EntryType.normal, data: Buffer.from([k & 0xff]) }));
-    await st.save({ hardState: { term: 3, vote: 1, commit: index }, entries });
-    await st.createSnapshot(index, conf, writeNodeSnapshot(sm, new AppliedSessions()));
-    return { st, sm };
+    return { st: await storeWithSnapshot(name, index, 3, writeNodeSnapshot(sm, new AppliedSessions())), sm };
   };
   const older = await nodeSnapshot('replaced-a', 20, 19);
   const newer = await nodeSnapshot('replaced-c', 25, 24);
